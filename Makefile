@@ -1,0 +1,33 @@
+# Thin wrappers; the real work is in the `mesh` command (mesh/runtime) and pytest.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: up down status install test lint
+
+$(BIN)/mesh: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(BIN)/mesh
+	$(BIN)/mesh install
+
+up: $(BIN)/mesh
+	$(BIN)/mesh up
+
+down: $(BIN)/mesh
+	$(BIN)/mesh down
+
+status: $(BIN)/mesh
+	$(BIN)/mesh status
+
+lint: $(BIN)/mesh
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Provisions everything, lints, then runs unit tests and the tests against the real native mesh.
+test: $(BIN)/mesh
+	$(BIN)/mesh install
+	$(MAKE) lint
+	$(BIN)/pytest tests/unit tests/integration

@@ -1,0 +1,8 @@
+Kind = "service-intentions"
+Name = "orders"
+Sources = [
+  {
+    Name   = "edge"
+    Action = "allow"
+  }
+]

@@ -1,0 +1,159 @@
+"""`mesh`: install, run and break the native shopmesh runtime."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from mesh.runtime import process
+from mesh.runtime.paths import StateDir, cache_dir
+from mesh.runtime.process import ProcessFailed
+from mesh.runtime.provision import ProvisionError, install_all
+from mesh.runtime.supervisor import AlreadyRunning, Mesh, MeshError
+from mesh.topology import TopologyError, load
+
+
+def _mesh() -> Mesh:
+    return Mesh.create(load())
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    for name, binaries in install_all().items():
+        for binary, path in binaries.items():
+            print(f"{name:<10} {binary:<10} {path}")
+    print(f"cache: {cache_dir()}")
+    return 0
+
+
+def _next_steps(mesh: Mesh) -> str:
+    t = mesh.topology
+    base = f"http://{t.bind_host}:{t.edge.http_port}"
+    return f"""
+edge gateway:  {base}
+consul UI:     {t.consul_http_addr}/ui
+state dir:     {mesh.state.root}
+
+try:
+  curl -s -X POST {base}/orders -H 'Content-Type: application/json' \\
+       -d '{{"userId": "alice", "items": [{{"productId": "book", "quantity": 2}}]}}'
+  mesh status          # every component, its pid, ports and health
+  mesh kill orders     # SIGKILL a service, then: mesh start orders
+  mesh down            # stop everything
+"""
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    mesh = _mesh()
+    print(f"starting the mesh (state in {mesh.state.root})")
+    try:
+        mesh.up()
+    except AlreadyRunning:
+        raise
+    except (KeyboardInterrupt, ProcessFailed, MeshError) as exc:
+        print(f"{exc or 'interrupted'}\nstopping what was started", file=sys.stderr)
+        mesh.down()
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    print(_next_steps(mesh))
+    if args.detach:
+        return 0
+    print("running in the foreground; Ctrl-C stops the mesh (use `mesh up -d` to detach)")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    reported: set[str] = set()
+    try:
+        while True:
+            for name in mesh.names():
+                alive = process.running(mesh.state, name) is not None
+                if not alive and name not in reported:
+                    print(
+                        f"{time.strftime('%H:%M:%S')} {name} is not running "
+                        f"(`mesh logs {name}`, `mesh start {name}`)"
+                    )
+                    reported.add(name)
+                elif alive:
+                    reported.discard(name)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping the mesh")
+        mesh.down()
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    mesh = Mesh(load(), StateDir.default(), install_all())
+    mesh.down()
+    print("mesh is down")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    mesh = _mesh()
+    rows = list(mesh.status())
+    print(f"{'COMPONENT':<20} {'PID':<8} {'PORTS':<14} HEALTH")
+    for name, pid, ports, health in rows:
+        print(f"{name:<20} {pid:<8} {ports:<14} {health}")
+    return 0 if all(r[3] == "healthy" for r in rows) else 3
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    mesh = _mesh()
+    for name in mesh.resolve(args.name):
+        path = process.log_path(mesh.state, name)
+        if not path.exists():
+            raise MeshError(f"no log for {name} yet ({path})")
+        if args.follow:
+            os.execvp("tail", ["tail", "-n", "50", "-F", str(path)])
+        sys.stdout.write(path.read_text(errors="replace"))
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    killed = _mesh().kill(args.name)
+    print(f"SIGKILL sent to {', '.join(killed)}" if killed else f"{args.name} was not running")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    _mesh().start(args.name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mesh", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("install", help="provision the pinned components into the cache").set_defaults(
+        func=cmd_install
+    )
+    up = sub.add_parser("up", help="install if needed, start everything, wait until healthy")
+    up.add_argument("-d", "--detach", action="store_true", help="return once the mesh is up")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="component, pid, ports, health").set_defaults(func=cmd_status)
+    logs = sub.add_parser("logs", help="print a component's log")
+    logs.add_argument("name")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.set_defaults(func=cmd_logs)
+    kill = sub.add_parser("kill", help="SIGKILL a component or every instance of a service")
+    kill.add_argument("name")
+    kill.set_defaults(func=cmd_kill)
+    start = sub.add_parser("start", help="start a stopped component and wait until it is ready")
+    start.add_argument("name")
+    start.set_defaults(func=cmd_start)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (MeshError, ProvisionError, ProcessFailed, TopologyError) as exc:
+        print(f"mesh {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

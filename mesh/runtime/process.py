@@ -1,0 +1,179 @@
+"""Start, stop and inspect the mesh's processes through pid files in the state directory.
+
+A pid file records the pid and the process start time, so a pid reused by an unrelated
+process after a reboot or a crash is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from mesh.runtime.paths import StateDir
+
+
+@dataclass
+class ProcessSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    user: str | None = None
+    stop_signal: int = signal.SIGTERM
+    stop_timeout: float = 15.0
+    ports: tuple[int, ...] = ()
+    # Returns None when ready, else a short reason it is not ready yet.
+    ready: Callable[[], str | None] | None = None
+    ready_timeout: float = 60.0
+    before_start: Callable[[], None] | None = None
+    after_ready: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Running:
+    pid: int
+    started: float
+
+
+def _pid_file(state: StateDir, name: str) -> Path:
+    return state.pids / f"{name}.json"
+
+
+def _reap(pid: int) -> None:
+    """Collect a dead child of this process so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def running(state: StateDir, name: str) -> Running | None:
+    path = _pid_file(state, name)
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    pid, started = int(record["pid"]), float(record["started"])
+    _reap(pid)
+    try:
+        proc = psutil.Process(pid)
+        alive = proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        alive = False
+    if not alive:
+        path.unlink(missing_ok=True)
+        return None
+    return Running(pid, started)
+
+
+def log_path(state: StateDir, name: str) -> Path:
+    return state.logs / f"{name}.log"
+
+
+def start(state: StateDir, spec: ProcessSpec) -> Running:
+    current = running(state, spec.name)
+    if current:
+        return current
+    if spec.before_start:
+        spec.before_start()
+    log = log_path(state, spec.name).open("ab")
+    log.write(f"\n--- mesh: starting {spec.name}: {' '.join(spec.argv)}\n".encode())
+    log.flush()
+    env = {**os.environ, **spec.env}
+    kwargs: dict = {}
+    if spec.user:
+        kwargs.update(user=spec.user, group=spec.user, extra_groups=[])
+    proc = subprocess.Popen(
+        spec.argv,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=spec.cwd,
+        env=env,
+        start_new_session=True,
+        **kwargs,
+    )
+    log.close()
+    started = psutil.Process(proc.pid).create_time()
+    record = {
+        "pid": proc.pid,
+        "started": started,
+        "argv": spec.argv,
+        "stop_signal": spec.stop_signal,
+    }
+    _pid_file(state, spec.name).write_text(json.dumps(record))
+    return Running(proc.pid, started)
+
+
+def signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def stop(state: StateDir, name: str, timeout: float = 15.0) -> bool:
+    """Stop gracefully (the recorded stop signal), escalating to SIGKILL; True if it was running."""
+    current = running(state, name)
+    if not current:
+        return False
+    record = json.loads(_pid_file(state, name).read_text())
+    signal_group(current.pid, int(record.get("stop_signal", signal.SIGTERM)))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not running(state, name):
+            return True
+        time.sleep(0.05)
+    kill(state, name)
+    return True
+
+
+def kill(state: StateDir, name: str) -> bool:
+    """SIGKILL the whole process group, as a crash would; True if it was running."""
+    current = running(state, name)
+    if not current:
+        return False
+    signal_group(current.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while running(state, name) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return True
+
+
+def wait_ready(state: StateDir, spec: ProcessSpec) -> None:
+    if spec.ready is None:
+        return
+    deadline = time.monotonic() + spec.ready_timeout
+    reason = "no check ran"
+    while time.monotonic() < deadline:
+        if not running(state, spec.name):
+            raise ProcessFailed(spec.name, "exited during start-up", log_path(state, spec.name))
+        reason = spec.ready() or ""
+        if not reason:
+            if spec.after_ready:
+                spec.after_ready()
+            return
+        time.sleep(0.1)
+    raise ProcessFailed(
+        spec.name,
+        f"not ready after {spec.ready_timeout:.0f}s: {reason}",
+        log_path(state, spec.name),
+    )
+
+
+class ProcessFailed(RuntimeError):
+    def __init__(self, name: str, why: str, log: Path):
+        tail = ""
+        if log.exists():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        super().__init__(f"{name} {why}. Last lines of {log}:\n{tail}")
+        self.name = name

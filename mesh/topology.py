@@ -1,0 +1,193 @@
+"""Typed view of mesh/topology.yaml, the single source of ports, names and upstreams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    port: int
+    admin_port: int
+
+
+@dataclass(frozen=True)
+class Upstream:
+    service: str
+    local_bind_port: int
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    service: str
+    port: int
+    sidecar: Sidecar
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    module: str
+    protocol: str
+    database: str | None
+    upstreams: tuple[Upstream, ...]
+    instances: tuple[Instance, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: str
+    service: str
+    local_bind_port: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class Edge:
+    id: str
+    http_port: int
+    admin_port: int
+    sidecar: Sidecar
+    routes: tuple[Route, ...]
+
+    @property
+    def upstreams(self) -> tuple[Upstream, ...]:
+        seen: dict[str, Upstream] = {}
+        for route in self.routes:
+            seen.setdefault(route.service, Upstream(route.service, route.local_bind_port))
+        return tuple(seen.values())
+
+
+@dataclass(frozen=True)
+class ConsulPorts:
+    http: int
+    grpc: int
+    server: int
+    serf_lan: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    bind_host: str
+    datacenter: str
+    consul_ports: ConsulPorts
+    postgres_port: int
+    services: tuple[Service, ...]
+    edge: Edge
+
+    @property
+    def consul_http_addr(self) -> str:
+        return f"http://{self.bind_host}:{self.consul_ports.http}"
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    def instances(self) -> tuple[Instance, ...]:
+        return tuple(i for s in self.services for i in s.instances)
+
+    def all_ports(self) -> dict[str, int]:
+        """Every TCP port the runtime binds, keyed by a readable owner name."""
+        ports = {f"consul {k}": v for k, v in vars(self.consul_ports).items()}
+        ports["postgres"] = self.postgres_port
+        for inst in self.instances():
+            ports[inst.id] = inst.port
+            ports[f"{inst.id}-sidecar"] = inst.sidecar.port
+            ports[f"{inst.id}-sidecar admin"] = inst.sidecar.admin_port
+        for svc in self.services:
+            for up in svc.upstreams:
+                ports[f"{svc.name} -> {up.service} upstream"] = up.local_bind_port
+        ports["edge http"] = self.edge.http_port
+        ports["edge admin"] = self.edge.admin_port
+        ports["edge-sidecar"] = self.edge.sidecar.port
+        ports["edge-sidecar admin"] = self.edge.sidecar.admin_port
+        for up in self.edge.upstreams:
+            ports[f"edge -> {up.service} upstream"] = up.local_bind_port
+        return ports
+
+
+class TopologyError(ValueError):
+    pass
+
+
+def _sidecar(raw: dict) -> Sidecar:
+    return Sidecar(port=int(raw["port"]), admin_port=int(raw["admin_port"]))
+
+
+def parse(raw: dict) -> Topology:
+    services = []
+    for name, spec in raw["services"].items():
+        services.append(
+            Service(
+                name=name,
+                module=spec["module"],
+                protocol=spec["protocol"],
+                database=spec.get("database"),
+                upstreams=tuple(
+                    Upstream(u["service"], int(u["local_bind_port"]))
+                    for u in spec.get("upstreams") or []
+                ),
+                instances=tuple(
+                    Instance(
+                        id=i["id"],
+                        service=name,
+                        port=int(i["port"]),
+                        sidecar=_sidecar(i["sidecar"]),
+                    )
+                    for i in spec["instances"]
+                ),
+            )
+        )
+    edge_raw = raw["edge"]
+    edge = Edge(
+        id=edge_raw["id"],
+        http_port=int(edge_raw["http_port"]),
+        admin_port=int(edge_raw["admin_port"]),
+        sidecar=_sidecar(edge_raw["sidecar"]),
+        routes=tuple(
+            Route(r["prefix"], r["service"], int(r["local_bind_port"]), int(r["timeout_ms"]))
+            for r in edge_raw["routes"]
+        ),
+    )
+    consul = raw["consul"]
+    topology = Topology(
+        bind_host=raw["bind_host"],
+        datacenter=consul["datacenter"],
+        consul_ports=ConsulPorts(**{k: int(v) for k, v in consul["ports"].items()}),
+        postgres_port=int(raw["postgres"]["port"]),
+        services=tuple(services),
+        edge=edge,
+    )
+    validate(topology)
+    return topology
+
+
+def validate(topology: Topology) -> None:
+    ports = topology.all_ports()
+    owners: dict[int, str] = {}
+    for owner, port in ports.items():
+        if port in owners:
+            raise TopologyError(f"port {port} is given to both {owners[port]!r} and {owner!r}")
+        owners[port] = owner
+    names = {s.name for s in topology.services}
+    for svc in topology.services:
+        for up in svc.upstreams:
+            if up.service not in names:
+                raise TopologyError(f"{svc.name} has an upstream to unknown service {up.service!r}")
+    for route in topology.edge.routes:
+        if route.service not in names:
+            raise TopologyError(f"edge route {route.prefix} points at unknown {route.service!r}")
+
+
+@cache
+def load(path: Path = TOPOLOGY_FILE) -> Topology:
+    return parse(yaml.safe_load(path.read_text()))

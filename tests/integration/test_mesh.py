@@ -1,0 +1,143 @@
+"""The mesh itself: mTLS identities, Consul health, intentions, and a killed service."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import httpx
+
+from mesh.runtime import consul as consul_runtime
+from mesh.runtime.consul import ConsulClient
+from mesh.runtime.supervisor import Mesh
+from mesh.topology import Topology
+from tests.integration.conftest import envoy_admin
+from tests.support import wait_for
+
+ORDER = {"items": [{"productId": "book", "quantity": 1}]}
+
+
+def place_order(edge: httpx.Client) -> dict:
+    resp = edge.post("/orders", json={"userId": f"u-{uuid.uuid4().hex[:8]}", **ORDER})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def test_orders_sidecar_presents_its_spiffe_identity(topology: Topology) -> None:
+    sidecar = topology.service("orders").instances[0].sidecar
+    with envoy_admin(topology, sidecar.admin_port) as admin:
+        certs = admin.get("/certs").json()["certificates"]
+    uris = [
+        san["uri"]
+        for cert in certs
+        for chain in cert["cert_chain"]
+        for san in chain.get("subject_alt_names", [])
+        if "uri" in san
+    ]
+    assert any(uri.startswith("spiffe://") and uri.endswith("/svc/orders") for uri in uris), uris
+
+
+def test_edge_sidecar_has_a_healthy_mtls_endpoint_for_orders(
+    topology: Topology, edge: httpx.Client
+) -> None:
+    place_order(edge)
+    with envoy_admin(topology, topology.edge.sidecar.admin_port) as admin:
+        clusters = admin.get("/clusters", params={"format": "json"}).json()["cluster_statuses"]
+        stats = admin.get("/stats", params={"filter": "ssl.handshake$"}).text
+    orders = [c for c in clusters if c["name"].startswith("orders.default.")]
+    assert orders, [c["name"] for c in clusters]
+    hosts = orders[0]["host_statuses"]
+    sidecar_port = topology.service("orders").instances[0].sidecar.port
+    assert [h["address"]["socket_address"]["port_value"] for h in hosts] == [sidecar_port]
+    assert all(h["health_status"]["eds_health_status"] == "HEALTHY" for h in hosts)
+    # Requests to orders left the edge sidecar through TLS handshakes (mTLS to the orders sidecar).
+    handshakes = [
+        int(line.rsplit(":", 1)[1])
+        for line in stats.splitlines()
+        if line.startswith("cluster.orders.default.")
+    ]
+    assert handshakes and sum(handshakes) > 0, stats
+
+
+def test_consul_catalog_reports_orders_passing(consul: ConsulClient) -> None:
+    passing = consul.http.get("/v1/health/connect/orders", params={"passing": "1"}).json()
+    assert [entry["Service"]["Service"] for entry in passing] == ["orders-sidecar-proxy"]
+    assert passing[0]["Service"]["Proxy"]["DestinationServiceID"] == "orders-1"
+
+
+def test_removing_the_edge_to_orders_intention_denies_and_restoring_heals(
+    mesh: Mesh, edge: httpx.Client, consul: ConsulClient
+) -> None:
+    order = place_order(edge)
+    consul.delete_config_entry("service-intentions", "orders")
+    try:
+        denied = wait_for(
+            lambda: edge.get(f"/orders/{order['id']}", timeout=3.0).status_code in (403, 503),
+            timeout=20,
+            what="the default-deny intention to refuse edge -> orders",
+        )
+        assert denied
+    finally:
+        consul_runtime.apply_config_entries(
+            mesh.binaries["consul"]["consul"], mesh.topology.consul_http_addr
+        )
+    wait_for(
+        lambda: edge.get(f"/orders/{order['id']}").status_code == 200,
+        timeout=20,
+        what="edge -> orders to be allowed again",
+    )
+
+
+def test_killed_orders_gives_a_fast_503_then_heals_after_start(
+    mesh: Mesh, edge: httpx.Client, consul: ConsulClient
+) -> None:
+    order = place_order(edge)
+    assert mesh.kill("orders") == ["orders-1"]
+    try:
+        # A bounded client timeout: the edge must answer, not hang, while orders is gone.
+        resp = edge.get(f"/orders/{order['id']}", timeout=1.0)
+        assert resp.status_code == 503, resp.text
+        wait_for(
+            lambda: consul.agent_health("orders-1") == "critical",
+            timeout=10,
+            what="consul to mark orders-1 critical",
+        )
+    finally:
+        mesh.start("orders", say=lambda _: None)
+    assert consul.agent_health("orders-1") == "passing"
+    healed = wait_for(
+        lambda: edge.get(f"/orders/{order['id']}"),
+        timeout=15,
+        what="orders to answer again through the edge",
+    )
+    assert healed.status_code == 200
+    assert healed.json() == order
+
+
+def run_cli(mesh: Mesh, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh.runtime.cli", *args],
+        env={**os.environ, "SHOPMESH_STATE_DIR": str(mesh.state.root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_status_lists_every_component_healthy(mesh: Mesh) -> None:
+    proc = run_cli(mesh, "status")
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in mesh.names():
+        line = next(line for line in proc.stdout.splitlines() if line.startswith(name + " "))
+        assert line.rstrip().endswith("healthy"), line
+
+
+def test_second_up_says_the_mesh_is_already_running(mesh: Mesh) -> None:
+    proc = run_cli(mesh, "up", "--detach")
+
+    assert proc.returncode == 1
+    assert "already running" in proc.stderr
+    assert sorted(mesh.running()) == sorted(mesh.names())

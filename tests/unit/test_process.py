@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from mesh.runtime import process
+from mesh.runtime.paths import StateDir
+from mesh.runtime.process import ProcessSpec
+from tests.support import wait_for
+
+
+def sleeper(name: str) -> ProcessSpec:
+    return ProcessSpec(name=name, argv=[sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_started_process_is_tracked_by_its_pid_file_and_stopped(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    started = process.start(state, sleeper("sleepy"))
+
+    assert process.running(state, "sleepy") == started
+    assert process.stop(state, "sleepy", timeout=5)
+    assert process.running(state, "sleepy") is None
+    assert not (state.pids / "sleepy.json").exists()
+
+
+def test_kill_is_a_sigkill_and_the_pid_file_is_cleared(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    process.start(state, sleeper("victim"))
+
+    assert process.kill(state, "victim")
+    wait_for(lambda: process.running(state, "victim") is None, timeout=5, what="victim to die")
+
+
+def test_a_pid_file_whose_pid_now_belongs_to_another_process_is_ignored(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    # Our own pid with a start time that does not match it: a reused pid.
+    (state.pids / "ghost.json").write_text(json.dumps({"pid": os.getpid(), "started": 1.0}))
+
+    assert process.running(state, "ghost") is None
+    assert not process.stop(state, "ghost")

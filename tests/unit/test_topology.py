@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from mesh.topology import TOPOLOGY_FILE, TopologyError, load, parse
+
+RAW = yaml.safe_load(TOPOLOGY_FILE.read_text())
+
+
+def test_the_committed_topology_loads_and_has_unique_ports() -> None:
+    topology = load()
+    ports = list(topology.all_ports().values())
+    assert len(ports) == len(set(ports))
+    assert topology.service("orders").instances[0].id == "orders-1"
+
+
+def test_a_port_given_twice_is_rejected_naming_both_owners() -> None:
+    raw = copy.deepcopy(RAW)
+    raw["edge"]["http_port"] = raw["consul"]["ports"]["http"]
+    with pytest.raises(TopologyError, match=r"consul http.*edge http"):
+        parse(raw)
+
+
+def test_an_edge_route_to_an_unknown_service_is_rejected() -> None:
+    raw = copy.deepcopy(RAW)
+    raw["edge"]["routes"].append(
+        {"prefix": "/ghosts", "service": "ghosts", "local_bind_port": 9999, "timeout_ms": 1000}
+    )
+    with pytest.raises(TopologyError, match="unknown 'ghosts'"):
+        parse(raw)
+
+
+def test_edge_upstreams_come_from_its_routes() -> None:
+    edge = load().edge
+    assert {u.service for u in edge.upstreams} == {r.service for r in edge.routes}
