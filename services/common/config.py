@@ -1,0 +1,131 @@
+"""Service settings, read from `SHOPMESH_*` environment variables.
+
+The native runtime and docker compose both set these variables; nothing else configures a
+service process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """The environment does not describe a runnable service instance."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A mesh upstream, reachable on `127.0.0.1:<local_bind_port>` through the sidecar."""
+
+    name: str
+    local_bind_port: int
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    service: str
+    instance: str
+    port: int
+    consul_http_addr: str
+    database_url: str = field(repr=False)
+    sidecar_port: int
+    bind_host: str = "127.0.0.1"
+    sidecar_bind_host: str = "127.0.0.1"
+    upstreams: tuple[Upstream, ...] = ()
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
+        """Read settings from `env` (default: the process environment).
+
+        Raises ConfigError naming the first variable that is missing or malformed.
+        """
+        source = os.environ if env is None else env
+        log_level = _optional(source, "SHOPMESH_LOG_LEVEL", "info").lower()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"SHOPMESH_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
+            )
+        return cls(
+            service=_required(source, "SHOPMESH_SERVICE"),
+            instance=_required(source, "SHOPMESH_INSTANCE"),
+            bind_host=_optional(source, "SHOPMESH_BIND_HOST", "127.0.0.1"),
+            port=_port(source, "SHOPMESH_PORT"),
+            consul_http_addr=_http_url(source, "SHOPMESH_CONSUL_HTTP_ADDR"),
+            database_url=_required(source, "SHOPMESH_DATABASE_URL"),
+            sidecar_port=_port(source, "SHOPMESH_SIDECAR_PORT"),
+            sidecar_bind_host=_optional(source, "SHOPMESH_SIDECAR_BIND_HOST", "127.0.0.1"),
+            upstreams=_upstreams(source, "SHOPMESH_UPSTREAMS"),
+            log_level=log_level,
+        )
+
+
+def service_version() -> str:
+    """The installed shopmesh distribution's version, or "unknown" when run from a checkout."""
+    try:
+        return metadata.version("shopmesh")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required but not set")
+    return value
+
+
+def _optional(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name, "").strip() or default
+
+
+def _port_value(name: str, raw: object) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        port = raw
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        port = int(raw)
+    else:
+        raise ConfigError(f"{name} must be a TCP port number (1-65535), got {raw!r}")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name} must be a TCP port number (1-65535), got {raw!r}")
+    return port
+
+
+def _port(env: Mapping[str, str], name: str) -> int:
+    return _port_value(name, _required(env, name))
+
+
+def _http_url(env: Mapping[str, str], name: str) -> str:
+    value = _required(env, name).rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _upstreams(env: Mapping[str, str], name: str) -> tuple[Upstream, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        entries = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc.msg}") from None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{name} must be a JSON list of {{name, local_bind_port}} objects")
+    upstreams = []
+    for index, entry in enumerate(entries):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be an object with name and local_bind_port")
+        upstream_name = entry.get("name")
+        if not isinstance(upstream_name, str) or not upstream_name:
+            raise ConfigError(f"{where}.name must be a non-empty string")
+        port = _port_value(f"{where}.local_bind_port", entry.get("local_bind_port"))
+        upstreams.append(Upstream(name=upstream_name, local_bind_port=port))
+    return tuple(upstreams)

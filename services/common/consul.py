@@ -1,0 +1,154 @@
+"""Registration with the local Consul agent, including the instance's Connect sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from services.common.config import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = "1s"
+CHECK_TIMEOUT = "1s"
+DEREGISTER_CRITICAL_AFTER = "5m"
+
+CheckBuilder = Callable[[ServiceSettings], dict[str, Any]]
+
+
+def http_check(settings: ServiceSettings) -> dict[str, Any]:
+    """A Consul HTTP check against the instance's GET /health."""
+    return {
+        "Name": f"{settings.instance} HTTP /health",
+        "HTTP": f"http://{_host(settings.bind_host)}:{settings.port}/health",
+        "Method": "GET",
+        "Interval": CHECK_INTERVAL,
+        "Timeout": CHECK_TIMEOUT,
+        "DeregisterCriticalServiceAfter": DEREGISTER_CRITICAL_AFTER,
+    }
+
+
+def grpc_check(settings: ServiceSettings) -> dict[str, Any]:
+    """A Consul gRPC check (grpc.health.v1) against the instance's own port."""
+    return {
+        "Name": f"{settings.instance} gRPC health",
+        "GRPC": f"{_host(settings.bind_host)}:{settings.port}",
+        "GRPCUseTLS": False,
+        "Interval": CHECK_INTERVAL,
+        "Timeout": CHECK_TIMEOUT,
+        "DeregisterCriticalServiceAfter": DEREGISTER_CRITICAL_AFTER,
+    }
+
+
+def registration_body(
+    settings: ServiceSettings, *, version: str, check: CheckBuilder = http_check
+) -> dict[str, Any]:
+    """The body of PUT /v1/agent/service/register for this instance and its sidecar."""
+    return {
+        "ID": settings.instance,
+        "Name": settings.service,
+        "Address": settings.bind_host,
+        "Port": settings.port,
+        "Meta": {"version": version},
+        "Check": check(settings),
+        "Connect": {
+            "SidecarService": {
+                "Port": settings.sidecar_port,
+                "Address": settings.sidecar_bind_host,
+                "Proxy": {
+                    "LocalServiceAddress": settings.bind_host,
+                    "LocalServicePort": settings.port,
+                    "Upstreams": [
+                        {
+                            "DestinationName": upstream.name,
+                            "LocalBindAddress": "127.0.0.1",
+                            "LocalBindPort": upstream.local_bind_port,
+                        }
+                        for upstream in settings.upstreams
+                    ],
+                },
+            }
+        },
+    }
+
+
+class ConsulError(Exception):
+    """The agent answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class ConsulAgent:
+    """The few agent endpoints a service needs. Registering the same ID again replaces it."""
+
+    def __init__(
+        self, http_addr: str, session: aiohttp.ClientSession, *, timeout_s: float = 2.0
+    ) -> None:
+        self._base = http_addr.rstrip("/")
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def register(self, body: dict[str, Any]) -> None:
+        await self._put("/v1/agent/service/register", json=body)
+
+    async def deregister(self, service_id: str) -> None:
+        await self._put(f"/v1/agent/service/deregister/{service_id}")
+
+    async def _put(self, path: str, json: dict[str, Any] | None = None) -> None:
+        async with self._session.put(self._base + path, json=json, timeout=self._timeout) as resp:
+            if resp.status != 200:
+                raise ConsulError(resp.status, (await resp.text()).strip()[:500])
+
+
+async def register_until(
+    agent: ConsulAgent, body: dict[str, Any], *, deadline_s: float = 60.0
+) -> None:
+    """Register `body`, retrying with backoff while the agent is unreachable or failing.
+
+    A 4xx answer is a bad registration and is raised at once; connection errors, timeouts and
+    5xx answers are retried until `deadline_s`, each logged, then the last one is raised.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    delay = 0.2
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await agent.register(body)
+        except ConsulError as exc:
+            if exc.status < 500:
+                raise
+            error: Exception = exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = exc
+        else:
+            log.info(
+                "registered in consul",
+                extra={"service_id": body["ID"], "attempt": attempt},
+            )
+            return
+        remaining = deadline - loop.time()
+        log.warning(
+            "consul registration failed",
+            extra={
+                "service_id": body["ID"],
+                "attempt": attempt,
+                "error": f"{type(error).__name__}: {error}",
+                "retry_in_s": round(min(delay, max(remaining, 0)), 2),
+            },
+        )
+        if remaining <= 0:
+            raise error
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, 5.0)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

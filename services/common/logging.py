@@ -1,0 +1,92 @@
+"""Structured logs: one JSON object per line on stderr.
+
+Every line carries ts, level, service, instance and msg; fields passed with `extra=` follow.
+Fields whose names suggest a secret are redacted, and request logs never include query strings
+(WebSocket clients may carry a token there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+REDACTED = "[redacted]"
+_SENSITIVE_KEY = re.compile(
+    r"pass(word)?|secret|token|authorization|cookie|api_?key|credential|dsn|database_url",
+    re.IGNORECASE,
+)
+_RECORD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)).keys()
+) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str, instance: str) -> None:
+        super().__init__()
+        self._service = service
+        self._instance = instance
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "service": self._service,
+            "instance": self._instance,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key in _RECORD_ATTRIBUTES or key in payload or key.startswith("_"):
+                continue
+            payload[key] = REDACTED if _SENSITIVE_KEY.search(key) else value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+def configure_logging(service: str, instance: str, level: str = "info") -> None:
+    """Send every logger's records to stderr as JSON lines, at `level` and above."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service, instance))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced, safe to log (e.g. a database URL)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:{REDACTED}@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class JsonAccessLogger(AbstractAccessLogger):
+    """aiohttp access log as structured fields; health checks only at debug level."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        level = logging.DEBUG if request.path == "/health" else logging.INFO
+        self.logger.log(
+            level,
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(time * 1000, 2),
+            },
+        )

@@ -1,0 +1,150 @@
+"""Run an aiohttp service: serve, register in Consul, and stop cleanly on SIGTERM/SIGINT.
+
+Start: the application's startup hooks (database pool, migrations) run, the listener binds,
+then registration runs in the background so the health check already answers when Consul
+first probes it. Stop: deregister first (the mesh stops sending traffic), then stop accepting
+and let in-flight requests finish, then the cleanup hooks close the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from services.common.config import ServiceSettings
+from services.common.consul import ConsulAgent, ConsulError, register_until
+from services.common.logging import JsonAccessLogger
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A known reason a service cannot start; logged without a traceback."""
+
+
+def run(
+    app: web.Application,
+    settings: ServiceSettings,
+    registration: dict[str, Any],
+    *,
+    register_deadline_s: float = 60.0,
+    shutdown_timeout_s: float = 10.0,
+) -> int:
+    """Serve `app` until SIGTERM/SIGINT; return the process exit code."""
+    return asyncio.run(
+        serve(
+            app,
+            settings,
+            registration,
+            register_deadline_s=register_deadline_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+        )
+    )
+
+
+async def serve(
+    app: web.Application,
+    settings: ServiceSettings,
+    registration: dict[str, Any],
+    *,
+    register_deadline_s: float,
+    shutdown_timeout_s: float,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _request_stop, stop, sig)
+
+    runner = web.AppRunner(
+        app, access_log_class=JsonAccessLogger, shutdown_timeout=shutdown_timeout_s
+    )
+    try:
+        if not await _unless_stopped(_start(runner, settings), stop):
+            await runner.cleanup()
+            return 0
+    except StartupError as exc:
+        log.error("startup failed", extra={"error": str(exc)})
+        await runner.cleanup()
+        return 1
+    except Exception:
+        log.exception("startup failed")
+        await runner.cleanup()
+        return 1
+
+    exit_code = 0
+    async with aiohttp.ClientSession() as session:
+        agent = ConsulAgent(settings.consul_http_addr, session)
+        registering = asyncio.create_task(
+            register_until(agent, registration, deadline_s=register_deadline_s)
+        )
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({registering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if registering.done() and registering.exception() is not None:
+            log.error(
+                "could not register in consul, stopping",
+                extra={"error": str(registering.exception())},
+            )
+            exit_code = 1
+        elif registering.done():
+            await stopping
+        registering.cancel()
+        stopping.cancel()
+        await asyncio.gather(registering, stopping, return_exceptions=True)
+        await _deregister(agent, settings.instance)
+
+    log.info("stopping", extra={"shutdown_timeout_s": shutdown_timeout_s})
+    await runner.cleanup()
+    log.info("stopped")
+    return exit_code
+
+
+async def _start(runner: web.AppRunner, settings: ServiceSettings) -> None:
+    await runner.setup()
+    site = web.TCPSite(runner, settings.bind_host, settings.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {settings.bind_host}:{settings.port}: {exc}") from exc
+    log.info("listening", extra={"host": settings.bind_host, "port": settings.port})
+
+
+async def _unless_stopped(startup: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run `startup` unless a stop signal comes first; False if the signal won."""
+    starting = asyncio.ensure_future(startup)
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if starting.done():
+        starting.result()
+        return True
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    log.info("stopped during startup")
+    return False
+
+
+async def _deregister(agent: ConsulAgent, service_id: str) -> None:
+    try:
+        await agent.deregister(service_id)
+    except ConsulError as exc:
+        log.warning(
+            "consul deregistration failed", extra={"service_id": service_id, "error": str(exc)}
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning(
+            "consul not reachable for deregistration",
+            extra={"service_id": service_id, "error": f"{type(exc).__name__}: {exc}"},
+        )
+    else:
+        log.info("deregistered from consul", extra={"service_id": service_id})
+
+
+def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
+    log.info("stop signal received", extra={"signal": sig.name})
+    stop.set()

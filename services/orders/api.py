@@ -1,0 +1,132 @@
+"""HTTP entrypoints: parse and validate, call the service layer, map errors to problems."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from services.common.problem import Problem
+from services.orders import validation
+from services.orders.domain import OrderItem
+from services.orders.service import IdempotencyKeyReusedError, OrderService
+
+SERVICE = web.AppKey("orders_service", OrderService)
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+MALFORMED = "/problems/malformed-request"
+VALIDATION = "/problems/validation"
+KEY_REUSED = "/problems/idempotency-key-reused"
+ORDER_NOT_FOUND = "/problems/order-not-found"
+UNAVAILABLE = "/problems/unavailable"
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/orders")
+async def list_orders(request: web.Request) -> web.Response:
+    user_id = request.query.get("userId")
+    if user_id is None:
+        errors = [{"field": "userId", "message": "is required"}]
+    else:
+        errors = validation.user_id_errors(user_id)
+    if errors:
+        raise Problem(
+            400,
+            "Malformed request",
+            f"query parameter {validation.describe(errors)}",
+            type=MALFORMED,
+            errors=errors,
+        )
+    orders = await request.app[SERVICE].list_orders(user_id)
+    return web.json_response([order.to_json() for order in orders])
+
+
+@routes.post("/orders")
+async def create_order(request: web.Request) -> web.Response:
+    idempotency_key = _idempotency_key(request)
+    payload = await _json_object(request)
+    errors = validation.create_order_errors(payload)
+    if errors:
+        raise Problem(
+            422, "Invalid order", validation.describe(errors), type=VALIDATION, errors=errors
+        )
+    items = [OrderItem(item["productId"], item["quantity"]) for item in payload["items"]]
+    try:
+        placed = await request.app[SERVICE].place_order(
+            payload["userId"], items, idempotency_key=idempotency_key
+        )
+    except IdempotencyKeyReusedError:
+        raise Problem(
+            422,
+            "Idempotency key reused",
+            "this Idempotency-Key was already used with a different request body",
+            type=KEY_REUSED,
+        ) from None
+    headers = {"Location": f"/orders/{placed.order.id}"}
+    if placed.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return web.json_response(placed.order.to_json(), status=201, headers=headers)
+
+
+@routes.get("/orders/{id}")
+async def get_order(request: web.Request) -> web.Response:
+    raw_id = request.match_info["id"]
+    try:
+        order_id = uuid.UUID(raw_id)
+    except ValueError:
+        order_id = None
+    order = None if order_id is None else await request.app[SERVICE].get_order(order_id)
+    if order is None:
+        raise Problem(404, "Order not found", "no order has this id", type=ORDER_NOT_FOUND)
+    return web.json_response(order.to_json())
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    if not await request.app[SERVICE].database_ready():
+        raise Problem(503, "Service unavailable", "the database does not answer", type=UNAVAILABLE)
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/openapi.yaml")
+async def openapi(_request: web.Request) -> web.Response:
+    return web.Response(text=validation.spec_text(), content_type="application/yaml")
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    problem = None
+    if not key.strip():
+        problem = "must not be empty"
+    elif len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        problem = f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters long"
+    if problem is not None:
+        raise Problem(
+            400,
+            "Malformed request",
+            f"header Idempotency-Key {problem}",
+            type=MALFORMED,
+            errors=[{"field": "Idempotency-Key", "message": problem}],
+        )
+    return key
+
+
+async def _json_object(request: web.Request) -> dict[str, object]:
+    content_type = request.content_type
+    if content_type != "application/json" and not (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    ):
+        raise Problem(
+            400,
+            "Malformed request",
+            f"Content-Type must be application/json, got {content_type}",
+            type=MALFORMED,
+        )
+    raw = await request.read()
+    try:
+        return validation.parse_json_object(raw)
+    except validation.MalformedBodyError as exc:
+        raise Problem(400, "Malformed request", str(exc), type=MALFORMED) from None

@@ -1,0 +1,45 @@
+"""Wiring: the one place that knows the routes, the error handling and the database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from services.common.config import ServiceSettings
+from services.common.db import apply_migrations, create_pool
+from services.common.problem import problem_middleware
+from services.orders import api
+from services.orders.service import OrderService
+
+MAX_BODY_BYTES = 64 * 1024
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def http_app() -> web.Application:
+    """Routes and error handling without a database; `api.SERVICE` is set by the caller."""
+    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    app.add_routes(api.routes)
+    return app
+
+
+def create_app(settings: ServiceSettings) -> web.Application:
+    """The service as it runs: on startup the pool opens and migrations apply."""
+    app = http_app()
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(settings.database_url)
+        try:
+            await apply_migrations(pool, MIGRATIONS)
+            app[api.SERVICE] = OrderService(pool)
+            yield
+        finally:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5.0)
+            except TimeoutError:
+                pool.terminate()
+
+    app.cleanup_ctx.append(database)
+    return app

@@ -1,0 +1,189 @@
+"""Request validation against the service's own OpenAPI document.
+
+The schemas come from openapi.yaml (OpenAPI 3.1 schemas are JSON Schema 2020-12), so the
+published contract and the checks the service makes cannot drift apart. Each violation becomes
+`{"field": "items[0].quantity", "message": "..."}`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, ValidationError, validators
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+SPEC_PATH = Path(__file__).with_name("openapi.yaml")
+_SPEC_URI = "urn:shopmesh:orders:openapi"
+
+FieldError = dict[str, str]
+
+
+class MalformedBodyError(ValueError):
+    """The body is not a JSON object (invalid UTF-8 or JSON, or another JSON type)."""
+
+
+def _is_strict_integer(_checker: object, instance: object) -> bool:
+    # JSON Schema counts 1.0 as an integer; an order quantity must be written as one.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+StrictValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
+)
+
+
+@cache
+def spec_text() -> str:
+    return SPEC_PATH.read_text("utf-8")
+
+
+@cache
+def spec() -> dict[str, Any]:
+    return yaml.safe_load(spec_text())
+
+
+@cache
+def schema_validator(pointer: str) -> Draft202012Validator:
+    """A validator for the schema at JSON pointer `pointer` inside openapi.yaml."""
+    registry = Registry().with_resource(_SPEC_URI, DRAFT202012.create_resource(spec()))
+    return StrictValidator({"$ref": f"{_SPEC_URI}#{pointer}"}, registry=registry)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object; MalformedBodyError says why not."""
+    if not raw.strip():
+        raise MalformedBodyError("the body is empty; expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedBodyError("the body is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise MalformedBodyError(
+            f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise MalformedBodyError("the body is not valid JSON: it is nested too deeply") from None
+    except ValueError as exc:
+        raise MalformedBodyError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedBodyError(f"the body must be a JSON object, got {_json_type(value)}")
+    return value
+
+
+def create_order_errors(payload: dict[str, Any]) -> list[FieldError]:
+    """Violations of the CreateOrderRequest schema, one per field, sorted by field."""
+    return _field_errors(schema_validator("/components/schemas/CreateOrderRequest"), payload, ())
+
+
+def user_id_errors(value: str) -> list[FieldError]:
+    """Violations of the userId schema (shared by the query parameter and the body)."""
+    pointer = "/components/schemas/CreateOrderRequest/properties/userId"
+    return _field_errors(schema_validator(pointer), value, ("userId",))
+
+
+def describe(errors: Sequence[FieldError]) -> str:
+    """A one-line summary for a problem's `detail`."""
+    first = f"{errors[0]['field']} {errors[0]['message']}"
+    if len(errors) == 1:
+        return first
+    more = len(errors) - 1
+    return f"{first} (and {more} more {'error' if more == 1 else 'errors'})"
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _field_errors(
+    validator: Draft202012Validator, instance: object, prefix: tuple[str | int, ...]
+) -> list[FieldError]:
+    found: list[tuple[tuple[str | int, ...], int, str]] = []
+    for error in validator.iter_errors(instance):
+        for path, message in _explain(error):
+            rank = 0 if error.validator == "type" else 1
+            found.append(((*prefix, *path), rank, message))
+    found.sort(key=lambda entry: (_sort_key(entry[0]), entry[1]))
+    result: dict[str, str] = {}
+    for path, _rank, message in found:
+        result.setdefault(_field_name(path), message)
+    return [{"field": field, "message": message} for field, message in result.items()]
+
+
+def _explain(error: ValidationError) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """(path, message) pairs for one jsonschema error; some errors name several fields."""
+    path = tuple(error.absolute_path)
+    keyword, expected, instance = error.validator, error.validator_value, error.instance
+    if keyword == "required":
+        for name in expected:
+            if name not in instance:
+                yield (*path, name), "is required"
+    elif keyword == "additionalProperties":
+        allowed = error.schema.get("properties", {})
+        for name in instance:
+            if name not in allowed:
+                yield (*path, name), "is not allowed"
+    elif keyword == "type":
+        yield path, _type_message(expected, instance)
+    elif keyword == "minimum":
+        yield path, f"must be at least {expected}"
+    elif keyword == "maximum":
+        yield path, f"must be at most {expected}"
+    elif keyword == "minLength":
+        yield (
+            path,
+            "must not be empty"
+            if expected == 1
+            else f"must be at least {expected} characters long",
+        )
+    elif keyword == "maxLength":
+        yield path, f"must be at most {expected} characters long"
+    elif keyword == "minItems":
+        yield path, f"must contain at least {expected} item{'' if expected == 1 else 's'}"
+    elif keyword == "maxItems":
+        yield path, f"must contain at most {expected} items"
+    else:
+        yield path, error.message
+
+
+def _type_message(expected: object, instance: object) -> str:
+    wanted = " or ".join(expected) if isinstance(expected, list) else str(expected)
+    article = "an" if wanted[0] in "aeiou" else "a"
+    if wanted == "integer" and isinstance(instance, float) and instance.is_integer():
+        return "must be an integer, got a number with a decimal point or exponent"
+    if wanted == "integer" and isinstance(instance, float):
+        return "must be an integer, got a fractional number"
+    return f"must be {article} {wanted}, got {_json_type(instance)}"
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _field_name(path: tuple[str | int, ...]) -> str:
+    name = ""
+    for part in path:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+def _sort_key(path: tuple[str | int, ...]) -> tuple[tuple[int, str | int], ...]:
+    return tuple((0, part) if isinstance(part, int) else (1, part) for part in path)

@@ -1,0 +1,110 @@
+import pytest
+
+from services.common.config import ConfigError, ServiceSettings, Upstream
+
+ENV = {
+    "SHOPMESH_SERVICE": "orders",
+    "SHOPMESH_INSTANCE": "orders-1",
+    "SHOPMESH_PORT": "7001",
+    "SHOPMESH_CONSUL_HTTP_ADDR": "http://127.0.0.1:8500",
+    "SHOPMESH_DATABASE_URL": "postgresql://orders:pw@127.0.0.1:15432/orders",
+    "SHOPMESH_SIDECAR_PORT": "21001",
+}
+
+
+def settings(**overrides):
+    env = {**ENV, **overrides}
+    return ServiceSettings.from_env({k: v for k, v in env.items() if v is not None})
+
+
+def test_minimal_environment_gets_loopback_defaults():
+    s = settings()
+    assert s.service == "orders"
+    assert s.instance == "orders-1"
+    assert s.port == 7001
+    assert s.sidecar_port == 21001
+    assert s.bind_host == "127.0.0.1"
+    assert s.sidecar_bind_host == "127.0.0.1"
+    assert s.upstreams == ()
+    assert s.log_level == "info"
+    assert s.consul_http_addr == "http://127.0.0.1:8500"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SHOPMESH_SERVICE",
+        "SHOPMESH_INSTANCE",
+        "SHOPMESH_PORT",
+        "SHOPMESH_CONSUL_HTTP_ADDR",
+        "SHOPMESH_DATABASE_URL",
+        "SHOPMESH_SIDECAR_PORT",
+    ],
+)
+def test_missing_required_variable_is_named_in_the_error(name):
+    with pytest.raises(ConfigError, match=name):
+        settings(**{name: None})
+
+
+def test_blank_required_variable_counts_as_missing():
+    with pytest.raises(ConfigError, match="SHOPMESH_SERVICE is required"):
+        settings(SHOPMESH_SERVICE="  ")
+
+
+@pytest.mark.parametrize("port", ["http", "0", "65536", "-1", "70.5"])
+def test_port_must_be_a_tcp_port_number(port):
+    with pytest.raises(ConfigError, match="SHOPMESH_PORT must be a TCP port"):
+        settings(SHOPMESH_PORT=port)
+
+
+def test_upstreams_are_read_from_json():
+    s = settings(
+        SHOPMESH_UPSTREAMS='[{"name": "users", "local_bind_port": 9201},'
+        ' {"name": "payments", "local_bind_port": 9202}]'
+    )
+    assert s.upstreams == (Upstream("users", 9201), Upstream("payments", 9202))
+
+
+@pytest.mark.parametrize("raw", ["", "[]", "  "])
+def test_unset_or_empty_upstreams_mean_none(raw):
+    assert settings(SHOPMESH_UPSTREAMS=raw).upstreams == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        ("[{", "SHOPMESH_UPSTREAMS is not valid JSON"),
+        ('{"name": "users"}', "SHOPMESH_UPSTREAMS must be a JSON list"),
+        ('["users"]', r"SHOPMESH_UPSTREAMS\[0\] must be an object"),
+        ('[{"local_bind_port": 9201}]', r"SHOPMESH_UPSTREAMS\[0\]\.name"),
+        ('[{"name": "users"}]', r"SHOPMESH_UPSTREAMS\[0\]\.local_bind_port"),
+        ('[{"name": "users", "local_bind_port": true}]', r"\[0\]\.local_bind_port"),
+        ('[{"name": "users", "local_bind_port": 9201.5}]', r"\[0\]\.local_bind_port"),
+    ],
+)
+def test_malformed_upstreams_are_refused_with_their_location(raw, where):
+    with pytest.raises(ConfigError, match=where):
+        settings(SHOPMESH_UPSTREAMS=raw)
+
+
+def test_log_level_is_case_insensitive_and_checked():
+    assert settings(SHOPMESH_LOG_LEVEL="DEBUG").log_level == "debug"
+    with pytest.raises(ConfigError, match="SHOPMESH_LOG_LEVEL"):
+        settings(SHOPMESH_LOG_LEVEL="verbose")
+
+
+def test_consul_address_must_be_an_http_url_and_loses_its_trailing_slash():
+    assert settings(SHOPMESH_CONSUL_HTTP_ADDR="http://127.0.0.1:8500/").consul_http_addr == (
+        "http://127.0.0.1:8500"
+    )
+    with pytest.raises(ConfigError, match="SHOPMESH_CONSUL_HTTP_ADDR"):
+        settings(SHOPMESH_CONSUL_HTTP_ADDR="127.0.0.1:8500")
+
+
+def test_bind_hosts_can_be_overridden():
+    s = settings(SHOPMESH_BIND_HOST="0.0.0.0", SHOPMESH_SIDECAR_BIND_HOST="10.0.0.5")
+    assert (s.bind_host, s.sidecar_bind_host) == ("0.0.0.0", "10.0.0.5")
+
+
+def test_database_password_stays_out_of_the_repr():
+    assert "pw@" not in repr(settings())

@@ -1,0 +1,108 @@
+import asyncio
+import json
+import logging
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.common.problem import PROBLEM_CONTENT_TYPE, Problem, problem_middleware
+
+
+async def raises_problem(_request):
+    raise Problem(
+        422,
+        "Invalid order",
+        "items[0].quantity must be at least 1",
+        type="/problems/validation",
+        errors=[{"field": "items[0].quantity", "message": "must be at least 1"}],
+        headers={"Retry-After": "1"},
+    )
+
+
+async def crashes(_request):
+    raise RuntimeError("password=hunter2 in an internal message")
+
+
+async def redirects(_request):
+    raise web.HTTPFound("/elsewhere")
+
+
+async def echo(request):
+    return web.Response(body=await request.read())
+
+
+def call(method, path, **kwargs):
+    async def go():
+        app = web.Application(middlewares=[problem_middleware], client_max_size=16)
+        app.router.add_get("/problem", raises_problem)
+        app.router.add_get("/crash", crashes)
+        app.router.add_get("/redirect", redirects)
+        app.router.add_post("/echo", echo)
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.request(method, path, allow_redirects=False, **kwargs)
+            return resp.status, dict(resp.headers), await resp.read()
+
+    return asyncio.run(go())
+
+
+def test_problem_is_rendered_as_problem_json_with_instance_and_errors():
+    status, headers, body = call("GET", "/problem")
+    assert status == 422
+    assert headers["Content-Type"] == PROBLEM_CONTENT_TYPE
+    assert headers["Retry-After"] == "1"
+    assert json.loads(body) == {
+        "type": "/problems/validation",
+        "title": "Invalid order",
+        "status": 422,
+        "detail": "items[0].quantity must be at least 1",
+        "instance": "/problem",
+        "errors": [{"field": "items[0].quantity", "message": "must be at least 1"}],
+    }
+
+
+def test_problem_without_detail_or_errors_omits_them():
+    assert Problem(404, "Not Found").to_dict("/x") == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "instance": "/x",
+    }
+
+
+def test_unknown_route_is_a_404_problem():
+    status, headers, body = call("GET", "/missing")
+    assert status == 404
+    assert headers["Content-Type"] == PROBLEM_CONTENT_TYPE
+    assert json.loads(body)["title"] == "Not Found"
+    assert json.loads(body)["instance"] == "/missing"
+
+
+def test_wrong_method_is_a_405_problem_that_keeps_allow():
+    status, headers, body = call("PUT", "/problem")
+    assert status == 405
+    assert "GET" in headers["Allow"]
+    assert json.loads(body)["title"] == "Method Not Allowed"
+
+
+def test_too_large_body_is_a_413_problem():
+    status, headers, body = call("POST", "/echo", data=b"x" * 17)
+    assert status == 413
+    assert headers["Content-Type"] == PROBLEM_CONTENT_TYPE
+    assert "16" in json.loads(body)["detail"]
+
+
+def test_unexpected_error_is_a_500_problem_without_internals(caplog):
+    with caplog.at_level(logging.ERROR):
+        status, headers, body = call("GET", "/crash")
+    assert status == 500
+    assert headers["Content-Type"] == PROBLEM_CONTENT_TYPE
+    assert b"hunter2" not in body
+    assert b"RuntimeError" not in body
+    assert json.loads(body)["instance"] == "/crash"
+    assert any(record.exc_info for record in caplog.records)
+
+
+def test_redirects_pass_through_untouched():
+    status, headers, _ = call("GET", "/redirect")
+    assert status == 302
+    assert headers["Location"] == "/elsewhere"
