@@ -45,7 +45,15 @@ try:
 """
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    # Ctrl-C and SIGTERM stop everything cleanly, also while starting (and also when the shell
+    # that started us ignores SIGINT, as background jobs do).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     mesh = _mesh()
     print(f"starting the mesh (state in {mesh.state.root})")
     try:
@@ -53,14 +61,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     except AlreadyRunning:
         raise
     except (KeyboardInterrupt, ProcessFailed, MeshError) as exc:
-        print(f"{exc or 'interrupted'}\nstopping what was started", file=sys.stderr)
+        print(f"{str(exc) or 'interrupted'}\nstopping what was started", file=sys.stderr)
         mesh.down()
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
     print(_next_steps(mesh))
     if args.detach:
         return 0
     print("running in the foreground; Ctrl-C stops the mesh (use `mesh up -d` to detach)")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     reported: set[str] = set()
     try:
         while True:
@@ -91,9 +98,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     mesh = _mesh()
     rows = list(mesh.status())
-    print(f"{'COMPONENT':<20} {'PID':<8} {'PORTS':<14} HEALTH")
+    print(f"{'COMPONENT':<20} {'PID':<8} {'PORTS':<22} HEALTH")
     for name, pid, ports, health in rows:
-        print(f"{name:<20} {pid:<8} {ports:<14} {health}")
+        print(f"{name:<20} {pid:<8} {ports:<22} {health}")
     return 0 if all(r[3] == "healthy" for r in rows) else 3
 
 
@@ -120,6 +127,14 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consul(args: argparse.Namespace) -> int:
+    """The pinned consul binary, pointed at the mesh's agent."""
+    topology = load()
+    consul_bin = install_all()["consul"]["consul"]
+    os.environ["CONSUL_HTTP_ADDR"] = topology.consul_http_addr
+    os.execv(consul_bin, [str(consul_bin), *args.args])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start a stopped component and wait until it is ready")
     start.add_argument("name")
     start.set_defaults(func=cmd_start)
+    consul = sub.add_parser("consul", help="run the pinned consul CLI against the mesh's agent")
+    consul.add_argument("args", nargs=argparse.REMAINDER)
+    consul.set_defaults(func=cmd_consul)
     return parser
 
 

@@ -16,6 +16,7 @@ from mesh.runtime.consul import ConsulClient
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Topology
+from services.common.consul import sidecar_service
 
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -169,22 +170,14 @@ def registration(topology: Topology) -> dict:
             "DeregisterCriticalServiceAfter": "5m",
         },
         "Connect": {
-            "SidecarService": {
-                "Port": edge.sidecar.port,
-                "Address": host,
-                "Proxy": {
-                    "LocalServiceAddress": host,
-                    "LocalServicePort": edge.http_port,
-                    "Upstreams": [
-                        {
-                            "DestinationName": up.service,
-                            "LocalBindAddress": host,
-                            "LocalBindPort": up.local_bind_port,
-                        }
-                        for up in edge.upstreams
-                    ],
-                },
-            }
+            "SidecarService": sidecar_service(
+                instance=edge.id,
+                port=edge.sidecar.port,
+                address=host,
+                local_address=host,
+                local_port=edge.http_port,
+                upstreams=[(up.service, up.local_bind_port) for up in edge.upstreams],
+            )
         },
     }
 

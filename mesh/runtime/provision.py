@@ -168,6 +168,8 @@ CONSUL_MPL_MODULES = (
 
 def _go_env() -> dict[str, str]:
     env = dict(os.environ)
+    # The official Go install lives here; it is not always on a non-login shell's PATH.
+    env["PATH"] = f"{env.get('PATH', '')}:/usr/local/go/bin"
     # go.sum in the wrapper module pins every module hash; -mod=readonly refuses anything else.
     env["GOFLAGS"] = "-mod=readonly -trimpath -buildvcs=false"
     env.setdefault("CGO_ENABLED", "0")
@@ -190,7 +192,7 @@ def _check_mpl_licenses(env: dict[str, str]) -> None:
 
 def _install_consul(component: Component, home: Path) -> None:
     env = _go_env()
-    if shutil.which("go") is None:
+    if shutil.which("go", path=env["PATH"]) is None:
         raise ProvisionError(
             "consul: the Go toolchain is missing. Install Go >= 1.21 "
             "(Debian: apt-get install golang) and run `mesh install` again."

@@ -56,23 +56,53 @@ def registration_body(
         "Meta": {"version": version},
         "Check": check(settings),
         "Connect": {
-            "SidecarService": {
-                "Port": settings.sidecar_port,
-                "Address": settings.sidecar_bind_host,
-                "Proxy": {
-                    "LocalServiceAddress": settings.bind_host,
-                    "LocalServicePort": settings.port,
-                    "Upstreams": [
-                        {
-                            "DestinationName": upstream.name,
-                            "LocalBindAddress": "127.0.0.1",
-                            "LocalBindPort": upstream.local_bind_port,
-                        }
-                        for upstream in settings.upstreams
-                    ],
-                },
-            }
+            "SidecarService": sidecar_service(
+                instance=settings.instance,
+                port=settings.sidecar_port,
+                address=settings.sidecar_bind_host,
+                local_address=settings.bind_host,
+                local_port=settings.port,
+                upstreams=[(u.name, u.local_bind_port) for u in settings.upstreams],
+            )
         },
+    }
+
+
+def sidecar_service(
+    *,
+    instance: str,
+    port: int,
+    address: str,
+    local_address: str,
+    local_port: int,
+    upstreams: list[tuple[str, int]],
+) -> dict[str, Any]:
+    """The Connect sidecar registered with an instance (also used for the edge's sidecar).
+
+    The checks are Consul's defaults (listener reachable, parent healthy) at a 1 s interval
+    instead of 10 s: a re-registered sidecar starts critical, and the edge must not wait 10 s
+    for it after a service restarts.
+    """
+    return {
+        "Port": port,
+        "Address": address,
+        "Proxy": {
+            "LocalServiceAddress": local_address,
+            "LocalServicePort": local_port,
+            "Upstreams": [
+                {"DestinationName": name, "LocalBindAddress": "127.0.0.1", "LocalBindPort": bind}
+                for name, bind in upstreams
+            ],
+        },
+        "Checks": [
+            {
+                "Name": "Connect Sidecar Listening",
+                "TCP": f"{_host(address)}:{port}",
+                "Interval": CHECK_INTERVAL,
+                "Timeout": CHECK_TIMEOUT,
+            },
+            {"Name": "Connect Sidecar Aliasing " + instance, "AliasService": instance},
+        ],
     }
 
 

@@ -57,6 +57,15 @@ def test_registration_body_describes_instance_check_and_sidecar():
                         },
                     ],
                 },
+                "Checks": [
+                    {
+                        "Name": "Connect Sidecar Listening",
+                        "TCP": "127.0.0.1:21001",
+                        "Interval": "1s",
+                        "Timeout": "1s",
+                    },
+                    {"Name": "Connect Sidecar Aliasing orders-1", "AliasService": "orders-1"},
+                ],
             }
         },
     }
