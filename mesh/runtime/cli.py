@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from mesh.runtime import process
+from mesh.runtime import process, protos
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -21,6 +21,8 @@ def _mesh() -> Mesh:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    if protos.ensure_generated():
+        print(f"generated gRPC stubs in {protos.STUBS_DIR} from {protos.PROTO_ROOT}")
     for name, binaries in install_all().items():
         for binary, path in binaries.items():
             print(f"{name:<10} {binary:<10} {path}")

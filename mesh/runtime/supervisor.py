@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from mesh.runtime import consul, edge, postgres, process
+from mesh.runtime import consul, edge, postgres, process, protos
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import install_all
@@ -86,6 +86,7 @@ class Mesh:
     def create(cls, topology: Topology, state: StateDir | None = None) -> Mesh:
         state = state or StateDir.default()
         state.ensure()
+        protos.ensure_generated()
         return cls(topology, state, install_all())
 
     # -- the plan -------------------------------------------------------------------------------
