@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import time
 
+import httpx
+
 from mesh.runtime import process, protos
+from mesh.runtime.consul import ConsulClient
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -129,6 +133,42 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
+FAULT_KEY = "shopmesh/faults/{service}"
+
+
+def fault_value(error_rate: float, latency_ms: int, methods: list[str]) -> str:
+    if not 0.0 <= error_rate <= 1.0:
+        raise MeshError("--error-rate must be between 0 and 1")
+    if latency_ms < 0:
+        raise MeshError("--latency-ms must not be negative")
+    return json.dumps({"error_rate": error_rate, "latency_ms": latency_ms, "methods": methods})
+
+
+def cmd_fault(args: argparse.Namespace) -> int:
+    """Set or clear a service's fault flags in Consul KV; services apply them within a second."""
+    topology = load()
+    try:
+        topology.service(args.service)
+    except KeyError:
+        names = ", ".join(s.name for s in topology.services)
+        raise MeshError(f"unknown service {args.service!r}; services: {names}") from None
+    key = FAULT_KEY.format(service=args.service)
+    client = ConsulClient(topology.consul_http_addr)
+    try:
+        if args.clear:
+            client.delete_kv(key)
+            print(f"cleared faults of {args.service}")
+        else:
+            value = fault_value(args.error_rate, args.latency_ms, args.method or [])
+            client.put_kv(key, value)
+            print(f"{key} = {value}")
+    except httpx.HTTPError as exc:
+        raise MeshError(f"consul at {topology.consul_http_addr} did not take it: {exc}") from None
+    finally:
+        client.close()
+    return 0
+
+
 def cmd_consul(args: argparse.Namespace) -> int:
     """The pinned consul binary, pointed at the mesh's agent."""
     topology = load()
@@ -158,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="start a stopped component and wait until it is ready")
     start.add_argument("name")
     start.set_defaults(func=cmd_start)
+    fault = sub.add_parser("fault", help="inject errors or latency into a service (Consul KV)")
+    fault.add_argument("service")
+    fault.add_argument("--error-rate", type=float, default=0.0, help="0..1, share of calls failed")
+    fault.add_argument("--latency-ms", type=int, default=0, help="added to every matching call")
+    fault.add_argument("--method", action="append", help="only this RPC or path prefix (repeat)")
+    fault.add_argument("--clear", action="store_true", help="remove the service's faults")
+    fault.set_defaults(func=cmd_fault)
     consul = sub.add_parser("consul", help="run the pinned consul CLI against the mesh's agent")
     consul.add_argument("args", nargs=argparse.REMAINDER)
     consul.set_defaults(func=cmd_consul)

@@ -45,6 +45,12 @@ class ConsulClient:
     def delete_config_entry(self, kind: str, name: str) -> None:
         self.http.delete(f"/v1/config/{kind}/{name}").raise_for_status()
 
+    def put_kv(self, key: str, value: str) -> None:
+        self.http.put(f"/v1/kv/{key}", content=value).raise_for_status()
+
+    def delete_kv(self, key: str) -> None:
+        self.http.delete(f"/v1/kv/{key}").raise_for_status()
+
     def close(self) -> None:
         self.http.close()
 

@@ -40,6 +40,13 @@ class ServiceSettings:
     upstreams: tuple[Upstream, ...] = ()
     log_level: str = "info"
 
+    def upstream_port(self, name: str) -> int:
+        """The local port of the sidecar listener for upstream `name`."""
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream.local_bind_port
+        raise ConfigError(f"SHOPMESH_UPSTREAMS has no upstream named {name!r}")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read settings from `env` (default: the process environment).

@@ -8,8 +8,9 @@ from aiohttp import web
 
 from services.common.problem import Problem
 from services.orders import validation
-from services.orders.domain import OrderItem
-from services.orders.service import IdempotencyKeyReusedError, OrderService
+from services.orders.clients import UnknownUser, UpstreamUnavailable
+from services.orders.domain import InvalidTransition, OrderItem, OrderStatus
+from services.orders.service import IdempotencyKeyReusedError, OrderService, UserBlockedError
 
 SERVICE = web.AppKey("orders_service", OrderService)
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
@@ -19,6 +20,9 @@ VALIDATION = "/problems/validation"
 KEY_REUSED = "/problems/idempotency-key-reused"
 ORDER_NOT_FOUND = "/problems/order-not-found"
 UNAVAILABLE = "/problems/unavailable"
+UNKNOWN_USER = "/problems/unknown-user"
+USER_BLOCKED = "/problems/user-blocked"
+NOT_CANCELLABLE = "/problems/order-not-cancellable"
 
 routes = web.RouteTableDef()
 
@@ -63,6 +67,26 @@ async def create_order(request: web.Request) -> web.Response:
             "this Idempotency-Key was already used with a different request body",
             type=KEY_REUSED,
         ) from None
+    except UnknownUser:
+        raise Problem(
+            422,
+            "Unknown user",
+            f"no user has the id {payload['userId']!r}",
+            type=UNKNOWN_USER,
+            errors=[{"field": "userId", "message": "no such user"}],
+        ) from None
+    except UserBlockedError:
+        raise Problem(
+            403, "User blocked", "this user is blocked and cannot place orders", type=USER_BLOCKED
+        ) from None
+    except UpstreamUnavailable as exc:
+        raise Problem(
+            503,
+            "Service unavailable",
+            f"{exc.service} did not answer in time; nothing was stored, retry later",
+            type=UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        ) from None
     headers = {"Location": f"/orders/{placed.order.id}"}
     if placed.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -71,15 +95,45 @@ async def create_order(request: web.Request) -> web.Response:
 
 @routes.get("/orders/{id}")
 async def get_order(request: web.Request) -> web.Response:
-    raw_id = request.match_info["id"]
-    try:
-        order_id = uuid.UUID(raw_id)
-    except ValueError:
-        order_id = None
+    order_id = _order_id(request)
     order = None if order_id is None else await request.app[SERVICE].get_order(order_id)
     if order is None:
-        raise Problem(404, "Order not found", "no order has this id", type=ORDER_NOT_FOUND)
+        raise _not_found()
     return web.json_response(order.to_json())
+
+
+@routes.post("/orders/{id}/cancel")
+async def cancel_order(request: web.Request) -> web.Response:
+    order_id = _order_id(request)
+    try:
+        order = None if order_id is None else await request.app[SERVICE].cancel_order(order_id)
+    except InvalidTransition as exc:
+        raise _not_cancellable(exc.current) from None
+    if order is None:
+        raise _not_found()
+    if order.status != OrderStatus.CANCELLED:
+        raise _not_cancellable(order.status)
+    return web.json_response(order.to_json())
+
+
+def _order_id(request: web.Request) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        return None
+
+
+def _not_found() -> Problem:
+    return Problem(404, "Order not found", "no order has this id", type=ORDER_NOT_FOUND)
+
+
+def _not_cancellable(status: OrderStatus) -> Problem:
+    return Problem(
+        409,
+        "Order cannot be cancelled",
+        f"the order is {status.value}; only PENDING or PAYMENT_PENDING orders can be cancelled",
+        type=NOT_CANCELLABLE,
+    )
 
 
 @routes.get("/health")

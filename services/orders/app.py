@@ -12,6 +12,7 @@ from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, create_pool
 from services.common.problem import problem_middleware
 from services.orders import api
+from services.orders.clients import PaymentsClient, UsersClient
 from services.orders.service import OrderService
 
 MAX_BODY_BYTES = 64 * 1024
@@ -31,11 +32,15 @@ def create_app(settings: ServiceSettings) -> web.Application:
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url)
+        users = UsersClient(settings.upstream_port("users"))
+        payments = PaymentsClient(settings.upstream_port("payments"))
         try:
             await apply_migrations(pool, MIGRATIONS)
-            app[api.SERVICE] = OrderService(pool)
+            app[api.SERVICE] = OrderService(pool, users, payments)
             yield
         finally:
+            await users.close()
+            await payments.close()
             try:
                 await asyncio.wait_for(pool.close(), timeout=5.0)
             except TimeoutError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -19,6 +19,32 @@ class OrderStatus(StrEnum):
     PAYMENT_PENDING = "PAYMENT_PENDING"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+
+
+# Where each status may go next. PAID, FAILED and CANCELLED are final.
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset(
+        {OrderStatus.PAID, OrderStatus.FAILED, OrderStatus.PAYMENT_PENDING, OrderStatus.CANCELLED}
+    ),
+    OrderStatus.PAYMENT_PENDING: frozenset(
+        {OrderStatus.PAID, OrderStatus.FAILED, OrderStatus.CANCELLED}
+    ),
+    OrderStatus.PAID: frozenset(),
+    OrderStatus.FAILED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    def __init__(self, current: OrderStatus, wanted: OrderStatus) -> None:
+        super().__init__(f"an order that is {current.value} cannot become {wanted.value}")
+        self.current = current
+        self.wanted = wanted
+
+
+def sources_of(status: OrderStatus) -> list[OrderStatus]:
+    """The statuses an order may be in to move to `status`."""
+    return [current for current, nexts in TRANSITIONS.items() if status in nexts]
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,18 @@ class Order:
     total_price: int
     currency: str
     created_at: datetime
+    payment_id: str | None = None
+    status_reason: str | None = None
+
+    def moved_to(
+        self, status: OrderStatus, *, payment_id: str | None = None, reason: str | None = None
+    ) -> Order:
+        """The order after a status change; InvalidTransition if the rules forbid it."""
+        if status not in TRANSITIONS[self.status]:
+            raise InvalidTransition(self.status, status)
+        return replace(
+            self, status=status, payment_id=payment_id or self.payment_id, status_reason=reason
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +97,8 @@ class Order:
             "createdAt": self.created_at.astimezone(UTC)
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
+            "paymentId": self.payment_id,
+            "statusReason": self.status_reason,
         }
 
 

@@ -9,7 +9,8 @@ import asyncpg
 
 from services.orders.domain import Order, OrderItem, OrderStatus
 
-_ORDER_COLUMNS = "id, user_id, status, items, total_price, currency, created_at"
+_INSERT_COLUMNS = "id, user_id, status, items, total_price, currency, created_at"
+_ORDER_COLUMNS = f"{_INSERT_COLUMNS}, payment_id, status_reason"
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class IdempotencyRecord:
 
 async def insert_order(conn: asyncpg.Connection, order: Order) -> None:
     await conn.execute(
-        f"INSERT INTO orders ({_ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        f"INSERT INTO orders ({_INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         order.id,
         order.user_id,
         order.status.value,
@@ -44,6 +45,25 @@ async def list_orders_for_user(
         user_id,
     )
     return [_order(row) for row in rows]
+
+
+async def update_status(
+    conn: asyncpg.Connection | asyncpg.Pool, order: Order, expected: list[OrderStatus]
+) -> Order | None:
+    """Write `order`'s status if the stored one is still in `expected`; None if it moved on."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE orders SET status = $2, payment_id = $3, status_reason = $4, updated_at = now()
+        WHERE id = $1 AND status = ANY($5::text[])
+        RETURNING {_ORDER_COLUMNS}
+        """,
+        order.id,
+        order.status.value,
+        order.payment_id,
+        order.status_reason,
+        [status.value for status in expected],
+    )
+    return None if row is None else _order(row)
 
 
 async def claim_idempotency_key(
@@ -86,4 +106,6 @@ def _order(row: asyncpg.Record) -> Order:
         total_price=row["total_price"],
         currency=row["currency"],
         created_at=row["created_at"],
+        payment_id=row["payment_id"],
+        status_reason=row["status_reason"],
     )

@@ -9,17 +9,46 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 
 from services.orders import repository
-from services.orders.domain import Order, OrderItem, new_order
+from services.orders.clients import PaymentOutcome, UpstreamUnavailable, UserInfo
+from services.orders.domain import Order, OrderItem, OrderStatus, new_order, sources_of
 
 log = logging.getLogger(__name__)
 
 
 class IdempotencyKeyReusedError(Exception):
     """The Idempotency-Key was already used for a request with a different body."""
+
+
+class UserBlockedError(Exception):
+    """The user exists but is blocked: no new orders."""
+
+
+class Users(Protocol):
+    async def get_user(self, user_id: str) -> UserInfo: ...
+
+
+class Payments(Protocol):
+    async def process_payment(
+        self, order_id: uuid.UUID, user_id: str, amount: int, currency: str
+    ) -> PaymentOutcome: ...
+
+
+class PaymentFallback(Protocol):
+    """Where an order goes when the synchronous payment could not be made."""
+
+    async def request_payment(self, order: Order) -> None: ...
+
+
+class LeavePending:
+    """The fallback until the payment queue exists: the order stays PAYMENT_PENDING."""
+
+    async def request_payment(self, order: Order) -> None:
+        log.warning("payment left pending: no payment queue yet", extra={"order_id": str(order.id)})
 
 
 @dataclass(frozen=True)
@@ -39,8 +68,17 @@ def request_hash(user_id: str, items: Sequence[OrderItem]) -> str:
 
 
 class OrderService:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        users: Users,
+        payments: Payments,
+        fallback: PaymentFallback | None = None,
+    ) -> None:
         self._pool = pool
+        self._users = users
+        self._payments = payments
+        self._fallback = fallback or LeavePending()
 
     async def place_order(
         self, user_id: str, items: Sequence[OrderItem], *, idempotency_key: str | None = None
@@ -52,6 +90,14 @@ class OrderService:
         """
         order = new_order(user_id, items)
         fingerprint = request_hash(user_id, order.items)
+        if idempotency_key is not None:
+            async with self._pool.acquire() as conn:
+                if await repository.find_idempotency_key(conn, idempotency_key):
+                    replayed = await self._replay(conn, idempotency_key, fingerprint)
+                    return PlacedOrder(replayed, replayed=True)
+        user = await self._users.get_user(user_id)
+        if user.blocked:
+            raise UserBlockedError(user_id)
         async with self._pool.acquire() as conn, conn.transaction():
             if idempotency_key is not None and not await repository.claim_idempotency_key(
                 conn, idempotency_key, fingerprint, order.id
@@ -101,10 +147,51 @@ class OrderService:
         log.info("order replayed for idempotency key", extra={"order_id": str(order.id)})
         return order
 
-    async def _settle_payment(self, order: Order) -> Order:
-        """The payment step of placing an order.
+    async def cancel_order(self, order_id: uuid.UUID) -> Order | None:
+        """Cancel an order that is not settled yet; InvalidTransition once it is paid or failed."""
+        order = await repository.get_order(self._pool, order_id)
+        if order is None or order.status == OrderStatus.CANCELLED:
+            return order
+        return await self._move(order, OrderStatus.CANCELLED)
 
-        Payments are not wired in yet, so a new order stays PENDING. This is where the
-        synchronous payments.ProcessPayment call and the queued fallback will go.
-        """
-        return order
+    async def _settle_payment(self, order: Order) -> Order:
+        """Charge the order synchronously; if payments cannot answer, hand it to the fallback."""
+        try:
+            outcome = await self._payments.process_payment(
+                order.id, order.user_id, order.total_price, order.currency
+            )
+        except UpstreamUnavailable as exc:
+            log.warning(
+                "payment deferred",
+                extra={"order_id": str(order.id), "code": exc.code.name, "error": str(exc)},
+            )
+            pending = await self._move(
+                order, OrderStatus.PAYMENT_PENDING, reason=f"payments unavailable ({exc.code.name})"
+            )
+            if pending.status == OrderStatus.PAYMENT_PENDING:
+                await self._fallback.request_payment(pending)
+            return pending
+        if outcome.succeeded:
+            return await self._move(order, OrderStatus.PAID, payment_id=outcome.payment_id)
+        return await self._move(
+            order, OrderStatus.FAILED, payment_id=outcome.payment_id, reason=outcome.decline_reason
+        )
+
+    async def _move(
+        self,
+        order: Order,
+        status: OrderStatus,
+        *,
+        payment_id: str | None = None,
+        reason: str | None = None,
+    ) -> Order:
+        """Apply a transition unless a concurrent one (a cancel, say) got there first."""
+        wanted = order.moved_to(status, payment_id=payment_id, reason=reason)
+        stored = await repository.update_status(self._pool, wanted, sources_of(status))
+        if stored is not None:
+            log.info("order status changed", extra={"order_id": str(order.id), "status": status})
+            return stored
+        current = await repository.get_order(self._pool, order.id)
+        if current is None:
+            raise RuntimeError(f"order {order.id} vanished during a status change")
+        return current

@@ -65,6 +65,8 @@ def test_order_json_uses_api_field_names_and_utc_millisecond_timestamps():
         "totalPrice": 200,
         "currency": "RUB",
         "createdAt": "2026-11-29T10:15:00.123Z",
+        "paymentId": None,
+        "statusReason": None,
     }
     assert order.created_at.astimezone(UTC).hour == 10
 

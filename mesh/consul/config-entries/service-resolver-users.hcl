@@ -1,0 +1,4 @@
+Kind           = "service-resolver"
+Name           = "users"
+# Fail fast on a dead endpoint so retries and outlier detection can act.
+ConnectTimeout = "1s"

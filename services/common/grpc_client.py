@@ -1,0 +1,64 @@
+"""Calling a gRPC upstream through the local sidecar: one deadline, bounded client retries.
+
+The sidecar already retries connection failures and UNAVAILABLE (service-router); these client
+retries add exponential backoff with jitter on top, for the cases the mesh cannot absorb
+(an ejected endpoint, a circuit breaker overflow, a restart that outlasts the mesh retries).
+Every attempt's timeout is what remains of the one deadline, so retries never extend it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+# Retryable by the gRPC spec's guidance: the request did not take effect, or is safe to repeat.
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+def upstream_target(port: int) -> str:
+    """Upstreams are reached at the sidecar's local listener, never directly."""
+    return f"127.0.0.1:{port}"
+
+
+def is_retryable(exc: BaseException, codes: frozenset[grpc.StatusCode] = RETRYABLE_CODES) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in codes
+
+
+async def call_with_retries(
+    rpc: Callable[..., Awaitable[Resp]],
+    request: Req,
+    *,
+    budget_s: float,
+    initial_backoff_s: float = 0.05,
+    max_backoff_s: float = 0.5,
+    codes: frozenset[grpc.StatusCode] = RETRYABLE_CODES,
+) -> Resp:
+    """Call a unary RPC, retrying `codes` with backoff (full jitter) within `budget_s`.
+
+    Raises the last AioRpcError when retries are exhausted or the error is not retryable.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(lambda exc: is_retryable(exc, codes)),
+        wait=wait_random_exponential(multiplier=initial_backoff_s, max=max_backoff_s),
+        stop=stop_before_delay(budget_s),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            remaining = max(deadline - loop.time(), 0.001)
+            return await rpc(request, timeout=remaining)
+    raise AssertionError("unreachable: tenacity reraises the last error")

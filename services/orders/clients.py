@@ -1,0 +1,88 @@
+"""Thin adapters for the gRPC upstreams of orders: users and payments, via the sidecar."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.grpc_client import call_with_retries, upstream_target
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from shopmesh.users.v1 import users_pb2, users_pb2_grpc
+
+USERS_BUDGET_S = 1.0
+PAYMENTS_BUDGET_S = 2.5
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream did not answer usefully within the call's deadline and retries."""
+
+    def __init__(self, service: str, cause: grpc.aio.AioRpcError) -> None:
+        super().__init__(f"{service} unavailable: {cause.code().name} {cause.details()}")
+        self.service = service
+        self.code = cause.code()
+
+
+class UnknownUser(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    id: str
+    blocked: bool
+
+
+@dataclass(frozen=True)
+class PaymentOutcome:
+    payment_id: str
+    succeeded: bool
+    decline_reason: str
+
+
+class UsersClient:
+    def __init__(self, port: int) -> None:
+        self._channel = grpc.aio.insecure_channel(upstream_target(port))
+        self._stub = users_pb2_grpc.UserServiceStub(self._channel)
+
+    async def get_user(self, user_id: str) -> UserInfo:
+        request = users_pb2.GetUserRequest(user_id=user_id)
+        try:
+            user = await call_with_retries(self._stub.GetUser, request, budget_s=USERS_BUDGET_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise UnknownUser(user_id) from exc
+            raise UpstreamUnavailable("users", exc) from exc
+        return UserInfo(id=user.id, blocked=user.blocked)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class PaymentsClient:
+    def __init__(self, port: int) -> None:
+        self._channel = grpc.aio.insecure_channel(upstream_target(port))
+        self._stub = payments_pb2_grpc.PaymentServiceStub(self._channel)
+
+    async def process_payment(
+        self, order_id: uuid.UUID, user_id: str, amount: int, currency: str
+    ) -> PaymentOutcome:
+        """Charge the order once (the order id is the payment's idempotency key)."""
+        request = payments_pb2.ProcessPaymentRequest(
+            order_id=str(order_id), user_id=user_id, amount=amount, currency=currency
+        )
+        try:
+            payment = await call_with_retries(
+                self._stub.ProcessPayment, request, budget_s=PAYMENTS_BUDGET_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise UpstreamUnavailable("payments", exc) from exc
+        return PaymentOutcome(
+            payment_id=payment.id,
+            succeeded=payment.status == payments_pb2.PAYMENT_STATUS_SUCCEEDED,
+            decline_reason=payment.decline_reason,
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
