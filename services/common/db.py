@@ -159,3 +159,12 @@ async def apply_migrations(pool: asyncpg.Pool, directory: Path) -> list[str]:
             log.info("migration applied", extra={"migration": label})
             applied.append(label)
     return applied
+
+
+async def close_pool(pool: asyncpg.Pool, *, timeout_s: float = 5.0) -> None:
+    """Close `pool`, letting connections in use finish for `timeout_s`, then terminate them."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=timeout_s)
+    except TimeoutError:
+        log.warning("database pool did not close in time; terminating it")
+        pool.terminate()

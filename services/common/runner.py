@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -56,16 +56,12 @@ async def serve(
     register_deadline_s: float,
     shutdown_timeout_s: float,
 ) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _request_stop, stop, sig)
-
+    stop = stop_on_signals()
     runner = web.AppRunner(
         app, access_log_class=JsonAccessLogger, shutdown_timeout=shutdown_timeout_s
     )
     try:
-        if not await _unless_stopped(_start(runner, settings), stop):
+        if not await unless_stopped(_start(runner, settings), stop):
             await runner.cleanup()
             return 0
     except StartupError as exc:
@@ -77,6 +73,48 @@ async def serve(
         await runner.cleanup()
         return 1
 
+    exit_code = await registered_until_stopped(
+        settings, registration, stop, register_deadline_s=register_deadline_s
+    )
+    log.info("stopping", extra={"shutdown_timeout_s": shutdown_timeout_s})
+    await runner.cleanup()
+    log.info("stopped")
+    return exit_code
+
+
+async def _start(runner: web.AppRunner, settings: ServiceSettings) -> None:
+    await runner.setup()
+    site = web.TCPSite(runner, settings.bind_host, settings.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {settings.bind_host}:{settings.port}: {exc}") from exc
+    log.info("listening", extra={"host": settings.bind_host, "port": settings.port})
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT (no KeyboardInterrupt, no traceback)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _request_stop, stop, sig)
+    return stop
+
+
+async def registered_until_stopped(
+    settings: ServiceSettings,
+    registration: dict[str, Any],
+    stop: asyncio.Event,
+    *,
+    register_deadline_s: float,
+    before_deregister: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Register in the background and wait for `stop`, then deregister; return the exit code.
+
+    The listener already answers, so the first health check Consul makes can pass. A
+    registration that fails until its deadline stops the service with exit code 1.
+    `before_deregister` runs first on the way out (a gRPC server turns its health NOT_SERVING).
+    """
     exit_code = 0
     async with aiohttp.ClientSession() as session:
         agent = ConsulAgent(settings.consul_http_addr, session)
@@ -96,25 +134,13 @@ async def serve(
         registering.cancel()
         stopping.cancel()
         await asyncio.gather(registering, stopping, return_exceptions=True)
+        if before_deregister is not None:
+            await before_deregister()
         await _deregister(agent, settings.instance)
-
-    log.info("stopping", extra={"shutdown_timeout_s": shutdown_timeout_s})
-    await runner.cleanup()
-    log.info("stopped")
     return exit_code
 
 
-async def _start(runner: web.AppRunner, settings: ServiceSettings) -> None:
-    await runner.setup()
-    site = web.TCPSite(runner, settings.bind_host, settings.port)
-    try:
-        await site.start()
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {settings.bind_host}:{settings.port}: {exc}") from exc
-    log.info("listening", extra={"host": settings.bind_host, "port": settings.port})
-
-
-async def _unless_stopped(startup: Awaitable[None], stop: asyncio.Event) -> bool:
+async def unless_stopped(startup: Awaitable[None], stop: asyncio.Event) -> bool:
     """Run `startup` unless a stop signal comes first; False if the signal won."""
     starting = asyncio.ensure_future(startup)
     stopping = asyncio.create_task(stop.wait())
