@@ -30,4 +30,4 @@ lint: $(BIN)/mesh
 test: $(BIN)/mesh
 	$(BIN)/mesh install
 	$(MAKE) lint
-	$(BIN)/pytest tests/unit tests/integration
+	$(BIN)/pytest tests/unit tests/integration tests/chaos

@@ -6,6 +6,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import httpx
+
+from mesh.topology import Topology
+
 T = TypeVar("T")
 
 
@@ -23,3 +27,22 @@ def wait_for(condition: Callable[[], T], *, timeout: float, what: str, interval:
         time.sleep(interval)
     detail = f" (last error: {last_error!r})" if last_error else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+
+
+def envoy_admin(topology: Topology, port: int) -> httpx.Client:
+    return httpx.Client(base_url=f"http://{topology.bind_host}:{port}", timeout=2.0)
+
+
+def envoy_stat(topology: Topology, admin_port: int, cluster_prefix: str, stat: str) -> int:
+    """Sum of one Envoy stat over the clusters whose name starts with `cluster_prefix`."""
+    with envoy_admin(topology, admin_port) as admin:
+        text = admin.get("/stats", params={"filter": f"^cluster\\.{cluster_prefix}"}).text
+    return sum(
+        int(line.rsplit(":", 1)[1])
+        for line in text.splitlines()
+        if line.split(":", 1)[0].endswith(f".{stat}")
+    )
+
+
+def instance_port(topology: Topology, service: str) -> int:
+    return topology.service(service).instances[0].port

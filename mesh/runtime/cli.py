@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -11,8 +10,7 @@ import time
 
 import httpx
 
-from mesh.runtime import process, protos
-from mesh.runtime.consul import ConsulClient
+from mesh.runtime import faults, process, protos
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -133,39 +131,27 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-FAULT_KEY = "shopmesh/faults/{service}"
-
-
-def fault_value(error_rate: float, latency_ms: int, methods: list[str]) -> str:
-    if not 0.0 <= error_rate <= 1.0:
-        raise MeshError("--error-rate must be between 0 and 1")
-    if latency_ms < 0:
-        raise MeshError("--latency-ms must not be negative")
-    return json.dumps({"error_rate": error_rate, "latency_ms": latency_ms, "methods": methods})
-
-
 def cmd_fault(args: argparse.Namespace) -> int:
     """Set or clear a service's fault flags in Consul KV; services apply them within a second."""
     topology = load()
     try:
-        topology.service(args.service)
-    except KeyError:
-        names = ", ".join(s.name for s in topology.services)
-        raise MeshError(f"unknown service {args.service!r}; services: {names}") from None
-    key = FAULT_KEY.format(service=args.service)
-    client = ConsulClient(topology.consul_http_addr)
-    try:
         if args.clear:
-            client.delete_kv(key)
-            print(f"cleared faults of {args.service}")
+            faults.clear_fault(topology, args.service)
+            print(f"cleared the faults of {args.service}")
         else:
-            value = fault_value(args.error_rate, args.latency_ms, args.method or [])
-            client.put_kv(key, value)
-            print(f"{key} = {value}")
+            print(
+                faults.set_fault(
+                    topology,
+                    args.service,
+                    error_rate=args.error_rate,
+                    latency_ms=args.latency_ms,
+                    methods=args.method,
+                )
+            )
+    except faults.FaultError as exc:
+        raise MeshError(str(exc)) from None
     except httpx.HTTPError as exc:
         raise MeshError(f"consul at {topology.consul_http_addr} did not take it: {exc}") from None
-    finally:
-        client.close()
     return 0
 
 

@@ -13,8 +13,7 @@ from mesh.runtime import consul as consul_runtime
 from mesh.runtime.consul import ConsulClient
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
-from tests.integration.conftest import envoy_admin
-from tests.support import wait_for
+from tests.support import envoy_admin, wait_for
 
 ORDER = {"items": [{"productId": "book", "quantity": 1}]}
 

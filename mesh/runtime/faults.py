@@ -1,0 +1,58 @@
+"""Fault flags in Consul KV (`shopmesh/faults/<service>`), read by services/common/faults.py."""
+
+from __future__ import annotations
+
+import json
+
+from mesh.runtime.consul import ConsulClient
+from mesh.topology import Topology
+
+KEY = "shopmesh/faults/{service}"
+
+
+class FaultError(ValueError):
+    pass
+
+
+def fault_value(error_rate: float, latency_ms: int, methods: list[str] | None = None) -> str:
+    if not 0.0 <= error_rate <= 1.0:
+        raise FaultError("--error-rate must be between 0 and 1")
+    if latency_ms < 0:
+        raise FaultError("--latency-ms must not be negative")
+    return json.dumps(
+        {"error_rate": error_rate, "latency_ms": latency_ms, "methods": list(methods or [])}
+    )
+
+
+def _key(topology: Topology, service: str) -> str:
+    try:
+        topology.service(service)
+    except KeyError:
+        names = ", ".join(s.name for s in topology.services)
+        raise FaultError(f"unknown service {service!r}; services: {names}") from None
+    return KEY.format(service=service)
+
+
+def set_fault(
+    topology: Topology,
+    service: str,
+    *,
+    error_rate: float = 0.0,
+    latency_ms: int = 0,
+    methods: list[str] | None = None,
+) -> str:
+    key, value = _key(topology, service), fault_value(error_rate, latency_ms, methods)
+    client = ConsulClient(topology.consul_http_addr)
+    try:
+        client.put_kv(key, value)
+    finally:
+        client.close()
+    return f"{key} = {value}"
+
+
+def clear_fault(topology: Topology, service: str) -> None:
+    client = ConsulClient(topology.consul_http_addr)
+    try:
+        client.delete_kv(_key(topology, service))
+    finally:
+        client.close()

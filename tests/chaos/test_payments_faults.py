@@ -1,0 +1,96 @@
+"""Payments misbehaving: mesh retries absorb flakiness; outlier detection and the fallback
+keep orders flowing when it fails outright."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import httpx
+
+from mesh.topology import Topology
+from shopmesh.payments.v1 import payments_pb2
+from tests.support import envoy_stat, wait_for
+
+ORDER = {"userId": "alice", "items": [{"productId": "book", "quantity": 1}]}
+
+
+def place(edge: httpx.Client) -> dict:
+    resp = edge.post("/orders", json=ORDER, timeout=10.0)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def orders_sidecar_stat(topology: Topology, stat: str) -> int:
+    admin_port = topology.service("orders").instances[0].sidecar.admin_port
+    return envoy_stat(topology, admin_port, "payments.", stat)
+
+
+def injected_fault_seen(payments_grpc) -> bool:
+    """One direct ProcessPayment call failed with the injected UNAVAILABLE."""
+    request = payments_pb2.ProcessPaymentRequest(
+        order_id=str(uuid.uuid4()), user_id="alice", amount=100, currency="RUB"
+    )
+    try:
+        payments_grpc.ProcessPayment(request, timeout=5)
+    except grpc.RpcError as exc:
+        return exc.code() == grpc.StatusCode.UNAVAILABLE
+    return False
+
+
+def test_orders_are_paid_while_half_of_payment_calls_fail(
+    edge: httpx.Client, topology: Topology, fault, payments_grpc
+) -> None:
+    fault("payments", error_rate=0.5, methods=["ProcessPayment"])
+    wait_for(
+        lambda: injected_fault_seen(payments_grpc),
+        timeout=15,
+        what="the payments fault flag to take effect",
+    )
+    retries_before = orders_sidecar_stat(topology, "upstream_rq_retry")
+
+    orders = [place(edge) for _ in range(10)]
+
+    assert [o["status"] for o in orders] == ["PAID"] * 10
+    retries = orders_sidecar_stat(topology, "upstream_rq_retry") - retries_before
+    assert retries > 0, "the orders sidecar should have retried the injected UNAVAILABLE"
+    print(f"orders sidecar retried {retries} payments calls for 10 orders at 50 % failures")
+
+
+def test_failing_payments_are_ejected_and_orders_fall_back_to_payment_pending(
+    edge: httpx.Client, topology: Topology, fault, payments_grpc
+) -> None:
+    fault("payments", error_rate=1.0, methods=["ProcessPayment"])
+    wait_for(
+        lambda: injected_fault_seen(payments_grpc),
+        timeout=15,
+        what="the payments fault flag to take effect",
+    )
+    ejections_before = orders_sidecar_stat(topology, "outlier_detection.ejections_enforced_total")
+    deferred: list[dict] = []
+
+    def ejected() -> bool:
+        # Each order answers within the client's deadline (the 10 s client timeout bounds it).
+        deferred.append(place(edge))
+        return (
+            orders_sidecar_stat(topology, "outlier_detection.ejections_enforced_total")
+            > ejections_before
+        )
+
+    wait_for(ejected, timeout=60, what="outlier detection to eject the failing payments endpoint")
+
+    assert {o["status"] for o in deferred} == {"PAYMENT_PENDING"}
+    assert all("payments unavailable" in o["statusReason"] for o in deferred)
+    print(f"payments ejected after {len(deferred)} deferred orders")
+
+    cancelled = edge.post(f"/orders/{deferred[0]['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "CANCELLED"
+    assert edge.post(f"/orders/{deferred[0]['id']}/cancel").json()["status"] == "CANCELLED"
+
+    fault("payments", error_rate=0.0)
+    wait_for(
+        lambda: place(edge)["status"] == "PAID",
+        timeout=30,
+        what="orders to be paid again once payments recovers",
+    )
