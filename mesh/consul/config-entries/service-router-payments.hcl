@@ -4,12 +4,12 @@ Kind = "service-router"
 Name = "payments"
 Routes = [
   {
-    Match {
-      HTTP {
+    Match = {
+      HTTP = {
         PathPrefix = "/"
       }
     }
-    Destination {
+    Destination = {
       Service               = "payments"
       RequestTimeout        = "3s"
       NumRetries            = 2

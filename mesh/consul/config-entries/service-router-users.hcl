@@ -3,12 +3,12 @@ Kind = "service-router"
 Name = "users"
 Routes = [
   {
-    Match {
-      HTTP {
+    Match = {
+      HTTP = {
         PathPrefix = "/"
       }
     }
-    Destination {
+    Destination = {
       Service               = "users"
       RequestTimeout        = "2s"
       NumRetries            = 2
