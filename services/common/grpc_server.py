@@ -1,0 +1,187 @@
+"""Run a gRPC service: serve, report health, register in Consul, stop cleanly on SIGTERM/SIGINT.
+
+Start: the server binds SHOPMESH_BIND_HOST:SHOPMESH_PORT (a taken port fails at once), the
+database pool opens and the service's migrations apply, the service wires its servicers
+(`Wiring`), the server starts, and grpc.health.v1 turns SERVING (overall "" and each service
+name). Registration with the gRPC health check then runs in the background, as in
+services.common.runner, so the check already passes when Consul first probes it.
+
+Every RPC goes through the same interceptors: services.common.rpc.ErrorInterceptor (domain
+errors to status codes, one JSON log line per RPC) around services.common.faults.FaultInterceptor
+(the fault flags in Consul KV, watched for as long as the process runs).
+
+Stop: health NOT_SERVING, deregister (the mesh stops sending traffic), the service's `on_stop`
+hook (ends long-lived streams), `server.stop(grace)` for in-flight RPCs, then the wiring's
+cleanup and the pool close. Exit code 0 after a signal; 1 when startup or registration fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common.config import ServiceSettings
+from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.faults import FaultInterceptor, FaultSource, FaultWatcher
+from services.common.rpc import ErrorInterceptor
+from services.common.runner import (
+    StartupError,
+    registered_until_stopped,
+    stop_on_signals,
+    unless_stopped,
+)
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+# gRPC sets SO_REUSEPORT by default, which lets a second process bind the same port and
+# silently share its traffic; an instance's port must be its own.
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+
+
+@dataclass(frozen=True)
+class Servicer:
+    """A servicer and the generated function that adds it to a server."""
+
+    name: str  # the full service name, e.g. "shopmesh.users.v1.UserService"
+    implementation: Any
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+
+@dataclass(frozen=True)
+class GrpcApp:
+    """What a service's wiring gives the server."""
+
+    servicers: Sequence[Servicer]
+    # Runs after deregistration, before the server's grace period: end long-lived streams.
+    on_stop: Callable[[], Awaitable[None]] | None = None
+
+
+# Given the migrated pool and the settings, build the servicers; the context's exit releases
+# what they hold.
+Wiring = Callable[[asyncpg.Pool, ServiceSettings], AbstractAsyncContextManager[GrpcApp]]
+
+
+def interceptors(faults: FaultSource) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor chain of every gRPC service, outermost first."""
+    return [ErrorInterceptor(), FaultInterceptor(faults)]
+
+
+def run(
+    settings: ServiceSettings,
+    registration: dict[str, Any],
+    wiring: Wiring,
+    *,
+    migrations: Path,
+    register_deadline_s: float = 60.0,
+    grace_s: float = 5.0,
+) -> int:
+    """Serve until SIGTERM/SIGINT; return the process exit code."""
+    return asyncio.run(
+        serve(
+            settings,
+            registration,
+            wiring,
+            migrations=migrations,
+            register_deadline_s=register_deadline_s,
+            grace_s=grace_s,
+        )
+    )
+
+
+async def serve(
+    settings: ServiceSettings,
+    registration: dict[str, Any],
+    wiring: Wiring,
+    *,
+    migrations: Path,
+    register_deadline_s: float,
+    grace_s: float,
+) -> int:
+    stop = stop_on_signals()
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", NOT_SERVING)
+    async with AsyncExitStack() as resources:
+        watcher = await resources.enter_async_context(
+            FaultWatcher(settings.consul_http_addr, settings.service)
+        )
+        server = grpc.aio.server(
+            interceptors=interceptors(lambda: watcher.current), options=SERVER_OPTIONS
+        )
+        started: list[GrpcApp] = []
+        startup = _start(server, health_servicer, settings, wiring, migrations, resources, started)
+        try:
+            if not await unless_stopped(startup, stop):
+                return 0
+        except StartupError as exc:
+            log.error("startup failed", extra={"error": str(exc)})
+            return 1
+        except Exception:
+            log.exception("startup failed")
+            return 1
+
+        exit_code = await registered_until_stopped(
+            settings,
+            registration,
+            stop,
+            register_deadline_s=register_deadline_s,
+            before_deregister=health_servicer.enter_graceful_shutdown,
+        )
+        log.info("stopping", extra={"grace_s": grace_s})
+        app = started[0]
+        if app.on_stop is not None:
+            await app.on_stop()
+        await server.stop(grace_s)
+    log.info("stopped")
+    return exit_code
+
+
+async def _start(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    settings: ServiceSettings,
+    wiring: Wiring,
+    migrations: Path,
+    resources: AsyncExitStack,
+    started: list[GrpcApp],
+) -> None:
+    address = f"{_host(settings.bind_host)}:{settings.port}"
+    try:
+        server.add_insecure_port(address)  # binds now (a taken port fails fast); serves on start
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {address}: {exc}") from exc
+    pool = await create_pool(settings.database_url)
+    resources.push_async_callback(close_pool, pool)
+    await apply_migrations(pool, migrations)
+    app = await resources.enter_async_context(wiring(pool, settings))
+    for servicer in app.servicers:
+        servicer.add_to_server(servicer.implementation, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await server.start()
+    resources.push_async_callback(server.stop, 0)
+    for name in ("", *(servicer.name for servicer in app.servicers)):
+        await health_servicer.set(name, SERVING)
+    started.append(app)
+    log.info(
+        "listening",
+        extra={
+            "host": settings.bind_host,
+            "port": settings.port,
+            "services": [servicer.name for servicer in app.servicers],
+        },
+    )
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,210 @@
+"""gRPC server plumbing shared by every gRPC service: error mapping, RPC logs, handler wrapping.
+
+`ErrorInterceptor` turns the domain errors of services.common.errors into canonical status codes
+with the error's message, a database that cannot be reached into UNAVAILABLE, and anything
+unexpected into INTERNAL "internal error" (logged with its traceback: it is a bug). It logs
+every RPC once as JSON: method, code, duration_ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+
+from services.common import errors
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal error"
+
+# Methods every server has that are not part of a service's own API: they are logged at debug
+# level (Consul calls the health check every second) and fault flags never apply to them.
+INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+_STATUS_FOR_ERROR: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+# The database is down or restarting: the call may succeed when retried, so it is UNAVAILABLE
+# (which callers and the mesh retry) rather than INTERNAL. Logged as a warning.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+DATABASE_UNAVAILABLE_MESSAGE = "database unavailable, retry later"
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+BehaviorWrapper = Callable[[Behavior], Behavior]
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a handler's exception becomes."""
+    for error_type, code in _STATUS_FOR_ERROR:
+        if isinstance(exc, error_type):
+            return code, str(exc)
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return grpc.StatusCode.UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def is_infrastructure(method: str) -> bool:
+    """Whether `method` (a full "/package.Service/Method" name) is health or reflection."""
+    return method.startswith(INFRASTRUCTURE_PREFIXES)
+
+
+def short_name(method: str) -> str:
+    """ "/shopmesh.payments.v1.PaymentService/ProcessPayment" -> "ProcessPayment"."""
+    return method.rsplit("/", 1)[-1]
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler | None,
+    *,
+    unary_response: BehaviorWrapper,
+    streaming_response: BehaviorWrapper,
+) -> grpc.RpcMethodHandler | None:
+    """A copy of `handler` whose behavior is wrapped, keeping its (de)serializers.
+
+    `unary_response` wraps coroutine behaviors (unary-unary, stream-unary);
+    `streaming_response` wraps behaviors whose response is a stream (unary-stream,
+    stream-stream) and must return an async generator function.
+    """
+    if handler is None:
+        return None
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **codecs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming_response(handler.unary_stream), **codecs
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **codecs)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            streaming_response(handler.stream_stream), **codecs
+        )
+    return handler
+
+
+async def iterate_responses(
+    behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """The responses of a streaming behavior, whether it yields them or writes them with
+    `context.write` (then there is nothing to yield)."""
+    result = behavior(request, context)
+    if inspect.isasyncgen(result):
+        async for response in result:
+            yield response
+    else:
+        await result
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain errors to status codes and logs every RPC (method, code, duration_ms)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+
+        def unary_response(behavior: Behavior) -> Behavior:
+            async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.monotonic()
+                code = grpc.StatusCode.OK
+                try:
+                    return await behavior(request, context)
+                except BaseException as exc:
+                    code = ending_code(exc, context)
+                    await _abort_for(exc, code, method, context)
+                    raise
+                finally:
+                    _log_rpc(method, context, code, started)
+
+            return handle
+
+        def streaming_response(behavior: Behavior) -> Behavior:
+            async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.monotonic()
+                code = grpc.StatusCode.OK
+                try:
+                    async for response in iterate_responses(behavior, request, context):
+                        yield response
+                except BaseException as exc:
+                    code = ending_code(exc, context)
+                    await _abort_for(exc, code, method, context)
+                    raise
+                finally:
+                    _log_rpc(method, context, code, started)
+
+            return handle
+
+        return wrap_handler(
+            handler, unary_response=unary_response, streaming_response=streaming_response
+        )
+
+
+def ending_code(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status an RPC ends with when its handler raised `exc`."""
+    if isinstance(exc, grpc.aio.AbortError):
+        return context.code() or grpc.StatusCode.UNKNOWN
+    if isinstance(exc, Exception):
+        return status_for(exc)[0]
+    remaining = context.time_remaining()
+    if isinstance(exc, asyncio.CancelledError) and remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+async def _abort_for(
+    exc: BaseException, code: grpc.StatusCode, method: str, context: grpc.aio.ServicerContext
+) -> None:
+    """End the RPC with `code` if `exc` is an error of the handler's own (not a cancellation
+    or an abort already made); unexpected errors are logged with their traceback."""
+    if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
+        return
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("unhandled error in rpc", exc_info=exc, extra={"method": method})
+    elif isinstance(exc, DATABASE_UNAVAILABLE):
+        log.warning(
+            "database unavailable",
+            extra={"method": method, "error": f"{type(exc).__name__}: {exc}"},
+        )
+    await context.abort(code, status_for(exc)[1])
+
+
+def _log_rpc(
+    method: str, context: grpc.aio.ServicerContext, code: grpc.StatusCode, started: float
+) -> None:
+    if code is grpc.StatusCode.OK:
+        code = context.code() or grpc.StatusCode.OK
+    level = logging.DEBUG if is_infrastructure(method) else logging.INFO
+    log.log(
+        level,
+        "rpc",
+        extra={
+            "method": method,
+            "code": code.name,
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+        },
+    )
