@@ -1,0 +1,54 @@
+"""gRPC entrypoints: protobuf messages in and out; errors are raised as domain errors and
+mapped to status codes by services.common.rpc.ErrorInterceptor."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.users.domain import User
+from services.users.service import UserService
+from shopmesh.users.v1 import users_pb2, users_pb2_grpc
+
+SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name
+
+
+class UserServicer(users_pb2_grpc.UserServiceServicer):
+    def __init__(self, service: UserService) -> None:
+        self._service = service
+
+    async def GetUser(
+        self, request: users_pb2.GetUserRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.User:
+        return to_proto(await self._service.get_user(request.user_id))
+
+    async def CreateUser(
+        self, request: users_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.User:
+        return to_proto(await self._service.create_user(request.name, request.email))
+
+    async def BlockUser(
+        self, request: users_pb2.BlockUserRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.User:
+        return to_proto(await self._service.block_user(request.user_id, request.reason))
+
+    async def ListUsers(
+        self, request: users_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.ListUsersResponse:
+        page = await self._service.list_users(request.page_size, request.page_token)
+        return users_pb2.ListUsersResponse(
+            users=[to_proto(user) for user in page.users], next_page_token=page.next_page_token
+        )
+
+
+def to_proto(user: User) -> users_pb2.User:
+    created_at = Timestamp()
+    created_at.FromDatetime(user.created_at)
+    return users_pb2.User(
+        id=user.id,
+        name=user.name,
+        email=user.email,
+        roles=list(user.roles),
+        blocked=user.blocked,
+        created_at=created_at,
+    )

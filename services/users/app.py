@@ -1,0 +1,27 @@
+"""Wiring: the one place that knows the servicer, the service layer and the database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+
+from services.common.config import ServiceSettings
+from services.common.grpc_server import GrpcApp, Servicer
+from services.users.api import SERVICE_NAME, UserServicer
+from services.users.service import UserService
+from shopmesh.users.v1 import users_pb2_grpc
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+@asynccontextmanager
+async def wiring(pool: asyncpg.Pool, _settings: ServiceSettings) -> AsyncIterator[GrpcApp]:
+    servicer = UserServicer(UserService(pool))
+    yield GrpcApp(
+        servicers=[
+            Servicer(SERVICE_NAME, servicer, users_pb2_grpc.add_UserServiceServicer_to_server)
+        ]
+    )
