@@ -1,0 +1,82 @@
+"""gRPC entrypoints: protobuf messages in and out; errors are raised as domain errors and
+mapped to status codes by services.common.rpc.ErrorInterceptor."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.payments.domain import Payment, PaymentStatus
+from services.payments.service import PaymentService
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+
+SERVICE_NAME = payments_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
+
+STATUS = {
+    PaymentStatus.PENDING: payments_pb2.PAYMENT_STATUS_PENDING,
+    PaymentStatus.SUCCEEDED: payments_pb2.PAYMENT_STATUS_SUCCEEDED,
+    PaymentStatus.DECLINED: payments_pb2.PAYMENT_STATUS_DECLINED,
+}
+
+
+class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
+    def __init__(self, service: PaymentService) -> None:
+        self._service = service
+
+    async def ProcessPayment(
+        self, request: payments_pb2.ProcessPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.Payment:
+        payment = await self._service.process_payment(
+            request.order_id,
+            request.user_id,
+            request.amount,
+            request.currency,
+            time_remaining_s=context.time_remaining(),
+        )
+        return to_proto(payment)
+
+    async def GetPayment(
+        self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.Payment:
+        return to_proto(await self._service.get_payment(request.payment_id))
+
+    async def ListPayments(
+        self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ListPaymentsResponse:
+        page = await self._service.list_payments(
+            request.user_id, request.page_size, request.page_token
+        )
+        return payments_pb2.ListPaymentsResponse(
+            payments=[to_proto(payment) for payment in page.payments],
+            next_page_token=page.next_page_token,
+        )
+
+    async def WatchPayment(
+        self, request: payments_pb2.WatchPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[payments_pb2.PaymentUpdate]:
+        key = request.WhichOneof("key")
+        updates = self._service.watch_payment(
+            payment_id=request.payment_id if key == "payment_id" else None,
+            order_id=request.order_id if key == "order_id" else None,
+        )
+        async for payment in updates:
+            yield payments_pb2.PaymentUpdate(payment=to_proto(payment))
+
+
+def to_proto(payment: Payment) -> payments_pb2.Payment:
+    created_at, updated_at = Timestamp(), Timestamp()
+    created_at.FromDatetime(payment.created_at)
+    updated_at.FromDatetime(payment.updated_at)
+    return payments_pb2.Payment(
+        id=str(payment.id),
+        order_id=payment.order_id,
+        user_id=payment.user_id,
+        amount=payment.amount,
+        currency=payment.currency,
+        status=STATUS[payment.status],
+        decline_reason=payment.decline_reason or "",
+        created_at=created_at,
+        updated_at=updated_at,
+    )

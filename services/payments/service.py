@@ -1,0 +1,229 @@
+"""Use cases of the payments service.
+
+ProcessPayment is idempotent by order id. The first call inserts the PENDING payment (claimed
+for LEASE_S), charges it with the simulated provider and records the outcome; every other call
+for the order finds that row. A call that finds it PENDING waits for the outcome, woken by the
+change notification, until shortly before its own deadline (then it returns the PENDING
+payment). If the claim has run out (the first caller crashed or stalled), a waiting call takes
+the payment over and charges it itself.
+
+A charge runs in its own task: when the caller cancels or its deadline expires, the payment is
+still completed, and a stopping process waits for charges in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.common import pagination
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.payments import domain, repository
+from services.payments.domain import Payment, PaymentRequest, payment_request, valid_key
+from services.payments.notifier import PaymentNotifier, Signal
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 5.0
+CLAIM_RETRY_S = 1.0
+MAX_WAIT_S = 10.0  # how long a call without a deadline waits for another call's outcome
+DEADLINE_MARGIN_S = 0.1  # answer this long before the caller's deadline
+
+
+@dataclass(frozen=True)
+class PaymentPage:
+    payments: list[Payment]
+    next_page_token: str
+
+
+class PaymentService:
+    def __init__(self, pool: asyncpg.Pool, notifier: PaymentNotifier) -> None:
+        self._pool = pool
+        self._notifier = notifier
+        self._charges: set[asyncio.Task[Payment]] = set()
+
+    async def process_payment(
+        self,
+        order_id: str,
+        user_id: str,
+        amount: int,
+        currency: str,
+        *,
+        time_remaining_s: float | None = None,
+    ) -> Payment:
+        """Charge the order once; see the module docstring for repeated and concurrent calls."""
+        request = payment_request(order_id, user_id, amount, currency)
+        payment = domain.new_payment(request)
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await repository.insert_pending(conn, payment, lease_s=LEASE_S)
+            if inserted is not None:
+                await repository.notify_changed(conn, inserted)
+        if inserted is not None:
+            log.info(
+                "payment pending",
+                extra={"payment_id": str(inserted.id), "order_id": inserted.order_id},
+            )
+            return await self._charge(inserted)
+        return await self._existing(request, wait_budget(time_remaining_s))
+
+    async def get_payment(self, payment_id: str) -> Payment:
+        payment = await repository.get_payment(self._pool, domain.valid_payment_id(payment_id))
+        if payment is None:
+            raise NotFound(f"payment {payment_id} not found")
+        return payment
+
+    async def list_payments(self, user_id: str, page_size: int, page_token: str) -> PaymentPage:
+        valid_key("user_id", user_id)
+        size = pagination.page_size(page_size)
+        after = None
+        if page_token:
+            created_at, last_id = pagination.decode_page_token(page_token)
+            try:
+                after = (created_at, domain.valid_payment_id(last_id))
+            except InvalidArgument:
+                raise pagination.invalid_page_token() from None
+        payments = await repository.list_payments_for_user(
+            self._pool, user_id, limit=size + 1, after=after
+        )
+        if len(payments) <= size:
+            return PaymentPage(payments, "")
+        page = payments[:size]
+        last = page[-1]
+        return PaymentPage(page, pagination.encode_page_token(last.created_at, str(last.id)))
+
+    async def watch_payment(
+        self, *, payment_id: str | None = None, order_id: str | None = None
+    ) -> AsyncIterator[Payment]:
+        """The payment's current state, then each status change, ending after a final status.
+
+        By `order_id` it first waits for the order's payment to appear.
+        """
+        watched_id, watched_order = watch_key(payment_id, order_id)
+        with self._notifier.subscribe(
+            payment_id=watched_id, order_id=watched_order
+        ) as subscription:
+            current = await self._read(watched_id, watched_order)
+            if current is None and watched_id is not None:
+                raise NotFound(f"payment {payment_id} not found")
+            sent = None
+            while True:
+                if current is not None and current.status is not sent:
+                    yield current
+                    sent = current.status
+                if current is not None and current.status.final:
+                    return
+                update = await subscription.next()
+                if update is Signal.CLOSED:
+                    raise Unavailable("the service is shutting down; watch again")
+                if isinstance(update, Payment):
+                    current = update
+                else:
+                    current = await self._read(watched_id, watched_order)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the charges in flight to be recorded."""
+        if self._charges:
+            log.info("waiting for charges in flight", extra={"count": len(self._charges)})
+            await asyncio.wait(set(self._charges), timeout=timeout_s)
+
+    async def _existing(self, request: PaymentRequest, budget_s: float) -> Payment:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
+        with self._notifier.subscribe(order_id=request.order_id) as subscription:
+            while True:
+                existing = await repository.get_payment_for_order(self._pool, request.order_id)
+                if existing is None:
+                    raise RuntimeError(f"order {request.order_id} conflicted but has no payment")
+                conflicts = request.conflicts(existing)
+                if conflicts:
+                    raise FailedPrecondition(
+                        f"order {request.order_id} already has a payment with a different "
+                        + " and ".join(conflicts)
+                    )
+                if existing.status.final:
+                    return existing
+                claimed = await repository.claim_stalled(self._pool, existing.id, lease_s=LEASE_S)
+                if claimed is not None:
+                    log.warning(
+                        "taking over a stalled payment",
+                        extra={"payment_id": str(claimed.id), "order_id": claimed.order_id},
+                    )
+                    return await self._charge(claimed)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return existing
+                update = await subscription.next(min(remaining, CLAIM_RETRY_S))
+                if update is Signal.CLOSED:
+                    return existing
+
+    async def _charge(self, payment: Payment) -> Payment:
+        task = asyncio.create_task(self._charge_and_record(payment))
+        self._charges.add(task)
+        task.add_done_callback(self._charge_done)
+        return await asyncio.shield(task)
+
+    def _charge_done(self, task: asyncio.Task[Payment]) -> None:
+        self._charges.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "charge not recorded; the payment stays PENDING until it is taken over",
+                extra={"error": f"{type(task.exception()).__name__}: {task.exception()}"},
+            )
+
+    async def _charge_and_record(self, payment: Payment) -> Payment:
+        outcome = await domain.charge(payment)
+        async with self._pool.acquire() as conn, conn.transaction():
+            finished = await repository.finish(conn, payment.id, outcome)
+            if finished is not None:
+                await repository.notify_changed(conn, finished)
+                await payment_finished(conn, finished)
+        if finished is None:
+            current = await repository.get_payment(self._pool, payment.id)
+            if current is None:
+                raise RuntimeError(f"payment {payment.id} disappeared")
+            return current
+        return finished
+
+    async def _read(self, payment_id: uuid.UUID | None, order_id: str | None) -> Payment | None:
+        if payment_id is not None:
+            return await repository.get_payment(self._pool, payment_id)
+        return await repository.get_payment_for_order(self._pool, order_id or "")
+
+
+async def payment_finished(conn: asyncpg.Connection, payment: Payment) -> None:
+    """A payment reached its final status, inside the transaction that recorded it.
+
+    This is where the PaymentSucceeded and PaymentFailed events go: written to the outbox on
+    `conn`, so they commit with the status. (The payment worker that charges queued
+    PaymentRequested tasks will call PaymentService.process_payment, the same idempotent path
+    the gRPC API uses.) For now the outcome is logged.
+    """
+    log.info(
+        f"payment {payment.status.value.lower()}",
+        extra={
+            "payment_id": str(payment.id),
+            "order_id": payment.order_id,
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "decline_reason": payment.decline_reason,
+        },
+    )
+
+
+def watch_key(payment_id: str | None, order_id: str | None) -> tuple[uuid.UUID | None, str | None]:
+    if payment_id is not None:
+        return domain.valid_payment_id(payment_id), None
+    if order_id is not None:
+        return None, valid_key("order_id", order_id)
+    raise InvalidArgument("payment_id", "or order_id is required")
+
+
+def wait_budget(time_remaining_s: float | None) -> float:
+    if time_remaining_s is None:
+        return MAX_WAIT_S
+    return max(0.0, min(time_remaining_s - DEADLINE_MARGIN_S, MAX_WAIT_S))
