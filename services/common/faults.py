@@ -14,9 +14,10 @@ Key `shopmesh/faults/<service>`, value JSON:
 A missing key means no faults. A value that is not valid JSON or breaks the ranges above is
 logged as a warning and treated as no faults.
 
-`FaultWatcher` follows the key with Consul blocking queries, so a change applies within about a
-second. While Consul is unreachable the last known flags stay in force; failures are logged at
-most once per `FAILURE_LOG_INTERVAL_S`, and the watch resumes when Consul returns.
+`FaultWatcher` follows the key with Consul blocking queries (stale reads allowed), so a change
+applies within about a second. While Consul is unreachable the last known flags stay in force;
+failures are logged at most once per `FAILURE_LOG_INTERVAL_S`, and the watch resumes (retrying
+at most `BACKOFF_MAX_S` apart) when Consul returns.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ REQUEST_TIMEOUT_S = 40.0  # longer than WAIT plus the jitter Consul adds (up to 
 MIN_REQUEST_INTERVAL_S = 0.1  # Consul may answer a blocking query at once: never spin
 FAILURE_LOG_INTERVAL_S = 5.0
 BACKOFF_INITIAL_S = 0.25
-BACKOFF_MAX_S = 5.0
+BACKOFF_MAX_S = 2.0
 
 Random = Callable[[], float]
 Sleep = Callable[[float], Awaitable[Any]]
@@ -292,7 +293,9 @@ class FaultWatcher(AbstractAsyncContextManager["FaultWatcher"]):
 
     async def poll(self, session: aiohttp.ClientSession) -> None:
         """One blocking query: returns when the key changes or the wait ends."""
-        params = {"wait": self._wait}
+        # `stale`: the agent's server answers without a round trip to the leader (cheap, and
+        # available during an election in a multi-server cluster); flags may lag by a moment.
+        params = {"wait": self._wait, "stale": ""}
         if self._index > 0:
             params["index"] = str(self._index)
         async with session.get(self._url, params=params) as resp:

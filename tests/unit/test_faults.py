@@ -309,7 +309,10 @@ def test_the_watcher_applies_the_key_and_blocks_on_the_returned_index():
         FakeResponse(200, 7, kv('{"error_rate": 1}')),
         FakeResponse(404, 9, None),
     )
-    assert consul.params == [{"wait": "30s"}, {"wait": "30s", "index": "7"}]
+    assert consul.params == [
+        {"wait": "30s", "stale": ""},
+        {"wait": "30s", "stale": "", "index": "7"},
+    ]
     assert watcher.current == NO_FAULTS
 
 
