@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import httpx
 
@@ -19,7 +18,7 @@ ORDER = {"items": [{"productId": "book", "quantity": 1}]}
 
 
 def place_order(edge: httpx.Client) -> dict:
-    resp = edge.post("/orders", json={"userId": f"u-{uuid.uuid4().hex[:8]}", **ORDER})
+    resp = edge.post("/orders", json={"userId": "alice", **ORDER})
     assert resp.status_code == 201, resp.text
     return resp.json()
 
