@@ -1,0 +1,207 @@
+"""HTTP and WebSocket entrypoints: authenticate, parse, call the service layer, map errors."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from services.common.problem import Problem
+from services.notifications.domain import (
+    InvalidEventError,
+    UnknownCursorError,
+    describe,
+    user_id_error,
+)
+from services.notifications.hub import Hub
+from services.notifications.service import NotificationService
+
+SERVICE = web.AppKey("notifications_service", NotificationService)
+HUB = web.AppKey("notifications_hub", Hub)
+
+ADMIN_ROLE = "admin"
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+# Clients send nothing but control frames; anything larger than this closes with 1009.
+CLIENT_MESSAGE_MAX_BYTES = 4096
+
+MALFORMED = "/problems/malformed-request"
+VALIDATION = "/problems/validation"
+UNAUTHENTICATED = "/problems/unauthenticated"
+FORBIDDEN = "/problems/forbidden"
+UPGRADE_REQUIRED = "/problems/upgrade-required"
+UNAVAILABLE = "/problems/unavailable"
+
+routes = web.RouteTableDef()
+
+
+def current_user(request: web.Request) -> str | None:
+    """The authenticated user's id: the `sub` of the principal set by the auth middleware."""
+    principal = _principal(request)
+    return None if principal is None else principal.sub
+
+
+def is_admin(request: web.Request) -> bool:
+    principal = _principal(request)
+    return principal is not None and ADMIN_ROLE in principal.roles
+
+
+def _principal(request: web.Request) -> Any:
+    """The caller (with `sub` and `roles`) the auth middleware put on the request, or None."""
+    return request.get("principal")
+
+
+@routes.get("/notifications/ws")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    user_id = _authenticated(request)
+    hub = request.app[HUB]
+    # No permessage-deflate: messages are small, and it costs a zlib context per connection.
+    socket = web.WebSocketResponse(
+        heartbeat=hub.heartbeat_s, compress=False, max_msg_size=CLIENT_MESSAGE_MAX_BYTES
+    )
+    if not socket.can_prepare(request).ok:
+        raise Problem(
+            426,
+            "Upgrade Required",
+            "/notifications/ws is a WebSocket endpoint; send Upgrade: websocket",
+            type=UPGRADE_REQUIRED,
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+    await socket.prepare(request)
+    connection = hub.connect(user_id, socket, request.transport)
+    try:
+        # Clients have nothing to say; reading handles their pongs and their close.
+        async for _message in socket:
+            continue
+    finally:
+        await hub.disconnect(connection)
+    return socket
+
+
+@routes.get("/notifications")
+async def history(request: web.Request) -> web.Response:
+    user_id = _authenticated(request)
+    query = request.query
+    errors: list[dict[str, str]] = []
+    target = query.get("userId", user_id)
+    if "userId" in query and (message := user_id_error(target)) is not None:
+        errors.append({"field": "userId", "message": message})
+    limit = _limit(query.get("limit"), errors)
+    after = _after(query.get("after"), errors)
+    if errors:
+        raise Problem(
+            400,
+            "Malformed request",
+            f"query parameter {describe(errors)}",
+            type=MALFORMED,
+            errors=errors,
+        )
+    if target != user_id and not is_admin(request):
+        raise Problem(
+            403,
+            "Forbidden",
+            "only admins may read another user's notifications",
+            type=FORBIDDEN,
+        )
+    try:
+        notifications = await request.app[SERVICE].history(target, limit=limit, after=after)
+    except UnknownCursorError:
+        message = "is not the id of one of this user's notifications"
+        raise Problem(
+            400,
+            "Malformed request",
+            f"query parameter after {message}",
+            type=MALFORMED,
+            errors=[{"field": "after", "message": message}],
+        ) from None
+    return web.json_response([notification.to_json() for notification in notifications])
+
+
+@routes.post("/internal/events")
+async def receive_event(request: web.Request) -> web.Response:
+    event = await _json_object(request)
+    try:
+        delivery = await request.app[SERVICE].deliver(event)
+    except InvalidEventError as exc:
+        raise Problem(
+            422, "Invalid event", describe(exc.errors), type=VALIDATION, errors=exc.errors
+        ) from None
+    return web.json_response(delivery.to_json())
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    if not await request.app[SERVICE].database_ready():
+        raise Problem(503, "Service unavailable", "the database does not answer", type=UNAVAILABLE)
+    return web.json_response({"status": "ok"})
+
+
+def _authenticated(request: web.Request) -> str:
+    user_id = current_user(request)
+    if user_id is None:
+        raise Problem(
+            401,
+            "Unauthorized",
+            "this endpoint needs an authenticated user",
+            type=UNAUTHENTICATED,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return user_id
+
+
+def _limit(raw: str | None, errors: list[dict[str, str]]) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT:
+        return int(raw)
+    errors.append({"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"})
+    return DEFAULT_LIMIT
+
+
+def _after(raw: str | None, errors: list[dict[str, str]]) -> uuid.UUID | None:
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        errors.append({"field": "after", "message": "must be a notification id (a UUID)"})
+        return None
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    content_type = request.content_type
+    if content_type != "application/json" and not (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    ):
+        raise Problem(
+            400,
+            "Malformed request",
+            f"Content-Type must be application/cloudevents+json or application/json, "
+            f"got {content_type}",
+            type=MALFORMED,
+        )
+    raw = await request.read()
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise Problem(
+            400, "Malformed request", "the body is not valid UTF-8", type=MALFORMED
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise Problem(
+            400, "Malformed request", f"the body is not valid JSON: {exc}", type=MALFORMED
+        ) from None
+    if not isinstance(value, dict):
+        raise Problem(
+            400,
+            "Malformed request",
+            "the body must be a JSON object (a CloudEvent)",
+            type=MALFORMED,
+        )
+    return value
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")

@@ -1,0 +1,52 @@
+"""Wiring: the one place that knows the routes, the error handling, the hub and the database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from services.common.config import ServiceSettings
+from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.problem import problem_middleware
+from services.notifications import api
+from services.notifications.hub import Hub
+from services.notifications.repository import PostgresRepository
+from services.notifications.service import NotificationService
+
+MAX_BODY_BYTES = 64 * 1024
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def http_app(hub: Hub) -> web.Application:
+    """Routes, error handling and the hub without a database; `api.SERVICE` is set by the
+    caller. On shutdown, before in-flight requests are awaited, every socket is closed with
+    1001 (going away)."""
+    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    app[api.HUB] = hub
+    app.add_routes(api.routes)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+def create_app(settings: ServiceSettings) -> web.Application:
+    """The service as it runs: on startup the pool opens and migrations apply."""
+    hub = Hub()
+    app = http_app(hub)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(settings.database_url)
+        try:
+            await apply_migrations(pool, MIGRATIONS)
+            app[api.SERVICE] = NotificationService(PostgresRepository(pool), hub)
+            yield
+        finally:
+            await close_pool(pool)
+
+    app.cleanup_ctx.append(database)
+    return app
+
+
+async def _close_sockets(app: web.Application) -> None:
+    await app[api.HUB].shutdown()
