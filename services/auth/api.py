@@ -1,0 +1,261 @@
+"""HTTP entrypoints of auth: parse, call the service layer, map errors.
+
+Errors are problem+json everywhere except POST /auth/token, which answers in OAuth's own
+format (services.auth.oauth).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+import asyncpg
+from aiohttp import web
+
+from services.auth import oauth
+from services.auth.clients import UsersUnavailable
+from services.auth.oauth import OAuthError
+from services.auth.service import (
+    AuthService,
+    InvalidClient,
+    InvalidCredentials,
+    UnknownSubject,
+    UserBlocked,
+)
+from services.common.auth import (
+    ADMIN_ROLE,
+    PermissionDenied,
+    Unauthenticated,
+    authenticate_request,
+    bearer_token,
+    forbidden_problem,
+    require_role,
+    unauthenticated_problem,
+)
+from services.common.problem import Problem
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("auth_service", AuthService)
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 32
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+MALFORMED = "/problems/malformed-request"
+UNAVAILABLE = "/problems/unavailable"
+USER_BLOCKED = "/problems/user-blocked"
+INVALID_CLIENT = "/problems/invalid-client"
+
+# The database is down or restarting: a retry may succeed, so it is 503, not a 500.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    if not await request.app[SERVICE].database_ready():
+        raise Problem(503, "Service unavailable", "the database does not answer", type=UNAVAILABLE)
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/.well-known/openid-configuration")
+@routes.get("/auth/.well-known/openid-configuration")
+async def discovery(request: web.Request) -> web.Response:
+    return web.json_response(
+        oauth.discovery_document(request.app[SERVICE].issuer),
+        headers={"Cache-Control": "public, max-age=300"},
+    )
+
+
+@routes.get("/auth/jwks")
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(
+        request.app[SERVICE].keys.jwks(),
+        content_type="application/jwk-set+json",
+        headers={"Cache-Control": "public, max-age=60"},
+    )
+
+
+@routes.post("/auth/token")
+async def token(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        form = await _form(request)
+        grant = oauth.parse_token_request(form, request.headers.get("Authorization"))
+        body = await _issue(service, grant)
+    except OAuthError as exc:
+        return web.json_response(exc.body(), status=exc.status, headers=NO_STORE | exc.headers)
+    return web.json_response(body, headers=NO_STORE)
+
+
+async def _issue(service: AuthService, grant: oauth.Grant) -> dict[str, Any]:
+    try:
+        if isinstance(grant, oauth.PasswordGrant):
+            issued = await service.password_grant(
+                grant.username, grant.password, grant.scope, grant.client
+            )
+        elif isinstance(grant, oauth.ClientCredentialsGrant):
+            issued = await service.client_credentials_grant(grant.client, grant.scope)
+        else:
+            return await _exchange(service, grant)
+    except InvalidClient:
+        raise oauth.invalid_client() from None
+    except InvalidCredentials:
+        raise oauth.invalid_grant("invalid username or password") from None
+    except UserBlocked:
+        raise oauth.invalid_grant("the user is blocked") from None
+    except UsersUnavailable:
+        raise oauth.temporarily_unavailable("the users service does not answer") from None
+    except DATABASE_UNAVAILABLE:
+        raise oauth.temporarily_unavailable("the database does not answer") from None
+    return {
+        "access_token": issued.token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scope,
+    }
+
+
+async def _exchange(service: AuthService, grant: oauth.TokenExchangeGrant) -> dict[str, Any]:
+    """RFC 8693 §2.2.2: an unusable subject token is invalid_request."""
+    try:
+        if grant.client is not None:
+            await service.authenticate_client(grant.client)
+        exchanged = await service.exchange(grant.subject_token)
+    except InvalidClient:
+        raise oauth.invalid_client() from None
+    except Unauthenticated as exc:
+        raise oauth.invalid_request(f"subject_token is not acceptable: {exc.reason}") from None
+    except UnknownSubject:
+        raise oauth.invalid_request("the subject_token's subject no longer exists") from None
+    except UserBlocked:
+        raise oauth.invalid_request("the subject_token's user is blocked") from None
+    except UsersUnavailable:
+        raise oauth.temporarily_unavailable("the users service does not answer") from None
+    except DATABASE_UNAVAILABLE:
+        raise oauth.temporarily_unavailable("the database does not answer") from None
+    claims = exchanged.claims
+    return {
+        "access_token": exchanged.token,
+        "issued_token_type": oauth.TOKEN_TYPE_JWT,
+        "token_type": "Bearer",
+        "expires_in": claims["exp"] - claims["iat"],
+    }
+
+
+@routes.post("/auth/introspect")
+async def introspect(request: web.Request) -> web.Response:
+    """RFC 7662; the caller authenticates as a machine client with HTTP Basic."""
+    service = request.app[SERVICE]
+    authorization = request.headers.get("Authorization")
+    try:
+        if authorization is None:
+            raise oauth.invalid_client("introspection requires HTTP Basic client authentication")
+        await service.authenticate_client(oauth.parse_basic(authorization))
+    except (OAuthError, InvalidClient) as exc:
+        detail = exc.description if isinstance(exc, OAuthError) else "client authentication failed"
+        raise Problem(
+            401,
+            "Unauthenticated",
+            detail,
+            type=INVALID_CLIENT,
+            headers={"WWW-Authenticate": oauth.BASIC_REALM},
+        ) from None
+    try:
+        form = await _form(request)
+        values = form.get("token", [])
+        if len(values) != 1 or not values[0]:
+            raise oauth.invalid_request("exactly one token parameter is required")
+    except OAuthError as exc:
+        raise Problem(400, "Malformed request", exc.description, type=MALFORMED) from None
+    return web.json_response(await service.introspect(values[0]), headers=NO_STORE)
+
+
+@routes.post("/auth/keys/rotate")
+async def rotate_keys(request: web.Request) -> web.Response:
+    """A new active signing key; needs an internal token with the admin role."""
+    service = request.app[SERVICE]
+    try:
+        principal = await authenticate_request(request, service.keys)
+        require_role(principal, ADMIN_ROLE)
+    except Unauthenticated as exc:
+        raise unauthenticated_problem(exc.reason) from None
+    except PermissionDenied as exc:
+        raise forbidden_problem(str(exc)) from None
+    key, retired = await service.rotate_keys()
+    log.info("keys rotated on request", extra={"by": principal.sub, "kid": key.kid})
+    return web.json_response({"kid": key.kid, "retired_kid": retired})
+
+
+@routes.route("*", "/auth/ext-authz/{tail:.*}")
+async def ext_authz(request: web.Request) -> web.Response:
+    """The edge's ext_authz check for the request `<method> /<tail>`.
+
+    200 with `Authorization: Bearer <internal token>` (the edge sends it upstream in place of
+    the client's), 401 for a bad token, 403 for a blocked user, 503 when users cannot say.
+    """
+    original_path = "/" + request.match_info["tail"]
+    try:
+        internal = await request.app[SERVICE].authorize(_external_token(request))
+    except (Unauthenticated, UnknownSubject) as exc:
+        reason = exc.reason if isinstance(exc, Unauthenticated) else "unknown subject"
+        log.info(
+            "ext_authz denied",
+            extra={"method": request.method, "original_path": original_path, "reason": reason},
+        )
+        return unauthenticated_problem(reason).to_response(original_path)
+    except UserBlocked as exc:
+        log.info("ext_authz denied: user blocked", extra={"user_id": str(exc)})
+        problem = Problem(403, "User blocked", "this user is blocked", type=USER_BLOCKED)
+        return problem.to_response(original_path)
+    except (UsersUnavailable, *DATABASE_UNAVAILABLE):
+        problem = Problem(
+            503,
+            "Service unavailable",
+            "auth cannot check the token's subject now; retry later",
+            type=UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+        return problem.to_response(original_path)
+    return web.Response(status=200, headers={"Authorization": f"Bearer {internal}"} | NO_STORE)
+
+
+def _external_token(request: web.Request) -> str:
+    """From `Authorization: Bearer`, or else the original path's `access_token` parameter."""
+    authorization = request.headers.get("Authorization")
+    if authorization is not None:
+        return bearer_token(authorization)
+    values = request.query.getall("access_token", [])
+    if len(values) > 1:
+        raise Unauthenticated("more than one access_token parameter")
+    if not values:
+        raise Unauthenticated("missing bearer token")
+    return values[0]
+
+
+async def _form(request: web.Request) -> dict[str, list[str]]:
+    """The urlencoded body's parameters, each with all its values; OAuthError if malformed."""
+    if request.content_type != FORM_CONTENT_TYPE:
+        raise oauth.invalid_request(f"Content-Type must be {FORM_CONTENT_TYPE}")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise oauth.invalid_request("request body too large") from None
+    try:
+        return parse_qs(
+            raw.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise oauth.invalid_request("the body is not a valid urlencoded form") from None

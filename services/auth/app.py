@@ -1,0 +1,64 @@
+"""Wiring: the one place that knows the routes, the database, the keys and the users client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from services.auth import api
+from services.auth.clients import UsersClient
+from services.auth.config import AuthSettings
+from services.auth.seed import SeedError, apply_seed, load_seed
+from services.auth.service import AuthService, KeyStore, ServiceToken
+from services.common.config import ServiceSettings
+from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.problem import problem_middleware
+from services.common.runner import StartupError
+
+MAX_BODY_BYTES = 16 * 1024
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def http_app() -> web.Application:
+    """Routes and error handling without a database; `api.SERVICE` is set by the caller."""
+    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    app.add_routes(api.routes)
+    return app
+
+
+def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Application:
+    """The service as it runs: on startup the seed file is read, the pool opens, migrations
+    apply, a signing key exists, and the seeded credentials are upserted."""
+    app = http_app()
+    users_port = settings.upstream_port("users")
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        try:
+            seed = load_seed(auth_settings.seed_file)
+        except SeedError as exc:
+            raise StartupError(str(exc)) from None
+        pool = await create_pool(settings.database_url)
+        users: UsersClient | None = None
+        reloads: asyncio.Task[None] | None = None
+        try:
+            await apply_migrations(pool, MIGRATIONS)
+            keys = KeyStore(pool)
+            await keys.ensure_active_key()
+            await apply_seed(pool, seed)
+            reloads = asyncio.create_task(keys.run_reloads(), name="signing key reloads")
+            users = UsersClient(users_port, ServiceToken(keys))
+            app[api.SERVICE] = AuthService(pool, keys, users, issuer=auth_settings.issuer)
+            yield
+        finally:
+            if reloads is not None:
+                reloads.cancel()
+                await asyncio.gather(reloads, return_exceptions=True)
+            if users is not None:
+                await users.close()
+            await close_pool(pool)
+
+    app.cleanup_ctx.append(resources)
+    return app

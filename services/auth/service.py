@@ -1,0 +1,407 @@
+"""Use cases of auth: keys, grants, exchange, introspection, the edge's ext_authz check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import asyncpg
+
+from services.auth import passwords, repository
+from services.auth.cache import CachedExchange, ExchangeCache
+from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
+from services.auth.oauth import PUBLIC_CLIENT_ID, ClientCredentials
+from services.auth.tokens import (
+    EXTERNAL_AUDIENCE,
+    EXTERNAL_TTL_S,
+    GTY_CLIENT_CREDENTIALS,
+    GTY_PASSWORD,
+    RETIRED_KEY_PUBLISHED,
+    KeyRing,
+    SigningKey,
+    external_claims,
+    generate_signing_key,
+    internal_claims,
+    sign,
+)
+from services.common.auth import (
+    INTERNAL_AUDIENCE,
+    INTERNAL_ISSUER,
+    Unauthenticated,
+    VerificationKey,
+    verify_jwt,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_SUBJECT = "auth"
+SERVICE_ROLE = "service"
+# Retired keys are deleted this long after retirement (they verify nothing by then).
+RETIRED_KEY_KEPT = timedelta(days=1)
+
+# The claims an active token's introspection answer repeats (RFC 7662 §2.2).
+INTROSPECTED_CLAIMS = (
+    "sub",
+    "exp",
+    "iat",
+    "nbf",
+    "aud",
+    "iss",
+    "jti",
+    "scope",
+    "client_id",
+    "roles",
+)
+
+Clock = Callable[[], float]
+
+
+class InvalidClient(Exception):
+    """Client authentication failed (unknown client or wrong secret)."""
+
+
+class InvalidCredentials(Exception):
+    """Unknown username or wrong password (the two are not told apart)."""
+
+
+class UserBlocked(Exception):
+    """The user exists but is blocked: no tokens."""
+
+
+class UnknownSubject(Exception):
+    """A valid token's subject no longer exists (user or client removed)."""
+
+
+class Users(Protocol):
+    async def get_user(self, user_id: str) -> UserInfo: ...
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+    scope: str | None = None
+
+
+class KeyStore:
+    """auth's signing keys: kept in Postgres, held in memory as a KeyRing.
+
+    The ring is reloaded every `reload_interval_s` (another instance may have rotated) and when
+    a token names an unknown kid, at most once per `unknown_kid_interval_s`.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        reload_interval_s: float = 30.0,
+        unknown_kid_interval_s: float = 5.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self._pool = pool
+        self._reload_interval_s = reload_interval_s
+        self._unknown_kid_interval_s = unknown_kid_interval_s
+        self._clock = clock
+        self._ring: KeyRing | None = None
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def ring(self) -> KeyRing:
+        if self._ring is None:
+            raise RuntimeError("KeyStore.ensure_active_key() was not awaited")
+        return self._ring
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    async def ensure_active_key(self) -> None:
+        """Create the first key unless one is active; safe when instances start together."""
+        candidate = await asyncio.to_thread(generate_signing_key, self.now())
+        async with self._pool.acquire() as conn, conn.transaction():
+            await repository.lock_keys(conn)
+            if await repository.active_kid(conn) is None:
+                await repository.insert_key(conn, candidate)
+                log.info("signing key created", extra={"kid": candidate.kid})
+        await self.reload()
+
+    async def rotate(self) -> tuple[SigningKey, str | None]:
+        """Make a new active key; the old one retires and stays published for an hour."""
+        now = self.now()
+        new_key = await asyncio.to_thread(generate_signing_key, now)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await repository.lock_keys(conn)
+            retired = await repository.retire_active_key(conn, now)
+            await repository.insert_key(conn, new_key)
+            await repository.delete_keys_retired_before(conn, now - RETIRED_KEY_KEPT)
+        log.info("signing keys rotated", extra={"kid": new_key.kid, "retired_kid": retired})
+        await self.reload()
+        return new_key, retired
+
+    async def reload(self) -> None:
+        keys = await repository.published_keys(self._pool, self.now(), RETIRED_KEY_PUBLISHED)
+        ring = KeyRing(keys)
+        if self._ring is not None and ring.active.kid != self._ring.active.kid:
+            log.info("active signing key changed", extra={"kid": ring.active.kid})
+        self._ring = ring
+        self._loaded_at = self._clock()
+
+    async def run_reloads(self) -> None:
+        """Reload every interval until cancelled; a failed reload keeps the current ring."""
+        while True:
+            await asyncio.sleep(self._reload_interval_s)
+            try:
+                await self.reload()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning(
+                    "cannot reload signing keys; keeping the current ones",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
+
+    async def key(self, kid: str) -> VerificationKey | None:
+        """A verification key by kid (the KeySource of services.common.auth)."""
+        found = self.ring.verification_key(kid, self.now())
+        if found is not None:
+            return found
+        async with self._lock:
+            if self._clock() - self._loaded_at >= self._unknown_kid_interval_s:
+                try:
+                    await self.reload()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning(
+                        "cannot reload signing keys",
+                        extra={"error": f"{type(exc).__name__}: {exc}"},
+                    )
+        return self.ring.verification_key(kid, self.now())
+
+    def jwks(self) -> dict[str, Any]:
+        return self.ring.jwks(self.now())
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        return sign(claims, self.ring.active)
+
+
+class ServiceToken:
+    """auth's own internal token (sub `auth`, role `service`) for its calls to users."""
+
+    def __init__(
+        self, keys: KeyStore, *, clock: Clock = time.time, renew_before_s: int = 60
+    ) -> None:
+        self._keys = keys
+        self._clock = clock
+        self._renew_before_s = renew_before_s
+        self._token = ""
+        self._exp = 0
+        self._kid = ""
+
+    def __call__(self) -> str:
+        now = int(self._clock())
+        active = self._keys.ring.active.kid
+        if now >= self._exp - self._renew_before_s or active != self._kid:
+            claims = internal_claims(sub=SERVICE_SUBJECT, roles=[SERVICE_ROLE], now=now)
+            self._token = self._keys.sign(claims)
+            self._exp = claims["exp"]
+            self._kid = active
+        return self._token
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    token: str
+    claims: dict[str, Any]
+    is_user: bool
+
+
+class AuthService:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keys: KeyStore,
+        users: Users,
+        *,
+        issuer: str,
+        cache: ExchangeCache | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self._pool = pool
+        self.keys = keys
+        self._users = users
+        self.issuer = issuer
+        self.cache = cache or ExchangeCache(clock=clock)
+        self._clock = clock
+
+    # --- clients and grants ---------------------------------------------------------------
+
+    async def authenticate_client(self, credentials: ClientCredentials) -> repository.Client:
+        client = await repository.get_client(self._pool, credentials.client_id)
+        ok = await asyncio.to_thread(
+            passwords.verify, client.secret_hash if client else None, credentials.secret
+        )
+        if client is None or not ok:
+            log.info("client authentication failed", extra={"client_id": credentials.client_id})
+            raise InvalidClient(credentials.client_id)
+        return client
+
+    async def password_grant(
+        self, username: str, password: str, scope: tuple[str, ...], client: ClientCredentials | None
+    ) -> IssuedToken:
+        """An external token for a user whose password matches and who is not blocked."""
+        client_id = (
+            (await self.authenticate_client(client)).client_id if client else PUBLIC_CLIENT_ID
+        )
+        stored = await repository.password_hash(self._pool, username)
+        if not await asyncio.to_thread(passwords.verify, stored, password):
+            log.info("password grant refused: bad credentials", extra={"username": username})
+            raise InvalidCredentials(username)
+        try:
+            user = await self._users.get_user(username)
+        except UnknownUser:
+            log.warning(
+                "password grant refused: no such user in users", extra={"username": username}
+            )
+            raise InvalidCredentials(username) from None
+        if user.blocked:
+            log.info("password grant refused: user blocked", extra={"user_id": user.id})
+            raise UserBlocked(user.id)
+        return self._external(user.id, client_id, scope, GTY_PASSWORD)
+
+    async def client_credentials_grant(
+        self, client: ClientCredentials, scope: tuple[str, ...]
+    ) -> IssuedToken:
+        authenticated = await self.authenticate_client(client)
+        return self._external(
+            authenticated.client_id, authenticated.client_id, scope, GTY_CLIENT_CREDENTIALS
+        )
+
+    def _external(self, sub: str, client_id: str, scope: tuple[str, ...], gty: str) -> IssuedToken:
+        claims = external_claims(
+            issuer=self.issuer,
+            sub=sub,
+            client_id=client_id,
+            scope=scope,
+            gty=gty,
+            now=int(self._clock()),
+        )
+        log.info("access token issued", extra={"sub": sub, "client_id": client_id, "gty": gty})
+        return IssuedToken(self.keys.sign(claims), EXTERNAL_TTL_S, claims["scope"])
+
+    # --- verification and exchange -------------------------------------------------------
+
+    async def verify_external(self, token: str) -> dict[str, Any]:
+        """The claims of a valid external access token (the edge's checks); Unauthenticated."""
+        return await verify_jwt(
+            token, self.keys, issuer=self.issuer, audience=EXTERNAL_AUDIENCE, now=self._clock()
+        )
+
+    async def exchange(self, external_token: str) -> Exchanged:
+        """RFC 8693: an internal token for a valid external one, with the subject's current roles.
+
+        Unauthenticated, UnknownSubject, UserBlocked, or UsersUnavailable (from the client).
+        """
+        claims = await self.verify_external(external_token)
+        sub = claims["sub"]
+        if claims.get("gty") == GTY_CLIENT_CREDENTIALS:
+            client = await repository.get_client(self._pool, sub)
+            if client is None:
+                raise UnknownSubject(sub)
+            roles, is_user = client.roles, False
+        else:
+            try:
+                user = await self._users.get_user(sub)
+            except UnknownUser:
+                raise UnknownSubject(sub) from None
+            if user.blocked:
+                raise UserBlocked(sub)
+            roles, is_user = user.roles, True
+        now = int(self._clock())
+        internal = internal_claims(sub=sub, roles=roles, now=now, not_after=int(claims["exp"]))
+        if internal["exp"] <= now:
+            raise Unauthenticated("token expired")
+        return Exchanged(self.keys.sign(internal), internal, is_user)
+
+    async def authorize(self, external_token: str) -> str:
+        """The edge's ext_authz check: the internal token for this external token.
+
+        Served from the cache while it is fresh; a cached user's blocked status is re-checked
+        every 30 s. Raises what `exchange` raises.
+        """
+        entry = self.cache.get(external_token)
+        if entry is None:
+            exchanged = await self.exchange(external_token)
+            self.cache.put(
+                external_token,
+                CachedExchange(
+                    internal_token=exchanged.token,
+                    sub=exchanged.claims["sub"],
+                    is_user=exchanged.is_user,
+                    expires_at=exchanged.claims["exp"],
+                    checked_at=self._clock(),
+                ),
+            )
+            return exchanged.token
+        if self.cache.needs_recheck(entry):
+            await self._recheck(entry)
+        return entry.internal_token
+
+    async def _recheck(self, entry: CachedExchange) -> None:
+        self.cache.checked(entry)
+        try:
+            user = await self._users.get_user(entry.sub)
+        except UnknownUser:
+            self.cache.invalidate_user(entry.sub)
+            raise UnknownSubject(entry.sub) from None
+        except UsersUnavailable as exc:
+            log.warning(
+                "cannot re-check a cached user; serving the cached exchange",
+                extra={"user_id": entry.sub, "code": exc.code.name},
+            )
+            return
+        if user.blocked:
+            self.invalidate_user(user.id)
+            raise UserBlocked(user.id)
+
+    def invalidate_user(self, user_id: str) -> None:
+        """Forget every cached exchange of `user_id` (called when the user is blocked)."""
+        dropped = self.cache.invalidate_user(user_id)
+        log.info("cached exchanges dropped", extra={"user_id": user_id, "dropped": dropped})
+
+    async def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662: the claims of an active external or internal token, or inactive."""
+        for issuer, audience in (
+            (self.issuer, EXTERNAL_AUDIENCE),
+            (INTERNAL_ISSUER, INTERNAL_AUDIENCE),
+        ):
+            try:
+                claims = await verify_jwt(
+                    token,
+                    self.keys,
+                    issuer=issuer,
+                    audience=audience,
+                    leeway_s=0,
+                    now=self._clock(),
+                )
+            except Unauthenticated:
+                continue
+            return {"active": True, "token_type": "Bearer"} | {
+                name: claims[name] for name in INTROSPECTED_CLAIMS if name in claims
+            }
+        return {"active": False}
+
+    # --- keys and health ------------------------------------------------------------------
+
+    async def rotate_keys(self) -> tuple[SigningKey, str | None]:
+        return await self.keys.rotate()
+
+    async def database_ready(self, *, timeout_s: float = 0.8) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s), self._pool.acquire() as conn:
+                await repository.ping(conn, timeout_s=timeout_s)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("database not ready", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return False
+        return True

@@ -1,0 +1,277 @@
+"""The exchange cache and the ext_authz use case over fake users and in-memory keys."""
+
+import asyncio
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+
+from services.auth.cache import CachedExchange, ExchangeCache
+from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
+from services.auth.service import AuthService, UnknownSubject, UserBlocked
+from services.auth.tokens import (
+    GTY_PASSWORD,
+    INTERNAL_TTL_S,
+    external_claims,
+    generate_signing_key,
+    sign,
+)
+from services.common.auth import Unauthenticated, verify_internal
+
+ISSUER = "https://127.0.0.1:8443/auth"
+KEY = generate_signing_key(datetime.now(UTC))
+
+
+class Clock:
+    def __init__(self, now=1_800_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class MemoryKeys:
+    async def key(self, kid):
+        return KEY.verification_key if kid == KEY.kid else None
+
+    def sign(self, claims):
+        return sign(claims, KEY)
+
+
+class FakeUsers:
+    def __init__(self):
+        self.calls = []
+        self.blocked = set()
+        self.roles = {"alice": {"user"}, "admin": {"user", "admin"}}
+        self.down = False
+
+    async def get_user(self, user_id):
+        self.calls.append(user_id)
+        if self.down:
+            raise UsersUnavailable(_unavailable())
+        if user_id not in self.roles:
+            raise UnknownUser(user_id)
+        return UserInfo(user_id, frozenset(self.roles[user_id]), user_id in self.blocked)
+
+
+def _unavailable():
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
+    )
+
+
+def external_token(clock, sub="alice", ttl=900):
+    claims = external_claims(
+        issuer=ISSUER,
+        sub=sub,
+        client_id="cli",
+        scope=["shopmesh"],
+        gty=GTY_PASSWORD,
+        now=int(clock()),
+    )
+    claims["exp"] = int(clock()) + ttl
+    return sign(claims, KEY)
+
+
+def make_service(clock, users):
+    return AuthService(
+        None,
+        MemoryKeys(),
+        users,
+        issuer=ISSUER,
+        cache=ExchangeCache(clock=clock),
+        clock=clock,
+    )
+
+
+# --- the cache on its own ------------------------------------------------------------------
+
+
+def entry(sub="alice", expires_at=1300.0, checked_at=1000.0, is_user=True):
+    return CachedExchange("internal", sub, is_user, expires_at, checked_at)
+
+
+def test_a_cached_exchange_is_served_until_shortly_before_it_expires():
+    clock = Clock(1000.0)
+    cache = ExchangeCache(clock=clock, margin_s=15)
+    cache.put("token", entry(expires_at=1300.0))
+    assert cache.get("token").internal_token == "internal"
+    clock.now = 1284.0
+    assert cache.get("token") is not None
+    clock.now = 1285.0
+    assert cache.get("token") is None
+    assert len(cache) == 0
+
+
+def test_an_exchange_about_to_expire_is_not_cached():
+    cache = ExchangeCache(clock=Clock(1000.0), margin_s=15)
+    cache.put("token", entry(expires_at=1010.0))
+    assert cache.get("token") is None
+
+
+def test_invalidate_user_drops_every_entry_of_that_user_only():
+    cache = ExchangeCache(clock=Clock(1000.0))
+    cache.put("a1", entry("alice"))
+    cache.put("a2", entry("alice"))
+    cache.put("b1", entry("bob"))
+    assert cache.invalidate_user("alice") == 2
+    assert cache.get("a1") is None and cache.get("a2") is None
+    assert cache.get("b1") is not None
+    assert cache.invalidate_user("alice") == 0
+
+
+def test_the_cache_is_bounded_and_evicts_the_least_recently_used():
+    cache = ExchangeCache(clock=Clock(1000.0), max_entries=2)
+    cache.put("t1", entry("u1"))
+    cache.put("t2", entry("u2"))
+    cache.get("t1")
+    cache.put("t3", entry("u3"))
+    assert len(cache) == 2
+    assert cache.get("t2") is None
+    assert cache.get("t1") is not None and cache.get("t3") is not None
+    assert cache.invalidate_user("u2") == 0
+
+
+def test_users_are_due_for_a_recheck_every_30_seconds_machines_never():
+    clock = Clock(1000.0)
+    cache = ExchangeCache(clock=clock, recheck_s=30)
+    user, machine = entry(checked_at=1000.0), entry("cli", checked_at=1000.0, is_user=False)
+    clock.now = 1029.0
+    assert not cache.needs_recheck(user)
+    clock.now = 1030.0
+    assert cache.needs_recheck(user)
+    assert not cache.needs_recheck(machine)
+    cache.checked(user)
+    assert not cache.needs_recheck(user)
+
+
+def test_the_cache_never_keeps_the_token_itself():
+    cache = ExchangeCache(clock=Clock(1000.0))
+    cache.put("secret-token-value", entry())
+    assert "secret-token-value" not in repr(cache._entries)
+
+
+# --- ext_authz through the service -----------------------------------------------------------
+
+
+def test_the_second_check_of_a_token_is_a_cache_hit():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        token = external_token(clock)
+        first = await service.authorize(token)
+        second = await service.authorize(token)
+        return first, second, users.calls
+
+    first, second, calls = asyncio.run(go())
+    assert first == second
+    assert calls == ["alice"]
+
+
+def test_the_internal_token_carries_the_users_roles_and_verifies():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        internal = await service.authorize(external_token(clock, "admin"))
+        return await verify_internal(internal, MemoryKeys(), now=clock())
+
+    principal = asyncio.run(go())
+    assert principal.sub == "admin"
+    assert principal.roles == {"user", "admin"}
+
+
+def test_the_internal_token_never_outlives_the_external_one():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        exchanged = await service.exchange(external_token(clock, ttl=120))
+        return exchanged.claims["exp"] - exchanged.claims["iat"]
+
+    assert asyncio.run(go()) == 120
+    assert INTERNAL_TTL_S > 120
+
+
+def test_an_expired_cache_entry_means_a_fresh_exchange():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        token = external_token(clock)
+        await service.authorize(token)
+        clock.now += INTERNAL_TTL_S
+        await service.authorize(token)
+        return users.calls
+
+    assert asyncio.run(go()) == ["alice", "alice"]
+
+
+def test_a_user_blocked_after_caching_is_refused_at_the_next_recheck():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        token = external_token(clock)
+        await service.authorize(token)
+        users.blocked.add("alice")
+        clock.now += 10
+        still_cached = await service.authorize(token)
+        clock.now += 25
+        with pytest.raises(UserBlocked):
+            await service.authorize(token)
+        return still_cached, len(service.cache)
+
+    still_cached, remaining = asyncio.run(go())
+    assert still_cached
+    assert remaining == 0
+
+
+def test_invalidate_user_forces_a_new_exchange_that_sees_the_block():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        token = external_token(clock)
+        await service.authorize(token)
+        users.blocked.add("alice")
+        service.invalidate_user("alice")
+        with pytest.raises(UserBlocked):
+            await service.authorize(token)
+
+    asyncio.run(go())
+
+
+def test_a_recheck_while_users_is_down_keeps_serving_the_cached_exchange():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        token = external_token(clock)
+        first = await service.authorize(token)
+        users.down = True
+        clock.now += 31
+        again = await service.authorize(token)
+        calls_before = len(users.calls)
+        clock.now += 5
+        await service.authorize(token)
+        return first == again, len(users.calls) - calls_before
+
+    same, extra_calls = asyncio.run(go())
+    assert same
+    assert extra_calls == 0  # the failed re-check waits another 30 s
+
+
+def test_a_first_exchange_while_users_is_down_fails_as_unavailable():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        users.down = True
+        await make_service(clock, users).authorize(external_token(clock))
+
+    with pytest.raises(UsersUnavailable):
+        asyncio.run(go())
+
+
+def test_an_unknown_user_or_a_bad_token_is_not_exchanged():
+    async def go(token_for):
+        clock, users = Clock(), FakeUsers()
+        await make_service(clock, users).authorize(token_for(clock))
+
+    with pytest.raises(UnknownSubject):
+        asyncio.run(go(lambda clock: external_token(clock, "mallory")))
+    with pytest.raises(Unauthenticated):
+        asyncio.run(go(lambda clock: external_token(clock, ttl=-3600)))
