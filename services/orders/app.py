@@ -10,6 +10,7 @@ from aiohttp import web
 
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, create_pool
+from services.common.faults import install_fault_flags
 from services.common.problem import problem_middleware
 from services.orders import api
 from services.orders.clients import PaymentsClient, UsersClient
@@ -29,6 +30,7 @@ def http_app() -> web.Application:
 def create_app(settings: ServiceSettings) -> web.Application:
     """The service as it runs: on startup the pool opens and migrations apply."""
     app = http_app()
+    install_fault_flags(app, settings.consul_http_addr, settings.service)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url)

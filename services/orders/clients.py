@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 
 import grpc
 
@@ -34,10 +35,24 @@ class UserInfo:
     blocked: bool
 
 
+class PaymentResult(StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    DECLINED = "DECLINED"
+    # Another call is still charging this order and our deadline came first.
+    PENDING = "PENDING"
+
+
+RESULTS = {
+    payments_pb2.PAYMENT_STATUS_SUCCEEDED: PaymentResult.SUCCEEDED,
+    payments_pb2.PAYMENT_STATUS_DECLINED: PaymentResult.DECLINED,
+    payments_pb2.PAYMENT_STATUS_PENDING: PaymentResult.PENDING,
+}
+
+
 @dataclass(frozen=True)
 class PaymentOutcome:
     payment_id: str
-    succeeded: bool
+    result: PaymentResult
     decline_reason: str
 
 
@@ -80,7 +95,7 @@ class PaymentsClient:
             raise UpstreamUnavailable("payments", exc) from exc
         return PaymentOutcome(
             payment_id=payment.id,
-            succeeded=payment.status == payments_pb2.PAYMENT_STATUS_SUCCEEDED,
+            result=RESULTS.get(payment.status, PaymentResult.PENDING),
             decline_reason=payment.decline_reason,
         )
 

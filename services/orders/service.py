@@ -14,7 +14,12 @@ from typing import Protocol
 import asyncpg
 
 from services.orders import repository
-from services.orders.clients import PaymentOutcome, UpstreamUnavailable, UserInfo
+from services.orders.clients import (
+    PaymentOutcome,
+    PaymentResult,
+    UpstreamUnavailable,
+    UserInfo,
+)
 from services.orders.domain import Order, OrderItem, OrderStatus, new_order, sources_of
 
 log = logging.getLogger(__name__)
@@ -165,17 +170,23 @@ class OrderService:
                 "payment deferred",
                 extra={"order_id": str(order.id), "code": exc.code.name, "error": str(exc)},
             )
-            pending = await self._move(
-                order, OrderStatus.PAYMENT_PENDING, reason=f"payments unavailable ({exc.code.name})"
-            )
-            if pending.status == OrderStatus.PAYMENT_PENDING:
-                await self._fallback.request_payment(pending)
-            return pending
-        if outcome.succeeded:
+            return await self._defer(order, f"payments unavailable ({exc.code.name})")
+        if outcome.result == PaymentResult.SUCCEEDED:
             return await self._move(order, OrderStatus.PAID, payment_id=outcome.payment_id)
-        return await self._move(
-            order, OrderStatus.FAILED, payment_id=outcome.payment_id, reason=outcome.decline_reason
-        )
+        if outcome.result == PaymentResult.DECLINED:
+            return await self._move(
+                order,
+                OrderStatus.FAILED,
+                payment_id=outcome.payment_id,
+                reason=outcome.decline_reason,
+            )
+        return await self._defer(order, "payment still processing")
+
+    async def _defer(self, order: Order, reason: str) -> Order:
+        pending = await self._move(order, OrderStatus.PAYMENT_PENDING, reason=reason)
+        if pending.status == OrderStatus.PAYMENT_PENDING:
+            await self._fallback.request_payment(pending)
+        return pending
 
     async def _move(
         self,

@@ -94,3 +94,24 @@ def test_failing_payments_are_ejected_and_orders_fall_back_to_payment_pending(
         timeout=30,
         what="orders to be paid again once payments recovers",
     )
+
+
+def test_fault_flags_reach_an_http_service_without_a_restart(
+    edge: httpx.Client, fault, mesh
+) -> None:
+    pid = mesh.running()["orders-1"].pid
+    fault("orders", error_rate=1.0, methods=["/orders"])
+    refused = wait_for(
+        lambda: (r := edge.get("/orders", params={"userId": "alice"})).status_code == 503 and r,
+        timeout=15,
+        what="the orders fault flag to take effect",
+    )
+    assert refused.json()["type"] == "/problems/injected-fault"
+
+    fault("orders", error_rate=0.0)
+    wait_for(
+        lambda: edge.get("/orders", params={"userId": "alice"}).status_code == 200,
+        timeout=15,
+        what="the cleared flag to let requests through",
+    )
+    assert mesh.running()["orders-1"].pid == pid

@@ -14,12 +14,13 @@ UpstreamConfig {
       MaxConcurrentRequests = 100
     }
     # Outlier detection: 5 consecutive failures (gRPC UNAVAILABLE counts as a 5xx) eject the
-    # endpoint for 10 s, checked every second. 100 % so a single instance can be ejected too.
+    # endpoint for 10 s, checked every second. Never more than half of the endpoints: Consul
+    # turns Envoy's panic mode off, so ejecting them all would refuse every call.
     PassiveHealthCheck {
       Interval                = "1s"
       MaxFailures             = 5
       EnforcingConsecutive5xx = 100
-      MaxEjectionPercent      = 100
+      MaxEjectionPercent      = 50
       BaseEjectionTime        = "10s"
     }
   }
