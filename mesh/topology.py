@@ -45,24 +45,31 @@ class Service:
 class Route:
     prefix: str
     service: str
-    local_bind_port: int
     timeout_ms: int
+    # "jwt": a valid external token is required (and exchanged by auth); "none": public.
+    auth: str = "jwt"
+    # REST JSON <-> gRPC through Envoy's grpc_json_transcoder (the service speaks gRPC).
+    transcode: bool = False
+    websocket: bool = False
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    requests: int
+    per_seconds: int
 
 
 @dataclass(frozen=True)
 class Edge:
     id: str
     http_port: int
+    https_port: int
     admin_port: int
     sidecar: Sidecar
+    upstreams: tuple[Upstream, ...]
     routes: tuple[Route, ...]
-
-    @property
-    def upstreams(self) -> tuple[Upstream, ...]:
-        seen: dict[str, Upstream] = {}
-        for route in self.routes:
-            seen.setdefault(route.service, Upstream(route.service, route.local_bind_port))
-        return tuple(seen.values())
+    per_user_limit: RateLimit
+    per_ip_limit: RateLimit
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ class Topology:
             for up in svc.upstreams:
                 ports[f"{svc.name} -> {up.service} upstream"] = up.local_bind_port
         ports["edge http"] = self.edge.http_port
+        ports["edge https"] = self.edge.https_port
         ports["edge admin"] = self.edge.admin_port
         ports["edge-sidecar"] = self.edge.sidecar.port
         ports["edge-sidecar admin"] = self.edge.sidecar.admin_port
@@ -148,15 +156,27 @@ def parse(raw: dict) -> Topology:
             )
         )
     edge_raw = raw["edge"]
+    limits = edge_raw["rate_limits"]
     edge = Edge(
         id=edge_raw["id"],
         http_port=int(edge_raw["http_port"]),
+        https_port=int(edge_raw["https_port"]),
         admin_port=int(edge_raw["admin_port"]),
         sidecar=_sidecar(edge_raw["sidecar"]),
+        upstreams=tuple(Upstream(name, int(port)) for name, port in edge_raw["upstreams"].items()),
         routes=tuple(
-            Route(r["prefix"], r["service"], int(r["local_bind_port"]), int(r["timeout_ms"]))
+            Route(
+                prefix=r["prefix"],
+                service=r["service"],
+                timeout_ms=int(r.get("timeout_ms", 0)),
+                auth=r.get("auth", "jwt"),
+                transcode=bool(r.get("transcode", False)),
+                websocket=bool(r.get("websocket", False)),
+            )
             for r in edge_raw["routes"]
         ),
+        per_user_limit=RateLimit(**limits["per_user"]),
+        per_ip_limit=RateLimit(**limits["per_ip"]),
     )
     consul = raw["consul"]
     topology = Topology(
@@ -183,9 +203,14 @@ def validate(topology: Topology) -> None:
         for up in svc.upstreams:
             if up.service not in names:
                 raise TopologyError(f"{svc.name} has an upstream to unknown service {up.service!r}")
+    edge_upstreams = {u.service for u in topology.edge.upstreams}
     for route in topology.edge.routes:
         if route.service not in names:
             raise TopologyError(f"edge route {route.prefix} points at unknown {route.service!r}")
+        if route.service not in edge_upstreams:
+            raise TopologyError(f"edge route {route.prefix}: {route.service} is no edge upstream")
+        if route.auth not in ("jwt", "none"):
+            raise TopologyError(f"edge route {route.prefix}: auth must be jwt or none")
 
 
 @cache

@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from mesh.runtime import faults, process, protos
+from mesh.runtime import demo, faults, process, protos, tls
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -155,6 +155,26 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ca(args: argparse.Namespace) -> int:
+    """The local CA that signed the edge's certificate: `curl --cacert "$(mesh ca)" ...`."""
+    path = tls.edge_certs(StateDir.default()).ca_cert
+    if not path.exists():
+        raise MeshError(f"no CA yet at {path}: it is created by the first `mesh up`")
+    print(path)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """An access token for a demo user (password grant through the edge)."""
+    try:
+        print(demo.token(load(), StateDir.default(), args.user))
+    except (KeyError, FileNotFoundError) as exc:
+        raise MeshError(f"{exc}; is the mesh up (`mesh up`)?") from None
+    except httpx.HTTPError as exc:
+        raise MeshError(f"the token endpoint did not answer: {exc}") from None
+    return 0
+
+
 def cmd_consul(args: argparse.Namespace) -> int:
     """The pinned consul binary, pointed at the mesh's agent."""
     topology = load()
@@ -191,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--method", action="append", help="only this RPC or path prefix (repeat)")
     fault.add_argument("--clear", action="store_true", help="remove the service's faults")
     fault.set_defaults(func=cmd_fault)
+    sub.add_parser("ca", help="print the path of the edge's local CA certificate").set_defaults(
+        func=cmd_ca
+    )
+    token = sub.add_parser("token", help="print an access token for a demo user")
+    token.add_argument("user", help="alice, bob or admin")
+    token.set_defaults(func=cmd_token)
     consul = sub.add_parser("consul", help="run the pinned consul CLI against the mesh's agent")
     consul.add_argument("args", nargs=argparse.REMAINDER)
     consul.set_defaults(func=cmd_consul)

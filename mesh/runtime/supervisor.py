@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from mesh.runtime import consul, edge, postgres, process, protos
+from mesh.runtime import consul, demo, edge, postgres, process, protos
+from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import install_all
@@ -46,6 +47,9 @@ def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict
         ),
         "PYTHONUNBUFFERED": "1",
     }
+    if service.name == "auth":
+        env["SHOPMESH_AUTH_ISSUER"] = issuer(topology)
+        env["SHOPMESH_AUTH_SEED_FILE"] = str(demo.ensure_seed(state))
     if service.database:
         pw = postgres.passwords(state, topology)[service.database]
         env["SHOPMESH_DATABASE_URL"] = postgres.database_url(

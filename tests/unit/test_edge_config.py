@@ -1,33 +1,100 @@
 from __future__ import annotations
 
-from mesh.runtime import edge
+from pathlib import Path
+
+from mesh.runtime import edge, protos
+from mesh.runtime.edge_config import EdgeFiles, envoy_config, issuer
 from mesh.topology import load
 
+FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.DESCRIPTOR_SET)
 
-def test_every_route_in_the_topology_becomes_an_envoy_route_to_its_sidecar_upstream() -> None:
+
+def listeners() -> dict[str, dict]:
+    config = envoy_config(load(), FILES)
+    return {listener["name"]: listener for listener in config["static_resources"]["listeners"]}
+
+
+def hcm(listener: dict) -> dict:
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def test_plain_tls_and_quic_listeners_come_from_the_topology() -> None:
     topology = load()
-    config = edge.envoy_config(topology)
+    found = listeners()
+    assert found["http"]["address"]["socket_address"]["port_value"] == topology.edge.http_port
+    assert found["https"]["address"]["socket_address"]["port_value"] == topology.edge.https_port
+    quic = found["http3"]["address"]["socket_address"]
+    assert (quic["port_value"], quic["protocol"]) == (topology.edge.https_port, "UDP")
+    tls = found["https"]["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["common_tls_context"]["alpn_protocols"] == ["h2", "http/1.1"]
+    assert hcm(found["http3"])["codec_type"] == "HTTP3"
 
-    listener = config["static_resources"]["listeners"][0]
-    assert listener["address"]["socket_address"] == {
-        "address": topology.bind_host,
-        "port_value": topology.edge.http_port,
-    }
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+
+def test_the_tls_listener_advertises_http3() -> None:
+    route_config = hcm(listeners()["https"])["route_config"]
+    (alt_svc,) = route_config["response_headers_to_add"]
+    assert alt_svc["header"]["key"] == "alt-svc"
+    assert alt_svc["header"]["value"].startswith(f'h3=":{load().edge.https_port}"')
+
+
+def test_every_route_goes_to_its_sidecar_upstream_with_the_right_auth() -> None:
+    topology = load()
+    config = envoy_config(topology, FILES)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    routes = hcm(listeners()["http"])["route_config"]["virtual_hosts"][0]["routes"]
+    ports = {u.service: u.local_bind_port for u in topology.edge.upstreams}
     for route in topology.edge.routes:
         match = next(r for r in routes if r["match"].get("path_separated_prefix") == route.prefix)
         cluster = clusters[match["route"]["cluster"]]
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        assert endpoint["address"]["socket_address"]["port_value"] == route.local_bind_port
+        assert endpoint["address"]["socket_address"]["port_value"] == ports[route.service]
+        jwt = match["typed_per_filter_config"]["envoy.filters.http.jwt_authn"]
+        assert jwt.get("disabled", False) == (route.auth == "none"), route.prefix
+        if route.websocket:
+            assert match["route"]["timeout"] == "0s"
 
 
-def test_edge_local_replies_are_problem_json() -> None:
-    hcm = edge.envoy_config(load())["static_resources"]["listeners"][0]["filter_chains"][0][
-        "filters"
-    ][0]["typed_config"]
-    body = hcm["local_reply_config"]["body_format"]
+def test_filters_run_ip_limit_jwt_user_limit_exchange_transcoder_router() -> None:
+    names = [f["name"].rsplit(".", 1)[1] for f in hcm(listeners()["https"])["http_filters"]]
+    assert names == [
+        "local_ratelimit", "jwt_authn", "local_ratelimit", "ext_authz",
+        "grpc_json_transcoder", "router",
+    ]  # fmt: skip
+
+
+def test_jwt_provider_trusts_only_auth_as_issuer_for_the_api_audience() -> None:
+    jwt = hcm(listeners()["https"])["http_filters"][1]["typed_config"]
+    provider = jwt["providers"]["shopmesh"]
+    assert provider["issuer"] == issuer(load())
+    assert provider["audiences"] == ["shopmesh-api"]
+    assert provider["from_params"] == ["access_token"]
+
+
+def test_rate_limits_are_the_topologys() -> None:
+    edge_topology = load().edge
+    filters = hcm(listeners()["http"])["http_filters"]
+    per_ip, per_user = filters[0]["typed_config"], filters[2]["typed_config"]
+    assert per_ip["descriptors"][0]["token_bucket"]["max_tokens"] == (
+        edge_topology.per_ip_limit.requests
+    )
+    assert per_user["descriptors"][0]["token_bucket"]["max_tokens"] == (
+        edge_topology.per_user_limit.requests
+    )
+
+
+def test_transcoder_serves_the_grpc_services_of_transcoded_routes() -> None:
+    transcoder = hcm(listeners()["http"])["http_filters"][4]["typed_config"]
+    assert sorted(transcoder["services"]) == [
+        "shopmesh.payments.v1.PaymentService",
+        "shopmesh.users.v1.UserService",
+    ]
+
+
+def test_edge_local_replies_are_problem_json_except_auths_own_denials() -> None:
+    mappers = hcm(listeners()["http"])["local_reply_config"]["mappers"]
+    assert mappers[0]["filter"] == {"response_flag_filter": {"flags": ["UAEX"]}}
+    assert "body_format_override" not in mappers[0]
+    body = mappers[1]["body_format_override"]
     assert body["content_type"] == "application/problem+json"
     assert {"type", "title", "status", "detail"} <= set(body["json_format"])
 

@@ -26,13 +26,11 @@ def test_a_port_given_twice_is_rejected_naming_both_owners() -> None:
 
 def test_an_edge_route_to_an_unknown_service_is_rejected() -> None:
     raw = copy.deepcopy(RAW)
-    raw["edge"]["routes"].append(
-        {"prefix": "/ghosts", "service": "ghosts", "local_bind_port": 9999, "timeout_ms": 1000}
-    )
+    raw["edge"]["routes"].append({"prefix": "/ghosts", "service": "ghosts", "timeout_ms": 1000})
     with pytest.raises(TopologyError, match="unknown 'ghosts'"):
         parse(raw)
 
 
-def test_edge_upstreams_come_from_its_routes() -> None:
+def test_every_edge_route_goes_to_an_edge_upstream() -> None:
     edge = load().edge
-    assert {u.service for u in edge.upstreams} == {r.service for r in edge.routes}
+    assert {r.service for r in edge.routes} <= {u.service for u in edge.upstreams}

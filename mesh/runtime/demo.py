@@ -1,0 +1,56 @@
+"""Demo credentials, generated at first start into the state dir and never committed.
+
+The users service seeds the same user ids (services/users/migrations); auth hashes these
+passwords at start. `mesh token USER` uses them to get a token through the edge.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import httpx
+
+from mesh.runtime.edge_config import issuer
+from mesh.runtime.paths import StateDir
+from mesh.runtime.tls import edge_certs
+from mesh.topology import Topology
+
+DEMO_USERS = ("alice", "bob", "admin")
+CLI_CLIENT = "shopmesh-cli"
+
+
+def seed_file(state: StateDir) -> Path:
+    return state.secrets / "auth-seed.json"
+
+
+def ensure_seed(state: StateDir) -> Path:
+    path = seed_file(state)
+    if not path.exists():
+        seed = {
+            "users": {user: secrets.token_urlsafe(12) for user in DEMO_USERS},
+            "clients": {CLI_CLIENT: {"secret": secrets.token_urlsafe(24), "roles": ["service"]}},
+        }
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(seed, indent=2))
+    return path
+
+
+def password(state: StateDir, user: str) -> str:
+    users = json.loads(seed_file(state).read_text())["users"]
+    if user not in users:
+        raise KeyError(f"no demo user {user!r}; demo users: {', '.join(users)}")
+    return users[user]
+
+
+def token(topology: Topology, state: StateDir, user: str) -> str:
+    """An external access token for a demo user, from auth's token endpoint via the edge."""
+    response = httpx.post(
+        f"{issuer(topology)}/token",
+        data={"grant_type": "password", "username": user, "password": password(state, user)},
+        verify=str(edge_certs(state).ca_cert),
+        timeout=10.0,
+    )
+    response.raise_for_status()
+    return response.json()["access_token"]

@@ -1,0 +1,375 @@
+"""The edge gateway's Envoy config, generated from the topology (docs/gateway.md explains it).
+
+Listeners: plain HTTP (local use), TLS on TCP (HTTP/1.1 and HTTP/2 by ALPN), QUIC on UDP
+(HTTP/3, same certificate, advertised by Alt-Svc). All share one filter chain:
+
+  local_ratelimit per client IP → jwt_authn (external token, remote JWKS from auth)
+  → local_ratelimit per user (the token's sub) → ext_authz (auth exchanges the external token
+  for the internal JWT) → grpc_json_transcoder (REST ↔ gRPC for users, payments) → router
+
+Every upstream is a loopback listener of the edge's own Connect sidecar, which carries the
+request over mTLS to the service's sidecar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2
+
+from mesh.topology import RateLimit, Route, Topology
+
+T = "type.googleapis.com/envoy.extensions."
+HCM = T + "filters.network.http_connection_manager.v3.HttpConnectionManager"
+STDOUT_LOG = T + "access_loggers.stream.v3.StdoutAccessLog"
+TLS_CONTEXT = T + "transport_sockets.tls.v3.DownstreamTlsContext"
+QUIC_TRANSPORT = T + "transport_sockets.quic.v3.QuicDownstreamTransport"
+HTTP_OPTIONS = T + "upstreams.http.v3.HttpProtocolOptions"
+JWT_AUTHN = T + "filters.http.jwt_authn.v3"
+EXT_AUTHZ = T + "filters.http.ext_authz.v3"
+LOCAL_RATELIMIT = T + "filters.http.local_ratelimit.v3.LocalRateLimit"
+TRANSCODER = T + "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+ROUTER = T + "filters.http.router.v3.Router"
+
+JWT_PROVIDER = "shopmesh"
+EXTERNAL_AUDIENCE = "shopmesh-api"
+JWT_METADATA = "jwt_payload"
+# Headers only the edge (through auth) may set; whatever a client sends under these names is
+# dropped. Services trust nothing but the internal JWT they verify themselves.
+INTERNAL_HEADERS = ("x-shopmesh-principal", "x-shopmesh-roles", "x-jwt-payload")
+
+ACCESS_LOG_FORMAT = {
+    "ts": "%START_TIME%",
+    "service": "edge",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "upstream": "%UPSTREAM_CLUSTER%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+}
+
+# RFC 9457 bodies for the replies the edge makes itself (401, 404, 429, 503, ...).
+PROBLEM_BODY = {
+    "type": "/problems/edge",
+    "title": "%RESPONSE_CODE_DETAILS%",
+    "status": "%RESPONSE_CODE%",
+    "detail": "%LOCAL_REPLY_BODY%",
+    "instance": "%REQ(:PATH)%",
+}
+
+
+@dataclass(frozen=True)
+class EdgeFiles:
+    """Files the config points at: the edge's TLS certificate and the protos' descriptor set."""
+
+    server_cert: Path
+    server_key: Path
+    descriptor_set: Path
+
+
+def issuer(topology: Topology) -> str:
+    """The external tokens' issuer: auth as clients reach it, through the edge over TLS."""
+    return f"https://{topology.bind_host}:{topology.edge.https_port}/auth"
+
+
+def cluster_name(service: str) -> str:
+    return f"mesh-{service}"
+
+
+def grpc_package(service: str) -> str:
+    return f"shopmesh.{service}.v1"
+
+
+def grpc_services(descriptor_set: Path, services: list[str]) -> list[str]:
+    """The full names of the gRPC services that `services` (topology names) define."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
+    packages = {grpc_package(s) for s in services}
+    return [f"{f.package}.{svc.name}" for f in files if f.package in packages for svc in f.service]
+
+
+def _socket(host: str, port: int, protocol: str = "TCP") -> dict:
+    return {"socket_address": {"address": host, "port_value": port, "protocol": protocol}}
+
+
+def _cluster(topology: Topology, service: str, port: int) -> dict:
+    cluster = {
+        "name": cluster_name(service),
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": cluster_name(service),
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket(topology.bind_host, port)}}]}
+            ],
+        },
+    }
+    if topology.service(service).protocol == "grpc":
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def _per_route(route: Route) -> dict:
+    if route.auth == "none":
+        return {
+            "envoy.filters.http.jwt_authn": {"@type": f"{JWT_AUTHN}.PerRouteConfig",
+                                             "disabled": True},
+            "envoy.filters.http.ext_authz": {"@type": f"{EXT_AUTHZ}.ExtAuthzPerRoute",
+                                             "disabled": True},
+        }  # fmt: skip
+    return {
+        "envoy.filters.http.jwt_authn": {
+            "@type": f"{JWT_AUTHN}.PerRouteConfig",
+            "requirement_name": JWT_PROVIDER,
+        }
+    }
+
+
+def _route(route: Route) -> dict:
+    action: dict = {"cluster": cluster_name(route.service)}
+    if route.websocket:
+        # A WebSocket lives as long as the client wants: no route timeout.
+        action.update(timeout="0s", upgrade_configs=[{"upgrade_type": "websocket"}])
+    else:
+        action.update(
+            timeout=f"{route.timeout_ms / 1000:g}s",
+            retry_policy={"retry_on": "connect-failure,reset", "num_retries": 2},
+        )
+    return {
+        "match": {"path_separated_prefix": route.prefix},
+        "route": action,
+        "typed_per_filter_config": _per_route(route),
+    }
+
+
+def routes(topology: Topology) -> list[dict]:
+    edge = topology.edge
+    table = [_route(route) for route in edge.routes]
+    # After transcoding, a REST request is a gRPC call: route it by the gRPC path too.
+    for route in edge.routes:
+        if route.transcode:
+            grpc_route = _route(route)
+            grpc_route["match"] = {"prefix": f"/{grpc_package(route.service)}."}
+            table.append(grpc_route)
+    # Each HTTP service's OpenAPI spec, public at /openapi/<service>.yaml.
+    public = Route(prefix="/openapi", service="", timeout_ms=5000, auth="none")
+    for name in dict.fromkeys(r.service for r in edge.routes):
+        if topology.service(name).protocol == "http":
+            table.append({
+                "match": {"path": f"/openapi/{name}.yaml"},
+                "route": {"cluster": cluster_name(name), "prefix_rewrite": "/openapi.yaml"},
+                "typed_per_filter_config": _per_route(public),
+            })  # fmt: skip
+    return table
+
+
+def _bucket(limit: RateLimit) -> dict:
+    return {
+        "max_tokens": limit.requests,
+        "tokens_per_fill": limit.requests,
+        "fill_interval": f"{limit.per_seconds}s",
+    }
+
+
+def _local_ratelimit(stat_prefix: str, descriptor_key: str, action: dict, limit: RateLimit) -> dict:
+    """One token bucket per distinct descriptor value (per IP, per user), made on demand."""
+    always = {"numerator": 100, "denominator": "HUNDRED"}
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": LOCAL_RATELIMIT,
+            "stat_prefix": stat_prefix,
+            # The filter-wide bucket is only a ceiling; the descriptor buckets are the limits.
+            "token_bucket": {"max_tokens": 1_000_000, "tokens_per_fill": 1_000_000,
+                             "fill_interval": "1s"},
+            "filter_enabled": {"runtime_key": f"{stat_prefix}_enabled", "default_value": always},
+            "filter_enforced": {"runtime_key": f"{stat_prefix}_enforced",
+                                "default_value": always},
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "max_dynamic_descriptors": 100_000,
+            "rate_limits": [{"actions": [action]}],
+            "descriptors": [{"entries": [{"key": descriptor_key}], "token_bucket": _bucket(limit)}],
+        },
+    }  # fmt: skip
+
+
+def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
+    edge = topology.edge
+    auth_cluster = cluster_name("auth")
+    per_ip = _local_ratelimit("per_ip", "remote_address", {"remote_address": {}}, edge.per_ip_limit)
+    per_user = _local_ratelimit(
+        "per_user",
+        "user",
+        {"metadata": {
+            "descriptor_key": "user",
+            "metadata_key": {"key": "envoy.filters.http.jwt_authn",
+                             "path": [{"key": JWT_METADATA}, {"key": "sub"}]},
+            "source": "DYNAMIC",
+            "skip_if_absent": True,
+        }},
+        edge.per_user_limit,
+    )  # fmt: skip
+    jwt_authn = {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": f"{JWT_AUTHN}.JwtAuthentication",
+            "providers": {
+                JWT_PROVIDER: {
+                    "issuer": issuer(topology),
+                    "audiences": [EXTERNAL_AUDIENCE],
+                    "remote_jwks": {
+                        "http_uri": {"uri": "http://auth/auth/jwks", "cluster": auth_cluster,
+                                     "timeout": "2s"},
+                        "cache_duration": "60s",
+                        "async_fetch": {},
+                        "retry_policy": {"num_retries": 3},
+                    },
+                    "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                    # Browsers cannot set headers on a WebSocket: the token may come as a query
+                    # parameter there.
+                    "from_params": ["access_token"],
+                    "forward": True,
+                    "payload_in_metadata": JWT_METADATA,
+                    "clock_skew_seconds": 30,
+                }
+            },
+            "requirement_map": {JWT_PROVIDER: {"provider_name": JWT_PROVIDER}},
+        },
+    }  # fmt: skip
+    ext_authz = {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": f"{EXT_AUTHZ}.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "ServiceUnavailable"},
+            "http_service": {
+                "server_uri": {"uri": "http://auth", "cluster": auth_cluster, "timeout": "2s"},
+                "path_prefix": "/auth/ext-authz",
+                "authorization_request": {
+                    "allowed_headers": {"patterns": [{"exact": "authorization"}]}
+                },
+                "authorization_response": {
+                    # auth answers with the internal JWT; it replaces the client's token.
+                    "allowed_upstream_headers": {"patterns": [{"exact": "authorization"}]},
+                    "allowed_client_headers": {"patterns": [
+                        {"exact": "content-type"}, {"exact": "www-authenticate"}]},
+                },
+            },
+        },
+    }  # fmt: skip
+    transcoder = {
+        "name": "envoy.filters.http.grpc_json_transcoder",
+        "typed_config": {
+            "@type": TRANSCODER,
+            "proto_descriptor": str(files.descriptor_set),
+            "services": grpc_services(
+                files.descriptor_set, [r.service for r in edge.routes if r.transcode]
+            ),
+            "convert_grpc_status": True,
+            "print_options": {"always_print_primitive_fields": True},
+        },
+    }
+    router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
+    return [per_ip, jwt_authn, per_user, ext_authz, transcoder, router]
+
+
+def _local_reply() -> dict:
+    problem = {"json_format": PROBLEM_BODY, "content_type": "application/problem+json"}
+    return {
+        "mappers": [
+            # A denial from auth (ext_authz) is already a problem document: keep it as it is.
+            {"filter": {"response_flag_filter": {"flags": ["UAEX"]}}},
+            {
+                "filter": {"status_code_filter": {"comparison": {
+                    "op": "GE",
+                    "value": {"default_value": 400, "runtime_key": "edge_problem_min_status"},
+                }}},
+                "body_format_override": problem,
+            },
+        ]
+    }  # fmt: skip
+
+
+def _hcm(topology: Topology, files: EdgeFiles, stat_prefix: str, *, http3: bool = False,
+         alt_svc: bool = False) -> dict:  # fmt: skip
+    route_config: dict = {
+        "name": "edge",
+        "virtual_hosts": [{"name": "shopmesh", "domains": ["*"], "routes": routes(topology)}],
+        "request_headers_to_remove": list(INTERNAL_HEADERS),
+    }
+    if alt_svc:
+        route_config["response_headers_to_add"] = [{"header": {
+            "key": "alt-svc", "value": f'h3=":{topology.edge.https_port}"; ma=86400'}}]  # fmt: skip
+    hcm: dict = {
+        "@type": HCM,
+        "stat_prefix": stat_prefix,
+        "codec_type": "HTTP3" if http3 else "AUTO",
+        "use_remote_address": True,
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "access_log": [{"name": "stdout", "typed_config": {
+            "@type": STDOUT_LOG, "log_format": {"json_format": ACCESS_LOG_FORMAT}}}],
+        "route_config": route_config,
+        "local_reply_config": _local_reply(),
+        "http_filters": http_filters(topology, files),
+    }  # fmt: skip
+    if http3:
+        hcm["http3_protocol_options"] = {}
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+
+
+def _tls(files: EdgeFiles, alpn: list[str]) -> dict:
+    return {
+        "common_tls_context": {
+            "alpn_protocols": alpn,
+            "tls_certificates": [{
+                "certificate_chain": {"filename": str(files.server_cert)},
+                "private_key": {"filename": str(files.server_key)},
+            }],
+        }
+    }  # fmt: skip
+
+
+def envoy_config(topology: Topology, files: EdgeFiles) -> dict:
+    edge = topology.edge
+    host = topology.bind_host
+    plain = {
+        "name": "http",
+        "address": _socket(host, edge.http_port),
+        "filter_chains": [{"filters": [_hcm(topology, files, "edge_http")]}],
+    }
+    tls = {
+        "name": "https",
+        "address": _socket(host, edge.https_port),
+        "filter_chains": [{
+            "filters": [_hcm(topology, files, "edge_https", alt_svc=True)],
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": TLS_CONTEXT, **_tls(files, ["h2", "http/1.1"])}},
+        }],
+    }  # fmt: skip
+    quic = {
+        "name": "http3",
+        "address": _socket(host, edge.https_port, "UDP"),
+        "udp_listener_config": {"quic_options": {}},
+        "filter_chains": [{
+            "filters": [_hcm(topology, files, "edge_http3", http3=True)],
+            "transport_socket": {"name": "envoy.transport_sockets.quic", "typed_config": {
+                "@type": QUIC_TRANSPORT, "downstream_tls_context": _tls(files, ["h3"])}},
+        }],
+    }  # fmt: skip
+    return {
+        "node": {"id": edge.id, "cluster": "edge"},
+        "admin": {"address": _socket(host, edge.admin_port)},
+        "static_resources": {
+            "listeners": [plain, tls, quic],
+            "clusters": [_cluster(topology, u.service, u.local_bind_port) for u in edge.upstreams],
+        },
+    }
