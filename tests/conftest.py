@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +17,17 @@ import grpc
 import httpx
 import pytest
 
-from mesh.runtime import faults, postgres
+from mesh.runtime import demo, faults, postgres
 from mesh.runtime.consul import ConsulClient
+from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.provision import install_all
 from mesh.runtime.supervisor import Mesh
+from mesh.runtime.tls import edge_certs
 from mesh.topology import Topology, load
 from shopmesh.payments.v1 import payments_pb2_grpc
 from shopmesh.users.v1 import users_pb2_grpc
-from tests.support import instance_port
+from tests.support import BearerInterceptor, instance_port
 
 TEST_STATE_DIR = Path(os.environ.get("SHOPMESH_TEST_STATE_DIR", REPO_ROOT / ".state" / "test"))
 
@@ -52,11 +55,65 @@ def topology(mesh: Mesh) -> Topology:
     return mesh.topology
 
 
+class Tokens:
+    """Tokens of the seeded demo users, from the real auth service through the edge."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self._mesh = mesh
+        self._external: dict[str, str] = {}
+        self._internal: dict[str, str] = {}
+
+    def external(self, user: str) -> str:
+        if user not in self._external:
+            self._external[user] = demo.token(self._mesh.topology, self._mesh.state, user)
+        return self._external[user]
+
+    def internal(self, user: str) -> str:
+        """The internal JWT auth's token exchange (RFC 8693) gives for the user's token."""
+        if user not in self._internal:
+            resp = httpx.post(
+                f"{issuer(self._mesh.topology)}/token",
+                data={
+                    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                    "subject_token": self.external(user),
+                    "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                },
+                verify=ssl.create_default_context(cafile=str(edge_certs(self._mesh.state).ca_cert)),
+                timeout=10.0,
+            )
+            resp.raise_for_status()
+            self._internal[user] = resp.json()["access_token"]
+        return self._internal[user]
+
+
 @pytest.fixture(scope="session")
-def edge(topology: Topology) -> Iterator[httpx.Client]:
-    base = f"http://{topology.bind_host}:{topology.edge.http_port}"
-    with httpx.Client(base_url=base, timeout=5.0) as client:
-        yield client
+def tokens(mesh: Mesh) -> Tokens:
+    return Tokens(mesh)
+
+
+@pytest.fixture(scope="session")
+def edge_as(topology: Topology, tokens: Tokens) -> Iterator:
+    """edge_as(user): an HTTP client of the edge's plain listener carrying the user's token."""
+    clients: list[httpx.Client] = []
+
+    def client(user: str) -> httpx.Client:
+        made = httpx.Client(
+            base_url=f"http://{topology.bind_host}:{topology.edge.http_port}",
+            headers={"Authorization": f"Bearer {tokens.external(user)}"},
+            timeout=5.0,
+        )
+        clients.append(made)
+        return made
+
+    yield client
+    for made in clients:
+        made.close()
+
+
+@pytest.fixture(scope="session")
+def edge(edge_as) -> httpx.Client:
+    """The edge, as alice."""
+    return edge_as("alice")
 
 
 @pytest.fixture(scope="session")
@@ -66,17 +123,26 @@ def consul(topology: Topology) -> Iterator[ConsulClient]:
     client.close()
 
 
-@pytest.fixture(scope="session")
-def users_grpc(topology: Topology) -> Iterator[users_pb2_grpc.UserServiceStub]:
-    """Straight to the users service on loopback, as its own sidecar would call it."""
-    with grpc.insecure_channel(f"127.0.0.1:{instance_port(topology, 'users')}") as channel:
-        yield users_pb2_grpc.UserServiceStub(channel)
+def authorized_channel(port: int, token: str) -> grpc.Channel:
+    """A channel straight to a service on loopback that sends `token` with every call."""
+    return grpc.intercept_channel(
+        grpc.insecure_channel(f"127.0.0.1:{port}"), BearerInterceptor(token)
+    )
 
 
 @pytest.fixture(scope="session")
-def payments_grpc(topology: Topology) -> Iterator[payments_pb2_grpc.PaymentServiceStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{instance_port(topology, 'payments')}") as channel:
-        yield payments_pb2_grpc.PaymentServiceStub(channel)
+def users_grpc(topology: Topology, tokens: Tokens) -> Iterator[users_pb2_grpc.UserServiceStub]:
+    """Straight to the users service, as the admin (its sidecar is skipped, not its auth)."""
+    with authorized_channel(instance_port(topology, "users"), tokens.internal("admin")) as ch:
+        yield users_pb2_grpc.UserServiceStub(ch)
+
+
+@pytest.fixture(scope="session")
+def payments_grpc(
+    topology: Topology, tokens: Tokens
+) -> Iterator[payments_pb2_grpc.PaymentServiceStub]:
+    with authorized_channel(instance_port(topology, "payments"), tokens.internal("admin")) as ch:
+        yield payments_pb2_grpc.PaymentServiceStub(ch)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import grpc
 import httpx
 
 from mesh.topology import Topology
@@ -46,3 +47,20 @@ def envoy_stat(topology: Topology, admin_port: int, cluster_prefix: str, stat: s
 
 def instance_port(topology: Topology, service: str) -> int:
     return topology.service(service).instances[0].port
+
+
+class BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of a sync gRPC channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), self._header]
+        return details._replace(metadata=metadata)  # type: ignore[attr-defined]
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 from pathlib import Path
 
 import httpx
@@ -49,7 +50,7 @@ def token(topology: Topology, state: StateDir, user: str) -> str:
     response = httpx.post(
         f"{issuer(topology)}/token",
         data={"grant_type": "password", "username": user, "password": password(state, user)},
-        verify=str(edge_certs(state).ca_cert),
+        verify=ssl.create_default_context(cafile=str(edge_certs(state).ca_cert)),
         timeout=10.0,
     )
     response.raise_for_status()

@@ -288,6 +288,16 @@ def _local_reply() -> dict:
         "mappers": [
             # A denial from auth (ext_authz) is already a problem document: keep it as it is.
             {"filter": {"response_flag_filter": {"flags": ["UAEX"]}}},
+            # The edge's only other own 403 is jwt_authn refusing a token's audience: a token
+            # that is not for this API is not a valid credential here, so 401 like every other.
+            {
+                "filter": {"status_code_filter": {"comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": 403, "runtime_key": "edge_jwt_audience_status"},
+                }}},
+                "status_code": 401,
+                "body_format_override": problem,
+            },
             {
                 "filter": {"status_code_filter": {"comparison": {
                     "op": "GE",

@@ -6,7 +6,6 @@ signing key, so users can verify auth like any other caller.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,9 +48,10 @@ class UsersClient:
     async def get_user(self, user_id: str) -> UserInfo:
         request = users_pb2.GetUserRequest(user_id=user_id)
         metadata = (("authorization", f"Bearer {self._token()}"),)
-        rpc = functools.partial(self._stub.GetUser, metadata=metadata)
         try:
-            user = await call_with_retries(rpc, request, budget_s=USERS_BUDGET_S)
+            user = await call_with_retries(
+                self._stub.GetUser, request, budget_s=USERS_BUDGET_S, metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise UnknownUser(user_id) from exc

@@ -366,13 +366,20 @@ def require_role(principal: Principal, *roles: str) -> None:
         raise PermissionDenied(f"requires the role {' or '.join(roles)}")
 
 
-def require_self_or_admin(principal: Principal, user_id: str) -> None:
-    """PermissionDenied unless the principal is the user `user_id` or has the admin role."""
-    if principal.sub != user_id and not principal.has_role(ADMIN_ROLE):
+def require_self_or_admin(principal: Principal, user_id: str, *also: str) -> None:
+    """PermissionDenied unless the principal is the user `user_id`, an admin, or has one of the
+    roles in `also` (e.g. "service" for calls made by another service on its own behalf)."""
+    if principal.sub == user_id or principal.has_role(ADMIN_ROLE):
+        return
+    if not any(principal.has_role(role) for role in also):
         raise PermissionDenied("only the user themselves or an admin may do this")
 
 
 # --- aiohttp -------------------------------------------------------------------------------
+
+_CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "shopmesh_principal", default=None
+)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 
@@ -423,17 +430,21 @@ def auth_middleware(
         if request.path in exempt_paths:
             return await handler(request)
         try:
-            await authenticate_request(request, keys)
+            principal = await authenticate_request(request, keys)
         except Unauthenticated as exc:
             log.info(
                 "request refused: unauthenticated",
                 extra={"method": request.method, "path": request.path, "reason": exc.reason},
             )
             return unauthenticated_problem(exc.reason).to_response(request.path)
+        # Also the current principal of this task, so outgoing calls can forward the token.
+        reset = _CURRENT_PRINCIPAL.set(principal)
         try:
             return await handler(request)
         except PermissionDenied as exc:
             return forbidden_problem(str(exc)).to_response(request.path)
+        finally:
+            _CURRENT_PRINCIPAL.reset(reset)
 
     return authenticate
 
@@ -466,15 +477,13 @@ def bearer_headers(principal: Principal) -> dict[str, str]:
 
 # --- grpc.aio ------------------------------------------------------------------------------
 
-_CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "shopmesh_principal", default=None
-)
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
 def current_principal() -> Principal:
-    """The verified caller of the RPC being handled (set by AuthInterceptor)."""
+    """The verified caller of the RPC or request being handled (set by AuthInterceptor and by
+    the aiohttp auth middleware)."""
     principal = _CURRENT_PRINCIPAL.get()
     if principal is None:
         raise Unauthenticated("no authenticated caller in this context")

@@ -44,6 +44,7 @@ async def call_with_retries(
     initial_backoff_s: float = 0.05,
     max_backoff_s: float = 0.5,
     codes: frozenset[grpc.StatusCode] = RETRYABLE_CODES,
+    metadata: tuple[tuple[str, str], ...] | None = None,
 ) -> Resp:
     """Call a unary RPC, retrying `codes` with backoff (full jitter) within `budget_s`.
 
@@ -60,5 +61,5 @@ async def call_with_retries(
     async for attempt in retrying:
         with attempt:
             remaining = max(deadline - loop.time(), 0.001)
-            return await rpc(request, timeout=remaining)
+            return await rpc(request, timeout=remaining, metadata=metadata)
     raise AssertionError("unreachable: tenacity reraises the last error")

@@ -29,6 +29,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.auth import AuthInterceptor, Jwks, KeySource
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.faults import FaultInterceptor, FaultSource, FaultWatcher
@@ -73,9 +74,10 @@ class GrpcApp:
 Wiring = Callable[[asyncpg.Pool, ServiceSettings], AbstractAsyncContextManager[GrpcApp]]
 
 
-def interceptors(faults: FaultSource) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptor chain of every gRPC service, outermost first."""
-    return [ErrorInterceptor(), FaultInterceptor(faults)]
+def interceptors(faults: FaultSource, keys: KeySource) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor chain of every gRPC service, outermost first: errors are mapped, the
+    caller's internal token is verified, then injected faults apply."""
+    return [ErrorInterceptor(), AuthInterceptor(keys), FaultInterceptor(faults)]
 
 
 def run(
@@ -116,8 +118,10 @@ async def serve(
         watcher = await resources.enter_async_context(
             FaultWatcher(settings.consul_http_addr, settings.service)
         )
+        jwks = Jwks.for_settings(settings)
+        resources.push_async_callback(jwks.close)
         server = grpc.aio.server(
-            interceptors=interceptors(lambda: watcher.current), options=SERVER_OPTIONS
+            interceptors=interceptors(lambda: watcher.current, jwks), options=SERVER_OPTIONS
         )
         started: list[GrpcApp] = []
         startup = _start(server, health_servicer, settings, wiring, migrations, resources, started)

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.common.auth import PRINCIPAL, Principal, require_self_or_admin
 from services.common.problem import Problem
 from services.notifications.domain import (
     InvalidEventError,
@@ -21,6 +22,7 @@ from services.notifications.service import NotificationService
 SERVICE = web.AppKey("notifications_service", NotificationService)
 HUB = web.AppKey("notifications_hub", Hub)
 
+SERVICE_ROLE = "service"
 ADMIN_ROLE = "admin"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
@@ -48,9 +50,19 @@ def is_admin(request: web.Request) -> bool:
     return principal is not None and ADMIN_ROLE in principal.roles
 
 
-def _principal(request: web.Request) -> Any:
+def _principal(request: web.Request) -> Principal | None:
     """The caller (with `sub` and `roles`) the auth middleware put on the request, or None."""
-    return request.get("principal")
+    return request.get(PRINCIPAL)
+
+
+def _may_notify(request: web.Request, event: dict[str, Any]) -> None:
+    """Events about a user come from that user's own requests (forwarded by the service that
+    handled them), an admin, or a service acting on its own behalf; nobody else's."""
+    principal = _principal(request)
+    data = event.get("data")
+    user_id = data.get("userId") if isinstance(data, dict) else None
+    if principal is not None and isinstance(user_id, str):
+        require_self_or_admin(principal, user_id, SERVICE_ROLE)
 
 
 @routes.get("/notifications/ws")
@@ -122,6 +134,7 @@ async def history(request: web.Request) -> web.Response:
 @routes.post("/internal/events")
 async def receive_event(request: web.Request) -> web.Response:
     event = await _json_object(request)
+    _may_notify(request, event)
     try:
         delivery = await request.app[SERVICE].deliver(event)
     except InvalidEventError as exc:

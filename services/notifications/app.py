@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.common.auth import install_internal_auth
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.problem import problem_middleware
@@ -34,6 +35,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     """The service as it runs: on startup the pool opens and migrations apply."""
     hub = Hub()
     app = http_app(hub)
+    install_internal_auth(app, settings)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url)

@@ -6,6 +6,7 @@ import uuid
 
 from aiohttp import web
 
+from services.common.auth import PermissionDenied, request_principal, require_self_or_admin
 from services.common.problem import Problem
 from services.orders import validation
 from services.orders.clients import UnknownUser, UpstreamUnavailable
@@ -42,6 +43,7 @@ async def list_orders(request: web.Request) -> web.Response:
             type=MALFORMED,
             errors=errors,
         )
+    require_self_or_admin(request_principal(request), user_id)
     orders = await request.app[SERVICE].list_orders(user_id)
     return web.json_response([order.to_json() for order in orders])
 
@@ -55,6 +57,7 @@ async def create_order(request: web.Request) -> web.Response:
         raise Problem(
             422, "Invalid order", validation.describe(errors), type=VALIDATION, errors=errors
         )
+    require_self_or_admin(request_principal(request), payload["userId"])
     items = [OrderItem(item["productId"], item["quantity"]) for item in payload["items"]]
     try:
         placed = await request.app[SERVICE].place_order(
@@ -97,7 +100,7 @@ async def create_order(request: web.Request) -> web.Response:
 async def get_order(request: web.Request) -> web.Response:
     order_id = _order_id(request)
     order = None if order_id is None else await request.app[SERVICE].get_order(order_id)
-    if order is None:
+    if order is None or not _may_see(request, order.user_id):
         raise _not_found()
     return web.json_response(order.to_json())
 
@@ -105,8 +108,11 @@ async def get_order(request: web.Request) -> web.Response:
 @routes.post("/orders/{id}/cancel")
 async def cancel_order(request: web.Request) -> web.Response:
     order_id = _order_id(request)
+    existing = None if order_id is None else await request.app[SERVICE].get_order(order_id)
+    if existing is None or not _may_see(request, existing.user_id):
+        raise _not_found()
     try:
-        order = None if order_id is None else await request.app[SERVICE].cancel_order(order_id)
+        order = await request.app[SERVICE].cancel_order(existing.id)
     except InvalidTransition as exc:
         raise _not_cancellable(exc.current) from None
     if order is None:
@@ -114,6 +120,15 @@ async def cancel_order(request: web.Request) -> web.Response:
     if order.status != OrderStatus.CANCELLED:
         raise _not_cancellable(order.status)
     return web.json_response(order.to_json())
+
+
+def _may_see(request: web.Request, owner: str) -> bool:
+    """Another user's order is reported as not found: its existence is not theirs to know."""
+    try:
+        require_self_or_admin(request_principal(request), owner)
+    except PermissionDenied:
+        return False
+    return True
 
 
 def _order_id(request: web.Request) -> uuid.UUID | None:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.common.auth import install_internal_auth
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, create_pool
 from services.common.faults import install_fault_flags
 from services.common.problem import problem_middleware
 from services.orders import api
-from services.orders.clients import PaymentsClient, UsersClient
+from services.orders.clients import NotificationsClient, PaymentsClient, UsersClient
 from services.orders.service import OrderService
 
 MAX_BODY_BYTES = 64 * 1024
@@ -31,18 +32,21 @@ def create_app(settings: ServiceSettings) -> web.Application:
     """The service as it runs: on startup the pool opens and migrations apply."""
     app = http_app()
     install_fault_flags(app, settings.consul_http_addr, settings.service)
+    install_internal_auth(app, settings)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url)
         users = UsersClient(settings.upstream_port("users"))
         payments = PaymentsClient(settings.upstream_port("payments"))
+        notifications = NotificationsClient(settings.upstream_port("notifications"))
         try:
             await apply_migrations(pool, MIGRATIONS)
-            app[api.SERVICE] = OrderService(pool, users, payments)
+            app[api.SERVICE] = OrderService(pool, users, payments, notifications)
             yield
         finally:
             await users.close()
             await payments.close()
+            await notifications.close()
             try:
                 await asyncio.wait_for(pool.close(), timeout=5.0)
             except TimeoutError:

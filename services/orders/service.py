@@ -13,6 +13,7 @@ from typing import Protocol
 
 import asyncpg
 
+from services.common.events import cloud_event
 from services.orders import repository
 from services.orders.clients import (
     PaymentOutcome,
@@ -43,6 +44,10 @@ class Payments(Protocol):
     ) -> PaymentOutcome: ...
 
 
+class StatusNotifier(Protocol):
+    async def order_status_changed(self, event: dict) -> None: ...
+
+
 class PaymentFallback(Protocol):
     """Where an order goes when the synchronous payment could not be made."""
 
@@ -62,6 +67,18 @@ class PlacedOrder:
     replayed: bool
 
 
+def status_changed_event(order: Order) -> dict:
+    data = {"orderId": str(order.id), "userId": order.user_id, "status": order.status.value}
+    if order.status_reason:
+        data["statusReason"] = order.status_reason
+    return cloud_event(
+        source="orders",
+        type="shopmesh.order.status_changed.v1",
+        subject=f"order/{order.id}",
+        data=data,
+    )
+
+
 def request_hash(user_id: str, items: Sequence[OrderItem]) -> str:
     """A fingerprint of an order request, independent of JSON formatting and key order."""
     canonical = json.dumps(
@@ -78,11 +95,13 @@ class OrderService:
         pool: asyncpg.Pool,
         users: Users,
         payments: Payments,
+        notifier: StatusNotifier,
         fallback: PaymentFallback | None = None,
     ) -> None:
         self._pool = pool
         self._users = users
         self._payments = payments
+        self._notifier = notifier
         self._fallback = fallback or LeavePending()
 
     async def place_order(
@@ -201,6 +220,7 @@ class OrderService:
         stored = await repository.update_status(self._pool, wanted, sources_of(status))
         if stored is not None:
             log.info("order status changed", extra={"order_id": str(order.id), "status": status})
+            await self._notifier.order_status_changed(status_changed_event(stored))
             return stored
         current = await repository.get_order(self._pool, order.id)
         if current is None:

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.auth import current_principal, require_self_or_admin
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.service import PaymentService
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 
+SERVICE_ROLE = "service"
 SERVICE_NAME = payments_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
 STATUS = {
@@ -28,6 +30,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def ProcessPayment(
         self, request: payments_pb2.ProcessPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
+        require_self_or_admin(current_principal(), request.user_id, SERVICE_ROLE)
         payment = await self._service.process_payment(
             request.order_id,
             request.user_id,
@@ -40,11 +43,14 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        return to_proto(await self._service.get_payment(request.payment_id))
+        payment = await self._service.get_payment(request.payment_id)
+        require_self_or_admin(current_principal(), payment.user_id, SERVICE_ROLE)
+        return to_proto(payment)
 
     async def ListPayments(
         self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ListPaymentsResponse:
+        require_self_or_admin(current_principal(), request.user_id, SERVICE_ROLE)
         page = await self._service.list_payments(
             request.user_id, request.page_size, request.page_token
         )
@@ -61,7 +67,9 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             payment_id=request.payment_id if key == "payment_id" else None,
             order_id=request.order_id if key == "order_id" else None,
         )
+        principal = current_principal()
         async for payment in updates:
+            require_self_or_admin(principal, payment.user_id, SERVICE_ROLE)
             yield payments_pb2.PaymentUpdate(payment=to_proto(payment))
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.auth import current_principal, require_role, require_self_or_admin
 from services.users.domain import User
 from services.users.service import UserService
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 
+ADMIN_ROLE = "admin"
+SERVICE_ROLE = "service"
 SERVICE_NAME = users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name
 
 
@@ -20,21 +23,25 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     async def GetUser(
         self, request: users_pb2.GetUserRequest, context: grpc.aio.ServicerContext
     ) -> users_pb2.User:
+        require_self_or_admin(current_principal(), request.user_id, SERVICE_ROLE)
         return to_proto(await self._service.get_user(request.user_id))
 
     async def CreateUser(
         self, request: users_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
     ) -> users_pb2.User:
+        require_role(current_principal(), ADMIN_ROLE, SERVICE_ROLE)
         return to_proto(await self._service.create_user(request.name, request.email))
 
     async def BlockUser(
         self, request: users_pb2.BlockUserRequest, context: grpc.aio.ServicerContext
     ) -> users_pb2.User:
+        require_role(current_principal(), ADMIN_ROLE)
         return to_proto(await self._service.block_user(request.user_id, request.reason))
 
     async def ListUsers(
         self, request: users_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
     ) -> users_pb2.ListUsersResponse:
+        require_role(current_principal(), ADMIN_ROLE, SERVICE_ROLE)
         page = await self._service.list_users(request.page_size, request.page_token)
         return users_pb2.ListUsersResponse(
             users=[to_proto(user) for user in page.users], next_page_token=page.next_page_token

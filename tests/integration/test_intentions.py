@@ -14,7 +14,7 @@ from mesh.topology import Topology
 from shopmesh.payments.v1 import payments_pb2
 
 PERMISSION_DENIED = "7"
-NOT_FOUND = "5"
+UNAUTHENTICATED = "16"
 
 
 def grpc_status_as(identity: str, topology: Topology, consul: ConsulClient, tmp_path: Path) -> str:
@@ -42,8 +42,11 @@ def grpc_status_as(identity: str, topology: Topology, consul: ConsulClient, tmp_
     return resp.headers.get("grpc-status", "")
 
 
-def test_orders_may_call_payments(topology: Topology, consul: ConsulClient, tmp_path: Path) -> None:
-    assert grpc_status_as("orders", topology, consul, tmp_path) == NOT_FOUND
+def test_orders_passes_the_mesh_but_payments_itself_refuses_a_call_without_a_token(
+    topology: Topology, consul: ConsulClient, tmp_path: Path
+) -> None:
+    # The intention lets orders through; payments verifies the internal JWT itself.
+    assert grpc_status_as("orders", topology, consul, tmp_path) == UNAUTHENTICATED
 
 
 @pytest.mark.parametrize("caller", ["users", "edge-intruder"])

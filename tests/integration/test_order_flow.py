@@ -38,10 +38,8 @@ BIG_ITEMS = [{"productId": f"p{i}", "quantity": 1000} for i in range(11)]
 def test_a_declined_payment_fails_the_order_with_the_reason(edge: httpx.Client) -> None:
     resp = edge.post(
         "/orders",
-        json={
-            "userId": "bob",
-            "items": [{"productId": f"p{i}", "quantity": 1000} for i in range(11)],
-        },
+        # 11 000 units x 100 = 1 100 000 minor units: above the provider's single-payment limit
+        json={"userId": "alice", "items": BIG_ITEMS},
     )
     assert resp.status_code == 201, resp.text
     order = resp.json()
@@ -49,8 +47,8 @@ def test_a_declined_payment_fails_the_order_with_the_reason(edge: httpx.Client) 
     assert "limit" in order["statusReason"]
 
 
-def test_an_unknown_user_cannot_order(edge: httpx.Client) -> None:
-    resp = edge.post(
+def test_an_unknown_user_cannot_order(edge_as) -> None:
+    resp = edge_as("admin").post(
         "/orders",
         json={
             "userId": f"ghost-{uuid.uuid4().hex[:6]}",
@@ -61,19 +59,20 @@ def test_an_unknown_user_cannot_order(edge: httpx.Client) -> None:
     assert resp.json()["type"] == "/problems/unknown-user"
 
 
-def test_a_blocked_user_cannot_order(edge: httpx.Client, users_grpc) -> None:
+def test_a_blocked_user_cannot_order(edge_as, users_grpc) -> None:
     user = users_grpc.CreateUser(
         users_pb2.CreateUserRequest(name="Mallory", email=f"m-{uuid.uuid4().hex[:8]}@example.org")
     )
     users_grpc.BlockUser(users_pb2.BlockUserRequest(user_id=user.id, reason="fraud"))
 
-    resp = edge.post(
+    admin = edge_as("admin")  # the only one who may order on another user's behalf
+    resp = admin.post(
         "/orders", json={"userId": user.id, "items": [{"productId": "a", "quantity": 1}]}
     )
 
     assert resp.status_code == 403
     assert resp.json()["type"] == "/problems/user-blocked"
-    assert edge.get("/orders", params={"userId": user.id}).json() == []
+    assert admin.get("/orders", params={"userId": user.id}).json() == []
 
 
 def test_a_paid_order_cannot_be_cancelled(edge: httpx.Client) -> None:

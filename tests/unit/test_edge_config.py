@@ -94,7 +94,8 @@ def test_edge_local_replies_are_problem_json_except_auths_own_denials() -> None:
     mappers = hcm(listeners()["http"])["local_reply_config"]["mappers"]
     assert mappers[0]["filter"] == {"response_flag_filter": {"flags": ["UAEX"]}}
     assert "body_format_override" not in mappers[0]
-    body = mappers[1]["body_format_override"]
+    assert mappers[1]["status_code"] == 401
+    body = mappers[2]["body_format_override"]
     assert body["content_type"] == "application/problem+json"
     assert {"type", "title", "status", "detail"} <= set(body["json_format"])
 

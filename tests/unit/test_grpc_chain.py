@@ -8,12 +8,25 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.auth.tokens import generate_signing_key, internal_claims, sign
 from services.common import errors, grpc_server
 from services.common.faults import NO_FAULTS, Faults
 from services.users.api import UserServicer
 from services.users.domain import User
 from services.users.service import UserPage
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
+
+KEY = generate_signing_key(datetime.now(UTC))
+ADMIN = (("authorization", "Bearer " + sign(
+    internal_claims(sub="admin", roles=("user", "admin"), now=int(datetime.now(UTC).timestamp())),
+    KEY,
+)),)  # fmt: skip
+
+
+class StaticKeys:
+    async def key(self, kid):
+        return KEY.verification_key if kid == KEY.kid else None
+
 
 ALICE = User("alice", "Alice", "alice@shopmesh.local", ("user",), False, None, datetime.now(UTC))
 
@@ -32,7 +45,7 @@ class FakeUsers:
 
 
 async def with_server(users, faults, scenario):
-    server = grpc.aio.server(interceptors=grpc_server.interceptors(lambda: faults))
+    server = grpc.aio.server(interceptors=grpc_server.interceptors(lambda: faults, StaticKeys()))
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -44,10 +57,11 @@ async def with_server(users, faults, scenario):
         await server.stop(0)
 
 
-async def get_user(channel, user_id="alice"):
+async def get_user(channel, user_id="alice", metadata=ADMIN):
     stub = users_pb2_grpc.UserServiceStub(channel)
     try:
-        user = await stub.GetUser(users_pb2.GetUserRequest(user_id=user_id), timeout=5)
+        request = users_pb2.GetUserRequest(user_id=user_id)
+        user = await stub.GetUser(request, timeout=5, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details()
     return grpc.StatusCode.OK, user.id
@@ -59,6 +73,14 @@ def run(users, scenario, faults=NO_FAULTS):
 
 def test_a_user_is_returned_through_the_chain():
     assert run(FakeUsers(), get_user) == (grpc.StatusCode.OK, "alice")
+
+
+def test_a_call_without_an_internal_token_is_unauthenticated():
+    async def scenario(channel):
+        return await get_user(channel, metadata=())
+
+    code, _ = run(FakeUsers(), scenario)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.parametrize(
@@ -81,7 +103,7 @@ def test_an_injected_fault_fails_only_the_named_method_with_unavailable():
 
     async def scenario(channel):
         stub = users_pb2_grpc.UserServiceStub(channel)
-        listed = await stub.ListUsers(users_pb2.ListUsersRequest(), timeout=5)
+        listed = await stub.ListUsers(users_pb2.ListUsersRequest(), timeout=5, metadata=ADMIN)
         return await get_user(channel), [u.id for u in listed.users]
 
     assert run(FakeUsers(), scenario, faults) == (

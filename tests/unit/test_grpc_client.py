@@ -17,7 +17,7 @@ class FlakyRpc:
         self.failures = list(failures)
         self.timeouts: list[float] = []
 
-    async def __call__(self, request: str, *, timeout: float) -> str:
+    async def __call__(self, request: str, *, timeout: float, metadata=None) -> str:
         self.timeouts.append(timeout)
         if self.failures:
             raise rpc_error(self.failures.pop(0))

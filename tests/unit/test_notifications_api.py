@@ -18,14 +18,12 @@ import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from services.common.auth import PRINCIPAL, PermissionDenied, Principal, forbidden_problem
 from services.notifications import api
 from services.notifications.app import http_app
 from services.notifications.domain import UnknownCursorError
 from services.notifications.hub import Hub
 from services.notifications.service import NotificationService
-
-# Until the auth middleware is wired in, the principal is request["principal"] (a str key).
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 PROBLEM = "application/problem+json"
 ALICE = {"X-Test-User": "alice"}
@@ -39,19 +37,16 @@ UPGRADE = {
 }
 
 
-@dataclass(frozen=True)
-class Principal:
-    sub: str
-    roles: frozenset[str] = frozenset()
-
-
 @web.middleware
 async def principal_from_headers(request, handler):
     user = request.headers.get("X-Test-User")
     if user is not None:
         roles = frozenset(r for r in request.headers.get("X-Test-Roles", "").split(",") if r)
-        request["principal"] = Principal(user, roles)
-    return await handler(request)
+        request[PRINCIPAL] = Principal(user, roles)
+    try:
+        return await handler(request)
+    except PermissionDenied as exc:
+        return forbidden_problem(str(exc)).to_response(request.path)
 
 
 class FakeRepository:

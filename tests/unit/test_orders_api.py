@@ -6,8 +6,10 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from services.common.auth import PRINCIPAL, PermissionDenied, Principal, forbidden_problem
 from services.orders import api
 from services.orders.app import MAX_BODY_BYTES, http_app
 from services.orders.domain import new_order
@@ -55,9 +57,24 @@ class Reply:
         return json.loads(self.body)
 
 
-def call(fake, method, path, **kwargs):
+def as_user(sub, roles=("user",)):
+    """Stands in for the auth middleware: the caller is `sub`, already verified."""
+
+    @web.middleware
+    async def middleware(request, handler):
+        request[PRINCIPAL] = Principal(sub=sub, roles=frozenset(roles))
+        try:
+            return await handler(request)
+        except PermissionDenied as exc:
+            return forbidden_problem(str(exc)).to_response(request.path)
+
+    return middleware
+
+
+def call(fake, method, path, user="alice", **kwargs):
     async def go():
         app = http_app()
+        app.middlewares.append(as_user(user))
         app[api.SERVICE] = fake
         async with TestClient(TestServer(app)) as client:
             resp = await client.request(method, path, **kwargs)
@@ -226,3 +243,14 @@ def test_the_openapi_document_is_served():
     assert reply.status == 200
     assert reply.headers["Content-Type"].startswith("application/yaml")
     assert reply.body.startswith(b"openapi: 3.1.0")
+
+
+def test_a_user_cannot_order_or_list_for_another_user():
+    fake = FakeOrders()
+    reply = call(
+        fake, "POST", "/orders", user="bob",
+        data=json.dumps(VALID).encode(), headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert reply.status == 403
+    assert call(fake, "GET", "/orders?userId=alice", user="bob").status == 403
+    assert fake.calls == []
