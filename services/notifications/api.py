@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 from aiohttp import web
 
 from services.common.auth import PRINCIPAL, Principal, require_self_or_admin
+from services.common.jsonbody import MALFORMED, read_json_object
 from services.common.problem import Problem
 from services.notifications.domain import (
     InvalidEventError,
@@ -29,7 +29,6 @@ MAX_LIMIT = 100
 # Clients send nothing but control frames; anything larger than this closes with 1009.
 CLIENT_MESSAGE_MAX_BYTES = 4096
 
-MALFORMED = "/problems/malformed-request"
 VALIDATION = "/problems/validation"
 UNAUTHENTICATED = "/problems/unauthenticated"
 FORBIDDEN = "/problems/forbidden"
@@ -133,7 +132,7 @@ async def history(request: web.Request) -> web.Response:
 
 @routes.post("/internal/events")
 async def receive_event(request: web.Request) -> web.Response:
-    event = await _json_object(request)
+    event = await read_json_object(request)
     _may_notify(request, event)
     try:
         delivery = await request.app[SERVICE].deliver(event)
@@ -181,40 +180,3 @@ def _after(raw: str | None, errors: list[dict[str, str]]) -> uuid.UUID | None:
     except ValueError:
         errors.append({"field": "after", "message": "must be a notification id (a UUID)"})
         return None
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    content_type = request.content_type
-    if content_type != "application/json" and not (
-        content_type.startswith("application/") and content_type.endswith("+json")
-    ):
-        raise Problem(
-            400,
-            "Malformed request",
-            f"Content-Type must be application/cloudevents+json or application/json, "
-            f"got {content_type}",
-            type=MALFORMED,
-        )
-    raw = await request.read()
-    try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-    except UnicodeDecodeError:
-        raise Problem(
-            400, "Malformed request", "the body is not valid UTF-8", type=MALFORMED
-        ) from None
-    except (ValueError, RecursionError) as exc:
-        raise Problem(
-            400, "Malformed request", f"the body is not valid JSON: {exc}", type=MALFORMED
-        ) from None
-    if not isinstance(value, dict):
-        raise Problem(
-            400,
-            "Malformed request",
-            "the body must be a JSON object (a CloudEvent)",
-            type=MALFORMED,
-        )
-    return value
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON value")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from services.common.jsonbody import json_type
+
 SPECVERSION = "1.0"
 MAX_ATTRIBUTE_LENGTH = 256
 MAX_USER_ID_LENGTH = 200
@@ -106,7 +108,7 @@ def event_errors(event: object) -> list[FieldError]:
             "must be a JSON object, not data_base64" if "data_base64" in event else "is required",
         )
     elif not isinstance(data, Mapping):
-        check("data", f"must be an object, got {_json_type(data)}")
+        check("data", f"must be an object, got {json_type(data)}")
     else:
         check("data.userId", _text_error(data.get("userId"), MAX_USER_ID_LENGTH))
     return errors
@@ -130,7 +132,7 @@ def _event_id_error(value: object) -> str | None:
     if value is None:
         return "is required"
     if not isinstance(value, str):
-        return f"must be a string, got {_json_type(value)}"
+        return f"must be a string, got {json_type(value)}"
     try:
         uuid.UUID(value)
     except ValueError:
@@ -142,7 +144,7 @@ def _text_error(value: object, max_length: int) -> str | None:
     if value is None:
         return "is required"
     if not isinstance(value, str):
-        return f"must be a string, got {_json_type(value)}"
+        return f"must be a string, got {json_type(value)}"
     if not value.strip():
         return "must not be empty"
     if len(value) > max_length:
@@ -154,7 +156,7 @@ def _text_error(value: object, max_length: int) -> str | None:
 
 def _time_error(value: object) -> str | None:
     if not isinstance(value, str):
-        return f"must be an RFC 3339 timestamp string, got {_json_type(value)}"
+        return f"must be an RFC 3339 timestamp string, got {json_type(value)}"
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -166,24 +168,10 @@ def _time_error(value: object) -> str | None:
 
 def _content_type_error(value: object) -> str | None:
     if not isinstance(value, str):
-        return f"must be a string, got {_json_type(value)}"
+        return f"must be a string, got {json_type(value)}"
     media_type = value.split(";", 1)[0].strip().lower()
     if media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
         return None
     return "must be application/json: data is delivered as a JSON object"
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"

@@ -7,6 +7,7 @@ import uuid
 from aiohttp import web
 
 from services.common.auth import PermissionDenied, request_principal, require_self_or_admin
+from services.common.jsonbody import MALFORMED, read_json_object
 from services.common.problem import Problem
 from services.orders import validation
 from services.orders.clients import UnknownUser, UpstreamUnavailable
@@ -16,7 +17,6 @@ from services.orders.service import IdempotencyKeyReusedError, OrderService, Use
 SERVICE = web.AppKey("orders_service", OrderService)
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
-MALFORMED = "/problems/malformed-request"
 VALIDATION = "/problems/validation"
 KEY_REUSED = "/problems/idempotency-key-reused"
 ORDER_NOT_FOUND = "/problems/order-not-found"
@@ -51,7 +51,7 @@ async def list_orders(request: web.Request) -> web.Response:
 @routes.post("/orders")
 async def create_order(request: web.Request) -> web.Response:
     idempotency_key = _idempotency_key(request)
-    payload = await _json_object(request)
+    payload = await read_json_object(request)
     errors = validation.create_order_errors(payload)
     if errors:
         raise Problem(
@@ -181,21 +181,3 @@ def _idempotency_key(request: web.Request) -> str | None:
             errors=[{"field": "Idempotency-Key", "message": problem}],
         )
     return key
-
-
-async def _json_object(request: web.Request) -> dict[str, object]:
-    content_type = request.content_type
-    if content_type != "application/json" and not (
-        content_type.startswith("application/") and content_type.endswith("+json")
-    ):
-        raise Problem(
-            400,
-            "Malformed request",
-            f"Content-Type must be application/json, got {content_type}",
-            type=MALFORMED,
-        )
-    raw = await request.read()
-    try:
-        return validation.parse_json_object(raw)
-    except validation.MalformedBodyError as exc:
-        raise Problem(400, "Malformed request", str(exc), type=MALFORMED) from None

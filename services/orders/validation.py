@@ -7,7 +7,6 @@ published contract and the checks the service makes cannot drift apart. Each vio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
@@ -18,14 +17,12 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
+from services.common.jsonbody import json_type
+
 SPEC_PATH = Path(__file__).with_name("openapi.yaml")
 _SPEC_URI = "urn:shopmesh:orders:openapi"
 
 FieldError = dict[str, str]
-
-
-class MalformedBodyError(ValueError):
-    """The body is not a JSON object (invalid UTF-8 or JSON, or another JSON type)."""
 
 
 def _is_strict_integer(_checker: object, instance: object) -> bool:
@@ -56,29 +53,6 @@ def schema_validator(pointer: str) -> Draft202012Validator:
     return StrictValidator({"$ref": f"{_SPEC_URI}#{pointer}"}, registry=registry)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode a request body that must be a JSON object; MalformedBodyError says why not."""
-    if not raw.strip():
-        raise MalformedBodyError("the body is empty; expected a JSON object")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedBodyError("the body is not valid UTF-8") from None
-    try:
-        value = json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise MalformedBodyError(
-            f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-        ) from None
-    except RecursionError:
-        raise MalformedBodyError("the body is not valid JSON: it is nested too deeply") from None
-    except ValueError as exc:
-        raise MalformedBodyError(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise MalformedBodyError(f"the body must be a JSON object, got {_json_type(value)}")
-    return value
-
-
 def create_order_errors(payload: dict[str, Any]) -> list[FieldError]:
     """Violations of the CreateOrderRequest schema, one per field, sorted by field."""
     return _field_errors(schema_validator("/components/schemas/CreateOrderRequest"), payload, ())
@@ -97,10 +71,6 @@ def describe(errors: Sequence[FieldError]) -> str:
         return first
     more = len(errors) - 1
     return f"{first} (and {more} more {'error' if more == 1 else 'errors'})"
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _field_errors(
@@ -161,21 +131,7 @@ def _type_message(expected: object, instance: object) -> str:
         return "must be an integer, got a number with a decimal point or exponent"
     if wanted == "integer" and isinstance(instance, float):
         return "must be an integer, got a fractional number"
-    return f"must be {article} {wanted}, got {_json_type(instance)}"
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+    return f"must be {article} {wanted}, got {json_type(instance)}"
 
 
 def _field_name(path: tuple[str | int, ...]) -> str:

@@ -3,6 +3,7 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
+from services.common import jsonbody
 from services.orders import validation
 from services.orders.domain import OrderItem, OrderStatus, new_order
 
@@ -159,12 +160,12 @@ def test_detail_summarises_the_first_error_and_counts_the_rest():
     ],
 )
 def test_bodies_that_are_not_json_objects_are_malformed(raw, reason):
-    with pytest.raises(validation.MalformedBodyError, match=reason):
-        validation.parse_json_object(raw)
+    with pytest.raises(jsonbody.MalformedBodyError, match=reason):
+        jsonbody.parse_json_object(raw)
 
 
 def test_a_json_object_body_is_parsed():
-    assert validation.parse_json_object(json.dumps(order()).encode()) == order()
+    assert jsonbody.parse_json_object(json.dumps(order()).encode()) == order()
 
 
 def test_spec_schemas_are_valid_json_schema():

@@ -1,0 +1,30 @@
+"""The shared `python -m services.<name>` start: configuration, JSON logs, exit codes.
+
+Exit codes: 2 for a configuration error (printed as one line, no traceback), 0 for a clean
+stop (SIGTERM, SIGINT, Ctrl-C), otherwise what the server returns.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from services.common.config import ConfigError, ServiceSettings
+from services.common.logging import configure_logging
+
+
+def main(service: str, serve: Callable[[ServiceSettings], int]) -> int:
+    """Read the settings, configure logging, then `serve`; `serve` may raise ConfigError too."""
+    try:
+        settings = ServiceSettings.from_env()
+    except ConfigError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.service, settings.instance, settings.log_level)
+    try:
+        return serve(settings)
+    except ConfigError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
