@@ -39,6 +39,8 @@ class ServiceSettings:
     sidecar_bind_host: str = "127.0.0.1"
     upstreams: tuple[Upstream, ...] = ()
     log_level: str = "info"
+    # Where /metrics is served for Prometheus; none without SHOPMESH_METRICS_PORT.
+    metrics_port: int | None = None
 
     def upstream_port(self, name: str) -> int:
         """The local port of the sidecar listener for upstream `name`."""
@@ -68,6 +70,11 @@ class ServiceSettings:
             database_url=_required(source, "SHOPMESH_DATABASE_URL"),
             sidecar_port=_port(source, "SHOPMESH_SIDECAR_PORT"),
             sidecar_bind_host=_optional(source, "SHOPMESH_SIDECAR_BIND_HOST", "127.0.0.1"),
+            metrics_port=(
+                _port(source, "SHOPMESH_METRICS_PORT")
+                if source.get("SHOPMESH_METRICS_PORT")
+                else None
+            ),
             upstreams=_upstreams(source, "SHOPMESH_UPSTREAMS"),
             log_level=log_level,
         )
@@ -102,6 +109,10 @@ def _port_value(name: str, raw: object) -> int:
     if not 1 <= port <= 65535:
         raise ConfigError(f"{name} must be a TCP port number (1-65535), got {raw!r}")
     return port
+
+
+def _optional_port(env: Mapping[str, str], name: str) -> int | None:
+    return _port(env, name) if env.get(name) else None
 
 
 def _port(env: Mapping[str, str], name: str) -> int:

@@ -33,6 +33,7 @@ from services.common.auth import AuthInterceptor, Jwks, KeySource
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.faults import FaultInterceptor, FaultSource, FaultWatcher
+from services.common.metrics import GrpcMetricsInterceptor, serve_metrics
 from services.common.rpc import ErrorInterceptor
 from services.common.runner import (
     StartupError,
@@ -74,10 +75,17 @@ class GrpcApp:
 Wiring = Callable[[asyncpg.Pool, ServiceSettings], AbstractAsyncContextManager[GrpcApp]]
 
 
-def interceptors(faults: FaultSource, keys: KeySource) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptor chain of every gRPC service, outermost first: errors are mapped, the
-    caller's internal token is verified, then injected faults apply."""
-    return [ErrorInterceptor(), AuthInterceptor(keys), FaultInterceptor(faults)]
+def interceptors(
+    service: str, faults: FaultSource, keys: KeySource
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor chain of every gRPC service, outermost first: metrics see the final
+    status, errors are mapped, the caller's internal token is verified, then faults apply."""
+    return [
+        GrpcMetricsInterceptor(service),
+        ErrorInterceptor(),
+        AuthInterceptor(keys),
+        FaultInterceptor(faults),
+    ]
 
 
 def run(
@@ -121,7 +129,8 @@ async def serve(
         jwks = Jwks.for_settings(settings)
         resources.push_async_callback(jwks.close)
         server = grpc.aio.server(
-            interceptors=interceptors(lambda: watcher.current, jwks), options=SERVER_OPTIONS
+            interceptors=interceptors(settings.service, lambda: watcher.current, jwks),
+            options=SERVER_OPTIONS,
         )
         started: list[GrpcApp] = []
         startup = _start(server, health_servicer, settings, wiring, migrations, resources, started)
@@ -174,6 +183,7 @@ async def _start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await server.start()
     resources.push_async_callback(server.stop, 0)
+    serve_metrics(settings.bind_host, settings.metrics_port)
     for name in ("", *(servicer.name for servicer in app.servicers)):
         await health_servicer.set(name, SERVING)
     started.append(app)

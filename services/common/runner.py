@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from services.common import metrics
 from services.common.config import ServiceSettings
 from services.common.consul import ConsulAgent, ConsulError, register_until
 from services.common.logging import JsonAccessLogger
@@ -57,6 +58,7 @@ async def serve(
     shutdown_timeout_s: float,
 ) -> int:
     stop = stop_on_signals()
+    app.middlewares.insert(0, metrics.http_middleware(settings.service))
     runner = web.AppRunner(
         app, access_log_class=JsonAccessLogger, shutdown_timeout=shutdown_timeout_s
     )
@@ -90,6 +92,7 @@ async def _start(runner: web.AppRunner, settings: ServiceSettings) -> None:
     except OSError as exc:
         raise StartupError(f"cannot listen on {settings.bind_host}:{settings.port}: {exc}") from exc
     log.info("listening", extra={"host": settings.bind_host, "port": settings.port})
+    metrics.serve_metrics(settings.bind_host, settings.metrics_port)
 
 
 def stop_on_signals() -> asyncio.Event:

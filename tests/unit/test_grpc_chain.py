@@ -45,7 +45,9 @@ class FakeUsers:
 
 
 async def with_server(users, faults, scenario):
-    server = grpc.aio.server(interceptors=grpc_server.interceptors(lambda: faults, StaticKeys()))
+    server = grpc.aio.server(
+        interceptors=grpc_server.interceptors("users", lambda: faults, StaticKeys())
+    )
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(users), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
