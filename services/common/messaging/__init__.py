@@ -1,0 +1,21 @@
+"""Kafka messaging for shopmesh services (ARCHITECTURE.md §6).
+
+- `envelope`: CloudEvents 1.0 structured JSON values, keys, trace and DLQ headers.
+- `producer`: the acks=all idempotent producer and `SHOPMESH_KAFKA_BOOTSTRAP`.
+- `outbox`: `add()` in the state change's transaction, `OutboxRelay` publishing the rows.
+- `consumer`: `ConsumerRunner`, idempotent handlers via `processed_events`, retries, DLQ.
+- `migrations`: copy the outbox / processed_events tables into a service's migrations.
+
+Wiring, in a service's app.py:
+
+    await apply_migrations(pool, MIGRATIONS)          # includes NNNN_outbox.sql etc.
+    relay = OutboxRelay(pool, lambda: create_producer(client_id="orders-1"))
+    runner = ConsumerRunner("payment-events", "orders", on_payment_event, pool)
+    await relay.start(); await runner.start()
+    ...
+    async with pool.acquire() as conn, conn.transaction():   # in a use case
+        await repository.update_status(conn, order, expected)
+        await outbox.add(conn, "order-events", order.id, cloud_event(...))
+    ...
+    await runner.stop(); await relay.stop()
+"""
