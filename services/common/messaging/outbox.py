@@ -17,7 +17,9 @@ order, each batch is acked before the next is read, and the idempotent producer 
 per-partition order across its retries. So events of one key (one partition) arrive in the
 order of their outbox ids. Rows of one aggregate get ids in commit order when the service
 updates the aggregate row (taking its row lock) before calling `add`, the natural order in a
-use case.
+use case. One narrow exception, in aiokafka: a batch that expires in the producer while its
+partition has no leader fails alone, and a later batch of that partition can still go out once
+a leader is elected; the re-sent earlier event then arrives after it.
 """
 
 from __future__ import annotations
