@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -81,6 +82,25 @@ class ConsulPorts:
 
 
 @dataclass(frozen=True)
+class KafkaNode:
+    id: int
+    port: int
+    controller_port: int
+
+    @property
+    def name(self) -> str:
+        return f"kafka-{self.id}"
+
+
+@dataclass(frozen=True)
+class Kafka:
+    heap: str
+    # "generate" (made once, kept in the state dir) or a fixed base64url cluster id.
+    cluster_id: str
+    nodes: tuple[KafkaNode, ...]
+
+
+@dataclass(frozen=True)
 class Topology:
     bind_host: str
     datacenter: str
@@ -88,6 +108,7 @@ class Topology:
     postgres_port: int
     services: tuple[Service, ...]
     edge: Edge
+    kafka: Kafka
 
     @property
     def consul_http_addr(self) -> str:
@@ -99,6 +120,9 @@ class Topology:
                 return service
         raise KeyError(name)
 
+    def kafka_bootstrap(self) -> str:
+        return ",".join(f"{self.bind_host}:{n.port}" for n in self.kafka.nodes)
+
     def instances(self) -> tuple[Instance, ...]:
         return tuple(i for s in self.services for i in s.instances)
 
@@ -106,6 +130,9 @@ class Topology:
         """Every TCP port the runtime binds, keyed by a readable owner name."""
         ports = {f"consul {k}": v for k, v in vars(self.consul_ports).items()}
         ports["postgres"] = self.postgres_port
+        for node in self.kafka.nodes:
+            ports[node.name] = node.port
+            ports[f"{node.name} controller"] = node.controller_port
         for inst in self.instances():
             ports[inst.id] = inst.port
             ports[f"{inst.id}-sidecar"] = inst.sidecar.port
@@ -179,6 +206,17 @@ def parse(raw: dict) -> Topology:
         per_ip_limit=RateLimit(**limits["per_ip"]),
     )
     consul = raw["consul"]
+    kafka_raw = raw["kafka"]
+    kafka = Kafka(
+        heap=str(kafka_raw["heap"]),
+        cluster_id=str(kafka_raw.get("cluster_id") or "generate"),
+        nodes=tuple(
+            KafkaNode(
+                id=int(n["id"]), port=int(n["port"]), controller_port=int(n["controller_port"])
+            )
+            for n in kafka_raw["nodes"]
+        ),
+    )
     topology = Topology(
         bind_host=raw["bind_host"],
         datacenter=consul["datacenter"],
@@ -186,6 +224,7 @@ def parse(raw: dict) -> Topology:
         postgres_port=int(raw["postgres"]["port"]),
         services=tuple(services),
         edge=edge,
+        kafka=kafka,
     )
     validate(topology)
     return topology
@@ -198,6 +237,7 @@ def validate(topology: Topology) -> None:
         if port in owners:
             raise TopologyError(f"port {port} is given to both {owners[port]!r} and {owner!r}")
         owners[port] = owner
+    _validate_kafka(topology.kafka)
     names = {s.name for s in topology.services}
     for svc in topology.services:
         for up in svc.upstreams:
@@ -211,6 +251,22 @@ def validate(topology: Topology) -> None:
             raise TopologyError(f"edge route {route.prefix}: {route.service} is no edge upstream")
         if route.auth not in ("jwt", "none"):
             raise TopologyError(f"edge route {route.prefix}: auth must be jwt or none")
+
+
+def _validate_kafka(kafka: Kafka) -> None:
+    ids = [n.id for n in kafka.nodes]
+    if len(kafka.nodes) < 3 or len(set(ids)) != len(ids) or min(ids) < 1:
+        raise TopologyError(
+            f"kafka needs at least 3 nodes with distinct positive ids (replication factor 3), "
+            f"got ids {ids}"
+        )
+    if not re.fullmatch(r"[0-9]+[mMgG]", kafka.heap):
+        raise TopologyError(f"kafka heap must look like 384m or 1g, got {kafka.heap!r}")
+    if kafka.cluster_id != "generate" and not re.fullmatch(r"[A-Za-z0-9_-]{22}", kafka.cluster_id):
+        raise TopologyError(
+            f"kafka cluster_id must be `generate` or a 22-character base64url id, "
+            f"got {kafka.cluster_id!r}"
+        )
 
 
 @cache

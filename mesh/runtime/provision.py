@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -283,7 +284,83 @@ POSTGRES = Component(
     },
 )
 
-COMPONENTS: tuple[Component, ...] = (ENVOY, CONSUL, POSTGRES)
+
+# --- Kafka: jars from Maven Central, resolved by a small Maven project kept in the repo ---------
+
+KAFKA_POM = REPO_ROOT / "mesh" / "provision" / "kafka" / "pom.xml"
+
+
+def _pom_property(name: str) -> str:
+    match = re.search(rf"<{re.escape(name)}>([^<]+)</", KAFKA_POM.read_text())
+    if not match:
+        raise ProvisionError(f"{KAFKA_POM} has no <{name}> property")
+    return match.group(1).strip()
+
+
+def _java() -> Path | None:
+    found = shutil.which("java")
+    return Path(found) if found else None
+
+
+def _install_kafka(component: Component, home: Path) -> None:
+    java = _java()
+    if java is None:
+        raise ProvisionError(
+            "kafka: java not found on PATH. Kafka needs Java 17: "
+            "apt-get install -y openjdk-17-jre-headless"
+        )
+    if shutil.which("mvn") is None:
+        raise ProvisionError(
+            "kafka: mvn not found on PATH. The Kafka jars come from Maven Central through "
+            "mesh/provision/kafka/pom.xml: apt-get install -y maven"
+        )
+    # One Maven repository for every clone and fingerprint: a changed pin downloads only the
+    # artifacts that changed.
+    maven_repo = home.parents[1] / "maven"
+    say(f"resolving Kafka {component.version} jars from Maven Central (maven repo {maven_repo})")
+    run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            f"-Dmaven.repo.local={maven_repo}",
+            "-f",
+            str(KAFKA_POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={home / 'libs'}",
+        ],
+        what=f"mvn dependency:copy-dependencies (kafka {component.version})",
+        fix="Check that Maven Central is reachable (mvn -X shows the repository URLs) and that "
+        f"the versions pinned in {KAFKA_POM} exist.",
+    )
+    jar = home / "libs" / f"kafka_2.13-{component.version}.jar"
+    if not jar.exists():
+        raise ProvisionError(f"kafka: {jar.name} is missing from {home / 'libs'} after mvn")
+    for backend in ("slf4j-reload4j", "reload4j"):
+        if not list((home / "libs").glob(f"{backend}-*.jar")):
+            raise ProvisionError(f"kafka: the logging backend {backend} was not resolved")
+    out = run(
+        [str(java), "-cp", f"{home / 'libs'}/*", "kafka.Kafka", "--version"],
+        what="check kafka.Kafka --version",
+        fix=f"The jars in {home / 'libs'} do not start Kafka; see the output above.",
+    ).stdout
+    if component.version not in out.split():
+        raise ProvisionError(f"kafka.Kafka --version says {out.strip()!r}, not {component.version}")
+
+
+KAFKA = Component(
+    name="kafka",
+    version=_pom_property("kafka.version"),
+    pin={"pom_sha256": sha256_of(KAFKA_POM)},
+    install_into=_install_kafka,
+    locate=lambda c, home: {
+        "java": _java() or Path("/nonexistent/java (apt-get install openjdk-17-jre-headless)"),
+        "libs": home / "libs",
+        "kafka_jar": home / "libs" / f"kafka_2.13-{c.version}.jar",
+    },
+)
+
+COMPONENTS: tuple[Component, ...] = (ENVOY, CONSUL, POSTGRES, KAFKA)
 
 
 def install_all(cache: Path | None = None) -> dict[str, dict[str, Path]]:

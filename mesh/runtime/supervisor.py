@@ -16,12 +16,15 @@ from pathlib import Path
 import httpx
 import psutil
 
-from mesh.runtime import consul, demo, edge, postgres, process, protos
+from mesh.runtime import consul, demo, edge, kafka, postgres, process, protos
 from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import install_all
 from mesh.topology import Instance, Topology
+
+# The status row of the Kafka cluster as a whole (after its nodes' rows); no process of its own.
+KAFKA_CLUSTER = "kafka-cluster"
 
 
 class MeshError(RuntimeError):
@@ -103,6 +106,7 @@ class Mesh:
         server = consul.server_spec(t, s, consul_bin)
         server.after_ready = lambda: consul.apply_config_entries(consul_bin, t.consul_http_addr)
         specs = [server, postgres.server_spec(t, s, self.binaries["postgres"])]
+        specs += kafka.node_specs(t, s, self.binaries["kafka"])
         for instance in t.instances():
             specs.append(service_spec(t, s, instance))
             specs.append(
@@ -136,9 +140,11 @@ class Mesh:
         return [spec.name for spec in self.specs()]
 
     def resolve(self, name: str) -> list[str]:
-        """A process name, or a service name meaning all of its instances."""
+        """A process name, or a service name meaning all of its instances (`kafka`: every node)."""
         if name in self.names():
             return [name]
+        if name == "kafka":
+            return [node.name for node in self.topology.kafka.nodes]
         try:
             return [i.id for i in self.topology.service(name).instances]
         except KeyError:
@@ -206,7 +212,15 @@ class Mesh:
         return [n for n in self.resolve(name) if process.kill(self.state, n)]
 
     def down(self, say: Callable[[str], None] = print) -> None:
-        for spec in reversed(self.specs()):
+        specs = self.specs()
+        kafka_nodes = [spec for spec in specs if spec.name in self._kafka_names()]
+        for spec in reversed(specs):
+            if spec in kafka_nodes:
+                # Together: one at a time, the last node would wait for a lost quorum.
+                for name in kafka.stop_nodes(self.state, kafka_nodes):
+                    say(f"  stopped {name}")
+                kafka_nodes = []
+                continue
             if process.stop(self.state, spec.name, timeout=spec.stop_timeout):
                 say(f"  stopped {spec.name}")
             if spec.name == "edge":
@@ -231,6 +245,18 @@ class Mesh:
                 continue
             reason = spec.ready() if spec.ready else None
             yield spec.name, str(current.pid), ports, reason if reason else "healthy"
+            if spec.name == self.topology.kafka.nodes[-1].name:
+                yield self._kafka_cluster_status()
+
+    def _kafka_names(self) -> set[str]:
+        return {node.name for node in self.topology.kafka.nodes}
+
+    def _kafka_cluster_status(self) -> tuple[str, str, str, str]:
+        """The cluster as a whole: does every partition have its full ISR?"""
+        nodes = self.topology.kafka.nodes
+        if not any(process.running(self.state, n.name) for n in nodes):
+            return KAFKA_CLUSTER, "-", "", "stopped"
+        return KAFKA_CLUSTER, "-", "", kafka.cluster_health(self.topology)
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

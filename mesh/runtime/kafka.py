@@ -1,0 +1,474 @@
+"""Apache Kafka in KRaft mode: three combined broker+controller nodes, and the mesh's topics.
+
+Each node is a plain `java -cp <jars> kafka.Kafka server.properties` process. Its properties
+are generated from mesh/topology.yaml before every start; its log dir (`data/kafka-<id>`) is
+formatted once with the cluster id, which is generated once and kept in the state dir, so a
+restarted node rejoins with its data. Topics come from mesh/kafka/topics.yaml and are created
+(missing ones only) once the whole cluster is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
+
+from mesh.runtime import process
+from mesh.runtime.paths import REPO_ROOT, StateDir
+from mesh.runtime.process import ProcessSpec
+from mesh.topology import KafkaNode, Topology
+
+TOPICS_FILE = REPO_ROOT / "mesh" / "kafka" / "topics.yaml"
+DLQ_SUFFIX = ".dlq"
+# Kafka error codes the topic creation tolerates: another creator got there first.
+TOPIC_ALREADY_EXISTS = 36
+
+# The broker/controller settings every node gets; the per-node ones are added by
+# `server_properties`. Durability: a write acknowledged with acks=all is on at least 2 of the 3
+# replicas, and an out-of-sync replica never becomes leader.
+CLUSTER_SETTINGS: dict[str, str] = {
+    "process.roles": "broker,controller",
+    "controller.listener.names": "CONTROLLER",
+    "inter.broker.listener.name": "PLAINTEXT",
+    "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+    "default.replication.factor": "3",
+    "min.insync.replicas": "2",
+    "offsets.topic.replication.factor": "3",
+    # The default 50 partitions are sized for big clusters; 10 is plenty here and keeps a
+    # node's restart (and every leader election) short.
+    "offsets.topic.num.partitions": "10",
+    "transaction.state.log.replication.factor": "3",
+    "transaction.state.log.min.isr": "2",
+    "transaction.state.log.num.partitions": "10",
+    "unclean.leader.election.enable": "false",
+    "auto.create.topics.enable": "false",
+    "group.initial.rebalance.delay.ms": "0",
+    "num.partitions": "3",
+    # Two cores for the whole mesh: fewer threads than the defaults (3 network, 8 I/O).
+    "num.network.threads": "2",
+    "num.io.threads": "4",
+    "num.recovery.threads.per.data.dir": "2",
+}
+
+# Kafka's own 3.9 distribution layout, console-only: the supervisor sends stdout to the log file.
+LOG4J_PROPERTIES = """\
+log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+log4j.logger.org.apache.kafka.storage.internals.log=WARN
+log4j.logger.kafka.log.UnifiedLog=WARN
+log4j.logger.org.apache.kafka.clients.NetworkClient=WARN
+"""
+
+# As Kafka's kafka-run-class.sh, with the heap from the topology.
+JVM_OPTIONS = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+)
+
+
+# --- topics ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    min_insync_replicas: int
+
+    @property
+    def configs(self) -> dict[str, str]:
+        return {"min.insync.replicas": str(self.min_insync_replicas)}
+
+
+class TopicsError(ValueError):
+    pass
+
+
+def parse_topics(raw: dict) -> tuple[TopicSpec, ...]:
+    """Every topic of topics.yaml plus its `.dlq` twin, in file order (each topic, then its DLQ)."""
+    defaults = raw.get("defaults") or {}
+    rf = int(defaults.get("replication_factor", 3))
+    min_isr = int(defaults.get("min_insync_replicas", 2))
+    dlq_partitions = int(defaults.get("dlq_partitions", 1))
+    topics: list[TopicSpec] = []
+    for name, spec in (raw.get("topics") or {}).items():
+        spec = spec or {}
+        if name.endswith(DLQ_SUFFIX):
+            raise TopicsError(f"{name}: DLQs are implied by their topic, do not list them")
+        topic_rf = int(spec.get("replication_factor", rf))
+        topic_min_isr = int(spec.get("min_insync_replicas", min_isr))
+        if not 1 <= topic_min_isr <= topic_rf:
+            raise TopicsError(f"{name}: min_insync_replicas {topic_min_isr} not in 1..{topic_rf}")
+        partitions = int(spec["partitions"])
+        if partitions < 1:
+            raise TopicsError(f"{name}: partitions must be at least 1")
+        topics.append(TopicSpec(name, partitions, topic_rf, topic_min_isr))
+        topics.append(TopicSpec(name + DLQ_SUFFIX, dlq_partitions, topic_rf, topic_min_isr))
+    if not topics:
+        raise TopicsError("no topics listed")
+    return tuple(topics)
+
+
+def load_topics(path: Path = TOPICS_FILE) -> tuple[TopicSpec, ...]:
+    return parse_topics(yaml.safe_load(path.read_text()))
+
+
+# --- node configuration ------------------------------------------------------------------------
+
+
+def quorum_voters(topology: Topology) -> str:
+    return ",".join(
+        f"{n.id}@{topology.bind_host}:{n.controller_port}" for n in topology.kafka.nodes
+    )
+
+
+def log_dir(state: StateDir, node: KafkaNode) -> Path:
+    return state.data / node.name
+
+
+def server_properties(topology: Topology, node: KafkaNode, logs: Path) -> dict[str, str]:
+    host = topology.bind_host
+    return {
+        **CLUSTER_SETTINGS,
+        "node.id": str(node.id),
+        "controller.quorum.voters": quorum_voters(topology),
+        "listeners": f"PLAINTEXT://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{node.port}",
+        "log.dirs": str(logs),
+    }
+
+
+def render_properties(props: dict[str, str]) -> str:
+    """Java properties text; values here never need escaping beyond backslashes."""
+    lines = ["# Generated by mesh/runtime/kafka.py from mesh/topology.yaml; do not edit."]
+    lines += [f"{key}={value.replace(chr(92), chr(92) * 2)}" for key, value in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka makes them (Uuid.randomUuid: base64url, never a leading -)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def cluster_id(topology: Topology, state: StateDir) -> str:
+    if topology.kafka.cluster_id != "generate":
+        return topology.kafka.cluster_id
+    path = state.data / "kafka-cluster-id"
+    if not path.exists():
+        path.write_text(new_cluster_id() + "\n")
+    return path.read_text().strip()
+
+
+def config_paths(state: StateDir, node: KafkaNode) -> tuple[Path, Path]:
+    folder = state.config / "kafka"
+    return folder / f"{node.name}.properties", folder / "log4j.properties"
+
+
+def java_argv(binaries: dict[str, Path], heap: str, log4j: Path, main: str) -> list[str]:
+    return [
+        str(binaries["java"]),
+        f"-Xmx{heap}",
+        f"-Xms{heap}",
+        *JVM_OPTIONS,
+        f"-Dlog4j.configuration=file:{log4j}",
+        "-cp",
+        f"{binaries['libs']}/*",
+        main,
+    ]
+
+
+def prepare_node(
+    topology: Topology, state: StateDir, binaries: dict[str, Path], node: KafkaNode
+) -> None:
+    """Write the node's configs; format its log dir the first time (kept across restarts)."""
+    props_path, log4j = config_paths(state, node)
+    props_path.parent.mkdir(parents=True, exist_ok=True)
+    log4j.write_text(LOG4J_PROPERTIES)
+    logs = log_dir(state, node)
+    props_path.write_text(render_properties(server_properties(topology, node, logs)))
+    if (logs / "meta.properties").exists():
+        return
+    argv = java_argv(binaries, "128m", log4j, "kafka.tools.StorageTool")
+    argv += ["format", "-t", cluster_id(topology, state), "-c", str(props_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{node.name}: kafka-storage format failed (exit {proc.returncode}): "
+            f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
+        )
+
+
+# --- checks (aiokafka, the project's own client) -----------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_aiokafka() -> Iterator[None]:
+    """aiokafka logs every refused connection; a readiness poll expects those."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+async def _metadata_from(host: str, port: int, topics: list[str] | None) -> dict:
+    """A metadata response from exactly this node (topics None: every topic)."""
+    conn = await create_conn(host, port, request_timeout_ms=3000)
+    try:
+        response = await conn.send(MetadataRequest(topics, allow_auto_topic_creation=False))
+        return response.to_object()
+    finally:
+        conn.close()
+
+
+def metadata_from(topology: Topology, node: KafkaNode, topics: list[str] | None = None) -> dict:
+    with _quiet_aiokafka():
+        return asyncio.run(_metadata_from(topology.bind_host, node.port, topics))
+
+
+def brokers_seen_by(topology: Topology, node: KafkaNode) -> set[int]:
+    """The live (unfenced) brokers in the metadata that this one node answers with."""
+    return {b["node_id"] for b in metadata_from(topology, node, [])["brokers"]}
+
+
+def node_ready(topology: Topology, state: StateDir, node: KafkaNode) -> str | None:
+    """The node's controller listens; once all nodes run, its client port sees all of them live.
+
+    A lone first node cannot register (its quorum needs a majority of the three), so the full
+    check only applies when the other nodes are running: the last node of a fresh start proves
+    the quorum has a leader and every broker is unfenced, and a restarted node proves it rejoined.
+    """
+    # The broker binds its client port only once it has registered with the quorum; the
+    # controller listener is up as soon as the node runs.
+    if not _port_open(topology.bind_host, node.controller_port):
+        return f"controller port {node.controller_port} not open yet"
+    others = [n for n in topology.kafka.nodes if n != node]
+    if not all(process.running(state, n.name) for n in others):
+        return None
+    try:
+        seen = brokers_seen_by(topology, node)
+    except Exception as exc:
+        return f"no metadata from {node.name} yet ({exc.__class__.__name__})"
+    wanted = {n.id for n in topology.kafka.nodes}
+    if seen != wanted:
+        return f"{node.name} sees live brokers {sorted(seen)}, waiting for {sorted(wanted)}"
+    return None
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    topic: str
+    partition: int
+    leader: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+    @property
+    def fully_replicated(self) -> bool:
+        return self.leader >= 0 and set(self.isr) >= set(self.replicas)
+
+
+def partitions_from(metadata: dict) -> list[PartitionState]:
+    found = []
+    for topic in metadata["topics"]:
+        if topic["error_code"] != 0:
+            raise RuntimeError(f"topic {topic['topic']}: metadata error {topic['error_code']}")
+        for p in topic["partitions"]:
+            found.append(
+                PartitionState(
+                    topic=topic["topic"],
+                    partition=p["partition"],
+                    leader=p["leader"],
+                    replicas=tuple(p["replicas"]),
+                    isr=tuple(p["isr"]),
+                )
+            )
+    return found
+
+
+def partitions(
+    topology: Topology, topics: list[str] | None = None, node: KafkaNode | None = None
+) -> list[PartitionState]:
+    """Every partition of `topics` (None: all, internal ones included), as `node` sees them
+    (default: the first node that answers)."""
+    nodes = [node] if node else list(topology.kafka.nodes)
+    last: Exception | None = None
+    for candidate in nodes:
+        try:
+            return partitions_from(metadata_from(topology, candidate, topics))
+        except (TimeoutError, OSError, KafkaError) as exc:
+            last = exc
+    raise RuntimeError(f"no Kafka node answered a metadata request ({last!r})")
+
+
+def replication_summary(states: list[PartitionState]) -> str:
+    """`ok, all N partitions fully replicated`, or how many are not (and which, a few)."""
+    behind = [p for p in states if not p.fully_replicated]
+    if not behind:
+        return f"ok, all {len(states)} partitions fully replicated"
+    leaderless = sum(1 for p in behind if p.leader < 0)
+    names = ", ".join(f"{p.topic}-{p.partition}" for p in behind[:3])
+    more = f", +{len(behind) - 3} more" if len(behind) > 3 else ""
+    extra = f", {leaderless} without a leader" if leaderless else ""
+    return f"{len(behind)} of {len(states)} partitions under-replicated{extra} ({names}{more})"
+
+
+def cluster_health(topology: Topology) -> str:
+    try:
+        return replication_summary(partitions(topology))
+    except Exception as exc:
+        return f"cluster metadata unavailable ({exc.__class__.__name__}: {exc})"
+
+
+# --- topic creation ----------------------------------------------------------------------------
+
+
+async def _ensure_topics(bootstrap: str, topics: tuple[TopicSpec, ...]) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t.name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=t.name,
+                    num_partitions=t.partitions,
+                    replication_factor=t.replication_factor,
+                    topic_configs=t.configs,
+                )
+                for t in missing
+            ]
+        )
+        failed = [
+            f"{entry[0]}: error {entry[1]} {entry[2] if len(entry) > 2 else ''}".strip()
+            for entry in response.topic_errors
+            if entry[1] not in (0, TOPIC_ALREADY_EXISTS)
+        ]
+        if failed:
+            raise RuntimeError(f"creating Kafka topics failed: {'; '.join(failed)}")
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+def ensure_topics(
+    topology: Topology,
+    topics: tuple[TopicSpec, ...] | None = None,
+    nodes: list[KafkaNode] | None = None,
+    timeout: float = 60.0,
+) -> list[str]:
+    """Create the missing topics, then wait until each partition of every topic has a leader
+    in the metadata of each of `nodes` (default: all).
+
+    Returns the names created (an existing topic is left alone, whatever its settings)."""
+    topics = topics if topics is not None else load_topics()
+    with _quiet_aiokafka():
+        created = asyncio.run(_ensure_topics(topology.kafka_bootstrap(), topics))
+    wait_for_leaders(topology, nodes, timeout)
+    return created
+
+
+def wait_for_leaders(
+    topology: Topology, nodes: list[KafkaNode] | None = None, timeout: float = 60.0
+) -> None:
+    """Until every node's metadata has a leader for every partition of every topic.
+
+    After a restart of the whole cluster the controller elects leaders only once the brokers
+    are back, and each broker learns them from the metadata log a moment later."""
+    deadline = time.monotonic() + timeout
+    last = "no metadata yet"
+    while time.monotonic() < deadline:
+        try:
+            views = [partitions(topology, None, node) for node in nodes or topology.kafka.nodes]
+        except Exception as exc:
+            last = f"{exc.__class__.__name__}: {exc}"
+        else:
+            leaderless = {f"{p.topic}-{p.partition}" for v in views for p in v if p.leader < 0}
+            if not leaderless:
+                return
+            last = f"no leader yet for {sorted(leaderless)[:5]}"
+        time.sleep(0.2)
+    raise RuntimeError(f"Kafka partitions without a leader after {timeout:.0f}s: {last}")
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def node_spec(
+    topology: Topology, state: StateDir, binaries: dict[str, Path], node: KafkaNode
+) -> ProcessSpec:
+    props_path, log4j = config_paths(state, node)
+    return ProcessSpec(
+        name=node.name,
+        argv=[*java_argv(binaries, topology.kafka.heap, log4j, "kafka.Kafka"), str(props_path)],
+        ports=(node.port, node.controller_port),
+        ready=lambda: node_ready(topology, state, node),
+        # A fresh start of the last node waits for the quorum election and all three brokers to
+        # register; a node restarted after SIGKILL first recovers its logs.
+        ready_timeout=120,
+        before_start=lambda: prepare_node(topology, state, binaries, node),
+        # A broker's controlled shutdown moves its partition leaders away first.
+        stop_timeout=30,
+    )
+
+
+def node_specs(topology: Topology, state: StateDir, binaries: dict[str, Path]) -> list[ProcessSpec]:
+    specs = [node_spec(topology, state, binaries, node) for node in topology.kafka.nodes]
+    specs[-1].after_ready = lambda: ensure_topics(
+        topology, nodes=[n for n in topology.kafka.nodes if process.running(state, n.name)]
+    )
+    return specs
+
+
+def stop_nodes(state: StateDir, specs: list[ProcessSpec]) -> list[str]:
+    """Stop all nodes together; returns the names that were running.
+
+    One at a time, the last node's controlled shutdown would wait for a quorum that is already
+    gone (two of three voters) until killed; signalled together, every broker shuts down while
+    the controllers still have their majority.
+    """
+    was_running = [spec for spec in specs if process.running(state, spec.name)]
+    for spec in was_running:
+        current = process.running(state, spec.name)
+        if current:
+            process.signal_group(current.pid, spec.stop_signal)
+    for spec in was_running:
+        process.stop(state, spec.name, timeout=spec.stop_timeout)
+    return [spec.name for spec in was_running]
