@@ -335,21 +335,25 @@ def partitions(
     raise RuntimeError(f"no Kafka node answered a metadata request ({last!r})")
 
 
-def replication_summary(states: list[PartitionState]) -> str:
-    """`ok, all N partitions fully replicated`, or how many are not (and which, a few)."""
-    behind = [p for p in states if not p.fully_replicated]
+def replication_summary(states: list[PartitionState], down: frozenset[int] = frozenset()) -> str:
+    """`ok, all N partitions fully replicated`, or how many are not (and which, a few).
+
+    `down`: nodes known to be dead. The controller keeps a dead broker in the ISR until its
+    session times out (broker.session.timeout.ms); those partitions are not counted as healthy.
+    """
+    behind = [p for p in states if not p.fully_replicated or p.leader in down or set(p.isr) & down]
     if not behind:
         return f"ok, all {len(states)} partitions fully replicated"
-    leaderless = sum(1 for p in behind if p.leader < 0)
+    leaderless = sum(1 for p in behind if p.leader < 0 or p.leader in down)
     names = ", ".join(f"{p.topic}-{p.partition}" for p in behind[:3])
     more = f", +{len(behind) - 3} more" if len(behind) > 3 else ""
     extra = f", {leaderless} without a leader" if leaderless else ""
     return f"{len(behind)} of {len(states)} partitions under-replicated{extra} ({names}{more})"
 
 
-def cluster_health(topology: Topology) -> str:
+def cluster_health(topology: Topology, down: frozenset[int] = frozenset()) -> str:
     try:
-        return replication_summary(partitions(topology))
+        return replication_summary(partitions(topology), down)
     except Exception as exc:
         return f"cluster metadata unavailable ({exc.__class__.__name__}: {exc})"
 

@@ -254,9 +254,10 @@ class Mesh:
     def _kafka_cluster_status(self) -> tuple[str, str, str, str]:
         """The cluster as a whole: does every partition have its full ISR?"""
         nodes = self.topology.kafka.nodes
-        if not any(process.running(self.state, n.name) for n in nodes):
+        down = frozenset(n.id for n in nodes if not process.running(self.state, n.name))
+        if len(down) == len(nodes):
             return KAFKA_CLUSTER, "-", "", "stopped"
-        return KAFKA_CLUSTER, "-", "", kafka.cluster_health(self.topology)
+        return KAFKA_CLUSTER, "-", "", kafka.cluster_health(self.topology, down)
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

@@ -148,6 +148,10 @@ def test_replication_summary() -> None:
     assert kafka.replication_summary(behind) == (
         "2 of 4 partitions under-replicated, 1 without a leader (t-2, t-3)"
     )
+    # A SIGKILLed broker stays in the ISR until the controller fences it: known dead, not ok.
+    assert kafka.replication_summary(full, down=frozenset({2})) == (
+        "4 of 4 partitions under-replicated (t-0, t-1, t-2, +1 more)"
+    )
 
 
 def test_the_kafka_component_is_pinned_by_its_pom() -> None:
