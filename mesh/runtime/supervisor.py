@@ -48,6 +48,7 @@ def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict
         "SHOPMESH_UPSTREAMS": json.dumps(
             [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
         ),
+        "SHOPMESH_KAFKA_BOOTSTRAP": topology.kafka_bootstrap(),
         "PYTHONUNBUFFERED": "1",
     }
     if service.name == "auth":
