@@ -30,6 +30,7 @@ class Instance:
     service: str
     port: int
     sidecar: Sidecar
+    metrics_port: int
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class Topology:
     datacenter: str
     consul_ports: ConsulPorts
     postgres_port: int
+    prometheus_port: int
     services: tuple[Service, ...]
     edge: Edge
     kafka: Kafka
@@ -130,11 +132,13 @@ class Topology:
         """Every TCP port the runtime binds, keyed by a readable owner name."""
         ports = {f"consul {k}": v for k, v in vars(self.consul_ports).items()}
         ports["postgres"] = self.postgres_port
+        ports["prometheus"] = self.prometheus_port
         for node in self.kafka.nodes:
             ports[node.name] = node.port
             ports[f"{node.name} controller"] = node.controller_port
         for inst in self.instances():
             ports[inst.id] = inst.port
+            ports[f"{inst.id} metrics"] = inst.metrics_port
             ports[f"{inst.id}-sidecar"] = inst.sidecar.port
             ports[f"{inst.id}-sidecar admin"] = inst.sidecar.admin_port
         for svc in self.services:
@@ -177,6 +181,7 @@ def parse(raw: dict) -> Topology:
                         service=name,
                         port=int(i["port"]),
                         sidecar=_sidecar(i["sidecar"]),
+                        metrics_port=int(i["metrics_port"]),
                     )
                     for i in spec["instances"]
                 ),
@@ -222,6 +227,7 @@ def parse(raw: dict) -> Topology:
         datacenter=consul["datacenter"],
         consul_ports=ConsulPorts(**{k: int(v) for k, v in consul["ports"].items()}),
         postgres_port=int(raw["postgres"]["port"]),
+        prometheus_port=int(raw["prometheus"]["port"]),
         services=tuple(services),
         edge=edge,
         kafka=kafka,

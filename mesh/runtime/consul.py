@@ -82,6 +82,8 @@ def agent_config(topology: Topology, state: StateDir) -> dict:
             "serf_wan": -1,
         },
         "performance": {"raft_multiplier": 1},
+        # /v1/agent/metrics?format=prometheus, scraped by Prometheus.
+        "telemetry": {"prometheus_retention_time": "60s", "disable_hostname": True},
     }
 
 

@@ -244,27 +244,33 @@ CONSUL = Component(
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
+def _ensure_apt_package(package: str, probe: Path) -> None:
+    """Install a Debian package unless `probe` (one of its files) exists already."""
+    if probe.exists():
+        return
+    if os.geteuid() != 0:
+        raise ProvisionError(
+            f"{package} is not installed ({probe} is missing). Run "
+            f"`sudo apt-get install -y {package}` and `mesh install` again."
+        )
+    say(f"installing {package} with apt-get")
+    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(
+        ["apt-get", "update", "-qq"],
+        what="apt-get update",
+        env=apt_env,
+        fix="Check that the Debian mirror is reachable.",
+    )
+    run(
+        ["apt-get", "install", "-y", "-qq", package],
+        what=f"apt-get install {package}",
+        env=apt_env,
+        fix=f"Install it by hand: apt-get install -y {package}.",
+    )
+
+
 def _install_postgres(component: Component, home: Path) -> None:
-    if not (POSTGRES_BIN / "postgres").exists():
-        if os.geteuid() != 0:
-            raise ProvisionError(
-                "postgres: PostgreSQL 15 is not installed. Run "
-                "`sudo apt-get install -y postgresql-15` and `mesh install` again."
-            )
-        say("installing postgresql-15 with apt-get")
-        apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        run(
-            ["apt-get", "update", "-qq"],
-            what="apt-get update",
-            env=apt_env,
-            fix="Check that the Debian mirror is reachable.",
-        )
-        run(
-            ["apt-get", "install", "-y", "-qq", "postgresql-15"],
-            what="apt-get install postgresql-15",
-            env=apt_env,
-            fix="Install it by hand: apt-get install -y postgresql-15.",
-        )
+    _ensure_apt_package("postgresql-15", POSTGRES_BIN / "postgres")
     out = run(
         [str(POSTGRES_BIN / "postgres"), "--version"],
         what="check postgres version",
@@ -360,7 +366,34 @@ KAFKA = Component(
     },
 )
 
-COMPONENTS: tuple[Component, ...] = (ENVOY, CONSUL, POSTGRES, KAFKA)
+# --- Prometheus: the Debian package (with promtool) -----------------------------------------
+
+PROMETHEUS_BIN = Path("/usr/bin")
+
+
+def _install_prometheus(component: Component, home: Path) -> None:
+    _ensure_apt_package("prometheus", PROMETHEUS_BIN / "prometheus")
+    out = run(
+        [str(PROMETHEUS_BIN / "prometheus"), "--version"],
+        what="check prometheus version",
+        fix="Reinstall the prometheus package.",
+    ).stdout
+    if f"version {component.version}." not in out:
+        found = out.splitlines()[0]
+        raise ProvisionError(f"expected Prometheus {component.version}, found {found}")
+
+
+PROMETHEUS = Component(
+    name="prometheus",
+    version="2.42",
+    install_into=_install_prometheus,
+    locate=lambda c, home: {
+        "prometheus": PROMETHEUS_BIN / "prometheus",
+        "promtool": PROMETHEUS_BIN / "promtool",
+    },
+)
+
+COMPONENTS: tuple[Component, ...] = (ENVOY, CONSUL, POSTGRES, KAFKA, PROMETHEUS)
 
 
 def install_all(cache: Path | None = None) -> dict[str, dict[str, Path]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from mesh.runtime import consul, demo, edge, kafka, postgres, process, protos
+from mesh.runtime import consul, demo, edge, kafka, postgres, process, prometheus, protos
 from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
@@ -49,6 +49,7 @@ def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict
             [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
         ),
         "SHOPMESH_KAFKA_BOOTSTRAP": topology.kafka_bootstrap(),
+        "SHOPMESH_METRICS_PORT": str(instance.metrics_port),
         "PYTHONUNBUFFERED": "1",
     }
     if service.name == "auth":
@@ -129,6 +130,7 @@ class Mesh:
         )
         edge_sidecar.ready = _all_of(edge_sidecar.ready, self._edge_upstreams_healthy)
         specs.append(edge_sidecar)
+        specs.append(prometheus.server_spec(t, s, self.binaries["prometheus"]))
         return specs
 
     def spec(self, name: str) -> ProcessSpec:

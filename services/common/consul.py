@@ -53,7 +53,7 @@ def registration_body(
         "Name": settings.service,
         "Address": settings.bind_host,
         "Port": settings.port,
-        "Meta": {"version": version},
+        "Meta": _meta(settings, version),
         "Check": check(settings),
         "Connect": {
             "SidecarService": sidecar_service(
@@ -66,6 +66,15 @@ def registration_body(
             )
         },
     }
+
+
+def _meta(settings: ServiceSettings, version: str) -> dict[str, str]:
+    """Service metadata; `metrics_port` is how Prometheus (Consul service discovery) finds
+    the instance's /metrics."""
+    meta = {"version": version}
+    if settings.metrics_port is not None:
+        meta["metrics_port"] = str(settings.metrics_port)
+    return meta
 
 
 def sidecar_service(
