@@ -15,6 +15,7 @@ from services.auth.seed import SeedError, apply_seed, load_seed
 from services.auth.service import AuthService, KeyStore, ServiceToken
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.kafka import Consumer, messaging
 from services.common.problem import problem_middleware
 from services.common.runner import StartupError
 
@@ -50,8 +51,15 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
             await apply_seed(pool, seed)
             reloads = asyncio.create_task(keys.run_reloads(), name="signing key reloads")
             users = UsersClient(users_port, ServiceToken(keys))
-            app[api.SERVICE] = AuthService(pool, keys, users, issuer=auth_settings.issuer)
-            yield
+            service = AuthService(pool, keys, users, issuer=auth_settings.issuer)
+            app[api.SERVICE] = service
+            # Consumer group `auth` on user-events: a blocked user's cached exchanges go.
+            async with messaging(
+                pool,
+                settings.instance,
+                consumers=[Consumer(("user-events",), "auth", service.on_user_event)],
+            ):
+                yield
         finally:
             if reloads is not None:
                 reloads.cancel()

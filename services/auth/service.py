@@ -36,10 +36,12 @@ from services.common.auth import (
     VerificationKey,
     verify_jwt,
 )
+from services.common.messaging.envelope import Event
 
 log = logging.getLogger(__name__)
 
 SERVICE_SUBJECT = "auth"
+USER_BLOCKED_EVENT = "shopmesh.user.blocked.v1"
 SERVICE_ROLE = "service"
 # Retired keys are deleted this long after retirement (they verify nothing by then).
 RETIRED_KEY_KEPT = timedelta(days=1)
@@ -364,6 +366,11 @@ class AuthService:
         if user.blocked:
             self.invalidate_user(user.id)
             raise UserBlocked(user.id)
+
+    async def on_user_event(self, _conn: asyncpg.Connection, event: Event) -> None:
+        """user-events: a UserBlocked event drops the user's cached exchanges."""
+        if event.type == USER_BLOCKED_EVENT:
+            self.invalidate_user(event.data["userId"])
 
     def invalidate_user(self, user_id: str) -> None:
         """Forget every cached exchange of `user_id` (called when the user is blocked)."""

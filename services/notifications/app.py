@@ -10,6 +10,7 @@ from aiohttp import web
 from services.common.auth import install_internal_auth
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.kafka import Consumer, messaging
 from services.common.problem import problem_middleware
 from services.notifications import api
 from services.notifications.hub import Hub
@@ -18,6 +19,7 @@ from services.notifications.service import NotificationService
 
 MAX_BODY_BYTES = 64 * 1024
 MIGRATIONS = Path(__file__).with_name("migrations")
+TOPICS = ("user-events", "order-events", "payment-events")
 
 
 def http_app(hub: Hub) -> web.Application:
@@ -32,7 +34,8 @@ def http_app(hub: Hub) -> web.Application:
 
 
 def create_app(settings: ServiceSettings) -> web.Application:
-    """The service as it runs: on startup the pool opens and migrations apply."""
+    """The service as it runs: on startup the pool opens, migrations apply and the
+    `notifications` consumer (user-events, order-events, payment-events) starts."""
     hub = Hub()
     app = http_app(hub)
     install_internal_auth(app, settings)
@@ -41,8 +44,14 @@ def create_app(settings: ServiceSettings) -> web.Application:
         pool = await create_pool(settings.database_url)
         try:
             await apply_migrations(pool, MIGRATIONS)
-            app[api.SERVICE] = NotificationService(PostgresRepository(pool), hub)
-            yield
+            service = NotificationService(PostgresRepository(pool), hub)
+            app[api.SERVICE] = service
+            async with messaging(
+                pool,
+                settings.instance,
+                consumers=[Consumer(TOPICS, "notifications", service.on_event)],
+            ):
+                yield
         finally:
             await close_pool(pool)
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from services.common.messaging.envelope import Event
 from services.notifications.domain import Notification, notification_from_event
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class NotificationService:
         connections = self._push.publish(notification.user_id, notification.to_json())
         log.info("notification delivered", extra={**extra, "connections": connections})
         return Delivery(notification.id, duplicate=False, connections=connections)
+
+    async def on_event(self, _conn: asyncpg.Connection, event: Event) -> Delivery:
+        """Consumer group `notifications`: deliver each event from Kafka to its user."""
+        return await self.deliver(event.attributes)
 
     async def history(
         self, user_id: str, *, limit: int, after: uuid.UUID | None = None

@@ -59,9 +59,10 @@ async def create_order(request: web.Request) -> web.Response:
         )
     require_self_or_admin(request_principal(request), payload["userId"])
     items = [OrderItem(item["productId"], item["quantity"]) for item in payload["items"]]
+    respond_async = prefers_respond_async(request.headers.getall("Prefer", []))
     try:
         placed = await request.app[SERVICE].place_order(
-            payload["userId"], items, idempotency_key=idempotency_key
+            payload["userId"], items, idempotency_key=idempotency_key, respond_async=respond_async
         )
     except IdempotencyKeyReusedError:
         raise Problem(
@@ -93,7 +94,23 @@ async def create_order(request: web.Request) -> web.Response:
     headers = {"Location": f"/orders/{placed.order.id}"}
     if placed.replayed:
         headers["Idempotent-Replayed"] = "true"
+        return web.json_response(placed.order.to_json(), status=201, headers=headers)
+    if respond_async:
+        # RFC 7240: the payment was queued, not attempted; the order is PAYMENT_PENDING.
+        headers["Preference-Applied"] = "respond-async"
+        return web.json_response(placed.order.to_json(), status=202, headers=headers)
     return web.json_response(placed.order.to_json(), status=201, headers=headers)
+
+
+def prefers_respond_async(values: list[str]) -> bool:
+    """Whether a `Prefer` header (RFC 7240, possibly several, comma-separated) asks for
+    respond-async; preference names are case-insensitive."""
+    for value in values:
+        for preference in value.split(","):
+            name = preference.split(";", 1)[0].split("=", 1)[0].strip().lower()
+            if name == "respond-async":
+                return True
+    return False
 
 
 @routes.get("/orders/{id}")

@@ -12,10 +12,11 @@ from services.common.auth import install_internal_auth
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, create_pool
 from services.common.faults import install_fault_flags
+from services.common.kafka import Consumer, messaging
 from services.common.problem import problem_middleware
 from services.orders import api
-from services.orders.clients import NotificationsClient, PaymentsClient, UsersClient
-from services.orders.service import OrderService
+from services.orders.clients import PaymentsClient, UsersClient
+from services.orders.service import OrderService, on_event
 
 MAX_BODY_BYTES = 64 * 1024
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -29,7 +30,9 @@ def http_app() -> web.Application:
 
 
 def create_app(settings: ServiceSettings) -> web.Application:
-    """The service as it runs: on startup the pool opens and migrations apply."""
+    """The service as it runs: on startup the pool opens, migrations apply, and the outbox
+    relay (order-events, payment-tasks) and the `orders` consumer (user-events,
+    payment-events) start; they stop on shutdown, before the pool closes."""
     app = http_app()
     install_fault_flags(app, settings.consul_http_addr, settings.service)
     install_internal_auth(app, settings)
@@ -38,15 +41,19 @@ def create_app(settings: ServiceSettings) -> web.Application:
         pool = await create_pool(settings.database_url)
         users = UsersClient(settings.upstream_port("users"))
         payments = PaymentsClient(settings.upstream_port("payments"))
-        notifications = NotificationsClient(settings.upstream_port("notifications"))
         try:
             await apply_migrations(pool, MIGRATIONS)
-            app[api.SERVICE] = OrderService(pool, users, payments, notifications)
-            yield
+            app[api.SERVICE] = OrderService(pool, users, payments)
+            async with messaging(
+                pool,
+                settings.instance,
+                relay=True,
+                consumers=[Consumer(("user-events", "payment-events"), "orders", on_event)],
+            ):
+                yield
         finally:
             await users.close()
             await payments.close()
-            await notifications.close()
             try:
                 await asyncio.wait_for(pool.close(), timeout=5.0)
             except TimeoutError:

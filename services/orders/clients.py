@@ -7,10 +7,9 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-import aiohttp
 import grpc
 
-from services.common.auth import bearer_headers, bearer_metadata, current_principal
+from services.common.auth import bearer_metadata
 from services.common.grpc_client import call_with_retries, upstream_target
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
@@ -111,36 +110,3 @@ class PaymentsClient:
 
     async def close(self) -> None:
         await self._channel.close()
-
-
-class NotificationsClient:
-    """Tells notifications about an order's new status, with the caller's token.
-
-    Best effort and bounded: a notification that cannot be delivered is logged, never fails
-    the order. (The order-events topic replaces this call with the Kafka issue.)
-    """
-
-    TIMEOUT_S = 1.0
-
-    def __init__(self, port: int) -> None:
-        self._url = f"http://{upstream_target(port)}/internal/events"
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.TIMEOUT_S))
-
-    async def order_status_changed(self, event: dict) -> None:
-        try:
-            async with self._session.post(
-                self._url, json=event, headers=bearer_headers(current_principal())
-            ) as resp:
-                if resp.status >= 300:
-                    log.warning(
-                        "notification refused",
-                        extra={"status": resp.status, "event_id": event["id"]},
-                    )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning(
-                "notification not delivered",
-                extra={"event_id": event["id"], "error": f"{type(exc).__name__}: {exc}"},
-            )
-
-    async def close(self) -> None:
-        await self._session.close()

@@ -14,6 +14,8 @@ from typing import Protocol
 import asyncpg
 
 from services.common.events import cloud_event
+from services.common.messaging import outbox
+from services.common.messaging.envelope import Event
 from services.orders import repository
 from services.orders.clients import (
     PaymentOutcome,
@@ -22,6 +24,16 @@ from services.orders.clients import (
     UserInfo,
 )
 from services.orders.domain import Order, OrderItem, OrderStatus, new_order, sources_of
+
+ORDER_EVENTS = "order-events"
+PAYMENT_TASKS = "payment-tasks"
+ORDER_STATUS_CHANGED = "shopmesh.order.status_changed.v1"
+PAYMENT_REQUESTED = "shopmesh.payment.requested.v1"
+USER_BLOCKED = "shopmesh.user.blocked.v1"
+PAYMENT_SUCCEEDED = "shopmesh.payment.succeeded.v1"
+PAYMENT_FAILED = "shopmesh.payment.failed.v1"
+# The statuses a blocked user's orders are cancelled from.
+CANCELLED_WHEN_BLOCKED = (OrderStatus.PENDING, OrderStatus.PAYMENT_PENDING)
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +56,19 @@ class Payments(Protocol):
     ) -> PaymentOutcome: ...
 
 
-class StatusNotifier(Protocol):
-    async def order_status_changed(self, event: dict) -> None: ...
-
-
 class PaymentFallback(Protocol):
-    """Where an order goes when the synchronous payment could not be made."""
+    """Where a PAYMENT_PENDING order goes, in the transaction that made it PAYMENT_PENDING."""
 
-    async def request_payment(self, order: Order) -> None: ...
+    async def request_payment(self, conn: asyncpg.Connection, order: Order) -> None: ...
 
 
-class LeavePending:
-    """The fallback until the payment queue exists: the order stays PAYMENT_PENDING."""
+class QueuePayment:
+    """The payment queue: a PaymentRequested task for the payment workers, via the outbox."""
 
-    async def request_payment(self, order: Order) -> None:
-        log.warning("payment left pending: no payment queue yet", extra={"order_id": str(order.id)})
+    async def request_payment(self, conn: asyncpg.Connection, order: Order) -> None:
+        event = payment_requested_event(order)
+        await outbox.add(conn, PAYMENT_TASKS, str(order.id), event)
+        log.info("payment queued", extra={"order_id": str(order.id), "event_id": event["id"]})
 
 
 @dataclass(frozen=True)
@@ -71,11 +81,33 @@ def status_changed_event(order: Order) -> dict:
     data = {"orderId": str(order.id), "userId": order.user_id, "status": order.status.value}
     if order.status_reason:
         data["statusReason"] = order.status_reason
+    if order.payment_id:
+        data["paymentId"] = order.payment_id
+    return cloud_event(
+        source="orders", type=ORDER_STATUS_CHANGED, subject=f"order/{order.id}", data=data
+    )
+
+
+def payment_requested_event(order: Order) -> dict:
     return cloud_event(
         source="orders",
-        type="shopmesh.order.status_changed.v1",
+        type=PAYMENT_REQUESTED,
         subject=f"order/{order.id}",
-        data=data,
+        data={
+            "orderId": str(order.id),
+            "userId": order.user_id,
+            "amount": order.total_price,
+            "currency": order.currency,
+        },
+    )
+
+
+async def status_changed(conn: asyncpg.Connection, order: Order) -> None:
+    """An order's status changed, in the transaction that changed it: its event goes to
+    order-events via the outbox (after the order row's update, so per-order order holds)."""
+    await outbox.add(conn, ORDER_EVENTS, str(order.id), status_changed_event(order))
+    log.info(
+        "order status changed", extra={"order_id": str(order.id), "status": order.status.value}
     )
 
 
@@ -95,24 +127,31 @@ class OrderService:
         pool: asyncpg.Pool,
         users: Users,
         payments: Payments,
-        notifier: StatusNotifier,
         fallback: PaymentFallback | None = None,
     ) -> None:
         self._pool = pool
         self._users = users
         self._payments = payments
-        self._notifier = notifier
-        self._fallback = fallback or LeavePending()
+        self._fallback = fallback or QueuePayment()
 
     async def place_order(
-        self, user_id: str, items: Sequence[OrderItem], *, idempotency_key: str | None = None
+        self,
+        user_id: str,
+        items: Sequence[OrderItem],
+        *,
+        idempotency_key: str | None = None,
+        respond_async: bool = False,
     ) -> PlacedOrder:
         """Store a new order, or return the one an earlier request with the same key created.
 
         The key claim and the order are written in one transaction; a concurrent request with
         the same key waits on the key's unique constraint and then replays the winner's order.
+        With `respond_async` the synchronous payment is skipped: the order is stored as
+        PAYMENT_PENDING and its payment task queued in that same transaction.
         """
         order = new_order(user_id, items)
+        if respond_async:
+            order = order.moved_to(OrderStatus.PAYMENT_PENDING, reason="payment queued")
         fingerprint = request_hash(user_id, order.items)
         if idempotency_key is not None:
             async with self._pool.acquire() as conn:
@@ -130,6 +169,9 @@ class OrderService:
                     await self._replay(conn, idempotency_key, fingerprint), replayed=True
                 )
             await repository.insert_order(conn, order)
+            if respond_async:
+                await status_changed(conn, order)
+                await self._fallback.request_payment(conn, order)
         log.info(
             "order created",
             extra={
@@ -137,8 +179,11 @@ class OrderService:
                 "user_id": order.user_id,
                 "total_price": order.total_price,
                 "currency": order.currency,
+                "status": order.status.value,
             },
         )
+        if respond_async:
+            return PlacedOrder(order, replayed=False)
         return PlacedOrder(await self._settle_payment(order), replayed=False)
 
     async def get_order(self, order_id: uuid.UUID) -> Order | None:
@@ -202,10 +247,8 @@ class OrderService:
         return await self._defer(order, "payment still processing")
 
     async def _defer(self, order: Order, reason: str) -> Order:
-        pending = await self._move(order, OrderStatus.PAYMENT_PENDING, reason=reason)
-        if pending.status == OrderStatus.PAYMENT_PENDING:
-            await self._fallback.request_payment(pending)
-        return pending
+        """PAYMENT_PENDING, with the payment task queued in the same transaction."""
+        return await self._move(order, OrderStatus.PAYMENT_PENDING, reason=reason)
 
     async def _move(
         self,
@@ -215,14 +258,85 @@ class OrderService:
         payment_id: str | None = None,
         reason: str | None = None,
     ) -> Order:
-        """Apply a transition unless a concurrent one (a cancel, say) got there first."""
+        """Apply a transition unless a concurrent one (a cancel, say) got there first.
+
+        The status, its order-events event and (for PAYMENT_PENDING) the payment task are
+        written in one transaction.
+        """
         wanted = order.moved_to(status, payment_id=payment_id, reason=reason)
-        stored = await repository.update_status(self._pool, wanted, sources_of(status))
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = await repository.update_status(conn, wanted, sources_of(status))
+            if stored is not None:
+                await status_changed(conn, stored)
+                if stored.status == OrderStatus.PAYMENT_PENDING:
+                    await self._fallback.request_payment(conn, stored)
         if stored is not None:
-            log.info("order status changed", extra={"order_id": str(order.id), "status": status})
-            await self._notifier.order_status_changed(status_changed_event(stored))
             return stored
         current = await repository.get_order(self._pool, order.id)
         if current is None:
             raise RuntimeError(f"order {order.id} vanished during a status change")
         return current
+
+
+async def on_event(conn: asyncpg.Connection, event: Event) -> None:
+    """Consumer group `orders` on user-events and payment-events, in the consumer's transaction
+    (which also records the event in processed_events: each effect happens once)."""
+    if event.type == USER_BLOCKED:
+        await cancel_orders_of_blocked_user(conn, event.data["userId"])
+    elif event.type in (PAYMENT_SUCCEEDED, PAYMENT_FAILED):
+        await complete_payment(conn, event)
+
+
+async def cancel_orders_of_blocked_user(conn: asyncpg.Connection, user_id: str) -> list[Order]:
+    """Cancel the user's PENDING and PAYMENT_PENDING orders; the orders cancelled."""
+    cancelled = []
+    for order in await repository.list_orders_for_user(conn, user_id):
+        if order.status not in CANCELLED_WHEN_BLOCKED:
+            continue
+        wanted = order.moved_to(OrderStatus.CANCELLED, reason="user blocked")
+        stored = await repository.update_status(conn, wanted, list(CANCELLED_WHEN_BLOCKED))
+        if stored is not None:
+            await status_changed(conn, stored)
+            cancelled.append(stored)
+    log.info(
+        "blocked user's orders cancelled", extra={"user_id": user_id, "cancelled": len(cancelled)}
+    )
+    return cancelled
+
+
+async def complete_payment(conn: asyncpg.Connection, event: Event) -> Order | None:
+    """PaymentSucceeded / PaymentFailed: PAYMENT_PENDING (or PENDING) becomes PAID / FAILED.
+
+    An order already final (paid by the synchronous path, cancelled) is left as it is.
+    """
+    data = event.data
+    try:
+        order_id = uuid.UUID(data["orderId"])
+    except ValueError:
+        log.warning(
+            "payment event for a non-order id; ignored", extra={"order_id": data["orderId"]}
+        )
+        return None
+    order = await repository.get_order(conn, order_id)
+    if order is None:
+        log.warning(
+            "payment event for an unknown order; ignored", extra={"order_id": str(order_id)}
+        )
+        return None
+    succeeded = event.type == PAYMENT_SUCCEEDED
+    status = OrderStatus.PAID if succeeded else OrderStatus.FAILED
+    if order.status not in sources_of(status):
+        log.info(
+            "payment outcome for a settled order; nothing to do",
+            extra={"order_id": str(order_id), "status": order.status.value},
+        )
+        return None
+    wanted = order.moved_to(
+        status,
+        payment_id=data.get("paymentId"),
+        reason=None if succeeded else data.get("declineReason") or "payment failed",
+    )
+    stored = await repository.update_status(conn, wanted, sources_of(status))
+    if stored is not None:
+        await status_changed(conn, stored)
+    return stored

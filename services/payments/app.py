@@ -11,9 +11,10 @@ import asyncpg
 
 from services.common.config import ServiceSettings
 from services.common.grpc_server import GrpcApp, Servicer
+from services.common.kafka import Consumer, messaging
 from services.payments.api import SERVICE_NAME, PaymentServicer
 from services.payments.notifier import PaymentNotifier
-from services.payments.service import PaymentService
+from services.payments.service import PaymentService, on_user_event
 from shopmesh.payments.v1 import payments_pb2_grpc
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -24,22 +25,33 @@ DRAIN_TIMEOUT_S = 5.0
 async def wiring(pool: asyncpg.Pool, settings: ServiceSettings) -> AsyncIterator[GrpcApp]:
     notifier = PaymentNotifier(settings.database_url)
     await notifier.start()
-    service = PaymentService(pool, notifier)
+    service = PaymentService(pool, notifier, instance=settings.instance)
+    # The relay publishes PaymentSucceeded / PaymentFailed; user-events fill blocked_users.
+    kafka = messaging(
+        pool,
+        settings.instance,
+        relay=True,
+        consumers=[Consumer(("user-events",), "payments", on_user_event)],
+    )
 
     async def on_stop() -> None:
         notifier.close_subscriptions()
 
     try:
-        yield GrpcApp(
-            servicers=[
-                Servicer(
-                    SERVICE_NAME,
-                    PaymentServicer(service),
-                    payments_pb2_grpc.add_PaymentServiceServicer_to_server,
+        async with kafka:
+            try:
+                yield GrpcApp(
+                    servicers=[
+                        Servicer(
+                            SERVICE_NAME,
+                            PaymentServicer(service),
+                            payments_pb2_grpc.add_PaymentServiceServicer_to_server,
+                        )
+                    ],
+                    on_stop=on_stop,
                 )
-            ],
-            on_stop=on_stop,
-        )
+            finally:
+                # Charges in flight write their events before the relay stops.
+                await service.drain(DRAIN_TIMEOUT_S)
     finally:
-        await service.drain(DRAIN_TIMEOUT_S)
         await notifier.stop()

@@ -62,20 +62,34 @@ async def claim_stalled(conn: Executor, payment_id: uuid.UUID, *, lease_s: float
     return None if row is None else _payment(row)
 
 
-async def finish(conn: Executor, payment_id: uuid.UUID, outcome: Outcome) -> Payment | None:
+async def finish(
+    conn: Executor, payment_id: uuid.UUID, outcome: Outcome, *, charged_by: str | None = None
+) -> Payment | None:
     """Record the provider's outcome on a PENDING payment; None if it is already final."""
     row = await conn.fetchrow(
         f"""
         UPDATE payments
-        SET status = $2, decline_reason = $3, processing_until = NULL, updated_at = now()
+        SET status = $2, decline_reason = $3, processing_until = NULL, updated_at = now(),
+            charged_by = $4
         WHERE id = $1 AND status = 'PENDING'
         RETURNING {_COLUMNS}
         """,
         payment_id,
         outcome.status.value,
         outcome.decline_reason,
+        charged_by,
     )
     return None if row is None else _payment(row)
+
+
+async def is_blocked(conn: Executor, user_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT true FROM blocked_users WHERE user_id = $1", user_id))
+
+
+async def block_user(conn: Executor, user_id: str) -> None:
+    await conn.execute(
+        "INSERT INTO blocked_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
+    )
 
 
 async def get_payment(conn: Executor, payment_id: uuid.UUID) -> Payment | None:

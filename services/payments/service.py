@@ -23,8 +23,17 @@ import asyncpg
 
 from services.common import pagination
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.events import cloud_event
+from services.common.messaging import outbox
+from services.common.messaging.envelope import Event
 from services.payments import domain, repository
-from services.payments.domain import Payment, PaymentRequest, payment_request, valid_key
+from services.payments.domain import (
+    Payment,
+    PaymentRequest,
+    PaymentStatus,
+    payment_request,
+    valid_key,
+)
 from services.payments.notifier import PaymentNotifier, Signal
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,12 @@ CLAIM_RETRY_S = 1.0
 MAX_WAIT_S = 10.0  # how long a call without a deadline waits for another call's outcome
 DEADLINE_MARGIN_S = 0.1  # answer this long before the caller's deadline
 
+PAYMENT_EVENTS = "payment-events"
+PAYMENT_SUCCEEDED = "shopmesh.payment.succeeded.v1"
+PAYMENT_FAILED = "shopmesh.payment.failed.v1"
+USER_BLOCKED = "shopmesh.user.blocked.v1"
+USER_BLOCKED_MESSAGE = "user is blocked"
+
 
 @dataclass(frozen=True)
 class PaymentPage:
@@ -42,9 +57,13 @@ class PaymentPage:
 
 
 class PaymentService:
-    def __init__(self, pool: asyncpg.Pool, notifier: PaymentNotifier) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, notifier: PaymentNotifier, *, instance: str = ""
+    ) -> None:
         self._pool = pool
         self._notifier = notifier
+        # Recorded as the payment's charged_by: which process (API server or worker) charged it.
+        self.instance = instance
         self._charges: set[asyncio.Task[Payment]] = set()
 
     async def process_payment(
@@ -56,11 +75,20 @@ class PaymentService:
         *,
         time_remaining_s: float | None = None,
     ) -> Payment:
-        """Charge the order once; see the module docstring for repeated and concurrent calls."""
+        """Charge the order once; see the module docstring for repeated and concurrent calls.
+
+        A user blocked (user-events) gets FAILED_PRECONDITION for a new payment; a payment
+        that already exists for the order is still reported.
+        """
         request = payment_request(order_id, user_id, amount, currency)
         payment = domain.new_payment(request)
         async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await repository.insert_pending(conn, payment, lease_s=LEASE_S)
+            if await repository.is_blocked(conn, request.user_id):
+                if await repository.get_payment_for_order(conn, request.order_id) is None:
+                    raise FailedPrecondition(USER_BLOCKED_MESSAGE)
+                inserted = None
+            else:
+                inserted = await repository.insert_pending(conn, payment, lease_s=LEASE_S)
             if inserted is not None:
                 await repository.notify_changed(conn, inserted)
         if inserted is not None:
@@ -178,7 +206,9 @@ class PaymentService:
     async def _charge_and_record(self, payment: Payment) -> Payment:
         outcome = await domain.charge(payment)
         async with self._pool.acquire() as conn, conn.transaction():
-            finished = await repository.finish(conn, payment.id, outcome)
+            finished = await repository.finish(
+                conn, payment.id, outcome, charged_by=self.instance or None
+            )
             if finished is not None:
                 await repository.notify_changed(conn, finished)
                 await payment_finished(conn, finished)
@@ -195,14 +225,33 @@ class PaymentService:
         return await repository.get_payment_for_order(self._pool, order_id or "")
 
 
+def payment_event(payment: Payment) -> dict:
+    """PaymentSucceeded or PaymentFailed (a DECLINED payment) for a payment's final status."""
+    if payment.status is PaymentStatus.PENDING:
+        raise ValueError("a PENDING payment has no outcome event")
+    data = {
+        "orderId": payment.order_id,
+        "paymentId": str(payment.id),
+        "userId": payment.user_id,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "status": payment.status.value,
+    }
+    if payment.decline_reason:
+        data["declineReason"] = payment.decline_reason
+    kind = PAYMENT_SUCCEEDED if payment.status is PaymentStatus.SUCCEEDED else PAYMENT_FAILED
+    return cloud_event(source="payments", type=kind, subject=f"order/{payment.order_id}", data=data)
+
+
 async def payment_finished(conn: asyncpg.Connection, payment: Payment) -> None:
     """A payment reached its final status, inside the transaction that recorded it.
 
-    This is where the PaymentSucceeded and PaymentFailed events go: written to the outbox on
-    `conn`, so they commit with the status. (The payment worker that charges queued
-    PaymentRequested tasks will call PaymentService.process_payment, the same idempotent path
-    the gRPC API uses.) For now the outcome is logged.
+    Its PaymentSucceeded / PaymentFailed event goes to the outbox on `conn`, keyed by the order
+    id, so it commits with the status. `repository.finish` changes a PENDING payment only, so
+    this runs once per payment whoever charged it (API server, worker, a repeated call).
     """
+    event = payment_event(payment)
+    await outbox.add(conn, PAYMENT_EVENTS, payment.order_id, event)
     log.info(
         f"payment {payment.status.value.lower()}",
         extra={
@@ -211,8 +260,18 @@ async def payment_finished(conn: asyncpg.Connection, payment: Payment) -> None:
             "amount": payment.amount,
             "currency": payment.currency,
             "decline_reason": payment.decline_reason,
+            "event_id": event["id"],
         },
     )
+
+
+async def on_user_event(conn: asyncpg.Connection, event: Event) -> None:
+    """Consumer group `payments` on user-events: remember blocked users."""
+    if event.type != USER_BLOCKED:
+        return
+    user_id = event.data["userId"]
+    await repository.block_user(conn, user_id)
+    log.info("user blocked: new payments refused", extra={"user_id": user_id})
 
 
 def watch_key(payment_id: str | None, order_id: str | None) -> tuple[uuid.UUID | None, str | None]:

@@ -10,6 +10,7 @@ import asyncpg
 
 from services.common.config import ServiceSettings
 from services.common.grpc_server import GrpcApp, Servicer
+from services.common.kafka import messaging
 from services.users.api import SERVICE_NAME, UserServicer
 from services.users.service import UserService
 from shopmesh.users.v1 import users_pb2_grpc
@@ -18,10 +19,12 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 @asynccontextmanager
-async def wiring(pool: asyncpg.Pool, _settings: ServiceSettings) -> AsyncIterator[GrpcApp]:
+async def wiring(pool: asyncpg.Pool, settings: ServiceSettings) -> AsyncIterator[GrpcApp]:
+    """The servicer, and the outbox relay publishing UserCreated / UserBlocked to user-events."""
     servicer = UserServicer(UserService(pool))
-    yield GrpcApp(
-        servicers=[
-            Servicer(SERVICE_NAME, servicer, users_pb2_grpc.add_UserServiceServicer_to_server)
-        ]
-    )
+    async with messaging(pool, settings.instance, relay=True):
+        yield GrpcApp(
+            servicers=[
+                Servicer(SERVICE_NAME, servicer, users_pb2_grpc.add_UserServiceServicer_to_server)
+            ]
+        )

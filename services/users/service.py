@@ -9,6 +9,8 @@ import asyncpg
 
 from services.common import pagination
 from services.common.errors import AlreadyExists, NotFound
+from services.common.events import cloud_event
+from services.common.messaging import outbox
 from services.users import repository
 from services.users.domain import (
     User,
@@ -18,6 +20,10 @@ from services.users.domain import (
 )
 
 log = logging.getLogger(__name__)
+
+TOPIC = "user-events"
+USER_CREATED = "shopmesh.user.created.v1"
+USER_BLOCKED = "shopmesh.user.blocked.v1"
 
 
 @dataclass(frozen=True)
@@ -67,10 +73,23 @@ class UserService:
         return UserPage(page, pagination.encode_page_token(page[-1].created_at, page[-1].id))
 
 
-async def user_changed(conn: asyncpg.Connection, change: str, user: User) -> None:
-    """A user was created or blocked, inside the transaction that changed it.
+def user_event(change: str, user: User) -> dict:
+    """The UserCreated or UserBlocked CloudEvent of `user` (keyed by the user id on Kafka)."""
+    if change == "created":
+        kind, data = USER_CREATED, {"userId": user.id, "name": user.name, "roles": list(user.roles)}
+    elif change == "blocked":
+        kind, data = USER_BLOCKED, {"userId": user.id, "reason": user.blocked_reason or ""}
+    else:
+        raise ValueError(f"unknown user change {change!r}")
+    return cloud_event(source="users", type=kind, subject=f"user/{user.id}", data=data)
 
-    This is where the UserCreated and UserBlocked events go: written to the outbox on `conn`,
-    so they commit or roll back with the change itself. For now the change is logged.
-    """
-    log.info(f"user {change}", extra={"user_id": user.id, "blocked": user.blocked})
+
+async def user_changed(conn: asyncpg.Connection, change: str, user: User) -> None:
+    """A user was created or blocked, inside the transaction that changed it: its event goes
+    to the outbox on `conn`, so it commits or rolls back with the change itself."""
+    event = user_event(change, user)
+    await outbox.add(conn, TOPIC, user.id, event)
+    log.info(
+        f"user {change}",
+        extra={"user_id": user.id, "blocked": user.blocked, "event_id": event["id"]},
+    )

@@ -84,7 +84,12 @@ def test_websocket_delivers_the_status_change_of_the_users_own_order(
         seen = None
         while time.monotonic() < deadline:
             message = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.1)))
-            if message.get("data", {}).get("orderId") == order["id"]:
+            # The socket also gets the order's PaymentSucceeded (payment-events); this test
+            # watches the order's own status change (order-events).
+            if (
+                message.get("type") == "shopmesh.order.status_changed.v1"
+                and message.get("data", {}).get("orderId") == order["id"]
+            ):
                 seen = message
                 break
     assert seen is not None, "the order's status change never arrived"

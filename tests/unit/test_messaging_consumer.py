@@ -369,3 +369,27 @@ def test_migrations_are_copied_once_with_the_next_free_version(tmp_path):
     assert second.name == "0003_processed_events.sql"
     assert install(tmp_path, "outbox") is None
     assert second.read_text() == consumer.migration_sql()
+
+
+def test_batch_dropped_after_a_rebalance_rewinds_the_partitions_still_owned():
+    class Seeking(FakeConsumer):
+        def __init__(self, owned):
+            super().__init__()
+            self.owned = owned
+            self.seeks = []
+
+        def assignment(self):
+            return self.owned
+
+        def seek(self, tp, offset):
+            self.seeks.append((tp, offset))
+
+    runner, _ = runner_with(Handler())
+    p0, p1 = TopicPartition("order-events", 0), TopicPartition("order-events", 1)
+    runner._consumer = Seeking({p0})
+    stale_generation = runner._generation
+    asyncio.run(runner._on_revoked(set()))
+    batch = {p0: [event_record(offset=7), event_record(offset=8)], p1: [event_record(offset=2)]}
+    asyncio.run(runner.process_batch(batch, stale_generation))
+    assert runner._consumer.seeks == [(p0, 7)]
+    assert runner._consumer.commits == []

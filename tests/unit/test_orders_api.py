@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.common.auth import PRINCIPAL, PermissionDenied, Principal, forbidden_problem
 from services.orders import api
 from services.orders.app import MAX_BODY_BYTES, http_app
-from services.orders.domain import new_order
+from services.orders.domain import OrderStatus, new_order
 from services.orders.service import IdempotencyKeyReusedError, PlacedOrder
 
 PROBLEM = "application/problem+json"
@@ -28,11 +28,14 @@ class FakeOrders:
     key_reused: bool = False
     ready: bool = True
 
-    async def place_order(self, user_id, items, *, idempotency_key=None):
+    async def place_order(self, user_id, items, *, idempotency_key=None, respond_async=False):
         self.calls.append(("place_order", user_id, tuple(items), idempotency_key))
         if self.key_reused:
             raise IdempotencyKeyReusedError(idempotency_key)
-        return PlacedOrder(new_order(user_id, items), replayed=self.replay)
+        order = new_order(user_id, items)
+        if respond_async:
+            order = order.moved_to(OrderStatus.PAYMENT_PENDING, reason="payment queued")
+        return PlacedOrder(order, replayed=self.replay)
 
     async def get_order(self, order_id):
         self.calls.append(("get_order", order_id))

@@ -105,7 +105,7 @@ def test_the_seed_users_are_created_idempotently_by_a_migration():
     from services.users.app import MIGRATIONS
 
     migrations = load_migrations(MIGRATIONS)
-    assert [m.name for m in migrations] == ["init", "seed_users"]
+    assert [m.name for m in migrations] == ["init", "seed_users", "outbox"]
     seed = migrations[1].sql
     for row in (
         "('alice', 'Alice', 'alice@shopmesh.local', '{user}')",

@@ -443,10 +443,13 @@ class ConsumerRunner:
         """Handle fetched records in partition order, then commit each partition's next offset.
 
         Stops early (leaving the rest to be fetched again) when stopping or when a rebalance
-        revokes the partitions; a batch fetched before a rebalance is dropped.
+        revokes the partitions; a batch fetched before a rebalance is dropped, and the
+        partitions this consumer still owns are rewound to its first records (the fetch
+        position has moved past them: without the rewind they would be skipped).
         """
         async with self._lock:
             if generation is not None and generation != self._generation:
+                self._rewind(batch)
                 return
             try:
                 for tp, records in batch.items():
@@ -459,6 +462,25 @@ class ConsumerRunner:
                         self._pending[tp] = record.offset + 1
             finally:
                 await self._commit()
+
+    def _rewind(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        if self._consumer is None:
+            return
+        try:
+            owned = self._consumer.assignment()
+        except Exception:  # an unsubscribed or closing consumer: nothing to rewind
+            return
+        for tp, records in batch.items():
+            if records and tp in owned:
+                self._consumer.seek(tp, records[0].offset)
+                log.info(
+                    "batch fetched across a rebalance; partition rewound",
+                    extra={
+                        "group": self.group_id,
+                        "partition": str(tp),
+                        "offset": records[0].offset,
+                    },
+                )
 
     async def _commit(self) -> None:
         if not self._pending or self._consumer is None:

@@ -1,0 +1,94 @@
+"""A service's Kafka wiring: its outbox relay and consumer runners, started and stopped together.
+
+    async with messaging(pool, settings.instance, relay=True, consumers=[
+        Consumer(("user-events", "payment-events"), "orders", handler),
+    ]):
+        ...  # serve
+
+Kafka is required: `SHOPMESH_KAFKA_BOOTSTRAP` must be set (ConfigError otherwise). Neither the
+relay nor the consumers need Kafka to be up when the service starts: both retry in the
+background, and the outbox keeps every event until the relay has published it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.common.messaging.consumer import ConsumerRunner, Handler
+from services.common.messaging.outbox import OutboxRelay
+from services.common.messaging.producer import bootstrap_servers, create_producer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """Topics consumed by one consumer group, and the handler of their events."""
+
+    topics: tuple[str, ...]
+    group_id: str
+    handler: Handler
+    max_attempts: int = 3
+
+
+@dataclass
+class Messaging:
+    relay: OutboxRelay | None
+    runners: list[ConsumerRunner]
+
+
+@asynccontextmanager
+async def messaging(
+    pool: asyncpg.Pool,
+    instance: str,
+    *,
+    relay: bool = False,
+    consumers: Sequence[Consumer] = (),
+    servers: list[str] | None = None,
+) -> AsyncIterator[Messaging]:
+    """Start the outbox relay (if `relay`) and one runner per consumer; stop them on exit.
+
+    Consumers stop first (each finishes and commits its message in flight), then the relay
+    publishes its batch in flight and closes its producer.
+    """
+    servers = servers or bootstrap_servers()
+    outbox_relay = (
+        OutboxRelay(pool, lambda: create_producer(servers, client_id=instance)) if relay else None
+    )
+    runners = [
+        ConsumerRunner(
+            list(consumer.topics),
+            consumer.group_id,
+            consumer.handler,
+            pool,
+            bootstrap=servers,
+            client_id=instance,
+            max_attempts=consumer.max_attempts,
+        )
+        for consumer in consumers
+    ]
+    started: list[ConsumerRunner] = []
+    try:
+        if outbox_relay is not None:
+            await outbox_relay.start()
+        for runner in runners:
+            await runner.start()
+            started.append(runner)
+        log.info(
+            "messaging started",
+            extra={
+                "relay": outbox_relay is not None,
+                "consumers": [f"{r.group_id}:{','.join(r.topics)}" for r in runners],
+            },
+        )
+        yield Messaging(outbox_relay, runners)
+    finally:
+        for runner in reversed(started):
+            await runner.stop()
+        if outbox_relay is not None:
+            await outbox_relay.stop()

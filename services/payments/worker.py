@@ -1,0 +1,202 @@
+"""python -m services.payments.worker: a payment worker (consumer group `payment-workers`).
+
+Workers take PaymentRequested tasks from `payment-tasks` (point-to-point: each task goes to one
+worker of the group; partitions are the unit of parallelism) and charge them through the
+payments service layer on the payments database, the same idempotent path as the gRPC
+ProcessPayment: the order id is the payment's unique key, so a task and a synchronous call, or
+a task delivered twice, never charge twice. The outcome event (PaymentSucceeded /
+PaymentFailed) is written to the payments outbox with the payment's final status; the worker
+runs an outbox relay too (one relay publishes at a time per database), so outcomes reach
+payment-events even while the payments API servers are down.
+
+A worker serves nothing and registers nowhere: no port, no sidecar, no upstreams. It reads
+SHOPMESH_SERVICE, SHOPMESH_INSTANCE, SHOPMESH_DATABASE_URL, SHOPMESH_KAFKA_BOOTSTRAP and
+optionally SHOPMESH_CONSUL_HTTP_ADDR and SHOPMESH_LOG_LEVEL. SIGTERM/SIGINT stop it
+gracefully: the task in flight finishes and its offset is committed, the relay publishes its
+batch, charges in flight are recorded. Exit code 2 for a configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from services.common.config import LOG_LEVELS, ConfigError
+from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.errors import FailedPrecondition
+from services.common.kafka import Consumer, messaging
+from services.common.logging import configure_logging
+from services.common.messaging.envelope import Event
+from services.common.messaging.producer import bootstrap_servers
+from services.common.runner import stop_on_signals, unless_stopped
+from services.payments.app import DRAIN_TIMEOUT_S, MIGRATIONS
+from services.payments.notifier import PaymentNotifier
+from services.payments.service import USER_BLOCKED_MESSAGE, PaymentService
+
+log = logging.getLogger(__name__)
+
+TASKS_TOPIC = "payment-tasks"
+GROUP = "payment-workers"
+PAYMENT_REQUESTED = "shopmesh.payment.requested.v1"
+# How long one delivery of a task waits for a charge another process has in flight (its
+# lease then runs out and this worker takes the payment over); then the attempt fails and
+# the consumer retries it.
+TASK_BUDGET_S = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    service: str
+    instance: str
+    database_url: str = field(repr=False)
+    kafka_bootstrap: tuple[str, ...]
+    consul_http_addr: str | None = None
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+        """The worker's settings; ConfigError naming the first missing or malformed variable."""
+        source = os.environ if env is None else env
+
+        def required(name: str) -> str:
+            value = source.get(name, "").strip()
+            if not value:
+                raise ConfigError(f"{name} is required but not set")
+            return value
+
+        log_level = (source.get("SHOPMESH_LOG_LEVEL", "").strip() or "info").lower()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"SHOPMESH_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
+            )
+        consul = source.get("SHOPMESH_CONSUL_HTTP_ADDR", "").strip().rstrip("/") or None
+        if consul is not None and not consul.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"SHOPMESH_CONSUL_HTTP_ADDR must be an http:// or https:// URL, got {consul!r}"
+            )
+        return cls(
+            service=required("SHOPMESH_SERVICE"),
+            instance=required("SHOPMESH_INSTANCE"),
+            database_url=required("SHOPMESH_DATABASE_URL"),
+            kafka_bootstrap=tuple(bootstrap_servers(source)),
+            consul_http_addr=consul,
+            log_level=log_level,
+        )
+
+
+class TaskNotFinished(Exception):
+    """The order's payment is still PENDING after the task's budget (retried by the consumer)."""
+
+
+class PaymentTasks:
+    """The handler of payment-tasks: charge the requested order once, log the outcome."""
+
+    def __init__(self, service: PaymentService, *, budget_s: float = TASK_BUDGET_S) -> None:
+        self._service = service
+        self._budget_s = budget_s
+        self.handled = 0
+
+    async def __call__(self, _conn: asyncpg.Connection, event: Event) -> None:
+        if event.type != PAYMENT_REQUESTED:
+            log.warning("not a payment task; ignored", extra={"event_type": event.type})
+            return
+        data = event.data
+        order_id = data["orderId"]
+        extra = {"order_id": order_id, "user_id": data["userId"], "event_id": str(event.id)}
+        log.info("payment task received", extra=extra)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget_s
+        while True:
+            try:
+                payment = await self._service.process_payment(
+                    order_id,
+                    data["userId"],
+                    data["amount"],
+                    data["currency"],
+                    time_remaining_s=max(deadline - loop.time(), 0.0),
+                )
+            except FailedPrecondition as exc:
+                if str(exc) != USER_BLOCKED_MESSAGE:
+                    raise
+                # Orders cancels a blocked user's pending orders on the same UserBlocked event.
+                log.warning("payment task refused: user is blocked", extra=extra)
+                self.handled += 1
+                return
+            if payment.status.final:
+                break
+            if loop.time() >= deadline:
+                raise TaskNotFinished(f"the payment of order {order_id} is still PENDING")
+        self.handled += 1
+        log.info(
+            "payment task done",
+            extra=extra
+            | {
+                "payment_id": str(payment.id),
+                "status": payment.status.value,
+                "tasks_handled": self.handled,
+            },
+        )
+
+
+async def run(settings: WorkerSettings) -> int:
+    stop = stop_on_signals()
+    pool: asyncpg.Pool | None = None
+
+    async def startup() -> None:
+        nonlocal pool
+        pool = await create_pool(settings.database_url)
+        await apply_migrations(pool, MIGRATIONS)
+
+    try:
+        if not await unless_stopped(startup(), stop):
+            return 0
+    except Exception:
+        log.exception("startup failed")
+        if pool is not None:
+            await close_pool(pool)
+        return 1
+    assert pool is not None
+    notifier = PaymentNotifier(settings.database_url)
+    await notifier.start()
+    service = PaymentService(pool, notifier, instance=settings.instance)
+    try:
+        async with messaging(
+            pool,
+            settings.instance,
+            relay=True,
+            consumers=[Consumer((TASKS_TOPIC,), GROUP, PaymentTasks(service))],
+            servers=list(settings.kafka_bootstrap),
+        ):
+            log.info("payment worker started", extra={"group": GROUP, "topic": TASKS_TOPIC})
+            await stop.wait()
+            log.info("stopping")
+    finally:
+        await service.drain(DRAIN_TIMEOUT_S)
+        notifier.close_subscriptions()
+        await notifier.stop()
+        await close_pool(pool)
+    log.info("stopped")
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = WorkerSettings.from_env()
+    except ConfigError as exc:
+        print(f"payments-worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.service, settings.instance, settings.log_level)
+    try:
+        return asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

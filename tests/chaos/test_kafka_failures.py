@@ -1,0 +1,193 @@
+"""Kafka-backed flows under failure: payments failing (the queue takes over), a worker
+SIGKILLed mid-stream, every broker down (the outbox buffers), a poison task (DLQ)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from mesh.runtime.supervisor import Mesh
+from services.common.events import cloud_event
+from tests.integration.test_messaging_flow import (
+    WORKERS,
+    assert_charged_once,
+    orders_client,
+    place,
+    place_many,
+    query,
+    wait_all,
+)
+from tests.integration.test_messaging_flow import workers as workers
+from tests.support import wait_for
+
+
+def test_orders_fall_back_to_the_queue_when_payments_fail_and_are_each_charged_once(
+    mesh: Mesh, tokens, fault, workers
+) -> None:
+    fault("payments", error_rate=1.0, methods=["ProcessPayment"])
+    with orders_client(mesh, tokens, "bob") as client:
+
+        def deferred() -> bool:
+            return place(client, "bob", respond_async=False)["status"] == "PAYMENT_PENDING"
+
+        wait_for(deferred, timeout=30, what="the payments fault to defer an order")
+        orders = place_many(client, "bob", 12, respond_async=False)
+    ids = [o["id"] for o in orders]
+    assert {o["status"] for o in orders} == {"PAYMENT_PENDING"}
+    assert all("payments unavailable" in o["statusReason"] for o in orders)
+
+    wait_all(mesh, ids, "PAID", timeout=90)  # the workers use the service layer, not gRPC
+    per_worker = assert_charged_once(mesh, ids)
+    assert set(per_worker) <= set(WORKERS), per_worker
+    print(f"12 deferred orders charged per worker: {dict(per_worker)}")
+
+
+def test_a_worker_killed_mid_stream_leaves_every_task_done_exactly_once(
+    mesh: Mesh, tokens, workers
+) -> None:
+    placed: list[dict] = []
+    with orders_client(mesh, tokens, "bob") as client:
+        feeder = threading.Thread(
+            target=lambda: placed.extend(place_many(client, "bob", 60, respond_async=True))
+        )
+        feeder.start()
+        wait_for(
+            lambda: query(mesh, "payments", "SELECT 1 FROM payments WHERE charged_by = $1 "
+                          "AND updated_at > now() - interval '5 seconds'", WORKERS[0]),
+            timeout=30,
+            what=f"{WORKERS[0]} to charge something",
+        )  # fmt: skip
+        workers.kill(WORKERS[0])
+        feeder.join()
+    try:
+        ids = [o["id"] for o in placed]
+        wait_all(mesh, ids, "PAID", timeout=120)
+        per_worker = assert_charged_once(mesh, ids)
+        print(f"60 tasks with {WORKERS[0]} SIGKILLed mid-stream, charged per worker: {per_worker}")
+    finally:
+        workers.start(WORKERS[0])
+
+
+def test_orders_are_accepted_with_every_broker_down_and_the_outbox_drains_after(
+    mesh: Mesh, tokens
+) -> None:
+    killed = mesh.kill("kafka")
+    try:
+        with orders_client(mesh, tokens, "bob") as client:
+            orders = [place(client, "bob", respond_async=False) for _ in range(10)]
+        assert {o["status"] for o in orders} == {"PAID"}
+        ids = [o["id"] for o in orders]
+        unpublished = query(
+            mesh,
+            "orders",
+            "SELECT count(*) AS n FROM outbox WHERE key = ANY($1::text[]) AND published_at IS NULL",
+            ids,
+        )[0]["n"]
+        assert unpublished == 10, "one PAID status event per order, waiting in the outbox"
+    finally:
+        for name in killed:
+            mesh.start(name, say=lambda _: None)
+
+    def drained() -> bool:
+        rows = query(
+            mesh,
+            "orders",
+            "SELECT count(*) AS n FROM outbox WHERE key = ANY($1::text[]) AND published_at IS NULL",
+            ids,
+        )
+        return rows[0]["n"] == 0
+
+    wait_for(drained, timeout=120, what="the orders outbox to drain", interval=0.5)
+    # Nothing lost: notifications got every status event (and every payment event).
+    wait_for(
+        lambda: (
+            query(
+                mesh,
+                "notifications",
+                "SELECT count(DISTINCT data->>'orderId') AS n FROM notifications "
+                "WHERE type = 'shopmesh.order.status_changed.v1' AND data->>'orderId' = ANY($1)",
+                ids,
+            )[0]["n"]
+            == 10
+        ),
+        timeout=60,
+        what="every order's status event in notifications",
+    )
+
+
+async def _produce_tasks(bootstrap: str, key: bytes, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait("payment-tasks", value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def _dlq_messages(bootstrap: str, key: bytes) -> list:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition("payment-tasks.dlq", 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        found = []
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            found += [r for r in batch.get(tp, []) if r.key == key]
+        return found
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.usefixtures("workers")
+def test_a_poison_task_goes_to_the_dlq_and_the_partition_keeps_flowing(mesh: Mesh) -> None:
+    key = f"poison-{uuid.uuid4().hex[:8]}".encode()
+    poison = cloud_event(
+        source="orders",
+        type="shopmesh.payment.requested.v1",
+        subject="order/poison",
+        data={"orderId": key.decode(), "userId": "bob", "amount": -5, "currency": "RUB"},
+    )
+    after = [str(uuid.uuid4()) for _ in range(3)]  # later tasks on the same key (partition)
+    tasks = [
+        cloud_event(
+            source="orders",
+            type="shopmesh.payment.requested.v1",
+            subject=f"order/{order_id}",
+            data={"orderId": order_id, "userId": "bob", "amount": 100, "currency": "RUB"},
+        )
+        for order_id in after
+    ]
+    bootstrap = mesh.topology.kafka_bootstrap()
+    values = [json.dumps(e).encode() for e in (poison, *tasks)]
+    asyncio.run(_produce_tasks(bootstrap, key, values))
+
+    wait_for(
+        lambda: (
+            len(query(mesh, "payments", "SELECT 1 FROM payments WHERE order_id = ANY($1)", after))
+            == 3
+        ),
+        timeout=60,
+        what="the tasks after the poison one to be charged",
+    )
+    dead = wait_for(
+        lambda: asyncio.run(_dlq_messages(bootstrap, key)),
+        timeout=30,
+        what="the poison task in payment-tasks.dlq",
+    )
+    assert len(dead) == 1
+    headers = {k: v.decode() for k, v in dead[0].headers}
+    assert headers["shopmesh-original-topic"] == "payment-tasks"
+    assert headers["shopmesh-attempts"] == "3"
+    assert "amount" in headers["shopmesh-error"]
+    assert json.loads(dead[0].value)["id"] == poison["id"]

@@ -1,0 +1,97 @@
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from services.common.config import ConfigError
+from services.common.errors import FailedPrecondition
+from services.common.messaging.envelope import validate
+from services.payments.domain import Payment, PaymentStatus
+from services.payments.service import PAYMENT_FAILED, PAYMENT_SUCCEEDED, payment_event
+from services.payments.worker import PaymentTasks, WorkerSettings
+
+
+def payment(status, reason=None):
+    now = datetime.now(UTC)
+    return Payment(uuid.uuid4(), "o-1", "alice", 100, "RUB", status, reason, now, now)
+
+
+def test_a_succeeded_payment_is_a_payment_succeeded_event_keyed_by_order():
+    event = payment_event(payment(PaymentStatus.SUCCEEDED))
+    validate(event)
+    assert event["type"] == PAYMENT_SUCCEEDED
+    assert event["data"]["orderId"] == "o-1" and event["data"]["userId"] == "alice"
+
+
+def test_a_declined_payment_is_a_payment_failed_event_with_the_reason():
+    event = payment_event(payment(PaymentStatus.DECLINED, "too much"))
+    assert event["type"] == PAYMENT_FAILED
+    assert event["data"]["declineReason"] == "too much"
+
+
+def test_a_pending_payment_has_no_event():
+    with pytest.raises(ValueError):
+        payment_event(payment(PaymentStatus.PENDING))
+
+
+ENV = {
+    "SHOPMESH_SERVICE": "payments-worker",
+    "SHOPMESH_INSTANCE": "payments-worker-1",
+    "SHOPMESH_DATABASE_URL": "postgresql://p:x@127.0.0.1:1/payments",
+    "SHOPMESH_KAFKA_BOOTSTRAP": "127.0.0.1:29092,127.0.0.1:29093",
+    "SHOPMESH_CONSUL_HTTP_ADDR": "http://127.0.0.1:8500",
+}
+
+
+def test_worker_settings_need_no_port_sidecar_or_upstreams():
+    settings = WorkerSettings.from_env(ENV)
+    assert settings.instance == "payments-worker-1"
+    assert settings.kafka_bootstrap == ("127.0.0.1:29092", "127.0.0.1:29093")
+
+
+@pytest.mark.parametrize("missing", ["SHOPMESH_DATABASE_URL", "SHOPMESH_KAFKA_BOOTSTRAP"])
+def test_worker_settings_name_a_missing_variable(missing):
+    with pytest.raises(ConfigError, match=missing):
+        WorkerSettings.from_env({k: v for k, v in ENV.items() if k != missing})
+
+
+class Task:
+    def __init__(self, type_="shopmesh.payment.requested.v1"):
+        self.id = uuid.uuid4()
+        self.type = type_
+        self.data = {"orderId": "o-1", "userId": "alice", "amount": 100, "currency": "RUB"}
+
+
+class FakeService:
+    def __init__(self, results):
+        self.results = list(results)
+        self.calls = 0
+
+    async def process_payment(self, *args, **kwargs):
+        self.calls += 1
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def test_a_task_is_charged_until_its_payment_is_final():
+    service = FakeService([payment(PaymentStatus.PENDING), payment(PaymentStatus.SUCCEEDED)])
+    tasks = PaymentTasks(service)
+    asyncio.run(tasks(None, Task()))
+    assert (service.calls, tasks.handled) == (2, 1)
+
+
+def test_a_blocked_users_task_is_done_without_a_charge_and_other_refusals_raise():
+    tasks = PaymentTasks(FakeService([FailedPrecondition("user is blocked")]))
+    asyncio.run(tasks(None, Task()))
+    assert tasks.handled == 1
+    with pytest.raises(FailedPrecondition):
+        asyncio.run(PaymentTasks(FakeService([FailedPrecondition("other")]))(None, Task()))
+
+
+def test_other_event_types_on_the_task_topic_are_ignored():
+    service = FakeService([])
+    asyncio.run(PaymentTasks(service)(None, Task("something.else")))
+    assert service.calls == 0
