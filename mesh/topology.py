@@ -102,6 +102,18 @@ class Kafka:
 
 
 @dataclass(frozen=True)
+class Workers:
+    """Processes that serve nothing and call no upstream (so no port and no sidecar): they
+    consume from Kafka and work on their service's database."""
+
+    name: str
+    module: str
+    database: str
+    group: str
+    instances: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Topology:
     bind_host: str
     datacenter: str
@@ -111,6 +123,7 @@ class Topology:
     services: tuple[Service, ...]
     edge: Edge
     kafka: Kafka
+    workers: tuple[Workers, ...] = ()
 
     @property
     def consul_http_addr(self) -> str:
@@ -231,12 +244,26 @@ def parse(raw: dict) -> Topology:
         services=tuple(services),
         edge=edge,
         kafka=kafka,
+        workers=tuple(
+            Workers(
+                name=name,
+                module=spec["module"],
+                database=spec["database"],
+                group=spec["group"],
+                instances=tuple(spec["instances"]),
+            )
+            for name, spec in (raw.get("workers") or {}).items()
+        ),
     )
     validate(topology)
     return topology
 
 
 def validate(topology: Topology) -> None:
+    databases = {s.database for s in topology.services if s.database}
+    for workers in topology.workers:
+        if workers.database not in databases:
+            raise TopologyError(f"workers {workers.name} use unknown database {workers.database!r}")
     ports = topology.all_ports()
     owners: dict[int, str] = {}
     for owner, port in ports.items():

@@ -302,6 +302,27 @@ class PartitionState:
         return self.leader >= 0 and set(self.isr) >= set(self.replicas)
 
 
+async def _group_client_ids(bootstrap: str, group: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    return {
+        member["client_id"]
+        for response in described
+        for found in response.to_object()["groups"]
+        for member in found["members"]
+    }
+
+
+def group_client_ids(topology: Topology, group: str) -> set[str]:
+    """The client ids of the consumer group's current members."""
+    with _quiet_aiokafka():
+        return asyncio.run(_group_client_ids(topology.kafka_bootstrap(), group))
+
+
 def partitions_from(metadata: dict) -> list[PartitionState]:
     found = []
     for topic in metadata["topics"]:

@@ -21,7 +21,7 @@ from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import install_all
-from mesh.topology import Instance, Topology
+from mesh.topology import Instance, Topology, Workers
 
 # The status row of the Kafka cluster as a whole (after its nodes' rows); no process of its own.
 KAFKA_CLUSTER = "kafka-cluster"
@@ -85,6 +85,38 @@ def service_spec(topology: Topology, state: StateDir, instance: Instance) -> Pro
     )
 
 
+def worker_spec(
+    topology: Topology, state: StateDir, workers: Workers, instance: str
+) -> ProcessSpec:
+    """A consumer process: no port, no sidecar; ready once it has joined its consumer group."""
+    password = postgres.passwords(state, topology)[workers.database]
+
+    def ready() -> str | None:
+        try:
+            members = kafka.group_client_ids(topology, workers.group)
+        except Exception as exc:  # any Kafka client error means "not yet"
+            return f"consumer group not readable yet ({exc.__class__.__name__})"
+        return None if instance in members else f"not a member of {workers.group} yet"
+
+    return ProcessSpec(
+        name=instance,
+        argv=[sys.executable, "-m", workers.module],
+        env={
+            "SHOPMESH_SERVICE": workers.name,
+            "SHOPMESH_INSTANCE": instance,
+            "SHOPMESH_DATABASE_URL": postgres.database_url(
+                topology, workers.database, password, workers.database
+            ),
+            "SHOPMESH_CONSUL_HTTP_ADDR": topology.consul_http_addr,
+            "SHOPMESH_KAFKA_BOOTSTRAP": topology.kafka_bootstrap(),
+            "PYTHONUNBUFFERED": "1",
+        },
+        cwd=REPO_ROOT,
+        ready=ready,
+        stop_timeout=15,
+    )
+
+
 @dataclass
 class Mesh:
     topology: Topology
@@ -120,6 +152,8 @@ class Mesh:
                     envoy_bin=envoy_bin,
                 )
             )
+        for workers in t.workers:
+            specs += [worker_spec(t, s, workers, instance) for instance in workers.instances]
         specs.append(edge.edge_spec(t, s, envoy_bin))
         edge_sidecar = consul.sidecar_spec(
             service_id=t.edge.id,
@@ -143,11 +177,15 @@ class Mesh:
         return [spec.name for spec in self.specs()]
 
     def resolve(self, name: str) -> list[str]:
-        """A process name, or a service name meaning all of its instances (`kafka`: every node)."""
+        """A process name, or a service or worker name meaning all of its instances (`kafka`:
+        every node)."""
         if name in self.names():
             return [name]
         if name == "kafka":
             return [node.name for node in self.topology.kafka.nodes]
+        for workers in self.topology.workers:
+            if workers.name == name:
+                return list(workers.instances)
         try:
             return [i.id for i in self.topology.service(name).instances]
         except KeyError:

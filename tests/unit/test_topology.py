@@ -34,3 +34,14 @@ def test_an_edge_route_to_an_unknown_service_is_rejected() -> None:
 def test_every_edge_route_goes_to_an_edge_upstream() -> None:
     edge = load().edge
     assert {r.service for r in edge.routes} <= {u.service for u in edge.upstreams}
+
+
+def test_workers_run_on_a_known_database_with_their_instances() -> None:
+    (workers,) = load().workers
+    assert workers.name == "payments-worker"
+    assert workers.group == "payment-workers"
+    assert workers.instances == ("payments-worker-1", "payments-worker-2")
+    raw = copy.deepcopy(RAW)
+    raw["workers"]["payments-worker"]["database"] = "nowhere"
+    with pytest.raises(TopologyError, match="unknown database 'nowhere'"):
+        parse(raw)

@@ -1,8 +1,6 @@
 Kind = "service-intentions"
 Name = "notifications"
 Sources = [
-  # the WebSocket and the history API
+  # the WebSocket and the history API (status changes arrive through Kafka)
   { Name = "edge", Action = "allow" },
-  # order status changes (until the Kafka consumers deliver them)
-  { Name = "orders", Action = "allow" },
 ]
