@@ -38,6 +38,7 @@ from jose.exceptions import JOSEError
 
 from services.common.config import ServiceSettings
 from services.common.problem import Problem
+from services.common.rpc import wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +558,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             return handle
 
-        return _wrap(handler, unary=unary, streaming=streaming)
+        return wrap_handler(handler, unary_response=unary, streaming_response=streaming)
 
 
 def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, name: str) -> str | None:
@@ -565,24 +566,3 @@ def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, name: str) -> st
         if key.lower() == name:
             return value.decode() if isinstance(value, bytes) else value
     return None
-
-
-def _wrap(
-    handler: grpc.RpcMethodHandler,
-    *,
-    unary: Callable[[Behavior], Behavior],
-    streaming: Callable[[Behavior], Behavior],
-) -> grpc.RpcMethodHandler:
-    codecs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **codecs)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **codecs)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **codecs)
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **codecs)
-    return handler

@@ -15,6 +15,8 @@ import grpc
 from aiohttp import web
 from prometheus_client import Counter, Histogram, start_http_server
 
+from services.common import rpc
+
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
 
 REQUESTS = Counter(
@@ -64,7 +66,7 @@ def http_middleware(service: str) -> Callable[[web.Request, Handler], Awaitable[
 
 
 class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Times unary RPCs and counts them by status code (streams: the time to the stream's end)."""
+    """Times every RPC (a stream: until it ends) and counts it by its final status code."""
 
     def __init__(self, service: str) -> None:
         self._service = service
@@ -75,26 +77,36 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
         method = handler_call_details.method
-        inner = handler.unary_unary
         service = self._service
 
-        async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            try:
-                return await inner(request, context)
-            finally:
-                code = context.code()
-                status = code.name if isinstance(code, grpc.StatusCode) else "OK"
-                observe(service, method, "POST", status, time.perf_counter() - started)
+        def done(context: grpc.aio.ServicerContext, started: float) -> None:
+            code = context.code()
+            status = code.name if isinstance(code, grpc.StatusCode) else "OK"
+            observe(service, method, "POST", status, time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            measured,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        def unary(behavior: rpc.Behavior) -> rpc.Behavior:
+            async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await behavior(request, context)
+                finally:
+                    done(context, started)
+
+            return measured
+
+        def streaming(behavior: rpc.Behavior) -> rpc.Behavior:
+            async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    done(context, started)
+
+            return measured
+
+        return rpc.wrap_handler(handler, unary_response=unary, streaming_response=streaming)
 
 
 def serve_metrics(host: str, port: int | None) -> None:

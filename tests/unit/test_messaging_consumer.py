@@ -31,7 +31,7 @@ from services.common.messaging.envelope import (
     to_kafka_headers,
 )
 from services.common.messaging.migrations import install
-from tests.unit.test_messaging_fakes import ProducerFactory
+from tests.unit.messaging_fakes import ProducerFactory
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PRODUCER_SPAN_ID = 0x00F067AA0BA902B7

@@ -14,7 +14,7 @@ from services.common.messaging import outbox
 from services.common.messaging.backoff import Backoff
 from services.common.messaging.envelope import MalformedEventError
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
-from tests.unit.test_messaging_fakes import FakeOutboxStore, ProducerFactory
+from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 
