@@ -103,9 +103,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     mesh = _mesh()
     rows = list(mesh.status())
-    print(f"{'COMPONENT':<20} {'PID':<8} {'PORTS':<22} HEALTH")
+    print(f"{'COMPONENT':<24} {'PID':<8} {'PORTS':<22} HEALTH")
     for name, pid, ports, health in rows:
-        print(f"{name:<20} {pid:<8} {ports:<22} {health}")
+        print(f"{name:<24} {pid:<8} {ports:<22} {health}")
     healthy = all(health == "healthy" or health.startswith("ok,") for *_, health in rows)
     return 0 if healthy else 3
 

@@ -240,7 +240,7 @@ class Mesh:
         t0 = time.monotonic()
         proc = process.start(self.state, spec)
         process.wait_ready(self.state, spec)
-        say(f"  {spec.name:<20} pid {proc.pid:<8} ready in {time.monotonic() - t0:.1f}s")
+        say(f"  {spec.name:<24} pid {proc.pid:<8} ready in {time.monotonic() - t0:.1f}s")
 
     def start(self, name: str, say: Callable[[str], None] = print) -> None:
         for proc_name in self.resolve(name):
