@@ -269,15 +269,21 @@ def _ensure_apt_package(package: str, probe: Path) -> None:
     )
 
 
-def _install_postgres(component: Component, home: Path) -> None:
-    _ensure_apt_package("postgresql-15", POSTGRES_BIN / "postgres")
+def _apt_component(package: str, binary: Path, version_marker: str) -> None:
+    """Install a Debian package if needed, then check `binary --version` shows the pin."""
+    _ensure_apt_package(package, binary)
     out = run(
-        [str(POSTGRES_BIN / "postgres"), "--version"],
-        what="check postgres version",
-        fix="Reinstall postgresql-15.",
+        [str(binary), "--version"],
+        what=f"check {binary.name} version",
+        fix=f"Reinstall the {package} package.",
     ).stdout
-    if f"PostgreSQL) {component.version.split('.')[0]}." not in out:
-        raise ProvisionError(f"expected PostgreSQL {component.version}, found {out.strip()}")
+    if version_marker not in out:
+        found = out.strip().splitlines()[0] if out.strip() else "nothing"
+        raise ProvisionError(f"{binary} should report {version_marker!r}, reports {found!r}")
+
+
+def _install_postgres(component: Component, home: Path) -> None:
+    _apt_component("postgresql-15", POSTGRES_BIN / "postgres", f"PostgreSQL) {component.version}.")
 
 
 POSTGRES = Component(
@@ -372,15 +378,7 @@ PROMETHEUS_BIN = Path("/usr/bin")
 
 
 def _install_prometheus(component: Component, home: Path) -> None:
-    _ensure_apt_package("prometheus", PROMETHEUS_BIN / "prometheus")
-    out = run(
-        [str(PROMETHEUS_BIN / "prometheus"), "--version"],
-        what="check prometheus version",
-        fix="Reinstall the prometheus package.",
-    ).stdout
-    if f"version {component.version}." not in out:
-        found = out.splitlines()[0]
-        raise ProvisionError(f"expected Prometheus {component.version}, found {found}")
+    _apt_component("prometheus", PROMETHEUS_BIN / "prometheus", f"version {component.version}.")
 
 
 PROMETHEUS = Component(
