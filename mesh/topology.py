@@ -16,6 +16,8 @@ TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
 class Sidecar:
     port: int
     admin_port: int
+    # Envoy's Prometheus listener (Proxy.Config envoy_prometheus_bind_addr): /metrics.
+    metrics_port: int
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class KafkaNode:
     id: int
     port: int
     controller_port: int
+    # The Prometheus JMX exporter java agent's /metrics.
+    metrics_port: int
 
     @property
     def name(self) -> str:
@@ -149,11 +153,13 @@ class Topology:
         for node in self.kafka.nodes:
             ports[node.name] = node.port
             ports[f"{node.name} controller"] = node.controller_port
+            ports[f"{node.name} metrics"] = node.metrics_port
         for inst in self.instances():
             ports[inst.id] = inst.port
             ports[f"{inst.id} metrics"] = inst.metrics_port
             ports[f"{inst.id}-sidecar"] = inst.sidecar.port
             ports[f"{inst.id}-sidecar admin"] = inst.sidecar.admin_port
+            ports[f"{inst.id}-sidecar metrics"] = inst.sidecar.metrics_port
         for svc in self.services:
             for up in svc.upstreams:
                 ports[f"{svc.name} -> {up.service} upstream"] = up.local_bind_port
@@ -162,6 +168,7 @@ class Topology:
         ports["edge admin"] = self.edge.admin_port
         ports["edge-sidecar"] = self.edge.sidecar.port
         ports["edge-sidecar admin"] = self.edge.sidecar.admin_port
+        ports["edge-sidecar metrics"] = self.edge.sidecar.metrics_port
         for up in self.edge.upstreams:
             ports[f"edge -> {up.service} upstream"] = up.local_bind_port
         return ports
@@ -172,7 +179,11 @@ class TopologyError(ValueError):
 
 
 def _sidecar(raw: dict) -> Sidecar:
-    return Sidecar(port=int(raw["port"]), admin_port=int(raw["admin_port"]))
+    return Sidecar(
+        port=int(raw["port"]),
+        admin_port=int(raw["admin_port"]),
+        metrics_port=int(raw["metrics_port"]),
+    )
 
 
 def parse(raw: dict) -> Topology:
@@ -230,7 +241,10 @@ def parse(raw: dict) -> Topology:
         cluster_id=str(kafka_raw.get("cluster_id") or "generate"),
         nodes=tuple(
             KafkaNode(
-                id=int(n["id"]), port=int(n["port"]), controller_port=int(n["controller_port"])
+                id=int(n["id"]),
+                port=int(n["port"]),
+                controller_port=int(n["controller_port"]),
+                metrics_port=int(n["metrics_port"]),
             )
             for n in kafka_raw["nodes"]
         ),

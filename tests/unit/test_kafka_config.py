@@ -41,7 +41,11 @@ def test_a_kafka_port_colliding_with_another_is_rejected() -> None:
     [
         ("heap", "lots", "heap"),
         ("cluster_id", "not-an-id", "cluster_id"),
-        ("nodes", [{"id": 1, "port": 29092, "controller_port": 29192}], "at least 3 nodes"),
+        (
+            "nodes",
+            [{"id": 1, "port": 29092, "controller_port": 29192, "metrics_port": 9601}],
+            "at least 3 nodes",
+        ),
     ],
 )
 def test_bad_kafka_settings_are_rejected(field: str, value: object, message: str) -> None:
