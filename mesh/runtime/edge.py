@@ -45,6 +45,7 @@ def registration(topology: Topology) -> dict:
                 local_address=host,
                 local_port=edge.http_port,
                 upstreams=[(up.service, up.local_bind_port) for up in edge.upstreams],
+                metrics_port=edge.sidecar.metrics_port,
             )
         },
     }

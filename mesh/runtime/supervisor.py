@@ -45,6 +45,7 @@ def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict
         "SHOPMESH_CONSUL_HTTP_ADDR": topology.consul_http_addr,
         "SHOPMESH_SIDECAR_PORT": str(instance.sidecar.port),
         "SHOPMESH_SIDECAR_BIND_HOST": topology.bind_host,
+        "SHOPMESH_SIDECAR_METRICS_PORT": str(instance.sidecar.metrics_port),
         "SHOPMESH_UPSTREAMS": json.dumps(
             [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
         ),

@@ -41,6 +41,8 @@ class ServiceSettings:
     log_level: str = "info"
     # Where /metrics is served for Prometheus; none without SHOPMESH_METRICS_PORT.
     metrics_port: int | None = None
+    # The sidecar Envoy's Prometheus listener; none without SHOPMESH_SIDECAR_METRICS_PORT.
+    sidecar_metrics_port: int | None = None
 
     def upstream_port(self, name: str) -> int:
         """The local port of the sidecar listener for upstream `name`."""
@@ -75,6 +77,7 @@ class ServiceSettings:
                 if source.get("SHOPMESH_METRICS_PORT")
                 else None
             ),
+            sidecar_metrics_port=_optional_port(source, "SHOPMESH_SIDECAR_METRICS_PORT"),
             upstreams=_upstreams(source, "SHOPMESH_UPSTREAMS"),
             log_level=log_level,
         )

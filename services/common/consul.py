@@ -63,6 +63,7 @@ def registration_body(
                 local_address=settings.bind_host,
                 local_port=settings.port,
                 upstreams=[(u.name, u.local_bind_port) for u in settings.upstreams],
+                metrics_port=settings.sidecar_metrics_port,
             )
         },
     }
@@ -85,24 +86,32 @@ def sidecar_service(
     local_address: str,
     local_port: int,
     upstreams: list[tuple[str, int]],
+    metrics_port: int | None = None,
 ) -> dict[str, Any]:
     """The Connect sidecar registered with an instance (also used for the edge's sidecar).
 
     The checks are Consul's defaults (listener reachable, parent healthy) at a 1 s interval
     instead of 10 s: a re-registered sidecar starts critical, and the edge must not wait 10 s
-    for it after a service restarts.
+    for it after a service restarts. With `metrics_port`, Envoy serves its stats for Prometheus
+    on `address:metrics_port/metrics` (found through Consul by mesh/runtime/consul_sd.py).
     """
+    proxy: dict[str, Any] = {
+        "LocalServiceAddress": local_address,
+        "LocalServicePort": local_port,
+        "Upstreams": [
+            {"DestinationName": name, "LocalBindAddress": "127.0.0.1", "LocalBindPort": bind}
+            for name, bind in upstreams
+        ],
+    }
+    proxy_config: dict[str, Any] = {}
+    if metrics_port is not None:
+        proxy_config["envoy_prometheus_bind_addr"] = f"{_host(address)}:{metrics_port}"
+    if proxy_config:
+        proxy["Config"] = proxy_config
     return {
         "Port": port,
         "Address": address,
-        "Proxy": {
-            "LocalServiceAddress": local_address,
-            "LocalServicePort": local_port,
-            "Upstreams": [
-                {"DestinationName": name, "LocalBindAddress": "127.0.0.1", "LocalBindPort": bind}
-                for name, bind in upstreams
-            ],
-        },
+        "Proxy": proxy,
         "Checks": [
             {
                 "Name": "Connect Sidecar Listening",

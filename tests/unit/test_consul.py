@@ -123,3 +123,14 @@ def test_registration_gives_up_at_the_deadline():
     with pytest.raises(aiohttp.ClientConnectionError):
         asyncio.run(consul.register_until(agent, {"ID": "orders-1"}, deadline_s=0.5))
     assert 2 <= len(agent.bodies) <= 5
+
+
+def test_a_sidecar_metrics_port_becomes_envoys_prometheus_listener():
+    plain = settings()
+    with_port = ServiceSettings(**{**vars(plain), "sidecar_metrics_port": 9501})
+    proxy = consul.registration_body(with_port, version="1")["Connect"]["SidecarService"]["Proxy"]
+    assert proxy["Config"]["envoy_prometheus_bind_addr"] == "127.0.0.1:9501"
+    assert (
+        "Config"
+        not in consul.registration_body(plain, version="1")["Connect"]["SidecarService"]["Proxy"]
+    )
