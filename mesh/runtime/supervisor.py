@@ -35,33 +35,74 @@ class AlreadyRunning(MeshError):
     pass
 
 
+@dataclass(frozen=True)
+class Wiring:
+    """Where a process binds and finds the shared components, and where its secrets come from.
+    Natively everything is on the topology's bind_host (`native_wiring`); mesh/compose.py wires
+    the same environment to containers."""
+
+    bind_host: str
+    consul_http_addr: str
+    kafka_bootstrap: str
+    database_url: Callable[[str], str]  # database name -> the URL its role connects with
+    auth_seed_file: Callable[[], str]
+
+
+def native_wiring(topology: Topology, state: StateDir) -> Wiring:
+    def database_url(database: str) -> str:
+        password = postgres.passwords(state, topology)[database]
+        return postgres.database_url(topology, database, password, database)
+
+    return Wiring(
+        bind_host=topology.bind_host,
+        consul_http_addr=topology.consul_http_addr,
+        kafka_bootstrap=topology.kafka_bootstrap(),
+        database_url=database_url,
+        auth_seed_file=lambda: str(demo.ensure_seed(state)),
+    )
+
+
 def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict[str, str]:
+    return instance_env(topology, native_wiring(topology, state), instance)
+
+
+def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict[str, str]:
+    """The environment of a service instance (natively and in compose)."""
     service = topology.service(instance.service)
     env = {
         "SHOPMESH_SERVICE": service.name,
         "SHOPMESH_INSTANCE": instance.id,
-        "SHOPMESH_BIND_HOST": topology.bind_host,
+        "SHOPMESH_BIND_HOST": wiring.bind_host,
         "SHOPMESH_PORT": str(instance.port),
-        "SHOPMESH_CONSUL_HTTP_ADDR": topology.consul_http_addr,
+        "SHOPMESH_CONSUL_HTTP_ADDR": wiring.consul_http_addr,
         "SHOPMESH_SIDECAR_PORT": str(instance.sidecar.port),
-        "SHOPMESH_SIDECAR_BIND_HOST": topology.bind_host,
+        "SHOPMESH_SIDECAR_BIND_HOST": wiring.bind_host,
         "SHOPMESH_SIDECAR_METRICS_PORT": str(instance.sidecar.metrics_port),
         "SHOPMESH_UPSTREAMS": json.dumps(
             [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
         ),
-        "SHOPMESH_KAFKA_BOOTSTRAP": topology.kafka_bootstrap(),
+        "SHOPMESH_KAFKA_BOOTSTRAP": wiring.kafka_bootstrap,
         "SHOPMESH_METRICS_PORT": str(instance.metrics_port),
         "PYTHONUNBUFFERED": "1",
     }
     if service.name == "auth":
         env["SHOPMESH_AUTH_ISSUER"] = issuer(topology)
-        env["SHOPMESH_AUTH_SEED_FILE"] = str(demo.ensure_seed(state))
+        env["SHOPMESH_AUTH_SEED_FILE"] = wiring.auth_seed_file()
     if service.database:
-        pw = postgres.passwords(state, topology)[service.database]
-        env["SHOPMESH_DATABASE_URL"] = postgres.database_url(
-            topology, service.database, pw, service.database
-        )
+        env["SHOPMESH_DATABASE_URL"] = wiring.database_url(service.database)
     return env
+
+
+def worker_env(wiring: Wiring, workers: Workers, instance: str) -> dict[str, str]:
+    """The environment of a worker instance (natively and in compose)."""
+    return {
+        "SHOPMESH_SERVICE": workers.name,
+        "SHOPMESH_INSTANCE": instance,
+        "SHOPMESH_DATABASE_URL": wiring.database_url(workers.database),
+        "SHOPMESH_CONSUL_HTTP_ADDR": wiring.consul_http_addr,
+        "SHOPMESH_KAFKA_BOOTSTRAP": wiring.kafka_bootstrap,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def service_spec(topology: Topology, state: StateDir, instance: Instance) -> ProcessSpec:
@@ -90,7 +131,6 @@ def worker_spec(
     topology: Topology, state: StateDir, workers: Workers, instance: str
 ) -> ProcessSpec:
     """A consumer process: no port, no sidecar; ready once it has joined its consumer group."""
-    password = postgres.passwords(state, topology)[workers.database]
 
     def ready() -> str | None:
         try:
@@ -102,16 +142,7 @@ def worker_spec(
     return ProcessSpec(
         name=instance,
         argv=[sys.executable, "-m", workers.module],
-        env={
-            "SHOPMESH_SERVICE": workers.name,
-            "SHOPMESH_INSTANCE": instance,
-            "SHOPMESH_DATABASE_URL": postgres.database_url(
-                topology, workers.database, password, workers.database
-            ),
-            "SHOPMESH_CONSUL_HTTP_ADDR": topology.consul_http_addr,
-            "SHOPMESH_KAFKA_BOOTSTRAP": topology.kafka_bootstrap(),
-            "PYTHONUNBUFFERED": "1",
-        },
+        env=worker_env(native_wiring(topology, state), workers, instance),
         cwd=REPO_ROOT,
         ready=ready,
         stop_timeout=15,
