@@ -85,6 +85,25 @@ class ConsulPorts:
 
 
 @dataclass(frozen=True)
+class JaegerPorts:
+    otlp_grpc: int
+    otlp_http: int
+    # The query HTTP API and the UI.
+    ui: int
+    query_grpc: int
+    health: int
+    health_grpc: int
+    # Jaeger's own Prometheus metrics.
+    metrics: int
+
+
+@dataclass(frozen=True)
+class Jaeger:
+    max_traces: int
+    ports: JaegerPorts
+
+
+@dataclass(frozen=True)
 class KafkaNode:
     id: int
     port: int
@@ -127,6 +146,7 @@ class Topology:
     services: tuple[Service, ...]
     edge: Edge
     kafka: Kafka
+    jaeger: Jaeger
     workers: tuple[Workers, ...] = ()
 
     @property
@@ -139,6 +159,10 @@ class Topology:
                 return service
         raise KeyError(name)
 
+    def otlp_endpoint(self) -> str:
+        """Jaeger's OTLP gRPC receiver, as OTEL_EXPORTER_OTLP_ENDPOINT wants it."""
+        return f"http://{self.bind_host}:{self.jaeger.ports.otlp_grpc}"
+
     def kafka_bootstrap(self) -> str:
         return ",".join(f"{self.bind_host}:{n.port}" for n in self.kafka.nodes)
 
@@ -150,6 +174,7 @@ class Topology:
         ports = {f"consul {k}": v for k, v in vars(self.consul_ports).items()}
         ports["postgres"] = self.postgres_port
         ports["prometheus"] = self.prometheus_port
+        ports.update({f"jaeger {k}": v for k, v in vars(self.jaeger.ports).items()})
         for node in self.kafka.nodes:
             ports[node.name] = node.port
             ports[f"{node.name} controller"] = node.controller_port
@@ -249,6 +274,11 @@ def parse(raw: dict) -> Topology:
             for n in kafka_raw["nodes"]
         ),
     )
+    jaeger_raw = raw["jaeger"]
+    jaeger = Jaeger(
+        max_traces=int(jaeger_raw["max_traces"]),
+        ports=JaegerPorts(**{k: int(v) for k, v in jaeger_raw["ports"].items()}),
+    )
     topology = Topology(
         bind_host=raw["bind_host"],
         datacenter=consul["datacenter"],
@@ -258,6 +288,7 @@ def parse(raw: dict) -> Topology:
         services=tuple(services),
         edge=edge,
         kafka=kafka,
+        jaeger=jaeger,
         workers=tuple(
             Workers(
                 name=name,

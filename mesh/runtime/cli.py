@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from mesh.runtime import demo, faults, process, protos, tls
+from mesh.runtime import demo, faults, jaeger, process, protos, tls, trace
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -38,12 +38,14 @@ def _next_steps(mesh: Mesh) -> str:
     return f"""
 edge gateway:  {base}
 consul UI:     {t.consul_http_addr}/ui
+jaeger UI:     {jaeger.query_url(t)}
 state dir:     {mesh.state.root}
 
 try:
   curl -s -X POST {base}/orders -H 'Content-Type: application/json' \\
        -d '{{"userId": "alice", "items": [{{"productId": "book", "quantity": 2}}]}}'
   mesh status          # every component, its pid, ports and health
+  mesh trace ORDER_ID  # the order's trace (edge, sidecars, services, Kafka) as a tree
   mesh kill orders     # SIGKILL a service, then: mesh start orders
   mesh kill kafka-2    # SIGKILL a Kafka broker (the cluster serves on), then: mesh start kafka-2
   mesh down            # stop everything
@@ -177,6 +179,21 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    """One trace as a tree of spans: by trace id, or the trace that created an order."""
+    url = jaeger.query_url(load())
+    query = trace.JaegerQuery(url)
+    try:
+        print("\n".join(trace.lines_for(query, args.id)))
+    except trace.TraceNotFound as exc:
+        raise MeshError(str(exc)) from None
+    except httpx.HTTPError as exc:
+        raise MeshError(f"Jaeger's query API at {url} did not answer: {exc}") from None
+    finally:
+        query.close()
+    return 0
+
+
 def cmd_consul(args: argparse.Namespace) -> int:
     """The pinned consul binary, pointed at the mesh's agent."""
     topology = load()
@@ -219,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print an access token for a demo user")
     token.add_argument("user", help="alice, bob or admin")
     token.set_defaults(func=cmd_token)
+    trace_cmd = sub.add_parser("trace", help="print a trace from Jaeger as a tree of spans")
+    trace_cmd.add_argument("id", help="a trace id (32 hex digits) or an order id")
+    trace_cmd.set_defaults(func=cmd_trace)
     consul = sub.add_parser("consul", help="run the pinned consul CLI against the mesh's agent")
     consul.add_argument("args", nargs=argparse.REMAINDER)
     consul.set_defaults(func=cmd_consul)

@@ -18,7 +18,7 @@ from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.tls import ensure_edge_certs
 from mesh.topology import Topology
-from services.common.consul import sidecar_service
+from services.common.consul import EnvoyTracer, sidecar_service
 
 
 def registration(topology: Topology) -> dict:
@@ -46,6 +46,7 @@ def registration(topology: Topology) -> dict:
                 local_port=edge.http_port,
                 upstreams=[(up.service, up.local_bind_port) for up in edge.upstreams],
                 metrics_port=edge.sidecar.metrics_port,
+                tracer=EnvoyTracer("edge-sidecar", topology.otlp_endpoint()),
             )
         },
     }

@@ -9,6 +9,9 @@ Listeners: plain HTTP (local use), TLS on TCP (HTTP/1.1 and HTTP/2 by ALPN), QUI
 
 Every upstream is a loopback listener of the edge's own Connect sidecar, which carries the
 request over mTLS to the service's sidecar.
+
+Tracing: the edge starts a trace for every request (100 % sampling, or continues the client's
+W3C traceparent), sends its span to Jaeger over OTLP gRPC and passes traceparent upstream.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 from mesh.topology import RateLimit, Route, Topology
+from services.common.consul import EnvoyTracer
 
 T = "type.googleapis.com/envoy.extensions."
 HCM = T + "filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -69,6 +73,10 @@ class EdgeFiles:
     server_cert: Path
     server_key: Path
     descriptor_set: Path
+
+
+def tracer(topology: Topology) -> EnvoyTracer:
+    return EnvoyTracer("edge", topology.otlp_endpoint())
 
 
 def issuer(topology: Topology) -> str:
@@ -330,6 +338,7 @@ def _hcm(topology: Topology, files: EdgeFiles, stat_prefix: str, *, http3: bool 
         "route_config": route_config,
         "local_reply_config": _local_reply(),
         "http_filters": http_filters(topology, files),
+        "tracing": tracer(topology).http_connection_manager(),
     }  # fmt: skip
     if http3:
         hcm["http3_protocol_options"] = {}
@@ -380,6 +389,7 @@ def envoy_config(topology: Topology, files: EdgeFiles) -> dict:
         "admin": {"address": _socket(host, edge.admin_port)},
         "static_resources": {
             "listeners": [plain, tls, quic],
-            "clusters": [_cluster(topology, u.service, u.local_bind_port) for u in edge.upstreams],
+            "clusters": [_cluster(topology, u.service, u.local_bind_port) for u in edge.upstreams]
+            + [tracer(topology).cluster()],
         },
     }

@@ -7,6 +7,7 @@ and an interrupted install never looks complete (the stamp file is written last)
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -83,6 +84,14 @@ class Component:
     def install(self, cache: Path) -> None:
         if self.is_installed(cache):
             return
+        # Two `mesh install`s at once (a test run and a shell) must not build into, or delete,
+        # the same directory: the second waits, then finds the component installed.
+        with (cache / f".{self.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.is_installed(cache):
+                self._install(cache)
+
+    def _install(self, cache: Path) -> None:
         home = self.home(cache)
         if home.exists():
             shutil.rmtree(home)
@@ -236,6 +245,113 @@ CONSUL = Component(
     pin=_consul_inputs(),
     install_into=_install_consul,
     locate=lambda c, home: {"consul": home / "consul"},
+)
+
+
+# --- The compose-spec schema (compose-go, from the Go module proxy) ---------------------------
+# Building `docker compose` itself from the proxy takes over 5 minutes on a fresh machine, so the
+# test validates compose.yaml against the schema that compose's own loader embeds (docs/runtime.md).
+
+COMPOSE_MODULE_DIR = REPO_ROOT / "mesh" / "provision" / "compose"
+COMPOSE_GO_MODULE = "github.com/compose-spec/compose-go/v2"
+
+
+def _install_compose_schema(component: Component, home: Path) -> None:
+    out = run(
+        ["go", "mod", "download", "-json", COMPOSE_GO_MODULE],
+        what=f"download {COMPOSE_GO_MODULE} (checked against go.sum)",
+        cwd=COMPOSE_MODULE_DIR,
+        env=_go_env(),
+        fix="Install Go (https://go.dev/doc/install) and check the Go module proxy is reachable.",
+    ).stdout
+    module = json.loads(out)
+    if module.get("Version") != f"v{component.version}" or "Dir" not in module:
+        raise ProvisionError(f"compose-schema: expected v{component.version}, got {module}")
+    schema = Path(module["Dir"]) / "schema" / "compose-spec.json"
+    shutil.copyfile(schema, home / "compose-spec.json")
+
+
+COMPOSE_SCHEMA = Component(
+    name="compose-schema",
+    version="2.9.1",
+    pin={f: sha256_of(COMPOSE_MODULE_DIR / f) for f in ("go.mod", "go.sum")},
+    install_into=_install_compose_schema,
+    locate=lambda c, home: {"compose-spec.json": home / "compose-spec.json"},
+)
+
+# --- Jaeger v2: built from the Go module proxy through a wrapper module kept in the repo -------
+# The v2 binary (cmd/jaeger) lives in the v1.x module: module v1.76.0 is the Jaeger v2 release
+# of the same day.
+
+JAEGER_MODULE_DIR = REPO_ROOT / "mesh" / "provision" / "jaeger"
+JAEGER_MODULE = "github.com/jaegertracing/jaeger"
+JAEGER_PACKAGE = f"{JAEGER_MODULE}/cmd/jaeger"
+
+
+def _go_toolchain(component: str) -> dict[str, str]:
+    env = _go_env()
+    if shutil.which("go", path=env["PATH"]) is None:
+        raise ProvisionError(
+            f"{component}: the Go toolchain is missing. Install Go >= 1.24.6 "
+            "(https://go.dev/doc/install, or Debian: apt-get install golang) and run "
+            "`mesh install` again."
+        )
+    return env
+
+
+def _install_jaeger(component: Component, home: Path) -> None:
+    env = _go_toolchain("jaeger")
+    say("building jaeger from the Go module proxy (first time: about 10 minutes on 2 cores)")
+    run(
+        ["go", "mod", "download", JAEGER_MODULE],
+        what="download jaeger modules",
+        cwd=JAEGER_MODULE_DIR,
+        env=env,
+        fix="Check that the Go module proxy is reachable (go env GOPROXY).",
+    )
+    modcache = subprocess.run(
+        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
+    license_file = Path(modcache) / f"{JAEGER_MODULE}@v{component.version}" / "LICENSE"
+    text = license_file.read_text(errors="replace") if license_file.exists() else ""
+    if "Apache License" not in text or "Version 2.0" not in text:
+        raise ProvisionError(f"jaeger: {license_file} is not the Apache-2.0 license it should be")
+    binary = home / "jaeger"
+    run(
+        ["go", "build", "-o", str(binary), JAEGER_PACKAGE],
+        what="go build jaeger",
+        cwd=JAEGER_MODULE_DIR,
+        env=env,
+        fix=f"See the compiler output above; the wrapper module is {JAEGER_MODULE_DIR}.",
+    )
+    # The binary's embedded build info names the module it was built from (`mod`: the module
+    # of the package built, here jaeger's own, not the wrapper's).
+    info = run(
+        ["go", "version", "-m", str(binary)],
+        what="check the jaeger build info",
+        env=env,
+        fix="The build produced something that is not a Go binary.",
+    ).stdout
+    if not re.search(rf"^\s+mod\s+{re.escape(JAEGER_MODULE)}\s+v{component.version}\s", info, re.M):
+        raise ProvisionError(f"built jaeger does not embed {JAEGER_MODULE} v{component.version}")
+    run(
+        [str(binary), "--help"],
+        what="check jaeger runs",
+        fix="The build produced a binary that does not run.",
+    )
+
+
+def _module_inputs(directory: Path) -> dict:
+    files = ("go.mod", "go.sum", "tools.go")
+    return {f: sha256_of(directory / f) for f in files if (directory / f).exists()}
+
+
+JAEGER = Component(
+    name="jaeger",
+    version="1.76.0",
+    pin=_module_inputs(JAEGER_MODULE_DIR),
+    install_into=_install_jaeger,
+    locate=lambda c, home: {"jaeger": home / "jaeger"},
 )
 
 
@@ -428,6 +544,7 @@ COMPONENTS: tuple[Component, ...] = (
     POSTGRES,
     KAFKA,
     PROMETHEUS,
+    JAEGER,
     COMPOSE_SCHEMA,
 )
 

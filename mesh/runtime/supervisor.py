@@ -16,7 +16,17 @@ from pathlib import Path
 import httpx
 import psutil
 
-from mesh.runtime import consul, demo, edge, kafka, postgres, process, prometheus, protos
+from mesh.runtime import (
+    consul,
+    demo,
+    edge,
+    jaeger,
+    kafka,
+    postgres,
+    process,
+    prometheus,
+    protos,
+)
 from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
@@ -46,6 +56,8 @@ class Wiring:
     kafka_bootstrap: str
     database_url: Callable[[str], str]  # database name -> the URL its role connects with
     auth_seed_file: Callable[[], str]
+    # Jaeger's OTLP gRPC receiver (OTEL_EXPORTER_OTLP_ENDPOINT); None: no tracing.
+    otlp_endpoint: str | None = None
 
 
 def native_wiring(topology: Topology, state: StateDir) -> Wiring:
@@ -59,7 +71,14 @@ def native_wiring(topology: Topology, state: StateDir) -> Wiring:
         kafka_bootstrap=topology.kafka_bootstrap(),
         database_url=database_url,
         auth_seed_file=lambda: str(demo.ensure_seed(state)),
+        otlp_endpoint=topology.otlp_endpoint(),
     )
+
+
+def _tracing_env(wiring: Wiring) -> dict[str, str]:
+    """The standard OpenTelemetry variable the services' SDK (and their sidecar registration)
+    reads; without it a process exports no spans."""
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": wiring.otlp_endpoint} if wiring.otlp_endpoint else {}
 
 
 def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict[str, str]:
@@ -84,6 +103,7 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
         "SHOPMESH_KAFKA_BOOTSTRAP": wiring.kafka_bootstrap,
         "SHOPMESH_METRICS_PORT": str(instance.metrics_port),
         "PYTHONUNBUFFERED": "1",
+        **_tracing_env(wiring),
     }
     if service.name == "auth":
         env["SHOPMESH_AUTH_ISSUER"] = issuer(topology)
@@ -102,6 +122,7 @@ def worker_env(wiring: Wiring, workers: Workers, instance: str) -> dict[str, str
         "SHOPMESH_CONSUL_HTTP_ADDR": wiring.consul_http_addr,
         "SHOPMESH_KAFKA_BOOTSTRAP": wiring.kafka_bootstrap,
         "PYTHONUNBUFFERED": "1",
+        **_tracing_env(wiring),
     }
 
 
@@ -172,6 +193,8 @@ class Mesh:
         server = consul.server_spec(t, s, consul_bin)
         server.after_ready = lambda: consul.apply_config_entries(consul_bin, t.consul_http_addr)
         specs = [server, postgres.server_spec(t, s, self.binaries["postgres"])]
+        # Before every process that sends spans, so none of the first ones is lost.
+        specs.append(jaeger.server_spec(t, s, self.binaries["jaeger"]))
         specs += kafka.node_specs(t, s, self.binaries["kafka"])
         for instance in t.instances():
             specs.append(service_spec(t, s, instance))

@@ -43,6 +43,9 @@ class ServiceSettings:
     metrics_port: int | None = None
     # The sidecar Envoy's Prometheus listener; none without SHOPMESH_SIDECAR_METRICS_PORT.
     sidecar_metrics_port: int | None = None
+    # Where the sidecar sends its spans (OTLP gRPC); no tracing without the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT, which the service's own SDK reads too.
+    otlp_endpoint: str | None = None
 
     def upstream_port(self, name: str) -> int:
         """The local port of the sidecar listener for upstream `name`."""
@@ -78,6 +81,7 @@ class ServiceSettings:
                 else None
             ),
             sidecar_metrics_port=_optional_port(source, "SHOPMESH_SIDECAR_METRICS_PORT"),
+            otlp_endpoint=source.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None,
             upstreams=_upstreams(source, "SHOPMESH_UPSTREAMS"),
             log_level=log_level,
         )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -18,6 +21,74 @@ CHECK_TIMEOUT = "1s"
 DEREGISTER_CRITICAL_AFTER = "5m"
 
 CheckBuilder = Callable[[ServiceSettings], dict[str, Any]]
+
+# The static cluster through which an Envoy exports its spans (OTLP over gRPC) to Jaeger.
+OTLP_CLUSTER = "jaeger-otlp"
+OTEL_TRACER_CONFIG = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+HCM_TRACING = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager.Tracing"
+)
+
+
+@dataclass(frozen=True)
+class EnvoyTracer:
+    """Envoy's OpenTelemetry tracer, sending the spans of `service_name` to `otlp_endpoint`
+    (OTEL_EXPORTER_OTLP_ENDPOINT's form, http://host:port, an OTLP gRPC receiver).
+
+    Every request is sampled (a demo mesh; see docs/observability.md): the edge starts each
+    trace and the sidecars continue it through the W3C traceparent header.
+    """
+
+    service_name: str
+    otlp_endpoint: str
+
+    def cluster(self) -> dict[str, Any]:
+        url = urlsplit(self.otlp_endpoint)
+        if not url.hostname or not url.port:
+            raise ValueError(f"OTLP endpoint must be http://host:port, got {self.otlp_endpoint!r}")
+        address = {"socket_address": {"address": url.hostname, "port_value": url.port}}
+        return {
+            "name": OTLP_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": OTLP_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+            },
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                    "HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+        }
+
+    def provider(self) -> dict[str, Any]:
+        return {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": OTEL_TRACER_CONFIG,
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": self.service_name,
+            },
+        }
+
+    def http_connection_manager(self) -> dict[str, Any]:
+        """The `tracing` of an HttpConnectionManager: this tracer, every request sampled."""
+        return {"random_sampling": {"value": 100.0}, "provider": self.provider()}
+
+    def proxy_config(self) -> dict[str, str]:
+        """Consul's escape hatches for a Connect sidecar: the OTLP cluster, the tracer in the
+        bootstrap, and the tracing of every HTTP listener (public and upstreams), which Consul
+        otherwise gives 0 % random sampling and no provider of its own."""
+        listener_tracing = {"@type": HCM_TRACING, **self.http_connection_manager()}
+        return {
+            "envoy_extra_static_clusters_json": json.dumps(self.cluster()),
+            "envoy_tracing_json": json.dumps({"http": self.provider()}),
+            "envoy_listener_tracing_json": json.dumps(listener_tracing),
+        }
 
 
 def http_check(settings: ServiceSettings) -> dict[str, Any]:
@@ -64,6 +135,11 @@ def registration_body(
                 local_port=settings.port,
                 upstreams=[(u.name, u.local_bind_port) for u in settings.upstreams],
                 metrics_port=settings.sidecar_metrics_port,
+                tracer=(
+                    EnvoyTracer(f"{settings.service}-sidecar", settings.otlp_endpoint)
+                    if settings.otlp_endpoint
+                    else None
+                ),
             )
         },
     }
@@ -87,6 +163,7 @@ def sidecar_service(
     local_port: int,
     upstreams: list[tuple[str, int]],
     metrics_port: int | None = None,
+    tracer: EnvoyTracer | None = None,
 ) -> dict[str, Any]:
     """The Connect sidecar registered with an instance (also used for the edge's sidecar).
 
@@ -94,6 +171,7 @@ def sidecar_service(
     instead of 10 s: a re-registered sidecar starts critical, and the edge must not wait 10 s
     for it after a service restarts. With `metrics_port`, Envoy serves its stats for Prometheus
     on `address:metrics_port/metrics` (found through Consul by mesh/runtime/consul_sd.py).
+    With `tracer`, the sidecar's Envoy sends a span for every request it proxies.
     """
     proxy: dict[str, Any] = {
         "LocalServiceAddress": local_address,
@@ -106,6 +184,8 @@ def sidecar_service(
     proxy_config: dict[str, Any] = {}
     if metrics_port is not None:
         proxy_config["envoy_prometheus_bind_addr"] = f"{_host(address)}:{metrics_port}"
+    if tracer is not None:
+        proxy_config.update(tracer.proxy_config())
     if proxy_config:
         proxy["Config"] = proxy_config
     return {

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mesh.runtime import edge, protos
@@ -108,3 +109,32 @@ def test_edge_registration_declares_its_sidecar_upstreams() -> None:
         (u.service, u.local_bind_port) for u in topology.edge.upstreams
     }
     assert reg["Connect"]["SidecarService"]["Address"] == topology.bind_host
+
+
+def test_every_edge_listener_traces_every_request_to_jaeger_as_edge() -> None:
+    topology = load()
+    config = envoy_config(topology, FILES)
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    exported_to = set()
+    for name, listener in listeners().items():
+        tracing = hcm(listener)["tracing"]
+        assert tracing["random_sampling"] == {"value": 100.0}, name
+        provider = tracing["provider"]
+        assert provider["name"] == "envoy.tracers.opentelemetry"
+        assert provider["typed_config"]["service_name"] == "edge"
+        exported_to.add(provider["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"])
+    (cluster,) = exported_to
+    otlp = clusters[cluster]
+    endpoint = otlp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {
+        "address": topology.bind_host,
+        "port_value": topology.jaeger.ports.otlp_grpc,
+    }
+    options = otlp["typed_extension_protocol_options"]
+    assert "http2_protocol_options" in next(iter(options.values()))["explicit_http_config"]
+
+
+def test_the_edge_sidecar_traces_as_edge_sidecar() -> None:
+    config = edge.registration(load())["Connect"]["SidecarService"]["Proxy"]["Config"]
+    tracing = json.loads(config["envoy_listener_tracing_json"])
+    assert tracing["provider"]["typed_config"]["service_name"] == "edge-sidecar"

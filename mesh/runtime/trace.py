@@ -1,0 +1,164 @@
+"""`mesh trace`: one trace from Jaeger's query API, printed as an indented tree of spans.
+
+The tree is built from Jaeger's JSON (`/api/traces/<id>`: spans with CHILD_OF / FOLLOWS_FROM
+references, processes naming the services) by plain functions, unit-tested on a fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+
+TRACE_ID = re.compile(r"[0-9a-f]{32}")
+# The attribute the orders service sets on the spans that handle an order
+# (services/common/telemetry.py ORDER_ID).
+ORDER_ID_TAG = "order.id"
+ORDER_SERVICE = "orders"
+
+
+class TraceNotFound(LookupError):
+    pass
+
+
+@dataclass
+class Span:
+    span_id: str
+    parent_id: str | None
+    service: str
+    operation: str
+    start_us: int
+    duration_us: int
+    error: bool
+    children: list[Span] = field(default_factory=list)
+
+    @property
+    def duration_ms(self) -> float:
+        return self.duration_us / 1000
+
+
+def _tag_values(raw_span: dict) -> dict[str, object]:
+    return {tag["key"]: tag.get("value") for tag in raw_span.get("tags") or []}
+
+
+def _is_error(raw_span: dict) -> bool:
+    tags = _tag_values(raw_span)
+    return tags.get("error") in (True, "true") or tags.get("otel.status_code") == "ERROR"
+
+
+def _parent(raw_span: dict) -> str | None:
+    """The CHILD_OF reference if there is one, else the first FOLLOWS_FROM."""
+    refs = raw_span.get("references") or []
+    for kind in ("CHILD_OF", "FOLLOWS_FROM"):
+        for ref in refs:
+            if ref.get("refType") == kind:
+                return ref["spanID"]
+    return None
+
+
+def spans_of(trace: dict) -> list[Span]:
+    """The spans of one trace in Jaeger's JSON, each with its service name."""
+    processes = trace.get("processes") or {}
+    return [
+        Span(
+            span_id=raw["spanID"],
+            parent_id=_parent(raw),
+            service=processes.get(raw.get("processID"), {}).get("serviceName", "?"),
+            operation=raw.get("operationName", ""),
+            start_us=int(raw.get("startTime", 0)),
+            duration_us=int(raw.get("duration", 0)),
+            error=_is_error(raw),
+        )
+        for raw in trace.get("spans") or []
+    ]
+
+
+def build_tree(spans: list[Span]) -> list[Span]:
+    """Link every span to its parent; return the roots (spans whose parent is not in the
+    trace). Roots and every span's children are sorted by start time."""
+    by_id = {span.span_id: span for span in spans}
+    roots = []
+    for span in sorted(spans, key=lambda s: (s.start_us, s.span_id)):
+        parent = by_id.get(span.parent_id) if span.parent_id else None
+        (parent.children if parent else roots).append(span)
+    return roots
+
+
+def render(roots: list[Span], indent: str = "  ") -> Iterator[str]:
+    def walk(span: Span, depth: int) -> Iterator[str]:
+        marker = "  [ERROR]" if span.error else ""
+        yield (
+            f"{indent * depth}{span.service}: {span.operation}  {span.duration_ms:.1f} ms{marker}"
+        )
+        for child in span.children:
+            yield from walk(child, depth + 1)
+
+    for root in roots:
+        yield from walk(root, 0)
+
+
+def summary(trace_id: str, spans: list[Span]) -> str:
+    services = {span.service for span in spans}
+    errors = sum(span.error for span in spans)
+    text = f"trace {trace_id}: {len(spans)} spans, {len(services)} services"
+    return text + (f", {errors} with errors" if errors else "")
+
+
+class JaegerQuery:
+    """The few calls of Jaeger's HTTP query API (the one the UI uses)."""
+
+    def __init__(
+        self, base_url: str, timeout: float = 5.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def trace(self, trace_id: str) -> dict:
+        resp = self._http.get(f"/api/traces/{trace_id}")
+        if resp.status_code == 404:
+            raise TraceNotFound(f"Jaeger has no trace {trace_id}")
+        resp.raise_for_status()
+        data = resp.json().get("data") or []
+        if not data:
+            raise TraceNotFound(f"Jaeger has no trace {trace_id}")
+        return data[0]
+
+    def traces_of_order(self, order_id: str) -> list[dict]:
+        """Every trace in which the orders service handled `order_id`, oldest first (the
+        first is the one that created the order)."""
+        resp = self._http.get(
+            "/api/traces",
+            params={
+                "service": ORDER_SERVICE,
+                "tags": json.dumps({ORDER_ID_TAG: order_id}),
+                "limit": 100,
+            },
+        )
+        resp.raise_for_status()
+        traces = resp.json().get("data") or []
+        return sorted(traces, key=lambda t: min(s["startTime"] for s in t["spans"]))
+
+
+def lines_for(query: JaegerQuery, trace_or_order_id: str) -> list[str]:
+    """The printed tree for a trace id (32 hex digits) or an order id (its creating trace)."""
+    wanted = trace_or_order_id.strip().lower()
+    if TRACE_ID.fullmatch(wanted):
+        trace = query.trace(wanted)
+        others: list[str] = []
+    else:
+        found = query.traces_of_order(trace_or_order_id.strip())
+        if not found:
+            raise TraceNotFound(
+                f"no trace of the orders service has {ORDER_ID_TAG}={trace_or_order_id}"
+            )
+        trace, others = found[0], [t["traceID"] for t in found[1:]]
+    spans = spans_of(trace)
+    lines = [summary(trace["traceID"], spans), *render(build_tree(spans))]
+    if others:
+        lines.append(f"the order also appears in {len(others)} later traces: {', '.join(others)}")
+    return lines

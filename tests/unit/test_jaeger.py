@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from mesh.runtime import jaeger
+from mesh.runtime.paths import StateDir
+from mesh.topology import load
+
+
+def endpoints(config: dict) -> list[str]:
+    """Every `endpoint` anywhere in the config: what Jaeger will listen on."""
+    found = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "endpoint":
+                    found.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(config)
+    return found
+
+
+def test_every_listener_is_on_the_bind_host_at_a_topology_port() -> None:
+    topology = load()
+    config = jaeger.config(topology)
+    ports = topology.jaeger.ports
+    reader = config["service"]["telemetry"]["metrics"]["readers"][0]
+    prometheus = reader["pull"]["exporter"]["prometheus"]
+    listening = [*endpoints(config), f"{prometheus['host']}:{prometheus['port']}"]
+    assert sorted(listening) == sorted(f"{topology.bind_host}:{p}" for p in vars(ports).values())
+
+
+def test_otlp_is_received_and_stored_in_memory_and_queried_from_there() -> None:
+    topology = load()
+    config = jaeger.config(topology)
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    assert set(config["receivers"]["otlp"]["protocols"]) == {"grpc", "http"}
+    (store,) = config["extensions"]["jaeger_storage"]["backends"].values()
+    assert store == {"memory": {"max_traces": topology.jaeger.max_traces}}
+    assert config["exporters"]["jaeger_storage_exporter"]["trace_storage"] == jaeger.STORE
+    assert config["extensions"]["jaeger_query"]["storage"]["traces"] == jaeger.STORE
+    assert set(config["service"]["extensions"]) == set(config["extensions"])
+
+
+def test_the_process_owns_every_jaeger_port_and_services_export_to_its_otlp_grpc() -> None:
+    topology = load()
+    spec = jaeger.server_spec(topology, StateDir(Path("/state")), {"jaeger": Path("/bin/j")})
+    assert sorted(spec.ports) == sorted(vars(topology.jaeger.ports).values())
+    assert spec.argv == ["/bin/j", "--config=/state/config/jaeger.yaml"]
+    assert topology.otlp_endpoint() == f"http://127.0.0.1:{topology.jaeger.ports.otlp_grpc}"
