@@ -134,6 +134,11 @@ class Workers:
     database: str
     group: str
     instances: tuple[str, ...]
+    # Where each instance serves /metrics, in the order of `instances`.
+    metrics_ports: tuple[int, ...] = ()
+
+    def metrics_port(self, instance: str) -> int:
+        return self.metrics_ports[self.instances.index(instance)]
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,9 @@ class Topology:
             ports[node.name] = node.port
             ports[f"{node.name} controller"] = node.controller_port
             ports[f"{node.name} metrics"] = node.metrics_port
+        for workers in self.workers:
+            for name, port in zip(workers.instances, workers.metrics_ports, strict=True):
+                ports[f"{name} metrics"] = port
         for inst in self.instances():
             ports[inst.id] = inst.port
             ports[f"{inst.id} metrics"] = inst.metrics_port
@@ -296,6 +304,7 @@ def parse(raw: dict) -> Topology:
                 database=spec["database"],
                 group=spec["group"],
                 instances=tuple(spec["instances"]),
+                metrics_ports=tuple(int(p) for p in spec["metrics_ports"]),
             )
             for name, spec in (raw.get("workers") or {}).items()
         ),
@@ -309,6 +318,8 @@ def validate(topology: Topology) -> None:
     for workers in topology.workers:
         if workers.database not in databases:
             raise TopologyError(f"workers {workers.name} use unknown database {workers.database!r}")
+        if len(workers.metrics_ports) != len(workers.instances):
+            raise TopologyError(f"workers {workers.name}: one metrics port per instance")
     ports = topology.all_ports()
     owners: dict[int, str] = {}
     for owner, port in ports.items():

@@ -33,6 +33,7 @@ from mesh.runtime.process import ProcessSpec
 from mesh.topology import KafkaNode, Topology
 
 TOPICS_FILE = REPO_ROOT / "mesh" / "kafka" / "topics.yaml"
+JMX_EXPORTER_RULES = REPO_ROOT / "mesh" / "kafka" / "jmx-exporter.yml"
 DLQ_SUFFIX = ".dlq"
 # Kafka error codes the topic creation tolerates: another creator got there first.
 TOPIC_ALREADY_EXISTS = 36
@@ -190,12 +191,15 @@ def config_paths(state: StateDir, node: KafkaNode) -> tuple[Path, Path]:
     return folder / f"{node.name}.properties", folder / "log4j.properties"
 
 
-def java_argv(binaries: dict[str, Path], heap: str, log4j: Path, main: str) -> list[str]:
+def java_argv(
+    binaries: dict[str, Path], heap: str, log4j: Path, main: str, *, agents: tuple[str, ...] = ()
+) -> list[str]:
     return [
         str(binaries["java"]),
         f"-Xmx{heap}",
         f"-Xms{heap}",
         *JVM_OPTIONS,
+        *agents,
         f"-Dlog4j.configuration=file:{log4j}",
         "-cp",
         f"{binaries['libs']}/*",
@@ -456,14 +460,25 @@ def wait_for_leaders(
 # --- processes ---------------------------------------------------------------------------------
 
 
+def jmx_agent(topology: Topology, binaries: dict[str, Path], node: KafkaNode) -> str:
+    """The JVM flag that serves the node's MBeans, as JMX_EXPORTER_RULES say, on its
+    `metrics_port` (/metrics) for Prometheus."""
+    bind = f"{topology.bind_host}:{node.metrics_port}"
+    return f"-javaagent:{binaries['jmx_agent']}={bind}:{JMX_EXPORTER_RULES}"
+
+
 def node_spec(
     topology: Topology, state: StateDir, binaries: dict[str, Path], node: KafkaNode
 ) -> ProcessSpec:
     props_path, log4j = config_paths(state, node)
+    agents = (jmx_agent(topology, binaries, node),)
     return ProcessSpec(
         name=node.name,
-        argv=[*java_argv(binaries, topology.kafka.heap, log4j, "kafka.Kafka"), str(props_path)],
-        ports=(node.port, node.controller_port),
+        argv=[
+            *java_argv(binaries, topology.kafka.heap, log4j, "kafka.Kafka", agents=agents),
+            str(props_path),
+        ],
+        ports=(node.port, node.controller_port, node.metrics_port),
         ready=lambda: node_ready(topology, state, node),
         # A fresh start of the last node waits for the quorum election and all three brokers to
         # register; a node restarted after SIGKILL first recovers its logs.

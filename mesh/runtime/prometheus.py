@@ -1,41 +1,42 @@
-"""Prometheus: its config, generated from the topology, and its process.
+"""Prometheus: its config, generated from the topology, its process, and its target discovery.
 
-Every service instance is scraped on its `metrics_port`, every Envoy (sidecars and the edge) on
-its admin port's /stats/prometheus, Consul on its own metrics endpoint. The targets come from
-the topology, not from Consul: Debian's Prometheus 2.42 is built without `consul_sd_configs`.
-The instances also publish `metrics_port` in their Consul service meta, for a Prometheus that
-has Consul discovery (the compose image).
+Service instances and Connect sidecars are found through Consul's catalog, as
+`consul_sd_configs` would: Debian's Prometheus 2.42 is built without it, so the `consul-sd`
+process (mesh/runtime/consul_sd.py) watches the catalog and writes `file_sd_configs` files.
+Each instance is scraped on the `metrics_port` in its service meta, each sidecar's Envoy on its
+`envoy_prometheus_bind_addr` (/metrics). What is not in Consul's catalog with a metrics endpoint
+stays a static target from the topology: the payment workers (they register nowhere), the edge
+Envoy (its admin /stats/prometheus), Consul itself and the Kafka nodes' JMX exporter agents.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import httpx
 import yaml
 
+from mesh.runtime import consul_sd
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Topology
 
 RULES_DIR = REPO_ROOT / "observability" / "prometheus" / "rules"
 SCRAPE_INTERVAL = "5s"
+# inotify reloads a changed file at once; this re-read is only a fallback.
+FILE_SD_REFRESH = "30s"
 
 
-def _envoy_targets(topology: Topology) -> list[dict]:
-    targets = [
-        {"targets": [f"{topology.bind_host}:{i.sidecar.admin_port}"],
-         "labels": {"instance": f"{i.id}-sidecar", "service": i.service}}
-        for i in topology.instances()
-    ]  # fmt: skip
-    targets.append({
-        "targets": [f"{topology.bind_host}:{topology.edge.sidecar.admin_port}"],
-        "labels": {"instance": f"{topology.edge.id}-sidecar", "service": "edge"},
-    })  # fmt: skip
-    return targets
+def sd_dir(state: StateDir) -> Path:
+    return state.data / "prometheus-sd"
 
 
-def config(topology: Topology) -> dict:
+def _file_sd(state: StateDir, name: str) -> list[dict]:
+    return [{"files": [str(sd_dir(state) / name)], "refresh_interval": FILE_SD_REFRESH}]
+
+
+def config(topology: Topology, state: StateDir) -> dict:
     host = topology.bind_host
     consul_server = f"{host}:{topology.consul_ports.http}"
     return {
@@ -44,31 +45,73 @@ def config(topology: Topology) -> dict:
         "scrape_configs": [
             {
                 "job_name": "services",
+                "file_sd_configs": _file_sd(state, consul_sd.SERVICES_FILE),
+                # Workers register nowhere: their metrics ports come from the topology.
                 "static_configs": [
-                    {"targets": [f"{host}:{i.metrics_port}"],
-                     "labels": {"instance": i.id, "service": i.service}}
-                    for i in topology.instances()
+                    {"targets": [f"{host}:{workers.metrics_port(name)}"],
+                     "labels": {"instance": name, "service": workers.name}}
+                    for workers in topology.workers
+                    for name in workers.instances
                 ],
             },
             {
                 "job_name": "envoy",
-                "metrics_path": "/stats/prometheus",
-                "static_configs": _envoy_targets(topology),
+                "metrics_path": "/metrics",
+                "file_sd_configs": _file_sd(state, consul_sd.ENVOY_FILE),
             },
             {
                 "job_name": "edge",
                 "metrics_path": "/stats/prometheus",
                 "static_configs": [{"targets": [f"{host}:{topology.edge.admin_port}"],
-                                    "labels": {"instance": topology.edge.id}}],
+                                    "labels": {"instance": topology.edge.id, "service": "edge"}}],
             },
             {
                 "job_name": "consul",
                 "metrics_path": "/v1/agent/metrics",
                 "params": {"format": ["prometheus"]},
-                "static_configs": [{"targets": [consul_server]}],
+                "static_configs": [{"targets": [consul_server],
+                                    "labels": {"instance": "consul", "service": "consul"}}],
+            },
+            {
+                "job_name": "kafka",
+                "static_configs": [
+                    {"targets": [f"{host}:{node.metrics_port}"],
+                     "labels": {"instance": node.name, "service": "kafka"}}
+                    for node in topology.kafka.nodes
+                ],
             },
         ],
     }  # fmt: skip
+
+
+def discovery_spec(topology: Topology, state: StateDir) -> ProcessSpec:
+    """The catalog watcher; ready once it has written both target files."""
+    out = sd_dir(state)
+    files = [out / consul_sd.SERVICES_FILE, out / consul_sd.ENVOY_FILE]
+
+    def forget_old_targets() -> None:
+        for file in files:
+            file.unlink(missing_ok=True)
+
+    def ready() -> str | None:
+        missing = [f.name for f in files if not f.exists()]
+        return f"{', '.join(missing)} not written yet" if missing else None
+
+    return ProcessSpec(
+        name="consul-sd",
+        argv=[
+            sys.executable,
+            "-m",
+            "mesh.runtime.consul_sd",
+            f"--consul={topology.consul_http_addr}",
+            f"--out={out}",
+        ],
+        cwd=REPO_ROOT,
+        env={"PYTHONUNBUFFERED": "1"},
+        before_start=forget_old_targets,
+        ready=ready,
+        stop_timeout=5,
+    )
 
 
 def server_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) -> ProcessSpec:
@@ -78,7 +121,7 @@ def server_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) 
 
     def write_config() -> None:
         data.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump(config(topology), sort_keys=False))
+        config_file.write_text(yaml.safe_dump(config(topology, state), sort_keys=False))
 
     def ready() -> str | None:
         try:

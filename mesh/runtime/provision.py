@@ -456,6 +456,13 @@ def _pom_property(name: str) -> str:
     return match.group(1).strip()
 
 
+JMX_AGENT = "io.prometheus.jmx:jmx_prometheus_javaagent"
+
+
+def _jmx_agent(home: Path) -> Path:
+    return home / "agent" / f"jmx_prometheus_javaagent-{_pom_property('jmx-exporter.version')}.jar"
+
+
 def _java() -> Path | None:
     found = shutil.which("java")
     return Path(found) if found else None
@@ -492,6 +499,23 @@ def _install_kafka(component: Component, home: Path) -> None:
         fix="Check that Maven Central is reachable (mvn -X shows the repository URLs) and that "
         f"the versions pinned in {KAFKA_POM} exist.",
     )
+    run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            f"-Dmaven.repo.local={maven_repo}",
+            "-f",
+            str(KAFKA_POM),
+            "dependency:copy",
+            f"-Dartifact={JMX_AGENT}:{_pom_property('jmx-exporter.version')}",
+            f"-DoutputDirectory={home / 'agent'}",
+        ],
+        what="mvn dependency:copy (the Prometheus JMX exporter agent)",
+        fix=f"Check that the <jmx-exporter.version> pinned in {KAFKA_POM} exists on Maven Central.",
+    )
+    if not _jmx_agent(home).exists():
+        raise ProvisionError(f"kafka: {_jmx_agent(home)} is missing after mvn dependency:copy")
     jar = home / "libs" / f"kafka_2.13-{component.version}.jar"
     if not jar.exists():
         raise ProvisionError(f"kafka: {jar.name} is missing from {home / 'libs'} after mvn")
@@ -516,6 +540,7 @@ KAFKA = Component(
         "java": _java() or Path("/nonexistent/java (apt-get install openjdk-17-jre-headless)"),
         "libs": home / "libs",
         "kafka_jar": home / "libs" / f"kafka_2.13-{c.version}.jar",
+        "jmx_agent": _jmx_agent(home),
     },
 )
 

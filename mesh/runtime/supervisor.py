@@ -118,6 +118,8 @@ def worker_env(wiring: Wiring, workers: Workers, instance: str) -> dict[str, str
     return {
         "SHOPMESH_SERVICE": workers.name,
         "SHOPMESH_INSTANCE": instance,
+        "SHOPMESH_BIND_HOST": wiring.bind_host,
+        "SHOPMESH_METRICS_PORT": str(workers.metrics_port(instance)),
         "SHOPMESH_DATABASE_URL": wiring.database_url(workers.database),
         "SHOPMESH_CONSUL_HTTP_ADDR": wiring.consul_http_addr,
         "SHOPMESH_KAFKA_BOOTSTRAP": wiring.kafka_bootstrap,
@@ -165,6 +167,7 @@ def worker_spec(
         argv=[sys.executable, "-m", workers.module],
         env=worker_env(native_wiring(topology, state), workers, instance),
         cwd=REPO_ROOT,
+        ports=(workers.metrics_port(instance),),
         ready=ready,
         stop_timeout=15,
     )
@@ -219,6 +222,7 @@ class Mesh:
         )
         edge_sidecar.ready = _all_of(edge_sidecar.ready, self._edge_upstreams_healthy)
         specs.append(edge_sidecar)
+        specs.append(prometheus.discovery_spec(t, s))
         specs.append(prometheus.server_spec(t, s, self.binaries["prometheus"]))
         return specs
 

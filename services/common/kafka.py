@@ -22,6 +22,7 @@ import asyncpg
 from services.common.messaging.consumer import ConsumerRunner, Handler
 from services.common.messaging.outbox import OutboxRelay
 from services.common.messaging.producer import bootstrap_servers, create_producer
+from services.common.metrics import MessagingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,20 @@ async def messaging(
     relay: bool = False,
     consumers: Sequence[Consumer] = (),
     servers: list[str] | None = None,
+    service: str | None = None,
 ) -> AsyncIterator[Messaging]:
     """Start the outbox relay (if `relay`) and one runner per consumer; stop them on exit.
 
     Consumers stop first (each finishes and commits its message in flight), then the relay
-    publishes its batch in flight and closes its producer.
+    publishes its batch in flight and closes its producer. Their metrics carry the label
+    `service`: by default the instance id without its `-<n>` (`orders-1`: `orders`).
     """
     servers = servers or bootstrap_servers()
+    metrics = MessagingMetrics(service or instance.rpartition("-")[0] or instance)
     outbox_relay = (
-        OutboxRelay(pool, lambda: create_producer(servers, client_id=instance)) if relay else None
+        OutboxRelay(pool, lambda: create_producer(servers, client_id=instance), metrics=metrics)
+        if relay
+        else None
     )
     runners = [
         ConsumerRunner(
@@ -69,6 +75,7 @@ async def messaging(
             bootstrap=servers,
             client_id=instance,
             max_attempts=consumer.max_attempts,
+            metrics=metrics,
         )
         for consumer in consumers
     ]

@@ -1,19 +1,24 @@
-"""RED metrics (rate, errors, duration) for every HTTP route and gRPC method of a service.
+"""A service's Prometheus metrics: RED for every HTTP route and gRPC method, and messaging.
 
 Names follow CONVENTIONS: prefix `shopmesh_`, base units, labels `service`, `route` (the route
 template, never the raw path, so ids do not explode the series count), `method`, `status`.
-The buckets resolve the brief's targets: gateway p95 ≤ 200 ms, a service ≤ 300 ms.
+The request buckets resolve the brief's targets: gateway p95 ≤ 200 ms, a service ≤ 300 ms.
+Kafka, outbox and DLQ metrics are recorded through `MessagingMetrics` by
+services/common/messaging; the WebSocket gauges by services/notifications. docs/observability.md
+lists them all. Prometheus adds `instance` (the instance id) and `job` at scrape time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from aiohttp import web
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from services.common import rpc
 
@@ -31,7 +36,117 @@ DURATION = Histogram(
     buckets=BUCKETS,
 )
 
+# End-to-end delay of an event, from its outbox write to its handling: resolves 0.5 s (the
+# MessageAgeHigh alert) and reaches minutes (a backlog after an outage).
+MESSAGE_AGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                       300.0)  # fmt: skip
+
+CONSUMED_OUTCOMES = ("ok", "retried", "dead_lettered", "duplicate")
+
+KAFKA_PRODUCED = Counter(
+    "shopmesh_kafka_messages_produced_total",
+    "Messages acked by Kafka (all in-sync replicas): outbox relay batches and DLQ sends",
+    ["service", "topic"],
+)
+KAFKA_CONSUMED = Counter(
+    "shopmesh_kafka_messages_consumed_total",
+    "Messages handled by a consumer group, by outcome: ok, duplicate (already processed), "
+    "dead_lettered; retried counts each failed attempt that is tried again",
+    ["service", "topic", "group", "outcome"],
+)
+KAFKA_LAG = Gauge(
+    "shopmesh_kafka_consumer_lag",
+    "Messages behind in a partition this consumer owns: high watermark minus its position",
+    ["service", "group", "topic", "partition"],
+)
+KAFKA_MESSAGE_AGE = Histogram(
+    "shopmesh_kafka_message_age_seconds",
+    "Time from an event's `time` (its outbox write) to the start of its handling",
+    ["service", "topic", "group"],
+    buckets=MESSAGE_AGE_BUCKETS,
+)
+OUTBOX_BACKLOG = Gauge(
+    "shopmesh_outbox_backlog", "Outbox rows not yet published to Kafka", ["service"]
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "shopmesh_outbox_oldest_age_seconds",
+    "Age of the oldest unpublished outbox row; 0 when all are published",
+    ["service"],
+)
+DLQ_MESSAGES = Counter(
+    "shopmesh_dlq_messages_total",
+    "Messages sent to <topic>.dlq, by the original topic",
+    ["service", "topic"],
+)
+WEBSOCKET_CONNECTIONS = Gauge(
+    "shopmesh_websocket_connections", "Open WebSocket connections", ["service"]
+)
+WEBSOCKET_QUEUE_DEPTH = Gauge(
+    "shopmesh_websocket_queue_depth",
+    "Messages queued on all WebSocket connections and not yet handed to their sockets",
+    ["service"],
+)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class MessagingMetrics:
+    """Records the Kafka, outbox and DLQ metrics of one service; `service=None` records
+    nothing (a consumer or relay built outside a service, as in unit tests)."""
+
+    service: str | None = None
+
+    def expect(self, topics: Sequence[str], group: str) -> None:
+        """Create a consumer's counters at 0, so that increase() and rate() see its first
+        message (a series that appears at 1 shows no increase)."""
+        if self.service is None:
+            return
+        for topic in topics:
+            DLQ_MESSAGES.labels(self.service, topic)
+            for outcome in CONSUMED_OUTCOMES:
+                KAFKA_CONSUMED.labels(self.service, topic, group, outcome)
+
+    def produced(self, topic: str, count: int = 1) -> None:
+        if self.service is not None:
+            KAFKA_PRODUCED.labels(self.service, topic).inc(count)
+
+    def consumed(self, topic: str, group: str, outcome: str) -> None:
+        if self.service is not None:
+            KAFKA_CONSUMED.labels(self.service, topic, group, outcome).inc()
+
+    def message_age(self, topic: str, group: str, seconds: float) -> None:
+        if self.service is not None:
+            KAFKA_MESSAGE_AGE.labels(self.service, topic, group).observe(max(seconds, 0.0))
+
+    def dead_lettered(self, topic: str) -> None:
+        if self.service is not None:
+            DLQ_MESSAGES.labels(self.service, topic).inc()
+
+    def lag(self, group: str, topic: str, partition: int, messages: int | None) -> None:
+        """Set a partition's lag; None forgets it (the partition moved to another consumer)."""
+        if self.service is None:
+            return
+        labels = (self.service, group, topic, str(partition))
+        if messages is None:
+            with contextlib.suppress(KeyError):  # never set
+                KAFKA_LAG.remove(*labels)
+        else:
+            KAFKA_LAG.labels(*labels).set(max(messages, 0))
+
+    def outbox(self, backlog: int, oldest_age_s: float | None) -> None:
+        if self.service is not None:
+            OUTBOX_BACKLOG.labels(self.service).set(backlog)
+            OUTBOX_OLDEST_AGE.labels(self.service).set(oldest_age_s or 0.0)
+
+
+def watch_websockets(
+    service: str, connections: Callable[[], int], queued: Callable[[], int]
+) -> None:
+    """Read the WebSocket gauges from `connections()` and `queued()` at every scrape (in the
+    metrics server's thread: both must be safe to call from there)."""
+    WEBSOCKET_CONNECTIONS.labels(service).set_function(connections)
+    WEBSOCKET_QUEUE_DEPTH.labels(service).set_function(queued)
 
 
 def observe(service: str, route: str, method: str, status: str, seconds: float) -> None:

@@ -11,6 +11,7 @@ from services.common.auth import install_internal_auth
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.kafka import Consumer, messaging
+from services.common.metrics import watch_websockets
 from services.common.problem import problem_middleware
 from services.notifications import api
 from services.notifications.hub import Hub
@@ -37,6 +38,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     """The service as it runs: on startup the pool opens, migrations apply and the
     `notifications` consumer (user-events, order-events, payment-events) starts."""
     hub = Hub()
+    watch_websockets(settings.service, lambda: hub.connection_count, lambda: hub.queue_depth)
     app = http_app(hub)
     install_internal_auth(app, settings)
 

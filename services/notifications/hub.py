@@ -171,7 +171,9 @@ class Connection:
 
 class Hub:
     """Every live connection, by user. Counts for metrics: `connection_count`, `queue_depth`,
-    `slow_consumer_closes`."""
+    `slow_consumer_closes`; the first two are read by the metrics server's thread at each
+    scrape, so they iterate over copies (`list()` of a dict's values or of a set is taken
+    without releasing the GIL)."""
 
     def __init__(
         self,
@@ -191,12 +193,14 @@ class Hub:
 
     @property
     def connection_count(self) -> int:
-        return sum(len(connections) for connections in self._by_user.values())
+        return sum(len(connections) for connections in list(self._by_user.values()))
 
     @property
     def queue_depth(self) -> int:
         """Messages queued on all connections and not yet handed to their sockets."""
-        return sum(c.queue_depth for connections in self._by_user.values() for c in connections)
+        return sum(
+            c.queue_depth for connections in list(self._by_user.values()) for c in list(connections)
+        )
 
     def connections_of(self, user_id: str) -> tuple[Connection, ...]:
         return tuple(self._by_user.get(user_id, ()))

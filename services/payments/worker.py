@@ -34,6 +34,7 @@ from services.common.kafka import Consumer, messaging
 from services.common.logging import configure_logging
 from services.common.messaging.envelope import Event
 from services.common.messaging.producer import bootstrap_servers
+from services.common.metrics import serve_metrics
 from services.common.runner import stop_on_signals, unless_stopped
 from services.payments.app import DRAIN_TIMEOUT_S, MIGRATIONS
 from services.payments.notifier import PaymentNotifier
@@ -58,6 +59,9 @@ class WorkerSettings:
     kafka_bootstrap: tuple[str, ...]
     consul_http_addr: str | None = None
     log_level: str = "info"
+    # Where /metrics is served for Prometheus (SHOPMESH_BIND_HOST:SHOPMESH_METRICS_PORT).
+    bind_host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -80,6 +84,9 @@ class WorkerSettings:
             raise ConfigError(
                 f"SHOPMESH_CONSUL_HTTP_ADDR must be an http:// or https:// URL, got {consul!r}"
             )
+        metrics_port = source.get("SHOPMESH_METRICS_PORT", "").strip()
+        if metrics_port and not (metrics_port.isascii() and metrics_port.isdigit()):
+            raise ConfigError(f"SHOPMESH_METRICS_PORT must be a port number, got {metrics_port!r}")
         return cls(
             service=required("SHOPMESH_SERVICE"),
             instance=required("SHOPMESH_INSTANCE"),
@@ -87,6 +94,8 @@ class WorkerSettings:
             kafka_bootstrap=tuple(bootstrap_servers(source)),
             consul_http_addr=consul,
             log_level=log_level,
+            bind_host=source.get("SHOPMESH_BIND_HOST", "").strip() or "127.0.0.1",
+            metrics_port=int(metrics_port) if metrics_port else None,
         )
 
 
@@ -162,6 +171,7 @@ async def run(settings: WorkerSettings) -> int:
             await close_pool(pool)
         return 1
     assert pool is not None
+    serve_metrics(settings.bind_host, settings.metrics_port)
     notifier = PaymentNotifier(settings.database_url)
     await notifier.start()
     service = PaymentService(pool, notifier, instance=settings.instance)

@@ -101,15 +101,20 @@ def test_the_cluster_id_is_generated_once_and_kept(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "kafka-cluster-id").read_text().strip() == first
 
 
-def test_node_command_line_sets_the_heap_and_log4j(tmp_path: Path) -> None:
+def test_node_command_line_sets_the_heap_log4j_and_the_jmx_exporter(tmp_path: Path) -> None:
     topology = load()
-    binaries = {"java": Path("/usr/bin/java"), "libs": tmp_path / "libs"}
-    spec = kafka.node_spec(topology, StateDir(tmp_path), binaries, topology.kafka.nodes[0])
+    agent = tmp_path / "agent" / "jmx_prometheus_javaagent.jar"
+    binaries = {"java": Path("/usr/bin/java"), "libs": tmp_path / "libs", "jmx_agent": agent}
+    node = topology.kafka.nodes[0]
+    spec = kafka.node_spec(topology, StateDir(tmp_path), binaries, node)
     heap = topology.kafka.heap
     assert spec.argv[:3] == ["/usr/bin/java", f"-Xmx{heap}", f"-Xms{heap}"]
     assert f"-Dlog4j.configuration=file:{tmp_path}/config/kafka/log4j.properties" in spec.argv
+    assert (
+        f"-javaagent:{agent}=127.0.0.1:{node.metrics_port}:{kafka.JMX_EXPORTER_RULES}" in spec.argv
+    )
     assert spec.argv[-2:] == ["kafka.Kafka", f"{tmp_path}/config/kafka/kafka-1.properties"]
-    assert spec.ports == (29092, 29192)
+    assert spec.ports == (29092, 29192, node.metrics_port)
 
 
 def test_the_committed_topics_each_have_a_dlq() -> None:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
@@ -42,10 +44,14 @@ from services.common.messaging.envelope import (
     to_kafka_headers,
 )
 from services.common.messaging.producer import bootstrap_servers, create_producer
+from services.common.metrics import MessagingMetrics
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
+
+# How long the lag gauge waits for a partition's position (none yet right after assignment).
+LAG_POSITION_WAIT_S = 0.1
 
 _MIGRATION_SQL = """\
 -- Events a consumer group has handled (services.common.messaging.consumer): written in the
@@ -82,6 +88,20 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 def is_transient(exc: BaseException) -> bool:
     """An error about reaching Postgres (or a lost race), not about this message."""
     return isinstance(exc, _TRANSIENT_ERRORS)
+
+
+def event_age_s(event: Event, now: float) -> float | None:
+    """Seconds from the event's `time` (set when it was written to the outbox) to `now`;
+    None without a readable `time`."""
+    if event.time is None:
+        return None
+    try:
+        written = datetime.fromisoformat(event.time)
+    except ValueError:
+        return None
+    if written.tzinfo is None:
+        return None
+    return now - written.timestamp()
 
 
 def retry_delay(attempt: int, max_attempts: int, backoff: Backoff) -> float | None:
@@ -172,6 +192,8 @@ class MessageProcessor:
         stopping: Callable[[], bool] = lambda: False,
         stats: ConsumerStats | None = None,
         tracer: trace.Tracer | None = None,
+        metrics: MessagingMetrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -187,6 +209,8 @@ class MessageProcessor:
         self._stopping = stopping
         self.stats = stats or ConsumerStats()
         self._tracer = tracer or trace.get_tracer(__name__)
+        self.metrics = metrics or MessagingMetrics()
+        self._clock = clock
 
     async def process(self, record: Record) -> Outcome:
         self.stats.consumed += 1
@@ -215,6 +239,9 @@ class MessageProcessor:
                 return await self._send_to_dlq(record, headers, exc, attempts=0)
             span.set_attribute("messaging.message.id", str(event.id))
             span.set_attribute("cloudevents.event_type", event.type)
+            age = event_age_s(event, self._clock())
+            if age is not None:
+                self.metrics.message_age(record.topic, self.group_id, age)
             return await self._handle(record, headers, event, span)
 
     async def _handle(
@@ -235,6 +262,7 @@ class MessageProcessor:
                         "database unavailable while handling an event; retrying",
                         extra=_where(record) | _error(exc) | {"retry_in_s": round(delay, 3)},
                     )
+                    self.metrics.consumed(record.topic, self.group_id, "retried")
                     await self._sleep(delay)
                     continue
                 attempt += 1
@@ -256,12 +284,15 @@ class MessageProcessor:
                     | _error(exc)
                     | {"event_id": str(event.id), "attempt": attempt, "retry_in_s": delay},
                 )
+                self.metrics.consumed(record.topic, self.group_id, "retried")
                 await self._sleep(delay)
                 continue
             if first:
                 self.stats.processed += 1
+                self.metrics.consumed(record.topic, self.group_id, "ok")
                 return Outcome.PROCESSED
             self.stats.duplicates += 1
+            self.metrics.consumed(record.topic, self.group_id, "duplicate")
             span.set_attribute("shopmesh.duplicate", True)
             log.info(
                 "event already processed; skipped",
@@ -295,6 +326,9 @@ class MessageProcessor:
                 await self._sleep(delay)
                 continue
             self.stats.dead_lettered += 1
+            self.metrics.consumed(record.topic, self.group_id, "dead_lettered")
+            self.metrics.dead_lettered(record.topic)
+            self.metrics.produced(topic)
             return Outcome.DEAD_LETTERED
 
 
@@ -346,6 +380,7 @@ class ConsumerRunner:
         max_attempts: int = 3,
         max_batch: int = 100,
         poll_timeout_ms: int = 500,
+        metrics: MessagingMetrics | None = None,
         **processor_options: Any,
     ) -> None:
         self.topics = [topics] if isinstance(topics, str) else list(topics)
@@ -371,8 +406,12 @@ class ConsumerRunner:
             max_attempts=max_attempts,
             stopping=lambda: self._stopping,
             stats=self.stats,
+            metrics=metrics,
             **processor_options,
         )
+        self.metrics = self.processor.metrics
+        self.metrics.expect(self.topics, group_id)
+        self._lag_reported: set[TopicPartition] = set()
         self._consumer: Any = None
         self._producer: Any = None
         self._lock = asyncio.Lock()
@@ -434,6 +473,7 @@ class ConsumerRunner:
                 self._startup_backoff.reset()
                 if batch:
                     await self.process_batch(batch, generation)
+                await self.record_lag()
         finally:
             await self._shutdown()
 
@@ -462,6 +502,28 @@ class ConsumerRunner:
                         self._pending[tp] = record.offset + 1
             finally:
                 await self._commit()
+
+    async def record_lag(self) -> None:
+        """Set each owned partition's lag: its high watermark (from the last fetch) minus this
+        consumer's position, which after a handled batch is the offset it committed."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue  # nothing fetched from it yet
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), LAG_POSITION_WAIT_S)
+            except (KafkaError, TimeoutError):
+                continue  # no position yet (just assigned) or no longer owned
+            self.metrics.lag(self.group_id, tp.topic, tp.partition, highwater - position)
+            self._lag_reported.add(tp)
+
+    def _forget_lag(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in set(partitions) & self._lag_reported:
+            self.metrics.lag(self.group_id, tp.topic, tp.partition, None)
+            self._lag_reported.discard(tp)
 
     def _rewind(self, batch: dict[TopicPartition, list[Any]]) -> None:
         if self._consumer is None:
@@ -505,6 +567,7 @@ class ConsumerRunner:
                 self._pending.clear()
         finally:
             self._revoking = False
+        self._forget_lag(revoked)
         log.info(
             "partitions revoked",
             extra={"group": self.group_id, "partitions": sorted(map(str, revoked))},
@@ -550,6 +613,7 @@ class ConsumerRunner:
             raise
 
     async def _shutdown(self) -> None:
+        self._forget_lag(set(self._lag_reported))
         if self._consumer is not None:
             async with self._lock:
                 await self._commit()

@@ -45,6 +45,7 @@ from services.common.messaging.envelope import (
     to_kafka_headers,
     validate,
 )
+from services.common.metrics import MessagingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,8 @@ class OutboxRelay:
         retention_s: float | None = 7 * 24 * 3600.0,
         prune_interval_s: float = 3600.0,
         tracer: trace.Tracer | None = None,
+        metrics: MessagingMetrics | None = None,
+        backlog_interval_s: float = 1.0,
     ) -> None:
         if store is None:
             if pool is None:
@@ -260,9 +263,12 @@ class OutboxRelay:
         self._retention_s = retention_s
         self._prune_interval_s = prune_interval_s
         self._tracer = tracer or trace.get_tracer(__name__)
+        self.metrics = metrics or MessagingMetrics()
+        self.backlog_interval_s = backlog_interval_s
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._backlog_task: asyncio.Task[None] | None = None
         # For metrics.
         self.published_total = 0
         self.batches_total = 0
@@ -274,11 +280,17 @@ class OutboxRelay:
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self.run(), name="outbox-relay")
+        if self._backlog_task is None and self.metrics.service is not None:
+            self._backlog_task = asyncio.create_task(self.watch_backlog(), name="outbox-backlog")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop after the batch in flight (or cancel it after `timeout_s`: it is re-sent later)."""
         self._stopping = True
         self._wake.set()
+        if self._backlog_task is not None:
+            backlog_task, self._backlog_task = self._backlog_task, None
+            backlog_task.cancel()
+            await asyncio.gather(backlog_task, return_exceptions=True)
         if self._task is not None:
             task, self._task = self._task, None
             try:
@@ -335,6 +347,8 @@ class OutboxRelay:
                 return 0
             await self._publish(claim.rows)
             await claim.mark_published([row.id for row in claim.rows])
+        for topic in sorted({row.topic for row in claim.rows}):
+            self.metrics.produced(topic, sum(1 for row in claim.rows if row.topic == topic))
         self.published_total += len(claim.rows)
         self.batches_total += 1
         return len(claim.rows)
@@ -394,6 +408,18 @@ class OutboxRelay:
     async def oldest_unpublished_age_s(self) -> float | None:
         """Seconds since the oldest unpublished row was written; None when all are published."""
         return (await self._store.backlog()).oldest_age_s
+
+    async def watch_backlog(self) -> None:
+        """Set the backlog gauges every `backlog_interval_s`, apart from the relay loop: a
+        batch waiting for Kafka's acks must not freeze them (that is when they matter)."""
+        while True:
+            try:
+                backlog = await self._store.backlog()
+            except Exception as exc:  # the database is unreachable: keep the last values
+                log.debug("outbox backlog not readable", extra={"error": repr(exc)})
+            else:
+                self.metrics.outbox(backlog.count, backlog.oldest_age_s)
+            await asyncio.sleep(self.backlog_interval_s)
 
     # -- helpers -----------------------------------------------------------------------------
 
