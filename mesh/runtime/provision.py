@@ -248,37 +248,6 @@ CONSUL = Component(
 )
 
 
-# --- The compose-spec schema (compose-go, from the Go module proxy) ---------------------------
-# Building `docker compose` itself from the proxy takes over 5 minutes on a fresh machine, so the
-# test validates compose.yaml against the schema that compose's own loader embeds (docs/runtime.md).
-
-COMPOSE_MODULE_DIR = REPO_ROOT / "mesh" / "provision" / "compose"
-COMPOSE_GO_MODULE = "github.com/compose-spec/compose-go/v2"
-
-
-def _install_compose_schema(component: Component, home: Path) -> None:
-    out = run(
-        ["go", "mod", "download", "-json", COMPOSE_GO_MODULE],
-        what=f"download {COMPOSE_GO_MODULE} (checked against go.sum)",
-        cwd=COMPOSE_MODULE_DIR,
-        env=_go_env(),
-        fix="Install Go (https://go.dev/doc/install) and check the Go module proxy is reachable.",
-    ).stdout
-    module = json.loads(out)
-    if module.get("Version") != f"v{component.version}" or "Dir" not in module:
-        raise ProvisionError(f"compose-schema: expected v{component.version}, got {module}")
-    schema = Path(module["Dir"]) / "schema" / "compose-spec.json"
-    shutil.copyfile(schema, home / "compose-spec.json")
-
-
-COMPOSE_SCHEMA = Component(
-    name="compose-schema",
-    version="2.9.1",
-    pin={f: sha256_of(COMPOSE_MODULE_DIR / f) for f in ("go.mod", "go.sum")},
-    install_into=_install_compose_schema,
-    locate=lambda c, home: {"compose-spec.json": home / "compose-spec.json"},
-)
-
 # --- Jaeger v2: built from the Go module proxy through a wrapper module kept in the repo -------
 # The v2 binary (cmd/jaeger) lives in the v1.x module: module v1.76.0 is the Jaeger v2 release
 # of the same day.
