@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh.runtime.kafka import load_topics
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import load
 
@@ -148,3 +149,20 @@ def test_the_committed_diagram_source_matches_the_topology() -> None:
     assert diagram.DOT_FILE.read_text() == diagram.render_dot(load()), (
         "docs/diagrams/architecture.dot is stale: run `python docs/diagrams/architecture.py`"
     )
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=rel)
+def test_every_named_topic_and_instance_exists(doc: Path) -> None:
+    """Topic names (`payment-tasks`, `order-events.dlq`) and process names (`payments-2`,
+    `kafka-3`, `payments-worker-1`) are the ones mesh/kafka/topics.yaml and the topology have."""
+    t = load()
+    topics = {spec.name for spec in load_topics()}
+    processes = {i.id for i in t.instances()} | {t.edge.id} | {n.name for n in t.kafka.nodes}
+    processes |= {name for workers in t.workers for name in workers.instances}
+    prefixes = {s.name for s in t.services} | {w.name for w in t.workers} | {"edge", "kafka"}
+    alternatives = "|".join(sorted(prefixes, key=len, reverse=True))
+    text = doc.read_text()
+    named_topics = set(re.findall(r"(?<![\w/-])([a-z]+-(?:events|tasks)(?:\.dlq)?)\b", text))
+    named_processes = set(re.findall(rf"(?<![\w/-])((?:{alternatives})-\d+)\b", text))
+    unknown = sorted((named_topics - topics) | (named_processes - processes))
+    assert not unknown, f"{rel(doc)} names topics or processes that do not exist: {unknown}"
