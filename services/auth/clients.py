@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.common.grpc_client import call_with_retries, upstream_target
+from services.common.grpc_client import call_with_retries, upstream_channel
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class UserInfo:
 
 class UsersClient:
     def __init__(self, port: int, token: Callable[[], str]) -> None:
-        self._channel = grpc.aio.insecure_channel(upstream_target(port))
+        self._channel = upstream_channel(port)
         self._stub = users_pb2_grpc.UserServiceStub(self._channel)
         self._token = token
 

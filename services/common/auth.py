@@ -39,6 +39,7 @@ from jose.exceptions import JOSEError
 from services.common.config import ServiceSettings
 from services.common.problem import Problem
 from services.common.rpc import wrap_handler
+from services.common.telemetry import client_trace_config
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +329,9 @@ class Jwks:
 
     async def _fetch_http(self) -> Mapping[str, Any]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, trace_configs=[client_trace_config()]
+            )
         async with self._session.get(self.url) as resp:
             if resp.status != 200:
                 raise ValueError(f"JWKS answered HTTP {resp.status}")

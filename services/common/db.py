@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 
 from services.common.logging import redact_url
+from services.common.telemetry import query_logger
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
+    conn.add_query_logger(query_logger())
 
 
 async def create_pool(
@@ -58,7 +60,8 @@ async def create_pool(
 ) -> asyncpg.Pool:
     """Open a pool, retrying with backoff until `deadline_s` while Postgres is starting.
 
-    json and jsonb columns are decoded to Python values and encoded from them.
+    json and jsonb columns are decoded to Python values and encoded from them; every query
+    run inside a span gets a span of its own (services.common.telemetry.query_logger).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s

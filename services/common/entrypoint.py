@@ -1,4 +1,4 @@
-"""The shared `python -m services.<name>` start: configuration, JSON logs, exit codes.
+"""The shared `python -m services.<name>` start: configuration, JSON logs, tracing, exit codes.
 
 Exit codes: 2 for a configuration error (printed as one line, no traceback), 0 for a clean
 stop (SIGTERM, SIGINT, Ctrl-C), otherwise what the server returns.
@@ -11,16 +11,19 @@ from collections.abc import Callable
 
 from services.common.config import ConfigError, ServiceSettings
 from services.common.logging import configure_logging
+from services.common.telemetry import setup
 
 
 def main(service: str, serve: Callable[[ServiceSettings], int]) -> int:
-    """Read the settings, configure logging, then `serve`; `serve` may raise ConfigError too."""
+    """Read the settings, configure logging and tracing, then `serve`; `serve` may raise
+    ConfigError too. Spans still queued are flushed on the way out."""
     try:
         settings = ServiceSettings.from_env()
     except ConfigError as exc:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.service, settings.instance, settings.log_level)
+    telemetry = setup(settings.service, settings.instance)
     try:
         return serve(settings)
     except ConfigError as exc:
@@ -28,3 +31,5 @@ def main(service: str, serve: Callable[[ServiceSettings], int]) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+    finally:
+        telemetry.shutdown()

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.trace import TracerProvider
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -30,6 +32,17 @@ RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOUR
 def upstream_target(port: int) -> str:
     """Upstreams are reached at the sidecar's local listener, never directly."""
     return f"127.0.0.1:{port}"
+
+
+def upstream_channel(
+    port: int, *, tracer_provider: TracerProvider | None = None
+) -> grpc.aio.Channel:
+    """A channel to the sidecar's listener for an upstream. Every call gets a CLIENT span
+    whose context goes out as `traceparent` metadata, so the sidecar and the server continue
+    the caller's trace (each retry is a span of its own)."""
+    return grpc.aio.insecure_channel(
+        upstream_target(port), interceptors=aio_client_interceptors(tracer_provider)
+    )
 
 
 def is_retryable(exc: BaseException, codes: frozenset[grpc.StatusCode] = RETRYABLE_CODES) -> bool:

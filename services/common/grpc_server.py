@@ -6,9 +6,10 @@ database pool opens and the service's migrations apply, the service wires its se
 name). Registration with the gRPC health check then runs in the background, as in
 services.common.runner, so the check already passes when Consul first probes it.
 
-Every RPC goes through the same interceptors: services.common.rpc.ErrorInterceptor (domain
-errors to status codes, one JSON log line per RPC) around services.common.faults.FaultInterceptor
-(the fault flags in Consul KV, watched for as long as the process runs).
+Every RPC goes through the same interceptors: OpenTelemetry's (a SERVER span per RPC),
+services.common.rpc.ErrorInterceptor (domain errors to status codes, one JSON log line per RPC)
+around services.common.faults.FaultInterceptor (the fault flags in Consul KV, watched for as
+long as the process runs).
 
 Stop: health NOT_SERVING, deregister (the mesh stops sending traffic), the service's `on_stop`
 hook (ends long-lived streams), `server.stop(grace)` for in-flight RPCs, then the wiring's
@@ -28,6 +29,7 @@ from typing import Any
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from services.common.auth import AuthInterceptor, Jwks, KeySource
 from services.common.config import ServiceSettings
@@ -50,6 +52,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # gRPC sets SO_REUSEPORT by default, which lets a second process bind the same port and
 # silently share its traffic; an instance's port must be its own.
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+
+# Not traced: Consul probes the health check every few seconds.
+INFRASTRUCTURE_CALLS = filters.any_of(
+    filters.health_check(), filters.service_prefix("grpc.reflection.")
+)
 
 
 @dataclass(frozen=True)
@@ -78,9 +85,12 @@ Wiring = Callable[[asyncpg.Pool, ServiceSettings], AbstractAsyncContextManager[G
 def interceptors(
     service: str, faults: FaultSource, keys: KeySource
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptor chain of every gRPC service, outermost first: metrics see the final
-    status, errors are mapped, the caller's internal token is verified, then faults apply."""
+    """The interceptor chain of every gRPC service, outermost first: a SERVER span continuing
+    the caller's `traceparent` metadata (not for health checks and reflection), metrics see
+    the final status, errors are mapped, the caller's internal token is verified, then faults
+    apply."""
     return [
+        aio_server_interceptor(filter_=filters.negate(INFRASTRUCTURE_CALLS)),
         GrpcMetricsInterceptor(service),
         ErrorInterceptor(),
         AuthInterceptor(keys),

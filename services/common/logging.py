@@ -1,6 +1,7 @@
 """Structured logs: one JSON object per line on stderr.
 
-Every line carries ts, level, service, instance and msg; fields passed with `extra=` follow.
+Every line carries ts, level, service, instance and msg; fields passed with `extra=` follow,
+then `trace_id` and `span_id` (hex) when a span is current (the access log's: the request's).
 Fields whose names suggest a secret are redacted, and request logs never include query strings
 (WebSocket clients may carry a token there).
 """
@@ -16,6 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
+from opentelemetry import trace
+
+from services.common.telemetry import SPAN_CONTEXT
 
 REDACTED = "[redacted]"
 _SENSITIVE_KEY = re.compile(
@@ -47,6 +51,12 @@ class JsonFormatter(logging.Formatter):
             if key in _RECORD_ATTRIBUTES or key in payload or key.startswith("_"):
                 continue
             payload[key] = REDACTED if _SENSITIVE_KEY.search(key) else value
+        span_context = getattr(record, "_span_context", None) or (
+            trace.get_current_span().get_span_context()
+        )
+        if span_context.is_valid:
+            payload["trace_id"] = trace.format_trace_id(span_context.trace_id)
+            payload["span_id"] = trace.format_span_id(span_context.span_id)
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str, ensure_ascii=False)
@@ -88,5 +98,7 @@ class JsonAccessLogger(AbstractAccessLogger):
                 "path": request.path,
                 "status": response.status,
                 "duration_ms": round(time * 1000, 2),
+                # Logged after the request's span ended: it is kept on the request.
+                "_span_context": request.get(SPAN_CONTEXT),
             },
         )

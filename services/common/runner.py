@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from services.common import metrics
+from services.common import metrics, telemetry
 from services.common.config import ServiceSettings
 from services.common.consul import ConsulAgent, ConsulError, register_until
 from services.common.logging import JsonAccessLogger
@@ -59,6 +59,8 @@ async def serve(
 ) -> int:
     stop = stop_on_signals()
     app.middlewares.insert(0, metrics.http_middleware(settings.service))
+    # Outermost: the request's span is current in every other middleware and the handler.
+    app.middlewares.insert(0, telemetry.http_middleware())
     runner = web.AppRunner(
         app, access_log_class=JsonAccessLogger, shutdown_timeout=shutdown_timeout_s
     )

@@ -9,6 +9,7 @@ from aiohttp import web
 from services.common.auth import PermissionDenied, request_principal, require_self_or_admin
 from services.common.jsonbody import MALFORMED, read_json_object
 from services.common.problem import Problem
+from services.common.telemetry import set_order_id
 from services.orders import validation
 from services.orders.clients import UnknownUser, UpstreamUnavailable
 from services.orders.domain import InvalidTransition, OrderItem, OrderStatus
@@ -91,6 +92,7 @@ async def create_order(request: web.Request) -> web.Response:
             type=UNAVAILABLE,
             headers={"Retry-After": "1"},
         ) from None
+    set_order_id(placed.order.id)
     headers = {"Location": f"/orders/{placed.order.id}"}
     if placed.replayed:
         headers["Idempotent-Replayed"] = "true"

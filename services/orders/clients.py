@@ -10,7 +10,7 @@ from enum import StrEnum
 import grpc
 
 from services.common.auth import bearer_metadata
-from services.common.grpc_client import call_with_retries, upstream_target
+from services.common.grpc_client import call_with_retries, upstream_channel
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 
@@ -62,7 +62,7 @@ class PaymentOutcome:
 
 class UsersClient:
     def __init__(self, port: int) -> None:
-        self._channel = grpc.aio.insecure_channel(upstream_target(port))
+        self._channel = upstream_channel(port)
         self._stub = users_pb2_grpc.UserServiceStub(self._channel)
 
     async def get_user(self, user_id: str) -> UserInfo:
@@ -83,7 +83,7 @@ class UsersClient:
 
 class PaymentsClient:
     def __init__(self, port: int) -> None:
-        self._channel = grpc.aio.insecure_channel(upstream_target(port))
+        self._channel = upstream_channel(port)
         self._stub = payments_pb2_grpc.PaymentServiceStub(self._channel)
 
     async def process_payment(

@@ -16,6 +16,7 @@ import asyncpg
 from services.common.events import cloud_event
 from services.common.messaging import outbox
 from services.common.messaging.envelope import Event
+from services.common.telemetry import set_order_id
 from services.orders import repository
 from services.orders.clients import (
     PaymentOutcome,
@@ -317,6 +318,7 @@ async def complete_payment(conn: asyncpg.Connection, event: Event) -> Order | No
             "payment event for a non-order id; ignored", extra={"order_id": data["orderId"]}
         )
         return None
+    set_order_id(order_id)
     order = await repository.get_order(conn, order_id)
     if order is None:
         log.warning(

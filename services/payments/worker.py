@@ -36,6 +36,7 @@ from services.common.messaging.envelope import Event
 from services.common.messaging.producer import bootstrap_servers
 from services.common.metrics import serve_metrics
 from services.common.runner import stop_on_signals, unless_stopped
+from services.common.telemetry import set_order_id, setup
 from services.payments.app import DRAIN_TIMEOUT_S, MIGRATIONS
 from services.payments.notifier import PaymentNotifier
 from services.payments.service import USER_BLOCKED_MESSAGE, PaymentService
@@ -117,6 +118,7 @@ class PaymentTasks:
             return
         data = event.data
         order_id = data["orderId"]
+        set_order_id(order_id)
         extra = {"order_id": order_id, "user_id": data["userId"], "event_id": str(event.id)}
         log.info("payment task received", extra=extra)
         loop = asyncio.get_running_loop()
@@ -202,10 +204,13 @@ def main() -> int:
         print(f"payments-worker: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.service, settings.instance, settings.log_level)
+    telemetry = setup(settings.service, settings.instance)
     try:
         return asyncio.run(run(settings))
     except KeyboardInterrupt:
         return 0
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":
