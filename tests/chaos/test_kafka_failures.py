@@ -23,6 +23,7 @@ from tests.integration.test_messaging_flow import (
     wait_all,
 )
 from tests.integration.test_messaging_flow import workers as workers
+from tests.integration.test_observability import query as prometheus_query
 from tests.support import wait_for
 
 
@@ -170,6 +171,8 @@ def test_a_poison_task_goes_to_the_dlq_and_the_partition_keeps_flowing(mesh: Mes
     ]
     bootstrap = mesh.topology.kafka_bootstrap()
     values = [json.dumps(e).encode() for e in (poison, *tasks)]
+    dlq = 'sum(shopmesh_dlq_messages_total{service="payments-worker", topic="payment-tasks"})'
+    dead_lettered_before = prometheus_query(mesh, dlq)
     asyncio.run(_produce_tasks(bootstrap, key, values))
 
     wait_for(
@@ -191,3 +194,8 @@ def test_a_poison_task_goes_to_the_dlq_and_the_partition_keeps_flowing(mesh: Mes
     assert headers["shopmesh-attempts"] == "3"
     assert "amount" in headers["shopmesh-error"]
     assert json.loads(dead[0].value)["id"] == poison["id"]
+    wait_for(
+        lambda: prometheus_query(mesh, dlq) > dead_lettered_before,
+        timeout=30,
+        what="the workers' DLQ counter to count the poison task in Prometheus",
+    )

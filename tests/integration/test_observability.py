@@ -1,12 +1,18 @@
-"""Prometheus scrapes every service (through Consul), every Envoy and Consul, and the metrics
-move with traffic."""
+"""Prometheus scrapes every service and sidecar (found through Consul), the workers, the edge,
+Consul and every Kafka node's JMX exporter, and the metrics move with traffic."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
+from websockets.sync.client import connect
 
 from mesh.runtime.supervisor import Mesh
+from mesh.topology import Topology
 from tests.support import wait_for
+
+ORDER = {"userId": "alice", "items": [{"productId": "book", "quantity": 1}]}
 
 
 def prometheus(mesh: Mesh) -> httpx.Client:
@@ -20,24 +26,52 @@ def query(mesh: Mesh, promql: str) -> float:
     return sum(float(sample["value"][1]) for sample in result)
 
 
-def test_every_target_is_scraped_and_up(mesh: Mesh) -> None:
-    topology = mesh.topology
-    expected = {i.id for i in topology.instances()}
-    expected |= {f"{i.id}-sidecar" for i in topology.instances()}
-    expected |= {f"{topology.edge.id}-sidecar", topology.edge.id}
+def up_targets(mesh: Mesh) -> set[tuple[str, str]]:
+    """(job, instance) of every target Prometheus scrapes successfully."""
+    with prometheus(mesh) as client:
+        targets = client.get("/api/v1/targets").json()["data"]["activeTargets"]
+    return {(t["labels"]["job"], t["labels"]["instance"]) for t in targets if t["health"] == "up"}
 
-    def up_instances() -> set[str]:
-        with prometheus(mesh) as client:
-            targets = client.get("/api/v1/targets").json()["data"]["activeTargets"]
-        return {t["labels"]["instance"] for t in targets if t["health"] == "up"}
+
+def test_every_target_is_discovered_scraped_and_up(mesh: Mesh) -> None:
+    topology = mesh.topology
+    expected = {("services", i.id) for i in topology.instances()}
+    expected |= {("services", name) for w in topology.workers for name in w.instances}
+    expected |= {("envoy", f"{i.id}-sidecar") for i in topology.instances()}
+    expected |= {("envoy", f"{topology.edge.id}-sidecar"), ("edge", topology.edge.id)}
+    expected |= {("kafka", node.name) for node in topology.kafka.nodes}
+    expected.add(("consul", "consul"))
 
     up = wait_for(
-        lambda: expected <= up_instances() and up_instances(),
+        lambda: expected <= up_targets(mesh) and up_targets(mesh),
         timeout=60,
-        what="every service, sidecar and the edge to be scraped and up",
+        what="every service, worker, sidecar, the edge, Consul and each Kafka node to be up",
     )
     assert expected <= up
-    assert query(mesh, 'up{job="consul"}') == 1
+    # The services and sidecars came from Consul's catalog (file_sd written by consul-sd).
+    with prometheus(mesh) as client:
+        targets = client.get("/api/v1/targets").json()["data"]["activeTargets"]
+    discovered = {t["labels"]["instance"] for t in targets
+                  if t["discoveredLabels"].get("__meta_filepath")}  # fmt: skip
+    assert {i.id for i in topology.instances()} <= discovered
+    assert {f"{i.id}-sidecar" for i in topology.instances()} <= discovered
+
+
+def test_kafka_brokers_report_replication_and_the_controller(mesh: Mesh) -> None:
+    nodes = len(mesh.topology.kafka.nodes)
+    wait_for(
+        lambda: (
+            query(mesh, "count(kafka_server_replicamanager_underreplicatedpartitions)") == nodes
+        ),
+        timeout=30,
+        what="every Kafka node's under-replicated partition count in Prometheus",
+    )
+    assert query(mesh, "sum(kafka_server_replicamanager_partitioncount)") > 0
+    wait_for(
+        lambda: query(mesh, "sum(kafka_controller_kafkacontroller_activecontrollercount)") == 1,
+        timeout=30,
+        what="exactly one active Kafka controller in Prometheus",
+    )
 
 
 def test_request_metrics_move_with_traffic(mesh: Mesh, edge: httpx.Client) -> None:
@@ -63,5 +97,58 @@ def test_the_alert_and_recording_rules_are_loaded(mesh: Mesh) -> None:
     with prometheus(mesh) as client:
         groups = client.get("/api/v1/rules").json()["data"]["groups"]
     names = {rule["name"] for group in groups for rule in group["rules"]}
-    assert {"GatewayLatencyHigh", "GatewayErrorRateHigh", "InstanceDown"} <= names
+    assert {"GatewayLatencyHigh", "GatewayErrorRateHigh", "InstanceDown", "KafkaConsumerLagHigh",
+            "KafkaMessageAgeHigh", "DeadLetterQueueGrowing", "OutboxBacklogOld",
+            "KafkaUnderReplicatedPartitions", "KafkaOfflinePartitions"} <= names  # fmt: skip
     assert all(rule["health"] == "ok" for group in groups for rule in group["rules"])
+
+
+def test_a_queued_order_moves_the_kafka_counters_and_the_message_age(
+    mesh: Mesh, edge: httpx.Client
+) -> None:
+    counters = {
+        "orders' relay to publish the payment task":
+            'shopmesh_kafka_messages_produced_total{service="orders", topic="payment-tasks"}',
+        "a payment worker to handle the task":
+            'shopmesh_kafka_messages_consumed_total{service="payments-worker", '
+            'topic="payment-tasks", outcome="ok"}',
+        "orders to handle the payment outcome":
+            'shopmesh_kafka_messages_consumed_total{service="orders", topic="payment-events", '
+            'outcome="ok"}',
+        "orders to observe the outcome event's age":
+            'shopmesh_kafka_message_age_seconds_count{service="orders", topic="payment-events"}',
+    }  # fmt: skip
+    wait_for(lambda: query(mesh, 'count(shopmesh_outbox_backlog{service="orders"})') == 1,
+             timeout=30, what="orders' outbox backlog gauge in Prometheus")  # fmt: skip
+    before = {what: query(mesh, f"sum({metric})") for what, metric in counters.items()}
+
+    resp = edge.post("/orders", json=ORDER, headers={"Prefer": "respond-async"})
+    assert resp.status_code == 202, resp.text
+
+    for what, metric in counters.items():
+        wait_for(lambda m=metric, w=what: query(mesh, f"sum({m})") > before[w], timeout=30,
+                 what=f"{what} (in Prometheus)")  # fmt: skip
+    assert query(mesh, 'max(shopmesh_outbox_oldest_age_seconds{service="orders"})') < 30
+    lag = 'count(shopmesh_kafka_consumer_lag{service="payments-worker", group="payment-workers"})'
+    wait_for(lambda: query(mesh, lag) > 0, timeout=30,
+             what="the payment workers' lag per partition in Prometheus")  # fmt: skip
+
+
+def ws_url(topology: Topology, token: str) -> str:
+    return (
+        f"ws://{topology.bind_host}:{topology.edge.http_port}/notifications/ws?access_token={token}"
+    )
+
+
+def test_the_websocket_gauge_counts_a_connected_client(mesh: Mesh, tokens) -> None:
+    connections = 'sum(shopmesh_websocket_connections{service="notifications"})'
+    wait_for(lambda: query(mesh, f"count({connections})") == 1, timeout=30,
+             what="the notifications WebSocket gauge in Prometheus")  # fmt: skip
+    before = query(mesh, connections)
+    with connect(ws_url(mesh.topology, tokens.external("alice")), open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+        wait_for(lambda: query(mesh, connections) == before + 1, timeout=30,
+                 what="the WebSocket connection gauge to count the open socket")  # fmt: skip
+    wait_for(lambda: query(mesh, connections) == before, timeout=30,
+             what="the WebSocket connection gauge to drop once the socket closed")  # fmt: skip
+    assert query(mesh, 'count(shopmesh_websocket_queue_depth{service="notifications"})') == 1
