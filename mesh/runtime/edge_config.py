@@ -154,6 +154,9 @@ def _route(route: Route) -> dict:
     return {
         "match": {"path_separated_prefix": route.prefix},
         "route": action,
+        # The edge's span is named after the route (not Envoy's generic "ingress"); the
+        # sidecars keep their own ingress/egress names.
+        "decorator": {"operation": f"{route.service} {route.prefix}", "propagate": False},
         "typed_per_filter_config": _per_route(route),
     }
 

@@ -123,7 +123,7 @@ def test_one_async_order_is_one_trace_from_the_edge_to_every_consumer(
 
     # One root, the edge's span: every other span's parent is in the trace.
     (root,) = trace.roots()
-    assert trace.service(root) == "edge"
+    assert (trace.service(root), root["operationName"]) == ("edge", "orders /orders")
     by_id = {span["spanID"]: span for span in trace.spans}
     (publish,) = trace.find("orders", "producer", "payment-tasks")
     consumes = trace.find("payments-worker", "consumer", "payment-tasks")

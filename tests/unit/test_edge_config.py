@@ -138,3 +138,9 @@ def test_the_edge_sidecar_traces_as_edge_sidecar() -> None:
     config = edge.registration(load())["Connect"]["SidecarService"]["Proxy"]["Config"]
     tracing = json.loads(config["envoy_listener_tracing_json"])
     assert tracing["provider"]["typed_config"]["service_name"] == "edge-sidecar"
+
+
+def test_the_edges_span_is_named_after_its_route() -> None:
+    routes = hcm(listeners()["http"])["route_config"]["virtual_hosts"][0]["routes"]
+    orders = next(r for r in routes if r["match"].get("path_separated_prefix") == "/orders")
+    assert orders["decorator"] == {"operation": "orders /orders", "propagate": False}
