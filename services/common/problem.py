@@ -9,6 +9,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import hdrs, web
+from opentelemetry import trace
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -51,6 +52,9 @@ class Problem(Exception):
         body["instance"] = instance
         if self.errors is not None:
             body["errors"] = self.errors
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:  # the request's trace, to find it in Jaeger and the logs
+            body["trace_id"] = trace.format_trace_id(span_context.trace_id)
         return body
 
     def to_response(self, instance: str) -> web.Response:

@@ -121,6 +121,7 @@ async def get_order(request: web.Request) -> web.Response:
     order = None if order_id is None else await request.app[SERVICE].get_order(order_id)
     if order is None or not _may_see(request, order.user_id):
         raise _not_found()
+    set_order_id(order.id)
     return web.json_response(order.to_json())
 
 
@@ -130,6 +131,7 @@ async def cancel_order(request: web.Request) -> web.Response:
     existing = None if order_id is None else await request.app[SERVICE].get_order(order_id)
     if existing is None or not _may_see(request, existing.user_id):
         raise _not_found()
+    set_order_id(existing.id)
     try:
         order = await request.app[SERVICE].cancel_order(existing.id)
     except InvalidTransition as exc:

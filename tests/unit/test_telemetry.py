@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from services.common import telemetry
 from services.common.grpc_client import upstream_channel
 from services.common.logging import JsonAccessLogger, JsonFormatter
+from services.common.problem import Problem, problem_middleware
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PARENT_SPAN_ID = 0x00F067AA0BA902B7
@@ -113,11 +114,17 @@ async def with_app(provider, scenario):
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    @routes.get("/orders/{id}/problem")
+    async def problem(_request: web.Request) -> web.Response:
+        raise Problem(422, "Invalid order", "no items")
+
     @routes.get("/boom")
     async def boom(_request: web.Request) -> web.Response:
         raise RuntimeError("bug")
 
-    app = web.Application(middlewares=[telemetry.http_middleware(provider.get_tracer("t"))])
+    app = web.Application(
+        middlewares=[telemetry.http_middleware(provider.get_tracer("t")), problem_middleware]
+    )
     app.add_routes(routes)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         await scenario(client)
@@ -140,6 +147,20 @@ def test_a_request_gets_a_server_span_that_continues_the_callers_traceparent():
     assert span.attributes["http.route"] == "/orders/{id}/cancel"
     assert span.attributes["http.response.status_code"] == 202
     assert span.attributes[telemetry.ORDER_ID] == "42"
+
+
+def test_a_problem_response_names_the_trace_of_its_request():
+    provider, exporter = recording()
+
+    async def scenario(client):
+        resp = await client.get("/orders/42/problem", headers={"traceparent": TRACEPARENT})
+        assert resp.status == 422
+        assert (await resp.json())["trace_id"] == f"{TRACE_ID:032x}"
+
+    asyncio.run(with_app(provider, scenario))
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["http.response.status_code"] == 422
+    assert span.status.status_code is StatusCode.UNSET
 
 
 def test_health_checks_are_not_traced_and_a_failing_handler_is_an_error_span():
