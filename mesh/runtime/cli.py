@@ -10,6 +10,7 @@ import time
 
 import httpx
 
+from mesh import compose
 from mesh.runtime import demo, faults, jaeger, process, protos, tls, trace
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
@@ -194,6 +195,19 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compose(args: argparse.Namespace) -> int:
+    """compose.yaml (and Prometheus's compose config) from the topology."""
+    topology = load()
+    if args.check:
+        stale = compose.stale(topology)
+        for path in stale:
+            print(f"{path} is out of date: run `mesh compose`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in compose.write(topology):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_consul(args: argparse.Namespace) -> int:
     """The pinned consul binary, pointed at the mesh's agent."""
     topology = load()
@@ -239,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     trace_cmd = sub.add_parser("trace", help="print a trace from Jaeger as a tree of spans")
     trace_cmd.add_argument("id", help="a trace id (32 hex digits) or an order id")
     trace_cmd.set_defaults(func=cmd_trace)
+    compose_cmd = sub.add_parser("compose", help="write compose.yaml from the topology")
+    compose_cmd.add_argument(
+        "--check", action="store_true", help="exit 1 if the committed files are out of date"
+    )
+    compose_cmd.set_defaults(func=cmd_compose)
     consul = sub.add_parser("consul", help="run the pinned consul CLI against the mesh's agent")
     consul.add_argument("args", nargs=argparse.REMAINDER)
     consul.set_defaults(func=cmd_consul)

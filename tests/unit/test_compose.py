@@ -1,0 +1,300 @@
+"""compose.yaml cannot run here (no container engine), so it is checked statically: generated
+from the topology, valid against the compose-spec schema, every topology name, port and
+environment value in it, every file it mounts or builds from present."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from mesh import compose
+from mesh.runtime import prometheus, protos, provision
+from mesh.runtime.edge_config import EdgeFiles
+from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
+from mesh.runtime.provision import COMPOSE_SCHEMA
+from mesh.runtime.supervisor import native_wiring, service_env, worker_env
+from mesh.topology import Topology, load
+from services.common.consul import OTLP_CLUSTER
+
+# Values that differ between the native runtime and compose by design (mesh/compose.py).
+HOST_VARIABLES = {"SHOPMESH_BIND_HOST", "SHOPMESH_SIDECAR_BIND_HOST", "SHOPMESH_CONSUL_HTTP_ADDR"}
+HOST_VARIABLES |= {"SHOPMESH_KAFKA_BOOTSTRAP", "SHOPMESH_DATABASE_URL", "SHOPMESH_AUTH_SEED_FILE"}
+HOST_VARIABLES |= {"OTEL_EXPORTER_OTLP_ENDPOINT"}
+
+
+@pytest.fixture(scope="module")
+def topology() -> Topology:
+    return load()
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, Any]:
+    return yaml.safe_load(compose.COMPOSE_FILE.read_text())
+
+
+def one_shots(doc: dict[str, Any]) -> set[str]:
+    return {name for name, svc in doc["services"].items() if svc.get("restart") == "no"}
+
+
+def test_committed_compose_files_are_the_ones_the_topology_generates(topology: Topology) -> None:
+    assert compose.stale(topology) == [], "run `mesh compose` and commit the result"
+
+
+def test_compose_yaml_is_valid_against_the_compose_spec_schema(doc: dict[str, Any]) -> None:
+    schema_file = COMPOSE_SCHEMA.binaries(cache_dir())["compose-spec.json"]
+    assert schema_file.exists(), f"{schema_file} is missing: run `mesh install`"
+    schema = json.loads(schema_file.read_text())
+    jsonschema.Draft7Validator(schema).validate(doc)
+
+
+def test_the_schema_check_rejects_a_broken_compose_file(doc: dict[str, Any]) -> None:
+    schema_file = COMPOSE_SCHEMA.binaries(cache_dir())["compose-spec.json"]
+    broken = {**doc, "services": {"consul": {**doc["services"]["consul"], "mem_limit": []}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(json.loads(schema_file.read_text())).validate(broken)
+
+
+def test_every_service_instance_has_its_container_and_a_sidecar_in_its_namespace(
+    topology: Topology, doc: dict[str, Any]
+) -> None:
+    services = doc["services"]
+    for instance in topology.instances():
+        app = services[instance.id]
+        env = app["environment"]
+        assert env["SHOPMESH_PORT"] == str(instance.port)
+        assert env["SHOPMESH_METRICS_PORT"] == str(instance.metrics_port)
+        assert env["SHOPMESH_SIDECAR_PORT"] == str(instance.sidecar.port)
+        assert env["SHOPMESH_SIDECAR_METRICS_PORT"] == str(instance.sidecar.metrics_port)
+        upstreams = topology.service(instance.service).upstreams
+        assert json.loads(env["SHOPMESH_UPSTREAMS"]) == [
+            {"name": u.service, "local_bind_port": u.local_bind_port} for u in upstreams
+        ]
+        assert app["command"] == ["python", "-m", topology.service(instance.service).module]
+        sidecar = services[f"{instance.id}-sidecar"]
+        assert sidecar["network_mode"] == f"service:{instance.id}"
+        command = sidecar["command"]
+        assert command[command.index("-sidecar-for") + 1] == instance.id
+        assert command[command.index("-admin-bind") + 1].endswith(f":{instance.sidecar.admin_port}")
+        assert "-ignore-envoy-compatibility" in command
+
+
+def test_the_environment_is_the_native_one_but_for_the_hosts(
+    topology: Topology, doc: dict[str, Any], tmp_path: Path
+) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    for instance in topology.instances():
+        native = service_env(topology, state, instance)
+        container = dict(doc["services"][instance.id]["environment"])
+        if "SHOPMESH_DATABASE_URL" in native:
+            assert container.pop("PGPASSFILE") == str(compose.PGPASS)
+        assert container.keys() == native.keys()
+        for key in native.keys() - HOST_VARIABLES:
+            assert container[key] == native[key], key
+    wiring = native_wiring(topology, state)
+    for workers in topology.workers:
+        for instance in workers.instances:
+            native = worker_env(wiring, workers, instance)
+            container = dict(doc["services"][instance]["environment"])
+            assert container.pop("PGPASSFILE") == str(compose.PGPASS)
+            assert container.keys() == native.keys()
+            for key in native.keys() - HOST_VARIABLES:
+                assert container[key] == native[key], key
+
+
+def test_workers_run_as_in_the_topology_without_sidecar(
+    topology: Topology, doc: dict[str, Any]
+) -> None:
+    services = doc["services"]
+    for workers in topology.workers:
+        for instance in workers.instances:
+            worker = services[instance]
+            assert worker["command"] == ["python", "-m", workers.module]
+            assert worker["environment"]["SHOPMESH_INSTANCE"] == instance
+            assert worker["environment"]["SHOPMESH_SERVICE"] == workers.name
+            assert f"{instance}-sidecar" not in services
+            assert workers.group in worker["healthcheck"]["test"]
+
+
+def test_kafka_nodes_form_the_topology_quorum(topology: Topology, doc: dict[str, Any]) -> None:
+    voters = ",".join(f"{n.id}@{n.name}:{n.controller_port}" for n in topology.kafka.nodes)
+    for node in topology.kafka.nodes:
+        env = doc["services"][node.name]["environment"]
+        assert env["KAFKA_NODE_ID"] == str(node.id)
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{node.name}:{node.port}"
+        assert f"-Xmx{topology.kafka.heap}" in env["KAFKA_HEAP_OPTS"]
+    topics = " ".join(doc["services"]["kafka-topics"]["command"])
+    for topic in compose.kafka.load_topics():
+        assert f"--topic {topic.name} --partitions {topic.partitions} " in topics
+
+
+def test_every_topology_port_is_in_the_compose_files(topology: Topology) -> None:
+    text = "".join(compose.generated(topology).values())
+    # The edge sidecar's own ports are in its Consul registration, made at start by `bootstrap`
+    # from the same topology (mesh/runtime/edge.py).
+    registered = {
+        "edge-sidecar",
+        *(f"edge -> {u.service} upstream" for u in topology.edge.upstreams),
+    }
+    missing = {
+        owner: port
+        for owner, port in topology.all_ports().items()
+        if owner not in registered and not re.search(rf"(?<![0-9]){port}(?![0-9])", text)
+    }
+    assert missing == {}
+
+
+def test_the_edge_publishes_its_ports_on_loopback_tcp_and_udp(
+    topology: Topology, doc: dict[str, Any]
+) -> None:
+    e, host = topology.edge, topology.bind_host
+    assert set(doc["services"]["edge"]["ports"]) == {
+        f"{host}:{e.http_port}:{e.http_port}/tcp",
+        f"{host}:{e.https_port}:{e.https_port}/tcp",
+        f"{host}:{e.https_port}:{e.https_port}/udp",
+    }
+    published = [p for svc in doc["services"].values() for p in svc.get("ports", [])]
+    assert all(p.startswith(f"{host}:") for p in published)
+
+
+def test_every_file_compose_mounts_or_builds_from_exists(doc: dict[str, Any]) -> None:
+    checked = 0
+    for name, svc in doc["services"].items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (REPO_ROOT / source).exists(), f"{name} mounts missing {source}"
+                checked += 1
+            else:
+                assert source in doc["volumes"], f"{name} uses undeclared volume {source}"
+        if "build" in svc:
+            context = REPO_ROOT / svc["build"]["context"]
+            assert (context / svc["build"]["dockerfile"]).is_file(), name
+            checked += 1
+    assert checked > 0
+    assert (REPO_ROOT / ".dockerignore").is_file()
+
+
+def test_every_image_is_pinned(doc: dict[str, Any]) -> None:
+    for name, svc in doc["services"].items():
+        image = svc["image"]
+        assert re.fullmatch(r"[a-z0-9./_-]+:[A-Za-z0-9._-]+", image), f"{name}: {image}"
+        assert not image.endswith(":latest"), name
+        for arg, value in svc.get("build", {}).get("args", {}).items():
+            if arg.endswith("_IMAGE"):
+                assert value in compose.IMAGES.values(), f"{name}: {arg}={value}"
+    for dockerfile in (REPO_ROOT / "docker").glob("*.Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("FROM "):
+                assert line.split()[1].startswith("${"), f"{dockerfile.name}: {line}"
+
+
+def test_long_running_containers_have_limits_restarts_and_healthchecks(
+    doc: dict[str, Any],
+) -> None:
+    long_running = doc["services"].keys() - one_shots(doc)
+    assert {"consul", "postgres", "edge", "prometheus", "grafana"} <= long_running
+    for name in long_running:
+        svc = doc["services"][name]
+        assert svc["restart"] == "unless-stopped", name
+        assert re.fullmatch(r"[0-9]+[mg]", svc["mem_limit"]), name
+        assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_no_secret_is_in_compose_yaml(doc: dict[str, Any]) -> None:
+    for name, svc in doc["services"].items():
+        for key, value in svc.get("environment", {}).items():
+            if "PASSWORD" in key and not key.endswith("_FILE"):
+                pytest.fail(f"{name} has {key} in its environment")
+            if key == "SHOPMESH_DATABASE_URL":
+                assert ":" not in value.split("@")[0].removeprefix("postgresql://"), name
+
+
+def test_prometheus_finds_the_services_through_consul(topology: Topology) -> None:
+    config = yaml.safe_load(compose.PROMETHEUS_FILE.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    sd = jobs["services"]["consul_sd_configs"]
+    assert sd == [{"server": f"consul:{topology.consul_ports.http}", "refresh_interval": "5s"}]
+    targets = [t for group in jobs["envoy"]["static_configs"] for t in group["targets"]]
+    assert len(targets) == len(topology.instances()) + 1
+
+
+def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
+    topology: Topology, tmp_path: Path
+) -> None:
+    def labels(config: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+        return {
+            job["job_name"]: [group["labels"] for group in job.get("static_configs", [])]
+            for job in config["scrape_configs"]
+        }
+
+    native = prometheus.config(topology, StateDir(tmp_path))
+    native_labels = labels(native)
+    native_labels["envoy"] = [  # natively from consul_sd.py's file
+        *({"instance": f"{i.id}-sidecar", "service": i.service} for i in topology.instances()),
+        {"instance": f"{topology.edge.id}-sidecar", "service": "edge"},
+    ]
+    assert labels(compose.prometheus_config(topology)) == native_labels
+
+
+def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:
+    """Debian's promtool has no consul_sd_configs: the rest of the config is checked by it."""
+    promtool = provision.PROMETHEUS.binaries(cache_dir())["promtool"]
+    config = yaml.safe_load(compose.PROMETHEUS_FILE.read_text())
+    for job in config["scrape_configs"]:
+        job.pop("consul_sd_configs", None)
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([str(promtool), "check", "config", str(path)], capture_output=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
+    topology: Topology, tmp_path: Path
+) -> None:
+    protos.ensure_generated()
+    files = EdgeFiles(tmp_path / "edge.pem", tmp_path / "edge-key.pem", protos.DESCRIPTOR_SET)
+    config = compose.edge_envoy_config(topology, files)
+    listeners = config["static_resources"]["listeners"]
+    assert {lis["address"]["socket_address"]["address"] for lis in listeners} == {"0.0.0.0"}
+    ports = {lis["address"]["socket_address"]["port_value"] for lis in listeners}
+    assert ports == {topology.edge.http_port, topology.edge.https_port}
+    endpoints = {
+        c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        for c in config["static_resources"]["clusters"]
+    }
+    jaeger = endpoints.pop(OTLP_CLUSTER)["socket_address"]
+    assert jaeger["address"] == compose.Addresses.of(topology).jaeger
+    assert jaeger["port_value"] == topology.jaeger.ports.otlp_grpc
+    assert {(a["socket_address"]["address"], a["socket_address"]["port_value"])
+            for a in endpoints.values()} == {
+        ("127.0.0.1", u.local_bind_port) for u in topology.edge.upstreams
+    }  # fmt: skip
+
+
+def test_the_edge_is_registered_at_its_container_address(topology: Topology) -> None:
+    address = compose.Addresses.of(topology).edge
+    registration = compose.edge_registration(topology)
+    sidecar = registration["Connect"]["SidecarService"]
+    assert registration["Address"] == sidecar["Address"] == address
+    assert registration["Check"]["HTTP"] == f"http://{address}:{topology.edge.admin_port}/ready"
+    assert sidecar["Port"] == topology.edge.sidecar.port
+    assert [(u["DestinationName"], u["LocalBindPort"]) for u in sidecar["Proxy"]["Upstreams"]] == [
+        (u.service, u.local_bind_port) for u in topology.edge.upstreams
+    ]
+
+
+def test_the_kafka_image_gets_the_jmx_agent_the_native_nodes_run() -> None:
+    version, sha256 = compose.JMX_EXPORTER
+    assert f"<jmx-exporter.version>{version}</" in provision.KAFKA_POM.read_text()
+    jar = provision.KAFKA.binaries(cache_dir())["jmx_agent"]
+    assert jar.exists(), f"{jar} is missing: run `mesh install`"
+    assert provision.sha256_of(jar) == sha256
