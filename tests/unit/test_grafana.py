@@ -1,5 +1,6 @@
 """The Grafana provisioning and dashboards hold together: unique uids, every query on a provisioned
-data source, variables defined, data source ports the topology's, every dashboard documented.
+data source, variables defined, data source ports the topology's, compose mounting the files
+where the provisioning reads them, every dashboard documented.
 (tests/integration/test_dashboards.py runs every query against the native Prometheus.)"""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from mesh import compose
 from mesh.runtime import prometheus
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import load
@@ -76,13 +78,15 @@ def test_the_data_sources_point_at_the_topology_ports() -> None:
     assert (jaeger.hostname, jaeger.port) == ("jaeger", topology.jaeger.ports.ui)
 
 
-def test_the_dashboard_provider_reads_files_and_every_provisioning_path_exists() -> None:
+def test_compose_mounts_the_provisioning_and_the_dashboards_where_grafana_reads_them() -> None:
     raw = yaml.safe_load((PROVISIONING_DIR / "dashboards" / "dashboards.yaml").read_text())
     [provider] = raw["providers"]
     assert provider["type"] == "file"
-    assert provider["options"]["path"].startswith("/")
-    assert (PROVISIONING_DIR / "datasources").is_dir()
-    assert DASHBOARDS_DIR.is_dir()
+    volumes = compose.document(load())["services"]["grafana"]["volumes"]
+    mounts = {target: REPO_ROOT / source for source, target, *_ in (v.split(":") for v in volumes)}
+    assert mounts["/etc/grafana/provisioning"] == PROVISIONING_DIR
+    assert mounts[provider["options"]["path"]] == DASHBOARDS_DIR
+    assert (PROVISIONING_DIR / "datasources").is_dir() and DASHBOARDS_DIR.is_dir()
 
 
 def test_every_dashboard_is_documented() -> None:
