@@ -454,8 +454,9 @@ def _sidecar(
         "command": sidecar_command(topology, addresses, service_id, sidecar),
         # The image's entrypoint runs the command as the envoy user, given this uid.
         "environment": {"ENVOY_UID": str(APP_UID), "ENVOY_GID": str(APP_UID)},
+        # As natively, after its app is healthy: `-sidecar-for` needs the app's registration.
         "depends_on": _after(
-            **{app: "service_started", "consul-config": "service_completed_successfully"}
+            **{app: "service_healthy", "consul-config": "service_completed_successfully"}
         ),
         "healthcheck": _envoy_ready(sidecar.admin_port),
         **_long_running("128m"),
