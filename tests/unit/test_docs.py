@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh.compose import GRAFANA_PORT
 from mesh.runtime.kafka import load_topics
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import load
@@ -24,6 +25,8 @@ NOT_COVERED = "not covered yet"
 TEST_REF = re.compile(r"\b(tests/[\w/]+\.py)::(\w+)")
 # A path to a Python file under tests/ or bench/, with or without a test name after it.
 PY_PATH = re.compile(r"\b((?:tests|bench)/[\w/]+\.py)\b")
+# A port written the way the docs write them: `:8443`, `127.0.0.1:9202`, `localhost:19101`.
+PORT_REF = re.compile(r"(?<![\w.:])(?:127\.0\.0\.1|localhost)?:(\d{4,5})\b")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]+`")
@@ -166,3 +169,11 @@ def test_every_named_topic_and_instance_exists(doc: Path) -> None:
     named_processes = set(re.findall(rf"(?<![\w/-])((?:{alternatives})-\d+)\b", text))
     unknown = sorted((named_topics - topics) | (named_processes - processes))
     assert not unknown, f"{rel(doc)} names topics or processes that do not exist: {unknown}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=rel)
+def test_every_port_written_as_colon_port_is_one_the_runtime_opens(doc: Path) -> None:
+    """`:8443`, `127.0.0.1:9202`: a port the topology gives out (or Grafana's, compose only)."""
+    known = set(load().all_ports().values()) | {GRAFANA_PORT}
+    named = {int(port) for port in PORT_REF.findall(doc.read_text())}
+    assert not named - known, f"{rel(doc)} names ports nothing opens: {sorted(named - known)}"
