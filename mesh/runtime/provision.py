@@ -86,6 +86,7 @@ class Component:
             return
         # Two `mesh install`s at once (a test run and a shell) must not build into, or delete,
         # the same directory: the second waits, then finds the component installed.
+        cache.mkdir(parents=True, exist_ok=True)
         with (cache / f".{self.name}.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self.is_installed(cache):
