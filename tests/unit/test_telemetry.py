@@ -225,6 +225,16 @@ def test_a_query_inside_a_span_becomes_a_child_span_with_its_duration():
     assert update.status.status_code is StatusCode.ERROR
 
 
+def test_transaction_statements_are_named_without_semicolon_and_pool_resets_are_skipped():
+    provider, exporter = recording()
+    record = telemetry.query_logger(provider.get_tracer("t"))
+    with provider.get_tracer("t").start_as_current_span("handle"):
+        record(logged("BEGIN;"))
+        record(logged("SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;"))
+    begin, _ = exporter.get_finished_spans()
+    assert begin.name == "BEGIN"
+
+
 def test_a_query_outside_any_span_is_not_traced():
     provider, exporter = recording()
     telemetry.query_logger(provider.get_tracer("t"))(logged("SELECT 1"))
