@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 from mesh.runtime import jaeger
 from mesh.runtime.paths import StateDir
+from mesh.runtime.supervisor import Mesh, Wiring, instance_env, worker_env
 from mesh.topology import load
 
 
@@ -54,3 +56,34 @@ def test_the_process_owns_every_jaeger_port_and_services_export_to_its_otlp_grpc
     assert sorted(spec.ports) == sorted(vars(topology.jaeger.ports).values())
     assert spec.argv == ["/bin/j", "--config=/state/config/jaeger.yaml"]
     assert topology.otlp_endpoint() == f"http://127.0.0.1:{topology.jaeger.ports.otlp_grpc}"
+
+
+def wiring(otlp_endpoint: str | None) -> Wiring:
+    return Wiring(
+        bind_host="127.0.0.1",
+        consul_http_addr="http://127.0.0.1:8500",
+        kafka_bootstrap="127.0.0.1:29092",
+        database_url=lambda database: f"postgresql://{database}@127.0.0.1/{database}",
+        auth_seed_file=lambda: "/seed.json",
+        otlp_endpoint=otlp_endpoint,
+    )
+
+
+def test_every_service_and_worker_gets_the_otlp_endpoint_only_when_there_is_one() -> None:
+    topology = load()
+    workers = topology.workers[0]
+    for otlp in (topology.otlp_endpoint(), None):
+        envs = [instance_env(topology, wiring(otlp), i) for i in topology.instances()]
+        envs.append(worker_env(wiring(otlp), workers, workers.instances[0]))
+        assert {env.get("OTEL_EXPORTER_OTLP_ENDPOINT") for env in envs} == {otlp}
+
+
+def test_jaeger_starts_before_every_process_that_sends_spans(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    binaries = defaultdict(lambda: defaultdict(lambda: Path("/bin/true")))
+    names = Mesh(load(), state, binaries).names()
+    senders = [n for n in names if n.split("-")[0] in {"users", "auth", "orders", "payments",
+               "notifications", "edge"}]  # fmt: skip
+    assert senders
+    assert all(names.index("jaeger") < names.index(n) for n in senders)
