@@ -226,8 +226,9 @@ def _end_http(span: trace.Span, status: int, description: str | None = None) -> 
 
 
 def client_trace_config(tracer: trace.Tracer | None = None) -> aiohttp.TraceConfig:
-    """For an aiohttp ClientSession calling another service: a CLIENT span per request and
-    its context sent as `traceparent`, so the sidecar and the server continue the trace."""
+    """For an aiohttp ClientSession calling another service: a CLIENT span per request made
+    inside a span, its context sent as `traceparent`, so the sidecar and the server continue
+    the trace."""
     tracer = _tracer(tracer)
 
     async def on_request_start(
@@ -235,6 +236,8 @@ def client_trace_config(tracer: trace.Tracer | None = None) -> aiohttp.TraceConf
         trace_ctx: SimpleNamespace,
         params: aiohttp.TraceRequestStartParams,
     ) -> None:
+        if not trace.get_current_span().get_span_context().is_valid:
+            return  # background housekeeping (a key refresh at startup): not a trace of its own
         url = params.url
         span = tracer.start_span(
             params.method,

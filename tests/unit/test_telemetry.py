@@ -177,7 +177,7 @@ def test_health_checks_are_not_traced_and_a_failing_handler_is_an_error_span():
     assert span.attributes["http.response.status_code"] == 500
 
 
-def test_an_aiohttp_client_call_is_a_client_span_sent_as_traceparent():
+def test_an_aiohttp_client_call_inside_a_span_is_a_client_span_sent_as_traceparent():
     provider, exporter = recording()
     received = []
 
@@ -190,17 +190,19 @@ def test_an_aiohttp_client_call_is_a_client_span_sent_as_traceparent():
         app.router.add_get("/.well-known/jwks.json", echo)
         async with TestServer(app, host="127.0.0.1") as server:
             trace_configs = [telemetry.client_trace_config(provider.get_tracer("t"))]
-            async with (
-                aiohttp.ClientSession(trace_configs=trace_configs) as session,
-                session.get(server.make_url("/.well-known/jwks.json")) as resp,
-            ):
-                assert resp.status == 200
+            async with aiohttp.ClientSession(trace_configs=trace_configs) as session:
+                async with session.get(server.make_url("/.well-known/jwks.json")) as resp:
+                    assert resp.status == 200  # outside any span: not traced
+                with provider.get_tracer("t").start_as_current_span("POST /orders"):
+                    async with session.get(server.make_url("/.well-known/jwks.json")) as resp:
+                        assert resp.status == 200
 
     asyncio.run(go())
-    (span,) = exporter.get_finished_spans()
+    span, parent = exporter.get_finished_spans()
     assert span.kind is SpanKind.CLIENT
+    assert span.parent.span_id == parent.context.span_id
     assert span.attributes["http.response.status_code"] == 200
-    assert received == [traceparent_of(span)]
+    assert received == [None, traceparent_of(span)]
 
 
 # -- asyncpg -----------------------------------------------------------------------------------
