@@ -174,7 +174,8 @@ def sidecar_spec(
             "--log-level",
             "warn",
         ],
-        ports=(sidecar.port, sidecar.admin_port),
+        # Not the upstream listeners: instances of one service share them (Envoy's reuse_port).
+        ports=(sidecar.port, sidecar.admin_port, sidecar.metrics_port),
         ready=ready,
         ready_timeout=ready_timeout,
     )

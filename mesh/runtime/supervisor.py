@@ -144,7 +144,7 @@ def service_spec(topology: Topology, state: StateDir, instance: Instance) -> Pro
         argv=[sys.executable, "-m", service.module],
         env=service_env(topology, state, instance),
         cwd=REPO_ROOT,
-        ports=(instance.port,),
+        ports=(instance.port, instance.metrics_port),
         ready=ready,
         stop_timeout=10,
     )
