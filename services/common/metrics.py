@@ -98,12 +98,13 @@ class MessagingMetrics:
     service: str | None = None
 
     def expect(self, topics: Sequence[str], group: str) -> None:
-        """Create a consumer's counters at 0, so that increase() and rate() see its first
-        message (a series that appears at 1 shows no increase)."""
+        """Create a consumer's counters and message-age histogram at 0, so that increase() and
+        rate() see its first message (a series that appears at 1 shows no increase)."""
         if self.service is None:
             return
         for topic in topics:
             DLQ_MESSAGES.labels(self.service, topic)
+            KAFKA_MESSAGE_AGE.labels(self.service, topic, group)
             for outcome in CONSUMED_OUTCOMES:
                 KAFKA_CONSUMED.labels(self.service, topic, group, outcome)
 

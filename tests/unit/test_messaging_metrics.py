@@ -131,7 +131,7 @@ def test_an_event_time_without_a_zone_or_unreadable_has_no_age() -> None:
     assert event_age_s(replace(event, time="2026-11-29T10:14:59.500Z"), WRITTEN_EPOCH) == 0.5
 
 
-def test_a_consumers_counters_exist_at_zero_before_its_first_message() -> None:
+def test_a_consumers_counters_and_age_histogram_exist_at_zero_before_its_first_message() -> None:
     service = unique("notifications")
     ConsumerRunner(
         ["order-events", "payment-events"], "notifications", handler, None,
@@ -139,6 +139,11 @@ def test_a_consumers_counters_exist_at_zero_before_its_first_message() -> None:
     )  # fmt: skip
     for topic in ("order-events", "payment-events"):
         assert sample("shopmesh_dlq_messages_total", service=service, topic=topic) == 0
+        age = {"service": service, "topic": topic, "group": "notifications"}
+        assert sample("shopmesh_kafka_message_age_seconds_count", **age) == 0
+        assert sample("shopmesh_kafka_message_age_seconds_sum", **age) == 0
+        for le in ("0.5", "+Inf"):
+            assert sample("shopmesh_kafka_message_age_seconds_bucket", le=le, **age) == 0
         for outcome in metrics.CONSUMED_OUTCOMES:
             value = sample(
                 "shopmesh_kafka_messages_consumed_total",
