@@ -454,33 +454,26 @@ def _install_kafka(component: Component, home: Path) -> None:
     # artifacts that changed.
     maven_repo = home.parents[1] / "maven"
     say(f"resolving Kafka {component.version} jars from Maven Central (maven repo {maven_repo})")
-    run(
-        [
-            "mvn",
-            "-q",
-            "-B",
-            f"-Dmaven.repo.local={maven_repo}",
-            "-f",
-            str(KAFKA_POM),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={home / 'libs'}",
-        ],
+
+    def maven(goal: str, *args: str, what: str, fix: str) -> None:
+        run(
+            ["mvn", "-q", "-B", f"-Dmaven.repo.local={maven_repo}", "-f", str(KAFKA_POM), goal,
+             *args],
+            what=what,
+            fix=fix,
+        )  # fmt: skip
+
+    maven(
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={home / 'libs'}",
         what=f"mvn dependency:copy-dependencies (kafka {component.version})",
         fix="Check that Maven Central is reachable (mvn -X shows the repository URLs) and that "
         f"the versions pinned in {KAFKA_POM} exist.",
     )
-    run(
-        [
-            "mvn",
-            "-q",
-            "-B",
-            f"-Dmaven.repo.local={maven_repo}",
-            "-f",
-            str(KAFKA_POM),
-            "dependency:copy",
-            f"-Dartifact={JMX_AGENT}:{_pom_property('jmx-exporter.version')}",
-            f"-DoutputDirectory={home / 'agent'}",
-        ],
+    maven(
+        "dependency:copy",
+        f"-Dartifact={JMX_AGENT}:{_pom_property('jmx-exporter.version')}",
+        f"-DoutputDirectory={home / 'agent'}",
         what="mvn dependency:copy (the Prometheus JMX exporter agent)",
         fix=f"Check that the <jmx-exporter.version> pinned in {KAFKA_POM} exists on Maven Central.",
     )
