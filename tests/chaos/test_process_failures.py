@@ -1,4 +1,5 @@
-"""Killing processes: gRPC health in Consul, and the mesh surviving a dead Consul."""
+"""Killing processes: gRPC health in Consul, the mesh surviving a dead Consul, and orders
+surviving dead payments."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import pytest
 
 from mesh.runtime.consul import ConsulClient
 from mesh.runtime.supervisor import Mesh
+from tests.integration.test_messaging_flow import WORKERS, assert_charged_once, wait_all
+from tests.integration.test_messaging_flow import workers as workers
 from tests.support import wait_for
 
 ORDER = {"userId": "alice", "items": [{"productId": "book", "quantity": 1}]}
@@ -62,3 +65,54 @@ def test_orders_keep_flowing_while_consul_is_down_and_everything_reregisters_aft
         timeout=30,
         what="orders to be placed after consul returned",
     )
+
+
+def payments_checks_passing(consul: ConsulClient, instances: list[str]) -> bool:
+    checks = consul.http.get("/v1/health/checks/payments").json()
+    grpc_checks = {c["ServiceID"]: c["Status"] for c in checks if c["Type"] == "grpc"}
+    return all(grpc_checks.get(i) == "passing" for i in instances)
+
+
+@pytest.mark.usefixtures("workers")
+def test_orders_placed_while_every_payments_process_is_dead_are_paid_once_by_the_workers(
+    mesh: Mesh, edge_as, consul: ConsulClient
+) -> None:
+    bob = edge_as("bob")  # not alice: her per-minute edge limit is shared with the other tests
+    order = {"userId": "bob", "items": [{"productId": "book", "quantity": 1}]}
+    instances = mesh.resolve("payments")
+    assert sorted(mesh.kill("payments")) == sorted(instances)
+    try:
+        # Each synchronous attempt fails within orders' 2.5 s payments deadline (the edge's
+        # route allows 10 s): the order is stored PAYMENT_PENDING with its task queued.
+        deferred = [bob.post("/orders", json=order, timeout=15.0) for _ in range(4)]
+        assert [r.status_code for r in deferred] == [201] * 4, [r.text for r in deferred]
+        assert {r.json()["status"] for r in deferred} == {"PAYMENT_PENDING"}
+        reasons = [r.json()["statusReason"] for r in deferred]
+        assert all(reason.startswith("payments unavailable (") for reason in reasons), reasons
+        queued = bob.post("/orders", json=order, headers={"Prefer": "respond-async"})
+        assert queued.status_code == 202, queued.text
+        assert queued.json()["status"] == "PAYMENT_PENDING"
+        ids = [r.json()["id"] for r in [*deferred, queued]]
+
+        # The workers charge on the payments database and relay its outbox themselves.
+        wait_all(mesh, ids, "PAID", timeout=60)
+        assert not set(instances) & set(mesh.running()), "payments stayed dead throughout"
+        per_worker = assert_charged_once(mesh, ids)
+        assert set(per_worker) <= set(WORKERS), per_worker
+        print(f"orders with payments dead: {set(reasons)}; charged per worker {dict(per_worker)}")
+    finally:
+        mesh.start("payments", say=lambda _: None)
+
+    wait_for(lambda: payments_checks_passing(consul, instances), timeout=30,
+             what="both payments instances to pass their gRPC health checks again")  # fmt: skip
+    # The orders sidecar may have ejected the dead endpoints for a while (outlier detection).
+    wait_for(lambda: bob.post("/orders", json=order).json().get("status") == "PAID", timeout=30,
+             what="orders to be paid synchronously again by the restarted payments",
+             interval=1.0)  # fmt: skip
+    for order_id in ids:
+        placed = bob.get(f"/orders/{order_id}").json()
+        assert placed["status"] == "PAID", placed
+        payment = bob.get(f"/payments/{placed['paymentId']}")
+        assert payment.status_code == 200, payment.text
+        assert payment.json()["orderId"] == order_id
+        assert payment.json()["status"] == "PAYMENT_STATUS_SUCCEEDED"
