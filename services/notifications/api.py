@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from aiohttp import web
 
-from services.common.auth import PRINCIPAL, Principal, require_self_or_admin
-from services.common.jsonbody import MALFORMED, read_json_object
+from services.common.auth import PRINCIPAL, Principal
+from services.common.jsonbody import MALFORMED
 from services.common.problem import Problem
-from services.notifications.domain import (
-    InvalidEventError,
-    UnknownCursorError,
-    describe,
-    user_id_error,
-)
+from services.notifications.domain import UnknownCursorError, describe, user_id_error
 from services.notifications.hub import Hub
 from services.notifications.service import NotificationService
 
 SERVICE = web.AppKey("notifications_service", NotificationService)
 HUB = web.AppKey("notifications_hub", Hub)
 
-SERVICE_ROLE = "service"
 ADMIN_ROLE = "admin"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 # Clients send nothing but control frames; anything larger than this closes with 1009.
 CLIENT_MESSAGE_MAX_BYTES = 4096
 
-VALIDATION = "/problems/validation"
 UNAUTHENTICATED = "/problems/unauthenticated"
 FORBIDDEN = "/problems/forbidden"
 UPGRADE_REQUIRED = "/problems/upgrade-required"
@@ -52,16 +44,6 @@ def is_admin(request: web.Request) -> bool:
 def _principal(request: web.Request) -> Principal | None:
     """The caller (with `sub` and `roles`) the auth middleware put on the request, or None."""
     return request.get(PRINCIPAL)
-
-
-def _may_notify(request: web.Request, event: dict[str, Any]) -> None:
-    """Events about a user come from that user's own requests (forwarded by the service that
-    handled them), an admin, or a service acting on its own behalf; nobody else's."""
-    principal = _principal(request)
-    data = event.get("data")
-    user_id = data.get("userId") if isinstance(data, dict) else None
-    if principal is not None and isinstance(user_id, str):
-        require_self_or_admin(principal, user_id, SERVICE_ROLE)
 
 
 @routes.get("/notifications/ws")
@@ -128,19 +110,6 @@ async def history(request: web.Request) -> web.Response:
             errors=[{"field": "after", "message": message}],
         ) from None
     return web.json_response([notification.to_json() for notification in notifications])
-
-
-@routes.post("/internal/events")
-async def receive_event(request: web.Request) -> web.Response:
-    event = await read_json_object(request)
-    _may_notify(request, event)
-    try:
-        delivery = await request.app[SERVICE].deliver(event)
-    except InvalidEventError as exc:
-        raise Problem(
-            422, "Invalid event", describe(exc.errors), type=VALIDATION, errors=exc.errors
-        ) from None
-    return web.json_response(delivery.to_json())
 
 
 @routes.get("/health")

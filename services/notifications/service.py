@@ -45,13 +45,6 @@ class Delivery:
     duplicate: bool
     connections: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": str(self.notification_id),
-            "duplicate": self.duplicate,
-            "connections": self.connections,
-        }
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)

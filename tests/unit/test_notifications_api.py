@@ -1,7 +1,9 @@
 """HTTP and WebSocket entrypoints on aiohttp's in-process test server, with a fake repository.
 
-A tiny test middleware stands in for the auth middleware: it sets request["principal"] from the
-X-Test-User and X-Test-Roles headers.
+Events arrive the way the `notifications` consumer hands them over: a Kafka message value parsed
+by the consumer's envelope check, then `NotificationService.on_event`. A tiny test middleware
+stands in for the auth middleware: it sets request["principal"] from the X-Test-User and
+X-Test-Roles headers.
 """
 
 import asyncio
@@ -19,11 +21,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.common.auth import PRINCIPAL, PermissionDenied, Principal, forbidden_problem
+from services.common.messaging.envelope import parse
 from services.notifications import api
 from services.notifications.app import http_app
-from services.notifications.domain import UnknownCursorError
+from services.notifications.domain import InvalidEventError, UnknownCursorError
 from services.notifications.hub import Hub
-from services.notifications.service import NotificationService
+from services.notifications.service import Delivery, NotificationService
 
 PROBLEM = "application/problem+json"
 ALICE = {"X-Test-User": "alice"}
@@ -94,11 +97,12 @@ class Harness:
     client: TestClient
     hub: Hub
     repository: FakeRepository
+    service: NotificationService
 
-    async def post_event(self, event, **kwargs):
-        kwargs.setdefault("headers", {"Content-Type": "application/cloudevents+json"})
-        resp = await self.client.post("/internal/events", data=json.dumps(event), **kwargs)
-        return resp.status, await resp.json(content_type=None)
+    async def deliver(self, event):
+        """As the consumer does with a message: parse its value, call the group's handler (the
+        notifications handler does not use the connection, so there is none)."""
+        return await self.service.on_event(None, parse(json.dumps(event).encode()))
 
     async def history(self, headers, **params):
         resp = await self.client.get("/notifications", headers=headers, params=params)
@@ -113,19 +117,24 @@ class Harness:
         return ws
 
 
-def build_app(hub, repository):
+def build_app(hub, service):
     app = http_app(hub)
     app.middlewares.append(principal_from_headers)
-    app[api.SERVICE] = NotificationService(repository, hub, clock=Clock())
+    app[api.SERVICE] = service
     return app
+
+
+def new_service(hub, repository=None):
+    return NotificationService(repository or FakeRepository(), hub, clock=Clock())
 
 
 @contextlib.asynccontextmanager
 async def serving(hub=None):
     hub = hub or Hub()
     repository = FakeRepository()
-    async with TestClient(TestServer(build_app(hub, repository))) as client:
-        yield Harness(client, hub, repository)
+    service = new_service(hub, repository)
+    async with TestClient(TestServer(build_app(hub, service))) as client:
+        yield Harness(client, hub, repository, service)
 
 
 def run(test):
@@ -154,8 +163,8 @@ def test_an_event_reaches_every_socket_of_its_user_and_no_one_else():
         async with serving() as h:
             tab1, tab2, bobs = await h.connect(ALICE), await h.connect(ALICE), await h.connect(BOB)
             sent = event(statusReason="paid by card")
-            status, body = await h.post_event(sent)
-            assert (status, body) == (200, {"id": sent["id"], "duplicate": False, "connections": 2})
+            delivery = await h.deliver(sent)
+            assert delivery == Delivery(uuid.UUID(sent["id"]), duplicate=False, connections=2)
             expected = {
                 "id": sent["id"],
                 "type": "shopmesh.order.status_changed.v1",
@@ -176,10 +185,10 @@ def test_the_same_event_twice_is_stored_and_delivered_once():
         async with serving() as h:
             ws = await h.connect(ALICE)
             first, second = event(), event()
-            assert (await h.post_event(first))[1]["duplicate"] is False
-            status, body = await h.post_event(first)
-            assert (status, body) == (200, {"id": first["id"], "duplicate": True, "connections": 0})
-            await h.post_event(second)
+            assert (await h.deliver(first)).duplicate is False
+            again = await h.deliver(first)
+            assert again == Delivery(uuid.UUID(first["id"]), duplicate=True, connections=0)
+            await h.deliver(second)
             assert (await ws.receive_json(timeout=2))["id"] == first["id"]
             assert (await ws.receive_json(timeout=2))["id"] == second["id"]
             assert len(h.repository.rows) == 2
@@ -212,7 +221,7 @@ def test_a_full_queue_closes_only_that_socket_with_1013_while_the_others_keep_re
             stuck = h.hub.connect("alice", stalled, None)
             events = [event() for _ in range(5)]
             for sent in events:
-                await h.post_event(sent)
+                await h.deliver(sent)
                 assert (await live.receive_json(timeout=2))["id"] == sent["id"]
             assert stalled.closed_with == WSCloseCode.TRY_AGAIN_LATER
             assert h.hub.connections_of("alice") != () and stuck not in h.hub.connections_of(
@@ -236,8 +245,7 @@ def test_a_real_client_sees_the_1013_close_and_other_users_are_unaffected():
             assert closing.type == WSMsgType.CLOSE
             assert closing.data == WSCloseCode.TRY_AGAIN_LATER
             assert "reconnect" in closing.extra
-            status, _ = await h.post_event(event(user="bob"))
-            assert status == 200
+            assert (await h.deliver(event(user="bob"))).connections == 1
             assert (await bob.receive_json(timeout=2))["userId"] == "bob"
             again = await h.connect(ALICE)
             await again.close()
@@ -280,7 +288,7 @@ async def read_frames_until_close(reader):
 def test_a_client_that_stops_reading_gets_1013_after_its_backlog_and_others_keep_up():
     async def go():
         hub = Hub(queue_size=4)
-        server = TestServer(build_app(hub, FakeRepository()))
+        server = TestServer(build_app(hub, new_service(hub)))
         await server.start_server()
         async with aiohttp.ClientSession() as session:
             live = await session.ws_connect(server.make_url("/notifications/ws"), headers=ALICE)
@@ -355,7 +363,7 @@ def test_a_closed_socket_leaves_no_connection_or_task_behind():
 def test_shutdown_closes_sockets_with_1001():
     async def go():
         hub = Hub()
-        server = TestServer(build_app(hub, FakeRepository()))
+        server = TestServer(build_app(hub, new_service(hub)))
         await server.start_server()
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(server.make_url("/notifications/ws"), headers=ALICE)
@@ -376,8 +384,8 @@ def test_history_is_the_users_own_newest_first():
         async with serving() as h:
             ids = [event()["id"] for _ in range(3)]
             for event_id in ids:
-                await h.post_event(event(event_id=event_id))
-            await h.post_event(event(user="bob"))
+                await h.deliver(event(event_id=event_id))
+            await h.deliver(event(user="bob"))
             status, body, content_type = await h.history(ALICE)
             assert (status, content_type) == (200, "application/json; charset=utf-8")
             assert [n["id"] for n in body] == ids[::-1]
@@ -393,7 +401,7 @@ def test_history_pages_with_limit_and_after():
         async with serving() as h:
             ids = [event()["id"] for _ in range(5)]
             for event_id in ids:
-                await h.post_event(event(event_id=event_id))
+                await h.deliver(event(event_id=event_id))
             _, page1, _ = await h.history(ALICE, limit="2")
             _, page2, _ = await h.history(ALICE, limit="2", after=page1[-1]["id"])
             _, page3, _ = await h.history(ALICE, limit="2", after=page2[-1]["id"])
@@ -405,7 +413,7 @@ def test_history_pages_with_limit_and_after():
 def test_admins_may_read_another_users_history():
     async def go():
         async with serving() as h:
-            await h.post_event(event(user="bob"))
+            await h.deliver(event(user="bob"))
             status, body, _ = await h.history(ADMIN, userId="bob")
             assert status == 200
             assert [n["userId"] for n in body] == ["bob"]
@@ -416,7 +424,7 @@ def test_admins_may_read_another_users_history():
 def test_others_get_403_for_another_users_history():
     async def go():
         async with serving() as h:
-            await h.post_event(event(user="bob"))
+            await h.deliver(event(user="bob"))
             status, body, content_type = await h.history(ALICE, userId="bob")
             assert (status, content_type) == (403, PROBLEM)
             assert body["type"] == "/problems/forbidden"
@@ -468,42 +476,28 @@ def test_bad_history_parameters_are_400_naming_the_parameter(params, field):
         ({"data": {"orderId": "o-1"}}, "data.userId"),
     ],
 )
-def test_an_invalid_cloudevent_is_422_with_field_errors_and_nothing_is_stored(changes, field):
+def test_an_invalid_cloudevent_raises_with_field_errors_and_nothing_is_stored(changes, field):
     async def go():
         async with serving() as h:
             ws = await h.connect(ALICE)
-            broken = {**event(), **changes}
-            resp = await h.client.post("/internal/events", json=broken)
-            assert resp.status == 422
-            assert resp.headers["Content-Type"] == PROBLEM
-            problem = await resp.json(content_type=None)
-            assert problem["type"] == "/problems/validation"
-            assert [e["field"] for e in problem["errors"]] == [field]
+            with pytest.raises(InvalidEventError) as refused:
+                await h.service.deliver({**event(), **changes})
+            assert [e["field"] for e in refused.value.errors] == [field]
             assert h.repository.rows == {}
             assert await nothing_arrives(ws)
 
     run(go)
 
 
-@pytest.mark.parametrize("raw", [b"{", b"[]", b"", b"\xff", b'{"id": NaN}'])
-def test_a_body_that_is_not_a_json_object_is_400(raw):
+def test_a_well_formed_message_without_a_user_fails_in_the_consumer_handler():
     async def go():
         async with serving() as h:
-            resp = await h.client.post(
-                "/internal/events", data=raw, headers={"Content-Type": "application/json"}
-            )
-            assert resp.status == 400
-            assert (await resp.json(content_type=None))["type"] == "/problems/malformed-request"
-
-    run(go)
-
-
-def test_an_event_with_another_content_type_is_400():
-    async def go():
-        async with serving() as h:
-            status, body = await h.post_event(event(), headers={"Content-Type": "text/plain"})
-            assert status == 400
-            assert body["type"] == "/problems/malformed-request"
+            ws = await h.connect(ALICE)
+            with pytest.raises(InvalidEventError) as refused:
+                await h.deliver({**event(), "data": {"orderId": "o-1", "status": "PAID"}})
+            assert refused.value.errors == [{"field": "data.userId", "message": "is required"}]
+            assert h.repository.rows == {}
+            assert await nothing_arrives(ws)
 
     run(go)
 
