@@ -35,6 +35,7 @@ EXT_AUTHZ = T + "filters.http.ext_authz.v3"
 LOCAL_RATELIMIT = T + "filters.http.local_ratelimit.v3.LocalRateLimit"
 TRANSCODER = T + "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 ROUTER = T + "filters.http.router.v3.Router"
+LUA = T + "filters.http.lua.v3.Lua"
 
 JWT_PROVIDER = "shopmesh"
 EXTERNAL_AUDIENCE = "shopmesh-api"
@@ -64,6 +65,29 @@ PROBLEM_BODY = {
     "detail": "%LOCAL_REPLY_BODY%",
     "instance": "%REQ(:PATH)%",
 }
+
+# An upstream 5xx that is not a problem document (a sidecar's "no healthy upstream", an empty
+# 503 while an instance is critical) becomes one, so clients see problem+json from every error.
+# Services' own problem documents pass unchanged.
+UPSTREAM_PROBLEM_LUA = """
+local titles = {[500] = "Internal Server Error", [502] = "Bad Gateway",
+                [503] = "Service Unavailable", [504] = "Gateway Timeout"}
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local status = tonumber(headers:get(":status"))
+  if status == nil or status < 500 then return end
+  local content_type = headers:get("content-type") or ""
+  if string.find(content_type, "application/problem+json", 1, true) then return end
+  local body = string.format(
+    '{"type":"/problems/upstream","title":"%s","status":%d,'
+    .. '"detail":"the service behind this route could not answer; retry later"}',
+    titles[status] or "Upstream Error", status)
+  headers:replace("content-type", "application/problem+json")
+  headers:remove("content-length")
+  handle:body(true):setBytes(body)
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -289,8 +313,17 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
             "print_options": {"always_print_primitive_fields": True},
         },
     }
+    # Last before the router: it sees the upstream's own responses (a transcoded gRPC error is
+    # turned into JSON by the transcoder after it).
+    upstream_problems = {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": LUA,
+            "default_source_code": {"inline_string": UPSTREAM_PROBLEM_LUA},
+        },
+    }
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
-    return [per_ip, jwt_authn, per_user, ext_authz, transcoder, router]
+    return [per_ip, jwt_authn, per_user, ext_authz, transcoder, upstream_problems, router]
 
 
 def _local_reply() -> dict:

@@ -10,7 +10,6 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
-import asyncpg
 from aiohttp import web
 
 from services.auth import oauth
@@ -33,6 +32,7 @@ from services.common.auth import (
     require_role,
     unauthenticated_problem,
 )
+from services.common.db import DATABASE_UNAVAILABLE
 from services.common.problem import Problem
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,6 @@ MALFORMED = "/problems/malformed-request"
 UNAVAILABLE = "/problems/unavailable"
 USER_BLOCKED = "/problems/user-blocked"
 INVALID_CLIENT = "/problems/invalid-client"
-
-# The database is down or restarting: a retry may succeed, so it is 503, not a 500.
-DATABASE_UNAVAILABLE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-)
 
 routes = web.RouteTableDef()
 

@@ -34,6 +34,20 @@ MIGRATION_LOCK_KEY = 0x5348_4F50_4D45_5348  # "SHOPMESH"
 _MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 
 
+# Postgres is down, restarting or out of connections: the same call may succeed when retried
+# (503 over HTTP, UNAVAILABLE over gRPC, another attempt in a consumer), unlike an error about
+# the query itself.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
 class DatabaseUnavailableError(Exception):
     """Postgres did not accept connections before the deadline."""
 

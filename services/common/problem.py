@@ -11,6 +11,8 @@ from typing import Any
 from aiohttp import hdrs, web
 from opentelemetry import trace
 
+from services.common.db import DATABASE_UNAVAILABLE
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,14 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         return from_http_exception(exc).to_response(request.path)
+    except DATABASE_UNAVAILABLE as exc:
+        log.warning(
+            "database unavailable",
+            extra={"path": request.path, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        problem = Problem(503, "Service Unavailable", "the database does not answer; retry later",
+                          type="/problems/unavailable", headers={"Retry-After": "1"})  # fmt: skip
+        return problem.to_response(request.path)
     except Exception:
         log.exception("unhandled error", extra={"method": request.method, "path": request.path})
         problem = Problem(500, "Internal Server Error", "An unexpected error occurred.")

@@ -15,10 +15,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import grpc
 
 from services.common import errors
+from services.common.db import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,8 @@ _STATUS_FOR_ERROR: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] 
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
-# The database is down or restarting: the call may succeed when retried, so it is UNAVAILABLE
-# (which callers and the mesh retry) rather than INTERNAL. Logged as a warning.
-DATABASE_UNAVAILABLE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-)
+# The database is down or restarting (db.DATABASE_UNAVAILABLE): UNAVAILABLE, which callers and
+# the mesh retry, rather than INTERNAL. Logged as a warning.
 DATABASE_UNAVAILABLE_MESSAGE = "database unavailable, retry later"
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]

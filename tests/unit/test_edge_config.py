@@ -55,11 +55,11 @@ def test_every_route_goes_to_its_sidecar_upstream_with_the_right_auth() -> None:
             assert match["route"]["timeout"] == "0s"
 
 
-def test_filters_run_ip_limit_jwt_user_limit_exchange_transcoder_router() -> None:
+def test_filters_run_ip_limit_jwt_user_limit_exchange_transcoder_problems_router() -> None:
     names = [f["name"].rsplit(".", 1)[1] for f in hcm(listeners()["https"])["http_filters"]]
     assert names == [
         "local_ratelimit", "jwt_authn", "local_ratelimit", "ext_authz",
-        "grpc_json_transcoder", "router",
+        "grpc_json_transcoder", "lua", "router",
     ]  # fmt: skip
 
 

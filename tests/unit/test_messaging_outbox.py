@@ -2,6 +2,7 @@ import asyncio
 import json
 import uuid
 
+import asyncpg
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -237,3 +238,63 @@ def test_outbox_migration_creates_the_table_and_the_unpublished_index():
     assert "CREATE TABLE outbox" in sql
     assert "event_id uuid NOT NULL UNIQUE" in sql
     assert "WHERE published_at IS NULL" in sql
+
+
+class DetachableConnection:
+    """A pooled connection the pool can take back, as asyncpg does when it sees one break."""
+
+    def __init__(self):
+        self.detached = False
+        self.channels = []
+
+    def is_closed(self):
+        if self.detached:
+            raise asyncpg.InterfaceError(
+                "cannot call Connection.is_closed(): connection has been released back to the pool"
+            )
+        return False
+
+    async def add_listener(self, channel, _callback):
+        self.channels.append(channel)
+
+    async def remove_listener(self, channel, _callback):
+        self.channels.remove(channel)
+
+
+class ListenPool:
+    def __init__(self):
+        self.acquired = []
+
+    async def acquire(self, timeout=None):
+        self.acquired.append(DetachableConnection())
+        return self.acquired[-1]
+
+    async def release(self, _conn):
+        pass
+
+
+def test_relay_listens_anew_after_the_pool_takes_back_its_broken_listen_connection():
+    store = FakeOutboxStore(rows(1))
+    factory = ProducerFactory()
+    pool = ListenPool()
+    relay = OutboxRelay(pool, factory, store=store, poll_interval_s=0.01,
+                        backoff=Backoff(initial_s=0.001, max_s=0.004))  # fmt: skip
+
+    async def go():
+        await relay.start()
+        await wait_until(lambda: store.published == {1} and pool.acquired)
+        pool.acquired[0].detached = True  # Postgres restarted under the relay
+        await wait_until(lambda: len(pool.acquired) == 2 and pool.acquired[1].channels)
+        assert pool.acquired[1].channels == [outbox.NOTIFY_CHANNEL]
+        store.rows.extend(rows(2)[1:])
+        await wait_until(lambda: store.published == {1, 2})
+        await relay.stop()
+
+    asyncio.run(go())
+
+
+async def wait_until(condition, timeout_s=5.0):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)

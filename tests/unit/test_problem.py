@@ -2,6 +2,7 @@ import asyncio
 import json
 import logging
 
+import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -23,6 +24,10 @@ async def crashes(_request):
     raise RuntimeError("password=hunter2 in an internal message")
 
 
+async def loses_the_database(_request):
+    raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+
 async def redirects(_request):
     raise web.HTTPFound("/elsewhere")
 
@@ -36,6 +41,7 @@ def call(method, path, **kwargs):
         app = web.Application(middlewares=[problem_middleware], client_max_size=16)
         app.router.add_get("/problem", raises_problem)
         app.router.add_get("/crash", crashes)
+        app.router.add_get("/database", loses_the_database)
         app.router.add_get("/redirect", redirects)
         app.router.add_post("/echo", echo)
         async with TestClient(TestServer(app)) as client:
@@ -100,6 +106,16 @@ def test_unexpected_error_is_a_500_problem_without_internals(caplog):
     assert b"RuntimeError" not in body
     assert json.loads(body)["instance"] == "/crash"
     assert any(record.exc_info for record in caplog.records)
+
+
+def test_a_lost_database_is_a_503_problem_to_retry_not_a_500(caplog):
+    with caplog.at_level(logging.WARNING):
+        status, headers, body = call("GET", "/database")
+    assert status == 503
+    assert headers["Content-Type"] == PROBLEM_CONTENT_TYPE
+    assert headers["Retry-After"] == "1"
+    assert json.loads(body)["type"] == "/problems/unavailable"
+    assert not any(record.exc_info for record in caplog.records), "a warning, not a traceback"
 
 
 def test_redirects_pass_through_untouched():

@@ -31,6 +31,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from services.common.db import DATABASE_UNAVAILABLE
 from services.common.messaging.backoff import Backoff
 from services.common.messaging.envelope import (
     Event,
@@ -75,11 +76,7 @@ def migration_sql() -> str:
 # -- plain decisions ---------------------------------------------------------------------------
 
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
+    *DATABASE_UNAVAILABLE,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
 )

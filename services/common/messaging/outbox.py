@@ -475,7 +475,7 @@ class OutboxRelay:
     async def _ensure_listening(self) -> None:
         if not self._listen_enabled or self._pool is None:
             return
-        if self._listen_conn is not None and not self._listen_conn.is_closed():
+        if self._listener_alive():
             return
         await self._release_listener()
         try:
@@ -490,6 +490,13 @@ class OutboxRelay:
             await self._pool.release(conn)
             return
         self._listen_conn = conn
+
+    def _listener_alive(self) -> bool:
+        try:
+            return self._listen_conn is not None and not self._listen_conn.is_closed()
+        except asyncpg.InterfaceError:
+            # The pool took back a connection it saw break (Postgres restarted): listen anew.
+            return False
 
     def _on_notify(self, *_args: object) -> None:
         self._wake.set()
