@@ -10,6 +10,18 @@ from services.common.messaging.outbox import Backlog, OutboxRow
 
 
 @dataclass
+class Record:
+    """What the consumer runner reads from aiokafka: a ConsumerRecord's fields it uses."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list = field(default_factory=list)
+
+
+@dataclass
 class Sent:
     topic: str
     value: bytes | None

@@ -1,7 +1,6 @@
 import asyncio
 import json
 import uuid
-from dataclasses import dataclass, field
 
 import asyncpg
 import pytest
@@ -31,20 +30,10 @@ from services.common.messaging.envelope import (
     to_kafka_headers,
 )
 from services.common.messaging.migrations import install
-from tests.unit.messaging_fakes import ProducerFactory
+from tests.unit.messaging_fakes import ProducerFactory, Record
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PRODUCER_SPAN_ID = 0x00F067AA0BA902B7
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list = field(default_factory=list)
 
 
 def event_record(offset=0, partition=0, topic="order-events", data=None, headers=None):

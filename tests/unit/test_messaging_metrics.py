@@ -3,7 +3,7 @@
 import asyncio
 import json
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from aiokafka import TopicPartition
@@ -18,7 +18,7 @@ from services.common.messaging.outbox import OutboxRelay, OutboxRow
 from services.common.metrics import MessagingMetrics
 from services.notifications.hub import Hub
 from tests.support import wait_for
-from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory
+from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory, Record
 
 
 def sample(name: str, **labels: str) -> float | None:
@@ -28,16 +28,6 @@ def sample(name: str, **labels: str) -> float | None:
 def unique(prefix: str) -> str:
     """A service label of its own, so tests never read each other's series."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list = field(default_factory=list)
 
 
 WRITTEN = "2026-11-29T10:15:00.000Z"

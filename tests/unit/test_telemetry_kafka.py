@@ -4,7 +4,6 @@ Kafka and Postgres are the fakes of tests.unit.messaging_fakes and in-memory sea
 
 import asyncio
 import json
-from dataclasses import dataclass, field
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -18,7 +17,7 @@ from services.common.messaging.backoff import Backoff
 from services.common.messaging.consumer import MessageProcessor, Outcome
 from services.common.messaging.envelope import ORIGINAL_TOPIC_HEADER, to_kafka_headers
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
-from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory, Sent
+from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory, Record, Sent
 
 
 class OutboxTable:
@@ -42,16 +41,6 @@ class OutboxTable:
                 headers=json.loads(headers),
             )
         )
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list = field(default_factory=list)
 
 
 class InMemoryProcessed:
