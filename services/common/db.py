@@ -45,6 +45,11 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # A pooled connection left broken by a lost server: "connection is closed", "cannot switch
+    # to state ...; another operation is in progress". The pool drops it when it fails to reset.
+    # (InterfaceError also names misuse of a connection; that shows in the warning logged.)
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 
 

@@ -3,6 +3,7 @@ import json
 import logging
 
 import asyncpg
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -24,8 +25,19 @@ async def crashes(_request):
     raise RuntimeError("password=hunter2 in an internal message")
 
 
-async def loses_the_database(_request):
-    raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+LOST_DATABASE = {
+    "closed": asyncpg.ConnectionDoesNotExistError(
+        "connection was closed in the middle of operation"
+    ),
+    "released": asyncpg.InterfaceError("cannot perform operation: connection is closed"),
+    "broken": asyncpg.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    ),
+}
+
+
+async def loses_the_database(request):
+    raise LOST_DATABASE[request.query["how"]]
 
 
 async def redirects(_request):
@@ -108,9 +120,10 @@ def test_unexpected_error_is_a_500_problem_without_internals(caplog):
     assert any(record.exc_info for record in caplog.records)
 
 
-def test_a_lost_database_is_a_503_problem_to_retry_not_a_500(caplog):
+@pytest.mark.parametrize("how", sorted(LOST_DATABASE))
+def test_a_lost_database_is_a_503_problem_to_retry_not_a_500(caplog, how):
     with caplog.at_level(logging.WARNING):
-        status, headers, body = call("GET", "/database")
+        status, headers, body = call("GET", f"/database?how={how}")
     assert status == 503
     assert headers["Content-Type"] == PROBLEM_CONTENT_TYPE
     assert headers["Retry-After"] == "1"
