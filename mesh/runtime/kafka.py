@@ -56,6 +56,9 @@ CLUSTER_SETTINGS: dict[str, str] = {
     "transaction.state.log.min.isr": "2",
     "transaction.state.log.num.partitions": "10",
     "unclean.leader.election.enable": "false",
+    # Kafka's default, stated because consumers remember handled events a day longer
+    # (services/common/messaging/consumer.py PROCESSED_RETENTION_S) to dedupe redeliveries.
+    "log.retention.hours": "168",
     "auto.create.topics.enable": "false",
     "group.initial.rebalance.delay.ms": "0",
     "num.partitions": "3",

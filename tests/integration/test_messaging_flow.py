@@ -22,6 +22,7 @@ import pytest
 from mesh.runtime import postgres
 from mesh.runtime.paths import REPO_ROOT
 from mesh.runtime.supervisor import Mesh, service_env
+from services.common.messaging.consumer import PROCESSED_RETENTION_S, PgProcessedStore
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh.users.v1 import users_pb2
 from tests.support import instance_port, wait_for
@@ -347,3 +348,29 @@ def test_the_sync_path_emits_one_payment_event_even_when_repeated(
     # repeated call emitted would already be there when the call returned.
     assert len(events_for(mesh, "payments", order["id"], "shopmesh.payment.succeeded.v1")) == 1
     assert len(payments_by_order(mesh, [order["id"]])[order["id"]]) == 1
+
+
+def test_processed_events_older_than_the_dedupe_window_are_pruned_and_newer_ones_kept(
+    mesh: Mesh,
+) -> None:
+    group = f"prune-test-{uuid.uuid4().hex[:8]}"
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    query(mesh, "orders",
+          "INSERT INTO processed_events (consumer_group, event_id, processed_at) VALUES "
+          "($1, $2, now() - interval '9 days'), ($1, $3, now() - interval '7 days')",
+          group, old, recent)  # fmt: skip
+    password = postgres.passwords(mesh.state, mesh.topology)["orders"]
+    url = postgres.database_url(mesh.topology, "orders", password, "orders")
+
+    async def prune() -> int:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+        try:
+            return await PgProcessedStore(pool).prune(group, PROCESSED_RETENTION_S)
+        finally:
+            await pool.close()
+
+    assert asyncio.run(prune()) == 1
+    left = query(mesh, "orders", "SELECT event_id FROM processed_events WHERE consumer_group = $1",
+                 group)  # fmt: skip
+    assert [row["event_id"] for row in left] == [recent]
+    query(mesh, "orders", "DELETE FROM processed_events WHERE consumer_group = $1", group)

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from mesh.runtime.kafka import CLUSTER_SETTINGS, load_topics
 from services.common.events import cloud_event
 from services.common.messaging import consumer
 from services.common.messaging.backoff import Backoff
@@ -48,6 +49,8 @@ class FakeStore:
 
     def __init__(self, already=()):
         self.processed = set(already)
+        self.prunes = []
+        self.prune_error = None
 
     async def handle_once(self, group_id, event, handler):
         if (group_id, event.id) in self.processed:
@@ -55,6 +58,12 @@ class FakeStore:
         await handler(None, event)
         self.processed.add((group_id, event.id))
         return True
+
+    async def prune(self, group_id, older_than_s):
+        self.prunes.append((group_id, older_than_s))
+        if self.prune_error:
+            raise self.prune_error
+        return 0
 
 
 class Handler:
@@ -382,3 +391,26 @@ def test_batch_dropped_after_a_rebalance_rewinds_the_partitions_still_owned():
     asyncio.run(runner.process_batch(batch, stale_generation))
     assert runner._consumer.seeks == [(p0, 7)]
     assert runner._consumer.commits == []
+
+
+def test_handled_events_are_remembered_longer_than_kafka_keeps_the_messages():
+    retention_s = int(CLUSTER_SETTINGS["log.retention.hours"]) * 3600
+    assert retention_s < consumer.PROCESSED_RETENTION_S
+    assert all("retention.ms" not in topic.configs for topic in load_topics())
+
+
+def test_processed_events_are_pruned_once_per_interval_and_a_failed_prune_is_only_logged():
+    store = FakeStore()
+    runner, _ = runner_with(Handler(), store=store)
+
+    async def go():
+        await runner.prune_if_due()  # the first prune waits an interval after start
+        runner._next_prune = 0.0
+        await runner.prune_if_due()
+        await runner.prune_if_due()  # not due again yet
+        store.prune_error = asyncpg.ConnectionDoesNotExistError("gone")
+        runner._next_prune = 0.0
+        await runner.prune_if_due()
+
+    asyncio.run(go())
+    assert store.prunes == [("orders", consumer.PROCESSED_RETENTION_S)] * 2

@@ -138,9 +138,20 @@ class Record(Protocol):
 # -- seams -------------------------------------------------------------------------------------
 
 
+# How long a group remembers an event it handled. A redelivery can only be of a message still
+# in its topic, so this outlives the brokers' log retention (log.retention.hours in
+# mesh/runtime/kafka.py, 7 days) by a day; tests/unit/test_messaging_consumer.py checks it.
+PROCESSED_RETENTION_S = 8 * 24 * 3600.0
+PRUNE_INTERVAL_S = 3600.0
+
+
 class ProcessedStore(Protocol):
     async def handle_once(self, group_id: str, event: Event, handler: Handler) -> bool:
         """Run `handler` and record the event in one transaction; False if it was recorded."""
+        ...
+
+    async def prune(self, group_id: str, older_than_s: float) -> int:
+        """Forget the group's events handled more than `older_than_s` ago; how many."""
         ...
 
 
@@ -163,6 +174,17 @@ class PgProcessedStore:
                 return False
             await handler(conn, event)
             return True
+
+    async def prune(self, group_id: str, older_than_s: float) -> int:
+        status = await self._pool.execute(
+            """
+            DELETE FROM processed_events
+            WHERE consumer_group = $1 AND processed_at < now() - make_interval(secs => $2)
+            """,
+            group_id,
+            older_than_s,
+        )
+        return int(status.split()[-1])
 
 
 DeadLetterSend = Callable[[str, bytes | None, bytes | None, dict[str, str]], Awaitable[None]]
@@ -395,6 +417,8 @@ class ConsumerRunner:
         self.max_batch = max_batch
         self.poll_timeout_ms = poll_timeout_ms
         self.stats = ConsumerStats()
+        self._store = store
+        self._next_prune: float | None = None
         self.processor = MessageProcessor(
             group_id,
             handler,
@@ -471,8 +495,28 @@ class ConsumerRunner:
                 if batch:
                     await self.process_batch(batch, generation)
                 await self.record_lag()
+                await self.prune_if_due()
         finally:
             await self._shutdown()
+
+    async def prune_if_due(self) -> None:
+        """Forget handled events older than PROCESSED_RETENTION_S, once per PRUNE_INTERVAL_S
+        (the first an interval after start); a failure waits for the next interval."""
+        now = asyncio.get_running_loop().time()
+        if self._next_prune is None:
+            self._next_prune = now + PRUNE_INTERVAL_S
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL_S
+        try:
+            pruned = await self._store.prune(self.group_id, PROCESSED_RETENTION_S)
+        except Exception as exc:
+            log.warning(
+                "processed events prune failed", extra=_error(exc) | {"group": self.group_id}
+            )
+            return
+        if pruned:
+            log.info("processed events pruned", extra={"group": self.group_id, "rows": pruned})
 
     async def process_batch(
         self, batch: dict[TopicPartition, list[Any]], generation: int | None = None
