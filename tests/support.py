@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,6 +29,17 @@ def wait_for(condition: Callable[[], T], *, timeout: float, what: str, interval:
         time.sleep(interval)
     detail = f" (last error: {last_error!r})" if last_error else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+
+
+async def wait_until(
+    condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.01
+) -> None:
+    """`wait_for` inside an event loop: yields to the tasks that make `condition` come true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def envoy_admin(topology: Topology, port: int) -> httpx.Client:

@@ -15,6 +15,7 @@ from services.common.messaging import outbox
 from services.common.messaging.backoff import Backoff
 from services.common.messaging.envelope import MalformedEventError
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
+from tests.support import wait_until
 from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -100,10 +101,7 @@ def test_relay_backs_off_on_kafka_errors_then_drains_everything_with_a_fresh_pro
 
     async def go():
         await relay.start()
-        for _ in range(200):
-            if len(store.published) == 50:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: len(store.published) == 50, timeout=5, what="50 rows published")
         await relay.stop()
 
     asyncio.run(go())
@@ -139,7 +137,7 @@ def test_relay_stops_gracefully_while_idle_and_closes_its_producer():
 
     async def go():
         await relay.start()
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: store.published == {1}, timeout=5, what="the row published")
         await asyncio.wait_for(relay.stop(), 1.0)
 
     asyncio.run(go())
@@ -282,19 +280,14 @@ def test_relay_listens_anew_after_the_pool_takes_back_its_broken_listen_connecti
 
     async def go():
         await relay.start()
-        await wait_until(lambda: store.published == {1} and pool.acquired)
+        await wait_until(lambda: store.published == {1} and pool.acquired, timeout=5,
+                         what="the first row published and a LISTEN connection")  # fmt: skip
         pool.acquired[0].detached = True  # Postgres restarted under the relay
-        await wait_until(lambda: len(pool.acquired) == 2 and pool.acquired[1].channels)
+        await wait_until(lambda: len(pool.acquired) == 2 and pool.acquired[1].channels,
+                         timeout=5, what="LISTEN on a fresh connection")  # fmt: skip
         assert pool.acquired[1].channels == [outbox.NOTIFY_CHANNEL]
         store.rows.extend(rows(2)[1:])
-        await wait_until(lambda: store.published == {1, 2})
+        await wait_until(lambda: store.published == {1, 2}, timeout=5, what="the new row published")
         await relay.stop()
 
     asyncio.run(go())
-
-
-async def wait_until(condition, timeout_s=5.0):
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)

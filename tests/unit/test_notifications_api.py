@@ -27,6 +27,7 @@ from services.notifications.app import http_app
 from services.notifications.domain import InvalidEventError, UnknownCursorError
 from services.notifications.hub import Hub
 from services.notifications.service import Delivery, NotificationService
+from tests.support import wait_until
 
 PROBLEM = "application/problem+json"
 ALICE = {"X-Test-User": "alice"}
@@ -349,11 +350,8 @@ def test_a_closed_socket_leaves_no_connection_or_task_behind():
             ws = await h.connect(ALICE)
             (connection,) = h.hub.connections_of("alice")
             await ws.close()
-            for _ in range(100):
-                if h.hub.connection_count == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert h.hub.connection_count == 0
+            await wait_until(lambda: h.hub.connection_count == 0, timeout=1,
+                             what="the hub to drop the closed socket")  # fmt: skip
             assert connection.close_code == WSCloseCode.OK
             assert [t for t in asyncio.all_tasks() if t.get_name().startswith("notif")] == []
 
