@@ -699,7 +699,7 @@ def bootstrap(topology: Topology) -> None:
     """Once Postgres and Consul are up: the databases and roles, the edge's config and its
     Consul registration (the edge is no Python service, so nothing else registers it)."""
     passwords = postgres.passwords(STATE, topology)
-    asyncio.run(postgres._ensure_databases(replace(topology, bind_host="postgres"), passwords))
+    asyncio.run(postgres.ensure_databases(replace(topology, bind_host="postgres"), passwords))
     shutil.copyfile(protos.DESCRIPTOR_SET, EDGE_DESCRIPTORS)
     certs = tls.edge_certs(STATE)
     files = edge_config.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)
@@ -747,7 +747,7 @@ def _point_otlp_at(cluster: dict[str, Any], jaeger_ip: str) -> None:
 
 def worker_ready(group: str) -> int:
     bootstrap_servers = os.environ["SHOPMESH_KAFKA_BOOTSTRAP"]
-    members = asyncio.run(kafka._group_client_ids(bootstrap_servers, group))
+    members = asyncio.run(kafka.group_members(bootstrap_servers, group))
     return 0 if os.environ["SHOPMESH_INSTANCE"] in members else 1
 
 

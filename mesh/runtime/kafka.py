@@ -309,7 +309,8 @@ class PartitionState:
         return self.leader >= 0 and set(self.isr) >= set(self.replicas)
 
 
-async def _group_client_ids(bootstrap: str, group: str) -> set[str]:
+async def group_members(bootstrap: str, group: str) -> set[str]:
+    """The client ids of a consumer group's members (natively and in compose's health check)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
     await admin.start()
     try:
@@ -327,7 +328,7 @@ async def _group_client_ids(bootstrap: str, group: str) -> set[str]:
 def group_client_ids(topology: Topology, group: str) -> set[str]:
     """The client ids of the consumer group's current members."""
     with _quiet_aiokafka():
-        return asyncio.run(_group_client_ids(topology.kafka_bootstrap(), group))
+        return asyncio.run(group_members(topology.kafka_bootstrap(), group))
 
 
 def partitions_from(metadata: dict) -> list[PartitionState]:

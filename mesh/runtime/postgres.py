@@ -98,7 +98,7 @@ def server_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) 
 
     def ready() -> str | None:
         try:
-            asyncio.run(_ensure_databases(topology, pw))
+            asyncio.run(ensure_databases(topology, pw))
         except (OSError, asyncpg.PostgresError) as exc:
             return f"not accepting connections yet ({exc.__class__.__name__})"
         return None
@@ -131,7 +131,8 @@ def server_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) 
     )
 
 
-async def _ensure_databases(topology: Topology, pw: dict[str, str]) -> None:
+async def ensure_databases(topology: Topology, pw: dict[str, str]) -> None:
+    """Each service's role and database, created if missing (natively and by compose)."""
     conn = await asyncpg.connect(
         database_url(topology, SUPERUSER, pw[SUPERUSER], "postgres"), timeout=2
     )
