@@ -18,7 +18,14 @@ from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.tls import ensure_edge_certs
 from mesh.topology import Topology
-from services.common.consul import EnvoyTracer, sidecar_service
+from services.common.consul import (
+    CHECK_INTERVAL,
+    CHECK_TIMEOUT,
+    DEREGISTER_CRITICAL_AFTER,
+    FAILURES_BEFORE_CRITICAL,
+    EnvoyTracer,
+    sidecar_service,
+)
 
 
 def registration(topology: Topology) -> dict:
@@ -33,9 +40,10 @@ def registration(topology: Topology) -> dict:
         "Check": {
             "Name": "edge admin ready",
             "HTTP": f"http://{host}:{edge.admin_port}/ready",
-            "Interval": "1s",
-            "Timeout": "1s",
-            "DeregisterCriticalServiceAfter": "5m",
+            "Interval": CHECK_INTERVAL,
+            "Timeout": CHECK_TIMEOUT,
+            "FailuresBeforeCritical": FAILURES_BEFORE_CRITICAL,
+            "DeregisterCriticalServiceAfter": DEREGISTER_CRITICAL_AFTER,
         },
         "Connect": {
             "SidecarService": sidecar_service(

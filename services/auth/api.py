@@ -33,7 +33,7 @@ from services.common.auth import (
     unauthenticated_problem,
 )
 from services.common.db import DATABASE_UNAVAILABLE
-from services.common.problem import Problem
+from services.common.problem import UNAVAILABLE, Problem
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,10 @@ MAX_FORM_FIELDS = 32
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 MALFORMED = "/problems/malformed-request"
-UNAVAILABLE = "/problems/unavailable"
 USER_BLOCKED = "/problems/user-blocked"
 INVALID_CLIENT = "/problems/invalid-client"
 
 routes = web.RouteTableDef()
-
-
-@routes.get("/health")
-async def health(request: web.Request) -> web.Response:
-    if not await request.app[SERVICE].database_ready():
-        raise Problem(503, "Service unavailable", "the database does not answer", type=UNAVAILABLE)
-    return web.json_response({"status": "ok"})
 
 
 @routes.get("/.well-known/openid-configuration")

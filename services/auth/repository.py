@@ -23,10 +23,6 @@ class Client:
     roles: frozenset[str]
 
 
-async def ping(conn: asyncpg.Connection, *, timeout_s: float) -> None:
-    await conn.fetchval("SELECT 1", timeout=timeout_s)
-
-
 async def lock_keys(conn: asyncpg.Connection) -> None:
     """Hold the key lock until the end of the current transaction."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", KEYS_LOCK_KEY)

@@ -399,16 +399,7 @@ class AuthService:
             }
         return {"active": False}
 
-    # --- keys and health ------------------------------------------------------------------
+    # --- keys ------------------------------------------------------------------
 
     async def rotate_keys(self) -> tuple[SigningKey, str | None]:
         return await self.keys.rotate()
-
-    async def database_ready(self, *, timeout_s: float = 0.8) -> bool:
-        try:
-            async with asyncio.timeout(timeout_s), self._pool.acquire() as conn:
-                await repository.ping(conn, timeout_s=timeout_s)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("database not ready", extra={"error": f"{type(exc).__name__}: {exc}"})
-            return False
-        return True

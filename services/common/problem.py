@@ -14,6 +14,8 @@ from opentelemetry import trace
 from services.common.db import DATABASE_UNAVAILABLE
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+# The problem type of every "cannot answer now, retry later" (503).
+UNAVAILABLE = "/problems/unavailable"
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             extra={"path": request.path, "error": f"{type(exc).__name__}: {exc}"},
         )
         problem = Problem(503, "Service Unavailable", "the database does not answer; retry later",
-                          type="/problems/unavailable", headers={"Retry-After": "1"})  # fmt: skip
+                          type=UNAVAILABLE, headers={"Retry-After": "1"})  # fmt: skip
         return problem.to_response(request.path)
     except Exception:
         log.exception("unhandled error", extra={"method": request.method, "path": request.path})

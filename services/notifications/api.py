@@ -25,7 +25,6 @@ CLIENT_MESSAGE_MAX_BYTES = 4096
 UNAUTHENTICATED = "/problems/unauthenticated"
 FORBIDDEN = "/problems/forbidden"
 UPGRADE_REQUIRED = "/problems/upgrade-required"
-UNAVAILABLE = "/problems/unavailable"
 
 routes = web.RouteTableDef()
 
@@ -110,13 +109,6 @@ async def history(request: web.Request) -> web.Response:
             errors=[{"field": "after", "message": message}],
         ) from None
     return web.json_response([notification.to_json() for notification in notifications])
-
-
-@routes.get("/health")
-async def health(request: web.Request) -> web.Response:
-    if not await request.app[SERVICE].database_ready():
-        raise Problem(503, "Service unavailable", "the database does not answer", type=UNAVAILABLE)
-    return web.json_response({"status": "ok"})
 
 
 def _authenticated(request: web.Request) -> str:

@@ -67,9 +67,6 @@ class PostgresRepository:
                 )
         return [_notification(row) for row in rows]
 
-    async def ping(self, *, timeout_s: float) -> None:
-        await self._pool.fetchval("SELECT 1", timeout=timeout_s)
-
 
 def _notification(row: asyncpg.Record) -> Notification:
     return Notification(

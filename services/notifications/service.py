@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -31,8 +30,6 @@ class Repository(Protocol):
         UnknownCursorError if `after` is not one of the user's notifications.
         """
         ...
-
-    async def ping(self, *, timeout_s: float) -> None: ...
 
 
 class Push(Protocol):
@@ -90,13 +87,3 @@ class NotificationService:
         self, user_id: str, *, limit: int, after: uuid.UUID | None = None
     ) -> list[Notification]:
         return await self._repository.list_for_user(user_id, limit=limit, after=after)
-
-    async def database_ready(self, *, timeout_s: float = 0.8) -> bool:
-        """Whether the database answers SELECT 1 within `timeout_s`."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._repository.ping(timeout_s=timeout_s)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("database not ready", extra={"error": f"{type(exc).__name__}: {exc}"})
-            return False
-        return True

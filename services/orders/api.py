@@ -8,7 +8,7 @@ from aiohttp import web
 
 from services.common.auth import PermissionDenied, request_principal, require_self_or_admin
 from services.common.jsonbody import MALFORMED, read_json_object
-from services.common.problem import Problem
+from services.common.problem import UNAVAILABLE, Problem
 from services.common.telemetry import set_order_id
 from services.orders import validation
 from services.orders.clients import UnknownUser, UpstreamUnavailable
@@ -21,7 +21,6 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200
 VALIDATION = "/problems/validation"
 KEY_REUSED = "/problems/idempotency-key-reused"
 ORDER_NOT_FOUND = "/problems/order-not-found"
-UNAVAILABLE = "/problems/unavailable"
 UNKNOWN_USER = "/problems/unknown-user"
 USER_BLOCKED = "/problems/user-blocked"
 NOT_CANCELLABLE = "/problems/order-not-cancellable"
@@ -170,13 +169,6 @@ def _not_cancellable(status: OrderStatus) -> Problem:
         f"the order is {status.value}; only PENDING or PAYMENT_PENDING orders can be cancelled",
         type=NOT_CANCELLABLE,
     )
-
-
-@routes.get("/health")
-async def health(request: web.Request) -> web.Response:
-    if not await request.app[SERVICE].database_ready():
-        raise Problem(503, "Service unavailable", "the database does not answer", type=UNAVAILABLE)
-    return web.json_response({"status": "ok"})
 
 
 @routes.get("/openapi.yaml")

@@ -93,10 +93,6 @@ async def find_idempotency_key(conn: asyncpg.Connection, key: str) -> Idempotenc
     return None if row is None else IdempotencyRecord(row["request_hash"], row["order_id"])
 
 
-async def ping(conn: asyncpg.Connection, *, timeout_s: float) -> None:
-    await conn.fetchval("SELECT 1", timeout=timeout_s)
-
-
 def _order(row: asyncpg.Record) -> Order:
     return Order(
         id=row["id"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -192,16 +191,6 @@ class OrderService:
 
     async def list_orders(self, user_id: str) -> list[Order]:
         return await repository.list_orders_for_user(self._pool, user_id)
-
-    async def database_ready(self, *, timeout_s: float = 0.8) -> bool:
-        """Whether the database answers SELECT 1 within `timeout_s`."""
-        try:
-            async with asyncio.timeout(timeout_s), self._pool.acquire() as conn:
-                await repository.ping(conn, timeout_s=timeout_s)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("database not ready", extra={"error": f"{type(exc).__name__}: {exc}"})
-            return False
-        return True
 
     async def _replay(
         self, conn: asyncpg.Connection, idempotency_key: str, fingerprint: str

@@ -35,6 +35,7 @@ def test_registration_body_describes_instance_check_and_sidecar():
             "Method": "GET",
             "Interval": "1s",
             "Timeout": "1s",
+            "FailuresBeforeCritical": 3,
             "DeregisterCriticalServiceAfter": "5m",
         },
         "Connect": {
@@ -63,6 +64,7 @@ def test_registration_body_describes_instance_check_and_sidecar():
                         "TCP": "127.0.0.1:21001",
                         "Interval": "1s",
                         "Timeout": "1s",
+                        "FailuresBeforeCritical": 3,
                     },
                     {"Name": "Connect Sidecar Aliasing orders-1", "AliasService": "orders-1"},
                 ],

@@ -56,7 +56,6 @@ async def principal_from_headers(request, handler):
 class FakeRepository:
     def __init__(self):
         self.rows = {}
-        self.ready = True
 
     async def add(self, notification):
         if notification.id in self.rows:
@@ -76,10 +75,6 @@ class FakeRepository:
                 raise UnknownCursorError(after)
             mine = [n for n in mine if (n.created_at, n.id) < (cursor.created_at, cursor.id)]
         return mine[:limit]
-
-    async def ping(self, *, timeout_s):
-        if not self.ready:
-            raise OSError("connection refused")
 
 
 class Clock:
@@ -496,17 +491,5 @@ def test_a_well_formed_message_without_a_user_fails_in_the_consumer_handler():
             assert refused.value.errors == [{"field": "data.userId", "message": "is required"}]
             assert h.repository.rows == {}
             assert await nothing_arrives(ws)
-
-    run(go)
-
-
-def test_health_follows_the_database():
-    async def go():
-        async with serving() as h:
-            assert (await h.client.get("/health")).status == 200
-            h.repository.ready = False
-            resp = await h.client.get("/health")
-            assert resp.status == 503
-            assert resp.headers["Content-Type"] == PROBLEM
 
     run(go)

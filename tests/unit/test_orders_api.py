@@ -26,7 +26,6 @@ class FakeOrders:
     calls: list[tuple] = field(default_factory=list)
     replay: bool = False
     key_reused: bool = False
-    ready: bool = True
 
     async def place_order(self, user_id, items, *, idempotency_key=None, respond_async=False):
         self.calls.append(("place_order", user_id, tuple(items), idempotency_key))
@@ -44,9 +43,6 @@ class FakeOrders:
     async def list_orders(self, user_id):
         self.calls.append(("list_orders", user_id))
         return []
-
-    async def database_ready(self):
-        return self.ready
 
 
 @dataclass
@@ -234,11 +230,6 @@ def test_unknown_routes_and_methods_are_problems():
     reply = call(FakeOrders(), "DELETE", "/orders")
     assert_problem(reply, 405)
     assert "POST" in reply.headers["Allow"]
-
-
-def test_health_reports_database_readiness():
-    assert call(FakeOrders(), "GET", "/health").json == {"status": "ok"}
-    assert_problem(call(FakeOrders(ready=False), "GET", "/health"), 503)
 
 
 def test_the_openapi_document_is_served():
