@@ -31,6 +31,7 @@ from services.common.messaging.envelope import (
     to_kafka_headers,
 )
 from services.common.messaging.migrations import install
+from tests.support import wait_until
 from tests.unit.messaging_fakes import ProducerFactory, Record
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -414,3 +415,88 @@ def test_processed_events_are_pruned_once_per_interval_and_a_failed_prune_is_onl
 
     asyncio.run(go())
     assert store.prunes == [("orders", consumer.PROCESSED_RETENTION_S)] * 2
+
+
+class RevokedWhilePositionIsAwaited:
+    """An aiokafka consumer whose group takes every other partition away while the first
+    partition's position is awaited; highwater() asserts the partition is assigned, as
+    aiokafka's does."""
+
+    def __init__(self, partitions):
+        self.owned = set(partitions)
+        self.asked = []
+
+    def assignment(self):
+        return set(self.owned)
+
+    def highwater(self, tp):
+        assert tp in self.owned, "Partition is not assigned"
+        return 10
+
+    async def position(self, tp):
+        self.asked.append(tp)
+        self.owned = {tp}
+        return 4
+
+
+def test_lag_is_recorded_for_what_is_still_owned_when_a_rebalance_revokes_partitions_mid_way():
+    partitions = [TopicPartition("payment-tasks", n) for n in range(6)]
+    runner, _ = runner_with(Handler())
+    runner._consumer = consumer = RevokedWhilePositionIsAwaited(partitions)
+    asyncio.run(runner.record_lag())
+    assert len(consumer.asked) == 1
+    assert runner._lag_reported == set(consumer.asked)
+
+
+class ScriptedConsumer:
+    """An aiokafka consumer that joins, then fails its first fetch with `error` (a bug, not a
+    Kafka error); `stop()` is what leaves the group."""
+
+    def __init__(self, made, error=None):
+        self.error = error
+        self.started = False
+        self.stopped = False
+        made.append(self)
+
+    def subscribe(self, topics, listener):
+        self.topics = topics
+
+    async def start(self):
+        self.started = True
+
+    async def stop(self):
+        self.stopped = True
+
+    async def getmany(self, timeout_ms, max_records):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+    def assignment(self):
+        return set()
+
+
+def test_a_consumer_that_fails_unexpectedly_leaves_and_a_new_one_joins_the_group():
+    made = []
+    errors = [AssertionError("Partition is not assigned")]
+    runner, _ = runner_with(
+        Handler(),
+        consumer_factory=lambda: ScriptedConsumer(made, errors.pop(0) if errors else None),
+        poll_timeout_ms=10,
+    )
+    runner._consumer = None
+    runner._startup_backoff = Backoff(initial_s=0.001, max_s=0.001)
+
+    async def go():
+        await runner.start()
+        await wait_until(lambda: len(made) == 2, timeout=5, what="a second consumer")
+        await wait_until(lambda: made[1].started, timeout=5, what="the second consumer joining")
+        running = not made[1].stopped
+        await runner.stop()
+        return running
+
+    assert asyncio.run(go())
+    assert made[0].stopped and made[1].stopped
+    assert runner.stats.restarts == 1

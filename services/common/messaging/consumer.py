@@ -122,6 +122,7 @@ class ConsumerStats:
     duplicates: int = 0
     dead_lettered: int = 0
     handler_failures: int = 0
+    restarts: int = 0  # consumers closed after an unexpected error and replaced
 
 
 class Record(Protocol):
@@ -475,29 +476,46 @@ class ConsumerRunner:
                 )
 
     async def run(self) -> None:
+        """Consume until stopped. An unexpected error does not end it: the consumer is closed
+        (it leaves the group) and a new one joins after a backoff, so the process never stays
+        alive outside its group."""
         try:
-            await self._start_consumer()
             while not self._stopping:
-                generation = self._generation
                 try:
-                    batch = await self._consumer.getmany(
-                        timeout_ms=self.poll_timeout_ms, max_records=self.max_batch
-                    )
-                except KafkaError as exc:
+                    await self._start_consumer()
+                    await self._consume()
+                except Exception:
                     delay = self._startup_backoff.next_delay()
-                    log.warning(
-                        "fetch failed; retrying",
-                        extra=_error(exc) | {"group": self.group_id, "retry_in_s": delay},
+                    log.exception(
+                        "consumer failed; rejoining the group",
+                        extra={"group": self.group_id, "retry_in_s": round(delay, 2)},
                     )
+                    self.stats.restarts += 1
+                    await self._shutdown()
                     await asyncio.sleep(delay)
-                    continue
-                self._startup_backoff.reset()
-                if batch:
-                    await self.process_batch(batch, generation)
-                await self.record_lag()
-                await self.prune_if_due()
         finally:
             await self._shutdown()
+
+    async def _consume(self) -> None:
+        while not self._stopping:
+            generation = self._generation
+            try:
+                batch = await self._consumer.getmany(
+                    timeout_ms=self.poll_timeout_ms, max_records=self.max_batch
+                )
+            except KafkaError as exc:
+                delay = self._startup_backoff.next_delay()
+                log.warning(
+                    "fetch failed; retrying",
+                    extra=_error(exc) | {"group": self.group_id, "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._startup_backoff.reset()
+            if batch:
+                await self.process_batch(batch, generation)
+            await self.record_lag()
+            await self.prune_if_due()
 
     async def prune_if_due(self) -> None:
         """Forget handled events older than PROCESSED_RETENTION_S, once per PRUNE_INTERVAL_S
@@ -551,6 +569,10 @@ class ConsumerRunner:
         if consumer is None:
             return
         for tp in consumer.assignment():
+            # A rebalance may revoke it while an earlier partition's position is awaited, and
+            # aiokafka's highwater() asserts that the partition is assigned.
+            if tp not in consumer.assignment():
+                continue
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue  # nothing fetched from it yet
