@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from mesh.runtime.edge_config import issuer
-from mesh.runtime.paths import StateDir
+from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.tls import edge_certs
 from mesh.topology import Topology
 
@@ -33,8 +33,7 @@ def ensure_seed(state: StateDir) -> Path:
             "users": {user: secrets.token_urlsafe(12) for user in DEMO_USERS},
             "clients": {CLI_CLIENT: {"secret": secrets.token_urlsafe(24), "roles": ["service"]}},
         }
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(seed, indent=2))
+        write_private(path, json.dumps(seed, indent=2))
     return path
 
 

@@ -38,6 +38,10 @@ ROUTER = T + "filters.http.router.v3.Router"
 LUA = T + "filters.http.lua.v3.Lua"
 
 JWT_PROVIDER = "shopmesh"
+# The same issuer and keys, also taking the token from `?access_token=`: browsers cannot set
+# headers on a WebSocket, so only the WebSocket route accepts a token in its URL.
+JWT_QUERY_PROVIDER = "shopmesh-query"
+TOKEN_QUERY_PARAMETER = "access_token"
 EXTERNAL_AUDIENCE = "shopmesh-api"
 JWT_METADATA = "jwt_payload"
 # Headers only the edge (through auth) may set; whatever a client sends under these names is
@@ -48,7 +52,8 @@ ACCESS_LOG_FORMAT = {
     "ts": "%START_TIME%",
     "service": "edge",
     "method": "%REQ(:METHOD)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    # Without the query string: it may carry a token (`?access_token=` on the WebSocket route).
+    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
     "protocol": "%PROTOCOL%",
     "status": "%RESPONSE_CODE%",
     "flags": "%RESPONSE_FLAGS%",
@@ -63,7 +68,7 @@ PROBLEM_BODY = {
     "title": "%RESPONSE_CODE_DETAILS%",
     "status": "%RESPONSE_CODE%",
     "detail": "%LOCAL_REPLY_BODY%",
-    "instance": "%REQ(:PATH)%",
+    "instance": "%REQ_WITHOUT_QUERY(:PATH)%",
 }
 
 # An upstream 5xx that is not a problem document (a sidecar's "no healthy upstream", an empty
@@ -160,7 +165,7 @@ def _per_route(route: Route) -> dict:
     return {
         "envoy.filters.http.jwt_authn": {
             "@type": f"{JWT_AUTHN}.PerRouteConfig",
-            "requirement_name": JWT_PROVIDER,
+            "requirement_name": JWT_QUERY_PROVIDER if route.websocket else JWT_PROVIDER,
         }
     }
 
@@ -252,33 +257,33 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
         }},
         edge.per_user_limit,
     )  # fmt: skip
+    provider = {
+        "issuer": issuer(topology),
+        "audiences": [EXTERNAL_AUDIENCE],
+        "remote_jwks": {
+            "http_uri": {"uri": "http://auth/auth/jwks", "cluster": auth_cluster, "timeout": "2s"},
+            "cache_duration": "60s",
+            "async_fetch": {},
+            "retry_policy": {"num_retries": 3},
+        },
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        "forward": True,
+        "payload_in_metadata": JWT_METADATA,
+        "clock_skew_seconds": 30,
+    }
     jwt_authn = {
         "name": "envoy.filters.http.jwt_authn",
         "typed_config": {
             "@type": f"{JWT_AUTHN}.JwtAuthentication",
             "providers": {
-                JWT_PROVIDER: {
-                    "issuer": issuer(topology),
-                    "audiences": [EXTERNAL_AUDIENCE],
-                    "remote_jwks": {
-                        "http_uri": {"uri": "http://auth/auth/jwks", "cluster": auth_cluster,
-                                     "timeout": "2s"},
-                        "cache_duration": "60s",
-                        "async_fetch": {},
-                        "retry_policy": {"num_retries": 3},
-                    },
-                    "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
-                    # Browsers cannot set headers on a WebSocket: the token may come as a query
-                    # parameter there.
-                    "from_params": ["access_token"],
-                    "forward": True,
-                    "payload_in_metadata": JWT_METADATA,
-                    "clock_skew_seconds": 30,
-                }
+                JWT_PROVIDER: provider,
+                JWT_QUERY_PROVIDER: {**provider, "from_params": [TOKEN_QUERY_PARAMETER]},
             },
-            "requirement_map": {JWT_PROVIDER: {"provider_name": JWT_PROVIDER}},
+            "requirement_map": {
+                name: {"provider_name": name} for name in (JWT_PROVIDER, JWT_QUERY_PROVIDER)
+            },
         },
-    }  # fmt: skip
+    }
     ext_authz = {
         "name": "envoy.filters.http.ext_authz",
         "typed_config": {

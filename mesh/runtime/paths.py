@@ -7,6 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+OWNER_ONLY_DIR = 0o700
+OWNER_ONLY_FILE = 0o600
+
+
+def write_private(path: Path, content: str | bytes) -> None:
+    """Write a secret: the file is created owner-only before anything is written into it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY_FILE)
+    os.fchmod(fd, OWNER_ONLY_FILE)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content.encode() if isinstance(content, str) else content)
 
 
 def cache_dir() -> Path:
@@ -46,6 +56,8 @@ class StateDir:
         return self.root / "secrets"
 
     def ensure(self) -> None:
-        for path in (self.logs, self.pids, self.config, self.data):
-            path.mkdir(parents=True, exist_ok=True)
-        self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the directory owner-only: logs, configs and secrets are nobody else's to read
+        (Postgres, which runs as its own user, keeps its data outside: mesh/runtime/postgres.py)."""
+        for path in (self.root, self.logs, self.pids, self.config, self.data, self.secrets):
+            path.mkdir(parents=True, exist_ok=True, mode=OWNER_ONLY_DIR)
+            path.chmod(OWNER_ONLY_DIR)

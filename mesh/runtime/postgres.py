@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from mesh.runtime.paths import StateDir
+from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Topology
 
@@ -43,8 +43,7 @@ def passwords(state: StateDir, topology: Topology) -> dict[str, str]:
             stored[role] = secrets.token_urlsafe(24)
             changed = True
     if changed:
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(stored, indent=2))
+        write_private(path, json.dumps(stored, indent=2))
     return stored
 
 

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 
-from mesh.runtime.paths import StateDir
+from mesh.runtime.paths import OWNER_ONLY_FILE, StateDir
 
 
 @dataclass
@@ -77,13 +78,20 @@ def log_path(state: StateDir, name: str) -> Path:
     return state.logs / f"{name}.log"
 
 
+def open_log(path: Path) -> BinaryIO:
+    """Append to a process's log, readable by its owner only (logs may name users and orders)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, OWNER_ONLY_FILE)
+    os.fchmod(fd, OWNER_ONLY_FILE)
+    return os.fdopen(fd, "ab")
+
+
 def start(state: StateDir, spec: ProcessSpec) -> Running:
     current = running(state, spec.name)
     if current:
         return current
     if spec.before_start:
         spec.before_start()
-    log = log_path(state, spec.name).open("ab")
+    log = open_log(log_path(state, spec.name))
     log.write(f"\n--- mesh: starting {spec.name}: {' '.join(spec.argv)}\n".encode())
     log.flush()
     env = {**os.environ, **spec.env}

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mesh.runtime.paths import StateDir
+from mesh.runtime.paths import StateDir, write_private
 
 VALIDITY = datetime.timedelta(days=365)
 
@@ -100,8 +100,7 @@ def ensure_edge_certs(state: StateDir, host: str) -> EdgeCerts:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    certs.server_key.touch(mode=0o600)
-    certs.server_key.write_bytes(_pem_key(server_key))
+    write_private(certs.server_key, _pem_key(server_key))
     certs.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     certs.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     return certs

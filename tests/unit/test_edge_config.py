@@ -63,12 +63,37 @@ def test_filters_run_ip_limit_jwt_user_limit_exchange_transcoder_problems_router
     ]  # fmt: skip
 
 
-def test_jwt_provider_trusts_only_auth_as_issuer_for_the_api_audience() -> None:
-    jwt = hcm(listeners()["https"])["http_filters"][1]["typed_config"]
-    provider = jwt["providers"]["shopmesh"]
-    assert provider["issuer"] == issuer(load())
-    assert provider["audiences"] == ["shopmesh-api"]
-    assert provider["from_params"] == ["access_token"]
+def jwt_authn() -> dict:
+    filters = hcm(listeners()["https"])["http_filters"]
+    return next(f for f in filters if f["name"] == "envoy.filters.http.jwt_authn")["typed_config"]
+
+
+def test_jwt_providers_trust_only_auth_as_issuer_for_the_api_audience() -> None:
+    for provider in jwt_authn()["providers"].values():
+        assert provider["issuer"] == issuer(load())
+        assert provider["audiences"] == ["shopmesh-api"]
+
+
+def test_only_the_websocket_route_takes_a_token_from_the_query_string() -> None:
+    providers = jwt_authn()["providers"]
+    assert "from_params" not in providers["shopmesh"]
+    assert providers["shopmesh-query"]["from_params"] == ["access_token"]
+    routes = hcm(listeners()["https"])["route_config"]["virtual_hosts"][0]["routes"]
+    by_route = {}
+    for route in routes:
+        jwt = route["typed_per_filter_config"]["envoy.filters.http.jwt_authn"]
+        if not jwt.get("disabled"):
+            prefix = route["match"].get("path_separated_prefix", route["match"].get("prefix"))
+            by_route[prefix] = jwt["requirement_name"]
+    assert by_route.pop("/notifications/ws") == "shopmesh-query"
+    assert set(by_route.values()) == {"shopmesh"}
+
+
+def test_access_logs_and_problems_leave_the_query_string_out() -> None:
+    access_log = hcm(listeners()["https"])["access_log"][0]["typed_config"]
+    text = json.dumps(access_log) + json.dumps(hcm(listeners()["https"])["local_reply_config"])
+    assert "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%" in text
+    assert "%REQ(:PATH)%" not in text and "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" not in text
 
 
 def test_rate_limits_are_the_topologys() -> None:
