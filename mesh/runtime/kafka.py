@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.runtime import process
 from mesh.runtime.paths import REPO_ROOT, StateDir
@@ -323,6 +324,18 @@ async def group_members(bootstrap: str, group: str) -> set[str]:
         for found in response.to_object()["groups"]
         for member in found["members"]
     }
+
+
+def reports_group_membership(metrics_text: str, group: str) -> bool:
+    """Whether a consumer's Prometheus exposition says it is a member of `group` now
+    (services.common.metrics: shopmesh_kafka_consumer_group_member)."""
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "shopmesh_kafka_consumer_group_member" and (
+                sample.labels.get("group") == group
+            ):
+                return sample.value == 1
+    return False
 
 
 def group_client_ids(topology: Topology, group: str) -> set[str]:

@@ -153,9 +153,21 @@ def service_spec(topology: Topology, state: StateDir, instance: Instance) -> Pro
 def worker_spec(
     topology: Topology, state: StateDir, workers: Workers, instance: str
 ) -> ProcessSpec:
-    """A consumer process: no port, no sidecar; ready once it has joined its consumer group."""
+    """A consumer process: no port, no sidecar; ready once it has joined its consumer group.
+
+    Both sides must say so: the process itself (its /metrics: a member with a current
+    assignment) and the group coordinator. The coordinator alone is not enough: a killed
+    worker stays listed under the same client id until its session times out."""
+    metrics_url = f"http://{topology.bind_host}:{workers.metrics_port(instance)}/metrics"
 
     def ready() -> str | None:
+        try:
+            joined = kafka.reports_group_membership(httpx.get(metrics_url, timeout=1.0).text,
+                                                    workers.group)  # fmt: skip
+        except httpx.HTTPError as exc:
+            return f"its /metrics not answering ({exc.__class__.__name__})"
+        if not joined:
+            return f"not a member of {workers.group} (by its own account)"
         try:
             members = kafka.group_client_ids(topology, workers.group)
         except Exception as exc:  # any Kafka client error means "not yet"

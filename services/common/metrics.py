@@ -59,6 +59,12 @@ KAFKA_LAG = Gauge(
     "Messages behind in a partition this consumer owns: high watermark minus its position",
     ["service", "group", "topic", "partition"],
 )
+KAFKA_GROUP_MEMBER = Gauge(
+    "shopmesh_kafka_consumer_group_member",
+    "1 while this consumer is a member of its group with a current assignment (0 while it "
+    "rebalances, rejoins or is out)",
+    ["service", "group"],
+)
 KAFKA_MESSAGE_AGE = Histogram(
     "shopmesh_kafka_message_age_seconds",
     "Time from an event's `time` (its outbox write) to the start of its handling",
@@ -102,6 +108,7 @@ class MessagingMetrics:
         rate() see its first message (a series that appears at 1 shows no increase)."""
         if self.service is None:
             return
+        KAFKA_GROUP_MEMBER.labels(self.service, group).set(0)
         for topic in topics:
             DLQ_MESSAGES.labels(self.service, topic)
             KAFKA_MESSAGE_AGE.labels(self.service, topic, group)
@@ -134,6 +141,10 @@ class MessagingMetrics:
                 KAFKA_LAG.remove(*labels)
         else:
             KAFKA_LAG.labels(*labels).set(max(messages, 0))
+
+    def group_member(self, group: str, member: bool) -> None:
+        if self.service is not None:
+            KAFKA_GROUP_MEMBER.labels(self.service, group).set(int(member))
 
     def outbox(self, backlog: int, oldest_age_s: float | None) -> None:
         if self.service is not None:

@@ -7,12 +7,18 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from aiokafka import TopicPartition
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 
+from mesh.runtime.kafka import reports_group_membership
 from services.common import metrics
 from services.common.events import cloud_event
 from services.common.messaging.backoff import Backoff
-from services.common.messaging.consumer import ConsumerRunner, MessageProcessor, event_age_s
+from services.common.messaging.consumer import (
+    ConsumerRunner,
+    MessageProcessor,
+    _Rebalance,
+    event_age_s,
+)
 from services.common.messaging.envelope import parse, serialize
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
 from services.common.metrics import MessagingMetrics
@@ -259,3 +265,40 @@ def test_the_websocket_gauges_read_the_hubs_connections_and_queues_at_scrape() -
         await hub.shutdown()
 
     asyncio.run(go())
+
+
+def test_a_consumer_reports_its_group_membership_from_assignment_to_revocation() -> None:
+    service = unique("payments-worker")
+    runner = ConsumerRunner(
+        "payment-tasks", "payment-workers", handler, None, store=Store(),
+        metrics=MessagingMetrics(service),
+    )  # fmt: skip
+
+    def member() -> float | None:
+        return sample("shopmesh_kafka_consumer_group_member", service=service,
+                      group="payment-workers")  # fmt: skip
+
+    assert member() == 0
+    listener = _Rebalance(runner)
+    asyncio.run(listener.on_partitions_assigned([TopicPartition("payment-tasks", 0)]))
+    assert member() == 1
+    asyncio.run(listener.on_partitions_revoked([TopicPartition("payment-tasks", 0)]))
+    assert member() == 0
+    asyncio.run(listener.on_partitions_assigned([]))
+    assert member() == 1
+    asyncio.run(runner._shutdown())
+    assert member() == 0
+
+
+def test_the_runtime_reads_membership_from_a_consumers_metrics() -> None:
+    service = unique("payments-worker")
+
+    def exposition() -> str:
+        lines = generate_latest(REGISTRY).decode().splitlines()
+        return "\n".join(line for line in lines if service in line or line.startswith("#"))
+
+    MessagingMetrics(service).group_member("payment-workers", True)
+    assert reports_group_membership(exposition(), "payment-workers")
+    assert not reports_group_membership(exposition(), "orders")
+    MessagingMetrics(service).group_member("payment-workers", False)
+    assert not reports_group_membership(exposition(), "payment-workers")

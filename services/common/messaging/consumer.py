@@ -371,6 +371,7 @@ class _Rebalance(ConsumerRebalanceListener):
         await self._runner._on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._runner.metrics.group_member(self._runner.group_id, True)
         log.info(
             "partitions assigned",
             extra={"group": self._runner.group_id, "partitions": sorted(map(str, assigned))},
@@ -622,6 +623,7 @@ class ConsumerRunner:
                 self._pending.setdefault(tp, offset)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.metrics.group_member(self.group_id, False)
         self._generation += 1
         self._revoking = True
         try:
@@ -676,6 +678,7 @@ class ConsumerRunner:
             raise
 
     async def _shutdown(self) -> None:
+        self.metrics.group_member(self.group_id, False)
         self._forget_lag(set(self._lag_reported))
         if self._consumer is not None:
             async with self._lock:
