@@ -276,6 +276,35 @@ def _go_toolchain(component: str) -> dict[str, str]:
     return env
 
 
+def _check_apache_license(name: str, module: str, version: str, env: dict[str, str]) -> None:
+    modcache = subprocess.run(
+        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
+    license_file = Path(modcache) / f"{module}@v{version}" / "LICENSE"
+    text = license_file.read_text(errors="replace") if license_file.exists() else ""
+    if "Apache License" not in text or "Version 2.0" not in text:
+        raise ProvisionError(
+            f"{name}: {license_file} is not the Apache-2.0 license it should be. Run "
+            "`mesh install` again to download the module; if the license changed upstream, "
+            "the pin must not move."
+        )
+
+
+def _check_embedded_module(
+    name: str, binary: Path, module: str, version: str, env: dict[str, str]
+) -> None:
+    """The binary's build info names the module it was built from (`mod`: the module of the
+    package built, the upstream one, not the wrapper's)."""
+    info = run(
+        ["go", "version", "-m", str(binary)],
+        what=f"check the {name} build info",
+        env=env,
+        fix="The build produced something that is not a Go binary.",
+    ).stdout
+    if not re.search(rf"^\s+mod\s+{re.escape(module)}\s+v{re.escape(version)}\s", info, re.M):
+        raise ProvisionError(f"built {name} does not embed {module} v{version}")
+
+
 def _install_jaeger(component: Component, home: Path) -> None:
     env = _go_toolchain("jaeger")
     say("building jaeger from the Go module proxy (first time: about 10 minutes on 2 cores)")
@@ -286,13 +315,7 @@ def _install_jaeger(component: Component, home: Path) -> None:
         env=env,
         fix="Check that the Go module proxy is reachable (go env GOPROXY).",
     )
-    modcache = subprocess.run(
-        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
-    ).stdout.strip()
-    license_file = Path(modcache) / f"{JAEGER_MODULE}@v{component.version}" / "LICENSE"
-    text = license_file.read_text(errors="replace") if license_file.exists() else ""
-    if "Apache License" not in text or "Version 2.0" not in text:
-        raise ProvisionError(f"jaeger: {license_file} is not the Apache-2.0 license it should be")
+    _check_apache_license("jaeger", JAEGER_MODULE, component.version, env)
     binary = home / "jaeger"
     run(
         ["go", "build", *GO_BUILD_FLAGS, "-o", str(binary), JAEGER_PACKAGE],
@@ -301,16 +324,7 @@ def _install_jaeger(component: Component, home: Path) -> None:
         env=env,
         fix=f"See the compiler output above; the wrapper module is {JAEGER_MODULE_DIR}.",
     )
-    # The binary's embedded build info names the module it was built from (`mod`: the module
-    # of the package built, here jaeger's own, not the wrapper's).
-    info = run(
-        ["go", "version", "-m", str(binary)],
-        what="check the jaeger build info",
-        env=env,
-        fix="The build produced something that is not a Go binary.",
-    ).stdout
-    if not re.search(rf"^\s+mod\s+{re.escape(JAEGER_MODULE)}\s+v{component.version}\s", info, re.M):
-        raise ProvisionError(f"built jaeger does not embed {JAEGER_MODULE} v{component.version}")
+    _check_embedded_module("jaeger", binary, JAEGER_MODULE, component.version, env)
     run(
         [str(binary), "--help"],
         what="check jaeger runs",
@@ -329,6 +343,49 @@ JAEGER = Component(
     pin={**_module_inputs(JAEGER_MODULE_DIR), "build_flags": GO_BUILD_FLAGS},
     install_into=_install_jaeger,
     locate=lambda c, home: {"jaeger": home / "jaeger"},
+)
+
+
+# --- envoyproxy/ratelimit: the edge's global rate-limit service, from the Go module proxy ------
+# The module's last tag is v1.4.0 (2020, before its Prometheus sink and the v3 API); the pin is
+# the pseudo-version `go list -m github.com/envoyproxy/ratelimit@latest` gives (commit
+# 3fb702589d36 of 2026-01-22).
+
+RATELIMIT_MODULE_DIR = REPO_ROOT / "mesh" / "provision" / "ratelimit"
+RATELIMIT_MODULE = "github.com/envoyproxy/ratelimit"
+RATELIMIT_PACKAGE = f"{RATELIMIT_MODULE}/src/service_cmd"
+
+
+def _install_ratelimit(component: Component, home: Path) -> None:
+    env = _go_toolchain("ratelimit")
+    say("building envoyproxy/ratelimit from the Go module proxy (first time: about 1 minute)")
+    run(
+        ["go", "mod", "download", RATELIMIT_MODULE],
+        what="download ratelimit modules",
+        cwd=RATELIMIT_MODULE_DIR,
+        env=env,
+        fix="Check that the Go module proxy is reachable (go env GOPROXY).",
+    )
+    _check_apache_license("ratelimit", RATELIMIT_MODULE, component.version, env)
+    binary = home / "ratelimit"
+    run(
+        ["go", "build", *GO_BUILD_FLAGS, "-o", str(binary), RATELIMIT_PACKAGE],
+        what="go build ratelimit",
+        cwd=RATELIMIT_MODULE_DIR,
+        env=env,
+        fix=f"See the compiler output above; the wrapper module is {RATELIMIT_MODULE_DIR}.",
+    )
+    # Only the build info: the binary has no version flag, and any start of it serves on its
+    # default ports (8080, 8081, 6070 on every interface).
+    _check_embedded_module("ratelimit", binary, RATELIMIT_MODULE, component.version, env)
+
+
+RATELIMIT = Component(
+    name="ratelimit",
+    version="1.4.1-0.20260122083618-3fb702589d36",
+    pin={**_module_inputs(RATELIMIT_MODULE_DIR), "build_flags": GO_BUILD_FLAGS},
+    install_into=_install_ratelimit,
+    locate=lambda c, home: {"ratelimit": home / "ratelimit"},
 )
 
 
@@ -541,6 +598,22 @@ PROMETHEUS = Component(
     },
 )
 
+# --- Redis: the Debian package; the store of the edge's global rate-limit counters ----------
+
+REDIS_BIN = Path("/usr/bin")
+
+
+def _install_redis(component: Component, home: Path) -> None:
+    _apt_component("redis-server", REDIS_BIN / "redis-server", f"v={component.version}.")
+
+
+REDIS = Component(
+    name="redis",
+    version="7.0",
+    install_into=_install_redis,
+    locate=lambda c, home: {"redis-server": REDIS_BIN / "redis-server"},
+)
+
 COMPONENTS: tuple[Component, ...] = (
     ENVOY,
     CONSUL,
@@ -548,6 +621,8 @@ COMPONENTS: tuple[Component, ...] = (
     KAFKA,
     PROMETHEUS,
     JAEGER,
+    RATELIMIT,
+    REDIS,
     COMPOSE_SCHEMA,
 )
 
