@@ -36,6 +36,12 @@ LOCAL_RATELIMIT = T + "filters.http.local_ratelimit.v3.LocalRateLimit"
 TRANSCODER = T + "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 ROUTER = T + "filters.http.router.v3.Router"
 LUA = T + "filters.http.lua.v3.Lua"
+# %REQ_WITHOUT_QUERY(...)% is a formatter extension: every format that uses it must load it
+# (without it Envoy refuses the config: "Not supported field in StreamInfo").
+FORMATTERS = [{
+    "name": "envoy.formatter.req_without_query",
+    "typed_config": {"@type": T + "formatter.req_without_query.v3.ReqWithoutQuery"},
+}]  # fmt: skip
 
 JWT_PROVIDER = "shopmesh"
 # The same issuer and keys, also taking the token from `?access_token=`: browsers cannot set
@@ -332,7 +338,8 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
 
 
 def _local_reply() -> dict:
-    problem = {"json_format": PROBLEM_BODY, "content_type": "application/problem+json"}
+    problem = {"json_format": PROBLEM_BODY, "content_type": "application/problem+json",
+               "formatters": FORMATTERS}  # fmt: skip
     return {
         "mappers": [
             # A denial from auth (ext_authz) is already a problem document: keep it as it is.
@@ -375,7 +382,8 @@ def _hcm(topology: Topology, files: EdgeFiles, stat_prefix: str, *, http3: bool 
         "use_remote_address": True,
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "access_log": [{"name": "stdout", "typed_config": {
-            "@type": STDOUT_LOG, "log_format": {"json_format": ACCESS_LOG_FORMAT}}}],
+            "@type": STDOUT_LOG,
+            "log_format": {"json_format": ACCESS_LOG_FORMAT, "formatters": FORMATTERS}}}],
         "route_config": route_config,
         "local_reply_config": _local_reply(),
         "http_filters": http_filters(topology, files),
