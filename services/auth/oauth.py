@@ -8,10 +8,11 @@ Errors follow RFC 6749 §5.2 (and RFC 8693 §2.2.2 for token exchange): a JSON b
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
+
+from services.common.fields import character_error
 
 GRANT_PASSWORD = "password"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
@@ -180,12 +181,14 @@ def parse_basic(authorization: str) -> ClientCredentials:
         raise invalid_client("client authentication must use HTTP Basic")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or a non-ASCII header value
         raise invalid_client("malformed HTTP Basic credentials") from None
     client_id, colon, secret = decoded.partition(":")
-    if not colon or not client_id:
+    client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+    unstorable = character_error(client_id + secret, allowed="\t") is not None
+    if not colon or not client_id or unstorable:
         raise invalid_client("malformed HTTP Basic credentials")
-    return ClientCredentials(unquote_plus(client_id), unquote_plus(secret), AUTH_METHOD_BASIC)
+    return ClientCredentials(client_id, secret, AUTH_METHOD_BASIC)
 
 
 def parse_scope(raw: str | None) -> tuple[str, ...]:
@@ -210,6 +213,10 @@ def _single(form: Form, name: str) -> str | None:
     value = values[0]
     if len(value) > MAX_PARAMETER_LENGTH:
         raise invalid_request(f"{name} is too long")
+    # RFC 6749 Appendix A: parameter values hold no control characters but TAB.
+    problem = character_error(value, allowed="\t")
+    if problem is not None:
+        raise invalid_request(f"{name} {problem}")
     return value
 
 

@@ -131,7 +131,8 @@ async def verify_jwt(
     """The claims of `token` once every check passes; Unauthenticated otherwise."""
     if not token:
         raise Unauthenticated("missing token")
-    if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+    # A compact JWS is ASCII; jose cannot even encode a str that holds a lone surrogate.
+    if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2 or not token.isascii():
         raise Unauthenticated("malformed token")
     try:
         header = jws.get_unverified_header(token)
@@ -219,7 +220,8 @@ def bearer_token(authorization: str | None) -> str:
         raise Unauthenticated("missing bearer token")
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
+    # RFC 6750's b64token is ASCII; header bytes that are not UTF-8 arrive as lone surrogates.
+    if scheme.lower() != "bearer" or not token or " " in token or not token.isascii():
         raise Unauthenticated("authorization is not a bearer token")
     return token
 

@@ -1,7 +1,10 @@
 """Rules for the text fields of requests, shared by every service's validation.
 
-Postgres text cannot hold NUL, and no identifier or name has a reason to hold other control
-characters either, so they are refused up front with INVALID_ARGUMENT naming the field.
+Every text a client sends passes `character_error` (through `text` or directly) before it is
+used: Postgres text cannot hold NUL, a lone UTF-16 surrogate (a JSON "\\ud800" escape, or a
+header byte that is not UTF-8 as aiohttp hands it over) has no UTF-8 encoding for asyncpg to
+send, and no identifier or name has a reason to hold other control characters either. Such
+text is refused up front with a message naming the field, instead of failing in the database.
 """
 
 from __future__ import annotations
@@ -10,20 +13,40 @@ import unicodedata
 
 from services.common.errors import InvalidArgument
 
+CONTROL_CHARACTERS = "must not contain control characters"
+LONE_SURROGATES = "must not contain lone surrogates"
 
-def has_control_characters(value: str, *, allowed: str = "") -> bool:
-    return any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in value)
+
+def has_lone_surrogates(value: str) -> bool:
+    """Whether `value` holds a surrogate code point, the only kind without a UTF-8 encoding."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def character_error(value: str, *, allowed: str = "") -> str | None:
+    """Why `value` cannot be stored as text (lone surrogates, or control characters other than
+    those in `allowed`), or None if it can."""
+    if has_lone_surrogates(value):
+        return LONE_SURROGATES
+    if any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in value):
+        return CONTROL_CHARACTERS
+    return None
 
 
 def text(
     field: str, value: str, *, max_length: int, required: bool = True, multiline: bool = False
 ) -> str:
     """`value` if it is a non-empty (unless not `required`) string of at most `max_length`
-    characters without control characters (newlines and tabs allowed if `multiline`)."""
+    characters without control characters (newlines and tabs allowed if `multiline`) or lone
+    surrogates."""
     if required and not value:
         raise InvalidArgument(field, "must not be empty")
     if len(value) > max_length:
         raise InvalidArgument(field, f"must be at most {max_length} characters long")
-    if has_control_characters(value, allowed="\n\t" if multiline else ""):
-        raise InvalidArgument(field, "must not contain control characters")
+    problem = character_error(value, allowed="\n\t" if multiline else "")
+    if problem is not None:
+        raise InvalidArgument(field, problem)
     return value

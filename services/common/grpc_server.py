@@ -9,7 +9,8 @@ services.common.runner, so the check already passes when Consul first probes it.
 Every RPC goes through the same interceptors: OpenTelemetry's (a SERVER span per RPC),
 services.common.rpc.ErrorInterceptor (domain errors to status codes, one JSON log line per RPC)
 around services.common.faults.FaultInterceptor (the fault flags in Consul KV, watched for as
-long as the process runs).
+long as the process runs) and services.common.rpc.DecodeInterceptor (a request that does not
+parse is INVALID_ARGUMENT).
 
 Stop: health NOT_SERVING, deregister (the mesh stops sending traffic), the service's `on_stop`
 hook (ends long-lived streams), `server.stop(grace)` for in-flight RPCs, then the wiring's
@@ -36,7 +37,7 @@ from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.faults import FaultInterceptor, FaultSource, FaultWatcher
 from services.common.metrics import GrpcMetricsInterceptor, serve_metrics
-from services.common.rpc import ErrorInterceptor
+from services.common.rpc import DecodeInterceptor, ErrorInterceptor
 from services.common.runner import (
     StartupError,
     registered_until_stopped,
@@ -87,14 +88,15 @@ def interceptors(
 ) -> list[grpc.aio.ServerInterceptor]:
     """The interceptor chain of every gRPC service, outermost first: a SERVER span continuing
     the caller's `traceparent` metadata (not for health checks and reflection), metrics see
-    the final status, errors are mapped, the caller's internal token is verified, then faults
-    apply."""
+    the final status, errors are mapped, the caller's internal token is verified, faults
+    apply, then a request that does not parse is refused."""
     return [
         aio_server_interceptor(filter_=filters.negate(INFRASTRUCTURE_CALLS)),
         GrpcMetricsInterceptor(service),
         ErrorInterceptor(),
         AuthInterceptor(keys),
         FaultInterceptor(faults),
+        DecodeInterceptor(),
     ]
 
 

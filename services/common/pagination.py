@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 
 from services.common.errors import InvalidArgument
-from services.common.fields import has_control_characters
+from services.common.fields import character_error
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -59,7 +59,7 @@ def decode_page_token(token: str, *, field: str = "page_token") -> tuple[datetim
         position.tzinfo is None
         or not isinstance(item_id, str)
         or not item_id
-        or has_control_characters(item_id)
+        or character_error(item_id) is not None
     ):
         raise invalid
     return position, item_id

@@ -4,6 +4,9 @@
 with the error's message, a database that cannot be reached into UNAVAILABLE, and anything
 unexpected into INTERNAL "internal error" (logged with its traceback: it is a bug). It logs
 every RPC once as JSON: method, code, duration_ms.
+
+`DecodeInterceptor` makes a request message that does not parse (a string field that is not
+UTF-8, say) an InvalidArgument; grpc itself would end the RPC with UNKNOWN.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from services.common import errors
 from services.common.db import DATABASE_UNAVAILABLE
@@ -42,6 +47,7 @@ DATABASE_UNAVAILABLE_MESSAGE = "database unavailable, retry later"
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 BehaviorWrapper = Callable[[Behavior], Behavior]
+Deserializer = Callable[[bytes], Any]
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -69,8 +75,10 @@ def wrap_handler(
     *,
     unary_response: BehaviorWrapper,
     streaming_response: BehaviorWrapper,
+    request_deserializer: Deserializer | None = None,
 ) -> grpc.RpcMethodHandler | None:
-    """A copy of `handler` whose behavior is wrapped, keeping its (de)serializers.
+    """A copy of `handler` whose behavior is wrapped, keeping its (de)serializers unless
+    `request_deserializer` replaces the request's.
 
     `unary_response` wraps coroutine behaviors (unary-unary, stream-unary);
     `streaming_response` wraps behaviors whose response is a stream (unary-stream,
@@ -79,7 +87,7 @@ def wrap_handler(
     if handler is None:
         return None
     codecs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
@@ -201,3 +209,64 @@ def _log_rpc(
             "duration_ms": round((time.monotonic() - started) * 1000, 2),
         },
     )
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """What a request message that does not parse is handed on as, with the parser's reason."""
+
+    reason: str
+
+
+def tolerant(deserializer: Deserializer) -> Deserializer:
+    """`deserializer`, answering UndecodableRequest where it would raise DecodeError (which
+    grpc would turn into UNKNOWN before any interceptor sees the call)."""
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return UndecodableRequest(str(exc))
+
+    return deserialize
+
+
+def refuse_undecodable(request: Any) -> None:
+    if isinstance(request, UndecodableRequest):
+        raise errors.InvalidArgument("request", f"cannot be parsed ({request.reason})")
+
+
+class DecodeInterceptor(grpc.aio.ServerInterceptor):
+    """A unary request that does not parse raises InvalidArgument instead of reaching the
+    servicer; innermost, so the caller is authenticated first."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+
+        def unary_response(behavior: Behavior) -> Behavior:
+            async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                refuse_undecodable(request)
+                return await behavior(request, context)
+
+            return handle
+
+        def streaming_response(behavior: Behavior) -> Behavior:
+            async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                refuse_undecodable(request)
+                async for response in iterate_responses(behavior, request, context):
+                    yield response
+
+            return handle
+
+        return wrap_handler(
+            handler,
+            unary_response=unary_response,
+            streaming_response=streaming_response,
+            request_deserializer=tolerant(handler.request_deserializer),
+        )

@@ -19,6 +19,7 @@ HUB = web.AppKey("notifications_hub", Hub)
 ADMIN_ROLE = "admin"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
+MAX_LIMIT_DIGITS = 16
 # Clients send nothing but control frames; anything larger than this closes with 1009.
 CLIENT_MESSAGE_MAX_BYTES = 4096
 
@@ -127,8 +128,11 @@ def _authenticated(request: web.Request) -> str:
 def _limit(raw: str | None, errors: list[dict[str, str]]) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT:
-        return int(raw)
+    # Few enough digits for int(), which refuses more than 4300.
+    if raw.isascii() and raw.isdigit() and len(raw) <= MAX_LIMIT_DIGITS:
+        limit = int(raw)
+        if 1 <= limit <= MAX_LIMIT:
+            return limit
     errors.append({"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"})
     return DEFAULT_LIMIT
 

@@ -6,13 +6,13 @@ same event twice stores it once.
 
 from __future__ import annotations
 
-import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from services.common.fields import character_error
 from services.common.jsonbody import json_type
 
 SPECVERSION = "1.0"
@@ -149,9 +149,7 @@ def _text_error(value: object, max_length: int) -> str | None:
         return "must not be empty"
     if len(value) > max_length:
         return f"must be at most {max_length} characters long"
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        return "must not contain control characters"
-    return None
+    return character_error(value)
 
 
 def _time_error(value: object) -> str | None:

@@ -7,6 +7,7 @@ import uuid
 from aiohttp import web
 
 from services.common.auth import PermissionDenied, request_principal, require_self_or_admin
+from services.common.fields import character_error
 from services.common.jsonbody import MALFORMED, read_json_object
 from services.common.problem import UNAVAILABLE, Problem
 from services.common.telemetry import set_order_id
@@ -185,6 +186,9 @@ def _idempotency_key(request: web.Request) -> str | None:
         problem = "must not be empty"
     elif len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         problem = f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters long"
+    else:
+        # aiohttp hands header bytes that are not UTF-8 over as lone surrogates.
+        problem = character_error(key)
     if problem is not None:
         raise Problem(
             400,

@@ -2,7 +2,9 @@
 
 The schemas come from openapi.yaml (OpenAPI 3.1 schemas are JSON Schema 2020-12), so the
 published contract and the checks the service makes cannot drift apart. Each violation becomes
-`{"field": "items[0].quantity", "message": "..."}`.
+`{"field": "items[0].quantity", "message": "..."}`. Every string is also held to the text rule
+all services share (services.common.fields: no control characters, no lone surrogates), which
+JSON Schema cannot express.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from services.common.jsonbody import json_type
+from services.common.fields import character_error
+from services.common.jsonbody import JsonPath, field_name, json_type, texts
 
 SPEC_PATH = Path(__file__).with_name("openapi.yaml")
 _SPEC_URI = "urn:shopmesh:orders:openapi"
@@ -74,21 +77,35 @@ def describe(errors: Sequence[FieldError]) -> str:
 
 
 def _field_errors(
-    validator: Draft202012Validator, instance: object, prefix: tuple[str | int, ...]
+    validator: Draft202012Validator, instance: object, prefix: JsonPath
 ) -> list[FieldError]:
-    found: list[tuple[tuple[str | int, ...], int, str]] = []
+    """One message per field: type errors before other schema errors, and the text rule only
+    where the schema found nothing wrong."""
+    found: list[tuple[JsonPath, int, str]] = []
     for error in validator.iter_errors(instance):
         for path, message in _explain(error):
             rank = 0 if error.validator == "type" else 1
             found.append(((*prefix, *path), rank, message))
+    refused = {path for path, _rank, _message in found}
+    for path, message in _character_errors(instance):
+        full = (*prefix, *path)
+        if not any(full[:length] in refused for length in range(len(full) + 1)):
+            found.append((full, 2, message))
     found.sort(key=lambda entry: (_sort_key(entry[0]), entry[1]))
     result: dict[str, str] = {}
     for path, _rank, message in found:
-        result.setdefault(_field_name(path), message)
+        result.setdefault(field_name(path), message)
     return [{"field": field, "message": message} for field, message in result.items()]
 
 
-def _explain(error: ValidationError) -> Iterator[tuple[tuple[str | int, ...], str]]:
+def _character_errors(instance: object) -> Iterator[tuple[JsonPath, str]]:
+    """(path, message) for each string value that breaks the shared text rule."""
+    for path, text, is_member_name in texts(instance):
+        if not is_member_name and (message := character_error(text)) is not None:
+            yield path, message
+
+
+def _explain(error: ValidationError) -> Iterator[tuple[JsonPath, str]]:
     """(path, message) pairs for one jsonschema error; some errors name several fields."""
     path = tuple(error.absolute_path)
     keyword, expected, instance = error.validator, error.validator_value, error.instance
@@ -134,12 +151,5 @@ def _type_message(expected: object, instance: object) -> str:
     return f"must be {article} {wanted}, got {json_type(instance)}"
 
 
-def _field_name(path: tuple[str | int, ...]) -> str:
-    name = ""
-    for part in path:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or "body"
-
-
-def _sort_key(path: tuple[str | int, ...]) -> tuple[tuple[int, str | int], ...]:
+def _sort_key(path: JsonPath) -> tuple[tuple[int, str | int], ...]:
     return tuple((0, part) if isinstance(part, int) else (1, part) for part in path)

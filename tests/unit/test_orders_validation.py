@@ -157,11 +157,48 @@ def test_detail_summarises_the_first_error_and_counts_the_rest():
         (b'"text"', "must be a JSON object, got string"),
         (b"null", "must be a JSON object, got null"),
         (b"[" * 30000 + b"]" * 30000, "nested too deeply"),
+        (b'{"userId": "a\\ud800"}', "not valid Unicode text: userId must not contain lone"),
+        (b'{"items": [{"p": "\\udc00x"}]}', r"items\[0\]\.p must not contain lone surrogates"),
+        (b'{"a": {"\\ud83d": 1}}', "a member name in a must not contain lone surrogates"),
+        (b'{"\\ude00\\ud83d": 1}', "a member name in body must not contain lone surrogates"),
     ],
 )
 def test_bodies_that_are_not_json_objects_are_malformed(raw, reason):
     with pytest.raises(jsonbody.MalformedBodyError, match=reason):
         jsonbody.parse_json_object(raw)
+
+
+def test_a_surrogate_pair_escape_is_the_one_character_it_encodes():
+    assert jsonbody.parse_json_object(b'{"p": "\\ud83d\\ude00"}') == {"p": "\U0001f600"}
+
+
+CONTROL = "must not contain control characters"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("a\x00", CONTROL),
+        ("\x1b[2J", CONTROL),
+        ("a\x7f", CONTROL),
+        ("tab\t", CONTROL),
+        ("\ud800", "must not contain lone surrogates"),
+    ],
+)
+def test_text_fields_are_held_to_the_shared_text_rule(bad, message):
+    assert errors_of(order(userId=bad, items=[item(productId=bad)])) == [
+        {"field": "items[0].productId", "message": message},
+        {"field": "userId", "message": message},
+    ]
+    assert validation.user_id_errors(bad) == [{"field": "userId", "message": message}]
+
+
+def test_a_field_the_schema_refuses_reports_only_the_schema_error():
+    body = order(userId="u\x00" * 40, extra={"note": "\x00"})
+    assert errors_of(body) == [
+        {"field": "extra", "message": "is not allowed"},
+        {"field": "userId", "message": "must be at most 64 characters long"},
+    ]
 
 
 def test_a_json_object_body_is_parsed():

@@ -34,6 +34,7 @@ def test_a_valid_request_is_accepted_as_is():
         ({"order_id": "o\x00"}, "order_id", "order_id must not contain control characters"),
         ({"user_id": ""}, "user_id", "user_id must not be empty"),
         ({"user_id": "u" * 65}, "user_id", "user_id must be at most 64 characters long"),
+        ({"user_id": "u\ud800"}, "user_id", "user_id must not contain lone surrogates"),
         ({"amount": 0}, "amount", "amount must be a positive number of minor units"),
         ({"amount": -100}, "amount", "amount must be a positive number of minor units"),
         ({"amount": 10**12 + 1}, "amount", "amount must be at most 1000000000000 minor units"),

@@ -31,6 +31,7 @@ def test_a_new_user_gets_a_uuid_the_default_role_and_trimmed_fields():
         ("n" * 101, "name must be at most 100 characters long"),
         ("a\x00b", "name must not contain control characters"),
         ("line\nbreak", "name must not contain control characters"),
+        ("\udfffname", "name must not contain lone surrogates"),
     ],
 )
 def test_names_must_have_1_to_100_printable_characters(name, message):
@@ -70,6 +71,7 @@ def test_ordinary_emails_are_accepted(email):
         ("", "user_id must not be empty"),
         ("x" * 65, "user_id must be at most 64 characters long"),
         ("a\x00", "user_id must not contain control characters"),
+        ("a\ud800", "user_id must not contain lone surrogates"),
     ],
 )
 def test_user_ids_are_checked_before_any_lookup(user_id, message):
