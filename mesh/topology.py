@@ -152,6 +152,7 @@ class Topology:
     edge: Edge
     kafka: Kafka
     jaeger: Jaeger
+    watchdog_port: int
     workers: tuple[Workers, ...] = ()
 
     @property
@@ -180,6 +181,7 @@ class Topology:
         ports["postgres"] = self.postgres_port
         ports["prometheus"] = self.prometheus_port
         ports.update({f"jaeger {k}": v for k, v in vars(self.jaeger.ports).items()})
+        ports["watchdog metrics"] = self.watchdog_port
         for node in self.kafka.nodes:
             ports[node.name] = node.port
             ports[f"{node.name} controller"] = node.controller_port
@@ -297,6 +299,7 @@ def parse(raw: dict) -> Topology:
         edge=edge,
         kafka=kafka,
         jaeger=jaeger,
+        watchdog_port=int(raw["watchdog"]["metrics_port"]),
         workers=tuple(
             Workers(
                 name=name,

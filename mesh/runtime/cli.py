@@ -84,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 if not alive and name not in reported:
                     print(
                         f"{time.strftime('%H:%M:%S')} {name} is not running "
-                        f"(`mesh logs {name}`, `mesh start {name}`)"
+                        f"(`mesh logs {name}`; the watchdog restarts it unless it was stopped)"
                     )
                     reported.add(name)
                 elif alive:
@@ -106,9 +106,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     mesh = _mesh()
     rows = list(mesh.status())
-    print(f"{'COMPONENT':<24} {'PID':<8} {'PORTS':<22} HEALTH")
+    restarts = mesh.restarts()
+    print(f"{'COMPONENT':<24} {'PID':<8} {'PORTS':<22} {'RESTARTS':<9} HEALTH")
     for name, pid, ports, health in rows:
-        print(f"{name:<24} {pid:<8} {ports:<22} {health}")
+        print(f"{name:<24} {pid:<8} {ports:<22} {restarts.get(name, '-')!s:<9} {health}")
     healthy = all(health == "healthy" or health.startswith("ok,") for *_, health in rows)
     return 0 if healthy else 3
 
@@ -126,8 +127,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    killed = _mesh().kill(args.name)
-    print(f"SIGKILL sent to {', '.join(killed)}" if killed else f"{args.name} was not running")
+    killed = _mesh().kill(args.name, hold=args.hold)
+    if not killed:
+        print(f"{args.name} was not running")
+        return 0
+    comes_back = "kept down until `mesh start`" if args.hold else "the watchdog restarts it"
+    print(f"SIGKILL sent to {', '.join(killed)}; {comes_back}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    stopped = _mesh().stop(args.name)
+    print(f"stopped {', '.join(stopped)}" if stopped else f"{args.name} was not running")
+    print(f"it stays down until `mesh start {args.name}`")
     return 0
 
 
@@ -231,9 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("name")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=cmd_logs)
-    kill = sub.add_parser("kill", help="SIGKILL a component or every instance of a service")
+    kill = sub.add_parser(
+        "kill", help="SIGKILL a component or every instance of a service (a crash: it restarts)"
+    )
     kill.add_argument("name")
+    kill.add_argument("--hold", action="store_true", help="keep it down until `mesh start`")
     kill.set_defaults(func=cmd_kill)
+    stop = sub.add_parser("stop", help="stop a component gracefully; it stays down until start")
+    stop.add_argument("name")
+    stop.set_defaults(func=cmd_stop)
     start = sub.add_parser("start", help="start a stopped component and wait until it is ready")
     start.add_argument("name")
     start.set_defaults(func=cmd_start)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
@@ -310,20 +311,21 @@ class PartitionState:
         return self.leader >= 0 and set(self.isr) >= set(self.replicas)
 
 
-async def group_members(bootstrap: str, group: str) -> set[str]:
-    """The client ids of a consumer group's members (natively and in compose's health check)."""
+async def group_members(bootstrap: str, group: str) -> list[str]:
+    """The client id of each member of a consumer group (natively and in compose's health
+    check); a client id appears twice while a dead member's session has not timed out."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
     await admin.start()
     try:
         described = await admin.describe_consumer_groups([group])
     finally:
         await admin.close()
-    return {
+    return sorted(
         member["client_id"]
         for response in described
         for found in response.to_object()["groups"]
         for member in found["members"]
-    }
+    )
 
 
 def reports_group_membership(metrics_text: str, group: str) -> bool:
@@ -338,10 +340,26 @@ def reports_group_membership(metrics_text: str, group: str) -> bool:
     return False
 
 
-def group_client_ids(topology: Topology, group: str) -> set[str]:
-    """The client ids of the consumer group's current members."""
+def group_client_ids(topology: Topology, group: str) -> list[str]:
+    """The client id of each of the consumer group's current members."""
     with _quiet_aiokafka():
         return asyncio.run(group_members(topology.kafka_bootstrap(), group))
+
+
+def group_coordinator(topology: Topology, group: str) -> KafkaNode:
+    """The node that coordinates `group` now."""
+
+    async def lookup() -> int:
+        client = AIOKafkaClient(bootstrap_servers=topology.kafka_bootstrap())
+        await client.bootstrap()
+        try:
+            return await client.coordinator_lookup(CoordinationType.GROUP, group)
+        finally:
+            await client.close()
+
+    with _quiet_aiokafka():
+        node_id = asyncio.run(lookup())
+    return next(node for node in topology.kafka.nodes if node.id == node_id)
 
 
 def partitions_from(metadata: dict) -> list[PartitionState]:

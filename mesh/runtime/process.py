@@ -7,6 +7,7 @@ process after a reboot or a crash is never signalled.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -86,6 +87,14 @@ def open_log(path: Path) -> BinaryIO:
 
 
 def start(state: StateDir, spec: ProcessSpec) -> Running:
+    """Start `spec` unless it runs. The check and the start hold the process's lock: the
+    watchdog and a `mesh start` may try at the same moment, and only one may win."""
+    with (state.pids / f"{spec.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _start_unlocked(state, spec)
+
+
+def _start_unlocked(state: StateDir, spec: ProcessSpec) -> Running:
     current = running(state, spec.name)
     if current:
         return current

@@ -26,6 +26,7 @@ from mesh.runtime import (
     process,
     prometheus,
     protos,
+    watchdog,
 )
 from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import REPO_ROOT, StateDir
@@ -224,6 +225,7 @@ class Mesh:
             )
         for workers in t.workers:
             specs += [worker_spec(t, s, workers, instance) for instance in workers.instances]
+        # The edge's rate-limit service, and the store of its counters, before the edge.
         specs.append(edge.edge_spec(t, s, envoy_bin))
         edge_sidecar = consul.sidecar_spec(
             service_id=t.edge.id,
@@ -236,6 +238,8 @@ class Mesh:
         specs.append(edge_sidecar)
         specs.append(prometheus.discovery_spec(t, s))
         specs.append(prometheus.server_spec(t, s, self.binaries["prometheus"]))
+        # Last: it restarts what died, so it starts once everything is up and stops first.
+        specs.append(watchdog_spec(t, s))
         return specs
 
     def spec(self, name: str) -> ProcessSpec:
@@ -300,6 +304,7 @@ class Mesh:
                     f"the mesh is already running from {self.state.root} "
                     f"({', '.join(already)}); see `mesh status`, or `mesh down` first"
                 )
+            watchdog.release_all(self.state)
             started_at = time.monotonic()
             for spec in self.specs():
                 self._start_one(spec, say)
@@ -314,14 +319,35 @@ class Mesh:
         say(f"  {spec.name:<24} pid {proc.pid:<8} ready in {time.monotonic() - t0:.1f}s")
 
     def start(self, name: str, say: Callable[[str], None] = print) -> None:
+        """Start what is not running (and let the watchdog look after it again)."""
         for proc_name in self.resolve(name):
             if process.running(self.state, proc_name):
                 say(f"  {proc_name} is already running")
-                continue
-            self._start_one(self.spec(proc_name), say)
+            else:
+                self._start_one(self.spec(proc_name), say)
+            watchdog.release(self.state, proc_name)
 
-    def kill(self, name: str) -> list[str]:
-        return [n for n in self.resolve(name) if process.kill(self.state, n)]
+    def kill(self, name: str, *, hold: bool = False) -> list[str]:
+        """SIGKILL, as a crash: the watchdog restarts it, unless `hold` keeps it down until
+        `start`."""
+        names = self.resolve(name)
+        if hold:
+            for proc_name in names:
+                watchdog.hold(self.state, proc_name)
+        return [n for n in names if process.kill(self.state, n)]
+
+    def stop(self, name: str) -> list[str]:
+        """Stop gracefully and keep it down (the watchdog leaves it alone) until `start`."""
+        stopped = []
+        for proc_name in self.resolve(name):
+            watchdog.hold(self.state, proc_name)
+            if process.stop(self.state, proc_name, timeout=self.spec(proc_name).stop_timeout):
+                stopped.append(proc_name)
+        return stopped
+
+    def restarts(self) -> dict[str, int]:
+        """How many times the watchdog restarted each process since `up`."""
+        return watchdog.load_restarts(self.state)
 
     def down(self, say: Callable[[str], None] = print) -> None:
         specs = self.specs()
@@ -379,6 +405,27 @@ class Mesh:
             except BlockingIOError:
                 raise AlreadyRunning(f"another `mesh up` is running on {self.state.root}") from None
             yield
+
+
+def watchdog_spec(topology: Topology, state: StateDir) -> ProcessSpec:
+    metrics = f"http://{topology.bind_host}:{topology.watchdog_port}/metrics"
+
+    def ready() -> str | None:
+        try:
+            httpx.get(metrics, timeout=1.0).raise_for_status()
+        except httpx.HTTPError as exc:
+            return f"its /metrics not answering ({exc.__class__.__name__})"
+        return None
+
+    return ProcessSpec(
+        name=watchdog.NAME,
+        argv=[sys.executable, "-m", "mesh.runtime.watchdog"],
+        env={"SHOPMESH_STATE_DIR": str(state.root), "PYTHONUNBUFFERED": "1"},
+        cwd=REPO_ROOT,
+        ports=(topology.watchdog_port,),
+        ready=ready,
+        stop_timeout=5,
+    )
 
 
 def _all_of(*checks: Callable[[], str | None] | None) -> Callable[[], str | None]:

@@ -28,7 +28,7 @@ def test_killing_every_payments_instance_makes_instance_down_pending(
              what="every payments instance to be scraped and up first")  # fmt: skip
     assert not instances & set(alert_states(mesh, "InstanceDown"))
 
-    mesh.kill("payments")
+    mesh.kill("payments", hold=True)
     try:
         # The killed instances stay in Consul's catalog (critical, not deregistered), so they
         # stay targets, as with consul_sd_configs, and their scrapes fail.

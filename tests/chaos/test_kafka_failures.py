@@ -77,7 +77,7 @@ def test_a_worker_killed_mid_stream_leaves_every_task_done_exactly_once(
 def test_orders_are_accepted_with_every_broker_down_and_the_outbox_drains_after(
     mesh: Mesh, tokens
 ) -> None:
-    killed = mesh.kill("kafka")
+    killed = mesh.kill("kafka", hold=True)
     try:
         with orders_client(mesh, tokens, "bob") as client:
             orders = [place(client, "bob", respond_async=False) for _ in range(10)]

@@ -27,7 +27,7 @@ def test_while_postgres_is_down_the_edge_answers_503_problems_and_all_recovers_a
     order_id = before.json()["id"]
     pids = {name: run.pid for name, run in mesh.running().items() if name != "postgres"}
 
-    mesh.kill("postgres")
+    mesh.kill("postgres", hold=True)
     try:
         during = [bob.get(f"/orders/{order_id}"), bob.post("/orders", json=ORDER)]
         during += [bob.get(f"/orders/{order_id}") for _ in range(3)]

@@ -27,7 +27,7 @@ def test_grpc_health_check_passes_and_a_killed_server_turns_critical(
     mesh: Mesh, consul: ConsulClient, service: str
 ) -> None:
     assert grpc_check_status(consul, service) == "passing"
-    mesh.kill(service)
+    mesh.kill(service, hold=True)
     try:
         wait_for(
             lambda: grpc_check_status(consul, service) == "critical",
@@ -43,7 +43,7 @@ def test_orders_keep_flowing_while_consul_is_down_and_everything_reregisters_aft
     mesh: Mesh, edge: httpx.Client, consul: ConsulClient
 ) -> None:
     before = {name: run.pid for name, run in mesh.running().items() if name != "consul"}
-    mesh.kill("consul")
+    mesh.kill("consul", hold=True)
     try:
         statuses = [edge.post("/orders", json=ORDER).json()["status"] for _ in range(5)]
         assert statuses == ["PAID"] * 5, "sidecars keep their last configuration without Consul"
@@ -80,7 +80,7 @@ def test_orders_placed_while_every_payments_process_is_dead_are_paid_once_by_the
     bob = edge_as("bob")  # not alice: her per-minute edge limit is shared with the other tests
     order = {"userId": "bob", "items": [{"productId": "book", "quantity": 1}]}
     instances = mesh.resolve("payments")
-    assert sorted(mesh.kill("payments")) == sorted(instances)
+    assert sorted(mesh.kill("payments", hold=True)) == sorted(instances)
     try:
         # Each synchronous attempt fails within orders' 2.5 s payments deadline (the edge's
         # route allows 10 s): the order is stored PAYMENT_PENDING with its task queued.

@@ -161,7 +161,7 @@ async def _stream_while_killing(
     try:
         for i in range(STREAM):
             if i == STREAM // 4:
-                assert mesh.kill(KILLED) == [KILLED]
+                assert mesh.kill(KILLED, hold=True) == [KILLED]
             value = f"message-{i:05d}".encode()
             sent_at = time.monotonic()
             future = await producer.send(topic, value, key=f"key-{i % 50}".encode())

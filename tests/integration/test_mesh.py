@@ -92,7 +92,7 @@ def test_killed_orders_gives_a_fast_503_then_heals_after_start(
     mesh: Mesh, edge: httpx.Client, consul: ConsulClient
 ) -> None:
     order = place_order(edge)
-    assert mesh.kill("orders") == ["orders-1"]
+    assert mesh.kill("orders", hold=True) == ["orders-1"]
     try:
         # A bounded client timeout: the edge must answer, not hang, while orders is gone.
         resp = edge.get(f"/orders/{order['id']}", timeout=1.0)

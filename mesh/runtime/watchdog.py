@@ -1,0 +1,222 @@
+"""The watchdog: restarts a mesh process that died, with backoff, unless it was stopped on purpose.
+
+Like Kubernetes' restartPolicy: Always with its CrashLoopBackOff. A process found dead is started
+again after a delay that doubles with each restart in a row (BACKOFF_INITIAL_S up to
+BACKOFF_MAX_S) and goes back to the start once the process has stayed up for STABLE_AFTER_S.
+`mesh kill NAME` is a crash (the watchdog brings it back); `mesh stop NAME` holds it down until
+`mesh start NAME`. The watchdog only starts processes: readiness is for `mesh status` to tell.
+
+It runs as a process of its own (`python -m mesh.runtime.watchdog`, the last one `mesh up` starts
+and the first `mesh down` stops), writes every process's restarts to `<state>/restarts.json` for
+`mesh status`, and exports them for Prometheus: shopmesh_process_restarts_total{process} and
+shopmesh_process_up{process}, with the ProcessCrashLooping alert on top.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from mesh.runtime import process
+from mesh.runtime.paths import StateDir
+from mesh.runtime.process import ProcessSpec
+
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+TICK_S = 0.25
+NAME = "watchdog"
+
+
+def held_marker(state: StateDir, name: str) -> Path:
+    return state.root / "held" / name
+
+
+def hold(state: StateDir, name: str) -> None:
+    """Keep `name` down: the watchdog leaves it alone until `release`."""
+    marker = held_marker(state, name)
+    marker.parent.mkdir(exist_ok=True)
+    marker.touch()
+
+
+def release(state: StateDir, name: str) -> None:
+    held_marker(state, name).unlink(missing_ok=True)
+
+
+def release_all(state: StateDir) -> None:
+    folder = state.root / "held"
+    if folder.exists():
+        for marker in folder.iterdir():
+            marker.unlink()
+
+
+def is_held(state: StateDir, name: str) -> bool:
+    return held_marker(state, name).exists()
+
+
+@dataclass
+class Restarts:
+    """One process's restarts in a row and in all, as `mesh status` shows them."""
+
+    total: int = 0
+    in_a_row: int = 0
+    next_attempt_at: float | None = None  # monotonic; None while it runs (or is held)
+    last_restart: float | None = None  # wall clock of the last restart
+
+
+def backoff_s(restarts_in_a_row: int) -> float:
+    """The wait before restart number `restarts_in_a_row + 1` of a process that keeps dying."""
+    return min(BACKOFF_INITIAL_S * 2**restarts_in_a_row, BACKOFF_MAX_S)
+
+
+class Watchdog:
+    def __init__(
+        self,
+        specs: Iterable[ProcessSpec],
+        state: StateDir,
+        *,
+        start: Callable[[StateDir, ProcessSpec], process.Running] = process.start,
+        running: Callable[[StateDir, str], process.Running | None] = process.running,
+        clock: Callable[[], float] = time.monotonic,
+        on_restart: Callable[[str], None] = lambda _name: None,
+    ) -> None:
+        self.specs = list(specs)
+        self.state = state
+        self._start = start
+        self._running = running
+        self._clock = clock
+        self._on_restart = on_restart
+        self.restarts = {spec.name: Restarts() for spec in self.specs}
+        self.up: dict[str, bool] = {}
+
+    def tick(self) -> bool:
+        """Look at every process once; start the ones due. True if anything changed."""
+        changed = False
+        now = self._clock()
+        for spec in self.specs:
+            record = self.restarts[spec.name]
+            current = self._running(self.state, spec.name)
+            self.up[spec.name] = current is not None
+            if current is not None:
+                if record.in_a_row and time.time() - current.started >= STABLE_AFTER_S:
+                    record.in_a_row = 0
+                    changed = True
+                continue
+            if is_held(self.state, spec.name):
+                changed |= record.next_attempt_at is not None
+                record.next_attempt_at = None
+                continue
+            if record.next_attempt_at is None:
+                record.next_attempt_at = now + backoff_s(record.in_a_row)
+                changed = True
+                continue
+            if now < record.next_attempt_at:
+                continue
+            record.next_attempt_at = None
+            record.total += 1
+            record.in_a_row += 1
+            record.last_restart = time.time()
+            changed = True
+            try:
+                self._start(self.state, spec)
+            except Exception as exc:  # a failed start is a crash like any other: back off
+                print(f"{NAME}: starting {spec.name} failed: {exc}", file=sys.stderr, flush=True)
+            else:
+                print(f"{NAME}: restarted {spec.name} ({record.total} in all)", flush=True)
+            self._on_restart(spec.name)
+        return changed
+
+    def write(self) -> None:
+        save_restarts(self.state, {
+            name: {"total": r.total, "in_a_row": r.in_a_row, "last_restart": r.last_restart}
+            for name, r in self.restarts.items()
+        })  # fmt: skip
+
+
+def restarts_file(state: StateDir) -> Path:
+    return state.root / "restarts.json"
+
+
+def save_restarts(state: StateDir, records: dict[str, dict]) -> None:
+    path = restarts_file(state)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(records, indent=2))
+    partial.replace(path)
+
+
+def load_restarts(state: StateDir) -> dict[str, int]:
+    """Restarts in all, by process name, as the running watchdog counted them."""
+    try:
+        records = json.loads(restarts_file(state).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {name: int(record.get("total", 0)) for name, record in records.items()}
+
+
+class WatchdogMetrics:
+    """shopmesh_process_restarts_total and shopmesh_process_up, served on host:port/metrics."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.registry = CollectorRegistry()
+        self._restarts = Counter(
+            "shopmesh_process_restarts",
+            "Times the watchdog restarted a mesh process that had died",
+            ["process"],
+            registry=self.registry,
+        )
+        self._up = Gauge(
+            "shopmesh_process_up", "1 while the mesh process runs", ["process"],
+            registry=self.registry,
+        )  # fmt: skip
+        for name in names:
+            self._restarts.labels(name)
+
+    def restarted(self, name: str) -> None:
+        self._restarts.labels(name).inc()
+
+    def show(self, up: dict[str, bool]) -> None:
+        for name, alive in up.items():
+            self._up.labels(name).set(int(alive))
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+
+def main() -> int:
+    from mesh.runtime.supervisor import Mesh
+    from mesh.topology import load
+
+    state = StateDir(Path(os.environ["SHOPMESH_STATE_DIR"]))
+    mesh = Mesh.create(load(), state)
+    specs = [spec for spec in mesh.specs() if spec.name != NAME]
+    metrics = WatchdogMetrics(spec.name for spec in specs)
+    watchdog = Watchdog(specs, state, on_restart=metrics.restarted)
+    metrics.serve(mesh.topology.bind_host, mesh.topology.watchdog_port)
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"{NAME}: watching {len(specs)} processes", flush=True)
+    watchdog.write()
+    while not stopping:
+        if watchdog.tick():
+            watchdog.write()
+        metrics.show(watchdog.up)
+        time.sleep(TICK_S)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
