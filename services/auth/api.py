@@ -26,11 +26,11 @@ from services.common.auth import (
     ADMIN_ROLE,
     PermissionDenied,
     Unauthenticated,
-    authenticate_request,
     bearer_token,
     forbidden_problem,
     require_role,
     unauthenticated_problem,
+    verify_internal,
 )
 from services.common.db import DATABASE_UNAVAILABLE
 from services.common.problem import UNAVAILABLE, Problem
@@ -168,7 +168,8 @@ async def rotate_keys(request: web.Request) -> web.Response:
     """A new active signing key; needs an internal token with the admin role."""
     service = request.app[SERVICE]
     try:
-        principal = await authenticate_request(request, service.keys)
+        authorization = request.headers.get("Authorization")
+        principal = await verify_internal(bearer_token(authorization), service.keys)
         require_role(principal, ADMIN_ROLE)
     except Unauthenticated as exc:
         raise unauthenticated_problem(exc.reason) from None

@@ -25,6 +25,7 @@ import contextvars
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -200,6 +201,14 @@ async def verify_internal(
     token: str, keys: KeySource, *, leeway_s: int = LEEWAY_S, now: float | None = None
 ) -> Principal:
     """The Principal of a valid internal token; Unauthenticated(reason) otherwise."""
+    claims = await verify_internal_claims(token, keys, leeway_s=leeway_s, now=now)
+    return principal_of(claims, token)
+
+
+async def verify_internal_claims(
+    token: str, keys: KeySource, *, leeway_s: int = LEEWAY_S, now: float | None = None
+) -> dict[str, Any]:
+    """The claims of a valid internal token (roles checked too); Unauthenticated otherwise."""
     claims = await verify_jwt(
         token,
         keys,
@@ -211,7 +220,71 @@ async def verify_internal(
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise Unauthenticated("token roles are malformed")
-    return Principal(sub=claims["sub"], roles=frozenset(roles), token=token)
+    return claims
+
+
+def principal_of(claims: Mapping[str, Any], token: str) -> Principal:
+    """The caller named by verified internal claims."""
+    return Principal(sub=claims["sub"], roles=frozenset(claims.get("roles", [])), token=token)
+
+
+MAX_VERIFIED_TOKENS = 10_000
+
+
+@dataclass(frozen=True)
+class _Verified:
+    principal: Principal
+    not_before: float
+    expires: float
+
+
+class VerifiedTokens:
+    """Internal tokens verified once per process, not once per request.
+
+    A caller sends the same internal JWT with every request until it expires (the edge's token
+    exchange hands out one per external token), and an RS256 verification in Python costs more
+    than the rest of a cached GET. So the Principal of a token that passed every check is kept
+    until the token expires: a token seen before only has its time window checked again.
+
+    What this gives up: a token stays accepted until its `exp` even if its signing key left the
+    JWKS meanwhile (internal tokens live minutes: services/auth/tokens.py). Only tokens that
+    verified are kept; a refused token is verified, and refused, again every time.
+    """
+
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        max_tokens: int = MAX_VERIFIED_TOKENS,
+        leeway_s: int = LEEWAY_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._max_tokens = max_tokens
+        self._leeway_s = leeway_s
+        self._clock = clock
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
+
+    async def principal(self, token: str) -> Principal:
+        """The Principal of a valid internal token; Unauthenticated(reason) otherwise."""
+        now = self._clock()
+        known = self._verified.get(token)
+        if known is not None:
+            if known.expires <= now - self._leeway_s:
+                del self._verified[token]
+                raise Unauthenticated("token expired")
+            if known.not_before <= now + self._leeway_s:
+                self._verified.move_to_end(token)
+                return known.principal
+        claims = await verify_internal_claims(token, self._keys, leeway_s=self._leeway_s, now=now)
+        principal = principal_of(claims, token)
+        self._verified[token] = _Verified(principal, claims["nbf"], claims["exp"])
+        if len(self._verified) > self._max_tokens:
+            self._verified.popitem(last=False)
+        return principal
+
+    def __len__(self) -> int:
+        return len(self._verified)
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -414,9 +487,9 @@ def forbidden_problem(reason: str) -> Problem:
     return Problem(403, "Forbidden", reason, type=FORBIDDEN_PROBLEM)
 
 
-async def authenticate_request(request: web.Request, keys: KeySource) -> Principal:
+async def authenticate_request(request: web.Request, tokens: VerifiedTokens) -> Principal:
     """Verify the request's internal bearer token and remember the Principal on it."""
-    principal = await verify_internal(bearer_token(request.headers.get("Authorization")), keys)
+    principal = await tokens.principal(bearer_token(request.headers.get("Authorization")))
     request[PRINCIPAL] = principal
     return principal
 
@@ -430,13 +503,14 @@ def auth_middleware(
     a PermissionDenied raised by a handler becomes a 403 problem+json.
     """
     exempt_paths = frozenset(exempt)
+    tokens = VerifiedTokens(keys)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in exempt_paths:
             return await handler(request)
         try:
-            principal = await authenticate_request(request, keys)
+            principal = await authenticate_request(request, tokens)
         except Unauthenticated as exc:
             log.info(
                 "request refused: unauthenticated",
@@ -510,7 +584,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self, keys: KeySource, *, exempt_prefixes: tuple[str, ...] = EXEMPT_GRPC_PREFIXES
     ) -> None:
-        self._keys = keys
+        self._tokens = VerifiedTokens(keys)
         self._exempt = exempt_prefixes
 
     async def intercept_service(
@@ -526,7 +600,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def authenticate(context: grpc.aio.ServicerContext) -> contextvars.Token:
             try:
-                principal = await verify_internal(bearer_token(authorization), self._keys)
+                principal = await self._tokens.principal(bearer_token(authorization))
             except Unauthenticated as exc:
                 log.info(
                     "rpc refused: unauthenticated", extra={"method": method, "reason": exc.reason}
