@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import httpx
 
+from mesh.runtime import consul as consul_runtime
+from mesh.runtime.consul import ConsulClient
 from mesh.topology import Topology
+
+if TYPE_CHECKING:
+    from mesh.runtime.supervisor import Mesh
 
 T = TypeVar("T")
 
@@ -40,6 +46,20 @@ async def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@contextmanager
+def intention_removed(mesh: Mesh, consul: ConsulClient, destination: str) -> Iterator[None]:
+    """Without its service-intentions entry, the default deny refuses every caller of
+    `destination` (its sidecar's RBAC filter, within a second or so); afterwards every config
+    entry of mesh/consul/config-entries is written back."""
+    consul.delete_config_entry("service-intentions", destination)
+    try:
+        yield
+    finally:
+        consul_runtime.apply_config_entries(
+            mesh.binaries["consul"]["consul"], mesh.topology.consul_http_addr
+        )
 
 
 def envoy_admin(topology: Topology, port: int) -> httpx.Client:

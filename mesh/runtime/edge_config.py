@@ -16,6 +16,7 @@ W3C traceparent), sends its span to Jaeger over OTLP gRPC and passes traceparent
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,37 @@ function envoy_on_response(handle)
   handle:body(true):setBytes(body)
 end
 """
+
+# A sidecar refusing a call that no intention allows (Consul's RBAC filter) answers a bare
+# text/plain 403 "RBAC: access denied"; a transcoded gRPC call gets the same message in the
+# transcoder's JSON status (PERMISSION_DENIED). Both become this problem. Services' own 403s
+# (problem documents, or a gRPC service's own PERMISSION_DENIED) pass unchanged.
+RBAC_DENIAL = "RBAC: access denied"
+MESH_DENIAL_PROBLEM = {
+    "type": "/problems/forbidden-by-mesh",
+    "title": "Forbidden by the mesh",
+    "status": 403,
+    "detail": "the mesh's intentions do not allow the edge to call the service behind this route",
+}
+MESH_DENIAL_LUA = (
+    f"local problem = [[{json.dumps(MESH_DENIAL_PROBLEM)}]]\n"
+    f"local denial = [[{RBAC_DENIAL}]]\n"
+    + """
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  if headers:get(":status") ~= "403" then return end
+  local content_type = headers:get("content-type") or ""
+  if string.find(content_type, "application/problem+json", 1, true) then return end
+  local body = handle:body(true)
+  if not string.find(body:getBytes(0, body:length()), denial, 1, true) then return end
+  -- Buffering the body yielded: the headers object from before is no longer valid.
+  headers = handle:headers()
+  headers:replace("content-type", "application/problem+json")
+  headers:remove("content-length")
+  body:setBytes(problem)
+end
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -247,6 +279,13 @@ def _local_ratelimit(stat_prefix: str, descriptor_key: str, action: dict, limit:
     }  # fmt: skip
 
 
+def _lua_filter(source: str) -> dict:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {"@type": LUA, "default_source_code": {"inline_string": source}},
+    }
+
+
 def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
     edge = topology.edge
     auth_cluster = cluster_name("auth")
@@ -326,15 +365,12 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
     }
     # Last before the router: it sees the upstream's own responses (a transcoded gRPC error is
     # turned into JSON by the transcoder after it).
-    upstream_problems = {
-        "name": "envoy.filters.http.lua",
-        "typed_config": {
-            "@type": LUA,
-            "default_source_code": {"inline_string": UPSTREAM_PROBLEM_LUA},
-        },
-    }
+    upstream_problems = _lua_filter(UPSTREAM_PROBLEM_LUA)
+    # Before the transcoder, so after it on the way back: it sees what the client would get,
+    # a transcoded gRPC call's JSON status included.
+    denials = _lua_filter(MESH_DENIAL_LUA)
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
-    return [per_ip, jwt_authn, per_user, ext_authz, transcoder, upstream_problems, router]
+    return [per_ip, jwt_authn, per_user, ext_authz, denials, transcoder, upstream_problems, router]
 
 
 def _local_reply() -> dict:

@@ -8,11 +8,10 @@ import sys
 
 import httpx
 
-from mesh.runtime import consul as consul_runtime
 from mesh.runtime.consul import ConsulClient
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
-from tests.support import envoy_admin, wait_for
+from tests.support import envoy_admin, intention_removed, wait_for
 
 ORDER = {"items": [{"productId": "book", "quantity": 1}]}
 
@@ -69,18 +68,13 @@ def test_removing_the_edge_to_orders_intention_denies_and_restoring_heals(
     mesh: Mesh, edge: httpx.Client, consul: ConsulClient
 ) -> None:
     order = place_order(edge)
-    consul.delete_config_entry("service-intentions", "orders")
-    try:
+    with intention_removed(mesh, consul, "orders"):
         denied = wait_for(
             lambda: edge.get(f"/orders/{order['id']}", timeout=3.0).status_code in (403, 503),
             timeout=20,
             what="the default-deny intention to refuse edge -> orders",
         )
         assert denied
-    finally:
-        consul_runtime.apply_config_entries(
-            mesh.binaries["consul"]["consul"], mesh.topology.consul_http_addr
-        )
     wait_for(
         lambda: edge.get(f"/orders/{order['id']}").status_code == 200,
         timeout=20,

@@ -59,7 +59,7 @@ def test_filters_run_ip_limit_jwt_user_limit_exchange_transcoder_problems_router
     names = [f["name"].rsplit(".", 1)[1] for f in hcm(listeners()["https"])["http_filters"]]
     assert names == [
         "local_ratelimit", "jwt_authn", "local_ratelimit", "ext_authz",
-        "grpc_json_transcoder", "lua", "router",
+        "lua", "grpc_json_transcoder", "lua", "router",
     ]  # fmt: skip
 
 
@@ -109,7 +109,10 @@ def test_rate_limits_are_the_topologys() -> None:
 
 
 def test_transcoder_serves_the_grpc_services_of_transcoded_routes() -> None:
-    transcoder = hcm(listeners()["http"])["http_filters"][4]["typed_config"]
+    filters = hcm(listeners()["http"])["http_filters"]
+    transcoder = next(
+        f for f in filters if f["name"] == "envoy.filters.http.grpc_json_transcoder"
+    )["typed_config"]
     assert sorted(transcoder["services"]) == [
         "shopmesh.payments.v1.PaymentService",
         "shopmesh.users.v1.UserService",

@@ -1,0 +1,104 @@
+"""Errors the mesh makes behind the edge reach clients as problem documents, like the edge's own:
+a sidecar's intention denial (docs/gateway.md#errors)."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import httpx
+
+from mesh.runtime.consul import ConsulClient
+from mesh.runtime.supervisor import Mesh
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from tests.support import BearerInterceptor, intention_removed, wait_for
+
+PROBLEM = "application/problem+json"
+MESH_DENIAL = "/problems/forbidden-by-mesh"
+PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+def mesh_denial(resp: httpx.Response) -> dict | None:
+    """The problem document if `resp` is the edge's rewrite of a sidecar's RBAC denial."""
+    if resp.status_code != 403 or not resp.headers.get("content-type", "").startswith(PROBLEM):
+        return None
+    problem = resp.json()
+    return problem if problem.get("type") == MESH_DENIAL else None
+
+
+def assert_is_the_mesh_denial(problem: dict) -> None:
+    assert problem["status"] == 403
+    assert problem["title"]
+    assert "intentions" in problem["detail"]
+
+
+def test_an_intention_denial_of_an_http_service_is_a_403_problem(
+    mesh: Mesh, edge: httpx.Client, consul: ConsulClient
+) -> None:
+    with intention_removed(mesh, consul, "orders"):
+        problem = wait_for(
+            lambda: mesh_denial(edge.get("/orders", params={"userId": "alice"})),
+            timeout=20,
+            what="the orders sidecar to deny edge -> orders as a forbidden-by-mesh problem",
+        )
+    assert_is_the_mesh_denial(problem)
+    wait_for(
+        lambda: edge.get("/orders", params={"userId": "alice"}).status_code == 200,
+        timeout=20,
+        what="edge -> orders to be allowed again",
+    )
+
+
+def test_an_intention_denial_of_a_transcoded_grpc_service_is_the_same_problem(
+    mesh: Mesh, edge: httpx.Client, consul: ConsulClient
+) -> None:
+    with intention_removed(mesh, consul, "payments"):
+        problem = wait_for(
+            lambda: mesh_denial(edge.get(f"/payments/{uuid.uuid4()}")),
+            timeout=20,
+            what="the payments sidecar to deny the transcoded GET /payments/{id}",
+        )
+    assert_is_the_mesh_denial(problem)
+    wait_for(
+        lambda: edge.get(f"/payments/{uuid.uuid4()}").status_code == 404,
+        timeout=20,
+        what="edge -> payments to be allowed again (an unknown payment is 404)",
+    )
+
+
+def test_a_native_grpc_client_of_the_edge_still_gets_permission_denied(
+    mesh: Mesh, consul: ConsulClient, tokens
+) -> None:
+    topology = mesh.topology
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(f"{topology.bind_host}:{topology.edge.http_port}"),
+        BearerInterceptor(tokens.external("alice")),
+    )
+    stub = payments_pb2_grpc.PaymentServiceStub(channel)
+    request = payments_pb2.GetPaymentRequest(payment_id=str(uuid.uuid4()))
+
+    def refused_by_the_mesh() -> bool:
+        try:
+            stub.GetPayment(request, timeout=3.0)
+        except grpc.RpcError as exc:
+            return (exc.code(), exc.details()) == (PERMISSION_DENIED, "RBAC: access denied")
+        return False
+
+    with channel, intention_removed(mesh, consul, "payments"):
+        wait_for(
+            refused_by_the_mesh,
+            timeout=20,
+            what="a gRPC PERMISSION_DENIED 'RBAC: access denied' through the edge",
+        )
+
+
+def test_a_services_own_403_passes_unchanged(edge: httpx.Client) -> None:
+    # orders' own problem (another user's orders) and users' own PERMISSION_DENIED in the
+    # transcoder's JSON status (a non-admin blocking a user) are not the mesh's denials.
+    orders = edge.get("/orders", params={"userId": "bob"})
+    assert orders.status_code == 403, orders.text
+    assert orders.headers["content-type"].startswith(PROBLEM)
+    assert orders.json()["type"] != MESH_DENIAL
+    users = edge.post("/users/bob:block", json={"reason": "try"})
+    assert users.status_code == 403, users.text
+    assert users.json()["code"] == PERMISSION_DENIED.value[0]
