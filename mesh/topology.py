@@ -57,10 +57,19 @@ class Route:
     websocket: bool = False
 
 
+# The windows the edge's rate-limit service (envoyproxy/ratelimit) counts in: fixed windows,
+# aligned to the clock (a minute's budget starts afresh at every full minute).
+RATE_LIMIT_UNITS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+
+
 @dataclass(frozen=True)
 class RateLimit:
     requests: int
     per_seconds: int
+
+    @property
+    def unit(self) -> str:
+        return RATE_LIMIT_UNITS[self.per_seconds]
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,18 @@ class JaegerPorts:
 class Jaeger:
     max_traces: int
     ports: JaegerPorts
+
+
+@dataclass(frozen=True)
+class RateLimitServicePorts:
+    # ShouldRateLimit, what the edge calls.
+    grpc: int
+    # /healthcheck and the /json form of ShouldRateLimit.
+    http: int
+    # pprof and /stats.
+    debug: int
+    # Its own Prometheus metrics.
+    metrics: int
 
 
 @dataclass(frozen=True)
@@ -152,6 +173,8 @@ class Topology:
     edge: Edge
     kafka: Kafka
     jaeger: Jaeger
+    redis_port: int
+    ratelimit_ports: RateLimitServicePorts
     watchdog_port: int
     workers: tuple[Workers, ...] = ()
 
@@ -181,7 +204,9 @@ class Topology:
         ports["postgres"] = self.postgres_port
         ports["prometheus"] = self.prometheus_port
         ports.update({f"jaeger {k}": v for k, v in vars(self.jaeger.ports).items()})
+        ports["redis"] = self.redis_port
         ports["watchdog metrics"] = self.watchdog_port
+        ports.update({f"ratelimit {k}": v for k, v in vars(self.ratelimit_ports).items()})
         for node in self.kafka.nodes:
             ports[node.name] = node.port
             ports[f"{node.name} controller"] = node.controller_port
@@ -299,7 +324,11 @@ def parse(raw: dict) -> Topology:
         edge=edge,
         kafka=kafka,
         jaeger=jaeger,
+        redis_port=int(raw["redis"]["port"]),
         watchdog_port=int(raw["watchdog"]["metrics_port"]),
+        ratelimit_ports=RateLimitServicePorts(
+            **{k: int(v) for k, v in raw["ratelimit"]["ports"].items()}
+        ),
         workers=tuple(
             Workers(
                 name=name,
@@ -335,6 +364,15 @@ def validate(topology: Topology) -> None:
         for up in svc.upstreams:
             if up.service not in names:
                 raise TopologyError(f"{svc.name} has an upstream to unknown service {up.service!r}")
+    for name, limit in (
+        ("per_user", topology.edge.per_user_limit),
+        ("per_ip", topology.edge.per_ip_limit),
+    ):
+        if limit.per_seconds not in RATE_LIMIT_UNITS:
+            raise TopologyError(
+                f"edge rate_limits.{name}: per_seconds must be one of "
+                f"{sorted(RATE_LIMIT_UNITS)}, the windows the rate-limit service counts in"
+            )
     edge_upstreams = {u.service for u in topology.edge.upstreams}
     for route in topology.edge.routes:
         if route.service not in names:

@@ -6,8 +6,8 @@ process (mesh/runtime/consul_sd.py) watches the catalog and writes `file_sd_conf
 Each instance is scraped on the `metrics_port` in its service meta, each sidecar's Envoy on its
 `envoy_prometheus_bind_addr` (/metrics). What is not in Consul's catalog with a metrics endpoint
 stays a static target from the topology: the payment workers (they register nowhere), the edge
-Envoy (its admin /stats/prometheus), Consul itself, the Kafka nodes' JMX exporter agents and the
-watchdog (process restarts).
+Envoy (its admin /stats/prometheus), Consul itself, the Kafka nodes' JMX exporter agents, the
+edge's rate-limit service and the watchdog (process restarts).
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def config(topology: Topology, state: StateDir) -> dict:
                 "job_name": "watchdog",
                 "static_configs": [{"targets": [f"{host}:{topology.watchdog_port}"],
                                     "labels": {"instance": "watchdog", "service": "watchdog"}}],
+            },
+            {
+                "job_name": "ratelimit",
+                "static_configs": [{"targets": [f"{host}:{topology.ratelimit_ports.metrics}"],
+                                    "labels": {"instance": "ratelimit", "service": "ratelimit"}}],
             },
         ],
     }  # fmt: skip

@@ -26,6 +26,7 @@ from mesh.runtime import (
     process,
     prometheus,
     protos,
+    ratelimit,
     watchdog,
 )
 from mesh.runtime.edge_config import issuer
@@ -226,6 +227,8 @@ class Mesh:
         for workers in t.workers:
             specs += [worker_spec(t, s, workers, instance) for instance in workers.instances]
         # The edge's rate-limit service, and the store of its counters, before the edge.
+        specs.append(ratelimit.redis_spec(t, s, self.binaries["redis"]))
+        specs.append(ratelimit.service_spec(t, s, self.binaries["ratelimit"]))
         specs.append(edge.edge_spec(t, s, envoy_bin))
         edge_sidecar = consul.sidecar_spec(
             service_id=t.edge.id,

@@ -1,0 +1,215 @@
+"""The edge's global rate limits: Redis (the counters) and envoyproxy/ratelimit (the service the
+edge asks over gRPC before routing), their configs generated from the topology, and their
+processes.
+
+Every edge listener, and every edge instance there may be, asks the one service, which counts in
+the one Redis: a user's budget is the same whatever the listener or the edge a request comes
+through. The limits are the topology's `edge.rate_limits`; the service counts in fixed windows
+aligned to the clock. Redis keeps the counters in memory only (no RDB, no AOF): a restart forgets
+the current windows, which can only let one window's worth through again. It listens on the
+topology's bind_host only and wants a password, generated at first start into the state dir's
+secrets.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+
+import httpx
+import yaml
+
+from mesh.runtime.paths import StateDir, write_private
+from mesh.runtime.process import ProcessSpec
+from mesh.runtime.prometheus import SCRAPE_INTERVAL
+from mesh.topology import RateLimit, Topology
+
+# The rate-limit domain the edge's filter names, and the descriptor keys its actions send.
+DOMAIN = "edge"
+PER_IP_KEY = "remote_address"
+PER_USER_KEY = "user"
+# envoyproxy/ratelimit reads <RUNTIME_ROOT>/<RUNTIME_SUBDIRECTORY>/config/*.yaml.
+RUNTIME_SUBDIRECTORY = "ratelimit"
+
+
+def _rule(key: str, limit: RateLimit) -> dict:
+    # No `value`: every distinct value (each address, each user) gets a counter of its own.
+    return {"key": key, "rate_limit": {"unit": limit.unit, "requests_per_unit": limit.requests}}
+
+
+def service_config(topology: Topology) -> dict:
+    """The service's rules for the edge's domain: per client address and per user."""
+    edge = topology.edge
+    return {
+        "domain": DOMAIN,
+        "descriptors": [
+            _rule(PER_IP_KEY, edge.per_ip_limit),
+            _rule(PER_USER_KEY, edge.per_user_limit),
+        ],
+    }
+
+
+def service_config_file(state: StateDir) -> Path:
+    return state.config / RUNTIME_SUBDIRECTORY / "config" / f"{DOMAIN}.yaml"
+
+
+def write_service_config(topology: Topology, state: StateDir) -> None:
+    path = service_config_file(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(service_config(topology), sort_keys=False))
+
+
+def password_file(state: StateDir) -> Path:
+    return state.secrets / "redis-password"
+
+
+def redis_password(state: StateDir) -> str:
+    """Generated on first use, kept owner-only in the state dir's secrets folder."""
+    path = password_file(state)
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def redis_config(bind_host: str, port: int, password: str, data_dir: Path) -> str:
+    return "\n".join([
+        f"bind {bind_host}",
+        f"port {port}",
+        "protected-mode yes",
+        f"requirepass {password}",
+        # Counters only: nothing is worth keeping across a restart.
+        'save ""',
+        "appendonly no",
+        f'dir "{data_dir}"',
+        "daemonize no",
+        'logfile ""',
+        "loglevel warning",
+        "",
+    ])  # fmt: skip
+
+
+def redis_config_file(state: StateDir) -> Path:
+    return state.config / "redis.conf"
+
+
+def write_redis_config(state: StateDir, bind_host: str, port: int, data_dir: Path) -> Path:
+    """Owner-only: it carries the password."""
+    path = redis_config_file(state)
+    write_private(path, redis_config(bind_host, port, redis_password(state), data_dir))
+    return path
+
+
+def redis_answers(host: str, port: int, password: str) -> str | None:
+    """None when Redis accepts the password and answers PING with PONG, else why not (never
+    naming the password)."""
+    commands = _resp("AUTH", password) + _resp("PING")
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(commands)
+            replies = _read_lines(sock, 2)
+    except OSError as exc:
+        return f"not answering ({exc.__class__.__name__})"
+    if replies != [b"+OK", b"+PONG"]:
+        return f"AUTH and PING answered {b' / '.join(replies)[:80]!r}"
+    return None
+
+
+def _resp(*args: str) -> bytes:
+    """A command in RESP, the Redis protocol: an array of bulk strings."""
+    out = f"*{len(args)}\r\n".encode()
+    for arg in args:
+        data = arg.encode()
+        out += b"$%d\r\n%s\r\n" % (len(data), data)
+    return out
+
+
+def _read_lines(sock: socket.socket, count: int) -> list[bytes]:
+    buffer = b""
+    while buffer.count(b"\r\n") < count:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer.split(b"\r\n")[:count]
+
+
+def redis_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) -> ProcessSpec:
+    host, port = topology.bind_host, topology.redis_port
+    config_file = redis_config_file(state)
+    data_dir = state.data / "redis"
+
+    def write_config() -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        write_redis_config(state, host, port, data_dir)
+
+    return ProcessSpec(
+        name="redis",
+        argv=[str(binaries["redis-server"]), str(config_file)],
+        ports=(port,),
+        before_start=write_config,
+        ready=lambda: redis_answers(host, port, redis_password(state)),
+        stop_timeout=10,
+    )
+
+
+def service_env(topology: Topology, *, bind_host: str, redis_host: str, state: StateDir) -> dict:
+    """The service's settings (it reads environment variables only), but the Redis password:
+    natively and in compose alike."""
+    ports = topology.ratelimit_ports
+    return {
+        "RUNTIME_ROOT": str(state.config),
+        "RUNTIME_SUBDIRECTORY": RUNTIME_SUBDIRECTORY,
+        # Watch the config directory itself, not a symlink swapped over it.
+        "RUNTIME_WATCH_ROOT": "false",
+        "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED": "true",
+        "REDIS_SOCKET_TYPE": "tcp",
+        "REDIS_URL": f"{redis_host}:{topology.redis_port}",
+        "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION": "true",
+        # The edge waits 0.25 s and then lets the request through: no call should wait on a
+        # stalled Redis for the default 10 s.
+        "REDIS_TIMEOUT": "1s",
+        "GRPC_HOST": bind_host,
+        "GRPC_PORT": str(ports.grpc),
+        "HOST": bind_host,
+        "PORT": str(ports.http),
+        "DEBUG_HOST": bind_host,
+        "DEBUG_PORT": str(ports.debug),
+        "USE_STATSD": "false",
+        "USE_PROMETHEUS": "true",
+        "PROMETHEUS_ADDR": f"{bind_host}:{ports.metrics}",
+        # Counters reach /metrics as often as Prometheus scrapes it (the default is 10 s).
+        "STATS_FLUSH_INTERVAL": SCRAPE_INTERVAL,
+        "LOG_LEVEL": "warn",
+        "LOG_FORMAT": "json",
+    }
+
+
+def health_url(topology: Topology) -> str:
+    return f"http://{topology.bind_host}:{topology.ratelimit_ports.http}/healthcheck"
+
+
+def service_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) -> ProcessSpec:
+    host = topology.bind_host
+
+    def ready() -> str | None:
+        try:
+            health = httpx.get(health_url(topology), timeout=1.0)
+        except httpx.HTTPError as exc:
+            return f"not answering ({exc.__class__.__name__})"
+        if health.status_code != 200 or health.text.strip() != "OK":
+            return f"/healthcheck says {health.status_code} {health.text.strip()[:60]!r}"
+        return None
+
+    return ProcessSpec(
+        name="ratelimit",
+        argv=[str(binaries["ratelimit"])],
+        env={
+            **service_env(topology, bind_host=host, redis_host=host, state=state),
+            "REDIS_AUTH": redis_password(state),
+        },
+        ports=tuple(vars(topology.ratelimit_ports).values()),
+        before_start=lambda: write_service_config(topology, state),
+        ready=ready,
+        stop_timeout=10,
+    )
