@@ -52,17 +52,26 @@ class _Client(QuicConnectionProtocol):
         return await asyncio.wait_for(self._done[stream_id], timeout=10)
 
 
-async def _get(host: str, port: int, path: str, headers: dict[str, str], cafile: str):
+async def _get(host: str, port: int, path: str, headers: dict[str, str], cafile: str) -> dict:
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="localhost")
     config.load_verify_locations(cafile)
     async with connect(host, port, configuration=config, create_protocol=_Client) as client:
-        response = await client.get(f"localhost:{port}", path, headers)
-    status = dict(response["headers"])[b":status"]
-    return int(status), response["body"]
+        return await client.get(f"localhost:{port}", path, headers)
 
 
 def h3_get(
     host: str, port: int, path: str, headers: dict[str, str], cafile: str
 ) -> tuple[int, bytes]:
     """GET over HTTP/3 (QUIC): (status, body)."""
-    return asyncio.run(_get(host, port, path, headers, cafile))
+    status, _, body = h3_get_with_headers(host, port, path, headers, cafile)
+    return status, body
+
+
+def h3_get_with_headers(
+    host: str, port: int, path: str, headers: dict[str, str], cafile: str
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """GET over HTTP/3 (QUIC): (status, the response's headers in order, body)."""
+    response = asyncio.run(_get(host, port, path, headers, cafile))
+    fields = [(name.decode(), value.decode()) for name, value in response["headers"]]
+    status = next(value for name, value in fields if name == ":status")
+    return int(status), [f for f in fields if not f[0].startswith(":")], response["body"]

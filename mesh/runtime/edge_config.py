@@ -3,9 +3,10 @@
 Listeners: plain HTTP (local use), TLS on TCP (HTTP/1.1 and HTTP/2 by ALPN), QUIC on UDP
 (HTTP/3, same certificate, advertised by Alt-Svc). All share one filter chain:
 
-  local_ratelimit per client IP → jwt_authn (external token, remote JWKS from auth)
-  → local_ratelimit per user (the token's sub) → ext_authz (auth exchanges the external token
-  for the internal JWT) → grpc_json_transcoder (REST ↔ gRPC for users, payments) → router
+  jwt_authn (external token, remote JWKS from auth) → ratelimit (the global rate-limit
+  service: per client IP and per user, the token's sub) → ext_authz (auth exchanges the
+  external token for the internal JWT) → grpc_json_transcoder (REST ↔ gRPC for users,
+  payments) → router
 
 Every upstream is a loopback listener of the edge's own Connect sidecar, which carries the
 request over mTLS to the service's sidecar.
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from mesh.topology import RateLimit, Route, Topology
+from mesh.runtime import ratelimit
+from mesh.topology import Route, Topology
 from services.common.consul import EnvoyTracer
 
 T = "type.googleapis.com/envoy.extensions."
@@ -33,7 +35,7 @@ QUIC_TRANSPORT = T + "transport_sockets.quic.v3.QuicDownstreamTransport"
 HTTP_OPTIONS = T + "upstreams.http.v3.HttpProtocolOptions"
 JWT_AUTHN = T + "filters.http.jwt_authn.v3"
 EXT_AUTHZ = T + "filters.http.ext_authz.v3"
-LOCAL_RATELIMIT = T + "filters.http.local_ratelimit.v3.LocalRateLimit"
+RATELIMIT = T + "filters.http.ratelimit.v3.RateLimit"
 TRANSCODER = T + "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 ROUTER = T + "filters.http.router.v3.Router"
 LUA = T + "filters.http.lua.v3.Lua"
@@ -51,6 +53,7 @@ JWT_QUERY_PROVIDER = "shopmesh-query"
 TOKEN_QUERY_PARAMETER = "access_token"
 EXTERNAL_AUDIENCE = "shopmesh-api"
 JWT_METADATA = "jwt_payload"
+RATELIMIT_CLUSTER = "ratelimit"
 # Headers only the edge (through auth) may set; whatever a client sends under these names is
 # dropped. Services trust nothing but the internal JWT they verify themselves.
 INTERNAL_HEADERS = ("x-shopmesh-principal", "x-shopmesh-roles", "x-jwt-payload")
@@ -170,19 +173,17 @@ def _socket(host: str, port: int, protocol: str = "TCP") -> dict:
     return {"socket_address": {"address": host, "port_value": port, "protocol": protocol}}
 
 
-def _cluster(topology: Topology, service: str, port: int) -> dict:
+def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> dict:
     cluster = {
-        "name": cluster_name(service),
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
-            "cluster_name": cluster_name(service),
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _socket(topology.bind_host, port)}}]}
-            ],
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, port)}}]}],
         },
     }
-    if topology.service(service).protocol == "grpc":
+    if http2:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": HTTP_OPTIONS,
@@ -190,6 +191,16 @@ def _cluster(topology: Topology, service: str, port: int) -> dict:
             }
         }
     return cluster
+
+
+def _cluster(topology: Topology, service: str, port: int) -> dict:
+    grpc = topology.service(service).protocol == "grpc"
+    return _static_cluster(cluster_name(service), topology.bind_host, port, http2=grpc)
+
+
+def _ratelimit_cluster(topology: Topology) -> dict:
+    port = topology.ratelimit_ports.grpc
+    return _static_cluster(RATELIMIT_CLUSTER, topology.bind_host, port, http2=True)
 
 
 def _per_route(route: Route) -> dict:
@@ -249,34 +260,40 @@ def routes(topology: Topology) -> list[dict]:
     return table
 
 
-def _bucket(limit: RateLimit) -> dict:
-    return {
-        "max_tokens": limit.requests,
-        "tokens_per_fill": limit.requests,
-        "fill_interval": f"{limit.per_seconds}s",
-    }
+def rate_limits() -> list[dict]:
+    """The virtual host's descriptors, one per rule, sent to the rate-limit service with every
+    request: the client address, and the verified token's sub (jwt_authn's metadata, never a
+    header a client could set). Without a token (public routes) only the address counts."""
+    user = {"metadata": {
+        "descriptor_key": ratelimit.PER_USER_KEY,
+        "metadata_key": {"key": "envoy.filters.http.jwt_authn",
+                         "path": [{"key": JWT_METADATA}, {"key": "sub"}]},
+        "source": "DYNAMIC",
+        "skip_if_absent": True,
+    }}  # fmt: skip
+    return [{"actions": [{"remote_address": {}}]}, {"actions": [user]}]
 
 
-def _local_ratelimit(stat_prefix: str, descriptor_key: str, action: dict, limit: RateLimit) -> dict:
-    """One token bucket per distinct descriptor value (per IP, per user), made on demand."""
-    always = {"numerator": 100, "denominator": "HUNDRED"}
+def _ratelimit_filter() -> dict:
+    """One filter for every rule: the service counts for every listener and every edge, and the
+    reply carries one set of x-ratelimit-* headers (of the rule closest to its limit)."""
     return {
-        "name": "envoy.filters.http.local_ratelimit",
+        "name": "envoy.filters.http.ratelimit",
         "typed_config": {
-            "@type": LOCAL_RATELIMIT,
-            "stat_prefix": stat_prefix,
-            # The filter-wide bucket is only a ceiling; the descriptor buckets are the limits.
-            "token_bucket": {"max_tokens": 1_000_000, "tokens_per_fill": 1_000_000,
-                             "fill_interval": "1s"},
-            "filter_enabled": {"runtime_key": f"{stat_prefix}_enabled", "default_value": always},
-            "filter_enforced": {"runtime_key": f"{stat_prefix}_enforced",
-                                "default_value": always},
+            "@type": RATELIMIT,
+            "domain": ratelimit.DOMAIN,
+            "rate_limit_service": {
+                "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
+                "transport_api_version": "V3",
+            },
+            "timeout": "0.25s",
+            # Fail open: with the service or Redis down (or slower than the timeout) requests
+            # pass unlimited; an outage of the limiter must not take the API down with it.
+            "failure_mode_deny": False,
             "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
-            "max_dynamic_descriptors": 100_000,
-            "rate_limits": [{"actions": [action]}],
-            "descriptors": [{"entries": [{"key": descriptor_key}], "token_bucket": _bucket(limit)}],
+            "rate_limited_status": {"code": "TooManyRequests"},
         },
-    }  # fmt: skip
+    }
 
 
 def _lua_filter(source: str) -> dict:
@@ -289,19 +306,6 @@ def _lua_filter(source: str) -> dict:
 def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
     edge = topology.edge
     auth_cluster = cluster_name("auth")
-    per_ip = _local_ratelimit("per_ip", "remote_address", {"remote_address": {}}, edge.per_ip_limit)
-    per_user = _local_ratelimit(
-        "per_user",
-        "user",
-        {"metadata": {
-            "descriptor_key": "user",
-            "metadata_key": {"key": "envoy.filters.http.jwt_authn",
-                             "path": [{"key": JWT_METADATA}, {"key": "sub"}]},
-            "source": "DYNAMIC",
-            "skip_if_absent": True,
-        }},
-        edge.per_user_limit,
-    )  # fmt: skip
     provider = {
         "issuer": issuer(topology),
         "audiences": [EXTERNAL_AUDIENCE],
@@ -370,7 +374,11 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
     # a transcoded gRPC call's JSON status included.
     denials = _lua_filter(MESH_DENIAL_LUA)
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
-    return [per_ip, jwt_authn, per_user, ext_authz, denials, transcoder, upstream_problems, router]
+    # The rate limit after jwt_authn, whose verified sub it counts by, and before ext_authz:
+    # a request over its limit costs auth nothing.
+    return [
+        jwt_authn, _ratelimit_filter(), ext_authz, denials, transcoder, upstream_problems, router,
+    ]  # fmt: skip
 
 
 def _local_reply() -> dict:
@@ -403,9 +411,11 @@ def _local_reply() -> dict:
 
 def _hcm(topology: Topology, files: EdgeFiles, stat_prefix: str, *, http3: bool = False,
          alt_svc: bool = False) -> dict:  # fmt: skip
+    host = {"name": "shopmesh", "domains": ["*"], "routes": routes(topology),
+            "rate_limits": rate_limits()}  # fmt: skip
     route_config: dict = {
         "name": "edge",
-        "virtual_hosts": [{"name": "shopmesh", "domains": ["*"], "routes": routes(topology)}],
+        "virtual_hosts": [host],
         "request_headers_to_remove": list(INTERNAL_HEADERS),
     }
     if alt_svc:
@@ -475,6 +485,6 @@ def envoy_config(topology: Topology, files: EdgeFiles) -> dict:
         "static_resources": {
             "listeners": [plain, tls, quic],
             "clusters": [_cluster(topology, u.service, u.local_bind_port) for u in edge.upstreams]
-            + [tracer(topology).cluster()],
+            + [_ratelimit_cluster(topology), tracer(topology).cluster()],
         },
     }

@@ -11,6 +11,7 @@ from itertools import product
 import httpx
 import pytest
 
+from mesh.runtime import ratelimit
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
 from tests.grafana import Target, dashboards, targets
@@ -35,9 +36,10 @@ def prometheus(mesh: Mesh) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def traffic(edge: httpx.Client) -> None:
+def traffic(edge: httpx.Client, topology: Topology) -> None:
     """Orders through the edge, one of them queued (Kafka, a payment worker), and reads. The
     queued one's Kafka metrics arrive later: the tests below poll until they do."""
+    over_a_limit(topology)
     for _ in range(2):
         assert edge.post("/orders", json={"userId": "alice", "items": ITEMS}).status_code == 201
     queued = edge.post("/orders", json={"userId": "alice", "items": ITEMS},
@@ -45,6 +47,20 @@ def traffic(edge: httpx.Client) -> None:
     assert queued.status_code == 202, queued.text
     assert edge.get("/orders", params={"userId": "alice"}).status_code == 200
     assert edge.get("/notifications").status_code == 200
+
+
+def over_a_limit(topology: Topology) -> None:
+    """One refusal by the edge's rate-limit service, so its over-limit counter exists (it is
+    exported from the first one on). Asked directly, for a user no request comes from: one
+    through the edge would spend the budget of a user other tests need."""
+    limit = topology.edge.per_user_limit.requests
+    descriptor = {"entries": [{"key": ratelimit.PER_USER_KEY, "value": "dashboards-probe"}]}
+    refused = httpx.post(
+        f"http://{topology.bind_host}:{topology.ratelimit_ports.http}/json",
+        json={"domain": ratelimit.DOMAIN, "descriptors": [descriptor], "hits_addend": limit + 1},
+        timeout=5.0,
+    )
+    assert refused.status_code == 429, refused.text
 
 
 def query(prometheus: httpx.Client, promql: str) -> list[dict]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mesh.runtime import edge, protos
+from mesh.runtime import edge, protos, ratelimit
 from mesh.runtime.edge_config import EdgeFiles, envoy_config, issuer
 from mesh.topology import load
 
@@ -55,17 +55,21 @@ def test_every_route_goes_to_its_sidecar_upstream_with_the_right_auth() -> None:
             assert match["route"]["timeout"] == "0s"
 
 
-def test_filters_run_ip_limit_jwt_user_limit_exchange_transcoder_problems_router() -> None:
-    names = [f["name"].rsplit(".", 1)[1] for f in hcm(listeners()["https"])["http_filters"]]
-    assert names == [
-        "local_ratelimit", "jwt_authn", "local_ratelimit", "ext_authz",
-        "lua", "grpc_json_transcoder", "lua", "router",
-    ]  # fmt: skip
+def test_filters_run_jwt_rate_limit_exchange_denials_transcoder_problems_router() -> None:
+    for name, listener in listeners().items():
+        names = [f["name"].rsplit(".", 1)[1] for f in hcm(listener)["http_filters"]]
+        assert names == [
+            "jwt_authn", "ratelimit", "ext_authz", "lua", "grpc_json_transcoder", "lua", "router",
+        ], name  # fmt: skip
+
+
+def http_filter(listener: dict, name: str) -> dict:
+    filters = hcm(listener)["http_filters"]
+    return next(f for f in filters if f["name"] == f"envoy.filters.http.{name}")["typed_config"]
 
 
 def jwt_authn() -> dict:
-    filters = hcm(listeners()["https"])["http_filters"]
-    return next(f for f in filters if f["name"] == "envoy.filters.http.jwt_authn")["typed_config"]
+    return http_filter(listeners()["https"], "jwt_authn")
 
 
 def test_jwt_providers_trust_only_auth_as_issuer_for_the_api_audience() -> None:
@@ -96,23 +100,58 @@ def test_access_logs_and_problems_leave_the_query_string_out() -> None:
     assert "%REQ(:PATH)%" not in text and "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" not in text
 
 
-def test_rate_limits_are_the_topologys() -> None:
-    edge_topology = load().edge
-    filters = hcm(listeners()["http"])["http_filters"]
-    per_ip, per_user = filters[0]["typed_config"], filters[2]["typed_config"]
-    assert per_ip["descriptors"][0]["token_bucket"]["max_tokens"] == (
-        edge_topology.per_ip_limit.requests
-    )
-    assert per_user["descriptors"][0]["token_bucket"]["max_tokens"] == (
-        edge_topology.per_user_limit.requests
-    )
+def test_every_listener_asks_the_one_rate_limit_service_and_counts_nothing_itself() -> None:
+    topology = load()
+    config = envoy_config(topology, FILES)
+    assert "local_ratelimit" not in json.dumps(config)
+    for name, listener in listeners().items():
+        limit = http_filter(listener, "ratelimit")
+        assert limit["domain"] == ratelimit.DOMAIN == ratelimit.service_config(topology)["domain"]
+        service = limit["rate_limit_service"]
+        assert service["transport_api_version"] == "V3"
+        assert service["grpc_service"]["envoy_grpc"]["cluster_name"] == "ratelimit", name
+        assert limit["enable_x_ratelimit_headers"] == "DRAFT_VERSION_03"
+        assert limit["rate_limited_status"] == {"code": "TooManyRequests"}
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    service_cluster = clusters["ratelimit"]
+    endpoint = service_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {
+        "address": topology.bind_host,
+        "port_value": topology.ratelimit_ports.grpc,
+        "protocol": "TCP",
+    }
+    options = service_cluster["typed_extension_protocol_options"]
+    assert "http2_protocol_options" in next(iter(options.values()))["explicit_http_config"]
+
+
+def test_a_rate_limit_outage_lets_requests_through_quickly() -> None:
+    limit = http_filter(listeners()["https"], "ratelimit")
+    assert limit["failure_mode_deny"] is False
+    assert float(limit["timeout"].removesuffix("s")) <= 0.5
+
+
+def test_requests_are_counted_per_client_address_and_per_verified_user() -> None:
+    for listener in listeners().values():
+        (host,) = hcm(listener)["route_config"]["virtual_hosts"]
+        per_ip, per_user = (rule["actions"] for rule in host["rate_limits"])
+        assert per_ip == [{"remote_address": {}}]
+        (metadata,) = per_user
+        assert metadata == {"metadata": {
+            "descriptor_key": ratelimit.PER_USER_KEY,
+            "metadata_key": {"key": "envoy.filters.http.jwt_authn",
+                             "path": [{"key": "jwt_payload"}, {"key": "sub"}]},
+            "source": "DYNAMIC",
+            # Public routes (no token): counted per address only.
+            "skip_if_absent": True,
+        }}  # fmt: skip
+        assert all("rate_limits" not in route.get("route", {}) for route in host["routes"])
+    # The keys the edge sends are the ones the service has rules for.
+    rules = {rule["key"] for rule in ratelimit.service_config(load())["descriptors"]}
+    assert rules == {"remote_address", ratelimit.PER_USER_KEY}
 
 
 def test_transcoder_serves_the_grpc_services_of_transcoded_routes() -> None:
-    filters = hcm(listeners()["http"])["http_filters"]
-    transcoder = next(
-        f for f in filters if f["name"] == "envoy.filters.http.grpc_json_transcoder"
-    )["typed_config"]
+    transcoder = http_filter(listeners()["http"], "grpc_json_transcoder")
     assert sorted(transcoder["services"]) == [
         "shopmesh.payments.v1.PaymentService",
         "shopmesh.users.v1.UserService",
