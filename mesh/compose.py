@@ -5,9 +5,10 @@ topology gives.
 
 What differs from the native runtime, and why (docs/runtime.md, "Running with docker compose"):
 - Every container has its own address on one bridge network. Those whose address is registered
-  in Consul or handed to Envoy (Consul, Jaeger, each service instance, the edge) get a fixed one
-  in the topology's order; a sidecar shares its app's network namespace, so its upstream
-  listeners are on 127.0.0.1 and their local_bind_ports are the native ones.
+  in Consul or handed to Envoy (Consul, Jaeger, each service instance, the edge, the rate-limit
+  service) get a fixed one in the topology's order; a sidecar shares its app's network
+  namespace, so its upstream listeners are on 127.0.0.1 and their local_bind_ports are the
+  native ones.
 - Secrets are generated at the first start by the one-shot `init` container into the `state`
   volume (`python -m mesh.compose init`, the native code with the volume as state dir), never
   written into compose.yaml. Services get their database password from a pgpass file
@@ -41,6 +42,7 @@ from mesh.runtime import (
     postgres,
     prometheus,
     protos,
+    ratelimit,
     tls,
 )
 from mesh.runtime.paths import REPO_ROOT, StateDir
@@ -67,11 +69,17 @@ IMAGES = {
     "prometheus": "prom/prometheus:v2.42.0",
     "jaeger": "jaegertracing/jaeger:2.13.0",
     "grafana": "grafana/grafana:11.6.0",
+    "redis": "redis:7.0.15",
+    # envoyproxy/ratelimit publishes no release tags: its images are tagged with the commit's
+    # 8-character short sha (`git rev-parse --short=8`, its Makefile's VERSION), here the commit
+    # of the pinned module pseudo-version v1.4.1-0.20260122083618-3fb702589d36.
+    "ratelimit": "envoyproxy/ratelimit:3fb70258",
 }
 # Built from docker/*.Dockerfile; the tags name what is inside.
 SERVICE_IMAGE = "shopmesh/service:0.1.0"
 SIDECAR_IMAGE = "shopmesh/sidecar:envoy1.36.2-consul1.16.1"
 KAFKA_IMAGE = "shopmesh/kafka:3.9.2-jmx1.0.1"
+RATELIMIT_IMAGE = "shopmesh/ratelimit:3fb70258-redis7.0.15"
 # The JMX exporter agent of mesh/provision/kafka/pom.xml; its sha256 as Maven Central serves it.
 JMX_EXPORTER = ("1.0.1", "7d61f737fd661610ccc14aea79764faa1ea94a340cbc8f0029b3d2edea3d80c1")
 JMX_AGENT = "/opt/jmx/jmx_prometheus_javaagent.jar"
@@ -93,9 +101,13 @@ POSTGRES_SUPERUSER_PASSWORD = STATE.secrets / "postgres-superuser"
 EDGE_CONFIG = STATE.config / "edge-envoy.json"
 EDGE_DESCRIPTORS = STATE.config / "protos.pb"
 # The uid the service image runs as (docker/service.Dockerfile); the Envoys run as it too
-# (ENVOY_UID), so the files they read are its own. Postgres's image runs as uid 999.
+# (ENVOY_UID), so the files they read are its own; the rate-limit service runs as it too.
+# Postgres's and Redis's images run as uid 999.
 APP_UID = 10001
 POSTGRES_UID = 999
+REDIS_UID = 999
+# The official Redis image's working directory (nothing is saved there: no persistence).
+REDIS_DIR = Path("/data")
 KAFKA_DATA = "/var/lib/kafka/data"
 RULES_DIR = REPO_ROOT / "observability" / "prometheus" / "rules"
 CONTAINER_RULES = "/etc/prometheus/rules"
@@ -124,6 +136,11 @@ SIDECAR_BUILD = {
     "dockerfile": "sidecar.Dockerfile",
     "args": {"CONSUL_IMAGE": IMAGES["consul"], "ENVOY_IMAGE": IMAGES["envoy"]},
 }
+RATELIMIT_BUILD = {
+    "context": "docker",
+    "dockerfile": "ratelimit.Dockerfile",
+    "args": {"RATELIMIT_IMAGE": IMAGES["ratelimit"], "REDIS_IMAGE": IMAGES["redis"]},
+}
 
 
 @dataclass(frozen=True)
@@ -134,6 +151,7 @@ class Addresses:
     edge: str
     jaeger: str  # in Envoy's STATIC OTLP clusters, so an IP
     instances: dict[str, str]
+    ratelimit: str  # in the edge's STATIC rate-limit cluster
 
     @classmethod
     def of(cls, topology: Topology) -> Addresses:
@@ -141,7 +159,7 @@ class Addresses:
         next(hosts)  # the bridge's gateway
         consul_ip, edge_ip, jaeger_ip = str(next(hosts)), str(next(hosts)), str(next(hosts))
         instances = {i.id: str(next(hosts)) for i in topology.instances()}
-        return cls(consul_ip, edge_ip, jaeger_ip, instances)
+        return cls(consul_ip, edge_ip, jaeger_ip, instances, ratelimit=str(next(hosts)))
 
     def otlp_endpoint(self, topology: Topology) -> str:
         return f"http://{self.jaeger}:{topology.jaeger.ports.otlp_grpc}"
@@ -185,13 +203,19 @@ def _healthcheck(test: list[str], *, interval: str = "5s", start: str = "30s") -
     }
 
 
-def _envoy_ready(admin_port: int) -> dict[str, Any]:
-    """GET /ready on an Envoy admin API; the envoy image has bash but no curl."""
+def _http_answers(port: int, path: str, expected: str) -> dict[str, Any]:
+    """GET `path` on the container's own port, answered with `expected` in it; with bash alone
+    (the envoy and redis images have no curl)."""
     script = (
-        f"exec 3<>/dev/tcp/127.0.0.1/{admin_port} && "
-        "printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q LIVE <&3"
+        f"exec 3<>/dev/tcp/127.0.0.1/{port} && "
+        f"printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q {expected} <&3"
     )
     return _healthcheck(["CMD", "bash", "-c", script])
+
+
+def _envoy_ready(admin_port: int) -> dict[str, Any]:
+    """GET /ready on an Envoy admin API."""
+    return _http_answers(admin_port, "/ready", "LIVE")
 
 
 def _consul_passing(topology: Topology, service_id: str) -> dict[str, Any]:
@@ -478,9 +502,50 @@ def _edge(topology: Topology, addresses: Addresses) -> dict[str, Any]:
             f"{topology.bind_host}:{e.https_port}:{e.https_port}/udp",
         ],
         "networks": _fixed(addresses.edge),
-        "depends_on": _after(bootstrap="service_completed_successfully", jaeger="service_healthy"),
+        "depends_on": _after(
+            bootstrap="service_completed_successfully",
+            jaeger="service_healthy",
+            ratelimit="service_healthy",
+        ),
         "healthcheck": _envoy_ready(e.admin_port),
         **_long_running("256m"),
+    }
+
+
+def _redis(topology: Topology) -> dict[str, Any]:
+    """The native config (written by `init`: it carries the password), on the container's every
+    interface, unpublished; memory only, so no volume."""
+    port = topology.redis_port
+    password = ratelimit.password_file(STATE)
+    ping = f'REDISCLI_AUTH="$$(cat {password})" redis-cli -p {port} ping | grep -q PONG'
+    return {
+        "image": IMAGES["redis"],
+        "command": ["redis-server", str(ratelimit.redis_config_file(STATE))],
+        "volumes": [_state_volume()],
+        "networks": [NETWORK],
+        "depends_on": _after(init="service_completed_successfully"),
+        "healthcheck": _healthcheck(["CMD-SHELL", ping]),
+        **_long_running("128m"),
+    }
+
+
+def _ratelimit(topology: Topology, addresses: Addresses) -> dict[str, Any]:
+    """envoyproxy/ratelimit with the native settings, Redis by its compose name; the password
+    from the state volume into REDIS_AUTH, never into compose.yaml."""
+    password = ratelimit.password_file(STATE)
+    env = ratelimit.service_env(topology, bind_host="0.0.0.0", redis_host="redis", state=STATE)
+    return {
+        "image": RATELIMIT_IMAGE,
+        "build": RATELIMIT_BUILD,
+        "user": str(APP_UID),
+        "entrypoint": ["/bin/bash", "-c"],
+        "command": [f'export REDIS_AUTH="$$(cat {password})" && exec ratelimit'],
+        "environment": env,
+        "volumes": [_state_volume()],
+        "networks": _fixed(addresses.ratelimit),
+        "depends_on": _after(redis="service_healthy"),
+        "healthcheck": _http_answers(topology.ratelimit_ports.http, "/healthcheck", "OK"),
+        **_long_running("128m"),
     }
 
 
@@ -570,6 +635,8 @@ def document(topology: Topology) -> dict[str, Any]:
     for workers in topology.workers:
         for instance_id in workers.instances:
             services[instance_id] = _worker(topology, addresses, workers.name, instance_id)
+    services["redis"] = _redis(topology)
+    services["ratelimit"] = _ratelimit(topology, addresses)
     services["edge"] = _edge(topology, addresses)
     services[f"{topology.edge.id}-sidecar"] = _sidecar(
         topology, addresses, "edge", topology.edge.id, topology.edge.sidecar
@@ -595,7 +662,7 @@ def prometheus_config(topology: Topology) -> dict[str, Any]:
     real Consul discovery for the services job where the native one reads consul_sd.py's files.
     The workers stay static targets in that job: the relabelling touches discovered ones only."""
     addresses = Addresses.of(topology)
-    hosts = {topology.edge.id: addresses.edge, "consul": "consul"}
+    hosts = {topology.edge.id: addresses.edge, "consul": "consul", "ratelimit": "ratelimit"}
     hosts |= {n.name: n.name for n in topology.kafka.nodes}
     hosts |= {name: name for workers in topology.workers for name in workers.instances}
     config = prometheus.config(topology, StateDir(Path("/prometheus")))
@@ -674,8 +741,9 @@ def write(topology: Topology) -> list[Path]:
 def init(topology: Topology) -> None:
     """Generate every secret into the state volume if missing, each readable by its one user."""
     STATE.ensure()
-    # Each user may enter the folder to open its own files (all 0600), not list the others.
-    STATE.secrets.chmod(0o711)
+    # Each user may enter the folders to open its own files (all 0600), not list the others.
+    for folder in (STATE.root, STATE.config, STATE.secrets):
+        folder.chmod(0o711)
     passwords = postgres.passwords(STATE, topology)
     if not POSTGRES_SUPERUSER_PASSWORD.exists():
         POSTGRES_SUPERUSER_PASSWORD.touch(mode=0o600)
@@ -693,6 +761,10 @@ def init(topology: Topology) -> None:
     shutil.chown(certs.server_cert.parent, APP_UID, APP_UID)
     kafka.cluster_id(topology, STATE)
     (STATE.data / "kafka-cluster-id").chmod(0o644)  # an id, not a secret: read by the nodes
+    redis_config = ratelimit.write_redis_config(STATE, "0.0.0.0", topology.redis_port, REDIS_DIR)
+    shutil.chown(redis_config, REDIS_UID, REDIS_UID)
+    shutil.chown(ratelimit.password_file(STATE), APP_UID, APP_UID)
+    ratelimit.write_service_config(topology, STATE)
 
 
 def bootstrap(topology: Topology) -> None:
@@ -714,13 +786,16 @@ def bootstrap(topology: Topology) -> None:
 def edge_envoy_config(topology: Topology, files: edge_config.EdgeFiles) -> dict[str, Any]:
     """The native edge config with its listeners and admin API on every interface of the
     container (the ports are published; Consul checks the admin API) and the OTLP cluster at
-    Jaeger's address; the other clusters stay on loopback: the sidecar's upstream listeners."""
+    Jaeger's address and the rate-limit cluster at the rate-limit service's; the other clusters
+    stay on loopback: the sidecar's upstream listeners."""
     config = edge_config.envoy_config(topology, files)
     for listener in config["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["address"] = "0.0.0.0"
     config["admin"]["address"]["socket_address"]["address"] = "0.0.0.0"
+    addresses = Addresses.of(topology)
     for cluster in config["static_resources"]["clusters"]:
-        _point_otlp_at(cluster, Addresses.of(topology).jaeger)
+        _point_at(cluster, OTLP_CLUSTER, addresses.jaeger)
+        _point_at(cluster, edge_config.RATELIMIT_CLUSTER, addresses.ratelimit)
     return config
 
 
@@ -731,18 +806,19 @@ def edge_registration(topology: Topology) -> dict[str, Any]:
     proxy_config = registration["Connect"]["SidecarService"]["Proxy"].get("Config", {})
     if "envoy_extra_static_clusters_json" in proxy_config:
         cluster = json.loads(proxy_config["envoy_extra_static_clusters_json"])
-        _point_otlp_at(cluster, addresses.jaeger)
+        _point_at(cluster, OTLP_CLUSTER, addresses.jaeger)
         proxy_config["envoy_extra_static_clusters_json"] = json.dumps(cluster)
     return registration
 
 
-def _point_otlp_at(cluster: dict[str, Any], jaeger_ip: str) -> None:
-    """The edge's configs are made for the native runtime, where Jaeger shares the bind host."""
-    if cluster["name"] != OTLP_CLUSTER:
+def _point_at(cluster: dict[str, Any], name: str, ip: str) -> None:
+    """The edge's configs are made for the native runtime, where Jaeger and the rate-limit
+    service share the bind host; `ip` is the container's, if the cluster is the one named."""
+    if cluster["name"] != name:
         return
     for group in cluster["load_assignment"]["endpoints"]:
         for endpoint in group["lb_endpoints"]:
-            endpoint["endpoint"]["address"]["socket_address"]["address"] = jaeger_ip
+            endpoint["endpoint"]["address"]["socket_address"]["address"] = ip
 
 
 def worker_ready(group: str) -> int:

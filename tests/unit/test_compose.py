@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from mesh import compose
-from mesh.runtime import prometheus, protos, provision
-from mesh.runtime.edge_config import EdgeFiles
+from mesh.runtime import prometheus, protos, provision, ratelimit
+from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles
 from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
 from mesh.runtime.provision import COMPOSE_SCHEMA
 from mesh.runtime.supervisor import native_wiring, service_env, worker_env
@@ -274,10 +274,35 @@ def test_the_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
     jaeger = endpoints.pop(OTLP_CLUSTER)["socket_address"]
     assert jaeger["address"] == compose.Addresses.of(topology).jaeger
     assert jaeger["port_value"] == topology.jaeger.ports.otlp_grpc
+    service = endpoints.pop(RATELIMIT_CLUSTER)["socket_address"]
+    assert service["address"] == compose.Addresses.of(topology).ratelimit
+    assert service["port_value"] == topology.ratelimit_ports.grpc
     assert {(a["socket_address"]["address"], a["socket_address"]["port_value"])
             for a in endpoints.values()} == {
         ("127.0.0.1", u.local_bind_port) for u in topology.edge.upstreams
     }  # fmt: skip
+
+
+def test_the_rate_limit_service_has_the_native_settings_but_for_hosts_and_password(
+    topology: Topology, doc: dict[str, Any], tmp_path: Path
+) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    native = ratelimit.service_spec(topology, state, {"ratelimit": Path("ratelimit")}).env
+    container = doc["services"]["ratelimit"]
+    env = container["environment"]
+    assert env.keys() == native.keys() - {"REDIS_AUTH"}
+    hosts = {"GRPC_HOST", "HOST", "DEBUG_HOST", "PROMETHEUS_ADDR", "REDIS_URL", "RUNTIME_ROOT"}
+    for key in env.keys() - hosts:
+        assert env[key] == native[key], key
+    assert env["REDIS_URL"] == f"redis:{topology.redis_port}"
+    # The password comes from the state volume when the container starts.
+    assert str(ratelimit.password_file(compose.STATE)) in container["command"][0]
+    assert container["networks"]["mesh"]["ipv4_address"] == compose.Addresses.of(topology).ratelimit
+    assert doc["services"]["edge"]["depends_on"]["ratelimit"] == {"condition": "service_healthy"}
+    redis = doc["services"]["redis"]
+    assert redis["command"] == ["redis-server", str(ratelimit.redis_config_file(compose.STATE))]
+    assert "ports" not in redis and "ports" not in container  # reached on the network only
 
 
 def test_the_edge_is_registered_at_its_container_address(topology: Topology) -> None:
