@@ -657,6 +657,9 @@ def document(topology: Topology) -> dict[str, Any]:
     }
 
 
+NATIVE_ONLY_JOB = "watchdog"
+
+
 def prometheus_config(topology: Topology) -> dict[str, Any]:
     """The native Prometheus config (same jobs, targets and labels) with compose's hosts, and
     real Consul discovery for the services job where the native one reads consul_sd.py's files.
@@ -667,6 +670,10 @@ def prometheus_config(topology: Topology) -> dict[str, Any]:
     hosts |= {name: name for workers in topology.workers for name in workers.instances}
     config = prometheus.config(topology, StateDir(Path("/prometheus")))
     config["rule_files"] = [f"{CONTAINER_RULES}/*.yml"]
+    # Compose restarts containers itself (restart policies): the native watchdog is not here.
+    config["scrape_configs"] = [
+        job for job in config["scrape_configs"] if job["job_name"] != NATIVE_ONLY_JOB
+    ]
     for job in config["scrape_configs"]:
         job.pop("file_sd_configs", None)
         for group in job.get("static_configs", []):
