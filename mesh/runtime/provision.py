@@ -265,11 +265,11 @@ JAEGER_MODULE = "github.com/jaegertracing/jaeger"
 JAEGER_PACKAGE = f"{JAEGER_MODULE}/cmd/jaeger"
 
 
-def _go_toolchain(component: str) -> dict[str, str]:
+def _go_toolchain(component: str, minimum: str = "1.24.6") -> dict[str, str]:
     env = _go_env()
     if shutil.which("go", path=env["PATH"]) is None:
         raise ProvisionError(
-            f"{component}: the Go toolchain is missing. Install Go >= 1.24.6 "
+            f"{component}: the Go toolchain is missing. Install Go >= {minimum} "
             "(https://go.dev/doc/install, or Debian: apt-get install golang) and run "
             "`mesh install` again."
         )
@@ -357,7 +357,7 @@ RATELIMIT_PACKAGE = f"{RATELIMIT_MODULE}/src/service_cmd"
 
 
 def _install_ratelimit(component: Component, home: Path) -> None:
-    env = _go_toolchain("ratelimit")
+    env = _go_toolchain("ratelimit", minimum="1.25.6")  # the go directive of its go.mod
     say("building envoyproxy/ratelimit from the Go module proxy (first time: about 1 minute)")
     run(
         ["go", "mod", "download", RATELIMIT_MODULE],
