@@ -3,10 +3,10 @@
 Listeners: plain HTTP (local use), TLS on TCP (HTTP/1.1 and HTTP/2 by ALPN), QUIC on UDP
 (HTTP/3, same certificate, advertised by Alt-Svc). All share one filter chain:
 
-  jwt_authn (external token, remote JWKS from auth) → ratelimit (the global rate-limit
-  service: per client IP and per user, the token's sub) → ext_authz (auth exchanges the
-  external token for the internal JWT) → grpc_json_transcoder (REST ↔ gRPC for users,
-  payments) → router
+  header limits (Lua: a 431 problem over them) → jwt_authn (external token, remote JWKS from
+  auth) → ratelimit (the global rate-limit service: per client IP and per user, the token's
+  sub) → ext_authz (auth exchanges the external token for the internal JWT) → mesh denials (Lua)
+  → grpc_json_transcoder (REST ↔ gRPC for users, payments) → upstream problems (Lua) → router
 
 Every upstream is a loopback listener of the edge's own Connect sidecar, which carries the
 request over mTLS to the service's sidecar.
@@ -134,6 +134,44 @@ function envoy_on_response(handle)
 end
 """
 )
+
+# What a request's headers may add up to at the edge: the name and value of every field, the
+# pseudo-headers (method, path, authority, scheme) and what Envoy adds before the filters
+# (x-request-id, x-forwarded-*) included. Below what every service accepts: aiohttp refuses a
+# field over 8190 bytes or more than 128 fields (a text/plain 400, before any middleware), a
+# sidecar more than 100 fields (a text/plain 431), and the gRPC services take 16 KiB of metadata
+# (services/common/grpc_server.py), room for what the mesh adds on the way. A bearer JWT and
+# a client's usual headers come to 1-2 KiB.
+MAX_REQUEST_HEADER_BYTES = 8000
+MAX_REQUEST_HEADERS = 64
+# Envoy's codecs refuse beyond these (its defaults, stated): HTTP/1 with a 431, which the local
+# reply mappers make a problem, but HTTP/2 and HTTP/3 by resetting the stream, no response at
+# all. So the limits above are a Lua filter's, whose 431 is a local reply on every protocol.
+CODEC_MAX_REQUEST_HEADERS_KB = 60
+CODEC_MAX_HEADERS_COUNT = 100
+REQUEST_HEADERS_LUA = (
+    f"local max_bytes, max_count = {MAX_REQUEST_HEADER_BYTES}, {MAX_REQUEST_HEADERS}\n"
+    + """
+function envoy_on_request(handle)
+  local bytes, count = 0, 0
+  for name, value in pairs(handle:headers()) do
+    bytes = bytes + #name + #value
+    count = count + 1
+  end
+  if bytes > max_bytes or count > max_count then
+    handle:respond({[":status"] = "431"}, "")
+  end
+end
+"""
+)
+HEADERS_TOO_LARGE_PROBLEM = {
+    "type": "/problems/request-headers-too-large",
+    "title": "Request Header Fields Too Large",
+    "status": 431,
+    "detail": f"the request's headers are over the edge's limit of {MAX_REQUEST_HEADER_BYTES} "
+    f"bytes and {MAX_REQUEST_HEADERS} fields in all",
+    "instance": "%REQ_WITHOUT_QUERY(:PATH)%",
+}
 
 
 @dataclass(frozen=True)
@@ -369,6 +407,8 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
     }
     # Last before the router: it sees the upstream's own responses (a transcoded gRPC error is
     # turned into JSON by the transcoder after it).
+    # First: an oversized request costs nothing downstream.
+    header_limits = _lua_filter(REQUEST_HEADERS_LUA)
     upstream_problems = _lua_filter(UPSTREAM_PROBLEM_LUA)
     # Before the transcoder, so after it on the way back: it sees what the client would get,
     # a transcoded gRPC call's JSON status included.
@@ -377,7 +417,8 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
     # The rate limit after jwt_authn, whose verified sub it counts by, and before ext_authz:
     # a request over its limit costs auth nothing.
     return [
-        jwt_authn, _ratelimit_filter(), ext_authz, denials, transcoder, upstream_problems, router,
+        header_limits, jwt_authn, _ratelimit_filter(), ext_authz, denials, transcoder,
+        upstream_problems, router,
     ]  # fmt: skip
 
 
@@ -397,6 +438,19 @@ def _local_reply() -> dict:
                 }}},
                 "status_code": 401,
                 "body_format_override": problem,
+            },
+            # The header limits' 431, the Lua filter's or a codec's (HTTP/1 only: HTTP/2 and
+            # HTTP/3 reset the stream). A codec refuses before the path is known: instance null.
+            {
+                "filter": {"status_code_filter": {"comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": 431, "runtime_key": "edge_headers_too_large_status"},
+                }}},
+                "body_format_override": {
+                    "json_format": HEADERS_TOO_LARGE_PROBLEM,
+                    "content_type": "application/problem+json",
+                    "formatters": FORMATTERS,
+                },
             },
             {
                 "filter": {"status_code_filter": {"comparison": {
@@ -426,6 +480,8 @@ def _hcm(topology: Topology, files: EdgeFiles, stat_prefix: str, *, http3: bool 
         "stat_prefix": stat_prefix,
         "codec_type": "HTTP3" if http3 else "AUTO",
         "use_remote_address": True,
+        "max_request_headers_kb": CODEC_MAX_REQUEST_HEADERS_KB,
+        "common_http_protocol_options": {"max_headers_count": CODEC_MAX_HEADERS_COUNT},
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "access_log": [{"name": "stdout", "typed_config": {
             "@type": STDOUT_LOG,

@@ -50,9 +50,19 @@ log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
+# Request metadata up to 16 KiB, the soft limit and the hard one alike: gRPC's default soft
+# limit of 8 KiB refuses a random share of the calls above it (RESOURCE_EXHAUSTED, a 429 through
+# the transcoder). Whatever the edge lets through (mesh/runtime/edge_config.py
+# MAX_REQUEST_HEADER_BYTES), with what the mesh adds on the way, fits.
+MAX_METADATA_BYTES = 16 * 1024
+
 # gRPC sets SO_REUSEPORT by default, which lets a second process bind the same port and
 # silently share its traffic; an instance's port must be its own.
-SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+SERVER_OPTIONS = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+)
 
 # Not traced: Consul probes the health check every few seconds.
 INFRASTRUCTURE_CALLS = filters.any_of(

@@ -55,11 +55,12 @@ def test_every_route_goes_to_its_sidecar_upstream_with_the_right_auth() -> None:
             assert match["route"]["timeout"] == "0s"
 
 
-def test_filters_run_jwt_rate_limit_exchange_denials_transcoder_problems_router() -> None:
+def test_filters_run_sizes_jwt_rate_limit_exchange_denials_transcoder_problems_router() -> None:
     for name, listener in listeners().items():
         names = [f["name"].rsplit(".", 1)[1] for f in hcm(listener)["http_filters"]]
         assert names == [
-            "jwt_authn", "ratelimit", "ext_authz", "lua", "grpc_json_transcoder", "lua", "router",
+            "lua", "jwt_authn", "ratelimit", "ext_authz", "lua", "grpc_json_transcoder", "lua",
+            "router",
         ], name  # fmt: skip
 
 
