@@ -193,17 +193,23 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    """One trace as a tree of spans: by trace id, or the trace that created an order."""
+    """One trace as a tree of spans: by trace id, or the trace that created an order. Spans
+    reach Jaeger seconds after the request, so it waits for them (up to --wait seconds)."""
     url = jaeger.query_url(load())
     query = trace.JaegerQuery(url)
     try:
-        print("\n".join(trace.lines_for(query, args.id)))
+        found = trace.wait_for(
+            query, args.id, wait_s=args.wait, say=lambda msg: print(msg, file=sys.stderr)
+        )
     except trace.TraceNotFound as exc:
         raise MeshError(str(exc)) from None
     except httpx.HTTPError as exc:
         raise MeshError(f"Jaeger's query API at {url} did not answer: {exc}") from None
     finally:
         query.close()
+    print("\n".join(trace.lines(found)))
+    if (warning := trace.incomplete(found)) is not None:
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -270,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
     trace_cmd = sub.add_parser("trace", help="print a trace from Jaeger as a tree of spans")
     trace_cmd.add_argument("id", help="a trace id (32 hex digits) or an order id")
+    trace_cmd.add_argument(
+        "--wait",
+        type=float,
+        default=trace.WAIT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for the trace to reach Jaeger (default {trace.WAIT_S:g})",
+    )
     trace_cmd.set_defaults(func=cmd_trace)
     compose_cmd = sub.add_parser("compose", help="write compose.yaml from the topology")
     compose_cmd.add_argument(

@@ -2,13 +2,16 @@
 
 The tree is built from Jaeger's JSON (`/api/traces/<id>`: spans with CHILD_OF / FOLLOWS_FROM
 references, processes naming the services) by plain functions, unit-tested on a fixture.
+Spans reach Jaeger seconds after the request, each process sending them on its own timer, so
+`wait_for` polls the query API until the trace is there with its root, or a deadline passes.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -18,6 +21,10 @@ TRACE_ID = re.compile(r"[0-9a-f]{32}")
 # (services/common/telemetry.py ORDER_ID).
 ORDER_ID_TAG = "order.id"
 ORDER_SERVICE = "orders"
+# Every process sends its spans on its own timer (the services' batch span processors and
+# Envoy's tracer, every 5 s): a trace reaches Jaeger in pieces, seconds after the request.
+WAIT_S = 10.0
+POLL_INTERVAL_S = 0.5
 
 
 class TraceNotFound(LookupError):
@@ -144,21 +151,85 @@ class JaegerQuery:
         return sorted(traces, key=lambda t: min(s["startTime"] for s in t["spans"]))
 
 
-def lines_for(query: JaegerQuery, trace_or_order_id: str) -> list[str]:
-    """The printed tree for a trace id (32 hex digits) or an order id (its creating trace)."""
-    wanted = trace_or_order_id.strip().lower()
-    if TRACE_ID.fullmatch(wanted):
-        trace = query.trace(wanted)
-        others: list[str] = []
-    else:
-        found = query.traces_of_order(trace_or_order_id.strip())
-        if not found:
-            raise TraceNotFound(
-                f"no trace of the orders service has {ORDER_ID_TAG}={trace_or_order_id}"
-            )
-        trace, others = found[0], [t["traceID"] for t in found[1:]]
-    spans = spans_of(trace)
-    lines = [summary(trace["traceID"], spans), *render(build_tree(spans))]
-    if others:
-        lines.append(f"the order also appears in {len(others)} later traces: {', '.join(others)}")
-    return lines
+@dataclass(frozen=True)
+class Found:
+    """The trace to print and, for an order id, the ids of the order's later traces."""
+
+    trace: dict
+    later: list[str]
+
+    @property
+    def roots(self) -> int:
+        return len(build_tree(spans_of(self.trace)))
+
+
+def is_trace_id(trace_or_order_id: str) -> bool:
+    return TRACE_ID.fullmatch(trace_or_order_id.strip().lower()) is not None
+
+
+def find(query: JaegerQuery, trace_or_order_id: str) -> Found:
+    """The trace for a trace id (32 hex digits) or an order id (its creating trace)."""
+    wanted = trace_or_order_id.strip()
+    if is_trace_id(wanted):
+        return Found(query.trace(wanted.lower()), [])
+    found = query.traces_of_order(wanted)
+    if not found:
+        raise TraceNotFound(f"no trace of the orders service has {ORDER_ID_TAG}={wanted}")
+    return Found(found[0], [t["traceID"] for t in found[1:]])
+
+
+def wait_for(
+    query: JaegerQuery,
+    trace_or_order_id: str,
+    *,
+    wait_s: float = WAIT_S,
+    interval_s: float = POLL_INTERVAL_S,
+    say: Callable[[str], None] = lambda _: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Found:
+    """`find`, polled for up to `wait_s` until the trace is in Jaeger with a single root (while
+    a process has not sent its spans, the spans below them are roots); after that, the trace
+    as it is, or TraceNotFound. `say` is told once what is waited for."""
+    deadline = clock() + wait_s
+    waiting = False
+    while True:
+        try:
+            found = find(query, trace_or_order_id)
+            if found.roots <= 1 or clock() >= deadline:
+                return found
+        except TraceNotFound as exc:
+            if clock() >= deadline:
+                raise TraceNotFound(
+                    f"{exc} (waited {wait_s:g} s)" if waiting else str(exc)
+                ) from None
+        if not waiting:
+            say(f"waiting up to {wait_s:g} s for {_what(trace_or_order_id)} to reach Jaeger")
+            waiting = True
+        sleep(min(interval_s, max(deadline - clock(), 0.0)))
+
+
+def _what(trace_or_order_id: str) -> str:
+    wanted = trace_or_order_id.strip()
+    return f"trace {wanted.lower()}" if is_trace_id(wanted) else f"the trace of order {wanted}"
+
+
+def lines(found: Found) -> list[str]:
+    """The printed tree, then the order's later traces."""
+    spans = spans_of(found.trace)
+    printed = [summary(found.trace["traceID"], spans), *render(build_tree(spans))]
+    if found.later:
+        printed.append(
+            f"the order also appears in {len(found.later)} later traces: {', '.join(found.later)}"
+        )
+    return printed
+
+
+def incomplete(found: Found) -> str | None:
+    """A warning when spans of the trace are still missing, else None."""
+    if found.roots <= 1:
+        return None
+    return (
+        f"{found.roots} spans have no parent in the trace yet: a process has not sent its spans "
+        "(run `mesh trace` again in a few seconds)"
+    )
