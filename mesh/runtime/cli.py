@@ -11,7 +11,7 @@ import time
 import httpx
 
 from mesh import compose
-from mesh.runtime import demo, faults, jaeger, process, protos, tls, trace
+from mesh.runtime import demo, faults, jaeger, kafka_tools, process, protos, tls, trace
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -234,6 +234,12 @@ def cmd_consul(args: argparse.Namespace) -> int:
     os.execv(consul_bin, [str(consul_bin), *args.args])
 
 
+def cmd_kafka(args: argparse.Namespace) -> int:
+    """One of Kafka's own tools, from the cache, against the mesh's brokers."""
+    command = kafka_tools.argv(load(), install_all()["kafka"], args.tool, args.args)
+    os.execv(command[0], command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     consul = sub.add_parser("consul", help="run the pinned consul CLI against the mesh's agent")
     consul.add_argument("args", nargs=argparse.REMAINDER)
     consul.set_defaults(func=cmd_consul)
+    tools = sorted(kafka_tools.TOOLS)
+    kafka = sub.add_parser(
+        "kafka",
+        help="run one of Kafka's own tools (topics, consumer-groups, ...) against the brokers",
+        description="Kafka's command-line tools from the cache; TOOL is the script's name "
+        "without kafka- and .sh. --bootstrap-server is the topology's brokers unless given.",
+    )
+    kafka.add_argument("tool", choices=tools, metavar="TOOL", help=", ".join(tools))
+    kafka.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")
+    kafka.set_defaults(func=cmd_kafka)
     return parser
 
 
