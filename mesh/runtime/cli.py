@@ -192,6 +192,15 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_password(args: argparse.Namespace) -> int:
+    """A demo user's password (generated at first start into the state dir's secrets)."""
+    try:
+        print(demo.password(StateDir.default(), args.user))
+    except (KeyError, FileNotFoundError) as exc:
+        raise MeshError(f"{exc}; is the mesh up (`mesh up`)?") from None
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     """One trace as a tree of spans: by trace id, or the trace that created an order. Spans
     reach Jaeger seconds after the request, so it waits for them (up to --wait seconds)."""
@@ -280,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print an access token for a demo user")
     token.add_argument("user", help="alice, bob or admin")
     token.set_defaults(func=cmd_token)
+    password = sub.add_parser("password", help="print a demo user's generated password")
+    password.add_argument("user", help="alice, bob or admin")
+    password.set_defaults(func=cmd_password)
     trace_cmd = sub.add_parser("trace", help="print a trace from Jaeger as a tree of spans")
     trace_cmd.add_argument("id", help="a trace id (32 hex digits) or an order id")
     trace_cmd.add_argument(
