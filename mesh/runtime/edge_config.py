@@ -280,12 +280,16 @@ def _route(route: Route) -> dict:
 def routes(topology: Topology) -> list[dict]:
     edge = topology.edge
     table = [_route(route) for route in edge.routes]
-    # After transcoding, a REST request is a gRPC call: route it by the gRPC path too.
     for route in edge.routes:
         if route.transcode:
+            # A collection's custom methods (`/users:batchCreate`, AIP-136) are no path segment
+            # below the route's prefix, so path_separated_prefix misses them.
+            custom_methods = _route(route)
+            custom_methods["match"] = {"prefix": f"{route.prefix}:"}
+            # After transcoding, a REST request is a gRPC call: route it by the gRPC path too.
             grpc_route = _route(route)
             grpc_route["match"] = {"prefix": f"/{grpc_package(route.service)}."}
-            table.append(grpc_route)
+            table += [custom_methods, grpc_route]
     # Each HTTP service's OpenAPI spec, public at /openapi/<service>.yaml.
     public = Route(prefix="/openapi", service="", timeout_ms=5000, auth="none")
     for name in dict.fromkeys(r.service for r in edge.routes):

@@ -47,6 +47,15 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             users=[to_proto(user) for user in page.users], next_page_token=page.next_page_token
         )
 
+    async def BatchCreateUsers(
+        self, request: users_pb2.BatchCreateUsersRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.BatchCreateUsersResponse:
+        require_role(current_principal(), ADMIN_ROLE)
+        created = await self._service.batch_create_users(
+            [(each.name, each.email) for each in request.requests]
+        )
+        return users_pb2.BatchCreateUsersResponse(users=[to_proto(user) for user in created])
+
 
 def to_proto(user: User) -> users_pb2.User:
     created_at = Timestamp()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -14,6 +15,7 @@ MAX_NAME_LENGTH = 100
 MAX_EMAIL_LENGTH = 254
 MAX_USER_ID_LENGTH = 64
 MAX_BLOCK_REASON_LENGTH = 500
+MAX_BATCH_USERS = 1000
 DEFAULT_ROLES = ("user",)
 
 # A shape check, not RFC 5322: something@domain.tld, no spaces, one "@".
@@ -44,6 +46,26 @@ def new_user(
         blocked_reason=None,
         created_at=now or datetime.now(UTC),
     )
+
+
+def new_users(requests: Sequence[tuple[str, str]]) -> list[User]:
+    """The users of one batch, from (name, email) pairs: 1..1000 of them, each as `new_user`
+    makes it, no email twice (in any letter case). A field error names its request,
+    `requests[3].email`."""
+    if not 1 <= len(requests) <= MAX_BATCH_USERS:
+        raise InvalidArgument("requests", f"must hold 1 to {MAX_BATCH_USERS} users")
+    users: list[User] = []
+    first_with_email: dict[str, int] = {}
+    for index, (name, email) in enumerate(requests):
+        try:
+            user = new_user(name, email)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"requests[{index}].{exc.field}", exc.message) from None
+        first = first_with_email.setdefault(user.email.lower(), index)
+        if first != index:
+            raise InvalidArgument(f"requests[{index}].email", f"repeats requests[{first}].email")
+        users.append(user)
+    return users
 
 
 def valid_name(name: str) -> str:

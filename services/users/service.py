@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -15,6 +16,7 @@ from services.users import repository
 from services.users.domain import (
     User,
     new_user,
+    new_users,
     valid_block_reason,
     valid_user_id,
 )
@@ -46,11 +48,14 @@ class UserService:
         """A new user with the default roles; ALREADY_EXISTS when the email is taken."""
         user = new_user(name, email)
         async with self._pool.acquire() as conn, conn.transaction():
-            created = await repository.insert_user(conn, user)
-            if created is None:
-                raise AlreadyExists("a user with this email already exists")
-            await user_changed(conn, "created", created)
-        return created
+            return await insert_new_user(conn, user)
+
+    async def batch_create_users(self, requests: Sequence[tuple[str, str]]) -> list[User]:
+        """New users from (name, email) pairs, in request order, in one transaction: an email
+        that is taken is ALREADY_EXISTS naming it, and none of the users is created."""
+        users = new_users(requests)
+        async with self._pool.acquire() as conn, conn.transaction():
+            return [await insert_new_user(conn, user) for user in users]
 
     async def block_user(self, user_id: str, reason: str) -> User:
         """Block the user; blocking a blocked user returns it unchanged."""
@@ -82,6 +87,16 @@ def user_event(change: str, user: User) -> dict:
     else:
         raise ValueError(f"unknown user change {change!r}")
     return cloud_event(source="users", type=kind, subject=f"user/{user.id}", data=data)
+
+
+async def insert_new_user(conn: asyncpg.Connection, user: User) -> User:
+    """Insert `user` and queue its created event, in `conn`'s transaction; ALREADY_EXISTS
+    naming the email when it is taken."""
+    created = await repository.insert_user(conn, user)
+    if created is None:
+        raise AlreadyExists(f"a user with the email {user.email!r} already exists")
+    await user_changed(conn, "created", created)
+    return created
 
 
 async def user_changed(conn: asyncpg.Connection, change: str, user: User) -> None:
