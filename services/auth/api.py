@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from services.auth import oauth
+from services.auth import credentials, oauth
 from services.auth.clients import UsersUnavailable
 from services.auth.oauth import OAuthError
 from services.auth.service import (
@@ -20,11 +20,13 @@ from services.auth.service import (
     InvalidClient,
     InvalidCredentials,
     UnknownSubject,
+    UnknownUsers,
     UserBlocked,
 )
 from services.common.auth import (
     ADMIN_ROLE,
     PermissionDenied,
+    Principal,
     Unauthenticated,
     bearer_token,
     forbidden_problem,
@@ -33,6 +35,7 @@ from services.common.auth import (
     verify_internal,
 )
 from services.common.db import DATABASE_UNAVAILABLE
+from services.common.jsonbody import read_json_object
 from services.common.problem import UNAVAILABLE, Problem
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,10 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 MALFORMED = "/problems/malformed-request"
 USER_BLOCKED = "/problems/user-blocked"
 INVALID_CLIENT = "/problems/invalid-client"
+VALIDATION = "/problems/validation"
+UNKNOWN_USER = "/problems/unknown-user"
+# A 404's detail names this many unknown userIds; its `errors` name them all.
+MAX_NAMED_IN_DETAIL = 5
 
 routes = web.RouteTableDef()
 
@@ -166,18 +173,72 @@ async def introspect(request: web.Request) -> web.Response:
 @routes.post("/auth/keys/rotate")
 async def rotate_keys(request: web.Request) -> web.Response:
     """A new active signing key; needs an internal token with the admin role."""
-    service = request.app[SERVICE]
+    principal = await _admin(request)
+    key, retired = await request.app[SERVICE].rotate_keys()
+    log.info("keys rotated on request", extra={"by": principal.sub, "kid": key.kid})
+    return web.json_response({"kid": key.kid, "retired_kid": retired})
+
+
+@routes.post("/auth/credentials")
+async def set_credentials(request: web.Request) -> web.Response:
+    """Passwords for existing users, all or none; needs an internal token with the admin role."""
+    principal = await _admin(request)
+    body = await read_json_object(request.clone(client_max_size=credentials.MAX_BODY_BYTES))
+    try:
+        parsed = credentials.parse_credentials(body)
+    except credentials.CredentialErrors as exc:
+        raise Problem(
+            422, "Invalid credentials", str(exc), type=VALIDATION, errors=exc.errors
+        ) from None
+    try:
+        await request.app[SERVICE].set_passwords(parsed)
+    except UnknownUsers as exc:
+        raise _unknown_users_problem(exc.user_ids, [c.user_id for c in parsed]) from None
+    except UsersUnavailable:
+        raise Problem(
+            503,
+            "Service unavailable",
+            "auth cannot check the users now; retry later (nothing was set)",
+            type=UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        ) from None
+    log.info("passwords set on request", extra={"by": principal.sub, "users": len(parsed)})
+    return web.json_response({"updated": len(parsed)})
+
+
+def _unknown_users_problem(unknown: list[str], user_ids: list[str]) -> Problem:
+    """404 naming every userId users does not know, at its place in the body."""
+    position = {user_id: index for index, user_id in enumerate(user_ids)}
+    named = ", ".join(repr(user_id) for user_id in unknown[:MAX_NAMED_IN_DETAIL])
+    more = len(unknown) - MAX_NAMED_IN_DETAIL
+    named += f" and {more} more" if more > 0 else ""
+    errors = [
+        {
+            "field": f"credentials[{position[user_id]}].userId",
+            "message": f"{user_id!r} is not a user",
+        }
+        for user_id in unknown
+    ]
+    return Problem(
+        404,
+        "Unknown users",
+        f"users has no user with the id {named}; nothing was set",
+        type=UNKNOWN_USER,
+        errors=errors,
+    )
+
+
+async def _admin(request: web.Request) -> Principal:
+    """The caller of an admin endpoint: its internal token must carry the admin role."""
     try:
         authorization = request.headers.get("Authorization")
-        principal = await verify_internal(bearer_token(authorization), service.keys)
+        principal = await verify_internal(bearer_token(authorization), request.app[SERVICE].keys)
         require_role(principal, ADMIN_ROLE)
     except Unauthenticated as exc:
         raise unauthenticated_problem(exc.reason) from None
     except PermissionDenied as exc:
         raise forbidden_problem(str(exc)) from None
-    key, retired = await service.rotate_keys()
-    log.info("keys rotated on request", extra={"by": principal.sub, "kid": key.kid})
-    return web.json_response({"kid": key.kid, "retired_kid": retired})
+    return principal
 
 
 @routes.route("*", "/auth/ext-authz/{tail:.*}")

@@ -78,16 +78,20 @@ async def password_hash(db: Executor, username: str) -> str | None:
     )
 
 
+_UPSERT_PASSWORD_HASH = """
+    INSERT INTO user_credentials (username, password_hash) VALUES ($1, $2)
+    ON CONFLICT (username) DO UPDATE
+    SET password_hash = EXCLUDED.password_hash, updated_at = now()
+"""
+
+
 async def upsert_password_hash(db: Executor, username: str, password_hash: str) -> None:
-    await db.execute(
-        """
-        INSERT INTO user_credentials (username, password_hash) VALUES ($1, $2)
-        ON CONFLICT (username) DO UPDATE
-        SET password_hash = EXCLUDED.password_hash, updated_at = now()
-        """,
-        username,
-        password_hash,
-    )
+    await db.execute(_UPSERT_PASSWORD_HASH, username, password_hash)
+
+
+async def upsert_password_hashes(db: Executor, hashes: Sequence[tuple[str, str]]) -> None:
+    """(username, password hash) pairs, in one statement batch (atomic on its own)."""
+    await db.executemany(_UPSERT_PASSWORD_HASH, hashes)
 
 
 async def get_client(db: Executor, client_id: str) -> Client | None:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
 from services.auth import passwords, repository
 from services.auth.cache import CachedExchange, ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
+from services.auth.credentials import Credential
 from services.auth.oauth import PUBLIC_CLIENT_ID, ClientCredentials
 from services.auth.tokens import (
     EXTERNAL_AUDIENCE,
@@ -46,6 +47,11 @@ SERVICE_ROLE = "service"
 # Retired keys are deleted this long after retirement (they verify nothing by then).
 RETIRED_KEY_KEPT = timedelta(days=1)
 
+# Bulk passwords: users answers this many lookups at once; scrypt releases the GIL, so two
+# hashes run on two cores while the default executor keeps threads for logins.
+USER_LOOKUPS_AT_ONCE = 32
+HASHES_AT_ONCE = 2
+
 # The claims an active token's introspection answer repeats (RFC 7662 §2.2).
 INTROSPECTED_CLAIMS = (
     "sub",
@@ -61,6 +67,8 @@ INTROSPECTED_CLAIMS = (
 )
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class InvalidClient(Exception):
@@ -77,6 +85,14 @@ class UserBlocked(Exception):
 
 class UnknownSubject(Exception):
     """A valid token's subject no longer exists (user or client removed)."""
+
+
+class UnknownUsers(Exception):
+    """users has no user with these ids."""
+
+    def __init__(self, user_ids: list[str]) -> None:
+        super().__init__(f"{len(user_ids)} unknown users")
+        self.user_ids = user_ids
 
 
 class Users(Protocol):
@@ -292,6 +308,36 @@ class AuthService:
         log.info("access token issued", extra={"sub": sub, "client_id": client_id, "gty": gty})
         return IssuedToken(self.keys.sign(claims), EXTERNAL_TTL_S, claims["scope"])
 
+    # --- passwords set by an admin --------------------------------------------------------
+
+    async def set_passwords(self, credentials: Sequence[Credential]) -> None:
+        """Store each user's password, all or none: UnknownUsers names the ids users does not
+        know (and nothing is stored); UsersUnavailable when users cannot say."""
+        user_ids = [credential.user_id for credential in credentials]
+        unknown = await self._unknown_users(user_ids)
+        if unknown:
+            raise UnknownUsers(unknown)
+        hashes = await in_batches(
+            [credential.password for credential in credentials],
+            HASHES_AT_ONCE,
+            lambda password: asyncio.to_thread(passwords.hash_secret, password),
+        )
+        await repository.upsert_password_hashes(
+            self._pool, list(zip(user_ids, hashes, strict=True))
+        )
+        log.info("passwords set", extra={"users": len(user_ids)})
+
+    async def _unknown_users(self, user_ids: list[str]) -> list[str]:
+        async def is_unknown(user_id: str) -> bool:
+            try:
+                await self._users.get_user(user_id)
+            except UnknownUser:
+                return True
+            return False
+
+        unknown = await in_batches(user_ids, USER_LOOKUPS_AT_ONCE, is_unknown)
+        return [user_id for user_id, missing in zip(user_ids, unknown, strict=True) if missing]
+
     # --- verification and exchange -------------------------------------------------------
 
     async def verify_external(self, token: str) -> dict[str, Any]:
@@ -403,3 +449,12 @@ class AuthService:
 
     async def rotate_keys(self) -> tuple[SigningKey, str | None]:
         return await self.keys.rotate()
+
+
+async def in_batches(items: Sequence[T], size: int, call: Callable[[T], Awaitable[R]]) -> list[R]:
+    """`call` on every item, `size` at a time, results in item order. A batch at a time, so a
+    failure leaves at most one batch's calls running (asyncio.gather does not cancel them)."""
+    results: list[R] = []
+    for start in range(0, len(items), size):
+        results += await asyncio.gather(*(call(item) for item in items[start : start + size]))
+    return results
