@@ -83,6 +83,15 @@ class Edge:
     routes: tuple[Route, ...]
     per_user_limit: RateLimit
     per_ip_limit: RateLimit
+    token_cache: TokenCache
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    """How the edge keeps auth's token exchanges (mesh/runtime/token_exchange.lua)."""
+
+    max_age_s: int
+    max_entries: int
 
 
 @dataclass(frozen=True)
@@ -293,6 +302,7 @@ def parse(raw: dict) -> Topology:
         ),
         per_user_limit=RateLimit(**limits["per_user"]),
         per_ip_limit=RateLimit(**limits["per_ip"]),
+        token_cache=TokenCache(**{k: int(v) for k, v in edge_raw["token_cache"].items()}),
     )
     consul = raw["consul"]
     kafka_raw = raw["kafka"]

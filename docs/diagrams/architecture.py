@@ -232,7 +232,7 @@ def render_dot(t: Topology) -> str:
         + attrs(
             label=f"{edge.id}\\nplain :{edge.http_port}\\nTLS h1/h2 :{edge.https_port}/tcp"
             f"\\nHTTP/3 :{edge.https_port}/udp\\nadmin :{edge.admin_port}"
-            "\\n─\\nratelimit per IP → jwt_authn\\n→ ratelimit per user\\n→ ext_authz (exchange)"
+            "\\n─\\nratelimit per IP → jwt_authn\\n→ ratelimit per user\\n→ token exchange (cached)"
             "\\n→ grpc_json_transcoder → router",
             shape="box",
             style="filled",

@@ -5,7 +5,8 @@ Listeners: plain HTTP (local use), TLS on TCP (HTTP/1.1 and HTTP/2 by ALPN), QUI
 
   header limits (Lua: a 431 problem over them) → jwt_authn (external token, remote JWKS from
   auth) → ratelimit (the global rate-limit service: per client IP and per user, the token's
-  sub) → ext_authz (auth exchanges the external token for the internal JWT) → mesh denials (Lua)
+  sub) → token exchange (Lua: auth's internal JWT for the external token, cached per worker)
+  → mesh denials (Lua)
   → grpc_json_transcoder (REST ↔ gRPC for users, payments) → upstream problems (Lua) → router
 
 Every upstream is a loopback listener of the edge's own Connect sidecar, which carries the
@@ -34,11 +35,16 @@ TLS_CONTEXT = T + "transport_sockets.tls.v3.DownstreamTlsContext"
 QUIC_TRANSPORT = T + "transport_sockets.quic.v3.QuicDownstreamTransport"
 HTTP_OPTIONS = T + "upstreams.http.v3.HttpProtocolOptions"
 JWT_AUTHN = T + "filters.http.jwt_authn.v3"
-EXT_AUTHZ = T + "filters.http.ext_authz.v3"
 RATELIMIT = T + "filters.http.ratelimit.v3.RateLimit"
 TRANSCODER = T + "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 ROUTER = T + "filters.http.router.v3.Router"
 LUA = T + "filters.http.lua.v3.Lua"
+LUA_PER_ROUTE = T + "filters.http.lua.v3.LuaPerRoute"
+TOKEN_EXCHANGE = "shopmesh.token_exchange"
+TOKEN_EXCHANGE_LUA = Path(__file__).with_name("token_exchange.lua")
+EXCHANGE_TIMEOUT_MS = 2000
+# Dynamic metadata namespace of the edge's own Lua filters.
+EDGE_METADATA = "shopmesh.edge"
 # %REQ_WITHOUT_QUERY(...)% is a formatter extension: every format that uses it must load it
 # (without it Envoy refuses the config: "Not supported field in StreamInfo").
 FORMATTERS = [{
@@ -246,8 +252,7 @@ def _per_route(route: Route) -> dict:
         return {
             "envoy.filters.http.jwt_authn": {"@type": f"{JWT_AUTHN}.PerRouteConfig",
                                              "disabled": True},
-            "envoy.filters.http.ext_authz": {"@type": f"{EXT_AUTHZ}.ExtAuthzPerRoute",
-                                             "disabled": True},
+            TOKEN_EXCHANGE: {"@type": LUA_PER_ROUTE, "disabled": True},
         }  # fmt: skip
     return {
         "envoy.filters.http.jwt_authn": {
@@ -338,6 +343,20 @@ def _ratelimit_filter() -> dict:
     }
 
 
+def _token_exchange_filter(topology: Topology) -> dict:
+    """The cached token exchange: mesh/runtime/token_exchange.lua with its settings."""
+    cache = topology.edge.token_cache
+    settings = (
+        f"local MAX_AGE_S = {cache.max_age_s}\n"
+        f"local MAX_ENTRIES = {cache.max_entries}\n"
+        f"local AUTH_CLUSTER = {json.dumps(cluster_name('auth'))}\n"
+        f"local TIMEOUT_MS = {EXCHANGE_TIMEOUT_MS}\n"
+        f"local METADATA = {json.dumps(EDGE_METADATA)}\n"
+    )
+    source = settings + TOKEN_EXCHANGE_LUA.read_text()
+    return {**_lua_filter(source), "name": TOKEN_EXCHANGE}
+
+
 def _lua_filter(source: str) -> dict:
     return {
         "name": "envoy.filters.http.lua",
@@ -375,28 +394,7 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
             },
         },
     }
-    ext_authz = {
-        "name": "envoy.filters.http.ext_authz",
-        "typed_config": {
-            "@type": f"{EXT_AUTHZ}.ExtAuthz",
-            "transport_api_version": "V3",
-            "failure_mode_allow": False,
-            "status_on_error": {"code": "ServiceUnavailable"},
-            "http_service": {
-                "server_uri": {"uri": "http://auth", "cluster": auth_cluster, "timeout": "2s"},
-                "path_prefix": "/auth/ext-authz",
-                "authorization_request": {
-                    "allowed_headers": {"patterns": [{"exact": "authorization"}]}
-                },
-                "authorization_response": {
-                    # auth answers with the internal JWT; it replaces the client's token.
-                    "allowed_upstream_headers": {"patterns": [{"exact": "authorization"}]},
-                    "allowed_client_headers": {"patterns": [
-                        {"exact": "content-type"}, {"exact": "www-authenticate"}]},
-                },
-            },
-        },
-    }  # fmt: skip
+    token_exchange = _token_exchange_filter(topology)
     transcoder = {
         "name": "envoy.filters.http.grpc_json_transcoder",
         "typed_config": {
@@ -418,10 +416,10 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
     # a transcoded gRPC call's JSON status included.
     denials = _lua_filter(MESH_DENIAL_LUA)
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
-    # The rate limit after jwt_authn, whose verified sub it counts by, and before ext_authz:
-    # a request over its limit costs auth nothing.
+    # The rate limit after jwt_authn, whose verified sub it counts by, and before the token
+    # exchange: a request over its limit costs auth nothing.
     return [
-        header_limits, jwt_authn, _ratelimit_filter(), ext_authz, denials, transcoder,
+        header_limits, jwt_authn, _ratelimit_filter(), token_exchange, denials, transcoder,
         upstream_problems, router,
     ]  # fmt: skip
 
@@ -431,8 +429,13 @@ def _local_reply() -> dict:
                "formatters": FORMATTERS}  # fmt: skip
     return {
         "mappers": [
-            # A denial from auth (ext_authz) is already a problem document: keep it as it is.
-            {"filter": {"response_flag_filter": {"flags": ["UAEX"]}}},
+            # A refusal of the token exchange is auth's own problem document (or the exchange's
+            # 503 one): keep it as it is.
+            {"filter": {"metadata_filter": {
+                "matcher": {"filter": EDGE_METADATA, "path": [{"key": "auth_refused"}],
+                            "value": {"bool_match": True}},
+                "match_if_key_not_found": False,
+            }}},
             # The edge's only other own 403 is jwt_authn refusing a token's audience: a token
             # that is not for this API is not a valid credential here, so 401 like every other.
             {

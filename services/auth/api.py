@@ -246,11 +246,14 @@ async def ext_authz(request: web.Request) -> web.Response:
     """The edge's ext_authz check for the request `<method> /<tail>`.
 
     200 with `Authorization: Bearer <internal token>` (the edge sends it upstream in place of
-    the client's), 401 for a bad token, 403 for a blocked user, 503 when users cannot say.
+    the client's) and how long the edge may reuse it (`Cache-Control: private, max-age`: the
+    internal token's remaining life), 401 for a bad token, 403 for a blocked user, 503 when
+    users cannot say.
     """
     original_path = "/" + request.match_info["tail"]
+    service = request.app[SERVICE]
     try:
-        internal = await request.app[SERVICE].authorize(_external_token(request))
+        exchanged = await service.authorize(_external_token(request))
     except (Unauthenticated, UnknownSubject) as exc:
         reason = exc.reason if isinstance(exc, Unauthenticated) else "unknown subject"
         log.info(
@@ -271,7 +274,13 @@ async def ext_authz(request: web.Request) -> web.Response:
             headers={"Retry-After": "1"},
         )
         return problem.to_response(original_path)
-    return web.Response(status=200, headers={"Authorization": f"Bearer {internal}"} | NO_STORE)
+    return web.Response(
+        status=200,
+        headers={
+            "Authorization": f"Bearer {exchanged.internal_token}",
+            "Cache-Control": f"private, max-age={service.reusable_for_s(exchanged)}",
+        },
+    )
 
 
 def _external_token(request: web.Request) -> str:

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 SERVICE_SUBJECT = "auth"
 USER_BLOCKED_EVENT = "shopmesh.user.blocked.v1"
 SERVICE_ROLE = "service"
+# The edge stops reusing an exchanged token this many seconds before it expires.
+REUSE_MARGIN_S = 5
 # Retired keys are deleted this long after retirement (they verify nothing by then).
 RETIRED_KEY_KEPT = timedelta(days=1)
 
@@ -372,8 +374,8 @@ class AuthService:
             raise Unauthenticated("token expired")
         return Exchanged(self.keys.sign(internal), internal, is_user)
 
-    async def authorize(self, external_token: str) -> str:
-        """The edge's ext_authz check: the internal token for this external token.
+    async def authorize(self, external_token: str) -> CachedExchange:
+        """The edge's check: the internal token for this external token, and until when.
 
         Served from the cache while it is fresh; a cached user's blocked status is re-checked
         every 30 s. Raises what `exchange` raises.
@@ -381,20 +383,23 @@ class AuthService:
         entry = self.cache.get(external_token)
         if entry is None:
             exchanged = await self.exchange(external_token)
-            self.cache.put(
-                external_token,
-                CachedExchange(
-                    internal_token=exchanged.token,
-                    sub=exchanged.claims["sub"],
-                    is_user=exchanged.is_user,
-                    expires_at=exchanged.claims["exp"],
-                    checked_at=self._clock(),
-                ),
+            entry = CachedExchange(
+                internal_token=exchanged.token,
+                sub=exchanged.claims["sub"],
+                is_user=exchanged.is_user,
+                expires_at=exchanged.claims["exp"],
+                checked_at=self._clock(),
             )
-            return exchanged.token
+            self.cache.put(external_token, entry)
+            return entry
         if self.cache.needs_recheck(entry):
             await self._recheck(entry)
-        return entry.internal_token
+        return entry
+
+    def reusable_for_s(self, entry: CachedExchange) -> int:
+        """How long the edge may reuse an exchanged token: until a little before it expires
+        (clock skew, the request's own time in flight)."""
+        return max(int(entry.expires_at - self._clock()) - REUSE_MARGIN_S, 0)
 
     async def _recheck(self, entry: CachedExchange) -> None:
         self.cache.checked(entry)

@@ -8,7 +8,7 @@ import pytest
 
 from services.auth.cache import CachedExchange, ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
-from services.auth.service import AuthService, UnknownSubject, UserBlocked
+from services.auth.service import REUSE_MARGIN_S, AuthService, UnknownSubject, UserBlocked
 from services.auth.tokens import (
     GTY_PASSWORD,
     INTERNAL_TTL_S,
@@ -164,7 +164,7 @@ def test_the_second_check_of_a_token_is_a_cache_hit():
         return first, second, users.calls
 
     first, second, calls = asyncio.run(go())
-    assert first == second
+    assert first.internal_token == second.internal_token
     assert calls == ["alice"]
 
 
@@ -173,7 +173,7 @@ def test_the_internal_token_carries_the_users_roles_and_verifies():
         clock, users = Clock(), FakeUsers()
         service = make_service(clock, users)
         internal = await service.authorize(external_token(clock, "admin"))
-        return await verify_internal(internal, MemoryKeys(), now=clock())
+        return await verify_internal(internal.internal_token, MemoryKeys(), now=clock())
 
     principal = asyncio.run(go())
     assert principal.sub == "admin"
@@ -275,3 +275,15 @@ def test_an_unknown_user_or_a_bad_token_is_not_exchanged():
         asyncio.run(go(lambda clock: external_token(clock, "mallory")))
     with pytest.raises(Unauthenticated):
         asyncio.run(go(lambda clock: external_token(clock, ttl=-3600)))
+
+
+def test_the_edge_may_reuse_an_exchange_until_shortly_before_the_internal_token_expires():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        exchanged = await service.authorize(external_token(clock, ttl=120))
+        fresh = service.reusable_for_s(exchanged)
+        clock.now += 118
+        return fresh, service.reusable_for_s(exchanged)
+
+    assert asyncio.run(go()) == (120 - REUSE_MARGIN_S, 0)

@@ -315,6 +315,8 @@ def test_ext_authz_answers_the_internal_token_in_the_authorization_header():
     assert status == 200
     assert headers["Authorization"].startswith("Bearer ey")
     assert headers["Authorization"] != f"Bearer {external()}"
+    assert headers["Cache-Control"].startswith("private, max-age=")
+    assert int(headers["Cache-Control"].rsplit("=", 1)[1]) > 0
     assert body is None
 
 

@@ -59,8 +59,8 @@ def test_filters_run_sizes_jwt_rate_limit_exchange_denials_transcoder_problems_r
     for name, listener in listeners().items():
         names = [f["name"].rsplit(".", 1)[1] for f in hcm(listener)["http_filters"]]
         assert names == [
-            "lua", "jwt_authn", "ratelimit", "ext_authz", "lua", "grpc_json_transcoder", "lua",
-            "router",
+            "lua", "jwt_authn", "ratelimit", "token_exchange", "lua", "grpc_json_transcoder",
+            "lua", "router",
         ], name  # fmt: skip
 
 
@@ -161,7 +161,8 @@ def test_transcoder_serves_the_grpc_services_of_transcoded_routes() -> None:
 
 def test_edge_local_replies_are_problem_json_except_auths_own_denials() -> None:
     mappers = hcm(listeners()["http"])["local_reply_config"]["mappers"]
-    assert mappers[0]["filter"] == {"response_flag_filter": {"flags": ["UAEX"]}}
+    matcher = mappers[0]["filter"]["metadata_filter"]["matcher"]
+    assert (matcher["filter"], matcher["path"]) == ("shopmesh.edge", [{"key": "auth_refused"}])
     assert "body_format_override" not in mappers[0]
     assert mappers[1]["status_code"] == 401
     body = mappers[2]["body_format_override"]
@@ -212,3 +213,19 @@ def test_the_edges_span_is_named_after_its_route() -> None:
     routes = hcm(listeners()["http"])["route_config"]["virtual_hosts"][0]["routes"]
     orders = next(r for r in routes if r["match"].get("path_separated_prefix") == "/orders")
     assert orders["decorator"] == {"operation": "orders /orders", "propagate": False}
+
+
+def test_the_token_exchange_is_off_on_public_routes_and_carries_the_topologys_cache() -> None:
+    topology = load()
+    filters = hcm(listeners()["https"])["http_filters"]
+    exchange = next(f for f in filters if f["name"] == "shopmesh.token_exchange")
+    source = exchange["typed_config"]["default_source_code"]["inline_string"]
+    cache = topology.edge.token_cache
+    assert f"local MAX_AGE_S = {cache.max_age_s}\n" in source
+    assert f"local MAX_ENTRIES = {cache.max_entries}\n" in source
+    assert 'local AUTH_CLUSTER = "mesh-auth"\n' in source
+    routes = hcm(listeners()["https"])["route_config"]["virtual_hosts"][0]["routes"]
+    for route in topology.edge.routes:
+        found = next(r for r in routes if r["match"].get("path_separated_prefix") == route.prefix)
+        off = found["typed_per_filter_config"].get("shopmesh.token_exchange", {}).get("disabled")
+        assert bool(off) == (route.auth == "none"), route.prefix

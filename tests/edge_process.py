@@ -1,0 +1,207 @@
+"""The generated edge config in a real Envoy without the mesh: everything on free ports, the
+real rate-limit service and Redis, the edge's upstreams stubbed (auth's JWKS and token exchange,
+services that answer 200), tokens signed by a key of the test's own. Used by
+tests/integration/test_edge_rate_limit_filter.py and test_edge_token_exchange.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jose import jwt
+
+from mesh.runtime import protos
+from mesh.runtime.edge_config import EXTERNAL_AUDIENCE, EdgeFiles, envoy_config, issuer
+from mesh.runtime.paths import StateDir
+from mesh.runtime.provision import ENVOY
+from mesh.runtime.tls import edge_certs, ensure_edge_certs
+from mesh.topology import RateLimit, Topology, Upstream, load
+from tests.h3client import h3_get_with_headers
+from tests.ratelimit_processes import binaries, free_port, on_free_ports, rate_limit_service
+
+PATH = "/notifications"
+KID = "test-key"
+
+
+def _b64(number: int) -> str:
+    raw = number.to_bytes((number.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class Signer:
+    def __init__(self) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        public = key.public_key().public_numbers()
+        self.jwks = {"keys": [{"kty": "RSA", "kid": KID, "use": "sig", "alg": "RS256",
+                               "n": _b64(public.n), "e": _b64(public.e)}]}  # fmt: skip
+
+
+class Upstreams:
+    """What the edge's sidecar upstreams answer, stubbed: auth's JWKS, auth's token exchange
+    (every call counted; `refuse` makes it answer that status with a problem; `max_age` is its
+    Cache-Control), and services that answer 200 with the Authorization they were given."""
+
+    def __init__(self, jwks: dict) -> None:
+        self.jwks = jwks
+        self.exchanges: list[str] = []
+        self.refuse: int | None = None
+        self.max_age = 30
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        upstreams = self
+
+        class Stub(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/auth/jwks":
+                    self.answer(200, upstreams.jwks)
+                elif self.path.startswith("/auth/ext-authz/"):
+                    self.exchange()
+                else:
+                    self.answer(200, {"authorization": self.headers.get("authorization")})
+
+            do_POST = do_GET
+
+            def exchange(self) -> None:
+                external = self.headers.get("authorization", "")
+                upstreams.exchanges.append(external)
+                if upstreams.refuse is not None:
+                    problem = {"type": "/problems/user-blocked", "title": "User blocked",
+                               "status": upstreams.refuse}  # fmt: skip
+                    self.answer(upstreams.refuse, problem, "application/problem+json")
+                    return
+                internal = f"Bearer internal-{len(external)}-{external[-12:]}"
+                self.answer(200, None, headers={"authorization": internal,
+                            "cache-control": f"private, max-age={upstreams.max_age}"})  # fmt: skip
+
+            def answer(self, status: int, document: object, content_type: str = "application/json",
+                       headers: dict[str, str] | None = None) -> None:  # fmt: skip
+                body = b"" if document is None else json.dumps(document).encode()
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Stub
+
+
+def edge_topology(per_user: RateLimit) -> Topology:
+    """The committed topology with every port the edge config names moved to a free one."""
+    base = load()
+    edge = replace(
+        base.edge,
+        http_port=free_port(),
+        https_port=free_port(udp_too=True),
+        admin_port=free_port(),
+        upstreams=tuple(Upstream(u.service, free_port()) for u in base.edge.upstreams),
+        per_user_limit=per_user,
+    )
+    jaeger = replace(base.jaeger, ports=replace(base.jaeger.ports, otlp_grpc=free_port()))
+    return on_free_ports(replace(base, edge=edge, jaeger=jaeger))
+
+
+@dataclass
+class Edge:
+    topology: Topology
+    state: StateDir
+    signer: Signer
+    upstreams: Upstreams
+
+    @property
+    def cafile(self) -> str:
+        return str(edge_certs(self.state).ca_cert)
+
+    def token(self, sub: str) -> str:
+        now = int(time.time())
+        claims = {"iss": issuer(self.topology), "aud": EXTERNAL_AUDIENCE, "sub": sub,
+                  "iat": now, "nbf": now, "exp": now + 600}  # fmt: skip
+        return jwt.encode(claims, self.signer.pem, algorithm="RS256", headers={"kid": KID})
+
+    def get(
+        self, listener: str, sub: str | None, *, token: str | None = None, path: str = PATH
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """GET `path` on a listener (plain, h2, h3) as `sub` (a fresh token) or with `token`."""
+        host, edge = self.topology.bind_host, self.topology.edge
+        token = token or (self.token(sub) if sub else None)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        if listener == "h3":
+            return h3_get_with_headers(host, edge.https_port, path, headers, self.cafile)
+        if listener == "h2":
+            verify = ssl.create_default_context(cafile=self.cafile)
+            with httpx.Client(http2=True, verify=verify, timeout=5.0) as client:
+                response = client.get(f"https://{host}:{edge.https_port}{path}", headers=headers)
+        else:
+            response = httpx.get(f"http://{host}:{edge.http_port}{path}", headers=headers)
+        return response.status_code, response.headers.multi_items(), response.content
+
+
+def wait_live(admin: str, envoy: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and envoy.poll() is None:
+        try:
+            if httpx.get(f"{admin}/ready", timeout=1.0).text.strip() == "LIVE":
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"the edge Envoy did not come up:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def running_edge(root: Path, per_user: RateLimit) -> Iterator[Edge]:
+    """The generated edge config in a real Envoy on free ports, with the real rate-limit
+    service and Redis, in front of stubbed upstreams."""
+    topology = edge_topology(per_user)
+    state = StateDir(root)
+    state.ensure()
+    signer = Signer()
+    upstreams = Upstreams(signer.jwks)
+    handler = upstreams.handler()
+    stubs = [ThreadingHTTPServer((topology.bind_host, u.local_bind_port), handler)
+             for u in topology.edge.upstreams]  # fmt: skip
+    for stub in stubs:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+    certs = ensure_edge_certs(state, topology.bind_host)
+    protos.ensure_generated()
+    files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
+    config, log = state.config / "edge-envoy.json", state.logs / "edge.log"
+    config.write_text(json.dumps(envoy_config(topology, files)))
+    argv = [str(binaries(ENVOY)["envoy"]), "-c", str(config), "--disable-hot-restart",
+            "--base-id", str(free_port()), "--log-level", "warn",
+            # One worker: the token cache is per worker, and tests count auth's calls.
+            "--concurrency", "1"]  # fmt: skip
+    try:
+        with rate_limit_service(topology, state), log.open("w") as out:
+            envoy = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                wait_live(f"http://{topology.bind_host}:{topology.edge.admin_port}", envoy, log)
+                yield Edge(topology, state, signer, upstreams)
+            finally:
+                envoy.terminate()
+                envoy.wait(timeout=10)
+    finally:
+        for stub in stubs:
+            stub.shutdown()
