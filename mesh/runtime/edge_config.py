@@ -57,6 +57,7 @@ JWT_PROVIDER = "shopmesh"
 # headers on a WebSocket, so only the WebSocket route accepts a token in its URL.
 JWT_QUERY_PROVIDER = "shopmesh-query"
 TOKEN_QUERY_PARAMETER = "access_token"
+JWT_CACHE_SIZE = 10_000
 EXTERNAL_AUDIENCE = "shopmesh-api"
 JWT_METADATA = "jwt_payload"
 RATELIMIT_CLUSTER = "ratelimit"
@@ -380,6 +381,9 @@ def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
         "forward": True,
         "payload_in_metadata": JWT_METADATA,
         "clock_skew_seconds": 30,
+        # A client sends the same token until it expires: its signature is checked once per
+        # worker, then it is only checked for expiry.
+        "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
     }
     jwt_authn = {
         "name": "envoy.filters.http.jwt_authn",
