@@ -130,6 +130,11 @@ def apply_config_entries(consul_bin: Path, http_addr: str) -> list[str]:
     return written
 
 
+# Worker threads per sidecar Envoy. Its service is one Python process (one core at most), and
+# eight sidecars with a worker per core each would be sixteen threads contending for 2 cores.
+SIDECAR_WORKERS = 1
+
+
 def sidecar_spec(
     *,
     service_id: str,
@@ -173,6 +178,8 @@ def sidecar_spec(
             "--",
             "--log-level",
             "warn",
+            "--concurrency",
+            str(SIDECAR_WORKERS),
         ],
         # Not the upstream listeners: instances of one service share them (Envoy's reuse_port).
         ports=(sidecar.port, sidecar.admin_port, sidecar.metrics_port),
