@@ -11,7 +11,7 @@ import time
 import httpx
 
 from mesh import compose
-from mesh.runtime import demo, faults, jaeger, kafka_tools, process, protos, tls, trace
+from mesh.runtime import demo, faults, jaeger, kafka_tools, process, protos, tls, trace, users
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -201,6 +201,19 @@ def cmd_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_create(args: argparse.Namespace) -> int:
+    """Users with generated passwords, made by the admin through the edge: their ids on stdout."""
+    state = StateDir.default()
+    try:
+        created = users.create_users(load(), state, args.count, prefix=args.prefix)
+    except users.UsersError as exc:
+        raise MeshError(str(exc)) from None
+    print("\n".join(created))
+    passwords = demo.created_users_file(state)
+    print(f"created {len(created)} users; passwords in {passwords}", file=sys.stderr)
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     """One trace as a tree of spans: by trace id, or the trace that created an order. Spans
     reach Jaeger seconds after the request, so it waits for them (up to --wait seconds)."""
@@ -286,9 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("ca", help="print the path of the edge's local CA certificate").set_defaults(
         func=cmd_ca
     )
-    token = sub.add_parser("token", help="print an access token for a demo user")
-    token.add_argument("user", help="alice, bob or admin")
+    token = sub.add_parser("token", help="print an access token for a demo or created user")
+    token.add_argument("user", help="alice, bob, admin, or an id `mesh users create` printed")
     token.set_defaults(func=cmd_token)
+    users_cmd = sub.add_parser("users", help="users for tests and benchmarks")
+    users_sub = users_cmd.add_subparsers(dest="users_command", required=True)
+    create = users_sub.add_parser(
+        "create", help="create COUNT users with passwords, as the admin through the edge"
+    )
+    create.add_argument("count", type=int)
+    create.add_argument("--prefix", default="user", help="their names and emails start with it")
+    create.set_defaults(func=cmd_users_create)
     password = sub.add_parser("password", help="print a demo user's generated password")
     password.add_argument("user", help="alice, bob or admin")
     password.set_defaults(func=cmd_password)

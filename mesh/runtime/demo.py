@@ -1,7 +1,8 @@
 """Demo credentials, generated at first start into the state dir and never committed.
 
 The users service seeds the same user ids (services/users/migrations); auth hashes these
-passwords at start. `mesh token USER` uses them to get a token through the edge.
+passwords at start. `mesh token USER` uses them to get a token through the edge, and the
+passwords of the users `mesh users create` made (mesh/runtime/users.py) as well.
 """
 
 from __future__ import annotations
@@ -37,15 +38,32 @@ def ensure_seed(state: StateDir) -> Path:
     return path
 
 
+def created_users_file(state: StateDir) -> Path:
+    """{user_id: password} of the users `mesh users create` made (owner-only)."""
+    return state.secrets / "users.json"
+
+
+def created_passwords(state: StateDir) -> dict[str, str]:
+    path = created_users_file(state)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def password(state: StateDir, user: str) -> str:
     users = json.loads(seed_file(state).read_text())["users"]
-    if user not in users:
-        raise KeyError(f"no demo user {user!r}; demo users: {', '.join(users)}")
-    return users[user]
+    if user in users:
+        return users[user]
+    created = created_passwords(state)
+    if user not in created:
+        raise KeyError(
+            f"no demo user {user!r} (demo users: {', '.join(users)}) and no user of that id in "
+            f"{created_users_file(state)}"
+        )
+    return created[user]
 
 
 def token(topology: Topology, state: StateDir, user: str) -> str:
-    """An external access token for a demo user, from auth's token endpoint via the edge."""
+    """An external access token for a demo or created user, from auth's token endpoint via the
+    edge."""
     response = httpx.post(
         f"{issuer(topology)}/token",
         data={"grant_type": "password", "username": user, "password": password(state, user)},
