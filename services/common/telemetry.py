@@ -54,9 +54,6 @@ SHUTDOWN_BUDGET_S = 3.0
 # Health checks and scrapes come every few seconds and would each be a trace of their own.
 UNTRACED_PATHS = frozenset({"/health", "/metrics"})
 MAX_QUERY_CHARS = 2000
-# asyncpg's pool resets a connection on release with a query that starts so (any connection
-# that may take advisory locks): housekeeping, not the work of the span.
-POOL_RESET_PREFIX = "SELECT pg_advisory_unlock_all();"
 # Loggers of the SDK's export path: quiet while the collector is down.
 _EXPORT_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
@@ -309,8 +306,6 @@ def _record_query(tracer: trace.Tracer, query: Any) -> None:
         return
     end = time.time_ns()
     text = " ".join(str(query.query).split())
-    if text.startswith(POOL_RESET_PREFIX):
-        return
     operation = text.split(" ", 1)[0].rstrip(";").upper() or "QUERY"
     attributes: dict[str, Any] = {
         "db.system.name": "postgresql",
