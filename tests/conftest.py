@@ -9,7 +9,7 @@ import asyncio
 import os
 import shutil
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -17,7 +17,7 @@ import grpc
 import httpx
 import pytest
 
-from mesh.runtime import demo, faults, postgres
+from mesh.runtime import demo, faults, postgres, users
 from mesh.runtime.consul import ConsulClient
 from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import REPO_ROOT, StateDir
@@ -27,7 +27,13 @@ from mesh.runtime.tls import edge_certs
 from mesh.topology import Topology, load
 from shopmesh.payments.v1 import payments_pb2_grpc
 from shopmesh.users.v1 import users_pb2_grpc
-from tests.support import BearerInterceptor, instance_port
+from tests.support import (
+    BearerInterceptor,
+    FreshClient,
+    FreshUser,
+    edge_client,
+    instance_port,
+)
 
 TEST_STATE_DIR = Path(os.environ.get("SHOPMESH_TEST_STATE_DIR", REPO_ROOT / ".state" / "test"))
 
@@ -97,13 +103,51 @@ def edge_as(topology: Topology, tokens: Tokens) -> Iterator:
     clients: list[httpx.Client] = []
 
     def client(user: str) -> httpx.Client:
-        made = httpx.Client(
-            base_url=f"http://{topology.bind_host}:{topology.edge.http_port}",
-            headers={"Authorization": f"Bearer {tokens.external(user)}"},
-            timeout=5.0,
-        )
+        made = edge_client(topology, tokens.external(user))
         clients.append(made)
         return made
+
+    yield client
+    for made in clients:
+        made.close()
+
+
+FRESH_USERS_PER_BATCH = 50
+
+
+class FreshUsers:
+    """Users of their own for tests that send many requests: each has the edge's whole per-user
+    budget (100 requests a minute), where alice's is shared by every module. Made by the admin
+    through mesh/runtime/users.py (what `mesh users create` runs), FRESH_USERS_PER_BATCH in one
+    batch when the session first asks and again whenever they are used up; each handed out once."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self._mesh = mesh
+        self._unused: list[str] = []
+
+    def take(self) -> FreshUser:
+        topology, state = self._mesh.topology, self._mesh.state
+        if not self._unused:
+            self._unused = users.create_users(topology, state, FRESH_USERS_PER_BATCH, prefix="test")
+        user_id = self._unused.pop()
+        return FreshUser(user_id, demo.token(topology, state, user_id))
+
+
+@pytest.fixture(scope="session")
+def fresh_user(mesh: Mesh) -> Callable[[], FreshUser]:
+    """fresh_user(): (user_id, external token) of a user no other caller gets."""
+    return FreshUsers(mesh).take
+
+
+@pytest.fixture(scope="session")
+def edge_as_fresh(topology: Topology, fresh_user) -> Iterator[Callable[[], FreshClient]]:
+    """edge_as_fresh(): (user_id, a client of the edge carrying its token) for a fresh user."""
+    clients: list[httpx.Client] = []
+
+    def client() -> FreshClient:
+        user = fresh_user()
+        clients.append(edge_client(topology, user.token))
+        return FreshClient(user.id, clients[-1])
 
     yield client
     for made in clients:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import grpc
 import httpx
@@ -19,6 +19,20 @@ if TYPE_CHECKING:
     from mesh.runtime.supervisor import Mesh
 
 T = TypeVar("T")
+
+
+class FreshUser(NamedTuple):
+    """A user made for one caller (tests/conftest.py `fresh_user`)."""
+
+    id: str
+    token: str  # an external access token (15 minutes)
+
+
+class FreshClient(NamedTuple):
+    """A fresh user and a client of the edge carrying its token (`edge_as_fresh`)."""
+
+    user_id: str
+    http: httpx.Client
 
 
 def wait_for(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.1) -> T:
@@ -60,6 +74,15 @@ def intention_removed(mesh: Mesh, consul: ConsulClient, destination: str) -> Ite
         consul_runtime.apply_config_entries(
             mesh.binaries["consul"]["consul"], mesh.topology.consul_http_addr
         )
+
+
+def edge_client(topology: Topology, token: str) -> httpx.Client:
+    """An HTTP client of the edge's plain listener carrying an external token."""
+    return httpx.Client(
+        base_url=f"http://{topology.bind_host}:{topology.edge.http_port}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5.0,
+    )
 
 
 def envoy_admin(topology: Topology, port: int) -> httpx.Client:

@@ -6,6 +6,12 @@ Each route refuses in its own documented format: problem+json from orders, notif
 auth's problem routes, and from the edge itself (a request the transcoder cannot turn into
 gRPC); the transcoder's JSON status (`{"code": 3, ...}`) for an error of users or payments
 (docs/gateway.md); OAuth's error object from POST /auth/token (RFC 6749 §5.2).
+
+The module sends several hundred requests through the edge, more than one user's 100 a minute:
+each test that sends more than a few does so as a user of its own (`own`, from the session's
+fresh users), and the property test takes a new one per example, so no test drains alice's or
+bob's budget for the modules after it. What needs an admin (users' and payments' fields behind
+their authorization) stays the admin's: about 50 requests here.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from hypothesis import given, settings
 from mesh.topology import Topology
 from services.auth.oauth import GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN
 from shopmesh.users.v1 import users_pb2
+from tests.support import FreshClient
 from tests.unit.hostile_text import ascii_json, hostile_text
 
 PROBLEM = "application/problem+json"
@@ -44,6 +51,12 @@ def anonymous(topology: Topology) -> Iterator[httpx.Client]:
         base_url=f"http://{topology.bind_host}:{topology.edge.http_port}", timeout=10.0
     ) as client:
         yield client
+
+
+@pytest.fixture
+def own(edge_as_fresh) -> FreshClient:
+    """A user of this test's own, with its own budget at the edge."""
+    return edge_as_fresh()
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +95,17 @@ def assert_oauth_error(resp: httpx.Response, status: int, error: str) -> None:
     assert resp.json()["error"] == error
 
 
-def order_count(edge: httpx.Client) -> int:
-    resp = edge.get("/orders", params={"userId": "alice"})
+def order_count(own: FreshClient) -> int:
+    resp = own.http.get("/orders", params={"userId": own.user_id})
     assert resp.status_code == 200, resp.text
     return len(resp.json())
 
 
-def order_body(user_id: str = '"alice"', product_id: str = '"book"') -> bytes:
+def literal(text: str) -> str:
+    return json.dumps(text)
+
+
+def order_body(user_id: str, product_id: str = '"book"') -> bytes:
     """An order whose userId and productId are JSON string literals written by hand."""
     items = f'[{{"productId": {product_id}, "quantity": 1}}]'
     return f'{{"userId": {user_id}, "items": {items}}}'.encode()
@@ -119,77 +136,81 @@ HOSTILE_LITERALS = {
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_LITERALS))
-def test_a_hostile_user_id_in_an_order_is_a_problem_and_stores_nothing(edge, case) -> None:
-    literal, status = HOSTILE_LITERALS[case]
-    before = order_count(edge)
-    resp = edge.post("/orders", content=order_body(user_id=literal), headers=JSON)
+def test_a_hostile_user_id_in_an_order_is_a_problem_and_stores_nothing(own, case) -> None:
+    hostile, status = HOSTILE_LITERALS[case]
+    before = order_count(own)
+    resp = own.http.post("/orders", content=order_body(user_id=hostile), headers=JSON)
     problem = assert_problem(resp, status)
     assert "userId" in problem["detail"]
-    assert order_count(edge) == before
+    assert order_count(own) == before
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_LITERALS))
-def test_a_hostile_product_id_in_an_order_is_a_problem_and_stores_nothing(edge, case) -> None:
-    literal, status = HOSTILE_LITERALS[case]
-    before = order_count(edge)
-    resp = edge.post("/orders", content=order_body(product_id=literal), headers=JSON)
+def test_a_hostile_product_id_in_an_order_is_a_problem_and_stores_nothing(own, case) -> None:
+    hostile, status = HOSTILE_LITERALS[case]
+    before = order_count(own)
+    body = order_body(user_id=literal(own.user_id), product_id=hostile)
+    resp = own.http.post("/orders", content=body, headers=JSON)
     problem = assert_problem(resp, status)
     assert "items[0].productId" in problem["detail"]
-    assert order_count(edge) == before
+    assert order_count(own) == before
 
 
-def test_a_lone_surrogate_in_a_member_name_of_an_order_is_a_400_problem(edge) -> None:
+def test_a_lone_surrogate_in_a_member_name_of_an_order_is_a_400_problem(own) -> None:
     raw = b'{"userId": "alice", "items": [], "\\ud800": 1}'
-    problem = assert_problem(edge.post("/orders", content=raw, headers=JSON), 400)
+    problem = assert_problem(own.http.post("/orders", content=raw, headers=JSON), 400)
     assert problem["type"] == "/problems/malformed-request"
 
 
 @pytest.mark.parametrize("key", [b"k-\xff\xfe", b"\xed\xa0\x80", b"k" * 201, b"k\tk"])
-def test_a_hostile_idempotency_key_is_a_400_problem_and_stores_nothing(edge, key) -> None:
-    before = order_count(edge)
-    resp = edge.post("/orders", content=order_body(), headers={**JSON, "Idempotency-Key": key})
+def test_a_hostile_idempotency_key_is_a_400_problem_and_stores_nothing(own, key) -> None:
+    before = order_count(own)
+    body = order_body(user_id=literal(own.user_id))
+    resp = own.http.post("/orders", content=body, headers={**JSON, "Idempotency-Key": key})
     problem = assert_problem(resp, 400)
     if not refused_by_the_edge(resp):
         assert problem["errors"][0]["field"] == "Idempotency-Key"
-    assert order_count(edge) == before
+    assert order_count(own) == before
 
 
 @pytest.mark.parametrize("value", ["bob%00", "alice%00", "%01", "a" * 2000])
-def test_a_nul_or_another_unstorable_query_parameter_is_a_400_problem(edge, value) -> None:
-    problem = assert_problem(edge.get(f"/orders?userId={value}"), 400)
+def test_a_nul_or_another_unstorable_query_parameter_is_a_400_problem(own, value) -> None:
+    problem = assert_problem(own.http.get(f"/orders?userId={value}"), 400)
     assert problem["errors"][0]["field"] == "userId"
 
 
 def test_bytes_that_are_not_utf8_in_a_query_parameter_are_another_users_id_not_an_error(
-    edge,
+    own,
 ) -> None:
     # The service reads %ED%A0%80 as U+FFFD three times over: someone else's user id.
-    assert_problem(edge.get("/orders?userId=alice%ED%A0%80"), 403)
+    assert_problem(own.http.get(f"/orders?userId={own.user_id}%ED%A0%80"), 403)
 
 
 @pytest.mark.parametrize(
     "path", ["/orders/%00", "/orders/%ED%A0%80", "/orders/" + "f" * 3000, "/orders/x%00/cancel"]
 )
-def test_a_junk_order_id_is_a_404_problem(edge, path) -> None:
+def test_a_junk_order_id_is_a_404_problem(own, path) -> None:
     method = "POST" if path.endswith("/cancel") else "GET"
-    assert_problem(edge.request(method, path), 404)
+    assert_problem(own.http.request(method, path), 404)
 
 
 @settings(max_examples=30, deadline=None)
 @given(user_id=hostile_text, product_id=hostile_text)
 def test_any_text_in_an_order_is_a_problem_or_an_order_never_a_server_error(
-    edge, user_id, product_id
+    edge_as_fresh, user_id, product_id
 ) -> None:
+    # Up to 4 requests an example, 30 examples: a user of its own for each.
+    own = edge_as_fresh()
     for body in (
-        {"userId": "alice", "items": [{"productId": product_id, "quantity": 1}]},
+        {"userId": own.user_id, "items": [{"productId": product_id, "quantity": 1}]},
         {"userId": user_id, "items": [{"productId": "book", "quantity": 1}]},
     ):
-        resp = edge.post("/orders", content=ascii_json(body), headers=JSON)
+        resp = own.http.post("/orders", content=ascii_json(body), headers=JSON)
         assert resp.status_code < 500, resp.text
         if resp.status_code >= 400:
             assert_problem(resp, resp.status_code)
         else:
-            fetched = edge.get(resp.headers["location"])
+            fetched = own.http.get(resp.headers["location"])
             assert fetched.json()["items"] == body["items"]
 
 
@@ -228,13 +249,15 @@ def test_a_junk_user_id_in_the_path_is_refused(admin, path) -> None:
     )
 
 
-def test_a_nul_or_a_lone_surrogate_in_a_block_reason_is_refused(admin) -> None:
+def test_a_nul_or_a_lone_surrogate_in_a_block_reason_is_refused(admin, fresh_user) -> None:
+    # A fresh user as the target: were the refusal to fail, bob would stay blocked.
+    target = fresh_user().id
     for reason in (f'"spam{NUL}"', f'"spam{HIGH}"'):
         raw = f'{{"reason": {reason}}}'.encode()
         assert_refused_by_transcoded_route(
-            admin.post("/users/bob:block", content=raw, headers=JSON)
+            admin.post(f"/users/{target}:block", content=raw, headers=JSON)
         )
-    assert admin.get("/users/bob").json()["blocked"] is False
+    assert admin.get(f"/users/{target}").json()["blocked"] is False
 
 
 def test_a_page_token_around_a_lone_surrogate_is_refused(admin) -> None:
@@ -262,11 +285,11 @@ def test_a_grpc_request_whose_string_is_not_utf8_is_invalid_argument_through_the
 # --- payments (transcoded) -------------------------------------------------------------------
 
 
-def payment_count(edge: httpx.Client) -> int:
+def payment_count(own: FreshClient) -> int:
     count, token = 0, ""
     while True:
-        resp = edge.get(
-            "/payments", params={"userId": "alice", "pageSize": 100, "pageToken": token}
+        resp = own.http.get(
+            "/payments", params={"userId": own.user_id, "pageSize": 100, "pageToken": token}
         )
         assert resp.status_code == 200, resp.text
         count += len(resp.json()["payments"])
@@ -278,11 +301,13 @@ def payment_count(edge: httpx.Client) -> int:
 @pytest.mark.parametrize(
     "order_id", [f'"o{NUL}"', f'"o{HIGH}"', f'"{LOW}"', f'"o{ESC}"', json.dumps("o" * 5000)]
 )
-def test_a_hostile_order_id_of_a_payment_is_refused_and_nothing_is_charged(edge, order_id) -> None:
-    before = payment_count(edge)
-    raw = f'{{"orderId": {order_id}, "userId": "alice", "amount": 100, "currency": "RUB"}}'
-    assert_refused_by_transcoded_route(edge.post("/payments", content=raw.encode(), headers=JSON))
-    assert payment_count(edge) == before
+def test_a_hostile_order_id_of_a_payment_is_refused_and_nothing_is_charged(own, order_id) -> None:
+    before = payment_count(own)
+    user_id = literal(own.user_id)
+    raw = f'{{"orderId": {order_id}, "userId": {user_id}, "amount": 100, "currency": "RUB"}}'
+    resp = own.http.post("/payments", content=raw.encode(), headers=JSON)
+    assert_refused_by_transcoded_route(resp)
+    assert payment_count(own) == before
 
 
 @pytest.mark.parametrize(
@@ -307,8 +332,8 @@ def test_junk_payment_ids_and_list_parameters_are_refused(admin, path) -> None:
 @pytest.mark.parametrize(
     "query", ["userId=bob%00", "userId=%01", "limit=" + "9" * 5000, "after=%00", "after=%ED%A0%80"]
 )
-def test_hostile_history_parameters_are_400_problems(edge, query) -> None:
-    assert_problem(edge.get(f"/notifications?{query}"), 400)
+def test_hostile_history_parameters_are_400_problems(own, query) -> None:
+    assert_problem(own.http.get(f"/notifications?{query}"), 400)
 
 
 # --- auth ------------------------------------------------------------------------------------
