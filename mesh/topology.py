@@ -185,6 +185,8 @@ class Topology:
     redis_port: int
     ratelimit_ports: RateLimitServicePorts
     watchdog_port: int
+    # The share of requests without a trace context the edge starts a trace for.
+    trace_sample_percent: float = 100.0
     workers: tuple[Workers, ...] = ()
 
     @property
@@ -336,6 +338,7 @@ def parse(raw: dict) -> Topology:
         jaeger=jaeger,
         redis_port=int(raw["redis"]["port"]),
         watchdog_port=int(raw["watchdog"]["metrics_port"]),
+        trace_sample_percent=float(raw["tracing"]["sample_percent"]),
         ratelimit_ports=RateLimitServicePorts(
             **{k: int(v) for k, v in raw["ratelimit"]["ports"].items()}
         ),

@@ -12,8 +12,9 @@ Listeners: plain HTTP (local use), TLS on TCP (HTTP/1.1 and HTTP/2 by ALPN), QUI
 Every upstream is a loopback listener of the edge's own Connect sidecar, which carries the
 request over mTLS to the service's sidecar.
 
-Tracing: the edge starts a trace for every request (100 % sampling, or continues the client's
-W3C traceparent), sends its span to Jaeger over OTLP gRPC and passes traceparent upstream.
+Tracing: the edge starts a trace for `tracing.sample_percent` of the requests (or continues the
+client's W3C traceparent, sampled or not, or traces any request with `x-client-trace-id`), sends
+its span to Jaeger over OTLP gRPC and passes traceparent upstream.
 """
 
 from __future__ import annotations
@@ -500,7 +501,7 @@ def _hcm(topology: Topology, files: EdgeFiles, stat_prefix: str, *, http3: bool 
         "route_config": route_config,
         "local_reply_config": _local_reply(),
         "http_filters": http_filters(topology, files),
-        "tracing": tracer(topology).http_connection_manager(),
+        "tracing": tracer(topology).http_connection_manager(topology.trace_sample_percent),
     }  # fmt: skip
     if http3:
         hcm["http3_protocol_options"] = {}

@@ -40,8 +40,8 @@ class EnvoyTracer:
     """Envoy's OpenTelemetry tracer, sending the spans of `service_name` to `otlp_endpoint`
     (OTEL_EXPORTER_OTLP_ENDPOINT's form, http://host:port, an OTLP gRPC receiver).
 
-    Every request is sampled (a demo mesh; see docs/observability.md): the edge starts each
-    trace and the sidecars continue it through the W3C traceparent header.
+    The edge starts each trace, sampling the share of requests the topology's `tracing` says
+    (docs/observability.md), and the sidecars continue it through the W3C traceparent header.
     """
 
     service_name: str
@@ -79,9 +79,13 @@ class EnvoyTracer:
             },
         }
 
-    def http_connection_manager(self) -> dict[str, Any]:
-        """The `tracing` of an HttpConnectionManager: this tracer, every request sampled."""
-        return {"random_sampling": {"value": 100.0}, "provider": self.provider()}
+    def http_connection_manager(self, sample_percent: float = 100.0) -> dict[str, Any]:
+        """The `tracing` of an HttpConnectionManager: this tracer, `sample_percent` of the
+        requests that arrive without a trace context. A request with one (W3C traceparent) is
+        traced as its sampled flag says: Envoy's OpenTelemetry tracer follows its parent, so a
+        sidecar, always called by an Envoy or a service with a context, keeps the edge's
+        decision. `x-client-trace-id` forces a trace (client_sampling, 100 %)."""
+        return {"random_sampling": {"value": sample_percent}, "provider": self.provider()}
 
     def proxy_config(self) -> dict[str, str]:
         """Consul's escape hatches for a Connect sidecar: the OTLP cluster, the tracer in the

@@ -20,6 +20,9 @@ from tests.support import wait_for
 ITEMS = [{"productId": "book", "quantity": 1}]
 SPAN_TIMEOUT_S = 60.0  # SDKs and Envoys export in batches every few seconds
 
+# The edge samples only part of the requests (tracing.sample_percent): a client forces a trace.
+FORCE_TRACE = {"x-client-trace-id": "test-tracing"}
+
 
 @pytest.fixture(scope="module")
 def jaeger_query(topology: Topology) -> Iterator[JaegerQuery]:
@@ -114,7 +117,7 @@ def test_one_async_order_is_one_trace_from_the_edge_to_every_consumer(
     resp = edge.post(
         "/orders",
         json={"userId": "alice", "items": ITEMS},
-        headers={"Prefer": "respond-async"},
+        headers={"Prefer": "respond-async", **FORCE_TRACE},
     )
     assert resp.status_code == 202, resp.text
     order_id = resp.json()["id"]
@@ -170,7 +173,7 @@ def test_one_async_order_is_one_trace_from_the_edge_to_every_consumer(
 def test_mesh_trace_prints_the_tree_of_an_orders_trace(
     edge: httpx.Client, jaeger_query: JaegerQuery
 ) -> None:
-    resp = edge.post("/orders", json={"userId": "alice", "items": ITEMS})
+    resp = edge.post("/orders", json={"userId": "alice", "items": ITEMS}, headers=FORCE_TRACE)
     assert resp.status_code == 201, resp.text
     order_id = resp.json()["id"]
 

@@ -180,14 +180,14 @@ def test_edge_registration_declares_its_sidecar_upstreams() -> None:
     assert reg["Connect"]["SidecarService"]["Address"] == topology.bind_host
 
 
-def test_every_edge_listener_traces_every_request_to_jaeger_as_edge() -> None:
+def test_every_edge_listener_samples_the_topologys_share_of_requests_to_jaeger_as_edge() -> None:
     topology = load()
     config = envoy_config(topology, FILES)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     exported_to = set()
     for name, listener in listeners().items():
         tracing = hcm(listener)["tracing"]
-        assert tracing["random_sampling"] == {"value": 100.0}, name
+        assert tracing["random_sampling"] == {"value": topology.trace_sample_percent}, name
         provider = tracing["provider"]
         assert provider["name"] == "envoy.tracers.opentelemetry"
         assert provider["typed_config"]["service_name"] == "edge"
