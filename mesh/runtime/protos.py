@@ -20,6 +20,9 @@ PROTO_ROOT = REPO_ROOT / "protos"
 STUBS_DIR = REPO_ROOT / "shopmesh"
 DESCRIPTOR_SET = REPO_ROOT / "build" / "protos.pb"
 STAMP = STUBS_DIR / ".generated-from"
+# The descriptor set has a stamp of its own: stubs and descriptor are written to two places,
+# and a descriptor left from other protos made the edge's transcoder miss a new RPC.
+DESCRIPTOR_STAMP = DESCRIPTOR_SET.with_name(DESCRIPTOR_SET.name + ".generated-from")
 
 
 def proto_files() -> list[Path]:
@@ -67,10 +70,15 @@ def generate_into(out_dir: Path, descriptor_set: Path) -> None:
             (directory / "__init__.py").touch()
 
 
+def generated_from(stamp: Path) -> str | None:
+    """The fingerprint of the protos an output was generated from (None: none recorded)."""
+    return stamp.read_text().strip() if stamp.exists() else None
+
+
 def ensure_generated() -> bool:
     """Generate the stubs when missing or stale; True if they were (re)generated."""
     wanted = fingerprint()
-    if STAMP.exists() and STAMP.read_text().strip() == wanted and DESCRIPTOR_SET.exists():
+    if all(generated_from(stamp) == wanted for stamp in (STAMP, DESCRIPTOR_STAMP)):
         return False
     with tempfile.TemporaryDirectory(dir=REPO_ROOT) as tmp:
         fresh = Path(tmp) / "shopmesh"
@@ -79,4 +87,5 @@ def ensure_generated() -> bool:
         if STUBS_DIR.exists():
             shutil.rmtree(STUBS_DIR)
         fresh.rename(STUBS_DIR)
+    DESCRIPTOR_STAMP.write_text(wanted + "\n")
     return True

@@ -33,3 +33,11 @@ def test_every_service_has_http_annotations_for_the_edge_transcoder() -> None:
             for method in service.methods:
                 rule = method.GetOptions().Extensions[annotations_pb2.http]
                 assert rule.WhichOneof("pattern"), f"{service.name}.{method.name} has no http rule"
+
+
+def test_the_descriptor_set_counts_as_generated_only_from_the_current_protos(tmp_path) -> None:
+    stamp = tmp_path / "protos.pb.generated-from"
+    assert protos.generated_from(stamp) is None
+    stamp.write_text("an older fingerprint\n")
+    assert protos.generated_from(stamp) != protos.fingerprint()
+    assert protos.generated_from(protos.DESCRIPTOR_STAMP) == protos.fingerprint()
