@@ -19,7 +19,6 @@ cleanup and the pool close. Exit code 0 after a signal; 1 when startup or regist
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -32,6 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
+from services.common import event_loop
 from services.common.auth import AuthInterceptor, Jwks, KeySource
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
@@ -120,7 +120,7 @@ def run(
     grace_s: float = 5.0,
 ) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code."""
-    return asyncio.run(
+    return event_loop.run(
         serve(
             settings,
             registration,

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from services.common import metrics, telemetry
+from services.common import event_loop, metrics, telemetry
 from services.common.config import ServiceSettings
 from services.common.consul import ConsulAgent, ConsulError, register_until
 from services.common.logging import JsonAccessLogger
@@ -38,7 +38,7 @@ def run(
     shutdown_timeout_s: float = 10.0,
 ) -> int:
     """Serve `app` until SIGTERM/SIGINT; return the process exit code."""
-    return asyncio.run(
+    return event_loop.run(
         serve(
             app,
             settings,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from services.common import event_loop
 from services.common.config import LOG_LEVELS, ConfigError
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.errors import FailedPrecondition
@@ -206,7 +207,7 @@ def main() -> int:
     configure_logging(settings.service, settings.instance, settings.log_level)
     telemetry = setup(settings.service, settings.instance)
     try:
-        return asyncio.run(run(settings))
+        return event_loop.run(run(settings))
     except KeyboardInterrupt:
         return 0
     finally:
