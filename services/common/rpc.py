@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from services.common import errors
 from services.common.db import DATABASE_UNAVAILABLE
+from services.common.logging import outcome_level
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +195,35 @@ async def _abort_for(
     await context.abort(code, status_for(exc)[1])
 
 
+# The caller's mistake or a refusal (the rest but OK are the server's failures).
+CLIENT_ERRORS = frozenset({
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+})  # fmt: skip
+
+
 def _log_rpc(
     method: str, context: grpc.aio.ServicerContext, code: grpc.StatusCode, started: float
 ) -> None:
     if code is grpc.StatusCode.OK:
         code = context.code() or grpc.StatusCode.OK
-    level = logging.DEBUG if is_infrastructure(method) else logging.INFO
+    level = (
+        logging.DEBUG
+        if is_infrastructure(method)
+        else outcome_level(
+            client_error=code in CLIENT_ERRORS,
+            server_error=code not in CLIENT_ERRORS and code is not grpc.StatusCode.OK,
+        )
+    )
+    if not log.isEnabledFor(level):
+        return
     log.log(
         level,
         "rpc",

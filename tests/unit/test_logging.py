@@ -2,7 +2,7 @@ import json
 import logging
 import sys
 
-from services.common.logging import JsonFormatter, configure_logging, redact_url
+from services.common.logging import JsonFormatter, configure_logging, outcome_level, redact_url
 
 
 def record(msg, *args, exc_info=None, **extra):
@@ -67,3 +67,9 @@ def test_configure_logging_writes_json_lines_to_stderr(capsys):
         root.handlers[:], root.level = saved[0], saved[1]
     assert [json.loads(line)["msg"] for line in err] == ["shown"]
     assert json.loads(err[0])["attempt"] == 2
+
+
+def test_a_request_is_logged_louder_the_worse_it_went() -> None:
+    assert outcome_level(client_error=False, server_error=False) == logging.DEBUG
+    assert outcome_level(client_error=True, server_error=False) == logging.INFO
+    assert outcome_level(client_error=False, server_error=True) == logging.WARNING

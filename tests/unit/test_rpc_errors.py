@@ -127,15 +127,16 @@ def test_an_abort_made_by_the_handler_passes_through_unchanged():
     assert context.aborted == (grpc.StatusCode.PERMISSION_DENIED, "admins only")
 
 
-def test_a_successful_rpc_returns_the_response_and_logs_method_code_and_duration(caplog):
+def test_a_successful_rpc_returns_the_response_and_logs_method_code_and_duration_at_debug(caplog):
     async def behavior(_request, _context):
         return "response"
 
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)
     assert call(behavior, FakeContext()) == "response"
     [record] = [r for r in caplog.records if r.getMessage() == "rpc"]
     assert record.method == "/shopmesh.test.v1.TestService/Do"
     assert record.code == "OK"
+    assert record.levelno == logging.DEBUG
     assert isinstance(record.duration_ms, float)
 
 
@@ -145,6 +146,7 @@ def test_a_failed_rpc_is_logged_with_its_status_code(caplog):
         call(raising(errors.NotFound("nope")), FakeContext())
     [record] = [r for r in caplog.records if r.getMessage() == "rpc"]
     assert record.code == "NOT_FOUND"
+    assert record.levelno == logging.INFO
 
 
 def test_a_cancelled_rpc_is_logged_as_cancelled_or_deadline_exceeded(caplog):
