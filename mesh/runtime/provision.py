@@ -614,6 +614,130 @@ REDIS = Component(
     locate=lambda c, home: {"redis-server": REDIS_BIN / "redis-server"},
 )
 
+# --- Load tools for the benchmarks (bench/, `mesh bench`): vegeta, ghz, h3load, wrk --------
+# vegeta and ghz from the Go module proxy through wrapper modules; h3load is the project's own
+# program (mesh/provision/h3load/main.go): vegeta as a library over quic-go's HTTP/3 transport,
+# since neither vegeta nor Debian's h2load speaks HTTP/3. wrk from Debian.
+
+LOAD_TOOLS_DIR = REPO_ROOT / "mesh" / "provision"
+
+
+@dataclass(frozen=True)
+class GoTool:
+    """A program built from a wrapper module: `package` (`.`: the module's own main), checked
+    to embed each of `modules` ({module: version}) under the license its LICENSE must name."""
+
+    module_dir: Path
+    package: str
+    modules: dict[str, str]
+    license_marker: str
+    go_minimum: str
+
+
+def _check_license(name: str, module: str, version: str, marker: str, env: dict) -> None:
+    modcache = subprocess.run(
+        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
+    license_file = Path(modcache) / f"{module}@v{version}" / "LICENSE"
+    text = license_file.read_text(errors="replace") if license_file.exists() else ""
+    if marker not in text:
+        raise ProvisionError(
+            f"{name}: {license_file} does not say {marker!r}. Run `mesh install` again to "
+            "download the module; if the license changed upstream, the pin must not move."
+        )
+
+
+def _check_embeds(name: str, binary: Path, modules: dict[str, str], env: dict) -> None:
+    info = run(
+        ["go", "version", "-m", str(binary)],
+        what=f"check the {name} build info",
+        env=env,
+        fix="The build produced something that is not a Go binary.",
+    ).stdout
+    for module, version in modules.items():
+        if not re.search(
+            rf"^\s+(mod|dep)\s+{re.escape(module)}\s+v{re.escape(version)}\s", info, re.M
+        ):
+            raise ProvisionError(f"built {name} does not embed {module} v{version}")
+
+
+def _install_go_tool(tool: GoTool) -> Callable[[Component, Path], None]:
+    def install(component: Component, home: Path) -> None:
+        env = _go_toolchain(component.name, minimum=tool.go_minimum)
+        run(
+            ["go", "mod", "download", *tool.modules],
+            what=f"download {component.name} modules",
+            cwd=tool.module_dir,
+            env=env,
+            fix="Check that the Go module proxy is reachable (go env GOPROXY).",
+        )
+        for module, version in tool.modules.items():
+            _check_license(component.name, module, version, tool.license_marker, env)
+        binary = home / component.name
+        run(
+            ["go", "build", *GO_BUILD_FLAGS, "-o", str(binary), tool.package],
+            what=f"go build {component.name}",
+            cwd=tool.module_dir,
+            env=env,
+            fix=f"See the compiler output above; the wrapper module is {tool.module_dir}.",
+        )
+        _check_embeds(component.name, binary, tool.modules, env)
+
+    return install
+
+
+def _go_tool(name: str, version: str, tool: GoTool) -> Component:
+    inputs = ("go.mod", "go.sum", "tools.go", "main.go")
+    pin = {f: sha256_of(tool.module_dir / f) for f in inputs if (tool.module_dir / f).exists()}
+    return Component(
+        name=name,
+        version=version,
+        pin={**pin, "build_flags": GO_BUILD_FLAGS},
+        install_into=_install_go_tool(tool),
+        locate=lambda c, home: {c.name: home / c.name},
+    )
+
+
+VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
+VEGETA = _go_tool(
+    "vegeta",
+    "12.13.0",
+    GoTool(LOAD_TOOLS_DIR / "vegeta", VEGETA_MODULE, {VEGETA_MODULE: "12.13.0"}, "MIT License",
+           "1.22"),
+)  # fmt: skip
+GHZ = _go_tool(
+    "ghz",
+    "0.93.0",
+    GoTool(LOAD_TOOLS_DIR / "ghz", "github.com/bojand/ghz/cmd/ghz",
+           {"github.com/bojand/ghz": "0.93.0"}, "Apache License", "1.22"),
+)  # fmt: skip
+H3LOAD = _go_tool(
+    "h3load",
+    "1",
+    GoTool(LOAD_TOOLS_DIR / "h3load", ".",
+           {"github.com/quic-go/quic-go": "0.65.0", VEGETA_MODULE: "12.13.0"}, "MIT License",
+           "1.26"),
+)  # fmt: skip
+
+WRK_BIN = Path("/usr/bin/wrk")
+
+
+def _install_wrk(component: Component, home: Path) -> None:
+    _ensure_apt_package("wrk", WRK_BIN)
+    # `wrk -v` prints its version with the usage and exits 1.
+    proc = subprocess.run([str(WRK_BIN), "-v"], capture_output=True, text=True)
+    if f"/{component.version}-" not in proc.stdout:
+        found = (proc.stdout.strip().splitlines() or ["nothing"])[0]
+        raise ProvisionError(f"{WRK_BIN} should be Debian's wrk {component.version}, is {found!r}")
+
+
+WRK = Component(
+    name="wrk",
+    version="4.1.0",
+    install_into=_install_wrk,
+    locate=lambda c, home: {"wrk": WRK_BIN},
+)
+
 COMPONENTS: tuple[Component, ...] = (
     ENVOY,
     CONSUL,
@@ -624,6 +748,10 @@ COMPONENTS: tuple[Component, ...] = (
     RATELIMIT,
     REDIS,
     COMPOSE_SCHEMA,
+    VEGETA,
+    GHZ,
+    H3LOAD,
+    WRK,
 )
 
 
