@@ -44,6 +44,8 @@ LUA_PER_ROUTE = T + "filters.http.lua.v3.LuaPerRoute"
 TOKEN_EXCHANGE = "shopmesh.token_exchange"
 TOKEN_EXCHANGE_LUA = Path(__file__).with_name("token_exchange.lua")
 EXCHANGE_TIMEOUT_MS = 2000
+# Up to this share of an exchange's lifetime is taken off at random (token_exchange.lua).
+TOKEN_CACHE_JITTER = 0.5
 # Dynamic metadata namespace of the edge's own Lua filters.
 EDGE_METADATA = "shopmesh.edge"
 # %REQ_WITHOUT_QUERY(...)% is a formatter extension: every format that uses it must load it
@@ -350,6 +352,7 @@ def _token_exchange_filter(topology: Topology) -> dict:
     cache = topology.edge.token_cache
     settings = (
         f"local MAX_AGE_S = {cache.max_age_s}\n"
+        f"local JITTER = {TOKEN_CACHE_JITTER}\n"
         f"local MAX_ENTRIES = {cache.max_entries}\n"
         f"local AUTH_CLUSTER = {json.dumps(cluster_name('auth'))}\n"
         f"local TIMEOUT_MS = {EXCHANGE_TIMEOUT_MS}\n"

@@ -9,7 +9,7 @@
 -- A cached exchange is served even while auth is away; a token not in the cache then gets a 503
 -- problem (cached-last-good for what is cached, fail-closed for the rest).
 --
--- The constants MAX_AGE_S, MAX_ENTRIES, AUTH_CLUSTER, TIMEOUT_MS and METADATA are prepended by
+-- The constants MAX_AGE_S, JITTER, MAX_ENTRIES, AUTH_CLUSTER, TIMEOUT_MS and METADATA are prepended by
 -- mesh/runtime/edge_config.py.
 
 local cache = {}
@@ -26,12 +26,16 @@ local function remember(key, internal, lifetime_s, now)
   cache[key] = {internal, now + lifetime_s}
 end
 
-local function max_age(cache_control)
+-- How long to keep an exchange: what auth allows, at most MAX_AGE_S, less a random part of it,
+-- so that tokens first seen together (a burst of new clients) are not all asked for again in
+-- the same second.
+local function lifetime(cache_control)
   local seconds = cache_control and string.match(cache_control, "max%-age=(%d+)")
   if seconds == nil then
     return 0
   end
-  return math.min(tonumber(seconds), MAX_AGE_S)
+  local allowed = math.min(tonumber(seconds), MAX_AGE_S)
+  return math.floor(allowed * (1 - JITTER * math.random()))
 end
 
 local UNAVAILABLE = '{"type":"/problems/unavailable","title":"Service Unavailable","status":503,'
@@ -74,7 +78,7 @@ function envoy_on_request(handle)
     refuse(handle, reply, body)
     return
   end
-  local lifetime_s = max_age(reply["cache-control"])
+  local lifetime_s = lifetime(reply["cache-control"])
   if external ~= nil and lifetime_s > 0 then
     remember(external, internal, lifetime_s, now)
   end
