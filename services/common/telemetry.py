@@ -302,7 +302,8 @@ def query_logger(tracer: trace.Tracer | None = None) -> Callable[[Any], None]:
 
 def _record_query(tracer: trace.Tracer, query: Any) -> None:
     parent = trace.get_current_span()
-    if not parent.get_span_context().is_valid:
+    # Outside any span, or in a trace the edge did not sample: its child would record nothing.
+    if not parent.get_span_context().is_valid or not parent.is_recording():
         return
     end = time.time_ns()
     text = " ".join(str(query.query).split())

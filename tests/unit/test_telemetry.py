@@ -16,7 +16,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from services.common import telemetry
 from services.common.grpc_client import upstream_channel
@@ -340,3 +340,13 @@ def test_the_access_log_carries_the_requests_trace_after_its_span_ended():
     (line,) = [line for line in lines if line["msg"] == "request"]
     assert line["trace_id"] == f"{span.context.trace_id:032x}"
     assert line["span_id"] == f"{span.context.span_id:016x}"
+
+
+def test_a_query_in_an_unsampled_trace_is_not_traced():
+    provider, exporter = recording()
+    unsampled = NonRecordingSpan(
+        SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True, trace_flags=TraceFlags(0))
+    )
+    with trace.use_span(unsampled):
+        telemetry.query_logger(provider.get_tracer("t"))(logged("SELECT 1"))
+    assert exporter.get_finished_spans() == ()
