@@ -500,3 +500,19 @@ def test_a_consumer_that_fails_unexpectedly_leaves_and_a_new_one_joins_the_group
     assert asyncio.run(go())
     assert made[0].stopped and made[1].stopped
     assert runner.stats.restarts == 1
+
+
+def test_offsets_are_committed_at_most_once_per_interval_and_at_once_on_a_rebalance():
+    runner, _ = runner_with(Handler(), commit_interval_s=60)
+    p0 = TopicPartition("order-events", 0)
+
+    async def go():
+        await runner.process_batch({p0: [event_record(offset=0)]}, runner._generation)
+        await runner.process_batch({p0: [event_record(offset=1)]}, runner._generation)
+        await runner.process_batch({p0: [event_record(offset=2)]}, runner._generation)
+        before_rebalance = list(runner._consumer.commits)
+        await runner._on_revoked({p0})
+        return before_rebalance
+
+    assert asyncio.run(go()) == [{p0: 1}]
+    assert runner._consumer.commits == [{p0: 1}, {p0: 3}]

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
 
+# Handled offsets are committed at most this often (and at once on a rebalance or a stop).
+COMMIT_INTERVAL_S = 1.0
 # How long the lag gauge waits for a partition's position (none yet right after assignment).
 LAG_POSITION_WAIT_S = 0.1
 
@@ -401,6 +403,7 @@ class ConsumerRunner:
         max_attempts: int = 3,
         max_batch: int = 100,
         poll_timeout_ms: int = 500,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
         metrics: MessagingMetrics | None = None,
         **processor_options: Any,
     ) -> None:
@@ -439,6 +442,8 @@ class ConsumerRunner:
         self._producer: Any = None
         self._lock = asyncio.Lock()
         self._pending: dict[TopicPartition, int] = {}
+        self._last_commit: float | None = None
+        self.commit_interval_s = commit_interval_s
         self._generation = 0
         self._revoking = False
         self._stopping = False
@@ -515,6 +520,9 @@ class ConsumerRunner:
             self._startup_backoff.reset()
             if batch:
                 await self.process_batch(batch, generation)
+            else:
+                async with self._lock:
+                    await self._commit_if_due()
             await self.record_lag()
             await self.prune_if_due()
 
@@ -561,7 +569,7 @@ class ConsumerRunner:
                             return
                         self._pending[tp] = record.offset + 1
             finally:
-                await self._commit()
+                await self._commit_if_due()
 
     async def record_lag(self) -> None:
         """Set each owned partition's lag: its high watermark (from the last fetch) minus this
@@ -607,6 +615,17 @@ class ConsumerRunner:
                         "offset": records[0].offset,
                     },
                 )
+
+    async def _commit_if_due(self) -> None:
+        """Commit what was handled, at most once per COMMIT_INTERVAL_S: an offset commit is a
+        write to __consumer_offsets that every broker replicates, and one per handled batch
+        was most of the brokers' work for an order. Handlers are idempotent, so what a crash
+        leaves uncommitted (at most that interval) is only delivered again and skipped."""
+        now = asyncio.get_running_loop().time()
+        if self._last_commit is not None and now - self._last_commit < self.commit_interval_s:
+            return
+        self._last_commit = now
+        await self._commit()
 
     async def _commit(self) -> None:
         if not self._pending or self._consumer is None:
