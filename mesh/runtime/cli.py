@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -11,6 +12,9 @@ import time
 import httpx
 
 from mesh import compose
+from mesh.bench import scenarios
+from mesh.bench.accounts import AccountsError
+from mesh.bench.tools import ToolError
 from mesh.runtime import demo, faults, jaeger, kafka_tools, process, protos, tls, trace, users
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
@@ -256,6 +260,19 @@ def cmd_consul(args: argparse.Namespace) -> int:
     os.execv(consul_bin, [str(consul_bin), *args.args])
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """One load run against the live mesh; its figures as one JSON line on stdout."""
+    request = scenarios.Run(
+        args.scenario, args.rate, args.duration, args.workers, args.users, args.tool
+    )
+    try:
+        result = scenarios.run(load(), StateDir.default(), request)
+    except (scenarios.BenchError, AccountsError, ToolError) as exc:
+        raise MeshError(str(exc)) from None
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_kafka(args: argparse.Namespace) -> int:
     """One of Kafka's own tools, from the cache, against the mesh's brokers."""
     command = kafka_tools.argv(load(), install_all()["kafka"], args.tool, args.args)
@@ -341,6 +358,45 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("tool", choices=tools, metavar="TOOL", help=", ".join(tools))
     kafka.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")
     kafka.set_defaults(func=cmd_kafka)
+    bench = sub.add_parser(
+        "bench",
+        help="one load run (vegeta, h3load, ghz) against the mesh; one JSON line of figures",
+        description="Figures: achieved rate, p50/p90/p99/max latency, error ratio, status "
+        "counts. Through the edge the load is spread over the bench users (made on first use) "
+        "and several client addresses, with every limit on. `make bench` runs them all.",
+    )
+    bench.add_argument(
+        "scenario",
+        choices=sorted(scenarios.SCENARIOS),
+        metavar="SCENARIO",
+        help=", ".join(scenarios.SCENARIOS),
+    )
+    bench.add_argument(
+        "--rate",
+        type=int,
+        required=True,
+        help="requests per second (open model); 0: the closed-loop ceiling",
+    )
+    bench.add_argument("--duration", type=float, default=20.0, metavar="SECONDS")
+    bench.add_argument(
+        "--workers",
+        type=int,
+        default=scenarios.CEILING_WORKERS,
+        help="requests in flight for --rate 0",
+    )
+    bench.add_argument(
+        "--users",
+        type=int,
+        default=scenarios.DEFAULT_USERS,
+        help="bench users the edge's per-user limit is spread over",
+    )
+    bench.add_argument(
+        "--tool",
+        choices=("vegeta", "wrk"),
+        default="vegeta",
+        help="wrk: closed loop, direct and sidecars only",
+    )
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

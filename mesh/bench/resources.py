@@ -1,0 +1,91 @@
+"""What the mesh's processes use: CPU time per component (around a run, per request; at idle)
+and memory (PSS, which shares each shared page among the processes that map it).
+
+A component is a process the runtime started (its pid file) with all its descendants, e.g.
+Postgres' backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import psutil
+
+from mesh.runtime import process
+from mesh.runtime.paths import StateDir
+
+
+def components(state: StateDir) -> dict[str, psutil.Process]:
+    found = {}
+    for pid_file in sorted(state.pids.glob("*.json")):
+        running = process.running(state, pid_file.stem)
+        if running is not None:
+            with contextlib.suppress(psutil.Error):
+                found[pid_file.stem] = psutil.Process(running.pid)
+    return found
+
+
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return [root, *root.children(recursive=True)]
+    return []
+
+
+def _cpu_s(root: psutil.Process) -> float:
+    """CPU seconds of the process and its descendants, live and reaped."""
+    total = 0.0
+    for proc in _tree(root):
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def cpu_seconds(state: StateDir) -> dict[str, float]:
+    return {name: _cpu_s(proc) for name, proc in components(state).items()}
+
+
+def pss_bytes(state: StateDir) -> dict[str, int]:
+    sizes = {}
+    for name, root in components(state).items():
+        total = 0
+        for proc in _tree(root):
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_full_info().pss
+        sizes[name] = total
+    return sizes
+
+
+class CpuMeter:
+    """CPU seconds each component spent between entering and leaving."""
+
+    def __init__(self, state: StateDir) -> None:
+        self._state = state
+        self.spent: dict[str, float] = {}
+        self.wall_s = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self._before = cpu_seconds(self._state)
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.monotonic() - self._started
+        after = cpu_seconds(self._state)
+        self.spent = {
+            name: max(after[name] - self._before[name], 0.0)
+            for name in after
+            if name in self._before
+        }
+
+    def per_request_ms(self, requests: int) -> dict[str, float]:
+        if not requests:
+            return {}
+        return {name: 1000 * s / requests for name, s in sorted(self.spent.items())}
+
+
+def idle_cpu(state: StateDir, seconds: float) -> CpuMeter:
+    with CpuMeter(state) as meter:
+        time.sleep(seconds)
+    return meter

@@ -1,0 +1,253 @@
+"""The benchmark scenarios: what each sends, where, with which tool; `run` does one run.
+
+GET /orders/{id} of an existing order along four paths (a service's own port, the sidecar pair,
+the edge over HTTP/1.1, TLS HTTP/2 and HTTP/3), users.GetUser over gRPC with and without the
+sidecars, and POST /orders through the edge. Through the edge every limit is on: the load is
+spread over the bench users (each reads their own order with their own token, round robin) and
+over several client addresses (one tool process per address).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.bench import accounts, slots, targets
+from mesh.bench.addresses import AddressProbe
+from mesh.bench.figures import Figures
+from mesh.bench.orders_check import check as check_orders
+from mesh.bench.resources import CpuMeter
+from mesh.bench.tools import CEILING_WORKERS, GrpcAttack, HttpAttack, attack, grpc_attack, wrk
+from mesh.runtime import protos
+from mesh.runtime.paths import StateDir
+from mesh.runtime.tls import edge_certs
+from mesh.topology import Topology
+
+DEFAULT_USERS = 1200
+SOURCES = 4
+GET_USER = "shopmesh.users.v1.UserService.GetUser"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    kind: str  # "get", "post" or "grpc"
+    path: str  # "direct", "sidecars" or "edge"
+    protocol: str  # "h1", "h2", "h3" or "grpc"
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("direct", "GET /orders/{id}, direct to orders (internal JWT)", "get", "direct",
+                 "h1"),
+        Scenario("sidecars", "GET /orders/{id}, edge sidecar → orders sidecar → orders "
+                 "(internal JWT)", "get", "sidecars", "h1"),
+        Scenario("edge-h1", "GET /orders/{id}, edge plain listener, HTTP/1.1", "get", "edge",
+                 "h1"),
+        Scenario("edge-h2", "GET /orders/{id}, edge TLS listener, HTTP/2", "get", "edge", "h2"),
+        Scenario("edge-h3", "GET /orders/{id}, edge QUIC listener, HTTP/3", "get", "edge", "h3"),
+        Scenario("grpc-direct", "gRPC users.GetUser, direct to users (internal JWT)", "grpc",
+                 "direct", "grpc"),
+        Scenario("grpc-sidecars", "gRPC users.GetUser, edge sidecar → users sidecar → users",
+                 "grpc", "sidecars", "grpc"),
+        Scenario("orders-post", "POST /orders through the edge, TLS HTTP/2 (sync payment)",
+                 "post", "edge", "h2"),
+    )
+}  # fmt: skip
+
+
+class BenchError(RuntimeError):
+    """A run cannot be done as asked; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class Run:
+    scenario: str
+    rate: int  # requests per second; 0: the closed-loop ceiling with `workers` in flight
+    duration_s: float
+    workers: int = CEILING_WORKERS
+    users: int = DEFAULT_USERS
+    tool: str = "vegeta"  # "wrk": closed loop, direct and sidecars only
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _service_port(topology: Topology, service: str) -> int:
+    return topology.service(service).instances[0].port
+
+
+def _edge_upstream(topology: Topology, service: str) -> int:
+    (port,) = [u.local_bind_port for u in topology.edge.upstreams if u.service == service]
+    return port
+
+
+def _base(topology: Topology, scenario: Scenario, service: str = "orders") -> str:
+    host = topology.bind_host
+    if scenario.path == "direct":
+        return f"http://{host}:{_service_port(topology, service)}"
+    if scenario.path == "sidecars":
+        return f"http://{host}:{_edge_upstream(topology, service)}"
+    if scenario.protocol == "h1":
+        return f"http://{host}:{topology.edge.http_port}"
+    return f"https://{host}:{topology.edge.https_port}"
+
+
+def run(topology: Topology, state: StateDir, request: Run) -> dict:
+    """One run; its figures and what it was, as one JSON-able dict."""
+    if request.scenario not in SCENARIOS:
+        raise BenchError(f"no scenario {request.scenario!r}: one of {', '.join(SCENARIOS)}")
+    scenario = SCENARIOS[request.scenario]
+    if request.rate < 0 or request.duration_s <= 0:
+        raise BenchError("--rate must be >= 0 (0: the closed-loop ceiling), --duration > 0")
+    if request.tool == "wrk" and (scenario.path == "edge" or request.rate):
+        raise BenchError("wrk (closed loop, one token) fits only direct and sidecars, --rate 0")
+    sources = tuple(targets.sources(SOURCES))
+    result = {
+        "scenario": scenario.name,
+        "tool": _tool_name(scenario, request),
+        "target_rate": request.rate,
+        "duration_s": request.duration_s,
+    }
+    if scenario.path == "edge":
+        figures, extra = _through_edge(topology, state, scenario, request, sources)
+    else:
+        figures, extra = _behind_edge(topology, state, scenario, request, sources)
+    return result | figures.as_dict() | extra
+
+
+def _tool_name(scenario: Scenario, request: Run) -> str:
+    if request.tool == "wrk":
+        return "wrk"
+    return {"grpc": "ghz", "h3": "h3load"}.get(scenario.protocol, "vegeta")
+
+
+def _behind_edge(
+    topology: Topology, state: StateDir, scenario: Scenario, request: Run, sources: tuple
+) -> tuple[Figures, dict]:
+    """A service's own port or the sidecar pair, as one bench user with an internal JWT."""
+    (user,) = accounts.ensure_users(topology, state, 1)
+    external = accounts.tokens(topology, state, [user], sources)[user]
+    internal = accounts.internal_token(topology, state, external)
+    if scenario.kind == "grpc":
+        protos.ensure_generated()
+        host, port = topology.bind_host, _grpc_port(topology, scenario)
+        spec = GrpcAttack(
+            address=f"{host}:{port}",
+            call=GET_USER,
+            data={"user_id": user},
+            metadata={"authorization": f"Bearer {internal}"},
+            protoset=protos.DESCRIPTOR_SET,
+            rate=request.rate,
+            duration_s=request.duration_s,
+            workers=request.workers,
+        )
+        return _measured(state, lambda: grpc_attack(spec), {})
+    order = accounts.own_orders(topology, state, {user: external}, sources)[user]
+    url = f"{_base(topology, scenario)}/orders/{order}"
+    if request.tool == "wrk":
+        headers = targets.bearer(internal)
+        return _measured(state, lambda: wrk(url, headers, request.duration_s, request.workers), {})
+    with _targets_file(targets.gets([(url, internal)])) as path:
+        spec = HttpAttack(path, request.rate, request.duration_s, sources, http2=False,
+                          workers=request.workers)  # fmt: skip
+        return _measured(state, lambda: attack(spec), {"sources": list(sources)})
+
+
+def _measured(state: StateDir, load: Callable[[], Figures], extra: dict) -> tuple[Figures, dict]:
+    """The run's figures, with the CPU time each mesh component spent on it per request."""
+    with CpuMeter(state) as meter:
+        figures = load()
+    per_request = meter.per_request_ms(figures.requests)
+    return figures, extra | {
+        "cpu_ms_per_request": per_request,
+        "cpu_ms_per_request_total": sum(per_request.values()),
+    }
+
+
+def _grpc_port(topology: Topology, scenario: Scenario) -> int:
+    if scenario.path == "direct":
+        return _service_port(topology, "users")
+    return _edge_upstream(topology, "users")
+
+
+def _through_edge(
+    topology: Topology, state: StateDir, scenario: Scenario, request: Run, sources: tuple
+) -> tuple[Figures, dict]:
+    window = topology.edge.per_user_limit.per_seconds
+    limit = topology.edge.per_user_limit.requests
+    if request.duration_s > window:
+        raise BenchError(f"a run through the edge lasts at most the per-user window, {window}s")
+    if request.rate > slots.highest_rate(request.users, request.duration_s, limit, window):
+        needed = slots.users_needed(request.rate, request.duration_s, limit, window)
+        raise BenchError(
+            f"{request.rate}/s for {request.duration_s:g}s would spend more than {limit} requests "
+            f"of each of {request.users} users: use --users {needed} or a shorter --duration"
+        )
+    users = accounts.ensure_users(topology, state, request.users)
+    tokens = accounts.tokens(topology, state, users, sources)
+    start, half = slots.next_start(time.time(), request.duration_s, window)
+    members = slots.share(users, half)
+    base = _base(topology, scenario)
+    if scenario.kind == "post":
+        count = targets.posts_needed(request.rate or _post_ceiling_cap(request), request.duration_s)
+        requests = targets.order_posts(
+            f"{base}/orders", [(u, tokens[u]) for u in members], count, accounts.ITEMS
+        )
+    else:
+        orders = accounts.own_orders(topology, state, {u: tokens[u] for u in members}, sources)
+        requests = targets.gets((f"{base}/orders/{orders[u]}", tokens[u]) for u in members)
+    with _targets_file(requests) as path:
+        spec = HttpAttack(
+            path,
+            request.rate,
+            request.duration_s,
+            sources,
+            http3=scenario.protocol == "h3",
+            http2=scenario.protocol == "h2",
+            root_certs=edge_certs(state).ca_cert,
+            workers=request.workers,
+        )
+        _wait_until(start)
+        with AddressProbe(topology, state, after_s=min(3.0, request.duration_s / 2)) as probe:
+            figures, extra = _measured(state, lambda: attack(spec), {})
+    extra |= {
+        "sources": list(sources),
+        "client_addresses_counted": sorted(probe.seen),
+        "users": len(members),
+    }
+    if scenario.kind == "post":
+        accepted = figures.status_counts.get("201", 0)
+        keys = targets.idempotency_keys(requests)
+        extra["orders"] = check_orders(topology, state, keys, accepted)
+    return figures, extra
+
+
+def _post_ceiling_cap(request: Run) -> int:
+    """Orders a closed-loop POST run could place at most: every worker at a 10 ms order."""
+    return math.ceil(request.workers * 100)
+
+
+def _wait_until(start: float) -> None:
+    delay = start - time.time()
+    if delay > 0:
+        say(f"waiting {delay:.0f}s for the next slot of the per-user limit's window")
+        time.sleep(delay)
+
+
+@contextmanager
+def _targets_file(requests: list[targets.Request]) -> Iterator[Path]:
+    """The requests as a vegeta JSON targets file, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="shopmesh-targets-") as tmp:
+        path = Path(tmp) / "targets.json"
+        path.write_text("\n".join(targets.line(r) for r in requests) + "\n")
+        yield path
