@@ -40,6 +40,7 @@ def traffic(edge: httpx.Client, topology: Topology) -> None:
     """Orders through the edge, one of them queued (Kafka, a payment worker), and reads. The
     queued one's Kafka metrics arrive later: the tests below poll until they do."""
     over_a_limit(topology)
+    refused_exchange(topology)
     for _ in range(2):
         assert edge.post("/orders", json={"userId": "alice", "items": ITEMS}).status_code == 201
     queued = edge.post("/orders", json={"userId": "alice", "items": ITEMS},
@@ -47,6 +48,14 @@ def traffic(edge: httpx.Client, topology: Topology) -> None:
     assert queued.status_code == 202, queued.text
     assert edge.get("/orders", params={"userId": "alice"}).status_code == 200
     assert edge.get("/notifications").status_code == 200
+
+
+def refused_exchange(topology: Topology) -> None:
+    """One token exchange auth refuses (the check the edge's token-exchange filter asks), so the
+    refusals panel has data."""
+    edge = f"http://{topology.bind_host}:{topology.edge.http_port}"
+    refused = httpx.get(f"{edge}/auth/ext-authz/orders", headers={"Authorization": "Bearer a.b.c"})
+    assert refused.status_code == 401, refused.text
 
 
 def over_a_limit(topology: Topology) -> None:
