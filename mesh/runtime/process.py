@@ -86,18 +86,26 @@ def open_log(path: Path) -> BinaryIO:
     return os.fdopen(fd, "ab")
 
 
-def start(state: StateDir, spec: ProcessSpec) -> Running:
+def start(
+    state: StateDir, spec: ProcessSpec, *, precondition: Callable[[], None] | None = None
+) -> Running:
     """Start `spec` unless it runs. The check and the start hold the process's lock: the
-    watchdog and a `mesh start` may try at the same moment, and only one may win."""
+    watchdog and a `mesh start` may try at the same moment, and only one may win.
+    `precondition` (e.g. that its ports are free) runs under the lock, only when a start is due:
+    a process the other one just started holds its ports rightly."""
     with (state.pids / f"{spec.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _start_unlocked(state, spec)
+        return _start_unlocked(state, spec, precondition)
 
 
-def _start_unlocked(state: StateDir, spec: ProcessSpec) -> Running:
+def _start_unlocked(
+    state: StateDir, spec: ProcessSpec, precondition: Callable[[], None] | None
+) -> Running:
     current = running(state, spec.name)
     if current:
         return current
+    if precondition:
+        precondition()
     if spec.before_start:
         spec.before_start()
     log = open_log(log_path(state, spec.name))

@@ -314,10 +314,12 @@ class Mesh:
             say(f"mesh is up in {time.monotonic() - started_at:.1f}s")
 
     def _start_one(self, spec: ProcessSpec, say: Callable[[str], None]) -> None:
-        for port in spec.ports:
-            ensure_port_free(self.topology.bind_host, port, spec.name)
+        def ports_free() -> None:
+            for port in spec.ports:
+                ensure_port_free(self.topology.bind_host, port, spec.name)
+
         t0 = time.monotonic()
-        proc = process.start(self.state, spec)
+        proc = process.start(self.state, spec, precondition=ports_free)
         process.wait_ready(self.state, spec)
         say(f"  {spec.name:<24} pid {proc.pid:<8} ready in {time.monotonic() - t0:.1f}s")
 

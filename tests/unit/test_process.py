@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from mesh.runtime import process
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
@@ -43,3 +45,32 @@ def test_a_pid_file_whose_pid_now_belongs_to_another_process_is_ignored(tmp_path
 
     assert process.running(state, "ghost") is None
     assert not process.stop(state, "ghost")
+
+
+def test_a_start_that_finds_it_running_returns_it_without_checking_its_ports(
+    tmp_path: Path,
+) -> None:
+    # The watchdog may start a process between a `mesh start`'s look and its own start: the
+    # second start must take the running one, not refuse its ports as taken by a stranger.
+    state = StateDir(tmp_path)
+    state.ensure()
+    first = process.start(state, sleeper("twice"))
+    checked: list[str] = []
+
+    again = process.start(state, sleeper("twice"), precondition=lambda: checked.append("ports"))
+
+    assert again == first
+    assert checked == []
+    process.kill(state, "twice")
+
+
+def test_a_failing_precondition_starts_nothing(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+
+    def taken() -> None:
+        raise RuntimeError("port taken")
+
+    with pytest.raises(RuntimeError, match="port taken"):
+        process.start(state, sleeper("blocked"), precondition=taken)
+    assert process.running(state, "blocked") is None
