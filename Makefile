@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up down status install test lint
+.PHONY: up down status install test lint bench
 
 $(BIN)/mesh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,8 @@ test: $(BIN)/mesh
 	$(BIN)/mesh install
 	$(MAKE) lint
 	$(BIN)/pytest tests/unit tests/integration tests/chaos
+
+# Load benchmarks of the running mesh (`mesh up -d` first): writes docs/benchmarks.md and its
+# plots anew. Not a test: nothing in it passes or fails. One scenario: `mesh bench --help`.
+bench: $(BIN)/mesh
+	$(BIN)/python -m bench

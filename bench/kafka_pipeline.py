@@ -85,13 +85,33 @@ async def run(messages: int, size: int, partitions: int) -> dict:
     }
 
 
-def record(result: dict, command: str) -> None:
-    row = (
+def row(result: dict) -> str:
+    return (
         f"| {datetime.now(UTC):%Y-%m-%d} | {result['messages']} x {result['size']} B, "
         f"{result['partitions']} partitions | {result['produce_rate']:,.0f} msg/s | "
         f"{result['end_to_end_rate']:,.0f} msg/s | {result['p50_ms']:.1f} ms | "
         f"{result['p99_ms']:.1f} ms | {result['lost']} |"
     )
+
+
+def add_row(text: str, section: str, new_row: str) -> str | None:
+    """The text with `new_row` after the last row of the first table under `section`; None if
+    the section has no table."""
+    lines = text.splitlines()
+    if section not in lines:
+        return None
+    start = lines.index(section)
+    rows = [n for n in range(start + 1, len(lines)) if lines[n].startswith("|")]
+    if not rows:
+        return None
+    last = rows[0]
+    while last + 1 < len(lines) and lines[last + 1].startswith("|"):
+        last += 1
+    return "\n".join([*lines[: last + 1], new_row, *lines[last + 1 :]]) + "\n"
+
+
+def record(result: dict, command: str) -> None:
+    """Adds the run as a row of this section's table (`make bench` rewrites the whole file)."""
     header = (
         f"{SECTION}\n\nProducer (acks=all, idempotent) → 3 KRaft brokers (RF 3, min ISR 2) → "
         "consumer, on one 2-core machine with the whole mesh running. Command: "
@@ -100,10 +120,11 @@ def record(result: dict, command: str) -> None:
         "| date | load | produced (acked) | end to end | p50 latency | p99 latency | lost |\n"
         "|---|---|---|---|---|---|---|\n"
     )
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
-    if SECTION not in text:
-        text = text.rstrip() + "\n\n" + header
-    RESULTS.write_text(text.rstrip() + "\n" + row + "\n")
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
+    updated = add_row(text, SECTION, row(result))
+    if updated is None:
+        updated = text.rstrip() + "\n\n" + header + row(result) + "\n"
+    RESULTS.write_text(updated)
 
 
 def main() -> None:

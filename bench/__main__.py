@@ -1,0 +1,145 @@
+"""`make bench`: every scenario at fixed rates and at its ceiling, Kafka against Kafka's own
+tools, order → WebSocket latency and the mesh's resources, in one run against the live mesh
+(start it with `mesh up -d`); writes docs/benchmarks.md, docs/benchmarks/<scenario>.png and
+docs/benchmarks/results.json anew.
+
+    .venv/bin/python -m bench [--only SCENARIO ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+
+from bench import kafka_perf, kafka_pipeline, machine, plan, plots, report, ws_latency
+from mesh.bench import resources, scenarios
+from mesh.runtime.paths import REPO_ROOT, StateDir
+from mesh.topology import Topology, load
+
+DOCS = REPO_ROOT / "docs"
+FIGURES = DOCS / "benchmarks"
+TOOLS = "vegeta 12.13.0, h3load (vegeta over quic-go 0.65.0), ghz 0.93.0, wrk 4.1.0"
+
+
+def say(message: str) -> None:
+    print(f"[bench] {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def run_scenario(topology: Topology, state: StateDir, name: str, results: dict) -> None:
+    for step in plan.steps_of(name):
+        say(step.command())
+        request = scenarios.Run(name, step.rate, step.duration_s, plan.CEILING_WORKERS,
+                                tool=step.tool)  # fmt: skip
+        run = scenarios.run(topology, state, request) | {"command": step.command()}
+        results["runs"].append(run)
+        say(f"  {run['throughput']:,.0f}/s ok, p99 {run['p99_ms']:.1f} ms, "
+            f"{100 * run['error_ratio']:.2f} % errors")  # fmt: skip
+        if plan.saturated(run):
+            results["skipped"][name] = (
+                f"saturated at {step.rate:,}/s ({run['throughput']:,.0f}/s answered, "
+                f"{100 * run['error_ratio']:.1f} % errors)"
+            )
+            rest = [s for s in plan.steps_of(name) if s.rate == 0]
+            for ceiling in rest:
+                say(ceiling.command())
+                request = scenarios.Run(name, 0, ceiling.duration_s, plan.CEILING_WORKERS,
+                                        tool=ceiling.tool)  # fmt: skip
+                results["runs"].append(
+                    scenarios.run(topology, state, request) | {"command": ceiling.command()}
+                )
+            return
+
+
+def run_long(topology: Topology, state: StateDir, results: dict) -> None:
+    name, rate, duration = plan.LONG_RUN
+    step = plan.Step(name, rate, duration)
+    say(step.command())
+    run = scenarios.run(topology, state, scenarios.Run(name, rate, duration))
+    results["runs"].append(run | {"command": step.command()})
+
+
+def run_kafka(results: dict) -> None:
+    say("kafka: bench/kafka_pipeline.py")
+    pipeline = asyncio.run(
+        kafka_pipeline.run(plan.KAFKA_MESSAGES, plan.KAFKA_SIZE, plan.KAFKA_PARTITIONS)
+    )
+    say("kafka: producer-perf-test and consumer-perf-test")
+    tools = kafka_perf.run(plan.KAFKA_MESSAGES, plan.KAFKA_SIZE, plan.KAFKA_PARTITIONS)
+    results["kafka"] = {"pipeline": pipeline, "tools": tools}
+
+
+def idle(state: StateDir) -> dict:
+    meter = resources.idle_cpu(state, plan.IDLE_S)
+    nproc = os.cpu_count() or 1
+    by_component = {n: 100 * s / (meter.wall_s * nproc) for n, s in meter.spent.items()}
+    return {
+        "seconds": plan.IDLE_S,
+        "nproc": nproc,
+        "percent": sum(by_component.values()),
+        "by_component_percent": by_component,
+    }
+
+
+def selected(only: list[str] | None) -> list[str]:
+    every = [*plan.GET_SCENARIOS, *plan.GRPC_SCENARIOS, *plan.POST_SCENARIOS]
+    return [s for s in every if not only or s in only]
+
+
+def measure(only: list[str] | None) -> dict:
+    topology, state = load(), StateDir.default()
+    commit, dirty = machine.commit()
+    results: dict = {
+        "started": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
+        "commit": commit,
+        "dirty": dirty,
+        "machine": machine.describe(),
+        "tools": TOOLS,
+        "runs": [],
+        "skipped": {},
+    }
+    started = time.monotonic()
+    say("resources at idle")
+    results["resources"] = {"idle": idle(state), "pss_before": resources.pss_bytes(state)}
+    for name in selected(only):
+        run_scenario(topology, state, name, results)
+        if name == plan.LONG_RUN[0]:
+            run_long(topology, state, results)
+    if not only:
+        say("order → WebSocket PAID probe")
+        results["ws"] = ws_latency.probe(topology, state, plan.WS_ORDERS)
+        run_kafka(results)
+    results["resources"]["pss_after"] = resources.pss_bytes(state)
+    results["machine"]["load_after"] = machine.load_average()
+    results["wall_s"] = time.monotonic() - started
+    return results
+
+
+def write(results: dict) -> None:
+    FIGURES.mkdir(exist_ok=True)
+    results["plots"] = []
+    for name in selected(None):
+        runs = [r for r in results["runs"] if r["scenario"] == name]
+        title = scenarios.SCENARIOS[name].title
+        if plots.plot(name, title, runs, FIGURES) is not None:
+            results["plots"].append(name)
+    (FIGURES / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (DOCS / "benchmarks.md").write_text(report.document(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=selected(None), metavar="SCENARIO",
+                        help="just these scenarios (no Kafka or WebSocket)")  # fmt: skip
+    args = parser.parse_args()
+    results = measure(args.only)
+    write(results)
+    say(f"wrote {DOCS / 'benchmarks.md'} in {results['wall_s'] / 60:.1f} minutes")
+
+
+if __name__ == "__main__":
+    main()

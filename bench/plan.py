@@ -1,0 +1,66 @@
+"""What `make bench` runs: each scenario at fixed rates and at its closed-loop ceiling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FIXED_S = 20.0
+CEILING_S = 15.0
+CEILING_WORKERS = 64
+# The issue's "0 errors for 60 s" at 1000 req/s through the edge, TLS HTTP/2.
+LONG_RUN = ("edge-h2", 1000, 60.0)
+
+GET_SCENARIOS = ("direct", "sidecars", "edge-h1", "edge-h2", "edge-h3")
+GRPC_SCENARIOS = ("grpc-direct", "grpc-sidecars")
+POST_SCENARIOS = ("orders-post",)
+GET_RATES = (100, 200, 500, 1000, 1500, 2000)
+GRPC_RATES = (100, 200, 500, 1000)
+POST_RATES = (20, 50, 100, 200)
+# wrk's closed loop next to vegeta's where it fits (one token, no source address).
+WRK_SCENARIOS = ("direct", "sidecars")
+
+KAFKA_MESSAGES = 20000
+KAFKA_SIZE = 512
+KAFKA_PARTITIONS = 6
+WS_ORDERS = 30
+IDLE_S = 15.0
+
+
+@dataclass(frozen=True)
+class Step:
+    scenario: str
+    rate: int  # 0: ceiling
+    duration_s: float
+    tool: str = "vegeta"
+
+    def command(self) -> str:
+        words = ["mesh", "bench", self.scenario, "--rate", str(self.rate)]
+        words += ["--duration", f"{self.duration_s:g}"]
+        if self.rate == 0:
+            words += ["--workers", str(CEILING_WORKERS)]
+        if self.tool != "vegeta":
+            words += ["--tool", self.tool]
+        return " ".join(words)
+
+
+def rates_of(scenario: str) -> tuple[int, ...]:
+    if scenario in GRPC_SCENARIOS:
+        return GRPC_RATES
+    if scenario in POST_SCENARIOS:
+        return POST_RATES
+    return GET_RATES
+
+
+def steps_of(scenario: str) -> list[Step]:
+    """Fixed rates from low to high, then the ceiling (and wrk's, where it fits)."""
+    steps = [Step(scenario, rate, FIXED_S) for rate in rates_of(scenario)]
+    steps.append(Step(scenario, 0, CEILING_S))
+    if scenario in WRK_SCENARIOS:
+        steps.append(Step(scenario, 0, CEILING_S, "wrk"))
+    return steps
+
+
+def saturated(result: dict) -> bool:
+    """A fixed-rate run the mesh could not hold: higher rates would only queue and time out."""
+    target = result["target_rate"]
+    return bool(target) and (result["error_ratio"] > 0.2 or result["throughput"] < 0.7 * target)

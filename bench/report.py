@@ -1,0 +1,509 @@
+"""docs/benchmarks.md from one `make bench` run's results (written whole, every run)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from bench import plan
+
+TITLES = {
+    "direct": "direct",
+    "sidecars": "sidecar pair",
+    "edge-h1": "edge h1",
+    "edge-h2": "edge TLS h2",
+    "edge-h3": "edge h3",
+    "grpc-direct": "direct",
+    "grpc-sidecars": "sidecar pair",
+    "orders-post": "POST /orders",
+}
+GB = 1 << 30
+MB = 1 << 20
+
+
+def find(runs: Iterable[dict], scenario: str, rate: int, tool: str = "", duration_s: float = 0):
+    """The run of `scenario` at `rate` (0: its ceiling), or None if it was not run."""
+    for run in runs:
+        if run["scenario"] != scenario or run["target_rate"] != rate:
+            continue
+        if tool and run["tool"] != tool:
+            continue
+        if duration_s and run["duration_s"] != duration_s:
+            continue
+        if not duration_s and run["duration_s"] == plan.LONG_RUN[2] and rate:
+            continue
+        return run
+    return None
+
+
+def pct(ratio: float) -> str:
+    return f"{100 * ratio:.2f} %" if ratio else "0"
+
+
+def cell(run: dict | None) -> str:
+    """A fixed-rate run in a side-by-side table: p50 / p99, and what went wrong if anything."""
+    if run is None:
+        return "—"
+    text = f"{run['p50_ms']:.1f} / {run['p99_ms']:.1f} ms"
+    if run["throughput"] < 0.95 * run["target_rate"]:
+        text += f", **{run['throughput']:,.0f}/s**"
+    if run["error_ratio"]:
+        text += f", **{pct(run['error_ratio'])} err**"
+    return text
+
+
+def ceiling_cell(run: dict | None) -> str:
+    if run is None:
+        return "—"
+    text = f"**{run['throughput']:,.0f}/s**, p99 {run['p99_ms']:.0f} ms"
+    if run["error_ratio"]:
+        text += f", {pct(run['error_ratio'])} err"
+    return text
+
+
+def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def side_by_side(results: dict, scenarios: tuple[str, ...], rates: tuple[int, ...]) -> list[str]:
+    runs = results["runs"]
+    rows = [[f"{rate:,}"] + [cell(find(runs, s, rate)) for s in scenarios] for rate in rates]
+    rows.append(
+        [f"ceiling ({plan.CEILING_WORKERS} in flight)"]
+        + [ceiling_cell(find(runs, s, 0, tool=_tool(s))) for s in scenarios]
+    )
+    wrk = [find(runs, s, 0, tool="wrk") for s in scenarios]
+    if any(wrk):
+        rows.append(["ceiling, wrk"] + [ceiling_cell(run) for run in wrk])
+    header = ["req/s offered", *(TITLES[s] for s in scenarios)]
+    lines = table(header, rows)
+    for scenario, why in sorted(results.get("skipped", {}).items()):
+        if scenario in scenarios:
+            lines += ["", f"{TITLES[scenario]}: higher rates not run, {why}."]
+    return lines
+
+
+def _tool(scenario: str) -> str:
+    return {"edge-h3": "h3load"}.get(scenario, "ghz" if scenario.startswith("grpc") else "vegeta")
+
+
+@dataclass(frozen=True)
+class Target:
+    source: str
+    figure: str
+    target: str
+    measure: Callable[[dict], tuple[str, bool] | None]
+
+
+def _run_figure(scenario: str, rate: int, p99_ms: float, errors: float, duration_s: float = 0):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        run = find(results["runs"], scenario, rate, duration_s=duration_s)
+        if run is None:
+            return None
+        met = (
+            run["throughput"] >= 0.99 * rate
+            and run["p99_ms"] <= p99_ms
+            and run["error_ratio"] <= errors
+        )
+        text = (
+            f"{run['throughput']:,.0f}/s, p99 {run['p99_ms']:.1f} ms, "
+            f"{pct(run['error_ratio'])} errors ({run['duration_s']:g} s)"
+        )
+        return text, met
+
+    return measure
+
+
+def _mesh_adds(p50_ms: float, p99_ms: float):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        edge = find(results["runs"], "edge-h2", 200)
+        direct = find(results["runs"], "direct", 200)
+        if edge is None or direct is None:
+            return None
+        d50, d99 = edge["p50_ms"] - direct["p50_ms"], edge["p99_ms"] - direct["p99_ms"]
+        return f"+{d50:.1f} ms p50, +{d99:.1f} ms p99", d50 <= p50_ms and d99 <= p99_ms
+
+    return measure
+
+
+def _cpu_per_get(limit_ms: float):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        run = find(results["runs"], "edge-h2", 200)
+        if run is None:
+            return None
+        total = run["cpu_ms_per_request_total"]
+        return f"{total:.2f} ms (edge TLS h2 at 200/s)", total <= limit_ms
+
+    return measure
+
+
+def _orders(rate: int, p99_ms: float):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        run = find(results["runs"], "orders-post", rate)
+        if run is None:
+            return None
+        check = run.get("orders", {})
+        once = check.get("charged_once", 0) == check.get("accepted", -1) == check.get("orders")
+        met = (
+            run["throughput"] >= 0.99 * rate
+            and run["p99_ms"] <= p99_ms
+            and not run["error_ratio"]
+            and once
+        )
+        text = (
+            f"{run['throughput']:,.0f}/s, p99 {run['p99_ms']:.0f} ms, "
+            f"{pct(run['error_ratio'])} errors; {check.get('charged_once', 0):,} of "
+            f"{check.get('accepted', 0):,} accepted PAID and charged once"
+        )
+        return text, met
+
+    return measure
+
+
+def _orders_ceiling(rate: int):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        run = find(results["runs"], "orders-post", 0)
+        if run is None:
+            return None
+        return f"ceiling {run['throughput']:,.0f}/s", run["throughput"] >= rate
+
+    return measure
+
+
+def _service_latency(p99_ms: float):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        run = find(results["runs"], "orders-post", 100)
+        if run is None:
+            return None
+        text = f"POST /orders p99 {run['p99_ms']:.0f} ms at 100/s through the edge"
+        return text, run["p99_ms"] <= p99_ms and run["error_ratio"] <= 0.01
+
+    return measure
+
+
+def _kafka(rate: float, p99_ms: float, loss: float):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        pipe = results.get("kafka", {}).get("pipeline")
+        if pipe is None:
+            return None
+        lost = pipe["lost"] / pipe["messages"]
+        text = (
+            f"{pipe['end_to_end_rate']:,.0f} msg/s, p99 {pipe['p99_ms']:.0f} ms, "
+            f"{pipe['lost']} lost"
+        )
+        return text, pipe["end_to_end_rate"] >= rate and pipe["p99_ms"] <= p99_ms and lost <= loss
+
+    return measure
+
+
+def _kafka_vs_tool(share: float):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        kafka = results.get("kafka", {})
+        if "pipeline" not in kafka or "tools" not in kafka:
+            return None
+        ratio = kafka["pipeline"]["produce_rate"] / kafka["tools"]["producer"]["rate"]
+        return f"{ratio:.2f}x Kafka's producer-perf-test", ratio >= share
+
+    return measure
+
+
+def _ws(p99_ms: float):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        ws = results.get("ws")
+        if ws is None:
+            return None
+        p99 = ws["placed_to_paid"]["p99_ms"]
+        text = f"p99 {p99:.0f} ms ({ws['orders'] - ws['missing']} of {ws['orders']} arrived)"
+        return text, p99 <= p99_ms and not ws["missing"]
+
+    return measure
+
+
+def _memory(limit_gb: float):
+    def measure(results: dict) -> tuple[str, bool] | None:
+        pss = results.get("resources", {}).get("pss_after")
+        if not pss:
+            return None
+        total = sum(pss.values())
+        return f"{total / GB:.2f} GB PSS", total <= limit_gb * GB
+
+    return measure
+
+
+TARGETS = (
+    Target("brief", "gateway throughput", "≥ 1000 req/s, p99 ≤ 200 ms, ≤ 1 % errors",
+           _run_figure("edge-h2", 1000, 200, 0.01)),
+    Target("brief", "Order Service answer", "≤ 300 ms", _service_latency(300)),
+    Target("brief", "Kafka", "≥ 5000 msg/s, ≤ 500 ms, loss ≤ 0.01 %", _kafka(5000, 500, 1e-4)),
+    Target("issue must", "GET /orders/{id} through the edge, TLS h2",
+           "≥ 1000 req/s, p99 ≤ 100 ms, 0 errors for 60 s",
+           _run_figure(*plan.LONG_RUN[:2], 100, 0.0, duration_s=plan.LONG_RUN[2])),
+    Target("issue aim", "GET /orders/{id} through the edge, TLS h2", "≥ 2000 req/s, p99 ≤ 50 ms",
+           _run_figure("edge-h2", 2000, 50, 0.0)),
+    Target("issue must", "latency the mesh adds at 200 req/s (edge h2 vs direct)",
+           "≤ +5 ms p50, ≤ +20 ms p99", _mesh_adds(5, 20)),
+    Target("issue aim", "latency the mesh adds at 200 req/s", "≤ +2 ms p50, ≤ +8 ms p99",
+           _mesh_adds(2, 8)),
+    Target("issue must", "CPU per GET, whole path", "≤ 2 ms", _cpu_per_get(2.0)),
+    Target("issue aim", "CPU per GET, whole path", "≤ 1 ms", _cpu_per_get(1.0)),
+    Target("issue must", "POST /orders through the edge",
+           "≥ 200 orders/s, p99 ≤ 300 ms, 0 errors, every order PAID once", _orders(200, 300)),
+    Target("issue aim", "POST /orders through the edge", "≥ 500 orders/s", _orders_ceiling(500)),
+    Target("issue must", "Kafka pipeline, acks=all, RF 3, min ISR 2",
+           "≥ 5000 msg/s, e2e p99 ≤ 500 ms, 0 lost", _kafka(5000, 500, 0.0)),
+    Target("issue aim", "Kafka pipeline", "≥ 20 000 msg/s, p99 ≤ 100 ms", _kafka(20000, 100, 0.0)),
+    Target("issue aim", "Kafka pipeline vs Kafka's own producer", "≥ 0.8x", _kafka_vs_tool(0.8)),
+    Target("issue must", "order → WebSocket PAID", "p99 ≤ 300 ms", _ws(300)),
+    Target("issue aim", "order → WebSocket PAID", "p99 ≤ 150 ms", _ws(150)),
+    Target("issue must", "whole mesh memory", "≤ 3 GB PSS", _memory(3)),
+    Target("issue aim", "whole mesh memory", "≤ 2 GB PSS", _memory(2)),
+)  # fmt: skip
+
+
+def targets_table(results: dict) -> list[str]:
+    rows = []
+    for target in TARGETS:
+        measured = target.measure(results)
+        if measured is None:
+            rows.append([target.source, target.figure, target.target, "not measured", "—"])
+            continue
+        text, met = measured
+        rows.append([target.source, target.figure, target.target, text,
+                     "**met**" if met else "**not met**"])  # fmt: skip
+    return table(["from", "figure", "target", "measured", "verdict"], rows)
+
+
+def _resources(results: dict) -> list[str]:
+    res = results.get("resources", {})
+    lines = []
+    if pss := res.get("pss_after"):
+        before = res.get("pss_before", {})
+        rows = [
+            [name, f"{before.get(name, 0) / MB:,.0f} MB", f"{size / MB:,.0f} MB"]
+            for name, size in sorted(pss.items(), key=lambda item: -item[1])
+        ]
+        total_before = sum(before.values())
+        rows.append(["**all**", f"**{total_before / GB:.2f} GB**",
+                     f"**{sum(pss.values()) / GB:.2f} GB**"])  # fmt: skip
+        lines += [f"Memory (PSS) of each mesh process and its children, {len(pss)} components:"]
+        lines += ["", *table(["component", "before the load", "after the load"], rows), ""]
+    if idle := res.get("idle"):
+        top = sorted(idle["by_component_percent"].items(), key=lambda item: -item[1])[:8]
+        listed = ", ".join(f"{name} {share:.1f} %" for name, share in top)
+        lines += [
+            f"Idle CPU of the whole mesh over {idle['seconds']:g} s: **{idle['percent']:.1f} % "
+            f"of the machine** ({idle['nproc']} cores); the largest: {listed}.",
+            "",
+        ]
+    lines += _cpu_tables(results)
+    return lines
+
+
+def _cpu_tables(results: dict) -> list[str]:
+    """CPU ms per request of each component, every scenario side by side at one rate."""
+    rate = 200
+    picked = {s: find(results["runs"], s, rate) for s in TITLES}
+    picked = {s: run for s, run in picked.items() if run and run.get("cpu_ms_per_request")}
+    if not picked:
+        return []
+    components: dict[str, float] = {}
+    for run in picked.values():
+        for name, ms in run["cpu_ms_per_request"].items():
+            components[name] = max(components.get(name, 0.0), ms)
+    shown = [name for name, ms in sorted(components.items(), key=lambda i: -i[1]) if ms >= 0.01]
+    rows = [
+        [name] + [f"{picked[s]['cpu_ms_per_request'].get(name, 0):.2f}" for s in picked]
+        for name in shown
+    ]
+    rows.append(
+        ["**all**"] + [f"**{run['cpu_ms_per_request_total']:.2f}**" for run in picked.values()]
+    )
+    header = ["component", *(f"{TITLES[s]}" + (" (gRPC)" if s.startswith("grpc") else "")
+                             for s in picked)]  # fmt: skip
+    return [
+        f"CPU time per request (ms) of each mesh process at {rate} req/s (psutil cpu_times of "
+        "every process and its children before and after the run, divided by its requests; "
+        "components under 0.01 ms everywhere left out):",
+        "",
+        *table(header, rows),
+        "",
+    ]
+
+
+def _every_run(results: dict) -> list[str]:
+    rows = []
+    for run in results["runs"]:
+        statuses = " ".join(f"{code}:{n}" for code, n in run["status_counts"].items())
+        rows.append([
+            f"`{run['command']}`", run["tool"], f"{run['requests']:,}", f"{run['rate']:,.0f}",
+            f"{run['throughput']:,.0f}", f"{run['p50_ms']:.1f}", f"{run['p90_ms']:.1f}",
+            f"{run['p99_ms']:.1f}", f"{run['max_ms']:.0f}", pct(run["error_ratio"]), statuses,
+            " ".join(a.removeprefix("127.0.0.") for a in run.get("client_addresses_counted", [])),
+        ])  # fmt: skip
+    header = ["command", "tool", "requests", "sent/s", "ok/s", "p50", "p90", "p99", "max",
+              "errors", "statuses", "127.0.0.x counted"]  # fmt: skip
+    return table(header, rows)
+
+
+def _post_checks(results: dict) -> list[str]:
+    rows = []
+    for run in results["runs"]:
+        if run["scenario"] != "orders-post" or "orders" not in run:
+            continue
+        check = run["orders"]
+        rate = f"{run['target_rate']:,}/s" if run["target_rate"] else "ceiling"
+        not_paid = ", ".join(f"{s} {n}" for s, n in check["not_paid"].items()) or "none"
+        rows.append([rate, f"{check['accepted']:,}", f"{check['orders']:,}",
+                     f"{check['paid']:,}", f"{check['charged_once']:,}",
+                     str(check["charged_twice_or_more"]), not_paid])  # fmt: skip
+    header = ["run", "accepted (201)", "orders of the run's keys", "PAID",
+              "PAID and charged once", "charged twice", "not PAID"]  # fmt: skip
+    return table(header, rows)
+
+
+def _kafka_section(results: dict) -> list[str]:
+    kafka = results.get("kafka", {})
+    pipe, tools = kafka.get("pipeline"), kafka.get("tools")
+    if pipe is None:
+        return ["Not measured."]
+    lines = [
+        f"{pipe['messages']:,} messages of {pipe['size']} B on a scratch topic of "
+        f"{pipe['partitions']} partitions, replication factor 3, min.insync.replicas 2; producers "
+        "with acks=all, idempotence, linger.ms 5.",
+        "",
+    ]
+    rows = [["bench/kafka_pipeline.py (aiokafka, the services' client)",
+             f"{pipe['produce_rate']:,.0f} msg/s", f"{pipe['end_to_end_rate']:,.0f} msg/s",
+             f"{pipe['p50_ms']:.1f} / {pipe['p99_ms']:.1f} ms (end to end)",
+             str(pipe["lost"])]]  # fmt: skip
+    if tools:
+        producer, consumer = tools["producer"], tools["consumer"]
+        rows.append(
+            [
+                "Kafka's producer-perf-test, then consumer-perf-test",
+                f"{producer['rate']:,.0f} msg/s",
+                f"{consumer['rate']:,.0f} msg/s (consumer alone)",
+                f"{producer['p50_ms']:.0f} / {producer['p99_ms']:.0f} ms (acknowledgement)",
+                "—",
+            ]
+        )
+    lines += table(["client", "produced (acked)", "consumed", "p50 / p99", "lost"], rows)
+    if tools:
+        lines += ["", "Kafka's tools ran as:", "", "```"]
+        lines += [f"mesh kafka {' '.join(args)}" for args in tools["commands"].values()]
+        lines += ["```"]
+    return lines
+
+
+def _ws_section(results: dict) -> list[str]:
+    ws = results.get("ws")
+    if ws is None:
+        return ["Not measured."]
+    placed, created = ws["placed_to_paid"], ws["created_to_paid"]
+    rows = [
+        ["POST sent → PAID on the WebSocket", f"{placed['p50_ms']:.0f} ms",
+         f"{placed['p99_ms']:.0f} ms", f"{placed['max_ms']:.0f} ms"],
+        ["201 received → PAID on the WebSocket", f"{created['p50_ms']:.0f} ms",
+         f"{created['p99_ms']:.0f} ms", f"{created['max_ms']:.0f} ms"],
+    ]  # fmt: skip
+    return [
+        f"{ws['orders']} orders, one at a time, by one bench user through the edge's plain "
+        "listener, while the same user's WebSocket (`/notifications/ws`, through the edge) is "
+        f"open; {ws['missing']} notifications did not arrive within 15 s.",
+        "",
+        *table(["interval", "p50", "p99", "max"], rows),
+    ]
+
+
+def _plots(results: dict) -> list[str]:
+    return [f"![{s}](benchmarks/{s}.png)" for s in results.get("plots", [])]
+
+
+def document(results: dict) -> str:
+    machine = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m bench`, [bench/](../bench/)) anew on every run: "
+        "the figures below are one run's, on the machine it names. "
+        "The raw results are in [benchmarks/results.json](benchmarks/results.json).",
+        "",
+        f"- **date**: {results['started']} (UTC), {results['wall_s'] / 60:.1f} minutes in all",
+        f"- **commit**: `{results['commit']}`" + (" (with uncommitted changes)" * results["dirty"]),
+        f"- **machine**: {machine['nproc']} cores ({machine['cpu']}), "
+        f"{machine['memory_gb']:.0f} GB; "
+        f"load average {machine['load_before']} before, {machine['load_after']} after",
+        f"- **tools**: {results['tools']}",
+        "- **what runs**: the whole native mesh (`mesh up`), every limit on (100 requests a "
+        "minute per user, 1000 a second per client address), JWT, token exchange, mTLS and "
+        "tracing as configured; the load tools on the same 2 cores.",
+        "",
+        "## The brief's targets: met / not met",
+        "",
+        *targets_table(results),
+        "",
+        "## How",
+        "",
+        "- Open model: vegeta (`attack -rate R`) sends at a constant rate whatever the answers "
+        "take, so latency includes queueing; closed loop (`-rate 0 -max-workers "
+        f"{plan.CEILING_WORKERS}`, ghz without `--rps`, wrk) finds the ceiling. Each fixed rate "
+        f"runs {plan.FIXED_S:g} s, each ceiling {plan.CEILING_S:g} s; a scenario stops climbing "
+        "once a rate fails (over 20 % errors, or under 70 % of the rate answered).",
+        "- Through the edge, the load comes from 4 tool processes bound to 127.0.0.2-5 "
+        "(`-laddr`), the rate split between them; the last column of the table of runs lists the "
+        "addresses the rate-limit service was counting during each run (its Redis keys). Each "
+        "request carries one of the bench users' tokens round robin (vegeta JSON targets with "
+        "per-target headers), and each user reads their own order; a run fits the per-user "
+        "limit's windows (mesh/bench/slots.py).",
+        "- `direct`: orders' own port with an internal JWT (auth's token exchange); `sidecar "
+        "pair`: the edge sidecar's loopback upstream for orders (edge sidecar → mTLS → orders "
+        "sidecar → orders), the same token. gRPC: users.GetUser with ghz, the internal JWT as "
+        "metadata, to users' port or through the edge sidecar's users upstream.",
+        "- Every run is one `mesh bench` command, listed with its figures in "
+        "[Every run](#every-run).",
+        "",
+        "## Edge protocols and the mesh hop",
+        "",
+        "GET /orders/{id} of an existing order, p50 / p99 at each offered rate (bold: what went "
+        "wrong; a rate under 95 % answered shows the rate that was):",
+        "",
+        *side_by_side(results, plan.GET_SCENARIOS, plan.GET_RATES),
+        "",
+        "gRPC users.GetUser:",
+        "",
+        *side_by_side(results, plan.GRPC_SCENARIOS, plan.GRPC_RATES),
+        "",
+        "## POST /orders",
+        "",
+        "Through the edge, TLS HTTP/2, each request with an Idempotency-Key of its own, the "
+        "payment taken synchronously:",
+        "",
+        *side_by_side(results, plan.POST_SCENARIOS, plan.POST_RATES),
+        "",
+        "Afterwards, in the orders and payments databases:",
+        "",
+        *_post_checks(results),
+        "",
+        "## Order → WebSocket PAID",
+        "",
+        *_ws_section(results),
+        "",
+        "## Kafka pipeline",
+        "",
+        *_kafka_section(results),
+        "",
+        "## Resources",
+        "",
+        *_resources(results),
+        "## Latency against rate",
+        "",
+        *_plots(results),
+        "",
+        "## Every run",
+        "",
+        *_every_run(results),
+        "",
+    ]
+    return "\n".join(lines)

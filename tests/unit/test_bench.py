@@ -1,0 +1,271 @@
+"""The benchmark harness's pure parts: reading the tools' reports, building their targets,
+fitting runs into the per-user windows, and writing the report. No load is sent here."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import kafka_perf, kafka_pipeline, plan, report
+from mesh.bench import figures, slots, targets
+from mesh.bench.tools import HttpAttack
+
+VEGETA_REPORT = {
+    "latencies": {"50th": 4_857_829, "90th": 6_640_606, "99th": 10_473_170, "max": 10_746_525},
+    "requests": 100,
+    "rate": 50.5,
+    "throughput": 49.0,
+    "success": 0.98,
+    "status_codes": {"200": 98, "429": 2},
+    "errors": ["429 Too Many Requests"],
+}
+
+GHZ_REPORT = {
+    "count": 402,
+    "total": 4_000_000_000,
+    "slowest": 19_685_636,
+    "latencyDistribution": [
+        {"percentage": 50, "latency": 2_574_073},
+        {"percentage": 90, "latency": 3_717_758},
+        {"percentage": 99, "latency": 8_649_183},
+    ],
+    "statusCodeDistribution": {"OK": 398, "Unavailable": 2, "Canceled": 2},
+    "errorDistribution": {
+        "rpc error: code = Canceled desc = grpc: the client connection is closing": 2,
+        "rpc error: code = Unavailable desc = no healthy upstream": 2,
+    },
+}
+
+WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:1/orders/x
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    38.10ms  100.93ms   1.54s    95.05%
+    Req/Sec     0.85k   232.61     1.29k    74.36%
+  Latency Distribution
+     50%   12.32ms
+     75%   17.87ms
+     90%  425.19ms
+     99%  999.41ms
+  6722 requests in 4.01s, 5.50MB read
+  Non-2xx or 3xx responses: 22
+Requests/sec:   1676.31
+"""
+
+
+def test_a_vegeta_report_reads_as_milliseconds_and_ratios() -> None:
+    read = figures.from_vegeta(VEGETA_REPORT)
+    assert (read.requests, read.rate, read.throughput) == (100, 50.5, 49.0)
+    assert read.p50_ms == pytest.approx(4.857829)
+    assert read.p99_ms == pytest.approx(10.47317)
+    assert read.max_ms == pytest.approx(10.746525)
+    assert read.error_ratio == pytest.approx(0.02)
+    assert read.status_counts == {"200": 98, "429": 2}
+
+
+def test_ghz_calls_it_cancelled_itself_at_the_end_are_not_counted() -> None:
+    read = figures.from_ghz(GHZ_REPORT)
+    assert read.requests == 400
+    assert read.status_counts == {"OK": 398, "Unavailable": 2}
+    assert read.error_ratio == pytest.approx(2 / 400)
+    assert read.rate == pytest.approx(100.0)
+    assert read.p90_ms == pytest.approx(3.717758)
+    assert read.errors == ["rpc error: code = Unavailable desc = no healthy upstream"]
+
+
+def test_wrk_text_output_reads_with_its_units() -> None:
+    read = figures.from_wrk(WRK_OUTPUT)
+    assert read.requests == 6722
+    assert read.rate == pytest.approx(6722 / 4.01)
+    assert (read.p50_ms, read.p90_ms, read.p99_ms) == (12.32, 425.19, 999.41)
+    assert read.max_ms == 1540.0
+    assert read.error_ratio == pytest.approx(22 / 6722)
+
+
+def test_wrk_output_without_latency_figures_is_refused() -> None:
+    with pytest.raises(ValueError, match="not wrk --latency output"):
+        figures.from_wrk("Running 4s test\n  0 requests in 4.00s, 0B read\n")
+
+
+def test_a_target_line_is_vegetas_json_format() -> None:
+    request = targets.Request("POST", "https://h/orders", {"A": "b"}, b'{"x": 1}')
+    parsed = json.loads(targets.line(request))
+    assert parsed == {
+        "method": "POST",
+        "url": "https://h/orders",
+        "header": {"A": ["b"]},
+        "body": base64.b64encode(b'{"x": 1}').decode(),
+    }
+    assert "body" not in json.loads(targets.line(targets.Request("GET", "http://h/", {})))
+
+
+def test_posts_go_round_robin_over_the_users_each_with_a_key_of_its_own() -> None:
+    posts = targets.order_posts("https://h/orders", [("u1", "t1"), ("u2", "t2")], 5, [{"n": 1}])
+    users = [json.loads(p.body)["userId"] for p in posts]
+    assert users == ["u1", "u2", "u1", "u2", "u1"]
+    assert [p.headers["Authorization"] for p in posts[:2]] == ["Bearer t1", "Bearer t2"]
+    keys = targets.idempotency_keys(posts)
+    assert len(set(keys)) == 5
+
+
+def test_rates_and_workers_split_evenly_over_the_source_addresses() -> None:
+    assert targets.split(1000, 4) == [250, 250, 250, 250]
+    assert targets.split(3, 4) == [1, 1, 1, 0]
+    assert targets.sources(3) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    assert targets.posts_needed(200, 20) >= 4000
+
+
+def test_an_attack_leaves_out_processes_with_nothing_to_send() -> None:
+    sources = tuple(targets.sources(4))
+    attack = HttpAttack(Path("t.json"), 3, 5, sources)
+    assert [p[0] for p in attack.processes()] == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    argv = attack.argv(Path("vegeta"), "127.0.0.2", 1, 16, Path("out"))
+    assert argv[:3] == ["vegeta", "attack", "-format=json"]
+    assert "-rate=1/1s" in argv and "-laddr=127.0.0.2" in argv
+    assert not any(a.startswith("-max-workers") for a in argv)
+
+
+def test_a_ceiling_attack_is_closed_loop_with_bounded_workers() -> None:
+    attack = HttpAttack(Path("t.json"), 0, 5, ("127.0.0.2",), http3=True, workers=64)
+    argv = attack.argv(Path("h3load"), "127.0.0.2", 0, 64, Path("out"))
+    assert argv[0] == "h3load" and "attack" not in argv
+    assert {"-rate=0", "-workers=64", "-max-workers=64"} <= set(argv)
+
+
+def test_short_runs_start_at_half_windows_with_alternating_halves_of_the_users() -> None:
+    assert slots.next_start(120.0, 20, 60) == (151.0, 1)
+    assert slots.next_start(151.0, 20, 60) == (181.0, 0)
+    assert slots.share(["a", "b", "c", "d"], 1) == ["b", "d"]
+
+
+def test_a_run_longer_than_half_a_window_starts_with_a_window_and_uses_every_user() -> None:
+    assert slots.next_start(125.0, 60, 60) == (181.0, None)
+    assert slots.share(["a", "b"], None) == ["a", "b"]
+
+
+def test_the_users_needed_keep_each_under_its_limit() -> None:
+    needed = slots.users_needed(2000, 20, 100, 60)
+    assert slots.highest_rate(needed, 20, 100, 60) >= 2000
+    assert slots.highest_rate(needed - 2, 20, 100, 60) < 2000
+    assert slots.highest_rate(1200, 60, 100, 60) == pytest.approx(1800)
+
+
+def test_a_rate_that_fails_stops_the_climb() -> None:
+    ok = {"target_rate": 500, "error_ratio": 0.0, "throughput": 499.0}
+    assert not plan.saturated(ok)
+    assert plan.saturated(ok | {"error_ratio": 0.3})
+    assert plan.saturated(ok | {"throughput": 200.0})
+    assert not plan.saturated(ok | {"target_rate": 0, "throughput": 1.0})
+
+
+def test_kafkas_perf_tools_output_reads() -> None:
+    produced = kafka_perf.producer_figures(
+        "20000 records sent, 5927.682276 records/sec (2.89 MB/sec), 1337.97 ms avg latency, "
+        "2085.00 ms max latency, 1337 ms 50th, 1971 ms 95th, 2049 ms 99th, 2080 ms 99.9th.\n"
+    )
+    assert produced["rate"] == pytest.approx(5927.682276)
+    assert (produced["p50_ms"], produced["p99_ms"]) == (1337.0, 2049.0)
+    consumed = kafka_perf.consumer_figures(
+        "start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, "
+        "rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec\n"
+        "2026-12-02 21:10:00:000, 2026-12-02 21:10:01:000, 9.7656, 16.5, 20000, 33840.9475, "
+        "376, 215, 45.4, 93023.2558\n"
+    )
+    assert consumed == {"records": 20000, "rate": 33840.9475, "fetch_rate": 93023.2558}
+
+
+def test_the_pipelines_row_goes_into_its_own_table() -> None:
+    text = (
+        "# Benchmarks\n\n## Kafka pipeline\n\nintro\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+        "## Edge protocols and the mesh hop\n\n| c |\n|---|\n| 3 |\n"
+    )
+    updated = kafka_pipeline.add_row(text, "## Kafka pipeline", "| 5 | 6 |")
+    assert updated is not None
+    assert "| 1 | 2 |\n| 5 | 6 |\n\n## Edge protocols" in updated
+    assert updated.endswith("| 3 |\n")
+    assert kafka_pipeline.add_row("# Benchmarks\n", "## Kafka pipeline", "| x |") is None
+
+
+def run(scenario: str, rate: int, **overrides) -> dict:
+    base = {
+        "scenario": scenario,
+        "tool": "vegeta",
+        "target_rate": rate,
+        "duration_s": 20.0,
+        "requests": rate * 20,
+        "rate": float(rate),
+        "throughput": float(rate),
+        "p50_ms": 2.0,
+        "p90_ms": 5.0,
+        "p99_ms": 9.0,
+        "max_ms": 20.0,
+        "error_ratio": 0.0,
+        "status_counts": {"200": rate * 20},
+        "cpu_ms_per_request": {"edge": 0.5, "orders-1": 0.7},
+        "cpu_ms_per_request_total": 1.2,
+        "command": f"mesh bench {scenario} --rate {rate} --duration 20",
+    }
+    return base | overrides
+
+
+def results() -> dict:
+    return {
+        "started": "2026-12-02 21:00",
+        "wall_s": 1800.0,
+        "commit": "abc123",
+        "dirty": False,
+        "machine": {
+            "nproc": 2,
+            "cpu": "x",
+            "memory_gb": 24.0,
+            "load_before": "1 1 1",
+            "load_after": "2 2 2",
+        },
+        "tools": "vegeta",
+        "skipped": {"edge-h1": "saturated at 500/s"},
+        "runs": [
+            run("direct", 200, p50_ms=1.0, p99_ms=4.0),
+            run("edge-h2", 200, p50_ms=4.0, p99_ms=30.0),
+            run("edge-h2", 1000, p99_ms=150.0),
+            run("edge-h2", 1000, duration_s=60.0, p99_ms=120.0, error_ratio=0.001),
+            run("edge-h1", 500, throughput=100.0, error_ratio=0.5),
+        ],
+        "resources": {"pss_after": {"edge": 2 << 30}, "pss_before": {"edge": 1 << 30}},
+        "plots": ["edge-h2"],
+    }
+
+
+def verdicts(document: str) -> dict[str, str]:
+    found = {}
+    for line in document.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in ("brief", "issue must", "issue aim"):
+            found[f"{cells[0]}: {cells[1]}: {cells[2]}"] = cells[4]
+    return found
+
+
+def test_the_targets_table_says_met_or_not_met_from_the_runs() -> None:
+    found = verdicts(report.document(results()))
+    gateway = "brief: gateway throughput: ≥ 1000 req/s, p99 ≤ 200 ms, ≤ 1 % errors"
+    assert found[gateway] == "**met**"
+    long_run = "issue must: GET /orders/{id} through the edge, TLS h2: "
+    assert found[long_run + "≥ 1000 req/s, p99 ≤ 100 ms, 0 errors for 60 s"] == "**not met**"
+    adds = "issue must: latency the mesh adds at 200 req/s (edge h2 vs direct): "
+    assert found[adds + "≤ +5 ms p50, ≤ +20 ms p99"] == "**not met**"
+    assert found["issue must: CPU per GET, whole path: ≤ 2 ms"] == "**met**"
+    assert found["issue aim: CPU per GET, whole path: ≤ 1 ms"] == "**not met**"
+    assert found["issue must: whole mesh memory: ≤ 3 GB PSS"] == "**met**"
+    assert found["issue must: order → WebSocket PAID: p99 ≤ 300 ms"] == "—"
+
+
+def test_the_report_puts_the_paths_side_by_side_and_names_every_command() -> None:
+    document = report.document(results())
+    assert "| req/s offered | direct | sidecar pair | edge h1 | edge TLS h2 | edge h3 |" in document
+    assert "| 200 | 1.0 / 4.0 ms | — | — | 4.0 / 30.0 ms | — |" in document
+    assert "100/s**, **50.00 % err**" in document
+    assert "edge h1: higher rates not run, saturated at 500/s." in document
+    assert "`mesh bench edge-h2 --rate 1000 --duration 20`" in document
+    assert "![edge-h2](benchmarks/edge-h2.png)" in document
+    assert "## Kafka pipeline" in document and "## Edge protocols and the mesh hop" in document
