@@ -16,8 +16,10 @@ from services.common.faults import install_fault_flags
 from services.common.health import install_database_health
 from services.common.kafka import Consumer, messaging
 from services.common.problem import problem_middleware
+from services.common.uow import in_consumer_transaction
 from services.orders import api
 from services.orders.clients import PaymentsClient, UsersClient
+from services.orders.repository import PostgresOrdersDatabase, PostgresOrdersUnitOfWork
 from services.orders.service import OrderService, on_event
 
 MAX_BODY_BYTES = 64 * 1024
@@ -47,12 +49,13 @@ def create_app(settings: ServiceSettings) -> web.Application:
         payments = PaymentsClient(settings.upstream_port("payments"))
         try:
             await apply_migrations(pool, MIGRATIONS)
-            app[api.SERVICE] = OrderService(pool, users, payments)
+            app[api.SERVICE] = OrderService(PostgresOrdersDatabase(pool), users, payments)
+            handler = in_consumer_transaction(PostgresOrdersUnitOfWork, on_event)
             async with messaging(
                 pool,
                 settings.instance,
                 relay=True,
-                consumers=[Consumer(("user-events", "payment-events"), "orders", on_event)],
+                consumers=[Consumer(("user-events", "payment-events"), "orders", handler)],
             ):
                 yield
         finally:

@@ -102,6 +102,14 @@ class Order:
         }
 
 
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """What an Idempotency-Key was first used for: the request's fingerprint and its order."""
+
+    request_hash: str
+    order_id: uuid.UUID
+
+
 def total_price(items: Iterable[OrderItem]) -> int:
     """The order's price in minor units: quantity times the unit price, summed over the items."""
     return sum(item.quantity * UNIT_PRICE_MINOR for item in items)

@@ -7,23 +7,28 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-import asyncpg
-
 from services.common.events import cloud_event
-from services.common.messaging import outbox
 from services.common.messaging.envelope import Event
 from services.common.telemetry import set_order_id
-from services.orders import repository
+from services.common.uow import Outbox
 from services.orders.clients import (
     PaymentOutcome,
     PaymentResult,
     UpstreamUnavailable,
     UserInfo,
 )
-from services.orders.domain import Order, OrderItem, OrderStatus, new_order, sources_of
+from services.orders.domain import (
+    IdempotencyRecord,
+    Order,
+    OrderItem,
+    OrderStatus,
+    new_order,
+    sources_of,
+)
 
 ORDER_EVENTS = "order-events"
 PAYMENT_TASKS = "payment-tasks"
@@ -46,6 +51,49 @@ class UserBlockedError(Exception):
     """The user exists but is blocked: no new orders."""
 
 
+class OrderRepository(Protocol):
+    async def add(self, order: Order) -> None: ...
+
+    async def get(self, order_id: uuid.UUID) -> Order | None: ...
+
+    async def list_for_user(self, user_id: str) -> list[Order]:
+        """Oldest first."""
+        ...
+
+    async def update_status(self, order: Order, expected: list[OrderStatus]) -> Order | None:
+        """Write `order`'s status if the stored one is still in `expected`; None if it moved on."""
+        ...
+
+    async def claim_idempotency_key(self, key: str, request_hash: str, order_id: uuid.UUID) -> bool:
+        """Record `key` for `order_id`; False if the key already exists (a concurrent claim
+        of the same key waits for the first transaction and then sees its key)."""
+        ...
+
+    async def find_idempotency_key(self, key: str) -> IdempotencyRecord | None: ...
+
+
+class OrdersUnitOfWork(Protocol):
+    """One transaction: the orders and the outbox events written through it commit together."""
+
+    @property
+    def orders(self) -> OrderRepository: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+
+class OrdersDatabase(Protocol):
+    @property
+    def orders(self) -> OrderRepository:
+        """Outside any transaction: each call on its own."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[OrdersUnitOfWork]:
+        """A unit of work: committed when the `async with` block ends, rolled back when it
+        raises."""
+        ...
+
+
 class Users(Protocol):
     async def get_user(self, user_id: str) -> UserInfo: ...
 
@@ -57,17 +105,17 @@ class Payments(Protocol):
 
 
 class PaymentFallback(Protocol):
-    """Where a PAYMENT_PENDING order goes, in the transaction that made it PAYMENT_PENDING."""
+    """Where a PAYMENT_PENDING order goes, in the unit of work that made it PAYMENT_PENDING."""
 
-    async def request_payment(self, conn: asyncpg.Connection, order: Order) -> None: ...
+    async def request_payment(self, uow: OrdersUnitOfWork, order: Order) -> None: ...
 
 
 class QueuePayment:
     """The payment queue: a PaymentRequested task for the payment workers, via the outbox."""
 
-    async def request_payment(self, conn: asyncpg.Connection, order: Order) -> None:
+    async def request_payment(self, uow: OrdersUnitOfWork, order: Order) -> None:
         event = payment_requested_event(order)
-        await outbox.add(conn, PAYMENT_TASKS, str(order.id), event)
+        await uow.outbox.add(PAYMENT_TASKS, str(order.id), event)
         log.info("payment queued", extra={"order_id": str(order.id), "event_id": event["id"]})
 
 
@@ -102,10 +150,10 @@ def payment_requested_event(order: Order) -> dict:
     )
 
 
-async def status_changed(conn: asyncpg.Connection, order: Order) -> None:
-    """An order's status changed, in the transaction that changed it: its event goes to
+async def status_changed(outbox: Outbox, order: Order) -> None:
+    """An order's status changed, in the unit of work that changed it: its event goes to
     order-events via the outbox (after the order row's update, so per-order order holds)."""
-    await outbox.add(conn, ORDER_EVENTS, str(order.id), status_changed_event(order))
+    await outbox.add(ORDER_EVENTS, str(order.id), status_changed_event(order))
     log.info(
         "order status changed", extra={"order_id": str(order.id), "status": order.status.value}
     )
@@ -124,12 +172,12 @@ def request_hash(user_id: str, items: Sequence[OrderItem]) -> str:
 class OrderService:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        database: OrdersDatabase,
         users: Users,
         payments: Payments,
         fallback: PaymentFallback | None = None,
     ) -> None:
-        self._pool = pool
+        self._db = database
         self._users = users
         self._payments = payments
         self._fallback = fallback or QueuePayment()
@@ -153,25 +201,25 @@ class OrderService:
         if respond_async:
             order = order.moved_to(OrderStatus.PAYMENT_PENDING, reason="payment queued")
         fingerprint = request_hash(user_id, order.items)
-        if idempotency_key is not None:
-            async with self._pool.acquire() as conn:
-                if await repository.find_idempotency_key(conn, idempotency_key):
-                    replayed = await self._replay(conn, idempotency_key, fingerprint)
-                    return PlacedOrder(replayed, replayed=True)
+        if idempotency_key is not None and await self._db.orders.find_idempotency_key(
+            idempotency_key
+        ):
+            replayed = await self._replay(self._db.orders, idempotency_key, fingerprint)
+            return PlacedOrder(replayed, replayed=True)
         user = await self._users.get_user(user_id)
         if user.blocked:
             raise UserBlockedError(user_id)
-        async with self._pool.acquire() as conn, conn.transaction():
-            if idempotency_key is not None and not await repository.claim_idempotency_key(
-                conn, idempotency_key, fingerprint, order.id
+        async with self._db.transaction() as uow:
+            if idempotency_key is not None and not await uow.orders.claim_idempotency_key(
+                idempotency_key, fingerprint, order.id
             ):
                 return PlacedOrder(
-                    await self._replay(conn, idempotency_key, fingerprint), replayed=True
+                    await self._replay(uow.orders, idempotency_key, fingerprint), replayed=True
                 )
-            await repository.insert_order(conn, order)
+            await uow.orders.add(order)
             if respond_async:
-                await status_changed(conn, order)
-                await self._fallback.request_payment(conn, order)
+                await status_changed(uow.outbox, order)
+                await self._fallback.request_payment(uow, order)
         log.info(
             "order created",
             extra={
@@ -187,20 +235,20 @@ class OrderService:
         return PlacedOrder(await self._settle_payment(order), replayed=False)
 
     async def get_order(self, order_id: uuid.UUID) -> Order | None:
-        return await repository.get_order(self._pool, order_id)
+        return await self._db.orders.get(order_id)
 
     async def list_orders(self, user_id: str) -> list[Order]:
-        return await repository.list_orders_for_user(self._pool, user_id)
+        return await self._db.orders.list_for_user(user_id)
 
     async def _replay(
-        self, conn: asyncpg.Connection, idempotency_key: str, fingerprint: str
+        self, orders: OrderRepository, idempotency_key: str, fingerprint: str
     ) -> Order:
-        record = await repository.find_idempotency_key(conn, idempotency_key)
+        record = await orders.find_idempotency_key(idempotency_key)
         if record is None:
             raise RuntimeError("an idempotency key that could not be claimed is missing")
         if record.request_hash != fingerprint:
             raise IdempotencyKeyReusedError(idempotency_key)
-        order = await repository.get_order(conn, record.order_id)
+        order = await orders.get(record.order_id)
         if order is None:
             raise RuntimeError(f"idempotency key refers to missing order {record.order_id}")
         log.info("order replayed for idempotency key", extra={"order_id": str(order.id)})
@@ -208,7 +256,7 @@ class OrderService:
 
     async def cancel_order(self, order_id: uuid.UUID) -> Order | None:
         """Cancel an order that is not settled yet; InvalidTransition once it is paid or failed."""
-        order = await repository.get_order(self._pool, order_id)
+        order = await self._db.orders.get(order_id)
         if order is None or order.status == OrderStatus.CANCELLED:
             return order
         return await self._move(order, OrderStatus.CANCELLED)
@@ -251,42 +299,43 @@ class OrderService:
         """Apply a transition unless a concurrent one (a cancel, say) got there first.
 
         The status, its order-events event and (for PAYMENT_PENDING) the payment task are
-        written in one transaction.
+        written in one unit of work.
         """
         wanted = order.moved_to(status, payment_id=payment_id, reason=reason)
-        async with self._pool.acquire() as conn, conn.transaction():
-            stored = await repository.update_status(conn, wanted, sources_of(status))
+        async with self._db.transaction() as uow:
+            stored = await uow.orders.update_status(wanted, sources_of(status))
             if stored is not None:
-                await status_changed(conn, stored)
+                await status_changed(uow.outbox, stored)
                 if stored.status == OrderStatus.PAYMENT_PENDING:
-                    await self._fallback.request_payment(conn, stored)
+                    await self._fallback.request_payment(uow, stored)
         if stored is not None:
             return stored
-        current = await repository.get_order(self._pool, order.id)
+        current = await self._db.orders.get(order.id)
         if current is None:
             raise RuntimeError(f"order {order.id} vanished during a status change")
         return current
 
 
-async def on_event(conn: asyncpg.Connection, event: Event) -> None:
-    """Consumer group `orders` on user-events and payment-events, in the consumer's transaction
-    (which also records the event in processed_events: each effect happens once)."""
+async def on_event(uow: OrdersUnitOfWork, event: Event) -> None:
+    """Consumer group `orders` on user-events and payment-events, in the unit of work of the
+    consumer's transaction (which also records the event in processed_events: each effect
+    happens once)."""
     if event.type == USER_BLOCKED:
-        await cancel_orders_of_blocked_user(conn, event.data["userId"])
+        await cancel_orders_of_blocked_user(uow, event.data["userId"])
     elif event.type in (PAYMENT_SUCCEEDED, PAYMENT_FAILED):
-        await complete_payment(conn, event)
+        await complete_payment(uow, event)
 
 
-async def cancel_orders_of_blocked_user(conn: asyncpg.Connection, user_id: str) -> list[Order]:
+async def cancel_orders_of_blocked_user(uow: OrdersUnitOfWork, user_id: str) -> list[Order]:
     """Cancel the user's PENDING and PAYMENT_PENDING orders; the orders cancelled."""
     cancelled = []
-    for order in await repository.list_orders_for_user(conn, user_id):
+    for order in await uow.orders.list_for_user(user_id):
         if order.status not in CANCELLED_WHEN_BLOCKED:
             continue
         wanted = order.moved_to(OrderStatus.CANCELLED, reason="user blocked")
-        stored = await repository.update_status(conn, wanted, list(CANCELLED_WHEN_BLOCKED))
+        stored = await uow.orders.update_status(wanted, list(CANCELLED_WHEN_BLOCKED))
         if stored is not None:
-            await status_changed(conn, stored)
+            await status_changed(uow.outbox, stored)
             cancelled.append(stored)
     log.info(
         "blocked user's orders cancelled", extra={"user_id": user_id, "cancelled": len(cancelled)}
@@ -294,7 +343,7 @@ async def cancel_orders_of_blocked_user(conn: asyncpg.Connection, user_id: str) 
     return cancelled
 
 
-async def complete_payment(conn: asyncpg.Connection, event: Event) -> Order | None:
+async def complete_payment(uow: OrdersUnitOfWork, event: Event) -> Order | None:
     """PaymentSucceeded / PaymentFailed: PAYMENT_PENDING (or PENDING) becomes PAID / FAILED.
 
     An order already final (paid by the synchronous path, cancelled) is left as it is.
@@ -308,7 +357,7 @@ async def complete_payment(conn: asyncpg.Connection, event: Event) -> Order | No
         )
         return None
     set_order_id(order_id)
-    order = await repository.get_order(conn, order_id)
+    order = await uow.orders.get(order_id)
     if order is None:
         log.warning(
             "payment event for an unknown order; ignored", extra={"order_id": str(order_id)}
@@ -327,7 +376,7 @@ async def complete_payment(conn: asyncpg.Connection, event: Event) -> Order | No
         payment_id=data.get("paymentId"),
         reason=None if succeeded else data.get("declineReason") or "payment failed",
     )
-    stored = await repository.update_status(conn, wanted, sources_of(status))
+    stored = await uow.orders.update_status(wanted, sources_of(status))
     if stored is not None:
-        await status_changed(conn, stored)
+        await status_changed(uow.outbox, stored)
     return stored

@@ -1,0 +1,67 @@
+"""The unit-of-work seam the services share: the outbox a unit of work writes its events to,
+and the asyncpg way of running one.
+
+A service layer opens a unit of work with `async with database.transaction() as uow:`; what it
+writes there (its rows, its outbox events) commits when the block ends and rolls back when the
+block raises. Reads that need no transaction go to the repositories outside it, on the pool,
+each statement on its own (no BEGIN/COMMIT round trips for a plain read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Generic, Protocol, TypeVar
+
+import asyncpg
+
+from services.common.messaging import outbox
+from services.common.messaging.consumer import Handler
+from services.common.messaging.envelope import Event
+
+U = TypeVar("U")
+
+
+class Outbox(Protocol):
+    async def add(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
+        """Queue the CloudEvent `event` for `topic`, keyed by its aggregate id `key`; it is
+        published only if the unit of work commits."""
+        ...
+
+
+class PostgresOutbox:
+    """The outbox table, written on the connection of the unit of work's transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def add(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
+        await outbox.add(self._conn, topic, key, event)
+
+
+class PostgresTransactions(Generic[U]):
+    """Units of work on asyncpg: `unit_of_work(conn)` on a pooled connection in a transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, unit_of_work: Callable[[asyncpg.Connection], U]) -> None:
+        self._pool = pool
+        self._unit_of_work = unit_of_work
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[U]:
+        """Committed when the block ends, rolled back when it raises."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield self._unit_of_work(conn)
+
+
+def in_consumer_transaction(
+    unit_of_work: Callable[[asyncpg.Connection], U],
+    handle: Callable[[U, Event], Awaitable[object]],
+) -> Handler:
+    """A consumer handler that runs `handle` on the unit of work of the consumer's own
+    transaction (the one recording the event in processed_events): the effect commits or
+    rolls back with that record, so it happens once."""
+
+    async def handler(conn: asyncpg.Connection, event: Event) -> None:
+        await handle(unit_of_work(conn), event)
+
+    return handler
