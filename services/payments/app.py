@@ -12,8 +12,10 @@ import asyncpg
 from services.common.config import ServiceSettings
 from services.common.grpc_server import GrpcApp, Servicer
 from services.common.kafka import Consumer, messaging
+from services.common.uow import in_consumer_transaction
 from services.payments.api import SERVICE_NAME, PaymentServicer
 from services.payments.notifier import PaymentNotifier
+from services.payments.repository import PostgresPaymentsDatabase, PostgresPaymentsUnitOfWork
 from services.payments.service import PaymentService, on_user_event
 from shopmesh.payments.v1 import payments_pb2_grpc
 
@@ -25,13 +27,14 @@ DRAIN_TIMEOUT_S = 5.0
 async def wiring(pool: asyncpg.Pool, settings: ServiceSettings) -> AsyncIterator[GrpcApp]:
     notifier = PaymentNotifier(settings.database_url)
     await notifier.start()
-    service = PaymentService(pool, notifier, instance=settings.instance)
+    service = PaymentService(PostgresPaymentsDatabase(pool), notifier, instance=settings.instance)
     # The relay publishes PaymentSucceeded / PaymentFailed; user-events fill blocked_users.
+    blocked_users = in_consumer_transaction(PostgresPaymentsUnitOfWork, on_user_event)
     kafka = messaging(
         pool,
         settings.instance,
         relay=True,
-        consumers=[Consumer(("user-events",), "payments", on_user_event)],
+        consumers=[Consumer(("user-events",), "payments", blocked_users)],
     )
 
     async def on_stop() -> None:

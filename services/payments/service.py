@@ -16,25 +16,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
-
-import asyncpg
+from datetime import datetime
+from typing import Protocol
 
 from services.common import pagination
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.events import cloud_event
-from services.common.messaging import outbox
 from services.common.messaging.envelope import Event
-from services.payments import domain, repository
+from services.common.uow import Outbox
+from services.payments import domain
 from services.payments.domain import (
+    Outcome,
     Payment,
     PaymentRequest,
     PaymentStatus,
     payment_request,
     valid_key,
 )
-from services.payments.notifier import PaymentNotifier, Signal
+from services.payments.notifier import Signal, Update
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,81 @@ USER_BLOCKED = "shopmesh.user.blocked.v1"
 USER_BLOCKED_MESSAGE = "user is blocked"
 
 
+# The payment provider: charges a payment and answers its outcome.
+Provider = Callable[[Payment], Awaitable[Outcome]]
+
+
+class PaymentRepository(Protocol):
+    async def insert_pending(self, payment: Payment, *, lease_s: float) -> Payment | None:
+        """Insert the PENDING `payment`, claimed for `lease_s`; None if the order has a payment
+        (a concurrent insert for the same order waits for the first transaction)."""
+        ...
+
+    async def claim_stalled(self, payment_id: uuid.UUID, *, lease_s: float) -> Payment | None:
+        """Claim a PENDING payment whose processing lease has run out; None if it has not."""
+        ...
+
+    async def finish(
+        self, payment_id: uuid.UUID, outcome: Outcome, *, charged_by: str | None = None
+    ) -> Payment | None:
+        """Record the provider's outcome on a PENDING payment; None if it is already final."""
+        ...
+
+    async def is_blocked(self, user_id: str) -> bool: ...
+
+    async def block_user(self, user_id: str) -> None: ...
+
+    async def get(self, payment_id: uuid.UUID) -> Payment | None: ...
+
+    async def get_for_order(self, order_id: str) -> Payment | None: ...
+
+    async def list_for_user(
+        self, user_id: str, *, limit: int, after: tuple[datetime, uuid.UUID] | None
+    ) -> list[Payment]:
+        """Up to `limit` of the user's payments by (created_at, id), strictly after `after`."""
+        ...
+
+
+class PaymentsUnitOfWork(Protocol):
+    """One transaction: payments, outbox events and change notifications commit together."""
+
+    @property
+    def payments(self) -> PaymentRepository: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    async def notify_changed(self, payment: Payment) -> None:
+        """Tell the watchers `payment`'s new state when the unit of work commits."""
+        ...
+
+
+class PaymentsDatabase(Protocol):
+    @property
+    def payments(self) -> PaymentRepository:
+        """Outside any transaction: each call on its own."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[PaymentsUnitOfWork]:
+        """A unit of work: committed when the `async with` block ends, rolled back when it
+        raises."""
+        ...
+
+
+class Updates(Protocol):
+    async def next(self, timeout_s: float | None = None) -> Update | None:
+        """The next update, or None if none arrives within `timeout_s`."""
+        ...
+
+
+class PaymentChanges(Protocol):
+    """Committed payment changes (services.payments.notifier.PaymentNotifier)."""
+
+    def subscribe(
+        self, *, payment_id: uuid.UUID | None = None, order_id: str | None = None
+    ) -> AbstractContextManager[Updates]: ...
+
+
 @dataclass(frozen=True)
 class PaymentPage:
     payments: list[Payment]
@@ -58,10 +135,16 @@ class PaymentPage:
 
 class PaymentService:
     def __init__(
-        self, pool: asyncpg.Pool, notifier: PaymentNotifier, *, instance: str = ""
+        self,
+        database: PaymentsDatabase,
+        notifier: PaymentChanges,
+        *,
+        instance: str = "",
+        provider: Provider = domain.charge,
     ) -> None:
-        self._pool = pool
+        self._db = database
         self._notifier = notifier
+        self._provider = provider
         # Recorded as the payment's charged_by: which process (API server or worker) charged it.
         self.instance = instance
         self._charges: set[asyncio.Task[Payment]] = set()
@@ -82,15 +165,15 @@ class PaymentService:
         """
         request = payment_request(order_id, user_id, amount, currency)
         payment = domain.new_payment(request)
-        async with self._pool.acquire() as conn, conn.transaction():
-            if await repository.is_blocked(conn, request.user_id):
-                if await repository.get_payment_for_order(conn, request.order_id) is None:
+        async with self._db.transaction() as uow:
+            if await uow.payments.is_blocked(request.user_id):
+                if await uow.payments.get_for_order(request.order_id) is None:
                     raise FailedPrecondition(USER_BLOCKED_MESSAGE)
                 inserted = None
             else:
-                inserted = await repository.insert_pending(conn, payment, lease_s=LEASE_S)
+                inserted = await uow.payments.insert_pending(payment, lease_s=LEASE_S)
             if inserted is not None:
-                await repository.notify_changed(conn, inserted)
+                await uow.notify_changed(inserted)
         if inserted is not None:
             log.info(
                 "payment pending",
@@ -100,7 +183,7 @@ class PaymentService:
         return await self._existing(request, wait_budget(time_remaining_s))
 
     async def get_payment(self, payment_id: str) -> Payment:
-        payment = await repository.get_payment(self._pool, domain.valid_payment_id(payment_id))
+        payment = await self._db.payments.get(domain.valid_payment_id(payment_id))
         if payment is None:
             raise NotFound(f"payment {payment_id} not found")
         return payment
@@ -115,9 +198,7 @@ class PaymentService:
                 after = (created_at, domain.valid_payment_id(last_id))
             except InvalidArgument:
                 raise pagination.invalid_page_token() from None
-        payments = await repository.list_payments_for_user(
-            self._pool, user_id, limit=size + 1, after=after
-        )
+        payments = await self._db.payments.list_for_user(user_id, limit=size + 1, after=after)
         if len(payments) <= size:
             return PaymentPage(payments, "")
         page = payments[:size]
@@ -164,7 +245,7 @@ class PaymentService:
         deadline = loop.time() + budget_s
         with self._notifier.subscribe(order_id=request.order_id) as subscription:
             while True:
-                existing = await repository.get_payment_for_order(self._pool, request.order_id)
+                existing = await self._db.payments.get_for_order(request.order_id)
                 if existing is None:
                     raise RuntimeError(f"order {request.order_id} conflicted but has no payment")
                 conflicts = request.conflicts(existing)
@@ -175,7 +256,7 @@ class PaymentService:
                     )
                 if existing.status.final:
                     return existing
-                claimed = await repository.claim_stalled(self._pool, existing.id, lease_s=LEASE_S)
+                claimed = await self._db.payments.claim_stalled(existing.id, lease_s=LEASE_S)
                 if claimed is not None:
                     log.warning(
                         "taking over a stalled payment",
@@ -204,16 +285,16 @@ class PaymentService:
             )
 
     async def _charge_and_record(self, payment: Payment) -> Payment:
-        outcome = await domain.charge(payment)
-        async with self._pool.acquire() as conn, conn.transaction():
-            finished = await repository.finish(
-                conn, payment.id, outcome, charged_by=self.instance or None
+        outcome = await self._provider(payment)
+        async with self._db.transaction() as uow:
+            finished = await uow.payments.finish(
+                payment.id, outcome, charged_by=self.instance or None
             )
             if finished is not None:
-                await repository.notify_changed(conn, finished)
-                await payment_finished(conn, finished)
+                await uow.notify_changed(finished)
+                await payment_finished(uow.outbox, finished)
         if finished is None:
-            current = await repository.get_payment(self._pool, payment.id)
+            current = await self._db.payments.get(payment.id)
             if current is None:
                 raise RuntimeError(f"payment {payment.id} disappeared")
             return current
@@ -221,8 +302,8 @@ class PaymentService:
 
     async def _read(self, payment_id: uuid.UUID | None, order_id: str | None) -> Payment | None:
         if payment_id is not None:
-            return await repository.get_payment(self._pool, payment_id)
-        return await repository.get_payment_for_order(self._pool, order_id or "")
+            return await self._db.payments.get(payment_id)
+        return await self._db.payments.get_for_order(order_id or "")
 
 
 def payment_event(payment: Payment) -> dict:
@@ -243,15 +324,16 @@ def payment_event(payment: Payment) -> dict:
     return cloud_event(source="payments", type=kind, subject=f"order/{payment.order_id}", data=data)
 
 
-async def payment_finished(conn: asyncpg.Connection, payment: Payment) -> None:
-    """A payment reached its final status, inside the transaction that recorded it.
+async def payment_finished(outbox: Outbox, payment: Payment) -> None:
+    """A payment reached its final status, inside the unit of work that recorded it.
 
-    Its PaymentSucceeded / PaymentFailed event goes to the outbox on `conn`, keyed by the order
-    id, so it commits with the status. `repository.finish` changes a PENDING payment only, so
-    this runs once per payment whoever charged it (API server, worker, a repeated call).
+    Its PaymentSucceeded / PaymentFailed event goes to the unit of work's outbox, keyed by the
+    order id, so it commits with the status. `PaymentRepository.finish` changes a PENDING
+    payment only, so this runs once per payment whoever charged it (API server, worker, a
+    repeated call).
     """
     event = payment_event(payment)
-    await outbox.add(conn, PAYMENT_EVENTS, payment.order_id, event)
+    await outbox.add(PAYMENT_EVENTS, payment.order_id, event)
     log.info(
         f"payment {payment.status.value.lower()}",
         extra={
@@ -265,12 +347,13 @@ async def payment_finished(conn: asyncpg.Connection, payment: Payment) -> None:
     )
 
 
-async def on_user_event(conn: asyncpg.Connection, event: Event) -> None:
-    """Consumer group `payments` on user-events: remember blocked users."""
+async def on_user_event(uow: PaymentsUnitOfWork, event: Event) -> None:
+    """Consumer group `payments` on user-events, in the unit of work of the consumer's
+    transaction: remember blocked users."""
     if event.type != USER_BLOCKED:
         return
     user_id = event.data["userId"]
-    await repository.block_user(conn, user_id)
+    await uow.payments.block_user(user_id)
     log.info("user blocked: new payments refused", extra={"user_id": user_id})
 
 

@@ -40,6 +40,7 @@ from services.common.runner import stop_on_signals, unless_stopped
 from services.common.telemetry import set_order_id, setup
 from services.payments.app import DRAIN_TIMEOUT_S, MIGRATIONS
 from services.payments.notifier import PaymentNotifier
+from services.payments.repository import PostgresPaymentsDatabase
 from services.payments.service import USER_BLOCKED_MESSAGE, PaymentService
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ async def run(settings: WorkerSettings) -> int:
     serve_metrics(settings.bind_host, settings.metrics_port)
     notifier = PaymentNotifier(settings.database_url)
     await notifier.start()
-    service = PaymentService(pool, notifier, instance=settings.instance)
+    service = PaymentService(PostgresPaymentsDatabase(pool), notifier, instance=settings.instance)
     try:
         async with messaging(
             pool,

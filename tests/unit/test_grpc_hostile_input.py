@@ -22,6 +22,7 @@ from services.common.errors import DomainError, InvalidArgument
 from services.common.faults import NO_FAULTS
 from services.common.rpc import UndecodableRequest, tolerant
 from services.payments import domain as payments
+from services.payments.repository import PostgresPaymentsDatabase
 from services.payments.service import PaymentService, watch_key
 from services.users import domain as users
 from services.users.service import UserService
@@ -153,7 +154,7 @@ def test_any_watch_key_is_a_storable_key_or_invalid_argument(payment_id, order_i
 def test_any_text_in_a_payments_rpc_reaches_the_database_only_if_storable(
     payment_id, user_id, page_size, page_token
 ):
-    service = PaymentService(PostgresLikePool(), notifier=None)
+    service = PaymentService(PostgresPaymentsDatabase(PostgresLikePool()), notifier=None)
     run_use_case(service.get_payment(payment_id))
     run_use_case(service.list_payments(user_id, page_size, page_token))
 
