@@ -1,0 +1,330 @@
+"""The payments use cases on in-memory fakes: ProcessPayment charging each order once (repeated,
+concurrent and queued calls, stalled charges taken over), blocked users, reading and watching
+payments, with the outcome events each unit of work commits."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.events import cloud_event
+from services.common.messaging.envelope import Event, validate
+from services.payments import domain
+from services.payments.domain import Payment, PaymentStatus
+from services.payments.notifier import PaymentNotifier
+from services.payments.service import (
+    LEASE_S,
+    PAYMENT_EVENTS,
+    PAYMENT_FAILED,
+    PAYMENT_SUCCEEDED,
+    USER_BLOCKED,
+    USER_BLOCKED_MESSAGE,
+    PaymentService,
+    on_user_event,
+)
+from services.payments.worker import PaymentTasks
+from tests.unit.fakes import in_a_loop
+from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase
+
+OVER_THE_LIMIT = domain.SINGLE_PAYMENT_LIMIT + 1
+
+
+class Payments:
+    """One payments process (API server or worker) over a shared in-memory database."""
+
+    def __init__(self, db: InMemoryPaymentsDatabase | None = None, instance: str = "payments-1"):
+        self.notifier = PaymentNotifier("postgresql://unused")
+        self.db = db or InMemoryPaymentsDatabase()
+        self.db.listeners.append(self.notifier)
+        self.provider = FakeProvider()
+        self.service = PaymentService(
+            self.db, self.notifier, instance=instance, provider=self.provider
+        )
+
+    async def pay(self, order_id: str = "o-1", amount: int = 1500, **options: float) -> Payment:
+        return await self.service.process_payment(order_id, "alice", amount, "RUB", **options)
+
+    async def consume(self, event: Event) -> None:
+        async with self.db.transaction() as uow:
+            await on_user_event(uow, event)
+
+    def events(self) -> list[tuple[str, str, str]]:
+        return [(m.key, m.type, m.data["paymentId"]) for m in self.db.outbox(PAYMENT_EVENTS)]
+
+
+def user_blocked(user_id: str) -> Event:
+    event = cloud_event(
+        source="users", type=USER_BLOCKED, subject=f"user/{user_id}", data={"userId": user_id}
+    )
+    return validate(event)
+
+
+def payment_task(order_id: str, amount: int = 1500) -> Event:
+    event = cloud_event(
+        source="orders",
+        type="shopmesh.payment.requested.v1",
+        subject=f"order/{order_id}",
+        data={"orderId": order_id, "userId": "alice", "amount": amount, "currency": "RUB"},
+    )
+    return validate(event)
+
+
+async def stalled(payments: Payments, order_id: str = "o-1") -> Payment:
+    """A PENDING payment whose charger stopped (crashed, or stalled) right after claiming it."""
+    payment = domain.new_payment(domain.payment_request(order_id, "alice", 1500, "RUB"))
+    async with payments.db.transaction() as uow:
+        inserted = await uow.payments.insert_pending(payment, lease_s=LEASE_S)
+    assert inserted is not None
+    return inserted
+
+
+# --- ProcessPayment ------------------------------------------------------------------------
+
+
+@in_a_loop
+async def test_a_payment_is_charged_once_and_recorded_with_its_succeeded_event():
+    payments = Payments()
+    payment = await payments.pay()
+    assert (payment.order_id, payment.status, payment.decline_reason) == (
+        "o-1",
+        PaymentStatus.SUCCEEDED,
+        None,
+    )
+    assert payments.provider.charges == {"o-1": 1}
+    assert payments.db.tables.charged_by[payment.id] == "payments-1"
+    assert payments.events() == [("o-1", PAYMENT_SUCCEEDED, str(payment.id))]
+    (event,) = payments.db.outbox(PAYMENT_EVENTS)
+    assert event.data["amount"] == 1500 and event.data["userId"] == "alice"
+
+
+@in_a_loop
+async def test_an_amount_over_the_limit_is_declined_with_a_payment_failed_event():
+    payments = Payments()
+    payment = await payments.pay(amount=OVER_THE_LIMIT)
+    assert (payment.status, payment.decline_reason) == (
+        PaymentStatus.DECLINED,
+        domain.DECLINED_OVER_LIMIT,
+    )
+    (event,) = payments.db.outbox(PAYMENT_EVENTS)
+    assert event.type == PAYMENT_FAILED
+    assert event.data["declineReason"] == domain.DECLINED_OVER_LIMIT
+
+
+@in_a_loop
+async def test_a_repeated_call_for_a_charged_order_answers_its_payment_without_a_charge():
+    payments = Payments()
+    first = await payments.pay()
+    again = await payments.pay()
+    assert again == first
+    assert payments.provider.charges == {"o-1": 1}
+    assert len(payments.events()) == 1
+
+
+@in_a_loop
+async def test_concurrent_calls_for_one_order_charge_it_once_and_both_get_the_outcome():
+    payments = Payments()
+    payments.provider.hold()
+    calls = [asyncio.create_task(payments.pay()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    payments.provider.release()
+    answered = await asyncio.gather(*calls)
+    assert {p.status for p in answered} == {PaymentStatus.SUCCEEDED}
+    assert len({p.id for p in answered}) == 1
+    assert payments.provider.charges == {"o-1": 1}
+    assert len(payments.events()) == 1
+
+
+@in_a_loop
+async def test_a_queued_task_and_a_synchronous_call_for_one_order_charge_it_once():
+    api = Payments()
+    worker = Payments(api.db, instance="payments-worker-1")
+    api.provider.hold()
+    synchronous = asyncio.create_task(api.pay("o-7"))
+    await asyncio.sleep(0.01)
+    task = asyncio.create_task(PaymentTasks(worker.service)(None, payment_task("o-7")))
+    await asyncio.sleep(0.01)
+    api.provider.release()
+    await asyncio.gather(synchronous, task)
+    assert api.provider.charges + worker.provider.charges == {"o-7": 1}
+    assert api.db.for_order("o-7").status == PaymentStatus.SUCCEEDED
+    assert len(api.events()) == 1
+
+
+@in_a_loop
+async def test_a_task_delivered_twice_charges_once():
+    payments = Payments()
+    tasks = PaymentTasks(payments.service)
+    await tasks(None, payment_task("o-3"))
+    await tasks(None, payment_task("o-3"))
+    assert payments.provider.charges == {"o-3": 1}
+    assert tasks.handled == 2
+    assert len(payments.events()) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [({"amount": 1600}, "amount"), ({"user_id": "bob"}, "user_id")],
+)
+@in_a_loop
+async def test_another_payment_for_a_charged_order_is_refused_naming_what_differs(change, named):
+    payments = Payments()
+    await payments.pay()
+    request = {"order_id": "o-1", "user_id": "alice", "amount": 1500, "currency": "RUB"} | change
+    with pytest.raises(FailedPrecondition, match=f"different {named}"):
+        await payments.service.process_payment(**request)
+    assert payments.provider.charges == {"o-1": 1}
+
+
+@in_a_loop
+async def test_invalid_requests_store_nothing():
+    payments = Payments()
+    with pytest.raises(InvalidArgument):
+        await payments.service.process_payment("o-1", "alice", 0, "RUB")
+    assert payments.db.tables.payments == {}
+
+
+@in_a_loop
+async def test_a_stalled_payment_is_taken_over_once_its_lease_runs_out():
+    payments = Payments()
+    claimed = await stalled(payments)
+    payments.db.clock.advance(LEASE_S + 0.1)
+    payment = await payments.pay()
+    assert (payment.id, payment.status) == (claimed.id, PaymentStatus.SUCCEEDED)
+    assert payments.provider.charges == {"o-1": 1}
+    assert payments.db.tables.charged_by[payment.id] == "payments-1"
+
+
+@in_a_loop
+async def test_a_repeated_call_waits_for_the_outcome_until_its_deadline_then_answers_pending():
+    payments = Payments()
+    claimed = await stalled(payments)  # its lease still runs: the charger may yet finish
+    payment = await payments.pay(time_remaining_s=0.15)
+    assert (payment.id, payment.status) == (claimed.id, PaymentStatus.PENDING)
+    assert payments.provider.charges == {}
+
+
+@in_a_loop
+async def test_a_stalled_charge_that_ends_after_a_takeover_records_nothing_twice():
+    first = Payments()
+    second = Payments(first.db, instance="payments-2")
+    first.provider.hold()
+    slow = asyncio.create_task(first.pay())
+    await asyncio.sleep(0.01)
+    first.db.clock.advance(LEASE_S + 0.1)
+    taken_over = await second.pay()
+    first.provider.release()
+    late = await slow
+    assert late == taken_over
+    assert first.db.tables.charged_by[taken_over.id] == "payments-2"
+    # the provider was asked twice (a real one gets the payment id as its idempotency key),
+    # the outcome is recorded and announced once
+    assert first.provider.charges + second.provider.charges == {"o-1": 2}
+    assert len(first.events()) == 1
+
+
+@in_a_loop
+async def test_a_charge_is_recorded_even_when_its_caller_gives_up():
+    payments = Payments()
+    payments.provider.hold()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(payments.pay(), timeout=0.01)
+    payments.provider.release()
+    await payments.service.drain(timeout_s=1.0)
+    assert payments.db.for_order("o-1").status == PaymentStatus.SUCCEEDED
+    assert len(payments.events()) == 1
+
+
+# --- blocked users -------------------------------------------------------------------------
+
+
+@in_a_loop
+async def test_a_blocked_user_gets_no_new_payment_but_an_existing_one_is_still_answered():
+    payments = Payments()
+    paid = await payments.pay("o-1")
+    await payments.consume(user_blocked("alice"))
+    with pytest.raises(FailedPrecondition, match=USER_BLOCKED_MESSAGE):
+        await payments.pay("o-2")
+    assert await payments.pay("o-1") == paid
+    assert set(payments.provider.charges) == {"o-1"}
+    assert [p.order_id for p in payments.db.tables.payments.values()] == ["o-1"]
+
+
+@in_a_loop
+async def test_a_blocked_users_queued_task_is_done_without_a_charge():
+    payments = Payments()
+    await payments.consume(user_blocked("alice"))
+    tasks = PaymentTasks(payments.service)
+    await tasks(None, payment_task("o-4"))
+    assert (tasks.handled, payments.provider.charges) == (1, {})
+
+
+@in_a_loop
+async def test_user_events_other_than_blocked_change_nothing_and_blocking_twice_is_harmless():
+    payments = Payments()
+    created = cloud_event(
+        source="users", type="shopmesh.user.created.v1", subject="user/bob", data={"userId": "bob"}
+    )
+    await payments.consume(validate(created))
+    assert payments.db.tables.blocked_users == set()
+    await payments.consume(user_blocked("bob"))
+    await payments.consume(user_blocked("bob"))
+    assert payments.db.tables.blocked_users == {"bob"}
+
+
+# --- reading and watching ------------------------------------------------------------------
+
+
+@in_a_loop
+async def test_a_payment_is_read_by_its_id():
+    payments = Payments()
+    payment = await payments.pay()
+    assert await payments.service.get_payment(str(payment.id)) == payment
+    with pytest.raises(NotFound):
+        await payments.service.get_payment(str(uuid.uuid4()))
+    with pytest.raises(InvalidArgument):
+        await payments.service.get_payment("not-a-uuid")
+
+
+@in_a_loop
+async def test_a_users_payments_are_listed_in_pages_oldest_first():
+    payments = Payments()
+    made = [await payments.pay(f"o-{i}") for i in range(3)]
+    await payments.service.process_payment("o-bob", "bob", 100, "RUB")
+    first = await payments.service.list_payments("alice", 2, "")
+    second = await payments.service.list_payments("alice", 2, first.next_page_token)
+    assert first.payments == made[:2] and first.next_page_token
+    assert (second.payments, second.next_page_token) == (made[2:], "")
+    with pytest.raises(InvalidArgument):
+        await payments.service.list_payments("alice", 2, "not a token")
+
+
+@in_a_loop
+async def test_watching_an_order_sees_its_payment_appear_then_settle():
+    payments = Payments()
+
+    async def watch() -> list[PaymentStatus]:
+        return [p.status async for p in payments.service.watch_payment(order_id="o-5")]
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.01)
+    await payments.pay("o-5")
+    assert await watcher == [PaymentStatus.PENDING, PaymentStatus.SUCCEEDED]
+
+
+@in_a_loop
+async def test_watching_a_settled_payment_answers_it_once_and_ends():
+    payments = Payments()
+    payment = await payments.pay()
+    watched = [p async for p in payments.service.watch_payment(payment_id=str(payment.id))]
+    assert watched == [payment]
+
+
+@in_a_loop
+async def test_watching_an_unknown_payment_is_not_found():
+    payments = Payments()
+    with pytest.raises(NotFound):
+        async for _ in payments.service.watch_payment(payment_id=str(uuid.uuid4())):
+            pass
