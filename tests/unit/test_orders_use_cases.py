@@ -479,6 +479,36 @@ async def test_a_blocked_users_pending_orders_are_cancelled_once_whatever_the_re
     assert orders.statuses(queued.id) == ["PAYMENT_PENDING", "CANCELLED"]
 
 
+class ReadBeforeTheSettle:
+    """A unit of work whose list of orders was read before another transaction settled one
+    (Postgres' READ COMMITTED lets that happen between a SELECT and the UPDATE after it)."""
+
+    def __init__(self, uow: OrdersUnitOfWork, stale: list[Order]) -> None:
+        self.orders = self
+        self.outbox = uow.outbox
+        self._uow = uow
+        self._stale = stale
+
+    async def list_for_user(self, user_id: str) -> list[Order]:
+        return self._stale
+
+    async def update_status(self, order: Order, expected: list[OrderStatus]) -> Order | None:
+        return await self._uow.orders.update_status(order, expected)
+
+
+@in_a_loop
+async def test_an_order_settled_after_the_blocked_users_orders_were_read_is_not_cancelled():
+    orders = Orders()
+    order = await orders.place(respond_async=True)
+    stale = await orders.db.orders.list_for_user("alice")
+    await orders.consume(payment_event(order.id, PAYMENT_SUCCEEDED, paymentId="pay-1"))
+    async with orders.db.transaction() as uow:
+        cancelled = await cancel_orders_of_blocked_user(ReadBeforeTheSettle(uow, stale), "alice")
+    assert cancelled == []
+    assert orders.db.stored(order.id).status == OrderStatus.PAID
+    assert orders.statuses(order.id) == ["PAYMENT_PENDING", "PAID"]
+
+
 @in_a_loop
 async def test_other_user_events_are_not_the_orders_consumers_business():
     orders = Orders()
