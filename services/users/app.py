@@ -12,6 +12,7 @@ from services.common.config import ServiceSettings
 from services.common.grpc_server import GrpcApp, Servicer
 from services.common.kafka import messaging
 from services.users.api import SERVICE_NAME, UserServicer
+from services.users.repository import PostgresUsersDatabase
 from services.users.service import UserService
 from shopmesh.users.v1 import users_pb2_grpc
 
@@ -21,7 +22,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 @asynccontextmanager
 async def wiring(pool: asyncpg.Pool, settings: ServiceSettings) -> AsyncIterator[GrpcApp]:
     """The servicer, and the outbox relay publishing UserCreated / UserBlocked to user-events."""
-    servicer = UserServicer(UserService(pool))
+    servicer = UserServicer(UserService(PostgresUsersDatabase(pool)))
     async with messaging(pool, settings.instance, relay=True):
         yield GrpcApp(
             servicers=[

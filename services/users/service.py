@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-
-import asyncpg
+from datetime import datetime
+from typing import Protocol
 
 from services.common import pagination
 from services.common.errors import AlreadyExists, NotFound
 from services.common.events import cloud_event
-from services.common.messaging import outbox
-from services.users import repository
+from services.common.uow import Outbox
 from services.users.domain import (
     User,
     new_user,
@@ -28,6 +28,45 @@ USER_CREATED = "shopmesh.user.created.v1"
 USER_BLOCKED = "shopmesh.user.blocked.v1"
 
 
+class UserRepository(Protocol):
+    async def add(self, user: User) -> User | None:
+        """Insert `user`; None if its email is already taken (in any letter case)."""
+        ...
+
+    async def get(self, user_id: str) -> User | None: ...
+
+    async def block(self, user_id: str, reason: str) -> User | None:
+        """Block the user if it is not blocked yet; None when nothing changed (blocked or
+        absent)."""
+        ...
+
+    async def page(self, *, limit: int, after: tuple[datetime, str] | None) -> list[User]:
+        """Up to `limit` users ordered by (created_at, id), strictly after `after`."""
+        ...
+
+
+class UsersUnitOfWork(Protocol):
+    """One transaction: the users and the outbox events written through it commit together."""
+
+    @property
+    def users(self) -> UserRepository: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+
+class UsersDatabase(Protocol):
+    @property
+    def users(self) -> UserRepository:
+        """Outside any transaction: each call on its own."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[UsersUnitOfWork]:
+        """A unit of work: committed when the `async with` block ends, rolled back when it
+        raises."""
+        ...
+
+
 @dataclass(frozen=True)
 class UserPage:
     users: list[User]
@@ -35,11 +74,11 @@ class UserPage:
 
 
 class UserService:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, database: UsersDatabase) -> None:
+        self._db = database
 
     async def get_user(self, user_id: str) -> User:
-        user = await repository.get_user(self._pool, valid_user_id(user_id))
+        user = await self._db.users.get(valid_user_id(user_id))
         if user is None:
             raise NotFound(f"user {user_id!r} not found")
         return user
@@ -47,31 +86,31 @@ class UserService:
     async def create_user(self, name: str, email: str) -> User:
         """A new user with the default roles; ALREADY_EXISTS when the email is taken."""
         user = new_user(name, email)
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await insert_new_user(conn, user)
+        async with self._db.transaction() as uow:
+            return await insert_new_user(uow, user)
 
     async def batch_create_users(self, requests: Sequence[tuple[str, str]]) -> list[User]:
         """New users from (name, email) pairs, in request order, in one transaction: an email
         that is taken is ALREADY_EXISTS naming it, and none of the users is created."""
         users = new_users(requests)
-        async with self._pool.acquire() as conn, conn.transaction():
-            return [await insert_new_user(conn, user) for user in users]
+        async with self._db.transaction() as uow:
+            return [await insert_new_user(uow, user) for user in users]
 
     async def block_user(self, user_id: str, reason: str) -> User:
         """Block the user; blocking a blocked user returns it unchanged."""
         valid_user_id(user_id)
         reason = valid_block_reason(reason)
-        async with self._pool.acquire() as conn, conn.transaction():
-            blocked = await repository.block_user(conn, user_id, reason)
+        async with self._db.transaction() as uow:
+            blocked = await uow.users.block(user_id, reason)
             if blocked is not None:
-                await user_changed(conn, "blocked", blocked)
+                await user_changed(uow.outbox, "blocked", blocked)
                 return blocked
         return await self.get_user(user_id)
 
     async def list_users(self, page_size: int, page_token: str) -> UserPage:
         size = pagination.page_size(page_size)
         after = pagination.decode_page_token(page_token) if page_token else None
-        users = await repository.list_users(self._pool, limit=size + 1, after=after)
+        users = await self._db.users.page(limit=size + 1, after=after)
         if len(users) <= size:
             return UserPage(users, "")
         page = users[:size]
@@ -89,21 +128,21 @@ def user_event(change: str, user: User) -> dict:
     return cloud_event(source="users", type=kind, subject=f"user/{user.id}", data=data)
 
 
-async def insert_new_user(conn: asyncpg.Connection, user: User) -> User:
-    """Insert `user` and queue its created event, in `conn`'s transaction; ALREADY_EXISTS
-    naming the email when it is taken."""
-    created = await repository.insert_user(conn, user)
+async def insert_new_user(uow: UsersUnitOfWork, user: User) -> User:
+    """Insert `user` and queue its created event, in the unit of work; ALREADY_EXISTS naming
+    the email when it is taken."""
+    created = await uow.users.add(user)
     if created is None:
         raise AlreadyExists(f"a user with the email {user.email!r} already exists")
-    await user_changed(conn, "created", created)
+    await user_changed(uow.outbox, "created", created)
     return created
 
 
-async def user_changed(conn: asyncpg.Connection, change: str, user: User) -> None:
-    """A user was created or blocked, inside the transaction that changed it: its event goes
-    to the outbox on `conn`, so it commits or rolls back with the change itself."""
+async def user_changed(outbox: Outbox, change: str, user: User) -> None:
+    """A user was created or blocked, inside the unit of work that changed it: its event goes
+    to the unit of work's outbox, so it commits or rolls back with the change itself."""
     event = user_event(change, user)
-    await outbox.add(conn, TOPIC, user.id, event)
+    await outbox.add(TOPIC, user.id, event)
     log.info(
         f"user {change}",
         extra={"user_id": user.id, "blocked": user.blocked, "event_id": event["id"]},

@@ -25,6 +25,7 @@ from services.payments import domain as payments
 from services.payments.repository import PostgresPaymentsDatabase
 from services.payments.service import PaymentService, watch_key
 from services.users import domain as users
+from services.users.repository import PostgresUsersDatabase
 from services.users.service import UserService
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh.users.v1 import users_pb2
@@ -116,7 +117,7 @@ def test_any_page_token_is_a_storable_position_or_invalid_argument(page_size, pa
 def test_any_text_in_a_users_rpc_reaches_the_database_only_if_storable(
     user_id, name, email, reason, page_size, page_token
 ):
-    service = UserService(PostgresLikePool())
+    service = UserService(PostgresUsersDatabase(PostgresLikePool()))
     run_use_case(service.get_user(user_id))
     run_use_case(service.create_user(name, email))
     run_use_case(service.block_user(user_id, reason))

@@ -13,6 +13,7 @@ import pytest
 from services.auth.tokens import internal_claims, sign
 from services.common.errors import AlreadyExists, InvalidArgument
 from services.users.domain import MAX_BATCH_USERS, User
+from services.users.repository import PostgresUsersDatabase
 from services.users.service import TOPIC, USER_CREATED, UserService
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 from tests.unit.test_grpc_chain import ADMIN, KEY, run
@@ -71,7 +72,7 @@ def batch(*emails):
 
 
 def create(db, requests):
-    return asyncio.run(UserService(db).batch_create_users(requests))
+    return asyncio.run(UserService(PostgresUsersDatabase(db)).batch_create_users(requests))
 
 
 def test_a_batch_creates_every_user_in_request_order_each_with_its_event_in_one_transaction():
