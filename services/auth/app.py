@@ -11,6 +11,7 @@ from aiohttp import web
 from services.auth import api
 from services.auth.clients import UsersClient
 from services.auth.config import AuthSettings
+from services.auth.repository import PostgresCredentials, PostgresKeysDatabase
 from services.auth.seed import SeedError, apply_seed, load_seed
 from services.auth.service import AuthService, KeyStore, ServiceToken
 from services.common import health
@@ -50,12 +51,14 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
         reloads: asyncio.Task[None] | None = None
         try:
             await apply_migrations(pool, MIGRATIONS)
-            keys = KeyStore(pool)
+            keys = KeyStore(PostgresKeysDatabase(pool))
             await keys.ensure_active_key()
             await apply_seed(pool, seed)
             reloads = asyncio.create_task(keys.run_reloads(), name="signing key reloads")
             users = UsersClient(users_port, ServiceToken(keys))
-            service = AuthService(pool, keys, users, issuer=auth_settings.issuer)
+            service = AuthService(
+                PostgresCredentials(pool), keys, users, issuer=auth_settings.issuer
+            )
             app[api.SERVICE] = service
             # Consumer group `auth` on user-events: a blocked user's cached exchanges go.
             async with messaging(

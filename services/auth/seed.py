@@ -19,8 +19,9 @@ from typing import Any
 
 import asyncpg
 
-from services.auth import passwords, repository
+from services.auth import passwords
 from services.auth.oauth import PUBLIC_CLIENT_ID
+from services.auth.repository import PostgresCredentials
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +86,18 @@ def parse_seed(document: Any) -> Seed:
 
 async def apply_seed(pool: asyncpg.Pool, seed: Seed) -> None:
     """Upsert the seeded credentials; only changed ones are hashed and written again."""
+    credentials = PostgresCredentials(pool)
     changed_users = []
     for username, password in seed.users.items():
-        stored = await repository.password_hash(pool, username)
+        stored = await credentials.password_hash(username)
         if stored is not None and await asyncio.to_thread(passwords.verify, stored, password):
             continue
         hashed = await asyncio.to_thread(passwords.hash_secret, password)
-        await repository.upsert_password_hash(pool, username, hashed)
+        await credentials.upsert_password_hash(username, hashed)
         changed_users.append(username)
     changed_clients = []
     for client_id, client in seed.clients.items():
-        stored_client = await repository.get_client(pool, client_id)
+        stored_client = await credentials.get_client(client_id)
         if (
             stored_client is not None
             and stored_client.roles == frozenset(client.roles)
@@ -103,7 +105,7 @@ async def apply_seed(pool: asyncpg.Pool, seed: Seed) -> None:
         ):
             continue
         hashed = await asyncio.to_thread(passwords.hash_secret, client.secret)
-        await repository.upsert_client(pool, client_id, hashed, client.roles)
+        await credentials.upsert_client(client_id, hashed, client.roles)
         changed_clients.append(client_id)
     log.info(
         "seeded credentials applied",

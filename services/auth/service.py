@@ -6,16 +6,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from services.auth import passwords, repository
+from services.auth import passwords
 from services.auth.cache import CachedExchange, ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
 from services.auth.credentials import Credential
+from services.auth.domain import Client
 from services.auth.oauth import PUBLIC_CLIENT_ID, ClientCredentials
 from services.auth.tokens import (
     EXTERNAL_AUDIENCE,
@@ -101,6 +103,54 @@ class Users(Protocol):
     async def get_user(self, user_id: str) -> UserInfo: ...
 
 
+class CredentialRepository(Protocol):
+    async def get_client(self, client_id: str) -> Client | None: ...
+
+    async def password_hash(self, username: str) -> str | None: ...
+
+    async def upsert_password_hashes(self, hashes: Sequence[tuple[str, str]]) -> None:
+        """(username, password hash) pairs, stored all or none."""
+        ...
+
+
+class SigningKeyRepository(Protocol):
+    async def lock(self) -> None:
+        """Hold the keys' lock until the unit of work ends: one instance at a time creates or
+        rotates keys."""
+        ...
+
+    async def active_kid(self) -> str | None: ...
+
+    async def add(self, key: SigningKey) -> None: ...
+
+    async def retire_active(self, now: datetime) -> str | None:
+        """Retire the active key as of `now`; its kid, or None if there was none."""
+        ...
+
+    async def delete_retired_before(self, cutoff: datetime) -> int: ...
+
+    async def published(self, now: datetime, keep: timedelta) -> list[SigningKey]:
+        """The active key and the keys retired within `keep` of `now`."""
+        ...
+
+
+class KeysUnitOfWork(Protocol):
+    @property
+    def signing_keys(self) -> SigningKeyRepository: ...
+
+
+class KeysDatabase(Protocol):
+    @property
+    def signing_keys(self) -> SigningKeyRepository:
+        """Outside any transaction: each call on its own."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[KeysUnitOfWork]:
+        """A unit of work: committed when the `async with` block ends, rolled back when it
+        raises."""
+        ...
+
+
 @dataclass(frozen=True)
 class IssuedToken:
     token: str
@@ -117,13 +167,13 @@ class KeyStore:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        database: KeysDatabase,
         *,
         reload_interval_s: float = 30.0,
         unknown_kid_interval_s: float = 5.0,
         clock: Clock = time.time,
     ) -> None:
-        self._pool = pool
+        self._db = database
         self._reload_interval_s = reload_interval_s
         self._unknown_kid_interval_s = unknown_kid_interval_s
         self._clock = clock
@@ -143,10 +193,10 @@ class KeyStore:
     async def ensure_active_key(self) -> None:
         """Create the first key unless one is active; safe when instances start together."""
         candidate = await asyncio.to_thread(generate_signing_key, self.now())
-        async with self._pool.acquire() as conn, conn.transaction():
-            await repository.lock_keys(conn)
-            if await repository.active_kid(conn) is None:
-                await repository.insert_key(conn, candidate)
+        async with self._db.transaction() as uow:
+            await uow.signing_keys.lock()
+            if await uow.signing_keys.active_kid() is None:
+                await uow.signing_keys.add(candidate)
                 log.info("signing key created", extra={"kid": candidate.kid})
         await self.reload()
 
@@ -154,17 +204,17 @@ class KeyStore:
         """Make a new active key; the old one retires and stays published for an hour."""
         now = self.now()
         new_key = await asyncio.to_thread(generate_signing_key, now)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await repository.lock_keys(conn)
-            retired = await repository.retire_active_key(conn, now)
-            await repository.insert_key(conn, new_key)
-            await repository.delete_keys_retired_before(conn, now - RETIRED_KEY_KEPT)
+        async with self._db.transaction() as uow:
+            await uow.signing_keys.lock()
+            retired = await uow.signing_keys.retire_active(now)
+            await uow.signing_keys.add(new_key)
+            await uow.signing_keys.delete_retired_before(now - RETIRED_KEY_KEPT)
         log.info("signing keys rotated", extra={"kid": new_key.kid, "retired_kid": retired})
         await self.reload()
         return new_key, retired
 
     async def reload(self) -> None:
-        keys = await repository.published_keys(self._pool, self.now(), RETIRED_KEY_PUBLISHED)
+        keys = await self._db.signing_keys.published(self.now(), RETIRED_KEY_PUBLISHED)
         ring = KeyRing(keys)
         if self._ring is not None and ring.active.kid != self._ring.active.kid:
             log.info("active signing key changed", extra={"kid": ring.active.kid})
@@ -240,7 +290,7 @@ class Exchanged:
 class AuthService:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        credentials: CredentialRepository,
         keys: KeyStore,
         users: Users,
         *,
@@ -248,7 +298,7 @@ class AuthService:
         cache: ExchangeCache | None = None,
         clock: Clock = time.time,
     ) -> None:
-        self._pool = pool
+        self._credentials = credentials
         self.keys = keys
         self._users = users
         self.issuer = issuer
@@ -257,8 +307,8 @@ class AuthService:
 
     # --- clients and grants ---------------------------------------------------------------
 
-    async def authenticate_client(self, credentials: ClientCredentials) -> repository.Client:
-        client = await repository.get_client(self._pool, credentials.client_id)
+    async def authenticate_client(self, credentials: ClientCredentials) -> Client:
+        client = await self._credentials.get_client(credentials.client_id)
         ok = await asyncio.to_thread(
             passwords.verify, client.secret_hash if client else None, credentials.secret
         )
@@ -274,7 +324,7 @@ class AuthService:
         client_id = (
             (await self.authenticate_client(client)).client_id if client else PUBLIC_CLIENT_ID
         )
-        stored = await repository.password_hash(self._pool, username)
+        stored = await self._credentials.password_hash(username)
         if not await asyncio.to_thread(passwords.verify, stored, password):
             log.info("password grant refused: bad credentials", extra={"username": username})
             raise InvalidCredentials(username)
@@ -324,9 +374,7 @@ class AuthService:
             HASHES_AT_ONCE,
             lambda password: asyncio.to_thread(passwords.hash_secret, password),
         )
-        await repository.upsert_password_hashes(
-            self._pool, list(zip(user_ids, hashes, strict=True))
-        )
+        await self._credentials.upsert_password_hashes(list(zip(user_ids, hashes, strict=True)))
         log.info("passwords set", extra={"users": len(user_ids)})
 
     async def _unknown_users(self, user_ids: list[str]) -> list[str]:
@@ -356,7 +404,7 @@ class AuthService:
         claims = await self.verify_external(external_token)
         sub = claims["sub"]
         if claims.get("gty") == GTY_CLIENT_CREDENTIALS:
-            client = await repository.get_client(self._pool, sub)
+            client = await self._credentials.get_client(sub)
             if client is None:
                 raise UnknownSubject(sub)
             roles, is_user = client.roles, False

@@ -13,6 +13,7 @@ from services.auth import passwords, service
 from services.auth.cache import ExchangeCache
 from services.auth.clients import UserInfo
 from services.auth.credentials import MAX_CREDENTIALS, MAX_USER_ID_LENGTH, Credential
+from services.auth.repository import PostgresCredentials
 from services.auth.service import AuthService, in_batches
 from tests.unit.test_auth_oauth import ISSUER, FakeUsers, MemoryKeys, call, external, internal
 
@@ -32,7 +33,8 @@ class StoringPool:
 
 def auth_service(pool=None, users=None):
     keys, users = MemoryKeys(), users or FakeUsers()
-    return AuthService(pool or StoringPool(), keys, users, issuer=ISSUER, cache=ExchangeCache())
+    credentials = PostgresCredentials(pool or StoringPool())
+    return AuthService(credentials, keys, users, issuer=ISSUER, cache=ExchangeCache())
 
 
 def post(body, *, pool=None, users=None, headers=ADMIN):
