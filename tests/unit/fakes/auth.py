@@ -1,0 +1,147 @@
+"""Auth's credentials and signing keys in memory, and a fake of the users client auth calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+import grpc
+
+from services.auth import passwords
+from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
+from services.auth.domain import Client
+from services.auth.tokens import SigningKey
+from tests.unit.fakes.database import Autocommit, Transactions, round_trip
+
+# Cheap hashes for tests: `passwords.verify` reads the cost from the stored hash.
+TEST_COST = 2**4
+
+
+class InMemoryCredentials:
+    """Users' password hashes and OAuth clients; every write is atomic on its own."""
+
+    def __init__(self) -> None:
+        self.password_hashes: dict[str, str] = {}
+        self.clients: dict[str, Client] = {}
+
+    def set_password(self, username: str, password: str) -> None:
+        self.password_hashes[username] = passwords.hash_secret(password, n=TEST_COST)
+
+    def add_client(self, client_id: str, secret: str, roles: Sequence[str]) -> None:
+        secret_hash = passwords.hash_secret(secret, n=TEST_COST)
+        self.clients[client_id] = Client(client_id, secret_hash, frozenset(roles))
+
+    async def get_client(self, client_id: str) -> Client | None:
+        await round_trip()
+        return self.clients.get(client_id)
+
+    async def password_hash(self, username: str) -> str | None:
+        await round_trip()
+        return self.password_hashes.get(username)
+
+    async def upsert_password_hashes(self, hashes: Sequence[tuple[str, str]]) -> None:
+        await round_trip()
+        self.password_hashes.update(hashes)
+
+
+@dataclass
+class KeysTables:
+    keys: dict[str, SigningKey] = field(default_factory=dict)
+
+
+class InMemorySigningKeys:
+    """Signing keys; each call is written to `statements`, so a test can see the lock taken
+    first. Like the table's partial unique index, a second active key is refused."""
+
+    def __init__(self, tables: KeysTables, statements: list[str]) -> None:
+        self._tables = tables
+        self._statements = statements
+
+    async def lock(self) -> None:
+        await self._sent("lock")
+
+    async def active_kid(self) -> str | None:
+        await self._sent("active_kid")
+        return self._active()
+
+    async def add(self, key: SigningKey) -> None:
+        await self._sent("add")
+        if key.kid in self._tables.keys:
+            raise ValueError(f"duplicate kid {key.kid}")
+        if key.retired_at is None and self._active() is not None:
+            raise ValueError("a second active signing key")
+        self._tables.keys[key.kid] = key
+
+    async def retire_active(self, now: datetime) -> str | None:
+        await self._sent("retire_active")
+        kid = self._active()
+        if kid is not None:
+            self._tables.keys[kid] = replace(self._tables.keys[kid], retired_at=now)
+        return kid
+
+    async def delete_retired_before(self, cutoff: datetime) -> int:
+        await self._sent("delete_retired_before")
+        old = [k.kid for k in self._tables.keys.values() if k.retired_at and k.retired_at < cutoff]
+        for kid in old:
+            del self._tables.keys[kid]
+        return len(old)
+
+    async def published(self, now: datetime, keep: timedelta) -> list[SigningKey]:
+        await self._sent("published")
+        kept = [
+            k
+            for k in self._tables.keys.values()
+            if k.retired_at is None or k.retired_at > now - keep
+        ]
+        return sorted(kept, key=lambda key: key.created_at)
+
+    def _active(self) -> str | None:
+        return next((k.kid for k in self._tables.keys.values() if k.retired_at is None), None)
+
+    async def _sent(self, statement: str) -> None:
+        await round_trip()
+        self._statements.append(statement)
+
+
+class InMemoryKeysUnitOfWork:
+    def __init__(self, tables: KeysTables, statements: list[str]) -> None:
+        self.signing_keys = InMemorySigningKeys(tables, statements)
+
+
+class InMemoryKeysDatabase:
+    def __init__(self) -> None:
+        self.tables = KeysTables()
+        self.statements: list[str] = []
+        self.transactions = Transactions(
+            self.tables, lambda tables: InMemoryKeysUnitOfWork(tables, self.statements)
+        )
+        self.signing_keys = Autocommit(self.transactions, lambda uow: uow.signing_keys)
+
+    def transaction(self) -> AbstractAsyncContextManager[InMemoryKeysUnitOfWork]:
+        return self.transactions.transaction()
+
+
+class FakeUsersDirectory:
+    """users.GetUser as auth calls it: the users given, each with their roles."""
+
+    def __init__(self, **roles: Sequence[str]) -> None:
+        self.users = {
+            user_id: UserInfo(user_id, frozenset(r), False) for user_id, r in roles.items()
+        }
+        self.down = False
+
+    def block(self, user_id: str) -> None:
+        self.users[user_id] = replace(self.users[user_id], blocked=True)
+
+    async def get_user(self, user_id: str) -> UserInfo:
+        await round_trip()
+        if self.down:
+            error = grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
+            )
+            raise UsersUnavailable(error)
+        if user_id not in self.users:
+            raise UnknownUser(user_id)
+        return self.users[user_id]
