@@ -12,8 +12,10 @@ import pytest
 
 from services.common.events import cloud_event
 from services.common.messaging.envelope import Event, validate
+from services.common.uow import in_consumer_transaction
 from services.orders.clients import PaymentOutcome, UnknownUser, UpstreamUnavailable
 from services.orders.domain import InvalidTransition, Order, OrderItem, OrderStatus, new_order
+from services.orders.repository import PostgresOrdersUnitOfWork
 from services.orders.service import (
     ORDER_EVENTS,
     ORDER_STATUS_CHANGED,
@@ -521,3 +523,25 @@ async def test_other_user_events_are_not_the_orders_consumers_business():
     )
     await orders.consume(validate(created))
     assert orders.db.stored(order.id) == order
+
+
+class ConsumerConnection:
+    """The connection the consumer hands its handler, already in the consumer's transaction."""
+
+    def __init__(self) -> None:
+        self.queries: list[tuple[object, ...]] = []
+
+    def transaction(self) -> None:
+        raise AssertionError("the handler opened a transaction of its own")
+
+    async def fetch(self, _sql: str, *args: object) -> list[object]:
+        self.queries.append(args)
+        return []
+
+
+@in_a_loop
+async def test_the_wired_consumer_handler_runs_the_use_case_in_the_consumers_transaction():
+    handler = in_consumer_transaction(PostgresOrdersUnitOfWork, on_event)
+    conn = ConsumerConnection()
+    await handler(conn, user_blocked("mallory"))
+    assert conn.queries == [("mallory",)]
