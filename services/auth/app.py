@@ -14,10 +14,8 @@ from services.auth.config import AuthSettings
 from services.auth.repository import PostgresCredentials, PostgresKeysDatabase
 from services.auth.seed import SeedError, apply_seed, load_seed
 from services.auth.service import AuthService, KeyStore, ServiceToken
-from services.common import health
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
-from services.common.health import install_database_health
 from services.common.kafka import Consumer, messaging
 from services.common.problem import problem_middleware
 from services.common.runner import StartupError
@@ -30,7 +28,6 @@ def http_app() -> web.Application:
     """Routes and error handling without a database; `api.SERVICE` is set by the caller."""
     app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
     app.add_routes(api.routes)
-    app.add_routes(health.routes)
     return app
 
 
@@ -38,7 +35,6 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
     """The service as it runs: on startup the seed file is read, the pool opens, migrations
     apply, a signing key exists, and the seeded credentials are upserted."""
     app = http_app()
-    install_database_health(app, settings.database_url)
     users_port = settings.upstream_port("users")
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

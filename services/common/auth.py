@@ -51,7 +51,7 @@ LEEWAY_S = 30
 MAX_TOKEN_LENGTH = 8192
 JWKS_PATH = "/auth/jwks"
 
-DEFAULT_EXEMPT_PATHS = frozenset({"/health", "/openapi.yaml"})
+DEFAULT_EXEMPT_PATHS = frozenset({"/openapi.yaml"})
 EXEMPT_GRPC_PREFIXES = ("/grpc.health.v1.Health/",)
 
 UNAUTHENTICATED_PROBLEM = "/problems/unauthenticated"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from services.common.config import ServiceSettings
+from services.common.config import ConfigError, ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +22,6 @@ CHECK_TIMEOUT = "1s"
 # out sooner anyway, through the sidecars' outlier detection and connection failures.
 FAILURES_BEFORE_CRITICAL = 3
 DEREGISTER_CRITICAL_AFTER = "5m"
-
-CheckBuilder = Callable[[ServiceSettings], dict[str, Any]]
 
 # The static cluster through which an Envoy exports its spans (OTLP over gRPC) to Jaeger.
 OTLP_CLUSTER = "jaeger-otlp"
@@ -99,11 +96,15 @@ class EnvoyTracer:
         }
 
 
-def http_check(settings: ServiceSettings) -> dict[str, Any]:
-    """A Consul HTTP check against the instance's GET /health."""
+def health_check(settings: ServiceSettings) -> dict[str, Any]:
+    """A Consul HTTP check against GET /health on the instance's admin port (the metrics port),
+    answered off the service's event loop (services/common/health.py), for HTTP and gRPC
+    services alike."""
+    if settings.metrics_port is None:
+        raise ConfigError("SHOPMESH_METRICS_PORT is needed: Consul checks /health on that port")
     return {
-        "Name": f"{settings.instance} HTTP /health",
-        "HTTP": f"http://{_host(settings.bind_host)}:{settings.port}/health",
+        "Name": f"{settings.instance} /health",
+        "HTTP": f"http://{_host(settings.bind_host)}:{settings.metrics_port}/health",
         "Method": "GET",
         "Interval": CHECK_INTERVAL,
         "Timeout": CHECK_TIMEOUT,
@@ -112,22 +113,7 @@ def http_check(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
-def grpc_check(settings: ServiceSettings) -> dict[str, Any]:
-    """A Consul gRPC check (grpc.health.v1) against the instance's own port."""
-    return {
-        "Name": f"{settings.instance} gRPC health",
-        "GRPC": f"{_host(settings.bind_host)}:{settings.port}",
-        "GRPCUseTLS": False,
-        "Interval": CHECK_INTERVAL,
-        "Timeout": CHECK_TIMEOUT,
-        "FailuresBeforeCritical": FAILURES_BEFORE_CRITICAL,
-        "DeregisterCriticalServiceAfter": DEREGISTER_CRITICAL_AFTER,
-    }
-
-
-def registration_body(
-    settings: ServiceSettings, *, version: str, check: CheckBuilder = http_check
-) -> dict[str, Any]:
+def registration_body(settings: ServiceSettings, *, version: str) -> dict[str, Any]:
     """The body of PUT /v1/agent/service/register for this instance and its sidecar."""
     return {
         "ID": settings.instance,
@@ -135,7 +121,7 @@ def registration_body(
         "Address": settings.bind_host,
         "Port": settings.port,
         "Meta": _meta(settings, version),
-        "Check": check(settings),
+        "Check": health_check(settings),
         "Connect": {
             "SidecarService": sidecar_service(
                 instance=settings.instance,

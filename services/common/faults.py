@@ -47,8 +47,6 @@ KEY_PREFIX = "shopmesh/faults/"
 MAX_LATENCY_MS = 60_000
 INJECTED_FAULT = "injected fault"
 INJECTED_FAULT_PROBLEM = "/problems/injected-fault"
-HTTP_EXEMPT_PATHS = ("/health",)
-
 WAIT = "30s"
 REQUEST_TIMEOUT_S = 40.0  # longer than WAIT plus the jitter Consul adds (up to WAIT/16)
 MIN_REQUEST_INTERVAL_S = 0.1  # Consul may answer a blocking query at once: never spin
@@ -87,7 +85,7 @@ class Faults:
 
     def applies_to_path(self, path: str) -> bool:
         """Whether the flags cover an HTTP request for `path` (prefixes end at a "/")."""
-        if not self.active or path in HTTP_EXEMPT_PATHS:
+        if not self.active:
             return False
         return not self.methods or any(_path_has_prefix(path, p) for p in self.methods)
 

@@ -32,11 +32,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from services.common import event_loop
+from services.common.admin import AdminPortError, admin_port
 from services.common.auth import AuthInterceptor, Jwks, KeySource
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.faults import FaultInterceptor, FaultSource, FaultWatcher
-from services.common.metrics import GrpcMetricsInterceptor, serve_metrics
+from services.common.metrics import GrpcMetricsInterceptor
 from services.common.rpc import DecodeInterceptor, ErrorInterceptor
 from services.common.runner import (
     StartupError,
@@ -159,7 +160,7 @@ async def serve(
         try:
             if not await unless_stopped(startup, stop):
                 return 0
-        except StartupError as exc:
+        except (StartupError, AdminPortError) as exc:
             log.error("startup failed", extra={"error": str(exc)})
             return 1
         except Exception:
@@ -205,7 +206,9 @@ async def _start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await server.start()
     resources.push_async_callback(server.stop, 0)
-    serve_metrics(settings.bind_host, settings.metrics_port)
+    await resources.enter_async_context(
+        admin_port(settings.bind_host, settings.metrics_port, settings.database_url)
+    )
     for name in ("", *(servicer.name for servicer in app.servicers)):
         await health_servicer.set(name, SERVING)
     started.append(app)

@@ -1,38 +1,46 @@
-"""GET /health of the HTTP services: "does my database answer?", asked on a connection of its own.
+"""An instance's health, as Consul's check asks for it: "is my event loop making progress, and does
+my database answer?", answered off the event loop.
 
-Consul calls it every second. It must not queue behind the requests in the pool: under load every
-pooled connection is busy, a probe waiting for one times out, and Consul takes an instance that
-is only busy out of the mesh (the check also needs several failures in a row before that:
-services/common/consul.py). So the probe keeps one connection outside the pool, reconnects it
-when it breaks, and runs one ping at a time (a probe arriving meanwhile shares the answer).
+A busy instance is not a dead one. Under load every request, and any /health route beside them,
+queues on the service's one event loop: a health check served there times out exactly when the
+instance is busiest, and Consul takes the only instance out of the mesh while it serves requests
+fine. So health is answered by the admin server's thread (services/common/admin.py, the port that
+also serves /metrics) from two facts it can read without queueing:
+- the event loop's heartbeat, a stamp the loop's own task refreshes every HEARTBEAT_S: older than
+  LOOP_STALL_S means the loop is stuck (a blocking call, a runaway handler), not merely busy;
+- a `SELECT 1` on a connection of its own, run on an event loop of its own in a thread of its own,
+  so it never waits for the request pool or the request loop; one ping at a time (checks
+  arriving meanwhile share the answer), reconnecting when the connection breaks.
+Consul also needs several failures in a row before it takes an instance out
+(services/common/consul.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 import asyncpg
-from aiohttp import web
 
 from services.common.db import DATABASE_UNAVAILABLE
-from services.common.problem import UNAVAILABLE, Problem
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 0.8  # under Consul's 1 s check timeout
-
-
-class Readiness(Protocol):
-    async def ready(self) -> bool: ...
-
+HEARTBEAT_S = 0.5
+LOOP_STALL_S = 5.0
 
 Connect = Callable[[str], Awaitable[Any]]
 
 
 class DatabaseProbe:
+    """`SELECT 1` on a connection of its own, one ping at a time."""
+
     def __init__(
         self, dsn: str, *, timeout_s: float = PROBE_TIMEOUT_S, connect: Connect = asyncpg.connect
     ) -> None:
@@ -65,24 +73,74 @@ class DatabaseProbe:
             conn.terminate()
 
 
-HEALTH = web.AppKey("health", Readiness)
+class Heartbeat:
+    """A stamp the service's event loop refreshes (`run`); its age is read from any thread."""
 
-routes = web.RouteTableDef()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last = clock()
+
+    def beat(self) -> None:
+        self._last = self._clock()
+
+    def age_s(self) -> float:
+        return self._clock() - self._last
+
+    async def run(self, every_s: float = HEARTBEAT_S) -> None:
+        while True:
+            self.beat()
+            await asyncio.sleep(every_s)
 
 
-@routes.get("/health")
-async def health(request: web.Request) -> web.Response:
-    if not await request.app[HEALTH].ready():
-        raise Problem(503, "Service unavailable", "the database does not answer", type=UNAVAILABLE)
-    return web.json_response({"status": "ok"})
+class HealthCheck:
+    """What the admin server's /health answers: None when healthy, else the reason."""
 
+    def __init__(
+        self,
+        heartbeat: Heartbeat,
+        probe: DatabaseProbe | None,
+        *,
+        stall_s: float = LOOP_STALL_S,
+    ) -> None:
+        self._heartbeat = heartbeat
+        self._probe = probe
+        self._stall_s = stall_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
-def install_database_health(app: web.Application, dsn: str) -> None:
-    """GET /health on `app`, answered by a DatabaseProbe of `dsn` closed with the app."""
-    probe = DatabaseProbe(dsn)
-    app[HEALTH] = probe
+    def start(self) -> None:
+        """The probe's own event loop, in a daemon thread."""
+        if self._probe is None or self._loop is not None:
+            return
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="health", daemon=True)
+        self._loop = loop
+        self._thread.start()
 
-    async def close(_app: web.Application) -> None:
-        await probe.close()
+    def stop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None or self._probe is None:
+            return
+        closing = asyncio.run_coroutine_threadsafe(self._probe.close(), loop)
+        try:
+            closing.result(timeout=1.0)
+        except Exception as exc:  # best effort on the way out
+            log.debug("health probe did not close", extra={"error": repr(exc)})
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
 
-    app.on_cleanup.append(close)
+    def problem(self) -> str | None:
+        age = self._heartbeat.age_s()
+        if age > self._stall_s:
+            return f"the event loop has not run for {age:.1f}s"
+        if self._probe is None:
+            return None
+        if self._loop is None:
+            return "the health check is not running"
+        pinged = asyncio.run_coroutine_threadsafe(self._probe.ready(), self._loop)
+        try:
+            ready = pinged.result(timeout=PROBE_TIMEOUT_S + 0.1)
+        except FutureTimeout:
+            return "the database does not answer"
+        return None if ready else "the database does not answer"

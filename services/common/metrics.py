@@ -18,9 +18,10 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import rpc
+from services.common.admin import AdminServer
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
 
@@ -237,6 +238,8 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 def serve_metrics(host: str, port: int | None) -> None:
-    """Expose /metrics on the instance's own metrics port (a thread; nothing if no port)."""
+    """Expose /metrics on the instance's own metrics port (a thread; nothing if no port), for a
+    process without a Consul check (the payment workers); services serve /health beside it
+    (services/common/admin.py)."""
     if port is not None:
-        start_http_server(port, addr=host)
+        AdminServer(host, port).start()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from services.common import event_loop, metrics, telemetry
+from services.common import admin, event_loop, metrics, telemetry
 from services.common.config import ServiceSettings
 from services.common.consul import ConsulAgent, ConsulError, register_until
 from services.common.logging import JsonAccessLogger
@@ -58,6 +58,7 @@ async def serve(
     shutdown_timeout_s: float,
 ) -> int:
     stop = stop_on_signals()
+    app.cleanup_ctx.append(_admin_port(settings))
     app.middlewares.insert(0, metrics.http_middleware(settings.service))
     # Outermost: the request's span is current in every other middleware and the handler.
     app.middlewares.insert(0, telemetry.http_middleware())
@@ -68,7 +69,7 @@ async def serve(
         if not await unless_stopped(_start(runner, settings), stop):
             await runner.cleanup()
             return 0
-    except StartupError as exc:
+    except (StartupError, admin.AdminPortError) as exc:
         log.error("startup failed", extra={"error": str(exc)})
         await runner.cleanup()
         return 1
@@ -94,7 +95,18 @@ async def _start(runner: web.AppRunner, settings: ServiceSettings) -> None:
     except OSError as exc:
         raise StartupError(f"cannot listen on {settings.bind_host}:{settings.port}: {exc}") from exc
     log.info("listening", extra={"host": settings.bind_host, "port": settings.port})
-    metrics.serve_metrics(settings.bind_host, settings.metrics_port)
+
+
+def _admin_port(settings: ServiceSettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """/metrics and /health on the instance's metrics port, from the app's start to its cleanup."""
+
+    async def serving(_app: web.Application) -> AsyncIterator[None]:
+        async with admin.admin_port(
+            settings.bind_host, settings.metrics_port, settings.database_url
+        ):
+            yield
+
+    return serving
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -51,8 +51,6 @@ NAMESPACE = "shopmesh"
 # The span attribute `mesh trace ORDER_ID` searches by.
 ORDER_ID = "order.id"
 SHUTDOWN_BUDGET_S = 3.0
-# Health checks and scrapes come every few seconds and would each be a trace of their own.
-UNTRACED_PATHS = frozenset({"/health", "/metrics"})
 MAX_QUERY_CHARS = 2000
 # Loggers of the SDK's export path: quiet while the collector is down.
 _EXPORT_LOGGERS = (
@@ -157,7 +155,7 @@ def set_order_id(order_id: str | uuid.UUID) -> None:
 def http_middleware(
     tracer: trace.Tracer | None = None,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """A SERVER span per request (not health checks), continuing the caller's `traceparent`.
+    """A SERVER span per request, continuing the caller's `traceparent`.
 
     Named after the route template ("POST /orders"); a WebSocket upgrade's span lasts as long
     as the connection. The span context is kept on the request for the access log.
@@ -168,8 +166,6 @@ def http_middleware(
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path in UNTRACED_PATHS:
-            return await handler(request)
         route = _route_template(request)
         attributes: dict[str, Any] = {
             "http.request.method": request.method,

@@ -7,11 +7,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.common import health
 from services.common.auth import install_internal_auth
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
-from services.common.health import install_database_health
 from services.common.kafka import Consumer, messaging
 from services.common.metrics import watch_websockets
 from services.common.problem import problem_middleware
@@ -32,7 +30,6 @@ def http_app(hub: Hub) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
     app[api.HUB] = hub
     app.add_routes(api.routes)
-    app.add_routes(health.routes)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -44,7 +41,6 @@ def create_app(settings: ServiceSettings) -> web.Application:
     watch_websockets(settings.service, lambda: hub.connection_count, lambda: hub.queue_depth)
     app = http_app(hub)
     install_internal_auth(app, settings)
-    install_database_health(app, settings.database_url)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url)

@@ -8,12 +8,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.common import health
 from services.common.auth import install_internal_auth
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, create_pool
 from services.common.faults import install_fault_flags
-from services.common.health import install_database_health
 from services.common.kafka import Consumer, messaging
 from services.common.problem import problem_middleware
 from services.common.uow import in_consumer_transaction
@@ -30,7 +28,6 @@ def http_app() -> web.Application:
     """Routes and error handling without a database; `api.SERVICE` is set by the caller."""
     app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
     app.add_routes(api.routes)
-    app.add_routes(health.routes)
     return app
 
 
@@ -41,7 +38,6 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app = http_app()
     install_fault_flags(app, settings.consul_http_addr, settings.service)
     install_internal_auth(app, settings)
-    install_database_health(app, settings.database_url)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url)

@@ -1,5 +1,5 @@
-"""Killing processes: gRPC health in Consul, the mesh surviving a dead Consul, and orders
-surviving dead payments."""
+"""Killing processes: the gRPC services' health in Consul, the mesh surviving a dead Consul, and
+orders surviving dead payments."""
 
 from __future__ import annotations
 
@@ -15,28 +15,33 @@ from tests.support import wait_for
 ORDER = {"userId": "alice", "items": [{"productId": "book", "quantity": 1}]}
 
 
-def grpc_check_status(consul: ConsulClient, service: str) -> str:
+def instance_checks(consul: ConsulClient, service: str) -> dict[str, str]:
+    """instance -> status of the service's own /health checks (not its sidecars')."""
     checks = consul.http.get(f"/v1/health/checks/{service}").json()
-    grpc_checks = [c for c in checks if c["Type"] == "grpc"]
-    assert grpc_checks, f"{service} has no gRPC health check: {checks}"
-    return grpc_checks[0]["Status"]
+    own = {c["ServiceID"]: c["Status"] for c in checks if c["Type"] == "http"}
+    assert own, f"{service} has no /health check: {checks}"
+    return own
+
+
+def check_status(consul: ConsulClient, service: str) -> str:
+    return next(iter(instance_checks(consul, service).values()))
 
 
 @pytest.mark.parametrize("service", ["users", "payments"])
-def test_grpc_health_check_passes_and_a_killed_server_turns_critical(
+def test_a_grpc_service_health_check_passes_and_a_killed_server_turns_critical(
     mesh: Mesh, consul: ConsulClient, service: str
 ) -> None:
-    assert grpc_check_status(consul, service) == "passing"
+    assert check_status(consul, service) == "passing"
     mesh.kill(service, hold=True)
     try:
         wait_for(
-            lambda: grpc_check_status(consul, service) == "critical",
+            lambda: check_status(consul, service) == "critical",
             timeout=10,
             what=f"consul to mark {service} critical",
         )
     finally:
         mesh.start(service, say=lambda _: None)
-    assert grpc_check_status(consul, service) == "passing"
+    assert check_status(consul, service) == "passing"
 
 
 def test_orders_keep_flowing_while_consul_is_down_and_everything_reregisters_after(
@@ -68,9 +73,8 @@ def test_orders_keep_flowing_while_consul_is_down_and_everything_reregisters_aft
 
 
 def payments_checks_passing(consul: ConsulClient, instances: list[str]) -> bool:
-    checks = consul.http.get("/v1/health/checks/payments").json()
-    grpc_checks = {c["ServiceID"]: c["Status"] for c in checks if c["Type"] == "grpc"}
-    return all(grpc_checks.get(i) == "passing" for i in instances)
+    checks = instance_checks(consul, "payments")
+    return all(checks.get(i) == "passing" for i in instances)
 
 
 @pytest.mark.usefixtures("workers")

@@ -4,10 +4,10 @@ import aiohttp
 import pytest
 
 from services.common import consul
-from services.common.config import ServiceSettings, Upstream
+from services.common.config import ConfigError, ServiceSettings, Upstream
 
 
-def settings(upstreams=()):
+def settings(upstreams=(), metrics_port=9401):
     return ServiceSettings(
         service="orders",
         instance="orders-1",
@@ -16,6 +16,7 @@ def settings(upstreams=()):
         database_url="postgresql://orders:pw@127.0.0.1:15432/orders",
         sidecar_port=21001,
         upstreams=upstreams,
+        metrics_port=metrics_port,
     )
 
 
@@ -28,10 +29,10 @@ def test_registration_body_describes_instance_check_and_sidecar():
         "Name": "orders",
         "Address": "127.0.0.1",
         "Port": 7001,
-        "Meta": {"version": "1.2.3"},
+        "Meta": {"version": "1.2.3", "metrics_port": "9401"},
         "Check": {
-            "Name": "orders-1 HTTP /health",
-            "HTTP": "http://127.0.0.1:7001/health",
+            "Name": "orders-1 /health",
+            "HTTP": "http://127.0.0.1:9401/health",
             "Method": "GET",
             "Interval": "1s",
             "Timeout": "1s",
@@ -78,11 +79,9 @@ def test_registration_without_upstreams_has_an_empty_list():
     assert body["Connect"]["SidecarService"]["Proxy"]["Upstreams"] == []
 
 
-def test_a_grpc_service_passes_a_grpc_check():
-    body = consul.registration_body(settings(), version="1", check=consul.grpc_check)
-    assert body["Check"]["GRPC"] == "127.0.0.1:7001"
-    assert "HTTP" not in body["Check"]
-    assert body["Check"]["DeregisterCriticalServiceAfter"] == "5m"
+def test_an_instance_without_an_admin_port_cannot_be_registered():
+    with pytest.raises(ConfigError, match="SHOPMESH_METRICS_PORT"):
+        consul.registration_body(settings(metrics_port=None), version="1")
 
 
 class FlakyAgent:

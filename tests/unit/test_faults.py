@@ -94,16 +94,14 @@ def test_no_faults_apply_to_nothing():
         ("/orders/123", True),
         ("/ordersx", False),
         ("/users", False),
-        ("/health", False),
     ],
 )
 def test_http_faults_match_path_prefixes_at_segment_boundaries(path, applies):
     assert Faults(error_rate=1.0, methods=("/orders/",)).applies_to_path(path) is applies
 
 
-def test_http_faults_without_methods_spare_only_the_health_check():
+def test_http_faults_without_methods_cover_every_path():
     assert Faults(latency_ms=5).applies_to_path("/anything")
-    assert not Faults(latency_ms=5).applies_to_path("/health")
 
 
 @pytest.mark.parametrize(
@@ -236,12 +234,6 @@ def test_the_middleware_passes_requests_through_when_the_draw_spares_them():
     response, events = middleware_call(Faults(error_rate=0.3, latency_ms=50), "/orders/1", 0.3)
     assert response.status == 200
     assert events == [("sleep", 0.05), ("handler",)]
-
-
-def test_the_middleware_never_touches_the_health_check():
-    response, events = middleware_call(Faults(error_rate=1.0, latency_ms=50), "/health", 0.0)
-    assert response.status == 200
-    assert events == [("handler",)]
 
 
 def test_install_fault_flags_adds_the_middleware_and_the_watch_to_an_app():

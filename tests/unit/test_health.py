@@ -1,13 +1,13 @@
-"""GET /health: answered on a connection of its own, one ping at a time, reconnecting."""
+"""/health on the admin port: the event loop's heartbeat and a database probe on a connection,
+a loop and a thread of its own, one ping at a time, reconnecting."""
 
 import asyncio
+import json
+import urllib.error
+import urllib.request
 
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-
-from services.common import health
-from services.common.health import HEALTH, DatabaseProbe
-from services.common.problem import problem_middleware
+from services.common.admin import AdminServer
+from services.common.health import DatabaseProbe, HealthCheck, Heartbeat
 
 
 class FakeConnection:
@@ -91,31 +91,91 @@ def test_no_database_is_not_ready():
     assert run(DatabaseProbe("postgresql://db", connect=Connector()).ready()) is False
 
 
-class Readiness:
-    def __init__(self, ready: bool) -> None:
-        self.answer = ready
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
 
-    async def ready(self) -> bool:
-        return self.answer
-
-
-def get_health(ready: bool) -> tuple[int, str, dict]:
-    async def go():
-        app = web.Application(middlewares=[problem_middleware])
-        app.add_routes(health.routes)
-        app[HEALTH] = Readiness(ready)
-        async with TestClient(TestServer(app)) as client:
-            resp = await client.get("/health")
-            return resp.status, resp.headers["Content-Type"], await resp.json(content_type=None)
-
-    return run(go())
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_health_is_ok_while_the_database_answers():
-    assert get_health(True) == (200, "application/json; charset=utf-8", {"status": "ok"})
+def serving(check: HealthCheck | None) -> AdminServer:
+    return AdminServer("127.0.0.1", 0, check).start()
+
+
+def get(server: AdminServer, path: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read()
+
+
+def database(*connections: FakeConnection) -> DatabaseProbe:
+    return DatabaseProbe("postgresql://db", connect=Connector(*connections))
+
+
+def test_health_is_ok_while_the_loop_beats_and_the_database_answers():
+    # No event loop of the service runs here at all: the answer never waits for one.
+    server = serving(HealthCheck(Heartbeat(), database(FakeConnection())))
+    try:
+        status, content_type, body = get(server, "/health")
+    finally:
+        server.stop()
+    assert (status, content_type, json.loads(body)) == (200, "application/json", {"status": "ok"})
 
 
 def test_health_is_a_503_problem_when_the_database_does_not_answer():
-    status, content_type, body = get_health(False)
+    server = serving(HealthCheck(Heartbeat(), database()))
+    try:
+        status, content_type, body = get(server, "/health")
+    finally:
+        server.stop()
+    problem = json.loads(body)
     assert (status, content_type) == (503, "application/problem+json")
-    assert body["type"] == "/problems/unavailable" and body["status"] == 503
+    assert problem["type"] == "/problems/unavailable" and problem["status"] == 503
+    assert problem["detail"] == "the database does not answer"
+
+
+def test_health_is_a_503_problem_when_the_event_loop_has_stalled():
+    clock = Clock()
+    heartbeat = Heartbeat(clock)
+    server = serving(HealthCheck(heartbeat, database(FakeConnection()), stall_s=5.0))
+    try:
+        clock.now += 4.0
+        busy = get(server, "/health")[0]
+        clock.now += 2.0
+        status, _, body = get(server, "/health")
+        heartbeat.beat()
+        again = get(server, "/health")[0]
+    finally:
+        server.stop()
+    assert busy == 200, "a loop that is only slow is not a stalled one"
+    assert status == 503 and json.loads(body)["detail"] == "the event loop has not run for 6.0s"
+    assert again == 200
+
+
+def test_the_heartbeat_is_refreshed_by_its_event_loop():
+    clock = Clock()
+    heartbeat = Heartbeat(clock)
+    clock.now += 60.0
+
+    async def beat_once() -> None:
+        beating = asyncio.create_task(heartbeat.run(every_s=0.01))
+        await asyncio.sleep(0.05)
+        beating.cancel()
+
+    run(beat_once())
+    assert heartbeat.age_s() == 0.0
+
+
+def test_the_admin_port_serves_metrics_beside_health():
+    server = serving(None)
+    try:
+        status, content_type, body = get(server, "/metrics")
+        no_check = get(server, "/health")[0]
+    finally:
+        server.stop()
+    assert status == 200 and content_type.startswith("text/plain")
+    assert b"python_info" in body
+    assert no_check == 404

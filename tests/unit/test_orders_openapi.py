@@ -7,7 +7,6 @@ import re
 from collections.abc import Iterator
 
 from mesh.topology import load
-from services.common import health
 from services.orders import api, validation
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -38,12 +37,7 @@ def spec_operations() -> set[tuple[str, str]]:
 
 def service_routes() -> set[tuple[str, str]]:
     """(method, path) of every route the orders app serves (aiohttp adds HEAD for GET)."""
-    return {
-        (route.method, route.path)
-        for table in (api.routes, health.routes)
-        for route in table
-        if route.method != "HEAD"
-    }
+    return {(route.method, route.path) for route in api.routes if route.method != "HEAD"}
 
 
 def test_the_spec_lists_every_route_the_edge_passes_to_orders_and_nothing_else() -> None:
@@ -54,7 +48,7 @@ def test_the_spec_lists_every_route_the_edge_passes_to_orders_and_nothing_else()
 
 def test_the_instances_own_endpoints_are_not_in_the_public_spec() -> None:
     own = {path for _, path in service_routes() if routed_service(concrete(path)) != "orders"}
-    assert own == {"/health", "/openapi.yaml"}
+    assert own == {"/openapi.yaml"}
     assert not own & set(validation.spec()["paths"])
 
 
