@@ -84,6 +84,7 @@ class Edge:
     per_user_limit: RateLimit
     per_ip_limit: RateLimit
     token_cache: TokenCache
+    workers: int
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,7 @@ def parse(raw: dict) -> Topology:
         per_user_limit=RateLimit(**limits["per_user"]),
         per_ip_limit=RateLimit(**limits["per_ip"]),
         token_cache=TokenCache(**{k: int(v) for k, v in edge_raw["token_cache"].items()}),
+        workers=int(edge_raw["workers"]),
     )
     consul = raw["consul"]
     kafka_raw = raw["kafka"]

@@ -28,7 +28,7 @@ from mesh.runtime.edge_config import EXTERNAL_AUDIENCE, EdgeFiles, envoy_config,
 from mesh.runtime.paths import StateDir
 from mesh.runtime.provision import ENVOY
 from mesh.runtime.tls import edge_certs, ensure_edge_certs
-from mesh.topology import RateLimit, Topology, Upstream, load
+from mesh.topology import RateLimit, TokenCache, Topology, Upstream, load
 from tests.h3client import h3_get_with_headers
 from tests.ratelimit_processes import binaries, free_port, on_free_ports, rate_limit_service
 
@@ -57,13 +57,15 @@ class Signer:
 class Upstreams:
     """What the edge's sidecar upstreams answer, stubbed: auth's JWKS, auth's token exchange
     (every call counted; `refuse` makes it answer that status with a problem; `max_age` is its
-    Cache-Control), and services that answer 200 with the Authorization they were given."""
+    Cache-Control; `delay_s` holds each answer that long), and services that answer 200 with the
+    Authorization they were given."""
 
     def __init__(self, jwks: dict) -> None:
         self.jwks = jwks
         self.exchanges: list[str] = []
         self.refuse: int | None = None
         self.max_age = 30
+        self.delay_s = 0.0
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         upstreams = self
@@ -82,6 +84,7 @@ class Upstreams:
             def exchange(self) -> None:
                 external = self.headers.get("authorization", "")
                 upstreams.exchanges.append(external)
+                time.sleep(upstreams.delay_s)
                 if upstreams.refuse is not None:
                     problem = {"type": "/problems/user-blocked", "title": "User blocked",
                                "status": upstreams.refuse}  # fmt: skip
@@ -108,11 +111,12 @@ class Upstreams:
         return Stub
 
 
-def edge_topology(per_user: RateLimit) -> Topology:
+def edge_topology(per_user: RateLimit, token_cache: TokenCache | None = None) -> Topology:
     """The committed topology with every port the edge config names moved to a free one."""
     base = load()
     edge = replace(
         base.edge,
+        token_cache=token_cache or base.edge.token_cache,
         http_port=free_port(),
         https_port=free_port(udp_too=True),
         admin_port=free_port(),
@@ -171,10 +175,12 @@ def wait_live(admin: str, envoy: subprocess.Popen, log: Path) -> None:
 
 
 @contextmanager
-def running_edge(root: Path, per_user: RateLimit) -> Iterator[Edge]:
+def running_edge(
+    root: Path, per_user: RateLimit, token_cache: TokenCache | None = None
+) -> Iterator[Edge]:
     """The generated edge config in a real Envoy on free ports, with the real rate-limit
     service and Redis, in front of stubbed upstreams."""
-    topology = edge_topology(per_user)
+    topology = edge_topology(per_user, token_cache)
     state = StateDir(root)
     state.ensure()
     signer = Signer()

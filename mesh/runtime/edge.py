@@ -95,6 +95,8 @@ def edge_spec(topology: Topology, state: StateDir, envoy_bin: Path) -> ProcessSp
             edge.id,
             "--service-cluster",
             "edge",
+            "--concurrency",
+            str(edge.workers),
         ],
         ports=(edge.http_port, edge.https_port, edge.admin_port),
         before_start=prepare,

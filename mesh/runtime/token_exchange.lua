@@ -2,20 +2,29 @@
 -- filter) is exchanged by auth for the internal JWT that the services verify, and the answer is
 -- kept for a while, so a client's next requests need no call to auth at all.
 --
--- Envoy keeps one Lua state per worker thread, and its globals live as long as the worker: the
--- cache below is per worker, shared by every request and connection that worker serves. It holds
--- at most MAX_ENTRIES tokens (then it starts again empty) and each for at most MAX_AGE_S, never
--- longer than auth allows (its Cache-Control max-age: the internal token's remaining life).
--- A cached exchange is served even while auth is away; a token not in the cache then gets a 503
--- problem (cached-last-good for what is cached, fail-closed for the rest).
+-- Envoy keeps one Lua state per worker thread and per listener, and its globals live as long as
+-- the worker: the cache below is shared by every request and connection that worker serves on
+-- one listener. It holds at most MAX_ENTRIES tokens (then it starts again empty).
 --
--- The constants MAX_AGE_S, JITTER, MAX_ENTRIES, AUTH_CLUSTER, TIMEOUT_MS and METADATA are prepended by
--- mesh/runtime/edge_config.py.
+-- An exchange is fresh for at most MAX_AGE_S (less a random part of it) and usable for as long as
+-- auth allows (its Cache-Control max-age: the internal token's remaining life). Past fresh, the
+-- next request asks auth again while the others keep the usable token for up to REFRESH_S (a
+-- token's requests do not all ask at once: without it, a burst of tokens falling due together
+-- asked auth for each of their requests until the first answers came back, and the calls piled
+-- up). A refused refresh (a blocked user) drops the token at once. While auth is away a usable
+-- token keeps working; one that is not usable gets a 503 problem (cached-last-good for what is
+-- cached, fail-closed for the rest).
+--
+-- The constants MAX_AGE_S, JITTER, MAX_ENTRIES, AUTH_CLUSTER, TIMEOUT_MS and METADATA are
+-- prepended by mesh/runtime/edge_config.py.
+
+local REFRESH_S = math.ceil(TIMEOUT_MS / 1000) + 1
+local INTERNAL, FRESH_UNTIL, USABLE_UNTIL, REFRESHING_UNTIL = 1, 2, 3, 4
 
 local cache = {}
 local entries = 0
 
-local function remember(key, internal, lifetime_s, now)
+local function remember(key, internal, fresh_s, usable_s, now)
   if entries >= MAX_ENTRIES then
     cache = {}
     entries = 0
@@ -23,32 +32,44 @@ local function remember(key, internal, lifetime_s, now)
   if cache[key] == nil then
     entries = entries + 1
   end
-  cache[key] = {internal, now + lifetime_s}
+  cache[key] = {internal, now + fresh_s, now + usable_s, 0}
 end
 
--- How long to keep an exchange: what auth allows, at most MAX_AGE_S, less a random part of it,
--- so that tokens first seen together (a burst of new clients) are not all asked for again in
--- the same second.
-local function lifetime(cache_control)
+local function forget(key)
+  if key ~= nil and cache[key] ~= nil then
+    cache[key] = nil
+    entries = entries - 1
+  end
+end
+
+-- How long auth allows the exchange to be used (its Cache-Control max-age), and how long to
+-- keep it fresh: at most MAX_AGE_S, less a random part of it, so that tokens first seen together
+-- (a burst of new clients) are not all asked for again in the same second.
+local function lifetimes(cache_control)
   local seconds = cache_control and string.match(cache_control, "max%-age=(%d+)")
   if seconds == nil then
-    return 0
+    return 0, 0
   end
-  local allowed = math.min(tonumber(seconds), MAX_AGE_S)
-  return math.floor(allowed * (1 - JITTER * math.random()))
+  local usable = tonumber(seconds)
+  local fresh = math.floor(math.min(usable, MAX_AGE_S) * (1 - JITTER * math.random()))
+  return fresh, usable
 end
 
 local UNAVAILABLE = '{"type":"/problems/unavailable","title":"Service Unavailable","status":503,'
   .. '"detail":"the token exchange (auth) did not answer; retry later"}'
 
-local function refuse(handle, reply, body)
-  local status = reply[":status"]
+local function refused(reply)
   local content_type = reply["content-type"] or ""
+  return (reply[":status"] == "401" or reply[":status"] == "403")
+    and string.find(content_type, "problem+json", 1, true) ~= nil
+end
+
+local function refuse(handle, reply, body)
   -- A local reply: without this mark the edge's local-reply mappers would rewrite auth's
   -- problem document (see _local_reply in edge_config.py).
   handle:streamInfo():dynamicMetadata():set(METADATA, "auth_refused", true)
-  if (status == "401" or status == "403") and string.find(content_type, "problem+json", 1, true) then
-    local headers = {[":status"] = status, ["content-type"] = content_type}
+  if refused(reply) then
+    local headers = {[":status"] = reply[":status"], ["content-type"] = reply["content-type"]}
     headers["www-authenticate"] = reply["www-authenticate"]
     handle:respond(headers, body)
   else
@@ -61,11 +82,15 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   local external = headers:get("authorization")
   local now = os.time()
-  if external ~= nil then
-    local known = cache[external]
-    if known ~= nil and known[2] > now then
-      headers:replace("authorization", known[1])
+  local known = external and cache[external]
+  if known ~= nil then
+    local usable = now < known[USABLE_UNTIL]
+    if now < known[FRESH_UNTIL] or (usable and now < known[REFRESHING_UNTIL]) then
+      headers:replace("authorization", known[INTERNAL])
       return
+    end
+    if usable then
+      known[REFRESHING_UNTIL] = now + REFRESH_S
     end
   end
   -- No header: a WebSocket's token in the query string, which auth reads from the path.
@@ -75,12 +100,19 @@ function envoy_on_request(handle)
   local reply, body = handle:httpCall(AUTH_CLUSTER, ask, "", TIMEOUT_MS)
   local internal = reply["authorization"]
   if reply[":status"] ~= "200" or internal == nil then
+    if refused(reply) then
+      forget(external)
+    elseif known ~= nil and os.time() < known[USABLE_UNTIL] then
+      -- Auth is away: the token it gave before is still good.
+      handle:headers():replace("authorization", known[INTERNAL])
+      return
+    end
     refuse(handle, reply, body)
     return
   end
-  local lifetime_s = lifetime(reply["cache-control"])
-  if external ~= nil and lifetime_s > 0 then
-    remember(external, internal, lifetime_s, now)
+  local fresh_s, usable_s = lifetimes(reply["cache-control"])
+  if external ~= nil and fresh_s > 0 then
+    remember(external, internal, fresh_s, usable_s, now)
   end
   -- The header map fetched before httpCall is no longer valid after it: fetch it again.
   handle:headers():replace("authorization", internal)

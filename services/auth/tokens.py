@@ -14,6 +14,7 @@ import base64
 import functools
 import hashlib
 import json
+import random
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ from services.common.auth import INTERNAL_AUDIENCE, INTERNAL_ISSUER, Verificatio
 EXTERNAL_AUDIENCE = "shopmesh-api"
 EXTERNAL_TTL_S = 15 * 60
 INTERNAL_TTL_S = 5 * 60
+# An internal token lives up to this much less than INTERNAL_TTL_S, at random: tokens exchanged
+# together (a burst of new users, an edge's cold cache) would otherwise all expire, and all be
+# exchanged again, in the same second, every INTERNAL_TTL_S (the edge's cache is capped by it).
+INTERNAL_TTL_SPREAD_S = 60
 SIGNING_ALG = "RS256"
 RSA_BITS = 2048
 # A retired key stays in the JWKS (and verifies) this long, so every token it signed can
@@ -147,7 +152,7 @@ def internal_claims(
     *, sub: str, roles: Iterable[str], now: int, not_after: int | None = None
 ) -> dict[str, Any]:
     """Claims of an internal token; `not_after` caps exp (the external token's own exp)."""
-    exp = now + INTERNAL_TTL_S
+    exp = now + INTERNAL_TTL_S - random.randrange(INTERNAL_TTL_SPREAD_S + 1)
     if not_after is not None:
         exp = min(exp, not_after)
     return {

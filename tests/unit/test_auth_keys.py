@@ -10,6 +10,7 @@ from services.auth.seed import SeedError, parse_seed
 from services.auth.tokens import (
     EXTERNAL_TTL_S,
     INTERNAL_TTL_S,
+    INTERNAL_TTL_SPREAD_S,
     KeyRing,
     NoActiveKey,
     external_claims,
@@ -83,7 +84,8 @@ def test_token_shapes():
         "shopmesh",
     )
     internal = internal_claims(sub="alice", roles=["user", "admin", "user"], now=100)
-    assert internal["exp"] - internal["iat"] == INTERNAL_TTL_S == 300
+    lifetime = internal["exp"] - internal["iat"]
+    assert INTERNAL_TTL_S - INTERNAL_TTL_SPREAD_S <= lifetime <= INTERNAL_TTL_S == 300
     assert (internal["iss"], internal["aud"]) == ("shopmesh-auth", "shopmesh-internal")
     assert internal["roles"] == ["admin", "user"]
     assert internal["jti"] != internal_claims(sub="alice", roles=[], now=100)["jti"]
@@ -144,3 +146,8 @@ def test_auth_settings_come_from_the_environment():
 def test_missing_or_malformed_auth_settings_are_config_errors(env):
     with pytest.raises(ConfigError):
         AuthSettings.from_env(env)
+
+
+def test_internal_tokens_issued_together_do_not_all_expire_together():
+    lifetimes = {internal_claims(sub="alice", roles=[], now=100)["exp"] for _ in range(200)}
+    assert len(lifetimes) > 10, "a burst of exchanges would all be repeated in the same second"
