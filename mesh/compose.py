@@ -183,6 +183,7 @@ def wiring(topology: Topology, addresses: Addresses, bind_host: str) -> Wiring:
         database_url=lambda db: f"postgresql://{db}@postgres:{topology.postgres_port}/{db}",
         auth_seed_file=lambda: str(demo.seed_file(STATE)),
         otlp_endpoint=addresses.otlp_endpoint(topology),
+        trace_sample_percent=topology.trace_sample_percent,
     )
 
 

@@ -60,6 +60,8 @@ class Wiring:
     auth_seed_file: Callable[[], str]
     # Jaeger's OTLP gRPC receiver (OTEL_EXPORTER_OTLP_ENDPOINT); None: no tracing.
     otlp_endpoint: str | None = None
+    # The share of traces a process starts itself (the topology's tracing.sample_percent).
+    trace_sample_percent: float = 100.0
 
 
 def native_wiring(topology: Topology, state: StateDir) -> Wiring:
@@ -74,13 +76,22 @@ def native_wiring(topology: Topology, state: StateDir) -> Wiring:
         database_url=database_url,
         auth_seed_file=lambda: str(demo.ensure_seed(state)),
         otlp_endpoint=topology.otlp_endpoint(),
+        trace_sample_percent=topology.trace_sample_percent,
     )
 
 
 def _tracing_env(wiring: Wiring) -> dict[str, str]:
-    """The standard OpenTelemetry variable the services' SDK (and their sidecar registration)
-    reads; without it a process exports no spans."""
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": wiring.otlp_endpoint} if wiring.otlp_endpoint else {}
+    """The standard OpenTelemetry variables the services' SDK (and their sidecar registration)
+    reads: where spans go (without it a process exports none), and the edge's head sampling for
+    the traces a process starts itself (a request without a trace context, a timer's work); a
+    span with a parent follows its parent's decision."""
+    if not wiring.otlp_endpoint:
+        return {}
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": wiring.otlp_endpoint,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": f"{wiring.trace_sample_percent / 100:g}",
+    }
 
 
 def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict[str, str]:
