@@ -35,7 +35,7 @@ GET_USER = "shopmesh.users.v1.UserService.GetUser"
 # Before a run through the edge, each of its users sends one request (not measured): the
 # steady state of signed-in users, whose tokens the edge has exchanged already. A user's first
 # request waits for auth's token exchange; the warm-up's own figures show what that costs.
-WARM_UP_RATE = 150
+WARM_UP_RATE = 100
 
 
 @dataclass(frozen=True)
