@@ -332,6 +332,87 @@ def _cpu_tables(results: dict) -> list[str]:
     ]
 
 
+def _first_requests(results: dict) -> list[str]:
+    """The warm-ups: each user's first request on a listener, which waits for auth's token
+    exchange (mesh/bench/scenarios.py)."""
+    rows = []
+    for scenario in plan.GET_SCENARIOS + plan.POST_SCENARIOS:
+        ups = [run["warm_up"] for run in results["runs"]
+               if run["scenario"] == scenario and run.get("warm_up")]  # fmt: skip
+        if not ups:
+            continue
+        requests = sum(up["requests"] for up in ups)
+        failed = sum(up["requests"] * up["error_ratio"] for up in ups)
+        rows.append([TITLES[scenario], f"{requests:,}", f"{max(up['p50_ms'] for up in ups):.1f}",
+                     f"{max(up['p99_ms'] for up in ups):.1f}", f"{failed:,.0f}"])  # fmt: skip
+    if not rows:
+        return []
+    header = ["listener", "first requests", "p50 (worst run)", "p99 (worst run)", "failed"]
+    return [
+        "Before each run through the edge, each of its users sent one request on the run's "
+        "listener at 100/s (not in the figures above): a user's first request there waits for "
+        "auth's token exchange.",
+        "",
+        *table(header, rows),
+        "",
+    ]
+
+
+def _steadiest(results: dict, scenario: str) -> dict | None:
+    """The scenario's highest fixed rate answered in full without errors: its CPU per request
+    carries the least of the mesh's idle work."""
+    clean = [
+        run for run in results["runs"]
+        if run["scenario"] == scenario and run["target_rate"] and not run["error_ratio"]
+        and run["throughput"] >= 0.95 * run["target_rate"] and run.get("cpu_ms_per_request")
+        and run["duration_s"] != plan.LONG_RUN[2]
+    ]  # fmt: skip
+    return max(clean, key=lambda run: run["target_rate"], default=None)
+
+
+def capacity(run: dict, idle: dict) -> dict:
+    """What the machine could answer at 100 % CPU with `run`'s cost per request: the mesh's idle
+    work is taken out of both the run's CPU per request and the machine's CPU, and the load
+    tool's own CPU (it shares the machine) is added to the request's."""
+    cores_ms = idle["nproc"] * 1000.0
+    idle_ms_per_s = idle["percent"] / 100 * cores_ms
+    mesh_ms = run["cpu_ms_per_request_total"] - idle_ms_per_s / run["target_rate"]
+    tool_ms = run.get("load_tool_cpu_ms_per_request", 0.0)
+    return {
+        "mesh_ms": mesh_ms,
+        "tool_ms": tool_ms,
+        "idle_ms_per_s": idle_ms_per_s,
+        "requests_per_s": (cores_ms - idle_ms_per_s) / (mesh_ms + tool_ms),
+    }
+
+
+def _where_the_cpu_goes(results: dict) -> list[str]:
+    idle = results.get("resources", {}).get("idle")
+    run = _steadiest(results, "edge-h2")
+    if idle is None or run is None:
+        return ["Not measured."]
+    cap = capacity(run, idle)
+    shares = sorted(run["cpu_ms_per_request"].items(), key=lambda item: -item[1])
+    listed = ", ".join(f"{name} {ms:.2f}" for name, ms in shares if ms >= 0.05)
+    target = plan.LONG_RUN[1]
+    return [
+        f"GET /orders/{{id}} through the edge (TLS h2) at {run['target_rate']:,} req/s, its "
+        f"highest rate answered in full: **{run['cpu_ms_per_request_total']:.2f} ms** of CPU "
+        f"per request in the mesh's processes ({listed}), of which "
+        f"{cap['idle_ms_per_s'] / run['target_rate']:.2f} ms is the mesh's idle work spread over "
+        f"the requests (Kafka, Prometheus, Jaeger, Consul: {idle['percent']:.1f} % of the "
+        f"machine at rest), and **{cap['tool_ms']:.2f} ms** in the load tool on the same cores.",
+        "",
+        f"So each request costs {cap['mesh_ms'] + cap['tool_ms']:.2f} ms of the machine's "
+        f"{results['machine']['nproc'] * 1000:,} ms per second, of which "
+        f"{results['machine']['nproc'] * 1000 - cap['idle_ms_per_s']:,.0f} are free: at 100 % "
+        f"CPU this machine could answer at most **{cap['requests_per_s']:,.0f} req/s** through "
+        f"the edge, {cap['requests_per_s'] / target:.2f}x the {target:,} req/s the issue asks "
+        "(latency climbs well before 100 %). "
+        "[performance.md](performance.md) has the profile of each hop and what was tried.",
+    ]
+
+
 def _every_run(results: dict) -> list[str]:
     rows = []
     for run in results["runs"]:
@@ -471,6 +552,7 @@ def document(results: dict) -> str:
         "",
         *side_by_side(results, plan.GET_SCENARIOS, plan.GET_RATES),
         "",
+        *_first_requests(results),
         "gRPC users.GetUser:",
         "",
         *side_by_side(results, plan.GRPC_SCENARIOS, plan.GRPC_RATES),
@@ -493,6 +575,10 @@ def document(results: dict) -> str:
         "## Kafka pipeline",
         "",
         *_kafka_section(results),
+        "",
+        "## Where a request spends its CPU",
+        "",
+        *_where_the_cpu_goes(results),
         "",
         "## Resources",
         "",

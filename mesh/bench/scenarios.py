@@ -10,6 +10,7 @@ over several client addresses (one tool process per address).
 from __future__ import annotations
 
 import math
+import resource
 import sys
 import tempfile
 import time
@@ -168,14 +169,23 @@ def _behind_edge(
 
 
 def _measured(state: StateDir, load: Callable[[], Figures], extra: dict) -> tuple[Figures, dict]:
-    """The run's figures, with the CPU time each mesh component spent on it per request."""
+    """The run's figures, with the CPU time each mesh component spent on it per request, and the
+    load tool's own (its processes are this one's children, waited for before `load` returns)."""
+    tool_before = _children_cpu_s()
     with CpuMeter(state) as meter:
         figures = load()
     per_request = meter.per_request_ms(figures.requests)
+    tool_ms = 1000 * (_children_cpu_s() - tool_before) / max(figures.requests, 1)
     return figures, extra | {
         "cpu_ms_per_request": per_request,
         "cpu_ms_per_request_total": sum(per_request.values()),
+        "load_tool_cpu_ms_per_request": tool_ms,
     }
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _grpc_port(topology: Topology, scenario: Scenario) -> int:

@@ -269,3 +269,30 @@ def test_the_report_puts_the_paths_side_by_side_and_names_every_command() -> Non
     assert "`mesh bench edge-h2 --rate 1000 --duration 20`" in document
     assert "![edge-h2](benchmarks/edge-h2.png)" in document
     assert "## Kafka pipeline" in document and "## Edge protocols and the mesh hop" in document
+
+
+def test_the_capacity_takes_the_idle_mesh_out_and_the_load_tool_in() -> None:
+    # 2 cores, the mesh idling at 10 % of them (200 ms/s): a run at 500/s measured 2.4 ms per
+    # request in the mesh, 0.4 of it the idle work spread over the requests, and 0.5 ms in vegeta.
+    run_ = run("edge-h2", 500, cpu_ms_per_request_total=2.4, load_tool_cpu_ms_per_request=0.5)
+    cap = report.capacity(run_, {"nproc": 2, "percent": 10.0})
+    assert cap["mesh_ms"] == pytest.approx(2.0)
+    assert cap["requests_per_s"] == pytest.approx(1800 / 2.5)
+
+
+def test_the_report_estimates_the_machines_ceiling_from_the_steadiest_edge_run() -> None:
+    measured = results()
+    measured["resources"]["idle"] = {"seconds": 15, "nproc": 2, "percent": 10.0,
+                                     "by_component_percent": {"kafka-1": 5.0}}  # fmt: skip
+    document = report.document(measured)
+    # edge-h2 at 1000/s (the 60 s run aside): 1.2 ms, 0.2 of it idle work; no tool CPU.
+    assert "at 1,000 req/s, its highest rate answered in full: **1.20 ms**" in document
+    assert "could answer at most **1,800 req/s** through the edge, 1.80x" in document
+
+
+def test_the_first_requests_of_each_listener_are_reported_apart() -> None:
+    measured = results()
+    warm = {"requests": 600, "p50_ms": 9.0, "p99_ms": 80.0, "error_ratio": 0.0}
+    measured["runs"].append(run("edge-h3", 200, warm_up=warm))
+    document = report.document(measured)
+    assert "| edge h3 | 600 | 9.0 | 80.0 | 0 |" in document
