@@ -89,9 +89,12 @@ def variable_values(prometheus: httpx.Client, dashboard: dict) -> dict[str, list
 
 
 @pytest.fixture(scope="module")
-def queries(prometheus: httpx.Client, topology: Topology) -> list[tuple[Target, str]]:
+def queries(
+    prometheus: httpx.Client, topology: Topology, traffic: None
+) -> list[tuple[Target, str]]:
     """Every query with Grafana's variables filled in: each variable as "All" (Grafana's regex
-    of every value) and as each single value. Every `$service` offers every service."""
+    of every value) and as each single value. Every `$service` offers every service once the
+    traffic has reached each (a service's request metrics exist from its first request)."""
     services = {s.name for s in topology.services}
 
     def resolved() -> dict[str, dict[str, list[str]]]:
