@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from mesh import registration
+from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.runtime import (
     consul,
     demo,
@@ -48,7 +50,6 @@ from mesh.runtime import (
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.supervisor import Wiring, instance_env, worker_env
 from mesh.topology import Instance, Sidecar, Topology, load
-from services.common.consul import OTLP_CLUSTER
 
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 PROMETHEUS_FILE = REPO_ROOT / "observability" / "prometheus" / "compose.yml"
@@ -808,19 +809,15 @@ def edge_envoy_config(topology: Topology, files: edge_config.EdgeFiles) -> dict[
 
 
 def edge_registration(topology: Topology) -> dict[str, Any]:
-    """The native edge registration at the edge container's address, tracing to Jaeger's."""
+    """The edge's registration at the edge container's address, tracing to Jaeger's."""
     addresses = Addresses.of(topology)
-    registration = edge.registration(replace(topology, bind_host=addresses.edge))
-    proxy_config = registration["Connect"]["SidecarService"]["Proxy"].get("Config", {})
-    if "envoy_extra_static_clusters_json" in proxy_config:
-        cluster = json.loads(proxy_config["envoy_extra_static_clusters_json"])
-        _point_at(cluster, OTLP_CLUSTER, addresses.jaeger)
-        proxy_config["envoy_extra_static_clusters_json"] = json.dumps(cluster)
-    return registration
+    return registration.edge_registration(
+        topology, address=addresses.edge, otlp_endpoint=addresses.otlp_endpoint(topology)
+    )
 
 
 def _point_at(cluster: dict[str, Any], name: str, ip: str) -> None:
-    """The edge's configs are made for the native runtime, where Jaeger and the rate-limit
+    """The edge's Envoy config is made for the native runtime, where Jaeger and the rate-limit
     service share the bind host; `ip` is the container's, if the cluster is the one named."""
     if cluster["name"] != name:
         return

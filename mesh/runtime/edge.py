@@ -1,4 +1,5 @@
-"""The edge gateway process: its Consul registration and how it is started.
+"""The edge gateway process: how it is started and registered in Consul (the document comes
+from mesh/registration.py).
 
 Its Envoy config comes from edge_config.py; requests leave the edge through the edge's own
 Connect sidecar (its upstream listeners on loopback), which carries them over mTLS.
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from mesh.registration import edge_registration
 from mesh.runtime import protos
 from mesh.runtime.consul import ConsulClient
 from mesh.runtime.edge_config import EdgeFiles, envoy_config
@@ -18,46 +20,6 @@ from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.tls import ensure_edge_certs
 from mesh.topology import Topology
-from services.common.consul import (
-    CHECK_INTERVAL,
-    CHECK_TIMEOUT,
-    DEREGISTER_CRITICAL_AFTER,
-    FAILURES_BEFORE_CRITICAL,
-    EnvoyTracer,
-    sidecar_service,
-)
-
-
-def registration(topology: Topology) -> dict:
-    """The edge is not a Python service, so the runtime registers it (and its sidecar)."""
-    edge = topology.edge
-    host = topology.bind_host
-    return {
-        "ID": edge.id,
-        "Name": "edge",
-        "Address": host,
-        "Port": edge.http_port,
-        "Check": {
-            "Name": "edge admin ready",
-            "HTTP": f"http://{host}:{edge.admin_port}/ready",
-            "Interval": CHECK_INTERVAL,
-            "Timeout": CHECK_TIMEOUT,
-            "FailuresBeforeCritical": FAILURES_BEFORE_CRITICAL,
-            "DeregisterCriticalServiceAfter": DEREGISTER_CRITICAL_AFTER,
-        },
-        "Connect": {
-            "SidecarService": sidecar_service(
-                instance=edge.id,
-                port=edge.sidecar.port,
-                address=host,
-                local_address=host,
-                local_port=edge.http_port,
-                upstreams=[(up.service, up.local_bind_port) for up in edge.upstreams],
-                metrics_port=edge.sidecar.metrics_port,
-                tracer=EnvoyTracer("edge-sidecar", topology.otlp_endpoint()),
-            )
-        },
-    }
 
 
 def edge_spec(topology: Topology, state: StateDir, envoy_bin: Path) -> ProcessSpec:
@@ -71,7 +33,12 @@ def edge_spec(topology: Topology, state: StateDir, envoy_bin: Path) -> ProcessSp
         config_file.write_text(json.dumps(envoy_config(topology, files), indent=2))
         client = ConsulClient(topology.consul_http_addr)
         try:
-            client.register(registration(topology))
+            # The edge is not a Python service, so the runtime registers it (and its sidecar).
+            client.register(
+                edge_registration(
+                    topology, address=topology.bind_host, otlp_endpoint=topology.otlp_endpoint()
+                )
+            )
         finally:
             client.close()
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+from mesh.envoy_tracing import EnvoyTracer
 from mesh.runtime import ratelimit
 from mesh.topology import Route, Topology
-from services.common.consul import EnvoyTracer
 
 T = "type.googleapis.com/envoy.extensions."
 HCM = T + "filters.network.http_connection_manager.v3.HttpConnectionManager"

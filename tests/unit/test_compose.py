@@ -15,13 +15,13 @@ import pytest
 import yaml
 
 from mesh import compose
+from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.runtime import prometheus, protos, provision, ratelimit
 from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles
 from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
 from mesh.runtime.provision import COMPOSE_SCHEMA
 from mesh.runtime.supervisor import native_wiring, service_env, worker_env
 from mesh.topology import Topology, load
-from services.common.consul import OTLP_CLUSTER
 
 # Values that differ between the native runtime and compose by design (mesh/compose.py).
 HOST_VARIABLES = {"SHOPMESH_BIND_HOST", "SHOPMESH_SIDECAR_BIND_HOST", "SHOPMESH_CONSUL_HTTP_ADDR"}

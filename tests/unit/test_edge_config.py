@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mesh.runtime import edge, protos, ratelimit
+from mesh.runtime import protos, ratelimit
 from mesh.runtime.edge_config import EdgeFiles, envoy_config, issuer
 from mesh.topology import load
 
@@ -170,16 +170,6 @@ def test_edge_local_replies_are_problem_json_except_auths_own_denials() -> None:
     assert {"type", "title", "status", "detail"} <= set(body["json_format"])
 
 
-def test_edge_registration_declares_its_sidecar_upstreams() -> None:
-    topology = load()
-    reg = edge.registration(topology)
-    upstreams = reg["Connect"]["SidecarService"]["Proxy"]["Upstreams"]
-    assert {(u["DestinationName"], u["LocalBindPort"]) for u in upstreams} == {
-        (u.service, u.local_bind_port) for u in topology.edge.upstreams
-    }
-    assert reg["Connect"]["SidecarService"]["Address"] == topology.bind_host
-
-
 def test_every_edge_listener_samples_the_topologys_share_of_requests_to_jaeger_as_edge() -> None:
     topology = load()
     config = envoy_config(topology, FILES)
@@ -201,12 +191,6 @@ def test_every_edge_listener_samples_the_topologys_share_of_requests_to_jaeger_a
     }
     options = otlp["typed_extension_protocol_options"]
     assert "http2_protocol_options" in next(iter(options.values()))["explicit_http_config"]
-
-
-def test_the_edge_sidecar_traces_as_edge_sidecar() -> None:
-    config = edge.registration(load())["Connect"]["SidecarService"]["Proxy"]["Config"]
-    tracing = json.loads(config["envoy_listener_tracing_json"])
-    assert tracing["provider"]["typed_config"]["service_name"] == "edge-sidecar"
 
 
 def test_the_edges_span_is_named_after_its_route() -> None:

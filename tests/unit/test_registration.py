@@ -1,0 +1,201 @@
+"""Every Consul registration of the mesh (mesh/registration.py): each service instance's and
+the edge's, with its check, Meta and Connect sidecar."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from mesh.envoy_tracing import OTLP_CLUSTER
+from mesh.registration import edge_registration, instance_registration
+from mesh.topology import Instance, Service, Sidecar, Topology, Upstream, load
+
+ORDERS_1 = Instance(
+    id="orders-1",
+    service="orders",
+    port=7001,
+    sidecar=Sidecar(port=21001, admin_port=19101, metrics_port=9501),
+    metrics_port=9401,
+)
+
+
+def orders_only(upstreams: tuple[Upstream, ...] = ()) -> Topology:
+    orders = Service(
+        name="orders",
+        module="services.orders",
+        protocol="http",
+        database="orders",
+        upstreams=upstreams,
+        instances=(ORDERS_1,),
+    )
+    return replace(load(), services=(orders,))
+
+
+def orders_registration(
+    upstreams: tuple[Upstream, ...] = (),
+    *,
+    address: str = "127.0.0.1",
+    otlp_endpoint: str | None = None,
+) -> dict:
+    return instance_registration(
+        orders_only(upstreams), ORDERS_1, address=address, otlp_endpoint=otlp_endpoint
+    )
+
+
+def test_an_instance_registration_describes_instance_check_and_sidecar() -> None:
+    body = orders_registration((Upstream("users", 9201), Upstream("payments", 9202)))
+    assert body == {
+        "ID": "orders-1",
+        "Name": "orders",
+        "Address": "127.0.0.1",
+        "Port": 7001,
+        # No version: the process puts in the version of the code it runs.
+        "Meta": {"metrics_port": "9401"},
+        "Check": {
+            "Name": "orders-1 /health",
+            "HTTP": "http://127.0.0.1:9401/health",
+            "Method": "GET",
+            "Interval": "1s",
+            "Timeout": "1s",
+            "FailuresBeforeCritical": 3,
+            "DeregisterCriticalServiceAfter": "5m",
+        },
+        "Connect": {
+            "SidecarService": {
+                "Port": 21001,
+                "Address": "127.0.0.1",
+                "Proxy": {
+                    "LocalServiceAddress": "127.0.0.1",
+                    "LocalServicePort": 7001,
+                    "Upstreams": [
+                        {
+                            "DestinationName": "users",
+                            "LocalBindAddress": "127.0.0.1",
+                            "LocalBindPort": 9201,
+                        },
+                        {
+                            "DestinationName": "payments",
+                            "LocalBindAddress": "127.0.0.1",
+                            "LocalBindPort": 9202,
+                        },
+                    ],
+                    "Config": {"envoy_prometheus_bind_addr": "127.0.0.1:9501"},
+                },
+                "Checks": [
+                    {
+                        "Name": "Connect Sidecar Listening",
+                        "TCP": "127.0.0.1:21001",
+                        "Interval": "1s",
+                        "Timeout": "1s",
+                        "FailuresBeforeCritical": 3,
+                    },
+                    {"Name": "Connect Sidecar Aliasing orders-1", "AliasService": "orders-1"},
+                ],
+            }
+        },
+    }
+
+
+def test_registration_without_upstreams_has_an_empty_list() -> None:
+    assert orders_registration()["Connect"]["SidecarService"]["Proxy"]["Upstreams"] == []
+
+
+def test_in_a_container_all_is_at_its_address_but_the_upstream_listeners() -> None:
+    body = orders_registration((Upstream("users", 9201),), address="172.28.0.9")
+    sidecar = body["Connect"]["SidecarService"]
+    assert body["Address"] == sidecar["Address"] == "172.28.0.9"
+    assert body["Check"]["HTTP"] == "http://172.28.0.9:9401/health"
+    assert sidecar["Proxy"]["LocalServiceAddress"] == "172.28.0.9"
+    assert sidecar["Proxy"]["Config"]["envoy_prometheus_bind_addr"] == "172.28.0.9:9501"
+    assert sidecar["Checks"][0]["TCP"] == "172.28.0.9:21001"
+    # The sidecar shares the instance's network namespace: its upstream listeners are loopback.
+    assert sidecar["Proxy"]["Upstreams"][0]["LocalBindAddress"] == "127.0.0.1"
+
+
+def test_with_an_otlp_endpoint_the_sidecar_traces_every_listener_as_service_sidecar() -> None:
+    body = orders_registration(otlp_endpoint="http://127.0.0.1:4317")
+    config = body["Connect"]["SidecarService"]["Proxy"]["Config"]
+    (cluster,) = json.loads(config["envoy_extra_static_clusters_json"])["load_assignment"][
+        "endpoints"
+    ][0]["lb_endpoints"]
+    assert cluster["endpoint"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 4317,
+    }
+    bootstrap = json.loads(config["envoy_tracing_json"])["http"]
+    listener = json.loads(config["envoy_listener_tracing_json"])
+    assert listener["@type"].endswith("HttpConnectionManager.Tracing")
+    assert listener["random_sampling"] == {"value": 100.0}
+    for provider in (bootstrap, listener["provider"]):
+        assert provider["name"] == "envoy.tracers.opentelemetry"
+        typed = provider["typed_config"]
+        assert typed["service_name"] == "orders-sidecar"
+        assert typed["grpc_service"]["envoy_grpc"]["cluster_name"] == OTLP_CLUSTER
+    # Helper keys of the same Proxy.Config stay as they were.
+    assert config["envoy_prometheus_bind_addr"] == "127.0.0.1:9501"
+
+
+def test_without_an_otlp_endpoint_the_sidecar_has_no_tracing() -> None:
+    config = orders_registration()["Connect"]["SidecarService"]["Proxy"]["Config"]
+    assert not {k for k in config if "tracing" in k or "static_clusters" in k}
+
+
+def test_every_instance_of_the_topology_registers_its_own_ports_and_upstreams() -> None:
+    topology = load()
+    for instance in topology.instances():
+        body = instance_registration(
+            topology, instance, address=topology.bind_host, otlp_endpoint=None
+        )
+        sidecar = body["Connect"]["SidecarService"]
+        upstreams = topology.service(instance.service).upstreams
+        assert (body["ID"], body["Name"], body["Port"]) == (
+            instance.id,
+            instance.service,
+            instance.port,
+        )
+        assert body["Meta"] == {"metrics_port": str(instance.metrics_port)}
+        assert sidecar["Port"] == instance.sidecar.port
+        registered = [
+            (u["DestinationName"], u["LocalBindPort"]) for u in sidecar["Proxy"]["Upstreams"]
+        ]
+        assert registered == [(u.service, u.local_bind_port) for u in upstreams]
+
+
+def test_the_edge_is_registered_with_its_admin_check_and_its_sidecar_upstreams() -> None:
+    topology = load()
+    edge = topology.edge
+    host = topology.bind_host
+    reg = edge_registration(topology, address=host, otlp_endpoint=topology.otlp_endpoint())
+    sidecar = reg["Connect"]["SidecarService"]
+    assert {k: v for k, v in reg.items() if k != "Connect"} == {
+        "ID": edge.id,
+        "Name": "edge",
+        "Address": host,
+        "Port": edge.http_port,
+        "Check": {
+            "Name": "edge admin ready",
+            "HTTP": f"http://{host}:{edge.admin_port}/ready",
+            "Interval": "1s",
+            "Timeout": "1s",
+            "FailuresBeforeCritical": 3,
+            "DeregisterCriticalServiceAfter": "5m",
+        },
+    }
+    assert (sidecar["Port"], sidecar["Address"]) == (edge.sidecar.port, host)
+    assert sidecar["Proxy"]["LocalServicePort"] == edge.http_port
+    assert {(u["DestinationName"], u["LocalBindPort"]) for u in sidecar["Proxy"]["Upstreams"]} == {
+        (u.service, u.local_bind_port) for u in edge.upstreams
+    }
+    assert sidecar["Proxy"]["Config"]["envoy_prometheus_bind_addr"] == (
+        f"{host}:{edge.sidecar.metrics_port}"
+    )
+
+
+def test_the_edge_sidecar_traces_as_edge_sidecar() -> None:
+    topology = load()
+    reg = edge_registration(
+        topology, address=topology.bind_host, otlp_endpoint=topology.otlp_endpoint()
+    )
+    config = reg["Connect"]["SidecarService"]["Proxy"]["Config"]
+    tracing = json.loads(config["envoy_listener_tracing_json"])
+    assert tracing["provider"]["typed_config"]["service_name"] == "edge-sidecar"
