@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from mesh.registration import instance_registration
 from mesh.runtime import (
     consul,
     demo,
@@ -81,10 +82,10 @@ def native_wiring(topology: Topology, state: StateDir) -> Wiring:
 
 
 def _tracing_env(wiring: Wiring) -> dict[str, str]:
-    """The standard OpenTelemetry variables the services' SDK (and their sidecar registration)
-    reads: where spans go (without it a process exports none), and the edge's head sampling for
-    the traces a process starts itself (a request without a trace context, a timer's work); a
-    span with a parent follows its parent's decision."""
+    """The standard OpenTelemetry variables the services' SDK reads: where spans go (without it
+    a process exports none), and the edge's head sampling for the traces a process starts
+    itself (a request without a trace context, a timer's work); a span with a parent follows its
+    parent's decision."""
     if not wiring.otlp_endpoint:
         return {}
     return {
@@ -107,9 +108,12 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
         "SHOPMESH_BIND_HOST": wiring.bind_host,
         "SHOPMESH_PORT": str(instance.port),
         "SHOPMESH_CONSUL_HTTP_ADDR": wiring.consul_http_addr,
-        "SHOPMESH_SIDECAR_PORT": str(instance.sidecar.port),
-        "SHOPMESH_SIDECAR_BIND_HOST": wiring.bind_host,
-        "SHOPMESH_SIDECAR_METRICS_PORT": str(instance.sidecar.metrics_port),
+        # The instance registers this document itself once it answers its health check.
+        "SHOPMESH_REGISTRATION": json.dumps(
+            instance_registration(
+                topology, instance, address=wiring.bind_host, otlp_endpoint=wiring.otlp_endpoint
+            )
+        ),
         "SHOPMESH_UPSTREAMS": json.dumps(
             [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
         ),

@@ -6,8 +6,7 @@ import sys
 
 from services.auth.app import create_app
 from services.auth.config import AuthSettings
-from services.common.config import ServiceSettings, service_version
-from services.common.consul import registration_body
+from services.common.config import ServiceSettings
 from services.common.entrypoint import main
 from services.common.runner import run
 
@@ -15,8 +14,7 @@ from services.common.runner import run
 def serve(settings: ServiceSettings) -> int:
     auth_settings = AuthSettings.from_env()
     settings.upstream_port("users")  # a ConfigError now rather than at the first token
-    registration = registration_body(settings, version=service_version())
-    return run(create_app(settings, auth_settings), settings, registration)
+    return run(create_app(settings, auth_settings), settings)
 
 
 if __name__ == "__main__":

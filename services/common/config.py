@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -34,18 +35,14 @@ class ServiceSettings:
     port: int
     consul_http_addr: str
     database_url: str = field(repr=False)
-    sidecar_port: int
+    # The instance's Consul registration, as the mesh made it (mesh/registration.py): the
+    # service registers it once it answers its health check.
+    registration: dict[str, Any]
     bind_host: str = "127.0.0.1"
-    sidecar_bind_host: str = "127.0.0.1"
     upstreams: tuple[Upstream, ...] = ()
     log_level: str = "info"
     # Where /metrics is served for Prometheus; none without SHOPMESH_METRICS_PORT.
     metrics_port: int | None = None
-    # The sidecar Envoy's Prometheus listener; none without SHOPMESH_SIDECAR_METRICS_PORT.
-    sidecar_metrics_port: int | None = None
-    # Where the sidecar sends its spans (OTLP gRPC); no tracing without the standard
-    # OTEL_EXPORTER_OTLP_ENDPOINT, which the service's own SDK reads too.
-    otlp_endpoint: str | None = None
 
     def upstream_port(self, name: str) -> int:
         """The local port of the sidecar listener for upstream `name`."""
@@ -66,22 +63,21 @@ class ServiceSettings:
             raise ConfigError(
                 f"SHOPMESH_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
             )
+        service = _required(source, "SHOPMESH_SERVICE")
+        instance = _required(source, "SHOPMESH_INSTANCE")
         return cls(
-            service=_required(source, "SHOPMESH_SERVICE"),
-            instance=_required(source, "SHOPMESH_INSTANCE"),
+            service=service,
+            instance=instance,
             bind_host=_optional(source, "SHOPMESH_BIND_HOST", "127.0.0.1"),
             port=_port(source, "SHOPMESH_PORT"),
             consul_http_addr=_http_url(source, "SHOPMESH_CONSUL_HTTP_ADDR"),
             database_url=_required(source, "SHOPMESH_DATABASE_URL"),
-            sidecar_port=_port(source, "SHOPMESH_SIDECAR_PORT"),
-            sidecar_bind_host=_optional(source, "SHOPMESH_SIDECAR_BIND_HOST", "127.0.0.1"),
+            registration=_registration(source, "SHOPMESH_REGISTRATION", instance),
             metrics_port=(
                 _port(source, "SHOPMESH_METRICS_PORT")
                 if source.get("SHOPMESH_METRICS_PORT")
                 else None
             ),
-            sidecar_metrics_port=_optional_port(source, "SHOPMESH_SIDECAR_METRICS_PORT"),
-            otlp_endpoint=source.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None,
             upstreams=_upstreams(source, "SHOPMESH_UPSTREAMS"),
             log_level=log_level,
         )
@@ -118,10 +114,6 @@ def _port_value(name: str, raw: object) -> int:
     return port
 
 
-def _optional_port(env: Mapping[str, str], name: str) -> int | None:
-    return _port(env, name) if env.get(name) else None
-
-
 def _port(env: Mapping[str, str], name: str) -> int:
     return _port_value(name, _required(env, name))
 
@@ -131,6 +123,21 @@ def _http_url(env: Mapping[str, str], name: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ConfigError(f"{name} must be an http:// or https:// URL, got {value!r}")
     return value
+
+
+def _registration(env: Mapping[str, str], name: str, instance: str) -> dict[str, Any]:
+    try:
+        document = json.loads(_required(env, name))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc.msg}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{name} must be a JSON object, a Consul service registration")
+    # The instance deregisters its own id on the way out: another id would stay behind.
+    if document.get("ID") != instance:
+        raise ConfigError(
+            f"{name} registers {document.get('ID')!r}, not this instance {instance!r}"
+        )
+    return document
 
 
 def _upstreams(env: Mapping[str, str], name: str) -> tuple[Upstream, ...]:

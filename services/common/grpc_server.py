@@ -3,8 +3,9 @@
 Start: the server binds SHOPMESH_BIND_HOST:SHOPMESH_PORT (a taken port fails at once), the
 database pool opens and the service's migrations apply, the service wires its servicers
 (`Wiring`), the server starts, and grpc.health.v1 turns SERVING (overall "" and each service
-name). Registration with the gRPC health check then runs in the background, as in
-services.common.runner, so the check already passes when Consul first probes it.
+name), and so does /health on the admin port. Registration (the mesh's SHOPMESH_REGISTRATION)
+then runs in the background, as in services.common.runner, so the check already passes when
+Consul first probes it.
 
 Every RPC goes through the same interceptors: OpenTelemetry's (a SERVER span per RPC),
 services.common.rpc.ErrorInterceptor (domain errors to status codes, one JSON log line per RPC)
@@ -113,7 +114,6 @@ def interceptors(
 
 def run(
     settings: ServiceSettings,
-    registration: dict[str, Any],
     wiring: Wiring,
     *,
     migrations: Path,
@@ -124,7 +124,6 @@ def run(
     return event_loop.run(
         serve(
             settings,
-            registration,
             wiring,
             migrations=migrations,
             register_deadline_s=register_deadline_s,
@@ -135,7 +134,6 @@ def run(
 
 async def serve(
     settings: ServiceSettings,
-    registration: dict[str, Any],
     wiring: Wiring,
     *,
     migrations: Path,
@@ -169,7 +167,6 @@ async def serve(
 
         exit_code = await registered_until_stopped(
             settings,
-            registration,
             stop,
             register_deadline_s=register_deadline_s,
             before_deregister=health_servicer.enter_graceful_shutdown,

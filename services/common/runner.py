@@ -1,9 +1,10 @@
 """Run an aiohttp service: serve, register in Consul, and stop cleanly on SIGTERM/SIGINT.
 
 Start: the application's startup hooks (database pool, migrations) run, the listener binds,
-then registration runs in the background so the health check already answers when Consul
-first probes it. Stop: deregister first (the mesh stops sending traffic), then stop accepting
-and let in-flight requests finish, then the cleanup hooks close the pool.
+then registration (the mesh's SHOPMESH_REGISTRATION, with this process's version) runs in the
+background so the health check already answers when Consul first probes it. Stop: deregister
+first (the mesh stops sending traffic), then stop accepting and let in-flight requests finish,
+then the cleanup hooks close the pool.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from services.common import admin, event_loop, metrics, telemetry
-from services.common.config import ServiceSettings
+from services.common.config import ServiceSettings, service_version
 from services.common.consul import ConsulAgent, ConsulError, register_until
 from services.common.logging import JsonAccessLogger
 
@@ -32,7 +33,6 @@ class StartupError(Exception):
 def run(
     app: web.Application,
     settings: ServiceSettings,
-    registration: dict[str, Any],
     *,
     register_deadline_s: float = 60.0,
     shutdown_timeout_s: float = 10.0,
@@ -42,7 +42,6 @@ def run(
         serve(
             app,
             settings,
-            registration,
             register_deadline_s=register_deadline_s,
             shutdown_timeout_s=shutdown_timeout_s,
         )
@@ -52,7 +51,6 @@ def run(
 async def serve(
     app: web.Application,
     settings: ServiceSettings,
-    registration: dict[str, Any],
     *,
     register_deadline_s: float,
     shutdown_timeout_s: float,
@@ -79,7 +77,7 @@ async def serve(
         return 1
 
     exit_code = await registered_until_stopped(
-        settings, registration, stop, register_deadline_s=register_deadline_s
+        settings, stop, register_deadline_s=register_deadline_s
     )
     log.info("stopping", extra={"shutdown_timeout_s": shutdown_timeout_s})
     await runner.cleanup()
@@ -120,19 +118,20 @@ def stop_on_signals() -> asyncio.Event:
 
 async def registered_until_stopped(
     settings: ServiceSettings,
-    registration: dict[str, Any],
     stop: asyncio.Event,
     *,
     register_deadline_s: float,
     before_deregister: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
-    """Register in the background and wait for `stop`, then deregister; return the exit code.
+    """Register the mesh's registration (with this process's version) in the background and
+    wait for `stop`, then deregister; return the exit code.
 
     The listener already answers, so the first health check Consul makes can pass. A
     registration that fails until its deadline stops the service with exit code 1.
     `before_deregister` runs first on the way out (a gRPC server turns its health NOT_SERVING).
     """
     exit_code = 0
+    registration = with_version(settings.registration, service_version())
     async with aiohttp.ClientSession() as session:
         agent = ConsulAgent(settings.consul_http_addr, session)
         registering = asyncio.create_task(
@@ -155,6 +154,14 @@ async def registered_until_stopped(
             await before_deregister()
         await _deregister(agent, settings.instance)
     return exit_code
+
+
+def with_version(registration: dict[str, Any], version: str) -> dict[str, Any]:
+    """`registration` with `version` in its Meta: the version of the code this process runs, the
+    one thing about the instance the process knows and the mesh does not (mesh/registration.py).
+    """
+    meta = {k: v for k, v in registration.get("Meta", {}).items() if k != "version"}
+    return {**registration, "Meta": {"version": version, **meta}}
 
 
 async def unless_stopped(startup: Awaitable[None], stop: asyncio.Event) -> bool:

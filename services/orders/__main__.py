@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from services.common.config import ServiceSettings, service_version
-from services.common.consul import registration_body
+from services.common.config import ServiceSettings
 from services.common.entrypoint import main
 from services.common.runner import run
 from services.orders.app import create_app
 
 
 def serve(settings: ServiceSettings) -> int:
-    registration = registration_body(settings, version=service_version())
-    return run(create_app(settings), settings, registration)
+    return run(create_app(settings), settings)
 
 
 if __name__ == "__main__":

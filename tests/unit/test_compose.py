@@ -16,6 +16,7 @@ import yaml
 
 from mesh import compose
 from mesh.envoy_tracing import OTLP_CLUSTER
+from mesh.registration import instance_registration
 from mesh.runtime import prometheus, protos, provision, ratelimit
 from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles
 from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
@@ -24,7 +25,7 @@ from mesh.runtime.supervisor import native_wiring, service_env, worker_env
 from mesh.topology import Topology, load
 
 # Values that differ between the native runtime and compose by design (mesh/compose.py).
-HOST_VARIABLES = {"SHOPMESH_BIND_HOST", "SHOPMESH_SIDECAR_BIND_HOST", "SHOPMESH_CONSUL_HTTP_ADDR"}
+HOST_VARIABLES = {"SHOPMESH_BIND_HOST", "SHOPMESH_REGISTRATION", "SHOPMESH_CONSUL_HTTP_ADDR"}
 HOST_VARIABLES |= {"SHOPMESH_KAFKA_BOOTSTRAP", "SHOPMESH_DATABASE_URL", "SHOPMESH_AUTH_SEED_FILE"}
 HOST_VARIABLES |= {"OTEL_EXPORTER_OTLP_ENDPOINT"}
 
@@ -65,13 +66,19 @@ def test_every_service_instance_has_its_container_and_a_sidecar_in_its_namespace
     topology: Topology, doc: dict[str, Any]
 ) -> None:
     services = doc["services"]
+    addresses = compose.Addresses.of(topology)
     for instance in topology.instances():
         app = services[instance.id]
         env = app["environment"]
         assert env["SHOPMESH_PORT"] == str(instance.port)
         assert env["SHOPMESH_METRICS_PORT"] == str(instance.metrics_port)
-        assert env["SHOPMESH_SIDECAR_PORT"] == str(instance.sidecar.port)
-        assert env["SHOPMESH_SIDECAR_METRICS_PORT"] == str(instance.sidecar.metrics_port)
+        # Registered at the container's address (its sidecar's too), tracing to Jaeger's.
+        assert json.loads(env["SHOPMESH_REGISTRATION"]) == instance_registration(
+            topology,
+            instance,
+            address=addresses.instances[instance.id],
+            otlp_endpoint=addresses.otlp_endpoint(topology),
+        )
         upstreams = topology.service(instance.service).upstreams
         assert json.loads(env["SHOPMESH_UPSTREAMS"]) == [
             {"name": u.service, "local_bind_port": u.local_bind_port} for u in upstreams

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from services.common.config import ConfigError, ServiceSettings, Upstream
@@ -8,7 +10,7 @@ ENV = {
     "SHOPMESH_PORT": "7001",
     "SHOPMESH_CONSUL_HTTP_ADDR": "http://127.0.0.1:8500",
     "SHOPMESH_DATABASE_URL": "postgresql://orders:pw@127.0.0.1:15432/orders",
-    "SHOPMESH_SIDECAR_PORT": "21001",
+    "SHOPMESH_REGISTRATION": json.dumps({"ID": "orders-1", "Name": "orders", "Port": 7001}),
 }
 
 
@@ -22,9 +24,8 @@ def test_minimal_environment_gets_loopback_defaults():
     assert s.service == "orders"
     assert s.instance == "orders-1"
     assert s.port == 7001
-    assert s.sidecar_port == 21001
+    assert s.registration == {"ID": "orders-1", "Name": "orders", "Port": 7001}
     assert s.bind_host == "127.0.0.1"
-    assert s.sidecar_bind_host == "127.0.0.1"
     assert s.upstreams == ()
     assert s.log_level == "info"
     assert s.consul_http_addr == "http://127.0.0.1:8500"
@@ -38,7 +39,7 @@ def test_minimal_environment_gets_loopback_defaults():
         "SHOPMESH_PORT",
         "SHOPMESH_CONSUL_HTTP_ADDR",
         "SHOPMESH_DATABASE_URL",
-        "SHOPMESH_SIDECAR_PORT",
+        "SHOPMESH_REGISTRATION",
     ],
 )
 def test_missing_required_variable_is_named_in_the_error(name):
@@ -101,9 +102,22 @@ def test_consul_address_must_be_an_http_url_and_loses_its_trailing_slash():
         settings(SHOPMESH_CONSUL_HTTP_ADDR="127.0.0.1:8500")
 
 
-def test_bind_hosts_can_be_overridden():
-    s = settings(SHOPMESH_BIND_HOST="0.0.0.0", SHOPMESH_SIDECAR_BIND_HOST="10.0.0.5")
-    assert (s.bind_host, s.sidecar_bind_host) == ("0.0.0.0", "10.0.0.5")
+def test_bind_host_can_be_overridden():
+    assert settings(SHOPMESH_BIND_HOST="0.0.0.0").bind_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ("{", "SHOPMESH_REGISTRATION is not valid JSON"),
+        ('["orders-1"]', "SHOPMESH_REGISTRATION must be a JSON object"),
+        ('{"Name": "orders"}', "SHOPMESH_REGISTRATION registers None, not this instance"),
+        ('{"ID": "orders-2"}', "SHOPMESH_REGISTRATION registers 'orders-2', not this instance"),
+    ],
+)
+def test_a_registration_must_be_a_json_object_for_this_instance(raw, error):
+    with pytest.raises(ConfigError, match=error):
+        settings(SHOPMESH_REGISTRATION=raw)
 
 
 def test_database_password_stays_out_of_the_repr():

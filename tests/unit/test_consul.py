@@ -1,87 +1,30 @@
+"""A service's side of registration: its version in the mesh's document, then the agent's
+registration retried until a deadline."""
+
 import asyncio
 
 import aiohttp
 import pytest
 
 from services.common import consul
-from services.common.config import ConfigError, ServiceSettings, Upstream
+from services.common.runner import with_version
 
 
-def settings(upstreams=(), metrics_port=9401):
-    return ServiceSettings(
-        service="orders",
-        instance="orders-1",
-        port=7001,
-        consul_http_addr="http://127.0.0.1:8500",
-        database_url="postgresql://orders:pw@127.0.0.1:15432/orders",
-        sidecar_port=21001,
-        upstreams=upstreams,
-        metrics_port=metrics_port,
-    )
-
-
-def test_registration_body_describes_instance_check_and_sidecar():
-    body = consul.registration_body(
-        settings((Upstream("users", 9201), Upstream("payments", 9202))), version="1.2.3"
-    )
+def test_the_process_puts_its_version_first_in_the_meshs_meta():
+    given = {"ID": "orders-1", "Meta": {"metrics_port": "9401"}, "Port": 7001}
+    body = with_version(given, "1.2.3")
     assert body == {
         "ID": "orders-1",
-        "Name": "orders",
-        "Address": "127.0.0.1",
-        "Port": 7001,
         "Meta": {"version": "1.2.3", "metrics_port": "9401"},
-        "Check": {
-            "Name": "orders-1 /health",
-            "HTTP": "http://127.0.0.1:9401/health",
-            "Method": "GET",
-            "Interval": "1s",
-            "Timeout": "1s",
-            "FailuresBeforeCritical": 3,
-            "DeregisterCriticalServiceAfter": "5m",
-        },
-        "Connect": {
-            "SidecarService": {
-                "Port": 21001,
-                "Address": "127.0.0.1",
-                "Proxy": {
-                    "LocalServiceAddress": "127.0.0.1",
-                    "LocalServicePort": 7001,
-                    "Upstreams": [
-                        {
-                            "DestinationName": "users",
-                            "LocalBindAddress": "127.0.0.1",
-                            "LocalBindPort": 9201,
-                        },
-                        {
-                            "DestinationName": "payments",
-                            "LocalBindAddress": "127.0.0.1",
-                            "LocalBindPort": 9202,
-                        },
-                    ],
-                },
-                "Checks": [
-                    {
-                        "Name": "Connect Sidecar Listening",
-                        "TCP": "127.0.0.1:21001",
-                        "Interval": "1s",
-                        "Timeout": "1s",
-                        "FailuresBeforeCritical": 3,
-                    },
-                    {"Name": "Connect Sidecar Aliasing orders-1", "AliasService": "orders-1"},
-                ],
-            }
-        },
+        "Port": 7001,
     }
+    assert list(body["Meta"]) == ["version", "metrics_port"]
+    assert given["Meta"] == {"metrics_port": "9401"}
 
 
-def test_registration_without_upstreams_has_an_empty_list():
-    body = consul.registration_body(settings(), version="1")
-    assert body["Connect"]["SidecarService"]["Proxy"]["Upstreams"] == []
-
-
-def test_an_instance_without_an_admin_port_cannot_be_registered():
-    with pytest.raises(ConfigError, match="SHOPMESH_METRICS_PORT"):
-        consul.registration_body(settings(metrics_port=None), version="1")
+def test_the_process_version_replaces_any_the_document_had():
+    body = with_version({"ID": "orders-1", "Meta": {"version": "0", "metrics_port": "9401"}}, "1")
+    assert body["Meta"] == {"version": "1", "metrics_port": "9401"}
 
 
 class FlakyAgent:
@@ -124,14 +67,3 @@ def test_registration_gives_up_at_the_deadline():
     with pytest.raises(aiohttp.ClientConnectionError):
         asyncio.run(consul.register_until(agent, {"ID": "orders-1"}, deadline_s=0.5))
     assert 2 <= len(agent.bodies) <= 5
-
-
-def test_a_sidecar_metrics_port_becomes_envoys_prometheus_listener():
-    plain = settings()
-    with_port = ServiceSettings(**{**vars(plain), "sidecar_metrics_port": 9501})
-    proxy = consul.registration_body(with_port, version="1")["Connect"]["SidecarService"]["Proxy"]
-    assert proxy["Config"]["envoy_prometheus_bind_addr"] == "127.0.0.1:9501"
-    assert (
-        "Config"
-        not in consul.registration_body(plain, version="1")["Connect"]["SidecarService"]["Proxy"]
-    )

@@ -1,5 +1,5 @@
 """Every Consul registration of the mesh (mesh/registration.py): each service instance's and
-the edge's, with its check, Meta and Connect sidecar."""
+the edge's, with its check, Meta and Connect sidecar, and how an instance gets its own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from dataclasses import replace
 
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.registration import edge_registration, instance_registration
+from mesh.runtime.supervisor import Wiring, instance_env
 from mesh.topology import Instance, Service, Sidecar, Topology, Upstream, load
+from services.common.config import ServiceSettings
+from services.common.runner import with_version
 
 ORDERS_1 = Instance(
     id="orders-1",
@@ -159,6 +162,29 @@ def test_every_instance_of_the_topology_registers_its_own_ports_and_upstreams() 
             (u["DestinationName"], u["LocalBindPort"]) for u in sidecar["Proxy"]["Upstreams"]
         ]
         assert registered == [(u.service, u.local_bind_port) for u in upstreams]
+
+
+def test_each_instance_registers_the_document_its_environment_hands_it_with_its_version() -> None:
+    topology = load()
+    wiring = Wiring(
+        bind_host="127.0.0.1",
+        consul_http_addr="http://127.0.0.1:8500",
+        kafka_bootstrap="127.0.0.1:29092",
+        database_url=lambda database: f"postgresql://{database}@127.0.0.1/{database}",
+        auth_seed_file=lambda: "/seed.json",
+        otlp_endpoint=topology.otlp_endpoint(),
+    )
+    for instance in topology.instances():
+        env = instance_env(topology, wiring, instance)
+        expected = instance_registration(
+            topology, instance, address="127.0.0.1", otlp_endpoint=topology.otlp_endpoint()
+        )
+        settings = ServiceSettings.from_env(env)
+        assert settings.registration == expected
+        body = with_version(settings.registration, "1.2.3")
+        assert body == {**expected, "Meta": {"version": "1.2.3", **expected["Meta"]}}
+    # What served only the registration is no longer in the environment.
+    assert not {name for name in env if name.startswith("SHOPMESH_SIDECAR")}
 
 
 def test_the_edge_is_registered_with_its_admin_check_and_its_sidecar_upstreams() -> None:
