@@ -11,8 +11,8 @@ also serves /metrics) from two facts it can read without queueing:
 - a `SELECT 1` on a connection of its own, run on an event loop of its own in a thread of its own,
   so it never waits for the request pool or the request loop; one ping at a time (checks
   arriving meanwhile share the answer), reconnecting when the connection breaks.
-Consul also needs several failures in a row before it takes an instance out
-(services/common/consul.py).
+Consul also needs several failures in a row before it takes an instance out (the check in the
+registration the mesh hands the instance, mesh/registration.py).
 """
 
 from __future__ import annotations
