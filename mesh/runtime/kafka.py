@@ -288,6 +288,12 @@ def node_ready(topology: Topology, state: StateDir, node: KafkaNode) -> str | No
     others = [n for n in topology.kafka.nodes if n != node]
     if not all(process.running(state, n.name) for n in others):
         return None
+    # A restarted broker's registration waits until its previous incarnation's session has run
+    # out (DuplicateBrokerRegistrationException meanwhile), and the controller lists the old one
+    # as live until then: only an open client port says the broker serves.
+    for other in topology.kafka.nodes:
+        if not _port_open(topology.bind_host, other.port):
+            return f"{other.name}'s client port {other.port} not open yet"
     try:
         seen = brokers_seen_by(topology, node)
     except Exception as exc:
@@ -463,9 +469,17 @@ def ensure_topics(
 
     Returns the names created (an existing topic is left alone, whatever its settings)."""
     topics = topics if topics is not None else load_topics()
-    with _quiet_aiokafka():
-        created = asyncio.run(_ensure_topics(topology.kafka_bootstrap(), topics))
-    wait_for_leaders(topology, nodes, timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with _quiet_aiokafka():
+                created = asyncio.run(_ensure_topics(topology.kafka_bootstrap(), topics))
+            break
+        except KafkaError as exc:  # a broker the metadata names that does not serve yet
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"Kafka topics not created in {timeout:.0f}s: {exc}") from exc
+            time.sleep(0.5)
+    wait_for_leaders(topology, nodes, max(deadline - time.monotonic(), 1.0))
     return created
 
 
