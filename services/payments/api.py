@@ -20,6 +20,8 @@ STATUS = {
     PaymentStatus.PENDING: payments_pb2.PAYMENT_STATUS_PENDING,
     PaymentStatus.SUCCEEDED: payments_pb2.PAYMENT_STATUS_SUCCEEDED,
     PaymentStatus.DECLINED: payments_pb2.PAYMENT_STATUS_DECLINED,
+    PaymentStatus.CANCELLED: payments_pb2.PAYMENT_STATUS_CANCELLED,
+    PaymentStatus.REFUNDED: payments_pb2.PAYMENT_STATUS_REFUNDED,
 }
 
 

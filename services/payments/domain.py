@@ -5,11 +5,12 @@ The simulated provider is deterministic, so tests and demos can choose an outcom
 - every charge takes PROCESSING_TIME_S (100 ms), so the PENDING status is observable;
 - an amount above SINGLE_PAYMENT_LIMIT (1 000 000 minor units, i.e. 10 000.00 RUB) is
   DECLINED with the reason "amount exceeds the single-payment limit";
-- every other payment SUCCEEDED.
+- every other payment SUCCEEDED;
+- a refund takes PROCESSING_TIME_S too and always goes through.
 
 A charge may run more than once for one payment (a caller that takes over a payment whose
 processing stalled): the simulation has no side effects, and a real provider would be given
-the payment id as its idempotency key.
+the payment id as its idempotency key. So may a refund, for the same reason.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -37,6 +38,11 @@ class PaymentStatus(StrEnum):
     PENDING = "PENDING"
     SUCCEEDED = "SUCCEEDED"
     DECLINED = "DECLINED"
+    # The order ended unpaid before anything charged it: this payment holds the order id (the
+    # idempotency key), so nothing can charge the order any more.
+    CANCELLED = "CANCELLED"
+    # Charged, then given back because the order ended unpaid (cancelled, or failed).
+    REFUNDED = "REFUNDED"
 
     @property
     def final(self) -> bool:
@@ -142,6 +148,11 @@ def new_payment(
     )
 
 
+def cancelled_payment(request: PaymentRequest) -> Payment:
+    """The CANCELLED payment that takes an order's idempotency key before any charge."""
+    return replace(new_payment(request), status=PaymentStatus.CANCELLED)
+
+
 def provider_decision(amount: int) -> Outcome:
     """The simulated provider's rule for a payment of `amount` minor units."""
     if amount > SINGLE_PAYMENT_LIMIT:
@@ -155,3 +166,20 @@ async def charge(
     """Ask the simulated provider to charge `payment`: PROCESSING_TIME_S, then its decision."""
     await sleep(PROCESSING_TIME_S)
     return provider_decision(payment.amount)
+
+
+async def refund(
+    payment: Payment, *, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+) -> None:
+    """Ask the simulated provider to give a charged `payment` back: PROCESSING_TIME_S."""
+    await sleep(PROCESSING_TIME_S)
+
+
+class SimulatedProvider:
+    """The simulated provider, as the service layer calls it."""
+
+    async def charge(self, payment: Payment) -> Outcome:
+        return await charge(payment)
+
+    async def refund(self, payment: Payment) -> None:
+        await refund(payment)

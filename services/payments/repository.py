@@ -57,6 +57,26 @@ class PostgresPayments:
         )
         return None if row is None else _payment(row)
 
+    async def insert_cancelled(self, payment: Payment) -> Payment | None:
+        """Insert the CANCELLED `payment`; None if the order has a payment (as insert_pending:
+        one row per order, whoever commits first)."""
+        row = await self._db.fetchrow(
+            f"""
+            INSERT INTO payments ({_COLUMNS})
+            VALUES ($1, $2, $3, $4, $5, 'CANCELLED', NULL, $6, $7)
+            ON CONFLICT (order_id) DO NOTHING
+            RETURNING {_COLUMNS}
+            """,
+            payment.id,
+            payment.order_id,
+            payment.user_id,
+            payment.amount,
+            payment.currency,
+            payment.created_at,
+            payment.updated_at,
+        )
+        return None if row is None else _payment(row)
+
     async def claim_stalled(self, payment_id: uuid.UUID, *, lease_s: float) -> Payment | None:
         """Claim a PENDING payment whose processing lease has run out; None if it has not."""
         row = await self._db.fetchrow(
@@ -86,6 +106,18 @@ class PostgresPayments:
             outcome.status.value,
             outcome.decline_reason,
             charged_by,
+        )
+        return None if row is None else _payment(row)
+
+    async def mark_refunded(self, payment_id: uuid.UUID) -> Payment | None:
+        """SUCCEEDED becomes REFUNDED; None if the payment is not SUCCEEDED (refunded already)."""
+        row = await self._db.fetchrow(
+            f"""
+            UPDATE payments SET status = 'REFUNDED', updated_at = now()
+            WHERE id = $1 AND status = 'SUCCEEDED'
+            RETURNING {_COLUMNS}
+            """,
+            payment_id,
         )
         return None if row is None else _payment(row)
 

@@ -9,6 +9,13 @@ the payment over and charges it itself.
 
 A charge runs in its own task: when the caller cancels or its deadline expires, the payment is
 still completed, and a stopping process waits for charges in flight.
+
+Cancelling an order's payment (the workers do it when an order ends unpaid) is idempotent by
+order id too. With no payment for the order yet it inserts a CANCELLED one, which holds the
+order id for good: nothing can charge the order after that. Otherwise it waits for the existing
+payment's outcome like a repeated ProcessPayment (taking a stalled charge over, which completes
+it) and refunds it if it succeeded. Whichever of a charge and a cancellation commits its row
+first, the user is not left charged for an order they do not get.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,18 +55,29 @@ DEADLINE_MARGIN_S = 0.1  # answer this long before the caller's deadline
 PAYMENT_EVENTS = "payment-events"
 PAYMENT_SUCCEEDED = "shopmesh.payment.succeeded.v1"
 PAYMENT_FAILED = "shopmesh.payment.failed.v1"
+PAYMENT_REFUNDED = "shopmesh.payment.refunded.v1"
 USER_BLOCKED = "shopmesh.user.blocked.v1"
 USER_BLOCKED_MESSAGE = "user is blocked"
 
 
-# The payment provider: charges a payment and answers its outcome.
-Provider = Callable[[Payment], Awaitable[Outcome]]
+class PaymentProvider(Protocol):
+    async def charge(self, payment: Payment) -> Outcome:
+        """Charge `payment` (its id is the provider's idempotency key); the outcome."""
+        ...
+
+    async def refund(self, payment: Payment) -> None:
+        """Give a charged `payment` back (idempotent by its id)."""
+        ...
 
 
 class PaymentRepository(Protocol):
     async def insert_pending(self, payment: Payment, *, lease_s: float) -> Payment | None:
         """Insert the PENDING `payment`, claimed for `lease_s`; None if the order has a payment
         (a concurrent insert for the same order waits for the first transaction)."""
+        ...
+
+    async def insert_cancelled(self, payment: Payment) -> Payment | None:
+        """Insert the CANCELLED `payment`; None if the order has a payment."""
         ...
 
     async def claim_stalled(self, payment_id: uuid.UUID, *, lease_s: float) -> Payment | None:
@@ -70,6 +88,10 @@ class PaymentRepository(Protocol):
         self, payment_id: uuid.UUID, outcome: Outcome, *, charged_by: str | None = None
     ) -> Payment | None:
         """Record the provider's outcome on a PENDING payment; None if it is already final."""
+        ...
+
+    async def mark_refunded(self, payment_id: uuid.UUID) -> Payment | None:
+        """SUCCEEDED becomes REFUNDED; None if the payment is not SUCCEEDED."""
         ...
 
     async def is_blocked(self, user_id: str) -> bool: ...
@@ -140,11 +162,11 @@ class PaymentService:
         notifier: PaymentChanges,
         *,
         instance: str = "",
-        provider: Provider = domain.charge,
+        provider: PaymentProvider | None = None,
     ) -> None:
         self._db = database
         self._notifier = notifier
-        self._provider = provider
+        self._provider = provider or domain.SimulatedProvider()
         # Recorded as the payment's charged_by: which process (API server or worker) charged it.
         self.instance = instance
         self._charges: set[asyncio.Task[Payment]] = set()
@@ -180,7 +202,38 @@ class PaymentService:
                 extra={"payment_id": str(inserted.id), "order_id": inserted.order_id},
             )
             return await self._charge(inserted)
-        return await self._existing(request, wait_budget(time_remaining_s))
+        return await self._outcome(
+            request.order_id, wait_budget(time_remaining_s), expected=request
+        )
+
+    async def cancel_payment(
+        self,
+        order_id: str,
+        user_id: str,
+        amount: int,
+        currency: str,
+        *,
+        time_remaining_s: float | None = None,
+    ) -> Payment:
+        """The order ended unpaid: see that it stays uncharged, or refund it; see the module
+        docstring. Answers the order's payment: CANCELLED, REFUNDED, DECLINED, or PENDING when
+        a charge in flight outlasts the wait."""
+        request = payment_request(order_id, user_id, amount, currency)
+        async with self._db.transaction() as uow:
+            cancelled = await uow.payments.insert_cancelled(domain.cancelled_payment(request))
+            if cancelled is not None:
+                await uow.notify_changed(cancelled)
+        if cancelled is not None:
+            log.info(
+                "payment cancelled before any charge",
+                extra={"payment_id": str(cancelled.id), "order_id": cancelled.order_id},
+            )
+            return cancelled
+        # Whoever paid for the order (even with another amount) is paid back.
+        payment = await self._outcome(request.order_id, wait_budget(time_remaining_s))
+        if payment.status is PaymentStatus.SUCCEEDED:
+            return await self._refund(payment)
+        return payment
 
     async def get_payment(self, payment_id: str) -> Payment:
         payment = await self._db.payments.get(domain.valid_payment_id(payment_id))
@@ -240,18 +293,22 @@ class PaymentService:
             log.info("waiting for charges in flight", extra={"count": len(self._charges)})
             await asyncio.wait(set(self._charges), timeout=timeout_s)
 
-    async def _existing(self, request: PaymentRequest, budget_s: float) -> Payment:
+    async def _outcome(
+        self, order_id: str, budget_s: float, *, expected: PaymentRequest | None = None
+    ) -> Payment:
+        """The order's existing payment once final, taking it over if its charge stalled; as
+        it is when `budget_s` runs out. FailedPrecondition if it differs from `expected`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_s
-        with self._notifier.subscribe(order_id=request.order_id) as subscription:
+        with self._notifier.subscribe(order_id=order_id) as subscription:
             while True:
-                existing = await self._db.payments.get_for_order(request.order_id)
+                existing = await self._db.payments.get_for_order(order_id)
                 if existing is None:
-                    raise RuntimeError(f"order {request.order_id} conflicted but has no payment")
-                conflicts = request.conflicts(existing)
+                    raise RuntimeError(f"order {order_id} conflicted but has no payment")
+                conflicts = [] if expected is None else expected.conflicts(existing)
                 if conflicts:
                     raise FailedPrecondition(
-                        f"order {request.order_id} already has a payment with a different "
+                        f"order {order_id} already has a payment with a different "
                         + " and ".join(conflicts)
                     )
                 if existing.status.final:
@@ -285,7 +342,7 @@ class PaymentService:
             )
 
     async def _charge_and_record(self, payment: Payment) -> Payment:
-        outcome = await self._provider(payment)
+        outcome = await self._provider.charge(payment)
         async with self._db.transaction() as uow:
             finished = await uow.payments.finish(
                 payment.id, outcome, charged_by=self.instance or None
@@ -300,16 +357,39 @@ class PaymentService:
             return current
         return finished
 
+    async def _refund(self, payment: Payment) -> Payment:
+        await self._provider.refund(payment)
+        async with self._db.transaction() as uow:
+            refunded = await uow.payments.mark_refunded(payment.id)
+            if refunded is not None:
+                await uow.notify_changed(refunded)
+                await payment_finished(uow.outbox, refunded)
+        if refunded is None:  # a concurrent cancellation recorded the refund
+            current = await self._db.payments.get(payment.id)
+            if current is None:
+                raise RuntimeError(f"payment {payment.id} disappeared")
+            return current
+        return refunded
+
     async def _read(self, payment_id: uuid.UUID | None, order_id: str | None) -> Payment | None:
         if payment_id is not None:
             return await self._db.payments.get(payment_id)
         return await self._db.payments.get_for_order(order_id or "")
 
 
+OUTCOME_EVENTS = {
+    PaymentStatus.SUCCEEDED: PAYMENT_SUCCEEDED,
+    PaymentStatus.DECLINED: PAYMENT_FAILED,
+    PaymentStatus.REFUNDED: PAYMENT_REFUNDED,
+}
+
+
 def payment_event(payment: Payment) -> dict:
-    """PaymentSucceeded or PaymentFailed (a DECLINED payment) for a payment's final status."""
-    if payment.status is PaymentStatus.PENDING:
-        raise ValueError("a PENDING payment has no outcome event")
+    """PaymentSucceeded, PaymentFailed (a DECLINED payment) or PaymentRefunded. PENDING has no
+    outcome yet, and a CANCELLED payment moved no money: neither has an event."""
+    kind = OUTCOME_EVENTS.get(payment.status)
+    if kind is None:
+        raise ValueError(f"a {payment.status.value} payment has no outcome event")
     data = {
         "orderId": payment.order_id,
         "paymentId": str(payment.id),
@@ -320,17 +400,17 @@ def payment_event(payment: Payment) -> dict:
     }
     if payment.decline_reason:
         data["declineReason"] = payment.decline_reason
-    kind = PAYMENT_SUCCEEDED if payment.status is PaymentStatus.SUCCEEDED else PAYMENT_FAILED
     return cloud_event(source="payments", type=kind, subject=f"order/{payment.order_id}", data=data)
 
 
 async def payment_finished(outbox: Outbox, payment: Payment) -> None:
-    """A payment reached its final status, inside the unit of work that recorded it.
+    """A payment reached its final status (or was refunded), inside the unit of work that
+    recorded it.
 
-    Its PaymentSucceeded / PaymentFailed event goes to the unit of work's outbox, keyed by the
-    order id, so it commits with the status. `PaymentRepository.finish` changes a PENDING
-    payment only, so this runs once per payment whoever charged it (API server, worker, a
-    repeated call).
+    Its PaymentSucceeded / PaymentFailed / PaymentRefunded event goes to the unit of work's
+    outbox, keyed by the order id, so it commits with the status. `PaymentRepository.finish`
+    changes a PENDING payment only and `mark_refunded` a SUCCEEDED one, so this runs once per
+    outcome whoever charged or refunded it (API server, worker, a repeated call).
     """
     event = payment_event(payment)
     await outbox.add(PAYMENT_EVENTS, payment.order_id, event)

@@ -9,6 +9,13 @@ PaymentFailed) is written to the payments outbox with the payment's final status
 runs an outbox relay too (one relay publishes at a time per database), so outcomes reach
 payment-events even while the payments API servers are down.
 
+Workers also read orders' status changes (order-events) as the consumer group
+`payment-cancellations`: an order that ended unpaid (CANCELLED, FAILED) has its payment
+cancelled through the service's cancel_payment, so it is never charged after that, and a charge
+that raced its end is refunded. A group of its own, apart from payment-tasks: a backlog of tasks
+does not hold a cancellation up, so a cancellation usually reaches an order before the order's
+PaymentRequested does.
+
 A worker serves nothing and registers nowhere: no port, no sidecar, no upstreams. It reads
 SHOPMESH_SERVICE, SHOPMESH_INSTANCE, SHOPMESH_DATABASE_URL, SHOPMESH_KAFKA_BOOTSTRAP and
 optionally SHOPMESH_CONSUL_HTTP_ADDR and SHOPMESH_LOG_LEVEL. SIGTERM/SIGINT stop it
@@ -22,7 +29,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -39,6 +46,7 @@ from services.common.metrics import serve_metrics
 from services.common.runner import stop_on_signals, unless_stopped
 from services.common.telemetry import set_order_id, setup
 from services.payments.app import DRAIN_TIMEOUT_S, MIGRATIONS
+from services.payments.domain import Payment
 from services.payments.notifier import PaymentNotifier
 from services.payments.repository import PostgresPaymentsDatabase
 from services.payments.service import USER_BLOCKED_MESSAGE, PaymentService
@@ -48,6 +56,11 @@ log = logging.getLogger(__name__)
 TASKS_TOPIC = "payment-tasks"
 GROUP = "payment-workers"
 PAYMENT_REQUESTED = "shopmesh.payment.requested.v1"
+ORDER_EVENTS_TOPIC = "order-events"
+CANCELLATIONS_GROUP = "payment-cancellations"
+ORDER_STATUS_CHANGED = "shopmesh.order.status_changed.v1"
+# Final statuses of an order nobody paid for: no payment may stand for it.
+ENDED_UNPAID = frozenset({"CANCELLED", "FAILED"})
 # How long one delivery of a task waits for a charge another process has in flight (its
 # lease then runs out and this worker takes the payment over); then the attempt fails and
 # the consumer retries it.
@@ -106,6 +119,20 @@ class TaskNotFinished(Exception):
     """The order's payment is still PENDING after the task's budget (retried by the consumer)."""
 
 
+async def until_final(
+    attempt: Callable[[float], Awaitable[Payment]], order_id: str, budget_s: float
+) -> Payment:
+    """`attempt(time_remaining_s)` until the order's payment is final, within `budget_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
+    while True:
+        payment = await attempt(max(deadline - loop.time(), 0.0))
+        if payment.status.final:
+            return payment
+        if loop.time() >= deadline:
+            raise TaskNotFinished(f"the payment of order {order_id} is still PENDING")
+
+
 class PaymentTasks:
     """The handler of payment-tasks: charge the requested order once, log the outcome."""
 
@@ -123,28 +150,25 @@ class PaymentTasks:
         set_order_id(order_id)
         extra = {"order_id": order_id, "user_id": data["userId"], "event_id": str(event.id)}
         log.info("payment task received", extra=extra)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget_s
-        while True:
-            try:
-                payment = await self._service.process_payment(
+        try:
+            payment = await until_final(
+                lambda remaining: self._service.process_payment(
                     order_id,
                     data["userId"],
                     data["amount"],
                     data["currency"],
-                    time_remaining_s=max(deadline - loop.time(), 0.0),
-                )
-            except FailedPrecondition as exc:
-                if str(exc) != USER_BLOCKED_MESSAGE:
-                    raise
-                # Orders cancels a blocked user's pending orders on the same UserBlocked event.
-                log.warning("payment task refused: user is blocked", extra=extra)
-                self.handled += 1
-                return
-            if payment.status.final:
-                break
-            if loop.time() >= deadline:
-                raise TaskNotFinished(f"the payment of order {order_id} is still PENDING")
+                    time_remaining_s=remaining,
+                ),
+                order_id,
+                self._budget_s,
+            )
+        except FailedPrecondition as exc:
+            if str(exc) != USER_BLOCKED_MESSAGE:
+                raise
+            # Orders cancels a blocked user's pending orders on the same UserBlocked event.
+            log.warning("payment task refused: user is blocked", extra=extra)
+            self.handled += 1
+            return
         self.handled += 1
         log.info(
             "payment task done",
@@ -154,6 +178,45 @@ class PaymentTasks:
                 "status": payment.status.value,
                 "tasks_handled": self.handled,
             },
+        )
+
+
+class UnpaidOrders:
+    """The handler of order-events for the group `payment-cancellations`: the payment of an
+    order that ended unpaid is cancelled (see the module docstring)."""
+
+    def __init__(self, service: PaymentService, *, budget_s: float = TASK_BUDGET_S) -> None:
+        self._service = service
+        self._budget_s = budget_s
+        self.handled = 0
+
+    async def __call__(self, _conn: asyncpg.Connection, event: Event) -> None:
+        data = event.data
+        if event.type != ORDER_STATUS_CHANGED or data.get("status") not in ENDED_UNPAID:
+            return
+        order_id = data["orderId"]
+        set_order_id(order_id)
+        extra = {"order_id": order_id, "order_status": data["status"], "event_id": str(event.id)}
+        if "totalPrice" not in data or "currency" not in data:
+            # Written before orders put the price in its status changes: this group reads the
+            # topic from its start the first time it runs.
+            log.warning("an unpaid order's event without its price; not acted on", extra=extra)
+            return
+        payment = await until_final(
+            lambda remaining: self._service.cancel_payment(
+                order_id,
+                data["userId"],
+                data["totalPrice"],
+                data["currency"],
+                time_remaining_s=remaining,
+            ),
+            order_id,
+            self._budget_s,
+        )
+        self.handled += 1
+        log.info(
+            "unpaid order's payment cancelled",
+            extra=extra | {"payment_id": str(payment.id), "status": payment.status.value},
         )
 
 
@@ -184,10 +247,16 @@ async def run(settings: WorkerSettings) -> int:
             pool,
             settings.instance,
             relay=True,
-            consumers=[Consumer((TASKS_TOPIC,), GROUP, PaymentTasks(service))],
+            consumers=[
+                Consumer((TASKS_TOPIC,), GROUP, PaymentTasks(service)),
+                Consumer((ORDER_EVENTS_TOPIC,), CANCELLATIONS_GROUP, UnpaidOrders(service)),
+            ],
             servers=list(settings.kafka_bootstrap),
         ):
-            log.info("payment worker started", extra={"group": GROUP, "topic": TASKS_TOPIC})
+            log.info(
+                "payment worker started",
+                extra={"groups": {GROUP: TASKS_TOPIC, CANCELLATIONS_GROUP: ORDER_EVENTS_TOPIC}},
+            )
             await stop.wait()
             log.info("stopping")
     finally:

@@ -91,11 +91,24 @@ def test_a_new_payment_is_pending_with_its_request_fields():
     assert payment.decline_reason is None
 
 
-def test_only_succeeded_and_declined_are_final():
-    assert [s for s in PaymentStatus if s.final] == [
-        PaymentStatus.SUCCEEDED,
-        PaymentStatus.DECLINED,
-    ]
+def test_every_status_but_pending_is_final():
+    assert [s for s in PaymentStatus if not s.final] == [PaymentStatus.PENDING]
+
+
+def test_a_cancelled_payment_holds_the_orders_request_fields_and_no_lease():
+    payment = domain.cancelled_payment(request())
+    assert (payment.status, payment.decline_reason) == (PaymentStatus.CANCELLED, None)
+    assert request().conflicts(payment) == []
+
+
+def test_a_refund_takes_the_simulated_processing_time():
+    slept = []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+
+    asyncio.run(domain.refund(domain.new_payment(request()), sleep=sleep))
+    assert slept == [0.1]
 
 
 def test_a_repeated_request_conflicts_on_the_fields_that_differ():
@@ -131,6 +144,8 @@ def test_every_status_has_its_grpc_enum_value():
         payments_pb2.PAYMENT_STATUS_PENDING,
         payments_pb2.PAYMENT_STATUS_SUCCEEDED,
         payments_pb2.PAYMENT_STATUS_DECLINED,
+        payments_pb2.PAYMENT_STATUS_CANCELLED,
+        payments_pb2.PAYMENT_STATUS_REFUNDED,
     }
 
 

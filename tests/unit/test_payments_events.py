@@ -8,7 +8,12 @@ from services.common.config import ConfigError
 from services.common.errors import FailedPrecondition
 from services.common.messaging.envelope import validate
 from services.payments.domain import Payment, PaymentStatus
-from services.payments.service import PAYMENT_FAILED, PAYMENT_SUCCEEDED, payment_event
+from services.payments.service import (
+    PAYMENT_FAILED,
+    PAYMENT_REFUNDED,
+    PAYMENT_SUCCEEDED,
+    payment_event,
+)
 from services.payments.worker import PaymentTasks, WorkerSettings
 
 
@@ -30,9 +35,17 @@ def test_a_declined_payment_is_a_payment_failed_event_with_the_reason():
     assert event["data"]["declineReason"] == "too much"
 
 
-def test_a_pending_payment_has_no_event():
+def test_a_refunded_payment_is_a_payment_refunded_event():
+    event = payment_event(payment(PaymentStatus.REFUNDED))
+    validate(event)
+    assert event["type"] == PAYMENT_REFUNDED
+    assert (event["data"]["orderId"], event["data"]["status"]) == ("o-1", "REFUNDED")
+
+
+@pytest.mark.parametrize("status", [PaymentStatus.PENDING, PaymentStatus.CANCELLED])
+def test_a_payment_that_moved_no_money_yet_has_no_event(status):
     with pytest.raises(ValueError):
-        payment_event(payment(PaymentStatus.PENDING))
+        payment_event(payment(status))
 
 
 ENV = {

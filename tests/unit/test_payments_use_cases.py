@@ -1,6 +1,7 @@
 """The payments use cases on in-memory fakes: ProcessPayment charging each order once (repeated,
-concurrent and queued calls, stalled charges taken over), blocked users, reading and watching
-payments, with the outcome events each unit of work commits."""
+concurrent and queued calls, stalled charges taken over), cancelling an order's payment (before,
+during and after its charge), blocked users, reading and watching payments,
+with the outcome events each unit of work commits."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from services.payments.service import (
     LEASE_S,
     PAYMENT_EVENTS,
     PAYMENT_FAILED,
+    PAYMENT_REFUNDED,
     PAYMENT_SUCCEEDED,
     USER_BLOCKED,
     USER_BLOCKED_MESSAGE,
     PaymentService,
     on_user_event,
 )
-from services.payments.worker import PaymentTasks
+from services.payments.worker import PaymentTasks, UnpaidOrders
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase
 
@@ -43,9 +45,14 @@ class Payments:
         self.service = PaymentService(
             self.db, self.notifier, instance=instance, provider=self.provider
         )
+        self.tasks = PaymentTasks(self.service)
+        self.unpaid_orders = UnpaidOrders(self.service)
 
     async def pay(self, order_id: str = "o-1", amount: int = 1500, **options: float) -> Payment:
         return await self.service.process_payment(order_id, "alice", amount, "RUB", **options)
+
+    async def cancel(self, order_id: str = "o-1", amount: int = 1500) -> Payment:
+        return await self.service.cancel_payment(order_id, "alice", amount, "RUB")
 
     async def consume(self, event: Event) -> None:
         async with self.db.transaction() as uow:
@@ -53,6 +60,9 @@ class Payments:
 
     def events(self) -> list[tuple[str, str, str]]:
         return [(m.key, m.type, m.data["paymentId"]) for m in self.db.outbox(PAYMENT_EVENTS)]
+
+    def event_types(self) -> list[str]:
+        return [message.type for message in self.db.outbox(PAYMENT_EVENTS)]
 
 
 def user_blocked(user_id: str) -> Event:
@@ -68,6 +78,21 @@ def payment_task(order_id: str, amount: int = 1500) -> Event:
         type="shopmesh.payment.requested.v1",
         subject=f"order/{order_id}",
         data={"orderId": order_id, "userId": "alice", "amount": amount, "currency": "RUB"},
+    )
+    return validate(event)
+
+
+def order_status(order_id: str, status: str, *, priced: bool = True) -> Event:
+    """orders' status change of an order of alice's for 1500 RUB (its price left out of
+    events written before orders sent it)."""
+    data = {"orderId": order_id, "userId": "alice", "status": status}
+    if priced:
+        data |= {"totalPrice": 1500, "currency": "RUB"}
+    event = cloud_event(
+        source="orders",
+        type="shopmesh.order.status_changed.v1",
+        subject=f"order/{order_id}",
+        data=data,
     )
     return validate(event)
 
@@ -235,6 +260,132 @@ async def test_a_charge_is_recorded_even_when_its_caller_gives_up():
     await payments.service.drain(timeout_s=1.0)
     assert payments.db.for_order("o-1").status == PaymentStatus.SUCCEEDED
     assert len(payments.events()) == 1
+
+
+# --- cancelling an order's payment --------------------------------------------------------
+
+
+@in_a_loop
+async def test_a_cancellation_before_any_charge_holds_the_order_so_nothing_charges_it_later():
+    payments = Payments()
+    cancelled = await payments.cancel("o-1")
+    assert cancelled.status == PaymentStatus.CANCELLED
+    assert (await payments.pay("o-1")).id == cancelled.id
+    await payments.tasks(None, payment_task("o-1"))
+    assert payments.db.for_order("o-1") == cancelled
+    assert payments.provider.charges == {}
+    assert payments.events() == []
+
+
+@in_a_loop
+async def test_cancellations_after_the_charge_record_one_refund_with_one_refunded_event():
+    api = Payments()
+    worker = Payments(api.db, instance="payments-worker-1")
+    charged = await api.pay("o-1")
+    refunded = await asyncio.gather(worker.cancel("o-1"), worker.cancel("o-1"), api.cancel("o-1"))
+    assert {(p.id, p.status) for p in refunded} == {(charged.id, PaymentStatus.REFUNDED)}
+    assert api.db.for_order("o-1").status == PaymentStatus.REFUNDED
+    assert api.provider.charges == {"o-1": 1}
+    # concurrent cancellations may each ask the provider (a real one gets the payment id as
+    # its idempotency key); the refund is recorded and announced once
+    assert 1 <= sum((api.provider.refunds + worker.provider.refunds).values()) <= 3
+    assert api.event_types() == [PAYMENT_SUCCEEDED, PAYMENT_REFUNDED]
+    (event,) = api.db.outbox(PAYMENT_EVENTS)[1:]
+    assert (event.key, event.data["paymentId"], event.data["amount"]) == (
+        "o-1",
+        str(charged.id),
+        1500,
+    )
+
+
+@in_a_loop
+async def test_a_cancellation_during_a_charge_waits_for_it_then_refunds_it():
+    api = Payments()
+    worker = Payments(api.db, instance="payments-worker-1")
+    api.provider.hold()
+    charge = asyncio.create_task(api.pay("o-1"))
+    await asyncio.sleep(0.01)
+    cancel = asyncio.create_task(worker.cancel("o-1"))
+    await asyncio.sleep(0.01)
+    assert not cancel.done()
+    api.provider.release()
+    charged, cancelled = await asyncio.gather(charge, cancel)
+    assert charged.status == PaymentStatus.SUCCEEDED
+    assert (cancelled.id, cancelled.status) == (charged.id, PaymentStatus.REFUNDED)
+    assert (api.provider.charges, worker.provider.refunds) == ({"o-1": 1}, {"o-1": 1})
+    assert api.event_types() == [PAYMENT_SUCCEEDED, PAYMENT_REFUNDED]
+
+
+@in_a_loop
+async def test_a_cancellation_finding_a_stalled_charge_completes_it_then_refunds_it():
+    payments = Payments()
+    claimed = await stalled(payments)
+    payments.db.clock.advance(LEASE_S + 0.1)
+    cancelled = await payments.cancel("o-1")
+    assert (cancelled.id, cancelled.status) == (claimed.id, PaymentStatus.REFUNDED)
+    assert (payments.provider.charges, payments.provider.refunds) == ({"o-1": 1}, {"o-1": 1})
+
+
+@in_a_loop
+async def test_a_cancellation_leaves_a_declined_payment_as_it_is():
+    payments = Payments()
+    declined = await payments.pay("o-1", OVER_THE_LIMIT)
+    assert await payments.cancel("o-1", OVER_THE_LIMIT) == declined
+    assert payments.provider.refunds == {}
+    assert payments.event_types() == [PAYMENT_FAILED]
+
+
+@in_a_loop
+async def test_a_cancellation_refunds_a_payment_made_for_the_order_with_another_amount():
+    payments = Payments()
+    await payments.pay("o-1", amount=1)
+    assert (await payments.cancel("o-1", amount=1500)).status == PaymentStatus.REFUNDED
+    assert payments.provider.refunds == {"o-1": 1}
+
+
+@pytest.mark.parametrize("status", ["CANCELLED", "FAILED"])
+@in_a_loop
+async def test_an_order_that_ended_unpaid_has_its_payment_cancelled_before_its_task_charges(status):
+    payments = Payments()
+    await payments.unpaid_orders(None, order_status("o-1", status))
+    await payments.tasks(None, payment_task("o-1"))
+    assert payments.db.for_order("o-1").status == PaymentStatus.CANCELLED
+    assert payments.provider.charges == {}
+    assert (payments.unpaid_orders.handled, payments.tasks.handled) == (1, 1)
+
+
+@in_a_loop
+async def test_an_order_that_ended_unpaid_after_its_task_charged_it_is_refunded_once():
+    payments = Payments()
+    await payments.tasks(None, payment_task("o-1"))
+    ended = order_status("o-1", "CANCELLED")
+    await payments.unpaid_orders(None, ended)
+    await payments.unpaid_orders(None, ended)  # a redelivery
+    assert payments.db.for_order("o-1").status == PaymentStatus.REFUNDED
+    assert (payments.provider.charges, payments.provider.refunds) == ({"o-1": 1}, {"o-1": 1})
+    assert payments.event_types() == [PAYMENT_SUCCEEDED, PAYMENT_REFUNDED]
+
+
+@pytest.mark.parametrize("status", ["PENDING", "PAYMENT_PENDING", "PAID"])
+@in_a_loop
+async def test_an_order_that_is_paid_or_may_still_be_cancels_nothing(status):
+    payments = Payments()
+    await payments.pay("o-1")
+    await payments.unpaid_orders(None, order_status("o-1", status))
+    await payments.unpaid_orders(None, order_status("o-2", status))
+    assert payments.db.for_order("o-1").status == PaymentStatus.SUCCEEDED
+    assert [p.order_id for p in payments.db.tables.payments.values()] == ["o-1"]
+    assert payments.unpaid_orders.handled == 0
+
+
+@in_a_loop
+async def test_an_unpaid_orders_event_written_before_orders_sent_the_price_is_not_acted_on():
+    payments = Payments()
+    await payments.pay("o-1")
+    await payments.unpaid_orders(None, order_status("o-1", "CANCELLED", priced=False))
+    await payments.unpaid_orders(None, order_status("o-2", "CANCELLED", priced=False))
+    assert payments.db.for_order("o-1").status == PaymentStatus.SUCCEEDED
+    assert len(payments.db.tables.payments) == 1
 
 
 # --- blocked users -------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The payments database in memory (leases on a clock the test moves, change notifications sent
-on commit) and a payment provider that counts its charges."""
+on commit) and a payment provider that counts its charges and refunds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from services.payments.domain import Outcome, Payment, provider_decision
+from services.payments.domain import Outcome, Payment, PaymentStatus, provider_decision
 from services.payments.notifier import PaymentNotifier
 from tests.unit.fakes.database import (
     Autocommit,
@@ -59,6 +59,13 @@ class InMemoryPayments:
         self._tables.leases[payment.id] = self._clock() + lease_s
         return payment
 
+    async def insert_cancelled(self, payment: Payment) -> Payment | None:
+        await round_trip()
+        if await self._for_order(payment.order_id) is not None:
+            return None
+        self._tables.payments[payment.id] = payment
+        return payment
+
     async def claim_stalled(self, payment_id: uuid.UUID, *, lease_s: float) -> Payment | None:
         await round_trip()
         payment = self._tables.payments.get(payment_id)
@@ -85,6 +92,15 @@ class InMemoryPayments:
         self._tables.leases.pop(payment_id, None)
         self._tables.charged_by[payment_id] = charged_by
         return finished
+
+    async def mark_refunded(self, payment_id: uuid.UUID) -> Payment | None:
+        await round_trip()
+        payment = self._tables.payments.get(payment_id)
+        if payment is None or payment.status is not PaymentStatus.SUCCEEDED:
+            return None
+        refunded = replace(payment, status=PaymentStatus.REFUNDED, updated_at=datetime.now(UTC))
+        self._tables.payments[payment_id] = refunded
+        return refunded
 
     async def is_blocked(self, user_id: str) -> bool:
         await round_trip()
@@ -162,19 +178,24 @@ class InMemoryPaymentsDatabase:
 
 
 class FakeProvider:
-    """The simulated provider's decisions, with every charge counted by order id; while held,
-    charges wait until released."""
+    """The simulated provider's decisions, with every charge and refund counted by order id;
+    while held, charges wait until released."""
 
     def __init__(self) -> None:
         self.charges: Counter[str] = Counter()
+        self.refunds: Counter[str] = Counter()
         self._open = asyncio.Event()
         self._open.set()
 
-    async def __call__(self, payment: Payment) -> Outcome:
+    async def charge(self, payment: Payment) -> Outcome:
         self.charges[payment.order_id] += 1
         await round_trip()
         await self._open.wait()
         return provider_decision(payment.amount)
+
+    async def refund(self, payment: Payment) -> None:
+        self.refunds[payment.order_id] += 1
+        await round_trip()
 
     def hold(self) -> None:
         self._open.clear()
