@@ -56,6 +56,7 @@ PAYMENT_EVENTS = "payment-events"
 PAYMENT_SUCCEEDED = "shopmesh.payment.succeeded.v1"
 PAYMENT_FAILED = "shopmesh.payment.failed.v1"
 PAYMENT_REFUNDED = "shopmesh.payment.refunded.v1"
+PAYMENT_REFUSED = "shopmesh.payment.refused.v1"
 USER_BLOCKED = "shopmesh.user.blocked.v1"
 USER_BLOCKED_MESSAGE = "user is blocked"
 
@@ -235,6 +236,19 @@ class PaymentService:
             return await self._refund(payment)
         return payment
 
+    async def refuse_payment(
+        self, order_id: str, user_id: str, amount: int, currency: str, reason: str
+    ) -> None:
+        """A queued payment was refused (FailedPrecondition: a blocked user, a conflicting
+        payment): say so on payment-events, so that its order ends instead of waiting."""
+        event = refused_event(order_id, user_id, amount, currency, reason)
+        async with self._db.transaction() as uow:
+            await uow.outbox.add(PAYMENT_EVENTS, order_id, event)
+        log.warning(
+            "payment refused",
+            extra={"order_id": order_id, "reason": reason, "event_id": event["id"]},
+        )
+
     async def get_payment(self, payment_id: str) -> Payment:
         payment = await self._db.payments.get(domain.valid_payment_id(payment_id))
         if payment is None:
@@ -401,6 +415,22 @@ def payment_event(payment: Payment) -> dict:
     if payment.decline_reason:
         data["declineReason"] = payment.decline_reason
     return cloud_event(source="payments", type=kind, subject=f"order/{payment.order_id}", data=data)
+
+
+def refused_event(order_id: str, user_id: str, amount: int, currency: str, reason: str) -> dict:
+    """PaymentRefused: payments will not make the payment asked for; no payment was made."""
+    return cloud_event(
+        source="payments",
+        type=PAYMENT_REFUSED,
+        subject=f"order/{order_id}",
+        data={
+            "orderId": order_id,
+            "userId": user_id,
+            "amount": amount,
+            "currency": currency,
+            "reason": reason,
+        },
+    )
 
 
 async def payment_finished(outbox: Outbox, payment: Payment) -> None:

@@ -7,7 +7,9 @@ ProcessPayment: the order id is the payment's unique key, so a task and a synchr
 a task delivered twice, never charge twice. The outcome event (PaymentSucceeded /
 PaymentFailed) is written to the payments outbox with the payment's final status; the worker
 runs an outbox relay too (one relay publishes at a time per database), so outcomes reach
-payment-events even while the payments API servers are down.
+payment-events even while the payments API servers are down. A payment the service refuses
+(FailedPrecondition: a blocked user, a conflicting payment) is a PaymentRefused event, not a
+task to retry: its order fails.
 
 Workers also read orders' status changes (order-events) as the consumer group
 `payment-cancellations`: an order that ended unpaid (CANCELLED, FAILED) has its payment
@@ -49,7 +51,7 @@ from services.payments.app import DRAIN_TIMEOUT_S, MIGRATIONS
 from services.payments.domain import Payment
 from services.payments.notifier import PaymentNotifier
 from services.payments.repository import PostgresPaymentsDatabase
-from services.payments.service import USER_BLOCKED_MESSAGE, PaymentService
+from services.payments.service import PaymentService
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +165,9 @@ class PaymentTasks:
                 self._budget_s,
             )
         except FailedPrecondition as exc:
-            if str(exc) != USER_BLOCKED_MESSAGE:
-                raise
-            # Orders cancels a blocked user's pending orders on the same UserBlocked event.
-            log.warning("payment task refused: user is blocked", extra=extra)
+            await self._service.refuse_payment(
+                order_id, data["userId"], data["amount"], data["currency"], str(exc)
+            )
             self.handled += 1
             return
         self.handled += 1

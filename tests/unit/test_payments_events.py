@@ -5,14 +5,16 @@ from datetime import UTC, datetime
 import pytest
 
 from services.common.config import ConfigError
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.messaging.envelope import validate
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.service import (
     PAYMENT_FAILED,
     PAYMENT_REFUNDED,
+    PAYMENT_REFUSED,
     PAYMENT_SUCCEEDED,
     payment_event,
+    refused_event,
 )
 from services.payments.worker import PaymentTasks, WorkerSettings
 
@@ -48,6 +50,19 @@ def test_a_payment_that_moved_no_money_yet_has_no_event(status):
         payment_event(payment(status))
 
 
+def test_a_refusal_is_a_payment_refused_event_with_the_request_and_the_reason():
+    event = refused_event("o-1", "alice", 100, "RUB", "user is blocked")
+    validate(event)
+    assert (event["type"], event["subject"]) == (PAYMENT_REFUSED, "order/o-1")
+    assert event["data"] == {
+        "orderId": "o-1",
+        "userId": "alice",
+        "amount": 100,
+        "currency": "RUB",
+        "reason": "user is blocked",
+    }
+
+
 ENV = {
     "SHOPMESH_SERVICE": "payments-worker",
     "SHOPMESH_INSTANCE": "payments-worker-1",
@@ -80,6 +95,7 @@ class FakeService:
     def __init__(self, results):
         self.results = list(results)
         self.calls = 0
+        self.refused: list[tuple[object, ...]] = []
 
     async def process_payment(self, *args, **kwargs):
         self.calls += 1
@@ -87,6 +103,9 @@ class FakeService:
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def refuse_payment(self, *args):
+        self.refused.append(args)
 
 
 def test_a_task_is_charged_until_its_payment_is_final():
@@ -96,12 +115,22 @@ def test_a_task_is_charged_until_its_payment_is_final():
     assert (service.calls, tasks.handled) == (2, 1)
 
 
-def test_a_blocked_users_task_is_done_without_a_charge_and_other_refusals_raise():
-    tasks = PaymentTasks(FakeService([FailedPrecondition("user is blocked")]))
+@pytest.mark.parametrize(
+    "reason", ["user is blocked", "order o-1 already has a payment with a different amount"]
+)
+def test_a_refused_task_is_announced_once_and_done_not_retried(reason):
+    service = FakeService([FailedPrecondition(reason)])
+    tasks = PaymentTasks(service)
     asyncio.run(tasks(None, Task()))
-    assert tasks.handled == 1
-    with pytest.raises(FailedPrecondition):
-        asyncio.run(PaymentTasks(FakeService([FailedPrecondition("other")]))(None, Task()))
+    assert (service.calls, tasks.handled) == (1, 1)
+    assert service.refused == [("o-1", "alice", 100, "RUB", reason)]
+
+
+def test_an_invalid_task_is_not_a_refusal_but_a_poison_message_for_the_dlq():
+    service = FakeService([InvalidArgument("amount", "must be a positive number")])
+    with pytest.raises(InvalidArgument):
+        asyncio.run(PaymentTasks(service)(None, Task()))
+    assert service.refused == []
 
 
 def test_other_event_types_on_the_task_topic_are_ignored():

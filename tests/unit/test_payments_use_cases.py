@@ -1,6 +1,6 @@
 """The payments use cases on in-memory fakes: ProcessPayment charging each order once (repeated,
 concurrent and queued calls, stalled charges taken over), cancelling an order's payment (before,
-during and after its charge), blocked users, reading and watching payments,
+during and after its charge), blocked users and refused tasks, reading and watching payments,
 with the outcome events each unit of work commits."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from services.payments.service import (
     PAYMENT_EVENTS,
     PAYMENT_FAILED,
     PAYMENT_REFUNDED,
+    PAYMENT_REFUSED,
     PAYMENT_SUCCEEDED,
     USER_BLOCKED,
     USER_BLOCKED_MESSAGE,
@@ -404,12 +405,30 @@ async def test_a_blocked_user_gets_no_new_payment_but_an_existing_one_is_still_a
 
 
 @in_a_loop
-async def test_a_blocked_users_queued_task_is_done_without_a_charge():
+async def test_a_blocked_users_queued_task_is_refused_without_a_charge_and_the_refusal_said():
     payments = Payments()
     await payments.consume(user_blocked("alice"))
     tasks = PaymentTasks(payments.service)
     await tasks(None, payment_task("o-4"))
     assert (tasks.handled, payments.provider.charges) == (1, {})
+    (refused,) = payments.db.outbox(PAYMENT_EVENTS)
+    assert (refused.key, refused.type, refused.data["reason"]) == (
+        "o-4",
+        PAYMENT_REFUSED,
+        USER_BLOCKED_MESSAGE,
+    )
+
+
+@in_a_loop
+async def test_a_queued_task_conflicting_with_the_orders_payment_is_refused_not_retried():
+    payments = Payments()
+    await payments.pay("o-5", amount=1)
+    await payments.tasks(None, payment_task("o-5", amount=1500))
+    assert payments.tasks.handled == 1
+    assert payments.provider.charges == {"o-5": 1}
+    refused = payments.db.outbox(PAYMENT_EVENTS)[-1]
+    assert (refused.type, refused.data["amount"]) == (PAYMENT_REFUSED, 1500)
+    assert "different amount" in refused.data["reason"]
 
 
 @in_a_loop
