@@ -18,6 +18,20 @@ log = logging.getLogger(__name__)
 
 USERS_BUDGET_S = 1.0
 PAYMENTS_BUDGET_S = 2.5
+# ProcessPayment errors that mean payments could not answer now (down, overloaded, too slow; a
+# connection that cannot be made is UNAVAILABLE too): the queued task pays the order later.
+PAYMENTS_UNAVAILABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+# ProcessPayment errors that mean payments understood the request and will not make the
+# payment: asking again, now or from the queue, gets the same answer.
+PAYMENT_REFUSALS = frozenset(
+    {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT}
+)
 
 
 class UpstreamUnavailable(Exception):
@@ -26,6 +40,26 @@ class UpstreamUnavailable(Exception):
     def __init__(self, service: str, cause: grpc.aio.AioRpcError) -> None:
         super().__init__(f"{service} unavailable: {cause.code().name} {cause.details()}")
         self.service = service
+        self.code = cause.code()
+
+
+class UpstreamFailed(Exception):
+    """The upstream answered with an error that means neither "not now" nor "no": a bug or a
+    misconfiguration on its side or ours (INTERNAL, UNKNOWN, PERMISSION_DENIED...)."""
+
+    def __init__(self, service: str, cause: grpc.aio.AioRpcError) -> None:
+        super().__init__(f"{service} failed: {cause.code().name} {cause.details()}")
+        self.service = service
+        self.code = cause.code()
+
+
+class PaymentRefused(Exception):
+    """Payments will not make the payment: a blocked user, another payment for the order, a
+    field it does not accept. `reason` is payments' own message."""
+
+    def __init__(self, cause: grpc.aio.AioRpcError) -> None:
+        self.reason = cause.details() or cause.code().name
+        super().__init__(f"payment refused: {cause.code().name} {self.reason}")
         self.code = cause.code()
 
 
@@ -101,7 +135,7 @@ class PaymentsClient:
                 metadata=bearer_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
-            raise UpstreamUnavailable("payments", exc) from exc
+            raise payment_error(exc) from exc
         return PaymentOutcome(
             payment_id=payment.id,
             result=RESULTS.get(payment.status, PaymentResult.PENDING),
@@ -110,3 +144,13 @@ class PaymentsClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def payment_error(cause: grpc.aio.AioRpcError) -> Exception:
+    """What a failed ProcessPayment means to orders: UpstreamUnavailable (not now: the queue
+    takes over), PaymentRefused (no: the order fails), or UpstreamFailed (a fault)."""
+    if cause.code() in PAYMENTS_UNAVAILABLE:
+        return UpstreamUnavailable("payments", cause)
+    if cause.code() in PAYMENT_REFUSALS:
+        return PaymentRefused(cause)
+    return UpstreamFailed("payments", cause)

@@ -17,7 +17,9 @@ from services.common.telemetry import set_order_id
 from services.common.uow import Outbox
 from services.orders.clients import (
     PaymentOutcome,
+    PaymentRefused,
     PaymentResult,
+    UpstreamFailed,
     UpstreamUnavailable,
     UserInfo,
 )
@@ -37,6 +39,7 @@ PAYMENT_REQUESTED = "shopmesh.payment.requested.v1"
 USER_BLOCKED = "shopmesh.user.blocked.v1"
 PAYMENT_SUCCEEDED = "shopmesh.payment.succeeded.v1"
 PAYMENT_FAILED = "shopmesh.payment.failed.v1"
+PAYMENT_REFUSED = "shopmesh.payment.refused.v1"
 # The statuses a blocked user's orders are cancelled from.
 CANCELLED_WHEN_BLOCKED = (OrderStatus.PENDING, OrderStatus.PAYMENT_PENDING)
 
@@ -262,7 +265,8 @@ class OrderService:
         return await self._move(order, OrderStatus.CANCELLED)
 
     async def _settle_payment(self, order: Order) -> Order:
-        """Charge the order synchronously; if payments cannot answer, hand it to the fallback."""
+        """Charge the order synchronously. If payments cannot answer, hand it to the fallback;
+        if payments refuses the payment, the order fails."""
         try:
             outcome = await self._payments.process_payment(
                 order.id, order.user_id, order.total_price, order.currency
@@ -273,6 +277,19 @@ class OrderService:
                 extra={"order_id": str(order.id), "code": exc.code.name, "error": str(exc)},
             )
             return await self._defer(order, f"payments unavailable ({exc.code.name})")
+        except PaymentRefused as exc:
+            log.warning(
+                "payment refused",
+                extra={"order_id": str(order.id), "code": exc.code.name, "reason": exc.reason},
+            )
+            return await self._move(order, OrderStatus.FAILED, reason=refused_reason(exc.reason))
+        except UpstreamFailed as exc:
+            # Not the order's fault and no answer about its payment: the queue still pays it.
+            log.error(
+                "payment attempt failed; deferred",
+                extra={"order_id": str(order.id), "code": exc.code.name, "error": str(exc)},
+            )
+            return await self._defer(order, f"payment attempt failed ({exc.code.name})")
         if outcome.result == PaymentResult.SUCCEEDED:
             return await self._move(order, OrderStatus.PAID, payment_id=outcome.payment_id)
         if outcome.result == PaymentResult.DECLINED:
@@ -322,7 +339,7 @@ async def on_event(uow: OrdersUnitOfWork, event: Event) -> None:
     happens once)."""
     if event.type == USER_BLOCKED:
         await cancel_orders_of_blocked_user(uow, event.data["userId"])
-    elif event.type in (PAYMENT_SUCCEEDED, PAYMENT_FAILED):
+    elif event.type in (PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_REFUSED):
         await complete_payment(uow, event)
 
 
@@ -343,8 +360,22 @@ async def cancel_orders_of_blocked_user(uow: OrdersUnitOfWork, user_id: str) -> 
     return cancelled
 
 
+def refused_reason(reason: str) -> str:
+    return f"payment refused: {reason}"
+
+
+def outcome_reason(event: Event) -> str | None:
+    """Why a payment event leaves its order where it does; None for a payment that succeeded."""
+    if event.type == PAYMENT_SUCCEEDED:
+        return None
+    if event.type == PAYMENT_REFUSED:
+        return refused_reason(event.data.get("reason") or "no reason given")
+    return event.data.get("declineReason") or "payment failed"
+
+
 async def complete_payment(uow: OrdersUnitOfWork, event: Event) -> Order | None:
-    """PaymentSucceeded / PaymentFailed: PAYMENT_PENDING (or PENDING) becomes PAID / FAILED.
+    """PaymentSucceeded / PaymentFailed / PaymentRefused: PAYMENT_PENDING (or PENDING) becomes
+    PAID / FAILED / FAILED.
 
     An order already final (paid by the synchronous path, cancelled) is left as it is.
     """
@@ -371,11 +402,7 @@ async def complete_payment(uow: OrdersUnitOfWork, event: Event) -> Order | None:
             extra={"order_id": str(order_id), "status": order.status.value},
         )
         return None
-    wanted = order.moved_to(
-        status,
-        payment_id=data.get("paymentId"),
-        reason=None if succeeded else data.get("declineReason") or "payment failed",
-    )
+    wanted = order.moved_to(status, payment_id=data.get("paymentId"), reason=outcome_reason(event))
     stored = await uow.orders.update_status(wanted, sources_of(status))
     if stored is not None:
         await status_changed(uow.outbox, stored)

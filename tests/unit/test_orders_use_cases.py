@@ -20,6 +20,7 @@ from services.orders.service import (
     ORDER_EVENTS,
     ORDER_STATUS_CHANGED,
     PAYMENT_FAILED,
+    PAYMENT_REFUSED,
     PAYMENT_REQUESTED,
     PAYMENT_SUCCEEDED,
     PAYMENT_TASKS,
@@ -40,6 +41,7 @@ from tests.unit.fakes.orders import (
     InMemoryOrdersDatabase,
     PaymentCall,
     declined,
+    payments_error,
     still_pending,
     succeeded,
     unavailable,
@@ -151,6 +153,37 @@ async def test_payments_unavailable_leaves_the_order_payment_pending_with_a_queu
         "amount": 300,
         "currency": "RUB",
     }
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (grpc.StatusCode.FAILED_PRECONDITION, "user is blocked"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "order o already has a payment with another amount"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "amount must be at most 1000000000000 minor units"),
+    ],
+)
+@in_a_loop
+async def test_a_payment_payments_refuses_fails_the_order_with_the_refusal_as_its_reason(
+    code, reason
+):
+    orders = Orders(FakePaymentsClient(payments_error(code, reason)))
+    order = await orders.place()
+    assert (order.status, order.status_reason) == (OrderStatus.FAILED, f"payment refused: {reason}")
+    assert orders.db.stored(order.id) == order
+    assert orders.statuses(order.id) == ["FAILED"]
+    assert len(orders.payments.calls) == 1
+
+
+@in_a_loop
+async def test_an_unexpected_payments_error_is_no_refusal_and_leaves_the_order_to_the_queue():
+    orders = Orders(FakePaymentsClient(payments_error(grpc.StatusCode.INTERNAL, "bug")))
+    order = await orders.place()
+    assert (order.status, order.status_reason) == (
+        OrderStatus.PAYMENT_PENDING,
+        "payment attempt failed (INTERNAL)",
+    )
+    assert [task.data["orderId"] for task in orders.db.outbox(PAYMENT_TASKS)] == [str(order.id)]
 
 
 @in_a_loop
@@ -397,6 +430,28 @@ async def test_payment_failed_fails_the_order_with_its_reason(data, reason):
     await orders.consume(payment_event(order.id, PAYMENT_FAILED, paymentId="pay-4", **data))
     stored = orders.db.stored(order.id)
     assert (stored.status, stored.status_reason) == (OrderStatus.FAILED, reason)
+
+
+@in_a_loop
+async def test_payment_refused_fails_a_payment_pending_order_with_the_reason():
+    orders = Orders()
+    order = await orders.place(respond_async=True)
+    await orders.consume(payment_event(order.id, PAYMENT_REFUSED, reason="user is blocked"))
+    stored = orders.db.stored(order.id)
+    assert (stored.status, stored.status_reason, stored.payment_id) == (
+        OrderStatus.FAILED,
+        "payment refused: user is blocked",
+        None,
+    )
+    assert orders.statuses(order.id) == ["PAYMENT_PENDING", "FAILED"]
+
+
+@in_a_loop
+async def test_payment_refused_for_an_order_already_paid_changes_nothing():
+    orders = Orders(FakePaymentsClient(succeeded("pay-1")))
+    order = await orders.place()
+    await orders.consume(payment_event(order.id, PAYMENT_REFUSED, reason="user is blocked"))
+    assert orders.db.stored(order.id) == order
 
 
 async def store_pending(orders: Orders, user_id: str = "alice") -> Order:

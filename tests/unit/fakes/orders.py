@@ -15,6 +15,7 @@ from services.orders.clients import (
     UnknownUser,
     UpstreamUnavailable,
     UserInfo,
+    payment_error,
 )
 from services.orders.domain import IdempotencyRecord, Order, OrderStatus
 from tests.unit.fakes.database import (
@@ -151,6 +152,11 @@ def still_pending(payment_id: str = "pay-1") -> PaymentOutcome:
 def unavailable(code: grpc.StatusCode) -> UpstreamUnavailable:
     """What the payments client raises when its deadline, retries or the circuit gave up."""
     return UpstreamUnavailable("payments", rpc_error(code, "payments unavailable"))
+
+
+def payments_error(code: grpc.StatusCode, details: str = "") -> Exception:
+    """What the payments client raises for a ProcessPayment that ended with `code`."""
+    return payment_error(rpc_error(code, details))
 
 
 class FakePaymentsClient:
