@@ -6,10 +6,10 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.common.events import cloud_event
 from services.common.messaging.envelope import Event
@@ -360,6 +360,14 @@ async def cancel_orders_of_blocked_user(uow: OrdersUnitOfWork, user_id: str) -> 
     return cancelled
 
 
+def is_for(order: Order, payment: Mapping[str, Any]) -> bool:
+    """Whether a payment event's payment is the one the order asks for. Anyone allowed to call
+    ProcessPayment can pay an order's id with another user, amount or currency; that payment
+    does not pay for the order, and the order's own payment is then refused as a conflict."""
+    asked = (order.user_id, order.total_price, order.currency)
+    return (payment.get("userId"), payment.get("amount"), payment.get("currency")) == asked
+
+
 def refused_reason(reason: str) -> str:
     return f"payment refused: {reason}"
 
@@ -377,7 +385,8 @@ async def complete_payment(uow: OrdersUnitOfWork, event: Event) -> Order | None:
     """PaymentSucceeded / PaymentFailed / PaymentRefused: PAYMENT_PENDING (or PENDING) becomes
     PAID / FAILED / FAILED.
 
-    An order already final (paid by the synchronous path, cancelled) is left as it is.
+    An order already final (paid by the synchronous path, cancelled) is left as it is, and so
+    is an order the event's payment is not for (see `is_for`).
     """
     data = event.data
     try:
@@ -392,6 +401,12 @@ async def complete_payment(uow: OrdersUnitOfWork, event: Event) -> Order | None:
     if order is None:
         log.warning(
             "payment event for an unknown order; ignored", extra={"order_id": str(order_id)}
+        )
+        return None
+    if not is_for(order, data):
+        log.warning(
+            "payment event for another user, amount or currency than the order's; ignored",
+            extra={"order_id": str(order_id), "event_id": str(event.id)},
         )
         return None
     succeeded = event.type == PAYMENT_SUCCEEDED

@@ -81,14 +81,11 @@ class Orders:
         ]
 
 
-def payment_event(order_id: uuid.UUID | str, kind: str, **data: str) -> Event:
+def payment_event(order_id: uuid.UUID | str, kind: str, **data: object) -> Event:
+    """A payment event for an order of ITEMS placed by alice, as payments writes it."""
+    payment = {"orderId": str(order_id), "userId": "alice", "amount": 300, "currency": "RUB"}
     return validate(
-        cloud_event(
-            source="payments",
-            type=kind,
-            subject=f"order/{order_id}",
-            data={"orderId": str(order_id), "userId": "alice", **data},
-        )
+        cloud_event(source="payments", type=kind, subject=f"order/{order_id}", data=payment | data)
     )
 
 
@@ -430,6 +427,19 @@ async def test_payment_failed_fails_the_order_with_its_reason(data, reason):
     await orders.consume(payment_event(order.id, PAYMENT_FAILED, paymentId="pay-4", **data))
     stored = orders.db.stored(order.id)
     assert (stored.status, stored.status_reason) == (OrderStatus.FAILED, reason)
+
+
+@pytest.mark.parametrize(
+    "other", [{"amount": 1}, {"currency": "USD"}, {"userId": "mallory"}], ids=str
+)
+@pytest.mark.parametrize("kind", [PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_REFUSED])
+@in_a_loop
+async def test_a_payment_event_for_another_amount_currency_or_user_settles_nothing(kind, other):
+    orders = Orders()
+    order = await orders.place(respond_async=True)
+    await orders.consume(payment_event(order.id, kind, paymentId="pay-x", **other))
+    assert orders.db.stored(order.id) == order
+    assert orders.statuses(order.id) == ["PAYMENT_PENDING"]
 
 
 @in_a_loop
