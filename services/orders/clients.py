@@ -136,14 +136,18 @@ class PaymentsClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise payment_error(exc) from exc
-        return PaymentOutcome(
-            payment_id=payment.id,
-            result=RESULTS.get(payment.status, PaymentResult.PENDING),
-            decline_reason=payment.decline_reason,
-        )
+        return payment_outcome(payment)
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def payment_outcome(payment: payments_pb2.Payment) -> PaymentOutcome:
+    return PaymentOutcome(
+        payment_id=payment.id,
+        result=RESULTS.get(payment.status, PaymentResult.PENDING),
+        decline_reason=payment.decline_reason,
+    )
 
 
 def payment_error(cause: grpc.aio.AioRpcError) -> Exception:

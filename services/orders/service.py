@@ -107,21 +107,6 @@ class Payments(Protocol):
     ) -> PaymentOutcome: ...
 
 
-class PaymentFallback(Protocol):
-    """Where a PAYMENT_PENDING order goes, in the unit of work that made it PAYMENT_PENDING."""
-
-    async def request_payment(self, uow: OrdersUnitOfWork, order: Order) -> None: ...
-
-
-class QueuePayment:
-    """The payment queue: a PaymentRequested task for the payment workers, via the outbox."""
-
-    async def request_payment(self, uow: OrdersUnitOfWork, order: Order) -> None:
-        event = payment_requested_event(order)
-        await uow.outbox.add(PAYMENT_TASKS, str(order.id), event)
-        log.info("payment queued", extra={"order_id": str(order.id), "event_id": event["id"]})
-
-
 @dataclass(frozen=True)
 class PlacedOrder:
     order: Order
@@ -153,6 +138,14 @@ def payment_requested_event(order: Order) -> dict:
     )
 
 
+async def request_payment(outbox: Outbox, order: Order) -> None:
+    """The order's PaymentRequested task for the payment workers (payment-tasks, keyed by the
+    order id), in the unit of work that stores the order."""
+    event = payment_requested_event(order)
+    await outbox.add(PAYMENT_TASKS, str(order.id), event)
+    log.info("payment queued", extra={"order_id": str(order.id), "event_id": event["id"]})
+
+
 async def status_changed(outbox: Outbox, order: Order) -> None:
     """An order's status changed, in the unit of work that changed it: its event goes to
     order-events via the outbox (after the order row's update, so per-order order holds)."""
@@ -178,12 +171,10 @@ class OrderService:
         database: OrdersDatabase,
         users: Users,
         payments: Payments,
-        fallback: PaymentFallback | None = None,
     ) -> None:
         self._db = database
         self._users = users
         self._payments = payments
-        self._fallback = fallback or QueuePayment()
 
     async def place_order(
         self,
@@ -195,10 +186,13 @@ class OrderService:
     ) -> PlacedOrder:
         """Store a new order, or return the one an earlier request with the same key created.
 
-        The key claim and the order are written in one transaction; a concurrent request with
-        the same key waits on the key's unique constraint and then replays the winner's order.
-        With `respond_async` the synchronous payment is skipped: the order is stored as
-        PAYMENT_PENDING and its payment task queued in that same transaction.
+        The key claim, the order and its PaymentRequested task are written in one transaction;
+        a concurrent request with the same key waits on the key's unique constraint and then
+        replays the winner's order. The queued task is what guarantees the payment: if this
+        process stops or fails before the synchronous attempt settles the order, a payment
+        worker charges it, and payments' idempotency by order id makes the two paths charge
+        once. With `respond_async` the synchronous attempt is skipped and the order is stored
+        as PAYMENT_PENDING.
         """
         order = new_order(user_id, items)
         if respond_async:
@@ -222,7 +216,7 @@ class OrderService:
             await uow.orders.add(order)
             if respond_async:
                 await status_changed(uow.outbox, order)
-                await self._fallback.request_payment(uow, order)
+            await request_payment(uow.outbox, order)
         log.info(
             "order created",
             extra={
@@ -265,8 +259,8 @@ class OrderService:
         return await self._move(order, OrderStatus.CANCELLED)
 
     async def _settle_payment(self, order: Order) -> Order:
-        """Charge the order synchronously. If payments cannot answer, hand it to the fallback;
-        if payments refuses the payment, the order fails."""
+        """Charge the order synchronously. If payments cannot answer, the order waits for its
+        queued task (PAYMENT_PENDING); if payments refuses the payment, the order fails."""
         try:
             outcome = await self._payments.process_payment(
                 order.id, order.user_id, order.total_price, order.currency
@@ -302,7 +296,7 @@ class OrderService:
         return await self._defer(order, "payment still processing")
 
     async def _defer(self, order: Order, reason: str) -> Order:
-        """PAYMENT_PENDING, with the payment task queued in the same transaction."""
+        """PAYMENT_PENDING: the payment task queued with the order pays it."""
         return await self._move(order, OrderStatus.PAYMENT_PENDING, reason=reason)
 
     async def _move(
@@ -313,18 +307,13 @@ class OrderService:
         payment_id: str | None = None,
         reason: str | None = None,
     ) -> Order:
-        """Apply a transition unless a concurrent one (a cancel, say) got there first.
-
-        The status, its order-events event and (for PAYMENT_PENDING) the payment task are
-        written in one unit of work.
-        """
+        """Apply a transition unless a concurrent one (a cancel, a payment event) got there
+        first; the status and its order-events event are written in one unit of work."""
         wanted = order.moved_to(status, payment_id=payment_id, reason=reason)
         async with self._db.transaction() as uow:
             stored = await uow.orders.update_status(wanted, sources_of(status))
             if stored is not None:
                 await status_changed(uow.outbox, stored)
-                if stored.status == OrderStatus.PAYMENT_PENDING:
-                    await self._fallback.request_payment(uow, stored)
         if stored is not None:
             return stored
         current = await self._db.orders.get(order.id)

@@ -89,7 +89,9 @@ def test_orders_are_accepted_with_every_broker_down_and_the_outbox_drains_after(
             "SELECT count(*) AS n FROM outbox WHERE key = ANY($1::text[]) AND published_at IS NULL",
             ids,
         )[0]["n"]
-        assert unpublished == 10, "one PAID status event per order, waiting in the outbox"
+        assert unpublished == 20, (
+            "one PaymentRequested task and one PAID status event per order, waiting in the outbox"
+        )
     finally:
         for name in killed:
             mesh.start(name, say=lambda _: None)

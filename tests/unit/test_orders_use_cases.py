@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import pytest
@@ -28,7 +31,6 @@ from services.orders.service import (
     IdempotencyKeyReusedError,
     OrderService,
     OrdersUnitOfWork,
-    PaymentFallback,
     UserBlockedError,
     cancel_orders_of_blocked_user,
     complete_payment,
@@ -53,16 +55,11 @@ ITEMS = [OrderItem("book", 2), OrderItem("pen", 1)]
 class Orders:
     """The service layer over a fresh in-memory database and fake upstreams."""
 
-    def __init__(
-        self,
-        payments: FakePaymentsClient | None = None,
-        fallback: PaymentFallback | None = None,
-        **users: set[str],
-    ) -> None:
+    def __init__(self, payments: FakePaymentsClient | None = None, **users: set[str]) -> None:
         self.db = InMemoryOrdersDatabase()
         self.users = FakeUsersClient(**users)
         self.payments = payments or FakePaymentsClient()
-        self.service = OrderService(self.db, self.users, self.payments, fallback)
+        self.service = OrderService(self.db, self.users, self.payments)
 
     async def place(self, user_id: str = "alice", **options: object) -> Order:
         return (await self.service.place_order(user_id, ITEMS, **options)).order
@@ -71,6 +68,10 @@ class Orders:
         """One delivery to the `orders` consumer group, in the consumer's transaction."""
         async with self.db.transaction() as uow:
             await on_event(uow, event)
+
+    def tasks(self, order_id: uuid.UUID) -> list[str]:
+        """The types of the payment tasks queued for the order, in commit order."""
+        return [m.type for m in self.db.outbox(PAYMENT_TASKS) if m.key == str(order_id)]
 
     def statuses(self, order_id: uuid.UUID) -> list[str]:
         """The statuses order-events was told about for the order, in commit order."""
@@ -118,7 +119,8 @@ async def test_an_order_paid_at_once_is_paid_with_its_payment_id_and_one_status_
         "status": "PAID",
         "paymentId": "pay-7",
     }
-    assert orders.db.outbox(PAYMENT_TASKS) == []
+    # queued with the order; the worker finds the payment made and charges nothing
+    assert orders.tasks(order.id) == [PAYMENT_REQUESTED]
 
 
 @in_a_loop
@@ -127,7 +129,7 @@ async def test_a_declined_payment_fails_the_order_with_the_decline_reason():
     order = await orders.place()
     assert (order.status, order.status_reason) == (OrderStatus.FAILED, "insufficient funds")
     assert orders.statuses(order.id) == ["FAILED"]
-    assert orders.db.outbox(PAYMENT_TASKS) == []
+    assert orders.tasks(order.id) == [PAYMENT_REQUESTED]
 
 
 @pytest.mark.parametrize(
@@ -235,18 +237,85 @@ async def test_users_being_unavailable_stores_nothing():
 
 
 @in_a_loop
-async def test_a_failing_payment_task_write_rolls_back_the_status_change_and_its_event():
-    class BrokenQueue:
-        async def request_payment(self, uow: OrdersUnitOfWork, order: Order) -> None:
-            raise ConnectionError("database gone")
+async def test_an_order_is_stored_with_its_payment_task_before_payments_is_called():
+    async def look_at_what_is_committed(call: PaymentCall) -> PaymentOutcome:
+        committed = orders.db.stored(call.order_id)
+        assert (committed.status, orders.tasks(call.order_id)) == (
+            OrderStatus.PENDING,
+            [PAYMENT_REQUESTED],
+        )
+        return succeeded()
 
-    orders = Orders(FakePaymentsClient(unavailable(grpc.StatusCode.UNAVAILABLE)), BrokenQueue())
-    with pytest.raises(ConnectionError):
-        await orders.place()
+    orders = Orders(FakePaymentsClient(look_at_what_is_committed))
+    order = await orders.place()
+    assert order.status == OrderStatus.PAID
+    (task,) = orders.db.outbox(PAYMENT_TASKS)
+    assert task.data == {
+        "orderId": str(order.id),
+        "userId": "alice",
+        "amount": 300,
+        "currency": "RUB",
+    }
+
+
+class ProcessDied(BaseException):
+    """The orders process stopping (SIGKILL, a crash) while it waits for payments."""
+
+
+@in_a_loop
+async def test_an_order_left_pending_when_its_process_dies_mid_payment_is_paid_by_its_task():
+    async def die(_call: PaymentCall) -> PaymentOutcome:
+        raise ProcessDied
+
+    orders = Orders(FakePaymentsClient(die))
+    with pytest.raises(ProcessDied):
+        await orders.service.place_order("alice", ITEMS, idempotency_key="k-1")
     (order,) = orders.db.tables.orders.values()
     assert order.status == OrderStatus.PENDING
+    assert orders.tasks(order.id) == [PAYMENT_REQUESTED]
+    # a payment worker charges the queued task; its PaymentSucceeded settles the order
+    await orders.consume(payment_event(order.id, PAYMENT_SUCCEEDED, paymentId="pay-1"))
+    again = await orders.service.place_order("alice", ITEMS, idempotency_key="k-1")
+    assert (again.replayed, again.order.status) == (True, OrderStatus.PAID)
+
+
+class TasksUnwritable:
+    """The orders database with an outbox that fails to take payment tasks."""
+
+    def __init__(self, db: InMemoryOrdersDatabase) -> None:
+        self.orders = db.orders
+        self._db = db
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[OrdersUnitOfWork]:
+        async with self._db.transaction() as uow:
+            yield TasksUnwritableUnitOfWork(uow)
+
+
+class TasksUnwritableUnitOfWork:
+    def __init__(self, uow: OrdersUnitOfWork) -> None:
+        self.orders = uow.orders
+        self._outbox = uow.outbox
+        self.outbox = self
+
+    async def add(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
+        if topic == PAYMENT_TASKS:
+            raise ConnectionError("database gone")
+        await self._outbox.add(topic, key, event)
+
+
+@pytest.mark.parametrize("respond_async", [False, True])
+@in_a_loop
+async def test_an_order_whose_payment_task_cannot_be_written_is_not_stored(respond_async):
+    orders = Orders()
+    service = OrderService(TasksUnwritable(orders.db), orders.users, orders.payments)
+    with pytest.raises(ConnectionError):
+        await service.place_order(
+            "alice", ITEMS, idempotency_key="k-1", respond_async=respond_async
+        )
+    assert (orders.db.tables.orders, orders.db.tables.idempotency_keys) == ({}, {})
     assert orders.db.tables.outbox == []
-    assert orders.db.transactions.rolled_back == 1
+    assert orders.payments.calls == []
 
 
 # --- Idempotency-Key -----------------------------------------------------------------------
