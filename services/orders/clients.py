@@ -78,12 +78,16 @@ class PaymentResult(StrEnum):
     DECLINED = "DECLINED"
     # Another call is still charging this order and our deadline came first.
     PENDING = "PENDING"
+    # The order's payment was cancelled (or refunded): the order ended unpaid meanwhile.
+    CANCELLED = "CANCELLED"
 
 
 RESULTS = {
     payments_pb2.PAYMENT_STATUS_SUCCEEDED: PaymentResult.SUCCEEDED,
     payments_pb2.PAYMENT_STATUS_DECLINED: PaymentResult.DECLINED,
     payments_pb2.PAYMENT_STATUS_PENDING: PaymentResult.PENDING,
+    payments_pb2.PAYMENT_STATUS_CANCELLED: PaymentResult.CANCELLED,
+    payments_pb2.PAYMENT_STATUS_REFUNDED: PaymentResult.CANCELLED,
 }
 
 

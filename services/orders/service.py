@@ -114,7 +114,15 @@ class PlacedOrder:
 
 
 def status_changed_event(order: Order) -> dict:
-    data = {"orderId": str(order.id), "userId": order.user_id, "status": order.status.value}
+    """OrderStatusChanged. It carries the order's price: the payment workers cancel the payment
+    of an order that ended unpaid, which may mean holding its order id before any charge."""
+    data = {
+        "orderId": str(order.id),
+        "userId": order.user_id,
+        "status": order.status.value,
+        "totalPrice": order.total_price,
+        "currency": order.currency,
+    }
     if order.status_reason:
         data["statusReason"] = order.status_reason
     if order.payment_id:
@@ -293,6 +301,9 @@ class OrderService:
                 payment_id=outcome.payment_id,
                 reason=outcome.decline_reason,
             )
+        if outcome.result == PaymentResult.CANCELLED:
+            # Only an order that ended unpaid has its payment cancelled: this one already has.
+            return await self._move(order, OrderStatus.CANCELLED, reason="payment cancelled")
         return await self._defer(order, "payment still processing")
 
     async def _defer(self, order: Order, reason: str) -> Order:

@@ -2,8 +2,9 @@
 the mesh joins them: orders' synchronous ProcessPayment reaches the payments service layer (its
 errors mapped to the status codes gRPC carries and back through orders' client), the payment
 tasks in orders' outbox reach a payment worker and the events in payments' outbox reach orders'
-consumer, each stream in the order it was written, when the test delivers it. So a race between
-the two services is a sequence of steps the test chooses."""
+consumer, and orders' status changes reach the workers' `payment-cancellations` consumer, each
+stream in the order it was written, when the test delivers it. So a race between the two
+services is a sequence of steps the test chooses."""
 
 from __future__ import annotations
 
@@ -13,16 +14,23 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from services.common.errors import DomainError
-from services.common.messaging.envelope import validate
+from services.common.events import cloud_event
+from services.common.messaging.envelope import Event, validate
 from services.common.rpc import status_for
 from services.orders.clients import PaymentOutcome, payment_error, payment_outcome
 from services.orders.domain import Order, OrderItem, OrderStatus
-from services.orders.service import PAYMENT_TASKS, OrderService, on_event
+from services.orders.service import (
+    ORDER_EVENTS,
+    PAYMENT_TASKS,
+    USER_BLOCKED,
+    OrderService,
+    on_event,
+)
 from services.payments import api
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.notifier import PaymentNotifier
 from services.payments.service import PAYMENT_EVENTS, PaymentService
-from services.payments.worker import PaymentTasks
+from services.payments.worker import PaymentTasks, UnpaidOrders
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.orders import FakeUsersClient, InMemoryOrdersDatabase, rpc_error
 from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase
@@ -30,6 +38,14 @@ from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase
 ITEMS = [OrderItem("book", 3)]
 
 Step = Callable[[], Awaitable[None]]
+
+
+def user_blocked(user_id: str) -> Event:
+    return validate(
+        cloud_event(
+            source="users", type=USER_BLOCKED, subject=f"user/{user_id}", data={"userId": user_id}
+        )
+    )
 
 
 class ProcessDied(BaseException):
@@ -67,12 +83,15 @@ class Shop:
         self.payments_db = InMemoryPaymentsDatabase()
         self.provider = FakeProvider()
         self.payments = self._payments_process("payments-1")
-        self.worker = PaymentTasks(self._payments_process("payments-worker-1"))
+        worker = self._payments_process("payments-worker-1")
+        self.worker = PaymentTasks(worker)
+        self.cancellations = UnpaidOrders(worker)
         self.grpc = PaymentsOverGrpc(self.payments)
         self.orders_db = InMemoryOrdersDatabase()
         self.orders = OrderService(self.orders_db, FakeUsersClient(), self.grpc)
         self._tasks_delivered = 0
         self._events_delivered = 0
+        self._status_changes_delivered = 0
 
     def _payments_process(self, instance: str) -> PaymentService:
         notifier = PaymentNotifier("postgresql://unused")
@@ -89,6 +108,13 @@ class Shop:
         for task in tasks:
             await self.worker(None, validate(task.event))
 
+    async def run_cancellations(self) -> None:
+        """The workers' cancellation consumer handles every order status change so far."""
+        changes = self.orders_db.outbox(ORDER_EVENTS)[self._status_changes_delivered :]
+        self._status_changes_delivered += len(changes)
+        for change in changes:
+            await self.cancellations(None, validate(change.event))
+
     async def deliver_payment_events(self) -> None:
         """orders' consumer handles every payment event published so far, in order."""
         events = self.payments_db.outbox(PAYMENT_EVENTS)[self._events_delivered :]
@@ -98,10 +124,13 @@ class Shop:
                 await on_event(uow, validate(message.event))
 
     async def settle(self) -> None:
-        """Kafka catches up: tasks and events flow until neither side has anything new."""
-        while self._tasks_delivered < len(self.orders_db.outbox(PAYMENT_TASKS)) or (
-            self._events_delivered < len(self.payments_db.outbox(PAYMENT_EVENTS))
+        """Kafka catches up: every stream flows until none has anything new."""
+        while (
+            self._status_changes_delivered < len(self.orders_db.outbox(ORDER_EVENTS))
+            or self._tasks_delivered < len(self.orders_db.outbox(PAYMENT_TASKS))
+            or self._events_delivered < len(self.payments_db.outbox(PAYMENT_EVENTS))
         ):
+            await self.run_cancellations()
             await self.run_worker()
             await self.deliver_payment_events()
 
@@ -145,3 +174,110 @@ async def test_an_order_left_pending_when_orders_dies_mid_payment_is_paid_once_b
     assert shop.order(order.id).status == OrderStatus.PAID
     assert shop.order(order.id).payment_id == str(shop.payment(order.id).id)
     assert shop.charges(order.id) == (1, 0)
+
+
+# --- an order that ends unpaid leaves nobody charged ----------------------------------------
+
+
+async def block_in_orders(shop: Shop, user_id: str) -> None:
+    """orders' consumer group reads UserBlocked; payments' group has not read it yet."""
+    async with shop.orders_db.transaction() as uow:
+        await on_event(uow, user_blocked(user_id))
+
+
+@in_a_loop
+async def test_a_payment_pending_order_cancelled_before_a_worker_charges_it_is_never_charged():
+    shop = Shop()
+    order = await shop.place(respond_async=True)
+    await shop.orders.cancel_order(order.id)
+    await shop.settle()
+    assert shop.order(order.id).status == OrderStatus.CANCELLED
+    assert shop.payment(order.id).status == PaymentStatus.CANCELLED
+    assert shop.charges(order.id) == (0, 0)
+
+
+@in_a_loop
+async def test_a_cancelled_order_a_worker_charged_first_is_refunded():
+    shop = Shop()
+    order = await shop.place(respond_async=True)
+    await shop.run_worker()  # charged; orders has not heard of it yet
+    await shop.orders.cancel_order(order.id)
+    await shop.settle()
+    assert shop.order(order.id).status == OrderStatus.CANCELLED
+    assert shop.payment(order.id).status == PaymentStatus.REFUNDED
+    assert shop.charges(order.id) == (1, 1)
+
+
+@in_a_loop
+async def test_an_order_cancelled_while_its_synchronous_payment_runs_is_refunded():
+    shop = Shop()
+    placed: list[Order] = []
+
+    async def cancel() -> None:
+        (order,) = shop.orders_db.tables.orders.values()
+        placed.append(order)
+        await shop.orders.cancel_order(order.id)
+
+    shop.grpc.after = cancel  # the charge is made; the cancel commits before orders hears of it
+    assert (await shop.place()).status == OrderStatus.CANCELLED
+    await shop.settle()
+    (order,) = placed
+    assert shop.order(order.id).status == OrderStatus.CANCELLED
+    assert shop.payment(order.id).status == PaymentStatus.REFUNDED
+    assert shop.charges(order.id) == (1, 1)
+
+
+@in_a_loop
+async def test_an_order_cancelled_before_its_slow_synchronous_call_reached_payments_is_uncharged():
+    shop = Shop()
+
+    async def cancel_and_let_the_cancellation_through() -> None:
+        (order,) = shop.orders_db.tables.orders.values()
+        await shop.orders.cancel_order(order.id)
+        await shop.run_cancellations()
+
+    shop.grpc.before = cancel_and_let_the_cancellation_through
+    order = await shop.place()
+    await shop.settle()
+    assert order.status == shop.order(order.id).status == OrderStatus.CANCELLED
+    assert shop.payment(order.id).status == PaymentStatus.CANCELLED
+    assert shop.charges(order.id) == (0, 0)
+
+
+@in_a_loop
+async def test_a_blocked_users_queued_order_is_not_charged_though_payments_missed_the_block():
+    shop = Shop()
+    order = await shop.place(respond_async=True)
+    await block_in_orders(shop, "alice")
+    await shop.settle()
+    assert shop.order(order.id).status == OrderStatus.CANCELLED
+    assert shop.payment(order.id).status == PaymentStatus.CANCELLED
+    assert shop.charges(order.id) == (0, 0)
+
+
+@in_a_loop
+async def test_a_blocked_users_order_a_worker_charged_before_the_cancellation_is_refunded():
+    shop = Shop()
+    order = await shop.place(respond_async=True)
+    await block_in_orders(shop, "alice")
+    await shop.run_worker()  # payments has not recorded the block: the task is charged
+    await shop.settle()
+    assert shop.order(order.id).status == OrderStatus.CANCELLED
+    assert shop.payment(order.id).status == PaymentStatus.REFUNDED
+    assert shop.charges(order.id) == (1, 1)
+
+
+@in_a_loop
+async def test_a_conflicting_payment_for_an_order_fails_it_and_is_refunded():
+    shop = Shop()
+    order = await shop.place(respond_async=True)
+    # the order's user pays its id directly (POST /payments), for 1 kopeck
+    await shop.payments.process_payment(str(order.id), "alice", 1, "RUB")
+    await shop.settle()
+    ended = shop.order(order.id)
+    assert ended.status == OrderStatus.FAILED
+    assert ended.status_reason == (
+        f"payment refused: order {order.id} already has a payment with a different amount"
+    )
+    assert shop.payment(order.id).status == PaymentStatus.REFUNDED
+    assert shop.charges(order.id) == (1, 1)

@@ -16,7 +16,12 @@ import pytest
 from services.common.events import cloud_event
 from services.common.messaging.envelope import Event, validate
 from services.common.uow import in_consumer_transaction
-from services.orders.clients import PaymentOutcome, UnknownUser, UpstreamUnavailable
+from services.orders.clients import (
+    PaymentOutcome,
+    PaymentResult,
+    UnknownUser,
+    UpstreamUnavailable,
+)
 from services.orders.domain import InvalidTransition, Order, OrderItem, OrderStatus, new_order
 from services.orders.repository import PostgresOrdersUnitOfWork
 from services.orders.service import (
@@ -117,6 +122,8 @@ async def test_an_order_paid_at_once_is_paid_with_its_payment_id_and_one_status_
         "orderId": str(order.id),
         "userId": "alice",
         "status": "PAID",
+        "totalPrice": 300,
+        "currency": "RUB",
         "paymentId": "pay-7",
     }
     # queued with the order; the worker finds the payment made and charges nothing
@@ -446,6 +453,35 @@ async def test_a_cancel_during_the_synchronous_payment_wins_over_the_late_paymen
     order = await orders.place()
     assert order.status == OrderStatus.CANCELLED
     assert orders.statuses(order.id) == ["CANCELLED"]
+
+
+@in_a_loop
+async def test_a_cancelled_payment_answered_to_the_synchronous_call_leaves_the_order_cancelled():
+    async def cancel_then_answer_cancelled(call: PaymentCall) -> PaymentOutcome:
+        await orders.service.cancel_order(call.order_id)
+        return PaymentOutcome("pay-1", PaymentResult.CANCELLED, "")
+
+    orders = Orders(FakePaymentsClient(cancel_then_answer_cancelled))
+    order = await orders.place()
+    assert (order.status, order.status_reason) == (OrderStatus.CANCELLED, None)
+    assert orders.statuses(order.id) == ["CANCELLED"]
+
+
+@pytest.mark.parametrize("ended", ["cancelled", "declined"])
+@in_a_loop
+async def test_an_order_that_ends_unpaid_says_so_with_its_price_for_payments_to_cancel(ended):
+    orders = Orders(FakePaymentsClient(declined("no")))
+    if ended == "cancelled":
+        order = await orders.place(respond_async=True)
+        await orders.service.cancel_order(order.id)
+    else:
+        order = await orders.place()
+    last = orders.db.outbox(ORDER_EVENTS)[-1]
+    assert (last.data["status"], last.data["totalPrice"], last.data["currency"]) == (
+        "CANCELLED" if ended == "cancelled" else "FAILED",
+        300,
+        "RUB",
+    )
 
 
 @in_a_loop
