@@ -26,7 +26,8 @@ DOT_FILE = HERE / "architecture.dot"
 SVG_FILE = HERE / "architecture.svg"
 
 # Who writes each topic (through its outbox) and which consumer groups read it
-# (services/*/app.py, services/payments/worker.py).
+# (services/*/app.py, services/payments/worker.py): a service's group is named after it, a
+# worker's after its topology entry unless the entry is (worker, group).
 PRODUCERS = {
     "user-events": ["users"],
     "order-events": ["orders"],
@@ -35,7 +36,7 @@ PRODUCERS = {
 }
 CONSUMERS = {
     "user-events": ["auth", "orders", "payments", "notifications"],
-    "order-events": ["notifications"],
+    "order-events": ["notifications", ("payments-worker", "payment-cancellations")],
     "payment-tasks": ["payments-worker"],
     "payment-events": ["orders", "notifications"],
 }
@@ -183,12 +184,13 @@ def kafka_edges(t: Topology) -> list[str]:
                 + attrs(label="outbox relay", color="firebrick", fontsize="9")
                 + ";"
             )
-    for topic, groups in CONSUMERS.items():
-        for group in groups:
-            if group in worker_names:
-                target, name = q("workers"), worker_names[group].group
+    for topic, readers in CONSUMERS.items():
+        for reader in readers:
+            process, group = reader if isinstance(reader, tuple) else (reader, None)
+            if process in worker_names:
+                target, name = q("workers"), group or worker_names[process].group
             else:
-                target, name = q(t.service(group).instances[0].id), group
+                target, name = q(t.service(process).instances[0].id), group or process
             out.append(
                 f"  {q(topic)} -> {target} "
                 + attrs(label=f"group {name}", color="firebrick", style="dashed", fontsize="9")
