@@ -185,7 +185,7 @@ def service_env(topology: Topology, *, bind_host: str, redis_host: str, state: S
         # One call per request through the edge, a few hundred microseconds each: one Go
         # processor and a garbage collection every 4x growth of a small heap, instead of a
         # processor per core that mostly hands work between threads (measured at 300 req/s:
-        # 0.43 -> 0.33 ms of CPU per request; docs/benchmarks.md#where-a-request-spends-its-cpu).
+        # 0.43 -> 0.33 ms of CPU per request; docs/performance.md).
         "GOMAXPROCS": "1",
         "GOGC": "400",
     }
