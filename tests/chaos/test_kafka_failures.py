@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from mesh.runtime.supervisor import Mesh
 from services.common.events import cloud_event
+from tests.chaos.test_payments_faults import injected_fault_seen
 from tests.integration.test_messaging_flow import (
     WORKERS,
     assert_charged_once,
@@ -28,19 +29,18 @@ from tests.support import wait_for
 
 
 def test_orders_fall_back_to_the_queue_when_payments_fail_and_are_each_charged_once(
-    mesh: Mesh, tokens, fault, workers
+    mesh: Mesh, tokens, fault, workers, payments_grpc
 ) -> None:
     fault("payments", error_rate=1.0, methods=["ProcessPayment"])
+    wait_for(lambda: injected_fault_seen(payments_grpc), timeout=15,
+             what="the payments fault flag to take effect")  # fmt: skip
     with orders_client(mesh, tokens, "bob") as client:
-
-        def deferred() -> bool:
-            return place(client, "bob", respond_async=False)["status"] == "PAYMENT_PENDING"
-
-        wait_for(deferred, timeout=30, what="the payments fault to defer an order")
         orders = place_many(client, "bob", 12, respond_async=False)
     ids = [o["id"] for o in orders]
-    assert {o["status"] for o in orders} == {"PAYMENT_PENDING"}
-    assert all("payments unavailable" in o["statusReason"] for o in orders)
+    # Each synchronous attempt fails: the order answers PAYMENT_PENDING, or PAID if a worker
+    # charged it from the task queued with it before the attempt gave up.
+    assert all(o["status"] == "PAID" or "payments unavailable" in o["statusReason"]
+               for o in orders), orders  # fmt: skip
 
     wait_all(mesh, ids, "PAID", timeout=90)  # the workers use the service layer, not gRPC
     per_worker = assert_charged_once(mesh, ids)
