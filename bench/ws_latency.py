@@ -18,8 +18,8 @@ from mesh.bench import accounts, slots, targets
 from mesh.bench.scenarios import DEFAULT_USERS, SOURCES
 from mesh.runtime.paths import StateDir
 from mesh.topology import Topology
+from services.common.contracts import EventType
 
-STATUS_CHANGED = "shopmesh.order.status_changed.v1"
 WAIT_S = 15.0
 
 
@@ -45,7 +45,7 @@ def _paid_at(ws, order_id: str) -> float | None:
             return None
         data = message.get("data") or {}
         if (
-            message.get("type") == STATUS_CHANGED
+            message.get("type") == EventType.ORDER_STATUS_CHANGED
             and data.get("orderId") == order_id
             and data.get("status") == "PAID"
         ):

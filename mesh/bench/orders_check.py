@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from mesh.bench import db
 from mesh.runtime.paths import StateDir
 from mesh.topology import Topology
+from services.common.contracts import EventType
 
 SETTLE_S = 60.0
-SUCCEEDED_EVENT = "shopmesh.payment.succeeded.v1"
 
 
 def orders_of_keys(topology: Topology, state: StateDir, keys: Sequence[str]) -> dict[str, str]:
@@ -48,7 +48,7 @@ def succeeded_events(topology: Topology, state: StateDir, ids: Sequence[str]) ->
         "SELECT key, count(*) AS n FROM outbox WHERE key = ANY($1::text[]) "
         "AND payload->>'type' = $2 GROUP BY key",
         list(ids),
-        SUCCEEDED_EVENT,
+        EventType.PAYMENT_SUCCEEDED.value,
     )
     return {r["key"]: r["n"] for r in rows}
 

@@ -15,6 +15,7 @@ from services.auth.repository import PostgresCredentials, PostgresKeysDatabase
 from services.auth.seed import SeedError, apply_seed, load_seed
 from services.auth.service import AuthService, KeyStore, ServiceToken
 from services.common.config import ServiceSettings
+from services.common.contracts import Topic
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.kafka import Consumer, messaging
 from services.common.problem import problem_middleware
@@ -60,7 +61,7 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
             async with messaging(
                 pool,
                 settings.instance,
-                consumers=[Consumer(("user-events",), "auth", service.on_user_event)],
+                consumers=[Consumer((Topic.USER_EVENTS,), "auth", service.on_user_event)],
             ):
                 yield
         finally:

@@ -39,12 +39,12 @@ from services.common.auth import (
     VerificationKey,
     verify_jwt,
 )
+from services.common.contracts import EventType
 from services.common.messaging.envelope import Event
 
 log = logging.getLogger(__name__)
 
 SERVICE_SUBJECT = "auth"
-USER_BLOCKED_EVENT = "shopmesh.user.blocked.v1"
 SERVICE_ROLE = "service"
 # The edge stops reusing an exchanged token this many seconds before it expires.
 REUSE_MARGIN_S = 5
@@ -468,7 +468,7 @@ class AuthService:
 
     async def on_user_event(self, _conn: asyncpg.Connection, event: Event) -> None:
         """user-events: a UserBlocked event drops the user's cached exchanges."""
-        if event.type == USER_BLOCKED_EVENT:
+        if event.type == EventType.USER_BLOCKED:
             self.invalidate_user(event.data["userId"])
 
     def invalidate_user(self, user_id: str) -> None:

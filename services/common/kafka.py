@@ -1,7 +1,7 @@
 """A service's Kafka wiring: its outbox relay and consumer runners, started and stopped together.
 
     async with messaging(pool, settings.instance, relay=True, consumers=[
-        Consumer(("user-events", "payment-events"), "orders", handler),
+        Consumer((Topic.USER_EVENTS, Topic.PAYMENT_EVENTS), "orders", handler),
     ]):
         ...  # serve
 

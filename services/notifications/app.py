@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.common.auth import install_internal_auth
 from services.common.config import ServiceSettings
+from services.common.contracts import Topic
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.kafka import Consumer, messaging
 from services.common.metrics import watch_websockets
@@ -20,7 +21,7 @@ from services.notifications.service import NotificationService
 
 MAX_BODY_BYTES = 64 * 1024
 MIGRATIONS = Path(__file__).with_name("migrations")
-TOPICS = ("user-events", "order-events", "payment-events")
+TOPICS = (Topic.USER_EVENTS, Topic.ORDER_EVENTS, Topic.PAYMENT_EVENTS)
 
 
 def http_app(hub: Hub) -> web.Application:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from services.common.auth import install_internal_auth
 from services.common.config import ServiceSettings
+from services.common.contracts import Topic
 from services.common.db import apply_migrations, create_pool
 from services.common.faults import install_fault_flags
 from services.common.kafka import Consumer, messaging
@@ -51,7 +52,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
                 pool,
                 settings.instance,
                 relay=True,
-                consumers=[Consumer(("user-events", "payment-events"), "orders", handler)],
+                consumers=[Consumer((Topic.USER_EVENTS, Topic.PAYMENT_EVENTS), "orders", handler)],
             ):
                 yield
         finally:

@@ -11,7 +11,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.common.events import cloud_event
+from services.common.contracts import (
+    EventType,
+    Topic,
+    order_status_changed,
+    payment_requested,
+)
 from services.common.messaging.envelope import Event
 from services.common.telemetry import set_order_id
 from services.common.uow import Outbox
@@ -32,14 +37,6 @@ from services.orders.domain import (
     sources_of,
 )
 
-ORDER_EVENTS = "order-events"
-PAYMENT_TASKS = "payment-tasks"
-ORDER_STATUS_CHANGED = "shopmesh.order.status_changed.v1"
-PAYMENT_REQUESTED = "shopmesh.payment.requested.v1"
-USER_BLOCKED = "shopmesh.user.blocked.v1"
-PAYMENT_SUCCEEDED = "shopmesh.payment.succeeded.v1"
-PAYMENT_FAILED = "shopmesh.payment.failed.v1"
-PAYMENT_REFUSED = "shopmesh.payment.refused.v1"
 # The statuses a blocked user's orders are cancelled from.
 CANCELLED_WHEN_BLOCKED = (OrderStatus.PENDING, OrderStatus.PAYMENT_PENDING)
 
@@ -114,35 +111,23 @@ class PlacedOrder:
 
 
 def status_changed_event(order: Order) -> dict:
-    """OrderStatusChanged. It carries the order's price: the payment workers cancel the payment
-    of an order that ended unpaid, which may mean holding its order id before any charge."""
-    data = {
-        "orderId": str(order.id),
-        "userId": order.user_id,
-        "status": order.status.value,
-        "totalPrice": order.total_price,
-        "currency": order.currency,
-    }
-    if order.status_reason:
-        data["statusReason"] = order.status_reason
-    if order.payment_id:
-        data["paymentId"] = order.payment_id
-    return cloud_event(
-        source="orders", type=ORDER_STATUS_CHANGED, subject=f"order/{order.id}", data=data
+    return order_status_changed(
+        order_id=str(order.id),
+        user_id=order.user_id,
+        status=order.status.value,
+        total_price=order.total_price,
+        currency=order.currency,
+        status_reason=order.status_reason,
+        payment_id=order.payment_id,
     )
 
 
 def payment_requested_event(order: Order) -> dict:
-    return cloud_event(
-        source="orders",
-        type=PAYMENT_REQUESTED,
-        subject=f"order/{order.id}",
-        data={
-            "orderId": str(order.id),
-            "userId": order.user_id,
-            "amount": order.total_price,
-            "currency": order.currency,
-        },
+    return payment_requested(
+        order_id=str(order.id),
+        user_id=order.user_id,
+        amount=order.total_price,
+        currency=order.currency,
     )
 
 
@@ -150,14 +135,14 @@ async def request_payment(outbox: Outbox, order: Order) -> None:
     """The order's PaymentRequested task for the payment workers (payment-tasks, keyed by the
     order id), in the unit of work that stores the order."""
     event = payment_requested_event(order)
-    await outbox.add(PAYMENT_TASKS, str(order.id), event)
+    await outbox.add(Topic.PAYMENT_TASKS, str(order.id), event)
     log.info("payment queued", extra={"order_id": str(order.id), "event_id": event["id"]})
 
 
 async def status_changed(outbox: Outbox, order: Order) -> None:
     """An order's status changed, in the unit of work that changed it: its event goes to
     order-events via the outbox (after the order row's update, so per-order order holds)."""
-    await outbox.add(ORDER_EVENTS, str(order.id), status_changed_event(order))
+    await outbox.add(Topic.ORDER_EVENTS, str(order.id), status_changed_event(order))
     log.info(
         "order status changed", extra={"order_id": str(order.id), "status": order.status.value}
     )
@@ -337,9 +322,13 @@ async def on_event(uow: OrdersUnitOfWork, event: Event) -> None:
     """Consumer group `orders` on user-events and payment-events, in the unit of work of the
     consumer's transaction (which also records the event in processed_events: each effect
     happens once)."""
-    if event.type == USER_BLOCKED:
+    if event.type == EventType.USER_BLOCKED:
         await cancel_orders_of_blocked_user(uow, event.data["userId"])
-    elif event.type in (PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_REFUSED):
+    elif event.type in (
+        EventType.PAYMENT_SUCCEEDED,
+        EventType.PAYMENT_FAILED,
+        EventType.PAYMENT_REFUSED,
+    ):
         await complete_payment(uow, event)
 
 
@@ -374,9 +363,9 @@ def refused_reason(reason: str) -> str:
 
 def outcome_reason(event: Event) -> str | None:
     """Why a payment event leaves its order where it does; None for a payment that succeeded."""
-    if event.type == PAYMENT_SUCCEEDED:
+    if event.type == EventType.PAYMENT_SUCCEEDED:
         return None
-    if event.type == PAYMENT_REFUSED:
+    if event.type == EventType.PAYMENT_REFUSED:
         return refused_reason(event.data.get("reason") or "no reason given")
     return event.data.get("declineReason") or "payment failed"
 
@@ -409,7 +398,7 @@ async def complete_payment(uow: OrdersUnitOfWork, event: Event) -> Order | None:
             extra={"order_id": str(order_id), "event_id": str(event.id)},
         )
         return None
-    succeeded = event.type == PAYMENT_SUCCEEDED
+    succeeded = event.type == EventType.PAYMENT_SUCCEEDED
     status = OrderStatus.PAID if succeeded else OrderStatus.FAILED
     if order.status not in sources_of(status):
         log.info(

@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 
 from services.common.config import ServiceSettings
+from services.common.contracts import Topic
 from services.common.grpc_server import GrpcApp, Servicer
 from services.common.kafka import Consumer, messaging
 from services.common.uow import in_consumer_transaction
@@ -34,7 +35,7 @@ async def wiring(pool: asyncpg.Pool, settings: ServiceSettings) -> AsyncIterator
         pool,
         settings.instance,
         relay=True,
-        consumers=[Consumer(("user-events",), "payments", blocked_users)],
+        consumers=[Consumer((Topic.USER_EVENTS,), "payments", blocked_users)],
     )
 
     async def on_stop() -> None:

@@ -30,8 +30,8 @@ from datetime import datetime
 from typing import Protocol
 
 from services.common import pagination
+from services.common.contracts import EventType, Topic, payment_outcome, payment_refused
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services.common.events import cloud_event
 from services.common.messaging.envelope import Event
 from services.common.uow import Outbox
 from services.payments import domain
@@ -52,12 +52,6 @@ CLAIM_RETRY_S = 1.0
 MAX_WAIT_S = 10.0  # how long a call without a deadline waits for another call's outcome
 DEADLINE_MARGIN_S = 0.1  # answer this long before the caller's deadline
 
-PAYMENT_EVENTS = "payment-events"
-PAYMENT_SUCCEEDED = "shopmesh.payment.succeeded.v1"
-PAYMENT_FAILED = "shopmesh.payment.failed.v1"
-PAYMENT_REFUNDED = "shopmesh.payment.refunded.v1"
-PAYMENT_REFUSED = "shopmesh.payment.refused.v1"
-USER_BLOCKED = "shopmesh.user.blocked.v1"
 USER_BLOCKED_MESSAGE = "user is blocked"
 
 
@@ -243,7 +237,7 @@ class PaymentService:
         payment): say so on payment-events, so that its order ends instead of waiting."""
         event = refused_event(order_id, user_id, amount, currency, reason)
         async with self._db.transaction() as uow:
-            await uow.outbox.add(PAYMENT_EVENTS, order_id, event)
+            await uow.outbox.add(Topic.PAYMENT_EVENTS, order_id, event)
         log.warning(
             "payment refused",
             extra={"order_id": order_id, "reason": reason, "event_id": event["id"]},
@@ -392,9 +386,9 @@ class PaymentService:
 
 
 OUTCOME_EVENTS = {
-    PaymentStatus.SUCCEEDED: PAYMENT_SUCCEEDED,
-    PaymentStatus.DECLINED: PAYMENT_FAILED,
-    PaymentStatus.REFUNDED: PAYMENT_REFUNDED,
+    PaymentStatus.SUCCEEDED: EventType.PAYMENT_SUCCEEDED,
+    PaymentStatus.DECLINED: EventType.PAYMENT_FAILED,
+    PaymentStatus.REFUNDED: EventType.PAYMENT_REFUNDED,
 }
 
 
@@ -404,32 +398,22 @@ def payment_event(payment: Payment) -> dict:
     kind = OUTCOME_EVENTS.get(payment.status)
     if kind is None:
         raise ValueError(f"a {payment.status.value} payment has no outcome event")
-    data = {
-        "orderId": payment.order_id,
-        "paymentId": str(payment.id),
-        "userId": payment.user_id,
-        "amount": payment.amount,
-        "currency": payment.currency,
-        "status": payment.status.value,
-    }
-    if payment.decline_reason:
-        data["declineReason"] = payment.decline_reason
-    return cloud_event(source="payments", type=kind, subject=f"order/{payment.order_id}", data=data)
+    return payment_outcome(
+        kind,
+        order_id=payment.order_id,
+        payment_id=str(payment.id),
+        user_id=payment.user_id,
+        amount=payment.amount,
+        currency=payment.currency,
+        status=payment.status.value,
+        decline_reason=payment.decline_reason,
+    )
 
 
 def refused_event(order_id: str, user_id: str, amount: int, currency: str, reason: str) -> dict:
     """PaymentRefused: payments will not make the payment asked for; no payment was made."""
-    return cloud_event(
-        source="payments",
-        type=PAYMENT_REFUSED,
-        subject=f"order/{order_id}",
-        data={
-            "orderId": order_id,
-            "userId": user_id,
-            "amount": amount,
-            "currency": currency,
-            "reason": reason,
-        },
+    return payment_refused(
+        order_id=order_id, user_id=user_id, amount=amount, currency=currency, reason=reason
     )
 
 
@@ -443,7 +427,7 @@ async def payment_finished(outbox: Outbox, payment: Payment) -> None:
     outcome whoever charged or refunded it (API server, worker, a repeated call).
     """
     event = payment_event(payment)
-    await outbox.add(PAYMENT_EVENTS, payment.order_id, event)
+    await outbox.add(Topic.PAYMENT_EVENTS, payment.order_id, event)
     log.info(
         f"payment {payment.status.value.lower()}",
         extra={
@@ -460,7 +444,7 @@ async def payment_finished(outbox: Outbox, payment: Payment) -> None:
 async def on_user_event(uow: PaymentsUnitOfWork, event: Event) -> None:
     """Consumer group `payments` on user-events, in the unit of work of the consumer's
     transaction: remember blocked users."""
-    if event.type != USER_BLOCKED:
+    if event.type != EventType.USER_BLOCKED:
         return
     user_id = event.data["userId"]
     await uow.payments.block_user(user_id)

@@ -38,6 +38,7 @@ import asyncpg
 
 from services.common import event_loop
 from services.common.config import LOG_LEVELS, ConfigError
+from services.common.contracts import EventType, Topic
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.errors import FailedPrecondition
 from services.common.kafka import Consumer, messaging
@@ -55,12 +56,8 @@ from services.payments.service import PaymentService
 
 log = logging.getLogger(__name__)
 
-TASKS_TOPIC = "payment-tasks"
 GROUP = "payment-workers"
-PAYMENT_REQUESTED = "shopmesh.payment.requested.v1"
-ORDER_EVENTS_TOPIC = "order-events"
 CANCELLATIONS_GROUP = "payment-cancellations"
-ORDER_STATUS_CHANGED = "shopmesh.order.status_changed.v1"
 # Final statuses of an order nobody paid for: no payment may stand for it.
 ENDED_UNPAID = frozenset({"CANCELLED", "FAILED"})
 # How long one delivery of a task waits for a charge another process has in flight (its
@@ -144,7 +141,7 @@ class PaymentTasks:
         self.handled = 0
 
     async def __call__(self, _conn: asyncpg.Connection, event: Event) -> None:
-        if event.type != PAYMENT_REQUESTED:
+        if event.type != EventType.PAYMENT_REQUESTED:
             log.warning("not a payment task; ignored", extra={"event_type": event.type})
             return
         data = event.data
@@ -193,7 +190,7 @@ class UnpaidOrders:
 
     async def __call__(self, _conn: asyncpg.Connection, event: Event) -> None:
         data = event.data
-        if event.type != ORDER_STATUS_CHANGED or data.get("status") not in ENDED_UNPAID:
+        if event.type != EventType.ORDER_STATUS_CHANGED or data.get("status") not in ENDED_UNPAID:
             return
         order_id = data["orderId"]
         set_order_id(order_id)
@@ -249,14 +246,16 @@ async def run(settings: WorkerSettings) -> int:
             settings.instance,
             relay=True,
             consumers=[
-                Consumer((TASKS_TOPIC,), GROUP, PaymentTasks(service)),
-                Consumer((ORDER_EVENTS_TOPIC,), CANCELLATIONS_GROUP, UnpaidOrders(service)),
+                Consumer((Topic.PAYMENT_TASKS,), GROUP, PaymentTasks(service)),
+                Consumer((Topic.ORDER_EVENTS,), CANCELLATIONS_GROUP, UnpaidOrders(service)),
             ],
             servers=list(settings.kafka_bootstrap),
         ):
             log.info(
                 "payment worker started",
-                extra={"groups": {GROUP: TASKS_TOPIC, CANCELLATIONS_GROUP: ORDER_EVENTS_TOPIC}},
+                extra={
+                    "groups": {GROUP: Topic.PAYMENT_TASKS, CANCELLATIONS_GROUP: Topic.ORDER_EVENTS}
+                },
             )
             await stop.wait()
             log.info("stopping")

@@ -10,8 +10,8 @@ from datetime import datetime
 from typing import Protocol
 
 from services.common import pagination
+from services.common.contracts import Topic, user_blocked, user_created
 from services.common.errors import AlreadyExists, NotFound
-from services.common.events import cloud_event
 from services.common.uow import Outbox
 from services.users.domain import (
     User,
@@ -22,10 +22,6 @@ from services.users.domain import (
 )
 
 log = logging.getLogger(__name__)
-
-TOPIC = "user-events"
-USER_CREATED = "shopmesh.user.created.v1"
-USER_BLOCKED = "shopmesh.user.blocked.v1"
 
 
 class UserRepository(Protocol):
@@ -120,12 +116,10 @@ class UserService:
 def user_event(change: str, user: User) -> dict:
     """The UserCreated or UserBlocked CloudEvent of `user` (keyed by the user id on Kafka)."""
     if change == "created":
-        kind, data = USER_CREATED, {"userId": user.id, "name": user.name, "roles": list(user.roles)}
-    elif change == "blocked":
-        kind, data = USER_BLOCKED, {"userId": user.id, "reason": user.blocked_reason or ""}
-    else:
-        raise ValueError(f"unknown user change {change!r}")
-    return cloud_event(source="users", type=kind, subject=f"user/{user.id}", data=data)
+        return user_created(user_id=user.id, name=user.name, roles=user.roles)
+    if change == "blocked":
+        return user_blocked(user_id=user.id, reason=user.blocked_reason or "")
+    raise ValueError(f"unknown user change {change!r}")
 
 
 async def insert_new_user(uow: UsersUnitOfWork, user: User) -> User:
@@ -142,7 +136,7 @@ async def user_changed(outbox: Outbox, change: str, user: User) -> None:
     """A user was created or blocked, inside the unit of work that changed it: its event goes
     to the unit of work's outbox, so it commits or rolls back with the change itself."""
     event = user_event(change, user)
-    await outbox.add(TOPIC, user.id, event)
+    await outbox.add(Topic.USER_EVENTS, user.id, event)
     log.info(
         f"user {change}",
         extra={"user_id": user.id, "blocked": user.blocked, "event_id": event["id"]},

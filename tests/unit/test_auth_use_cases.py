@@ -19,7 +19,6 @@ from services.auth.credentials import Credential
 from services.auth.oauth import PUBLIC_CLIENT_ID, ClientCredentials
 from services.auth.service import (
     RETIRED_KEY_KEPT,
-    USER_BLOCKED_EVENT,
     AuthService,
     InvalidClient,
     InvalidCredentials,
@@ -36,6 +35,7 @@ from services.auth.tokens import (
     generate_signing_key,
 )
 from services.common.auth import Unauthenticated, verify_internal_claims
+from services.common.contracts import EventType
 from services.common.events import cloud_event
 from services.common.messaging.envelope import validate
 from tests.unit.fakes import in_a_loop
@@ -321,7 +321,7 @@ async def test_a_user_blocked_event_drops_the_users_cached_exchanges():
     await auth.service.authorize(token)
     auth.users.block("alice")
     blocked = cloud_event(
-        source="users", type=USER_BLOCKED_EVENT, subject="user/alice", data={"userId": "alice"}
+        source="users", type=EventType.USER_BLOCKED, subject="user/alice", data={"userId": "alice"}
     )
     await auth.service.on_user_event(None, validate(blocked))
     with pytest.raises(UserBlocked):

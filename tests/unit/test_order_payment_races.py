@@ -13,23 +13,18 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from services.common.contracts import EventType, Topic
 from services.common.errors import DomainError
 from services.common.events import cloud_event
 from services.common.messaging.envelope import Event, validate
 from services.common.rpc import status_for
 from services.orders.clients import PaymentOutcome, payment_error, payment_outcome
 from services.orders.domain import Order, OrderItem, OrderStatus
-from services.orders.service import (
-    ORDER_EVENTS,
-    PAYMENT_TASKS,
-    USER_BLOCKED,
-    OrderService,
-    on_event,
-)
+from services.orders.service import OrderService, on_event
 from services.payments import api
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.notifier import PaymentNotifier
-from services.payments.service import PAYMENT_EVENTS, PaymentService
+from services.payments.service import PaymentService
 from services.payments.worker import PaymentTasks, UnpaidOrders
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.orders import FakeUsersClient, InMemoryOrdersDatabase, rpc_error
@@ -43,7 +38,10 @@ Step = Callable[[], Awaitable[None]]
 def user_blocked(user_id: str) -> Event:
     return validate(
         cloud_event(
-            source="users", type=USER_BLOCKED, subject=f"user/{user_id}", data={"userId": user_id}
+            source="users",
+            type=EventType.USER_BLOCKED,
+            subject=f"user/{user_id}",
+            data={"userId": user_id},
         )
     )
 
@@ -103,21 +101,21 @@ class Shop:
 
     async def run_worker(self) -> None:
         """The worker handles every payment task orders has published so far, in order."""
-        tasks = self.orders_db.outbox(PAYMENT_TASKS)[self._tasks_delivered :]
+        tasks = self.orders_db.outbox(Topic.PAYMENT_TASKS)[self._tasks_delivered :]
         self._tasks_delivered += len(tasks)
         for task in tasks:
             await self.worker(None, validate(task.event))
 
     async def run_cancellations(self) -> None:
         """The workers' cancellation consumer handles every order status change so far."""
-        changes = self.orders_db.outbox(ORDER_EVENTS)[self._status_changes_delivered :]
+        changes = self.orders_db.outbox(Topic.ORDER_EVENTS)[self._status_changes_delivered :]
         self._status_changes_delivered += len(changes)
         for change in changes:
             await self.cancellations(None, validate(change.event))
 
     async def deliver_payment_events(self) -> None:
         """orders' consumer handles every payment event published so far, in order."""
-        events = self.payments_db.outbox(PAYMENT_EVENTS)[self._events_delivered :]
+        events = self.payments_db.outbox(Topic.PAYMENT_EVENTS)[self._events_delivered :]
         self._events_delivered += len(events)
         for message in events:
             async with self.orders_db.transaction() as uow:
@@ -126,9 +124,9 @@ class Shop:
     async def settle(self) -> None:
         """Kafka catches up: every stream flows until none has anything new."""
         while (
-            self._status_changes_delivered < len(self.orders_db.outbox(ORDER_EVENTS))
-            or self._tasks_delivered < len(self.orders_db.outbox(PAYMENT_TASKS))
-            or self._events_delivered < len(self.payments_db.outbox(PAYMENT_EVENTS))
+            self._status_changes_delivered < len(self.orders_db.outbox(Topic.ORDER_EVENTS))
+            or self._tasks_delivered < len(self.orders_db.outbox(Topic.PAYMENT_TASKS))
+            or self._events_delivered < len(self.payments_db.outbox(Topic.PAYMENT_EVENTS))
         ):
             await self.run_cancellations()
             await self.run_worker()

@@ -1,11 +1,12 @@
 import pytest
 
+from services.common.contracts import EventType
 from services.common.messaging.envelope import validate
 from services.orders.api import prefers_respond_async
 from services.orders.domain import OrderItem, OrderStatus, new_order
 from services.orders.service import payment_requested_event, status_changed_event
 from services.users.domain import new_user
-from services.users.service import USER_BLOCKED, USER_CREATED, user_event
+from services.users.service import user_event
 
 
 @pytest.mark.parametrize(
@@ -50,5 +51,5 @@ def test_user_events_are_keyed_by_user_and_typed():
     user = new_user("Eve", "eve@example.org")
     created = user_event("created", user)
     validate(created)
-    assert created["type"] == USER_CREATED and created["data"]["userId"] == user.id
-    assert user_event("blocked", user)["type"] == USER_BLOCKED
+    assert created["type"] == EventType.USER_CREATED and created["data"]["userId"] == user.id
+    assert user_event("blocked", user)["type"] == EventType.USER_BLOCKED

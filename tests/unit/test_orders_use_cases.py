@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from services.common.contracts import EventType, Topic
 from services.common.events import cloud_event
 from services.common.messaging.envelope import Event, validate
 from services.common.uow import in_consumer_transaction
@@ -25,14 +26,6 @@ from services.orders.clients import (
 from services.orders.domain import InvalidTransition, Order, OrderItem, OrderStatus, new_order
 from services.orders.repository import PostgresOrdersUnitOfWork
 from services.orders.service import (
-    ORDER_EVENTS,
-    ORDER_STATUS_CHANGED,
-    PAYMENT_FAILED,
-    PAYMENT_REFUSED,
-    PAYMENT_REQUESTED,
-    PAYMENT_SUCCEEDED,
-    PAYMENT_TASKS,
-    USER_BLOCKED,
     IdempotencyKeyReusedError,
     OrderService,
     OrdersUnitOfWork,
@@ -76,13 +69,13 @@ class Orders:
 
     def tasks(self, order_id: uuid.UUID) -> list[str]:
         """The types of the payment tasks queued for the order, in commit order."""
-        return [m.type for m in self.db.outbox(PAYMENT_TASKS) if m.key == str(order_id)]
+        return [m.type for m in self.db.outbox(Topic.PAYMENT_TASKS) if m.key == str(order_id)]
 
     def statuses(self, order_id: uuid.UUID) -> list[str]:
         """The statuses order-events was told about for the order, in commit order."""
         return [
             message.data["status"]
-            for message in self.db.outbox(ORDER_EVENTS)
+            for message in self.db.outbox(Topic.ORDER_EVENTS)
             if message.key == str(order_id)
         ]
 
@@ -99,7 +92,7 @@ def user_blocked(user_id: str) -> Event:
     return validate(
         cloud_event(
             source="users",
-            type=USER_BLOCKED,
+            type=EventType.USER_BLOCKED,
             subject=f"user/{user_id}",
             data={"userId": user_id, "reason": "fraud"},
         )
@@ -116,8 +109,8 @@ async def test_an_order_paid_at_once_is_paid_with_its_payment_id_and_one_status_
     assert (order.status, order.payment_id) == (OrderStatus.PAID, "pay-7")
     assert orders.db.stored(order.id) == order
     assert orders.payments.calls == [PaymentCall(order.id, "alice", 300, "RUB")]
-    (event,) = orders.db.outbox(ORDER_EVENTS)
-    assert (event.key, event.type) == (str(order.id), ORDER_STATUS_CHANGED)
+    (event,) = orders.db.outbox(Topic.ORDER_EVENTS)
+    assert (event.key, event.type) == (str(order.id), EventType.ORDER_STATUS_CHANGED)
     assert event.data == {
         "orderId": str(order.id),
         "userId": "alice",
@@ -127,7 +120,7 @@ async def test_an_order_paid_at_once_is_paid_with_its_payment_id_and_one_status_
         "paymentId": "pay-7",
     }
     # queued with the order; the worker finds the payment made and charges nothing
-    assert orders.tasks(order.id) == [PAYMENT_REQUESTED]
+    assert orders.tasks(order.id) == [EventType.PAYMENT_REQUESTED]
 
 
 @in_a_loop
@@ -136,7 +129,7 @@ async def test_a_declined_payment_fails_the_order_with_the_decline_reason():
     order = await orders.place()
     assert (order.status, order.status_reason) == (OrderStatus.FAILED, "insufficient funds")
     assert orders.statuses(order.id) == ["FAILED"]
-    assert orders.tasks(order.id) == [PAYMENT_REQUESTED]
+    assert orders.tasks(order.id) == [EventType.PAYMENT_REQUESTED]
 
 
 @pytest.mark.parametrize(
@@ -151,8 +144,8 @@ async def test_payments_unavailable_leaves_the_order_payment_pending_with_a_queu
     assert order.status == OrderStatus.PAYMENT_PENDING
     assert order.status_reason == f"payments unavailable ({code.name})"
     assert orders.statuses(order.id) == ["PAYMENT_PENDING"]
-    (task,) = orders.db.outbox(PAYMENT_TASKS)
-    assert (task.key, task.type) == (str(order.id), PAYMENT_REQUESTED)
+    (task,) = orders.db.outbox(Topic.PAYMENT_TASKS)
+    assert (task.key, task.type) == (str(order.id), EventType.PAYMENT_REQUESTED)
     assert task.data == {
         "orderId": str(order.id),
         "userId": "alice",
@@ -189,7 +182,9 @@ async def test_an_unexpected_payments_error_is_no_refusal_and_leaves_the_order_t
         OrderStatus.PAYMENT_PENDING,
         "payment attempt failed (INTERNAL)",
     )
-    assert [task.data["orderId"] for task in orders.db.outbox(PAYMENT_TASKS)] == [str(order.id)]
+    assert [task.data["orderId"] for task in orders.db.outbox(Topic.PAYMENT_TASKS)] == [
+        str(order.id)
+    ]
 
 
 @in_a_loop
@@ -200,7 +195,7 @@ async def test_a_payment_still_charging_elsewhere_is_deferred_to_the_queue():
         OrderStatus.PAYMENT_PENDING,
         "payment still processing",
     )
-    assert len(orders.db.outbox(PAYMENT_TASKS)) == 1
+    assert len(orders.db.outbox(Topic.PAYMENT_TASKS)) == 1
 
 
 @in_a_loop
@@ -211,7 +206,9 @@ async def test_respond_async_queues_the_payment_without_calling_payments():
     assert orders.db.stored(order.id) == order
     assert orders.payments.calls == []
     assert orders.statuses(order.id) == ["PAYMENT_PENDING"]
-    assert [task.data["orderId"] for task in orders.db.outbox(PAYMENT_TASKS)] == [str(order.id)]
+    assert [task.data["orderId"] for task in orders.db.outbox(Topic.PAYMENT_TASKS)] == [
+        str(order.id)
+    ]
     assert orders.db.transactions.committed == 1
 
 
@@ -249,14 +246,14 @@ async def test_an_order_is_stored_with_its_payment_task_before_payments_is_calle
         committed = orders.db.stored(call.order_id)
         assert (committed.status, orders.tasks(call.order_id)) == (
             OrderStatus.PENDING,
-            [PAYMENT_REQUESTED],
+            [EventType.PAYMENT_REQUESTED],
         )
         return succeeded()
 
     orders = Orders(FakePaymentsClient(look_at_what_is_committed))
     order = await orders.place()
     assert order.status == OrderStatus.PAID
-    (task,) = orders.db.outbox(PAYMENT_TASKS)
+    (task,) = orders.db.outbox(Topic.PAYMENT_TASKS)
     assert task.data == {
         "orderId": str(order.id),
         "userId": "alice",
@@ -279,9 +276,9 @@ async def test_an_order_left_pending_when_its_process_dies_mid_payment_is_paid_b
         await orders.service.place_order("alice", ITEMS, idempotency_key="k-1")
     (order,) = orders.db.tables.orders.values()
     assert order.status == OrderStatus.PENDING
-    assert orders.tasks(order.id) == [PAYMENT_REQUESTED]
+    assert orders.tasks(order.id) == [EventType.PAYMENT_REQUESTED]
     # a payment worker charges the queued task; its PaymentSucceeded settles the order
-    await orders.consume(payment_event(order.id, PAYMENT_SUCCEEDED, paymentId="pay-1"))
+    await orders.consume(payment_event(order.id, EventType.PAYMENT_SUCCEEDED, paymentId="pay-1"))
     again = await orders.service.place_order("alice", ITEMS, idempotency_key="k-1")
     assert (again.replayed, again.order.status) == (True, OrderStatus.PAID)
 
@@ -306,7 +303,7 @@ class TasksUnwritableUnitOfWork:
         self.outbox = self
 
     async def add(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
-        if topic == PAYMENT_TASKS:
+        if topic == Topic.PAYMENT_TASKS:
             raise ConnectionError("database gone")
         await self._outbox.add(topic, key, event)
 
@@ -345,7 +342,9 @@ async def test_a_retry_with_the_same_idempotency_key_replays_the_first_order_unp
 async def test_a_replay_shows_the_order_as_it_is_now():
     orders = Orders(FakePaymentsClient(unavailable(grpc.StatusCode.UNAVAILABLE)))
     first = await orders.service.place_order("alice", ITEMS, idempotency_key="k-1")
-    await orders.consume(payment_event(first.order.id, PAYMENT_SUCCEEDED, paymentId="pay-9"))
+    await orders.consume(
+        payment_event(first.order.id, EventType.PAYMENT_SUCCEEDED, paymentId="pay-9")
+    )
     again = await orders.service.place_order("alice", ITEMS, idempotency_key="k-1")
     assert (again.replayed, again.order.status) == (True, OrderStatus.PAID)
 
@@ -476,7 +475,7 @@ async def test_an_order_that_ends_unpaid_says_so_with_its_price_for_payments_to_
         await orders.service.cancel_order(order.id)
     else:
         order = await orders.place()
-    last = orders.db.outbox(ORDER_EVENTS)[-1]
+    last = orders.db.outbox(Topic.ORDER_EVENTS)[-1]
     assert (last.data["status"], last.data["totalPrice"], last.data["currency"]) == (
         "CANCELLED" if ended == "cancelled" else "FAILED",
         300,
@@ -488,7 +487,7 @@ async def test_an_order_that_ends_unpaid_says_so_with_its_price_for_payments_to_
 async def test_a_cancel_racing_the_payment_event_leaves_the_order_paid():
     orders = Orders()
     order = await orders.place(respond_async=True)
-    paid = payment_event(order.id, PAYMENT_SUCCEEDED, paymentId="pay-1")
+    paid = payment_event(order.id, EventType.PAYMENT_SUCCEEDED, paymentId="pay-1")
     cancelled, _ = await asyncio.gather(orders.service.cancel_order(order.id), orders.consume(paid))
     assert cancelled is not None and cancelled.status == OrderStatus.PAID
     assert orders.statuses(order.id) == ["PAYMENT_PENDING", "PAID"]
@@ -499,7 +498,7 @@ async def test_a_cancel_that_commits_first_makes_the_payment_event_a_no_op():
     orders = Orders()
     order = await orders.place(respond_async=True)
     await orders.service.cancel_order(order.id)
-    await orders.consume(payment_event(order.id, PAYMENT_SUCCEEDED, paymentId="pay-1"))
+    await orders.consume(payment_event(order.id, EventType.PAYMENT_SUCCEEDED, paymentId="pay-1"))
     assert orders.db.stored(order.id).status == OrderStatus.CANCELLED
     assert orders.statuses(order.id) == ["PAYMENT_PENDING", "CANCELLED"]
 
@@ -511,7 +510,7 @@ async def test_a_cancel_that_commits_first_makes_the_payment_event_a_no_op():
 async def test_payment_succeeded_pays_a_payment_pending_order():
     orders = Orders()
     order = await orders.place(respond_async=True)
-    await orders.consume(payment_event(order.id, PAYMENT_SUCCEEDED, paymentId="pay-3"))
+    await orders.consume(payment_event(order.id, EventType.PAYMENT_SUCCEEDED, paymentId="pay-3"))
     stored = orders.db.stored(order.id)
     assert (stored.status, stored.payment_id, stored.status_reason) == (
         OrderStatus.PAID,
@@ -529,7 +528,9 @@ async def test_payment_succeeded_pays_a_payment_pending_order():
 async def test_payment_failed_fails_the_order_with_its_reason(data, reason):
     orders = Orders()
     order = await orders.place(respond_async=True)
-    await orders.consume(payment_event(order.id, PAYMENT_FAILED, paymentId="pay-4", **data))
+    await orders.consume(
+        payment_event(order.id, EventType.PAYMENT_FAILED, paymentId="pay-4", **data)
+    )
     stored = orders.db.stored(order.id)
     assert (stored.status, stored.status_reason) == (OrderStatus.FAILED, reason)
 
@@ -537,7 +538,9 @@ async def test_payment_failed_fails_the_order_with_its_reason(data, reason):
 @pytest.mark.parametrize(
     "other", [{"amount": 1}, {"currency": "USD"}, {"userId": "mallory"}], ids=str
 )
-@pytest.mark.parametrize("kind", [PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_REFUSED])
+@pytest.mark.parametrize(
+    "kind", [EventType.PAYMENT_SUCCEEDED, EventType.PAYMENT_FAILED, EventType.PAYMENT_REFUSED]
+)
 @in_a_loop
 async def test_a_payment_event_for_another_amount_currency_or_user_settles_nothing(kind, other):
     orders = Orders()
@@ -551,7 +554,9 @@ async def test_a_payment_event_for_another_amount_currency_or_user_settles_nothi
 async def test_payment_refused_fails_a_payment_pending_order_with_the_reason():
     orders = Orders()
     order = await orders.place(respond_async=True)
-    await orders.consume(payment_event(order.id, PAYMENT_REFUSED, reason="user is blocked"))
+    await orders.consume(
+        payment_event(order.id, EventType.PAYMENT_REFUSED, reason="user is blocked")
+    )
     stored = orders.db.stored(order.id)
     assert (stored.status, stored.status_reason, stored.payment_id) == (
         OrderStatus.FAILED,
@@ -565,7 +570,9 @@ async def test_payment_refused_fails_a_payment_pending_order_with_the_reason():
 async def test_payment_refused_for_an_order_already_paid_changes_nothing():
     orders = Orders(FakePaymentsClient(succeeded("pay-1")))
     order = await orders.place()
-    await orders.consume(payment_event(order.id, PAYMENT_REFUSED, reason="user is blocked"))
+    await orders.consume(
+        payment_event(order.id, EventType.PAYMENT_REFUSED, reason="user is blocked")
+    )
     assert orders.db.stored(order.id) == order
 
 
@@ -583,7 +590,7 @@ async def test_a_payment_event_settles_an_order_left_pending_by_a_crash():
     order = await store_pending(orders)
     async with orders.db.transaction() as uow:
         stored = await complete_payment(
-            uow, payment_event(order.id, PAYMENT_SUCCEEDED, paymentId="pay-5")
+            uow, payment_event(order.id, EventType.PAYMENT_SUCCEEDED, paymentId="pay-5")
         )
     assert stored == orders.db.stored(order.id)
     assert (stored.status, stored.payment_id) == (OrderStatus.PAID, "pay-5")
@@ -594,7 +601,7 @@ async def test_a_payment_event_settles_an_order_left_pending_by_a_crash():
 async def test_a_duplicate_payment_event_changes_the_order_once():
     orders = Orders()
     order = await orders.place(respond_async=True)
-    event = payment_event(order.id, PAYMENT_SUCCEEDED, paymentId="pay-1")
+    event = payment_event(order.id, EventType.PAYMENT_SUCCEEDED, paymentId="pay-1")
     await orders.consume(event)
     await orders.consume(event)
     assert orders.statuses(order.id) == ["PAYMENT_PENDING", "PAID"]
@@ -604,7 +611,7 @@ async def test_a_duplicate_payment_event_changes_the_order_once():
 async def test_the_queued_outcome_of_an_order_already_paid_at_once_is_ignored():
     orders = Orders(FakePaymentsClient(succeeded("pay-1")))
     order = await orders.place()
-    await orders.consume(payment_event(order.id, PAYMENT_FAILED, paymentId="pay-2"))
+    await orders.consume(payment_event(order.id, EventType.PAYMENT_FAILED, paymentId="pay-2"))
     assert orders.db.stored(order.id) == order
     assert orders.statuses(order.id) == ["PAID"]
 
@@ -614,7 +621,10 @@ async def test_the_queued_outcome_of_an_order_already_paid_at_once_is_ignored():
 async def test_a_payment_event_for_no_known_order_is_ignored(order_id):
     orders = Orders()
     async with orders.db.transaction() as uow:
-        assert await complete_payment(uow, payment_event(order_id, PAYMENT_SUCCEEDED)) is None
+        assert (
+            await complete_payment(uow, payment_event(order_id, EventType.PAYMENT_SUCCEEDED))
+            is None
+        )
     assert orders.db.tables.outbox == []
 
 
@@ -673,7 +683,7 @@ async def test_an_order_settled_after_the_blocked_users_orders_were_read_is_not_
     orders = Orders()
     order = await orders.place(respond_async=True)
     stale = await orders.db.orders.list_for_user("alice")
-    await orders.consume(payment_event(order.id, PAYMENT_SUCCEEDED, paymentId="pay-1"))
+    await orders.consume(payment_event(order.id, EventType.PAYMENT_SUCCEEDED, paymentId="pay-1"))
     async with orders.db.transaction() as uow:
         cancelled = await cancel_orders_of_blocked_user(ReadBeforeTheSettle(uow, stale), "alice")
     assert cancelled == []

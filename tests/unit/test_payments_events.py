@@ -5,17 +5,11 @@ from datetime import UTC, datetime
 import pytest
 
 from services.common.config import ConfigError
+from services.common.contracts import EventType
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.messaging.envelope import validate
 from services.payments.domain import Payment, PaymentStatus
-from services.payments.service import (
-    PAYMENT_FAILED,
-    PAYMENT_REFUNDED,
-    PAYMENT_REFUSED,
-    PAYMENT_SUCCEEDED,
-    payment_event,
-    refused_event,
-)
+from services.payments.service import payment_event, refused_event
 from services.payments.worker import PaymentTasks, WorkerSettings
 
 
@@ -27,20 +21,20 @@ def payment(status, reason=None):
 def test_a_succeeded_payment_is_a_payment_succeeded_event_keyed_by_order():
     event = payment_event(payment(PaymentStatus.SUCCEEDED))
     validate(event)
-    assert event["type"] == PAYMENT_SUCCEEDED
+    assert event["type"] == EventType.PAYMENT_SUCCEEDED
     assert event["data"]["orderId"] == "o-1" and event["data"]["userId"] == "alice"
 
 
 def test_a_declined_payment_is_a_payment_failed_event_with_the_reason():
     event = payment_event(payment(PaymentStatus.DECLINED, "too much"))
-    assert event["type"] == PAYMENT_FAILED
+    assert event["type"] == EventType.PAYMENT_FAILED
     assert event["data"]["declineReason"] == "too much"
 
 
 def test_a_refunded_payment_is_a_payment_refunded_event():
     event = payment_event(payment(PaymentStatus.REFUNDED))
     validate(event)
-    assert event["type"] == PAYMENT_REFUNDED
+    assert event["type"] == EventType.PAYMENT_REFUNDED
     assert (event["data"]["orderId"], event["data"]["status"]) == ("o-1", "REFUNDED")
 
 
@@ -53,7 +47,7 @@ def test_a_payment_that_moved_no_money_yet_has_no_event(status):
 def test_a_refusal_is_a_payment_refused_event_with_the_request_and_the_reason():
     event = refused_event("o-1", "alice", 100, "RUB", "user is blocked")
     validate(event)
-    assert (event["type"], event["subject"]) == (PAYMENT_REFUSED, "order/o-1")
+    assert (event["type"], event["subject"]) == (EventType.PAYMENT_REFUSED, "order/o-1")
     assert event["data"] == {
         "orderId": "o-1",
         "userId": "alice",

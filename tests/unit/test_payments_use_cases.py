@@ -10,24 +10,14 @@ import uuid
 
 import pytest
 
+from services.common.contracts import EventType, Topic
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.events import cloud_event
 from services.common.messaging.envelope import Event, validate
 from services.payments import domain
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.notifier import PaymentNotifier
-from services.payments.service import (
-    LEASE_S,
-    PAYMENT_EVENTS,
-    PAYMENT_FAILED,
-    PAYMENT_REFUNDED,
-    PAYMENT_REFUSED,
-    PAYMENT_SUCCEEDED,
-    USER_BLOCKED,
-    USER_BLOCKED_MESSAGE,
-    PaymentService,
-    on_user_event,
-)
+from services.payments.service import LEASE_S, USER_BLOCKED_MESSAGE, PaymentService, on_user_event
 from services.payments.worker import PaymentTasks, UnpaidOrders
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase
@@ -60,15 +50,18 @@ class Payments:
             await on_user_event(uow, event)
 
     def events(self) -> list[tuple[str, str, str]]:
-        return [(m.key, m.type, m.data["paymentId"]) for m in self.db.outbox(PAYMENT_EVENTS)]
+        return [(m.key, m.type, m.data["paymentId"]) for m in self.db.outbox(Topic.PAYMENT_EVENTS)]
 
     def event_types(self) -> list[str]:
-        return [message.type for message in self.db.outbox(PAYMENT_EVENTS)]
+        return [message.type for message in self.db.outbox(Topic.PAYMENT_EVENTS)]
 
 
 def user_blocked(user_id: str) -> Event:
     event = cloud_event(
-        source="users", type=USER_BLOCKED, subject=f"user/{user_id}", data={"userId": user_id}
+        source="users",
+        type=EventType.USER_BLOCKED,
+        subject=f"user/{user_id}",
+        data={"userId": user_id},
     )
     return validate(event)
 
@@ -121,8 +114,8 @@ async def test_a_payment_is_charged_once_and_recorded_with_its_succeeded_event()
     )
     assert payments.provider.charges == {"o-1": 1}
     assert payments.db.tables.charged_by[payment.id] == "payments-1"
-    assert payments.events() == [("o-1", PAYMENT_SUCCEEDED, str(payment.id))]
-    (event,) = payments.db.outbox(PAYMENT_EVENTS)
+    assert payments.events() == [("o-1", EventType.PAYMENT_SUCCEEDED, str(payment.id))]
+    (event,) = payments.db.outbox(Topic.PAYMENT_EVENTS)
     assert event.data["amount"] == 1500 and event.data["userId"] == "alice"
 
 
@@ -134,8 +127,8 @@ async def test_an_amount_over_the_limit_is_declined_with_a_payment_failed_event(
         PaymentStatus.DECLINED,
         domain.DECLINED_OVER_LIMIT,
     )
-    (event,) = payments.db.outbox(PAYMENT_EVENTS)
-    assert event.type == PAYMENT_FAILED
+    (event,) = payments.db.outbox(Topic.PAYMENT_EVENTS)
+    assert event.type == EventType.PAYMENT_FAILED
     assert event.data["declineReason"] == domain.DECLINED_OVER_LIMIT
 
 
@@ -290,8 +283,8 @@ async def test_cancellations_after_the_charge_record_one_refund_with_one_refunde
     # concurrent cancellations may each ask the provider (a real one gets the payment id as
     # its idempotency key); the refund is recorded and announced once
     assert 1 <= sum((api.provider.refunds + worker.provider.refunds).values()) <= 3
-    assert api.event_types() == [PAYMENT_SUCCEEDED, PAYMENT_REFUNDED]
-    (event,) = api.db.outbox(PAYMENT_EVENTS)[1:]
+    assert api.event_types() == [EventType.PAYMENT_SUCCEEDED, EventType.PAYMENT_REFUNDED]
+    (event,) = api.db.outbox(Topic.PAYMENT_EVENTS)[1:]
     assert (event.key, event.data["paymentId"], event.data["amount"]) == (
         "o-1",
         str(charged.id),
@@ -314,7 +307,7 @@ async def test_a_cancellation_during_a_charge_waits_for_it_then_refunds_it():
     assert charged.status == PaymentStatus.SUCCEEDED
     assert (cancelled.id, cancelled.status) == (charged.id, PaymentStatus.REFUNDED)
     assert (api.provider.charges, worker.provider.refunds) == ({"o-1": 1}, {"o-1": 1})
-    assert api.event_types() == [PAYMENT_SUCCEEDED, PAYMENT_REFUNDED]
+    assert api.event_types() == [EventType.PAYMENT_SUCCEEDED, EventType.PAYMENT_REFUNDED]
 
 
 @in_a_loop
@@ -333,7 +326,7 @@ async def test_a_cancellation_leaves_a_declined_payment_as_it_is():
     declined = await payments.pay("o-1", OVER_THE_LIMIT)
     assert await payments.cancel("o-1", OVER_THE_LIMIT) == declined
     assert payments.provider.refunds == {}
-    assert payments.event_types() == [PAYMENT_FAILED]
+    assert payments.event_types() == [EventType.PAYMENT_FAILED]
 
 
 @in_a_loop
@@ -364,7 +357,7 @@ async def test_an_order_that_ended_unpaid_after_its_task_charged_it_is_refunded_
     await payments.unpaid_orders(None, ended)  # a redelivery
     assert payments.db.for_order("o-1").status == PaymentStatus.REFUNDED
     assert (payments.provider.charges, payments.provider.refunds) == ({"o-1": 1}, {"o-1": 1})
-    assert payments.event_types() == [PAYMENT_SUCCEEDED, PAYMENT_REFUNDED]
+    assert payments.event_types() == [EventType.PAYMENT_SUCCEEDED, EventType.PAYMENT_REFUNDED]
 
 
 @pytest.mark.parametrize("status", ["PENDING", "PAYMENT_PENDING", "PAID"])
@@ -411,10 +404,10 @@ async def test_a_blocked_users_queued_task_is_refused_without_a_charge_and_the_r
     tasks = PaymentTasks(payments.service)
     await tasks(None, payment_task("o-4"))
     assert (tasks.handled, payments.provider.charges) == (1, {})
-    (refused,) = payments.db.outbox(PAYMENT_EVENTS)
+    (refused,) = payments.db.outbox(Topic.PAYMENT_EVENTS)
     assert (refused.key, refused.type, refused.data["reason"]) == (
         "o-4",
-        PAYMENT_REFUSED,
+        EventType.PAYMENT_REFUSED,
         USER_BLOCKED_MESSAGE,
     )
 
@@ -426,8 +419,8 @@ async def test_a_queued_task_conflicting_with_the_orders_payment_is_refused_not_
     await payments.tasks(None, payment_task("o-5", amount=1500))
     assert payments.tasks.handled == 1
     assert payments.provider.charges == {"o-5": 1}
-    refused = payments.db.outbox(PAYMENT_EVENTS)[-1]
-    assert (refused.type, refused.data["amount"]) == (PAYMENT_REFUSED, 1500)
+    refused = payments.db.outbox(Topic.PAYMENT_EVENTS)[-1]
+    assert (refused.type, refused.data["amount"]) == (EventType.PAYMENT_REFUSED, 1500)
     assert "different amount" in refused.data["reason"]
 
 

@@ -11,10 +11,11 @@ import grpc
 import pytest
 
 from services.auth.tokens import internal_claims, sign
+from services.common.contracts import EventType, Topic
 from services.common.errors import AlreadyExists, InvalidArgument
 from services.users.domain import MAX_BATCH_USERS, User
 from services.users.repository import PostgresUsersDatabase
-from services.users.service import TOPIC, USER_CREATED, UserService
+from services.users.service import UserService
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 from tests.unit.test_grpc_chain import ADMIN, KEY, run
 
@@ -83,7 +84,7 @@ def test_a_batch_creates_every_user_in_request_order_each_with_its_event_in_one_
     assert db.transactions == 1
     assert [row["id"] for row in db.users] == [user.id for user in created]
     assert [(e["topic"], e["key"], e["event"]["type"]) for e in db.outbox] == [
-        (TOPIC, user.id, USER_CREATED) for user in created
+        (Topic.USER_EVENTS, user.id, EventType.USER_CREATED) for user in created
     ]
     assert [e["event"]["data"]["userId"] for e in db.outbox] == [user.id for user in created]
 

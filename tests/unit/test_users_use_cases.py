@@ -7,11 +7,12 @@ import asyncio
 
 import pytest
 
+from services.common.contracts import EventType, Topic
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.messaging.envelope import validate
 from services.orders.domain import OrderStatus
 from services.users.domain import DEFAULT_ROLES
-from services.users.service import TOPIC, USER_BLOCKED, USER_CREATED, UserService
+from services.users.service import UserService
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.database import OutboxMessage
 from tests.unit.fakes.users import InMemoryUsersDatabase
@@ -25,7 +26,7 @@ class Users:
         self.service = UserService(self.db)
 
     def events(self) -> list[OutboxMessage]:
-        assert {message.topic for message in self.db.tables.outbox} <= {TOPIC}
+        assert {message.topic for message in self.db.tables.outbox} <= {Topic.USER_EVENTS}
         return self.db.tables.outbox
 
 
@@ -36,7 +37,7 @@ async def test_a_created_user_has_the_default_roles_and_a_user_created_event():
     assert (user.name, user.roles, user.blocked) == ("Alice", DEFAULT_ROLES, False)
     assert users.db.tables.users == {user.id: user}
     (event,) = users.events()
-    assert (event.key, event.type) == (user.id, USER_CREATED)
+    assert (event.key, event.type) == (user.id, EventType.USER_CREATED)
     assert event.data == {"userId": user.id, "name": "Alice", "roles": list(DEFAULT_ROLES)}
 
 
@@ -47,7 +48,7 @@ async def test_an_email_taken_in_any_letter_case_is_already_exists_and_adds_no_e
     with pytest.raises(AlreadyExists, match=r"ALICE@example\.com"):
         await users.service.create_user("Other", "ALICE@example.com")
     assert len(users.db.tables.users) == 1
-    assert [event.type for event in users.events()] == [USER_CREATED]
+    assert [event.type for event in users.events()] == [EventType.USER_CREATED]
 
 
 @in_a_loop
@@ -103,8 +104,8 @@ async def test_blocking_a_user_stores_the_reason_and_queues_one_user_blocked_eve
     assert (blocked.blocked, blocked.blocked_reason) == (True, "chargebacks")
     assert users.db.tables.users[user.id] == blocked
     assert [(e.key, e.type) for e in users.events()] == [
-        (user.id, USER_CREATED),
-        (user.id, USER_BLOCKED),
+        (user.id, EventType.USER_CREATED),
+        (user.id, EventType.USER_BLOCKED),
     ]
     assert users.events()[-1].data == {"userId": user.id, "reason": "chargebacks"}
 
@@ -125,7 +126,10 @@ async def test_blocking_a_blocked_user_answers_it_unchanged_without_another_even
     first = await users.service.block_user(user.id, "first")
     again = await users.service.block_user(user.id, "second")
     assert again == first
-    assert [event.type for event in users.events()] == [USER_CREATED, USER_BLOCKED]
+    assert [event.type for event in users.events()] == [
+        EventType.USER_CREATED,
+        EventType.USER_BLOCKED,
+    ]
 
 
 @in_a_loop
@@ -133,7 +137,10 @@ async def test_two_concurrent_blocks_of_one_user_queue_one_event():
     users = Users()
     user = await users.service.create_user("Mallory", "mallory@example.com")
     await asyncio.gather(*(users.service.block_user(user.id, "fraud") for _ in range(2)))
-    assert [event.type for event in users.events()] == [USER_CREATED, USER_BLOCKED]
+    assert [event.type for event in users.events()] == [
+        EventType.USER_CREATED,
+        EventType.USER_BLOCKED,
+    ]
 
 
 @in_a_loop

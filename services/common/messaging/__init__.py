@@ -10,12 +10,12 @@ Wiring, in a service's app.py:
 
     await apply_migrations(pool, MIGRATIONS)          # includes NNNN_outbox.sql etc.
     relay = OutboxRelay(pool, lambda: create_producer(client_id="orders-1"))
-    runner = ConsumerRunner("payment-events", "orders", on_payment_event, pool)
+    runner = ConsumerRunner(Topic.PAYMENT_EVENTS, "orders", on_payment_event, pool)
     await relay.start(); await runner.start()
     ...
     async with pool.acquire() as conn, conn.transaction():   # in a use case
         await repository.update_status(conn, order, expected)
-        await outbox.add(conn, "order-events", order.id, cloud_event(...))
+        await outbox.add(conn, Topic.ORDER_EVENTS, order.id, order_status_changed(...))
     ...
     await runner.stop(); await relay.stop()
 """
