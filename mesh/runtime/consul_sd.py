@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from services.common.retry import Backoff
+
 log = logging.getLogger("consul_sd")
 
 SERVICES_FILE = "services.json"
@@ -121,17 +123,17 @@ class CatalogWatcher:
         self._index = index if index >= self._index else 0
 
     def run(self) -> None:
-        delay = 0.2
+        backoff = Backoff(initial_s=0.2, max_s=RETRY_MAX_S)
         while True:
             try:
                 self.poll()
             except (httpx.HTTPError, ValueError) as exc:
+                delay = backoff.next_delay()
                 log.warning("consul catalog not readable (%s); retrying in %.1fs", exc, delay)
                 self._index = 0
                 time.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            delay = 0.2
+            backoff.reset()
 
 
 def _host(host: str) -> str:

@@ -4,11 +4,12 @@ deregisters on a graceful stop."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import aiohttp
+
+from services.common.retry import Backoff, Failure, retry
 
 log = logging.getLogger(__name__)
 
@@ -51,37 +52,36 @@ async def register_until(
     A 4xx answer is a bad registration and is raised at once; connection errors, timeouts and
     5xx answers are retried until `deadline_s`, each logged, then the last one is raised.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_s
-    delay = 0.2
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            await agent.register(body)
-        except ConsulError as exc:
-            if exc.status < 500:
-                raise
-            error: Exception = exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = exc
-        else:
-            log.info(
-                "registered in consul",
-                extra={"service_id": body["ID"], "attempt": attempt},
-            )
-            return
-        remaining = deadline - loop.time()
+    attempts = 0
+
+    async def register() -> None:
+        nonlocal attempts
+        attempts += 1
+        await agent.register(body)
+
+    def failed(failure: Failure) -> None:
         log.warning(
             "consul registration failed",
             extra={
                 "service_id": body["ID"],
-                "attempt": attempt,
-                "error": f"{type(error).__name__}: {error}",
-                "retry_in_s": round(min(delay, max(remaining, 0)), 2),
+                "attempt": failure.attempt,
+                "error": f"{type(failure.error).__name__}: {failure.error}",
+                "retry_in_s": round(failure.retry_in_s, 2),
             },
         )
-        if remaining <= 0:
-            raise error
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * 2, 5.0)
+
+    await retry(
+        register,
+        backoff=Backoff(initial_s=0.2, max_s=5.0),
+        retryable=_worth_retrying,
+        on_failure=failed,
+        deadline_s=deadline_s,
+    )
+    log.info("registered in consul", extra={"service_id": body["ID"], "attempt": attempts})
+
+
+def _worth_retrying(error: Exception) -> bool:
+    """The agent is unreachable, slow, or failing on its side (not refusing the registration)."""
+    if isinstance(error, ConsulError):
+        return error.status >= 500
+    return isinstance(error, aiohttp.ClientError | TimeoutError)

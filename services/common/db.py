@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 
 from services.common.logging import redact_url
+from services.common.retry import Backoff, Failure, retry
 from services.common.telemetry import query_logger
 
 log = logging.getLogger(__name__)
@@ -93,38 +94,37 @@ async def create_pool(
     json and jsonb columns are decoded to Python values and encoded from them; every query
     run inside a span gets a span of its own (services.common.telemetry.query_logger).
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_s
-    delay = 0.2
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await asyncpg.create_pool(
+
+    def not_reachable_yet(failure: Failure) -> None:
+        log.warning(
+            "database not reachable yet",
+            extra={
+                "database": redact_url(dsn),
+                "attempt": failure.attempt,
+                "error": f"{type(failure.error).__name__}: {failure.error}",
+                "retry_in_s": round(failure.retry_in_s, 2),
+            },
+        )
+
+    try:
+        return await retry(
+            lambda: asyncpg.create_pool(
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
                 timeout=connect_timeout_s,
                 init=_init_connection,
                 reset=skip_reset_query,
-            )
-        except _TRANSIENT_CONNECT_ERRORS as exc:
-            remaining = deadline - loop.time()
-            log.warning(
-                "database not reachable yet",
-                extra={
-                    "database": redact_url(dsn),
-                    "attempt": attempt,
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "retry_in_s": round(min(delay, max(remaining, 0)), 2),
-                },
-            )
-            if remaining <= 0:
-                raise DatabaseUnavailableError(
-                    f"{redact_url(dsn)} not reachable after {deadline_s:.0f}s: {exc}"
-                ) from exc
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 2.0)
+            ),
+            backoff=Backoff(initial_s=0.2, max_s=2.0),
+            retryable=lambda exc: isinstance(exc, _TRANSIENT_CONNECT_ERRORS),
+            on_failure=not_reachable_yet,
+            deadline_s=deadline_s,
+        )
+    except _TRANSIENT_CONNECT_ERRORS as exc:
+        raise DatabaseUnavailableError(
+            f"{redact_url(dsn)} not reachable after {deadline_s:.0f}s: {exc}"
+        ) from exc
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from aiohttp import web
 
 from services.common import rpc
 from services.common.problem import Problem
+from services.common.retry import Backoff, retry
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class InvalidFaults(ValueError):
 
 class WatchError(Exception):
     """Consul answered the blocking query with something other than the key or a 404."""
+
+
+# Consul unreachable, slow, or answering what is not a blocking query's answer: retried.
+_WATCH_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError, WatchError)
 
 
 @dataclass(frozen=True)
@@ -276,18 +281,19 @@ class FaultWatcher(AbstractAsyncContextManager["FaultWatcher"]):
     async def run(self) -> None:
         """Watch until cancelled."""
         async with aiohttp.ClientSession(timeout=self._timeout) as session:
-            delay = BACKOFF_INITIAL_S
             while True:
-                started = time.monotonic()
-                try:
-                    await self.poll(session)
-                except (aiohttp.ClientError, TimeoutError, ValueError, WatchError) as exc:
-                    self._failed(exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, BACKOFF_MAX_S)
-                    continue
-                delay = BACKOFF_INITIAL_S
-                await asyncio.sleep(max(0.0, MIN_REQUEST_INTERVAL_S - (time.monotonic() - started)))
+                await retry(
+                    lambda: self._poll_paced(session),
+                    backoff=Backoff(initial_s=BACKOFF_INITIAL_S, max_s=BACKOFF_MAX_S),
+                    retryable=lambda exc: isinstance(exc, _WATCH_ERRORS),
+                    on_failure=lambda failure: self._failed(failure.error, failure.retry_in_s),
+                )
+
+    async def _poll_paced(self, session: aiohttp.ClientSession) -> None:
+        """`poll`, then a pause that puts MIN_REQUEST_INTERVAL_S between its start and the next."""
+        started = time.monotonic()
+        await self.poll(session)
+        await asyncio.sleep(max(0.0, MIN_REQUEST_INTERVAL_S - (time.monotonic() - started)))
 
     async def poll(self, session: aiohttp.ClientSession) -> None:
         """One blocking query: returns when the key changes or the wait ends."""

@@ -15,12 +15,8 @@ from typing import TypeVar
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_before_delay,
-    wait_random_exponential,
-)
+
+from services.common.retry import Backoff, retry
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -65,14 +61,10 @@ async def call_with_retries(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget_s
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(lambda exc: is_retryable(exc, codes)),
-        wait=wait_random_exponential(multiplier=initial_backoff_s, max=max_backoff_s),
-        stop=stop_before_delay(budget_s),
-        reraise=True,
+    return await retry(
+        lambda: rpc(request, timeout=max(deadline - loop.time(), 0.001), metadata=metadata),
+        backoff=Backoff(initial_s=initial_backoff_s, max_s=max_backoff_s, jitter=1.0),
+        retryable=lambda exc: is_retryable(exc, codes),
+        deadline_s=budget_s,
+        attempt_at_deadline=False,
     )
-    async for attempt in retrying:
-        with attempt:
-            remaining = max(deadline - loop.time(), 0.001)
-            return await rpc(request, timeout=remaining, metadata=metadata)
-    raise AssertionError("unreachable: tenacity reraises the last error")

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
+from services.common.retry import Backoff, Failure, retry
 from services.payments import repository
 from services.payments.domain import Payment
 
@@ -31,6 +32,7 @@ QUEUE_SIZE = 16
 PING_INTERVAL_S = 10.0
 PING_TIMEOUT_S = 5.0
 RECONNECT_MAX_DELAY_S = 5.0
+_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class Signal(enum.Enum):
@@ -134,20 +136,14 @@ class PaymentNotifier:
         self.deliver(payment)
 
     async def _listen_forever(self) -> None:
-        delay = 0.2
         reconnecting = False
         while True:
-            try:
-                conn = await asyncpg.connect(self._dsn, timeout=PING_TIMEOUT_S)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning(
-                    "cannot open the payment notification connection",
-                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
-                continue
-            delay = 0.2
+            conn = await retry(
+                lambda: asyncpg.connect(self._dsn, timeout=PING_TIMEOUT_S),
+                backoff=Backoff(initial_s=0.2, max_s=RECONNECT_MAX_DELAY_S),
+                retryable=lambda exc: isinstance(exc, _CONNECTION_ERRORS),
+                on_failure=_cannot_connect,
+            )
             try:
                 await self._listen(conn, reconnecting)
             finally:
@@ -170,13 +166,23 @@ class PaymentNotifier:
                         await lost.wait()
                 if not lost.is_set():
                     await conn.execute("SELECT 1", timeout=PING_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _CONNECTION_ERRORS as exc:
             log.warning(
                 "payment notification connection lost",
                 extra={"error": f"{type(exc).__name__}: {exc}"},
             )
             return
         log.warning("payment notification connection lost")
+
+
+def _cannot_connect(failure: Failure) -> None:
+    log.warning(
+        "cannot open the payment notification connection",
+        extra={
+            "error": f"{type(failure.error).__name__}: {failure.error}",
+            "retry_in_s": failure.retry_in_s,
+        },
+    )
 
 
 def _payment_key(payment_id: uuid.UUID) -> str:

@@ -14,7 +14,6 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from mesh.runtime.kafka import CLUSTER_SETTINGS, load_topics
 from services.common.events import cloud_event
 from services.common.messaging import consumer
-from services.common.messaging.backoff import Backoff
 from services.common.messaging.consumer import (
     ConsumerRunner,
     MessageProcessor,
@@ -31,6 +30,7 @@ from services.common.messaging.envelope import (
     to_kafka_headers,
 )
 from services.common.messaging.migrations import install
+from services.common.retry import Backoff
 from tests.support import wait_until
 from tests.unit.messaging_fakes import ProducerFactory, Record
 

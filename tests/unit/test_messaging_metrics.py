@@ -12,7 +12,6 @@ from prometheus_client import REGISTRY, generate_latest
 from mesh.runtime.kafka import reports_group_membership
 from services.common import metrics
 from services.common.events import cloud_event
-from services.common.messaging.backoff import Backoff
 from services.common.messaging.consumer import (
     ConsumerRunner,
     MessageProcessor,
@@ -22,6 +21,7 @@ from services.common.messaging.consumer import (
 from services.common.messaging.envelope import parse, serialize
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
 from services.common.metrics import MessagingMetrics
+from services.common.retry import Backoff
 from services.notifications.hub import Hub
 from tests.support import wait_for
 from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory, Record

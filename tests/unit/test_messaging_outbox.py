@@ -12,9 +12,9 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from services.common.events import cloud_event
 from services.common.messaging import outbox
-from services.common.messaging.backoff import Backoff
 from services.common.messaging.envelope import MalformedEventError
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
+from services.common.retry import Backoff
 from tests.support import wait_until
 from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory
 

@@ -13,10 +13,10 @@ from opentelemetry.trace import SpanKind
 
 from services.common.events import cloud_event
 from services.common.messaging import outbox
-from services.common.messaging.backoff import Backoff
 from services.common.messaging.consumer import MessageProcessor, Outcome
 from services.common.messaging.envelope import ORIGINAL_TOPIC_HEADER, to_kafka_headers
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
+from services.common.retry import Backoff
 from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory, Record, Sent
 
 

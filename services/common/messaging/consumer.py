@@ -32,7 +32,6 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.common.db import DATABASE_UNAVAILABLE
-from services.common.messaging.backoff import Backoff
 from services.common.messaging.envelope import (
     Event,
     MalformedEventError,
@@ -46,6 +45,7 @@ from services.common.messaging.envelope import (
 )
 from services.common.messaging.producer import bootstrap_servers, create_producer
 from services.common.metrics import MessagingMetrics
+from services.common.retry import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,6 @@ import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.common.messaging.backoff import Backoff
 from services.common.messaging.envelope import (
     current_trace_headers,
     extract_context,
@@ -46,6 +45,7 @@ from services.common.messaging.envelope import (
     validate,
 )
 from services.common.metrics import MessagingMetrics
+from services.common.retry import Backoff
 
 log = logging.getLogger(__name__)
 
