@@ -85,12 +85,12 @@ async def retry(
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if attempt_at_deadline:
-                    delay = min(delay, max(remaining, 0.0))
+                    delay = min(delay, remaining)
                     give_up = remaining <= 0
                 else:
                     give_up = delay >= remaining
                 if give_up:
-                    on_failure(Failure(attempt, exc, 0.0))
+                    on_failure(Failure(attempt, exc, 0))
                     raise
             on_failure(Failure(attempt, exc, delay))
             await sleep(delay)
