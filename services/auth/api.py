@@ -1,7 +1,8 @@
 """HTTP entrypoints of auth: parse, call the service layer, map errors.
 
-Errors are problem+json everywhere except POST /auth/token, which answers in OAuth's own
-format (services.auth.oauth).
+Errors are problem+json everywhere (the service layer's by services.common.problem's
+middleware, as PROBLEMS describes them) except POST /auth/token, which answers in OAuth's own
+format (services.auth.oauth), and the ext_authz check, which answers for the edge's request.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from services.auth import credentials, oauth
-from services.auth.clients import UsersUnavailable
 from services.auth.oauth import OAuthError
 from services.auth.service import (
     AuthService,
@@ -25,18 +25,27 @@ from services.auth.service import (
 )
 from services.common.auth import (
     ADMIN_ROLE,
-    PermissionDenied,
     Principal,
     Unauthenticated,
     bearer_token,
-    forbidden_problem,
     require_role,
     unauthenticated_problem,
     verify_internal,
 )
 from services.common.db import DATABASE_UNAVAILABLE
+from services.common.errors import Unavailable
 from services.common.jsonbody import read_json_object
-from services.common.problem import UNAVAILABLE, Problem
+from services.common.problem import (
+    INVALID_CLIENT,
+    MALFORMED,
+    UNAVAILABLE,
+    UNKNOWN_USER,
+    USER_BLOCKED,
+    VALIDATION,
+    Problem,
+    ProblemKind,
+    ProblemKinds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +55,8 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 32
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
-MALFORMED = "/problems/malformed-request"
-USER_BLOCKED = "/problems/user-blocked"
-INVALID_CLIENT = "/problems/invalid-client"
-VALIDATION = "/problems/validation"
-UNKNOWN_USER = "/problems/unknown-user"
-# A 404's detail names this many unknown userIds; its `errors` name them all.
-MAX_NAMED_IN_DETAIL = 5
+# The problems of the service layer's own errors (the common ones: COMMON_KINDS).
+PROBLEMS: ProblemKinds = {UnknownUsers: ProblemKind(404, "Unknown users", UNKNOWN_USER)}
 
 routes = web.RouteTableDef()
 
@@ -103,7 +107,7 @@ async def _issue(service: AuthService, grant: oauth.Grant) -> dict[str, Any]:
         raise oauth.invalid_grant("invalid username or password") from None
     except UserBlocked:
         raise oauth.invalid_grant("the user is blocked") from None
-    except UsersUnavailable:
+    except Unavailable:
         raise oauth.temporarily_unavailable("the users service does not answer") from None
     except DATABASE_UNAVAILABLE:
         raise oauth.temporarily_unavailable("the database does not answer") from None
@@ -129,7 +133,7 @@ async def _exchange(service: AuthService, grant: oauth.TokenExchangeGrant) -> di
         raise oauth.invalid_request("the subject_token's subject no longer exists") from None
     except UserBlocked:
         raise oauth.invalid_request("the subject_token's user is blocked") from None
-    except UsersUnavailable:
+    except Unavailable:
         raise oauth.temporarily_unavailable("the users service does not answer") from None
     except DATABASE_UNAVAILABLE:
         raise oauth.temporarily_unavailable("the database does not answer") from None
@@ -190,42 +194,9 @@ async def set_credentials(request: web.Request) -> web.Response:
         raise Problem(
             422, "Invalid credentials", str(exc), type=VALIDATION, errors=exc.errors
         ) from None
-    try:
-        await request.app[SERVICE].set_passwords(parsed)
-    except UnknownUsers as exc:
-        raise _unknown_users_problem(exc.user_ids, [c.user_id for c in parsed]) from None
-    except UsersUnavailable:
-        raise Problem(
-            503,
-            "Service unavailable",
-            "auth cannot check the users now; retry later (nothing was set)",
-            type=UNAVAILABLE,
-            headers={"Retry-After": "1"},
-        ) from None
+    await request.app[SERVICE].set_passwords(parsed)
     log.info("passwords set on request", extra={"by": principal.sub, "users": len(parsed)})
     return web.json_response({"updated": len(parsed)})
-
-
-def _unknown_users_problem(unknown: list[str], user_ids: list[str]) -> Problem:
-    """404 naming every userId users does not know, at its place in the body."""
-    position = {user_id: index for index, user_id in enumerate(user_ids)}
-    named = ", ".join(repr(user_id) for user_id in unknown[:MAX_NAMED_IN_DETAIL])
-    more = len(unknown) - MAX_NAMED_IN_DETAIL
-    named += f" and {more} more" if more > 0 else ""
-    errors = [
-        {
-            "field": f"credentials[{position[user_id]}].userId",
-            "message": f"{user_id!r} is not a user",
-        }
-        for user_id in unknown
-    ]
-    return Problem(
-        404,
-        "Unknown users",
-        f"users has no user with the id {named}; nothing was set",
-        type=UNKNOWN_USER,
-        errors=errors,
-    )
 
 
 async def _admin(request: web.Request) -> Principal:
@@ -233,11 +204,9 @@ async def _admin(request: web.Request) -> Principal:
     try:
         authorization = request.headers.get("Authorization")
         principal = await verify_internal(bearer_token(authorization), request.app[SERVICE].keys)
-        require_role(principal, ADMIN_ROLE)
     except Unauthenticated as exc:
         raise unauthenticated_problem(exc.reason) from None
-    except PermissionDenied as exc:
-        raise forbidden_problem(str(exc)) from None
+    require_role(principal, ADMIN_ROLE)
     return principal
 
 
@@ -265,7 +234,7 @@ async def ext_authz(request: web.Request) -> web.Response:
         log.info("ext_authz denied: user blocked", extra={"user_id": str(exc)})
         problem = Problem(403, "User blocked", "this user is blocked", type=USER_BLOCKED)
         return problem.to_response(original_path)
-    except (UsersUnavailable, *DATABASE_UNAVAILABLE):
+    except (Unavailable, *DATABASE_UNAVAILABLE):
         problem = Problem(
             503,
             "Service unavailable",

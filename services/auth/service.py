@@ -40,6 +40,7 @@ from services.common.auth import (
     verify_jwt,
 )
 from services.common.contracts import EventType
+from services.common.errors import NotFound, Unavailable
 from services.common.messaging.envelope import Event
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ SERVICE_SUBJECT = "auth"
 SERVICE_ROLE = "service"
 # The edge stops reusing an exchanged token this many seconds before it expires.
 REUSE_MARGIN_S = 5
+# The message of every "users cannot say now": Unavailable.
+USERS_UNAVAILABLE = "auth cannot check the users now; retry later"
+# UnknownUsers' message names this many of them; its fields name them all.
+MAX_NAMED_UNKNOWN_USERS = 5
 # Retired keys are deleted this long after retirement (they verify nothing by then).
 RETIRED_KEY_KEPT = timedelta(days=1)
 
@@ -91,11 +96,24 @@ class UnknownSubject(Exception):
     """A valid token's subject no longer exists (user or client removed)."""
 
 
-class UnknownUsers(Exception):
-    """users has no user with these ids."""
+class UnknownUsers(NotFound):
+    """users has no user with these ids (`user_ids`), named at their places in the request."""
 
-    def __init__(self, user_ids: list[str]) -> None:
-        super().__init__(f"{len(user_ids)} unknown users")
+    def __init__(self, user_ids: list[str], requested: list[str]) -> None:
+        position = {user_id: index for index, user_id in enumerate(requested)}
+        named = ", ".join(repr(user_id) for user_id in user_ids[:MAX_NAMED_UNKNOWN_USERS])
+        more = len(user_ids) - MAX_NAMED_UNKNOWN_USERS
+        named += f" and {more} more" if more > 0 else ""
+        super().__init__(
+            f"users has no user with the id {named}; nothing was set",
+            fields=[
+                {
+                    "field": f"credentials[{position[user_id]}].userId",
+                    "message": f"{user_id!r} is not a user",
+                }
+                for user_id in user_ids
+            ],
+        )
         self.user_ids = user_ids
 
 
@@ -329,7 +347,7 @@ class AuthService:
             log.info("password grant refused: bad credentials", extra={"username": username})
             raise InvalidCredentials(username)
         try:
-            user = await self._users.get_user(username)
+            user = await self._user(username)
         except UnknownUser:
             log.warning(
                 "password grant refused: no such user in users", extra={"username": username}
@@ -364,11 +382,14 @@ class AuthService:
 
     async def set_passwords(self, credentials: Sequence[Credential]) -> None:
         """Store each user's password, all or none: UnknownUsers names the ids users does not
-        know (and nothing is stored); UsersUnavailable when users cannot say."""
+        know (and nothing is stored); Unavailable when users cannot say."""
         user_ids = [credential.user_id for credential in credentials]
-        unknown = await self._unknown_users(user_ids)
+        try:
+            unknown = await self._unknown_users(user_ids)
+        except Unavailable as exc:
+            raise Unavailable(f"{exc} (nothing was set)") from exc
         if unknown:
-            raise UnknownUsers(unknown)
+            raise UnknownUsers(unknown, user_ids)
         hashes = await in_batches(
             [credential.password for credential in credentials],
             HASHES_AT_ONCE,
@@ -380,7 +401,7 @@ class AuthService:
     async def _unknown_users(self, user_ids: list[str]) -> list[str]:
         async def is_unknown(user_id: str) -> bool:
             try:
-                await self._users.get_user(user_id)
+                await self._user(user_id)
             except UnknownUser:
                 return True
             return False
@@ -399,7 +420,7 @@ class AuthService:
     async def exchange(self, external_token: str) -> Exchanged:
         """RFC 8693: an internal token for a valid external one, with the subject's current roles.
 
-        Unauthenticated, UnknownSubject, UserBlocked, or UsersUnavailable (from the client).
+        Unauthenticated, UnknownSubject, UserBlocked, or Unavailable while users cannot say.
         """
         claims = await self.verify_external(external_token)
         sub = claims["sub"]
@@ -410,7 +431,7 @@ class AuthService:
             roles, is_user = client.roles, False
         else:
             try:
-                user = await self._users.get_user(sub)
+                user = await self._user(sub)
             except UnknownUser:
                 raise UnknownSubject(sub) from None
             if user.blocked:
@@ -443,6 +464,13 @@ class AuthService:
         if self.cache.needs_recheck(entry):
             await self._recheck(entry)
         return entry
+
+    async def _user(self, user_id: str) -> UserInfo:
+        """users' answer about `user_id`: UnknownUser, or Unavailable while it cannot say."""
+        try:
+            return await self._users.get_user(user_id)
+        except UsersUnavailable as exc:
+            raise Unavailable(USERS_UNAVAILABLE) from exc
 
     def reusable_for_s(self, entry: CachedExchange) -> int:
         """How long the edge may reuse an exchanged token: until a little before it expires

@@ -8,7 +8,8 @@ fetched through the service's own sidecar (`Jwks.for_settings`).
 - `verify_internal(token, keys)` -> `Principal(sub, roles)`, or `Unauthenticated(reason)`.
 - `auth_middleware(keys)` for aiohttp; the Principal is `request_principal(request)`.
 - `AuthInterceptor(keys)` for grpc.aio; the Principal is `current_principal()`.
-- `require_role` / `require_self_or_admin` raise `PermissionDenied` (403 / PERMISSION_DENIED).
+- `require_role` / `require_self_or_admin` raise services.common.errors.PermissionDenied (a 403
+  problem, gRPC PERMISSION_DENIED, like every domain error).
 - `bearer_headers` / `bearer_metadata` forward the caller's token on outgoing calls.
 
 `verify_jwt` is the one implementation of the checks, also used by auth for external tokens:
@@ -38,7 +39,8 @@ from jose.backends.base import Key
 from jose.exceptions import JOSEError
 
 from services.common.config import ServiceSettings
-from services.common.problem import Problem
+from services.common.errors import PermissionDenied
+from services.common.problem import UNAUTHENTICATED, Problem
 from services.common.rpc import wrap_handler
 from services.common.telemetry import client_trace_config
 
@@ -54,9 +56,6 @@ JWKS_PATH = "/auth/jwks"
 DEFAULT_EXEMPT_PATHS = frozenset({"/openapi.yaml"})
 EXEMPT_GRPC_PREFIXES = ("/grpc.health.v1.Health/",)
 
-UNAUTHENTICATED_PROBLEM = "/problems/unauthenticated"
-FORBIDDEN_PROBLEM = "/problems/forbidden"
-
 
 class Unauthenticated(Exception):
     """No usable token: missing, malformed, badly signed, expired or not meant for us.
@@ -67,10 +66,6 @@ class Unauthenticated(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class PermissionDenied(Exception):
-    """The caller is authenticated but may not do this (HTTP 403, gRPC PERMISSION_DENIED)."""
 
 
 @dataclass(frozen=True)
@@ -478,13 +473,9 @@ def unauthenticated_problem(reason: str) -> Problem:
         401,
         "Unauthenticated",
         reason,
-        type=UNAUTHENTICATED_PROBLEM,
+        type=UNAUTHENTICATED,
         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
     )
-
-
-def forbidden_problem(reason: str) -> Problem:
-    return Problem(403, "Forbidden", reason, type=FORBIDDEN_PROBLEM)
 
 
 async def authenticate_request(request: web.Request, tokens: VerifiedTokens) -> Principal:
@@ -499,8 +490,7 @@ def auth_middleware(
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """Require an internal token on every path except `exempt` (exact paths).
 
-    401 problem+json with `WWW-Authenticate: Bearer` when the token is missing or invalid;
-    a PermissionDenied raised by a handler becomes a 403 problem+json.
+    401 problem+json with `WWW-Authenticate: Bearer` when the token is missing or invalid.
     """
     exempt_paths = frozenset(exempt)
     tokens = VerifiedTokens(keys)
@@ -521,8 +511,6 @@ def auth_middleware(
         reset = _CURRENT_PRINCIPAL.set(principal)
         try:
             return await handler(request)
-        except PermissionDenied as exc:
-            return forbidden_problem(str(exc)).to_response(request.path)
         finally:
             _CURRENT_PRINCIPAL.reset(reset)
 
@@ -578,8 +566,7 @@ def bearer_metadata(principal: Principal | None = None) -> tuple[tuple[str, str]
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Require an internal token in the `authorization` metadata of every RPC except the
-    grpc.health.v1 checks; UNAUTHENTICATED otherwise. Handlers read `current_principal()`;
-    a PermissionDenied they raise ends the RPC with PERMISSION_DENIED."""
+    grpc.health.v1 checks; UNAUTHENTICATED otherwise. Handlers read `current_principal()`."""
 
     def __init__(
         self, keys: KeySource, *, exempt_prefixes: tuple[str, ...] = EXEMPT_GRPC_PREFIXES
@@ -613,8 +600,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 reset = await authenticate(context)
                 try:
                     return await behavior(request, context)
-                except PermissionDenied as exc:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
                 finally:
                     _CURRENT_PRINCIPAL.reset(reset)
 
@@ -630,8 +615,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                             yield response
                     else:
                         await result
-                except PermissionDenied as exc:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
                 finally:
                     _CURRENT_PRINCIPAL.reset(reset)
 

@@ -39,6 +39,7 @@ import grpc
 from aiohttp import web
 
 from services.common import rpc
+from services.common.problem import INJECTED_FAULT as INJECTED_FAULT_PROBLEM
 from services.common.problem import Problem
 from services.common.retry import Backoff, retry
 
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "shopmesh/faults/"
 MAX_LATENCY_MS = 60_000
 INJECTED_FAULT = "injected fault"
-INJECTED_FAULT_PROBLEM = "/problems/injected-fault"
 WAIT = "30s"
 REQUEST_TIMEOUT_S = 40.0  # longer than WAIT plus the jitter Consul adds (up to WAIT/16)
 MIN_REQUEST_INTERVAL_S = 0.1  # Consul may answer a blocking query at once: never spin

@@ -14,9 +14,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from services.common.fields import LONE_SURROGATES, has_lone_surrogates
-from services.common.problem import Problem
-
-MALFORMED = "/problems/malformed-request"
+from services.common.problem import MALFORMED, Problem
 
 JsonPath = tuple[str | int, ...]
 

@@ -1,4 +1,5 @@
-"""HTTP and WebSocket entrypoints: authenticate, parse, call the service layer, map errors."""
+"""HTTP and WebSocket entrypoints: authenticate, parse, call the service layer; its errors are
+domain errors, which services.common.problem's middleware answers as PROBLEMS describes."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ import uuid
 from aiohttp import web
 
 from services.common.auth import PRINCIPAL, Principal
-from services.common.jsonbody import MALFORMED
-from services.common.problem import Problem
+from services.common.errors import PermissionDenied
+from services.common.problem import (
+    MALFORMED,
+    UNAUTHENTICATED,
+    UPGRADE_REQUIRED,
+    Problem,
+    ProblemKind,
+    ProblemKinds,
+)
 from services.notifications.domain import UnknownCursorError, describe, user_id_error
 from services.notifications.hub import Hub
 from services.notifications.service import NotificationService
@@ -23,9 +31,8 @@ MAX_LIMIT_DIGITS = 16
 # Clients send nothing but control frames; anything larger than this closes with 1009.
 CLIENT_MESSAGE_MAX_BYTES = 4096
 
-UNAUTHENTICATED = "/problems/unauthenticated"
-FORBIDDEN = "/problems/forbidden"
-UPGRADE_REQUIRED = "/problems/upgrade-required"
+# The problems of the service layer's own errors (the common ones: COMMON_KINDS).
+PROBLEMS: ProblemKinds = {UnknownCursorError: ProblemKind(400, "Malformed request", MALFORMED)}
 
 routes = web.RouteTableDef()
 
@@ -92,23 +99,8 @@ async def history(request: web.Request) -> web.Response:
             errors=errors,
         )
     if target != user_id and not is_admin(request):
-        raise Problem(
-            403,
-            "Forbidden",
-            "only admins may read another user's notifications",
-            type=FORBIDDEN,
-        )
-    try:
-        notifications = await request.app[SERVICE].history(target, limit=limit, after=after)
-    except UnknownCursorError:
-        message = "is not the id of one of this user's notifications"
-        raise Problem(
-            400,
-            "Malformed request",
-            f"query parameter after {message}",
-            type=MALFORMED,
-            errors=[{"field": "after", "message": message}],
-        ) from None
+        raise PermissionDenied("only admins may read another user's notifications")
+    notifications = await request.app[SERVICE].history(target, limit=limit, after=after)
     return web.json_response([notification.to_json() for notification in notifications])
 
 

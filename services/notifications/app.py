@@ -28,7 +28,9 @@ def http_app(hub: Hub) -> web.Application:
     """Routes, error handling and the hub without a database; `api.SERVICE` is set by the
     caller. On shutdown, before in-flight requests are awaited, every socket is closed with
     1001 (going away)."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[problem_middleware(api.PROBLEMS)], client_max_size=MAX_BODY_BYTES
+    )
     app[api.HUB] = hub
     app.add_routes(api.routes)
     app.on_shutdown.append(_close_sockets)

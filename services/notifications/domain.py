@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from services.common.errors import InvalidArgument
 from services.common.fields import character_error
 from services.common.jsonbody import json_type
 
@@ -30,8 +31,13 @@ class InvalidEventError(ValueError):
         self.errors = list(errors)
 
 
-class UnknownCursorError(LookupError):
+class UnknownCursorError(InvalidArgument):
     """The history cursor is not the id of one of the user's notifications."""
+
+    def __init__(self, after: uuid.UUID) -> None:
+        message = "is not the id of one of this user's notifications"
+        super().__init__("after", message, detail=f"query parameter after {message}")
+        self.after = after
 
 
 @dataclass(frozen=True)

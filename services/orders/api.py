@@ -1,4 +1,5 @@
-"""HTTP entrypoints: parse and validate, call the service layer, map errors to problems."""
+"""HTTP entrypoints: parse and validate, call the service layer; its errors are domain errors,
+which services.common.problem's middleware answers as the problems PROBLEMS describes."""
 
 from __future__ import annotations
 
@@ -6,25 +7,45 @@ import uuid
 
 from aiohttp import web
 
-from services.common.auth import PermissionDenied, request_principal, require_self_or_admin
+from services.common.auth import request_principal, require_self_or_admin
+from services.common.errors import PermissionDenied
 from services.common.fields import character_error
-from services.common.jsonbody import MALFORMED, read_json_object
-from services.common.problem import UNAVAILABLE, Problem
+from services.common.jsonbody import read_json_object
+from services.common.problem import (
+    IDEMPOTENCY_KEY_REUSED,
+    MALFORMED,
+    ORDER_NOT_CANCELLABLE,
+    ORDER_NOT_FOUND,
+    UNKNOWN_USER,
+    USER_BLOCKED,
+    VALIDATION,
+    Problem,
+    ProblemKind,
+    ProblemKinds,
+)
 from services.common.telemetry import set_order_id
 from services.orders import validation
-from services.orders.clients import UnknownUser, UpstreamUnavailable
-from services.orders.domain import InvalidTransition, OrderItem, OrderStatus
-from services.orders.service import IdempotencyKeyReusedError, OrderService, UserBlockedError
+from services.orders.domain import OrderItem, OrderStatus
+from services.orders.service import (
+    IdempotencyKeyReusedError,
+    OrderNotCancellable,
+    OrderNotFound,
+    OrderService,
+    UnknownUserError,
+    UserBlockedError,
+)
 
 SERVICE = web.AppKey("orders_service", OrderService)
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
-VALIDATION = "/problems/validation"
-KEY_REUSED = "/problems/idempotency-key-reused"
-ORDER_NOT_FOUND = "/problems/order-not-found"
-UNKNOWN_USER = "/problems/unknown-user"
-USER_BLOCKED = "/problems/user-blocked"
-NOT_CANCELLABLE = "/problems/order-not-cancellable"
+# The problems of the service layer's own errors (the common ones: COMMON_KINDS).
+PROBLEMS: ProblemKinds = {
+    IdempotencyKeyReusedError: ProblemKind(422, "Idempotency key reused", IDEMPOTENCY_KEY_REUSED),
+    UnknownUserError: ProblemKind(422, "Unknown user", UNKNOWN_USER),
+    UserBlockedError: ProblemKind(403, "User blocked", USER_BLOCKED),
+    OrderNotFound: ProblemKind(404, "Order not found", ORDER_NOT_FOUND),
+    OrderNotCancellable: ProblemKind(409, "Order cannot be cancelled", ORDER_NOT_CANCELLABLE),
+}
 
 routes = web.RouteTableDef()
 
@@ -56,42 +77,18 @@ async def create_order(request: web.Request) -> web.Response:
     errors = validation.create_order_errors(payload)
     if errors:
         raise Problem(
-            422, "Invalid order", validation.describe(errors), type=VALIDATION, errors=errors
+            422,
+            "Invalid order",
+            validation.describe(errors),
+            type=VALIDATION,
+            errors=errors,
         )
     require_self_or_admin(request_principal(request), payload["userId"])
     items = [OrderItem(item["productId"], item["quantity"]) for item in payload["items"]]
     respond_async = prefers_respond_async(request.headers.getall("Prefer", []))
-    try:
-        placed = await request.app[SERVICE].place_order(
-            payload["userId"], items, idempotency_key=idempotency_key, respond_async=respond_async
-        )
-    except IdempotencyKeyReusedError:
-        raise Problem(
-            422,
-            "Idempotency key reused",
-            "this Idempotency-Key was already used with a different request body",
-            type=KEY_REUSED,
-        ) from None
-    except UnknownUser:
-        raise Problem(
-            422,
-            "Unknown user",
-            f"no user has the id {payload['userId']!r}",
-            type=UNKNOWN_USER,
-            errors=[{"field": "userId", "message": "no such user"}],
-        ) from None
-    except UserBlockedError:
-        raise Problem(
-            403, "User blocked", "this user is blocked and cannot place orders", type=USER_BLOCKED
-        ) from None
-    except UpstreamUnavailable as exc:
-        raise Problem(
-            503,
-            "Service unavailable",
-            f"{exc.service} did not answer in time; nothing was stored, retry later",
-            type=UNAVAILABLE,
-            headers={"Retry-After": "1"},
-        ) from None
+    placed = await request.app[SERVICE].place_order(
+        payload["userId"], items, idempotency_key=idempotency_key, respond_async=respond_async
+    )
     set_order_id(placed.order.id)
     headers = {"Location": f"/orders/{placed.order.id}"}
     if placed.replayed:
@@ -120,7 +117,7 @@ async def get_order(request: web.Request) -> web.Response:
     order_id = _order_id(request)
     order = None if order_id is None else await request.app[SERVICE].get_order(order_id)
     if order is None or not _may_see(request, order.user_id):
-        raise _not_found()
+        raise OrderNotFound()
     set_order_id(order.id)
     return web.json_response(order.to_json())
 
@@ -130,16 +127,13 @@ async def cancel_order(request: web.Request) -> web.Response:
     order_id = _order_id(request)
     existing = None if order_id is None else await request.app[SERVICE].get_order(order_id)
     if existing is None or not _may_see(request, existing.user_id):
-        raise _not_found()
+        raise OrderNotFound()
     set_order_id(existing.id)
-    try:
-        order = await request.app[SERVICE].cancel_order(existing.id)
-    except InvalidTransition as exc:
-        raise _not_cancellable(exc.current) from None
+    order = await request.app[SERVICE].cancel_order(existing.id)
     if order is None:
-        raise _not_found()
+        raise OrderNotFound()
     if order.status != OrderStatus.CANCELLED:
-        raise _not_cancellable(order.status)
+        raise OrderNotCancellable(order.status)
     return web.json_response(order.to_json())
 
 
@@ -157,19 +151,6 @@ def _order_id(request: web.Request) -> uuid.UUID | None:
         return uuid.UUID(request.match_info["id"])
     except ValueError:
         return None
-
-
-def _not_found() -> Problem:
-    return Problem(404, "Order not found", "no order has this id", type=ORDER_NOT_FOUND)
-
-
-def _not_cancellable(status: OrderStatus) -> Problem:
-    return Problem(
-        409,
-        "Order cannot be cancelled",
-        f"the order is {status.value}; only PENDING or PAYMENT_PENDING orders can be cancelled",
-        type=NOT_CANCELLABLE,
-    )
 
 
 @routes.get("/openapi.yaml")

@@ -27,7 +27,9 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 def http_app() -> web.Application:
     """Routes and error handling without a database; `api.SERVICE` is set by the caller."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[problem_middleware(api.PROBLEMS)], client_max_size=MAX_BODY_BYTES
+    )
     app.add_routes(api.routes)
     return app
 

@@ -17,6 +17,13 @@ from services.common.contracts import (
     order_status_changed,
     payment_requested,
 )
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from services.common.messaging.envelope import Event
 from services.common.telemetry import set_order_id
 from services.common.uow import Outbox
@@ -24,12 +31,14 @@ from services.orders.clients import (
     PaymentOutcome,
     PaymentRefused,
     PaymentResult,
+    UnknownUser,
     UpstreamFailed,
     UpstreamUnavailable,
     UserInfo,
 )
 from services.orders.domain import (
     IdempotencyRecord,
+    InvalidTransition,
     Order,
     OrderItem,
     OrderStatus,
@@ -43,12 +52,44 @@ CANCELLED_WHEN_BLOCKED = (OrderStatus.PENDING, OrderStatus.PAYMENT_PENDING)
 log = logging.getLogger(__name__)
 
 
-class IdempotencyKeyReusedError(Exception):
+class IdempotencyKeyReusedError(FailedPrecondition):
     """The Idempotency-Key was already used for a request with a different body."""
 
+    def __init__(self, key: str) -> None:
+        super().__init__("this Idempotency-Key was already used with a different request body")
+        self.key = key
 
-class UserBlockedError(Exception):
+
+class UnknownUserError(InvalidArgument):
+    """The order is for a user that users does not know."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__("userId", "no such user", detail=f"no user has the id {user_id!r}")
+
+
+class UserBlockedError(PermissionDenied):
     """The user exists but is blocked: no new orders."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__("this user is blocked and cannot place orders")
+        self.user_id = user_id
+
+
+class OrderNotFound(NotFound):
+    """No order has the id, or none the caller may see."""
+
+    def __init__(self) -> None:
+        super().__init__("no order has this id")
+
+
+class OrderNotCancellable(FailedPrecondition):
+    """The order is settled (or became so meanwhile): cancelling it is too late."""
+
+    def __init__(self, status: OrderStatus) -> None:
+        super().__init__(
+            f"the order is {status.value}; only PENDING or PAYMENT_PENDING orders can be cancelled"
+        )
+        self.status = status
 
 
 class OrderRepository(Protocol):
@@ -196,9 +237,7 @@ class OrderService:
         ):
             replayed = await self._replay(self._db.orders, idempotency_key, fingerprint)
             return PlacedOrder(replayed, replayed=True)
-        user = await self._users.get_user(user_id)
-        if user.blocked:
-            raise UserBlockedError(user_id)
+        await self._active_user(user_id)
         async with self._db.transaction() as uow:
             if idempotency_key is not None and not await uow.orders.claim_idempotency_key(
                 idempotency_key, fingerprint, order.id
@@ -224,6 +263,20 @@ class OrderService:
             return PlacedOrder(order, replayed=False)
         return PlacedOrder(await self._settle_payment(order), replayed=False)
 
+    async def _active_user(self, user_id: str) -> None:
+        """UnknownUserError, UserBlockedError, or Unavailable while users cannot say: then
+        nothing is stored."""
+        try:
+            user = await self._users.get_user(user_id)
+        except UnknownUser:
+            raise UnknownUserError(user_id) from None
+        except UpstreamUnavailable as exc:
+            raise Unavailable(
+                f"{exc.service} did not answer in time; nothing was stored, retry later"
+            ) from exc
+        if user.blocked:
+            raise UserBlockedError(user_id)
+
     async def get_order(self, order_id: uuid.UUID) -> Order | None:
         return await self._db.orders.get(order_id)
 
@@ -245,11 +298,15 @@ class OrderService:
         return order
 
     async def cancel_order(self, order_id: uuid.UUID) -> Order | None:
-        """Cancel an order that is not settled yet; InvalidTransition once it is paid or failed."""
+        """Cancel an order that is not settled yet; OrderNotCancellable (an InvalidTransition)
+        once it is paid or failed. A concurrent transition that wins is the order returned."""
         order = await self._db.orders.get(order_id)
         if order is None or order.status == OrderStatus.CANCELLED:
             return order
-        return await self._move(order, OrderStatus.CANCELLED)
+        try:
+            return await self._move(order, OrderStatus.CANCELLED)
+        except InvalidTransition as exc:
+            raise OrderNotCancellable(exc.current) from None
 
     async def _settle_payment(self, order: Order) -> Order:
         """Charge the order synchronously. If payments cannot answer, the order waits for its

@@ -14,7 +14,6 @@ from services.auth.tokens import generate_signing_key, internal_claims, sign
 from services.common.auth import (
     AuthInterceptor,
     Jwks,
-    PermissionDenied,
     Principal,
     Unauthenticated,
     auth_middleware,
@@ -27,7 +26,9 @@ from services.common.auth import (
     require_self_or_admin,
     verify_internal,
 )
+from services.common.errors import PermissionDenied
 from services.common.problem import problem_middleware
+from services.common.rpc import ErrorInterceptor
 
 KEY = generate_signing_key(datetime.now(UTC))
 NEW_KEY = generate_signing_key(datetime.now(UTC))
@@ -203,7 +204,7 @@ class StaticKeys:
 
 
 def http_app():
-    app = web.Application(middlewares=[problem_middleware, auth_middleware(StaticKeys())])
+    app = web.Application(middlewares=[problem_middleware(), auth_middleware(StaticKeys())])
     routes = web.RouteTableDef()
 
     @routes.get("/openapi.yaml")
@@ -305,7 +306,7 @@ def _handlers():
 
 def grpc_call(method, request=b"", token=None, streaming=False):
     async def go():
-        server = grpc.aio.server(interceptors=[AuthInterceptor(StaticKeys())])
+        server = grpc.aio.server(interceptors=[ErrorInterceptor(), AuthInterceptor(StaticKeys())])
         server.add_generic_rpc_handlers(_handlers())
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()

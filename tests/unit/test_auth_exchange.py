@@ -17,6 +17,7 @@ from services.auth.tokens import (
     sign,
 )
 from services.common.auth import Unauthenticated, verify_internal
+from services.common.errors import Unavailable
 
 ISSUER = "https://127.0.0.1:8443/auth"
 KEY = generate_signing_key(datetime.now(UTC))
@@ -262,7 +263,7 @@ def test_a_first_exchange_while_users_is_down_fails_as_unavailable():
         users.down = True
         await make_service(clock, users).authorize(external_token(clock))
 
-    with pytest.raises(UsersUnavailable):
+    with pytest.raises(Unavailable):
         asyncio.run(go())
 
 

@@ -14,7 +14,6 @@ from jose import jwt
 
 from services.auth import service
 from services.auth.cache import ExchangeCache
-from services.auth.clients import UsersUnavailable
 from services.auth.credentials import Credential
 from services.auth.oauth import PUBLIC_CLIENT_ID, ClientCredentials
 from services.auth.service import (
@@ -36,6 +35,7 @@ from services.auth.tokens import (
 )
 from services.common.auth import Unauthenticated, verify_internal_claims
 from services.common.contracts import EventType
+from services.common.errors import Unavailable
 from services.common.events import cloud_event
 from services.common.messaging.envelope import validate
 from tests.unit.fakes import in_a_loop
@@ -308,7 +308,7 @@ async def test_an_exchange_while_users_is_down_is_unavailable_and_a_bad_token_un
     auth = await Auth().started()
     token = await auth.login()
     auth.users.down = True
-    with pytest.raises(UsersUnavailable):
+    with pytest.raises(Unavailable):
         await auth.service.exchange(token)
     with pytest.raises(Unauthenticated):
         await auth.service.exchange(token[:-4] + "AAAA")

@@ -15,7 +15,9 @@ def sample(name: str, **labels: str) -> float:
 
 
 def app() -> web.Application:
-    application = web.Application(middlewares=[metrics.http_middleware("svc"), problem_middleware])
+    application = web.Application(
+        middlewares=[metrics.http_middleware("svc"), problem_middleware()]
+    )
 
     async def order(request: web.Request) -> web.Response:
         return web.json_response({"id": request.match_info["id"]})

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.common.auth import PRINCIPAL, PermissionDenied, Principal, forbidden_problem
+from services.common.auth import PRINCIPAL, Principal
 from services.common.messaging.envelope import parse
 from services.notifications import api
 from services.notifications.app import http_app
@@ -47,10 +47,7 @@ async def principal_from_headers(request, handler):
     if user is not None:
         roles = frozenset(r for r in request.headers.get("X-Test-Roles", "").split(",") if r)
         request[PRINCIPAL] = Principal(user, roles)
-    try:
-        return await handler(request)
-    except PermissionDenied as exc:
-        return forbidden_problem(str(exc)).to_response(request.path)
+    return await handler(request)
 
 
 class FakeRepository:

@@ -14,21 +14,19 @@ import grpc
 import pytest
 
 from services.common.contracts import EventType, Topic
+from services.common.errors import Unavailable
 from services.common.events import cloud_event
 from services.common.messaging.envelope import Event, validate
 from services.common.uow import in_consumer_transaction
-from services.orders.clients import (
-    PaymentOutcome,
-    PaymentResult,
-    UnknownUser,
-    UpstreamUnavailable,
-)
-from services.orders.domain import InvalidTransition, Order, OrderItem, OrderStatus, new_order
+from services.orders.clients import PaymentOutcome, PaymentResult
+from services.orders.domain import Order, OrderItem, OrderStatus, new_order
 from services.orders.repository import PostgresOrdersUnitOfWork
 from services.orders.service import (
     IdempotencyKeyReusedError,
+    OrderNotCancellable,
     OrderService,
     OrdersUnitOfWork,
+    UnknownUserError,
     UserBlockedError,
     cancel_orders_of_blocked_user,
     complete_payment,
@@ -225,7 +223,7 @@ async def test_a_blocked_user_places_no_order_and_nothing_is_stored():
 @in_a_loop
 async def test_an_unknown_user_places_no_order():
     orders = Orders(unknown={"ghost"})
-    with pytest.raises(UnknownUser):
+    with pytest.raises(UnknownUserError):
         await orders.place("ghost")
     assert orders.db.tables.orders == {}
 
@@ -234,7 +232,7 @@ async def test_an_unknown_user_places_no_order():
 async def test_users_being_unavailable_stores_nothing():
     orders = Orders()
     orders.users.down = grpc.StatusCode.UNAVAILABLE
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(Unavailable, match="users did not answer in time"):
         await orders.place()
     assert orders.db.tables.orders == {}
     assert orders.db.tables.idempotency_keys == {}
@@ -432,7 +430,7 @@ async def test_cancelling_a_cancelled_order_again_changes_nothing():
 async def test_a_settled_order_cannot_be_cancelled(payments):
     orders = Orders(payments)
     order = await orders.place()
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(OrderNotCancellable):
         await orders.service.cancel_order(order.id)
     assert orders.db.stored(order.id) == order
 

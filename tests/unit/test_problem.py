@@ -7,7 +7,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.common.problem import PROBLEM_CONTENT_TYPE, Problem, problem_middleware
+from services.common import errors
+from services.common.problem import PROBLEM_CONTENT_TYPE, Problem, ProblemKind, problem_middleware
 
 
 async def raises_problem(_request):
@@ -50,7 +51,7 @@ async def echo(request):
 
 def call(method, path, **kwargs):
     async def go():
-        app = web.Application(middlewares=[problem_middleware], client_max_size=16)
+        app = web.Application(middlewares=[problem_middleware()], client_max_size=16)
         app.router.add_get("/problem", raises_problem)
         app.router.add_get("/crash", crashes)
         app.router.add_get("/database", loses_the_database)
@@ -135,3 +136,74 @@ def test_redirects_pass_through_untouched():
     status, headers, _ = call("GET", "/redirect")
     assert status == 302
     assert headers["Location"] == "/elsewhere"
+
+
+# --- domain errors: one mapping, in the middleware ------------------------------------------
+
+
+class OutOfStock(errors.FailedPrecondition):
+    """A service's own error, with a problem kind of its own."""
+
+
+class Sold(OutOfStock):
+    """A subclass without a kind: its nearest base's kind applies."""
+
+
+RAISED = {
+    "unavailable": errors.Unavailable("stock did not answer; retry later"),
+    "forbidden": errors.PermissionDenied("only the owner may do this"),
+    "invalid": errors.InvalidArgument("quantity", "must be positive"),
+    "out-of-stock": OutOfStock("nothing left"),
+    "sold": Sold("sold out"),
+    "bare": errors.DomainError("a domain error no kind describes"),
+}
+KINDS = {OutOfStock: ProblemKind(409, "Out of stock", "/problems/out-of-stock")}
+
+
+def raised(kind, kinds=KINDS):
+    async def raises(_request):
+        raise RAISED[kind]
+
+    async def go():
+        app = web.Application(middlewares=[problem_middleware(kinds)])
+        app.router.add_get("/stock", raises)
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/stock")
+            return resp.status, dict(resp.headers), json.loads(await resp.read())
+
+    return asyncio.run(go())
+
+
+def test_a_common_domain_error_is_its_common_problem_with_its_message_as_detail():
+    status, headers, body = raised("unavailable")
+    assert (status, headers["Retry-After"]) == (503, "1")
+    assert body == {
+        "type": "/problems/unavailable",
+        "title": "Service unavailable",
+        "status": 503,
+        "detail": "stock did not answer; retry later",
+        "instance": "/stock",
+    }
+    assert raised("forbidden")[2]["type"] == "/problems/forbidden"
+
+
+def test_the_fields_of_an_error_are_the_problems_errors():
+    status, _, body = raised("invalid")
+    assert status == 422
+    assert body["errors"] == [{"field": "quantity", "message": "must be positive"}]
+
+
+def test_a_services_own_error_is_the_problem_of_its_kind_and_its_subclasses_too():
+    for kind in ("out-of-stock", "sold"):
+        status, _, body = raised(kind)
+        assert (status, body["title"], body["type"]) == (
+            409,
+            "Out of stock",
+            "/problems/out-of-stock",
+        )
+    assert raised("out-of-stock", kinds={})[2]["title"] == "Conflict"
+
+
+def test_a_domain_error_no_kind_describes_is_a_500(caplog):
+    status, _, body = raised("bare")
+    assert (status, body["title"]) == (500, "Internal Server Error")

@@ -119,7 +119,7 @@ async def with_app(provider, scenario):
         raise RuntimeError("bug")
 
     app = web.Application(
-        middlewares=[telemetry.http_middleware(provider.get_tracer("t")), problem_middleware]
+        middlewares=[telemetry.http_middleware(provider.get_tracer("t")), problem_middleware()]
     )
     app.add_routes(routes)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
