@@ -93,6 +93,10 @@ def test_a_call_without_an_internal_token_is_unauthenticated():
             (grpc.StatusCode.INVALID_ARGUMENT, "user_id must not be empty"),
         ),
         (errors.NotFound("user 'x' not found"), (grpc.StatusCode.NOT_FOUND, "user 'x' not found")),
+        (
+            errors.PermissionDenied("requires the role admin"),
+            (grpc.StatusCode.PERMISSION_DENIED, "requires the role admin"),
+        ),
         (RuntimeError("secret internals"), (grpc.StatusCode.INTERNAL, "internal error")),
     ],
 )
