@@ -28,21 +28,48 @@ class Upstream:
     local_bind_port: int
 
 
-@dataclass(frozen=True)
-class ServiceSettings:
+@dataclass(frozen=True, kw_only=True)
+class ProcessSettings:
+    """What every shopmesh process reads: who it is, its database, its logs and its metrics."""
+
     service: str
     instance: str
-    port: int
-    consul_http_addr: str
     database_url: str = field(repr=False)
-    # The instance's Consul registration, as the mesh made it (mesh/registration.py): the
-    # service registers it once it answers its health check.
-    registration: dict[str, Any]
     bind_host: str = "127.0.0.1"
-    upstreams: tuple[Upstream, ...] = ()
     log_level: str = "info"
     # Where /metrics is served for Prometheus; none without SHOPMESH_METRICS_PORT.
     metrics_port: int | None = None
+
+
+def process_fields(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ProcessSettings fields in `env`; ConfigError for the first missing or malformed."""
+    log_level = _optional(env, "SHOPMESH_LOG_LEVEL", "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"SHOPMESH_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
+        )
+    return {
+        "service": _required(env, "SHOPMESH_SERVICE"),
+        "instance": _required(env, "SHOPMESH_INSTANCE"),
+        "bind_host": _optional(env, "SHOPMESH_BIND_HOST", "127.0.0.1"),
+        "database_url": _required(env, "SHOPMESH_DATABASE_URL"),
+        "metrics_port": (
+            _port(env, "SHOPMESH_METRICS_PORT") if env.get("SHOPMESH_METRICS_PORT") else None
+        ),
+        "log_level": log_level,
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings(ProcessSettings):
+    """A service instance's settings: a process that serves a port and registers in Consul."""
+
+    port: int
+    consul_http_addr: str
+    # The instance's Consul registration, as the mesh made it (mesh/registration.py): the
+    # service registers it once it answers its health check.
+    registration: dict[str, Any]
+    upstreams: tuple[Upstream, ...] = ()
 
     def upstream_port(self, name: str) -> int:
         """The local port of the sidecar listener for upstream `name`."""
@@ -58,28 +85,13 @@ class ServiceSettings:
         Raises ConfigError naming the first variable that is missing or malformed.
         """
         source = os.environ if env is None else env
-        log_level = _optional(source, "SHOPMESH_LOG_LEVEL", "info").lower()
-        if log_level not in LOG_LEVELS:
-            raise ConfigError(
-                f"SHOPMESH_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
-            )
-        service = _required(source, "SHOPMESH_SERVICE")
-        instance = _required(source, "SHOPMESH_INSTANCE")
+        process = process_fields(source)
         return cls(
-            service=service,
-            instance=instance,
-            bind_host=_optional(source, "SHOPMESH_BIND_HOST", "127.0.0.1"),
+            **process,
             port=_port(source, "SHOPMESH_PORT"),
-            consul_http_addr=_http_url(source, "SHOPMESH_CONSUL_HTTP_ADDR"),
-            database_url=_required(source, "SHOPMESH_DATABASE_URL"),
-            registration=_registration(source, "SHOPMESH_REGISTRATION", instance),
-            metrics_port=(
-                _port(source, "SHOPMESH_METRICS_PORT")
-                if source.get("SHOPMESH_METRICS_PORT")
-                else None
-            ),
+            consul_http_addr=http_url(source, "SHOPMESH_CONSUL_HTTP_ADDR"),
+            registration=_registration(source, "SHOPMESH_REGISTRATION", process["instance"]),
             upstreams=_upstreams(source, "SHOPMESH_UPSTREAMS"),
-            log_level=log_level,
         )
 
 
@@ -118,7 +130,8 @@ def _port(env: Mapping[str, str], name: str) -> int:
     return _port_value(name, _required(env, name))
 
 
-def _http_url(env: Mapping[str, str], name: str) -> str:
+def http_url(env: Mapping[str, str], name: str) -> str:
+    """The http(s) URL in `name`, without a trailing slash."""
     value = _required(env, name).rstrip("/")
     if not value.startswith(("http://", "https://")):
         raise ConfigError(f"{name} must be an http:// or https:// URL, got {value!r}")

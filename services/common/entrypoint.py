@@ -8,26 +8,33 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
-from services.common.config import ConfigError, ServiceSettings
+from services.common.config import ConfigError, ProcessSettings, ServiceSettings
 from services.common.logging import configure_logging
 from services.common.telemetry import setup
 
+S = TypeVar("S", bound=ProcessSettings)
 
-def main(service: str, serve: Callable[[ServiceSettings], int]) -> int:
-    """Read the settings, configure logging and tracing, then `serve`; `serve` may raise
-    ConfigError too. Spans still queued are flushed on the way out."""
+
+def main(
+    name: str,
+    serve: Callable[[S], int],
+    read_settings: Callable[[], S] = ServiceSettings.from_env,
+) -> int:
+    """Read the settings (a service's by default), configure logging and tracing, then `serve`;
+    `serve` may raise ConfigError too. Spans still queued are flushed on the way out."""
     try:
-        settings = ServiceSettings.from_env()
+        settings = read_settings()
     except ConfigError as exc:
-        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.service, settings.instance, settings.log_level)
     telemetry = setup(settings.service, settings.instance)
     try:
         return serve(settings)
     except ConfigError as exc:
-        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

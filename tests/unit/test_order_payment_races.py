@@ -25,7 +25,7 @@ from services.payments import api
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.notifier import PaymentNotifier
 from services.payments.service import PaymentService
-from services.payments.worker import PaymentTasks, UnpaidOrders
+from services.payments.tasks import PaymentTasks, UnpaidOrders
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.orders import FakeUsersClient, InMemoryOrdersDatabase, rpc_error
 from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase

@@ -8,9 +8,10 @@ from services.common.config import ConfigError
 from services.common.contracts import EventType
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.messaging.envelope import validate
+from services.payments.config import WorkerSettings
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.service import payment_event, refused_event
-from services.payments.worker import PaymentTasks, WorkerSettings
+from services.payments.tasks import PaymentTasks
 
 
 def payment(status, reason=None):

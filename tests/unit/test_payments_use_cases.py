@@ -18,7 +18,7 @@ from services.payments import domain
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.notifier import PaymentNotifier
 from services.payments.service import LEASE_S, USER_BLOCKED_MESSAGE, PaymentService, on_user_event
-from services.payments.worker import PaymentTasks, UnpaidOrders
+from services.payments.tasks import PaymentTasks, UnpaidOrders
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase
 
