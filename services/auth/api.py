@@ -23,15 +23,9 @@ from services.auth.service import (
     UnknownUsers,
     UserBlocked,
 )
-from services.common.auth import (
-    ADMIN_ROLE,
-    Principal,
-    Unauthenticated,
-    bearer_token,
-    require_role,
-    unauthenticated_problem,
-    verify_internal,
-)
+from services.common.auth.jwt import bearer_token, verify_internal
+from services.common.auth.middleware import unauthenticated_problem
+from services.common.auth.principal import ADMIN_ROLE, Principal, Unauthenticated, require_role
 from services.common.db import DATABASE_UNAVAILABLE
 from services.common.errors import Unavailable
 from services.common.jsonbody import read_json_object

@@ -32,13 +32,8 @@ from services.auth.tokens import (
     internal_claims,
     sign,
 )
-from services.common.auth import (
-    INTERNAL_AUDIENCE,
-    INTERNAL_ISSUER,
-    Unauthenticated,
-    VerificationKey,
-    verify_jwt,
-)
+from services.common.auth.jwt import INTERNAL_AUDIENCE, INTERNAL_ISSUER, VerificationKey, verify_jwt
+from services.common.auth.principal import Unauthenticated
 from services.common.contracts import EventType
 from services.common.errors import NotFound, Unavailable
 from services.common.messaging.envelope import Event

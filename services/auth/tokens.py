@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwk, jws
 from jose.backends.base import Key
 
-from services.common.auth import INTERNAL_AUDIENCE, INTERNAL_ISSUER, VerificationKey
+from services.common.auth.jwt import INTERNAL_AUDIENCE, INTERNAL_ISSUER, VerificationKey
 
 EXTERNAL_AUDIENCE = "shopmesh-api"
 EXTERNAL_TTL_S = 15 * 60

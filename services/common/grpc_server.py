@@ -34,7 +34,9 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from services.common import event_loop
 from services.common.admin import AdminPortError, admin_port
-from services.common.auth import AuthInterceptor, Jwks, KeySource
+from services.common.auth.interceptor import AuthInterceptor
+from services.common.auth.jwks import Jwks
+from services.common.auth.jwt import KeySource
 from services.common.config import ServiceSettings
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.faults import FaultInterceptor, FaultSource, FaultWatcher

@@ -7,7 +7,8 @@ import uuid
 
 from aiohttp import web
 
-from services.common.auth import PRINCIPAL, Principal
+from services.common.auth.middleware import PRINCIPAL
+from services.common.auth.principal import Principal
 from services.common.errors import PermissionDenied
 from services.common.problem import (
     MALFORMED,

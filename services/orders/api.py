@@ -7,7 +7,8 @@ import uuid
 
 from aiohttp import web
 
-from services.common.auth import request_principal, require_self_or_admin
+from services.common.auth.middleware import request_principal
+from services.common.auth.principal import require_self_or_admin
 from services.common.errors import PermissionDenied
 from services.common.fields import character_error
 from services.common.jsonbody import read_json_object

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.common.auth import install_internal_auth
+from services.common.auth.middleware import install_internal_auth
 from services.common.config import ServiceSettings
 from services.common.contracts import Topic
 from services.common.db import apply_migrations, create_pool

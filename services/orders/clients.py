@@ -9,7 +9,7 @@ from enum import StrEnum
 
 import grpc
 
-from services.common.auth import bearer_metadata
+from services.common.auth.outgoing import bearer_metadata
 from services.common.grpc_client import call_with_retries, upstream_channel
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc

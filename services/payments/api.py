@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.auth import current_principal, require_self_or_admin
+from services.common.auth.principal import current_principal, require_self_or_admin
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.service import PaymentService
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.auth import current_principal, require_role, require_self_or_admin
+from services.common.auth.principal import current_principal, require_role, require_self_or_admin
 from services.users.domain import User
 from services.users.service import UserService
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc

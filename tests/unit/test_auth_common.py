@@ -11,20 +11,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.auth.tokens import generate_signing_key, internal_claims, sign
-from services.common.auth import (
-    AuthInterceptor,
-    Jwks,
+from services.common.auth.interceptor import AuthInterceptor
+from services.common.auth.jwks import Jwks, parse_jwks
+from services.common.auth.jwt import verify_internal
+from services.common.auth.middleware import auth_middleware, request_principal
+from services.common.auth.outgoing import bearer_headers, bearer_metadata
+from services.common.auth.principal import (
     Principal,
     Unauthenticated,
-    auth_middleware,
-    bearer_headers,
-    bearer_metadata,
     current_principal,
-    parse_jwks,
-    request_principal,
     require_role,
     require_self_or_admin,
-    verify_internal,
 )
 from services.common.errors import PermissionDenied
 from services.common.problem import problem_middleware

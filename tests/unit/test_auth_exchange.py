@@ -16,7 +16,8 @@ from services.auth.tokens import (
     generate_signing_key,
     sign,
 )
-from services.common.auth import Unauthenticated, verify_internal
+from services.common.auth.jwt import verify_internal
+from services.common.auth.principal import Unauthenticated
 from services.common.errors import Unavailable
 
 ISSUER = "https://127.0.0.1:8443/auth"

@@ -1,5 +1,5 @@
 """JWT attacks against both verifiers: auth's check of external tokens (the edge's checks) and
-services.common.auth.verify_internal (what every service runs). In memory, no network."""
+services.common.auth.jwt.verify_internal (what every service runs). In memory, no network."""
 
 import asyncio
 import base64
@@ -23,14 +23,13 @@ from services.auth.tokens import (
     internal_claims,
     sign,
 )
-from services.common.auth import (
+from services.common.auth.jwt import (
     MAX_TOKEN_LENGTH,
-    Principal,
-    Unauthenticated,
     VerificationKey,
     bearer_token,
     verify_internal,
 )
+from services.common.auth.principal import Principal, Unauthenticated
 
 ISSUER = "https://127.0.0.1:8443/auth"
 KEY = generate_signing_key(datetime.now(UTC))

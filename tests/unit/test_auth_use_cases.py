@@ -33,7 +33,8 @@ from services.auth.tokens import (
     SigningKey,
     generate_signing_key,
 )
-from services.common.auth import Unauthenticated, verify_internal_claims
+from services.common.auth.jwt import verify_internal_claims
+from services.common.auth.principal import Unauthenticated
 from services.common.contracts import EventType
 from services.common.errors import Unavailable
 from services.common.events import cloud_event

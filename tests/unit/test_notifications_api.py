@@ -20,7 +20,8 @@ import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.common.auth import PRINCIPAL, Principal
+from services.common.auth.middleware import PRINCIPAL
+from services.common.auth.principal import Principal
 from services.common.messaging.envelope import parse
 from services.notifications import api
 from services.notifications.app import http_app

@@ -9,7 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.common.auth import PRINCIPAL, Principal
+from services.common.auth.middleware import PRINCIPAL
+from services.common.auth.principal import Principal
 from services.orders import api
 from services.orders.app import MAX_BODY_BYTES, http_app
 from services.orders.domain import OrderStatus, new_order

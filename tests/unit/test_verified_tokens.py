@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 import pytest
 
 from services.auth.tokens import generate_signing_key, internal_claims, sign
-from services.common.auth import LEEWAY_S, Principal, Unauthenticated, VerifiedTokens
+from services.common.auth.jwt import LEEWAY_S
+from services.common.auth.principal import Principal, Unauthenticated
+from services.common.auth.verified_tokens import VerifiedTokens
 
 KEY = generate_signing_key(datetime.now(UTC))
 NOW = 1_900_000_000.0
