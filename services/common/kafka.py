@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.common.messaging.consumer import ConsumerRunner, Handler
+from services.common.messaging.consumer import ConsumerRunner
 from services.common.messaging.outbox import OutboxRelay
+from services.common.messaging.processed import Handler
+from services.common.messaging.processor import RetryPolicy
 from services.common.messaging.producer import bootstrap_servers, create_producer
 from services.common.metrics import MessagingMetrics
 
@@ -74,7 +76,7 @@ async def messaging(
             pool,
             bootstrap=servers,
             client_id=instance,
-            max_attempts=consumer.max_attempts,
+            retries=RetryPolicy(max_attempts=consumer.max_attempts),
             metrics=metrics,
         )
         for consumer in consumers

@@ -85,6 +85,11 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """The `error` field of a log line about `exc`: its type and message."""
+    return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def outcome_level(*, client_error: bool, server_error: bool) -> int:
     """How loud a request's own log line is. A successful request is logged at debug only: the
     edge's access log, the RED metrics and the traces already account for each one, and a line

@@ -16,8 +16,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import asyncpg
 
 from services.common.messaging import outbox
-from services.common.messaging.consumer import Handler
 from services.common.messaging.envelope import Event
+from services.common.messaging.processed import Handler
 
 U = TypeVar("U")
 

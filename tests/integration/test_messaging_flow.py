@@ -22,7 +22,7 @@ import pytest
 from mesh.runtime import postgres
 from mesh.runtime.paths import REPO_ROOT
 from mesh.runtime.supervisor import Mesh, service_env
-from services.common.messaging.consumer import PROCESSED_RETENTION_S, PgProcessedStore
+from services.common.messaging.processed import PROCESSED_RETENTION_S, PgProcessedStore
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh.users.v1 import users_pb2
 from tests.support import instance_port, wait_for

@@ -13,14 +13,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from mesh.runtime.kafka import CLUSTER_SETTINGS, load_topics
 from services.common.events import cloud_event
-from services.common.messaging import consumer
-from services.common.messaging.consumer import (
-    ConsumerRunner,
-    MessageProcessor,
-    Outcome,
-    is_transient,
-    retry_delay,
-)
+from services.common.messaging import processed
+from services.common.messaging.consumer import ConsumerRunner
 from services.common.messaging.envelope import (
     ATTEMPTS_HEADER,
     ERROR_HEADER,
@@ -30,6 +24,14 @@ from services.common.messaging.envelope import (
     to_kafka_headers,
 )
 from services.common.messaging.migrations import install
+from services.common.messaging.processor import (
+    MessageProcessor,
+    Outcome,
+    ProcessorDependencies,
+    RetryPolicy,
+    is_transient,
+    retry_delay,
+)
 from services.common.retry import Backoff
 from tests.support import wait_until
 from tests.unit.messaging_fakes import ProducerFactory, Record
@@ -99,7 +101,7 @@ class DeadLetters:
         self.sent.append((topic, value, key, headers))
 
 
-def processor(handler, store=None, dead_letters=None, **options):
+def processor(handler, store=None, dead_letters=None, max_attempts=3, **dependencies):
     sleeps = []
 
     async def sleep(delay):
@@ -108,12 +110,17 @@ def processor(handler, store=None, dead_letters=None, **options):
     proc = MessageProcessor(
         "orders",
         handler,
-        store or FakeStore(),
-        dead_letters or DeadLetters(),
-        retry_backoff=lambda: Backoff(initial_s=0.2, max_s=2.0),
-        transient_backoff=lambda: Backoff(initial_s=0.5, max_s=5.0),
-        sleep=sleep,
-        **options,
+        ProcessorDependencies(
+            store=store or FakeStore(),
+            dead_letter=dead_letters or DeadLetters(),
+            sleep=sleep,
+            **dependencies,
+        ),
+        RetryPolicy(
+            max_attempts=max_attempts,
+            retry_backoff=lambda: Backoff(initial_s=0.2, max_s=2.0),
+            transient_backoff=lambda: Backoff(initial_s=0.5, max_s=5.0),
+        ),
     )
     return proc, sleeps
 
@@ -287,7 +294,7 @@ def runner_with(handler, store=None, **options):
         None,
         store=store or FakeStore(),
         producer_factory=factory,
-        retry_backoff=lambda: Backoff(initial_s=0.001, max_s=0.001),
+        retries=RetryPolicy(retry_backoff=lambda: Backoff(initial_s=0.001, max_s=0.001)),
         **options,
     )
     runner._consumer = FakeConsumer()
@@ -367,7 +374,7 @@ def test_migrations_are_copied_once_with_the_next_free_version(tmp_path):
     assert first.name == "0002_outbox.sql"
     assert second.name == "0003_processed_events.sql"
     assert install(tmp_path, "outbox") is None
-    assert second.read_text() == consumer.migration_sql()
+    assert second.read_text() == processed.migration_sql()
 
 
 def test_batch_dropped_after_a_rebalance_rewinds_the_partitions_still_owned():
@@ -396,7 +403,7 @@ def test_batch_dropped_after_a_rebalance_rewinds_the_partitions_still_owned():
 
 def test_handled_events_are_remembered_longer_than_kafka_keeps_the_messages():
     retention_s = int(CLUSTER_SETTINGS["log.retention.hours"]) * 3600
-    assert retention_s < consumer.PROCESSED_RETENTION_S
+    assert retention_s < processed.PROCESSED_RETENTION_S
     assert all("retention.ms" not in topic.configs for topic in load_topics())
 
 
@@ -414,7 +421,7 @@ def test_processed_events_are_pruned_once_per_interval_and_a_failed_prune_is_onl
         await runner.prune_if_due()
 
     asyncio.run(go())
-    assert store.prunes == [("orders", consumer.PROCESSED_RETENTION_S)] * 2
+    assert store.prunes == [("orders", processed.PROCESSED_RETENTION_S)] * 2
 
 
 class RevokedWhilePositionIsAwaited:

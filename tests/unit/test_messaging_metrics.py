@@ -12,14 +12,15 @@ from prometheus_client import REGISTRY, generate_latest
 from mesh.runtime.kafka import reports_group_membership
 from services.common import metrics
 from services.common.events import cloud_event
-from services.common.messaging.consumer import (
-    ConsumerRunner,
-    MessageProcessor,
-    _Rebalance,
-    event_age_s,
-)
+from services.common.messaging.consumer import ConsumerRunner, _Rebalance
 from services.common.messaging.envelope import parse, serialize
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
+from services.common.messaging.processor import (
+    MessageProcessor,
+    ProcessorDependencies,
+    RetryPolicy,
+    event_age_s,
+)
 from services.common.metrics import MessagingMetrics
 from services.common.retry import Backoff
 from services.notifications.hub import Hub
@@ -75,12 +76,14 @@ def processor(service: str, now: float = 0.0) -> MessageProcessor:
     return MessageProcessor(
         "orders",
         handler,
-        Store(),
-        dead_letter,
-        retry_backoff=lambda: Backoff(initial_s=0.001, max_s=0.001),
-        sleep=no_sleep,
-        metrics=MessagingMetrics(service),
-        clock=lambda: now,
+        ProcessorDependencies(
+            store=Store(),
+            dead_letter=dead_letter,
+            sleep=no_sleep,
+            metrics=MessagingMetrics(service),
+            clock=lambda: now,
+        ),
+        RetryPolicy(retry_backoff=lambda: Backoff(initial_s=0.001, max_s=0.001)),
     )
 
 

@@ -13,9 +13,14 @@ from opentelemetry.trace import SpanKind
 
 from services.common.events import cloud_event
 from services.common.messaging import outbox
-from services.common.messaging.consumer import MessageProcessor, Outcome
 from services.common.messaging.envelope import ORIGINAL_TOPIC_HEADER, to_kafka_headers
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
+from services.common.messaging.processor import (
+    MessageProcessor,
+    Outcome,
+    ProcessorDependencies,
+    RetryPolicy,
+)
 from services.common.retry import Backoff
 from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory, Record, Sent
 
@@ -85,11 +90,13 @@ def processor(handler, tracer, dead_letter=None, max_attempts=3) -> MessageProce
     return MessageProcessor(
         "payment-workers",
         handler,
-        InMemoryProcessed(),
-        dead_letter or refuse,
-        max_attempts=max_attempts,
-        sleep=no_sleep,
-        tracer=tracer,
+        ProcessorDependencies(
+            store=InMemoryProcessed(),
+            dead_letter=dead_letter or refuse,
+            sleep=no_sleep,
+            tracer=tracer,
+        ),
+        RetryPolicy(max_attempts=max_attempts),
     )
 
 

@@ -3,7 +3,9 @@
 - `envelope`: CloudEvents 1.0 structured JSON values, keys, trace and DLQ headers.
 - `producer`: the acks=all idempotent producer and `SHOPMESH_KAFKA_BOOTSTRAP`.
 - `outbox`: `add()` in the state change's transaction, `OutboxRelay` publishing the rows.
-- `consumer`: `ConsumerRunner`, idempotent handlers via `processed_events`, retries, DLQ.
+- `consumer`: `ConsumerRunner`, one consumer group: fetch, hand each record on, commit.
+- `processor`: `MessageProcessor`, one record: trace, idempotent handling, retries, DLQ.
+- `processed`: the `processed_events` table that makes handlers idempotent.
 - `migrations`: copy the outbox / processed_events tables into a service's migrations.
 
 Wiring, in a service's app.py:

@@ -1,47 +1,40 @@
-"""Consume CloudEvents from Kafka: idempotent handlers, commit after handling, a DLQ that unblocks.
+"""Consume CloudEvents from Kafka: one consumer group's `ConsumerRunner`, committing after handling.
 
-For each message `ConsumerRunner` parses the envelope, continues the producer's trace (a CONSUMER
-span whose parent is the context in the message headers), and calls `handler(conn, event)` in a
-Postgres transaction that also records `(group, event id)` in `processed_events`. An event whose
-id is already recorded was handled before (a redelivery, or the outbox relay re-publishing after
-a crash): the handler is skipped. The partition's next offset is committed only after the
-transaction committed, so a crash re-delivers and the record dedupes it.
-
-A handler that raises is retried (`max_attempts`, with backoff); then the original message goes to
-`<topic>.dlq` with `shopmesh-error`, `shopmesh-attempts`, `shopmesh-original-topic` and the
-partition moves on. A message that is not a valid event goes to the DLQ at once. Errors that mean
-"Postgres is unreachable right now" (`is_transient`) are retried without limit instead: an outage
-must not dead-letter every message.
+The runner fetches batches and hands each record, in partition order, to its MessageProcessor
+(services.common.messaging.processor: idempotent handling, retries, the DLQ). The partition's
+next offset is committed only after the record's transaction committed, so a crash re-delivers
+and `processed_events` dedupes it. An unexpected error closes the consumer (it leaves the
+group) and a new one joins after a backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.common.db import DATABASE_UNAVAILABLE
-from services.common.messaging.envelope import (
-    Event,
-    MalformedEventError,
-    current_trace_headers,
-    dlq_headers,
-    dlq_topic,
-    extract_context,
-    from_kafka_headers,
-    parse,
-    to_kafka_headers,
+from services.common.logging import error_fields
+from services.common.messaging.envelope import to_kafka_headers
+from services.common.messaging.processed import (
+    PROCESSED_RETENTION_S,
+    PRUNE_INTERVAL_S,
+    Handler,
+    PgProcessedStore,
+    ProcessedStore,
+)
+from services.common.messaging.processor import (
+    DEFAULT_RETRIES,
+    ConsumerStats,
+    MessageProcessor,
+    Outcome,
+    ProcessorDependencies,
+    RetryPolicy,
 )
 from services.common.messaging.producer import bootstrap_servers, create_producer
 from services.common.metrics import MessagingMetrics
@@ -49,320 +42,10 @@ from services.common.retry import Backoff
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
-
 # Handled offsets are committed at most this often (and at once on a rebalance or a stop).
 COMMIT_INTERVAL_S = 1.0
 # How long the lag gauge waits for a partition's position (none yet right after assignment).
 LAG_POSITION_WAIT_S = 0.1
-
-_MIGRATION_SQL = """\
--- Events a consumer group has handled (services.common.messaging.consumer): written in the
--- same transaction as the handler's effect, so a redelivered event is skipped.
-CREATE TABLE processed_events (
-    consumer_group text NOT NULL,
-    event_id uuid NOT NULL,
-    processed_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer_group, event_id)
-);
-
-CREATE INDEX processed_events_processed_at_idx ON processed_events (processed_at);
-"""
-
-
-def migration_sql() -> str:
-    """The processed_events table, for a service's migrations (see messaging.migrations)."""
-    return _MIGRATION_SQL
-
-
-# -- plain decisions ---------------------------------------------------------------------------
-
-_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    *DATABASE_UNAVAILABLE,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """An error about reaching Postgres (or a lost race), not about this message."""
-    return isinstance(exc, _TRANSIENT_ERRORS)
-
-
-def event_age_s(event: Event, now: float) -> float | None:
-    """Seconds from the event's `time` (set when it was written to the outbox) to `now`;
-    None without a readable `time`."""
-    if event.time is None:
-        return None
-    try:
-        written = datetime.fromisoformat(event.time)
-    except ValueError:
-        return None
-    if written.tzinfo is None:
-        return None
-    return now - written.timestamp()
-
-
-def retry_delay(attempt: int, max_attempts: int, backoff: Backoff) -> float | None:
-    """After failed attempt number `attempt`: the delay before the next, or None to dead-letter."""
-    if attempt >= max_attempts:
-        return None
-    return backoff.next_delay()
-
-
-class Outcome(enum.Enum):
-    PROCESSED = "processed"
-    DUPLICATE = "duplicate"
-    DEAD_LETTERED = "dead_lettered"
-    ABANDONED = "abandoned"  # stopping mid-retry: not committed, delivered again later
-
-
-@dataclass
-class ConsumerStats:
-    consumed: int = 0
-    processed: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    handler_failures: int = 0
-    restarts: int = 0  # consumers closed after an unexpected error and replaced
-
-
-class Record(Protocol):
-    """The parts of an aiokafka ConsumerRecord this module reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-
-
-# -- seams -------------------------------------------------------------------------------------
-
-
-# How long a group remembers an event it handled. A redelivery can only be of a message still
-# in its topic, so this outlives the brokers' log retention (log.retention.hours in
-# mesh/runtime/kafka.py, 7 days) by a day; tests/unit/test_messaging_consumer.py checks it.
-PROCESSED_RETENTION_S = 8 * 24 * 3600.0
-PRUNE_INTERVAL_S = 3600.0
-
-
-class ProcessedStore(Protocol):
-    async def handle_once(self, group_id: str, event: Event, handler: Handler) -> bool:
-        """Run `handler` and record the event in one transaction; False if it was recorded."""
-        ...
-
-    async def prune(self, group_id: str, older_than_s: float) -> int:
-        """Forget the group's events handled more than `older_than_s` ago; how many."""
-        ...
-
-
-class PgProcessedStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    async def handle_once(self, group_id: str, event: Event, handler: Handler) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
-            # A concurrent transaction recording the same event makes this wait for its outcome.
-            first = await conn.fetchval(
-                """
-                INSERT INTO processed_events (consumer_group, event_id) VALUES ($1, $2)
-                ON CONFLICT DO NOTHING RETURNING true
-                """,
-                group_id,
-                event.id,
-            )
-            if not first:
-                return False
-            await handler(conn, event)
-            return True
-
-    async def prune(self, group_id: str, older_than_s: float) -> int:
-        status = await self._pool.execute(
-            """
-            DELETE FROM processed_events
-            WHERE consumer_group = $1 AND processed_at < now() - make_interval(secs => $2)
-            """,
-            group_id,
-            older_than_s,
-        )
-        return int(status.split()[-1])
-
-
-DeadLetterSend = Callable[[str, bytes | None, bytes | None, dict[str, str]], Awaitable[None]]
-
-
-# -- one message -------------------------------------------------------------------------------
-
-
-class MessageProcessor:
-    """Handles one record: parse, dedupe, retry, dead-letter. No Kafka consumer involved."""
-
-    def __init__(
-        self,
-        group_id: str,
-        handler: Handler,
-        store: ProcessedStore,
-        dead_letter: DeadLetterSend,
-        *,
-        max_attempts: int = 3,
-        retry_backoff: Callable[[], Backoff] = lambda: Backoff(initial_s=0.2, max_s=2.0),
-        transient_backoff: Callable[[], Backoff] = lambda: Backoff(initial_s=0.5, max_s=5.0),
-        is_transient: Callable[[BaseException], bool] = is_transient,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        stopping: Callable[[], bool] = lambda: False,
-        stats: ConsumerStats | None = None,
-        tracer: trace.Tracer | None = None,
-        metrics: MessagingMetrics | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        self.group_id = group_id
-        self._handler = handler
-        self._store = store
-        self._dead_letter = dead_letter
-        self.max_attempts = max_attempts
-        self._retry_backoff = retry_backoff
-        self._transient_backoff = transient_backoff
-        self._is_transient = is_transient
-        self._sleep = sleep
-        self._stopping = stopping
-        self.stats = stats or ConsumerStats()
-        self._tracer = tracer or trace.get_tracer(__name__)
-        self.metrics = metrics or MessagingMetrics()
-        self._clock = clock
-
-    async def process(self, record: Record) -> Outcome:
-        self.stats.consumed += 1
-        headers = from_kafka_headers(record.headers)
-        with self._tracer.start_as_current_span(
-            f"{record.topic} process",
-            context=extract_context(headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": record.topic,
-                "messaging.consumer.group.name": self.group_id,
-                "messaging.destination.partition.id": str(record.partition),
-                "messaging.kafka.offset": record.offset,
-            },
-        ) as span:
-            try:
-                event = parse(record.value)
-            except MalformedEventError as exc:
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                log.warning(
-                    "malformed message; dead-lettering it",
-                    extra=_where(record) | {"error": str(exc)},
-                )
-                return await self._send_to_dlq(record, headers, exc, attempts=0)
-            span.set_attribute("messaging.message.id", str(event.id))
-            span.set_attribute("cloudevents.event_type", event.type)
-            age = event_age_s(event, self._clock())
-            if age is not None:
-                self.metrics.message_age(record.topic, self.group_id, age)
-            return await self._handle(record, headers, event, span)
-
-    async def _handle(
-        self, record: Record, headers: dict[str, str], event: Event, span: Any
-    ) -> Outcome:
-        attempt = 0
-        retry_backoff = self._retry_backoff()
-        transient_backoff = self._transient_backoff()
-        while True:
-            if self._stopping():
-                return Outcome.ABANDONED
-            try:
-                first = await self._store.handle_once(self.group_id, event, self._handler)
-            except Exception as exc:
-                if self._is_transient(exc):
-                    delay = transient_backoff.next_delay()
-                    log.warning(
-                        "database unavailable while handling an event; retrying",
-                        extra=_where(record) | _error(exc) | {"retry_in_s": round(delay, 3)},
-                    )
-                    self.metrics.consumed(record.topic, self.group_id, "retried")
-                    await self._sleep(delay)
-                    continue
-                attempt += 1
-                self.stats.handler_failures += 1
-                span.record_exception(exc)
-                delay = retry_delay(attempt, self.max_attempts, retry_backoff)
-                if delay is None:
-                    span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {exc}"))
-                    log.error(
-                        "handler failed; dead-lettering the event",
-                        extra=_where(record)
-                        | _error(exc)
-                        | {"event_id": str(event.id), "attempts": attempt},
-                    )
-                    return await self._send_to_dlq(record, headers, exc, attempts=attempt)
-                log.warning(
-                    "handler failed; retrying",
-                    extra=_where(record)
-                    | _error(exc)
-                    | {"event_id": str(event.id), "attempt": attempt, "retry_in_s": delay},
-                )
-                self.metrics.consumed(record.topic, self.group_id, "retried")
-                await self._sleep(delay)
-                continue
-            if first:
-                self.stats.processed += 1
-                self.metrics.consumed(record.topic, self.group_id, "ok")
-                return Outcome.PROCESSED
-            self.stats.duplicates += 1
-            self.metrics.consumed(record.topic, self.group_id, "duplicate")
-            span.set_attribute("shopmesh.duplicate", True)
-            log.info(
-                "event already processed; skipped",
-                extra=_where(record) | {"event_id": str(event.id)},
-            )
-            return Outcome.DUPLICATE
-
-    async def _send_to_dlq(
-        self, record: Record, headers: dict[str, str], error: BaseException, attempts: int
-    ) -> Outcome:
-        topic = dlq_topic(record.topic)
-        out_headers = dlq_headers(
-            headers,
-            error=error,
-            attempts=attempts,
-            original_topic=record.topic,
-            trace=current_trace_headers(),
-        )
-        backoff = self._transient_backoff()
-        while True:
-            if self._stopping():
-                return Outcome.ABANDONED
-            try:
-                await self._dead_letter(topic, record.value, record.key, out_headers)
-            except Exception as exc:
-                delay = backoff.next_delay()
-                log.warning(
-                    "could not publish to the DLQ; retrying",
-                    extra=_where(record) | _error(exc) | {"dlq": topic, "retry_in_s": delay},
-                )
-                await self._sleep(delay)
-                continue
-            self.stats.dead_lettered += 1
-            self.metrics.consumed(record.topic, self.group_id, "dead_lettered")
-            self.metrics.dead_lettered(record.topic)
-            self.metrics.produced(topic)
-            return Outcome.DEAD_LETTERED
-
-
-def _where(record: Record) -> dict[str, Any]:
-    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-
-
-def _error(exc: BaseException) -> dict[str, str]:
-    return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-# -- the Kafka loop ----------------------------------------------------------------------------
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -400,12 +83,11 @@ class ConsumerRunner:
         producer_factory: Callable[[], Any] | None = None,
         bootstrap: list[str] | None = None,
         client_id: str | None = None,
-        max_attempts: int = 3,
+        retries: RetryPolicy = DEFAULT_RETRIES,
         max_batch: int = 100,
         poll_timeout_ms: int = 500,
         commit_interval_s: float = COMMIT_INTERVAL_S,
         metrics: MessagingMetrics | None = None,
-        **processor_options: Any,
     ) -> None:
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.group_id = group_id
@@ -424,18 +106,20 @@ class ConsumerRunner:
         self.stats = ConsumerStats()
         self._store = store
         self._next_prune: float | None = None
+        self.metrics = metrics or MessagingMetrics()
         self.processor = MessageProcessor(
             group_id,
             handler,
-            store,
-            self._dead_letter,
-            max_attempts=max_attempts,
-            stopping=lambda: self._stopping,
-            stats=self.stats,
-            metrics=metrics,
-            **processor_options,
+            ProcessorDependencies(
+                store=store,
+                dead_letter=self._dead_letter,
+                stopping=lambda: self._stopping,
+                stats=self.stats,
+                metrics=self.metrics,
+                tracer=trace.get_tracer(__name__),
+            ),
+            retries,
         )
-        self.metrics = self.processor.metrics
         self.metrics.expect(self.topics, group_id)
         self._lag_reported: set[TopicPartition] = set()
         self._consumer: Any = None
@@ -513,7 +197,7 @@ class ConsumerRunner:
                 delay = self._startup_backoff.next_delay()
                 log.warning(
                     "fetch failed; retrying",
-                    extra=_error(exc) | {"group": self.group_id, "retry_in_s": delay},
+                    extra=error_fields(exc) | {"group": self.group_id, "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
                 continue
@@ -539,7 +223,7 @@ class ConsumerRunner:
             pruned = await self._store.prune(self.group_id, PROCESSED_RETENTION_S)
         except Exception as exc:
             log.warning(
-                "processed events prune failed", extra=_error(exc) | {"group": self.group_id}
+                "processed events prune failed", extra=error_fields(exc) | {"group": self.group_id}
             )
             return
         if pruned:
@@ -635,9 +319,9 @@ class ConsumerRunner:
             await self._consumer.commit(offsets)
         except CommitFailedError as exc:
             # The group moved on; the new owner re-reads from the last commit and dedupes.
-            log.warning("offset commit rejected after a rebalance", extra=_error(exc))
+            log.warning("offset commit rejected after a rebalance", extra=error_fields(exc))
         except KafkaError as exc:
-            log.warning("offset commit failed; will retry with the next", extra=_error(exc))
+            log.warning("offset commit failed; will retry with the next", extra=error_fields(exc))
             for tp, offset in offsets.items():
                 self._pending.setdefault(tp, offset)
 
@@ -667,7 +351,8 @@ class ConsumerRunner:
                 delay = self._startup_backoff.next_delay()
                 log.warning(
                     "Kafka not reachable for the consumer; retrying",
-                    extra=_error(exc) | {"group": self.group_id, "retry_in_s": round(delay, 2)},
+                    extra=error_fields(exc)
+                    | {"group": self.group_id, "retry_in_s": round(delay, 2)},
                 )
                 await _quietly(consumer.stop())
                 await asyncio.sleep(delay)
@@ -713,4 +398,4 @@ async def _quietly(awaitable: Awaitable[Any], timeout_s: float = 10.0) -> None:
     try:
         await asyncio.wait_for(awaitable, timeout_s)
     except Exception as exc:
-        log.debug("ignored while closing", extra=_error(exc))
+        log.debug("ignored while closing", extra=error_fields(exc))

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from services.common.db import load_migrations
-from services.common.messaging import consumer, outbox
+from services.common.messaging import outbox, processed
 
-TABLES = {"outbox": outbox.migration_sql, "processed_events": consumer.migration_sql}
+TABLES = {"outbox": outbox.migration_sql, "processed_events": processed.migration_sql}
 
 
 def install(directory: Path, table: str) -> Path | None:
