@@ -11,9 +11,10 @@ from aiohttp import web
 from services.auth import api
 from services.auth.clients import UsersClient
 from services.auth.config import AuthSettings
+from services.auth.keys import KeyStore, ServiceToken
 from services.auth.repository import PostgresCredentials, PostgresKeysDatabase
 from services.auth.seed import SeedError, apply_seed, load_seed
-from services.auth.service import AuthService, KeyStore, ServiceToken
+from services.auth.service import AuthService
 from services.common.config import ServiceSettings
 from services.common.contracts import Topic
 from services.common.db import apply_migrations, close_pool, create_pool

@@ -12,16 +12,15 @@ from datetime import UTC, datetime
 import pytest
 from jose import jwt
 
-from services.auth import service
+from services.auth import keys as signing_keys
 from services.auth.cache import ExchangeCache
 from services.auth.credentials import Credential
+from services.auth.keys import RETIRED_KEY_KEPT, KeyStore
 from services.auth.oauth import PUBLIC_CLIENT_ID, ClientCredentials
 from services.auth.service import (
-    RETIRED_KEY_KEPT,
     AuthService,
     InvalidClient,
     InvalidCredentials,
-    KeyStore,
     UnknownSubject,
     UnknownUsers,
     UserBlocked,
@@ -56,7 +55,7 @@ def quick_keys(monkeypatch):
     """RSA key generation takes a while: new keys come from a few made once."""
     keys = iter(premade_keys())
     monkeypatch.setattr(
-        service, "generate_signing_key", lambda now: replace(next(keys), created_at=now)
+        signing_keys, "generate_signing_key", lambda now: replace(next(keys), created_at=now)
     )
 
 
