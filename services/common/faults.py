@@ -156,23 +156,23 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: rpc.Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> rpc.Handler | None:
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
         if rpc.is_infrastructure(method):
             return handler
 
         def unary_response(behavior: rpc.Behavior) -> rpc.Behavior:
-            async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def handle(request: Any, context: rpc.Context) -> Any:
                 await self._inject(method, context)
                 return await behavior(request, context)
 
             return handle
 
         def streaming_response(behavior: rpc.Behavior) -> rpc.Behavior:
-            async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def handle(request: Any, context: rpc.Context) -> AsyncIterator[Any]:
                 await self._inject(method, context)
                 async for response in rpc.iterate_responses(behavior, request, context):
                     yield response
@@ -183,7 +183,7 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):
             handler, unary_response=unary_response, streaming_response=streaming_response
         )
 
-    async def _inject(self, method: str, context: grpc.aio.ServicerContext) -> None:
+    async def _inject(self, method: str, context: rpc.Context) -> None:
         faults = self._faults()
         decision = decide(faults, faults.applies_to_method(method), self._random)
         if decision.delay_s > 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,20 +201,20 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: rpc.Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> rpc.Handler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         service = self._service
 
-        def done(context: grpc.aio.ServicerContext, started: float) -> None:
+        def done(context: rpc.Context, started: float) -> None:
             code = context.code()
             status = code.name if isinstance(code, grpc.StatusCode) else "OK"
             observe(service, method, "POST", status, time.perf_counter() - started)
 
         def unary(behavior: rpc.Behavior) -> rpc.Behavior:
-            async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def measured(request: Any, context: rpc.Context) -> Any:
                 started = time.perf_counter()
                 try:
                     return await behavior(request, context)
@@ -224,7 +224,7 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             return measured
 
         def streaming(behavior: rpc.Behavior) -> rpc.Behavior:
-            async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def measured(request: Any, context: rpc.Context) -> AsyncIterator[Any]:
                 started = time.perf_counter()
                 try:
                     async for response in behavior(request, context):

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -47,9 +47,14 @@ _STATUS_FOR_ERROR: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] 
 # the mesh retry, rather than INTERNAL. Logged as a warning.
 DATABASE_UNAVAILABLE_MESSAGE = "database unavailable, retry later"
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
-BehaviorWrapper = Callable[[Behavior], Behavior]
-Deserializer = Callable[[bytes], Any]
+# The grpc.aio context and method handler of an RPC whatever its messages are (interceptors see
+# every method). RpcMethodHandler is generic only in the type stubs, hence the quotes.
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
+Behavior: TypeAlias = Callable[[Any, Context], Any]
+BehaviorWrapper: TypeAlias = Callable[[Behavior], Behavior]
+Deserializer: TypeAlias = Callable[[bytes], Any]
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -73,12 +78,12 @@ def short_name(method: str) -> str:
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler | None,
+    handler: Handler | None,
     *,
     unary_response: BehaviorWrapper,
     streaming_response: BehaviorWrapper,
     request_deserializer: Deserializer | None = None,
-) -> grpc.RpcMethodHandler | None:
+) -> Handler | None:
     """A copy of `handler` whose behavior is wrapped, keeping its (de)serializers unless
     `request_deserializer` replaces the request's.
 
@@ -93,22 +98,32 @@ def wrap_handler(
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **codecs)
+        return grpc.unary_unary_rpc_method_handler(
+            unary_response(_aio(handler.unary_unary)), **codecs
+        )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            streaming_response(handler.unary_stream), **codecs
+            streaming_response(_aio(handler.unary_stream)), **codecs
         )
     if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **codecs)
+        return grpc.stream_unary_rpc_method_handler(
+            unary_response(_aio(handler.stream_unary)), **codecs
+        )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
-            streaming_response(handler.stream_stream), **codecs
+            streaming_response(_aio(handler.stream_stream)), **codecs
         )
     return handler
 
 
+def _aio(behavior: Callable[..., object]) -> Behavior:
+    """A grpc.aio handler's behavior as what it is: the type stubs describe RpcMethodHandler's
+    behaviors as sync grpc's (a grpc.ServicerContext, an Iterator of requests or responses)."""
+    return cast(Behavior, behavior)
+
+
 async def iterate_responses(
-    behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
+    behavior: Behavior, request: Any, context: Context
 ) -> AsyncIterator[Any]:
     """The responses of a streaming behavior, whether it yields them or writes them with
     `context.write` (then there is nothing to yield)."""
@@ -125,14 +140,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
 
         def unary_response(behavior: Behavior) -> Behavior:
-            async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def handle(request: Any, context: Context) -> Any:
                 started = time.monotonic()
                 code = grpc.StatusCode.OK
                 try:
@@ -147,7 +162,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handle
 
         def streaming_response(behavior: Behavior) -> Behavior:
-            async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
                 started = time.monotonic()
                 code = grpc.StatusCode.OK
                 try:
@@ -167,7 +182,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-def ending_code(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def ending_code(exc: BaseException, context: Context) -> grpc.StatusCode:
     """The status an RPC ends with when its handler raised `exc`."""
     if isinstance(exc, grpc.aio.AbortError):
         return context.code() or grpc.StatusCode.UNKNOWN
@@ -180,7 +195,7 @@ def ending_code(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.S
 
 
 async def _abort_for(
-    exc: BaseException, code: grpc.StatusCode, method: str, context: grpc.aio.ServicerContext
+    exc: BaseException, code: grpc.StatusCode, method: str, context: Context
 ) -> None:
     """End the RPC with `code` if `exc` is an error of the handler's own (not a cancellation
     or an abort already made); unexpected errors are logged with their traceback."""
@@ -210,9 +225,7 @@ CLIENT_ERRORS = frozenset({
 })  # fmt: skip
 
 
-def _log_rpc(
-    method: str, context: grpc.aio.ServicerContext, code: grpc.StatusCode, started: float
-) -> None:
+def _log_rpc(method: str, context: Context, code: grpc.StatusCode, started: float) -> None:
     if code is grpc.StatusCode.OK:
         code = context.code() or grpc.StatusCode.OK
     level = (
@@ -267,22 +280,22 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
 
         def unary_response(behavior: Behavior) -> Behavior:
-            async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def handle(request: Any, context: Context) -> Any:
                 refuse_undecodable(request)
                 return await behavior(request, context)
 
             return handle
 
         def streaming_response(behavior: Behavior) -> Behavior:
-            async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
                 refuse_undecodable(request)
                 async for response in iterate_responses(behavior, request, context):
                     yield response

@@ -30,7 +30,9 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         self._service = service
 
     async def ProcessPayment(
-        self, request: payments_pb2.ProcessPaymentRequest, context: grpc.aio.ServicerContext
+        self,
+        request: payments_pb2.ProcessPaymentRequest,
+        context: grpc.aio.ServicerContext[payments_pb2.ProcessPaymentRequest, payments_pb2.Payment],
     ) -> payments_pb2.Payment:
         require_self_or_admin(current_principal(), request.user_id, SERVICE_ROLE)
         payment = await self._service.process_payment(
@@ -43,14 +45,20 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         return to_proto(payment)
 
     async def GetPayment(
-        self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext
+        self,
+        request: payments_pb2.GetPaymentRequest,
+        context: grpc.aio.ServicerContext[payments_pb2.GetPaymentRequest, payments_pb2.Payment],
     ) -> payments_pb2.Payment:
         payment = await self._service.get_payment(request.payment_id)
         require_self_or_admin(current_principal(), payment.user_id, SERVICE_ROLE)
         return to_proto(payment)
 
     async def ListPayments(
-        self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: payments_pb2.ListPaymentsRequest,
+        context: grpc.aio.ServicerContext[
+            payments_pb2.ListPaymentsRequest, payments_pb2.ListPaymentsResponse
+        ],
     ) -> payments_pb2.ListPaymentsResponse:
         require_self_or_admin(current_principal(), request.user_id, SERVICE_ROLE)
         page = await self._service.list_payments(
@@ -62,7 +70,11 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         )
 
     async def WatchPayment(
-        self, request: payments_pb2.WatchPaymentRequest, context: grpc.aio.ServicerContext
+        self,
+        request: payments_pb2.WatchPaymentRequest,
+        context: grpc.aio.ServicerContext[
+            payments_pb2.WatchPaymentRequest, payments_pb2.PaymentUpdate
+        ],
     ) -> AsyncIterator[payments_pb2.PaymentUpdate]:
         key = request.WhichOneof("key")
         updates = self._service.watch_payment(

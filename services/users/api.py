@@ -21,25 +21,33 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         self._service = service
 
     async def GetUser(
-        self, request: users_pb2.GetUserRequest, context: grpc.aio.ServicerContext
+        self,
+        request: users_pb2.GetUserRequest,
+        context: grpc.aio.ServicerContext[users_pb2.GetUserRequest, users_pb2.User],
     ) -> users_pb2.User:
         require_self_or_admin(current_principal(), request.user_id, SERVICE_ROLE)
         return to_proto(await self._service.get_user(request.user_id))
 
     async def CreateUser(
-        self, request: users_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
+        self,
+        request: users_pb2.CreateUserRequest,
+        context: grpc.aio.ServicerContext[users_pb2.CreateUserRequest, users_pb2.User],
     ) -> users_pb2.User:
         require_role(current_principal(), ADMIN_ROLE, SERVICE_ROLE)
         return to_proto(await self._service.create_user(request.name, request.email))
 
     async def BlockUser(
-        self, request: users_pb2.BlockUserRequest, context: grpc.aio.ServicerContext
+        self,
+        request: users_pb2.BlockUserRequest,
+        context: grpc.aio.ServicerContext[users_pb2.BlockUserRequest, users_pb2.User],
     ) -> users_pb2.User:
         require_role(current_principal(), ADMIN_ROLE)
         return to_proto(await self._service.block_user(request.user_id, request.reason))
 
     async def ListUsers(
-        self, request: users_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
+        self,
+        request: users_pb2.ListUsersRequest,
+        context: grpc.aio.ServicerContext[users_pb2.ListUsersRequest, users_pb2.ListUsersResponse],
     ) -> users_pb2.ListUsersResponse:
         require_role(current_principal(), ADMIN_ROLE, SERVICE_ROLE)
         page = await self._service.list_users(request.page_size, request.page_token)
@@ -48,7 +56,11 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         )
 
     async def BatchCreateUsers(
-        self, request: users_pb2.BatchCreateUsersRequest, context: grpc.aio.ServicerContext
+        self,
+        request: users_pb2.BatchCreateUsersRequest,
+        context: grpc.aio.ServicerContext[
+            users_pb2.BatchCreateUsersRequest, users_pb2.BatchCreateUsersResponse
+        ],
     ) -> users_pb2.BatchCreateUsersResponse:
         require_role(current_principal(), ADMIN_ROLE)
         created = await self._service.batch_create_users(

@@ -4,7 +4,7 @@ verifies itself."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -12,7 +12,14 @@ import grpc
 from services.common.auth.jwt import KeySource, bearer_token
 from services.common.auth.principal import Principal, Unauthenticated, calling_as
 from services.common.auth.verified_tokens import VerifiedTokens
-from services.common.rpc import Behavior, iterate_responses, wrap_handler
+from services.common.rpc import (
+    Behavior,
+    Context,
+    Continuation,
+    Handler,
+    iterate_responses,
+    wrap_handler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +38,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(self._exempt):
             return handler
         authorization = _metadata_value(handler_call_details.invocation_metadata, "authorization")
 
-        async def authenticate(context: grpc.aio.ServicerContext) -> Principal:
+        async def authenticate(context: Context) -> Principal:
             try:
                 return await self._tokens.principal(bearer_token(authorization))
             except Unauthenticated as exc:
@@ -51,14 +58,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 raise  # not reached: abort raises
 
         def unary(behavior: Behavior) -> Behavior:
-            async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def handle(request: Any, context: Context) -> Any:
                 with calling_as(await authenticate(context)):
                     return await behavior(request, context)
 
             return handle
 
         def streaming(behavior: Behavior) -> Behavior:
-            async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
                 with calling_as(await authenticate(context)):
                     async for response in iterate_responses(behavior, request, context):
                         yield response
