@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from services.common.config import ConfigError, ProcessSettings, ServiceSettings
 from services.common.logging import configure_logging
@@ -17,10 +17,16 @@ from services.common.telemetry import setup
 S = TypeVar("S", bound=ProcessSettings)
 
 
+# `serve` takes what `read_settings` returns: a service's settings unless told otherwise. (A
+# default for a parameter typed with S cannot be checked, hence the overloads.)
+@overload
+def main(name: str, serve: Callable[[ServiceSettings], int]) -> int: ...
+@overload
+def main(name: str, serve: Callable[[S], int], read_settings: Callable[[], S]) -> int: ...
 def main(
     name: str,
-    serve: Callable[[S], int],
-    read_settings: Callable[[], S] = ServiceSettings.from_env,
+    serve: Callable[[Any], int],
+    read_settings: Callable[[], ProcessSettings] = ServiceSettings.from_env,
 ) -> int:
     """Read the settings (a service's by default), configure logging and tracing, then `serve`;
     `serve` may raise ConfigError too. Spans still queued are flushed on the way out."""
