@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from services.common import rpc
 from services.common.problem import INJECTED_FAULT as INJECTED_FAULT_PROBLEM
@@ -197,14 +198,14 @@ def fault_middleware(
     *,
     random_source: Random = random.random,
     sleep: Sleep = asyncio.sleep,
-) -> Callable[..., Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """aiohttp middleware with the interceptor's semantics; an injected error is a 503
     application/problem+json of type /problems/injected-fault."""
 
     @web.middleware
     async def inject_faults(
         request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        handler: Handler,
     ) -> web.StreamResponse:
         current = faults()
         decision = decide(current, current.applies_to_path(request.path), random_source)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import rpc
@@ -93,8 +94,6 @@ WEBSOCKET_QUEUE_DEPTH = Gauge(
     "Messages queued on all WebSocket connections and not yet handed to their sockets",
     ["service"],
 )
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,7 @@ def route_template(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def http_middleware(service: str) -> Callable[[web.Request, Handler], Awaitable[Any]]:
+def http_middleware(service: str) -> Middleware:
     @web.middleware
     async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()

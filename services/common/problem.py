@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import trace
 
 from services.common import errors
@@ -41,9 +42,6 @@ INJECTED_FAULT = "/problems/injected-fault"
 UNAVAILABLE = "/problems/unavailable"
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 # Headers of an aiohttp HTTPException that describe its own plain-text body.
 _BODY_HEADERS = frozenset({hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING})
@@ -170,14 +168,14 @@ def problem_middleware(kinds: ProblemKinds = COMMON_KINDS) -> Middleware:
                 "database unavailable",
                 extra={"path": request.path, "error": f"{type(exc).__name__}: {exc}"},
             )
-            problem = Problem(
+            unavailable = Problem(
                 503,
                 "Service Unavailable",
                 "the database does not answer; retry later",
                 type=UNAVAILABLE,
                 headers={"Retry-After": "1"},
             )
-            return problem.to_response(request.path)
+            return unavailable.to_response(request.path)
         except Exception:
             return _internal_error(request)
 

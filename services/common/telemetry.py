@@ -26,13 +26,14 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -154,7 +155,7 @@ def set_order_id(order_id: str | uuid.UUID) -> None:
 
 def http_middleware(
     tracer: trace.Tracer | None = None,
-) -> Callable[..., Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """A SERVER span per request, continuing the caller's `traceparent`.
 
     Named after the route template ("POST /orders"); a WebSocket upgrade's span lasts as long
@@ -163,9 +164,7 @@ def http_middleware(
     tracer = _tracer(tracer)
 
     @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = _route_template(request)
         attributes: dict[str, Any] = {
             "http.request.method": request.method,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from services.common.auth.jwks import Jwks
 from services.common.auth.jwt import KeySource, bearer_token
@@ -19,8 +20,6 @@ log = logging.getLogger(__name__)
 DEFAULT_EXEMPT_PATHS = frozenset({"/openapi.yaml"})
 
 PRINCIPAL = web.RequestKey("principal", Principal)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def request_principal(request: web.Request) -> Principal:
@@ -48,9 +47,7 @@ async def authenticate_request(request: web.Request, tokens: VerifiedTokens) -> 
     return principal
 
 
-def auth_middleware(
-    keys: KeySource, *, exempt: Iterable[str] = DEFAULT_EXEMPT_PATHS
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(keys: KeySource, *, exempt: Iterable[str] = DEFAULT_EXEMPT_PATHS) -> Middleware:
     """Require an internal token on every path except `exempt` (exact paths).
 
     401 problem+json with `WWW-Authenticate: Bearer` when the token is missing or invalid.
