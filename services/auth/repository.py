@@ -11,12 +11,13 @@ import asyncpg
 
 from services.auth.domain import Client
 from services.auth.tokens import SigningKey
+from services.common.db import Connection
 from services.common.uow import PostgresTransactions
 
 # Serializes key creation and rotation across instances (advisory locks are per database).
 KEYS_LOCK_KEY = 0x5348_4D45_4B45_5953  # "SHMEKEYS"
 
-Executor = asyncpg.Connection | asyncpg.Pool
+Executor = Connection | asyncpg.Pool
 
 
 class PostgresSigningKeys:
@@ -73,7 +74,7 @@ class PostgresSigningKeys:
 class PostgresKeysUnitOfWork:
     """Signing keys on the connection of one transaction."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.signing_keys = PostgresSigningKeys(conn)
 
 

@@ -10,8 +10,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import asyncpg
-
 from services.auth import passwords
 from services.auth.cache import CachedExchange, ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
@@ -31,6 +29,7 @@ from services.auth.tokens import (
 from services.common.auth.jwt import INTERNAL_AUDIENCE, INTERNAL_ISSUER, verify_jwt
 from services.common.auth.principal import Unauthenticated
 from services.common.contracts import EventType
+from services.common.db import Connection
 from services.common.errors import NotFound, Unavailable
 from services.common.messaging.envelope import Event
 
@@ -320,7 +319,7 @@ class AuthService:
             self.invalidate_user(user.id)
             raise UserBlocked(user.id)
 
-    async def on_user_event(self, _conn: asyncpg.Connection, event: Event) -> None:
+    async def on_user_event(self, _conn: Connection, event: Event) -> None:
         """user-events: a UserBlocked event drops the user's cached exchanges."""
         if event.type == EventType.USER_BLOCKED:
             self.invalidate_user(event.data["userId"])

@@ -9,8 +9,10 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from services.common.logging import redact_url
 from services.common.retry import Backoff, Failure, retry
@@ -52,6 +54,12 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
+
+
+# A connection as repositories, units of work and consumer handlers are given one: a pool's
+# (asyncpg hands out a PoolConnectionProxy, which isinstance counts as a Connection; the type
+# stubs keep the two classes apart) or one of asyncpg.connect's.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
 class DatabaseUnavailableError(Exception):

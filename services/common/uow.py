@@ -15,6 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
 
+from services.common.db import Connection
 from services.common.messaging import outbox
 from services.common.messaging.envelope import Event
 from services.common.messaging.processed import Handler
@@ -32,7 +33,7 @@ class Outbox(Protocol):
 class PostgresOutbox:
     """The outbox table, written on the connection of the unit of work's transaction."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def add(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
@@ -42,7 +43,7 @@ class PostgresOutbox:
 class PostgresTransactions(Generic[U]):
     """Units of work on asyncpg: `unit_of_work(conn)` on a pooled connection in a transaction."""
 
-    def __init__(self, pool: asyncpg.Pool, unit_of_work: Callable[[asyncpg.Connection], U]) -> None:
+    def __init__(self, pool: asyncpg.Pool, unit_of_work: Callable[[Connection], U]) -> None:
         self._pool = pool
         self._unit_of_work = unit_of_work
 
@@ -54,14 +55,14 @@ class PostgresTransactions(Generic[U]):
 
 
 def in_consumer_transaction(
-    unit_of_work: Callable[[asyncpg.Connection], U],
+    unit_of_work: Callable[[Connection], U],
     handle: Callable[[U, Event], Awaitable[object]],
 ) -> Handler:
     """A consumer handler that runs `handle` on the unit of work of the consumer's own
     transaction (the one recording the event in processed_events): the effect commits or
     rolls back with that record, so it happens once."""
 
-    async def handler(conn: asyncpg.Connection, event: Event) -> None:
+    async def handler(conn: Connection, event: Event) -> None:
         await handle(unit_of_work(conn), event)
 
     return handler

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import asyncpg
-
+from services.common.db import Connection
 from services.common.messaging.envelope import Event
 from services.notifications.domain import Notification, notification_from_event
 
@@ -79,7 +78,7 @@ class NotificationService:
         log.info("notification delivered", extra={**extra, "connections": connections})
         return Delivery(notification.id, duplicate=False, connections=connections)
 
-    async def on_event(self, _conn: asyncpg.Connection, event: Event) -> Delivery:
+    async def on_event(self, _conn: Connection, event: Event) -> Delivery:
         """Consumer group `notifications`: deliver each event from Kafka to its user."""
         return await self.deliver(event.attributes)
 

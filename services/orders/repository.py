@@ -8,13 +8,14 @@ from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 
+from services.common.db import Connection
 from services.common.uow import PostgresOutbox, PostgresTransactions
 from services.orders.domain import IdempotencyRecord, Order, OrderItem, OrderStatus
 
 _INSERT_COLUMNS = "id, user_id, status, items, total_price, currency, created_at"
 _ORDER_COLUMNS = f"{_INSERT_COLUMNS}, payment_id, status_reason"
 
-Executor = asyncpg.Connection | asyncpg.Pool
+Executor = Connection | asyncpg.Pool
 
 
 class PostgresOrders:
@@ -92,7 +93,7 @@ class PostgresOrders:
 class PostgresOrdersUnitOfWork:
     """Orders and the outbox on the connection of one transaction."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.orders = PostgresOrders(conn)
         self.outbox = PostgresOutbox(conn)
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
+from services.common.db import Connection
 from services.common.retry import Backoff, Failure, retry
 from services.payments import repository
 from services.payments.domain import Payment
@@ -126,7 +127,7 @@ class PaymentNotifier:
                 subscription.put(signal)
 
     def handle_notification(
-        self, _conn: asyncpg.Connection, _pid: int, _channel: str, payload: str
+        self, _conn: Connection, _pid: int, _channel: str, payload: str
     ) -> None:
         try:
             payment = repository.decode_notification(payload)
@@ -155,7 +156,8 @@ class PaymentNotifier:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
-            await conn.add_listener(repository.CHANNEL, self.handle_notification)
+            # The stubs type a notification's payload as object; asyncpg passes the text (str).
+            await conn.add_listener(repository.CHANNEL, self.handle_notification)  # type: ignore[arg-type]
             self._listening.set()
             if reconnecting:
                 log.info("listening for payment changes again")

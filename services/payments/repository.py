@@ -14,6 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
+from services.common.db import Connection
 from services.common.uow import PostgresOutbox, PostgresTransactions
 from services.payments.domain import Outcome, Payment, PaymentStatus
 
@@ -21,7 +22,7 @@ CHANNEL = "payment_changed"
 
 _COLUMNS = "id, order_id, user_id, amount, currency, status, decline_reason, created_at, updated_at"
 
-Executor = asyncpg.Connection | asyncpg.Pool
+Executor = Connection | asyncpg.Pool
 
 
 class PostgresPayments:
@@ -173,7 +174,7 @@ class PostgresPayments:
 class PostgresPaymentsUnitOfWork:
     """Payments, the outbox and change notifications on the connection of one transaction."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self.payments = PostgresPayments(conn)
         self.outbox = PostgresOutbox(conn)

@@ -20,9 +20,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-
 from services.common.contracts import EventType
+from services.common.db import Connection
 from services.common.errors import FailedPrecondition
 from services.common.messaging.envelope import Event
 from services.common.telemetry import set_order_id
@@ -65,7 +64,7 @@ class PaymentTasks:
         self._budget_s = budget_s
         self.handled = 0
 
-    async def __call__(self, _conn: asyncpg.Connection, event: Event) -> None:
+    async def __call__(self, _conn: Connection, event: Event) -> None:
         if event.type != EventType.PAYMENT_REQUESTED:
             log.warning("not a payment task; ignored", extra={"event_type": event.type})
             return
@@ -113,7 +112,7 @@ class UnpaidOrders:
         self._budget_s = budget_s
         self.handled = 0
 
-    async def __call__(self, _conn: asyncpg.Connection, event: Event) -> None:
+    async def __call__(self, _conn: Connection, event: Event) -> None:
         data = event.data
         if event.type != EventType.ORDER_STATUS_CHANGED or data.get("status") not in ENDED_UNPAID:
             return

@@ -8,12 +8,13 @@ from datetime import datetime
 
 import asyncpg
 
+from services.common.db import Connection
 from services.common.uow import PostgresOutbox, PostgresTransactions
 from services.users.domain import User
 
 _COLUMNS = "id, name, email, roles, blocked, blocked_reason, created_at"
 
-Executor = asyncpg.Connection | asyncpg.Pool
+Executor = Connection | asyncpg.Pool
 
 
 class PostgresUsers:
@@ -81,7 +82,7 @@ class PostgresUsers:
 class PostgresUsersUnitOfWork:
     """Users and the outbox on the connection of one transaction."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.users = PostgresUsers(conn)
         self.outbox = PostgresOutbox(conn)
 

@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from services.common.db import Connection
 from services.common.messaging.envelope import (
     current_trace_headers,
     extract_context,
@@ -79,7 +81,7 @@ def migration_sql() -> str:
 
 
 async def add(
-    conn: asyncpg.Connection,
+    conn: Connection,
     topic: str,
     key: str | uuid.UUID,
     event: Mapping[str, Any],
@@ -188,6 +190,7 @@ class PgOutboxStore:
             FROM outbox WHERE published_at IS NULL
             """
         )
+        assert row is not None  # an aggregate without GROUP BY answers one row
         return Backlog(count=row["count"], oldest_age_s=row["oldest_age_s"])
 
     async def prune(self, older_than_s: float) -> int:
@@ -200,7 +203,7 @@ class PgOutboxStore:
 
 @dataclass
 class _PgClaim:
-    conn: asyncpg.Connection
+    conn: Connection
     rows: list[OutboxRow]
 
     async def mark_published(self, ids: Sequence[int]) -> None:
@@ -259,7 +262,7 @@ class OutboxRelay:
         self.publish_timeout_s = publish_timeout_s
         self.backoff = backoff or Backoff(initial_s=0.1, max_s=5.0, jitter=0.2)
         self._listen_enabled = listen and pool is not None
-        self._listen_conn: asyncpg.Connection | None = None
+        self._listen_conn: PoolConnectionProxy | None = None
         self._retention_s = retention_s
         self._prune_interval_s = prune_interval_s
         self._tracer = tracer or trace.get_tracer(__name__)

@@ -8,9 +8,10 @@ from typing import Protocol
 
 import asyncpg
 
+from services.common.db import Connection
 from services.common.messaging.envelope import Event
 
-Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
+Handler = Callable[[Connection, Event], Awaitable[None]]
 
 # Copied into every consuming service's migrations, which are checksummed once applied: the
 # text stays as it is (the module it names has since split into consumer, processor, processed).
