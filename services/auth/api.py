@@ -48,6 +48,8 @@ SERVICE = web.AppKey("auth_service", AuthService)
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 32
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Users or auth's own database cannot answer now: ext_authz answers 503.
+_CANNOT_ANSWER: tuple[type[BaseException], ...] = (Unavailable, *DATABASE_UNAVAILABLE)
 
 # The problems of the service layer's own errors (the common ones: COMMON_KINDS).
 PROBLEMS: ProblemKinds = {UnknownUsers: ProblemKind(404, "Unknown users", UNKNOWN_USER)}
@@ -228,7 +230,7 @@ async def ext_authz(request: web.Request) -> web.Response:
         log.info("ext_authz denied: user blocked", extra={"user_id": str(exc)})
         problem = Problem(403, "User blocked", "this user is blocked", type=USER_BLOCKED)
         return problem.to_response(original_path)
-    except (Unavailable, *DATABASE_UNAVAILABLE):
+    except _CANNOT_ANSWER:
         problem = Problem(
             503,
             "Service unavailable",

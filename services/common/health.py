@@ -37,6 +37,9 @@ LOOP_STALL_S = 5.0
 
 Connect = Callable[[str], Awaitable[Any]]
 
+# What makes a ping answer "not ready": the database cannot be reached, or it refuses the query.
+_NOT_READY: tuple[type[BaseException], ...] = (*DATABASE_UNAVAILABLE, asyncpg.PostgresError)
+
 
 class DatabaseProbe:
     """`SELECT 1` on a connection of its own, one ping at a time."""
@@ -61,7 +64,7 @@ class DatabaseProbe:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await self._connect(self._dsn)
                 await self._conn.fetchval("SELECT 1")
-        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except _NOT_READY as exc:
             log.warning("database not ready", extra={"error": f"{type(exc).__name__}: {exc}"})
             await self.close()
             return False
