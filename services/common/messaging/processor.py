@@ -201,7 +201,7 @@ class MessageProcessor:
             return await self._handle(record, headers, event, span)
 
     async def _handle(
-        self, record: Record, headers: dict[str, str], event: Event, span: Any
+        self, record: Record, headers: dict[str, str], event: Event, span: trace.Span
     ) -> Outcome:
         attempt = 0
         retry_backoff = self._retries.retry_backoff()
@@ -224,8 +224,8 @@ class MessageProcessor:
                 attempt += 1
                 self._deps.stats.handler_failures += 1
                 span.record_exception(exc)
-                delay = retry_delay(attempt, self._retries.max_attempts, retry_backoff)
-                if delay is None:
+                retry_in = retry_delay(attempt, self._retries.max_attempts, retry_backoff)
+                if retry_in is None:
                     span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {exc}"))
                     log.error(
                         "handler failed; dead-lettering the event",
@@ -238,10 +238,10 @@ class MessageProcessor:
                     "handler failed; retrying",
                     extra=_where(record)
                     | error_fields(exc)
-                    | {"event_id": str(event.id), "attempt": attempt, "retry_in_s": delay},
+                    | {"event_id": str(event.id), "attempt": attempt, "retry_in_s": retry_in},
                 )
                 self._deps.metrics.consumed(record.topic, self.group_id, "retried")
-                await self._deps.sleep(delay)
+                await self._deps.sleep(retry_in)
                 continue
             if first:
                 self._deps.stats.processed += 1
