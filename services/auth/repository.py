@@ -32,7 +32,10 @@ class PostgresSigningKeys:
         await self._db.execute("SELECT pg_advisory_xact_lock($1)", KEYS_LOCK_KEY)
 
     async def active_kid(self) -> str | None:
-        return await self._db.fetchval("SELECT kid FROM signing_keys WHERE retired_at IS NULL")
+        kid: str | None = await self._db.fetchval(
+            "SELECT kid FROM signing_keys WHERE retired_at IS NULL"
+        )
+        return kid
 
     async def add(self, key: SigningKey) -> None:
         await self._db.execute(
@@ -49,9 +52,10 @@ class PostgresSigningKeys:
         )
 
     async def retire_active(self, now: datetime) -> str | None:
-        return await self._db.fetchval(
+        kid: str | None = await self._db.fetchval(
             "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid", now
         )
+        return kid
 
     async def delete_retired_before(self, cutoff: datetime) -> int:
         result = await self._db.execute("DELETE FROM signing_keys WHERE retired_at < $1", cutoff)
@@ -102,9 +106,10 @@ class PostgresCredentials:
         self._db = db
 
     async def password_hash(self, username: str) -> str | None:
-        return await self._db.fetchval(
+        password_hash: str | None = await self._db.fetchval(
             "SELECT password_hash FROM user_credentials WHERE username = $1", username
         )
+        return password_hash
 
     async def upsert_password_hash(self, username: str, password_hash: str) -> None:
         await self._db.execute(_UPSERT_PASSWORD_HASH, username, password_hash)
