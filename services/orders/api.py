@@ -58,7 +58,7 @@ async def list_orders(request: web.Request) -> web.Response:
         errors = [{"field": "userId", "message": "is required"}]
     else:
         errors = validation.user_id_errors(user_id)
-    if errors:
+    if user_id is None or errors:
         raise Problem(
             400,
             "Malformed request",
