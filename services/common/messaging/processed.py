@@ -11,7 +11,8 @@ import asyncpg
 from services.common.db import Connection
 from services.common.messaging.envelope import Event
 
-Handler = Callable[[Connection, Event], Awaitable[None]]
+# Handles one event in the transaction recording it as processed; what it returns is ignored.
+Handler = Callable[[Connection, Event], Awaitable[object]]
 
 # Copied into every consuming service's migrations, which are checksummed once applied: the
 # text stays as it is (the module it names has since split into consumer, processor, processed).
