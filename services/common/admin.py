@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import MetricsHandler
@@ -41,7 +42,7 @@ class _Handler(MetricsHandler):
             "detail": problem, "instance": HEALTH_PATH,
         })  # fmt: skip
 
-    def _answer(self, status: HTTPStatus, content_type: str, body: dict) -> None:
+    def _answer(self, status: HTTPStatus, content_type: str, body: dict[str, Any]) -> None:
         payload = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)

@@ -151,7 +151,7 @@ class PlacedOrder:
     replayed: bool
 
 
-def status_changed_event(order: Order) -> dict:
+def status_changed_event(order: Order) -> dict[str, Any]:
     return order_status_changed(
         order_id=str(order.id),
         user_id=order.user_id,
@@ -163,7 +163,7 @@ def status_changed_event(order: Order) -> dict:
     )
 
 
-def payment_requested_event(order: Order) -> dict:
+def payment_requested_event(order: Order) -> dict[str, Any]:
     return payment_requested(
         order_id=str(order.id),
         user_id=order.user_id,

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.common import pagination
 from services.common.contracts import EventType, Topic, payment_outcome, payment_refused
@@ -392,7 +392,7 @@ OUTCOME_EVENTS = {
 }
 
 
-def payment_event(payment: Payment) -> dict:
+def payment_event(payment: Payment) -> dict[str, Any]:
     """PaymentSucceeded, PaymentFailed (a DECLINED payment) or PaymentRefunded. PENDING has no
     outcome yet, and a CANCELLED payment moved no money: neither has an event."""
     kind = OUTCOME_EVENTS.get(payment.status)
@@ -410,7 +410,9 @@ def payment_event(payment: Payment) -> dict:
     )
 
 
-def refused_event(order_id: str, user_id: str, amount: int, currency: str, reason: str) -> dict:
+def refused_event(
+    order_id: str, user_id: str, amount: int, currency: str, reason: str
+) -> dict[str, Any]:
     """PaymentRefused: payments will not make the payment asked for; no payment was made."""
     return payment_refused(
         order_id=order_id, user_id=user_id, amount=amount, currency=currency, reason=reason

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.common import pagination
 from services.common.contracts import Topic, user_blocked, user_created
@@ -113,7 +113,7 @@ class UserService:
         return UserPage(page, pagination.encode_page_token(page[-1].created_at, page[-1].id))
 
 
-def user_event(change: str, user: User) -> dict:
+def user_event(change: str, user: User) -> dict[str, Any]:
     """The UserCreated or UserBlocked CloudEvent of `user` (keyed by the user id on Kafka)."""
     if change == "created":
         return user_created(user_id=user.id, name=user.name, roles=user.roles)
