@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator, ValidationError, validators
+from jsonschema.protocols import Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
@@ -33,7 +34,8 @@ def _is_strict_integer(_checker: object, instance: object) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-StrictValidator = validators.extend(
+# The stubs leave validators.extend untyped; it makes a validator class, as create() does.
+StrictValidator: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
 )
@@ -46,11 +48,12 @@ def spec_text() -> str:
 
 @cache
 def spec() -> dict[str, Any]:
-    return yaml.safe_load(spec_text())
+    document: dict[str, Any] = yaml.safe_load(spec_text())
+    return document
 
 
 @cache
-def schema_validator(pointer: str) -> Draft202012Validator:
+def schema_validator(pointer: str) -> Validator:
     """A validator for the schema at JSON pointer `pointer` inside openapi.yaml."""
     registry = Registry().with_resource(_SPEC_URI, DRAFT202012.create_resource(spec()))
     return StrictValidator({"$ref": f"{_SPEC_URI}#{pointer}"}, registry=registry)
@@ -77,7 +80,7 @@ def describe(errors: Sequence[FieldError]) -> str:
 
 
 def _field_errors(
-    validator: Draft202012Validator, instance: object, prefix: JsonPath
+    validator: Validator, instance: dict[str, Any] | str, prefix: JsonPath
 ) -> list[FieldError]:
     """One message per field: type errors before other schema errors, and the text rule only
     where the schema found nothing wrong."""
@@ -108,13 +111,18 @@ def _character_errors(instance: object) -> Iterator[tuple[JsonPath, str]]:
 def _explain(error: ValidationError) -> Iterator[tuple[JsonPath, str]]:
     """(path, message) pairs for one jsonschema error; some errors name several fields."""
     path = tuple(error.absolute_path)
-    keyword, expected, instance = error.validator, error.validator_value, error.instance
+    keyword = error.validator
+    # JSON from the schema and from the request. (The stubs also allow them unset, as in an
+    # error made by hand; iter_errors sets them all.)
+    expected: Any = error.validator_value
+    instance: Any = error.instance
+    schema: Any = error.schema
     if keyword == "required":
         for name in expected:
             if name not in instance:
                 yield (*path, name), "is required"
     elif keyword == "additionalProperties":
-        allowed = error.schema.get("properties", {})
+        allowed = schema.get("properties", {})
         for name in instance:
             if name not in allowed:
                 yield (*path, name), "is not allowed"
