@@ -22,9 +22,13 @@ down: $(BIN)/mesh
 status: $(BIN)/mesh
 	$(BIN)/mesh status
 
+# mypy (configured in pyproject.toml) reads the gRPC stubs generated from protos/: made first,
+# as `mesh install` makes them (nothing to do when they are current).
 lint: $(BIN)/mesh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -c 'from mesh.runtime.protos import ensure_generated; ensure_generated()'
+	$(BIN)/mypy
 
 # Provisions everything, lints, then runs unit tests and the tests against the real native mesh.
 test: $(BIN)/mesh
