@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 envelopes (structured JSON), as CONVENTIONS.md describes them."""
+"""CloudEvents 1.0 envelopes (structured JSON): docs/messaging.md, "The message"."""
 
 from __future__ import annotations
 

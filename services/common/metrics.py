@@ -1,6 +1,6 @@
 """A service's Prometheus metrics: RED for every HTTP route and gRPC method, and messaging.
 
-Names follow CONVENTIONS: prefix `shopmesh_`, base units, labels `service`, `route` (the route
+Names: prefix `shopmesh_`, base units, labels `service`, `route` (the route
 template, never the raw path, so ids do not explode the series count), `method`, `status`.
 The request buckets resolve the brief's targets: gateway p95 ≤ 200 ms, a service ≤ 300 ms.
 Kafka, outbox and DLQ metrics are recorded through `MessagingMetrics` by

@@ -1,4 +1,4 @@
-"""Kafka messaging for shopmesh services (ARCHITECTURE.md §6).
+"""Kafka messaging for shopmesh services (docs/messaging.md; docs/architecture.md §7 in short).
 
 - `envelope`: CloudEvents 1.0 structured JSON values, keys, trace and DLQ headers.
 - `producer`: the acks=all idempotent producer and `SHOPMESH_KAFKA_BOOTSTRAP`.

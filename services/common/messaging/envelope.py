@@ -1,9 +1,9 @@
-"""CloudEvents 1.0 structured JSON on Kafka: value, key and headers (CONVENTIONS.md, "Events").
+"""CloudEvents 1.0 structured JSON on Kafka: value, key and headers.
 
-Build events with the builders of `services.common.contracts`; this module turns them into Kafka
-message parts and back, and builds the headers: W3C trace context (`traceparent`, `tracestate`)
-and, on dead-lettered messages, `shopmesh-error`, `shopmesh-attempts`,
-`shopmesh-original-topic`.
+The format: docs/messaging.md, "The message". Build events with the builders of
+`services.common.contracts`; this module turns them into Kafka message parts and back, and
+builds the headers: W3C trace context (`traceparent`, `tracestate`) and, on dead-lettered
+messages, `shopmesh-error`, `shopmesh-attempts`, `shopmesh-original-topic`.
 """
 
 from __future__ import annotations
