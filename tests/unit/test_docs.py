@@ -24,7 +24,7 @@ NOT_COVERED = "not covered yet"
 # `tests/chaos/test_x.py::test_name` (a parametrized case's `[id]` may follow).
 TEST_REF = re.compile(r"\b(tests/[\w/]+\.py)::(\w+)")
 # A path to a Python file under tests/ or bench/, with or without a test name after it.
-PY_PATH = re.compile(r"\b((?:tests|bench)/[\w/]+\.py)\b")
+PY_PATH = re.compile(r"(?<![\w/])((?:tests|bench)/[\w/]+\.py)\b")
 # A port written the way the docs write them: `:8443`, `127.0.0.1:9202`, `localhost:19101`.
 PORT_REF = re.compile(r"(?<![\w.:])(?:127\.0\.0\.1|localhost)?:(\d{4,5})\b")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
