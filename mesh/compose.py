@@ -25,8 +25,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, replace
-from ipaddress import IPv4Network
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,14 @@ import yaml
 
 from mesh import registration
 from mesh.envoy_tracing import OTLP_CLUSTER
+from mesh.placement import (
+    COMPOSE_DYNAMIC_RANGE,
+    COMPOSE_SUBNET,
+    CONSUL,
+    JAEGER,
+    RATELIMIT,
+    ComposePlacement,
+)
 from mesh.runtime import (
     consul,
     demo,
@@ -90,9 +97,6 @@ JMX_RULES = "/etc/kafka/jmx-exporter.yml"
 GRAFANA_PORT = 3000
 
 NETWORK = "mesh"
-SUBNET = IPv4Network("172.28.0.0/24")
-# Containers without a fixed address get theirs from the upper half, so never a fixed one.
-DYNAMIC_RANGE = IPv4Network("172.28.0.128/25")
 
 # The `state` volume is the containers' state dir (secrets, certs, generated configs).
 STATE_MOUNT = "/run/shopmesh"
@@ -144,28 +148,6 @@ RATELIMIT_BUILD = {
 }
 
 
-@dataclass(frozen=True)
-class Addresses:
-    """The fixed container addresses, in topology order."""
-
-    consul: str
-    edge: str
-    jaeger: str  # in Envoy's STATIC OTLP clusters, so an IP
-    instances: dict[str, str]
-    ratelimit: str  # in the edge's STATIC rate-limit cluster
-
-    @classmethod
-    def of(cls, topology: Topology) -> Addresses:
-        hosts = iter(SUBNET.hosts())
-        next(hosts)  # the bridge's gateway
-        consul_ip, edge_ip, jaeger_ip = str(next(hosts)), str(next(hosts)), str(next(hosts))
-        instances = {i.id: str(next(hosts)) for i in topology.instances()}
-        return cls(consul_ip, edge_ip, jaeger_ip, instances, ratelimit=str(next(hosts)))
-
-    def otlp_endpoint(self, topology: Topology) -> str:
-        return f"http://{self.jaeger}:{topology.jaeger.ports.otlp_grpc}"
-
-
 def consul_http_addr(topology: Topology) -> str:
     return f"http://consul:{topology.consul_ports.http}"
 
@@ -174,7 +156,7 @@ def kafka_bootstrap(topology: Topology) -> str:
     return ",".join(f"{n.name}:{n.port}" for n in topology.kafka.nodes)
 
 
-def wiring(topology: Topology, addresses: Addresses, bind_host: str) -> Wiring:
+def wiring(topology: Topology, placement: ComposePlacement, bind_host: str) -> Wiring:
     """The containers' wiring: Consul, Postgres and Kafka by their compose names; the database
     password comes from PGPASSFILE, so the URL has none."""
     return Wiring(
@@ -183,7 +165,7 @@ def wiring(topology: Topology, addresses: Addresses, bind_host: str) -> Wiring:
         kafka_bootstrap=kafka_bootstrap(topology),
         database_url=lambda db: f"postgresql://{db}@postgres:{topology.postgres_port}/{db}",
         auth_seed_file=lambda: str(demo.seed_file(STATE)),
-        otlp_endpoint=addresses.otlp_endpoint(topology),
+        otlp_endpoint=placement.otlp_endpoint(topology),
         trace_sample_percent=topology.trace_sample_percent,
     )
 
@@ -243,12 +225,12 @@ def _one_shot(**spec: Any) -> dict[str, Any]:
     return {**spec, "restart": "no", "networks": [NETWORK]}
 
 
-def _consul(topology: Topology, addresses: Addresses) -> dict[str, Any]:
+def _consul(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     config = consul.agent_config(topology, STATE)
     config.update(
         data_dir="/consul/data",
-        bind_addr=addresses.consul,
-        advertise_addr=addresses.consul,
+        bind_addr=placement.address(CONSUL),
+        advertise_addr=placement.address(CONSUL),
         client_addr="0.0.0.0",
     )
     http = topology.consul_ports.http
@@ -259,7 +241,7 @@ def _consul(topology: Topology, addresses: Addresses) -> dict[str, Any]:
         "environment": {"CONSUL_LOCAL_CONFIG": json.dumps(config, sort_keys=True)},
         "volumes": ["consul-data:/consul/data"],
         "ports": [f"127.0.0.1:{http}:{http}"],
-        "networks": _fixed(addresses.consul),
+        "networks": _fixed(placement.address(CONSUL)),
         "healthcheck": _healthcheck(
             ["CMD", "consul", "operator", "raft", "list-peers", f"-http-addr=127.0.0.1:{http}"]
         ),
@@ -412,10 +394,10 @@ def _app_after(topology: Topology) -> dict[str, Any]:
     )
 
 
-def _service(topology: Topology, addresses: Addresses, instance: Instance) -> dict[str, Any]:
+def _service(topology: Topology, placement: ComposePlacement, instance: Instance) -> dict[str, Any]:
     service = topology.service(instance.service)
-    ip = addresses.instances[instance.id]
-    env = instance_env(topology, wiring(topology, addresses, ip), instance)
+    ip = placement.address(instance.id)
+    env = instance_env(topology, wiring(topology, placement, ip), instance)
     if service.database:
         env["PGPASSFILE"] = str(PGPASS)
     return {
@@ -425,16 +407,18 @@ def _service(topology: Topology, addresses: Addresses, instance: Instance) -> di
         "command": ["python", "-m", service.module],
         "environment": env,
         "volumes": [_state_volume()],
-        "networks": _fixed(addresses.instances[instance.id]),
+        "networks": _fixed(placement.address(instance.id)),
         "depends_on": _app_after(topology),
         "healthcheck": _consul_passing(topology, instance.id),
         **_long_running("256m"),
     }
 
 
-def _worker(topology: Topology, addresses: Addresses, name: str, instance: str) -> dict[str, Any]:
+def _worker(
+    topology: Topology, placement: ComposePlacement, name: str, instance: str
+) -> dict[str, Any]:
     workers = next(w for w in topology.workers if w.name == name)
-    env = worker_env(wiring(topology, addresses, "0.0.0.0"), workers, instance)
+    env = worker_env(wiring(topology, placement, "0.0.0.0"), workers, instance)
     env["PGPASSFILE"] = str(PGPASS)
     return {
         "image": SERVICE_IMAGE,
@@ -454,14 +438,14 @@ def _worker(topology: Topology, addresses: Addresses, name: str, instance: str) 
 
 
 def sidecar_command(
-    topology: Topology, addresses: Addresses, service_id: str, sidecar: Sidecar
+    topology: Topology, placement: ComposePlacement, service_id: str, sidecar: Sidecar
 ) -> list[str]:
     """The native `consul connect envoy` command line, against the Consul container (its gRPC
     address as an IP: it goes into Envoy's bootstrap) and with the admin API on loopback."""
     spec = consul.sidecar_spec(
         service_id=service_id,
         sidecar=sidecar,
-        topology=replace(topology, bind_host=addresses.consul),
+        topology=replace(topology, bind_host=placement.address(CONSUL)),
         consul_bin=Path("consul"),
         envoy_bin=Path("/usr/local/bin/envoy"),
     )
@@ -471,13 +455,13 @@ def sidecar_command(
 
 
 def _sidecar(
-    topology: Topology, addresses: Addresses, app: str, service_id: str, sidecar: Sidecar
+    topology: Topology, placement: ComposePlacement, app: str, service_id: str, sidecar: Sidecar
 ) -> dict[str, Any]:
     return {
         "image": SIDECAR_IMAGE,
         "build": SIDECAR_BUILD,
         "network_mode": f"service:{app}",
-        "command": sidecar_command(topology, addresses, service_id, sidecar),
+        "command": sidecar_command(topology, placement, service_id, sidecar),
         # The image's entrypoint runs the command as the envoy user, given this uid.
         "environment": {"ENVOY_UID": str(APP_UID), "ENVOY_GID": str(APP_UID)},
         # As natively, after its app is healthy: `-sidecar-for` needs the app's registration.
@@ -489,7 +473,7 @@ def _sidecar(
     }
 
 
-def _edge(topology: Topology, addresses: Addresses) -> dict[str, Any]:
+def _edge(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     e = topology.edge
     argv = edge.edge_spec(topology, STATE, Path("envoy")).argv
     return {
@@ -503,7 +487,7 @@ def _edge(topology: Topology, addresses: Addresses) -> dict[str, Any]:
             f"{topology.bind_host}:{e.https_port}:{e.https_port}/tcp",
             f"{topology.bind_host}:{e.https_port}:{e.https_port}/udp",
         ],
-        "networks": _fixed(addresses.edge),
+        "networks": _fixed(placement.address(topology.edge.id)),
         "depends_on": _after(
             bootstrap="service_completed_successfully",
             jaeger="service_healthy",
@@ -531,7 +515,7 @@ def _redis(topology: Topology) -> dict[str, Any]:
     }
 
 
-def _ratelimit(topology: Topology, addresses: Addresses) -> dict[str, Any]:
+def _ratelimit(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     """envoyproxy/ratelimit with the native settings, Redis by its compose name; the password
     from the state volume into REDIS_AUTH, never into compose.yaml."""
     password = ratelimit.password_file(STATE)
@@ -544,7 +528,7 @@ def _ratelimit(topology: Topology, addresses: Addresses) -> dict[str, Any]:
         "command": [f'export REDIS_AUTH="$$(cat {password})" && exec ratelimit'],
         "environment": env,
         "volumes": [_state_volume()],
-        "networks": _fixed(addresses.ratelimit),
+        "networks": _fixed(placement.address(RATELIMIT)),
         "depends_on": _after(redis="service_healthy"),
         "healthcheck": _http_answers(topology.ratelimit_ports.http, "/healthcheck", "OK"),
         **_long_running("128m"),
@@ -578,7 +562,7 @@ def _prometheus(topology: Topology) -> dict[str, Any]:
     }
 
 
-def _jaeger(topology: Topology, addresses: Addresses) -> dict[str, Any]:
+def _jaeger(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     ports = topology.jaeger.ports
     rel = JAEGER_FILE.relative_to(REPO_ROOT)
     return {
@@ -586,7 +570,7 @@ def _jaeger(topology: Topology, addresses: Addresses) -> dict[str, Any]:
         "command": ["--config", "/etc/jaeger/config.yml"],
         "volumes": [f"./{rel}:/etc/jaeger/config.yml:ro"],
         "ports": [f"{topology.bind_host}:{ports.ui}:{ports.ui}"],
-        "networks": _fixed(addresses.jaeger),
+        "networks": _fixed(placement.address(JAEGER)),
         "healthcheck": _healthcheck(
             ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{ports.health}/status"]
         ),
@@ -618,10 +602,10 @@ def _grafana(topology: Topology) -> dict[str, Any]:
 
 
 def document(topology: Topology) -> dict[str, Any]:
-    addresses = Addresses.of(topology)
+    placement = ComposePlacement.of(topology)
     services: dict[str, Any] = {
         "init": _init(topology),
-        "consul": _consul(topology, addresses),
+        "consul": _consul(topology, placement),
         "consul-config": _consul_config(topology),
         "postgres": _postgres(topology),
     }
@@ -630,20 +614,20 @@ def document(topology: Topology) -> dict[str, Any]:
     services["kafka-topics"] = _kafka_topics(topology)
     services["bootstrap"] = _bootstrap(topology)
     for instance in topology.instances():
-        services[instance.id] = _service(topology, addresses, instance)
+        services[instance.id] = _service(topology, placement, instance)
         services[f"{instance.id}-sidecar"] = _sidecar(
-            topology, addresses, instance.id, instance.id, instance.sidecar
+            topology, placement, instance.id, instance.id, instance.sidecar
         )
     for workers in topology.workers:
         for instance_id in workers.instances:
-            services[instance_id] = _worker(topology, addresses, workers.name, instance_id)
+            services[instance_id] = _worker(topology, placement, workers.name, instance_id)
     services["redis"] = _redis(topology)
-    services["ratelimit"] = _ratelimit(topology, addresses)
-    services["edge"] = _edge(topology, addresses)
+    services["ratelimit"] = _ratelimit(topology, placement)
+    services["edge"] = _edge(topology, placement)
     services[f"{topology.edge.id}-sidecar"] = _sidecar(
-        topology, addresses, "edge", topology.edge.id, topology.edge.sidecar
+        topology, placement, "edge", topology.edge.id, topology.edge.sidecar
     )
-    services["jaeger"] = _jaeger(topology, addresses)
+    services["jaeger"] = _jaeger(topology, placement)
     services["prometheus"] = _prometheus(topology)
     services["grafana"] = _grafana(topology)
     volumes = ["state", "consul-data", "postgres-data"]
@@ -653,7 +637,13 @@ def document(topology: Topology) -> dict[str, Any]:
         "name": "shopmesh",
         "services": services,
         "networks": {
-            NETWORK: {"ipam": {"config": [{"subnet": str(SUBNET), "ip_range": str(DYNAMIC_RANGE)}]}}
+            NETWORK: {
+                "ipam": {
+                    "config": [
+                        {"subnet": str(COMPOSE_SUBNET), "ip_range": str(COMPOSE_DYNAMIC_RANGE)}
+                    ]
+                }
+            }
         },
         "volumes": {name: {} for name in volumes},
     }
@@ -666,8 +656,12 @@ def prometheus_config(topology: Topology) -> dict[str, Any]:
     """The native Prometheus config (same jobs, targets and labels) with compose's hosts, and
     real Consul discovery for the services job where the native one reads consul_sd.py's files.
     The workers stay static targets in that job: the relabelling touches discovered ones only."""
-    addresses = Addresses.of(topology)
-    hosts = {topology.edge.id: addresses.edge, "consul": "consul", "ratelimit": "ratelimit"}
+    placement = ComposePlacement.of(topology)
+    hosts = {
+        topology.edge.id: placement.address(topology.edge.id),
+        "consul": "consul",
+        "ratelimit": "ratelimit",
+    }
     hosts |= {n.name: n.name for n in topology.kafka.nodes}
     hosts |= {name: name for workers in topology.workers for name in workers.instances}
     config = prometheus.config(topology, StateDir(Path("/prometheus")))
@@ -698,11 +692,11 @@ def prometheus_config(topology: Topology) -> dict[str, Any]:
     ]  # fmt: skip
     # Natively from Consul too; here from the fixed addresses (Consul SD has no Proxy.Config).
     jobs["envoy"]["static_configs"] = [
-        {"targets": [f"{addresses.instances[i.id]}:{i.sidecar.metrics_port}"],
+        {"targets": [f"{placement.address(i.id)}:{i.sidecar.metrics_port}"],
          "labels": {"instance": f"{i.id}-sidecar", "service": i.service}}
         for i in topology.instances()
     ] + [
-        {"targets": [f"{addresses.edge}:{topology.edge.sidecar.metrics_port}"],
+        {"targets": [f"{placement.address(topology.edge.id)}:{topology.edge.sidecar.metrics_port}"],
          "labels": {"instance": f"{topology.edge.id}-sidecar", "service": "edge"}}
     ]  # fmt: skip
     return config
@@ -801,18 +795,20 @@ def edge_envoy_config(topology: Topology, files: edge_config.EdgeFiles) -> dict[
     for listener in config["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["address"] = "0.0.0.0"
     config["admin"]["address"]["socket_address"]["address"] = "0.0.0.0"
-    addresses = Addresses.of(topology)
+    placement = ComposePlacement.of(topology)
     for cluster in config["static_resources"]["clusters"]:
-        _point_at(cluster, OTLP_CLUSTER, addresses.jaeger)
-        _point_at(cluster, edge_config.RATELIMIT_CLUSTER, addresses.ratelimit)
+        _point_at(cluster, OTLP_CLUSTER, placement.address(JAEGER))
+        _point_at(cluster, edge_config.RATELIMIT_CLUSTER, placement.address(RATELIMIT))
     return config
 
 
 def edge_registration(topology: Topology) -> dict[str, Any]:
     """The edge's registration at the edge container's address, tracing to Jaeger's."""
-    addresses = Addresses.of(topology)
+    placement = ComposePlacement.of(topology)
     return registration.edge_registration(
-        topology, address=addresses.edge, otlp_endpoint=addresses.otlp_endpoint(topology)
+        topology,
+        address=placement.address(topology.edge.id),
+        otlp_endpoint=placement.otlp_endpoint(topology),
     )
 
 

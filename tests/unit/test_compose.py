@@ -16,6 +16,7 @@ import yaml
 
 from mesh import compose
 from mesh.envoy_tracing import OTLP_CLUSTER
+from mesh.placement import JAEGER, RATELIMIT, ComposePlacement
 from mesh.registration import instance_registration
 from mesh.runtime import prometheus, protos, provision, ratelimit
 from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles
@@ -66,7 +67,7 @@ def test_every_service_instance_has_its_container_and_a_sidecar_in_its_namespace
     topology: Topology, doc: dict[str, Any]
 ) -> None:
     services = doc["services"]
-    addresses = compose.Addresses.of(topology)
+    placement = ComposePlacement.of(topology)
     for instance in topology.instances():
         app = services[instance.id]
         env = app["environment"]
@@ -76,8 +77,8 @@ def test_every_service_instance_has_its_container_and_a_sidecar_in_its_namespace
         assert json.loads(env["SHOPMESH_REGISTRATION"]) == instance_registration(
             topology,
             instance,
-            address=addresses.instances[instance.id],
-            otlp_endpoint=addresses.otlp_endpoint(topology),
+            address=placement.address(instance.id),
+            otlp_endpoint=placement.otlp_endpoint(topology),
         )
         upstreams = topology.service(instance.service).upstreams
         assert json.loads(env["SHOPMESH_UPSTREAMS"]) == [
@@ -282,10 +283,10 @@ def test_the_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
         for c in config["static_resources"]["clusters"]
     }
     jaeger = endpoints.pop(OTLP_CLUSTER)["socket_address"]
-    assert jaeger["address"] == compose.Addresses.of(topology).jaeger
+    assert jaeger["address"] == ComposePlacement.of(topology).address(JAEGER)
     assert jaeger["port_value"] == topology.jaeger.ports.otlp_grpc
     service = endpoints.pop(RATELIMIT_CLUSTER)["socket_address"]
-    assert service["address"] == compose.Addresses.of(topology).ratelimit
+    assert service["address"] == ComposePlacement.of(topology).address(RATELIMIT)
     assert service["port_value"] == topology.ratelimit_ports.grpc
     assert {(a["socket_address"]["address"], a["socket_address"]["port_value"])
             for a in endpoints.values()} == {
@@ -308,7 +309,9 @@ def test_the_rate_limit_service_has_the_native_settings_but_for_hosts_and_passwo
     assert env["REDIS_URL"] == f"redis:{topology.redis_port}"
     # The password comes from the state volume when the container starts.
     assert str(ratelimit.password_file(compose.STATE)) in container["command"][0]
-    assert container["networks"]["mesh"]["ipv4_address"] == compose.Addresses.of(topology).ratelimit
+    assert container["networks"]["mesh"]["ipv4_address"] == ComposePlacement.of(topology).address(
+        RATELIMIT
+    )
     assert doc["services"]["edge"]["depends_on"]["ratelimit"] == {"condition": "service_healthy"}
     redis = doc["services"]["redis"]
     assert redis["command"] == ["redis-server", str(ratelimit.redis_config_file(compose.STATE))]
@@ -316,7 +319,7 @@ def test_the_rate_limit_service_has_the_native_settings_but_for_hosts_and_passwo
 
 
 def test_the_edge_is_registered_at_its_container_address(topology: Topology) -> None:
-    address = compose.Addresses.of(topology).edge
+    address = ComposePlacement.of(topology).address(topology.edge.id)
     registration = compose.edge_registration(topology)
     sidecar = registration["Connect"]["SidecarService"]
     assert registration["Address"] == sidecar["Address"] == address

@@ -1,0 +1,181 @@
+"""Where the topology runs. The topology (mesh/topology.yaml) says *what* runs: components,
+instances, ports, upstreams. A placement says *where*: which address each component's process
+binds, and at which address or name the others reach it. Every generator of the mesh's configs
+takes (topology, placement), so one topology runs in several ways without rewriting anything:
+
+- `NativePlacement` (`mesh up`): everything on one host, every listener on the topology's
+  `bind_host`, and everything reached there.
+- `ComposePlacement` (compose.yaml): a container per component on one bridge network; processes
+  bind all of their container's interfaces, and are reached by their compose name, or by their
+  fixed address where a name will not do.
+
+Components are named as the topology names them: `consul`, `postgres`, `jaeger`, `prometheus`,
+`redis`, `ratelimit`, `watchdog`, each Kafka node (`kafka-1`), each service instance (`orders-1`)
+and worker (`payments-worker-1`), and the edge by its id (`edge-1`). A Connect sidecar runs where
+its instance runs (it shares its network namespace): it is placed as its instance.
+
+docs/architecture.md ("Placement") says how a placement of several hosts would be added.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mesh.topology import Topology
+
+# Where an app reaches its own sidecar's upstream listeners, in every placement: the sidecar
+# shares the app's network namespace (services call `127.0.0.1:<local_bind_port>`).
+LOOPBACK = "127.0.0.1"
+# Every interface of a container (or host).
+ANY = "0.0.0.0"
+
+CONSUL = "consul"
+POSTGRES = "postgres"
+JAEGER = "jaeger"
+PROMETHEUS = "prometheus"
+REDIS = "redis"
+RATELIMIT = "ratelimit"
+WATCHDOG = "watchdog"
+
+
+class PlacementError(LookupError):
+    pass
+
+
+class Placement(ABC):
+    """Where each component binds and how the others reach it.
+
+    Four answers per component; generators pick the one their purpose needs:
+    - `listen`: the address its process binds the listeners others use.
+    - `address`: its own address, an IP: what it advertises and is registered at in Consul, and
+      what goes into Envoy's static clusters and bootstraps (which resolve no names).
+    - `host`: how another component reaches it: a name where names resolve, else its address.
+    - `admin`: where it binds what only its supervisor (or its own health check) calls, such as
+      a sidecar's Envoy admin API.
+    """
+
+    @abstractmethod
+    def listen(self, component: str) -> str: ...
+
+    @abstractmethod
+    def address(self, component: str) -> str: ...
+
+    @abstractmethod
+    def host(self, component: str) -> str: ...
+
+    @abstractmethod
+    def admin(self, component: str) -> str: ...
+
+    @abstractmethod
+    def public(self) -> str:
+        """Where clients outside the mesh reach what is published (the edge, the UIs): the
+        edge's certificate and the tokens' issuer name it."""
+
+    def runs(self, component: str) -> bool:
+        """Whether the component runs at all in this placement."""
+        return True
+
+    # -- what follows from the answers above --------------------------------------------------
+
+    def consul_http_addr(self, topology: Topology) -> str:
+        """Consul's HTTP API, as a process of the mesh reaches it."""
+        return f"http://{self.host(CONSUL)}:{topology.consul_ports.http}"
+
+    def kafka_bootstrap(self, topology: Topology) -> str:
+        return ",".join(f"{self.host(n.name)}:{n.port}" for n in topology.kafka.nodes)
+
+    def otlp_endpoint(self, topology: Topology) -> str:
+        """Jaeger's OTLP gRPC receiver, as OTEL_EXPORTER_OTLP_ENDPOINT wants it; by address,
+        since the same endpoint goes into every Envoy's static OTLP cluster."""
+        return f"http://{self.address(JAEGER)}:{topology.jaeger.ports.otlp_grpc}"
+
+
+@dataclass(frozen=True)
+class NativePlacement(Placement):
+    """One host: every component binds `bind_host` and is reached there (`mesh up`)."""
+
+    bind_host: str
+
+    @classmethod
+    def of(cls, topology: Topology) -> NativePlacement:
+        return cls(topology.bind_host)
+
+    def listen(self, component: str) -> str:
+        return self.bind_host
+
+    def address(self, component: str) -> str:
+        return self.bind_host
+
+    def host(self, component: str) -> str:
+        return self.bind_host
+
+    def admin(self, component: str) -> str:
+        return self.bind_host
+
+    def public(self) -> str:
+        return self.bind_host
+
+
+# compose's bridge network. Containers without a fixed address get theirs from the upper half,
+# so never a fixed one.
+COMPOSE_SUBNET = IPv4Network("172.28.0.0/24")
+COMPOSE_DYNAMIC_RANGE = IPv4Network("172.28.0.128/25")
+
+
+@dataclass(frozen=True)
+class ComposePlacement(Placement):
+    """A container per component on one bridge network (compose.yaml).
+
+    Processes bind every interface of their container. Those whose address is registered in
+    Consul or handed to Envoy (Consul, the edge, Jaeger, each service instance, the rate-limit
+    service) have a fixed one, in the topology's order. A component whose compose service is
+    named after it is reached by that name (compose's DNS); the edge's service is `edge`, not
+    its id, so it is reached by its address. Admin APIs are on the container's loopback, for its
+    own health check. Published ports are on `published_on` of the machine running compose.
+    The native watchdog does not run: compose restarts containers by their restart policies.
+    """
+
+    addresses: Mapping[str, str]
+    names: frozenset[str]
+    published_on: str
+
+    @classmethod
+    def of(cls, topology: Topology) -> ComposePlacement:
+        hosts = iter(COMPOSE_SUBNET.hosts())
+        next(hosts)  # the bridge's gateway
+        addresses = {CONSUL: str(next(hosts))}
+        addresses[topology.edge.id] = str(next(hosts))
+        addresses[JAEGER] = str(next(hosts))
+        addresses |= {i.id: str(next(hosts)) for i in topology.instances()}
+        addresses[RATELIMIT] = str(next(hosts))
+        names = {CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT}
+        names |= {n.name for n in topology.kafka.nodes}
+        names |= {i.id for i in topology.instances()}
+        names |= {name for workers in topology.workers for name in workers.instances}
+        return cls(addresses, frozenset(names), published_on=topology.bind_host)
+
+    def listen(self, component: str) -> str:
+        return ANY
+
+    def address(self, component: str) -> str:
+        try:
+            return self.addresses[component]
+        except KeyError:
+            raise PlacementError(f"{component} has no fixed address in compose") from None
+
+    def host(self, component: str) -> str:
+        return component if component in self.names else self.address(component)
+
+    def admin(self, component: str) -> str:
+        return LOOPBACK
+
+    def public(self) -> str:
+        return self.published_on
+
+    def runs(self, component: str) -> bool:
+        return component != WATCHDOG
