@@ -38,6 +38,7 @@ from mesh.placement import (
     COMPOSE_SUBNET,
     CONSUL,
     JAEGER,
+    POSTGRES,
     RATELIMIT,
     ComposePlacement,
 )
@@ -163,7 +164,7 @@ def wiring(topology: Topology, placement: ComposePlacement, bind_host: str) -> W
         bind_host=bind_host,
         consul_http_addr=consul_http_addr(topology),
         kafka_bootstrap=kafka_bootstrap(topology),
-        database_url=lambda db: f"postgresql://{db}@postgres:{topology.postgres_port}/{db}",
+        database_url=lambda db: postgres.database_url(topology, placement, db, None, db),
         auth_seed_file=lambda: str(demo.seed_file(STATE)),
         otlp_endpoint=placement.otlp_endpoint(topology),
         trace_sample_percent=topology.trace_sample_percent,
@@ -752,7 +753,7 @@ def init(topology: Topology) -> None:
         POSTGRES_SUPERUSER_PASSWORD.touch(mode=0o600)
         POSTGRES_SUPERUSER_PASSWORD.write_text(passwords[postgres.SUPERUSER])
     shutil.chown(POSTGRES_SUPERUSER_PASSWORD, POSTGRES_UID, POSTGRES_UID)
-    host, port = "postgres", topology.postgres_port
+    host, port = ComposePlacement.of(topology).host(POSTGRES), topology.postgres_port
     lines = [
         f"{host}:{port}:{db}:{db}:{pw}" for db, pw in passwords.items() if db != postgres.SUPERUSER
     ]
@@ -774,7 +775,8 @@ def bootstrap(topology: Topology) -> None:
     """Once Postgres and Consul are up: the databases and roles, the edge's config and its
     Consul registration (the edge is no Python service, so nothing else registers it)."""
     passwords = postgres.passwords(STATE, topology)
-    asyncio.run(postgres.ensure_databases(replace(topology, bind_host="postgres"), passwords))
+    placement = ComposePlacement.of(topology)
+    asyncio.run(postgres.ensure_databases(topology, placement, passwords))
     shutil.copyfile(protos.DESCRIPTOR_SET, EDGE_DESCRIPTORS)
     certs = tls.edge_certs(STATE)
     files = edge_config.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)

@@ -193,7 +193,7 @@ def payments_grpc(
 def payments_db(mesh: Mesh):
     """Runs one SQL query against the payments database and returns the rows."""
     password = postgres.passwords(mesh.state, mesh.topology)["payments"]
-    url = postgres.database_url(mesh.topology, "payments", password, "payments")
+    url = postgres.database_url(mesh.topology, mesh.placement, "payments", password, "payments")
 
     def query(sql: str, *args: object) -> list[asyncpg.Record]:
         async def run() -> list[asyncpg.Record]:

@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg
 
+from mesh.placement import NativePlacement
 from mesh.runtime import postgres
 from mesh.runtime.paths import StateDir
 from mesh.topology import Topology
@@ -15,7 +16,9 @@ def query(
     topology: Topology, state: StateDir, database: str, sql: str, *args: object
 ) -> list[asyncpg.Record]:
     password = postgres.passwords(state, topology)[database]
-    url = postgres.database_url(topology, database, password, database)
+    url = postgres.database_url(
+        topology, NativePlacement.of(topology), database, password, database
+    )
 
     async def fetch() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(url)

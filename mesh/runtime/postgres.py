@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
+from mesh.placement import POSTGRES, Placement
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Topology
@@ -47,10 +48,14 @@ def passwords(state: StateDir, topology: Topology) -> dict[str, str]:
     return stored
 
 
-def database_url(topology: Topology, role: str, password: str, database: str) -> str:
-    return (
-        f"postgresql://{role}:{password}@{topology.bind_host}:{topology.postgres_port}/{database}"
-    )
+def database_url(
+    topology: Topology, placement: Placement, role: str, password: str | None, database: str
+) -> str:
+    """The URL `role` connects to `database` with, at Postgres as the placement reaches it;
+    without `password` the client finds it itself (PGPASSFILE)."""
+    credentials = f"{role}:{password}" if password is not None else role
+    host = placement.host(POSTGRES)
+    return f"postgresql://{credentials}@{host}:{topology.postgres_port}/{database}"
 
 
 def _initdb(initdb: Path, pgdata: Path, superuser_password: str, marker: Path) -> None:
@@ -91,13 +96,15 @@ def _initdb(initdb: Path, pgdata: Path, superuser_password: str, marker: Path) -
     marker.write_text(str(pgdata))
 
 
-def server_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) -> ProcessSpec:
+def server_spec(
+    topology: Topology, placement: Placement, state: StateDir, binaries: dict[str, Path]
+) -> ProcessSpec:
     pgdata = data_dir(state)
     pw = passwords(state, topology)
 
     def ready() -> str | None:
         try:
-            asyncio.run(ensure_databases(topology, pw))
+            asyncio.run(ensure_databases(topology, placement, pw))
         except (OSError, asyncpg.PostgresError) as exc:
             return f"not accepting connections yet ({exc.__class__.__name__})"
         return None
@@ -109,7 +116,7 @@ def server_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) 
             "-D",
             str(pgdata),
             "-c",
-            f"listen_addresses={topology.bind_host}",
+            f"listen_addresses={placement.listen(POSTGRES)}",
             "-c",
             f"port={topology.postgres_port}",
             "-c",
@@ -130,10 +137,10 @@ def server_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) 
     )
 
 
-async def ensure_databases(topology: Topology, pw: dict[str, str]) -> None:
+async def ensure_databases(topology: Topology, placement: Placement, pw: dict[str, str]) -> None:
     """Each service's role and database, created if missing (natively and by compose)."""
     conn = await asyncpg.connect(
-        database_url(topology, SUPERUSER, pw[SUPERUSER], "postgres"), timeout=2
+        database_url(topology, placement, SUPERUSER, pw[SUPERUSER], "postgres"), timeout=2
     )
     try:
         for service in topology.services:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from mesh.placement import NativePlacement
 from mesh.registration import instance_registration
 from mesh.runtime import (
     consul,
@@ -68,7 +69,9 @@ class Wiring:
 def native_wiring(topology: Topology, state: StateDir) -> Wiring:
     def database_url(database: str) -> str:
         password = postgres.passwords(state, topology)[database]
-        return postgres.database_url(topology, database, password, database)
+        return postgres.database_url(
+            topology, NativePlacement.of(topology), database, password, database
+        )
 
     return Wiring(
         bind_host=topology.bind_host,
@@ -215,6 +218,11 @@ class Mesh:
         protos.ensure_generated()
         return cls(topology, state, install_all())
 
+    @property
+    def placement(self) -> NativePlacement:
+        """The native backend runs every process on this host, on the topology's bind host."""
+        return NativePlacement.of(self.topology)
+
     # -- the plan -------------------------------------------------------------------------------
 
     def specs(self) -> list[ProcessSpec]:
@@ -224,7 +232,7 @@ class Mesh:
         envoy_bin = self.binaries["envoy"]["envoy"]
         server = consul.server_spec(t, s, consul_bin)
         server.after_ready = lambda: consul.apply_config_entries(consul_bin, t.consul_http_addr)
-        specs = [server, postgres.server_spec(t, s, self.binaries["postgres"])]
+        specs = [server, postgres.server_spec(t, self.placement, s, self.binaries["postgres"])]
         # Before every process that sends spans, so none of the first ones is lost.
         specs.append(jaeger.server_spec(t, s, self.binaries["jaeger"]))
         specs += kafka.node_specs(t, s, self.binaries["kafka"])

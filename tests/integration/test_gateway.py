@@ -114,7 +114,7 @@ def b64(data: bytes) -> str:
 def active_key(mesh: Mesh) -> tuple[str, str, dict]:
     """auth's active signing key (kid, private PEM, public JWK), read from its database."""
     password = postgres.passwords(mesh.state, mesh.topology)["auth"]
-    url = postgres.database_url(mesh.topology, "auth", password, "auth")
+    url = postgres.database_url(mesh.topology, mesh.placement, "auth", password, "auth")
 
     async def read():
         import asyncpg

@@ -37,7 +37,7 @@ ITEMS = [{"productId": "book", "quantity": 1}]
 def query(mesh: Mesh, database: str, sql: str, *args: object) -> list[asyncpg.Record]:
     """One SQL query against a service's database."""
     password = postgres.passwords(mesh.state, mesh.topology)[database]
-    url = postgres.database_url(mesh.topology, database, password, database)
+    url = postgres.database_url(mesh.topology, mesh.placement, database, password, database)
 
     async def run() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(url)
@@ -360,7 +360,7 @@ def test_processed_events_older_than_the_dedupe_window_are_pruned_and_newer_ones
           "($1, $2, now() - interval '9 days'), ($1, $3, now() - interval '7 days')",
           group, old, recent)  # fmt: skip
     password = postgres.passwords(mesh.state, mesh.topology)["orders"]
-    url = postgres.database_url(mesh.topology, "orders", password, "orders")
+    url = postgres.database_url(mesh.topology, mesh.placement, "orders", password, "orders")
 
     async def prune() -> int:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
