@@ -150,17 +150,13 @@ RATELIMIT_BUILD = {
 }
 
 
-def kafka_bootstrap(topology: Topology) -> str:
-    return ",".join(f"{n.name}:{n.port}" for n in topology.kafka.nodes)
-
-
 def wiring(topology: Topology, placement: ComposePlacement, bind_host: str) -> Wiring:
     """The containers' wiring: Consul, Postgres and Kafka by their compose names; the database
     password comes from PGPASSFILE, so the URL has none."""
     return Wiring(
         bind_host=bind_host,
         consul_http_addr=placement.consul_http_addr(topology),
-        kafka_bootstrap=kafka_bootstrap(topology),
+        kafka_bootstrap=placement.kafka_bootstrap(topology),
         database_url=lambda db: postgres.database_url(topology, placement, db, None, db),
         auth_seed_file=lambda: str(demo.seed_file(STATE)),
         otlp_endpoint=placement.otlp_endpoint(topology),
@@ -298,42 +294,35 @@ def _postgres(topology: Topology) -> dict[str, Any]:
     }
 
 
-def kafka_environment(topology: Topology, node_id: int) -> dict[str, str]:
-    """The native node's server.properties as the apache/kafka image's KAFKA_* variables, with
-    each node at its compose name instead of the shared bind host."""
+def kafka_environment(
+    topology: Topology, placement: ComposePlacement, node_id: int
+) -> dict[str, str]:
+    """The node's server.properties as the apache/kafka image's KAFKA_* variables."""
     node = next(n for n in topology.kafka.nodes if n.id == node_id)
-    props = kafka.server_properties(topology, node, Path(KAFKA_DATA))
-    props["controller.quorum.voters"] = ",".join(
-        f"{n.id}@{n.name}:{n.controller_port}" for n in topology.kafka.nodes
-    )
-    props["listeners"] = (
-        f"PLAINTEXT://{node.name}:{node.port},CONTROLLER://{node.name}:{node.controller_port}"
-    )
-    props["advertised.listeners"] = f"PLAINTEXT://{node.name}:{node.port}"
+    props = kafka.server_properties(topology, placement, node, Path(KAFKA_DATA))
     env = {"KAFKA_" + key.upper().replace(".", "_"): value for key, value in props.items()}
     heap = topology.kafka.heap
     env["KAFKA_HEAP_OPTS"] = f"-Xmx{heap} -Xms{heap}"
-    agent = kafka.jmx_agent(replace(topology, bind_host="0.0.0.0"), {"jmx_agent": JMX_AGENT}, node)
-    env["KAFKA_OPTS"] = agent.replace(str(kafka.JMX_EXPORTER_RULES), JMX_RULES)
+    env["KAFKA_OPTS"] = kafka.jmx_agent(placement, node, JMX_AGENT, JMX_RULES)
     return env
 
 
-def _kafka_node(topology: Topology, node_id: int) -> dict[str, Any]:
+def _kafka_node(topology: Topology, placement: ComposePlacement, node_id: int) -> dict[str, Any]:
     node = next(n for n in topology.kafka.nodes if n.id == node_id)
-    cluster_id_file = STATE.data / "kafka-cluster-id"
+    cluster_id_file = kafka.cluster_id_file(STATE)
     start = f'export CLUSTER_ID="$$(cat {cluster_id_file})" && exec /etc/kafka/docker/run'
     # Without the node's KAFKA_OPTS (the tool's JVM would start a second agent on the metrics
     # port) and heap (the node's heap again would not fit the container's limit).
     probe = "KAFKA_OPTS= KAFKA_HEAP_OPTS=-Xmx64m /opt/kafka/bin/kafka-broker-api-versions.sh"
     probe += " --bootstrap-server"
-    probe += f" {node.name}:{node.port}"
+    probe += f" {placement.host(node.name)}:{node.port}"
     return {
         "image": KAFKA_IMAGE,
         "build": KAFKA_BUILD,
         "hostname": node.name,
         "entrypoint": ["/bin/bash", "-c"],
         "command": [start],
-        "environment": kafka_environment(topology, node_id),
+        "environment": kafka_environment(topology, placement, node_id),
         "volumes": [
             f"{node.name}-data:{KAFKA_DATA}",
             f"./{kafka.JMX_EXPORTER_RULES.relative_to(REPO_ROOT)}:{JMX_RULES}:ro",
@@ -353,9 +342,10 @@ def _twice(heap: str) -> str:
     return f"{int(heap[:-1]) * 2}{heap[-1].lower()}"
 
 
-def _kafka_topics(topology: Topology) -> dict[str, Any]:
+def _kafka_topics(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     """The topics of mesh/kafka/topics.yaml (and their DLQs), created if missing."""
-    tool = f"/opt/kafka/bin/kafka-topics.sh --bootstrap-server {kafka_bootstrap(topology)}"
+    bootstrap = placement.kafka_bootstrap(topology)
+    tool = f"/opt/kafka/bin/kafka-topics.sh --bootstrap-server {bootstrap}"
     creates = [
         f"{tool} --create --if-not-exists --topic {t.name} --partitions {t.partitions} "
         f"--replication-factor {t.replication_factor} "
@@ -609,8 +599,8 @@ def document(topology: Topology) -> dict[str, Any]:
         "postgres": _postgres(topology),
     }
     for node in topology.kafka.nodes:
-        services[node.name] = _kafka_node(topology, node.id)
-    services["kafka-topics"] = _kafka_topics(topology)
+        services[node.name] = _kafka_node(topology, placement, node.id)
+    services["kafka-topics"] = _kafka_topics(topology, placement)
     services["bootstrap"] = _bootstrap(topology)
     for instance in topology.instances():
         services[instance.id] = _service(topology, placement, instance)
@@ -762,7 +752,7 @@ def init(topology: Topology) -> None:
         shutil.chown(path, APP_UID, APP_UID)
     shutil.chown(certs.server_cert.parent, APP_UID, APP_UID)
     kafka.cluster_id(topology, STATE)
-    (STATE.data / "kafka-cluster-id").chmod(0o644)  # an id, not a secret: read by the nodes
+    kafka.cluster_id_file(STATE).chmod(0o644)  # an id, not a secret: read by the nodes
     redis_config = ratelimit.write_redis_config(STATE, "0.0.0.0", topology.redis_port, REDIS_DIR)
     shutil.chown(redis_config, REDIS_UID, REDIS_UID)
     shutil.chown(ratelimit.password_file(STATE), APP_UID, APP_UID)

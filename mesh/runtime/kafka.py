@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.placement import NativePlacement, Placement
 from mesh.runtime import process
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
@@ -145,9 +146,9 @@ def load_topics(path: Path = TOPICS_FILE) -> tuple[TopicSpec, ...]:
 # --- node configuration ------------------------------------------------------------------------
 
 
-def quorum_voters(topology: Topology) -> str:
+def quorum_voters(topology: Topology, placement: Placement) -> str:
     return ",".join(
-        f"{n.id}@{topology.bind_host}:{n.controller_port}" for n in topology.kafka.nodes
+        f"{n.id}@{placement.host(n.name)}:{n.controller_port}" for n in topology.kafka.nodes
     )
 
 
@@ -155,12 +156,16 @@ def log_dir(state: StateDir, node: KafkaNode) -> Path:
     return state.data / node.name
 
 
-def server_properties(topology: Topology, node: KafkaNode, logs: Path) -> dict[str, str]:
-    host = topology.bind_host
+def server_properties(
+    topology: Topology, placement: Placement, node: KafkaNode, logs: Path
+) -> dict[str, str]:
+    """The node's settings: its listeners on the address the others reach it at (its host in
+    the placement), advertised as such; the quorum's voters likewise."""
+    host = placement.host(node.name)
     return {
         **CLUSTER_SETTINGS,
         "node.id": str(node.id),
-        "controller.quorum.voters": quorum_voters(topology),
+        "controller.quorum.voters": quorum_voters(topology, placement),
         "listeners": f"PLAINTEXT://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
         "advertised.listeners": f"PLAINTEXT://{host}:{node.port}",
         "log.dirs": str(logs),
@@ -182,10 +187,14 @@ def new_cluster_id() -> str:
             return cid
 
 
+def cluster_id_file(state: StateDir) -> Path:
+    return state.data / "kafka-cluster-id"
+
+
 def cluster_id(topology: Topology, state: StateDir) -> str:
     if topology.kafka.cluster_id != "generate":
         return topology.kafka.cluster_id
-    path = state.data / "kafka-cluster-id"
+    path = cluster_id_file(state)
     if not path.exists():
         path.write_text(new_cluster_id() + "\n")
     return path.read_text().strip()
@@ -213,14 +222,18 @@ def java_argv(
 
 
 def prepare_node(
-    topology: Topology, state: StateDir, binaries: dict[str, Path], node: KafkaNode
+    topology: Topology,
+    placement: Placement,
+    state: StateDir,
+    binaries: dict[str, Path],
+    node: KafkaNode,
 ) -> None:
     """Write the node's configs; format its log dir the first time (kept across restarts)."""
     props_path, log4j = config_paths(state, node)
     props_path.parent.mkdir(parents=True, exist_ok=True)
     log4j.write_text(LOG4J_PROPERTIES)
     logs = log_dir(state, node)
-    props_path.write_text(render_properties(server_properties(topology, node, logs)))
+    props_path.write_text(render_properties(server_properties(topology, placement, node, logs)))
     if (logs / "meta.properties").exists():
         return
     argv = java_argv(binaries, "128m", log4j, "kafka.tools.StorageTool")
@@ -264,17 +277,19 @@ async def _metadata_from(host: str, port: int, topics: list[str] | None) -> dict
         conn.close()
 
 
-def metadata_from(topology: Topology, node: KafkaNode, topics: list[str] | None = None) -> dict:
+def metadata_from(placement: Placement, node: KafkaNode, topics: list[str] | None = None) -> dict:
     with _quiet_aiokafka():
-        return asyncio.run(_metadata_from(topology.bind_host, node.port, topics))
+        return asyncio.run(_metadata_from(placement.host(node.name), node.port, topics))
 
 
-def brokers_seen_by(topology: Topology, node: KafkaNode) -> set[int]:
+def brokers_seen_by(placement: Placement, node: KafkaNode) -> set[int]:
     """The live (unfenced) brokers in the metadata that this one node answers with."""
-    return {b["node_id"] for b in metadata_from(topology, node, [])["brokers"]}
+    return {b["node_id"] for b in metadata_from(placement, node, [])["brokers"]}
 
 
-def node_ready(topology: Topology, state: StateDir, node: KafkaNode) -> str | None:
+def node_ready(
+    topology: Topology, placement: Placement, state: StateDir, node: KafkaNode
+) -> str | None:
     """The node's controller listens; once all nodes run, its client port sees all of them live.
 
     A lone first node cannot register (its quorum needs a majority of the three), so the full
@@ -283,7 +298,7 @@ def node_ready(topology: Topology, state: StateDir, node: KafkaNode) -> str | No
     """
     # The broker binds its client port only once it has registered with the quorum; the
     # controller listener is up as soon as the node runs.
-    if not _port_open(topology.bind_host, node.controller_port):
+    if not _port_open(placement.host(node.name), node.controller_port):
         return f"controller port {node.controller_port} not open yet"
     others = [n for n in topology.kafka.nodes if n != node]
     if not all(process.running(state, n.name) for n in others):
@@ -292,10 +307,10 @@ def node_ready(topology: Topology, state: StateDir, node: KafkaNode) -> str | No
     # out (DuplicateBrokerRegistrationException meanwhile), and the controller lists the old one
     # as live until then: only an open client port says the broker serves.
     for other in topology.kafka.nodes:
-        if not _port_open(topology.bind_host, other.port):
+        if not _port_open(placement.host(other.name), other.port):
             return f"{other.name}'s client port {other.port} not open yet"
     try:
-        seen = brokers_seen_by(topology, node)
+        seen = brokers_seen_by(placement, node)
     except Exception as exc:
         return f"no metadata from {node.name} yet ({exc.__class__.__name__})"
     wanted = {n.id for n in topology.kafka.nodes}
@@ -395,7 +410,9 @@ def partitions(
     last: Exception | None = None
     for candidate in nodes:
         try:
-            return partitions_from(metadata_from(topology, candidate, topics))
+            # From this host: the native mesh's nodes.
+            native = NativePlacement.of(topology)
+            return partitions_from(metadata_from(native, candidate, topics))
         except (TimeoutError, OSError, KafkaError) as exc:
             last = exc
     raise RuntimeError(f"no Kafka node answered a metadata request ({last!r})")
@@ -509,18 +526,22 @@ def wait_for_leaders(
 # --- processes ---------------------------------------------------------------------------------
 
 
-def jmx_agent(topology: Topology, binaries: dict[str, Path], node: KafkaNode) -> str:
-    """The JVM flag that serves the node's MBeans, as JMX_EXPORTER_RULES say, on its
-    `metrics_port` (/metrics) for Prometheus."""
-    bind = f"{topology.bind_host}:{node.metrics_port}"
-    return f"-javaagent:{binaries['jmx_agent']}={bind}:{JMX_EXPORTER_RULES}"
+def jmx_agent(placement: Placement, node: KafkaNode, agent: Path | str, rules: Path | str) -> str:
+    """The JVM flag that serves the node's MBeans, as the `rules` file (JMX_EXPORTER_RULES)
+    says, on its `metrics_port` (/metrics) for Prometheus; `agent` is the exporter's jar."""
+    bind = f"{placement.listen(node.name)}:{node.metrics_port}"
+    return f"-javaagent:{agent}={bind}:{rules}"
 
 
 def node_spec(
-    topology: Topology, state: StateDir, binaries: dict[str, Path], node: KafkaNode
+    topology: Topology,
+    placement: Placement,
+    state: StateDir,
+    binaries: dict[str, Path],
+    node: KafkaNode,
 ) -> ProcessSpec:
     props_path, log4j = config_paths(state, node)
-    agents = (jmx_agent(topology, binaries, node),)
+    agents = (jmx_agent(placement, node, binaries["jmx_agent"], JMX_EXPORTER_RULES),)
     return ProcessSpec(
         name=node.name,
         argv=[
@@ -528,18 +549,20 @@ def node_spec(
             str(props_path),
         ],
         ports=(node.port, node.controller_port, node.metrics_port),
-        ready=lambda: node_ready(topology, state, node),
+        ready=lambda: node_ready(topology, placement, state, node),
         # A fresh start of the last node waits for the quorum election and all three brokers to
         # register; a node restarted after SIGKILL first recovers its logs.
         ready_timeout=120,
-        before_start=lambda: prepare_node(topology, state, binaries, node),
+        before_start=lambda: prepare_node(topology, placement, state, binaries, node),
         # A broker's controlled shutdown moves its partition leaders away first.
         stop_timeout=30,
     )
 
 
-def node_specs(topology: Topology, state: StateDir, binaries: dict[str, Path]) -> list[ProcessSpec]:
-    specs = [node_spec(topology, state, binaries, node) for node in topology.kafka.nodes]
+def node_specs(
+    topology: Topology, placement: Placement, state: StateDir, binaries: dict[str, Path]
+) -> list[ProcessSpec]:
+    specs = [node_spec(topology, placement, state, binaries, n) for n in topology.kafka.nodes]
     specs[-1].after_ready = lambda: ensure_topics(
         topology, nodes=[n for n in topology.kafka.nodes if process.running(state, n.name)]
     )

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from mesh.placement import NativePlacement
 from mesh.runtime import kafka
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
@@ -43,7 +44,8 @@ async def _topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str
 def test_three_brokers_and_every_configured_topic(topology: Topology) -> None:
     wanted_ids = {node.id for node in topology.kafka.nodes}
     for node in topology.kafka.nodes:
-        assert kafka.brokers_seen_by(topology, node) == wanted_ids, node.name
+        seen = kafka.brokers_seen_by(NativePlacement.of(topology), node)
+        assert seen == wanted_ids, node.name
 
     topics = kafka.load_topics()
     assert {t.name for t in topics} >= {

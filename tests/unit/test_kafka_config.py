@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mesh.placement import NativePlacement
 from mesh.runtime import kafka
 from mesh.runtime.paths import StateDir
 from mesh.runtime.provision import COMPONENTS, KAFKA_POM
@@ -58,7 +59,9 @@ def test_bad_kafka_settings_are_rejected(field: str, value: object, message: str
 def test_server_properties_of_a_combined_node(tmp_path: Path) -> None:
     topology = load()
     node = topology.kafka.nodes[1]
-    props = kafka.server_properties(topology, node, tmp_path / "kafka-2")
+    props = kafka.server_properties(
+        topology, NativePlacement.of(topology), node, tmp_path / "kafka-2"
+    )
 
     assert props["process.roles"] == "broker,controller"
     assert props["node.id"] == "2"
@@ -106,7 +109,9 @@ def test_node_command_line_sets_the_heap_log4j_and_the_jmx_exporter(tmp_path: Pa
     agent = tmp_path / "agent" / "jmx_prometheus_javaagent.jar"
     binaries = {"java": Path("/usr/bin/java"), "libs": tmp_path / "libs", "jmx_agent": agent}
     node = topology.kafka.nodes[0]
-    spec = kafka.node_spec(topology, StateDir(tmp_path), binaries, node)
+    spec = kafka.node_spec(
+        topology, NativePlacement.of(topology), StateDir(tmp_path), binaries, node
+    )
     heap = topology.kafka.heap
     assert spec.argv[:3] == ["/usr/bin/java", f"-Xmx{heap}", f"-Xms{heap}"]
     assert f"-Dlog4j.configuration=file:{tmp_path}/config/kafka/log4j.properties" in spec.argv

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from mesh.placement import NativePlacement
 from mesh.runtime import kafka
 from mesh.runtime.paths import StateDir
 from mesh.topology import load
@@ -18,13 +19,14 @@ def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path) -> dict:
     monkeypatch.setattr(kafka, "_port_open", lambda _host, port: ports[port])
     monkeypatch.setattr(kafka.process, "running", lambda _state, _name: True)
     every = {n.id for n in topology.kafka.nodes}
-    monkeypatch.setattr(kafka, "brokers_seen_by", lambda _topology, _node: every)
+    monkeypatch.setattr(kafka, "brokers_seen_by", lambda _placement, _node: every)
     return {"topology": topology, "state": StateDir(tmp_path), "ports": ports}
 
 
 def test_the_last_node_is_ready_when_every_broker_serves(cluster: dict) -> None:
     topology = cluster["topology"]
-    assert kafka.node_ready(topology, cluster["state"], topology.kafka.nodes[-1]) is None
+    placement = NativePlacement.of(topology)
+    assert kafka.node_ready(topology, placement, cluster["state"], topology.kafka.nodes[-1]) is None
 
 
 def test_a_broker_listed_live_but_not_serving_keeps_the_cluster_not_ready(cluster: dict) -> None:
@@ -32,6 +34,7 @@ def test_a_broker_listed_live_but_not_serving_keeps_the_cluster_not_ready(cluste
     restarted = topology.kafka.nodes[1]
     cluster["ports"][restarted.port] = False  # registration refused: a duplicate until timeout
 
-    reason = kafka.node_ready(topology, cluster["state"], topology.kafka.nodes[-1])
+    placement = NativePlacement.of(topology)
+    reason = kafka.node_ready(topology, placement, cluster["state"], topology.kafka.nodes[-1])
 
     assert reason == f"{restarted.name}'s client port {restarted.port} not open yet"
