@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -590,8 +589,7 @@ def _grafana(topology: Topology) -> dict[str, Any]:
     }
 
 
-def document(topology: Topology) -> dict[str, Any]:
-    placement = ComposePlacement.of(topology)
+def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     services: dict[str, Any] = {
         "init": _init(topology),
         "consul": _consul(topology, placement),
@@ -641,11 +639,10 @@ def document(topology: Topology) -> dict[str, Any]:
 NATIVE_ONLY_JOB = "watchdog"
 
 
-def prometheus_config(topology: Topology) -> dict[str, Any]:
+def prometheus_config(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     """The native Prometheus config (same jobs, targets and labels) with compose's hosts, and
     real Consul discovery for the services job where the native one reads consul_sd.py's files.
     The workers stay static targets in that job: the relabelling touches discovered ones only."""
-    placement = ComposePlacement.of(topology)
     hosts = {
         topology.edge.id: placement.address(topology.edge.id),
         "consul": "consul",
@@ -703,11 +700,11 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def generated(topology: Topology) -> dict[Path, str]:
+    placement = ComposePlacement.of(topology)
     return {
-        COMPOSE_FILE: render(document(topology)),
-        PROMETHEUS_FILE: render(prometheus_config(topology)),
-        # The native config with every receiver and API on all the container's interfaces.
-        JAEGER_FILE: render(jaeger.config(replace(topology, bind_host="0.0.0.0"))),
+        COMPOSE_FILE: render(document(topology, placement)),
+        PROMETHEUS_FILE: render(prometheus_config(topology, placement)),
+        JAEGER_FILE: render(jaeger.config(topology, placement)),
     }
 
 

@@ -2,8 +2,8 @@
 
 One Jaeger v2 binary (an OpenTelemetry Collector build) is receiver, store and query service
 at once. Traces live in memory only: a restart of the `jaeger` process forgets them, which
-suits a local demo and needs no database. Every listener is on the topology's bind_host and
-every port it opens is in the topology's `jaeger.ports`.
+suits a local demo and needs no database. Every listener is on the placement's listen address
+for Jaeger, and every port it opens is in the topology's `jaeger.ports`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from mesh.placement import JAEGER, NativePlacement, Placement
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Topology
@@ -20,8 +21,8 @@ from mesh.topology import Topology
 STORE = "memstore"
 
 
-def config(topology: Topology) -> dict:
-    host = topology.bind_host
+def config(topology: Topology, placement: Placement) -> dict:
+    host = placement.listen(JAEGER)
     ports = topology.jaeger.ports
     return {
         "service": {
@@ -70,19 +71,23 @@ def config(topology: Topology) -> dict:
     }  # fmt: skip
 
 
-def query_url(topology: Topology) -> str:
-    """The query API and UI (the UI at /, the API under /api)."""
-    return f"http://{topology.bind_host}:{topology.jaeger.ports.ui}"
+def query_url(topology: Topology, placement: Placement | None = None) -> str:
+    """The query API and UI (the UI at /, the API under /api); by default the native mesh's,
+    as this host reaches it."""
+    host = (placement or NativePlacement.of(topology)).host(JAEGER)
+    return f"http://{host}:{topology.jaeger.ports.ui}"
 
 
-def server_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) -> ProcessSpec:
+def server_spec(
+    topology: Topology, placement: Placement, state: StateDir, binaries: dict[str, Path]
+) -> ProcessSpec:
     config_file = state.config / "jaeger.yaml"
     ports = topology.jaeger.ports
-    health = f"http://{topology.bind_host}:{ports.health}/status"
-    api = f"{query_url(topology)}/api/services"
+    health = f"http://{placement.host(JAEGER)}:{ports.health}/status"
+    api = f"{query_url(topology, placement)}/api/services"
 
     def write_config() -> None:
-        config_file.write_text(yaml.safe_dump(config(topology), sort_keys=False))
+        config_file.write_text(yaml.safe_dump(config(topology, placement), sort_keys=False))
 
     def ready() -> str | None:
         try:

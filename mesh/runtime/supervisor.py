@@ -235,7 +235,7 @@ class Mesh:
         server.after_ready = lambda: consul.apply_config_entries(consul_bin, p.consul_http_addr(t))
         specs = [server, postgres.server_spec(t, p, s, self.binaries["postgres"])]
         # Before every process that sends spans, so none of the first ones is lost.
-        specs.append(jaeger.server_spec(t, s, self.binaries["jaeger"]))
+        specs.append(jaeger.server_spec(t, p, s, self.binaries["jaeger"]))
         specs += kafka.node_specs(t, p, s, self.binaries["kafka"])
         for instance in t.instances():
             specs.append(service_spec(t, s, instance))

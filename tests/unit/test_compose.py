@@ -253,7 +253,8 @@ def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
         *({"instance": f"{i.id}-sidecar", "service": i.service} for i in topology.instances()),
         {"instance": f"{topology.edge.id}-sidecar", "service": "edge"},
     ]
-    assert labels(compose.prometheus_config(topology)) == native_labels
+    compose_config = compose.prometheus_config(topology, ComposePlacement.of(topology))
+    assert labels(compose_config) == native_labels
 
 
 def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mesh import compose
+from mesh.placement import ComposePlacement
 from mesh.runtime import prometheus
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import load
@@ -82,7 +83,9 @@ def test_compose_mounts_the_provisioning_and_the_dashboards_where_grafana_reads_
     raw = yaml.safe_load((PROVISIONING_DIR / "dashboards" / "dashboards.yaml").read_text())
     [provider] = raw["providers"]
     assert provider["type"] == "file"
-    volumes = compose.document(load())["services"]["grafana"]["volumes"]
+    topology = load()
+    doc = compose.document(topology, ComposePlacement.of(topology))
+    volumes = doc["services"]["grafana"]["volumes"]
     mounts = {target: REPO_ROOT / source for source, target, *_ in (v.split(":") for v in volumes)}
     assert mounts["/etc/grafana/provisioning"] == PROVISIONING_DIR
     assert mounts[provider["options"]["path"]] == DASHBOARDS_DIR

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from mesh.placement import NativePlacement
 from mesh.runtime import jaeger
 from mesh.runtime.paths import StateDir
 from mesh.runtime.supervisor import Mesh, Wiring, instance_env, worker_env
@@ -29,7 +30,7 @@ def endpoints(config: dict) -> list[str]:
 
 def test_every_listener_is_on_the_bind_host_at_a_topology_port() -> None:
     topology = load()
-    config = jaeger.config(topology)
+    config = jaeger.config(topology, NativePlacement.of(topology))
     ports = topology.jaeger.ports
     reader = config["service"]["telemetry"]["metrics"]["readers"][0]
     prometheus = reader["pull"]["exporter"]["prometheus"]
@@ -39,7 +40,7 @@ def test_every_listener_is_on_the_bind_host_at_a_topology_port() -> None:
 
 def test_otlp_is_received_and_stored_in_memory_and_queried_from_there() -> None:
     topology = load()
-    config = jaeger.config(topology)
+    config = jaeger.config(topology, NativePlacement.of(topology))
     pipeline = config["service"]["pipelines"]["traces"]
     assert pipeline["receivers"] == ["otlp"]
     assert set(config["receivers"]["otlp"]["protocols"]) == {"grpc", "http"}
@@ -52,7 +53,10 @@ def test_otlp_is_received_and_stored_in_memory_and_queried_from_there() -> None:
 
 def test_the_process_owns_every_jaeger_port_and_services_export_to_its_otlp_grpc() -> None:
     topology = load()
-    spec = jaeger.server_spec(topology, StateDir(Path("/state")), {"jaeger": Path("/bin/j")})
+    placement = NativePlacement.of(topology)
+    spec = jaeger.server_spec(
+        topology, placement, StateDir(Path("/state")), {"jaeger": Path("/bin/j")}
+    )
     assert sorted(spec.ports) == sorted(vars(topology.jaeger.ports).values())
     assert spec.argv == ["/bin/j", "--config=/state/config/jaeger.yaml"]
     assert topology.otlp_endpoint() == f"http://127.0.0.1:{topology.jaeger.ports.otlp_grpc}"
