@@ -507,7 +507,7 @@ def _ratelimit(topology: Topology, placement: ComposePlacement) -> dict[str, Any
     """envoyproxy/ratelimit with the native settings, Redis by its compose name; the password
     from the state volume into REDIS_AUTH, never into compose.yaml."""
     password = ratelimit.password_file(STATE)
-    env = ratelimit.service_env(topology, bind_host="0.0.0.0", redis_host="redis", state=STATE)
+    env = ratelimit.service_env(topology, placement, STATE)
     return {
         "image": RATELIMIT_IMAGE,
         "build": RATELIMIT_BUILD,
@@ -750,7 +750,8 @@ def init(topology: Topology) -> None:
     shutil.chown(certs.server_cert.parent, APP_UID, APP_UID)
     kafka.cluster_id(topology, STATE)
     kafka.cluster_id_file(STATE).chmod(0o644)  # an id, not a secret: read by the nodes
-    redis_config = ratelimit.write_redis_config(STATE, "0.0.0.0", topology.redis_port, REDIS_DIR)
+    placement = ComposePlacement.of(topology)
+    redis_config = ratelimit.write_redis_config(topology, placement, STATE, REDIS_DIR)
     shutil.chown(redis_config, REDIS_UID, REDIS_UID)
     shutil.chown(ratelimit.password_file(STATE), APP_UID, APP_UID)
     ratelimit.write_service_config(topology, STATE)

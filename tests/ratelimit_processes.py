@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from mesh.placement import NativePlacement
 from mesh.runtime import process, ratelimit
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessSpec
@@ -60,8 +61,9 @@ def rate_limit_service(topology: Topology, state: StateDir) -> Iterator[Callable
         process.wait_ready(state, spec)
 
     try:
-        start(ratelimit.redis_spec(topology, state, binaries(REDIS)))
-        start(ratelimit.service_spec(topology, state, binaries(RATELIMIT)))
+        placement = NativePlacement.of(topology)
+        start(ratelimit.redis_spec(topology, placement, state, binaries(REDIS)))
+        start(ratelimit.service_spec(topology, placement, state, binaries(RATELIMIT)))
         yield start
     finally:
         for name in reversed(started):

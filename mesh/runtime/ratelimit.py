@@ -7,8 +7,8 @@ the one Redis: a user's budget is the same whatever the listener or the edge a r
 through. The limits are the topology's `edge.rate_limits`; the service counts in fixed windows
 aligned to the clock. Redis keeps the counters in memory only (no RDB, no AOF): a restart forgets
 the current windows, which can only let one window's worth through again. It listens on the
-topology's bind_host only and wants a password, generated at first start into the state dir's
-secrets.
+placement's listen address for Redis only and wants a password, generated at first start into
+the state dir's secrets.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from mesh.placement import RATELIMIT, REDIS, Placement
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.prometheus import SCRAPE_INTERVAL
@@ -72,10 +73,10 @@ def redis_password(state: StateDir) -> str:
     return path.read_text().strip()
 
 
-def redis_config(bind_host: str, port: int, password: str, data_dir: Path) -> str:
+def redis_config(topology: Topology, placement: Placement, password: str, data_dir: Path) -> str:
     return "\n".join([
-        f"bind {bind_host}",
-        f"port {port}",
+        f"bind {placement.listen(REDIS)}",
+        f"port {topology.redis_port}",
         "protected-mode yes",
         f"requirepass {password}",
         # Counters only: nothing is worth keeping across a restart.
@@ -93,10 +94,13 @@ def redis_config_file(state: StateDir) -> Path:
     return state.config / "redis.conf"
 
 
-def write_redis_config(state: StateDir, bind_host: str, port: int, data_dir: Path) -> Path:
+def write_redis_config(
+    topology: Topology, placement: Placement, state: StateDir, data_dir: Path
+) -> Path:
     """Owner-only: it carries the password."""
     path = redis_config_file(state)
-    write_private(path, redis_config(bind_host, port, redis_password(state), data_dir))
+    password = redis_password(state)
+    write_private(path, redis_config(topology, placement, password, data_dir))
     return path
 
 
@@ -134,14 +138,16 @@ def _read_lines(sock: socket.socket, count: int) -> list[bytes]:
     return buffer.split(b"\r\n")[:count]
 
 
-def redis_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) -> ProcessSpec:
-    host, port = topology.bind_host, topology.redis_port
+def redis_spec(
+    topology: Topology, placement: Placement, state: StateDir, binaries: dict[str, Path]
+) -> ProcessSpec:
+    host, port = placement.host(REDIS), topology.redis_port
     config_file = redis_config_file(state)
     data_dir = state.data / "redis"
 
     def write_config() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        write_redis_config(state, host, port, data_dir)
+        write_redis_config(topology, placement, state, data_dir)
 
     return ProcessSpec(
         name="redis",
@@ -153,10 +159,12 @@ def redis_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) -
     )
 
 
-def service_env(topology: Topology, *, bind_host: str, redis_host: str, state: StateDir) -> dict:
+def service_env(topology: Topology, placement: Placement, state: StateDir) -> dict:
     """The service's settings (it reads environment variables only), but the Redis password:
-    natively and in compose alike."""
+    natively and in compose alike. Every listener on the placement's listen address, Redis where
+    the placement has it."""
     ports = topology.ratelimit_ports
+    bind_host = placement.listen(RATELIMIT)
     return {
         "RUNTIME_ROOT": str(state.config),
         "RUNTIME_SUBDIRECTORY": RUNTIME_SUBDIRECTORY,
@@ -164,7 +172,7 @@ def service_env(topology: Topology, *, bind_host: str, redis_host: str, state: S
         "RUNTIME_WATCH_ROOT": "false",
         "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED": "true",
         "REDIS_SOCKET_TYPE": "tcp",
-        "REDIS_URL": f"{redis_host}:{topology.redis_port}",
+        "REDIS_URL": f"{placement.host(REDIS)}:{topology.redis_port}",
         "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION": "true",
         # The edge waits 0.25 s and then lets the request through: no call should wait on a
         # stalled Redis for the default 10 s.
@@ -191,16 +199,16 @@ def service_env(topology: Topology, *, bind_host: str, redis_host: str, state: S
     }
 
 
-def health_url(topology: Topology) -> str:
-    return f"http://{topology.bind_host}:{topology.ratelimit_ports.http}/healthcheck"
+def health_url(topology: Topology, placement: Placement) -> str:
+    return f"http://{placement.host(RATELIMIT)}:{topology.ratelimit_ports.http}/healthcheck"
 
 
-def service_spec(topology: Topology, state: StateDir, binaries: dict[str, Path]) -> ProcessSpec:
-    host = topology.bind_host
-
+def service_spec(
+    topology: Topology, placement: Placement, state: StateDir, binaries: dict[str, Path]
+) -> ProcessSpec:
     def ready() -> str | None:
         try:
-            health = httpx.get(health_url(topology), timeout=1.0)
+            health = httpx.get(health_url(topology, placement), timeout=1.0)
         except httpx.HTTPError as exc:
             return f"not answering ({exc.__class__.__name__})"
         if health.status_code != 200 or health.text.strip() != "OK":
@@ -211,7 +219,7 @@ def service_spec(topology: Topology, state: StateDir, binaries: dict[str, Path])
         name="ratelimit",
         argv=[str(binaries["ratelimit"])],
         env={
-            **service_env(topology, bind_host=host, redis_host=host, state=state),
+            **service_env(topology, placement, state),
             "REDIS_AUTH": redis_password(state),
         },
         ports=tuple(vars(topology.ratelimit_ports).values()),

@@ -252,8 +252,8 @@ class Mesh:
         for workers in t.workers:
             specs += [worker_spec(t, s, workers, instance) for instance in workers.instances]
         # The edge's rate-limit service, and the store of its counters, before the edge.
-        specs.append(ratelimit.redis_spec(t, s, self.binaries["redis"]))
-        specs.append(ratelimit.service_spec(t, s, self.binaries["ratelimit"]))
+        specs.append(ratelimit.redis_spec(t, p, s, self.binaries["redis"]))
+        specs.append(ratelimit.service_spec(t, p, s, self.binaries["ratelimit"]))
         specs.append(edge.edge_spec(t, s, envoy_bin))
         edge_sidecar = consul.sidecar_spec(
             t,

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from mesh.placement import NativePlacement
 from mesh.runtime import ratelimit
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
@@ -158,7 +159,9 @@ def test_one_users_budget_holds_across_two_service_instances(service: Service) -
     """Two edges, each with a rate-limit service of its own, count in the same Redis."""
     ports = service_ports()
     second = replace(service.topology, ratelimit_ports=ports)
-    spec = ratelimit.service_spec(second, service.state, binaries(RATELIMIT))
+    spec = ratelimit.service_spec(
+        second, NativePlacement.of(second), service.state, binaries(RATELIMIT)
+    )
     service.start(replace(spec, name="ratelimit-2"))
     limit = service.topology.edge.per_user_limit
     name = f"both-{uuid.uuid4().hex[:8]}"

@@ -16,7 +16,7 @@ import yaml
 
 from mesh import compose
 from mesh.envoy_tracing import OTLP_CLUSTER
-from mesh.placement import JAEGER, RATELIMIT, ComposePlacement
+from mesh.placement import JAEGER, RATELIMIT, ComposePlacement, NativePlacement
 from mesh.registration import instance_registration
 from mesh.runtime import prometheus, protos, provision, ratelimit
 from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles
@@ -300,7 +300,8 @@ def test_the_rate_limit_service_has_the_native_settings_but_for_hosts_and_passwo
 ) -> None:
     state = StateDir(tmp_path)
     state.ensure()
-    native = ratelimit.service_spec(topology, state, {"ratelimit": Path("ratelimit")}).env
+    binaries = {"ratelimit": Path("ratelimit")}
+    native = ratelimit.service_spec(topology, NativePlacement.of(topology), state, binaries).env
     container = doc["services"]["ratelimit"]
     env = container["environment"]
     assert env.keys() == native.keys() - {"REDIS_AUTH"}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mesh.placement import ComposePlacement, NativePlacement
 from mesh.runtime import ratelimit
 from mesh.runtime.paths import StateDir
 from mesh.topology import TOPOLOGY_FILE, TopologyError, load, parse
@@ -38,7 +39,7 @@ def test_the_service_counts_per_ip_per_second_and_per_user_per_minute() -> None:
 
 def test_the_service_config_is_where_its_runtime_loader_looks(state: StateDir) -> None:
     ratelimit.write_service_config(load(), state)
-    env = ratelimit.service_env(load(), bind_host="127.0.0.1", redis_host="redis", state=state)
+    env = ratelimit.service_env(load(), NativePlacement.of(load()), state)
     assert env["RUNTIME_WATCH_ROOT"] == "false"
     # <RUNTIME_ROOT>/<RUNTIME_SUBDIRECTORY>/config/*.yaml
     directory = Path(env["RUNTIME_ROOT"]) / env["RUNTIME_SUBDIRECTORY"] / "config"
@@ -51,7 +52,7 @@ def test_every_listener_of_the_service_is_on_the_bind_host_at_its_topology_port(
 ) -> None:
     topology = load()
     ports = topology.ratelimit_ports
-    spec = ratelimit.service_spec(topology, state, BINARIES)
+    spec = ratelimit.service_spec(topology, NativePlacement.of(topology), state, BINARIES)
     env = spec.env
     host = topology.bind_host
     assert (env["GRPC_HOST"], env["GRPC_PORT"]) == (host, str(ports.grpc))
@@ -71,12 +72,11 @@ def test_the_redis_password_is_generated_once_owner_only_and_never_on_a_command_
     password = ratelimit.redis_password(state)
     assert ratelimit.redis_password(state) == password and len(password) >= 24
     assert ratelimit.password_file(state).stat().st_mode & 0o077 == 0
-    redis = ratelimit.redis_spec(topology, state, BINARIES)
-    service = ratelimit.service_spec(topology, state, BINARIES)
+    native = NativePlacement.of(topology)
+    redis = ratelimit.redis_spec(topology, native, state, BINARIES)
+    service = ratelimit.service_spec(topology, native, state, BINARIES)
     assert service.env["REDIS_AUTH"] == password
-    assert "REDIS_AUTH" not in ratelimit.service_env(
-        topology, bind_host="0.0.0.0", redis_host="redis", state=state
-    )
+    assert "REDIS_AUTH" not in ratelimit.service_env(topology, ComposePlacement.of(topology), state)
     for spec in (redis, service):
         assert not any(password in arg for arg in spec.argv), spec.name
 
@@ -85,7 +85,7 @@ def test_redis_binds_the_bind_host_keeps_nothing_on_disk_and_wants_the_password(
     state: StateDir,
 ) -> None:
     topology = load()
-    spec = ratelimit.redis_spec(topology, state, BINARIES)
+    spec = ratelimit.redis_spec(topology, NativePlacement.of(topology), state, BINARIES)
     assert spec.ports == (topology.redis_port,)
     assert spec.before_start is not None
     spec.before_start()
