@@ -31,7 +31,6 @@ from typing import Any
 import yaml
 
 from mesh import registration
-from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import (
     COMPOSE_DYNAMIC_RANGE,
     COMPOSE_SUBNET,
@@ -463,7 +462,7 @@ def _sidecar(
 
 def _edge(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     e = topology.edge
-    argv = edge.edge_spec(topology, STATE, Path("envoy")).argv
+    argv = edge.edge_argv(topology, Path("envoy"), EDGE_CONFIG)
     return {
         "image": IMAGES["envoy"],
         "hostname": e.id,
@@ -729,6 +728,7 @@ def write(topology: Topology) -> list[Path]:
 
 def init(topology: Topology) -> None:
     """Generate every secret into the state volume if missing, each readable by its one user."""
+    placement = ComposePlacement.of(topology)
     STATE.ensure()
     # Each user may enter the folders to open its own files (all 0600), not list the others.
     for folder in (STATE.root, STATE.config, STATE.secrets):
@@ -738,19 +738,18 @@ def init(topology: Topology) -> None:
         POSTGRES_SUPERUSER_PASSWORD.touch(mode=0o600)
         POSTGRES_SUPERUSER_PASSWORD.write_text(passwords[postgres.SUPERUSER])
     shutil.chown(POSTGRES_SUPERUSER_PASSWORD, POSTGRES_UID, POSTGRES_UID)
-    host, port = ComposePlacement.of(topology).host(POSTGRES), topology.postgres_port
+    host, port = placement.host(POSTGRES), topology.postgres_port
     lines = [
         f"{host}:{port}:{db}:{db}:{pw}" for db, pw in passwords.items() if db != postgres.SUPERUSER
     ]
     PGPASS.touch(mode=0o600)
     PGPASS.write_text("\n".join(lines) + "\n")
-    certs = tls.ensure_edge_certs(STATE, topology.bind_host)
+    certs = tls.ensure_edge_certs(STATE, placement.public())
     for path in (PGPASS, demo.ensure_seed(STATE), certs.server_cert, certs.server_key):
         shutil.chown(path, APP_UID, APP_UID)
     shutil.chown(certs.server_cert.parent, APP_UID, APP_UID)
     kafka.cluster_id(topology, STATE)
     kafka.cluster_id_file(STATE).chmod(0o644)  # an id, not a secret: read by the nodes
-    placement = ComposePlacement.of(topology)
     redis_config = ratelimit.write_redis_config(topology, placement, STATE, REDIS_DIR)
     shutil.chown(redis_config, REDIS_UID, REDIS_UID)
     shutil.chown(ratelimit.password_file(STATE), APP_UID, APP_UID)
@@ -766,28 +765,13 @@ def bootstrap(topology: Topology) -> None:
     shutil.copyfile(protos.DESCRIPTOR_SET, EDGE_DESCRIPTORS)
     certs = tls.edge_certs(STATE)
     files = edge_config.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)
-    EDGE_CONFIG.write_text(json.dumps(edge_envoy_config(topology, files), indent=2))
-    client = consul.ConsulClient(ComposePlacement.of(topology).consul_http_addr(topology))
+    config = edge_config.envoy_config(topology, placement, files)
+    EDGE_CONFIG.write_text(json.dumps(config, indent=2))
+    client = consul.ConsulClient(placement.consul_http_addr(topology))
     try:
         client.register(edge_registration(topology))
     finally:
         client.close()
-
-
-def edge_envoy_config(topology: Topology, files: edge_config.EdgeFiles) -> dict[str, Any]:
-    """The native edge config with its listeners and admin API on every interface of the
-    container (the ports are published; Consul checks the admin API) and the OTLP cluster at
-    Jaeger's address and the rate-limit cluster at the rate-limit service's; the other clusters
-    stay on loopback: the sidecar's upstream listeners."""
-    config = edge_config.envoy_config(topology, files)
-    for listener in config["static_resources"]["listeners"]:
-        listener["address"]["socket_address"]["address"] = "0.0.0.0"
-    config["admin"]["address"]["socket_address"]["address"] = "0.0.0.0"
-    placement = ComposePlacement.of(topology)
-    for cluster in config["static_resources"]["clusters"]:
-        _point_at(cluster, OTLP_CLUSTER, placement.address(JAEGER))
-        _point_at(cluster, edge_config.RATELIMIT_CLUSTER, placement.address(RATELIMIT))
-    return config
 
 
 def edge_registration(topology: Topology) -> dict[str, Any]:
@@ -798,16 +782,6 @@ def edge_registration(topology: Topology) -> dict[str, Any]:
         address=placement.address(topology.edge.id),
         otlp_endpoint=placement.otlp_endpoint(topology),
     )
-
-
-def _point_at(cluster: dict[str, Any], name: str, ip: str) -> None:
-    """The edge's Envoy config is made for the native runtime, where Jaeger and the rate-limit
-    service share the bind host; `ip` is the container's, if the cluster is the one named."""
-    if cluster["name"] != name:
-        return
-    for group in cluster["load_assignment"]["endpoints"]:
-        for endpoint in group["lb_endpoints"]:
-            endpoint["endpoint"]["address"]["socket_address"]["address"] = ip
 
 
 def worker_ready(group: str) -> int:

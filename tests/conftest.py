@@ -78,7 +78,7 @@ class Tokens:
         """The internal JWT auth's token exchange (RFC 8693) gives for the user's token."""
         if user not in self._internal:
             resp = httpx.post(
-                f"{issuer(self._mesh.topology)}/token",
+                f"{issuer(self._mesh.topology, self._mesh.placement)}/token",
                 data={
                     "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
                     "subject_token": self.external(user),

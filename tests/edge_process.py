@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
+from mesh.placement import NativePlacement
 from mesh.runtime import protos
 from mesh.runtime.edge_config import EXTERNAL_AUDIENCE, EdgeFiles, envoy_config, issuer
 from mesh.runtime.paths import StateDir
@@ -140,7 +141,8 @@ class Edge:
 
     def token(self, sub: str) -> str:
         now = int(time.time())
-        claims = {"iss": issuer(self.topology), "aud": EXTERNAL_AUDIENCE, "sub": sub,
+        iss = issuer(self.topology, NativePlacement.of(self.topology))
+        claims = {"iss": iss, "aud": EXTERNAL_AUDIENCE, "sub": sub,
                   "iat": now, "nbf": now, "exp": now + 600}  # fmt: skip
         return jwt.encode(claims, self.signer.pem, algorithm="RS256", headers={"kid": KID})
 
@@ -194,7 +196,7 @@ def running_edge(
     protos.ensure_generated()
     files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
     config, log = state.config / "edge-envoy.json", state.logs / "edge.log"
-    config.write_text(json.dumps(envoy_config(topology, files)))
+    config.write_text(json.dumps(envoy_config(topology, NativePlacement.of(topology), files)))
     argv = [str(binaries(ENVOY)["envoy"]), "-c", str(config), "--disable-hot-restart",
             "--base-id", str(free_port()), "--log-level", "warn",
             # One worker: the token cache is per worker, and tests count auth's calls.

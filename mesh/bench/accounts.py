@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from mesh.bench import db
+from mesh.placement import NativePlacement
 from mesh.runtime import demo, users
 from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import StateDir, write_private
@@ -89,7 +90,7 @@ def _post_paced(client: httpx.Client, url: str, **kwargs) -> httpx.Response:
 def _password_grant(client: httpx.Client, topology: Topology, user: str, password: str) -> str:
     response = _post_paced(
         client,
-        f"{issuer(topology)}/token",
+        f"{issuer(topology, NativePlacement.of(topology))}/token",
         data={"grant_type": "password", "username": user, "password": password},
     )
     if response.status_code != 200:
@@ -141,7 +142,7 @@ def internal_token(topology: Topology, state: StateDir, external: str) -> str:
     with httpx.Client(verify=tls_context(state), timeout=10.0) as client:
         response = _post_paced(
             client,
-            f"{issuer(topology)}/token",
+            f"{issuer(topology, NativePlacement.of(topology))}/token",
             data={
                 "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
                 "subject_token": external,

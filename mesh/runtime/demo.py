@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from mesh.placement import NativePlacement
 from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.tls import edge_certs
@@ -65,7 +66,7 @@ def token(topology: Topology, state: StateDir, user: str) -> str:
     """An external access token for a demo or created user, from auth's token endpoint via the
     edge."""
     response = httpx.post(
-        f"{issuer(topology)}/token",
+        f"{issuer(topology, NativePlacement.of(topology))}/token",
         data={"grant_type": "password", "username": user, "password": password(state, user)},
         verify=ssl.create_default_context(cafile=str(edge_certs(state).ca_cert)),
         timeout=10.0,

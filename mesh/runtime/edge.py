@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from mesh.placement import Placement
 from mesh.registration import edge_registration
 from mesh.runtime import protos
 from mesh.runtime.consul import ConsulClient
@@ -22,21 +23,45 @@ from mesh.runtime.tls import ensure_edge_certs
 from mesh.topology import Topology
 
 
-def edge_spec(topology: Topology, state: StateDir, envoy_bin: Path) -> ProcessSpec:
+def edge_argv(topology: Topology, envoy_bin: Path, config_file: Path) -> list[str]:
+    """The edge's Envoy command line (natively and in compose)."""
+    edge = topology.edge
+    return [
+        str(envoy_bin),
+        "-c",
+        str(config_file),
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+        "--service-node",
+        edge.id,
+        "--service-cluster",
+        "edge",
+        "--concurrency",
+        str(edge.workers),
+    ]
+
+
+def edge_spec(
+    topology: Topology, placement: Placement, state: StateDir, envoy_bin: Path
+) -> ProcessSpec:
     edge = topology.edge
     config_file = state.config / "edge-envoy.json"
-    admin = httpx.Client(base_url=f"http://{topology.bind_host}:{edge.admin_port}", timeout=1.0)
+    admin_url = f"http://{placement.host(edge.id)}:{edge.admin_port}"
+    admin = httpx.Client(base_url=admin_url, timeout=1.0)
 
     def prepare() -> None:
-        certs = ensure_edge_certs(state, topology.bind_host)
+        certs = ensure_edge_certs(state, placement.public())
         files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
-        config_file.write_text(json.dumps(envoy_config(topology, files), indent=2))
-        client = ConsulClient(topology.consul_http_addr)
+        config_file.write_text(json.dumps(envoy_config(topology, placement, files), indent=2))
+        client = ConsulClient(placement.consul_http_addr(topology))
         try:
             # The edge is not a Python service, so the runtime registers it (and its sidecar).
             client.register(
                 edge_registration(
-                    topology, address=topology.bind_host, otlp_endpoint=topology.otlp_endpoint()
+                    topology,
+                    address=placement.address(edge.id),
+                    otlp_endpoint=placement.otlp_endpoint(topology),
                 )
             )
         finally:
@@ -51,20 +76,7 @@ def edge_spec(topology: Topology, state: StateDir, envoy_bin: Path) -> ProcessSp
 
     return ProcessSpec(
         name="edge",
-        argv=[
-            str(envoy_bin),
-            "-c",
-            str(config_file),
-            "--disable-hot-restart",
-            "--log-level",
-            "warn",
-            "--service-node",
-            edge.id,
-            "--service-cluster",
-            "edge",
-            "--concurrency",
-            str(edge.workers),
-        ],
+        argv=edge_argv(topology, envoy_bin, config_file),
         ports=(edge.http_port, edge.https_port, edge.admin_port),
         before_start=prepare,
         ready=ready,

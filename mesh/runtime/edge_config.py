@@ -10,7 +10,9 @@ Listeners: plain HTTP (local use), TLS on TCP (HTTP/1.1 and HTTP/2 by ALPN), QUI
   → grpc_json_transcoder (REST ↔ gRPC for users, payments) → upstream problems (Lua) → router
 
 Every upstream is a loopback listener of the edge's own Connect sidecar, which carries the
-request over mTLS to the service's sidecar.
+request over mTLS to the service's sidecar. The listeners and the admin API are on the
+placement's listen address for the edge (Consul checks the admin API from its own host); the
+rate-limit service and Jaeger are at their addresses (static clusters resolve no names).
 
 Tracing: the edge starts a trace for `tracing.sample_percent` of the requests (or continues the
 client's W3C traceparent, sampled or not, or traces any request with `x-client-trace-id`), sends
@@ -26,6 +28,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 from mesh.envoy_tracing import EnvoyTracer
+from mesh.placement import LOOPBACK, RATELIMIT, Placement
 from mesh.runtime import ratelimit
 from mesh.topology import Route, Topology
 
@@ -36,7 +39,7 @@ TLS_CONTEXT = T + "transport_sockets.tls.v3.DownstreamTlsContext"
 QUIC_TRANSPORT = T + "transport_sockets.quic.v3.QuicDownstreamTransport"
 HTTP_OPTIONS = T + "upstreams.http.v3.HttpProtocolOptions"
 JWT_AUTHN = T + "filters.http.jwt_authn.v3"
-RATELIMIT = T + "filters.http.ratelimit.v3.RateLimit"
+RATELIMIT_FILTER = T + "filters.http.ratelimit.v3.RateLimit"
 TRANSCODER = T + "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 ROUTER = T + "filters.http.router.v3.Router"
 LUA = T + "filters.http.lua.v3.Lua"
@@ -193,13 +196,13 @@ class EdgeFiles:
     descriptor_set: Path
 
 
-def tracer(topology: Topology) -> EnvoyTracer:
-    return EnvoyTracer("edge", topology.otlp_endpoint())
+def tracer(topology: Topology, placement: Placement) -> EnvoyTracer:
+    return EnvoyTracer("edge", placement.otlp_endpoint(topology))
 
 
-def issuer(topology: Topology) -> str:
+def issuer(topology: Topology, placement: Placement) -> str:
     """The external tokens' issuer: auth as clients reach it, through the edge over TLS."""
-    return f"https://{topology.bind_host}:{topology.edge.https_port}/auth"
+    return f"https://{placement.public()}:{topology.edge.https_port}/auth"
 
 
 def cluster_name(service: str) -> str:
@@ -242,13 +245,14 @@ def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> dict:
 
 
 def _cluster(topology: Topology, service: str, port: int) -> dict:
+    """The edge sidecar's upstream listener for `service`: in the edge's network namespace."""
     grpc = topology.service(service).protocol == "grpc"
-    return _static_cluster(cluster_name(service), topology.bind_host, port, http2=grpc)
+    return _static_cluster(cluster_name(service), LOOPBACK, port, http2=grpc)
 
 
-def _ratelimit_cluster(topology: Topology) -> dict:
+def _ratelimit_cluster(topology: Topology, placement: Placement) -> dict:
     port = topology.ratelimit_ports.grpc
-    return _static_cluster(RATELIMIT_CLUSTER, topology.bind_host, port, http2=True)
+    return _static_cluster(RATELIMIT_CLUSTER, placement.address(RATELIMIT), port, http2=True)
 
 
 def _per_route(route: Route) -> dict:
@@ -331,7 +335,7 @@ def _ratelimit_filter() -> dict:
     return {
         "name": "envoy.filters.http.ratelimit",
         "typed_config": {
-            "@type": RATELIMIT,
+            "@type": RATELIMIT_FILTER,
             "domain": ratelimit.DOMAIN,
             "rate_limit_service": {
                 "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}},
@@ -369,11 +373,11 @@ def _lua_filter(source: str) -> dict:
     }
 
 
-def http_filters(topology: Topology, files: EdgeFiles) -> list[dict]:
+def http_filters(topology: Topology, placement: Placement, files: EdgeFiles) -> list[dict]:
     edge = topology.edge
     auth_cluster = cluster_name("auth")
     provider = {
-        "issuer": issuer(topology),
+        "issuer": issuer(topology, placement),
         "audiences": [EXTERNAL_AUDIENCE],
         "remote_jwks": {
             "http_uri": {"uri": "http://auth/auth/jwks", "cluster": auth_cluster, "timeout": "2s"},
@@ -478,8 +482,8 @@ def _local_reply() -> dict:
     }  # fmt: skip
 
 
-def _hcm(topology: Topology, files: EdgeFiles, stat_prefix: str, *, http3: bool = False,
-         alt_svc: bool = False) -> dict:  # fmt: skip
+def _hcm(topology: Topology, placement: Placement, files: EdgeFiles, stat_prefix: str, *,
+         http3: bool = False, alt_svc: bool = False) -> dict:  # fmt: skip
     host = {"name": "shopmesh", "domains": ["*"], "routes": routes(topology),
             "rate_limits": rate_limits()}  # fmt: skip
     route_config: dict = {
@@ -503,8 +507,10 @@ def _hcm(topology: Topology, files: EdgeFiles, stat_prefix: str, *, http3: bool 
             "log_format": {"json_format": ACCESS_LOG_FORMAT, "formatters": FORMATTERS}}}],
         "route_config": route_config,
         "local_reply_config": _local_reply(),
-        "http_filters": http_filters(topology, files),
-        "tracing": tracer(topology).http_connection_manager(topology.trace_sample_percent),
+        "http_filters": http_filters(topology, placement, files),
+        "tracing": tracer(topology, placement).http_connection_manager(
+            topology.trace_sample_percent
+        ),
     }  # fmt: skip
     if http3:
         hcm["http3_protocol_options"] = {}
@@ -523,19 +529,19 @@ def _tls(files: EdgeFiles, alpn: list[str]) -> dict:
     }  # fmt: skip
 
 
-def envoy_config(topology: Topology, files: EdgeFiles) -> dict:
+def envoy_config(topology: Topology, placement: Placement, files: EdgeFiles) -> dict:
     edge = topology.edge
-    host = topology.bind_host
+    host = placement.listen(edge.id)
     plain = {
         "name": "http",
         "address": _socket(host, edge.http_port),
-        "filter_chains": [{"filters": [_hcm(topology, files, "edge_http")]}],
+        "filter_chains": [{"filters": [_hcm(topology, placement, files, "edge_http")]}],
     }
     tls = {
         "name": "https",
         "address": _socket(host, edge.https_port),
         "filter_chains": [{
-            "filters": [_hcm(topology, files, "edge_https", alt_svc=True)],
+            "filters": [_hcm(topology, placement, files, "edge_https", alt_svc=True)],
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
                 "@type": TLS_CONTEXT, **_tls(files, ["h2", "http/1.1"])}},
         }],
@@ -545,7 +551,7 @@ def envoy_config(topology: Topology, files: EdgeFiles) -> dict:
         "address": _socket(host, edge.https_port, "UDP"),
         "udp_listener_config": {"quic_options": {}},
         "filter_chains": [{
-            "filters": [_hcm(topology, files, "edge_http3", http3=True)],
+            "filters": [_hcm(topology, placement, files, "edge_http3", http3=True)],
             "transport_socket": {"name": "envoy.transport_sockets.quic", "typed_config": {
                 "@type": QUIC_TRANSPORT, "downstream_tls_context": _tls(files, ["h3"])}},
         }],
@@ -556,6 +562,6 @@ def envoy_config(topology: Topology, files: EdgeFiles) -> dict:
         "static_resources": {
             "listeners": [plain, tls, quic],
             "clusters": [_cluster(topology, u.service, u.local_bind_port) for u in edge.upstreams]
-            + [_ratelimit_cluster(topology), tracer(topology).cluster()],
+            + [_ratelimit_cluster(topology, placement), tracer(topology, placement).cluster()],
         },
     }

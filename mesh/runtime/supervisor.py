@@ -126,7 +126,7 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
         **_tracing_env(wiring),
     }
     if service.name == "auth":
-        env["SHOPMESH_AUTH_ISSUER"] = issuer(topology)
+        env["SHOPMESH_AUTH_ISSUER"] = issuer(topology, NativePlacement.of(topology))
         env["SHOPMESH_AUTH_SEED_FILE"] = wiring.auth_seed_file()
     if service.database:
         env["SHOPMESH_DATABASE_URL"] = wiring.database_url(service.database)
@@ -254,7 +254,7 @@ class Mesh:
         # The edge's rate-limit service, and the store of its counters, before the edge.
         specs.append(ratelimit.redis_spec(t, p, s, self.binaries["redis"]))
         specs.append(ratelimit.service_spec(t, p, s, self.binaries["ratelimit"]))
-        specs.append(edge.edge_spec(t, s, envoy_bin))
+        specs.append(edge.edge_spec(t, p, s, envoy_bin))
         edge_sidecar = consul.sidecar_spec(
             t,
             p,

@@ -18,6 +18,7 @@ from jose import jwt
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from mesh.placement import NativePlacement
 from mesh.runtime import postgres
 from mesh.runtime.edge_config import EXTERNAL_AUDIENCE, issuer
 from mesh.runtime.supervisor import Mesh
@@ -134,7 +135,8 @@ def active_key(mesh: Mesh) -> tuple[str, str, dict]:
 
 def claims(topology: Topology, **overrides) -> dict:
     now = int(time.time())
-    base = {"iss": issuer(topology), "aud": EXTERNAL_AUDIENCE, "sub": "alice", "iat": now,
+    iss = issuer(topology, NativePlacement.of(topology))
+    base = {"iss": iss, "aud": EXTERNAL_AUDIENCE, "sub": "alice", "iat": now,
             "nbf": now, "exp": now + 300, "jti": str(uuid.uuid4()), "gty": "password",
             "scope": "orders", "client_id": "shopmesh-cli"}  # fmt: skip
     base.update(overrides)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from mesh.placement import NativePlacement
 from mesh.runtime import demo
 from mesh.runtime.edge_config import issuer
 from mesh.runtime.supervisor import Mesh
@@ -32,7 +33,7 @@ def flooder_token(topology: Topology, mesh: Mesh) -> str:
     its own that no other test sends requests as, so spending its budget slows nobody down."""
     seed = json.loads(demo.seed_file(mesh.state).read_text())
     response = httpx.post(
-        f"{issuer(topology)}/token",
+        f"{issuer(topology, NativePlacement.of(topology))}/token",
         data={"grant_type": "client_credentials"},
         auth=(demo.CLI_CLIENT, seed["clients"][demo.CLI_CLIENT]["secret"]),
         verify=ssl.create_default_context(cafile=str(edge_certs(mesh.state).ca_cert)),

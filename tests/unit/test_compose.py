@@ -19,7 +19,7 @@ from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import JAEGER, RATELIMIT, ComposePlacement, NativePlacement
 from mesh.registration import instance_registration
 from mesh.runtime import prometheus, protos, provision, ratelimit
-from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles
+from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
 from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
 from mesh.runtime.provision import COMPOSE_SCHEMA
 from mesh.runtime.supervisor import native_wiring, service_env, worker_env
@@ -274,7 +274,7 @@ def test_the_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
 ) -> None:
     protos.ensure_generated()
     files = EdgeFiles(tmp_path / "edge.pem", tmp_path / "edge-key.pem", protos.DESCRIPTOR_SET)
-    config = compose.edge_envoy_config(topology, files)
+    config = envoy_config(topology, ComposePlacement.of(topology), files)
     listeners = config["static_resources"]["listeners"]
     assert {lis["address"]["socket_address"]["address"] for lis in listeners} == {"0.0.0.0"}
     ports = {lis["address"]["socket_address"]["port_value"] for lis in listeners}

@@ -3,15 +3,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mesh.placement import NativePlacement
 from mesh.runtime import protos, ratelimit
 from mesh.runtime.edge_config import EdgeFiles, envoy_config, issuer
 from mesh.topology import load
 
+NATIVE = NativePlacement.of(load())
 FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.DESCRIPTOR_SET)
 
 
 def listeners() -> dict[str, dict]:
-    config = envoy_config(load(), FILES)
+    config = envoy_config(load(), NATIVE, FILES)
     return {listener["name"]: listener for listener in config["static_resources"]["listeners"]}
 
 
@@ -40,7 +42,7 @@ def test_the_tls_listener_advertises_http3() -> None:
 
 def test_every_route_goes_to_its_sidecar_upstream_with_the_right_auth() -> None:
     topology = load()
-    config = envoy_config(topology, FILES)
+    config = envoy_config(topology, NATIVE, FILES)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     routes = hcm(listeners()["http"])["route_config"]["virtual_hosts"][0]["routes"]
     ports = {u.service: u.local_bind_port for u in topology.edge.upstreams}
@@ -75,7 +77,7 @@ def jwt_authn() -> dict:
 
 def test_jwt_providers_trust_only_auth_as_issuer_for_the_api_audience() -> None:
     for provider in jwt_authn()["providers"].values():
-        assert provider["issuer"] == issuer(load())
+        assert provider["issuer"] == issuer(load(), NATIVE)
         assert provider["audiences"] == ["shopmesh-api"]
 
 
@@ -103,7 +105,7 @@ def test_access_logs_and_problems_leave_the_query_string_out() -> None:
 
 def test_every_listener_asks_the_one_rate_limit_service_and_counts_nothing_itself() -> None:
     topology = load()
-    config = envoy_config(topology, FILES)
+    config = envoy_config(topology, NATIVE, FILES)
     assert "local_ratelimit" not in json.dumps(config)
     for name, listener in listeners().items():
         limit = http_filter(listener, "ratelimit")
@@ -172,7 +174,7 @@ def test_edge_local_replies_are_problem_json_except_auths_own_denials() -> None:
 
 def test_every_edge_listener_samples_the_topologys_share_of_requests_to_jaeger_as_edge() -> None:
     topology = load()
-    config = envoy_config(topology, FILES)
+    config = envoy_config(topology, NATIVE, FILES)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     exported_to = set()
     for name, listener in listeners().items():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh.placement import NativePlacement
 from mesh.runtime import protos
 from mesh.runtime.edge_config import EdgeFiles, envoy_config
 from mesh.runtime.paths import StateDir, cache_dir
@@ -26,10 +27,11 @@ def envoy_binary() -> Path:
 
 def edge_config_file(tmp_path: Path) -> Path:
     topology = load()
-    certs = ensure_edge_certs(StateDir(tmp_path), topology.bind_host)
+    placement = NativePlacement.of(topology)
+    certs = ensure_edge_certs(StateDir(tmp_path), placement.public())
     files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
     path = tmp_path / "edge-envoy.json"
-    path.write_text(json.dumps(envoy_config(topology, files)))
+    path.write_text(json.dumps(envoy_config(topology, placement, files)))
     return path
 
 

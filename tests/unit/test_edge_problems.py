@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from mesh.placement import NativePlacement
 from mesh.runtime import edge_config, protos
 from mesh.runtime.edge_config import EdgeFiles, envoy_config
 from mesh.topology import load
@@ -16,7 +17,9 @@ FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.D
 def http_filters() -> list[dict]:
     (https,) = [
         listener
-        for listener in envoy_config(load(), FILES)["static_resources"]["listeners"]
+        for listener in envoy_config(load(), NativePlacement.of(load()), FILES)["static_resources"][
+            "listeners"
+        ]
         if listener["name"] == "https"
     ]
     return https["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]

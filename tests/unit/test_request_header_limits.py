@@ -12,6 +12,7 @@ import grpc
 from aiohttp import web_protocol
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mesh.placement import NativePlacement
 from mesh.runtime import edge_config, protos
 from mesh.runtime.edge_config import EdgeFiles, envoy_config
 from mesh.topology import load
@@ -30,7 +31,9 @@ GRPC_ENTRY_OVERHEAD = 32
 
 
 def hcms() -> dict[str, dict]:
-    listeners = envoy_config(load(), FILES)["static_resources"]["listeners"]
+    listeners = envoy_config(load(), NativePlacement.of(load()), FILES)["static_resources"][
+        "listeners"
+    ]
     return {it["name"]: it["filter_chains"][0]["filters"][0]["typed_config"] for it in listeners}
 
 
