@@ -114,8 +114,9 @@ REDIS_UID = 999
 REDIS_DIR = Path("/data")
 KAFKA_DATA = "/var/lib/kafka/data"
 CONSUL_DATA = "/consul/data"
-RULES_DIR = REPO_ROOT / "observability" / "prometheus" / "rules"
 CONTAINER_RULES = "/etc/prometheus/rules"
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+PROMETHEUS_DATA = "/prometheus"
 GRAFANA_PROVISIONING = REPO_ROOT / "observability" / "grafana" / "provisioning"
 GRAFANA_DASHBOARDS = REPO_ROOT / "observability" / "grafana" / "dashboards"
 # Where observability/grafana/provisioning/dashboards/dashboards.yaml looks for them.
@@ -470,9 +471,9 @@ def _edge(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
         "environment": {"ENVOY_UID": str(APP_UID), "ENVOY_GID": str(APP_UID)},
         "volumes": [_state_volume()],
         "ports": [
-            f"{topology.bind_host}:{e.http_port}:{e.http_port}/tcp",
-            f"{topology.bind_host}:{e.https_port}:{e.https_port}/tcp",
-            f"{topology.bind_host}:{e.https_port}:{e.https_port}/udp",
+            f"{placement.public()}:{e.http_port}:{e.http_port}/tcp",
+            f"{placement.public()}:{e.https_port}:{e.https_port}/tcp",
+            f"{placement.public()}:{e.https_port}:{e.https_port}/udp",
         ],
         "networks": _fixed(placement.address(topology.edge.id)),
         "depends_on": _after(
@@ -522,24 +523,18 @@ def _ratelimit(topology: Topology, placement: ComposePlacement) -> dict[str, Any
     }
 
 
-def _prometheus(topology: Topology) -> dict[str, Any]:
+def _prometheus(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     port = topology.prometheus_port
     rel = PROMETHEUS_FILE.relative_to(REPO_ROOT)
     return {
         "image": IMAGES["prometheus"],
-        "command": [
-            "--config.file=/etc/prometheus/prometheus.yml",
-            "--storage.tsdb.path=/prometheus",
-            "--storage.tsdb.retention.time=1d",
-            f"--web.listen-address=0.0.0.0:{port}",
-            "--log.level=warn",
-        ],
+        "command": prometheus.server_args(topology, placement, PROMETHEUS_CONFIG, PROMETHEUS_DATA),
         "volumes": [
-            f"./{rel}:/etc/prometheus/prometheus.yml:ro",
-            f"./{RULES_DIR.relative_to(REPO_ROOT)}:{CONTAINER_RULES}:ro",
-            "prometheus-data:/prometheus",
+            f"./{rel}:{PROMETHEUS_CONFIG}:ro",
+            f"./{prometheus.RULES_DIR.relative_to(REPO_ROOT)}:{CONTAINER_RULES}:ro",
+            f"prometheus-data:{PROMETHEUS_DATA}",
         ],
-        "ports": [f"{topology.bind_host}:{port}:{port}"],
+        "ports": [f"{placement.public()}:{port}:{port}"],
         "networks": [NETWORK],
         "depends_on": _after(consul="service_healthy"),
         "healthcheck": _healthcheck(
@@ -556,7 +551,7 @@ def _jaeger(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
         "image": IMAGES["jaeger"],
         "command": ["--config", "/etc/jaeger/config.yml"],
         "volumes": [f"./{rel}:/etc/jaeger/config.yml:ro"],
-        "ports": [f"{topology.bind_host}:{ports.ui}:{ports.ui}"],
+        "ports": [f"{placement.public()}:{ports.ui}:{ports.ui}"],
         "networks": _fixed(placement.address(JAEGER)),
         "healthcheck": _healthcheck(
             ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{ports.health}/status"]
@@ -565,7 +560,7 @@ def _jaeger(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     }
 
 
-def _grafana(topology: Topology) -> dict[str, Any]:
+def _grafana(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     return {
         "image": IMAGES["grafana"],
         "environment": {
@@ -578,7 +573,7 @@ def _grafana(topology: Topology) -> dict[str, Any]:
             f"./{GRAFANA_DASHBOARDS.relative_to(REPO_ROOT)}:{CONTAINER_DASHBOARDS}:ro",
             "grafana-data:/var/lib/grafana",
         ],
-        "ports": [f"{topology.bind_host}:{GRAFANA_PORT}:{GRAFANA_PORT}"],
+        "ports": [f"{placement.public()}:{GRAFANA_PORT}:{GRAFANA_PORT}"],
         "networks": [NETWORK],
         "depends_on": _after(prometheus="service_healthy", jaeger="service_healthy"),
         "healthcheck": _healthcheck(
@@ -614,8 +609,8 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
         topology, placement, "edge", topology.edge.id, topology.edge.sidecar
     )
     services["jaeger"] = _jaeger(topology, placement)
-    services["prometheus"] = _prometheus(topology)
-    services["grafana"] = _grafana(topology)
+    services["prometheus"] = _prometheus(topology, placement)
+    services["grafana"] = _grafana(topology, placement)
     volumes = ["state", "consul-data", "postgres-data"]
     volumes += [f"{n.name}-data" for n in topology.kafka.nodes]
     volumes += ["prometheus-data", "grafana-data"]
@@ -635,56 +630,12 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     }
 
 
-NATIVE_ONLY_JOB = "watchdog"
-
-
 def prometheus_config(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
-    """The native Prometheus config (same jobs, targets and labels) with compose's hosts, and
-    real Consul discovery for the services job where the native one reads consul_sd.py's files.
-    The workers stay static targets in that job: the relabelling touches discovered ones only."""
-    hosts = {
-        topology.edge.id: placement.address(topology.edge.id),
-        "consul": "consul",
-        "ratelimit": "ratelimit",
-    }
-    hosts |= {n.name: n.name for n in topology.kafka.nodes}
-    hosts |= {name: name for workers in topology.workers for name in workers.instances}
-    config = prometheus.config(topology, StateDir(Path("/prometheus")))
-    config["rule_files"] = [f"{CONTAINER_RULES}/*.yml"]
-    # Compose restarts containers itself (restart policies): the native watchdog is not here.
-    config["scrape_configs"] = [
-        job for job in config["scrape_configs"] if job["job_name"] != NATIVE_ONLY_JOB
-    ]
-    for job in config["scrape_configs"]:
-        job.pop("file_sd_configs", None)
-        for group in job.get("static_configs", []):
-            host = hosts[group["labels"]["instance"]]
-            group["targets"] = [f"{host}:{target.rsplit(':', 1)[1]}" for target in group["targets"]]
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    jobs["services"]["consul_sd_configs"] = [
-        {"server": f"consul:{topology.consul_ports.http}", "refresh_interval": "5s"}
-    ]
-    jobs["services"]["relabel_configs"] = [
-        # Discovered, but without metrics: Consul itself, the sidecars, the edge.
-        {"source_labels": ["__meta_consul_service", "__meta_consul_service_metadata_metrics_port"],
-         "regex": ".+;", "action": "drop"},
-        {"source_labels": ["__meta_consul_service_address",
-                           "__meta_consul_service_metadata_metrics_port"],
-         "regex": "(.+);(.+)", "replacement": "$1:$2", "target_label": "__address__"},
-        {"source_labels": ["__meta_consul_service_id"], "regex": "(.+)",
-         "target_label": "instance"},
-        {"source_labels": ["__meta_consul_service"], "regex": "(.+)", "target_label": "service"},
-    ]  # fmt: skip
-    # Natively from Consul too; here from the fixed addresses (Consul SD has no Proxy.Config).
-    jobs["envoy"]["static_configs"] = [
-        {"targets": [f"{placement.address(i.id)}:{i.sidecar.metrics_port}"],
-         "labels": {"instance": f"{i.id}-sidecar", "service": i.service}}
-        for i in topology.instances()
-    ] + [
-        {"targets": [f"{placement.address(topology.edge.id)}:{topology.edge.sidecar.metrics_port}"],
-         "labels": {"instance": f"{topology.edge.id}-sidecar", "service": "edge"}}
-    ]  # fmt: skip
-    return config
+    """The jobs, targets and labels of the native config, with the image's own Consul discovery
+    and the rules where the container mounts them."""
+    rules = [f"{CONTAINER_RULES}/*.yml"]
+    discovery = prometheus.ConsulDiscovery()
+    return prometheus.config(topology, placement, rule_files=rules, discovery=discovery)
 
 
 class _Dumper(yaml.SafeDumper):

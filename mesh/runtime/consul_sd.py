@@ -30,12 +30,11 @@ from typing import Any
 
 import httpx
 
+from mesh.runtime.prometheus import ENVOY_FILE, SERVICES_FILE
 from services.common.retry import Backoff
 
 log = logging.getLogger("consul_sd")
 
-SERVICES_FILE = "services.json"
-ENVOY_FILE = "envoy.json"
 # How long a blocking query may wait for a change (Consul adds up to 1/16 of jitter).
 WAIT = "5m"
 WAIT_TIMEOUT_S = 5 * 60 * 17 / 16 + 10

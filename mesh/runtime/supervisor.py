@@ -265,8 +265,8 @@ class Mesh:
         )
         edge_sidecar.ready = _all_of(edge_sidecar.ready, self._edge_upstreams_healthy)
         specs.append(edge_sidecar)
-        specs.append(prometheus.discovery_spec(t, s))
-        specs.append(prometheus.server_spec(t, s, self.binaries["prometheus"]))
+        specs.append(prometheus.discovery_spec(t, p, s))
+        specs.append(prometheus.server_spec(t, p, s, self.binaries["prometheus"]))
         # Last: it restarts what died, so it starts once everything is up and stops first.
         specs.append(watchdog_spec(t, s))
         return specs

@@ -16,7 +16,7 @@ import yaml
 
 from mesh import compose
 from mesh.envoy_tracing import OTLP_CLUSTER
-from mesh.placement import JAEGER, RATELIMIT, ComposePlacement, NativePlacement
+from mesh.placement import JAEGER, RATELIMIT, WATCHDOG, ComposePlacement, NativePlacement
 from mesh.registration import instance_registration
 from mesh.runtime import prometheus, protos, provision, ratelimit
 from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
@@ -246,9 +246,15 @@ def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
             for job in config["scrape_configs"]
         }
 
-    native = prometheus.config(topology, StateDir(tmp_path))
+    native = prometheus.config(
+        topology,
+        NativePlacement.of(topology),
+        rule_files=prometheus.native_rule_files(),
+        discovery=prometheus.FileDiscovery(prometheus.sd_dir(StateDir(tmp_path))),
+    )
     native_labels = labels(native)
-    del native_labels[compose.NATIVE_ONLY_JOB]
+    # Compose restarts containers by their restart policies: no watchdog.
+    del native_labels[WATCHDOG]
     native_labels["envoy"] = [  # natively from consul_sd.py's file
         *({"instance": f"{i.id}-sidecar", "service": i.service} for i in topology.instances()),
         {"instance": f"{topology.edge.id}-sidecar", "service": "edge"},

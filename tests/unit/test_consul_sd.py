@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from mesh.placement import NativePlacement
 from mesh.runtime import consul_sd, prometheus
 from mesh.runtime.paths import StateDir
 from mesh.topology import load
@@ -88,12 +89,18 @@ def test_prometheus_discovers_services_and_sidecars_from_the_files_and_keeps_the
 ) -> None:
     topology = load()
     state = StateDir(tmp_path)
-    jobs = {job["job_name"]: job for job in prometheus.config(topology, state)["scrape_configs"]}
+    config = prometheus.config(
+        topology,
+        NativePlacement.of(topology),
+        rule_files=prometheus.native_rule_files(),
+        discovery=prometheus.FileDiscovery(prometheus.sd_dir(state)),
+    )
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["services"]["file_sd_configs"][0]["files"] == [
-        str(prometheus.sd_dir(state) / consul_sd.SERVICES_FILE)
+        str(prometheus.sd_dir(state) / prometheus.SERVICES_FILE)
     ]
     assert jobs["envoy"]["file_sd_configs"][0]["files"] == [
-        str(prometheus.sd_dir(state) / consul_sd.ENVOY_FILE)
+        str(prometheus.sd_dir(state) / prometheus.ENVOY_FILE)
     ]
     assert jobs["envoy"]["metrics_path"] == "/metrics"
     workers = [c["labels"]["instance"] for c in jobs["services"]["static_configs"]]
@@ -107,7 +114,7 @@ def test_prometheus_discovers_services_and_sidecars_from_the_files_and_keeps_the
 
 def test_the_discovery_process_is_ready_once_both_files_are_written(tmp_path: Path) -> None:
     state = StateDir(tmp_path)
-    spec = prometheus.discovery_spec(load(), state)
+    spec = prometheus.discovery_spec(load(), NativePlacement.of(load()), state)
     assert spec.ready is not None and spec.before_start is not None
     out = prometheus.sd_dir(state)
     out.mkdir(parents=True)
