@@ -54,8 +54,8 @@ from mesh.runtime import (
     tls,
 )
 from mesh.runtime.paths import REPO_ROOT, StateDir
-from mesh.runtime.supervisor import Wiring, instance_env, worker_env
 from mesh.topology import Instance, Sidecar, Topology, load
+from mesh.wiring import Wiring, instance_env, worker_env
 
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 PROMETHEUS_FILE = REPO_ROOT / "observability" / "prometheus" / "compose.yml"
@@ -149,17 +149,13 @@ RATELIMIT_BUILD = {
 }
 
 
-def wiring(topology: Topology, placement: ComposePlacement, bind_host: str) -> Wiring:
-    """The containers' wiring: Consul, Postgres and Kafka by their compose names; the database
-    password comes from PGPASSFILE, so the URL has none."""
+def wiring(placement: ComposePlacement) -> Wiring:
+    """The containers' wiring: the database password comes from PGPASSFILE, so the URL has
+    none; the auth seed is in the state volume."""
     return Wiring(
-        bind_host=bind_host,
-        consul_http_addr=placement.consul_http_addr(topology),
-        kafka_bootstrap=placement.kafka_bootstrap(topology),
-        database_url=lambda db: postgres.database_url(topology, placement, db, None, db),
+        placement=placement,
+        database_password=lambda database: None,
         auth_seed_file=lambda: str(demo.seed_file(STATE)),
-        otlp_endpoint=placement.otlp_endpoint(topology),
-        trace_sample_percent=topology.trace_sample_percent,
     )
 
 
@@ -387,8 +383,7 @@ def _app_after(topology: Topology) -> dict[str, Any]:
 
 def _service(topology: Topology, placement: ComposePlacement, instance: Instance) -> dict[str, Any]:
     service = topology.service(instance.service)
-    ip = placement.address(instance.id)
-    env = instance_env(topology, wiring(topology, placement, ip), instance)
+    env = instance_env(topology, wiring(placement), instance)
     if service.database:
         env["PGPASSFILE"] = str(PGPASS)
     return {
@@ -409,7 +404,7 @@ def _worker(
     topology: Topology, placement: ComposePlacement, name: str, instance: str
 ) -> dict[str, Any]:
     workers = next(w for w in topology.workers if w.name == name)
-    env = worker_env(wiring(topology, placement, "0.0.0.0"), workers, instance)
+    env = worker_env(topology, wiring(placement), workers, instance)
     env["PGPASSFILE"] = str(PGPASS)
     return {
         "image": SERVICE_IMAGE,
@@ -720,19 +715,9 @@ def bootstrap(topology: Topology) -> None:
     EDGE_CONFIG.write_text(json.dumps(config, indent=2))
     client = consul.ConsulClient(placement.consul_http_addr(topology))
     try:
-        client.register(edge_registration(topology))
+        client.register(registration.edge_registration(topology, placement))
     finally:
         client.close()
-
-
-def edge_registration(topology: Topology) -> dict[str, Any]:
-    """The edge's registration at the edge container's address, tracing to Jaeger's."""
-    placement = ComposePlacement.of(topology)
-    return registration.edge_registration(
-        topology,
-        address=placement.address(topology.edge.id),
-        otlp_endpoint=placement.otlp_endpoint(topology),
-    )
 
 
 def worker_ready(group: str) -> int:

@@ -2,17 +2,18 @@
 (the service, its health check, its Meta, its Connect sidecar with its upstreams, Envoy's
 Prometheus listener and tracing) and the edge's.
 
-A service instance gets its document in SHOPMESH_REGISTRATION (mesh/runtime/supervisor.py
-`instance_env`, natively and in compose) and registers it itself once its health check answers,
+A service instance gets its document in SHOPMESH_REGISTRATION (mesh/wiring.py `instance_env`,
+natively and in compose) and registers it itself once its health check answers,
 so it decides when it is ready and deregisters before it stops (services/common/consul.py). The
 document leaves one thing out: Meta's `version`, the version of the code the process runs, which
 the process knows and the mesh does not (in compose the image may be built from other code than
 the one that generated compose.yaml); the process puts it in before registering. The edge is no
 Python service: the runtime registers it (mesh/runtime/edge.py, and compose's `bootstrap`).
 
-What differs natively and in compose is only where things are: the instance's `address` (the
-bind host natively, the container's own address in compose, where its sidecar lives too) and
-Jaeger's OTLP endpoint, both from the Wiring.
+What differs natively and in compose is only where things are, the placement's answers: the
+instance's address (the bind host natively, the container's own address in compose, where its
+sidecar lives too) and Jaeger's OTLP endpoint. The sidecar's upstream listeners are on LOOPBACK in
+every placement: the sidecar shares its app's network namespace.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mesh.envoy_tracing import EnvoyTracer
+from mesh.placement import JAEGER, LOOPBACK, Placement
 from mesh.topology import Instance, Sidecar, Topology, Upstream
 
 CHECK_INTERVAL = "1s"
@@ -33,12 +35,13 @@ DEREGISTER_CRITICAL_AFTER = "5m"
 
 
 def instance_registration(
-    topology: Topology, instance: Instance, *, address: str, otlp_endpoint: str | None
+    topology: Topology, placement: Placement, instance: Instance
 ) -> dict[str, Any]:
-    """The body of PUT /v1/agent/service/register for `instance` and its sidecar, both at
-    `address`; with `otlp_endpoint` (Jaeger's OTLP gRPC receiver) the sidecar traces."""
+    """The body of PUT /v1/agent/service/register for `instance` and its sidecar, both at the
+    instance's address in the placement; where the placement runs Jaeger, the sidecar traces."""
     service = topology.service(instance.service)
-    tracer = EnvoyTracer(f"{service.name}-sidecar", otlp_endpoint) if otlp_endpoint else None
+    address = placement.address(instance.id)
+    tracer = _tracer(topology, placement, f"{service.name}-sidecar")
     return {
         "ID": instance.id,
         "Name": service.name,
@@ -67,10 +70,11 @@ def instance_registration(
     }
 
 
-def edge_registration(topology: Topology, *, address: str, otlp_endpoint: str) -> dict[str, Any]:
-    """The edge and its sidecar at `address`, the sidecar tracing to `otlp_endpoint`; checked on
-    the edge Envoy's admin /ready."""
+def edge_registration(topology: Topology, placement: Placement) -> dict[str, Any]:
+    """The edge and its sidecar at the edge's address in the placement, the sidecar tracing to
+    the placement's Jaeger; checked on the edge Envoy's admin /ready."""
     edge = topology.edge
+    address = placement.address(edge.id)
     return {
         "ID": edge.id,
         "Name": "edge",
@@ -88,10 +92,16 @@ def edge_registration(topology: Topology, *, address: str, otlp_endpoint: str) -
                 address=address,
                 local_port=edge.http_port,
                 upstreams=edge.upstreams,
-                tracer=EnvoyTracer("edge-sidecar", otlp_endpoint),
+                tracer=_tracer(topology, placement, "edge-sidecar"),
             )
         },
     }
+
+
+def _tracer(topology: Topology, placement: Placement, service_name: str) -> EnvoyTracer | None:
+    if not placement.runs(JAEGER):
+        return None
+    return EnvoyTracer(service_name, placement.otlp_endpoint(topology))
 
 
 def _check_timing() -> dict[str, Any]:
@@ -133,7 +143,7 @@ def _sidecar_service(
             "Upstreams": [
                 {
                     "DestinationName": upstream.service,
-                    "LocalBindAddress": "127.0.0.1",
+                    "LocalBindAddress": LOOPBACK,
                     "LocalBindPort": upstream.local_bind_port,
                 }
                 for upstream in upstreams

@@ -57,13 +57,7 @@ def edge_spec(
         client = ConsulClient(placement.consul_http_addr(topology))
         try:
             # The edge is not a Python service, so the runtime registers it (and its sidecar).
-            client.register(
-                edge_registration(
-                    topology,
-                    address=placement.address(edge.id),
-                    otlp_endpoint=placement.otlp_endpoint(topology),
-                )
-            )
+            client.register(edge_registration(topology, placement))
         finally:
             client.close()
 

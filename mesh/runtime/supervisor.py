@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import socket
 import sys
 import time
@@ -17,7 +16,6 @@ import httpx
 import psutil
 
 from mesh.placement import NativePlacement
-from mesh.registration import instance_registration
 from mesh.runtime import (
     consul,
     demo,
@@ -31,11 +29,11 @@ from mesh.runtime import (
     ratelimit,
     watchdog,
 )
-from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import install_all
 from mesh.topology import Instance, Topology, Workers
+from mesh.wiring import Wiring, instance_env, worker_env
 
 # The status row of the Kafka cluster as a whole (after its nodes' rows); no process of its own.
 KAFKA_CLUSTER = "kafka-cluster"
@@ -49,103 +47,17 @@ class AlreadyRunning(MeshError):
     pass
 
 
-@dataclass(frozen=True)
-class Wiring:
-    """Where a process binds and finds the shared components, and where its secrets come from.
-    Natively everything is on the topology's bind_host (`native_wiring`); mesh/compose.py wires
-    the same environment to containers."""
-
-    bind_host: str
-    consul_http_addr: str
-    kafka_bootstrap: str
-    database_url: Callable[[str], str]  # database name -> the URL its role connects with
-    auth_seed_file: Callable[[], str]
-    # Jaeger's OTLP gRPC receiver (OTEL_EXPORTER_OTLP_ENDPOINT); None: no tracing.
-    otlp_endpoint: str | None = None
-    # The share of traces a process starts itself (the topology's tracing.sample_percent).
-    trace_sample_percent: float = 100.0
-
-
 def native_wiring(topology: Topology, state: StateDir) -> Wiring:
-    def database_url(database: str) -> str:
-        password = postgres.passwords(state, topology)[database]
-        return postgres.database_url(
-            topology, NativePlacement.of(topology), database, password, database
-        )
-
+    """Every process on this host, with the passwords of the state dir in its database URL."""
     return Wiring(
-        bind_host=topology.bind_host,
-        consul_http_addr=topology.consul_http_addr,
-        kafka_bootstrap=topology.kafka_bootstrap(),
-        database_url=database_url,
+        placement=NativePlacement.of(topology),
+        database_password=lambda database: postgres.passwords(state, topology)[database],
         auth_seed_file=lambda: str(demo.ensure_seed(state)),
-        otlp_endpoint=topology.otlp_endpoint(),
-        trace_sample_percent=topology.trace_sample_percent,
     )
-
-
-def _tracing_env(wiring: Wiring) -> dict[str, str]:
-    """The standard OpenTelemetry variables the services' SDK reads: where spans go (without it
-    a process exports none), and the edge's head sampling for the traces a process starts
-    itself (a request without a trace context, a timer's work); a span with a parent follows its
-    parent's decision."""
-    if not wiring.otlp_endpoint:
-        return {}
-    return {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": wiring.otlp_endpoint,
-        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-        "OTEL_TRACES_SAMPLER_ARG": f"{wiring.trace_sample_percent / 100:g}",
-    }
 
 
 def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict[str, str]:
     return instance_env(topology, native_wiring(topology, state), instance)
-
-
-def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict[str, str]:
-    """The environment of a service instance (natively and in compose)."""
-    service = topology.service(instance.service)
-    env = {
-        "SHOPMESH_SERVICE": service.name,
-        "SHOPMESH_INSTANCE": instance.id,
-        "SHOPMESH_BIND_HOST": wiring.bind_host,
-        "SHOPMESH_PORT": str(instance.port),
-        "SHOPMESH_CONSUL_HTTP_ADDR": wiring.consul_http_addr,
-        # The instance registers this document itself once it answers its health check.
-        "SHOPMESH_REGISTRATION": json.dumps(
-            instance_registration(
-                topology, instance, address=wiring.bind_host, otlp_endpoint=wiring.otlp_endpoint
-            )
-        ),
-        "SHOPMESH_UPSTREAMS": json.dumps(
-            [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
-        ),
-        "SHOPMESH_KAFKA_BOOTSTRAP": wiring.kafka_bootstrap,
-        "SHOPMESH_METRICS_PORT": str(instance.metrics_port),
-        "PYTHONUNBUFFERED": "1",
-        **_tracing_env(wiring),
-    }
-    if service.name == "auth":
-        env["SHOPMESH_AUTH_ISSUER"] = issuer(topology, NativePlacement.of(topology))
-        env["SHOPMESH_AUTH_SEED_FILE"] = wiring.auth_seed_file()
-    if service.database:
-        env["SHOPMESH_DATABASE_URL"] = wiring.database_url(service.database)
-    return env
-
-
-def worker_env(wiring: Wiring, workers: Workers, instance: str) -> dict[str, str]:
-    """The environment of a worker instance (natively and in compose)."""
-    return {
-        "SHOPMESH_SERVICE": workers.name,
-        "SHOPMESH_INSTANCE": instance,
-        "SHOPMESH_BIND_HOST": wiring.bind_host,
-        "SHOPMESH_METRICS_PORT": str(workers.metrics_port(instance)),
-        "SHOPMESH_DATABASE_URL": wiring.database_url(workers.database),
-        "SHOPMESH_CONSUL_HTTP_ADDR": wiring.consul_http_addr,
-        "SHOPMESH_KAFKA_BOOTSTRAP": wiring.kafka_bootstrap,
-        "PYTHONUNBUFFERED": "1",
-        **_tracing_env(wiring),
-    }
 
 
 def service_spec(topology: Topology, state: StateDir, instance: Instance) -> ProcessSpec:
@@ -197,7 +109,7 @@ def worker_spec(
     return ProcessSpec(
         name=instance,
         argv=[sys.executable, "-m", workers.module],
-        env=worker_env(native_wiring(topology, state), workers, instance),
+        env=worker_env(topology, native_wiring(topology, state), workers, instance),
         cwd=REPO_ROOT,
         ports=(workers.metrics_port(instance),),
         ready=ready,

@@ -17,13 +17,14 @@ import yaml
 from mesh import compose
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import JAEGER, RATELIMIT, WATCHDOG, ComposePlacement, NativePlacement
-from mesh.registration import instance_registration
+from mesh.registration import edge_registration, instance_registration
 from mesh.runtime import prometheus, protos, provision, ratelimit
 from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
 from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
 from mesh.runtime.provision import COMPOSE_SCHEMA
-from mesh.runtime.supervisor import native_wiring, service_env, worker_env
+from mesh.runtime.supervisor import native_wiring, service_env
 from mesh.topology import Topology, load
+from mesh.wiring import worker_env
 
 # Values that differ between the native runtime and compose by design (mesh/compose.py).
 HOST_VARIABLES = {"SHOPMESH_BIND_HOST", "SHOPMESH_REGISTRATION", "SHOPMESH_CONSUL_HTTP_ADDR"}
@@ -75,11 +76,9 @@ def test_every_service_instance_has_its_container_and_a_sidecar_in_its_namespace
         assert env["SHOPMESH_METRICS_PORT"] == str(instance.metrics_port)
         # Registered at the container's address (its sidecar's too), tracing to Jaeger's.
         assert json.loads(env["SHOPMESH_REGISTRATION"]) == instance_registration(
-            topology,
-            instance,
-            address=placement.address(instance.id),
-            otlp_endpoint=placement.otlp_endpoint(topology),
+            topology, placement, instance
         )
+        assert env["SHOPMESH_BIND_HOST"] == placement.address(instance.id)
         upstreams = topology.service(instance.service).upstreams
         assert json.loads(env["SHOPMESH_UPSTREAMS"]) == [
             {"name": u.service, "local_bind_port": u.local_bind_port} for u in upstreams
@@ -109,7 +108,7 @@ def test_the_environment_is_the_native_one_but_for_the_hosts(
     wiring = native_wiring(topology, state)
     for workers in topology.workers:
         for instance in workers.instances:
-            native = worker_env(wiring, workers, instance)
+            native = worker_env(topology, wiring, workers, instance)
             container = dict(doc["services"][instance]["environment"])
             assert container.pop("PGPASSFILE") == str(compose.PGPASS)
             assert container.keys() == native.keys()
@@ -327,8 +326,9 @@ def test_the_rate_limit_service_has_the_native_settings_but_for_hosts_and_passwo
 
 
 def test_the_edge_is_registered_at_its_container_address(topology: Topology) -> None:
-    address = ComposePlacement.of(topology).address(topology.edge.id)
-    registration = compose.edge_registration(topology)
+    placement = ComposePlacement.of(topology)
+    address = placement.address(topology.edge.id)
+    registration = edge_registration(topology, placement)
     sidecar = registration["Connect"]["SidecarService"]
     assert registration["Address"] == sidecar["Address"] == address
     assert registration["Check"]["HTTP"] == f"http://{address}:{topology.edge.admin_port}/ready"

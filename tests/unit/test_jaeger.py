@@ -3,11 +3,12 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from mesh.placement import NativePlacement
+from mesh.placement import JAEGER, NativePlacement
 from mesh.runtime import jaeger
 from mesh.runtime.paths import StateDir
-from mesh.runtime.supervisor import Mesh, Wiring, instance_env, worker_env
+from mesh.runtime.supervisor import Mesh
 from mesh.topology import load
+from mesh.wiring import Wiring, instance_env, worker_env
 
 
 def endpoints(config: dict) -> list[str]:
@@ -62,23 +63,31 @@ def test_the_process_owns_every_jaeger_port_and_services_export_to_its_otlp_grpc
     assert topology.otlp_endpoint() == f"http://127.0.0.1:{topology.jaeger.ports.otlp_grpc}"
 
 
-def wiring(otlp_endpoint: str | None) -> Wiring:
+class Untraced(NativePlacement):
+    """One host without Jaeger."""
+
+    def runs(self, component: str) -> bool:
+        return component != JAEGER
+
+
+def wiring(placement: NativePlacement) -> Wiring:
     return Wiring(
-        bind_host="127.0.0.1",
-        consul_http_addr="http://127.0.0.1:8500",
-        kafka_bootstrap="127.0.0.1:29092",
-        database_url=lambda database: f"postgresql://{database}@127.0.0.1/{database}",
+        placement=placement,
+        database_password=lambda database: None,
         auth_seed_file=lambda: "/seed.json",
-        otlp_endpoint=otlp_endpoint,
     )
 
 
-def test_every_service_and_worker_gets_the_otlp_endpoint_only_when_there_is_one() -> None:
+def test_every_service_and_worker_gets_the_otlp_endpoint_only_where_jaeger_runs() -> None:
     topology = load()
     workers = topology.workers[0]
-    for otlp in (topology.otlp_endpoint(), None):
-        envs = [instance_env(topology, wiring(otlp), i) for i in topology.instances()]
-        envs.append(worker_env(wiring(otlp), workers, workers.instances[0]))
+    traced = NativePlacement.of(topology)
+    for placement, otlp in (
+        (traced, traced.otlp_endpoint(topology)),
+        (Untraced(topology.bind_host), None),
+    ):
+        envs = [instance_env(topology, wiring(placement), i) for i in topology.instances()]
+        envs.append(worker_env(topology, wiring(placement), workers, workers.instances[0]))
         assert {env.get("OTEL_EXPORTER_OTLP_ENDPOINT") for env in envs} == {otlp}
 
 

@@ -7,9 +7,10 @@ import json
 from dataclasses import replace
 
 from mesh.envoy_tracing import OTLP_CLUSTER
+from mesh.placement import JAEGER, ComposePlacement, NativePlacement, Placement
 from mesh.registration import edge_registration, instance_registration
-from mesh.runtime.supervisor import Wiring, instance_env
 from mesh.topology import Instance, Service, Sidecar, Topology, Upstream, load
+from mesh.wiring import Wiring, instance_env
 from services.common.config import ServiceSettings
 from services.common.runner import with_version
 
@@ -34,15 +35,20 @@ def orders_only(upstreams: tuple[Upstream, ...] = ()) -> Topology:
     return replace(load(), services=(orders,))
 
 
+class Untraced(NativePlacement):
+    """One host without Jaeger: nothing traces."""
+
+    def runs(self, component: str) -> bool:
+        return component != JAEGER
+
+
+ONE_HOST = Untraced("127.0.0.1")
+
+
 def orders_registration(
-    upstreams: tuple[Upstream, ...] = (),
-    *,
-    address: str = "127.0.0.1",
-    otlp_endpoint: str | None = None,
+    upstreams: tuple[Upstream, ...] = (), *, placement: Placement = ONE_HOST
 ) -> dict:
-    return instance_registration(
-        orders_only(upstreams), ORDERS_1, address=address, otlp_endpoint=otlp_endpoint
-    )
+    return instance_registration(orders_only(upstreams), placement, ORDERS_1)
 
 
 def test_an_instance_registration_describes_instance_check_and_sidecar() -> None:
@@ -104,26 +110,29 @@ def test_registration_without_upstreams_has_an_empty_list() -> None:
 
 
 def test_in_a_container_all_is_at_its_address_but_the_upstream_listeners() -> None:
-    body = orders_registration((Upstream("users", 9201),), address="172.28.0.9")
+    compose = ComposePlacement.of(orders_only())
+    address = compose.address(ORDERS_1.id)
+    assert address.startswith("172.28.0.")
+    body = orders_registration((Upstream("users", 9201),), placement=compose)
     sidecar = body["Connect"]["SidecarService"]
-    assert body["Address"] == sidecar["Address"] == "172.28.0.9"
-    assert body["Check"]["HTTP"] == "http://172.28.0.9:9401/health"
-    assert sidecar["Proxy"]["LocalServiceAddress"] == "172.28.0.9"
-    assert sidecar["Proxy"]["Config"]["envoy_prometheus_bind_addr"] == "172.28.0.9:9501"
-    assert sidecar["Checks"][0]["TCP"] == "172.28.0.9:21001"
+    assert body["Address"] == sidecar["Address"] == address
+    assert body["Check"]["HTTP"] == f"http://{address}:9401/health"
+    assert sidecar["Proxy"]["LocalServiceAddress"] == address
+    assert sidecar["Proxy"]["Config"]["envoy_prometheus_bind_addr"] == f"{address}:9501"
+    assert sidecar["Checks"][0]["TCP"] == f"{address}:21001"
     # The sidecar shares the instance's network namespace: its upstream listeners are loopback.
     assert sidecar["Proxy"]["Upstreams"][0]["LocalBindAddress"] == "127.0.0.1"
 
 
-def test_with_an_otlp_endpoint_the_sidecar_traces_every_listener_as_service_sidecar() -> None:
-    body = orders_registration(otlp_endpoint="http://127.0.0.1:4317")
+def test_where_jaeger_runs_the_sidecar_traces_every_listener_as_service_sidecar() -> None:
+    body = orders_registration(placement=NativePlacement("127.0.0.1"))
     config = body["Connect"]["SidecarService"]["Proxy"]["Config"]
     (cluster,) = json.loads(config["envoy_extra_static_clusters_json"])["load_assignment"][
         "endpoints"
     ][0]["lb_endpoints"]
     assert cluster["endpoint"]["address"]["socket_address"] == {
         "address": "127.0.0.1",
-        "port_value": 4317,
+        "port_value": load().jaeger.ports.otlp_grpc,
     }
     bootstrap = json.loads(config["envoy_tracing_json"])["http"]
     listener = json.loads(config["envoy_listener_tracing_json"])
@@ -138,7 +147,7 @@ def test_with_an_otlp_endpoint_the_sidecar_traces_every_listener_as_service_side
     assert config["envoy_prometheus_bind_addr"] == "127.0.0.1:9501"
 
 
-def test_without_an_otlp_endpoint_the_sidecar_has_no_tracing() -> None:
+def test_without_jaeger_the_sidecar_has_no_tracing() -> None:
     config = orders_registration()["Connect"]["SidecarService"]["Proxy"]["Config"]
     assert not {k for k in config if "tracing" in k or "static_clusters" in k}
 
@@ -146,9 +155,7 @@ def test_without_an_otlp_endpoint_the_sidecar_has_no_tracing() -> None:
 def test_every_instance_of_the_topology_registers_its_own_ports_and_upstreams() -> None:
     topology = load()
     for instance in topology.instances():
-        body = instance_registration(
-            topology, instance, address=topology.bind_host, otlp_endpoint=None
-        )
+        body = instance_registration(topology, Untraced(topology.bind_host), instance)
         sidecar = body["Connect"]["SidecarService"]
         upstreams = topology.service(instance.service).upstreams
         assert (body["ID"], body["Name"], body["Port"]) == (
@@ -166,19 +173,15 @@ def test_every_instance_of_the_topology_registers_its_own_ports_and_upstreams() 
 
 def test_each_instance_registers_the_document_its_environment_hands_it_with_its_version() -> None:
     topology = load()
+    placement = NativePlacement.of(topology)
     wiring = Wiring(
-        bind_host="127.0.0.1",
-        consul_http_addr="http://127.0.0.1:8500",
-        kafka_bootstrap="127.0.0.1:29092",
-        database_url=lambda database: f"postgresql://{database}@127.0.0.1/{database}",
+        placement=placement,
+        database_password=lambda database: None,
         auth_seed_file=lambda: "/seed.json",
-        otlp_endpoint=topology.otlp_endpoint(),
     )
     for instance in topology.instances():
         env = instance_env(topology, wiring, instance)
-        expected = instance_registration(
-            topology, instance, address="127.0.0.1", otlp_endpoint=topology.otlp_endpoint()
-        )
+        expected = instance_registration(topology, placement, instance)
         settings = ServiceSettings.from_env(env)
         assert settings.registration == expected
         body = with_version(settings.registration, "1.2.3")
@@ -191,7 +194,7 @@ def test_the_edge_is_registered_with_its_admin_check_and_its_sidecar_upstreams()
     topology = load()
     edge = topology.edge
     host = topology.bind_host
-    reg = edge_registration(topology, address=host, otlp_endpoint=topology.otlp_endpoint())
+    reg = edge_registration(topology, NativePlacement.of(topology))
     sidecar = reg["Connect"]["SidecarService"]
     assert {k: v for k, v in reg.items() if k != "Connect"} == {
         "ID": edge.id,
@@ -219,9 +222,7 @@ def test_the_edge_is_registered_with_its_admin_check_and_its_sidecar_upstreams()
 
 def test_the_edge_sidecar_traces_as_edge_sidecar() -> None:
     topology = load()
-    reg = edge_registration(
-        topology, address=topology.bind_host, otlp_endpoint=topology.otlp_endpoint()
-    )
+    reg = edge_registration(topology, NativePlacement.of(topology))
     config = reg["Connect"]["SidecarService"]["Proxy"]["Config"]
     tracing = json.loads(config["envoy_listener_tracing_json"])
     assert tracing["provider"]["typed_config"]["service_name"] == "edge-sidecar"

@@ -1,0 +1,94 @@
+"""What each Python process of the mesh is handed: its environment, the same natively and in
+compose. Where it binds and finds the shared components comes from the placement; where its
+secrets come from is the backend's (the Wiring): natively the state dir's generated passwords,
+in compose a pgpass file in the state volume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mesh.placement import JAEGER, Placement
+from mesh.registration import instance_registration
+from mesh.runtime import postgres
+from mesh.runtime.edge_config import issuer
+from mesh.topology import Instance, Topology, Workers
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """A backend's way of handing processes what they need: where everything is (the
+    placement) and where the secrets come from."""
+
+    placement: Placement
+    # Database (and role) name -> its password in the URL, or None: the process reads it itself
+    # (PGPASSFILE).
+    database_password: Callable[[str], str | None]
+    auth_seed_file: Callable[[], str]
+
+    def database_url(self, topology: Topology, database: str) -> str:
+        password = self.database_password(database)
+        return postgres.database_url(topology, self.placement, database, password, database)
+
+
+def tracing_env(topology: Topology, placement: Placement) -> dict[str, str]:
+    """The standard OpenTelemetry variables the services' SDK reads: where spans go (where the
+    placement runs no Jaeger, none: a process exports no spans), and the edge's head sampling for
+    the traces a process starts itself (a request without a trace context, a timer's work); a
+    span with a parent follows its parent's decision."""
+    if not placement.runs(JAEGER):
+        return {}
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": placement.otlp_endpoint(topology),
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": f"{topology.trace_sample_percent / 100:g}",
+    }
+
+
+def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict[str, str]:
+    """The environment of a service instance. It listens on the address it is registered at,
+    where its sidecar forwards to."""
+    service = topology.service(instance.service)
+    placement = wiring.placement
+    env = {
+        "SHOPMESH_SERVICE": service.name,
+        "SHOPMESH_INSTANCE": instance.id,
+        "SHOPMESH_BIND_HOST": placement.address(instance.id),
+        "SHOPMESH_PORT": str(instance.port),
+        "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology),
+        # The instance registers this document itself once it answers its health check.
+        "SHOPMESH_REGISTRATION": json.dumps(instance_registration(topology, placement, instance)),
+        "SHOPMESH_UPSTREAMS": json.dumps(
+            [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
+        ),
+        "SHOPMESH_KAFKA_BOOTSTRAP": placement.kafka_bootstrap(topology),
+        "SHOPMESH_METRICS_PORT": str(instance.metrics_port),
+        "PYTHONUNBUFFERED": "1",
+        **tracing_env(topology, placement),
+    }
+    if service.name == "auth":
+        env["SHOPMESH_AUTH_ISSUER"] = issuer(topology, placement)
+        env["SHOPMESH_AUTH_SEED_FILE"] = wiring.auth_seed_file()
+    if service.database:
+        env["SHOPMESH_DATABASE_URL"] = wiring.database_url(topology, service.database)
+    return env
+
+
+def worker_env(
+    topology: Topology, wiring: Wiring, workers: Workers, instance: str
+) -> dict[str, str]:
+    """The environment of a worker instance: registered nowhere, it serves only its /metrics,
+    on the placement's listen address."""
+    placement = wiring.placement
+    return {
+        "SHOPMESH_SERVICE": workers.name,
+        "SHOPMESH_INSTANCE": instance,
+        "SHOPMESH_BIND_HOST": placement.listen(instance),
+        "SHOPMESH_METRICS_PORT": str(workers.metrics_port(instance)),
+        "SHOPMESH_DATABASE_URL": wiring.database_url(topology, workers.database),
+        "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology),
+        "SHOPMESH_KAFKA_BOOTSTRAP": placement.kafka_bootstrap(topology),
+        "PYTHONUNBUFFERED": "1",
+        **tracing_env(topology, placement),
+    }
