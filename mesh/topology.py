@@ -1,4 +1,6 @@
-"""Typed view of mesh/topology.yaml, the single source of ports, names and upstreams."""
+"""Typed view of mesh/topology.yaml, the single source of ports, names and upstreams: what runs.
+Where it runs is a placement's (mesh/placement.py); `bind_host` is the one host of the native
+placement (`mesh up`), where compose also publishes its ports."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from functools import cache
 from pathlib import Path
 
 import yaml
+
+from mesh.placement import NativePlacement
 
 TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
 
@@ -190,22 +194,25 @@ class Topology:
     trace_sample_percent: float = 100.0
     workers: tuple[Workers, ...] = ()
 
-    @property
-    def consul_http_addr(self) -> str:
-        return f"http://{self.bind_host}:{self.consul_ports.http}"
-
     def service(self, name: str) -> Service:
         for service in self.services:
             if service.name == name:
                 return service
         raise KeyError(name)
 
+    # Where this host reaches the native mesh (`mesh up`): for the host's tools and the tests.
+    # Generators ask the placement they are given instead.
+
+    @property
+    def consul_http_addr(self) -> str:
+        return NativePlacement.of(self).consul_http_addr(self)
+
     def otlp_endpoint(self) -> str:
         """Jaeger's OTLP gRPC receiver, as OTEL_EXPORTER_OTLP_ENDPOINT wants it."""
-        return f"http://{self.bind_host}:{self.jaeger.ports.otlp_grpc}"
+        return NativePlacement.of(self).otlp_endpoint(self)
 
     def kafka_bootstrap(self) -> str:
-        return ",".join(f"{self.bind_host}:{n.port}" for n in self.kafka.nodes)
+        return NativePlacement.of(self).kafka_bootstrap(self)
 
     def instances(self) -> tuple[Instance, ...]:
         return tuple(i for s in self.services for i in s.instances)

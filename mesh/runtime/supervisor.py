@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from mesh.placement import NativePlacement
+from mesh.placement import WATCHDOG, NativePlacement, Placement
 from mesh.runtime import (
     consul,
     demo,
@@ -60,9 +60,9 @@ def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict
     return instance_env(topology, native_wiring(topology, state), instance)
 
 
-def service_spec(topology: Topology, state: StateDir, instance: Instance) -> ProcessSpec:
+def service_spec(topology: Topology, wiring: Wiring, instance: Instance) -> ProcessSpec:
     service = topology.service(instance.service)
-    client = consul.ConsulClient(topology.consul_http_addr)
+    client = consul.ConsulClient(wiring.placement.consul_http_addr(topology))
 
     def ready() -> str | None:
         try:
@@ -74,7 +74,7 @@ def service_spec(topology: Topology, state: StateDir, instance: Instance) -> Pro
     return ProcessSpec(
         name=instance.id,
         argv=[sys.executable, "-m", service.module],
-        env=service_env(topology, state, instance),
+        env=instance_env(topology, wiring, instance),
         cwd=REPO_ROOT,
         ports=(instance.port, instance.metrics_port),
         ready=ready,
@@ -82,15 +82,14 @@ def service_spec(topology: Topology, state: StateDir, instance: Instance) -> Pro
     )
 
 
-def worker_spec(
-    topology: Topology, state: StateDir, workers: Workers, instance: str
-) -> ProcessSpec:
+def worker_spec(topology: Topology, wiring: Wiring, workers: Workers, instance: str) -> ProcessSpec:
     """A consumer process: no port, no sidecar; ready once it has joined its consumer group.
 
     Both sides must say so: the process itself (its /metrics: a member with a current
     assignment) and the group coordinator. The coordinator alone is not enough: a killed
     worker stays listed under the same client id until its session times out."""
-    metrics_url = f"http://{topology.bind_host}:{workers.metrics_port(instance)}/metrics"
+    host = wiring.placement.host(instance)
+    metrics_url = f"http://{host}:{workers.metrics_port(instance)}/metrics"
 
     def ready() -> str | None:
         try:
@@ -109,7 +108,7 @@ def worker_spec(
     return ProcessSpec(
         name=instance,
         argv=[sys.executable, "-m", workers.module],
-        env=worker_env(topology, native_wiring(topology, state), workers, instance),
+        env=worker_env(topology, wiring, workers, instance),
         cwd=REPO_ROOT,
         ports=(workers.metrics_port(instance),),
         ready=ready,
@@ -149,8 +148,9 @@ class Mesh:
         # Before every process that sends spans, so none of the first ones is lost.
         specs.append(jaeger.server_spec(t, p, s, self.binaries["jaeger"]))
         specs += kafka.node_specs(t, p, s, self.binaries["kafka"])
+        wiring = native_wiring(t, s)
         for instance in t.instances():
-            specs.append(service_spec(t, s, instance))
+            specs.append(service_spec(t, wiring, instance))
             specs.append(
                 consul.sidecar_spec(
                     t,
@@ -162,7 +162,7 @@ class Mesh:
                 )
             )
         for workers in t.workers:
-            specs += [worker_spec(t, s, workers, instance) for instance in workers.instances]
+            specs += [worker_spec(t, wiring, workers, instance) for instance in workers.instances]
         # The edge's rate-limit service, and the store of its counters, before the edge.
         specs.append(ratelimit.redis_spec(t, p, s, self.binaries["redis"]))
         specs.append(ratelimit.service_spec(t, p, s, self.binaries["ratelimit"]))
@@ -180,7 +180,7 @@ class Mesh:
         specs.append(prometheus.discovery_spec(t, p, s))
         specs.append(prometheus.server_spec(t, p, s, self.binaries["prometheus"]))
         # Last: it restarts what died, so it starts once everything is up and stops first.
-        specs.append(watchdog_spec(t, s))
+        specs.append(watchdog_spec(t, p, s))
         return specs
 
     def spec(self, name: str) -> ProcessSpec:
@@ -351,8 +351,8 @@ class Mesh:
             yield
 
 
-def watchdog_spec(topology: Topology, state: StateDir) -> ProcessSpec:
-    metrics = f"http://{topology.bind_host}:{topology.watchdog_port}/metrics"
+def watchdog_spec(topology: Topology, placement: Placement, state: StateDir) -> ProcessSpec:
+    metrics = f"http://{placement.host(WATCHDOG)}:{topology.watchdog_port}/metrics"
 
     def ready() -> str | None:
         try:

@@ -199,7 +199,7 @@ def main() -> int:
     specs = [spec for spec in mesh.specs() if spec.name != NAME]
     metrics = WatchdogMetrics(spec.name for spec in specs)
     watchdog = Watchdog(specs, state, on_restart=metrics.restarted)
-    metrics.serve(mesh.topology.bind_host, mesh.topology.watchdog_port)
+    metrics.serve(mesh.placement.listen(NAME), mesh.topology.watchdog_port)
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
