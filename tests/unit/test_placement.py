@@ -3,8 +3,13 @@ reach it; natively all on the bind host, in compose by container names and fixed
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import ClassVar
+
 import pytest
 
+from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import (
     ANY,
     COMPOSE_DYNAMIC_RANGE,
@@ -19,9 +24,14 @@ from mesh.placement import (
     WATCHDOG,
     ComposePlacement,
     NativePlacement,
+    Placement,
     PlacementError,
 )
+from mesh.runtime import consul, edge_config, jaeger, kafka, prometheus, protos, ratelimit
+from mesh.runtime.edge_config import EdgeFiles
+from mesh.runtime.paths import StateDir
 from mesh.topology import Topology, load
+from mesh.wiring import Wiring, instance_env
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +128,129 @@ def test_a_component_without_a_fixed_address_in_compose_says_so(topology: Topolo
     compose = ComposePlacement.of(topology)
     with pytest.raises(PlacementError, match="kafka-1 has no fixed address"):
         compose.address("kafka-1")
+
+
+# --- a third placement, made up here: two hosts -----------------------------------------------
+
+
+class TwoHosts(Placement):
+    """Two hosts, each with its own address (as network namespaces would have): the shared
+    components, the edge and the first Kafka node on `a`, the rest on `b`. Every process binds
+    its host's address and is reached there; no names resolve."""
+
+    ADDRESSES: ClassVar[dict[str, str]] = {"a": "10.0.0.1", "b": "10.0.0.2"}
+    ON_A: ClassVar[set[str]] = {
+        CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT, WATCHDOG, "edge-1", "kafka-1",
+    }  # fmt: skip
+
+    def host_of(self, component: str) -> str:
+        return "a" if component in self.ON_A else "b"
+
+    def address(self, component: str) -> str:
+        return self.ADDRESSES[self.host_of(component)]
+
+    listen = host = admin = address
+
+    def public(self) -> str:
+        return self.address("edge-1")
+
+
+A, B = TwoHosts.ADDRESSES["a"], TwoHosts.ADDRESSES["b"]
+
+
+def test_kafka_nodes_listen_on_their_own_host_and_know_where_the_others_are(
+    topology: Topology,
+) -> None:
+    first, second = topology.kafka.nodes[:2]
+    props = kafka.server_properties(topology, TwoHosts(), second, Path("/data"))
+    assert props["listeners"] == (
+        f"PLAINTEXT://{B}:{second.port},CONTROLLER://{B}:{second.controller_port}"
+    )
+    assert props["advertised.listeners"] == f"PLAINTEXT://{B}:{second.port}"
+    assert props["controller.quorum.voters"].startswith(f"{first.id}@{A}:{first.controller_port},")
+    assert TwoHosts().kafka_bootstrap(topology).split(",")[:2] == [
+        f"{A}:{first.port}",
+        f"{B}:{second.port}",
+    ]
+
+
+def test_an_instance_on_one_host_registers_there_and_finds_the_shared_ones_on_the_other(
+    topology: Topology,
+) -> None:
+    instance = topology.service("payments").instances[1]
+    wiring = Wiring(TwoHosts(), database_password=lambda db: "pw", auth_seed_file=lambda: "/s")
+    env = instance_env(topology, wiring, instance)
+    assert env["SHOPMESH_BIND_HOST"] == B
+    assert env["SHOPMESH_CONSUL_HTTP_ADDR"] == f"http://{A}:{topology.consul_ports.http}"
+    assert env["SHOPMESH_DATABASE_URL"].endswith(f"@{A}:{topology.postgres_port}/payments")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{A}:{topology.jaeger.ports.otlp_grpc}"
+    registration = json.loads(env["SHOPMESH_REGISTRATION"])
+    sidecar = registration["Connect"]["SidecarService"]
+    assert registration["Address"] == sidecar["Address"] == B
+    assert registration["Check"]["HTTP"] == f"http://{B}:{instance.metrics_port}/health"
+    # The sidecar's upstream listeners stay in the instance's own namespace.
+    assert {u["LocalBindAddress"] for u in sidecar["Proxy"]["Upstreams"]} == {LOOPBACK}
+    otlp = json.loads(sidecar["Proxy"]["Config"]["envoy_extra_static_clusters_json"])
+    endpoint = otlp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"]["address"] == A
+
+
+def test_a_sidecar_reaches_consul_on_the_other_host(topology: Topology) -> None:
+    instance = topology.service("orders").instances[0]
+    argv = consul.sidecar_argv(
+        topology,
+        TwoHosts(),
+        service_id=instance.id,
+        sidecar=instance.sidecar,
+        consul_bin=Path("consul"),
+        envoy_bin=Path("envoy"),
+    )
+    assert f"-http-addr=http://{A}:{topology.consul_ports.http}" in argv
+    assert f"-grpc-addr={A}:{topology.consul_ports.grpc}" in argv
+    assert argv[argv.index("-admin-bind") + 1] == f"{B}:{instance.sidecar.admin_port}"
+
+
+def test_the_edge_listens_on_its_host_and_calls_the_rate_limit_service_and_jaeger_there(
+    topology: Topology,
+) -> None:
+    protos.ensure_generated()
+    files = EdgeFiles(Path("/edge.pem"), Path("/edge-key.pem"), protos.DESCRIPTOR_SET)
+    config = edge_config.envoy_config(topology, TwoHosts(), files)
+    listeners = config["static_resources"]["listeners"]
+    assert {lis["address"]["socket_address"]["address"] for lis in listeners} == {A}
+    clusters = {
+        c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        for c in config["static_resources"]["clusters"]
+    }
+    assert clusters.pop(edge_config.RATELIMIT_CLUSTER)["socket_address"]["address"] == A
+    assert clusters.pop(OTLP_CLUSTER)["socket_address"]["address"] == A
+    assert {c["socket_address"]["address"] for c in clusters.values()} == {LOOPBACK}
+    assert edge_config.issuer(topology, TwoHosts()).startswith(f"https://{A}:")
+
+
+def test_prometheus_scrapes_each_target_on_its_host(topology: Topology, tmp_path: Path) -> None:
+    config = prometheus.config(
+        topology,
+        TwoHosts(),
+        rule_files=[],
+        discovery=prometheus.FileDiscovery(tmp_path),
+    )
+    targets = {
+        group["labels"]["instance"]: group["targets"][0]
+        for job in config["scrape_configs"]
+        for group in job.get("static_configs", [])
+    }
+    first, second = topology.kafka.nodes[:2]
+    assert targets[first.name] == f"{A}:{first.metrics_port}"
+    assert targets[second.name] == f"{B}:{second.metrics_port}"
+    assert targets["consul"] == f"{A}:{topology.consul_ports.http}"
+    worker = topology.workers[0].instances[0]
+    assert targets[worker] == f"{B}:{topology.workers[0].metrics_port(worker)}"
+
+
+def test_jaeger_and_the_rate_limit_service_bind_their_host(topology: Topology) -> None:
+    endpoints = jaeger.config(topology, TwoHosts())["receivers"]["otlp"]["protocols"]
+    assert {p["endpoint"].rsplit(":", 1)[0] for p in endpoints.values()} == {A}
+    env = ratelimit.service_env(topology, TwoHosts(), StateDir(Path("/state")))
+    assert env["GRPC_HOST"] == A
+    assert env["REDIS_URL"] == f"{A}:{topology.redis_port}"
