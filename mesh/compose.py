@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from mesh import registration
+from mesh.components import consul, edge, jaeger, kafka, postgres, prometheus, ratelimit
 from mesh.placement import (
     COMPOSE_DYNAMIC_RANGE,
     COMPOSE_SUBNET,
@@ -40,19 +41,7 @@ from mesh.placement import (
     RATELIMIT,
     ComposePlacement,
 )
-from mesh.runtime import (
-    consul,
-    demo,
-    edge,
-    edge_config,
-    jaeger,
-    kafka,
-    postgres,
-    prometheus,
-    protos,
-    ratelimit,
-    tls,
-)
+from mesh.runtime import demo, protos, tls
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.topology import Instance, Sidecar, Topology, load
 from mesh.wiring import Wiring, instance_env, worker_env
@@ -710,8 +699,8 @@ def bootstrap(topology: Topology) -> None:
     asyncio.run(postgres.ensure_databases(topology, placement, passwords))
     shutil.copyfile(protos.DESCRIPTOR_SET, EDGE_DESCRIPTORS)
     certs = tls.edge_certs(STATE)
-    files = edge_config.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)
-    config = edge_config.envoy_config(topology, placement, files)
+    files = edge.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)
+    config = edge.envoy_config(topology, placement, files)
     EDGE_CONFIG.write_text(json.dumps(config, indent=2))
     client = consul.ConsulClient(placement.consul_http_addr(topology))
     try:

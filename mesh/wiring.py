@@ -9,10 +9,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mesh.components import postgres
+from mesh.components.edge import issuer
 from mesh.placement import JAEGER, Placement
 from mesh.registration import instance_registration
-from mesh.runtime import postgres
-from mesh.runtime.edge_config import issuer
 from mesh.topology import Instance, Topology, Workers
 
 

@@ -17,9 +17,10 @@ import grpc
 import httpx
 import pytest
 
-from mesh.runtime import demo, faults, postgres, users
-from mesh.runtime.consul import ConsulClient
-from mesh.runtime.edge_config import issuer
+from mesh.components import postgres
+from mesh.components.consul import ConsulClient
+from mesh.components.edge import issuer
+from mesh.runtime import demo, faults, users
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.provision import install_all
 from mesh.runtime.supervisor import Mesh

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
+from mesh.components.edge import EXTERNAL_AUDIENCE, EdgeFiles, envoy_config, issuer
 from mesh.placement import NativePlacement
 from mesh.runtime import protos
-from mesh.runtime.edge_config import EXTERNAL_AUDIENCE, EdgeFiles, envoy_config, issuer
 from mesh.runtime.paths import StateDir
 from mesh.runtime.provision import ENVOY
 from mesh.runtime.tls import edge_certs, ensure_edge_certs

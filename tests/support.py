@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 import grpc
 import httpx
 
+from mesh.components.consul import ConsulClient
 from mesh.runtime import consul as consul_runtime
-from mesh.runtime.consul import ConsulClient
 from mesh.topology import Topology
 
 if TYPE_CHECKING:

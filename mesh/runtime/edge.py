@@ -1,8 +1,9 @@
-"""The edge gateway process: how it is started and registered in Consul (the document comes
-from mesh/registration.py).
+"""The edge gateway as a native process: how it is started and registered in Consul (the
+document comes from mesh/registration.py).
 
-Its Envoy config comes from edge_config.py; requests leave the edge through the edge's own
-Connect sidecar (its upstream listeners on loopback), which carries them over mTLS.
+Its Envoy config and command line come from mesh/components/edge.py; requests leave the edge
+through the edge's own Connect sidecar (its upstream listeners on loopback), which carries them
+over mTLS.
 """
 
 from __future__ import annotations
@@ -12,34 +13,15 @@ from pathlib import Path
 
 import httpx
 
+from mesh.components.consul import ConsulClient
+from mesh.components.edge import EdgeFiles, edge_argv, envoy_config
 from mesh.placement import Placement
 from mesh.registration import edge_registration
 from mesh.runtime import protos
-from mesh.runtime.consul import ConsulClient
-from mesh.runtime.edge_config import EdgeFiles, envoy_config
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.tls import ensure_edge_certs
 from mesh.topology import Topology
-
-
-def edge_argv(topology: Topology, envoy_bin: Path, config_file: Path) -> list[str]:
-    """The edge's Envoy command line (natively and in compose)."""
-    edge = topology.edge
-    return [
-        str(envoy_bin),
-        "-c",
-        str(config_file),
-        "--disable-hot-restart",
-        "--log-level",
-        "warn",
-        "--service-node",
-        edge.id,
-        "--service-cluster",
-        "edge",
-        "--concurrency",
-        str(edge.workers),
-    ]
 
 
 def edge_spec(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mesh.runtime.consul import ConsulClient
+from mesh.components.consul import ConsulClient
 from mesh.topology import Topology
 
 KEY = "shopmesh/faults/{service}"

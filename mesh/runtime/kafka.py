@@ -1,27 +1,24 @@
-"""Apache Kafka in KRaft mode: three combined broker+controller nodes, and the mesh's topics.
+"""Apache Kafka in KRaft mode as native processes: three combined broker+controller nodes, and
+the mesh's topics.
 
 Each node is a plain `java -cp <jars> kafka.Kafka server.properties` process. Its properties
-are generated from mesh/topology.yaml before every start; its log dir (`data/kafka-<id>`) is
-formatted once with the cluster id, which is generated once and kept in the state dir, so a
-restarted node rejoins with its data. Topics come from mesh/kafka/topics.yaml and are created
-(missing ones only) once the whole cluster is up.
+(mesh/components/kafka.py) are written before every start; its log dir (`data/kafka-<id>`) is
+formatted once with the cluster id, so a restarted node rejoins with its data. Topics are
+created (missing ones only) once the whole cluster is up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.conn import create_conn
@@ -29,47 +26,24 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.components.kafka import (
+    JMX_EXPORTER_RULES,
+    TopicSpec,
+    cluster_id,
+    group_members,
+    jmx_agent,
+    load_topics,
+    render_properties,
+    server_properties,
+)
 from mesh.placement import NativePlacement, Placement
 from mesh.runtime import process
-from mesh.runtime.paths import REPO_ROOT, StateDir
+from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import KafkaNode, Topology
 
-TOPICS_FILE = REPO_ROOT / "mesh" / "kafka" / "topics.yaml"
-JMX_EXPORTER_RULES = REPO_ROOT / "mesh" / "kafka" / "jmx-exporter.yml"
-DLQ_SUFFIX = ".dlq"
 # Kafka error codes the topic creation tolerates: another creator got there first.
 TOPIC_ALREADY_EXISTS = 36
-
-# The broker/controller settings every node gets; the per-node ones are added by
-# `server_properties`. Durability: a write acknowledged with acks=all is on at least 2 of the 3
-# replicas, and an out-of-sync replica never becomes leader.
-CLUSTER_SETTINGS: dict[str, str] = {
-    "process.roles": "broker,controller",
-    "controller.listener.names": "CONTROLLER",
-    "inter.broker.listener.name": "PLAINTEXT",
-    "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-    "default.replication.factor": "3",
-    "min.insync.replicas": "2",
-    "offsets.topic.replication.factor": "3",
-    # The default 50 partitions are sized for big clusters; 10 is plenty here and keeps a
-    # node's restart (and every leader election) short.
-    "offsets.topic.num.partitions": "10",
-    "transaction.state.log.replication.factor": "3",
-    "transaction.state.log.min.isr": "2",
-    "transaction.state.log.num.partitions": "10",
-    "unclean.leader.election.enable": "false",
-    # Kafka's default, stated because consumers remember handled events a day longer
-    # (services/common/messaging/consumer.py PROCESSED_RETENTION_S) to dedupe redeliveries.
-    "log.retention.hours": "168",
-    "auto.create.topics.enable": "false",
-    "group.initial.rebalance.delay.ms": "0",
-    "num.partitions": "3",
-    # Two cores for the whole mesh: fewer threads than the defaults (3 network, 8 I/O).
-    "num.network.threads": "2",
-    "num.io.threads": "4",
-    "num.recovery.threads.per.data.dir": "2",
-}
 
 # Kafka's own 3.9 distribution layout, console-only: the supervisor sends stdout to the log file.
 LOG4J_PROPERTIES = """\
@@ -85,6 +59,7 @@ log4j.logger.kafka.log.UnifiedLog=WARN
 log4j.logger.org.apache.kafka.clients.NetworkClient=WARN
 """
 
+
 # As Kafka's kafka-run-class.sh, with the heap from the topology.
 JVM_OPTIONS = (
     "-XX:+UseG1GC",
@@ -95,109 +70,8 @@ JVM_OPTIONS = (
 )
 
 
-# --- topics ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    replication_factor: int
-    min_insync_replicas: int
-
-    @property
-    def configs(self) -> dict[str, str]:
-        return {"min.insync.replicas": str(self.min_insync_replicas)}
-
-
-class TopicsError(ValueError):
-    pass
-
-
-def parse_topics(raw: dict) -> tuple[TopicSpec, ...]:
-    """Every topic of topics.yaml plus its `.dlq` twin, in file order (each topic, then its DLQ)."""
-    defaults = raw.get("defaults") or {}
-    rf = int(defaults.get("replication_factor", 3))
-    min_isr = int(defaults.get("min_insync_replicas", 2))
-    dlq_partitions = int(defaults.get("dlq_partitions", 1))
-    topics: list[TopicSpec] = []
-    for name, spec in (raw.get("topics") or {}).items():
-        spec = spec or {}
-        if name.endswith(DLQ_SUFFIX):
-            raise TopicsError(f"{name}: DLQs are implied by their topic, do not list them")
-        topic_rf = int(spec.get("replication_factor", rf))
-        topic_min_isr = int(spec.get("min_insync_replicas", min_isr))
-        if not 1 <= topic_min_isr <= topic_rf:
-            raise TopicsError(f"{name}: min_insync_replicas {topic_min_isr} not in 1..{topic_rf}")
-        partitions = int(spec["partitions"])
-        if partitions < 1:
-            raise TopicsError(f"{name}: partitions must be at least 1")
-        topics.append(TopicSpec(name, partitions, topic_rf, topic_min_isr))
-        topics.append(TopicSpec(name + DLQ_SUFFIX, dlq_partitions, topic_rf, topic_min_isr))
-    if not topics:
-        raise TopicsError("no topics listed")
-    return tuple(topics)
-
-
-def load_topics(path: Path = TOPICS_FILE) -> tuple[TopicSpec, ...]:
-    return parse_topics(yaml.safe_load(path.read_text()))
-
-
-# --- node configuration ------------------------------------------------------------------------
-
-
-def quorum_voters(topology: Topology, placement: Placement) -> str:
-    return ",".join(
-        f"{n.id}@{placement.host(n.name)}:{n.controller_port}" for n in topology.kafka.nodes
-    )
-
-
 def log_dir(state: StateDir, node: KafkaNode) -> Path:
     return state.data / node.name
-
-
-def server_properties(
-    topology: Topology, placement: Placement, node: KafkaNode, logs: Path
-) -> dict[str, str]:
-    """The node's settings: its listeners on the address the others reach it at (its host in
-    the placement), advertised as such; the quorum's voters likewise."""
-    host = placement.host(node.name)
-    return {
-        **CLUSTER_SETTINGS,
-        "node.id": str(node.id),
-        "controller.quorum.voters": quorum_voters(topology, placement),
-        "listeners": f"PLAINTEXT://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{node.port}",
-        "log.dirs": str(logs),
-    }
-
-
-def render_properties(props: dict[str, str]) -> str:
-    """Java properties text; values here never need escaping beyond backslashes."""
-    lines = ["# Generated by mesh/runtime/kafka.py from mesh/topology.yaml; do not edit."]
-    lines += [f"{key}={value.replace(chr(92), chr(92) * 2)}" for key, value in props.items()]
-    return "\n".join(lines) + "\n"
-
-
-def new_cluster_id() -> str:
-    """A random cluster id as Kafka makes them (Uuid.randomUuid: base64url, never a leading -)."""
-    while True:
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        if not cid.startswith("-"):
-            return cid
-
-
-def cluster_id_file(state: StateDir) -> Path:
-    return state.data / "kafka-cluster-id"
-
-
-def cluster_id(topology: Topology, state: StateDir) -> str:
-    if topology.kafka.cluster_id != "generate":
-        return topology.kafka.cluster_id
-    path = cluster_id_file(state)
-    if not path.exists():
-        path.write_text(new_cluster_id() + "\n")
-    return path.read_text().strip()
 
 
 def config_paths(state: StateDir, node: KafkaNode) -> tuple[Path, Path]:
@@ -244,9 +118,6 @@ def prepare_node(
             f"{node.name}: kafka-storage format failed (exit {proc.returncode}): "
             f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
         )
-
-
-# --- checks (aiokafka, the project's own client) -----------------------------------------------
 
 
 @contextlib.contextmanager
@@ -330,23 +201,6 @@ class PartitionState:
     @property
     def fully_replicated(self) -> bool:
         return self.leader >= 0 and set(self.isr) >= set(self.replicas)
-
-
-async def group_members(bootstrap: str, group: str) -> list[str]:
-    """The client id of each member of a consumer group (natively and in compose's health
-    check); a client id appears twice while a dead member's session has not timed out."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-    await admin.start()
-    try:
-        described = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
-    return sorted(
-        member["client_id"]
-        for response in described
-        for found in response.to_object()["groups"]
-        for member in found["members"]
-    )
 
 
 def reports_group_membership(metrics_text: str, group: str) -> bool:
@@ -441,9 +295,6 @@ def cluster_health(topology: Topology, down: frozenset[int] = frozenset()) -> st
         return f"cluster metadata unavailable ({exc.__class__.__name__}: {exc})"
 
 
-# --- topic creation ----------------------------------------------------------------------------
-
-
 async def _ensure_topics(bootstrap: str, topics: tuple[TopicSpec, ...]) -> list[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
@@ -521,16 +372,6 @@ def wait_for_leaders(
             last = f"no leader yet for {sorted(leaderless)[:5]}"
         time.sleep(0.2)
     raise RuntimeError(f"Kafka partitions without a leader after {timeout:.0f}s: {last}")
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-def jmx_agent(placement: Placement, node: KafkaNode, agent: Path | str, rules: Path | str) -> str:
-    """The JVM flag that serves the node's MBeans, as the `rules` file (JMX_EXPORTER_RULES)
-    says, on its `metrics_port` (/metrics) for Prometheus; `agent` is the exporter's jar."""
-    bind = f"{placement.listen(node.name)}:{node.metrics_port}"
-    return f"-javaagent:{agent}={bind}:{rules}"
 
 
 def node_spec(

@@ -1,12 +1,12 @@
-"""One Postgres server for the mesh, one database and role per service, generated passwords."""
+"""The one Postgres server of the native mesh: its data dir, initdb, and its process (the
+databases, roles and passwords: mesh/components/postgres.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import asyncpg
 
+from mesh.components.postgres import SUPERUSER, ensure_databases, passwords
 from mesh.placement import POSTGRES, Placement
-from mesh.runtime.paths import StateDir, write_private
+from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Topology
 
-SUPERUSER = "shopmesh"
 # Postgres refuses to run as root; as root we run it as the Debian package's `postgres` user.
 RUN_AS = "postgres" if os.geteuid() == 0 else None
 
@@ -31,31 +31,6 @@ def data_dir(state: StateDir) -> Path:
     # in a folder named after the state directory it belongs to.
     digest = hashlib.sha256(str(state.root).encode()).hexdigest()[:12]
     return Path("/var/lib/postgresql/shopmesh") / digest
-
-
-def passwords(state: StateDir, topology: Topology) -> dict[str, str]:
-    """Generated on first use, kept in the state dir's secrets folder (mode 0600)."""
-    path = state.secrets / "postgres.json"
-    stored = json.loads(path.read_text()) if path.exists() else {}
-    wanted = [SUPERUSER, *(s.database for s in topology.services if s.database)]
-    changed = False
-    for role in wanted:
-        if role not in stored:
-            stored[role] = secrets.token_urlsafe(24)
-            changed = True
-    if changed:
-        write_private(path, json.dumps(stored, indent=2))
-    return stored
-
-
-def database_url(
-    topology: Topology, placement: Placement, role: str, password: str | None, database: str
-) -> str:
-    """The URL `role` connects to `database` with, at Postgres as the placement reaches it;
-    without `password` the client finds it itself (PGPASSFILE)."""
-    credentials = f"{role}:{password}" if password is not None else role
-    host = placement.host(POSTGRES)
-    return f"postgresql://{credentials}@{host}:{topology.postgres_port}/{database}"
 
 
 def _initdb(initdb: Path, pgdata: Path, superuser_password: str, marker: Path) -> None:
@@ -135,23 +110,3 @@ def server_spec(
             binaries["initdb"], pgdata, pw[SUPERUSER], state.data / "postgres-initialized"
         ),
     )
-
-
-async def ensure_databases(topology: Topology, placement: Placement, pw: dict[str, str]) -> None:
-    """Each service's role and database, created if missing (natively and by compose)."""
-    conn = await asyncpg.connect(
-        database_url(topology, placement, SUPERUSER, pw[SUPERUSER], "postgres"), timeout=2
-    )
-    try:
-        for service in topology.services:
-            db = service.database
-            if not db:
-                continue
-            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", db):
-                await conn.execute(f'CREATE ROLE "{db}" LOGIN')
-            # Idempotent: also re-applies a password regenerated with a fresh state dir secret.
-            await conn.execute(f"ALTER ROLE \"{db}\" PASSWORD '{pw[db]}'")
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db):
-                await conn.execute(f'CREATE DATABASE "{db}" OWNER "{db}"')
-    finally:
-        await conn.close()

@@ -1,72 +1,27 @@
-"""Prometheus: its config, generated from the topology and a placement, its process, and its
-target discovery.
-
-Service instances are found through Consul's catalog: by Prometheus's own `consul_sd_configs`
-where its build has it (compose's image: `ConsulDiscovery`), or, natively, through files: Debian's
-Prometheus 2.42 is built without it, so the `consul-sd` process (mesh/runtime/consul_sd.py)
-watches the catalog and writes `file_sd_configs` files (`FileDiscovery`). Each instance is
-scraped on the `metrics_port` in its service meta, each sidecar's Envoy on its
-`envoy_prometheus_bind_addr` (/metrics): natively found in Consul's catalog too, with Consul's
-discovery at the address the placement registers it at (Consul SD has no Proxy.Config). What is
-not in Consul's catalog with a metrics endpoint stays a static target from the topology, where
-the placement has it: the payment workers (they register nowhere), the edge Envoy (its admin
-/stats/prometheus), Consul itself, the Kafka nodes' JMX exporter agents, the edge's rate-limit
-service and, where it runs, the watchdog (process restarts).
+"""Prometheus as a native process, and the catalog watcher that feeds its file discovery
+(mesh/runtime/consul_sd.py); its config: mesh/components/prometheus.py.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import yaml
 
-from mesh.placement import CONSUL, PROMETHEUS, RATELIMIT, WATCHDOG, Placement
+from mesh.components.prometheus import (
+    ENVOY_FILE,
+    RULES_DIR,
+    SERVICES_FILE,
+    FileDiscovery,
+    config,
+    server_args,
+)
+from mesh.placement import PROMETHEUS, Placement
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Topology
-
-RULES_DIR = REPO_ROOT / "observability" / "prometheus" / "rules"
-SCRAPE_INTERVAL = "5s"
-# inotify reloads a changed file at once; this re-read is only a fallback.
-FILE_SD_REFRESH = "30s"
-CONSUL_SD_REFRESH = "5s"
-# The files mesh/runtime/consul_sd.py writes, one per job.
-SERVICES_FILE = "services.json"
-ENVOY_FILE = "envoy.json"
-# Consul's discovery finds every service; only instances with a metrics port are scraped, there.
-CONSUL_SD_RELABELLING: list[dict[str, Any]] = [
-    # Discovered, but without metrics: Consul itself, the sidecars, the edge.
-    {"source_labels": ["__meta_consul_service", "__meta_consul_service_metadata_metrics_port"],
-     "regex": ".+;", "action": "drop"},
-    {"source_labels": ["__meta_consul_service_address",
-                       "__meta_consul_service_metadata_metrics_port"],
-     "regex": "(.+);(.+)", "replacement": "$1:$2", "target_label": "__address__"},
-    {"source_labels": ["__meta_consul_service_id"], "regex": "(.+)",
-     "target_label": "instance"},
-    {"source_labels": ["__meta_consul_service"], "regex": "(.+)", "target_label": "service"},
-]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class FileDiscovery:
-    """Consul's catalog through the files consul_sd.py writes into `directory`."""
-
-    directory: Path
-
-    def configs(self, name: str) -> list[dict]:
-        return [{"files": [str(self.directory / name)], "refresh_interval": FILE_SD_REFRESH}]
-
-
-@dataclass(frozen=True)
-class ConsulDiscovery:
-    """Prometheus's own `consul_sd_configs`."""
-
-
-Discovery = FileDiscovery | ConsulDiscovery
 
 
 def sd_dir(state: StateDir) -> Path:
@@ -75,105 +30,6 @@ def sd_dir(state: StateDir) -> Path:
 
 def native_rule_files() -> list[str]:
     return [str(path) for path in sorted(RULES_DIR.glob("*.yml"))]
-
-
-def config(
-    topology: Topology, placement: Placement, *, rule_files: list[str], discovery: Discovery
-) -> dict:
-    """Every scrape job, each target where the placement has it; the workers stay static
-    targets of the services job (Consul's relabelling touches discovered ones only)."""
-
-    def at(component: str, port: int) -> str:
-        return f"{placement.host(component)}:{port}"
-
-    workers = [
-        {"targets": [at(name, workers.metrics_port(name))],
-         "labels": {"instance": name, "service": workers.name}}
-        for workers in topology.workers
-        for name in workers.instances
-    ]  # fmt: skip
-    services: dict[str, Any] = {"job_name": "services"}
-    envoy: dict[str, Any] = {"job_name": "envoy", "metrics_path": "/metrics"}
-    if isinstance(discovery, FileDiscovery):
-        services |= {"file_sd_configs": discovery.configs(SERVICES_FILE), "static_configs": workers}
-        envoy["file_sd_configs"] = discovery.configs(ENVOY_FILE)
-    else:
-        consul_server = at(CONSUL, topology.consul_ports.http)
-        services |= {
-            "static_configs": workers,
-            "consul_sd_configs": [{"server": consul_server, "refresh_interval": CONSUL_SD_REFRESH}],
-            "relabel_configs": CONSUL_SD_RELABELLING,
-        }
-        envoy["static_configs"] = _sidecars(topology, placement)
-    edge = topology.edge
-    jobs = [
-        services,
-        envoy,
-        {
-            "job_name": "edge",
-            "metrics_path": "/stats/prometheus",
-            "static_configs": [{"targets": [at(edge.id, edge.admin_port)],
-                                "labels": {"instance": edge.id, "service": "edge"}}],
-        },
-        {
-            "job_name": "consul",
-            "metrics_path": "/v1/agent/metrics",
-            "params": {"format": ["prometheus"]},
-            "static_configs": [{"targets": [at(CONSUL, topology.consul_ports.http)],
-                                "labels": {"instance": "consul", "service": "consul"}}],
-        },
-        {
-            "job_name": "kafka",
-            "static_configs": [
-                {"targets": [at(node.name, node.metrics_port)],
-                 "labels": {"instance": node.name, "service": "kafka"}}
-                for node in topology.kafka.nodes
-            ],
-        },
-    ]  # fmt: skip
-    if placement.runs(WATCHDOG):
-        jobs.append({
-            "job_name": "watchdog",
-            "static_configs": [{"targets": [at(WATCHDOG, topology.watchdog_port)],
-                                "labels": {"instance": "watchdog", "service": "watchdog"}}],
-        })  # fmt: skip
-    jobs.append({
-        "job_name": "ratelimit",
-        "static_configs": [{"targets": [at(RATELIMIT, topology.ratelimit_ports.metrics)],
-                            "labels": {"instance": "ratelimit", "service": "ratelimit"}}],
-    })  # fmt: skip
-    return {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": rule_files,
-        "scrape_configs": jobs,
-    }
-
-
-def _sidecars(topology: Topology, placement: Placement) -> list[dict]:
-    """Each sidecar's Envoy where its registration says it serves /metrics (its instance's
-    address: envoy_prometheus_bind_addr, mesh/registration.py)."""
-    edge = topology.edge
-    return [
-        {"targets": [f"{placement.address(i.id)}:{i.sidecar.metrics_port}"],
-         "labels": {"instance": f"{i.id}-sidecar", "service": i.service}}
-        for i in topology.instances()
-    ] + [
-        {"targets": [f"{placement.address(edge.id)}:{edge.sidecar.metrics_port}"],
-         "labels": {"instance": f"{edge.id}-sidecar", "service": "edge"}}
-    ]  # fmt: skip
-
-
-def server_args(
-    topology: Topology, placement: Placement, config_file: Path | str, data: Path | str
-) -> list[str]:
-    """The server's flags (natively and in compose)."""
-    return [
-        f"--config.file={config_file}",
-        f"--storage.tsdb.path={data}",
-        "--storage.tsdb.retention.time=1d",
-        f"--web.listen-address={placement.listen(PROMETHEUS)}:{topology.prometheus_port}",
-        "--log.level=warn",
-    ]
 
 
 def discovery_spec(topology: Topology, placement: Placement, state: StateDir) -> ProcessSpec:

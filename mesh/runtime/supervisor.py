@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from mesh.components.consul import ConsulClient
+from mesh.components.postgres import passwords
 from mesh.placement import WATCHDOG, NativePlacement, Placement
 from mesh.runtime import (
     consul,
@@ -51,7 +53,7 @@ def native_wiring(topology: Topology, state: StateDir) -> Wiring:
     """Every process on this host, with the passwords of the state dir in its database URL."""
     return Wiring(
         placement=NativePlacement.of(topology),
-        database_password=lambda database: postgres.passwords(state, topology)[database],
+        database_password=lambda database: passwords(state, topology)[database],
         auth_seed_file=lambda: str(demo.ensure_seed(state)),
     )
 
@@ -62,7 +64,7 @@ def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict
 
 def service_spec(topology: Topology, wiring: Wiring, instance: Instance) -> ProcessSpec:
     service = topology.service(instance.service)
-    client = consul.ConsulClient(wiring.placement.consul_http_addr(topology))
+    client = ConsulClient(wiring.placement.consul_http_addr(topology))
 
     def ready() -> str | None:
         try:
@@ -211,8 +213,8 @@ class Mesh:
 
     def _edge_upstreams_healthy(self) -> str | None:
         """The edge sidecar sees a healthy endpoint for every service the edge routes to."""
-        edge = self.topology.edge
-        admin = f"http://{self.placement.admin(edge.id)}:{edge.sidecar.admin_port}"
+        edge_id, sidecar = self.topology.edge.id, self.topology.edge.sidecar
+        admin = f"http://{self.placement.admin(edge_id)}:{sidecar.admin_port}"
         try:
             text = httpx.get(f"{admin}/clusters", timeout=1.0).text
         except httpx.HTTPError as exc:
@@ -309,7 +311,7 @@ class Mesh:
                 self._deregister_edge()
 
     def _deregister_edge(self) -> None:
-        client = consul.ConsulClient(self.placement.consul_http_addr(self.topology), timeout=1.0)
+        client = ConsulClient(self.placement.consul_http_addr(self.topology), timeout=1.0)
         try:
             client.deregister(self.topology.edge.id)
         except httpx.HTTPError:

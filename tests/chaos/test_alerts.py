@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from mesh.runtime.consul import ConsulClient
+from mesh.components.consul import ConsulClient
 from mesh.runtime.supervisor import Mesh
 from tests.integration.test_observability import prometheus, query
 from tests.support import wait_for

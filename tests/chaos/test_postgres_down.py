@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from mesh.runtime.consul import ConsulClient
+from mesh.components.consul import ConsulClient
 from mesh.runtime.supervisor import Mesh
 from tests.integration.test_messaging_flow import wait_all
 from tests.support import wait_for

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from mesh.runtime.consul import ConsulClient
+from mesh.components.consul import ConsulClient
 from mesh.runtime.supervisor import Mesh
 from tests.integration.test_messaging_flow import WORKERS, assert_charged_once, wait_all
 from tests.integration.test_messaging_flow import workers as workers

@@ -11,7 +11,7 @@ from itertools import product
 import httpx
 import pytest
 
-from mesh.runtime import ratelimit
+from mesh.components import ratelimit
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
 from tests.grafana import Target, dashboards, targets

@@ -12,8 +12,8 @@ import uuid
 import grpc
 import httpx
 
-from mesh.runtime.consul import ConsulClient
-from mesh.runtime.edge_config import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
+from mesh.components.consul import ConsulClient
+from mesh.components.edge import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 from mesh.runtime.supervisor import Mesh
 from mesh.runtime.tls import edge_certs
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc

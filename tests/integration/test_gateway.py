@@ -18,9 +18,9 @@ from jose import jwt
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from mesh.components import postgres
+from mesh.components.edge import EXTERNAL_AUDIENCE, issuer
 from mesh.placement import NativePlacement
-from mesh.runtime import postgres
-from mesh.runtime.edge_config import EXTERNAL_AUDIENCE, issuer
 from mesh.runtime.supervisor import Mesh
 from mesh.runtime.tls import edge_certs
 from mesh.topology import Topology

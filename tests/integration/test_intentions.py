@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mesh.runtime.consul import ConsulClient
+from mesh.components.consul import ConsulClient
 from mesh.topology import Topology
 from shopmesh.payments.v1 import payments_pb2
 

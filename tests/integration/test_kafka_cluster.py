@@ -14,8 +14,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from mesh.components import kafka
 from mesh.placement import NativePlacement
-from mesh.runtime import kafka
+from mesh.runtime.kafka import brokers_seen_by, cluster_health, ensure_topics, partitions
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
 from tests.support import wait_for
@@ -44,7 +45,7 @@ async def _topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str
 def test_three_brokers_and_every_configured_topic(topology: Topology) -> None:
     wanted_ids = {node.id for node in topology.kafka.nodes}
     for node in topology.kafka.nodes:
-        seen = kafka.brokers_seen_by(NativePlacement.of(topology), node)
+        seen = brokers_seen_by(NativePlacement.of(topology), node)
         assert seen == wanted_ids, node.name
 
     topics = kafka.load_topics()
@@ -53,7 +54,7 @@ def test_three_brokers_and_every_configured_topic(topology: Topology) -> None:
         for name in ("user-events", "order-events", "payment-events", "payment-tasks")
         for suffix in ("", ".dlq")
     }
-    states = kafka.partitions(topology, [t.name for t in topics])
+    states = partitions(topology, [t.name for t in topics])
     configs = asyncio.run(_topic_configs(topology.kafka_bootstrap(), [t.name for t in topics]))
     for topic in topics:
         mine = [p for p in states if p.topic == topic.name]
@@ -69,7 +70,7 @@ def scratch_topic(topology: Topology) -> Iterator[str]:
     """A topic of the test's own (RF 3, min ISR 2, 6 partitions), deleted afterwards."""
     name = f"test.kafka-cluster.{uuid.uuid4().hex[:8]}"
     spec = kafka.TopicSpec(name, partitions=6, replication_factor=3, min_insync_replicas=2)
-    kafka.ensure_topics(topology, (spec,))
+    ensure_topics(topology, (spec,))
     yield name
 
     async def delete() -> None:
@@ -96,7 +97,7 @@ def _producer(bootstrap: str) -> AIOKafkaProducer:
 
 def consume_all(topology: Topology, topic: str) -> list[tuple[bytes, bytes]]:
     """Every (key, value) in the topic, from the beginning to the end offsets of now."""
-    numbers = sorted({p.partition for p in kafka.partitions(topology, [topic])})
+    numbers = sorted({p.partition for p in partitions(topology, [topic])})
     return asyncio.run(_consume_all(topology.kafka_bootstrap(), topic, numbers))
 
 
@@ -207,7 +208,7 @@ def test_a_killed_broker_loses_and_duplicates_nothing_acknowledged(
 
     started = time.monotonic()
     summary = wait_for(
-        lambda: (s := kafka.cluster_health(topology)).startswith("ok,") and s,
+        lambda: (s := cluster_health(topology)).startswith("ok,") and s,
         timeout=90,
         interval=0.5,
         what=f"every partition to be fully replicated after {KILLED} rejoined",

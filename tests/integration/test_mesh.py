@@ -8,7 +8,7 @@ import sys
 
 import httpx
 
-from mesh.runtime.consul import ConsulClient
+from mesh.components.consul import ConsulClient
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
 from tests.support import envoy_admin, intention_removed, wait_for

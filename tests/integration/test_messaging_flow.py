@@ -19,7 +19,7 @@ import grpc
 import httpx
 import pytest
 
-from mesh.runtime import postgres
+from mesh.components import postgres
 from mesh.runtime.paths import REPO_ROOT
 from mesh.runtime.supervisor import Mesh, service_env
 from services.common.messaging.processed import PROCESSED_RETENTION_S, PgProcessedStore

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from mesh.components.edge import issuer
 from mesh.placement import NativePlacement
 from mesh.runtime import demo
-from mesh.runtime.edge_config import issuer
 from mesh.runtime.supervisor import Mesh
 from mesh.runtime.tls import edge_certs
 from mesh.topology import Topology

@@ -14,11 +14,12 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from mesh.components import ratelimit
 from mesh.placement import NativePlacement
-from mesh.runtime import ratelimit
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import RATELIMIT
+from mesh.runtime.ratelimit import redis_answers, service_spec
 from mesh.topology import Topology, load
 from tests.ratelimit_processes import binaries, on_free_ports, rate_limit_service, service_ports
 
@@ -159,9 +160,7 @@ def test_one_users_budget_holds_across_two_service_instances(service: Service) -
     """Two edges, each with a rate-limit service of its own, count in the same Redis."""
     ports = service_ports()
     second = replace(service.topology, ratelimit_ports=ports)
-    spec = ratelimit.service_spec(
-        second, NativePlacement.of(second), service.state, binaries(RATELIMIT)
-    )
+    spec = service_spec(second, NativePlacement.of(second), service.state, binaries(RATELIMIT))
     service.start(replace(spec, name="ratelimit-2"))
     limit = service.topology.edge.per_user_limit
     name = f"both-{uuid.uuid4().hex[:8]}"
@@ -175,8 +174,8 @@ def test_one_users_budget_holds_across_two_service_instances(service: Service) -
 
 def test_redis_answers_only_with_the_password(service: Service) -> None:
     host, port = service.topology.bind_host, service.topology.redis_port
-    assert ratelimit.redis_answers(host, port, ratelimit.redis_password(service.state)) is None
-    refused = ratelimit.redis_answers(host, port, "not-the-password")
+    assert redis_answers(host, port, ratelimit.redis_password(service.state)) is None
+    refused = redis_answers(host, port, "not-the-password")
     assert refused is not None and "WRONGPASS" in refused
     with socket.create_connection((host, port), timeout=2) as sock:
         sock.sendall(b"*1\r\n$4\r\nPING\r\n")

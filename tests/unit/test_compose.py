@@ -15,13 +15,16 @@ import pytest
 import yaml
 
 from mesh import compose
+from mesh.components import prometheus, ratelimit
+from mesh.components.edge import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import JAEGER, RATELIMIT, WATCHDOG, ComposePlacement, NativePlacement
 from mesh.registration import edge_registration, instance_registration
-from mesh.runtime import prometheus, protos, provision, ratelimit
-from mesh.runtime.edge_config import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
+from mesh.runtime import protos, provision
 from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
+from mesh.runtime.prometheus import native_rule_files, sd_dir
 from mesh.runtime.provision import COMPOSE_SCHEMA
+from mesh.runtime.ratelimit import service_spec
 from mesh.runtime.supervisor import native_wiring, service_env
 from mesh.topology import Topology, load
 from mesh.wiring import worker_env
@@ -248,8 +251,8 @@ def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
     native = prometheus.config(
         topology,
         NativePlacement.of(topology),
-        rule_files=prometheus.native_rule_files(),
-        discovery=prometheus.FileDiscovery(prometheus.sd_dir(StateDir(tmp_path))),
+        rule_files=native_rule_files(),
+        discovery=prometheus.FileDiscovery(sd_dir(StateDir(tmp_path))),
     )
     native_labels = labels(native)
     # Compose restarts containers by their restart policies: no watchdog.
@@ -306,7 +309,7 @@ def test_the_rate_limit_service_has_the_native_settings_but_for_hosts_and_passwo
     state = StateDir(tmp_path)
     state.ensure()
     binaries = {"ratelimit": Path("ratelimit")}
-    native = ratelimit.service_spec(topology, NativePlacement.of(topology), state, binaries).env
+    native = service_spec(topology, NativePlacement.of(topology), state, binaries).env
     container = doc["services"]["ratelimit"]
     env = container["environment"]
     assert env.keys() == native.keys() - {"REDIS_AUTH"}

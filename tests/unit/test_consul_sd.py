@@ -3,9 +3,11 @@
 import json
 from pathlib import Path
 
+from mesh.components import prometheus
 from mesh.placement import NativePlacement
-from mesh.runtime import consul_sd, prometheus
+from mesh.runtime import consul_sd
 from mesh.runtime.paths import StateDir
+from mesh.runtime.prometheus import discovery_spec, native_rule_files, sd_dir
 from mesh.topology import load
 
 
@@ -74,14 +76,14 @@ def test_each_sidecar_with_a_prometheus_listener_is_an_envoy_target() -> None:
 
 
 def test_target_files_are_replaced_whole_and_only_when_they_change(tmp_path: Path) -> None:
-    path = tmp_path / consul_sd.SERVICES_FILE
+    path = tmp_path / prometheus.SERVICES_FILE
     groups = consul_sd.service_targets(ENTRIES)
     assert consul_sd.write_atomically(path, groups)
     assert json.loads(path.read_text()) == groups
     assert not consul_sd.write_atomically(path, groups)
     assert consul_sd.write_atomically(path, groups[:1])
     assert json.loads(path.read_text()) == groups[:1]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [consul_sd.SERVICES_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [prometheus.SERVICES_FILE]
 
 
 def test_prometheus_discovers_services_and_sidecars_from_the_files_and_keeps_the_rest_static(
@@ -92,15 +94,15 @@ def test_prometheus_discovers_services_and_sidecars_from_the_files_and_keeps_the
     config = prometheus.config(
         topology,
         NativePlacement.of(topology),
-        rule_files=prometheus.native_rule_files(),
-        discovery=prometheus.FileDiscovery(prometheus.sd_dir(state)),
+        rule_files=native_rule_files(),
+        discovery=prometheus.FileDiscovery(sd_dir(state)),
     )
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["services"]["file_sd_configs"][0]["files"] == [
-        str(prometheus.sd_dir(state) / prometheus.SERVICES_FILE)
+        str(sd_dir(state) / prometheus.SERVICES_FILE)
     ]
     assert jobs["envoy"]["file_sd_configs"][0]["files"] == [
-        str(prometheus.sd_dir(state) / prometheus.ENVOY_FILE)
+        str(sd_dir(state) / prometheus.ENVOY_FILE)
     ]
     assert jobs["envoy"]["metrics_path"] == "/metrics"
     workers = [c["labels"]["instance"] for c in jobs["services"]["static_configs"]]
@@ -114,14 +116,14 @@ def test_prometheus_discovers_services_and_sidecars_from_the_files_and_keeps_the
 
 def test_the_discovery_process_is_ready_once_both_files_are_written(tmp_path: Path) -> None:
     state = StateDir(tmp_path)
-    spec = prometheus.discovery_spec(load(), NativePlacement.of(load()), state)
+    spec = discovery_spec(load(), NativePlacement.of(load()), state)
     assert spec.ready is not None and spec.before_start is not None
-    out = prometheus.sd_dir(state)
+    out = sd_dir(state)
     out.mkdir(parents=True)
-    (out / consul_sd.SERVICES_FILE).write_text("[]")
-    (out / consul_sd.ENVOY_FILE).write_text("[]")
+    (out / prometheus.SERVICES_FILE).write_text("[]")
+    (out / prometheus.ENVOY_FILE).write_text("[]")
     spec.before_start()  # files of an earlier run are not this run's targets
     assert spec.ready() == "services.json, envoy.json not written yet"
-    (out / consul_sd.SERVICES_FILE).write_text("[]")
-    (out / consul_sd.ENVOY_FILE).write_text("[]")
+    (out / prometheus.SERVICES_FILE).write_text("[]")
+    (out / prometheus.ENVOY_FILE).write_text("[]")
     assert spec.ready() is None

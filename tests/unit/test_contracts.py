@@ -1,6 +1,6 @@
 """The event contracts services share agree with the topics the runtime creates."""
 
-from mesh.runtime import kafka
+from mesh.components import kafka
 from services.common.contracts import Topic
 from services.common.messaging.envelope import dlq_topic
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mesh.components import ratelimit
+from mesh.components.edge import EdgeFiles, envoy_config, issuer
 from mesh.placement import NativePlacement
-from mesh.runtime import protos, ratelimit
-from mesh.runtime.edge_config import EdgeFiles, envoy_config, issuer
+from mesh.runtime import protos
 from mesh.topology import load
 
 NATIVE = NativePlacement.of(load())

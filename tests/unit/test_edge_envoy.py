@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from mesh.components.edge import EdgeFiles, envoy_config
 from mesh.placement import NativePlacement
 from mesh.runtime import protos
-from mesh.runtime.edge_config import EdgeFiles, envoy_config
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.provision import ENVOY
 from mesh.runtime.tls import ensure_edge_certs

@@ -8,7 +8,7 @@ import re
 import pytest
 from google.api import annotations_pb2
 
-from mesh.runtime.edge_config import cluster_name, routes
+from mesh.components.edge import cluster_name, routes
 from mesh.topology import load
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh.users.v1 import users_pb2

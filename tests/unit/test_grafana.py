@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from mesh import compose
+from mesh.components import prometheus
 from mesh.placement import ComposePlacement
-from mesh.runtime import prometheus
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import load
 from tests.grafana import DASHBOARDS_DIR, PROVISIONING_DIR, dashboards, panels, targets

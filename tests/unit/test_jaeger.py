@@ -3,8 +3,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from mesh.components import jaeger
 from mesh.placement import JAEGER, NativePlacement
-from mesh.runtime import jaeger
+from mesh.runtime.jaeger import server_spec
 from mesh.runtime.paths import StateDir
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import load
@@ -55,9 +56,7 @@ def test_otlp_is_received_and_stored_in_memory_and_queried_from_there() -> None:
 def test_the_process_owns_every_jaeger_port_and_services_export_to_its_otlp_grpc() -> None:
     topology = load()
     placement = NativePlacement.of(topology)
-    spec = jaeger.server_spec(
-        topology, placement, StateDir(Path("/state")), {"jaeger": Path("/bin/j")}
-    )
+    spec = server_spec(topology, placement, StateDir(Path("/state")), {"jaeger": Path("/bin/j")})
     assert sorted(spec.ports) == sorted(vars(topology.jaeger.ports).values())
     assert spec.argv == ["/bin/j", "--config=/state/config/jaeger.yaml"]
     assert topology.otlp_endpoint() == f"http://127.0.0.1:{topology.jaeger.ports.otlp_grpc}"

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mesh.components import kafka
 from mesh.placement import NativePlacement
-from mesh.runtime import kafka
+from mesh.runtime.kafka import PartitionState, node_spec, replication_summary
 from mesh.runtime.paths import StateDir
 from mesh.runtime.provision import COMPONENTS, KAFKA_POM
 from mesh.topology import TOPOLOGY_FILE, TopologyError, load, parse
@@ -109,9 +110,7 @@ def test_node_command_line_sets_the_heap_log4j_and_the_jmx_exporter(tmp_path: Pa
     agent = tmp_path / "agent" / "jmx_prometheus_javaagent.jar"
     binaries = {"java": Path("/usr/bin/java"), "libs": tmp_path / "libs", "jmx_agent": agent}
     node = topology.kafka.nodes[0]
-    spec = kafka.node_spec(
-        topology, NativePlacement.of(topology), StateDir(tmp_path), binaries, node
-    )
+    spec = node_spec(topology, NativePlacement.of(topology), StateDir(tmp_path), binaries, node)
     heap = topology.kafka.heap
     assert spec.argv[:3] == ["/usr/bin/java", f"-Xmx{heap}", f"-Xms{heap}"]
     assert f"-Dlog4j.configuration=file:{tmp_path}/config/kafka/log4j.properties" in spec.argv
@@ -151,19 +150,19 @@ def test_topic_overrides_and_mistakes() -> None:
         kafka.parse_topics({"topics": {}})
 
 
-def _partition(p: int, leader: int, isr: tuple[int, ...]) -> kafka.PartitionState:
-    return kafka.PartitionState("t", p, leader, (1, 2, 3), isr)
+def _partition(p: int, leader: int, isr: tuple[int, ...]) -> PartitionState:
+    return PartitionState("t", p, leader, (1, 2, 3), isr)
 
 
 def test_replication_summary() -> None:
     full = [_partition(p, 1, (1, 2, 3)) for p in range(4)]
-    assert kafka.replication_summary(full) == "ok, all 4 partitions fully replicated"
+    assert replication_summary(full) == "ok, all 4 partitions fully replicated"
     behind = [*full[:2], _partition(2, 1, (1, 3)), _partition(3, -1, (1,))]
-    assert kafka.replication_summary(behind) == (
+    assert replication_summary(behind) == (
         "2 of 4 partitions under-replicated, 1 without a leader (t-2, t-3)"
     )
     # A SIGKILLed broker stays in the ISR until the controller fences it: known dead, not ok.
-    assert kafka.replication_summary(full, down=frozenset({2})) == (
+    assert replication_summary(full, down=frozenset({2})) == (
         "4 of 4 partitions under-replicated (t-0, t-1, t-2, +1 more)"
     )
 

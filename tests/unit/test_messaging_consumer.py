@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from mesh.runtime.kafka import CLUSTER_SETTINGS, load_topics
+from mesh.components.kafka import CLUSTER_SETTINGS, load_topics
 from services.common.events import cloud_event
 from services.common.messaging import processed
 from services.common.messaging.consumer import ConsumerRunner

@@ -9,6 +9,8 @@ from typing import ClassVar
 
 import pytest
 
+from mesh.components import consul, edge, jaeger, kafka, prometheus, ratelimit
+from mesh.components.edge import EdgeFiles
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import (
     ANY,
@@ -27,8 +29,7 @@ from mesh.placement import (
     Placement,
     PlacementError,
 )
-from mesh.runtime import consul, edge_config, jaeger, kafka, prometheus, protos, ratelimit
-from mesh.runtime.edge_config import EdgeFiles
+from mesh.runtime import protos
 from mesh.runtime.paths import StateDir
 from mesh.topology import Topology, load
 from mesh.wiring import Wiring, instance_env
@@ -215,17 +216,17 @@ def test_the_edge_listens_on_its_host_and_calls_the_rate_limit_service_and_jaege
 ) -> None:
     protos.ensure_generated()
     files = EdgeFiles(Path("/edge.pem"), Path("/edge-key.pem"), protos.DESCRIPTOR_SET)
-    config = edge_config.envoy_config(topology, TwoHosts(), files)
+    config = edge.envoy_config(topology, TwoHosts(), files)
     listeners = config["static_resources"]["listeners"]
     assert {lis["address"]["socket_address"]["address"] for lis in listeners} == {A}
     clusters = {
         c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         for c in config["static_resources"]["clusters"]
     }
-    assert clusters.pop(edge_config.RATELIMIT_CLUSTER)["socket_address"]["address"] == A
+    assert clusters.pop(edge.RATELIMIT_CLUSTER)["socket_address"]["address"] == A
     assert clusters.pop(OTLP_CLUSTER)["socket_address"]["address"] == A
     assert {c["socket_address"]["address"] for c in clusters.values()} == {LOOPBACK}
-    assert edge_config.issuer(topology, TwoHosts()).startswith(f"https://{A}:")
+    assert edge.issuer(topology, TwoHosts()).startswith(f"https://{A}:")
 
 
 def test_prometheus_scrapes_each_target_on_its_host(topology: Topology, tmp_path: Path) -> None:

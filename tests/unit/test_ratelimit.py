@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mesh.components import ratelimit
 from mesh.placement import ComposePlacement, NativePlacement
-from mesh.runtime import ratelimit
 from mesh.runtime.paths import StateDir
+from mesh.runtime.ratelimit import redis_spec, service_spec
 from mesh.topology import TOPOLOGY_FILE, TopologyError, load, parse
 
 BINARIES = {"redis-server": Path("/usr/bin/redis-server"), "ratelimit": Path("/bin/ratelimit")}
@@ -52,7 +53,7 @@ def test_every_listener_of_the_service_is_on_the_bind_host_at_its_topology_port(
 ) -> None:
     topology = load()
     ports = topology.ratelimit_ports
-    spec = ratelimit.service_spec(topology, NativePlacement.of(topology), state, BINARIES)
+    spec = service_spec(topology, NativePlacement.of(topology), state, BINARIES)
     env = spec.env
     host = topology.bind_host
     assert (env["GRPC_HOST"], env["GRPC_PORT"]) == (host, str(ports.grpc))
@@ -73,8 +74,8 @@ def test_the_redis_password_is_generated_once_owner_only_and_never_on_a_command_
     assert ratelimit.redis_password(state) == password and len(password) >= 24
     assert ratelimit.password_file(state).stat().st_mode & 0o077 == 0
     native = NativePlacement.of(topology)
-    redis = ratelimit.redis_spec(topology, native, state, BINARIES)
-    service = ratelimit.service_spec(topology, native, state, BINARIES)
+    redis = redis_spec(topology, native, state, BINARIES)
+    service = service_spec(topology, native, state, BINARIES)
     assert service.env["REDIS_AUTH"] == password
     assert "REDIS_AUTH" not in ratelimit.service_env(topology, ComposePlacement.of(topology), state)
     for spec in (redis, service):
@@ -85,7 +86,7 @@ def test_redis_binds_the_bind_host_keeps_nothing_on_disk_and_wants_the_password(
     state: StateDir,
 ) -> None:
     topology = load()
-    spec = ratelimit.redis_spec(topology, NativePlacement.of(topology), state, BINARIES)
+    spec = redis_spec(topology, NativePlacement.of(topology), state, BINARIES)
     assert spec.ports == (topology.redis_port,)
     assert spec.before_start is not None
     spec.before_start()

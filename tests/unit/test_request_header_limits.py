@@ -12,9 +12,10 @@ import grpc
 from aiohttp import web_protocol
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mesh.components import edge
+from mesh.components.edge import EdgeFiles, envoy_config
 from mesh.placement import NativePlacement
-from mesh.runtime import edge_config, protos
-from mesh.runtime.edge_config import EdgeFiles, envoy_config
+from mesh.runtime import protos
 from mesh.topology import load
 from services.common import grpc_server
 
@@ -45,42 +46,38 @@ def aiohttp_default(parameter: str) -> int:
 def test_the_header_limits_are_the_first_filter_of_every_listener() -> None:
     for name, hcm in hcms().items():
         first = hcm["http_filters"][0]["typed_config"]
-        assert first["default_source_code"]["inline_string"] == edge_config.REQUEST_HEADERS_LUA, (
-            name
-        )
+        assert first["default_source_code"]["inline_string"] == edge.REQUEST_HEADERS_LUA, name
 
 
 def test_the_lua_filter_checks_the_limits_the_module_states() -> None:
-    assert edge_config.REQUEST_HEADERS_LUA.startswith(
-        f"local max_bytes, max_count = {edge_config.MAX_REQUEST_HEADER_BYTES}, "
-        f"{edge_config.MAX_REQUEST_HEADERS}\n"
+    assert edge.REQUEST_HEADERS_LUA.startswith(
+        f"local max_bytes, max_count = {edge.MAX_REQUEST_HEADER_BYTES}, "
+        f"{edge.MAX_REQUEST_HEADERS}\n"
     )
-    assert 'handle:respond({[":status"] = "431"}' in edge_config.REQUEST_HEADERS_LUA
+    assert 'handle:respond({[":status"] = "431"}' in edge.REQUEST_HEADERS_LUA
 
 
 def test_the_codecs_refuse_only_above_the_lua_limits() -> None:
     # Under the codecs' ceilings every protocol gets the Lua filter's 431 problem; above them an
     # HTTP/2 or HTTP/3 stream is reset without a response.
     for name, hcm in hcms().items():
-        assert hcm["max_request_headers_kb"] * 1024 > edge_config.MAX_REQUEST_HEADER_BYTES, name
+        assert hcm["max_request_headers_kb"] * 1024 > edge.MAX_REQUEST_HEADER_BYTES, name
         count = hcm["common_http_protocol_options"]["max_headers_count"]
-        assert count > edge_config.MAX_REQUEST_HEADERS, name
+        assert count > edge.MAX_REQUEST_HEADERS, name
 
 
 def test_what_the_edge_lets_through_every_sidecar_and_http_service_accepts() -> None:
     # One field can be no bigger than all of them together; aiohttp refuses a field over
     # max_field_size (name and value) and more than max_headers fields.
-    assert aiohttp_default("max_field_size") > edge_config.MAX_REQUEST_HEADER_BYTES
-    headers = edge_config.MAX_REQUEST_HEADERS + MESH_ADDED_HEADERS
+    assert aiohttp_default("max_field_size") > edge.MAX_REQUEST_HEADER_BYTES
+    headers = edge.MAX_REQUEST_HEADERS + MESH_ADDED_HEADERS
     assert headers <= SIDECAR_MAX_HEADERS
     assert headers <= aiohttp_default("max_headers")
 
 
 def test_what_the_edge_lets_through_the_grpc_services_accept() -> None:
-    entries = edge_config.MAX_REQUEST_HEADERS + MESH_ADDED_HEADERS
-    arriving = (
-        edge_config.MAX_REQUEST_HEADER_BYTES + MESH_ADDED_BYTES + entries * GRPC_ENTRY_OVERHEAD
-    )
+    entries = edge.MAX_REQUEST_HEADERS + MESH_ADDED_HEADERS
+    arriving = edge.MAX_REQUEST_HEADER_BYTES + MESH_ADDED_BYTES + entries * GRPC_ENTRY_OVERHEAD
     assert arriving <= grpc_server.MAX_METADATA_BYTES
 
 
@@ -96,7 +93,7 @@ def test_a_431_is_a_problem_of_its_own_before_the_generic_one() -> None:
     problem = body["json_format"]
     assert problem["type"] == "/problems/request-headers-too-large"
     assert problem["status"] == 431
-    assert str(edge_config.MAX_REQUEST_HEADER_BYTES) in problem["detail"]
+    assert str(edge.MAX_REQUEST_HEADER_BYTES) in problem["detail"]
     json.dumps(problem)
 
 

@@ -27,9 +27,10 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+from mesh.components import ratelimit
 from mesh.envoy_tracing import EnvoyTracer
 from mesh.placement import LOOPBACK, RATELIMIT, Placement
-from mesh.runtime import ratelimit
+from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import Route, Topology
 
 T = "type.googleapis.com/envoy.extensions."
@@ -45,7 +46,8 @@ ROUTER = T + "filters.http.router.v3.Router"
 LUA = T + "filters.http.lua.v3.Lua"
 LUA_PER_ROUTE = T + "filters.http.lua.v3.LuaPerRoute"
 TOKEN_EXCHANGE = "shopmesh.token_exchange"
-TOKEN_EXCHANGE_LUA = Path(__file__).with_name("token_exchange.lua")
+# The Lua source stays beside the native runtime (services/auth/README.md points there).
+TOKEN_EXCHANGE_LUA = REPO_ROOT / "mesh" / "runtime" / "token_exchange.lua"
 EXCHANGE_TIMEOUT_MS = 2000
 # Up to this share of an exchange's lifetime is taken off at random (token_exchange.lua).
 TOKEN_CACHE_JITTER = 0.5
@@ -565,3 +567,22 @@ def envoy_config(topology: Topology, placement: Placement, files: EdgeFiles) -> 
             + [_ratelimit_cluster(topology, placement), tracer(topology, placement).cluster()],
         },
     }
+
+
+def edge_argv(topology: Topology, envoy_bin: Path, config_file: Path) -> list[str]:
+    """The edge's Envoy command line (natively and in compose)."""
+    edge = topology.edge
+    return [
+        str(envoy_bin),
+        "-c",
+        str(config_file),
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+        "--service-node",
+        edge.id,
+        "--service-cluster",
+        "edge",
+        "--concurrency",
+        str(edge.workers),
+    ]
