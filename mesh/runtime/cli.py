@@ -11,10 +11,10 @@ import time
 
 import httpx
 
-from mesh import compose
 from mesh.bench import scenarios
 from mesh.bench.accounts import AccountsError
 from mesh.bench.tools import ToolError
+from mesh.compose import files as compose_files
 from mesh.runtime import demo, faults, jaeger, kafka_tools, process, protos, tls, trace, users
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
@@ -243,11 +243,11 @@ def cmd_compose(args: argparse.Namespace) -> int:
     """compose.yaml (and Prometheus's compose config) from the topology."""
     topology = load()
     if args.check:
-        stale = compose.stale(topology)
+        stale = compose_files.stale(topology)
         for path in stale:
             print(f"{path} is out of date: run `mesh compose`", file=sys.stderr)
         return 1 if stale else 0
-    for path in compose.write(topology):
+    for path in compose_files.write(topology):
         print(f"wrote {path}")
     return 0
 

@@ -14,9 +14,9 @@ import jsonschema
 import pytest
 import yaml
 
-from mesh import compose
-from mesh.components import prometheus, ratelimit
+from mesh.components import kafka, prometheus, ratelimit
 from mesh.components.edge import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
+from mesh.compose import document, files, volume
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import JAEGER, RATELIMIT, WATCHDOG, ComposePlacement, NativePlacement
 from mesh.registration import edge_registration, instance_registration
@@ -29,7 +29,7 @@ from mesh.runtime.supervisor import native_wiring, service_env
 from mesh.topology import Topology, load
 from mesh.wiring import worker_env
 
-# Values that differ between the native runtime and compose by design (mesh/compose.py).
+# Values that differ between the native runtime and compose by design (the placements').
 HOST_VARIABLES = {"SHOPMESH_BIND_HOST", "SHOPMESH_REGISTRATION", "SHOPMESH_CONSUL_HTTP_ADDR"}
 HOST_VARIABLES |= {"SHOPMESH_KAFKA_BOOTSTRAP", "SHOPMESH_DATABASE_URL", "SHOPMESH_AUTH_SEED_FILE"}
 HOST_VARIABLES |= {"OTEL_EXPORTER_OTLP_ENDPOINT"}
@@ -42,7 +42,7 @@ def topology() -> Topology:
 
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
-    return yaml.safe_load(compose.COMPOSE_FILE.read_text())
+    return yaml.safe_load(document.COMPOSE_FILE.read_text())
 
 
 def one_shots(doc: dict[str, Any]) -> set[str]:
@@ -50,7 +50,7 @@ def one_shots(doc: dict[str, Any]) -> set[str]:
 
 
 def test_committed_compose_files_are_the_ones_the_topology_generates(topology: Topology) -> None:
-    assert compose.stale(topology) == [], "run `mesh compose` and commit the result"
+    assert files.stale(topology) == [], "run `mesh compose` and commit the result"
 
 
 def test_compose_yaml_is_valid_against_the_compose_spec_schema(doc: dict[str, Any]) -> None:
@@ -104,7 +104,7 @@ def test_the_environment_is_the_native_one_but_for_the_hosts(
         native = service_env(topology, state, instance)
         container = dict(doc["services"][instance.id]["environment"])
         if "SHOPMESH_DATABASE_URL" in native:
-            assert container.pop("PGPASSFILE") == str(compose.PGPASS)
+            assert container.pop("PGPASSFILE") == str(volume.PGPASS)
         assert container.keys() == native.keys()
         for key in native.keys() - HOST_VARIABLES:
             assert container[key] == native[key], key
@@ -113,7 +113,7 @@ def test_the_environment_is_the_native_one_but_for_the_hosts(
         for instance in workers.instances:
             native = worker_env(topology, wiring, workers, instance)
             container = dict(doc["services"][instance]["environment"])
-            assert container.pop("PGPASSFILE") == str(compose.PGPASS)
+            assert container.pop("PGPASSFILE") == str(volume.PGPASS)
             assert container.keys() == native.keys()
             for key in native.keys() - HOST_VARIABLES:
                 assert container[key] == native[key], key
@@ -142,12 +142,12 @@ def test_kafka_nodes_form_the_topology_quorum(topology: Topology, doc: dict[str,
         assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{node.name}:{node.port}"
         assert f"-Xmx{topology.kafka.heap}" in env["KAFKA_HEAP_OPTS"]
     topics = " ".join(doc["services"]["kafka-topics"]["command"])
-    for topic in compose.kafka.load_topics():
+    for topic in kafka.load_topics():
         assert f"--topic {topic.name} --partitions {topic.partitions} " in topics
 
 
 def test_every_topology_port_is_in_the_compose_files(topology: Topology) -> None:
-    text = "".join(compose.generated(topology).values())
+    text = "".join(files.generated(topology).values())
     # The edge sidecar's own ports are in its Consul registration, made at start by `bootstrap`
     # from the same topology (mesh/runtime/edge.py).
     registered = {
@@ -180,8 +180,8 @@ def test_the_edge_publishes_its_ports_on_loopback_tcp_and_udp(
 def test_every_file_compose_mounts_or_builds_from_exists(doc: dict[str, Any]) -> None:
     checked = 0
     for name, svc in doc["services"].items():
-        for volume in svc.get("volumes", []):
-            source = volume.split(":")[0]
+        for mount in svc.get("volumes", []):
+            source = mount.split(":")[0]
             if source.startswith("."):
                 assert (REPO_ROOT / source).exists(), f"{name} mounts missing {source}"
                 checked += 1
@@ -202,7 +202,7 @@ def test_every_image_is_pinned(doc: dict[str, Any]) -> None:
         assert not image.endswith(":latest"), name
         for arg, value in svc.get("build", {}).get("args", {}).items():
             if arg.endswith("_IMAGE"):
-                assert value in compose.IMAGES.values(), f"{name}: {arg}={value}"
+                assert value in document.IMAGES.values(), f"{name}: {arg}={value}"
     for dockerfile in (REPO_ROOT / "docker").glob("*.Dockerfile"):
         for line in dockerfile.read_text().splitlines():
             if line.startswith("FROM "):
@@ -231,7 +231,7 @@ def test_no_secret_is_in_compose_yaml(doc: dict[str, Any]) -> None:
 
 
 def test_prometheus_finds_the_services_through_consul(topology: Topology) -> None:
-    config = yaml.safe_load(compose.PROMETHEUS_FILE.read_text())
+    config = yaml.safe_load(document.PROMETHEUS_FILE.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     sd = jobs["services"]["consul_sd_configs"]
     assert sd == [{"server": f"consul:{topology.consul_ports.http}", "refresh_interval": "5s"}]
@@ -261,14 +261,14 @@ def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
         *({"instance": f"{i.id}-sidecar", "service": i.service} for i in topology.instances()),
         {"instance": f"{topology.edge.id}-sidecar", "service": "edge"},
     ]
-    compose_config = compose.prometheus_config(topology, ComposePlacement.of(topology))
+    compose_config = document.prometheus_config(topology, ComposePlacement.of(topology))
     assert labels(compose_config) == native_labels
 
 
 def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:
     """Debian's promtool has no consul_sd_configs: the rest of the config is checked by it."""
     promtool = provision.PROMETHEUS.binaries(cache_dir())["promtool"]
-    config = yaml.safe_load(compose.PROMETHEUS_FILE.read_text())
+    config = yaml.safe_load(document.PROMETHEUS_FILE.read_text())
     for job in config["scrape_configs"]:
         job.pop("consul_sd_configs", None)
     path = tmp_path / "prometheus.yml"
@@ -281,8 +281,8 @@ def test_the_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
     topology: Topology, tmp_path: Path
 ) -> None:
     protos.ensure_generated()
-    files = EdgeFiles(tmp_path / "edge.pem", tmp_path / "edge-key.pem", protos.DESCRIPTOR_SET)
-    config = envoy_config(topology, ComposePlacement.of(topology), files)
+    edge_files = EdgeFiles(tmp_path / "edge.pem", tmp_path / "edge-key.pem", protos.DESCRIPTOR_SET)
+    config = envoy_config(topology, ComposePlacement.of(topology), edge_files)
     listeners = config["static_resources"]["listeners"]
     assert {lis["address"]["socket_address"]["address"] for lis in listeners} == {"0.0.0.0"}
     ports = {lis["address"]["socket_address"]["port_value"] for lis in listeners}
@@ -318,13 +318,13 @@ def test_the_rate_limit_service_has_the_native_settings_but_for_hosts_and_passwo
         assert env[key] == native[key], key
     assert env["REDIS_URL"] == f"redis:{topology.redis_port}"
     # The password comes from the state volume when the container starts.
-    assert str(ratelimit.password_file(compose.STATE)) in container["command"][0]
+    assert str(ratelimit.password_file(volume.STATE)) in container["command"][0]
     assert container["networks"]["mesh"]["ipv4_address"] == ComposePlacement.of(topology).address(
         RATELIMIT
     )
     assert doc["services"]["edge"]["depends_on"]["ratelimit"] == {"condition": "service_healthy"}
     redis = doc["services"]["redis"]
-    assert redis["command"] == ["redis-server", str(ratelimit.redis_config_file(compose.STATE))]
+    assert redis["command"] == ["redis-server", str(ratelimit.redis_config_file(volume.STATE))]
     assert "ports" not in redis and "ports" not in container  # reached on the network only
 
 
@@ -342,7 +342,7 @@ def test_the_edge_is_registered_at_its_container_address(topology: Topology) -> 
 
 
 def test_the_kafka_image_gets_the_jmx_agent_the_native_nodes_run() -> None:
-    version, sha256 = compose.JMX_EXPORTER
+    version, sha256 = document.JMX_EXPORTER
     assert f"<jmx-exporter.version>{version}</" in provision.KAFKA_POM.read_text()
     jar = provision.KAFKA.binaries(cache_dir())["jmx_agent"]
     assert jar.exists(), f"{jar} is missing: run `mesh install`"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mesh.components.kafka import load_topics
-from mesh.compose import GRAFANA_PORT
+from mesh.compose.document import GRAFANA_PORT
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import load
 

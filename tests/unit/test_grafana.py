@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from mesh import compose
 from mesh.components import prometheus
+from mesh.compose import document
 from mesh.placement import ComposePlacement
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import load
@@ -84,7 +84,7 @@ def test_compose_mounts_the_provisioning_and_the_dashboards_where_grafana_reads_
     [provider] = raw["providers"]
     assert provider["type"] == "file"
     topology = load()
-    doc = compose.document(topology, ComposePlacement.of(topology))
+    doc = document.document(topology, ComposePlacement.of(topology))
     volumes = doc["services"]["grafana"]["volumes"]
     mounts = {target: REPO_ROOT / source for source, target, *_ in (v.split(":") for v in volumes)}
     assert mounts["/etc/grafana/provisioning"] == PROVISIONING_DIR
