@@ -14,11 +14,11 @@ import time
 import httpx
 from websockets.sync.client import connect
 
+from contracts import EventType
 from mesh.bench import accounts, slots, targets
 from mesh.bench.scenarios import DEFAULT_USERS, SOURCES
 from mesh.runtime.paths import StateDir
 from mesh.topology import Topology
-from services.common.contracts import EventType
 
 WAIT_S = 15.0
 

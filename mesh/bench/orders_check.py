@@ -6,10 +6,10 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+from contracts import EventType
 from mesh.bench import db
 from mesh.runtime.paths import StateDir
 from mesh.topology import Topology
-from services.common.contracts import EventType
 
 SETTLE_S = 60.0
 

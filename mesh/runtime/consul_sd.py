@@ -31,13 +31,13 @@ from typing import Any
 import httpx
 
 from mesh.components.prometheus import ENVOY_FILE, SERVICES_FILE
-from services.common.retry import Backoff
 
 log = logging.getLogger("consul_sd")
 
 # How long a blocking query may wait for a change (Consul adds up to 1/16 of jitter).
 WAIT = "5m"
 WAIT_TIMEOUT_S = 5 * 60 * 17 / 16 + 10
+RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 5.0
 
 TargetGroup = dict[str, Any]
@@ -122,17 +122,17 @@ class CatalogWatcher:
         self._index = index if index >= self._index else 0
 
     def run(self) -> None:
-        backoff = Backoff(initial_s=0.2, max_s=RETRY_MAX_S)
+        delay = RETRY_INITIAL_S
         while True:
             try:
                 self.poll()
             except (httpx.HTTPError, ValueError) as exc:
-                delay = backoff.next_delay()
                 log.warning("consul catalog not readable (%s); retrying in %.1fs", exc, delay)
                 self._index = 0
                 time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            backoff.reset()
+            delay = RETRY_INITIAL_S
 
 
 def _host(host: str) -> str:

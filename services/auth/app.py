@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from contracts import Topic
 from services.auth import api
 from services.auth.clients import UsersClient
 from services.auth.config import AuthSettings
@@ -16,7 +17,6 @@ from services.auth.repository import PostgresCredentials, PostgresKeysDatabase
 from services.auth.seed import SeedError, apply_seed, load_seed
 from services.auth.service import AuthService
 from services.common.config import ServiceSettings
-from services.common.contracts import Topic
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.kafka import Consumer, messaging
 from services.common.problem import problem_middleware

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from contracts import EventType
 from services.auth import passwords
 from services.auth.cache import CachedExchange, ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
@@ -28,7 +29,6 @@ from services.auth.tokens import (
 )
 from services.common.auth.jwt import INTERNAL_AUDIENCE, INTERNAL_ISSUER, verify_jwt
 from services.common.auth.principal import Unauthenticated
-from services.common.contracts import EventType
 from services.common.db import Connection
 from services.common.errors import NotFound, Unavailable
 from services.common.messaging.envelope import Event

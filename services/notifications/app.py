@@ -7,9 +7,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from contracts import Topic
 from services.common.auth.middleware import install_internal_auth
 from services.common.config import ServiceSettings
-from services.common.contracts import Topic
 from services.common.db import apply_migrations, close_pool, create_pool
 from services.common.kafka import Consumer, messaging
 from services.common.metrics import watch_websockets

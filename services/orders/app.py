@@ -8,9 +8,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from contracts import Topic
 from services.common.auth.middleware import install_internal_auth
 from services.common.config import ServiceSettings
-from services.common.contracts import Topic
 from services.common.db import apply_migrations, create_pool
 from services.common.faults import install_fault_flags
 from services.common.kafka import Consumer, messaging

@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.common.contracts import (
+from contracts import (
     EventType,
     Topic,
     order_status_changed,

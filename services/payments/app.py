@@ -11,8 +11,8 @@ from pathlib import Path
 
 import asyncpg
 
+from contracts import Topic
 from services.common.config import ProcessSettings, ServiceSettings
-from services.common.contracts import Topic
 from services.common.grpc_server import GrpcApp, Servicer
 from services.common.kafka import Consumer, messaging
 from services.common.uow import in_consumer_transaction

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from contracts import EventType, Topic, payment_outcome, payment_refused
 from services.common import pagination
-from services.common.contracts import EventType, Topic, payment_outcome, payment_refused
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.messaging.envelope import Event
 from services.common.uow import Outbox

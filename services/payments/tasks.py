@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from services.common.contracts import EventType
+from contracts import EventType
 from services.common.db import Connection
 from services.common.errors import FailedPrecondition
 from services.common.messaging.envelope import Event

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from contracts import Topic, user_blocked, user_created
 from services.common import pagination
-from services.common.contracts import Topic, user_blocked, user_created
 from services.common.errors import AlreadyExists, NotFound
 from services.common.uow import Outbox
 from services.users.domain import (

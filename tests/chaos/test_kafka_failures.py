@@ -11,8 +11,8 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from contracts.cloudevents import cloud_event
 from mesh.runtime.supervisor import Mesh
-from services.common.events import cloud_event
 from tests.chaos.test_payments_faults import injected_fault_seen
 from tests.integration.test_messaging_flow import (
     WORKERS,

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 import pytest
 from jose import jwt
 
+from contracts import EventType
+from contracts.cloudevents import cloud_event
 from services.auth import keys as signing_keys
 from services.auth.cache import ExchangeCache
 from services.auth.credentials import Credential
@@ -34,9 +36,7 @@ from services.auth.tokens import (
 )
 from services.common.auth.jwt import verify_internal_claims
 from services.common.auth.principal import Unauthenticated
-from services.common.contracts import EventType
 from services.common.errors import Unavailable
-from services.common.events import cloud_event
 from services.common.messaging.envelope import validate
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.auth import FakeUsersDirectory, InMemoryCredentials, InMemoryKeysDatabase

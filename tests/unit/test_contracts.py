@@ -1,7 +1,7 @@
 """The event contracts services share agree with the topics the runtime creates."""
 
+from contracts import Topic
 from mesh.components import kafka
-from services.common.contracts import Topic
 from services.common.messaging.envelope import dlq_topic
 
 

@@ -11,8 +11,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from contracts.cloudevents import cloud_event
 from mesh.components.kafka import CLUSTER_SETTINGS, load_topics
-from services.common.events import cloud_event
 from services.common.messaging import processed
 from services.common.messaging.consumer import ConsumerRunner
 from services.common.messaging.envelope import (

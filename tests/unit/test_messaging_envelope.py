@@ -5,8 +5,8 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from contracts.cloudevents import cloud_event
 from services.common.config import ConfigError
-from services.common.events import cloud_event
 from services.common.messaging.envelope import (
     ATTEMPTS_HEADER,
     ERROR_HEADER,

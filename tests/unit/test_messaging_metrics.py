@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from aiokafka import TopicPartition
 from prometheus_client import REGISTRY, generate_latest
 
+from contracts.cloudevents import cloud_event
 from mesh.runtime.kafka import reports_group_membership
 from services.common import metrics
-from services.common.events import cloud_event
 from services.common.messaging.consumer import ConsumerRunner, _Rebalance
 from services.common.messaging.envelope import parse, serialize
 from services.common.messaging.outbox import OutboxRelay, OutboxRow

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from services.common.events import cloud_event
+from contracts.cloudevents import cloud_event
 from services.common.messaging import outbox
 from services.common.messaging.envelope import MalformedEventError
 from services.common.messaging.outbox import OutboxRelay, OutboxRow

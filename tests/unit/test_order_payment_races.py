@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from services.common.contracts import EventType, Topic
+from contracts import EventType, Topic
+from contracts.cloudevents import cloud_event
 from services.common.errors import DomainError
-from services.common.events import cloud_event
 from services.common.messaging.envelope import Event, validate
 from services.common.rpc import status_for
 from services.orders.clients import PaymentOutcome, payment_error, payment_outcome

@@ -1,6 +1,6 @@
 import pytest
 
-from services.common.contracts import EventType
+from contracts import EventType
 from services.common.messaging.envelope import validate
 from services.orders.api import prefers_respond_async
 from services.orders.domain import OrderItem, OrderStatus, new_order

@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import pytest
 
-from services.common.contracts import EventType, Topic
+from contracts import EventType, Topic
+from contracts.cloudevents import cloud_event
 from services.common.errors import Unavailable
-from services.common.events import cloud_event
 from services.common.messaging.envelope import Event, validate
 from services.common.uow import in_consumer_transaction
 from services.orders.clients import PaymentOutcome, PaymentResult

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from contracts import EventType
 from services.common.config import ConfigError
-from services.common.contracts import EventType
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.messaging.envelope import validate
 from services.payments.config import WorkerSettings

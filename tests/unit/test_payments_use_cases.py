@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from services.common.contracts import EventType, Topic
+from contracts import EventType, Topic
+from contracts.cloudevents import cloud_event
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.events import cloud_event
 from services.common.messaging.envelope import Event, validate
 from services.payments import domain
 from services.payments.domain import Payment, PaymentStatus

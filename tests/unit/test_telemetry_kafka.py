@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from services.common.events import cloud_event
+from contracts.cloudevents import cloud_event
 from services.common.messaging import outbox
 from services.common.messaging.envelope import ORIGINAL_TOPIC_HEADER, to_kafka_headers
 from services.common.messaging.outbox import OutboxRelay, OutboxRow

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
+from contracts import EventType, Topic
 from services.auth.tokens import internal_claims, sign
-from services.common.contracts import EventType, Topic
 from services.common.errors import AlreadyExists, InvalidArgument
 from services.users.domain import MAX_BATCH_USERS, User
 from services.users.repository import PostgresUsersDatabase

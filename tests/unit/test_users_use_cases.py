@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from services.common.contracts import EventType, Topic
+from contracts import EventType, Topic
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.messaging.envelope import validate
 from services.orders.domain import OrderStatus

@@ -1,7 +1,7 @@
 """CloudEvents 1.0 structured JSON on Kafka: value, key and headers.
 
 The format: docs/messaging.md, "The message". Build events with the builders of
-`services.common.contracts`; this module turns them into Kafka message parts and back, and
+`contracts`; this module turns them into Kafka message parts and back, and
 builds the headers: W3C trace context (`traceparent`, `tracestate`) and, on dead-lettered
 messages, `shopmesh-error`, `shopmesh-attempts`, `shopmesh-original-topic`.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
-from services.common.events import SPECVERSION
+from contracts.cloudevents import SPECVERSION
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 ERROR_HEADER = "shopmesh-error"

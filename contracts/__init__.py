@@ -2,7 +2,7 @@
 
 Producers build their events here and consumers compare against the same `EventType`s, so a
 name or a payload field is spelled in one place. Every event is a CloudEvent
-(services.common.events) keyed on Kafka by its aggregate id: the user id on user-events, the
+(contracts.cloudevents) keyed on Kafka by its aggregate id: the user id on user-events, the
 order id on the other topics. mesh/kafka/topics.yaml is the list of topics the runtime
 creates; a unit test keeps it and `Topic` in agreement.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-from services.common.events import cloud_event
+from contracts.cloudevents import cloud_event
 
 
 class Topic(StrEnum):
