@@ -26,16 +26,23 @@ def orders_sidecar_stat(topology: Topology, stat: str) -> int:
     return envoy_stat(topology, admin_port, "payments.", stat)
 
 
-def injected_fault_seen(payments_grpc) -> bool:
-    """One direct ProcessPayment call failed with the injected UNAVAILABLE."""
+def direct_payment_fails_with(
+    payments_grpc, code: grpc.StatusCode, *, timeout_s: float = 5.0
+) -> bool:
+    """One ProcessPayment called straight on payments (a fresh order) failed with `code`."""
     request = payments_pb2.ProcessPaymentRequest(
         order_id=str(uuid.uuid4()), user_id="alice", amount=100, currency="RUB"
     )
     try:
-        payments_grpc.ProcessPayment(request, timeout=5)
+        payments_grpc.ProcessPayment(request, timeout=timeout_s)
     except grpc.RpcError as exc:
-        return exc.code() == grpc.StatusCode.UNAVAILABLE
+        return exc.code() == code
     return False
+
+
+def injected_fault_seen(payments_grpc) -> bool:
+    """The injected UNAVAILABLE answers a direct call."""
+    return direct_payment_fails_with(payments_grpc, grpc.StatusCode.UNAVAILABLE)
 
 
 def charged_by_payments(payments_db, order_ids: list[str]) -> list[str]:

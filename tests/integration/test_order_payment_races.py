@@ -20,6 +20,7 @@ import pytest
 from mesh.runtime.supervisor import Mesh
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh.users.v1 import users_pb2
+from tests.chaos.test_payments_faults import direct_payment_fails_with
 from tests.integration.test_messaging_flow import (
     ITEMS,
     WORKERS,
@@ -135,14 +136,9 @@ def test_a_blocked_users_queued_order_is_cancelled_and_leaves_them_uncharged(
 
 def held_up(payments_grpc) -> bool:
     """A direct ProcessPayment runs past a 1 s deadline: the latency fault holds calls up."""
-    request = payments_pb2.ProcessPaymentRequest(
-        order_id=str(uuid.uuid4()), user_id="bob", amount=100, currency="RUB"
+    return direct_payment_fails_with(
+        payments_grpc, grpc.StatusCode.DEADLINE_EXCEEDED, timeout_s=1.0
     )
-    try:
-        payments_grpc.ProcessPayment(request, timeout=1.0)
-    except grpc.RpcError as exc:
-        return exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    return False
 
 
 def test_an_order_whose_orders_process_dies_during_its_payment_is_paid_by_a_worker(
