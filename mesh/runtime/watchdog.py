@@ -15,6 +15,7 @@ shopmesh_process_up{process}, with the ProcessCrashLooping alert on top.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -31,6 +32,8 @@ from mesh.runtime.process import ProcessSpec
 
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
+# Doublings past this one only reach the cap (and past about 1,000, 2**n is no float).
+MAX_DOUBLINGS = math.ceil(math.log2(BACKOFF_MAX_S / BACKOFF_INITIAL_S))
 STABLE_AFTER_S = 60.0
 TICK_S = 0.25
 NAME = "watchdog"
@@ -74,7 +77,7 @@ class Restarts:
 
 def backoff_s(restarts_in_a_row: int) -> float:
     """The wait before restart number `restarts_in_a_row + 1` of a process that keeps dying."""
-    return min(BACKOFF_INITIAL_S * 2**restarts_in_a_row, BACKOFF_MAX_S)
+    return min(BACKOFF_INITIAL_S * 2.0 ** min(restarts_in_a_row, MAX_DOUBLINGS), BACKOFF_MAX_S)
 
 
 class Watchdog:

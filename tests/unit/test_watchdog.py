@@ -72,6 +72,12 @@ def test_a_process_that_keeps_dying_waits_twice_as_long_each_time_up_to_the_maxi
     assert dog.restarts["edge"].total == 9
 
 
+def test_the_backoff_stays_at_the_maximum_however_long_a_process_keeps_dying():
+    # At 1,024 restarts in a row 2**1024 overflowed a float and ended the watchdog (8.5 hours of a
+    # crash loop at one restart every 30 s).
+    assert backoff_s(1024) == backoff_s(100_000) == BACKOFF_MAX_S
+
+
 def test_the_backoff_starts_afresh_once_a_restarted_process_has_stayed_up(tmp_path):
     processes, clock = Processes(), Clock()
     dog = watching(tmp_path, processes, clock, "auth-1")
