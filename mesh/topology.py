@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -257,7 +258,7 @@ class TopologyError(ValueError):
     pass
 
 
-def _sidecar(raw: dict) -> Sidecar:
+def _sidecar(raw: dict[str, Any]) -> Sidecar:
     return Sidecar(
         port=int(raw["port"]),
         admin_port=int(raw["admin_port"]),
@@ -265,7 +266,7 @@ def _sidecar(raw: dict) -> Sidecar:
     )
 
 
-def parse(raw: dict) -> Topology:
+def parse(raw: dict[str, Any]) -> Topology:
     services = []
     for name, spec in raw["services"].items():
         services.append(

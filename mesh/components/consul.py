@@ -6,6 +6,7 @@ a placement.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -24,22 +25,24 @@ class ConsulClient:
         self.http = httpx.Client(base_url=addr, timeout=timeout)
 
     def leader(self) -> str:
-        return self.http.get("/v1/status/leader").json()
+        leader: str = self.http.get("/v1/status/leader").json()
+        return leader
 
     def agent_health(self, service_id: str) -> str:
         """passing / warning / critical, or 'unregistered'."""
         resp = self.http.get(f"/v1/agent/health/service/id/{service_id}")
         if resp.status_code == 404:
             return "unregistered"
-        return resp.json()["AggregatedStatus"]
+        status: str = resp.json()["AggregatedStatus"]
+        return status
 
-    def register(self, payload: dict) -> None:
+    def register(self, payload: dict[str, Any]) -> None:
         self.http.put("/v1/agent/service/register", json=payload).raise_for_status()
 
     def deregister(self, service_id: str) -> None:
         self.http.put(f"/v1/agent/service/deregister/{service_id}").raise_for_status()
 
-    def config_entry(self, kind: str, name: str) -> dict | None:
+    def config_entry(self, kind: str, name: str) -> dict[str, Any] | None:
         resp = self.http.get(f"/v1/config/{kind}/{name}")
         return None if resp.status_code == 404 else resp.raise_for_status().json()
 
@@ -56,7 +59,7 @@ class ConsulClient:
         self.http.close()
 
 
-def agent_config(topology: Topology, placement: Placement, data_dir: Path) -> dict:
+def agent_config(topology: Topology, placement: Placement, data_dir: Path) -> dict[str, Any]:
     """The one server agent: its cluster ports (Serf, Raft) on its own address, which it
     advertises; its HTTP and gRPC APIs on the placement's listen address."""
     ports = topology.consul_ports

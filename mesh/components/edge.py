@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import descriptor_pb2
 
@@ -223,11 +224,11 @@ def grpc_services(descriptor_set: Path, services: list[str]) -> list[str]:
     return [f"{f.package}.{svc.name}" for f in files if f.package in packages for svc in f.service]
 
 
-def _socket(host: str, port: int, protocol: str = "TCP") -> dict:
+def _socket(host: str, port: int, protocol: str = "TCP") -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port, "protocol": protocol}}
 
 
-def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> dict:
+def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> dict[str, Any]:
     cluster = {
         "name": name,
         "type": "STATIC",
@@ -247,18 +248,18 @@ def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> dict:
     return cluster
 
 
-def _cluster(topology: Topology, service: str, port: int) -> dict:
+def _cluster(topology: Topology, service: str, port: int) -> dict[str, Any]:
     """The edge sidecar's upstream listener for `service`: in the edge's network namespace."""
     grpc = topology.service(service).protocol == "grpc"
     return _static_cluster(cluster_name(service), LOOPBACK, port, http2=grpc)
 
 
-def _ratelimit_cluster(topology: Topology, placement: Placement) -> dict:
+def _ratelimit_cluster(topology: Topology, placement: Placement) -> dict[str, Any]:
     port = topology.ratelimit_ports.grpc
     return _static_cluster(RATELIMIT_CLUSTER, placement.address(RATELIMIT), port, http2=True)
 
 
-def _per_route(route: Route) -> dict:
+def _per_route(route: Route) -> dict[str, Any]:
     if route.auth == "none":
         return {
             "envoy.filters.http.jwt_authn": {"@type": f"{JWT_AUTHN}.PerRouteConfig",
@@ -273,8 +274,8 @@ def _per_route(route: Route) -> dict:
     }
 
 
-def _route(route: Route) -> dict:
-    action: dict = {"cluster": cluster_name(route.service)}
+def _route(route: Route) -> dict[str, Any]:
+    action: dict[str, Any] = {"cluster": cluster_name(route.service)}
     if route.websocket:
         # A WebSocket lives as long as the client wants: no route timeout.
         action.update(timeout="0s", upgrade_configs=[{"upgrade_type": "websocket"}])
@@ -293,7 +294,7 @@ def _route(route: Route) -> dict:
     }
 
 
-def routes(topology: Topology) -> list[dict]:
+def routes(topology: Topology) -> list[dict[str, Any]]:
     edge = topology.edge
     table = [_route(route) for route in edge.routes]
     for route in edge.routes:
@@ -318,7 +319,7 @@ def routes(topology: Topology) -> list[dict]:
     return table
 
 
-def rate_limits() -> list[dict]:
+def rate_limits() -> list[dict[str, Any]]:
     """The virtual host's descriptors, one per rule, sent to the rate-limit service with every
     request: the client address, and the verified token's sub (jwt_authn's metadata, never a
     header a client could set). Without a token (public routes) only the address counts."""
@@ -332,7 +333,7 @@ def rate_limits() -> list[dict]:
     return [{"actions": [{"remote_address": {}}]}, {"actions": [user]}]
 
 
-def _ratelimit_filter() -> dict:
+def _ratelimit_filter() -> dict[str, Any]:
     """One filter for every rule: the service counts for every listener and every edge, and the
     reply carries one set of x-ratelimit-* headers (of the rule closest to its limit)."""
     return {
@@ -354,7 +355,7 @@ def _ratelimit_filter() -> dict:
     }
 
 
-def _token_exchange_filter(topology: Topology) -> dict:
+def _token_exchange_filter(topology: Topology) -> dict[str, Any]:
     """The cached token exchange: mesh/runtime/token_exchange.lua with its settings."""
     cache = topology.edge.token_cache
     settings = (
@@ -369,14 +370,16 @@ def _token_exchange_filter(topology: Topology) -> dict:
     return {**_lua_filter(source), "name": TOKEN_EXCHANGE}
 
 
-def _lua_filter(source: str) -> dict:
+def _lua_filter(source: str) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.lua",
         "typed_config": {"@type": LUA, "default_source_code": {"inline_string": source}},
     }
 
 
-def http_filters(topology: Topology, placement: Placement, files: EdgeFiles) -> list[dict]:
+def http_filters(
+    topology: Topology, placement: Placement, files: EdgeFiles
+) -> list[dict[str, Any]]:
     edge = topology.edge
     auth_cluster = cluster_name("auth")
     provider = {
@@ -439,7 +442,7 @@ def http_filters(topology: Topology, placement: Placement, files: EdgeFiles) -> 
     ]  # fmt: skip
 
 
-def _local_reply() -> dict:
+def _local_reply() -> dict[str, Any]:
     problem = {"json_format": PROBLEM_BODY, "content_type": "application/problem+json",
                "formatters": FORMATTERS}  # fmt: skip
     return {
@@ -486,10 +489,10 @@ def _local_reply() -> dict:
 
 
 def _hcm(topology: Topology, placement: Placement, files: EdgeFiles, stat_prefix: str, *,
-         http3: bool = False, alt_svc: bool = False) -> dict:  # fmt: skip
+         http3: bool = False, alt_svc: bool = False) -> dict[str, Any]:  # fmt: skip
     host = {"name": "shopmesh", "domains": ["*"], "routes": routes(topology),
             "rate_limits": rate_limits()}  # fmt: skip
-    route_config: dict = {
+    route_config: dict[str, Any] = {
         "name": "edge",
         "virtual_hosts": [host],
         "request_headers_to_remove": list(INTERNAL_HEADERS),
@@ -497,7 +500,7 @@ def _hcm(topology: Topology, placement: Placement, files: EdgeFiles, stat_prefix
     if alt_svc:
         route_config["response_headers_to_add"] = [{"header": {
             "key": "alt-svc", "value": f'h3=":{topology.edge.https_port}"; ma=86400'}}]  # fmt: skip
-    hcm: dict = {
+    hcm: dict[str, Any] = {
         "@type": HCM,
         "stat_prefix": stat_prefix,
         "codec_type": "HTTP3" if http3 else "AUTO",
@@ -520,7 +523,7 @@ def _hcm(topology: Topology, placement: Placement, files: EdgeFiles, stat_prefix
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
 
 
-def _tls(files: EdgeFiles, alpn: list[str]) -> dict:
+def _tls(files: EdgeFiles, alpn: list[str]) -> dict[str, Any]:
     return {
         "common_tls_context": {
             "alpn_protocols": alpn,
@@ -532,7 +535,7 @@ def _tls(files: EdgeFiles, alpn: list[str]) -> dict:
     }  # fmt: skip
 
 
-def envoy_config(topology: Topology, placement: Placement, files: EdgeFiles) -> dict:
+def envoy_config(topology: Topology, placement: Placement, files: EdgeFiles) -> dict[str, Any]:
     edge = topology.edge
     host = placement.listen(edge.id)
     plain = {

@@ -8,13 +8,15 @@ port it opens is in the topology's `jaeger.ports`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from mesh.placement import JAEGER, Placement
 from mesh.topology import Topology
 
 STORE = "memstore"
 
 
-def config(topology: Topology, placement: Placement) -> dict:
+def config(topology: Topology, placement: Placement) -> dict[str, Any]:
     host = placement.listen(JAEGER)
     ports = topology.jaeger.ports
     return {

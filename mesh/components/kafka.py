@@ -10,6 +10,7 @@ import base64
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
@@ -69,7 +70,7 @@ class TopicsError(ValueError):
     pass
 
 
-def parse_topics(raw: dict) -> tuple[TopicSpec, ...]:
+def parse_topics(raw: dict[str, Any]) -> tuple[TopicSpec, ...]:
     """Every topic of topics.yaml plus its `.dlq` twin, in file order (each topic, then its DLQ)."""
     defaults = raw.get("defaults") or {}
     rf = int(defaults.get("replication_factor", 3))

@@ -54,7 +54,7 @@ class FileDiscovery:
 
     directory: Path
 
-    def configs(self, name: str) -> list[dict]:
+    def configs(self, name: str) -> list[dict[str, Any]]:
         return [{"files": [str(self.directory / name)], "refresh_interval": FILE_SD_REFRESH}]
 
 
@@ -68,7 +68,7 @@ Discovery = FileDiscovery | ConsulDiscovery
 
 def config(
     topology: Topology, placement: Placement, *, rule_files: list[str], discovery: Discovery
-) -> dict:
+) -> dict[str, Any]:
     """Every scrape job, each target where the placement has it; the workers stay static
     targets of the services job (Consul's relabelling touches discovered ones only)."""
 
@@ -138,7 +138,7 @@ def config(
     }
 
 
-def _sidecars(topology: Topology, placement: Placement) -> list[dict]:
+def _sidecars(topology: Topology, placement: Placement) -> list[dict[str, Any]]:
     """Each sidecar's Envoy where its registration says it serves /metrics (its instance's
     address: envoy_prometheus_bind_addr, mesh/registration.py)."""
     edge = topology.edge

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -33,12 +34,12 @@ PER_USER_KEY = "user"
 RUNTIME_SUBDIRECTORY = "ratelimit"
 
 
-def _rule(key: str, limit: RateLimit) -> dict:
+def _rule(key: str, limit: RateLimit) -> dict[str, Any]:
     # No `value`: every distinct value (each address, each user) gets a counter of its own.
     return {"key": key, "rate_limit": {"unit": limit.unit, "requests_per_unit": limit.requests}}
 
 
-def service_config(topology: Topology) -> dict:
+def service_config(topology: Topology) -> dict[str, Any]:
     """The service's rules for the edge's domain: per client address and per user."""
     edge = topology.edge
     return {
@@ -103,7 +104,7 @@ def write_redis_config(
     return path
 
 
-def service_env(topology: Topology, placement: Placement, state: StateDir) -> dict:
+def service_env(topology: Topology, placement: Placement, state: StateDir) -> dict[str, str]:
     """The service's settings (it reads environment variables only), but the Redis password:
     natively and in compose alike. Every listener on the placement's listen address, Redis where
     the placement has it."""
