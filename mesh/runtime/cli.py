@@ -8,12 +8,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import httpx
 
 from mesh.bench import scenarios
 from mesh.bench.accounts import AccountsError
-from mesh.bench.tools import ToolError
+from mesh.bench.tools import CEILING_WORKERS, ToolError
 from mesh.compose import files as compose_files
 from mesh.runtime import demo, faults, jaeger, kafka_tools, process, protos, tls, trace, users
 from mesh.runtime.paths import StateDir, cache_dir
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--workers",
         type=int,
-        default=scenarios.CEILING_WORKERS,
+        default=CEILING_WORKERS,
         help="requests in flight for --rate 0",
     )
     bench.add_argument(
@@ -402,8 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.func
     try:
-        return args.func(args)
+        return command(args)
     except (MeshError, ProvisionError, ProcessFailed, TopologyError) as exc:
         print(f"mesh {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -50,7 +50,7 @@ def created_passwords(state: StateDir) -> dict[str, str]:
 
 
 def password(state: StateDir, user: str) -> str:
-    users = json.loads(seed_file(state).read_text())["users"]
+    users: dict[str, str] = json.loads(seed_file(state).read_text())["users"]
     if user in users:
         return users[user]
     created = created_passwords(state)
@@ -72,4 +72,5 @@ def token(topology: Topology, state: StateDir, user: str) -> str:
         timeout=10.0,
     )
     response.raise_for_status()
-    return response.json()["access_token"]
+    access_token: str = response.json()["access_token"]
+    return access_token

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient, CoordinationType
@@ -138,17 +139,20 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-async def _metadata_from(host: str, port: int, topics: list[str] | None) -> dict:
+async def _metadata_from(host: str, port: int, topics: list[str] | None) -> dict[str, Any]:
     """A metadata response from exactly this node (topics None: every topic)."""
     conn = await create_conn(host, port, request_timeout_ms=3000)
     try:
         response = await conn.send(MetadataRequest(topics, allow_auto_topic_creation=False))
-        return response.to_object()
+        metadata: dict[str, Any] = response.to_object()
+        return metadata
     finally:
         conn.close()
 
 
-def metadata_from(placement: Placement, node: KafkaNode, topics: list[str] | None = None) -> dict:
+def metadata_from(
+    placement: Placement, node: KafkaNode, topics: list[str] | None = None
+) -> dict[str, Any]:
     with _quiet_aiokafka():
         return asyncio.run(_metadata_from(placement.host(node.name), node.port, topics))
 
@@ -228,7 +232,8 @@ def group_coordinator(topology: Topology, group: str) -> KafkaNode:
         client = AIOKafkaClient(bootstrap_servers=topology.kafka_bootstrap())
         await client.bootstrap()
         try:
-            return await client.coordinator_lookup(CoordinationType.GROUP, group)
+            coordinator: int = await client.coordinator_lookup(CoordinationType.GROUP, group)
+            return coordinator
         finally:
             await client.close()
 
@@ -237,7 +242,7 @@ def group_coordinator(topology: Topology, group: str) -> KafkaNode:
     return next(node for node in topology.kafka.nodes if node.id == node_id)
 
 
-def partitions_from(metadata: dict) -> list[PartitionState]:
+def partitions_from(metadata: dict[str, Any]) -> list[PartitionState]:
     found = []
     for topic in metadata["topics"]:
         if topic["error_code"] != 0:
@@ -314,9 +319,13 @@ async def _ensure_topics(bootstrap: str, topics: tuple[TopicSpec, ...]) -> list[
                 for t in missing
             ]
         )
+        # (topic, error_code) or, from CreateTopics v1 on, (topic, error_code, error_message):
+        # create_topics is typed as returning the base Response, which declares no fields.
+        topic_errors: list[tuple[str, int] | tuple[str, int, str | None]]
+        topic_errors = response.get_item("topic_errors")
         failed = [
             f"{entry[0]}: error {entry[1]} {entry[2] if len(entry) > 2 else ''}".strip()
-            for entry in response.topic_errors
+            for entry in topic_errors
             if entry[1] not in (0, TOPIC_ALREADY_EXISTS)
         ]
         if failed:

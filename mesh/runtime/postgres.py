@@ -62,7 +62,9 @@ def _initdb(initdb: Path, pgdata: Path, superuser_password: str, marker: Path) -
             ],
             capture_output=True,
             text=True,
-            **({"user": RUN_AS, "group": RUN_AS, "extra_groups": []} if RUN_AS else {}),
+            user=RUN_AS,
+            group=RUN_AS,
+            extra_groups=[] if RUN_AS else None,
         )
     finally:
         pwfile.unlink(missing_ok=True)

@@ -37,7 +37,8 @@ class ProcessSpec:
     ready: Callable[[], str | None] | None = None
     ready_timeout: float = 60.0
     before_start: Callable[[], None] | None = None
-    after_ready: Callable[[], None] | None = None
+    # What it returns is ignored.
+    after_ready: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,7 @@ def _start_unlocked(
     log.write(f"\n--- mesh: starting {spec.name}: {' '.join(spec.argv)}\n".encode())
     log.flush()
     env = {**os.environ, **spec.env}
-    kwargs: dict = {}
-    if spec.user:
-        kwargs.update(user=spec.user, group=spec.user, extra_groups=[])
+    user = spec.user or None
     proc = subprocess.Popen(
         spec.argv,
         stdin=subprocess.DEVNULL,
@@ -123,7 +122,9 @@ def _start_unlocked(
         cwd=spec.cwd,
         env=env,
         start_new_session=True,
-        **kwargs,
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
     )
     log.close()
     started = psutil.Process(proc.pid).create_time()

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +37,17 @@ def say(msg: str) -> None:
     print(f"[mesh install] {msg}", file=sys.stderr, flush=True)
 
 
-def run(cmd: list[str], *, what: str, fix: str, **kwargs) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str],
+    *,
+    what: str,
+    fix: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     except FileNotFoundError as exc:
         raise ProvisionError(f"{what}: {cmd[0]} is not installed. {fix}") from exc
     if proc.returncode != 0:
@@ -64,7 +71,7 @@ def sha256_of(path: Path) -> str:
 class Component:
     name: str
     version: str
-    pin: dict = field(default_factory=dict)
+    pin: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     install_into: Callable[[Component, Path], None] | None = None
     locate: Callable[[Component, Path], dict[str, Path]] | None = None
 
@@ -242,7 +249,7 @@ def _install_consul(component: Component, home: Path) -> None:
         )
 
 
-def _consul_inputs() -> dict:
+def _consul_inputs() -> dict[str, str]:
     files = ("go.mod", "go.sum", "tools.go")
     return {f: sha256_of(CONSUL_MODULE_DIR / f) for f in files if (CONSUL_MODULE_DIR / f).exists()}
 
@@ -332,7 +339,7 @@ def _install_jaeger(component: Component, home: Path) -> None:
     )
 
 
-def _module_inputs(directory: Path) -> dict:
+def _module_inputs(directory: Path) -> dict[str, str]:
     files = ("go.mod", "go.sum", "tools.go")
     return {f: sha256_of(directory / f) for f in files if (directory / f).exists()}
 
@@ -634,7 +641,7 @@ class GoTool:
     go_minimum: str
 
 
-def _check_license(name: str, module: str, version: str, marker: str, env: dict) -> None:
+def _check_license(name: str, module: str, version: str, marker: str, env: dict[str, str]) -> None:
     modcache = subprocess.run(
         ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
     ).stdout.strip()
@@ -647,7 +654,7 @@ def _check_license(name: str, module: str, version: str, marker: str, env: dict)
         )
 
 
-def _check_embeds(name: str, binary: Path, modules: dict[str, str], env: dict) -> None:
+def _check_embeds(name: str, binary: Path, modules: dict[str, str], env: dict[str, str]) -> None:
     info = run(
         ["go", "version", "-m", str(binary)],
         what=f"check the {name} build info",

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -47,26 +48,27 @@ class Span:
         return self.duration_us / 1000
 
 
-def _tag_values(raw_span: dict) -> dict[str, object]:
+def _tag_values(raw_span: dict[str, Any]) -> dict[str, object]:
     return {tag["key"]: tag.get("value") for tag in raw_span.get("tags") or []}
 
 
-def _is_error(raw_span: dict) -> bool:
+def _is_error(raw_span: dict[str, Any]) -> bool:
     tags = _tag_values(raw_span)
     return tags.get("error") in (True, "true") or tags.get("otel.status_code") == "ERROR"
 
 
-def _parent(raw_span: dict) -> str | None:
+def _parent(raw_span: dict[str, Any]) -> str | None:
     """The CHILD_OF reference if there is one, else the first FOLLOWS_FROM."""
     refs = raw_span.get("references") or []
     for kind in ("CHILD_OF", "FOLLOWS_FROM"):
         for ref in refs:
             if ref.get("refType") == kind:
-                return ref["spanID"]
+                span_id: str = ref["spanID"]
+                return span_id
     return None
 
 
-def spans_of(trace: dict) -> list[Span]:
+def spans_of(trace: dict[str, Any]) -> list[Span]:
     """The spans of one trace in Jaeger's JSON, each with its service name."""
     processes = trace.get("processes") or {}
     return [
@@ -87,7 +89,7 @@ def build_tree(spans: list[Span]) -> list[Span]:
     """Link every span to its parent; return the roots (spans whose parent is not in the
     trace). Roots and every span's children are sorted by start time."""
     by_id = {span.span_id: span for span in spans}
-    roots = []
+    roots: list[Span] = []
     for span in sorted(spans, key=lambda s: (s.start_us, s.span_id)):
         parent = by_id.get(span.parent_id) if span.parent_id else None
         (parent.children if parent else roots).append(span)
@@ -125,7 +127,7 @@ class JaegerQuery:
     def close(self) -> None:
         self._http.close()
 
-    def trace(self, trace_id: str) -> dict:
+    def trace(self, trace_id: str) -> dict[str, Any]:
         resp = self._http.get(f"/api/traces/{trace_id}")
         if resp.status_code == 404:
             raise TraceNotFound(f"Jaeger has no trace {trace_id}")
@@ -133,9 +135,10 @@ class JaegerQuery:
         data = resp.json().get("data") or []
         if not data:
             raise TraceNotFound(f"Jaeger has no trace {trace_id}")
-        return data[0]
+        trace: dict[str, Any] = data[0]
+        return trace
 
-    def traces_of_order(self, order_id: str) -> list[dict]:
+    def traces_of_order(self, order_id: str) -> list[dict[str, Any]]:
         """Every trace in which the orders service handled `order_id`, oldest first (the
         first is the one that created the order)."""
         resp = self._http.get(
@@ -155,7 +158,7 @@ class JaegerQuery:
 class Found:
     """The trace to print and, for an order id, the ids of the order's later traces."""
 
-    trace: dict
+    trace: dict[str, Any]
     later: list[str]
 
     @property

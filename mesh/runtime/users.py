@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import ssl
+from typing import Any
 
 import httpx
 
@@ -110,7 +111,7 @@ def save_passwords(state: StateDir, passwords: dict[str, str]) -> None:
 
 
 def _post(
-    edge: httpx.Client, path: str, body: dict, *, timeout_s: float | None = None
+    edge: httpx.Client, path: str, body: dict[str, Any], *, timeout_s: float | None = None
 ) -> httpx.Response:
     timeout = edge.timeout if timeout_s is None else httpx.Timeout(timeout_s)
     try:

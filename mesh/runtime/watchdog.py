@@ -148,7 +148,7 @@ def restarts_file(state: StateDir) -> Path:
     return state.root / "restarts.json"
 
 
-def save_restarts(state: StateDir, records: dict[str, dict]) -> None:
+def save_restarts(state: StateDir, records: dict[str, dict[str, int | float | None]]) -> None:
     path = restarts_file(state)
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(records, indent=2))
