@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -34,6 +35,8 @@ TOKEN_REFRESH_S = 10 * 60
 TOKEN_FETCHERS = 4
 ORDER_PLACERS = 8
 TOO_MANY_REQUESTS = 429
+
+T = TypeVar("T")
 
 
 class AccountsError(RuntimeError):
@@ -77,10 +80,17 @@ def _client(state: StateDir, source: str) -> httpx.Client:
     return httpx.Client(transport=transport, timeout=30.0)
 
 
-def _post_paced(client: httpx.Client, url: str, **kwargs) -> httpx.Response:
+def _post_paced(
+    client: httpx.Client,
+    url: str,
+    *,
+    data: dict[str, str] | None = None,
+    json: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     """A POST, waiting out the edge's 429 (the token endpoint is limited per client address)."""
     for _ in range(30):
-        response = client.post(url, **kwargs)
+        response = client.post(url, data=data, json=json, headers=headers)
         if response.status_code != TOO_MANY_REQUESTS:
             return response
         time.sleep(1.0)
@@ -95,12 +105,17 @@ def _password_grant(client: httpx.Client, topology: Topology, user: str, passwor
     )
     if response.status_code != 200:
         raise AccountsError(f"token for {user}: {response.status_code} {response.text[:200]}")
-    return response.json()["access_token"]
+    token: str = response.json()["access_token"]
+    return token
 
 
 def _spread(
-    state: StateDir, sources: Sequence[str], jobs: Sequence[str], workers: int, work: Callable
-) -> list:
+    state: StateDir,
+    sources: Sequence[str],
+    jobs: Sequence[str],
+    workers: int,
+    work: Callable[[httpx.Client, str], T],
+) -> list[T]:
     """`work(client, job)` for every job, `workers` at a time, each worker's client bound to
     one of the source addresses in turn."""
     clients = [_client(state, sources[n % len(sources)]) for n in range(workers)]
@@ -117,7 +132,10 @@ def tokens(
 ) -> dict[str, str]:
     """A valid external token of each user, fetched anew where the kept one is getting old."""
     path = bench_dir(state) / "tokens.json"
-    kept: dict[str, list] = json.loads(path.read_text()) if path.exists() else {}
+    # user -> (token, when it was fetched); a JSON array each in the file
+    kept: dict[str, tuple[str, float]] = {}
+    if path.exists():
+        kept = {user: (token, at) for user, (token, at) in json.loads(path.read_text()).items()}
     now = time.time()
     stale = [u for u in user_ids if u not in kept or now - kept[u][1] > TOKEN_REFRESH_S]
     if stale:
@@ -131,7 +149,7 @@ def tokens(
             TOKEN_FETCHERS,
             lambda client, user: _password_grant(client, topology, user, passwords[user]),
         )
-        kept |= {user: [token, started] for user, token in zip(stale, fetched, strict=True)}
+        kept |= {user: (token, started) for user, token in zip(stale, fetched, strict=True)}
         write_private(path, json.dumps(kept))
     return {u: kept[u][0] for u in user_ids}
 
@@ -151,7 +169,8 @@ def internal_token(topology: Topology, state: StateDir, external: str) -> str:
         )
     if response.status_code != 200:
         raise AccountsError(f"token exchange: {response.status_code} {response.text[:200]}")
-    return response.json()["access_token"]
+    token: str = response.json()["access_token"]
+    return token
 
 
 def own_orders(
@@ -181,7 +200,8 @@ def own_orders(
             )
             if response.status_code not in (201, 202):
                 raise AccountsError(f"order of {user}: {response.status_code} {response.text}")
-            return response.json()["id"]
+            order_id: str = response.json()["id"]
+            return order_id
 
         placed = _spread(state, sources, missing, ORDER_PLACERS, place)
         orders |= dict(zip(missing, placed, strict=True))

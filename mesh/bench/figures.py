@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 NS_PER_MS = 1_000_000
 GHZ_CANCELLED_AT_END = "Canceled"
@@ -25,11 +26,11 @@ class Figures:
     status_counts: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def from_vegeta(report: dict) -> Figures:
+def from_vegeta(report: dict[str, Any]) -> Figures:
     """`vegeta report -type json`: latencies in nanoseconds, `success` the share of 2xx/3xx."""
     latencies = report["latencies"]
     return Figures(
@@ -46,7 +47,7 @@ def from_vegeta(report: dict) -> Figures:
     )
 
 
-def from_ghz(report: dict) -> Figures:
+def from_ghz(report: dict[str, Any]) -> Figures:
     """`ghz -O json`: durations in nanoseconds, statuses by gRPC code name. Calls still in flight
     when --duration ends are cancelled by ghz itself (Canceled): not counted."""
     percentiles = {p["percentage"]: p["latency"] for p in report.get("latencyDistribution") or []}

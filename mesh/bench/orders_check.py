@@ -53,7 +53,9 @@ def succeeded_events(topology: Topology, state: StateDir, ids: Sequence[str]) ->
     return {r["key"]: r["n"] for r in rows}
 
 
-def check(topology: Topology, state: StateDir, keys: Sequence[str], accepted: int) -> dict:
+def check(
+    topology: Topology, state: StateDir, keys: Sequence[str], accepted: int
+) -> dict[str, int | dict[str, int]]:
     """Waits up to SETTLE_S for the run's orders to leave their pending states, then counts."""
     deadline = time.monotonic() + SETTLE_S
     while True:

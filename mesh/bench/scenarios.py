@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from mesh.bench import accounts, slots, targets
 from mesh.bench.addresses import AddressProbe
@@ -107,7 +108,7 @@ def _base(topology: Topology, scenario: Scenario, service: str = "orders") -> st
     return f"https://{host}:{topology.edge.https_port}"
 
 
-def run(topology: Topology, state: StateDir, request: Run) -> dict:
+def run(topology: Topology, state: StateDir, request: Run) -> dict[str, Any]:
     """One run; its figures and what it was, as one JSON-able dict."""
     if request.scenario not in SCENARIOS:
         raise BenchError(f"no scenario {request.scenario!r}: one of {', '.join(SCENARIOS)}")
@@ -137,8 +138,8 @@ def _tool_name(scenario: Scenario, request: Run) -> str:
 
 
 def _behind_edge(
-    topology: Topology, state: StateDir, scenario: Scenario, request: Run, sources: tuple
-) -> tuple[Figures, dict]:
+    topology: Topology, state: StateDir, scenario: Scenario, request: Run, sources: tuple[str, ...]
+) -> tuple[Figures, dict[str, Any]]:
     """A service's own port or the sidecar pair, as one bench user with an internal JWT."""
     (user,) = accounts.ensure_users(topology, state, 1)
     external = accounts.tokens(topology, state, [user], sources)[user]
@@ -146,7 +147,7 @@ def _behind_edge(
     if scenario.kind == "grpc":
         protos.ensure_generated()
         host, port = topology.bind_host, _grpc_port(topology, scenario)
-        spec = GrpcAttack(
+        grpc_spec = GrpcAttack(
             address=f"{host}:{port}",
             call=GET_USER,
             data={"user_id": user},
@@ -156,7 +157,7 @@ def _behind_edge(
             duration_s=request.duration_s,
             workers=request.workers,
         )
-        return _measured(state, lambda: grpc_attack(spec), {})
+        return _measured(state, lambda: grpc_attack(grpc_spec), {})
     order = accounts.own_orders(topology, state, {user: external}, sources)[user]
     url = f"{_base(topology, scenario)}/orders/{order}"
     if request.tool == "wrk":
@@ -168,7 +169,9 @@ def _behind_edge(
         return _measured(state, lambda: attack(spec), {"sources": list(sources)})
 
 
-def _measured(state: StateDir, load: Callable[[], Figures], extra: dict) -> tuple[Figures, dict]:
+def _measured(
+    state: StateDir, load: Callable[[], Figures], extra: dict[str, Any]
+) -> tuple[Figures, dict[str, Any]]:
     """The run's figures, with the CPU time each mesh component spent on it per request, and the
     load tool's own (its processes are this one's children, waited for before `load` returns)."""
     tool_before = _children_cpu_s()
@@ -195,8 +198,8 @@ def _grpc_port(topology: Topology, scenario: Scenario) -> int:
 
 
 def _through_edge(
-    topology: Topology, state: StateDir, scenario: Scenario, request: Run, sources: tuple
-) -> tuple[Figures, dict]:
+    topology: Topology, state: StateDir, scenario: Scenario, request: Run, sources: tuple[str, ...]
+) -> tuple[Figures, dict[str, Any]]:
     window = topology.edge.per_user_limit.per_seconds
     limit = topology.edge.per_user_limit.requests
     if request.duration_s > window:

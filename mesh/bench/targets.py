@@ -9,6 +9,7 @@ import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Source addresses of the load: one tool process binds each (`-laddr`), so the edge's per-client
 # address limit counts each separately. 127.0.0.1 is left to everything else on the machine.
@@ -25,7 +26,7 @@ class Request:
 
 def line(request: Request) -> str:
     """One target in vegeta's JSON format (`-format=json`): headers as lists, body in base64."""
-    target: dict = {
+    target: dict[str, Any] = {
         "method": request.method,
         "url": request.url,
         "header": {name: [value] for name, value in request.headers.items()},
@@ -44,7 +45,7 @@ def gets(url_and_token: Iterable[tuple[str, str]]) -> list[Request]:
 
 
 def order_posts(
-    url: str, tokens: Sequence[tuple[str, str]], count: int, items: list[dict]
+    url: str, tokens: Sequence[tuple[str, str]], count: int, items: list[dict[str, Any]]
 ) -> list[Request]:
     """`count` order placements, round robin over (user, token), each with an Idempotency-Key of
     its own: the tools cycle through the list, so it must be at least as long as the run."""

@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mesh.bench.figures import Figures, from_ghz, from_vegeta, from_wrk
 from mesh.bench.targets import split
@@ -102,7 +103,7 @@ def attack(spec: HttpAttack) -> Figures:
 class GrpcAttack:
     address: str
     call: str
-    data: dict
+    data: dict[str, Any]
     metadata: dict[str, str]
     protoset: Path
     rate: int  # 0: closed loop with `workers` in flight
