@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from bench import kafka_perf, kafka_pipeline, machine, plan, plots, report, ws_latency
 from mesh.bench import resources, scenarios
@@ -30,7 +31,7 @@ def say(message: str) -> None:
     print(f"[bench] {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def run_scenario(topology: Topology, state: StateDir, name: str, results: dict) -> None:
+def run_scenario(topology: Topology, state: StateDir, name: str, results: report.Results) -> None:
     for step in plan.steps_of(name):
         say(step.command())
         request = scenarios.Run(name, step.rate, step.duration_s, plan.CEILING_WORKERS,
@@ -55,7 +56,7 @@ def run_scenario(topology: Topology, state: StateDir, name: str, results: dict) 
             return
 
 
-def run_long(topology: Topology, state: StateDir, results: dict) -> None:
+def run_long(topology: Topology, state: StateDir, results: report.Results) -> None:
     name, rate, duration = plan.LONG_RUN
     step = plan.Step(name, rate, duration)
     say(step.command())
@@ -63,7 +64,7 @@ def run_long(topology: Topology, state: StateDir, results: dict) -> None:
     results["runs"].append(run | {"command": step.command()})
 
 
-def run_kafka(results: dict) -> None:
+def run_kafka(results: report.Results) -> None:
     say("kafka: bench/kafka_pipeline.py")
     pipeline = asyncio.run(
         kafka_pipeline.run(plan.KAFKA_MESSAGES, plan.KAFKA_SIZE, plan.KAFKA_PARTITIONS)
@@ -73,7 +74,7 @@ def run_kafka(results: dict) -> None:
     results["kafka"] = {"pipeline": pipeline, "tools": tools}
 
 
-def idle(state: StateDir) -> dict:
+def idle(state: StateDir) -> dict[str, Any]:
     meter = resources.idle_cpu(state, plan.IDLE_S)
     nproc = os.cpu_count() or 1
     by_component = {n: 100 * s / (meter.wall_s * nproc) for n, s in meter.spent.items()}
@@ -90,10 +91,10 @@ def selected(only: list[str] | None) -> list[str]:
     return [s for s in every if not only or s in only]
 
 
-def measure(only: list[str] | None) -> dict:
+def measure(only: list[str] | None) -> report.Results:
     topology, state = load(), StateDir.default()
     commit, dirty = machine.commit()
-    results: dict = {
+    results: report.Results = {
         "started": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
         "commit": commit,
         "dirty": dirty,
@@ -119,7 +120,7 @@ def measure(only: list[str] | None) -> dict:
     return results
 
 
-def write(results: dict) -> None:
+def write(results: report.Results) -> None:
     FIGURES.mkdir(exist_ok=True)
     results["plots"] = []
     for name in selected(None):

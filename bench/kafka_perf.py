@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import uuid
+from typing import Any
 
 MESH = ".venv/bin/mesh"
 PRODUCER_LINE = re.compile(
@@ -25,7 +26,7 @@ def kafka(tool: str, *args: str, timeout_s: float = 300) -> str:
     return proc.stdout
 
 
-def producer_figures(output: str) -> dict:
+def producer_figures(output: str) -> dict[str, int | float]:
     """The summary line ProducerPerformance prints last."""
     matches = PRODUCER_LINE.findall(output)
     if not matches:
@@ -42,7 +43,7 @@ def producer_figures(output: str) -> dict:
     }
 
 
-def consumer_figures(output: str) -> dict:
+def consumer_figures(output: str) -> dict[str, int | float]:
     """ConsumerPerformance's CSV-like header and data line."""
     lines = [line for line in output.splitlines() if line.strip()]
     (header_at,) = [n for n, line in enumerate(lines) if line.startswith("start.time")]
@@ -70,7 +71,7 @@ def commands(topic: str, messages: int, size: int, partitions: int) -> dict[str,
     }  # fmt: skip
 
 
-def run(messages: int, size: int, partitions: int) -> dict:
+def run(messages: int, size: int, partitions: int) -> dict[str, Any]:
     topic = f"bench-perf-{uuid.uuid4().hex[:8]}"
     steps = commands(topic, messages, size, partitions)
     kafka(*steps["create"])

@@ -18,6 +18,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -28,7 +29,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SECTION = "## Kafka pipeline"
 
 
-async def run(messages: int, size: int, partitions: int) -> dict:
+async def run(messages: int, size: int, partitions: int) -> dict[str, Any]:
     bootstrap = load().kafka_bootstrap()
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -52,6 +53,8 @@ async def run(messages: int, size: int, partitions: int) -> dict:
             now = time.time()
             for records in batch.values():
                 for record in records:
+                    # Only this producer writes the scratch topic, every message with a value.
+                    assert record.value is not None
                     body = json.loads(record.value)
                     seen.add(body["n"])
                     latencies.append(now - body["sent"])
@@ -85,7 +88,7 @@ async def run(messages: int, size: int, partitions: int) -> dict:
     }
 
 
-def row(result: dict) -> str:
+def row(result: dict[str, Any]) -> str:
     return (
         f"| {datetime.now(UTC):%Y-%m-%d} | {result['messages']} x {result['size']} B, "
         f"{result['partitions']} partitions | {result['produce_rate']:,.0f} msg/s | "
@@ -110,7 +113,7 @@ def add_row(text: str, section: str, new_row: str) -> str | None:
     return "\n".join([*lines[: last + 1], new_row, *lines[last + 1 :]]) + "\n"
 
 
-def record(result: dict, command: str) -> None:
+def record(result: dict[str, Any], command: str) -> None:
     """Adds the run as a row of this section's table (`make bench` rewrites the whole file)."""
     header = (
         f"{SECTION}\n\nProducer (acks=all, idempotent) → 3 KRaft brokers (RF 3, min ISR 2) → "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -22,7 +23,7 @@ def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def describe() -> dict:
+def describe() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu_model(),

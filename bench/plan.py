@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 FIXED_S = 20.0
 CEILING_S = 15.0
@@ -60,7 +61,7 @@ def steps_of(scenario: str) -> list[Step]:
     return steps
 
 
-def saturated(result: dict) -> bool:
+def saturated(result: dict[str, Any]) -> bool:
     """A fixed-rate run the mesh could not hold: higher rates would only queue and time out."""
     target = result["target_rate"]
     return bool(target) and (result["error_ratio"] > 0.2 or result["throughput"] < 0.7 * target)

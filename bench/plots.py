@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt
 PERCENTILES = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"))
 
 
-def plot(scenario: str, title: str, runs: list[dict], folder: Path) -> Path | None:
+def plot(scenario: str, title: str, runs: list[dict[str, Any]], folder: Path) -> Path | None:
     fixed = sorted((r for r in runs if r["target_rate"]), key=lambda r: r["target_rate"])
     if not fixed:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from bench import plan
 
@@ -20,8 +21,16 @@ TITLES = {
 GB = 1 << 30
 MB = 1 << 20
 
+# results.json of one `make bench` run, and one `mesh bench` run in its "runs" (JSON documents).
+Results = dict[str, Any]
+RunResult = dict[str, Any]
+# A target's figure as measured and whether it is met; None when it was not measured.
+Measure = Callable[[Results], tuple[str, bool] | None]
 
-def find(runs: Iterable[dict], scenario: str, rate: int, tool: str = "", duration_s: float = 0):
+
+def find(
+    runs: Iterable[RunResult], scenario: str, rate: int, tool: str = "", duration_s: float = 0
+) -> RunResult | None:
     """The run of `scenario` at `rate` (0: its ceiling), or None if it was not run."""
     for run in runs:
         if run["scenario"] != scenario or run["target_rate"] != rate:
@@ -40,7 +49,7 @@ def pct(ratio: float) -> str:
     return f"{100 * ratio:.2f} %" if ratio else "0"
 
 
-def cell(run: dict | None) -> str:
+def cell(run: RunResult | None) -> str:
     """A fixed-rate run in a side-by-side table: p50 / p99, and what went wrong if anything."""
     if run is None:
         return "—"
@@ -52,7 +61,7 @@ def cell(run: dict | None) -> str:
     return text
 
 
-def ceiling_cell(run: dict | None) -> str:
+def ceiling_cell(run: RunResult | None) -> str:
     if run is None:
         return "—"
     text = f"**{run['throughput']:,.0f}/s**, p99 {run['p99_ms']:.0f} ms"
@@ -67,7 +76,7 @@ def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     return lines
 
 
-def side_by_side(results: dict, scenarios: tuple[str, ...], rates: tuple[int, ...]) -> list[str]:
+def side_by_side(results: Results, scenarios: tuple[str, ...], rates: tuple[int, ...]) -> list[str]:
     runs = results["runs"]
     rows = [[f"{rate:,}"] + [cell(find(runs, s, rate)) for s in scenarios] for rate in rates]
     rows.append(
@@ -94,11 +103,13 @@ class Target:
     source: str
     figure: str
     target: str
-    measure: Callable[[dict], tuple[str, bool] | None]
+    measure: Measure
 
 
-def _run_figure(scenario: str, rate: int, p99_ms: float, errors: float, duration_s: float = 0):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _run_figure(
+    scenario: str, rate: int, p99_ms: float, errors: float, duration_s: float = 0
+) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         run = find(results["runs"], scenario, rate, duration_s=duration_s)
         if run is None:
             return None
@@ -116,8 +127,8 @@ def _run_figure(scenario: str, rate: int, p99_ms: float, errors: float, duration
     return measure
 
 
-def _mesh_adds(p50_ms: float, p99_ms: float):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _mesh_adds(p50_ms: float, p99_ms: float) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         edge = find(results["runs"], "edge-h2", 200)
         direct = find(results["runs"], "direct", 200)
         if edge is None or direct is None:
@@ -128,8 +139,8 @@ def _mesh_adds(p50_ms: float, p99_ms: float):
     return measure
 
 
-def _cpu_per_get(limit_ms: float):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _cpu_per_get(limit_ms: float) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         run = find(results["runs"], "edge-h2", 200)
         if run is None:
             return None
@@ -139,8 +150,8 @@ def _cpu_per_get(limit_ms: float):
     return measure
 
 
-def _orders(rate: int, p99_ms: float):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _orders(rate: int, p99_ms: float) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         run = find(results["runs"], "orders-post", rate)
         if run is None:
             return None
@@ -162,8 +173,8 @@ def _orders(rate: int, p99_ms: float):
     return measure
 
 
-def _orders_ceiling(rate: int):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _orders_ceiling(rate: int) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         run = find(results["runs"], "orders-post", 0)
         if run is None:
             return None
@@ -172,8 +183,8 @@ def _orders_ceiling(rate: int):
     return measure
 
 
-def _service_latency(p99_ms: float):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _service_latency(p99_ms: float) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         run = find(results["runs"], "orders-post", 100)
         if run is None:
             return None
@@ -183,8 +194,8 @@ def _service_latency(p99_ms: float):
     return measure
 
 
-def _kafka(rate: float, p99_ms: float, loss: float):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _kafka(rate: float, p99_ms: float, loss: float) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         pipe = results.get("kafka", {}).get("pipeline")
         if pipe is None:
             return None
@@ -198,8 +209,8 @@ def _kafka(rate: float, p99_ms: float, loss: float):
     return measure
 
 
-def _kafka_vs_tool(share: float):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _kafka_vs_tool(share: float) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         kafka = results.get("kafka", {})
         if "pipeline" not in kafka or "tools" not in kafka:
             return None
@@ -209,8 +220,8 @@ def _kafka_vs_tool(share: float):
     return measure
 
 
-def _ws(p99_ms: float):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _ws(p99_ms: float) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         ws = results.get("ws")
         if ws is None:
             return None
@@ -221,8 +232,8 @@ def _ws(p99_ms: float):
     return measure
 
 
-def _memory(limit_gb: float):
-    def measure(results: dict) -> tuple[str, bool] | None:
+def _memory(limit_gb: float) -> Measure:
+    def measure(results: Results) -> tuple[str, bool] | None:
         pss = results.get("resources", {}).get("pss_after")
         if not pss:
             return None
@@ -262,7 +273,7 @@ TARGETS = (
 )  # fmt: skip
 
 
-def targets_table(results: dict) -> list[str]:
+def targets_table(results: Results) -> list[str]:
     rows = []
     for target in TARGETS:
         measured = target.measure(results)
@@ -275,7 +286,7 @@ def targets_table(results: dict) -> list[str]:
     return table(["from", "figure", "target", "measured", "verdict"], rows)
 
 
-def _resources(results: dict) -> list[str]:
+def _resources(results: Results) -> list[str]:
     res = results.get("resources", {})
     lines = []
     if pss := res.get("pss_after"):
@@ -301,11 +312,11 @@ def _resources(results: dict) -> list[str]:
     return lines
 
 
-def _cpu_tables(results: dict) -> list[str]:
+def _cpu_tables(results: Results) -> list[str]:
     """CPU ms per request of each component, every scenario side by side at one rate."""
     rate = 200
-    picked = {s: find(results["runs"], s, rate) for s in TITLES}
-    picked = {s: run for s, run in picked.items() if run and run.get("cpu_ms_per_request")}
+    found = {s: find(results["runs"], s, rate) for s in TITLES}
+    picked = {s: run for s, run in found.items() if run and run.get("cpu_ms_per_request")}
     if not picked:
         return []
     components: dict[str, float] = {}
@@ -332,7 +343,7 @@ def _cpu_tables(results: dict) -> list[str]:
     ]
 
 
-def _first_requests(results: dict) -> list[str]:
+def _first_requests(results: Results) -> list[str]:
     """The warm-ups: each user's first request on a listener, which waits for auth's token
     exchange (mesh/bench/scenarios.py)."""
     rows = []
@@ -358,7 +369,7 @@ def _first_requests(results: dict) -> list[str]:
     ]
 
 
-def _steadiest(results: dict, scenario: str) -> dict | None:
+def _steadiest(results: Results, scenario: str) -> RunResult | None:
     """The scenario's highest fixed rate answered in full without errors: its CPU per request
     carries the least of the mesh's idle work."""
     clean = [
@@ -370,7 +381,7 @@ def _steadiest(results: dict, scenario: str) -> dict | None:
     return max(clean, key=lambda run: run["target_rate"], default=None)
 
 
-def capacity(run: dict, idle: dict) -> dict:
+def capacity(run: RunResult, idle: dict[str, Any]) -> dict[str, float]:
     """What the machine could answer at 100 % CPU with `run`'s cost per request: the mesh's idle
     work is taken out of both the run's CPU per request and the machine's CPU, and the load
     tool's own CPU (it shares the machine) is added to the request's."""
@@ -386,7 +397,7 @@ def capacity(run: dict, idle: dict) -> dict:
     }
 
 
-def _where_the_cpu_goes(results: dict) -> list[str]:
+def _where_the_cpu_goes(results: Results) -> list[str]:
     idle = results.get("resources", {}).get("idle")
     run = _steadiest(results, "edge-h2")
     if idle is None or run is None:
@@ -413,7 +424,7 @@ def _where_the_cpu_goes(results: dict) -> list[str]:
     ]
 
 
-def _every_run(results: dict) -> list[str]:
+def _every_run(results: Results) -> list[str]:
     rows = []
     for run in results["runs"]:
         statuses = " ".join(f"{code}:{n}" for code, n in run["status_counts"].items())
@@ -428,7 +439,7 @@ def _every_run(results: dict) -> list[str]:
     return table(header, rows)
 
 
-def _post_checks(results: dict) -> list[str]:
+def _post_checks(results: Results) -> list[str]:
     rows = []
     for run in results["runs"]:
         if run["scenario"] != "orders-post" or "orders" not in run:
@@ -444,7 +455,7 @@ def _post_checks(results: dict) -> list[str]:
     return table(header, rows)
 
 
-def _kafka_section(results: dict) -> list[str]:
+def _kafka_section(results: Results) -> list[str]:
     kafka = results.get("kafka", {})
     pipe, tools = kafka.get("pipeline"), kafka.get("tools")
     if pipe is None:
@@ -478,7 +489,7 @@ def _kafka_section(results: dict) -> list[str]:
     return lines
 
 
-def _ws_section(results: dict) -> list[str]:
+def _ws_section(results: Results) -> list[str]:
     ws = results.get("ws")
     if ws is None:
         return ["Not measured."]
@@ -498,11 +509,11 @@ def _ws_section(results: dict) -> list[str]:
     ]
 
 
-def _plots(results: dict) -> list[str]:
+def _plots(results: Results) -> list[str]:
     return [f"![{s}](benchmarks/{s}.png)" for s in results.get("plots", [])]
 
 
-def document(results: dict) -> str:
+def document(results: Results) -> str:
     machine = results["machine"]
     lines = [
         "# Benchmarks",

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
 from contracts import EventType
 from mesh.bench import accounts, slots, targets
@@ -28,7 +29,7 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else 0.0
 
 
-def summary(values_s: list[float]) -> dict:
+def summary(values_s: list[float]) -> dict[str, float]:
     return {
         "p50_ms": 1000 * percentile(values_s, 0.50),
         "p99_ms": 1000 * percentile(values_s, 0.99),
@@ -36,7 +37,7 @@ def summary(values_s: list[float]) -> dict:
     }
 
 
-def _paid_at(ws, order_id: str) -> float | None:
+def _paid_at(ws: ClientConnection, order_id: str) -> float | None:
     deadline = time.monotonic() + WAIT_S
     while (left := deadline - time.monotonic()) > 0:
         try:
@@ -53,7 +54,7 @@ def _paid_at(ws, order_id: str) -> float | None:
     return None
 
 
-def probe(topology: Topology, state: StateDir, orders: int) -> dict:
+def probe(topology: Topology, state: StateDir, orders: int) -> dict[str, Any]:
     window = topology.edge.per_user_limit.per_seconds
     users = accounts.ensure_users(topology, state, DEFAULT_USERS)
     start, half = slots.next_start(time.time(), slots.longest_short_run_s(window), window)
