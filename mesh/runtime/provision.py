@@ -263,13 +263,9 @@ CONSUL = Component(
 )
 
 
-# --- Jaeger v2: built from the Go module proxy through a wrapper module kept in the repo -------
-# The v2 binary (cmd/jaeger) lives in the v1.x module: module v1.75.0 is the Jaeger v2 release
-# of the same day.
+# --- Go programs built from the Go module proxy through wrapper modules kept in the repo --------
 
-JAEGER_MODULE_DIR = REPO_ROOT / "mesh" / "provision" / "jaeger"
-JAEGER_MODULE = "github.com/jaegertracing/jaeger"
-JAEGER_PACKAGE = f"{JAEGER_MODULE}/cmd/jaeger"
+GO_WRAPPERS_DIR = REPO_ROOT / "mesh" / "provision"
 
 
 def _go_toolchain(component: str, minimum: str = "1.24.6") -> dict[str, str]:
@@ -283,117 +279,118 @@ def _go_toolchain(component: str, minimum: str = "1.24.6") -> dict[str, str]:
     return env
 
 
-def _check_apache_license(name: str, module: str, version: str, env: dict[str, str]) -> None:
+@dataclass(frozen=True)
+class GoTool:
+    """A program built from a wrapper module: `package` (`.`: the module's own main), checked
+    to embed each of `modules` ({module: version}) under the license its LICENSE must name, and,
+    given `check_args`, to run with them."""
+
+    module_dir: Path
+    package: str
+    modules: dict[str, str]
+    license_marker: str
+    go_minimum: str
+    build_time: str = ""
+    check_args: tuple[str, ...] = ()
+
+
+def _check_license(name: str, module: str, version: str, marker: str, env: dict[str, str]) -> None:
     modcache = subprocess.run(
         ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
     ).stdout.strip()
     license_file = Path(modcache) / f"{module}@v{version}" / "LICENSE"
     text = license_file.read_text(errors="replace") if license_file.exists() else ""
-    if "Apache License" not in text or "Version 2.0" not in text:
+    if marker not in text:
         raise ProvisionError(
-            f"{name}: {license_file} is not the Apache-2.0 license it should be. Run "
-            "`mesh install` again to download the module; if the license changed upstream, "
-            "the pin must not move."
+            f"{name}: {license_file} does not say {marker!r}. Run `mesh install` again to "
+            "download the module; if the license changed upstream, the pin must not move."
         )
 
 
-def _check_embedded_module(
-    name: str, binary: Path, module: str, version: str, env: dict[str, str]
-) -> None:
-    """The binary's build info names the module it was built from (`mod`: the module of the
-    package built, the upstream one, not the wrapper's)."""
+def _check_embeds(name: str, binary: Path, modules: dict[str, str], env: dict[str, str]) -> None:
     info = run(
         ["go", "version", "-m", str(binary)],
         what=f"check the {name} build info",
         env=env,
         fix="The build produced something that is not a Go binary.",
     ).stdout
-    if not re.search(rf"^\s+mod\s+{re.escape(module)}\s+v{re.escape(version)}\s", info, re.M):
-        raise ProvisionError(f"built {name} does not embed {module} v{version}")
+    for module, version in modules.items():
+        if not re.search(
+            rf"^\s+(mod|dep)\s+{re.escape(module)}\s+v{re.escape(version)}\s", info, re.M
+        ):
+            raise ProvisionError(f"built {name} does not embed {module} v{version}")
 
 
-def _install_jaeger(component: Component, home: Path) -> None:
-    env = _go_toolchain("jaeger")
-    say("building jaeger from the Go module proxy (first time: about 10 minutes on 2 cores)")
-    run(
-        ["go", "mod", "download", JAEGER_MODULE],
-        what="download jaeger modules",
-        cwd=JAEGER_MODULE_DIR,
-        env=env,
-        fix="Check that the Go module proxy is reachable (go env GOPROXY).",
+def _install_go_tool(tool: GoTool) -> Callable[[Component, Path], None]:
+    def install(component: Component, home: Path) -> None:
+        env = _go_toolchain(component.name, minimum=tool.go_minimum)
+        if tool.build_time:
+            say(f"building {component.name} from the Go module proxy ({tool.build_time})")
+        run(
+            ["go", "mod", "download", *tool.modules],
+            what=f"download {component.name} modules",
+            cwd=tool.module_dir,
+            env=env,
+            fix="Check that the Go module proxy is reachable (go env GOPROXY).",
+        )
+        for module, version in tool.modules.items():
+            _check_license(component.name, module, version, tool.license_marker, env)
+        binary = home / component.name
+        run(
+            ["go", "build", *GO_BUILD_FLAGS, "-o", str(binary), tool.package],
+            what=f"go build {component.name}",
+            cwd=tool.module_dir,
+            env=env,
+            fix=f"See the compiler output above; the wrapper module is {tool.module_dir}.",
+        )
+        _check_embeds(component.name, binary, tool.modules, env)
+        if tool.check_args:
+            run(
+                [str(binary), *tool.check_args],
+                what=f"check {component.name} runs",
+                fix="The build produced a binary that does not run.",
+            )
+
+    return install
+
+
+def _go_tool(name: str, version: str, tool: GoTool) -> Component:
+    inputs = ("go.mod", "go.sum", "tools.go", "main.go")
+    pin = {f: sha256_of(tool.module_dir / f) for f in inputs if (tool.module_dir / f).exists()}
+    return Component(
+        name=name,
+        version=version,
+        pin={**pin, "build_flags": GO_BUILD_FLAGS},
+        install_into=_install_go_tool(tool),
+        locate=lambda c, home: {c.name: home / c.name},
     )
-    _check_apache_license("jaeger", JAEGER_MODULE, component.version, env)
-    binary = home / "jaeger"
-    run(
-        ["go", "build", *GO_BUILD_FLAGS, "-o", str(binary), JAEGER_PACKAGE],
-        what="go build jaeger",
-        cwd=JAEGER_MODULE_DIR,
-        env=env,
-        fix=f"See the compiler output above; the wrapper module is {JAEGER_MODULE_DIR}.",
-    )
-    _check_embedded_module("jaeger", binary, JAEGER_MODULE, component.version, env)
-    run(
-        [str(binary), "--help"],
-        what="check jaeger runs",
-        fix="The build produced a binary that does not run.",
-    )
 
 
-def _module_inputs(directory: Path) -> dict[str, str]:
-    files = ("go.mod", "go.sum", "tools.go")
-    return {f: sha256_of(directory / f) for f in files if (directory / f).exists()}
+# Jaeger v2: the v2 binary (cmd/jaeger) lives in the v1.x module: module v1.75.0 is the Jaeger
+# v2 release of the same day.
+JAEGER_MODULE = "github.com/jaegertracing/jaeger"
+JAEGER = _go_tool(
+    "jaeger",
+    "1.75.0",
+    GoTool(GO_WRAPPERS_DIR / "jaeger", f"{JAEGER_MODULE}/cmd/jaeger",
+           {JAEGER_MODULE: "1.75.0"}, "Apache License", "1.24.6",
+           build_time="first time: about 10 minutes on 2 cores", check_args=("--help",)),
+)  # fmt: skip
 
-
-JAEGER = Component(
-    name="jaeger",
-    version="1.75.0",
-    pin={**_module_inputs(JAEGER_MODULE_DIR), "build_flags": GO_BUILD_FLAGS},
-    install_into=_install_jaeger,
-    locate=lambda c, home: {"jaeger": home / "jaeger"},
-)
-
-
-# --- envoyproxy/ratelimit: the edge's global rate-limit service, from the Go module proxy ------
-# The module's last tag is v1.4.0 (2020, before its Prometheus sink and the v3 API); the pin is
-# the pseudo-version `go list -m github.com/envoyproxy/ratelimit@latest` gives (commit
-# 3fb702589d36 of 2026-01-22).
-
-RATELIMIT_MODULE_DIR = REPO_ROOT / "mesh" / "provision" / "ratelimit"
+# envoyproxy/ratelimit, the edge's global rate-limit service. The module's last tag is v1.4.0
+# (2020, before its Prometheus sink and the v3 API); the pin is the pseudo-version
+# `go list -m github.com/envoyproxy/ratelimit@latest` gives (commit 3fb702589d36 of 2026-01-22).
+# Only the build info is checked: the binary has no version flag, and any start of it serves on
+# its default ports (8080, 8081, 6070 on every interface). Its go.mod's go directive: 1.25.6.
 RATELIMIT_MODULE = "github.com/envoyproxy/ratelimit"
-RATELIMIT_PACKAGE = f"{RATELIMIT_MODULE}/src/service_cmd"
-
-
-def _install_ratelimit(component: Component, home: Path) -> None:
-    env = _go_toolchain("ratelimit", minimum="1.25.6")  # the go directive of its go.mod
-    say("building envoyproxy/ratelimit from the Go module proxy (first time: about 1 minute)")
-    run(
-        ["go", "mod", "download", RATELIMIT_MODULE],
-        what="download ratelimit modules",
-        cwd=RATELIMIT_MODULE_DIR,
-        env=env,
-        fix="Check that the Go module proxy is reachable (go env GOPROXY).",
-    )
-    _check_apache_license("ratelimit", RATELIMIT_MODULE, component.version, env)
-    binary = home / "ratelimit"
-    run(
-        ["go", "build", *GO_BUILD_FLAGS, "-o", str(binary), RATELIMIT_PACKAGE],
-        what="go build ratelimit",
-        cwd=RATELIMIT_MODULE_DIR,
-        env=env,
-        fix=f"See the compiler output above; the wrapper module is {RATELIMIT_MODULE_DIR}.",
-    )
-    # Only the build info: the binary has no version flag, and any start of it serves on its
-    # default ports (8080, 8081, 6070 on every interface).
-    _check_embedded_module("ratelimit", binary, RATELIMIT_MODULE, component.version, env)
-
-
-RATELIMIT = Component(
-    name="ratelimit",
-    version="1.4.1-0.20260122083618-3fb702589d36",
-    pin={**_module_inputs(RATELIMIT_MODULE_DIR), "build_flags": GO_BUILD_FLAGS},
-    install_into=_install_ratelimit,
-    locate=lambda c, home: {"ratelimit": home / "ratelimit"},
-)
+RATELIMIT_VERSION = "1.4.1-0.20260122083618-3fb702589d36"
+RATELIMIT = _go_tool(
+    "ratelimit",
+    RATELIMIT_VERSION,
+    GoTool(GO_WRAPPERS_DIR / "ratelimit", f"{RATELIMIT_MODULE}/src/service_cmd",
+           {RATELIMIT_MODULE: RATELIMIT_VERSION}, "Apache License", "1.25.6",
+           build_time="first time: about 1 minute"),
+)  # fmt: skip
 
 
 # --- The compose-spec schema (compose-go, from the Go module proxy) ---------------------------
@@ -626,102 +623,23 @@ REDIS = Component(
 # program (mesh/provision/h3load/main.go): vegeta as a library over quic-go's HTTP/3 transport,
 # since neither vegeta nor Debian's h2load speaks HTTP/3. wrk from Debian.
 
-LOAD_TOOLS_DIR = REPO_ROOT / "mesh" / "provision"
-
-
-@dataclass(frozen=True)
-class GoTool:
-    """A program built from a wrapper module: `package` (`.`: the module's own main), checked
-    to embed each of `modules` ({module: version}) under the license its LICENSE must name."""
-
-    module_dir: Path
-    package: str
-    modules: dict[str, str]
-    license_marker: str
-    go_minimum: str
-
-
-def _check_license(name: str, module: str, version: str, marker: str, env: dict[str, str]) -> None:
-    modcache = subprocess.run(
-        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, env=env, check=True
-    ).stdout.strip()
-    license_file = Path(modcache) / f"{module}@v{version}" / "LICENSE"
-    text = license_file.read_text(errors="replace") if license_file.exists() else ""
-    if marker not in text:
-        raise ProvisionError(
-            f"{name}: {license_file} does not say {marker!r}. Run `mesh install` again to "
-            "download the module; if the license changed upstream, the pin must not move."
-        )
-
-
-def _check_embeds(name: str, binary: Path, modules: dict[str, str], env: dict[str, str]) -> None:
-    info = run(
-        ["go", "version", "-m", str(binary)],
-        what=f"check the {name} build info",
-        env=env,
-        fix="The build produced something that is not a Go binary.",
-    ).stdout
-    for module, version in modules.items():
-        if not re.search(
-            rf"^\s+(mod|dep)\s+{re.escape(module)}\s+v{re.escape(version)}\s", info, re.M
-        ):
-            raise ProvisionError(f"built {name} does not embed {module} v{version}")
-
-
-def _install_go_tool(tool: GoTool) -> Callable[[Component, Path], None]:
-    def install(component: Component, home: Path) -> None:
-        env = _go_toolchain(component.name, minimum=tool.go_minimum)
-        run(
-            ["go", "mod", "download", *tool.modules],
-            what=f"download {component.name} modules",
-            cwd=tool.module_dir,
-            env=env,
-            fix="Check that the Go module proxy is reachable (go env GOPROXY).",
-        )
-        for module, version in tool.modules.items():
-            _check_license(component.name, module, version, tool.license_marker, env)
-        binary = home / component.name
-        run(
-            ["go", "build", *GO_BUILD_FLAGS, "-o", str(binary), tool.package],
-            what=f"go build {component.name}",
-            cwd=tool.module_dir,
-            env=env,
-            fix=f"See the compiler output above; the wrapper module is {tool.module_dir}.",
-        )
-        _check_embeds(component.name, binary, tool.modules, env)
-
-    return install
-
-
-def _go_tool(name: str, version: str, tool: GoTool) -> Component:
-    inputs = ("go.mod", "go.sum", "tools.go", "main.go")
-    pin = {f: sha256_of(tool.module_dir / f) for f in inputs if (tool.module_dir / f).exists()}
-    return Component(
-        name=name,
-        version=version,
-        pin={**pin, "build_flags": GO_BUILD_FLAGS},
-        install_into=_install_go_tool(tool),
-        locate=lambda c, home: {c.name: home / c.name},
-    )
-
-
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
 VEGETA = _go_tool(
     "vegeta",
     "12.13.0",
-    GoTool(LOAD_TOOLS_DIR / "vegeta", VEGETA_MODULE, {VEGETA_MODULE: "12.13.0"}, "MIT License",
+    GoTool(GO_WRAPPERS_DIR / "vegeta", VEGETA_MODULE, {VEGETA_MODULE: "12.13.0"}, "MIT License",
            "1.22"),
 )  # fmt: skip
 GHZ = _go_tool(
     "ghz",
     "0.93.0",
-    GoTool(LOAD_TOOLS_DIR / "ghz", "github.com/bojand/ghz/cmd/ghz",
+    GoTool(GO_WRAPPERS_DIR / "ghz", "github.com/bojand/ghz/cmd/ghz",
            {"github.com/bojand/ghz": "0.93.0"}, "Apache License", "1.22"),
 )  # fmt: skip
 H3LOAD = _go_tool(
     "h3load",
     "1",
-    GoTool(LOAD_TOOLS_DIR / "h3load", ".",
+    GoTool(GO_WRAPPERS_DIR / "h3load", ".",
            {"github.com/quic-go/quic-go": "0.65.0", VEGETA_MODULE: "12.13.0"}, "MIT License",
            "1.26"),
 )  # fmt: skip

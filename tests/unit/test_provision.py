@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mesh.runtime.provision import COMPONENTS, GO_BUILD_FLAGS, RATELIMIT_MODULE_DIR, Component
+from mesh.runtime.provision import COMPONENTS, GO_BUILD_FLAGS, GO_WRAPPERS_DIR, Component
 
 
 def test_changing_a_pin_changes_only_that_components_install_dir(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_every_component_is_pinned_to_an_exact_version() -> None:
 def test_the_rate_limit_service_is_built_from_its_pinned_wrapper_module() -> None:
     ratelimit = next(c for c in COMPONENTS if c.name == "ratelimit")
     assert ratelimit.version == "1.4.1-0.20260122083618-3fb702589d36"
-    go_mod = (RATELIMIT_MODULE_DIR / "go.mod").read_text()
+    go_mod = (GO_WRAPPERS_DIR / "ratelimit" / "go.mod").read_text()
     assert f"require github.com/envoyproxy/ratelimit v{ratelimit.version}\n" in go_mod
     assert "\nreplace " not in go_mod  # upstream's go.mod has none to copy
     # A changed go.mod, go.sum or tools.go changes the install directory: a rebuild.
