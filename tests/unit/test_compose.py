@@ -195,6 +195,22 @@ def test_every_file_compose_mounts_or_builds_from_exists(doc: dict[str, Any]) ->
     assert (REPO_ROOT / ".dockerignore").is_file()
 
 
+def test_dockerignore_lets_through_everything_the_service_image_copies() -> None:
+    # .dockerignore starts from "*" and lets named paths back in with "!path".
+    let_through = {
+        line[1:]
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    copied = [
+        line.split()[1]
+        for line in (REPO_ROOT / "docker" / "service.Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and not line.startswith("COPY --from")
+    ]
+    assert copied
+    assert [source for source in copied if source not in let_through] == []
+
+
 def test_every_image_is_pinned(doc: dict[str, Any]) -> None:
     for name, svc in doc["services"].items():
         image = svc["image"]
