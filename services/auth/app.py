@@ -17,8 +17,9 @@ from services.auth.repository import PostgresCredentials, PostgresKeysDatabase
 from services.auth.seed import SeedError, apply_seed, load_seed
 from services.auth.service import AuthService
 from services.common.config import ServiceSettings
-from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.db import close_pool, create_pool
 from services.common.kafka import Consumer, messaging
+from services.common.migrations import apply_migrations
 from services.common.problem import problem_middleware
 from services.common.runner import StartupError
 

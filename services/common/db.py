@@ -1,14 +1,10 @@
-"""Postgres access: a pool that waits for the database, and a migration runner."""
+"""Postgres access: a pool that waits for the database."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeAlias
 
 import asyncpg
@@ -29,13 +25,6 @@ _TRANSIENT_CONNECT_ERRORS = (
     asyncpg.InvalidCatalogNameError,
     asyncpg.TooManyConnectionsError,
 )
-
-# One key for every service's migrations: advisory locks are scoped to the current database,
-# and each service owns its database.
-MIGRATION_LOCK_KEY = 0x5348_4F50_4D45_5348  # "SHOPMESH"
-
-_MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
-
 
 # Postgres is down, restarting or out of connections: the same call may succeed when retried
 # (503 over HTTP, UNAVAILABLE over gRPC, another attempt in a consumer), unlike an error about
@@ -64,10 +53,6 @@ Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 class DatabaseUnavailableError(Exception):
     """Postgres did not accept connections before the deadline."""
-
-
-class MigrationError(Exception):
-    """The migrations folder or the recorded schema history is inconsistent."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -133,74 +118,6 @@ async def create_pool(
         raise DatabaseUnavailableError(
             f"{redact_url(dsn)} not reachable after {deadline_s:.0f}s: {exc}"
         ) from exc
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
-def load_migrations(directory: Path) -> list[Migration]:
-    """The `NNNN_name.sql` files of `directory`, in version order."""
-    migrations: dict[int, Migration] = {}
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_FILE.match(path.name)
-        if match is None:
-            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
-        version = int(match["version"])
-        if version in migrations:
-            raise MigrationError(f"{path.name}: version {version:04d} appears twice")
-        migrations[version] = Migration(version, match["name"], path.read_text("utf-8"))
-    return [migrations[v] for v in sorted(migrations)]
-
-
-async def apply_migrations(pool: asyncpg.Pool, directory: Path) -> list[str]:
-    """Apply the migrations of `directory` not yet recorded; return the names applied.
-
-    Each migration runs in its own transaction holding a transaction-level advisory lock, so
-    instances starting together apply each migration exactly once. A recorded migration whose
-    file has changed since is an error: migrations are append-only.
-    """
-    applied = []
-    async with pool.acquire() as conn:
-        for migration in load_migrations(directory):
-            label = f"{migration.version:04d}_{migration.name}"
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-                await conn.execute(
-                    """
-                    CREATE TABLE IF NOT EXISTS schema_migrations (
-                        version integer PRIMARY KEY,
-                        name text NOT NULL,
-                        checksum text NOT NULL,
-                        applied_at timestamptz NOT NULL DEFAULT now()
-                    )
-                    """
-                )
-                recorded = await conn.fetchval(
-                    "SELECT checksum FROM schema_migrations WHERE version = $1",
-                    migration.version,
-                )
-                if recorded is not None:
-                    if recorded != migration.checksum:
-                        raise MigrationError(f"{label} was changed after it was applied")
-                    continue
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
-            log.info("migration applied", extra={"migration": label})
-            applied.append(label)
-    return applied
 
 
 async def close_pool(pool: asyncpg.Pool, *, timeout_s: float = 5.0) -> None:

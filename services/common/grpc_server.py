@@ -38,9 +38,10 @@ from services.common.auth.interceptor import AuthInterceptor
 from services.common.auth.jwks import Jwks
 from services.common.auth.jwt import KeySource
 from services.common.config import ServiceSettings
-from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.db import close_pool, create_pool
 from services.common.faults import FaultInterceptor, FaultSource, FaultWatcher
 from services.common.metrics import GrpcMetricsInterceptor
+from services.common.migrations import apply_migrations
 from services.common.rpc import DecodeInterceptor, ErrorInterceptor
 from services.common.runner import (
     StartupError,

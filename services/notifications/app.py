@@ -10,9 +10,10 @@ from aiohttp import web
 from contracts import Topic
 from services.common.auth.middleware import install_internal_auth
 from services.common.config import ServiceSettings
-from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.db import close_pool, create_pool
 from services.common.kafka import Consumer, messaging
 from services.common.metrics import watch_websockets
+from services.common.migrations import apply_migrations
 from services.common.problem import problem_middleware
 from services.notifications import api
 from services.notifications.hub import Hub

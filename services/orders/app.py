@@ -11,9 +11,10 @@ from aiohttp import web
 from contracts import Topic
 from services.common.auth.middleware import install_internal_auth
 from services.common.config import ServiceSettings
-from services.common.db import apply_migrations, create_pool
+from services.common.db import create_pool
 from services.common.faults import install_fault_flags
 from services.common.kafka import Consumer, messaging
+from services.common.migrations import apply_migrations
 from services.common.problem import problem_middleware
 from services.common.uow import in_consumer_transaction
 from services.orders import api

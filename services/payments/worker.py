@@ -25,9 +25,10 @@ import sys
 import asyncpg
 
 from services.common import event_loop
-from services.common.db import apply_migrations, close_pool, create_pool
+from services.common.db import close_pool, create_pool
 from services.common.entrypoint import main
 from services.common.metrics import serve_metrics
+from services.common.migrations import apply_migrations
 from services.common.runner import stop_on_signals, unless_stopped
 from services.payments.app import MIGRATIONS, worker_wiring
 from services.payments.config import WorkerSettings

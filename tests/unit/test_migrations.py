@@ -1,6 +1,6 @@
 import pytest
 
-from services.common.db import MigrationError, load_migrations
+from services.common.migrations import MigrationError, load_migrations
 from services.orders.app import MIGRATIONS
 
 

@@ -103,7 +103,7 @@ def test_the_grpc_user_carries_every_field_and_a_utc_timestamp():
 
 
 def test_the_seed_users_are_created_idempotently_by_a_migration():
-    from services.common.db import load_migrations
+    from services.common.migrations import load_migrations
     from services.users.app import MIGRATIONS
 
     migrations = load_migrations(MIGRATIONS)

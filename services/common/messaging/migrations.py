@@ -1,7 +1,8 @@
 """Put the messaging tables into a service's own migrations folder.
 
-`services.common.db.apply_migrations` runs the `NNNN_name.sql` files of one folder and refuses
-files changed after they were applied, so a service keeps its own copy of each table's SQL:
+`services.common.migrations.apply_migrations` runs the `NNNN_name.sql` files of one folder and
+refuses files changed after they were applied, so a service keeps its own copy of each table's
+SQL:
 
     python -m services.common.messaging.migrations services/orders/migrations \
         outbox processed_events
@@ -15,8 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from services.common.db import load_migrations
 from services.common.messaging import outbox, processed
+from services.common.migrations import load_migrations
 
 TABLES = {"outbox": outbox.migration_sql, "processed_events": processed.migration_sql}
 
