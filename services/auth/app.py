@@ -19,12 +19,13 @@ from services.auth.service import AuthService
 from services.common.config import ServiceSettings
 from services.common.db import close_pool, create_pool
 from services.common.kafka import Consumer, messaging
-from services.common.migrations import apply_migrations
+from services.common.messaging.migrations import PROCESSED_EVENTS
+from services.common.migrations import ServiceMigrations, apply_migrations
 from services.common.problem import problem_middleware
 from services.common.runner import StartupError
 
 MAX_BODY_BYTES = 16 * 1024
-MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATIONS = ServiceMigrations(Path(__file__).with_name("migrations"), shared=(PROCESSED_EVENTS,))
 
 
 def http_app() -> web.Application:

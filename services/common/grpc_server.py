@@ -24,7 +24,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -41,7 +40,7 @@ from services.common.config import ServiceSettings
 from services.common.db import close_pool, create_pool
 from services.common.faults import FaultInterceptor, FaultSource, FaultWatcher
 from services.common.metrics import GrpcMetricsInterceptor
-from services.common.migrations import apply_migrations
+from services.common.migrations import ServiceMigrations, apply_migrations
 from services.common.rpc import DecodeInterceptor, ErrorInterceptor
 from services.common.runner import (
     StartupError,
@@ -119,7 +118,7 @@ def run(
     settings: ServiceSettings,
     wiring: Wiring,
     *,
-    migrations: Path,
+    migrations: ServiceMigrations,
     register_deadline_s: float = 60.0,
     grace_s: float = 5.0,
 ) -> int:
@@ -139,7 +138,7 @@ async def serve(
     settings: ServiceSettings,
     wiring: Wiring,
     *,
-    migrations: Path,
+    migrations: ServiceMigrations,
     register_deadline_s: float,
     grace_s: float,
 ) -> int:
@@ -188,7 +187,7 @@ async def _start(
     health_servicer: health.aio.HealthServicer,
     settings: ServiceSettings,
     wiring: Wiring,
-    migrations: Path,
+    migrations: ServiceMigrations,
     resources: AsyncExitStack,
     started: list[GrpcApp],
 ) -> None:

@@ -12,8 +12,9 @@ from services.common.auth.middleware import install_internal_auth
 from services.common.config import ServiceSettings
 from services.common.db import close_pool, create_pool
 from services.common.kafka import Consumer, messaging
+from services.common.messaging.migrations import PROCESSED_EVENTS
 from services.common.metrics import watch_websockets
-from services.common.migrations import apply_migrations
+from services.common.migrations import ServiceMigrations, apply_migrations
 from services.common.problem import problem_middleware
 from services.notifications import api
 from services.notifications.hub import Hub
@@ -21,7 +22,7 @@ from services.notifications.repository import PostgresRepository
 from services.notifications.service import NotificationService
 
 MAX_BODY_BYTES = 64 * 1024
-MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATIONS = ServiceMigrations(Path(__file__).with_name("migrations"), shared=(PROCESSED_EVENTS,))
 TOPICS = (Topic.USER_EVENTS, Topic.ORDER_EVENTS, Topic.PAYMENT_EVENTS)
 
 

@@ -14,7 +14,8 @@ from services.common.config import ServiceSettings
 from services.common.db import create_pool
 from services.common.faults import install_fault_flags
 from services.common.kafka import Consumer, messaging
-from services.common.migrations import apply_migrations
+from services.common.messaging.migrations import OUTBOX, PROCESSED_EVENTS
+from services.common.migrations import ServiceMigrations, apply_migrations
 from services.common.problem import problem_middleware
 from services.common.uow import in_consumer_transaction
 from services.orders import api
@@ -23,7 +24,9 @@ from services.orders.repository import PostgresOrdersDatabase, PostgresOrdersUni
 from services.orders.service import OrderService, on_event
 
 MAX_BODY_BYTES = 64 * 1024
-MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATIONS = ServiceMigrations(
+    Path(__file__).with_name("migrations"), shared=(OUTBOX, PROCESSED_EVENTS)
+)
 
 
 def http_app() -> web.Application:

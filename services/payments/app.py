@@ -15,6 +15,8 @@ from contracts import Topic
 from services.common.config import ProcessSettings, ServiceSettings
 from services.common.grpc_server import GrpcApp, Servicer
 from services.common.kafka import Consumer, messaging
+from services.common.messaging.migrations import OUTBOX, PROCESSED_EVENTS
+from services.common.migrations import ServiceMigrations
 from services.common.uow import in_consumer_transaction
 from services.payments.api import SERVICE_NAME, PaymentServicer
 from services.payments.config import WorkerSettings
@@ -26,7 +28,9 @@ from shopmesh.payments.v1 import payments_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATIONS = ServiceMigrations(
+    Path(__file__).with_name("migrations"), shared=(OUTBOX, PROCESSED_EVENTS)
+)
 DRAIN_TIMEOUT_S = 5.0
 # The workers' consumer groups: payment-tasks point to point, and order-events for the orders
 # that ended unpaid (a group of its own, so a backlog of tasks does not hold a cancellation up).

@@ -11,12 +11,14 @@ import asyncpg
 from services.common.config import ServiceSettings
 from services.common.grpc_server import GrpcApp, Servicer
 from services.common.kafka import messaging
+from services.common.messaging.migrations import OUTBOX
+from services.common.migrations import ServiceMigrations
 from services.users.api import SERVICE_NAME, UserServicer
 from services.users.repository import PostgresUsersDatabase
 from services.users.service import UserService
 from shopmesh.users.v1 import users_pb2_grpc
 
-MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATIONS = ServiceMigrations(Path(__file__).with_name("migrations"), shared=(OUTBOX,))
 
 
 @asynccontextmanager

@@ -23,7 +23,6 @@ from services.common.messaging.envelope import (
     serialize,
     to_kafka_headers,
 )
-from services.common.messaging.migrations import install
 from services.common.messaging.processor import (
     MessageProcessor,
     Outcome,
@@ -365,16 +364,6 @@ def test_revocation_lets_the_message_in_flight_finish_and_commits_it_before_givi
     asyncio.run(go())
     assert handler.handled == [0]
     assert runner._consumer.commits == [{p0: 1}]
-
-
-def test_migrations_are_copied_once_with_the_next_free_version(tmp_path):
-    (tmp_path / "0001_init.sql").write_text("CREATE TABLE t (id int);")
-    first = install(tmp_path, "outbox")
-    second = install(tmp_path, "processed_events")
-    assert first.name == "0002_outbox.sql"
-    assert second.name == "0003_processed_events.sql"
-    assert install(tmp_path, "outbox") is None
-    assert second.read_text() == processed.migration_sql()
 
 
 def test_batch_dropped_after_a_rebalance_rewinds_the_partitions_still_owned():

@@ -13,7 +13,9 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from contracts.cloudevents import cloud_event
 from services.common.messaging import outbox
 from services.common.messaging.envelope import MalformedEventError
+from services.common.messaging.migrations import OUTBOX
 from services.common.messaging.outbox import OutboxRelay, OutboxRow
+from services.common.migrations import load_migrations
 from services.common.retry import Backoff
 from tests.support import wait_until
 from tests.unit.messaging_fakes import FakeOutboxStore, ProducerFactory
@@ -232,7 +234,8 @@ def test_add_refuses_an_invalid_event():
 
 
 def test_outbox_migration_creates_the_table_and_the_unpublished_index():
-    sql = outbox.migration_sql()
+    [migration] = load_migrations(OUTBOX.directory)
+    sql = migration.sql
     assert "CREATE TABLE outbox" in sql
     assert "event_id uuid NOT NULL UNIQUE" in sql
     assert "WHERE published_at IS NULL" in sql

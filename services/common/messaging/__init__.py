@@ -6,11 +6,12 @@
 - `consumer`: `ConsumerRunner`, one consumer group: fetch, hand each record on, commit.
 - `processor`: `MessageProcessor`, one record: trace, idempotent handling, retries, DLQ.
 - `processed`: the `processed_events` table that makes handlers idempotent.
-- `migrations`: copy the outbox / processed_events tables into a service's migrations.
+- `migrations`: the outbox and processed_events tables, as shared migration sets.
 
 Wiring, in a service's app.py:
 
-    await apply_migrations(pool, MIGRATIONS)          # includes NNNN_outbox.sql etc.
+    MIGRATIONS = ServiceMigrations(folder, shared=(OUTBOX, PROCESSED_EVENTS))
+    await apply_migrations(pool, MIGRATIONS)          # the shared sets, then the folder
     relay = OutboxRelay(pool, lambda: create_producer(client_id="orders-1"))
     runner = ConsumerRunner(Topic.PAYMENT_EVENTS, "orders", on_payment_event, pool)
     await relay.start(); await runner.start()

@@ -14,27 +14,6 @@ from services.common.messaging.envelope import Event
 # Handles one event in the transaction recording it as processed; what it returns is ignored.
 Handler = Callable[[Connection, Event], Awaitable[object]]
 
-# Copied into every consuming service's migrations, which are checksummed once applied: the
-# text stays as it is (the module it names has since split into consumer, processor, processed).
-_MIGRATION_SQL = """\
--- Events a consumer group has handled (services.common.messaging.consumer): written in the
--- same transaction as the handler's effect, so a redelivered event is skipped.
-CREATE TABLE processed_events (
-    consumer_group text NOT NULL,
-    event_id uuid NOT NULL,
-    processed_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer_group, event_id)
-);
-
-CREATE INDEX processed_events_processed_at_idx ON processed_events (processed_at);
-"""
-
-
-def migration_sql() -> str:
-    """The processed_events table, for a service's migrations (see messaging.migrations)."""
-    return _MIGRATION_SQL
-
-
 # How long a group remembers an event it handled. A redelivery can only be of a message still
 # in its topic, so this outlives the brokers' log retention (log.retention.hours in
 # mesh/runtime/kafka.py, 7 days) by a day; tests/unit/test_messaging_consumer.py checks it.
