@@ -21,7 +21,7 @@ from services.common.db import close_pool, create_pool
 from services.common.kafka import Consumer, messaging
 from services.common.messaging.migrations import PROCESSED_EVENTS
 from services.common.migrations import ServiceMigrations, apply_migrations
-from services.common.problem import problem_middleware
+from services.common.rest import rest_app
 from services.common.runner import StartupError
 
 MAX_BODY_BYTES = 16 * 1024
@@ -30,11 +30,7 @@ MIGRATIONS = ServiceMigrations(Path(__file__).with_name("migrations"), shared=(P
 
 def http_app() -> web.Application:
     """Routes and error handling without a database; `api.SERVICE` is set by the caller."""
-    app = web.Application(
-        middlewares=[problem_middleware(api.PROBLEMS)], client_max_size=MAX_BODY_BYTES
-    )
-    app.add_routes(api.routes)
-    return app
+    return rest_app(api.routes, api.PROBLEMS, MAX_BODY_BYTES)
 
 
 def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Application:

@@ -15,7 +15,7 @@ from services.common.kafka import Consumer, messaging
 from services.common.messaging.migrations import PROCESSED_EVENTS
 from services.common.metrics import watch_websockets
 from services.common.migrations import ServiceMigrations, apply_migrations
-from services.common.problem import problem_middleware
+from services.common.rest import rest_app
 from services.notifications import api
 from services.notifications.hub import Hub
 from services.notifications.repository import PostgresRepository
@@ -30,11 +30,8 @@ def http_app(hub: Hub) -> web.Application:
     """Routes, error handling and the hub without a database; `api.SERVICE` is set by the
     caller. On shutdown, before in-flight requests are awaited, every socket is closed with
     1001 (going away)."""
-    app = web.Application(
-        middlewares=[problem_middleware(api.PROBLEMS)], client_max_size=MAX_BODY_BYTES
-    )
+    app = rest_app(api.routes, api.PROBLEMS, MAX_BODY_BYTES)
     app[api.HUB] = hub
-    app.add_routes(api.routes)
     app.on_shutdown.append(_close_sockets)
     return app
 

@@ -16,7 +16,7 @@ from services.common.faults import install_fault_flags
 from services.common.kafka import Consumer, messaging
 from services.common.messaging.migrations import OUTBOX, PROCESSED_EVENTS
 from services.common.migrations import ServiceMigrations, apply_migrations
-from services.common.problem import problem_middleware
+from services.common.rest import rest_app
 from services.common.uow import in_consumer_transaction
 from services.orders import api
 from services.orders.clients import PaymentsClient, UsersClient
@@ -31,11 +31,7 @@ MIGRATIONS = ServiceMigrations(
 
 def http_app() -> web.Application:
     """Routes and error handling without a database; `api.SERVICE` is set by the caller."""
-    app = web.Application(
-        middlewares=[problem_middleware(api.PROBLEMS)], client_max_size=MAX_BODY_BYTES
-    )
-    app.add_routes(api.routes)
-    return app
+    return rest_app(api.routes, api.PROBLEMS, MAX_BODY_BYTES)
 
 
 def create_app(settings: ServiceSettings) -> web.Application:
