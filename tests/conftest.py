@@ -10,6 +10,7 @@ import os
 import shutil
 import ssl
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -32,7 +33,9 @@ from tests.support import (
     BearerInterceptor,
     FreshClient,
     FreshUser,
+    TokenSource,
     edge_client,
+    fresh,
     instance_port,
 )
 
@@ -63,7 +66,8 @@ def topology(mesh: Mesh) -> Topology:
 
 
 class Tokens:
-    """Tokens of the seeded demo users, from the real auth service through the edge."""
+    """Tokens of the seeded demo users, from the real auth service through the edge, each
+    minted again before it expires (external: 15 minutes, internal: 4-5)."""
 
     def __init__(self, mesh: Mesh) -> None:
         self._mesh = mesh
@@ -71,26 +75,28 @@ class Tokens:
         self._internal: dict[str, str] = {}
 
     def external(self, user: str) -> str:
-        if user not in self._external:
-            self._external[user] = demo.token(self._mesh.topology, self._mesh.state, user)
-        return self._external[user]
+        return fresh(
+            self._external, user, lambda: demo.token(self._mesh.topology, self._mesh.state, user)
+        )
 
     def internal(self, user: str) -> str:
         """The internal JWT auth's token exchange (RFC 8693) gives for the user's token."""
-        if user not in self._internal:
-            resp = httpx.post(
-                f"{issuer(self._mesh.topology, self._mesh.placement)}/token",
-                data={
-                    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-                    "subject_token": self.external(user),
-                    "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-                },
-                verify=ssl.create_default_context(cafile=str(edge_certs(self._mesh.state).ca_cert)),
-                timeout=10.0,
-            )
-            resp.raise_for_status()
-            self._internal[user] = resp.json()["access_token"]
-        return self._internal[user]
+        return fresh(self._internal, user, lambda: self._exchange(self.external(user)))
+
+    def _exchange(self, external: str) -> str:
+        resp = httpx.post(
+            f"{issuer(self._mesh.topology, self._mesh.placement)}/token",
+            data={
+                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                "subject_token": external,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            },
+            verify=ssl.create_default_context(cafile=str(edge_certs(self._mesh.state).ca_cert)),
+            timeout=10.0,
+        )
+        resp.raise_for_status()
+        token: str = resp.json()["access_token"]
+        return token
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +110,7 @@ def edge_as(topology: Topology, tokens: Tokens) -> Iterator:
     clients: list[httpx.Client] = []
 
     def client(user: str) -> httpx.Client:
-        made = edge_client(topology, tokens.external(user))
+        made = edge_client(topology, partial(tokens.external, user))
         clients.append(made)
         return made
 
@@ -168,7 +174,7 @@ def consul(topology: Topology) -> Iterator[ConsulClient]:
     client.close()
 
 
-def authorized_channel(port: int, token: str) -> grpc.Channel:
+def authorized_channel(port: int, token: TokenSource) -> grpc.Channel:
     """A channel straight to a service on loopback that sends `token` with every call."""
     return grpc.intercept_channel(
         grpc.insecure_channel(f"127.0.0.1:{port}"), BearerInterceptor(token)
@@ -178,7 +184,9 @@ def authorized_channel(port: int, token: str) -> grpc.Channel:
 @pytest.fixture(scope="session")
 def users_grpc(topology: Topology, tokens: Tokens) -> Iterator[users_pb2_grpc.UserServiceStub]:
     """Straight to the users service, as the admin (its sidecar is skipped, not its auth)."""
-    with authorized_channel(instance_port(topology, "users"), tokens.internal("admin")) as ch:
+    with authorized_channel(
+        instance_port(topology, "users"), partial(tokens.internal, "admin")
+    ) as ch:
         yield users_pb2_grpc.UserServiceStub(ch)
 
 
@@ -186,7 +194,8 @@ def users_grpc(topology: Topology, tokens: Tokens) -> Iterator[users_pb2_grpc.Us
 def payments_grpc(
     topology: Topology, tokens: Tokens
 ) -> Iterator[payments_pb2_grpc.PaymentServiceStub]:
-    with authorized_channel(instance_port(topology, "payments"), tokens.internal("admin")) as ch:
+    admin = partial(tokens.internal, "admin")
+    with authorized_channel(instance_port(topology, "payments"), admin) as ch:
         yield payments_pb2_grpc.PaymentServiceStub(ch)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +21,44 @@ if TYPE_CHECKING:
     from mesh.runtime.supervisor import Mesh
 
 T = TypeVar("T")
+
+# A token, or what gives one that is still valid each time it is asked (tokens expire during a
+# long session: internal ones after 4-5 minutes).
+TokenSource = str | Callable[[], str]
+
+
+def current_token(source: TokenSource) -> str:
+    return source if isinstance(source, str) else source()
+
+
+def seconds_left(token: str) -> float:
+    """How long the JWT `token` has before its `exp` (its signature is not checked)."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return float(claims["exp"]) - time.time()
+
+
+# A cached token is minted again when it has less than this left, so that a test never holds
+# one that expires while it runs.
+TOKEN_MARGIN_S = 120
+
+
+def fresh(cache: dict[str, str], user: str, mint: Callable[[], str]) -> str:
+    """The user's token in `cache`, minted anew when missing or about to expire."""
+    if user not in cache or seconds_left(cache[user]) < TOKEN_MARGIN_S:
+        cache[user] = mint()
+    return cache[user]
+
+
+class BearerAuth(httpx.Auth):
+    """`Authorization: Bearer <token>` on every request, the token asked for each time."""
+
+    def __init__(self, token: TokenSource) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        request.headers["Authorization"] = f"Bearer {current_token(self._token)}"
+        yield request
 
 
 class FreshUser(NamedTuple):
@@ -76,11 +116,11 @@ def intention_removed(mesh: Mesh, consul: ConsulClient, destination: str) -> Ite
         )
 
 
-def edge_client(topology: Topology, token: str) -> httpx.Client:
+def edge_client(topology: Topology, token: TokenSource) -> httpx.Client:
     """An HTTP client of the edge's plain listener carrying an external token."""
     return httpx.Client(
         base_url=f"http://{topology.bind_host}:{topology.edge.http_port}",
-        headers={"Authorization": f"Bearer {token}"},
+        auth=BearerAuth(token),
         timeout=5.0,
     )
 
@@ -107,11 +147,12 @@ def instance_port(topology: Topology, service: str) -> int:
 class BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """Adds `authorization: Bearer <token>` to every call of a sync gRPC channel."""
 
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+    def __init__(self, token: TokenSource) -> None:
+        self._token = token
 
     def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = [*(details.metadata or ()), self._header]
+        header = ("authorization", f"Bearer {current_token(self._token)}")
+        metadata = [*(details.metadata or ()), header]
         return details._replace(metadata=metadata)  # type: ignore[attr-defined]
 
     def intercept_unary_unary(self, continuation, details, request):
