@@ -165,8 +165,9 @@ def _orders(rate: int, p99_ms: float) -> Measure:
         )
         text = (
             f"{run['throughput']:,.0f}/s, p99 {run['p99_ms']:.0f} ms, "
-            f"{pct(run['error_ratio'])} errors; {check.get('charged_once', 0):,} of "
-            f"{check.get('accepted', 0):,} accepted PAID and charged once"
+            f"{pct(run['error_ratio'])} errors; {check.get('accepted', 0):,} accepted, "
+            f"{check.get('orders', 0):,} orders found, {check.get('charged_once', 0):,} PAID "
+            "and charged once"
         )
         return text, met
 

@@ -216,15 +216,18 @@ def _through_edge(
     start, half = slots.next_start(time.time() + lead_s, request.duration_s, window)
     members = slots.share(users, half)
     base = _base(topology, scenario)
+    posts_by_source: dict[str, list[targets.Request]] = {}
     if scenario.kind == "post":
-        count = targets.posts_needed(request.rate or _post_ceiling_cap(request), request.duration_s)
-        requests = targets.order_posts(
-            f"{base}/orders", [(u, tokens[u]) for u in members], count, accounts.ITEMS
-        )
+        user_tokens = [(u, tokens[u]) for u in members]
+        posts_by_source = {
+            source: targets.order_posts(f"{base}/orders", user_tokens, count, accounts.ITEMS)
+            for source, count in posts_per_source(request, sources).items()
+        }
+        requests = [post for posts in posts_by_source.values() for post in posts]
     else:
         orders = accounts.own_orders(topology, state, {u: tokens[u] for u in members}, sources)
         requests = targets.gets((f"{base}/orders/{orders[u]}", tokens[u]) for u in members)
-    with _targets_file(requests) as path:
+    with _targets_file(requests) as path, _targets_files(posts_by_source) as by_source:
         spec = HttpAttack(
             path,
             request.rate,
@@ -234,6 +237,7 @@ def _through_edge(
             http2=scenario.protocol == "h2",
             root_certs=edge_certs(state).ca_cert,
             workers=request.workers,
+            targets_by_source=by_source,
         )
         _wait_until(start - lead_s)
         warm_up = _warm_up(topology, scenario, members, tokens, spec)
@@ -268,12 +272,21 @@ def _warm_up(
     duration_s = _warm_up_s(len(members))
     rate = math.ceil(len(firsts) / duration_s)
     with _targets_file(firsts) as path:
-        return attack(replace(spec, targets=path, rate=rate, duration_s=duration_s))
+        firsts_spec = replace(
+            spec, targets=path, targets_by_source={}, rate=rate, duration_s=duration_s
+        )
+        return attack(firsts_spec)
 
 
-def _post_ceiling_cap(request: Run) -> int:
-    """Orders a closed-loop POST run could place at most: every worker at a 10 ms order."""
-    return math.ceil(request.workers * 100)
+def posts_per_source(request: Run, sources: tuple[str, ...]) -> dict[str, int]:
+    """Orders enough for each source's process: its share of the rate, or in a closed loop what
+    its share of the workers could place at most (each at a 10 ms order)."""
+    rates = targets.split(request.rate, len(sources))
+    workers = targets.split(request.workers, len(sources))
+    return {
+        source: targets.posts_needed(rate if request.rate else 100 * worker, request.duration_s)
+        for source, rate, worker in zip(sources, rates, workers, strict=True)
+    }
 
 
 def _wait_until(start: float) -> None:
@@ -284,9 +297,16 @@ def _wait_until(start: float) -> None:
 
 
 @contextmanager
-def _targets_file(requests: list[targets.Request]) -> Iterator[Path]:
-    """The requests as a vegeta JSON targets file, removed afterwards."""
+def _targets_files(requests: dict[str, list[targets.Request]]) -> Iterator[dict[str, Path]]:
+    """Each list of requests as a vegeta JSON targets file, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="shopmesh-targets-") as tmp:
-        path = Path(tmp) / "targets.json"
-        path.write_text("\n".join(targets.line(r) for r in requests) + "\n")
-        yield path
+        paths = {name: Path(tmp) / f"targets-{n}.json" for n, name in enumerate(requests)}
+        for name, path in paths.items():
+            path.write_text("\n".join(targets.line(r) for r in requests[name]) + "\n")
+        yield paths
+
+
+@contextmanager
+def _targets_file(requests: list[targets.Request]) -> Iterator[Path]:
+    with _targets_files({"all": requests}) as paths:
+        yield paths["all"]

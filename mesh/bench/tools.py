@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,14 @@ class HttpAttack:
     http2: bool = True
     root_certs: Path | None = None
     workers: int = CEILING_WORKERS
+    # A source's own targets, where processes must not share them: each POST /orders is a new
+    # order, and a key sent by every process would be one order and its replays.
+    targets_by_source: Mapping[str, Path] = field(default_factory=dict)
 
     def argv(self, tool: Path, source: str, rate: int, workers: int, output: Path) -> list[str]:
         argv = [str(tool)] if self.http3 else [str(tool), "attack", "-format=json"]
         argv += [
-            f"-targets={self.targets}",
+            f"-targets={self.targets_by_source.get(source, self.targets)}",
             f"-duration={self.duration_s:g}s",
             f"-timeout={REQUEST_TIMEOUT_S}s",
             f"-laddr={source}",

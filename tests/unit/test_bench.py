@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import kafka_perf, kafka_pipeline, plan, report
-from mesh.bench import figures, slots, targets
+from mesh.bench import figures, scenarios, slots, targets
 from mesh.bench.tools import HttpAttack
 
 VEGETA_REPORT = {
@@ -125,6 +125,22 @@ def test_an_attack_leaves_out_processes_with_nothing_to_send() -> None:
     assert argv[:3] == ["vegeta", "attack", "-format=json"]
     assert "-rate=1/1s" in argv and "-laddr=127.0.0.2" in argv
     assert not any(a.startswith("-max-workers") for a in argv)
+
+
+def test_sources_with_targets_of_their_own_read_them_and_the_others_share() -> None:
+    sources = ("127.0.0.2", "127.0.0.3")
+    attack = HttpAttack(Path("t.json"), 2, 5, sources, targets_by_source={sources[0]: Path("a")})
+    assert "-targets=a" in attack.argv(Path("vegeta"), sources[0], 1, 16, Path("out"))
+    assert "-targets=t.json" in attack.argv(Path("vegeta"), sources[1], 1, 16, Path("out"))
+
+
+def test_each_source_gets_orders_enough_for_its_share_of_the_run() -> None:
+    sources = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    fixed = scenarios.posts_per_source(scenarios.Run("orders-post", 200, 20), sources)
+    assert list(fixed) == list(sources)
+    assert list(fixed.values()) == [targets.posts_needed(rate, 20) for rate in (67, 67, 66)]
+    closed = scenarios.posts_per_source(scenarios.Run("orders-post", 0, 15, workers=64), sources)
+    assert list(closed.values()) == [targets.posts_needed(100 * w, 15) for w in (22, 21, 21)]
 
 
 def test_a_ceiling_attack_is_closed_loop_with_bounded_workers() -> None:
