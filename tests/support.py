@@ -51,13 +51,15 @@ def fresh(cache: dict[str, str], user: str, mint: Callable[[], str]) -> str:
 
 
 class BearerAuth(httpx.Auth):
-    """`Authorization: Bearer <token>` on every request, the token asked for each time."""
+    """`Authorization: Bearer <token>` on every request that does not carry one of its own, the
+    token asked for each time."""
 
     def __init__(self, token: TokenSource) -> None:
         self._token = token
 
     def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
-        request.headers["Authorization"] = f"Bearer {current_token(self._token)}"
+        if "authorization" not in request.headers:
+            request.headers["Authorization"] = f"Bearer {current_token(self._token)}"
         yield request
 
 

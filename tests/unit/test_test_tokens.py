@@ -51,4 +51,5 @@ def test_bearer_auth_asks_for_the_token_on_every_request() -> None:
     ) as client:
         client.get("http://edge/")
         client.get("http://edge/")
-    assert seen == ["Bearer t1", "Bearer t2"]
+        client.get("http://edge/", headers={"authorization": "Bearer own"})
+    assert seen == ["Bearer t1", "Bearer t2", "Bearer own"]
