@@ -32,9 +32,12 @@ def server_spec(
         try:
             if not client.leader():
                 return "no raft leader yet"
-            # Connect's CA must have a root before sidecars can get certificates.
-            roots = client.http.get("/v1/connect/ca/roots").json()
-            return None if roots.get("Roots") else "Connect CA has no root yet"
+            # Connect's CA must have a root before sidecars can get certificates. Until it
+            # has initialised, Consul answers 500 "CA has not finished initializing".
+            resp = client.http.get("/v1/connect/ca/roots")
+            if resp.status_code != 200:
+                return f"Connect CA not ready ({resp.status_code} {resp.text.strip()[:80]})"
+            return None if resp.json().get("Roots") else "Connect CA has no root yet"
         except httpx.HTTPError as exc:
             return f"HTTP API not answering ({exc.__class__.__name__})"
 

@@ -183,7 +183,10 @@ def wait_ready(state: StateDir, spec: ProcessSpec) -> None:
     while time.monotonic() < deadline:
         if not running(state, spec.name):
             raise ProcessFailed(spec.name, "exited during start-up", log_path(state, spec.name))
-        reason = spec.ready() or ""
+        try:
+            reason = spec.ready() or ""
+        except Exception as exc:  # a half-started process may answer anything: not ready yet
+            reason = f"readiness check failed: {exc!r}"
         if not reason:
             if spec.after_ready:
                 spec.after_ready()

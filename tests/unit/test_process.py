@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,43 @@ def test_a_failing_precondition_starts_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="port taken"):
         process.start(state, sleeper("blocked"), precondition=taken)
     assert process.running(state, "blocked") is None
+
+
+def test_a_readiness_check_that_raises_means_not_ready_yet(tmp_path: Path) -> None:
+    # Consul answers its CA roots with a plain-text 500 while the CA initialises: the check
+    # raising must not end the start-up, only delay it.
+    state = StateDir(tmp_path)
+    state.ensure()
+    answers = iter([ValueError("CA has not finished initializing"), None])
+
+    def ready() -> str | None:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    spec = replace(sleeper("starting"), ready=ready, ready_timeout=10)
+    process.start(state, spec)
+    try:
+        process.wait_ready(state, spec)
+        assert next(answers, "all used") == "all used"
+    finally:
+        process.stop(state, "starting", timeout=5)
+
+
+def test_a_readiness_check_that_keeps_raising_names_its_error_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+
+    def ready() -> str | None:
+        raise ValueError("CA has not finished initializing")
+
+    spec = replace(sleeper("stuck"), ready=ready, ready_timeout=0.3)
+    process.start(state, spec)
+    try:
+        with pytest.raises(process.ProcessFailed, match="CA has not finished initializing"):
+            process.wait_ready(state, spec)
+    finally:
+        process.stop(state, "stuck", timeout=5)
