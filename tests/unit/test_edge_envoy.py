@@ -21,7 +21,7 @@ from mesh.topology import load
 
 def envoy_binary() -> Path:
     if not ENVOY.is_installed(cache_dir()):
-        pytest.skip("Envoy is not in the cache yet (mesh install)")
+        pytest.fail("Envoy is not in the cache: run `mesh install` (make test does) first")
     return ENVOY.binaries(cache_dir())["envoy"]
 
 

@@ -95,7 +95,7 @@ def test_the_cli_hands_the_rest_of_the_line_to_the_tool() -> None:
 
 def test_every_tools_main_class_is_in_the_provisioned_jars() -> None:
     if not KAFKA.is_installed(cache_dir()):
-        pytest.skip("Kafka is not in the cache yet (mesh install)")
+        pytest.fail("Kafka is not in the cache: run `mesh install` (make test does) first")
     classes = set()
     for jar in KAFKA.binaries(cache_dir())["libs"].glob("*.jar"):
         with zipfile.ZipFile(jar) as archive:
