@@ -28,6 +28,12 @@ MAX_BODY_BYTES = 16 * 1024
 MIGRATIONS = ServiceMigrations(Path(__file__).with_name("migrations"), shared=(PROCESSED_EVENTS,))
 
 
+def cache_group(instance: str) -> str:
+    """The consumer group in which `instance` reads user-events: one per instance, since each
+    instance drops a blocked user's exchanges from its own cache."""
+    return f"auth-cache-{instance}"
+
+
 def http_app() -> web.Application:
     """Routes and error handling without a database; `api.SERVICE` is set by the caller."""
     return rest_app(api.routes, api.PROBLEMS, MAX_BODY_BYTES)
@@ -58,12 +64,10 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
                 PostgresCredentials(pool), keys, users, issuer=auth_settings.issuer
             )
             app[api.SERVICE] = service
-            # Consumer group `auth` on user-events: a blocked user's cached exchanges go.
-            async with messaging(
-                pool,
-                settings.instance,
-                consumers=[Consumer((Topic.USER_EVENTS,), "auth", service.on_user_event)],
-            ):
+            blocked_users = Consumer(
+                (Topic.USER_EVENTS,), cache_group(settings.instance), service.on_user_event
+            )
+            async with messaging(pool, settings.instance, consumers=[blocked_users]):
                 yield
         finally:
             if reloads is not None:

@@ -15,9 +15,11 @@ from services.common.kafka import Consumer, messaging
 from services.common.messaging.migrations import PROCESSED_EVENTS
 from services.common.metrics import watch_websockets
 from services.common.migrations import ServiceMigrations, apply_migrations
+from services.common.pg_listen import PgListener
 from services.common.rest import rest_app
 from services.notifications import api
 from services.notifications.hub import Hub
+from services.notifications.live import ANNOUNCE_CHANNEL, LiveFeed
 from services.notifications.repository import PostgresRepository
 from services.notifications.service import NotificationService
 
@@ -37,8 +39,9 @@ def http_app(hub: Hub) -> web.Application:
 
 
 def create_app(settings: ServiceSettings) -> web.Application:
-    """The service as it runs: on startup the pool opens, migrations apply and the
-    `notifications` consumer (user-events, order-events, payment-events) starts."""
+    """The service as it runs: on startup the pool opens, migrations apply, the live feed
+    listens and the `notifications` consumer (user-events, order-events, payment-events)
+    starts."""
     hub = Hub()
     watch_websockets(settings.service, lambda: hub.connection_count, lambda: hub.queue_depth)
     app = http_app(hub)
@@ -48,12 +51,17 @@ def create_app(settings: ServiceSettings) -> web.Application:
         pool = await create_pool(settings.database_url)
         try:
             await apply_migrations(pool, MIGRATIONS)
-            service = NotificationService(PostgresRepository(pool), hub)
+            repository = PostgresRepository(pool)
+            service = NotificationService(repository)
             app[api.SERVICE] = service
-            async with messaging(
-                pool,
-                settings.instance,
-                consumers=[Consumer(TOPICS, "notifications", service.on_event)],
+            feed = LiveFeed(repository, hub)
+            async with (
+                feed.running(PgListener(pool, ANNOUNCE_CHANNEL, feed.announce)),
+                messaging(
+                    pool,
+                    settings.instance,
+                    consumers=[Consumer(TOPICS, "notifications", service.on_event)],
+                ),
             ):
                 yield
         finally:

@@ -34,6 +34,7 @@ CLOSE_TIMEOUT_S = 5.0
 
 SLOW_CONSUMER_REASON = "notification queue full; reconnect and fetch GET /notifications"
 SHUTDOWN_REASON = "server shutting down"
+INTERRUPTED_REASON = "live feed interrupted; reconnect and fetch GET /notifications"
 
 
 class Socket(Protocol):
@@ -263,17 +264,29 @@ class Hub:
                 self._close_slow(connection)
         return queued
 
+    def interrupt(self) -> int:
+        """Close every connection with 1012 (service restart): messages may have been missed,
+        and the client catches up from the history after it reconnects. Returns how many."""
+        return self._close_all(WSCloseCode.SERVICE_RESTART, INTERRUPTED_REASON)
+
     async def shutdown(self) -> None:
         """Close every connection with 1001 (going away) and wait for every close under way
         (these and earlier 1013 closes) to finish."""
         self._closed = True
+        self._close_all(WSCloseCode.GOING_AWAY, SHUTDOWN_REASON)
+        await asyncio.gather(*self._closes, return_exceptions=True)
+
+    def _close_all(self, code: int, reason: str) -> int:
         connections = [c for connections in self._by_user.values() for c in connections]
         self._by_user.clear()
         if connections:
-            log.info("closing notification sockets", extra={"connections": len(connections)})
+            log.info(
+                "closing notification sockets",
+                extra={"connections": len(connections), "close_code": code},
+            )
         for connection in connections:
-            self._close(connection, WSCloseCode.GOING_AWAY, SHUTDOWN_REASON)
-        await asyncio.gather(*self._closes, return_exceptions=True)
+            self._close(connection, code, reason)
+        return len(connections)
 
     def _close_slow(self, connection: Connection) -> None:
         self._forget(connection)

@@ -7,6 +7,7 @@ import uuid
 import asyncpg
 
 from services.notifications.domain import Notification, UnknownCursorError
+from services.notifications.live import ANNOUNCE_CHANNEL
 
 _COLUMNS = "id, user_id, type, subject, data, created_at"
 
@@ -16,13 +17,18 @@ class PostgresRepository:
         self._pool = pool
 
     async def add(self, notification: Notification) -> bool:
-        """Insert `notification`; False if its id is already stored (a concurrent insert of
-        the same id waits for the first one and then finds it)."""
-        inserted = await self._pool.fetchval(
+        """Insert `notification` and announce it on ANNOUNCE_CHANNEL (delivered when the insert
+        commits); False, and no announcement, if its id is already stored (a concurrent insert
+        of the same id waits for the first one and then finds it)."""
+        announced = await self._pool.fetch(
             f"""
-            INSERT INTO notifications ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
-            ON CONFLICT (id) DO NOTHING
-            RETURNING true
+            WITH inserted AS (
+                INSERT INTO notifications ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id, user_id
+            )
+            SELECT pg_notify($7, json_build_object('user_id', user_id, 'id', id)::text)
+            FROM inserted
             """,
             notification.id,
             notification.user_id,
@@ -30,8 +36,15 @@ class PostgresRepository:
             notification.subject,
             notification.data,
             notification.created_at,
+            ANNOUNCE_CHANNEL,
         )
-        return bool(inserted)
+        return bool(announced)
+
+    async def get(self, notification_id: uuid.UUID) -> Notification | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM notifications WHERE id = $1", notification_id
+        )
+        return None if row is None else _notification(row)
 
     async def list_for_user(
         self, user_id: str, *, limit: int, after: uuid.UUID | None

@@ -1,13 +1,15 @@
-"""Use cases of the notifications service: deliver an event, read a user's history."""
+"""Use cases of the notifications service: store an event as its user's notification, read a
+user's history. Pushing stored notifications to live sockets is the live feed's
+(services/notifications/live.py), on every instance."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from services.common.db import Connection
 from services.common.messaging.envelope import Event
@@ -18,8 +20,11 @@ log = logging.getLogger(__name__)
 
 class Repository(Protocol):
     async def add(self, notification: Notification) -> bool:
-        """Store `notification`; False if one with its id is already stored."""
+        """Store `notification` and, once that commits, announce it to every instance's live
+        feed; False (and no announcement) if one with its id is already stored."""
         ...
+
+    async def get(self, notification_id: uuid.UUID) -> Notification | None: ...
 
     async def list_for_user(
         self, user_id: str, *, limit: int, after: uuid.UUID | None
@@ -31,15 +36,10 @@ class Repository(Protocol):
         ...
 
 
-class Push(Protocol):
-    def publish(self, user_id: str, message: Mapping[str, Any]) -> int: ...
-
-
 @dataclass(frozen=True)
 class Delivery:
     notification_id: uuid.UUID
     duplicate: bool
-    connections: int
 
 
 def utc_now() -> datetime:
@@ -50,20 +50,18 @@ class NotificationService:
     def __init__(
         self,
         repository: Repository,
-        push: Push,
         *,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._repository = repository
-        self._push = push
         self._clock = clock
 
     async def deliver(self, event: object) -> Delivery:
-        """Store a CloudEvent as its user's notification, then push it to their live sockets.
+        """Store a CloudEvent as its user's notification; the repository announces it to the
+        live feed of every instance once the insert commits.
 
-        Idempotent by event id: an event already stored is neither stored nor pushed again.
-        InvalidEventError if `event` is not a deliverable CloudEvent. The push happens after
-        the insert commits, so a crash in between leaves the notification in the history only.
+        Idempotent by event id: an event already stored is neither stored nor announced again.
+        InvalidEventError if `event` is not a deliverable CloudEvent.
         """
         notification = notification_from_event(event, now=self._clock())
         extra = {
@@ -73,10 +71,9 @@ class NotificationService:
         }
         if not await self._repository.add(notification):
             log.info("duplicate event ignored", extra=extra)
-            return Delivery(notification.id, duplicate=True, connections=0)
-        connections = self._push.publish(notification.user_id, notification.to_json())
-        log.info("notification delivered", extra={**extra, "connections": connections})
-        return Delivery(notification.id, duplicate=False, connections=connections)
+            return Delivery(notification.id, duplicate=True)
+        log.info("notification stored", extra=extra)
+        return Delivery(notification.id, duplicate=False)
 
     async def on_event(self, _conn: Connection, event: Event) -> Delivery:
         """Consumer group `notifications`: deliver each event from Kafka to its user."""

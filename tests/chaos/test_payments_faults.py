@@ -22,8 +22,11 @@ def place(edge: httpx.Client) -> dict:
 
 
 def orders_sidecar_stat(topology: Topology, stat: str) -> int:
-    admin_port = topology.service("orders").instances[0].sidecar.admin_port
-    return envoy_stat(topology, admin_port, "payments.", stat)
+    """`stat` of the payments upstream, summed over the sidecars of every orders instance."""
+    return sum(
+        envoy_stat(topology, instance.sidecar.admin_port, "payments.", stat)
+        for instance in topology.service("orders").instances
+    )
 
 
 def direct_payment_fails_with(

@@ -46,8 +46,8 @@ def test_edge_sidecar_has_a_healthy_mtls_endpoint_for_orders(
     orders = [c for c in clusters if c["name"].startswith("orders.default.")]
     assert orders, [c["name"] for c in clusters]
     hosts = orders[0]["host_statuses"]
-    sidecar_port = topology.service("orders").instances[0].sidecar.port
-    assert [h["address"]["socket_address"]["port_value"] for h in hosts] == [sidecar_port]
+    sidecar_ports = sorted(i.sidecar.port for i in topology.service("orders").instances)
+    assert sorted(h["address"]["socket_address"]["port_value"] for h in hosts) == sidecar_ports
     assert all(h["health_status"]["eds_health_status"] == "HEALTHY" for h in hosts)
     # Requests to orders left the edge sidecar through TLS handshakes (mTLS to the orders sidecar).
     handshakes = [
@@ -58,10 +58,13 @@ def test_edge_sidecar_has_a_healthy_mtls_endpoint_for_orders(
     assert handshakes and sum(handshakes) > 0, stats
 
 
-def test_consul_catalog_reports_orders_passing(consul: ConsulClient) -> None:
+def test_consul_catalog_reports_every_orders_instance_passing(
+    topology: Topology, consul: ConsulClient
+) -> None:
     passing = consul.http.get("/v1/health/connect/orders", params={"passing": "1"}).json()
-    assert [entry["Service"]["Service"] for entry in passing] == ["orders-sidecar-proxy"]
-    assert passing[0]["Service"]["Proxy"]["DestinationServiceID"] == "orders-1"
+    assert {entry["Service"]["Service"] for entry in passing} == {"orders-sidecar-proxy"}
+    destinations = sorted(entry["Service"]["Proxy"]["DestinationServiceID"] for entry in passing)
+    assert destinations == sorted(i.id for i in topology.service("orders").instances)
 
 
 def test_removing_the_edge_to_orders_intention_denies_and_restoring_heals(
@@ -82,23 +85,24 @@ def test_removing_the_edge_to_orders_intention_denies_and_restoring_heals(
     )
 
 
-def test_killed_orders_gives_a_fast_503_then_heals_after_start(
+def test_killing_every_orders_instance_gives_a_fast_503_then_heals_after_start(
     mesh: Mesh, edge: httpx.Client, consul: ConsulClient
 ) -> None:
     order = place_order(edge)
-    assert mesh.kill("orders", hold=True) == ["orders-1"]
+    instances = [i.id for i in mesh.topology.service("orders").instances]
+    assert mesh.kill("orders", hold=True) == instances
     try:
         # A bounded client timeout: the edge must answer, not hang, while orders is gone.
         resp = edge.get(f"/orders/{order['id']}", timeout=1.0)
         assert resp.status_code == 503, resp.text
         wait_for(
-            lambda: consul.agent_health("orders-1") == "critical",
+            lambda: all(consul.agent_health(i) == "critical" for i in instances),
             timeout=10,
-            what="consul to mark orders-1 critical",
+            what="consul to mark every orders instance critical",
         )
     finally:
         mesh.start("orders", say=lambda _: None)
-    assert consul.agent_health("orders-1") == "passing"
+    assert all(consul.agent_health(i) == "passing" for i in instances)
     healed = wait_for(
         lambda: edge.get(f"/orders/{order['id']}").json() == order,
         timeout=15,

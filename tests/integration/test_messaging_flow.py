@@ -22,6 +22,7 @@ import pytest
 from mesh.components import postgres
 from mesh.runtime.paths import REPO_ROOT
 from mesh.runtime.supervisor import Mesh, service_env
+from services.auth.app import cache_group
 from services.common.messaging.processed import PROCESSED_RETENTION_S, PgProcessedStore
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh.users.v1 import users_pb2
@@ -224,12 +225,13 @@ def test_a_user_blocked_once_takes_effect_once_in_every_subscribing_service(
     blocked = events_for(mesh, "users", user.id, "shopmesh.user.blocked.v1")
     assert len(blocked) == 1, "a second BlockUser changes nothing and emits nothing"
     event_id = blocked[0]["event_id"]
-    for database, group in (
+    auth_groups = [("auth", cache_group(i.id)) for i in mesh.topology.service("auth").instances]
+    for database, group in [
         ("orders", "orders"),
         ("payments", "payments"),
         ("notifications", "notifications"),
-        ("auth", "auth"),
-    ):
+        *auth_groups,
+    ]:
         wait_for(
             lambda d=database, g=group: query(
                 mesh,

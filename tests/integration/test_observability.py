@@ -151,4 +151,6 @@ def test_the_websocket_gauge_counts_a_connected_client(mesh: Mesh, tokens) -> No
                  what="the WebSocket connection gauge to count the open socket")  # fmt: skip
     wait_for(lambda: query(mesh, connections) == before, timeout=30,
              what="the WebSocket connection gauge to drop once the socket closed")  # fmt: skip
-    assert query(mesh, 'count(shopmesh_websocket_queue_depth{service="notifications"})') == 1
+    instances = len(mesh.topology.service("notifications").instances)
+    depths = 'count(shopmesh_websocket_queue_depth{service="notifications"})'
+    assert query(mesh, depths) == instances

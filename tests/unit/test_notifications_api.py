@@ -27,6 +27,7 @@ from services.notifications import api
 from services.notifications.app import http_app
 from services.notifications.domain import InvalidEventError, UnknownCursorError
 from services.notifications.hub import Hub
+from services.notifications.live import LiveFeed
 from services.notifications.service import Delivery, NotificationService
 from tests.support import wait_until
 
@@ -52,14 +53,27 @@ async def principal_from_headers(request, handler):
 
 
 class FakeRepository:
+    """Announces each stored notification to the feed of every instance in `listening` whose
+    listener listens, as NOTIFY does."""
+
     def __init__(self):
         self.rows = {}
+        self.listening = []
+        self.reads = 0
 
     async def add(self, notification):
         if notification.id in self.rows:
             return False
         self.rows[notification.id] = notification
+        payload = json.dumps({"user_id": notification.user_id, "id": str(notification.id)})
+        for listener, feed in self.listening:
+            if listener.listening:
+                feed.announce(payload)
         return True
+
+    async def get(self, notification_id):
+        self.reads += 1
+        return self.rows.get(notification_id)
 
     async def list_for_user(self, user_id, *, limit, after):
         mine = sorted(
@@ -73,6 +87,20 @@ class FakeRepository:
                 raise UnknownCursorError(after)
             mine = [n for n in mine if (n.created_at, n.id) < (cursor.created_at, cursor.id)]
         return mine[:limit]
+
+
+class FakeListener:
+    def __init__(self):
+        self.listening = False
+        self.listens = 0
+
+    async def ensure(self):
+        self.listening = True
+        self.listens += 1
+        return True
+
+    async def close(self):
+        self.listening = False
 
 
 class Clock:
@@ -92,6 +120,7 @@ class Harness:
     hub: Hub
     repository: FakeRepository
     service: NotificationService
+    listener: FakeListener
 
     async def deliver(self, event):
         """As the consumer does with a message: parse its value, call the group's handler (the
@@ -118,17 +147,24 @@ def build_app(hub, service):
     return app
 
 
-def new_service(hub, repository=None):
-    return NotificationService(repository or FakeRepository(), hub, clock=Clock())
+def new_service(repository=None):
+    return NotificationService(repository or FakeRepository(), clock=Clock())
 
 
 @contextlib.asynccontextmanager
-async def serving(hub=None):
+async def serving(hub=None, repository=None, clock=None):
+    """One instance of the service: its hub, its live feed on the shared `repository`."""
     hub = hub or Hub()
-    repository = FakeRepository()
-    service = new_service(hub, repository)
-    async with TestClient(TestServer(build_app(hub, service))) as client:
-        yield Harness(client, hub, repository, service)
+    repository = repository or FakeRepository()
+    service = NotificationService(repository, clock=clock or Clock())
+    feed = LiveFeed(repository, hub)
+    listener = FakeListener()
+    repository.listening.append((listener, feed))
+    async with (
+        feed.running(listener),
+        TestClient(TestServer(build_app(hub, service))) as client,
+    ):
+        yield Harness(client, hub, repository, service, listener)
 
 
 def run(test):
@@ -158,7 +194,7 @@ def test_an_event_reaches_every_socket_of_its_user_and_no_one_else():
             tab1, tab2, bobs = await h.connect(ALICE), await h.connect(ALICE), await h.connect(BOB)
             sent = event(statusReason="paid by card")
             delivery = await h.deliver(sent)
-            assert delivery == Delivery(uuid.UUID(sent["id"]), duplicate=False, connections=2)
+            assert delivery == Delivery(uuid.UUID(sent["id"]), duplicate=False)
             expected = {
                 "id": sent["id"],
                 "type": "shopmesh.order.status_changed.v1",
@@ -181,7 +217,7 @@ def test_the_same_event_twice_is_stored_and_delivered_once():
             first, second = event(), event()
             assert (await h.deliver(first)).duplicate is False
             again = await h.deliver(first)
-            assert again == Delivery(uuid.UUID(first["id"]), duplicate=True, connections=0)
+            assert again == Delivery(uuid.UUID(first["id"]), duplicate=True)
             await h.deliver(second)
             assert (await ws.receive_json(timeout=2))["id"] == first["id"]
             assert (await ws.receive_json(timeout=2))["id"] == second["id"]
@@ -239,7 +275,7 @@ def test_a_real_client_sees_the_1013_close_and_other_users_are_unaffected():
             assert closing.type == WSMsgType.CLOSE
             assert closing.data == WSCloseCode.TRY_AGAIN_LATER
             assert "reconnect" in closing.extra
-            assert (await h.deliver(event(user="bob"))).connections == 1
+            await h.deliver(event(user="bob"))
             assert (await bob.receive_json(timeout=2))["userId"] == "bob"
             again = await h.connect(ALICE)
             await again.close()
@@ -282,7 +318,7 @@ async def read_frames_until_close(reader):
 def test_a_client_that_stops_reading_gets_1013_after_its_backlog_and_others_keep_up():
     async def go():
         hub = Hub(queue_size=4)
-        server = TestServer(build_app(hub, new_service(hub)))
+        server = TestServer(build_app(hub, new_service()))
         await server.start_server()
         async with aiohttp.ClientSession() as session:
             live = await session.ws_connect(server.make_url("/notifications/ws"), headers=ALICE)
@@ -354,7 +390,7 @@ def test_a_closed_socket_leaves_no_connection_or_task_behind():
 def test_shutdown_closes_sockets_with_1001():
     async def go():
         hub = Hub()
-        server = TestServer(build_app(hub, new_service(hub)))
+        server = TestServer(build_app(hub, new_service()))
         await server.start_server()
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(server.make_url("/notifications/ws"), headers=ALICE)
@@ -489,5 +525,57 @@ def test_a_well_formed_message_without_a_user_fails_in_the_consumer_handler():
             assert refused.value.errors == [{"field": "data.userId", "message": "is required"}]
             assert h.repository.rows == {}
             assert await nothing_arrives(ws)
+
+    run(go)
+
+
+def test_an_event_stored_by_one_instance_reaches_its_users_sockets_on_every_instance():
+    """Two instances on one database: whichever consumes the event, alice's socket on the
+    other gets it, once, and bob's announcement reads nothing where bob is not connected."""
+
+    async def go():
+        repository, clock = FakeRepository(), Clock()
+        async with (
+            serving(repository=repository, clock=clock) as one,
+            serving(repository=repository, clock=clock) as two,
+        ):
+            on_one, on_two = await one.connect(ALICE), await two.connect(ALICE)
+            first, second = event(), event()
+            await two.deliver(first)
+            await one.deliver(second)
+            await two.deliver(first)
+            for ws in (on_one, on_two):
+                assert [(await ws.receive_json(timeout=2))["id"] for _ in range(2)] == [
+                    first["id"],
+                    second["id"],
+                ]
+                assert await nothing_arrives(ws)
+            reads = repository.reads
+            await one.deliver(event(user="bob"))
+            assert await nothing_arrives(on_one)
+            assert repository.reads == reads
+
+    run(go)
+
+
+def test_a_lost_listen_connection_sends_the_instances_clients_back_to_the_history():
+    async def go():
+        async with serving() as h:
+            ws = await h.connect(ALICE)
+            missed = event()
+            h.listener.listening = False  # Postgres restarted: announcements are lost
+            await h.service.on_event(None, parse(json.dumps(missed).encode()))
+            closing = await ws.receive(timeout=5)
+            assert closing.type == WSMsgType.CLOSE
+            assert closing.data == WSCloseCode.SERVICE_RESTART
+            assert "GET /notifications" in closing.extra
+            await wait_until(lambda: h.listener.listening, timeout=5, what="LISTEN again")
+            status, page, _ = await h.history(ALICE)
+            assert status == 200
+            assert [n["id"] for n in page] == [missed["id"]]
+            again = await h.connect(ALICE)
+            later = event()
+            await h.deliver(later)
+            assert (await again.receive_json(timeout=2))["id"] == later["id"]
 
     run(go)

@@ -29,7 +29,7 @@ class StoringRepository(FakeRepository):
 def history(query: str, headers=ADMIN) -> tuple[int, str, bytes]:
     async def go():
         hub = Hub()
-        app = build_app(hub, new_service(hub, StoringRepository()))
+        app = build_app(hub, new_service(StoringRepository()))
         async with TestClient(TestServer(app)) as client:
             resp = await client.get(URL(f"/notifications?{query}", encoded=True), headers=headers)
             return resp.status, resp.headers["Content-Type"], await resp.read()

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -47,6 +46,7 @@ from services.common.messaging.envelope import (
     validate,
 )
 from services.common.metrics import MessagingMetrics
+from services.common.pg_listen import PgListener
 from services.common.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -237,8 +237,11 @@ class OutboxRelay:
         self.poll_interval_s = poll_interval_s
         self.publish_timeout_s = publish_timeout_s
         self.backoff = backoff or Backoff(initial_s=0.1, max_s=5.0, jitter=0.2)
-        self._listen_enabled = listen and pool is not None
-        self._listen_conn: PoolConnectionProxy | None = None
+        self._listener = (
+            PgListener(pool, NOTIFY_CHANNEL, lambda _payload: self._wake.set())
+            if listen and pool is not None
+            else None
+        )
         self._retention_s = retention_s
         self._prune_interval_s = prune_interval_s
         self._tracer = tracer or trace.get_tracer(__name__)
@@ -447,47 +450,10 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), remaining)
 
     async def _wait_for_rows(self) -> None:
-        await self._ensure_listening()
+        if self._listener is not None:
+            await self._listener.ensure()
         with suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
-
-    async def _ensure_listening(self) -> None:
-        if not self._listen_enabled or self._pool is None:
-            return
-        if self._listener_alive():
-            return
-        await self._release_listener()
-        try:
-            conn = await self._pool.acquire(timeout=2.0)
-        except Exception as exc:
-            log.debug("outbox LISTEN unavailable; polling", extra={"error": repr(exc)})
-            return
-        try:
-            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        except Exception as exc:
-            log.debug("outbox LISTEN failed; polling", extra={"error": repr(exc)})
-            await self._pool.release(conn)
-            return
-        self._listen_conn = conn
-
-    def _listener_alive(self) -> bool:
-        try:
-            return self._listen_conn is not None and not self._listen_conn.is_closed()
-        except asyncpg.InterfaceError:
-            # The pool took back a connection it saw break (Postgres restarted): listen anew.
-            return False
-
-    def _on_notify(self, *_args: object) -> None:
-        self._wake.set()
-
-    async def _release_listener(self) -> None:
-        conn, self._listen_conn = self._listen_conn, None
-        if conn is None or self._pool is None:
-            return
-        with suppress(Exception):
-            if not conn.is_closed():
-                await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            await self._pool.release(conn)
 
     async def _prune(self) -> None:
         assert self._retention_s is not None
@@ -500,7 +466,8 @@ class OutboxRelay:
             log.info("outbox pruned", extra={"rows": pruned})
 
     async def _close(self) -> None:
-        await self._release_listener()
+        if self._listener is not None:
+            await self._listener.close()
         await self._drop_producer()
 
 
