@@ -116,6 +116,24 @@ def intention_removed(mesh: Mesh, consul: ConsulClient, destination: str) -> Ite
         consul_runtime.apply_config_entries(
             mesh.binaries["consul"]["consul"], mesh.topology.consul_http_addr
         )
+        wait_for(
+            lambda: intentions_enforced(mesh.topology, consul, destination),
+            timeout=30,
+            what=f"every {destination} sidecar to allow its callers again",
+        )
+
+
+def intentions_enforced(topology: Topology, consul: ConsulClient, destination: str) -> bool:
+    """Whether the RBAC filter of every sidecar of `destination` names each caller its
+    service-intentions entry allows (Consul's principal pattern ends in `/svc/<name>$`)."""
+    entry = consul.config_entry("service-intentions", destination) or {"Sources": []}
+    callers = [s["Name"] for s in entry["Sources"] if s.get("Action") == "allow"]
+    for instance in topology.service(destination).instances:
+        with envoy_admin(topology, instance.sidecar.admin_port) as admin:
+            dump = admin.get("/config_dump", params={"resource": "dynamic_active_listeners"}).text
+        if not all(f"/svc/{caller}$" in dump for caller in callers):
+            return False
+    return True
 
 
 def edge_client(topology: Topology, token: TokenSource) -> httpx.Client:
