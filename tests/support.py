@@ -104,11 +104,19 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+HEALED_IN_A_ROW = 4
+
+
 @contextmanager
-def intention_removed(mesh: Mesh, consul: ConsulClient, destination: str) -> Iterator[None]:
+def intention_removed(
+    mesh: Mesh, consul: ConsulClient, destination: str, healed: Callable[[], bool]
+) -> Iterator[None]:
     """Without its service-intentions entry, the default deny refuses every caller of
     `destination` (its sidecar's RBAC filter, within a second or so); afterwards every config
-    entry of mesh/consul/config-entries is written back."""
+    entry of mesh/consul/config-entries is written back, and the context ends once every
+    sidecar of `destination` has the intention again and `healed` (a call through the mesh)
+    holds HEALED_IN_A_ROW times in a row: a connection opened under the old filter chain is
+    refused once more before it closes, and with several instances one call shows one of them."""
     consul.delete_config_entry("service-intentions", destination)
     try:
         yield
@@ -121,6 +129,11 @@ def intention_removed(mesh: Mesh, consul: ConsulClient, destination: str) -> Ite
             timeout=30,
             what=f"every {destination} sidecar to allow its callers again",
         )
+        wait_for(
+            lambda: all(healed() for _ in range(HEALED_IN_A_ROW)),
+            timeout=30,
+            what=f"calls to {destination} to pass {HEALED_IN_A_ROW} times in a row",
+        )
 
 
 def intentions_enforced(topology: Topology, consul: ConsulClient, destination: str) -> bool:
@@ -130,7 +143,7 @@ def intentions_enforced(topology: Topology, consul: ConsulClient, destination: s
     callers = [s["Name"] for s in entry["Sources"] if s.get("Action") == "allow"]
     for instance in topology.service(destination).instances:
         with envoy_admin(topology, instance.sidecar.admin_port) as admin:
-            dump = admin.get("/config_dump", params={"resource": "dynamic_active_listeners"}).text
+            dump = admin.get("/config_dump", params={"resource": "dynamic_listeners"}).text
         if not all(f"/svc/{caller}$" in dump for caller in callers):
             return False
     return True

@@ -71,18 +71,17 @@ def test_removing_the_edge_to_orders_intention_denies_and_restoring_heals(
     mesh: Mesh, edge: httpx.Client, consul: ConsulClient
 ) -> None:
     order = place_order(edge)
-    with intention_removed(mesh, consul, "orders"):
+
+    def healed() -> bool:
+        return edge.get(f"/orders/{order['id']}").status_code == 200
+
+    with intention_removed(mesh, consul, "orders", healed):
         denied = wait_for(
             lambda: edge.get(f"/orders/{order['id']}", timeout=3.0).status_code in (403, 503),
             timeout=20,
             what="the default-deny intention to refuse edge -> orders",
         )
         assert denied
-    wait_for(
-        lambda: edge.get(f"/orders/{order['id']}").status_code == 200,
-        timeout=20,
-        what="edge -> orders to be allowed again",
-    )
 
 
 def test_killing_every_orders_instance_gives_a_fast_503_then_heals_after_start(

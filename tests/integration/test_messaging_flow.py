@@ -247,10 +247,12 @@ def test_a_user_blocked_once_takes_effect_once_in_every_subscribing_service(
         rows = query(
             mesh,
             database,
-            "SELECT count(*) AS n FROM processed_events WHERE event_id = $1",
+            "SELECT count(*) AS n FROM processed_events WHERE consumer_group = $1 "
+            "AND event_id = $2",
+            group,
             event_id,
         )
-        assert rows[0]["n"] == 1, database
+        assert rows[0]["n"] == 1, group
 
     assert set(order_statuses(mesh, pending).values()) == {"CANCELLED"}
     cancel_events = query(
