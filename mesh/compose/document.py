@@ -149,7 +149,8 @@ def _consul_passing(
     topology: Topology, placement: ComposePlacement, service_id: str
 ) -> dict[str, Any]:
     """Consul's aggregated health of the instance (200 only when passing), as natively."""
-    url = f"{placement.consul_http_addr(topology)}/v1/agent/health/service/id/{service_id}"
+    agent = placement.consul_http_addr(topology, service_id)
+    url = f"{agent}/v1/agent/health/service/id/{service_id}"
     probe = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)"
     return _healthcheck(["CMD", "python", "-c", probe, url])
 

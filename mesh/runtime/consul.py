@@ -178,7 +178,7 @@ def sidecar_spec(
 ) -> ProcessSpec:
     """The sidecar of `service_id` as a native process; ready once its Envoy is live and
     Consul's checks of it pass."""
-    client = ConsulClient(placement.consul_http_addr(topology))
+    client = ConsulClient(placement.consul_http_addr(topology, service_id))
     admin_url = f"http://{placement.admin(service_id)}:{sidecar.admin_port}"
     admin = httpx.Client(base_url=admin_url, timeout=1.0)
 

@@ -68,7 +68,7 @@ def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict
 
 def service_spec(topology: Topology, wiring: Wiring, instance: Instance) -> ProcessSpec:
     service = topology.service(instance.service)
-    client = ConsulClient(wiring.placement.consul_http_addr(topology))
+    client = ConsulClient(wiring.placement.consul_http_addr(topology, instance.id))
 
     def ready() -> str | None:
         try:
