@@ -183,3 +183,19 @@ def test_orders_flow_while_every_consul_server_is_down_and_the_agent_keeps_its_c
     assert_every_order_paid_once(mesh, answers)
     catalog = consul.http.get("/v1/catalog/service/orders").json()
     assert {s["ServiceID"] for s in catalog} == {i.id for i in t.service("orders").instances}
+
+
+@pytest.mark.usefixtures("servers_restored")
+def test_the_watchdog_restarts_a_killed_consul_server_and_it_is_a_healthy_voter_again(
+    mesh: Mesh,
+) -> None:
+    t = mesh.topology
+    victim = t.consul_servers[-1].name
+    before = mesh.running()[victim].pid
+    killed_at = time.monotonic()
+    assert mesh.kill(victim) == [victim]
+    wait_for(lambda: victim in mesh.running() and mesh.running()[victim].pid != before,
+             timeout=30, what=f"the watchdog to start {victim} again")  # fmt: skip
+    wait_quorum_whole(t)
+    print(f"{victim} killed: a healthy voter again {time.monotonic() - killed_at:.1f}s later")
+    assert mesh.restarts()[victim] >= 1
