@@ -125,7 +125,7 @@ def agent_spec(
 
 def cluster_health(topology: Topology, placement: Placement) -> str:
     """The servers as a whole, from the first that answers: the leader, and how many are
-    healthy voters (Consul's autopilot)."""
+    healthy voters (Consul's autopilot); `ok, ...` only when every server is one."""
     for server in topology.consul_servers:
         try:
             resp = httpx.get(
@@ -140,9 +140,11 @@ def cluster_health(topology: Topology, placement: Placement) -> str:
         members = health["Servers"]
         leader = next((m["Name"] for m in members if m["Leader"]), "none")
         healthy = sum(1 for m in members if m["Healthy"] and m["Voter"])
+        whole = health["Healthy"] and healthy == len(topology.consul_servers)
         return (
-            f"leader {leader}; {healthy} of {len(topology.consul_servers)} servers healthy "
-            f"voters, {health['FailureTolerance']} may fail"
+            f"{'ok, ' if whole else ''}leader {leader}; {healthy} of "
+            f"{len(topology.consul_servers)} servers healthy voters, "
+            f"{health['FailureTolerance']} may fail"
         )
     return "no leader: no quorum of servers answers"
 
