@@ -9,7 +9,8 @@ takes (topology, placement), so one topology runs in several ways without rewrit
   bind all of their container's interfaces, and are reached by their compose name, or by their
   fixed address where a name will not do.
 
-Components are named as the topology names them: `consul`, `postgres`, `jaeger`, `prometheus`,
+Components are named as the topology names them: `consul` (this host's Consul agent, a client
+agent), each Consul server (`consul-server-1`), `postgres`, `jaeger`, `prometheus`,
 `redis`, `ratelimit`, `watchdog`, each Kafka node (`kafka-1`), each service instance (`orders-1`)
 and worker (`payments-worker-1`), and the edge by its id (`edge-1`). A Connect sidecar runs where
 its instance runs (it shares its network namespace): it is placed as its instance.
@@ -82,9 +83,15 @@ class Placement(ABC):
 
     # -- what follows from the answers above --------------------------------------------------
 
-    def consul_http_addr(self, topology: Topology) -> str:
-        """Consul's HTTP API, as a process of the mesh reaches it."""
-        return f"http://{self.host(CONSUL)}:{topology.consul_ports.http}"
+    def consul_agent(self, component: str) -> str:
+        """The Consul agent of the host `component` runs on: the client agent it registers
+        with, its sidecar gets xDS from, and its watchers ask. One per host; the servers are
+        apart from it and reached only through it."""
+        return CONSUL
+
+    def consul_http_addr(self, topology: Topology, component: str = CONSUL) -> str:
+        """The HTTP API of `component`'s Consul agent, as that component reaches it."""
+        return f"http://{self.host(self.consul_agent(component))}:{topology.consul_ports.http}"
 
     def kafka_bootstrap(self, topology: Topology) -> str:
         return ",".join(f"{self.host(n.name)}:{n.port}" for n in topology.kafka.nodes)
@@ -133,7 +140,8 @@ class ComposePlacement(Placement):
 
     Processes bind every interface of their container. Those whose address is registered in
     Consul or handed to Envoy (Consul, the edge, Jaeger, each service instance, the rate-limit
-    service) have a fixed one, in the topology's order. A component whose compose service is
+    service), and the Consul servers (which advertise theirs), have a fixed one, in the
+    topology's order. A component whose compose service is
     named after it is reached by that name (compose's DNS); the edge's service is `edge`, not
     its id, so it is reached by its address. Admin APIs are on the container's loopback, for its
     own health check. Published ports are on `published_on` of the machine running compose.
@@ -153,7 +161,9 @@ class ComposePlacement(Placement):
         addresses[JAEGER] = str(next(hosts))
         addresses |= {i.id: str(next(hosts)) for i in topology.instances()}
         addresses[RATELIMIT] = str(next(hosts))
+        addresses |= {s.name: str(next(hosts)) for s in topology.consul_servers}
         names = {CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT}
+        names |= {s.name for s in topology.consul_servers}
         names |= {n.name for n in topology.kafka.nodes}
         names |= {i.id for i in topology.instances()}
         names |= {name for workers in topology.workers for name in workers.instances}

@@ -102,10 +102,25 @@ class TokenCache:
 
 @dataclass(frozen=True)
 class ConsulPorts:
+    """The ports of this host's Consul agent (a client agent)."""
+
     http: int
     grpc: int
+    serf_lan: int
+
+
+@dataclass(frozen=True)
+class ConsulServer:
+    id: int
+    # Raft and the agents' RPC.
     server: int
     serf_lan: int
+    # Its own HTTP API: status, and its metrics for Prometheus.
+    http: int
+
+    @property
+    def name(self) -> str:
+        return f"consul-server-{self.id}"
 
 
 @dataclass(frozen=True)
@@ -194,6 +209,7 @@ class Topology:
     # The share of requests without a trace context the edge starts a trace for.
     trace_sample_percent: float = 100.0
     workers: tuple[Workers, ...] = ()
+    consul_servers: tuple[ConsulServer, ...] = ()
 
     def service(self, name: str) -> Service:
         for service in self.services:
@@ -221,6 +237,8 @@ class Topology:
     def all_ports(self) -> dict[str, int]:
         """Every TCP port the runtime binds, keyed by a readable owner name."""
         ports = {f"consul {k}": v for k, v in vars(self.consul_ports).items()}
+        for server in self.consul_servers:
+            ports.update({f"{server.name} {k}": v for k, v in vars(server).items() if k != "id"})
         ports["postgres"] = self.postgres_port
         ports["prometheus"] = self.prometheus_port
         ports.update({f"jaeger {k}": v for k, v in vars(self.jaeger.ports).items()})
@@ -352,6 +370,9 @@ def parse(raw: dict[str, Any]) -> Topology:
         ratelimit_ports=RateLimitServicePorts(
             **{k: int(v) for k, v in raw["ratelimit"]["ports"].items()}
         ),
+        consul_servers=tuple(
+            ConsulServer(**{k: int(v) for k, v in server.items()}) for server in consul["servers"]
+        ),
         workers=tuple(
             Workers(
                 name=name,
@@ -382,6 +403,7 @@ def validate(topology: Topology) -> None:
             raise TopologyError(f"port {port} is given to both {owners[port]!r} and {owner!r}")
         owners[port] = owner
     _validate_kafka(topology.kafka)
+    _validate_consul_servers(topology.consul_servers)
     names = {s.name for s in topology.services}
     for svc in topology.services:
         for up in svc.upstreams:
@@ -419,6 +441,15 @@ def _validate_kafka(kafka: Kafka) -> None:
         raise TopologyError(
             f"kafka cluster_id must be `generate` or a 22-character base64url id, "
             f"got {kafka.cluster_id!r}"
+        )
+
+
+def _validate_consul_servers(servers: tuple[ConsulServer, ...]) -> None:
+    ids = [s.id for s in servers]
+    if len(servers) < 3 or len(servers) % 2 == 0 or len(set(ids)) != len(ids) or min(ids) < 1:
+        raise TopologyError(
+            f"consul needs an odd number of servers, at least 3, with distinct positive ids "
+            f"(a quorum that outlives any one), got ids {ids}"
         )
 
 

@@ -56,7 +56,7 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
         "SHOPMESH_INSTANCE": instance.id,
         "SHOPMESH_BIND_HOST": placement.address(instance.id),
         "SHOPMESH_PORT": str(instance.port),
-        "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology),
+        "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology, instance.id),
         # The instance registers this document itself once it answers its health check.
         "SHOPMESH_REGISTRATION": json.dumps(instance_registration(topology, placement, instance)),
         "SHOPMESH_UPSTREAMS": json.dumps(
@@ -87,7 +87,7 @@ def worker_env(
         "SHOPMESH_BIND_HOST": placement.listen(instance),
         "SHOPMESH_METRICS_PORT": str(workers.metrics_port(instance)),
         "SHOPMESH_DATABASE_URL": wiring.database_url(topology, workers.database),
-        "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology),
+        "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology, instance),
         "SHOPMESH_KAFKA_BOOTSTRAP": placement.kafka_bootstrap(topology),
         "PYTHONUNBUFFERED": "1",
         **tracing_env(topology, placement),

@@ -1,6 +1,6 @@
-"""Consul: the one server agent's config, every Connect sidecar's `consul connect envoy`
-command line, and the few calls of its HTTP API the mesh makes; each from the topology and
-a placement.
+"""Consul: the configs of the servers and of the host's client agent, every Connect sidecar's
+`consul connect envoy` command line, and the few calls of its HTTP API the mesh makes; each from
+the topology and a placement.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import httpx
 
 from mesh.placement import CONSUL, Placement
 from mesh.runtime.paths import REPO_ROOT
-from mesh.topology import Sidecar, Topology
+from mesh.topology import ConsulServer, Sidecar, Topology
 
 CONFIG_ENTRIES_DIR = REPO_ROOT / "mesh" / "consul" / "config-entries"
+# The node the client agent is in the catalog: the host, where every instance is registered.
+AGENT_NODE = "shopmesh"
 
 
 class ConsulClient:
@@ -59,36 +61,73 @@ class ConsulClient:
         self.http.close()
 
 
-def agent_config(topology: Topology, placement: Placement, data_dir: Path) -> dict[str, Any]:
-    """The one server agent: its cluster ports (Serf, Raft) on its own address, which it
-    advertises; its HTTP and gRPC APIs on the placement's listen address."""
-    ports = topology.consul_ports
+def _common(
+    topology: Topology, placement: Placement, name: str, node: str, data_dir: Path
+) -> dict[str, Any]:
+    """What every agent has: its cluster ports on its own address, which it advertises; its
+    HTTP API on the placement's listen address; Connect; its metrics for Prometheus."""
     return {
         "datacenter": topology.datacenter,
-        "node_name": "shopmesh",
+        "node_name": node,
         "data_dir": str(data_dir),
-        "server": True,
-        "bootstrap_expect": 1,
-        "bind_addr": placement.address(CONSUL),
-        "client_addr": placement.listen(CONSUL),
-        "advertise_addr": placement.address(CONSUL),
+        "bind_addr": placement.address(name),
+        "client_addr": placement.listen(name),
+        "advertise_addr": placement.address(name),
         "connect": {"enabled": True},
-        "ui_config": {"enabled": True},
         "enable_central_service_config": True,
         "log_level": "INFO",
+        # /v1/agent/metrics?format=prometheus, scraped by Prometheus.
+        "telemetry": {"prometheus_retention_time": "60s", "disable_hostname": True},
+    }
+
+
+def _join(topology: Topology, placement: Placement, but: str = "") -> list[str]:
+    return [
+        f"{placement.host(s.name)}:{s.serf_lan}" for s in topology.consul_servers if s.name != but
+    ]
+
+
+def server_config(
+    topology: Topology, placement: Placement, server: ConsulServer, data_dir: Path
+) -> dict[str, Any]:
+    """One of the servers: Raft with the others (bootstrapped once all of them have joined),
+    no xDS or DNS of its own: the client agents serve those."""
+    return {
+        **_common(topology, placement, server.name, server.name, data_dir),
+        "server": True,
+        "bootstrap_expect": len(topology.consul_servers),
+        "retry_join": _join(topology, placement, but=server.name),
+        "ports": {
+            "http": server.http,
+            "grpc": -1,
+            "grpc_tls": -1,
+            "https": -1,
+            "dns": -1,
+            "server": server.server,
+            "serf_lan": server.serf_lan,
+            "serf_wan": -1,
+        },
+        "performance": {"raft_multiplier": 1},
+    }
+
+
+def agent_config(topology: Topology, placement: Placement, data_dir: Path) -> dict[str, Any]:
+    """This host's client agent (`consul`): what everything on the host registers with and
+    what its sidecars get xDS from; it joins the servers and forwards to them."""
+    ports = topology.consul_ports
+    return {
+        **_common(topology, placement, CONSUL, AGENT_NODE, data_dir),
+        "server": False,
+        "retry_join": _join(topology, placement),
+        "ui_config": {"enabled": True},
         "ports": {
             "http": ports.http,
             "grpc": ports.grpc,
             "grpc_tls": -1,
             "https": -1,
             "dns": -1,
-            "server": ports.server,
             "serf_lan": ports.serf_lan,
-            "serf_wan": -1,
         },
-        "performance": {"raft_multiplier": 1},
-        # /v1/agent/metrics?format=prometheus, scraped by Prometheus.
-        "telemetry": {"prometheus_retention_time": "60s", "disable_hostname": True},
     }
 
 
@@ -109,9 +148,9 @@ def sidecar_argv(
     """`consul connect envoy -sidecar-for <id>`: Consul writes the bootstrap and execs Envoy.
 
     The sidecar runs where its instance runs (`service_id` is the instance's, or the edge's).
-    It reaches Consul by address: the gRPC one goes into Envoy's bootstrap as a static address,
-    which Envoy does not resolve. Its admin API is its supervisor's only."""
-    consul = placement.address(CONSUL)
+    It reaches its host's Consul agent by address: the gRPC one goes into Envoy's bootstrap as
+    a static address, which Envoy does not resolve. Its admin API is its supervisor's only."""
+    consul = placement.address(placement.consul_agent(service_id))
     return [
         str(consul_bin),
         "connect",

@@ -9,8 +9,9 @@ scraped on the `metrics_port` in its service meta, each sidecar's Envoy on its
 discovery at the address the placement registers it at (Consul SD has no Proxy.Config). What is
 not in Consul's catalog with a metrics endpoint stays a static target from the topology, where
 the placement has it: the payment workers (they register nowhere), the edge Envoy (its admin
-/stats/prometheus), Consul itself, the Kafka nodes' JMX exporter agents, the edge's rate-limit
-service and, where it runs, the watchdog (process restarts).
+/stats/prometheus), Consul itself (the client agent and each server), the Kafka nodes' JMX
+exporter agents, the edge's rate-limit service and, where it runs, the watchdog (process
+restarts).
 """
 
 from __future__ import annotations
@@ -108,8 +109,13 @@ def config(
             "job_name": "consul",
             "metrics_path": "/v1/agent/metrics",
             "params": {"format": ["prometheus"]},
-            "static_configs": [{"targets": [at(CONSUL, topology.consul_ports.http)],
-                                "labels": {"instance": "consul", "service": "consul"}}],
+            "static_configs": [
+                {"targets": [at(CONSUL, topology.consul_ports.http)],
+                 "labels": {"instance": "consul", "service": "consul"}},
+                *({"targets": [at(server.name, server.http)],
+                   "labels": {"instance": server.name, "service": "consul"}}
+                  for server in topology.consul_servers),
+            ],
         },
         {
             "job_name": "kafka",

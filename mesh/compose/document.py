@@ -28,7 +28,7 @@ from mesh.placement import (
 )
 from mesh.runtime import demo
 from mesh.runtime.paths import REPO_ROOT
-from mesh.topology import Instance, Sidecar, Topology
+from mesh.topology import ConsulServer, Instance, Sidecar, Topology
 from mesh.wiring import Wiring, instance_env, worker_env
 
 # The committed files: compose.yaml, and the configs its Prometheus and Jaeger mount.
@@ -149,7 +149,8 @@ def _consul_passing(
     topology: Topology, placement: ComposePlacement, service_id: str
 ) -> dict[str, Any]:
     """Consul's aggregated health of the instance (200 only when passing), as natively."""
-    url = f"{placement.consul_http_addr(topology)}/v1/agent/health/service/id/{service_id}"
+    agent = placement.consul_http_addr(topology, service_id)
+    url = f"{agent}/v1/agent/health/service/id/{service_id}"
     probe = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)"
     return _healthcheck(["CMD", "python", "-c", probe, url])
 
@@ -171,16 +172,34 @@ def _one_shot(**spec: Any) -> dict[str, Any]:
 
 
 def _consul(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
+    """The client agent: what every container registers with and the sidecars get xDS from."""
     config = consul.agent_config(topology, placement, Path(CONSUL_DATA))
     http = topology.consul_ports.http
+    return {
+        **_consul_agent(placement, CONSUL, config, "consul-agent-data", http),
+        "ports": [f"{placement.public()}:{http}:{http}"],
+    }
+
+
+def _consul_server(
+    topology: Topology, placement: ComposePlacement, server: ConsulServer
+) -> dict[str, Any]:
+    config = consul.server_config(topology, placement, server, Path(CONSUL_DATA))
+    return _consul_agent(placement, server.name, config, f"{server.name}-data", server.http)
+
+
+def _consul_agent(
+    placement: ComposePlacement, name: str, config: dict[str, Any], volume: str, http: int
+) -> dict[str, Any]:
+    """A Consul agent's container (a server or the client agent), healthy once the servers'
+    Raft has a leader, as the agent sees it."""
     return {
         "image": IMAGES["consul"],
         "command": ["agent"],
         # The image's entrypoint writes this to /consul/config/local.json.
         "environment": {"CONSUL_LOCAL_CONFIG": json.dumps(config, sort_keys=True)},
-        "volumes": [f"consul-data:{CONSUL_DATA}"],
-        "ports": [f"{placement.public()}:{http}:{http}"],
-        "networks": _fixed(placement.address(CONSUL)),
+        "volumes": [f"{volume}:{CONSUL_DATA}"],
+        "networks": _fixed(placement.address(name)),
         "healthcheck": _healthcheck(
             [
                 "CMD",
@@ -188,7 +207,7 @@ def _consul(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
                 "operator",
                 "raft",
                 "list-peers",
-                f"-http-addr={placement.admin(CONSUL)}:{http}",
+                f"-http-addr={placement.admin(name)}:{http}",
             ]
         ),
         **_long_running("256m"),
@@ -535,6 +554,7 @@ def _grafana(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
 def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     services: dict[str, Any] = {
         "init": _init(topology),
+        **{s.name: _consul_server(topology, placement, s) for s in topology.consul_servers},
         "consul": _consul(topology, placement),
         "consul-config": _consul_config(topology, placement),
         "postgres": _postgres(topology),
@@ -560,7 +580,8 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     services["jaeger"] = _jaeger(topology, placement)
     services["prometheus"] = _prometheus(topology, placement)
     services["grafana"] = _grafana(topology, placement)
-    volumes = ["state", "consul-data", "postgres-data"]
+    volumes = ["state", *(f"{s.name}-data" for s in topology.consul_servers), "consul-agent-data"]
+    volumes += ["postgres-data"]
     volumes += [f"{n.name}-data" for n in topology.kafka.nodes]
     volumes += ["prometheus-data", "grafana-data"]
     return {

@@ -1,5 +1,6 @@
-"""The Consul server and the Connect sidecars as native processes, and the config entries
-written at start (their configs and command lines: mesh/components/consul.py).
+"""The Consul servers, this host's client agent and the Connect sidecars as native processes,
+and the config entries written at start (their configs and command lines:
+mesh/components/consul.py).
 """
 
 from __future__ import annotations
@@ -10,18 +11,85 @@ from pathlib import Path
 
 import httpx
 
-from mesh.components.consul import CONFIG_ENTRIES_DIR, ConsulClient, agent_config, sidecar_argv
-from mesh.placement import Placement
+from mesh.components.consul import (
+    CONFIG_ENTRIES_DIR,
+    ConsulClient,
+    agent_config,
+    server_config,
+    sidecar_argv,
+)
+from mesh.placement import CONSUL, Placement
+from mesh.runtime import process
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
-from mesh.topology import Sidecar, Topology
+from mesh.topology import ConsulServer, Sidecar, Topology
+
+# A Serf member's status in /v1/agent/members: 1 alive (2 leaving, 3 left, 4 failed).
+SERF_ALIVE = 1
 
 
-def server_spec(
+def server_specs(
+    topology: Topology, placement: Placement, state: StateDir, consul_bin: Path
+) -> list[ProcessSpec]:
+    return [
+        _server_spec(topology, placement, state, consul_bin, server)
+        for server in topology.consul_servers
+    ]
+
+
+def _server_spec(
+    topology: Topology,
+    placement: Placement,
+    state: StateDir,
+    consul_bin: Path,
+    server: ConsulServer,
+) -> ProcessSpec:
+    """A server is ready once it knows a leader, or when none can be known yet: before the
+    first bootstrap (its peer set is empty until all servers have joined) or while fewer than a
+    quorum of servers run (they are started one by one). The agent's readiness then waits for
+    the leader."""
+    config_file = state.config / f"{server.name}.json"
+    data_dir = state.data / server.name
+    client = ConsulClient(_server_http(placement, server))
+    quorum = len(topology.consul_servers) // 2 + 1
+
+    def write_config() -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config = server_config(topology, placement, server, data_dir)
+        config_file.write_text(json.dumps(config, indent=2))
+
+    def ready() -> str | None:
+        try:
+            if client.leader():
+                return None
+            if not client.http.get("/v1/status/peers").json():
+                return None
+        except httpx.HTTPError as exc:
+            return f"HTTP API not answering ({exc.__class__.__name__})"
+        running = [s.name for s in topology.consul_servers if process.running(state, s.name)]
+        if len(running) < quorum:
+            return None
+        return f"no raft leader yet ({len(running)} servers running)"
+
+    return ProcessSpec(
+        name=server.name,
+        argv=[str(consul_bin), "agent", f"-config-file={config_file}"],
+        ports=(server.server, server.serf_lan, server.http),
+        # SIGINT: a server shuts down without leaving the Raft peer set (Consul's default for
+        # servers), so it comes back as the same voter.
+        stop_signal=2,
+        ready=ready,
+        before_start=write_config,
+    )
+
+
+def agent_spec(
     topology: Topology, placement: Placement, state: StateDir, consul_bin: Path
 ) -> ProcessSpec:
+    """This host's client agent; ready once it has joined a server, a leader is known and
+    Connect's CA serves its roots (sidecars need them for certificates)."""
     config_file = state.config / "consul.json"
-    data_dir = state.data / "consul"
+    data_dir = state.data / "consul-agent"
     client = ConsulClient(placement.consul_http_addr(topology))
 
     def write_config() -> None:
@@ -30,10 +98,14 @@ def server_spec(
 
     def ready() -> str | None:
         try:
-            if not client.leader():
-                return "no raft leader yet"
-            # Connect's CA must have a root before sidecars can get certificates. Until it
-            # has initialised, Consul answers 500 "CA has not finished initializing".
+            members = client.http.get("/v1/agent/members").json()
+            servers = [m for m in members if m["Tags"].get("role") == "consul"]
+            if not any(m["Status"] == SERF_ALIVE for m in servers):
+                return "not joined to a server yet"
+            leader = client.http.get("/v1/status/leader")
+            if leader.status_code != 200 or not leader.json():
+                return f"no raft leader known yet ({leader.text.strip()[:80]})"
+            # Until it has initialised, Consul answers 500 "CA has not finished initializing".
             resp = client.http.get("/v1/connect/ca/roots")
             if resp.status_code != 200:
                 return f"Connect CA not ready ({resp.status_code} {resp.text.strip()[:80]})"
@@ -42,13 +114,43 @@ def server_spec(
             return f"HTTP API not answering ({exc.__class__.__name__})"
 
     return ProcessSpec(
-        name="consul",
+        name=CONSUL,
         argv=[str(consul_bin), "agent", f"-config-file={config_file}"],
         ports=tuple(vars(topology.consul_ports).values()),
-        stop_signal=2,  # SIGINT: graceful leave
+        stop_signal=2,  # SIGINT: a client agent leaves gracefully
         ready=ready,
         before_start=write_config,
     )
+
+
+def cluster_health(topology: Topology, placement: Placement) -> str:
+    """The servers as a whole, from the first that answers: the leader, and how many are
+    healthy voters (Consul's autopilot); `ok, ...` only when every server is one."""
+    for server in topology.consul_servers:
+        try:
+            resp = httpx.get(
+                f"{_server_http(placement, server)}/v1/operator/autopilot/health", timeout=1.0
+            )
+            # 429: answered, but not every server is healthy.
+            if resp.status_code not in (200, 429):
+                continue
+            health = resp.json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        members = health["Servers"]
+        leader = next((m["Name"] for m in members if m["Leader"]), "none")
+        healthy = sum(1 for m in members if m["Healthy"] and m["Voter"])
+        whole = health["Healthy"] and healthy == len(topology.consul_servers)
+        return (
+            f"{'ok, ' if whole else ''}leader {leader}; {healthy} of "
+            f"{len(topology.consul_servers)} servers healthy voters, "
+            f"{health['FailureTolerance']} may fail"
+        )
+    return "no leader: no quorum of servers answers"
+
+
+def _server_http(placement: Placement, server: ConsulServer) -> str:
+    return f"http://{placement.host(server.name)}:{server.http}"
 
 
 def apply_config_entries(consul_bin: Path, http_addr: str) -> list[str]:
@@ -78,7 +180,7 @@ def sidecar_spec(
 ) -> ProcessSpec:
     """The sidecar of `service_id` as a native process; ready once its Envoy is live and
     Consul's checks of it pass."""
-    client = ConsulClient(placement.consul_http_addr(topology))
+    client = ConsulClient(placement.consul_http_addr(topology, service_id))
     admin_url = f"http://{placement.admin(service_id)}:{sidecar.admin_port}"
     admin = httpx.Client(base_url=admin_url, timeout=1.0)
 

@@ -36,7 +36,7 @@ def edge_spec(
         certs = ensure_edge_certs(state, placement.public())
         files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
         config_file.write_text(json.dumps(envoy_config(topology, placement, files), indent=2))
-        client = ConsulClient(placement.consul_http_addr(topology))
+        client = ConsulClient(placement.consul_http_addr(topology, edge.id))
         try:
             # The edge is not a Python service, so the runtime registers it (and its sidecar).
             client.register(edge_registration(topology, placement))

@@ -57,6 +57,18 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+EXEC_WINDOW_S = 0.1
+
+
+def _alive(pid: int, started: float) -> bool | None:
+    """Whether `pid` is the process started at `started`; None if it is not found."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return None
+
+
 def running(state: StateDir, name: str) -> Running | None:
     path = _pid_file(state, name)
     try:
@@ -65,11 +77,12 @@ def running(state: StateDir, name: str) -> Running | None:
         return None
     pid, started = int(record["pid"]), float(record["started"])
     _reap(pid)
-    try:
-        proc = psutil.Process(pid)
-        alive = proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 1.0
-    except psutil.NoSuchProcess:
-        alive = False
+    alive = _alive(pid, started)
+    if alive is None:
+        # /proc/<pid> is briefly gone while a multi-threaded process (Go's `consul connect
+        # envoy` exec'ing Envoy) execs from a thread other than its first: look again.
+        time.sleep(EXEC_WINDOW_S)
+        alive = _alive(pid, started)
     if not alive:
         path.unlink(missing_ok=True)
         return None

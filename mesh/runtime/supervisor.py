@@ -39,6 +39,10 @@ from mesh.wiring import Wiring, instance_env, worker_env
 
 # The status row of the Kafka cluster as a whole (after its nodes' rows); no process of its own.
 KAFKA_CLUSTER = "kafka-cluster"
+# The same for the Consul servers: who leads, how many are healthy voters.
+CONSUL_CLUSTER = "consul-cluster"
+# `mesh kill/stop/start consul-servers`: every Consul server (the control plane).
+CONSUL_SERVERS = "consul-servers"
 
 
 class MeshError(RuntimeError):
@@ -64,7 +68,7 @@ def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict
 
 def service_spec(topology: Topology, wiring: Wiring, instance: Instance) -> ProcessSpec:
     service = topology.service(instance.service)
-    client = ConsulClient(wiring.placement.consul_http_addr(topology))
+    client = ConsulClient(wiring.placement.consul_http_addr(topology, instance.id))
 
     def ready() -> str | None:
         try:
@@ -144,9 +148,10 @@ class Mesh:
         consul_bin = self.binaries["consul"]["consul"]
         envoy_bin = self.binaries["envoy"]["envoy"]
         p = self.placement
-        server = consul.server_spec(t, p, s, consul_bin)
-        server.after_ready = lambda: consul.apply_config_entries(consul_bin, p.consul_http_addr(t))
-        specs = [server, postgres.server_spec(t, p, s, self.binaries["postgres"])]
+        agent = consul.agent_spec(t, p, s, consul_bin)
+        agent.after_ready = lambda: consul.apply_config_entries(consul_bin, p.consul_http_addr(t))
+        specs = [*consul.server_specs(t, p, s, consul_bin), agent]
+        specs.append(postgres.server_spec(t, p, s, self.binaries["postgres"]))
         # Before every process that sends spans, so none of the first ones is lost.
         specs.append(jaeger.server_spec(t, p, s, self.binaries["jaeger"]))
         specs += kafka.node_specs(t, p, s, self.binaries["kafka"])
@@ -196,11 +201,13 @@ class Mesh:
 
     def resolve(self, name: str) -> list[str]:
         """A process name, or a service or worker name meaning all of its instances (`kafka`:
-        every node)."""
+        every node, `consul-servers`: every Consul server; `consul` is the client agent)."""
         if name in self.names():
             return [name]
         if name == "kafka":
             return [node.name for node in self.topology.kafka.nodes]
+        if name == CONSUL_SERVERS:
+            return [server.name for server in self.topology.consul_servers]
         for workers in self.topology.workers:
             if workers.name == name:
                 return list(workers.instances)
@@ -331,6 +338,8 @@ class Mesh:
             yield spec.name, str(current.pid), ports, reason if reason else "healthy"
             if spec.name == self.topology.kafka.nodes[-1].name:
                 yield self._kafka_cluster_status()
+            if spec.name == self.topology.consul_servers[-1].name:
+                yield CONSUL_CLUSTER, "-", "", consul.cluster_health(self.topology, self.placement)
 
     def _kafka_names(self) -> set[str]:
         return {node.name for node in self.topology.kafka.nodes}

@@ -1,18 +1,19 @@
-"""Killing processes: the gRPC services' health in Consul, the mesh surviving a dead Consul, and
-orders surviving dead payments."""
+"""Killing processes: the gRPC services' health in Consul, the mesh surviving a dead Consul agent
+(its servers: test_consul_servers.py), and orders surviving dead payments."""
 
 from __future__ import annotations
 
-import httpx
+import time
+from collections.abc import Callable
+
 import pytest
 
 from mesh.components.consul import ConsulClient
 from mesh.runtime.supervisor import Mesh
+from tests.chaos.order_load import USERS, OrderLoad, assert_every_order_paid_once
 from tests.integration.test_messaging_flow import WORKERS, assert_charged_once, wait_all
 from tests.integration.test_messaging_flow import workers as workers
-from tests.support import wait_for
-
-ORDER = {"userId": "alice", "items": [{"productId": "book", "quantity": 1}]}
+from tests.support import FreshClient, wait_for
 
 
 def instance_checks(consul: ConsulClient, service: str) -> dict[str, str]:
@@ -44,32 +45,42 @@ def test_a_grpc_service_health_check_passes_and_a_killed_server_turns_critical(
     assert check_status(consul, service) == "passing"
 
 
-def test_orders_keep_flowing_while_consul_is_down_and_everything_reregisters_after(
-    mesh: Mesh, edge: httpx.Client, consul: ConsulClient
+@pytest.mark.usefixtures("workers")
+def test_orders_keep_flowing_while_the_consul_agent_is_down_and_everything_reregisters_after(
+    mesh: Mesh, edge_as_fresh: Callable[[], FreshClient], consul: ConsulClient
 ) -> None:
+    """The host's client agent (`consul`) SIGKILLed for about 10 s under orders at 10/s: the
+    sidecars keep their last xDS, so nothing fails while it is down. Restarted, it restores the
+    registrations from its data dir with every check critical until it has run them again
+    (docs/failure-modes.md): those seconds may fail orders, counted, not bounded."""
+    clients = [edge_as_fresh() for _ in range(USERS)]
     before = {name: run.pid for name, run in mesh.running().items() if name != "consul"}
-    mesh.kill("consul", hold=True)
-    try:
-        statuses = [edge.post("/orders", json=ORDER).json()["status"] for _ in range(5)]
-        assert statuses == ["PAID"] * 5, "sidecars keep their last configuration without Consul"
-    finally:
-        mesh.start("consul", say=lambda _: None)
-
     ids = [i.id for i in mesh.topology.instances()] + [mesh.topology.edge.id]
-    for service_id in ids:
-        for checked in (service_id, f"{service_id}-sidecar-proxy"):
-            wait_for(
-                lambda c=checked: consul.agent_health(c) == "passing",
-                timeout=30,
-                what=f"{checked} to be registered and passing again",
-            )
+    with OrderLoad(clients) as load:
+        load.wait_answered(20, what="orders before the fault")
+        assert mesh.kill("consul", hold=True) == ["consul"]
+        load.wait_answered(load.answered() + 100, what="orders while the agent is down")
+        errors_while_down = load.errors_so_far()
+        restarted_at = time.monotonic()
+        mesh.start("consul", say=lambda _: None)
+        for service_id in ids:
+            for checked in (service_id, f"{service_id}-sidecar-proxy"):
+                wait_for(
+                    lambda c=checked: consul.agent_health(c) == "passing",
+                    timeout=30,
+                    what=f"{checked} to be registered and passing again",
+                )
+        passing_after = time.monotonic() - restarted_at
+        load.wait_answered(load.answered() + 100, what="orders after the agent returned")
+    answers = load.stop()
+    print(
+        f"consul agent killed: {errors_while_down} errors while it was down; every check "
+        f"passing {passing_after:.1f}s after its restart; in all {answers.summary()}"
+    )
+    assert errors_while_down == 0, answers.summary()
     after = {name: run.pid for name, run in mesh.running().items() if name != "consul"}
     assert after == before, "nothing was restarted to recover"
-    wait_for(
-        lambda: edge.post("/orders", json=ORDER).json()["status"] == "PAID",
-        timeout=30,
-        what="orders to be placed after consul returned",
-    )
+    assert_every_order_paid_once(mesh, answers)
 
 
 def payments_checks_passing(consul: ConsulClient, instances: list[str]) -> bool:

@@ -1,5 +1,6 @@
 """Prometheus scrapes every service and sidecar (found through Consul), the workers, the edge,
-Consul and every Kafka node's JMX exporter, and the metrics move with traffic."""
+Consul's agent and servers and every Kafka node's JMX exporter, and the metrics move with
+traffic."""
 
 from __future__ import annotations
 
@@ -41,11 +42,13 @@ def test_every_target_is_discovered_scraped_and_up(mesh: Mesh) -> None:
     expected |= {("envoy", f"{topology.edge.id}-sidecar"), ("edge", topology.edge.id)}
     expected |= {("kafka", node.name) for node in topology.kafka.nodes}
     expected.add(("consul", "consul"))
+    expected |= {("consul", server.name) for server in topology.consul_servers}
 
     up = wait_for(
         lambda: expected <= up_targets(mesh) and up_targets(mesh),
         timeout=60,
-        what="every service, worker, sidecar, the edge, Consul and each Kafka node to be up",
+        what="every service, worker, sidecar, the edge, Consul's agent and servers and each "
+        "Kafka node to be up",
     )
     assert expected <= up
     # The services and sidecars came from Consul's catalog (file_sd written by consul-sd).
