@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -95,8 +96,11 @@ class OrderLoad:
 
     def _place(self, client: FreshClient) -> None:
         order = {"userId": client.user_id, "items": [{"productId": "book", "quantity": 1}]}
+        # Each order its own key, as a careful client sends: the mesh may then retry it on
+        # another instance (docs/mesh-config.md); this client itself never retries.
+        key = {"Idempotency-Key": f"load-{uuid.uuid4().hex}"}
         try:
-            resp = client.http.post("/orders", json=order, timeout=15.0)
+            resp = client.http.post("/orders", json=order, headers=key, timeout=15.0)
         except httpx.HTTPError as exc:
             with self._lock:
                 self._answers.failures[exc.__class__.__name__] += 1

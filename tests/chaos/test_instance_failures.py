@@ -13,13 +13,8 @@ from websockets.exceptions import ConnectionClosed
 
 from mesh.components.consul import ConsulClient
 from mesh.runtime.supervisor import Mesh
-from tests.chaos.traffic import OrderStream
-from tests.integration.test_messaging_flow import (
-    assert_charged_once,
-    orders_client,
-    place,
-    wait_all,
-)
+from tests.chaos.order_load import USERS, OrderLoad, assert_every_order_paid_once
+from tests.integration.test_messaging_flow import orders_client, place
 from tests.integration.test_messaging_flow import workers as workers
 from tests.integration.test_notification_instances import (
     STATUS_CHANGED,
@@ -28,7 +23,6 @@ from tests.integration.test_notification_instances import (
 )
 from tests.support import wait_for
 
-USERS = 6  # 10 orders/s for about 30 s, within each user's 100 requests a minute
 WARM_UP_ORDERS = 30
 AFTER_RECOVERY_ORDERS = 50
 MAX_ERROR_RATIO = 0.01
@@ -39,10 +33,9 @@ MAX_ERROR_RATIO = 0.01
 def test_orders_keep_flowing_while_one_instance_is_killed_and_comes_back(
     mesh: Mesh, consul: ConsulClient, edge_as_fresh, victim: str
 ) -> None:
-    clients = [edge_as_fresh() for _ in range(USERS)]
     before = mesh.running()[victim].pid
-    with OrderStream(clients) as stream:
-        wait_for(lambda: stream.sent >= WARM_UP_ORDERS, timeout=30, what="orders to flow")
+    with OrderLoad([edge_as_fresh() for _ in range(USERS)]) as load:
+        load.wait_answered(WARM_UP_ORDERS, what="orders to flow")
         killed_at = time.monotonic()
         assert mesh.kill(victim) == [victim]
         wait_for(
@@ -56,18 +49,11 @@ def test_orders_keep_flowing_while_one_instance_is_killed_and_comes_back(
             what=f"{victim} to pass its health check again",
         )
         back_after = time.monotonic() - killed_at
-        sent_when_back = stream.sent
-        wait_for(
-            lambda: stream.sent >= sent_when_back + AFTER_RECOVERY_ORDERS,
-            timeout=60,
-            what="orders to flow after the restart",
-        )
-    outcome = stream.outcome
-    print(f"{victim} killed, back after {back_after:.1f}s: {outcome}")
-    assert outcome.error_ratio <= MAX_ERROR_RATIO, outcome.problems
-    assert all("problem+json" in p for p in outcome.problems), outcome.problems
-    wait_all(mesh, outcome.accepted, "PAID", timeout=60)
-    assert_charged_once(mesh, outcome.accepted)
+        load.wait_answered(load.answered() + AFTER_RECOVERY_ORDERS, what="orders after it")
+        answers = load.stop()
+    print(f"{victim} killed, back after {back_after:.1f}s: {answers.summary()}")
+    assert answers.errors <= MAX_ERROR_RATIO * answers.total, answers.summary()
+    assert_every_order_paid_once(mesh, answers)
 
 
 def test_a_killed_notifications_instances_clients_find_what_they_missed_after_reconnecting(
