@@ -39,7 +39,6 @@ def config(topology: Topology, placement: Placement) -> str:
         "global",
         # One thread: it only copies bytes; the edges behind it do the work.
         "  nbthread 1",
-        "  maxconn 20000",
         "  log stdout format raw daemon notice",
         "",
         "defaults",

@@ -55,7 +55,7 @@ def test_orders_keep_flowing_while_consul_is_down_and_everything_reregisters_aft
     finally:
         mesh.start("consul", say=lambda _: None)
 
-    ids = [i.id for i in mesh.topology.instances()] + [mesh.topology.edge.id]
+    ids = [i.id for i in mesh.topology.instances()] + [e.id for e in mesh.topology.edge.instances]
     for service_id in ids:
         for checked in (service_id, f"{service_id}-sidecar-proxy"):
             wait_for(
