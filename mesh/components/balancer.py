@@ -23,6 +23,8 @@ NAME = BALANCER
 # The backends of the two public ports, by the edge listener they reach.
 BACKENDS = {"http": "edges-http", "https": "edges-https"}
 STATS_PATH = "/stats"
+# Each edge's admin readiness: 200 LIVE, or 503 once its health check failed (draining).
+READY_PATH = "/ready"
 METRICS_PATH = "/metrics"
 # A check each second; two failures mark an edge down, two passes up again.
 CHECK = "inter 1s fall 2 rise 2"
@@ -75,7 +77,9 @@ def config(topology: Topology, placement: Placement) -> str:
             f"backend {backend}",
             # The edge with the fewest connections: WebSockets and HTTP/2 connections are long.
             "  balance leastconn",
-            "  option httpchk GET /ready",
+            # HTTP/1.1: Envoy's admin API refuses HAProxy's default HTTP/1.0 with a 426.
+            "  option httpchk",
+            f"  http-check send meth GET uri {READY_PATH} ver HTTP/1.1 hdr host {NAME}",
             "  http-check expect status 200",
         ]
         for instance in edge.instances:

@@ -86,7 +86,7 @@ def drain_edge(
     answer has nothing to drain."""
     try:
         admin.post("/healthcheck/fail").raise_for_status()
-        admin.post("/drain_listeners", params={"graceful": "", "inboundonly": ""})
+        admin.post("/drain_listeners", params={"graceful": ""})
     except httpx.HTTPError:
         return
     stats = f"http://{placement.host(balancer.NAME)}:{topology.balancer_stats_port}"

@@ -50,7 +50,8 @@ def test_the_balancer_owns_the_public_tcp_ports_and_hands_each_edge_its_own_with
             # The PROXY header to the edge, the health check on its admin /ready without one.
             assert "send-proxy-v2" in server
             assert f"check port {edge.admin_port}" in server
-    assert lines.count("  option httpchk GET /ready") == 2
+    check = "  http-check send meth GET uri /ready ver HTTP/1.1 hdr host balancer"
+    assert lines.count(check) == 2
     assert lines.count("  mode tcp") == 1  # the defaults: TLS ends at the edges
 
 
