@@ -135,10 +135,11 @@ def _healthcheck(test: list[str], *, interval: str = "5s", start: str = "30s") -
 
 def _http_answers(port: int, path: str, expected: str) -> dict[str, Any]:
     """GET `path` on the container's own port, answered with `expected` in it; with bash alone
-    (the envoy and redis images have no curl)."""
+    (the envoy and redis images have no curl). HTTP/1.1: Envoy's admin API answers HTTP/1.0
+    with a 426."""
+    request = f"GET {path} HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n"
     script = (
-        f"exec 3<>/dev/tcp/127.0.0.1/{port} && "
-        f"printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q {expected} <&3"
+        f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{request}' >&3 && grep -q {expected} <&3"
     )
     return _healthcheck(["CMD", "bash", "-c", script])
 
