@@ -10,10 +10,11 @@ takes (topology, placement), so one topology runs in several ways without rewrit
   fixed address where a name will not do.
 
 Components are named as the topology names them: `consul` (this host's Consul agent, a client
-agent), each Consul server (`consul-server-1`), `postgres`, `jaeger`, `prometheus`,
-`redis`, `ratelimit`, `watchdog`, each Kafka node (`kafka-1`), each service instance (`orders-1`)
-and worker (`payments-worker-1`), and the edge by its id (`edge-1`). A Connect sidecar runs where
-its instance runs (it shares its network namespace): it is placed as its instance.
+agent), each Consul server (`consul-server-1`), `postgres`, `jaeger`, `prometheus`, `redis`,
+`ratelimit`, `watchdog`, `balancer`, each Kafka node (`kafka-1`), each service instance
+(`orders-1`) and worker (`payments-worker-1`), and each edge by its id (`edge-1`). A Connect
+sidecar runs where its instance runs (it shares its network namespace): it is placed as its
+instance.
 
 docs/architecture.md ("Placement") says how a placement of several hosts would be added.
 """
@@ -42,6 +43,7 @@ PROMETHEUS = "prometheus"
 REDIS = "redis"
 RATELIMIT = "ratelimit"
 WATCHDOG = "watchdog"
+BALANCER = "balancer"
 
 
 class PlacementError(LookupError):
@@ -139,13 +141,13 @@ class ComposePlacement(Placement):
     """A container per component on one bridge network (compose.yaml).
 
     Processes bind every interface of their container. Those whose address is registered in
-    Consul or handed to Envoy (Consul, the edge, Jaeger, each service instance, the rate-limit
+    Consul or handed to Envoy (Consul, the edges, Jaeger, each service instance, the rate-limit
     service), and the Consul servers (which advertise theirs), have a fixed one, in the
-    topology's order. A component whose compose service is
-    named after it is reached by that name (compose's DNS); the edge's service is `edge`, not
-    its id, so it is reached by its address. Admin APIs are on the container's loopback, for its
-    own health check. Published ports are on `published_on` of the machine running compose.
-    The native watchdog does not run: compose restarts containers by their restart policies.
+    topology's order. A component whose compose service is named after it is reached by that
+    name (compose's DNS); the edges, whose addresses go into Consul and the balancer's config,
+    are reached by their addresses. Admin APIs are on the container's loopback, for its own
+    health check. Published ports are on `published_on` of the machine running compose. The
+    native watchdog does not run: compose restarts containers by their restart policies.
     """
 
     addresses: Mapping[str, str]
@@ -156,13 +158,16 @@ class ComposePlacement(Placement):
     def of(cls, topology: Topology) -> ComposePlacement:
         hosts = iter(COMPOSE_SUBNET.hosts())
         next(hosts)  # the bridge's gateway
+        first_edge, *more_edges = topology.edge.instances
         addresses = {CONSUL: str(next(hosts))}
-        addresses[topology.edge.id] = str(next(hosts))
+        addresses[first_edge.id] = str(next(hosts))
         addresses[JAEGER] = str(next(hosts))
         addresses |= {i.id: str(next(hosts)) for i in topology.instances()}
         addresses[RATELIMIT] = str(next(hosts))
         addresses |= {s.name: str(next(hosts)) for s in topology.consul_servers}
-        names = {CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT}
+        # After the others, so that a second edge moved no address the first one had.
+        addresses |= {edge.id: str(next(hosts)) for edge in more_edges}
+        names = {CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT, BALANCER}
         names |= {s.name for s in topology.consul_servers}
         names |= {n.name for n in topology.kafka.nodes}
         names |= {i.id for i in topology.instances()}

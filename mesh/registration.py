@@ -23,7 +23,7 @@ from typing import Any
 
 from mesh.envoy_tracing import EnvoyTracer
 from mesh.placement import JAEGER, LOOPBACK, Placement
-from mesh.topology import Instance, Sidecar, Topology, Upstream
+from mesh.topology import EdgeInstance, Instance, Sidecar, Topology, Upstream
 
 CHECK_INTERVAL = "1s"
 CHECK_TIMEOUT = "1s"
@@ -70,10 +70,11 @@ def instance_registration(
     }
 
 
-def edge_registration(topology: Topology, placement: Placement) -> dict[str, Any]:
-    """The edge and its sidecar at the edge's address in the placement, the sidecar tracing to
-    the placement's Jaeger; checked on the edge Envoy's admin /ready."""
-    edge = topology.edge
+def edge_registration(
+    topology: Topology, placement: Placement, edge: EdgeInstance
+) -> dict[str, Any]:
+    """An edge instance and its sidecar at the edge's address in the placement, the sidecar
+    tracing to the placement's Jaeger; checked on the edge Envoy's admin /ready."""
     address = placement.address(edge.id)
     return {
         "ID": edge.id,

@@ -78,18 +78,40 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
-class Edge:
+class EdgeInstance:
+    """One edge Envoy: its TCP listeners behind the balancer, its admin API, its sidecar and
+    that sidecar's upstream listeners (each edge has its own, since all share one host)."""
+
     id: str
     http_port: int
     https_port: int
     admin_port: int
     sidecar: Sidecar
     upstreams: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True)
+class Edge:
+    # The public ports: TCP ones are the balancer's; HTTP/3's UDP one every edge binds.
+    http_port: int
+    https_port: int
+    instances: tuple[EdgeInstance, ...]
     routes: tuple[Route, ...]
     per_user_limit: RateLimit
     per_ip_limit: RateLimit
     token_cache: TokenCache
     workers: int
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services the edge routes to: every instance's sidecar has an upstream for each."""
+        return tuple(u.service for u in self.instances[0].upstreams)
+
+    def instance(self, edge_id: str) -> EdgeInstance:
+        for instance in self.instances:
+            if instance.id == edge_id:
+                return instance
+        raise KeyError(edge_id)
 
 
 @dataclass(frozen=True)
@@ -206,6 +228,8 @@ class Topology:
     redis_port: int
     ratelimit_ports: RateLimitServicePorts
     watchdog_port: int
+    # The balancer's (HAProxy's) stats page and Prometheus metrics.
+    balancer_stats_port: int
     # The share of requests without a trace context the edge starts a trace for.
     trace_sample_percent: float = 100.0
     workers: tuple[Workers, ...] = ()
@@ -261,14 +285,18 @@ class Topology:
         for svc in self.services:
             for up in svc.upstreams:
                 ports[f"{svc.name} -> {up.service} upstream"] = up.local_bind_port
-        ports["edge http"] = self.edge.http_port
-        ports["edge https"] = self.edge.https_port
-        ports["edge admin"] = self.edge.admin_port
-        ports["edge-sidecar"] = self.edge.sidecar.port
-        ports["edge-sidecar admin"] = self.edge.sidecar.admin_port
-        ports["edge-sidecar metrics"] = self.edge.sidecar.metrics_port
-        for up in self.edge.upstreams:
-            ports[f"edge -> {up.service} upstream"] = up.local_bind_port
+        ports["edge http (balancer)"] = self.edge.http_port
+        ports["edge https (balancer)"] = self.edge.https_port
+        ports["balancer stats"] = self.balancer_stats_port
+        for edge in self.edge.instances:
+            ports[f"{edge.id} http"] = edge.http_port
+            ports[f"{edge.id} https"] = edge.https_port
+            ports[f"{edge.id} admin"] = edge.admin_port
+            ports[f"{edge.id}-sidecar"] = edge.sidecar.port
+            ports[f"{edge.id}-sidecar admin"] = edge.sidecar.admin_port
+            ports[f"{edge.id}-sidecar metrics"] = edge.sidecar.metrics_port
+            for up in edge.upstreams:
+                ports[f"{edge.id} -> {up.service} upstream"] = up.local_bind_port
         return ports
 
 
@@ -312,12 +340,19 @@ def parse(raw: dict[str, Any]) -> Topology:
     edge_raw = raw["edge"]
     limits = edge_raw["rate_limits"]
     edge = Edge(
-        id=edge_raw["id"],
         http_port=int(edge_raw["http_port"]),
         https_port=int(edge_raw["https_port"]),
-        admin_port=int(edge_raw["admin_port"]),
-        sidecar=_sidecar(edge_raw["sidecar"]),
-        upstreams=tuple(Upstream(name, int(port)) for name, port in edge_raw["upstreams"].items()),
+        instances=tuple(
+            EdgeInstance(
+                id=i["id"],
+                http_port=int(i["http_port"]),
+                https_port=int(i["https_port"]),
+                admin_port=int(i["admin_port"]),
+                sidecar=_sidecar(i["sidecar"]),
+                upstreams=tuple(Upstream(name, int(port)) for name, port in i["upstreams"].items()),
+            )
+            for i in edge_raw["instances"]
+        ),
         routes=tuple(
             Route(
                 prefix=r["prefix"],
@@ -366,6 +401,7 @@ def parse(raw: dict[str, Any]) -> Topology:
         jaeger=jaeger,
         redis_port=int(raw["redis"]["port"]),
         watchdog_port=int(raw["watchdog"]["metrics_port"]),
+        balancer_stats_port=int(raw["balancer"]["stats_port"]),
         trace_sample_percent=float(raw["tracing"]["sample_percent"]),
         ratelimit_ports=RateLimitServicePorts(
             **{k: int(v) for k, v in raw["ratelimit"]["ports"].items()}
@@ -418,7 +454,8 @@ def validate(topology: Topology) -> None:
                 f"edge rate_limits.{name}: per_seconds must be one of "
                 f"{sorted(RATE_LIMIT_UNITS)}, the windows the rate-limit service counts in"
             )
-    edge_upstreams = {u.service for u in topology.edge.upstreams}
+    _validate_edge(topology.edge)
+    edge_upstreams = set(topology.edge.services)
     for route in topology.edge.routes:
         if route.service not in names:
             raise TopologyError(f"edge route {route.prefix} points at unknown {route.service!r}")
@@ -426,6 +463,17 @@ def validate(topology: Topology) -> None:
             raise TopologyError(f"edge route {route.prefix}: {route.service} is no edge upstream")
         if route.auth not in ("jwt", "none"):
             raise TopologyError(f"edge route {route.prefix}: auth must be jwt or none")
+
+
+def _validate_edge(edge: Edge) -> None:
+    if not edge.instances:
+        raise TopologyError("edge needs at least one instance")
+    for instance in edge.instances:
+        if set(u.service for u in instance.upstreams) != set(edge.services):
+            raise TopologyError(
+                f"edge instance {instance.id}: its upstreams must name the same services as "
+                f"{edge.instances[0].id}'s, {sorted(edge.services)}"
+            )
 
 
 def _validate_kafka(kafka: Kafka) -> None:

@@ -113,15 +113,21 @@ class Upstreams:
 
 
 def edge_topology(per_user: RateLimit, token_cache: TokenCache | None = None) -> Topology:
-    """The committed topology with every port the edge config names moved to a free one."""
+    """The committed topology with one edge instance, and every port its config names moved to
+    a free one."""
     base = load()
+    instance = replace(
+        base.edge.instances[0],
+        http_port=free_port(),
+        https_port=free_port(),
+        admin_port=free_port(),
+        upstreams=tuple(Upstream(u.service, free_port()) for u in base.edge.instances[0].upstreams),
+    )
     edge = replace(
         base.edge,
         token_cache=token_cache or base.edge.token_cache,
-        http_port=free_port(),
         https_port=free_port(udp_too=True),
-        admin_port=free_port(),
-        upstreams=tuple(Upstream(u.service, free_port()) for u in base.edge.upstreams),
+        instances=(instance,),
         per_user_limit=per_user,
     )
     jaeger = replace(base.jaeger, ports=replace(base.jaeger.ports, otlp_grpc=free_port()))
@@ -150,11 +156,12 @@ class Edge:
         self, listener: str, sub: str | None, *, token: str | None = None, path: str = PATH
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         """GET `path` on a listener (plain, h2, h3) as `sub` (a fresh token) or with `token`."""
-        host, edge = self.topology.bind_host, self.topology.edge
+        host, (edge,) = self.topology.bind_host, self.topology.edge.instances
         token = token or (self.token(sub) if sub else None)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         if listener == "h3":
-            return h3_get_with_headers(host, edge.https_port, path, headers, self.cafile)
+            public = self.topology.edge.https_port
+            return h3_get_with_headers(host, public, path, headers, self.cafile)
         if listener == "h2":
             verify = ssl.create_default_context(cafile=self.cafile)
             with httpx.Client(http2=True, verify=verify, timeout=5.0) as client:
@@ -188,15 +195,16 @@ def running_edge(
     signer = Signer()
     upstreams = Upstreams(signer.jwks)
     handler = upstreams.handler()
+    (edge,) = topology.edge.instances
     stubs = [ThreadingHTTPServer((topology.bind_host, u.local_bind_port), handler)
-             for u in topology.edge.upstreams]  # fmt: skip
+             for u in edge.upstreams]  # fmt: skip
     for stub in stubs:
         threading.Thread(target=stub.serve_forever, daemon=True).start()
     certs = ensure_edge_certs(state, topology.bind_host)
     protos.ensure_generated()
     files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
     config, log = state.config / "edge-envoy.json", state.logs / "edge.log"
-    config.write_text(json.dumps(envoy_config(topology, NativePlacement.of(topology), files)))
+    config.write_text(json.dumps(envoy_config(topology, NativePlacement.of(topology), files, edge)))
     argv = [str(binaries(ENVOY)["envoy"]), "-c", str(config), "--disable-hot-restart",
             "--base-id", str(free_port()), "--log-level", "warn",
             # One worker: the token cache is per worker, and tests count auth's calls.
@@ -205,7 +213,7 @@ def running_edge(
         with rate_limit_service(topology, state), log.open("w") as out:
             envoy = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
             try:
-                wait_live(f"http://{topology.bind_host}:{topology.edge.admin_port}", envoy, log)
+                wait_live(f"http://{topology.bind_host}:{edge.admin_port}", envoy, log)
                 yield Edge(topology, state, signer, upstreams)
             finally:
                 envoy.terminate()

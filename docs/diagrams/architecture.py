@@ -106,16 +106,18 @@ def service_nodes(t: Topology) -> list[str]:
 
 def mesh_edges(t: Topology) -> list[str]:
     out = []
-    edge = t.edge
-    for up in edge.upstreams:
-        target = t.service(up.service)
-        proto = "gRPC (h2)" if target.protocol == "grpc" else "HTTP"
-        for inst in target.instances:
-            out.append(
-                f"  {q('edge-sidecar')} -> {q(inst.id + '-sidecar')} "
-                + attrs(label=f"{up.service} :{up.local_bind_port}\\nmTLS {proto}", color="blue")
-                + ";"
-            )
+    for edge in t.edge.instances:
+        for up in edge.upstreams:
+            target = t.service(up.service)
+            proto = "gRPC (h2)" if target.protocol == "grpc" else "HTTP"
+            for inst in target.instances:
+                out.append(
+                    f"  {q(edge.id + '-sidecar')} -> {q(inst.id + '-sidecar')} "
+                    + attrs(
+                        label=f"{up.service} :{up.local_bind_port}\\nmTLS {proto}", color="blue"
+                    )
+                    + ";"
+                )
     for service in t.services:
         for caller in service.instances:
             for up in service.upstreams:
@@ -204,6 +206,58 @@ def kafka_edges(t: Topology) -> list[str]:
     return out
 
 
+def edge_nodes(t: Topology) -> list[str]:
+    return [
+        f"    {q(edge.id)} "
+        + attrs(
+            label=f"{edge.id}\\nplain :{edge.http_port}\\nTLS h1/h2 :{edge.https_port}/tcp"
+            f"\\nHTTP/3 :{t.edge.https_port}/udp (shared)\\nadmin :{edge.admin_port}"
+            "\\n─\\njwt_authn → ratelimit (per IP, per user)\\n→ token exchange (cached)"
+            "\\n→ grpc_json_transcoder → router",
+            shape="box",
+            style="filled",
+            fillcolor="honeydew",
+        )
+        + ";"
+        for edge in t.edge.instances
+    ]
+
+
+def edge_sidecar_nodes(t: Topology) -> list[str]:
+    return [
+        f"    {q(edge.id + '-sidecar')} "
+        + attrs(
+            label=f"{edge.id} sidecar :{edge.sidecar.port}\\nadmin :{edge.sidecar.admin_port}"
+            f"\\nmetrics :{edge.sidecar.metrics_port}",
+            shape="box",
+            style="filled",
+            fillcolor="lightblue",
+        )
+        + ";"
+        for edge in t.edge.instances
+    ]
+
+
+def edge_links(t: Topology) -> list[str]:
+    out = []
+    for edge in t.edge.instances:
+        out += [
+            f"  balancer -> {q(edge.id)} "
+            + attrs(label=f"PROXY v2 :{edge.http_port}, :{edge.https_port}", color="darkgreen")
+            + ";",
+            f"  client -> {q(edge.id)} "
+            + attrs(label=f"HTTP/3 :{t.edge.https_port}/udp", color="darkgreen", style="dashed")
+            + ";",
+            f"  {q(edge.id)} -> {q(edge.id + '-sidecar')} "
+            + attrs(
+                label="loopback upstreams\\n"
+                + ", ".join(f"{u.service} :{u.local_bind_port}" for u in edge.upstreams)
+            )
+            + ";",
+        ]
+    return out
+
+
 def render_dot(t: Topology) -> str:
     edge = t.edge
     databases = sorted({s.database for s in t.services if s.database})
@@ -230,17 +284,16 @@ def render_dot(t: Topology) -> str:
         "    graph "
         + attrs(label="edge gateway (Envoy, static config)", style="rounded", color="darkgreen")
         + ";",
-        f"    {q(edge.id)} "
+        "    balancer "
         + attrs(
-            label=f"{edge.id}\\nplain :{edge.http_port}\\nTLS h1/h2 :{edge.https_port}/tcp"
-            f"\\nHTTP/3 :{edge.https_port}/udp\\nadmin :{edge.admin_port}"
-            "\\n─\\nratelimit per IP → jwt_authn\\n→ ratelimit per user\\n→ token exchange (cached)"
-            "\\n→ grpc_json_transcoder → router",
+            label=f"balancer (HAProxy, TCP)\\nplain :{edge.http_port}"
+            f"\\nTLS :{edge.https_port}/tcp\\nstats :{t.balancer_stats_port}",
             shape="box",
             style="filled",
             fillcolor="honeydew",
         )
         + ";",
+        *edge_nodes(t),
         "  }",
         "  subgraph cluster_mesh {",
         "    graph "
@@ -251,15 +304,7 @@ def render_dot(t: Topology) -> str:
             color="blue",
         )
         + ";",
-        f"    {q('edge-sidecar')} "
-        + attrs(
-            label=f"edge sidecar :{edge.sidecar.port}\\nadmin :{edge.sidecar.admin_port}"
-            f"\\nmetrics :{edge.sidecar.metrics_port}",
-            shape="box",
-            style="filled",
-            fillcolor="lightblue",
-        )
-        + ";",
+        *edge_sidecar_nodes(t),
         *service_nodes(t),
         "  }",
         "  workers "
@@ -292,21 +337,14 @@ def render_dot(t: Topology) -> str:
         + ";",
         f"    jaeger {attrs(label=jaeger_label(), shape='box', style='rounded')};",
         "  }",
-        f"  client -> {q(edge.id)} "
+        "  client -> balancer "
         + attrs(
-            label=f"HTTPS h1/h2 :{edge.https_port}\\nHTTP/3 (QUIC) :{edge.https_port}/udp"
+            label=f"HTTPS h1/h2 :{edge.https_port}\\nplain :{edge.http_port}"
             f"\\nWebSocket /notifications/ws",
             color="darkgreen",
         )
         + ";",
-        f"  {q(edge.id)} -> "
-        + q("edge-sidecar")
-        + " "
-        + attrs(
-            label="loopback upstreams\\n"
-            + ", ".join(f"{u.service} :{u.local_bind_port}" for u in edge.upstreams)
-        )
-        + ";",
+        *edge_links(t),
         *mesh_edges(t),
         *kafka_edges(t),
         "  workers -> postgres " + attrs(style="dotted", color="gray50", label="payments db") + ";",
@@ -315,7 +353,7 @@ def render_dot(t: Topology) -> str:
             style="dotted", color="gray50", ltail="cluster_mesh", label="one database per service"
         )
         + ";",
-        f"  consul -> {q('edge-sidecar')} "
+        f"  consul -> {q(edge.instances[0].id + '-sidecar')} "
         + attrs(
             label="xDS: listeners, endpoints,\\nleaf certificates, intentions",
             style="dashed",

@@ -93,7 +93,9 @@ def _service_port(topology: Topology, service: str) -> int:
 
 
 def _edge_upstream(topology: Topology, service: str) -> int:
-    (port,) = [u.local_bind_port for u in topology.edge.upstreams if u.service == service]
+    """The first edge's sidecar's upstream listener for `service`."""
+    upstreams = topology.edge.instances[0].upstreams
+    (port,) = [u.local_bind_port for u in upstreams if u.service == service]
     return port
 
 

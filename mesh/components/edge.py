@@ -1,7 +1,11 @@
 """The edge gateway's Envoy config, generated from the topology (docs/gateway.md explains it).
 
-Listeners: plain HTTP (local use), TLS on TCP (HTTP/1.1 and HTTP/2 by ALPN), QUIC on UDP
-(HTTP/3, same certificate, advertised by Alt-Svc). All share one filter chain:
+One config per edge instance. Listeners: plain HTTP (local use) and TLS on TCP (HTTP/1.1 and
+HTTP/2 by ALPN) on the instance's own ports, behind the balancer, which opens each connection
+with a PROXY protocol v2 header naming the client (read by the proxy_protocol listener filter;
+a connection without one, straight to the instance's port, is taken as it is); QUIC on the
+public UDP port (HTTP/3, same certificate, advertised by Alt-Svc), which every edge binds with
+SO_REUSEPORT. All share one filter chain:
 
   header limits (Lua: a 431 problem over them) → jwt_authn (external token, remote JWKS from
   auth) → ratelimit (the global rate-limit service: per client IP and per user, the token's
@@ -32,13 +36,14 @@ from mesh.components import ratelimit
 from mesh.envoy_tracing import EnvoyTracer
 from mesh.placement import LOOPBACK, RATELIMIT, Placement
 from mesh.runtime.paths import REPO_ROOT
-from mesh.topology import Route, Topology
+from mesh.topology import EdgeInstance, Route, Topology
 
 T = "type.googleapis.com/envoy.extensions."
 HCM = T + "filters.network.http_connection_manager.v3.HttpConnectionManager"
 STDOUT_LOG = T + "access_loggers.stream.v3.StdoutAccessLog"
 TLS_CONTEXT = T + "transport_sockets.tls.v3.DownstreamTlsContext"
 QUIC_TRANSPORT = T + "transport_sockets.quic.v3.QuicDownstreamTransport"
+PROXY_PROTOCOL = T + "filters.listener.proxy_protocol.v3.ProxyProtocol"
 HTTP_OPTIONS = T + "upstreams.http.v3.HttpProtocolOptions"
 JWT_AUTHN = T + "filters.http.jwt_authn.v3"
 RATELIMIT_FILTER = T + "filters.http.ratelimit.v3.RateLimit"
@@ -535,26 +540,38 @@ def _tls(files: EdgeFiles, alpn: list[str]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def envoy_config(topology: Topology, placement: Placement, files: EdgeFiles) -> dict[str, Any]:
-    edge = topology.edge
+# The balancer's PROXY protocol v2 header; connections straight to an instance's own port (the
+# tests that address one edge) come without it and keep their own peer address.
+PROXY_PROTOCOL_FILTER = {
+    "name": "envoy.filters.listener.proxy_protocol",
+    "typed_config": {"@type": PROXY_PROTOCOL, "allow_requests_without_proxy_protocol": True},
+}
+
+
+def envoy_config(
+    topology: Topology, placement: Placement, files: EdgeFiles, edge: EdgeInstance
+) -> dict[str, Any]:
     host = placement.listen(edge.id)
     plain = {
         "name": "http",
         "address": _socket(host, edge.http_port),
+        "listener_filters": [PROXY_PROTOCOL_FILTER],
         "filter_chains": [{"filters": [_hcm(topology, placement, files, "edge_http")]}],
     }
     tls = {
         "name": "https",
         "address": _socket(host, edge.https_port),
+        "listener_filters": [PROXY_PROTOCOL_FILTER],
         "filter_chains": [{
             "filters": [_hcm(topology, placement, files, "edge_https", alt_svc=True)],
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
                 "@type": TLS_CONTEXT, **_tls(files, ["h2", "http/1.1"])}},
         }],
     }  # fmt: skip
+    # The public port itself, shared by every edge (Envoy sets SO_REUSEPORT on it).
     quic = {
         "name": "http3",
-        "address": _socket(host, edge.https_port, "UDP"),
+        "address": _socket(host, topology.edge.https_port, "UDP"),
         "udp_listener_config": {"quic_options": {}},
         "filter_chains": [{
             "filters": [_hcm(topology, placement, files, "edge_http3", http3=True)],
@@ -579,9 +596,16 @@ def envoy_config(topology: Topology, placement: Placement, files: EdgeFiles) -> 
     }
 
 
-def edge_argv(topology: Topology, envoy_bin: Path, config_file: Path) -> list[str]:
-    """The edge's Envoy command line (natively and in compose)."""
-    edge = topology.edge
+# How long a draining edge (`mesh stop edge-1`) keeps its listeners: every response in that
+# time closes its connection (HTTP/1.1 `connection: close`, an HTTP/2 or HTTP/3 GOAWAY), so
+# clients move to the other edge between requests, never in the middle of one.
+DRAIN_TIME_S = 5
+
+
+def edge_argv(
+    topology: Topology, envoy_bin: Path, config_file: Path, edge: EdgeInstance
+) -> list[str]:
+    """An edge instance's Envoy command line (natively and in compose)."""
     return [
         str(envoy_bin),
         "-c",
@@ -594,5 +618,9 @@ def edge_argv(topology: Topology, envoy_bin: Path, config_file: Path) -> list[st
         "--service-cluster",
         "edge",
         "--concurrency",
-        str(edge.workers),
+        str(topology.edge.workers),
+        "--drain-time-s",
+        str(DRAIN_TIME_S),
+        "--drain-strategy",
+        "immediate",
     ]

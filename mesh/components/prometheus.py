@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh.placement import CONSUL, PROMETHEUS, RATELIMIT, WATCHDOG, Placement
+from mesh.placement import BALANCER, CONSUL, PROMETHEUS, RATELIMIT, WATCHDOG, Placement
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import Topology
 
@@ -95,7 +95,6 @@ def config(
             "relabel_configs": CONSUL_SD_RELABELLING,
         }
         envoy["static_configs"] = _sidecars(topology, placement)
-    edge = topology.edge
     jobs = [
         services,
         envoy,
@@ -103,7 +102,14 @@ def config(
             "job_name": "edge",
             "metrics_path": "/stats/prometheus",
             "static_configs": [{"targets": [at(edge.id, edge.admin_port)],
-                                "labels": {"instance": edge.id, "service": "edge"}}],
+                                "labels": {"instance": edge.id, "service": "edge"}}
+                               for edge in topology.edge.instances],
+        },
+        # HAProxy's own exporter: each edge's state, connections and bytes as the balancer sees.
+        {
+            "job_name": "balancer",
+            "static_configs": [{"targets": [at(BALANCER, topology.balancer_stats_port)],
+                                "labels": {"instance": BALANCER, "service": BALANCER}}],
         },
         {
             "job_name": "consul",
@@ -147,7 +153,6 @@ def config(
 def _sidecars(topology: Topology, placement: Placement) -> list[dict[str, Any]]:
     """Each sidecar's Envoy where its registration says it serves /metrics (its instance's
     address: envoy_prometheus_bind_addr, mesh/registration.py)."""
-    edge = topology.edge
     return [
         {"targets": [f"{placement.address(i.id)}:{i.sidecar.metrics_port}"],
          "labels": {"instance": f"{i.id}-sidecar", "service": i.service}}
@@ -155,6 +160,7 @@ def _sidecars(topology: Topology, placement: Placement) -> list[dict[str, Any]]:
     ] + [
         {"targets": [f"{placement.address(edge.id)}:{edge.sidecar.metrics_port}"],
          "labels": {"instance": f"{edge.id}-sidecar", "service": "edge"}}
+        for edge in topology.edge.instances
     ]  # fmt: skip
 
 

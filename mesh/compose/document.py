@@ -9,14 +9,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mesh.components import consul, edge, kafka, postgres, prometheus, ratelimit
+from mesh.components import balancer, consul, edge, kafka, postgres, prometheus, ratelimit
 from mesh.compose.volume import (
     APP_UID,
-    EDGE_CONFIG,
+    BALANCER_CONFIG,
     PGPASS,
     POSTGRES_SUPERUSER_PASSWORD,
     STATE,
     STATE_MOUNT,
+    edge_config,
 )
 from mesh.placement import (
     COMPOSE_DYNAMIC_RANGE,
@@ -28,7 +29,7 @@ from mesh.placement import (
 )
 from mesh.runtime import demo
 from mesh.runtime.paths import REPO_ROOT
-from mesh.topology import ConsulServer, Instance, Sidecar, Topology
+from mesh.topology import ConsulServer, EdgeInstance, Instance, Sidecar, Topology
 from mesh.wiring import Wiring, instance_env, worker_env
 
 # The committed files: compose.yaml, and the configs its Prometheus and Jaeger mount.
@@ -48,6 +49,8 @@ IMAGES = {
     "jaeger": "jaegertracing/jaeger:2.13.0",
     "grafana": "grafana/grafana:11.6.0",
     "redis": "redis:7.0.15",
+    # The official image of the HAProxy the native runtime runs (Debian 12's 2.6.12).
+    "haproxy": "haproxy:2.6.12",
     # envoyproxy/ratelimit publishes no release tags: its images are tagged with the commit's
     # 8-character short sha (`git rev-parse --short=8`, its Makefile's VERSION), here the commit
     # of the pinned module pseudo-version v1.4.1-0.20260122083618-3fb702589d36.
@@ -132,10 +135,11 @@ def _healthcheck(test: list[str], *, interval: str = "5s", start: str = "30s") -
 
 def _http_answers(port: int, path: str, expected: str) -> dict[str, Any]:
     """GET `path` on the container's own port, answered with `expected` in it; with bash alone
-    (the envoy and redis images have no curl)."""
+    (the envoy and redis images have no curl). HTTP/1.1: Envoy's admin API answers HTTP/1.0
+    with a 426."""
+    request = f"GET {path} HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n"
     script = (
-        f"exec 3<>/dev/tcp/127.0.0.1/{port} && "
-        f"printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q {expected} <&3"
+        f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{request}' >&3 && grep -q {expected} <&3"
     )
     return _healthcheck(["CMD", "bash", "-c", script])
 
@@ -429,21 +433,21 @@ def _sidecar(
     }
 
 
-def _edge(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
-    e = topology.edge
-    argv = edge.edge_argv(topology, Path("envoy"), EDGE_CONFIG)
+def _edge(topology: Topology, placement: ComposePlacement, e: EdgeInstance) -> dict[str, Any]:
+    """An edge instance, reached by the balancer on its own ports. HTTP/3's UDP port is
+    published from the first edge only: a host port goes to one container, and SO_REUSEPORT,
+    which spreads it over the edges natively, works within one network namespace."""
+    argv = edge.edge_argv(topology, Path("envoy"), edge_config(e), e)
+    https = topology.edge.https_port
+    quic = [f"{placement.public()}:{https}:{https}/udp"] if e == topology.edge.instances[0] else []
     return {
         "image": IMAGES["envoy"],
         "hostname": e.id,
         "command": argv,
         "environment": {"ENVOY_UID": str(APP_UID), "ENVOY_GID": str(APP_UID)},
         "volumes": [_state_volume()],
-        "ports": [
-            f"{placement.public()}:{e.http_port}:{e.http_port}/tcp",
-            f"{placement.public()}:{e.https_port}:{e.https_port}/tcp",
-            f"{placement.public()}:{e.https_port}:{e.https_port}/udp",
-        ],
-        "networks": _fixed(placement.address(topology.edge.id)),
+        **({"ports": quic} if quic else {}),
+        "networks": _fixed(placement.address(e.id)),
         "depends_on": _after(
             bootstrap="service_completed_successfully",
             jaeger="service_healthy",
@@ -451,6 +455,26 @@ def _edge(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
         ),
         "healthcheck": _envoy_ready(e.admin_port),
         **_long_running("256m"),
+    }
+
+
+def _balancer(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
+    """HAProxy with the native config (written by `bootstrap`), publishing the edge's TCP
+    ports."""
+    e, public = topology.edge, placement.public()
+    stats = topology.balancer_stats_port
+    return {
+        "image": IMAGES["haproxy"],
+        "command": ["haproxy", "-db", "-f", str(BALANCER_CONFIG)],
+        "volumes": [_state_volume()],
+        "ports": [
+            f"{public}:{e.http_port}:{e.http_port}/tcp",
+            f"{public}:{e.https_port}:{e.https_port}/tcp",
+        ],
+        "networks": [NETWORK],
+        "depends_on": _after(**{i.id: "service_healthy" for i in e.instances}),
+        "healthcheck": _http_answers(stats, f"{balancer.METRICS_PATH}", "haproxy_process"),
+        **_long_running("64m"),
     }
 
 
@@ -573,10 +597,10 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
             services[instance_id] = _worker(topology, placement, workers.name, instance_id)
     services["redis"] = _redis(topology)
     services["ratelimit"] = _ratelimit(topology, placement)
-    services["edge"] = _edge(topology, placement)
-    services[f"{topology.edge.id}-sidecar"] = _sidecar(
-        topology, placement, "edge", topology.edge.id, topology.edge.sidecar
-    )
+    for e in topology.edge.instances:
+        services[e.id] = _edge(topology, placement, e)
+        services[f"{e.id}-sidecar"] = _sidecar(topology, placement, e.id, e.id, e.sidecar)
+    services["balancer"] = _balancer(topology, placement)
     services["jaeger"] = _jaeger(topology, placement)
     services["prometheus"] = _prometheus(topology, placement)
     services["grafana"] = _grafana(topology, placement)

@@ -9,10 +9,10 @@ import os
 import shutil
 
 from mesh import registration
-from mesh.components import consul, edge, kafka, postgres, ratelimit
+from mesh.components import balancer, consul, edge, kafka, postgres, ratelimit
 from mesh.compose.volume import (
     APP_UID,
-    EDGE_CONFIG,
+    BALANCER_CONFIG,
     EDGE_DESCRIPTORS,
     PGPASS,
     POSTGRES_SUPERUSER_PASSWORD,
@@ -20,6 +20,7 @@ from mesh.compose.volume import (
     REDIS_DIR,
     REDIS_UID,
     STATE,
+    edge_config,
 )
 from mesh.placement import (
     POSTGRES,
@@ -60,21 +61,25 @@ def init(topology: Topology) -> None:
 
 
 def bootstrap(topology: Topology) -> None:
-    """Once Postgres and Consul are up: the databases and roles, the edge's config and its
-    Consul registration (the edge is no Python service, so nothing else registers it)."""
+    """Once Postgres and Consul are up: the databases and roles, each edge's config and its
+    Consul registration (the edge is no Python service, so nothing else registers it), and the
+    balancer's config."""
     passwords = postgres.passwords(STATE, topology)
     placement = ComposePlacement.of(topology)
     asyncio.run(postgres.ensure_databases(topology, placement, passwords))
     shutil.copyfile(protos.DESCRIPTOR_SET, EDGE_DESCRIPTORS)
     certs = tls.edge_certs(STATE)
     files = edge.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)
-    config = edge.envoy_config(topology, placement, files)
-    EDGE_CONFIG.write_text(json.dumps(config, indent=2))
     client = consul.ConsulClient(placement.consul_http_addr(topology))
     try:
-        client.register(registration.edge_registration(topology, placement))
+        for instance in topology.edge.instances:
+            config = edge.envoy_config(topology, placement, files, instance)
+            edge_config(instance).write_text(json.dumps(config, indent=2))
+            client.register(registration.edge_registration(topology, placement, instance))
     finally:
         client.close()
+    BALANCER_CONFIG.write_text(balancer.config(topology, placement))
+    BALANCER_CONFIG.chmod(0o644)  # read by the HAProxy image's own user
 
 
 def worker_ready(group: str) -> int:

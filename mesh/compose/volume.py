@@ -6,13 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from mesh.runtime.paths import StateDir
+from mesh.topology import EdgeInstance
 
 STATE_MOUNT = "/run/shopmesh"
 STATE = StateDir(Path(STATE_MOUNT))
 PGPASS = STATE.secrets / "pgpass"
 POSTGRES_SUPERUSER_PASSWORD = STATE.secrets / "postgres-superuser"
-EDGE_CONFIG = STATE.config / "edge-envoy.json"
+BALANCER_CONFIG = STATE.config / "haproxy.cfg"
 EDGE_DESCRIPTORS = STATE.config / "protos.pb"
+
+
+def edge_config(edge: EdgeInstance) -> Path:
+    return STATE.config / f"{edge.id}-envoy.json"
+
 
 # The uid the service image runs as (docker/service.Dockerfile); the Envoys run as it too
 # (ENVOY_UID), so the files they read are its own; the rate-limit service runs as it too.

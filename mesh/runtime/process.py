@@ -39,6 +39,8 @@ class ProcessSpec:
     before_start: Callable[[], None] | None = None
     # What it returns is ignored.
     after_ready: Callable[[], object] | None = None
+    # Before a stop on purpose (`mesh stop`), not before a crash or `mesh down`: e.g. draining.
+    before_stop: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -462,11 +462,13 @@ def _ensure_apt_package_locked(package: str, probe: Path) -> None:
     )
 
 
-def _apt_component(package: str, binary: Path, version_marker: str) -> None:
+def _apt_component(
+    package: str, binary: Path, version_marker: str, version_flag: str = "--version"
+) -> None:
     """Install a Debian package if needed, then check `binary --version` shows the pin."""
     _ensure_apt_package(package, binary)
     out = run(
-        [str(binary), "--version"],
+        [str(binary), version_flag],
         what=f"check {binary.name} version",
         fix=f"Reinstall the {package} package.",
     ).stdout
@@ -618,6 +620,23 @@ REDIS = Component(
     locate=lambda c, home: {"redis-server": REDIS_BIN / "redis-server"},
 )
 
+# --- HAProxy: the Debian package; the L4 balancer in front of the edges ----------------------
+
+HAPROXY_BIN = Path("/usr/sbin/haproxy")
+
+
+def _install_haproxy(component: Component, home: Path) -> None:
+    # HAProxy's --version prints its usage and fails; -v is its version flag.
+    _apt_component("haproxy", HAPROXY_BIN, f"HAProxy version {component.version}-", "-v")
+
+
+HAPROXY = Component(
+    name="haproxy",
+    version="2.6.12",
+    install_into=_install_haproxy,
+    locate=lambda c, home: {"haproxy": HAPROXY_BIN},
+)
+
 # --- Load tools for the benchmarks (bench/, `mesh bench`): vegeta, ghz, h3load, wrk --------
 # vegeta and ghz from the Go module proxy through wrapper modules; h3load is the project's own
 # program (mesh/provision/h3load/main.go): vegeta as a library over quic-go's HTTP/3 transport,
@@ -672,6 +691,7 @@ COMPONENTS: tuple[Component, ...] = (
     JAEGER,
     RATELIMIT,
     REDIS,
+    HAPROXY,
     COMPOSE_SCHEMA,
     VEGETA,
     GHZ,

@@ -19,6 +19,7 @@ from mesh.components.consul import ConsulClient
 from mesh.components.postgres import passwords
 from mesh.placement import WATCHDOG, NativePlacement, Placement
 from mesh.runtime import (
+    balancer,
     consul,
     demo,
     edge,
@@ -34,7 +35,7 @@ from mesh.runtime import (
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import install_all
-from mesh.topology import Instance, Topology, Workers
+from mesh.topology import EdgeInstance, Instance, Topology, Workers
 from mesh.wiring import Wiring, instance_env, worker_env
 
 # The status row of the Kafka cluster as a whole (after its nodes' rows); no process of its own.
@@ -173,22 +174,30 @@ class Mesh:
         # The edge's rate-limit service, and the store of its counters, before the edge.
         specs.append(ratelimit.redis_spec(t, p, s, self.binaries["redis"]))
         specs.append(ratelimit.service_spec(t, p, s, self.binaries["ratelimit"]))
-        specs.append(edge.edge_spec(t, p, s, envoy_bin))
-        edge_sidecar = consul.sidecar_spec(
-            t,
-            p,
-            service_id=t.edge.id,
-            sidecar=t.edge.sidecar,
-            consul_bin=consul_bin,
-            envoy_bin=envoy_bin,
-        )
-        edge_sidecar.ready = _all_of(edge_sidecar.ready, self._edge_upstreams_healthy)
-        specs.append(edge_sidecar)
+        for edge_instance in t.edge.instances:
+            specs.append(edge.edge_spec(t, p, s, envoy_bin, edge_instance))
+            specs.append(self._edge_sidecar_spec(edge_instance, consul_bin, envoy_bin))
+        # Once the edges can take requests: it checks them from its first second.
+        specs.append(balancer.balancer_spec(t, p, s, self.binaries["haproxy"]["haproxy"]))
         specs.append(prometheus.discovery_spec(t, p, s))
         specs.append(prometheus.server_spec(t, p, s, self.binaries["prometheus"]))
         # Last: it restarts what died, so it starts once everything is up and stops first.
         specs.append(watchdog_spec(t, p, s))
         return specs
+
+    def _edge_sidecar_spec(
+        self, edge: EdgeInstance, consul_bin: Path, envoy_bin: Path
+    ) -> ProcessSpec:
+        spec = consul.sidecar_spec(
+            self.topology,
+            self.placement,
+            service_id=edge.id,
+            sidecar=edge.sidecar,
+            consul_bin=consul_bin,
+            envoy_bin=envoy_bin,
+        )
+        spec.ready = _all_of(spec.ready, lambda: self._edge_upstreams_healthy(edge))
+        return spec
 
     def spec(self, name: str) -> ProcessSpec:
         for spec in self.specs():
@@ -208,6 +217,8 @@ class Mesh:
             return [node.name for node in self.topology.kafka.nodes]
         if name == CONSUL_SERVERS:
             return [server.name for server in self.topology.consul_servers]
+        if name == "edge":
+            return [instance.id for instance in self.topology.edge.instances]
         for workers in self.topology.workers:
             if workers.name == name:
                 return list(workers.instances)
@@ -218,15 +229,14 @@ class Mesh:
                 f"unknown component {name!r}; known: {', '.join(self.names())}"
             ) from None
 
-    def _edge_upstreams_healthy(self) -> str | None:
-        """The edge sidecar sees a healthy endpoint for every service the edge routes to."""
-        edge_id, sidecar = self.topology.edge.id, self.topology.edge.sidecar
-        admin = f"http://{self.placement.admin(edge_id)}:{sidecar.admin_port}"
+    def _edge_upstreams_healthy(self, edge: EdgeInstance) -> str | None:
+        """The edge's sidecar sees a healthy endpoint for every service the edge routes to."""
+        admin = f"http://{self.placement.admin(edge.id)}:{edge.sidecar.admin_port}"
         try:
             text = httpx.get(f"{admin}/clusters", timeout=1.0).text
         except httpx.HTTPError as exc:
             return f"edge sidecar admin not answering ({exc.__class__.__name__})"
-        for up in self.topology.edge.upstreams:
+        for up in edge.upstreams:
             prefix = f"{up.service}.default.{self.topology.datacenter}.internal."
             healthy = [
                 line
@@ -290,11 +300,15 @@ class Mesh:
         return [n for n in names if process.kill(self.state, n)]
 
     def stop(self, name: str) -> list[str]:
-        """Stop gracefully and keep it down (the watchdog leaves it alone) until `start`."""
+        """Stop gracefully (draining first what drains) and keep it down (the watchdog leaves it
+        alone) until `start`."""
         stopped = []
         for proc_name in self.resolve(name):
             watchdog.hold(self.state, proc_name)
-            if process.stop(self.state, proc_name, timeout=self.spec(proc_name).stop_timeout):
+            spec = self.spec(proc_name)
+            if spec.before_stop and process.running(self.state, proc_name):
+                spec.before_stop()
+            if process.stop(self.state, proc_name, timeout=spec.stop_timeout):
                 stopped.append(proc_name)
         return stopped
 
@@ -314,13 +328,16 @@ class Mesh:
                 continue
             if process.stop(self.state, spec.name, timeout=spec.stop_timeout):
                 say(f"  stopped {spec.name}")
-            if spec.name == "edge":
-                self._deregister_edge()
+            if spec.name in self._edge_names():
+                self._deregister_edge(spec.name)
 
-    def _deregister_edge(self) -> None:
+    def _edge_names(self) -> set[str]:
+        return {instance.id for instance in self.topology.edge.instances}
+
+    def _deregister_edge(self, edge_id: str) -> None:
         client = ConsulClient(self.placement.consul_http_addr(self.topology), timeout=1.0)
         try:
-            client.deregister(self.topology.edge.id)
+            client.deregister(edge_id)
         except httpx.HTTPError:
             pass  # Consul is down or the edge was never registered: nothing to undo.
         finally:

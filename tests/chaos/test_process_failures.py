@@ -55,7 +55,7 @@ def test_orders_keep_flowing_while_the_consul_agent_is_down_and_everything_rereg
     (docs/failure-modes.md): those seconds may fail orders, counted, not bounded."""
     clients = [edge_as_fresh() for _ in range(USERS)]
     before = {name: run.pid for name, run in mesh.running().items() if name != "consul"}
-    ids = [i.id for i in mesh.topology.instances()] + [mesh.topology.edge.id]
+    ids = [i.id for i in mesh.topology.instances()] + [e.id for e in mesh.topology.edge.instances]
     with OrderLoad(clients) as load:
         load.wait_answered(20, what="orders before the fault")
         assert mesh.kill("consul", hold=True) == ["consul"]

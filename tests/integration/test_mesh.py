@@ -40,7 +40,7 @@ def test_edge_sidecar_has_a_healthy_mtls_endpoint_for_orders(
     topology: Topology, edge: httpx.Client
 ) -> None:
     place_order(edge)
-    with envoy_admin(topology, topology.edge.sidecar.admin_port) as admin:
+    with envoy_admin(topology, topology.edge.instances[0].sidecar.admin_port) as admin:
         clusters = admin.get("/clusters", params={"format": "json"}).json()["cluster_statuses"]
         stats = admin.get("/stats", params={"filter": "ssl.handshake$"}).text
     orders = [c for c in clusters if c["name"].startswith("orders.default.")]

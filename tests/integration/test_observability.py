@@ -39,7 +39,9 @@ def test_every_target_is_discovered_scraped_and_up(mesh: Mesh) -> None:
     expected = {("services", i.id) for i in topology.instances()}
     expected |= {("services", name) for w in topology.workers for name in w.instances}
     expected |= {("envoy", f"{i.id}-sidecar") for i in topology.instances()}
-    expected |= {("envoy", f"{topology.edge.id}-sidecar"), ("edge", topology.edge.id)}
+    for edge in topology.edge.instances:
+        expected |= {("envoy", f"{edge.id}-sidecar"), ("edge", edge.id)}
+    expected.add(("balancer", "balancer"))
     expected |= {("kafka", node.name) for node in topology.kafka.nodes}
     expected.add(("consul", "consul"))
     expected |= {("consul", server.name) for server in topology.consul_servers}
@@ -47,8 +49,8 @@ def test_every_target_is_discovered_scraped_and_up(mesh: Mesh) -> None:
     up = wait_for(
         lambda: expected <= up_targets(mesh) and up_targets(mesh),
         timeout=60,
-        what="every service, worker, sidecar, the edge, Consul's agent and servers and each "
-        "Kafka node to be up",
+        what="every service, worker, sidecar, edge, the balancer, Consul's agent and servers and "
+        "each Kafka node to be up",
     )
     assert expected <= up
     # The services and sidecars came from Consul's catalog (file_sd written by consul-sd).

@@ -51,11 +51,12 @@ def test_no_log_holds_a_token_given_in_a_header_or_in_the_websocket_url(
     assert answer.status_code == 200
 
     def logged_paths() -> str:
-        return (mesh.state.logs / "edge.log").read_text(errors="replace")
+        logs = [mesh.state.logs / f"{e.id}.log" for e in topology.edge.instances]
+        return "".join(log.read_text(errors="replace") for log in logs)
 
-    # The edge writes each request's access-log line when it ends: the two requests are there.
+    # An edge writes each request's access-log line when it ends: the two requests are there.
     wait_for(lambda: logged_paths().count("/notifications/ws") >= 1, timeout=30,
-             what="the WebSocket request in the edge's access log")  # fmt: skip
+             what="the WebSocket request in an edge's access log")  # fmt: skip
     holding = [
         path.name
         for path in mesh.state.logs.iterdir()
@@ -76,7 +77,9 @@ def test_the_state_dir_its_logs_and_its_secrets_are_the_owners_only(mesh: Mesh) 
         for path in folder.iterdir():
             assert mode(path) & 0o077 == 0, f"{path} is {oct(mode(path))}"
     # And really: another account of this machine cannot read them.
-    for target in (state.logs / "edge.log", next(state.secrets.iterdir())):
+    edge_log = state.logs / f"{mesh.topology.edge.instances[0].id}.log"
+    assert edge_log.exists()
+    for target in (edge_log, next(state.secrets.iterdir())):
         refused = subprocess.run(
             ["runuser", "-u", OTHER_USER, "--", "cat", str(target)], capture_output=True
         )

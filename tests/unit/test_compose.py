@@ -148,11 +148,20 @@ def test_kafka_nodes_form_the_topology_quorum(topology: Topology, doc: dict[str,
 
 def test_every_topology_port_is_in_the_compose_files(topology: Topology) -> None:
     text = "".join(files.generated(topology).values())
-    # The edge sidecar's own ports are in its Consul registration, made at start by `bootstrap`
-    # from the same topology (mesh/runtime/edge.py).
+    # The edge sidecars' own ports are in their Consul registrations, made at start by
+    # `bootstrap` from the same topology (mesh/runtime/edge.py).
     registered = {
-        "edge-sidecar",
-        *(f"edge -> {u.service} upstream" for u in topology.edge.upstreams),
+        owner
+        for e in topology.edge.instances
+        for owner in (
+            f"{e.id}-sidecar",
+            *(f"{e.id} -> {u.service} upstream" for u in e.upstreams),
+        )
+    }
+    # The edges' own listeners are in their Envoy configs and the balancer's, which `bootstrap`
+    # writes from the same topology; only the balancer's ports are published.
+    registered |= {
+        f"{e.id} {listener}" for e in topology.edge.instances for listener in ("http", "https")
     }
     # Compose restarts containers with its restart policies; the watchdog is native only.
     registered.add("watchdog metrics")
@@ -164,15 +173,17 @@ def test_every_topology_port_is_in_the_compose_files(topology: Topology) -> None
     assert missing == {}
 
 
-def test_the_edge_publishes_its_ports_on_loopback_tcp_and_udp(
+def test_the_balancer_publishes_the_edge_tcp_ports_and_the_first_edge_the_udp_one_on_loopback(
     topology: Topology, doc: dict[str, Any]
 ) -> None:
     e, host = topology.edge, topology.bind_host
-    assert set(doc["services"]["edge"]["ports"]) == {
+    assert set(doc["services"]["balancer"]["ports"]) == {
         f"{host}:{e.http_port}:{e.http_port}/tcp",
         f"{host}:{e.https_port}:{e.https_port}/tcp",
-        f"{host}:{e.https_port}:{e.https_port}/udp",
     }
+    first, *others = e.instances
+    assert doc["services"][first.id]["ports"] == [f"{host}:{e.https_port}:{e.https_port}/udp"]
+    assert others and all("ports" not in doc["services"][other.id] for other in others)
     published = [p for svc in doc["services"].values() for p in svc.get("ports", [])]
     assert all(p.startswith(f"{host}:") for p in published)
 
@@ -229,7 +240,8 @@ def test_long_running_containers_have_limits_restarts_and_healthchecks(
     doc: dict[str, Any],
 ) -> None:
     long_running = doc["services"].keys() - one_shots(doc)
-    assert {"consul", "postgres", "edge", "prometheus", "grafana"} <= long_running
+    edges = {e.id for e in load().edge.instances}
+    assert {"consul", "postgres", "balancer", "prometheus", "grafana", *edges} <= long_running
     for name in long_running:
         svc = doc["services"][name]
         assert svc["restart"] == "unless-stopped", name
@@ -252,7 +264,7 @@ def test_prometheus_finds_the_services_through_consul(topology: Topology) -> Non
     sd = jobs["services"]["consul_sd_configs"]
     assert sd == [{"server": f"consul:{topology.consul_ports.http}", "refresh_interval": "5s"}]
     targets = [t for group in jobs["envoy"]["static_configs"] for t in group["targets"]]
-    assert len(targets) == len(topology.instances()) + 1
+    assert len(targets) == len(topology.instances()) + len(topology.edge.instances)
 
 
 def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
@@ -275,7 +287,7 @@ def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
     del native_labels[WATCHDOG]
     native_labels["envoy"] = [  # natively from consul_sd.py's file
         *({"instance": f"{i.id}-sidecar", "service": i.service} for i in topology.instances()),
-        {"instance": f"{topology.edge.id}-sidecar", "service": "edge"},
+        *({"instance": f"{e.id}-sidecar", "service": "edge"} for e in topology.edge.instances),
     ]
     compose_config = document.prometheus_config(topology, ComposePlacement.of(topology))
     assert labels(compose_config) == native_labels
@@ -293,16 +305,28 @@ def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_the_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
-    topology: Topology, tmp_path: Path
+@pytest.mark.parametrize("index", [0, 1])
+def test_each_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
+    topology: Topology, tmp_path: Path, index: int
 ) -> None:
     protos.ensure_generated()
+    edge = topology.edge.instances[index]
     edge_files = EdgeFiles(tmp_path / "edge.pem", tmp_path / "edge-key.pem", protos.DESCRIPTOR_SET)
-    config = envoy_config(topology, ComposePlacement.of(topology), edge_files)
+    config = envoy_config(topology, ComposePlacement.of(topology), edge_files, edge)
     listeners = config["static_resources"]["listeners"]
     assert {lis["address"]["socket_address"]["address"] for lis in listeners} == {"0.0.0.0"}
-    ports = {lis["address"]["socket_address"]["port_value"] for lis in listeners}
-    assert ports == {topology.edge.http_port, topology.edge.https_port}
+    ports = {
+        (
+            lis["address"]["socket_address"]["protocol"],
+            lis["address"]["socket_address"]["port_value"],
+        )
+        for lis in listeners
+    }
+    assert ports == {
+        ("TCP", edge.http_port),
+        ("TCP", edge.https_port),
+        ("UDP", topology.edge.https_port),
+    }
     endpoints = {
         c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         for c in config["static_resources"]["clusters"]
@@ -315,7 +339,7 @@ def test_the_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
     assert service["port_value"] == topology.ratelimit_ports.grpc
     assert {(a["socket_address"]["address"], a["socket_address"]["port_value"])
             for a in endpoints.values()} == {
-        ("127.0.0.1", u.local_bind_port) for u in topology.edge.upstreams
+        ("127.0.0.1", u.local_bind_port) for u in edge.upstreams
     }  # fmt: skip
 
 
@@ -338,23 +362,30 @@ def test_the_rate_limit_service_has_the_native_settings_but_for_hosts_and_passwo
     assert container["networks"]["mesh"]["ipv4_address"] == ComposePlacement.of(topology).address(
         RATELIMIT
     )
-    assert doc["services"]["edge"]["depends_on"]["ratelimit"] == {"condition": "service_healthy"}
+    for e in topology.edge.instances:
+        assert doc["services"][e.id]["depends_on"]["ratelimit"] == {"condition": "service_healthy"}
     redis = doc["services"]["redis"]
     assert redis["command"] == ["redis-server", str(ratelimit.redis_config_file(volume.STATE))]
     assert "ports" not in redis and "ports" not in container  # reached on the network only
 
 
-def test_the_edge_is_registered_at_its_container_address(topology: Topology) -> None:
+def test_each_edge_is_registered_at_its_container_address(topology: Topology) -> None:
     placement = ComposePlacement.of(topology)
-    address = placement.address(topology.edge.id)
-    registration = edge_registration(topology, placement)
-    sidecar = registration["Connect"]["SidecarService"]
-    assert registration["Address"] == sidecar["Address"] == address
-    assert registration["Check"]["HTTP"] == f"http://{address}:{topology.edge.admin_port}/ready"
-    assert sidecar["Port"] == topology.edge.sidecar.port
-    assert [(u["DestinationName"], u["LocalBindPort"]) for u in sidecar["Proxy"]["Upstreams"]] == [
-        (u.service, u.local_bind_port) for u in topology.edge.upstreams
-    ]
+    addresses = set()
+    for edge in topology.edge.instances:
+        address = placement.address(edge.id)
+        addresses.add(address)
+        registration = edge_registration(topology, placement, edge)
+        sidecar = registration["Connect"]["SidecarService"]
+        assert registration["ID"] == edge.id
+        assert registration["Address"] == sidecar["Address"] == address
+        assert registration["Check"]["HTTP"] == f"http://{address}:{edge.admin_port}/ready"
+        assert sidecar["Port"] == edge.sidecar.port
+        upstreams = sidecar["Proxy"]["Upstreams"]
+        assert [(u["DestinationName"], u["LocalBindPort"]) for u in upstreams] == [
+            (u.service, u.local_bind_port) for u in edge.upstreams
+        ]
+    assert len(addresses) == len(topology.edge.instances)
 
 
 def test_the_kafka_image_gets_the_jmx_agent_the_native_nodes_run() -> None:

@@ -160,7 +160,8 @@ def test_every_named_topic_and_instance_exists(doc: Path) -> None:
     `kafka-3`, `payments-worker-1`) are the ones mesh/kafka/topics.yaml and the topology have."""
     t = load()
     topics = {spec.name for spec in load_topics()}
-    processes = {i.id for i in t.instances()} | {t.edge.id} | {n.name for n in t.kafka.nodes}
+    processes = {i.id for i in t.instances()} | {e.id for e in t.edge.instances}
+    processes |= {n.name for n in t.kafka.nodes}
     processes |= {name for workers in t.workers for name in workers.instances}
     prefixes = {s.name for s in t.services} | {w.name for w in t.workers} | {"edge", "kafka"}
     alternatives = "|".join(sorted(prefixes, key=len, reverse=True))

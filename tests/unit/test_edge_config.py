@@ -11,10 +11,12 @@ from mesh.topology import load
 
 NATIVE = NativePlacement.of(load())
 FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.DESCRIPTOR_SET)
+# The second edge: what holds for it holds for the first (the same generator, other ports).
+EDGE = load().edge.instances[1]
 
 
 def listeners() -> dict[str, dict]:
-    config = envoy_config(load(), NATIVE, FILES)
+    config = envoy_config(load(), NATIVE, FILES, EDGE)
     return {listener["name"]: listener for listener in config["static_resources"]["listeners"]}
 
 
@@ -25,8 +27,9 @@ def hcm(listener: dict) -> dict:
 def test_plain_tls_and_quic_listeners_come_from_the_topology() -> None:
     topology = load()
     found = listeners()
-    assert found["http"]["address"]["socket_address"]["port_value"] == topology.edge.http_port
-    assert found["https"]["address"]["socket_address"]["port_value"] == topology.edge.https_port
+    assert found["http"]["address"]["socket_address"]["port_value"] == EDGE.http_port
+    assert found["https"]["address"]["socket_address"]["port_value"] == EDGE.https_port
+    # QUIC on the public port itself, which every edge binds (SO_REUSEPORT).
     quic = found["http3"]["address"]["socket_address"]
     assert (quic["port_value"], quic["protocol"]) == (topology.edge.https_port, "UDP")
     tls = found["https"]["filter_chains"][0]["transport_socket"]["typed_config"]
@@ -43,10 +46,10 @@ def test_the_tls_listener_advertises_http3() -> None:
 
 def test_every_route_goes_to_its_sidecar_upstream_with_the_right_auth() -> None:
     topology = load()
-    config = envoy_config(topology, NATIVE, FILES)
+    config = envoy_config(topology, NATIVE, FILES, EDGE)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     routes = hcm(listeners()["http"])["route_config"]["virtual_hosts"][0]["routes"]
-    ports = {u.service: u.local_bind_port for u in topology.edge.upstreams}
+    ports = {u.service: u.local_bind_port for u in EDGE.upstreams}
     for route in topology.edge.routes:
         match = next(r for r in routes if r["match"].get("path_separated_prefix") == route.prefix)
         cluster = clusters[match["route"]["cluster"]]
@@ -106,7 +109,7 @@ def test_access_logs_and_problems_leave_the_query_string_out() -> None:
 
 def test_every_listener_asks_the_one_rate_limit_service_and_counts_nothing_itself() -> None:
     topology = load()
-    config = envoy_config(topology, NATIVE, FILES)
+    config = envoy_config(topology, NATIVE, FILES, EDGE)
     assert "local_ratelimit" not in json.dumps(config)
     for name, listener in listeners().items():
         limit = http_filter(listener, "ratelimit")
@@ -175,7 +178,7 @@ def test_edge_local_replies_are_problem_json_except_auths_own_denials() -> None:
 
 def test_every_edge_listener_samples_the_topologys_share_of_requests_to_jaeger_as_edge() -> None:
     topology = load()
-    config = envoy_config(topology, NATIVE, FILES)
+    config = envoy_config(topology, NATIVE, FILES, EDGE)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     exported_to = set()
     for name, listener in listeners().items():

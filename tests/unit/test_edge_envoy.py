@@ -31,7 +31,8 @@ def edge_config_file(tmp_path: Path) -> Path:
     certs = ensure_edge_certs(StateDir(tmp_path), placement.public())
     files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
     path = tmp_path / "edge-envoy.json"
-    path.write_text(json.dumps(envoy_config(topology, placement, files)))
+    edge = topology.edge.instances[0]
+    path.write_text(json.dumps(envoy_config(topology, placement, files, edge)))
     return path
 
 

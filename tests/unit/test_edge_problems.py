@@ -18,9 +18,9 @@ FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.D
 def http_filters() -> list[dict]:
     (https,) = [
         listener
-        for listener in envoy_config(load(), NativePlacement.of(load()), FILES)["static_resources"][
-            "listeners"
-        ]
+        for listener in envoy_config(
+            load(), NativePlacement.of(load()), FILES, load().edge.instances[0]
+        )["static_resources"]["listeners"]
         if listener["name"] == "https"
     ]
     return https["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]

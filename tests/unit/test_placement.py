@@ -14,6 +14,7 @@ from mesh.components.edge import EdgeFiles
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import (
     ANY,
+    BALANCER,
     COMPOSE_DYNAMIC_RANGE,
     COMPOSE_SUBNET,
     CONSUL,
@@ -42,7 +43,8 @@ def topology() -> Topology:
 
 def components(topology: Topology) -> list[str]:
     """Every component name a generator may ask a placement about."""
-    names = [CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT, WATCHDOG, topology.edge.id]
+    names = [CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT, WATCHDOG, BALANCER]
+    names += [e.id for e in topology.edge.instances]
     names += [n.name for n in topology.kafka.nodes]
     names += [i.id for i in topology.instances()]
     names += [name for workers in topology.workers for name in workers.instances]
@@ -77,7 +79,7 @@ def test_the_native_placement_reaches_consul_kafka_and_jaeger_on_the_bind_host(
 
 def test_compose_reaches_components_by_their_container_names(topology: Topology) -> None:
     compose = ComposePlacement.of(topology)
-    named = [CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT]
+    named = [CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT, BALANCER]
     named += [n.name for n in topology.kafka.nodes]
     named += [i.id for i in topology.instances()]
     named += [name for workers in topology.workers for name in workers.instances]
@@ -104,7 +106,11 @@ def test_compose_gives_fixed_addresses_in_topology_order_outside_the_dynamic_ran
     topology: Topology,
 ) -> None:
     compose = ComposePlacement.of(topology)
-    fixed = [CONSUL, topology.edge.id, JAEGER, *(i.id for i in topology.instances()), RATELIMIT]
+    first_edge, *more_edges = (e.id for e in topology.edge.instances)
+    fixed = [CONSUL, first_edge, JAEGER, *(i.id for i in topology.instances()), RATELIMIT]
+    # The Consul servers, then the edges after the first, last: adding them moved no address.
+    fixed += [s.name for s in topology.consul_servers]
+    fixed += more_edges
     addresses = [compose.address(component) for component in fixed]
     hosts = [str(h) for h in COMPOSE_SUBNET.hosts()]
     assert addresses == hosts[1 : 1 + len(fixed)]  # after the bridge's gateway
@@ -115,12 +121,13 @@ def test_compose_gives_fixed_addresses_in_topology_order_outside_the_dynamic_ran
     )
 
 
-def test_in_compose_the_edge_is_reached_by_address_and_the_watchdog_does_not_run(
+def test_in_compose_the_edges_are_reached_by_address_and_the_watchdog_does_not_run(
     topology: Topology,
 ) -> None:
     compose = ComposePlacement.of(topology)
-    # Its compose service is `edge`, not its id: no name of its own resolves.
-    assert compose.host(topology.edge.id) == compose.address(topology.edge.id)
+    for e in topology.edge.instances:
+        assert compose.host(e.id) == compose.address(e.id)
+    assert compose.host(BALANCER) == BALANCER
     assert not compose.runs(WATCHDOG)
     assert compose.runs(CONSUL)
 
@@ -141,7 +148,8 @@ class TwoHosts(Placement):
 
     ADDRESSES: ClassVar[dict[str, str]] = {"a": "10.0.0.1", "b": "10.0.0.2"}
     ON_A: ClassVar[set[str]] = {
-        CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT, WATCHDOG, "edge-1", "kafka-1",
+        CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT, WATCHDOG, BALANCER, "edge-1",
+        "kafka-1",
     }  # fmt: skip
 
     def host_of(self, component: str) -> str:
@@ -216,7 +224,7 @@ def test_the_edge_listens_on_its_host_and_calls_the_rate_limit_service_and_jaege
 ) -> None:
     protos.ensure_generated()
     files = EdgeFiles(Path("/edge.pem"), Path("/edge-key.pem"), protos.DESCRIPTOR_SET)
-    config = edge.envoy_config(topology, TwoHosts(), files)
+    config = edge.envoy_config(topology, TwoHosts(), files, topology.edge.instance("edge-1"))
     listeners = config["static_resources"]["listeners"]
     assert {lis["address"]["socket_address"]["address"] for lis in listeners} == {A}
     clusters = {

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import JAEGER, ComposePlacement, NativePlacement, Placement
 from mesh.registration import edge_registration, instance_registration
@@ -190,11 +192,12 @@ def test_each_instance_registers_the_document_its_environment_hands_it_with_its_
     assert not {name for name in env if name.startswith("SHOPMESH_SIDECAR")}
 
 
-def test_the_edge_is_registered_with_its_admin_check_and_its_sidecar_upstreams() -> None:
+@pytest.mark.parametrize("index", [0, 1])
+def test_each_edge_is_registered_with_its_admin_check_and_its_sidecar_upstreams(index: int) -> None:
     topology = load()
-    edge = topology.edge
+    edge = topology.edge.instances[index]
     host = topology.bind_host
-    reg = edge_registration(topology, NativePlacement.of(topology))
+    reg = edge_registration(topology, NativePlacement.of(topology), edge)
     sidecar = reg["Connect"]["SidecarService"]
     assert {k: v for k, v in reg.items() if k != "Connect"} == {
         "ID": edge.id,
@@ -222,7 +225,7 @@ def test_the_edge_is_registered_with_its_admin_check_and_its_sidecar_upstreams()
 
 def test_the_edge_sidecar_traces_as_edge_sidecar() -> None:
     topology = load()
-    reg = edge_registration(topology, NativePlacement.of(topology))
+    reg = edge_registration(topology, NativePlacement.of(topology), topology.edge.instances[1])
     config = reg["Connect"]["SidecarService"]["Proxy"]["Config"]
     tracing = json.loads(config["envoy_listener_tracing_json"])
     assert tracing["provider"]["typed_config"]["service_name"] == "edge-sidecar"

@@ -32,9 +32,9 @@ GRPC_ENTRY_OVERHEAD = 32
 
 
 def hcms() -> dict[str, dict]:
-    listeners = envoy_config(load(), NativePlacement.of(load()), FILES)["static_resources"][
-        "listeners"
-    ]
+    listeners = envoy_config(load(), NativePlacement.of(load()), FILES, load().edge.instances[0])[
+        "static_resources"
+    ]["listeners"]
     return {it["name"]: it["filter_chains"][0]["filters"][0]["typed_config"] for it in listeners}
 
 
