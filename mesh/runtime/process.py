@@ -59,7 +59,8 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-EXEC_WINDOW_S = 0.1
+EXEC_WINDOW_S = 1.0
+EXEC_LOOK_INTERVAL_S = 0.05
 
 
 def _alive(pid: int, started: float) -> bool | None:
@@ -80,10 +81,13 @@ def running(state: StateDir, name: str) -> Running | None:
     pid, started = int(record["pid"]), float(record["started"])
     _reap(pid)
     alive = _alive(pid, started)
-    if alive is None:
-        # /proc/<pid> is briefly gone while a multi-threaded process (Go's `consul connect
-        # envoy` exec'ing Envoy) execs from a thread other than its first: look again.
-        time.sleep(EXEC_WINDOW_S)
+    # /proc/<pid> is briefly gone while a multi-threaded process (Go's `consul connect envoy`
+    # exec'ing Envoy) execs from a thread other than its first; on a busy machine for longer
+    # than one look: look again for up to EXEC_WINDOW_S. (A dead process is looked for that
+    # long once: its pid file goes with the first answer.)
+    deadline = time.monotonic() + EXEC_WINDOW_S
+    while alive is None and time.monotonic() < deadline:
+        time.sleep(EXEC_LOOK_INTERVAL_S)
         alive = _alive(pid, started)
     if not alive:
         path.unlink(missing_ok=True)
