@@ -39,6 +39,8 @@ from mesh.wiring import Wiring, instance_env, worker_env
 
 # The status row of the Kafka cluster as a whole (after its nodes' rows); no process of its own.
 KAFKA_CLUSTER = "kafka-cluster"
+# The same for the Postgres nodes under Patroni: who leads.
+POSTGRES_CLUSTER = "postgres-cluster"
 
 
 class MeshError(RuntimeError):
@@ -146,7 +148,7 @@ class Mesh:
         p = self.placement
         server = consul.server_spec(t, p, s, consul_bin)
         server.after_ready = lambda: consul.apply_config_entries(consul_bin, p.consul_http_addr(t))
-        specs = [server, postgres.server_spec(t, p, s, self.binaries["postgres"])]
+        specs = [server, *postgres.node_specs(t, p, s, self.binaries["postgres"])]
         # Before every process that sends spans, so none of the first ones is lost.
         specs.append(jaeger.server_spec(t, p, s, self.binaries["jaeger"]))
         specs += kafka.node_specs(t, p, s, self.binaries["kafka"])
@@ -201,6 +203,8 @@ class Mesh:
             return [name]
         if name == "kafka":
             return [node.name for node in self.topology.kafka.nodes]
+        if name == "postgres":
+            return [node.name for node in self.topology.postgres_nodes]
         for workers in self.topology.workers:
             if workers.name == name:
                 return list(workers.instances)
@@ -280,7 +284,11 @@ class Mesh:
         if hold:
             for proc_name in names:
                 watchdog.hold(self.state, proc_name)
-        return [n for n in names if process.kill(self.state, n)]
+        killed = [n for n in names if process.kill(self.state, n)]
+        for node in self.topology.postgres_nodes:
+            if node.name in names:  # its Postgres runs apart from Patroni: the node dies whole
+                postgres.kill_postmaster(self.state, node)
+        return killed
 
     def stop(self, name: str) -> list[str]:
         """Stop gracefully and keep it down (the watchdog leaves it alone) until `start`."""
@@ -289,7 +297,14 @@ class Mesh:
             watchdog.hold(self.state, proc_name)
             if process.stop(self.state, proc_name, timeout=self.spec(proc_name).stop_timeout):
                 stopped.append(proc_name)
+            self._kill_orphaned_postmaster(proc_name)
         return stopped
+
+    def _kill_orphaned_postmaster(self, name: str) -> None:
+        """A Patroni stopped stops its Postgres; one that had to be killed leaves it running."""
+        for node in self.topology.postgres_nodes:
+            if node.name == name:
+                postgres.kill_postmaster(self.state, node)
 
     def restarts(self) -> dict[str, int]:
         """How many times the watchdog restarted each process since `up`."""
@@ -309,6 +324,7 @@ class Mesh:
                 say(f"  stopped {spec.name}")
             if spec.name == "edge":
                 self._deregister_edge()
+            self._kill_orphaned_postmaster(spec.name)
 
     def _deregister_edge(self) -> None:
         client = ConsulClient(self.placement.consul_http_addr(self.topology), timeout=1.0)
@@ -324,6 +340,9 @@ class Mesh:
         for spec in self.specs():
             current = process.running(self.state, spec.name)
             ports = ",".join(str(p) for p in spec.ports)
+            if spec.name == self.topology.postgres_nodes[-1].name:
+                yield from self._postgres_node_and_cluster_status(spec, current, ports)
+                continue
             if not current:
                 yield spec.name, "-", ports, "stopped"
                 continue
@@ -331,6 +350,19 @@ class Mesh:
             yield spec.name, str(current.pid), ports, reason if reason else "healthy"
             if spec.name == self.topology.kafka.nodes[-1].name:
                 yield self._kafka_cluster_status()
+
+    def _postgres_node_and_cluster_status(
+        self, spec: ProcessSpec, current: process.Running | None, ports: str
+    ) -> Iterator[tuple[str, str, str, str]]:
+        """The last node's row (only whether its Postgres runs: its readiness is the cluster's),
+        then who leads."""
+        if current:
+            node = self.topology.postgres_nodes[-1]
+            reason = postgres.node_running(self.placement, node)
+            yield spec.name, str(current.pid), ports, reason or "healthy"
+        else:
+            yield spec.name, "-", ports, "stopped"
+        yield POSTGRES_CLUSTER, "-", "", postgres.cluster_health(self.topology, self.placement)
 
     def _kafka_names(self) -> set[str]:
         return {node.name for node in self.topology.kafka.nodes}
