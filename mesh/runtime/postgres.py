@@ -196,17 +196,21 @@ def node_specs(
 
 
 def kill_postmaster(state: StateDir, node: PostgresNode) -> bool:
-    """SIGKILL the node's Postgres (its postmaster leads a process group with its backends),
-    as a crash of its machine; True if one ran."""
+    """SIGKILL the node's Postgres, as a crash of its machine; True if one ran. Patroni starts
+    the postmaster from a helper that made a session of its own and exited: the postmaster and
+    its backends are that session's process group, and nothing else is."""
     pid_file = data_dir(state, node) / "postmaster.pid"
     try:
         pid = int(pid_file.read_text().split("\n", 1)[0])
         if psutil.Process(pid).name() != "postgres":
             return False
+        group = os.getpgid(pid)
     except (OSError, ValueError, psutil.NoSuchProcess):
         return False
+    if group == os.getpgrp():
+        raise RuntimeError(f"{node.name}'s Postgres (pid {pid}) is in the caller's process group")
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(group, signal.SIGKILL)
     with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
         psutil.Process(pid).wait(timeout=5)
     return True

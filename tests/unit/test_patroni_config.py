@@ -1,0 +1,90 @@
+"""Patroni's configuration of each Postgres node (mesh/components/patroni.py) and the URL the
+services find the primary with."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from mesh.components import patroni, postgres
+from mesh.placement import ComposePlacement, NativePlacement
+from mesh.runtime.paths import StateDir
+from mesh.topology import Topology, load
+
+
+@pytest.fixture(scope="module")
+def topology() -> Topology:
+    return load()
+
+
+def node_config(topology: Topology, n: int) -> dict:
+    return patroni.config(
+        topology,
+        NativePlacement.of(topology),
+        topology.postgres_nodes[n],
+        data_dir=Path("/data"),
+        pgpass=Path("/pgpass"),
+        bin_dir=Path("/usr/lib/postgresql/15/bin"),
+        superuser_password="su",
+        roles={patroni.REPLICATION: "rep", patroni.REWIND: "rew"},
+    )
+
+
+def test_the_timings_let_a_primary_that_loses_consul_demote_before_its_lock_expires(
+    topology: Topology,
+) -> None:
+    dcs = node_config(topology, 0)["bootstrap"]["dcs"]
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]
+    # Patroni asks Consul for sessions of ttl / 2, and Consul refuses less than 10 s by default.
+    assert dcs["ttl"] / 2 >= 10
+
+
+def test_replication_is_synchronous_but_a_lone_primary_still_takes_writes(
+    topology: Topology,
+) -> None:
+    dcs = node_config(topology, 0)["bootstrap"]["dcs"]
+    assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is False
+    assert dcs["postgresql"]["parameters"]["synchronous_commit"] == "on"
+    assert dcs["postgresql"]["use_pg_rewind"] is True
+    assert dcs["postgresql"]["parameters"]["wal_log_hints"] == "on"  # what pg_rewind needs
+
+
+def test_each_node_listens_on_its_own_ports_and_uses_the_nodes_consul_agent(
+    topology: Topology,
+) -> None:
+    for n, node in enumerate(topology.postgres_nodes):
+        config = node_config(topology, n)
+        assert config["name"] == node.name
+        assert config["postgresql"]["listen"] == f"127.0.0.1:{node.port}"
+        assert config["restapi"]["listen"] == f"127.0.0.1:{node.patroni_port}"
+        assert config["consul"]["url"] == NativePlacement.of(topology).consul_http_addr(topology)
+        hba = config["postgresql"]["pg_hba"]
+        assert all(line.endswith("127.0.0.1/32 scram-sha-256") for line in hba)
+        auth = config["postgresql"]["authentication"]
+        assert auth["superuser"] == {"username": postgres.SUPERUSER, "password": "su"}
+        assert auth["replication"]["password"] == "rep" and auth["rewind"]["password"] == "rew"
+
+
+def test_services_reach_whichever_node_takes_writes_natively_and_the_one_postgres_in_compose(
+    topology: Topology,
+) -> None:
+    native = postgres.database_url(topology, NativePlacement.of(topology), "orders", "pw", "orders")
+    hosts = ",".join(f"127.0.0.1:{node.port}" for node in topology.postgres_nodes)
+    assert native == f"postgresql://orders:pw@{hosts}/orders?target_session_attrs=read-write"
+    compose = postgres.database_url(
+        topology, ComposePlacement.of(topology), "orders", None, "orders"
+    )
+    assert compose == f"postgresql://orders@postgres:{topology.postgres_port}/orders"
+    assert topology.postgres_port == topology.postgres_nodes[0].port
+
+
+def test_the_replication_and_rewind_passwords_are_made_once_and_owner_only(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    first = patroni.passwords(state)
+    assert set(first) == {patroni.REPLICATION, patroni.REWIND}
+    assert patroni.passwords(state) == first
+    mode = (state.secrets / "patroni.json").stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600
