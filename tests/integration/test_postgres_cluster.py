@@ -12,7 +12,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -30,14 +29,14 @@ from tests.support import wait_for
 WRITES_PER_S = 20
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Topology, StateDir]]:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, StateDir]]:
     topology = replace(
         load(),
         consul_ports=ConsulPorts(*(free_port() for _ in range(4))),
         postgres_nodes=tuple(PostgresNode(n, free_port(), free_port()) for n in (1, 2)),
     )
-    state = StateDir(tmp_path / "state")
+    state = StateDir(tmp_path_factory.mktemp("postgres-cluster") / "state")
     state.ensure()
     placement = NativePlacement.of(topology)
     specs = [
@@ -62,30 +61,102 @@ def roles(topology: Topology) -> dict[str, tuple[str, str]]:
     return {str(m["name"]): (str(m["role"]), str(m["state"])) for m in found}
 
 
+def leader_and_standby(topology: Topology) -> tuple[str, str]:
+    now = roles(topology)
+    leader = next(name for name, (role, _) in now.items() if role == "leader")
+    standby = next(name for name, (role, _) in now.items() if role == "sync_standby")
+    return leader, standby
+
+
+def kill(topology: Topology, state: StateDir, name: str) -> float:
+    """The node's machine crashes: its Patroni and its Postgres SIGKILLed; when."""
+    process.kill(state, name)
+    node = next(n for n in topology.postgres_nodes if n.name == name)
+    assert postgres.kill_postmaster(state, node), f"{name}'s Postgres was running"
+    return time.monotonic()
+
+
+def restart_and_wait_until_sync_standby(topology: Topology, state: StateDir, name: str) -> float:
+    """Start the node again; how long until it is the streaming synchronous standby."""
+    placement = NativePlacement.of(topology)
+    spec = next(s for s in postgres.node_specs(topology, placement, state, binaries(POSTGRES))
+                if s.name == name)  # fmt: skip
+    restarted_at = time.monotonic()
+    process.start(state, spec)
+    wait_for(lambda: roles(topology).get(name) == ("sync_standby", "streaming"), timeout=120,
+             what=f"{name} to rejoin as the synchronous standby")  # fmt: skip
+    return time.monotonic() - restarted_at
+
+
+async def rows_on(topology: Topology, node_name: str, password: str) -> int:
+    """The acks rows one node has (a standby answers reads)."""
+    node = next(n for n in topology.postgres_nodes if n.name == node_name)
+    host = NativePlacement.of(topology).host(node.name)
+    conn = await asyncpg.connect(f"postgresql://orders:{password}@{host}:{node.port}/orders")
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM acks")
+        return count
+    finally:
+        await conn.close()
+
+
+def test_writes_go_on_while_the_standby_is_dead_and_it_catches_up_when_back(
+    cluster: tuple[Topology, StateDir],
+) -> None:
+    topology, state = cluster
+    placement = NativePlacement.of(topology)
+    leader, standby = leader_and_standby(topology)
+    password = pg_roles.passwords(state, topology)["orders"]
+    url = pg_roles.database_url(topology, placement, "orders", password, "orders")
+
+    async def write(n_writes: int, kill_at: int) -> float:
+        """Every write must succeed (the primary waits for its lost standby only until its
+        Patroni drops the synchronous requirement); the longest a write took."""
+        conn = await asyncpg.connect(url)
+        longest = 0.0
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS acks (n int PRIMARY KEY)")
+            await conn.execute("TRUNCATE acks")
+            for n in range(1, n_writes + 1):
+                if n == kill_at:
+                    await asyncio.to_thread(kill, topology, state, standby)
+                began = time.monotonic()
+                await conn.execute("INSERT INTO acks VALUES ($1)", n)
+                longest = max(longest, time.monotonic() - began)
+                await asyncio.sleep(1 / WRITES_PER_S)
+        finally:
+            await conn.close()
+        return longest
+
+    longest = asyncio.run(write(200, kill_at=20))
+    assert roles(topology)[leader][0] == "leader", "the primary stayed the primary"
+    rejoined_after = restart_and_wait_until_sync_standby(topology, state, standby)
+    wait_for(lambda: asyncio.run(rows_on(topology, standby, password)) == 200, timeout=30,
+             what=f"all 200 rows on {standby} after its return")  # fmt: skip
+    print(
+        f"\nstandby {standby} killed: 200 of 200 writes acknowledged, the longest took "
+        f"{longest:.1f} s; back as the sync standby {rejoined_after:.1f} s after its restart"
+    )
+
+
 def test_a_killed_primary_loses_no_acknowledged_write_and_rejoins_as_the_standby(
     cluster: tuple[Topology, StateDir],
 ) -> None:
     topology, state = cluster
     placement = NativePlacement.of(topology)
-    before = roles(topology)
-    primary = next(name for name, (role, _) in before.items() if role == "leader")
-    standby = next(name for name, (role, _) in before.items() if role == "sync_standby")
+    primary, standby = leader_and_standby(topology)
     password = pg_roles.passwords(state, topology)["orders"]
     url = pg_roles.database_url(topology, placement, "orders", password, "orders")
     acknowledged: list[int] = []
     failed: dict[int, BaseException] = {}
 
-    def kill(name: str) -> float:
-        process.kill(state, name)
-        node = next(n for n in topology.postgres_nodes if n.name == name)
-        assert postgres.kill_postmaster(state, node), f"{name}'s Postgres was running"
-        return time.monotonic()
-
-    async def write_through_the_failover() -> float:
+    async def write_through_the_failover() -> tuple[float, int]:
         """Write at a steady rate, kill the primary at the 40th write, go on until 40 writes
-        after the first failure went through; how long after the kill writes resumed."""
+        after the first failure went through; how long after the kill writes resumed, and how
+        many rows the new primary has."""
         pool = await asyncpg.create_pool(url, min_size=2, max_size=4, timeout=5)
         await pool.execute("CREATE TABLE IF NOT EXISTS acks (n int PRIMARY KEY)")
+        await pool.execute("TRUNCATE acks")
         n, start, killed_at, resumed_after = 0, time.monotonic(), 0.0, 0.0
         try:
             while len([a for a in acknowledged if failed and a > min(failed)]) < 40:
@@ -99,40 +170,22 @@ def test_a_killed_primary_loses_no_acknowledged_write_and_rejoins_as_the_standby
                 except DATABASE_UNAVAILABLE as exc:  # anything else fails the test
                     failed[n] = exc
                 if n == 40:
-                    killed_at = await asyncio.to_thread(kill, primary)
+                    killed_at = await asyncio.to_thread(kill, topology, state, primary)
                 await asyncio.sleep(max(0.0, start + n / WRITES_PER_S - time.monotonic()))
             stored = set(await pool.fetchval("SELECT array_agg(n) FROM acks"))
         finally:
             await pool.close()
         assert set(acknowledged) <= stored, "an acknowledged write was lost"
         assert stored - set(acknowledged) <= set(failed), "only a failed write may have landed"
-        return resumed_after
+        return resumed_after, len(stored)
 
-    resumed_after = asyncio.run(write_through_the_failover())
+    resumed_after, stored = asyncio.run(write_through_the_failover())
     assert failed, "the kill interrupted the writes"
     assert roles(topology)[standby][0] == "leader"
 
-    spec = next(s for s in postgres.node_specs(topology, placement, state, binaries(POSTGRES))
-                if s.name == primary)  # fmt: skip
-    restarted_at = time.monotonic()
-    process.start(state, spec)
-    wait_for(lambda: roles(topology).get(primary) == ("sync_standby", "streaming"), timeout=120,
-             what=f"{primary} to rejoin as the synchronous standby")  # fmt: skip
-    rejoined_after = time.monotonic() - restarted_at
-
-    async def rows_on(node: PostgresNode) -> int:
-        conn = await asyncpg.connect(
-            f"postgresql://orders:{password}@{placement.host(node.name)}:{node.port}/orders"
-        )
-        try:
-            count: int = await conn.fetchval("SELECT count(*) FROM acks")
-            return count
-        finally:
-            await conn.close()
-
-    old = next(n for n in topology.postgres_nodes if n.name == primary)
-    wait_for(lambda: asyncio.run(rows_on(old)) == len(acknowledged), timeout=30,
-             what=f"every acknowledged row on {primary}, now a standby")  # fmt: skip
+    rejoined_after = restart_and_wait_until_sync_standby(topology, state, primary)
+    wait_for(lambda: asyncio.run(rows_on(topology, primary, password)) == stored, timeout=30,
+             what=f"every stored row on {primary}, now a standby")  # fmt: skip
     print(
         f"\n{len(acknowledged)} writes acknowledged, {len(failed)} failed "
         f"({sorted({type(e).__name__ for e in failed.values()})}); writes resumed "
