@@ -195,22 +195,31 @@ def node_specs(
     return specs
 
 
+def postmaster(state: StateDir, name: str) -> psutil.Process | None:
+    """The running postmaster of node `name` (Patroni's Postgres, which is not Patroni's child)."""
+    try:
+        pid = int((home(state) / name / "postmaster.pid").read_text().split("\n", 1)[0])
+        found = psutil.Process(pid)
+        return found if found.name() == "postgres" else None
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
 def kill_postmaster(state: StateDir, node: PostgresNode) -> bool:
     """SIGKILL the node's Postgres, as a crash of its machine; True if one ran. Patroni starts
     the postmaster from a helper that made a session of its own and exited: the postmaster and
     its backends are that session's process group, and nothing else is."""
-    pid_file = data_dir(state, node) / "postmaster.pid"
+    found = postmaster(state, node.name)
+    if found is None:
+        return False
     try:
-        pid = int(pid_file.read_text().split("\n", 1)[0])
-        if psutil.Process(pid).name() != "postgres":
-            return False
-        group = os.getpgid(pid)
-    except (OSError, ValueError, psutil.NoSuchProcess):
+        group = os.getpgid(found.pid)
+    except ProcessLookupError:
         return False
     if group == os.getpgrp():
-        raise RuntimeError(f"{node.name}'s Postgres (pid {pid}) is in the caller's process group")
+        raise RuntimeError(f"{node.name}'s Postgres (pid {found.pid}) is in the caller's group")
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGKILL)
     with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
-        psutil.Process(pid).wait(timeout=5)
+        found.wait(timeout=5)
     return True
