@@ -18,6 +18,7 @@ import pytest
 from mesh.runtime import postgres
 from mesh.runtime.supervisor import Mesh
 from tests.integration.test_messaging_flow import assert_charged_once, wait_all
+from tests.integration.test_messaging_flow import workers as workers
 from tests.support import wait_for
 
 ORDER_RATE_PER_S = 10

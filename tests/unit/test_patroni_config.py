@@ -4,13 +4,16 @@ services find the primary with."""
 from __future__ import annotations
 
 import stat
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from mesh.components import patroni, postgres
 from mesh.placement import ComposePlacement, NativePlacement
+from mesh.runtime import postgres as runtime_postgres
 from mesh.runtime.paths import StateDir
+from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology, load
 
 
@@ -88,3 +91,27 @@ def test_the_replication_and_rewind_passwords_are_made_once_and_owner_only(tmp_p
     assert patroni.passwords(state) == first
     mode = (state.secrets / "patroni.json").stat().st_mode
     assert stat.S_IMODE(mode) == 0o600
+
+
+def test_each_node_is_a_patroni_process_started_after_consul_and_before_the_services(
+    tmp_path: Path,
+) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    binaries = defaultdict(lambda: defaultdict(lambda: Path("/usr/lib/postgresql/15/bin/x")))
+    mesh = Mesh(load(), state, binaries)
+    names = mesh.names()
+    nodes = [node.name for node in mesh.topology.postgres_nodes]
+    assert nodes == ["postgres-1", "postgres-2"]
+    assert mesh.resolve("postgres") == nodes
+    assert names.index("consul") < names.index("postgres-1") < names.index("postgres-2")
+    assert names.index("postgres-2") < min(names.index(i.id) for i in mesh.topology.instances())
+    for node in mesh.topology.postgres_nodes:
+        spec = mesh.spec(node.name)
+        assert spec.argv[-3:] == [
+            "-m",
+            "patroni",
+            str(runtime_postgres.home(state) / f"{node.name}.yml"),
+        ]
+        assert spec.ports == (node.port, node.patroni_port)
+        assert spec.user == runtime_postgres.RUN_AS
