@@ -161,3 +161,32 @@ def test_orders_acknowledged_while_the_primary_dies_survive_and_are_paid_once(
         f"(sent {min(outage, default=0):.1f}..{max(outage, default=0):.1f} s after the kill), "
         f"all {len(ids)} PAID once; {standby} promoted {promoted_after:.1f} s after the kill"
     )
+
+
+def test_a_primary_the_watchdog_restarts_at_once_takes_orders_again(
+    mesh: Mesh, edge_as_fresh
+) -> None:
+    primary, _ = wait_for(lambda: leader_and_sync_standby(mesh), timeout=60,
+                          what="a leader with a streaming synchronous standby")  # fmt: skip
+    user, client = edge_as_fresh()
+    restarts = mesh.restarts().get(primary, 0)
+    killed_at = time.monotonic()
+    assert mesh.kill(primary) == [primary]
+
+    def paid() -> bool:
+        resp = client.post(
+            "/orders", json=order(user), headers={"Idempotency-Key": str(uuid.uuid4())}
+        )
+        assert resp.status_code == 201 or (
+            resp.status_code == 503 and resp.headers["content-type"].startswith(PROBLEM)
+        ), resp.text
+        return resp.status_code == 201 and resp.json()["status"] == "PAID"
+
+    wait_for(paid, timeout=60, what="an order paid after the primary's crash", interval=1.0)
+    back_after = time.monotonic() - killed_at
+    wait_for(lambda: mesh.restarts().get(primary, 0) > restarts, timeout=30,
+             what=f"the watchdog to count {primary}'s restart")  # fmt: skip
+    pair = wait_for(lambda: leader_and_sync_standby(mesh), timeout=120,
+                    what="a leader with a streaming synchronous standby again")  # fmt: skip
+    print(f"\n{primary} crashed and restarted by the watchdog: an order paid {back_after:.1f} s "
+          f"after the kill; now leader {pair[0]}, sync standby {pair[1]}")  # fmt: skip
