@@ -25,6 +25,8 @@ from mesh.topology import PostgresNode, Topology
 SCOPE = "shopmesh-postgres"
 REPLICATION = "replicator"
 REWIND = "rewind"
+# The REST API's user for its unsafe calls (switchover, restart, reinitialize); reads are open.
+RESTAPI = "patroni"
 
 TTL_S = 20
 LOOP_WAIT_S = 3
@@ -32,11 +34,11 @@ RETRY_TIMEOUT_S = 8
 
 
 def passwords(state: StateDir) -> dict[str, str]:
-    """The replication and rewind roles' passwords: generated once, owner-only in the state dir
-    (the superuser's is postgres.json's)."""
+    """The replication and rewind roles' passwords and the REST API's: generated once,
+    owner-only in the state dir (the superuser's is postgres.json's)."""
     path = state.secrets / "patroni.json"
     stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    missing = [role for role in (REPLICATION, REWIND) if role not in stored]
+    missing = [role for role in (REPLICATION, REWIND, RESTAPI) if role not in stored]
     if missing:
         stored |= {role: secrets.token_urlsafe(24) for role in missing}
         write_private(path, json.dumps(stored, indent=2))
@@ -65,6 +67,7 @@ def config(
         "restapi": {
             "listen": f"{placement.listen(node.name)}:{node.patroni_port}",
             "connect_address": f"{host}:{node.patroni_port}",
+            "authentication": {"username": RESTAPI, "password": roles[RESTAPI]},
         },
         # The node's agent; the services find the primary themselves (a multi-host URL).
         "consul": {"url": consul, "register_service": False},

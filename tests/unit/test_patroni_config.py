@@ -31,7 +31,7 @@ def node_config(topology: Topology, n: int) -> dict:
         pgpass=Path("/pgpass"),
         bin_dir=Path("/usr/lib/postgresql/15/bin"),
         superuser_password="su",
-        roles={patroni.REPLICATION: "rep", patroni.REWIND: "rew"},
+        roles={patroni.REPLICATION: "rep", patroni.REWIND: "rew", patroni.RESTAPI: "api"},
     )
 
 
@@ -68,6 +68,7 @@ def test_each_node_listens_on_its_own_ports_and_uses_the_nodes_consul_agent(
         auth = config["postgresql"]["authentication"]
         assert auth["superuser"] == {"username": postgres.SUPERUSER, "password": "su"}
         assert auth["replication"]["password"] == "rep" and auth["rewind"]["password"] == "rew"
+        assert config["restapi"]["authentication"] == {"username": "patroni", "password": "api"}
 
 
 def test_services_reach_whichever_node_takes_writes_natively_and_the_one_postgres_in_compose(
@@ -87,7 +88,7 @@ def test_the_replication_and_rewind_passwords_are_made_once_and_owner_only(tmp_p
     state = StateDir(tmp_path)
     state.ensure()
     first = patroni.passwords(state)
-    assert set(first) == {patroni.REPLICATION, patroni.REWIND}
+    assert set(first) == {patroni.REPLICATION, patroni.REWIND, patroni.RESTAPI}
     assert patroni.passwords(state) == first
     mode = (state.secrets / "patroni.json").stat().st_mode
     assert stat.S_IMODE(mode) == 0o600
