@@ -82,6 +82,10 @@ def config(
                 # (docs/failure-modes.md, the Postgres rows).
                 "synchronous_mode": True,
                 "synchronous_mode_strict": False,
+                # Consul down: the primary stays the primary while it reaches every other node's
+                # REST API (none of them can take its place without Consul either), instead of
+                # demoting itself after retry_timeout and stopping every write.
+                "failsafe_mode": True,
                 "postgresql": {
                     "use_pg_rewind": True,
                     "use_slots": True,

@@ -100,6 +100,16 @@ async def rows_on(topology: Topology, node_name: str, password: str) -> int:
         await conn.close()
 
 
+async def is_primary(topology: Topology, node_name: str, password: str) -> bool:
+    node = next(n for n in topology.postgres_nodes if n.name == node_name)
+    host = NativePlacement.of(topology).host(node.name)
+    conn = await asyncpg.connect(f"postgresql://orders:{password}@{host}:{node.port}/orders")
+    try:
+        return not await conn.fetchval("SELECT pg_is_in_recovery()")
+    finally:
+        await conn.close()
+
+
 def test_writes_go_on_while_the_standby_is_dead_and_it_catches_up_when_back(
     cluster: tuple[Topology, StateDir],
 ) -> None:
@@ -192,3 +202,37 @@ def test_a_killed_primary_loses_no_acknowledged_write_and_rejoins_as_the_standby
         f"{resumed_after:.1f} s after the kill; {primary} a streaming sync standby "
         f"{rejoined_after:.1f} s after its restart"
     )
+
+
+def test_the_primary_keeps_taking_writes_while_consul_is_down(
+    cluster: tuple[Topology, StateDir],
+) -> None:
+    topology, state = cluster
+    placement = NativePlacement.of(topology)
+    leader, _ = leader_and_standby(topology)
+    password = pg_roles.passwords(state, topology)["orders"]
+    url = pg_roles.database_url(topology, placement, "orders", password, "orders")
+    writes = 25 * WRITES_PER_S  # past retry_timeout and ttl, when Patroni would demote
+
+    async def write() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS acks (n int PRIMARY KEY)")
+            await conn.execute("TRUNCATE acks")
+            for n in range(1, writes + 1):
+                await conn.execute("INSERT INTO acks VALUES ($1)", n)
+                await asyncio.sleep(1 / WRITES_PER_S)
+        finally:
+            await conn.close()
+
+    process.kill(state, "consul")
+    try:
+        asyncio.run(write())
+        # Patroni's /cluster reads Consul; the node's own Postgres says whether it still leads.
+        assert asyncio.run(is_primary(topology, leader, password))
+    finally:
+        spec = consul.server_spec(topology, placement, state, binaries(CONSUL)["consul"])
+        process.start(state, spec)
+        process.wait_ready(state, spec)
+    wait_for(lambda: leader_and_standby(topology)[0] == leader, timeout=60,
+             what=f"{leader} leading with a synchronous standby once Consul is back")  # fmt: skip

@@ -49,6 +49,7 @@ def test_replication_is_synchronous_but_a_lone_primary_still_takes_writes(
 ) -> None:
     dcs = node_config(topology, 0)["bootstrap"]["dcs"]
     assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is False
+    assert dcs["failsafe_mode"] is True  # Consul down is no reason to stop writing
     assert dcs["postgresql"]["parameters"]["synchronous_commit"] == "on"
     assert dcs["postgresql"]["use_pg_rewind"] is True
     assert dcs["postgresql"]["parameters"]["wal_log_hints"] == "on"  # what pg_rewind needs
