@@ -110,15 +110,21 @@ def cluster_members(topology: Topology, placement: Placement) -> list[dict[str, 
 def cluster_health(topology: Topology, placement: Placement) -> str:
     """`mesh status`'s line for the cluster: who leads, who follows and how."""
     try:
-        members = cluster_members(topology, placement)
+        return describe(cluster_members(topology, placement))
     except ConnectionError as exc:
         return str(exc)
-    leader = [m["name"] for m in members if m.get("role") == "leader"]
-    parts = [f"leader {leader[0]}" if leader else "NO LEADER"]
-    for m in members:
-        if m.get("role") != "leader":
-            parts.append(f"{m['role']} {m['name']} ({m.get('state')}, lag {m.get('lag', '?')})")
-    return ", ".join(str(p) for p in parts)
+
+
+def describe(members: list[dict[str, object]]) -> str:
+    """`ok, leader ...` (as `mesh status` counts healthy) when a node leads and every other is
+    its streaming synchronous standby; else what is the matter."""
+    leaders = [m for m in members if m.get("role") == "leader" and m.get("state") == "running"]
+    others = [m for m in members if m not in leaders]
+    parts = [f"leader {leaders[0]['name']}" if leaders else "NO LEADER"]
+    parts += [f"{m.get('role')} {m.get('name')} ({m.get('state')}, lag {m.get('lag', '?')})"
+              for m in others]  # fmt: skip
+    in_sync = all((m.get("role"), m.get("state")) == ("sync_standby", "streaming") for m in others)
+    return ("ok, " if leaders and in_sync else "") + ", ".join(parts)
 
 
 def node_running(placement: Placement, node: PostgresNode) -> str | None:

@@ -117,3 +117,16 @@ def test_each_node_is_a_patroni_process_started_after_consul_and_before_the_serv
         ]
         assert spec.ports == (node.port, node.patroni_port)
         assert spec.user == runtime_postgres.RUN_AS
+
+
+def test_status_counts_the_cluster_healthy_only_with_a_leader_and_its_streaming_sync_standby() -> (
+    None
+):
+    leader = {"name": "postgres-1", "role": "leader", "state": "running"}
+    standby = {"name": "postgres-2", "role": "sync_standby", "state": "streaming", "lag": 0}
+    assert runtime_postgres.describe([leader, standby]) == (
+        "ok, leader postgres-1, sync_standby postgres-2 (streaming, lag 0)"
+    )
+    catching_up = {**standby, "role": "replica"}
+    assert not runtime_postgres.describe([leader, catching_up]).startswith("ok,")
+    assert runtime_postgres.describe([standby]).startswith("NO LEADER")
