@@ -98,6 +98,10 @@ class Placement(ABC):
     def kafka_bootstrap(self, topology: Topology) -> str:
         return ",".join(f"{self.host(n.name)}:{n.port}" for n in topology.kafka.nodes)
 
+    def postgres_endpoints(self, topology: Topology) -> list[str]:
+        """`host:port` of every Postgres node, in the topology's order."""
+        return [f"{self.host(n.name)}:{n.port}" for n in topology.postgres_nodes]
+
     def otlp_endpoint(self, topology: Topology) -> str:
         """Jaeger's OTLP gRPC receiver, as OTEL_EXPORTER_OTLP_ENDPOINT wants it; by address,
         since the same endpoint goes into every Envoy's static OTLP cluster."""
@@ -194,3 +198,7 @@ class ComposePlacement(Placement):
 
     def runs(self, component: str) -> bool:
         return component != WATCHDOG
+
+    def postgres_endpoints(self, topology: Topology) -> list[str]:
+        """Compose runs one Postgres, without Patroni (docs/runtime.md)."""
+        return [f"{self.host(POSTGRES)}:{topology.postgres_port}"]

@@ -190,6 +190,18 @@ class KafkaNode:
 
 
 @dataclass(frozen=True)
+class PostgresNode:
+    id: int
+    port: int
+    # Patroni's REST API: the node's role and health.
+    patroni_port: int
+
+    @property
+    def name(self) -> str:
+        return f"postgres-{self.id}"
+
+
+@dataclass(frozen=True)
 class Kafka:
     heap: str
     # "generate" (made once, kept in the state dir) or a fixed base64url cluster id.
@@ -234,6 +246,8 @@ class Topology:
     trace_sample_percent: float = 100.0
     workers: tuple[Workers, ...] = ()
     consul_servers: tuple[ConsulServer, ...] = ()
+    # The Patroni cluster natively; `postgres_port` is the first node's (compose's one Postgres).
+    postgres_nodes: tuple[PostgresNode, ...] = ()
 
     def service(self, name: str) -> Service:
         for service in self.services:
@@ -263,7 +277,9 @@ class Topology:
         ports = {f"consul {k}": v for k, v in vars(self.consul_ports).items()}
         for server in self.consul_servers:
             ports.update({f"{server.name} {k}": v for k, v in vars(server).items() if k != "id"})
-        ports["postgres"] = self.postgres_port
+        for pg in self.postgres_nodes:
+            ports[pg.name] = pg.port
+            ports[f"{pg.name} patroni"] = pg.patroni_port
         ports["prometheus"] = self.prometheus_port
         ports.update({f"jaeger {k}": v for k, v in vars(self.jaeger.ports).items()})
         ports["redis"] = self.redis_port
@@ -384,6 +400,10 @@ def parse(raw: dict[str, Any]) -> Topology:
             for n in kafka_raw["nodes"]
         ),
     )
+    postgres_nodes = tuple(
+        PostgresNode(id=int(n["id"]), port=int(n["port"]), patroni_port=int(n["patroni_port"]))
+        for n in raw["postgres"]["nodes"]
+    )
     jaeger_raw = raw["jaeger"]
     jaeger = Jaeger(
         max_traces=int(jaeger_raw["max_traces"]),
@@ -393,7 +413,7 @@ def parse(raw: dict[str, Any]) -> Topology:
         bind_host=raw["bind_host"],
         datacenter=consul["datacenter"],
         consul_ports=ConsulPorts(**{k: int(v) for k, v in consul["ports"].items()}),
-        postgres_port=int(raw["postgres"]["port"]),
+        postgres_port=postgres_nodes[0].port,
         prometheus_port=int(raw["prometheus"]["port"]),
         services=tuple(services),
         edge=edge,
@@ -420,6 +440,7 @@ def parse(raw: dict[str, Any]) -> Topology:
             )
             for name, spec in (raw.get("workers") or {}).items()
         ),
+        postgres_nodes=postgres_nodes,
     )
     validate(topology)
     return topology

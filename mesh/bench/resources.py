@@ -2,7 +2,8 @@
 and memory (PSS, which shares each shared page among the processes that map it).
 
 A component is a process the runtime started (its pid file) with all its descendants, e.g.
-Postgres' backends.
+Postgres' backends; a Postgres node is its Patroni and the Postgres Patroni started, which is not
+Patroni's child.
 """
 
 from __future__ import annotations
@@ -12,30 +13,34 @@ import time
 
 import psutil
 
-from mesh.runtime import process
+from mesh.runtime import postgres, process
 from mesh.runtime.paths import StateDir
 
 
-def components(state: StateDir) -> dict[str, psutil.Process]:
+def components(state: StateDir) -> dict[str, list[psutil.Process]]:
+    """Each running component's root processes."""
     found = {}
     for pid_file in sorted(state.pids.glob("*.json")):
         running = process.running(state, pid_file.stem)
         if running is not None:
             with contextlib.suppress(psutil.Error):
-                found[pid_file.stem] = psutil.Process(running.pid)
+                found[pid_file.stem] = [psutil.Process(running.pid)]
+                found[pid_file.stem] += filter(None, [postgres.postmaster(state, pid_file.stem)])
     return found
 
 
-def _tree(root: psutil.Process) -> list[psutil.Process]:
-    with contextlib.suppress(psutil.Error):
-        return [root, *root.children(recursive=True)]
-    return []
+def _tree(roots: list[psutil.Process]) -> list[psutil.Process]:
+    found = []
+    for root in roots:
+        with contextlib.suppress(psutil.Error):
+            found += [root, *root.children(recursive=True)]
+    return found
 
 
-def _cpu_s(root: psutil.Process) -> float:
-    """CPU seconds of the process and its descendants, live and reaped."""
+def _cpu_s(roots: list[psutil.Process]) -> float:
+    """CPU seconds of the processes and their descendants, live and reaped."""
     total = 0.0
-    for proc in _tree(root):
+    for proc in _tree(roots):
         with contextlib.suppress(psutil.Error):
             t = proc.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
@@ -43,14 +48,14 @@ def _cpu_s(root: psutil.Process) -> float:
 
 
 def cpu_seconds(state: StateDir) -> dict[str, float]:
-    return {name: _cpu_s(proc) for name, proc in components(state).items()}
+    return {name: _cpu_s(roots) for name, roots in components(state).items()}
 
 
 def pss_bytes(state: StateDir) -> dict[str, int]:
     sizes = {}
-    for name, root in components(state).items():
+    for name, roots in components(state).items():
         total = 0
-        for proc in _tree(root):
+        for proc in _tree(roots):
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_full_info().pss
         sizes[name] = total

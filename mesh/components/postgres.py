@@ -1,5 +1,5 @@
 """Postgres: one database and role per service, their generated passwords, the URLs they
-connect with as a placement puts the server, and their creation (natively and by compose).
+connect with as a placement puts the servers, and their creation (natively and by compose).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import secrets
 
 import asyncpg
 
-from mesh.placement import POSTGRES, Placement
+from mesh.placement import Placement
 from mesh.runtime.paths import StateDir, write_private
 from mesh.topology import Topology
 
@@ -37,8 +37,11 @@ def database_url(
     """The URL `role` connects to `database` with, at Postgres as the placement reaches it;
     without `password` the client finds it itself (PGPASSFILE)."""
     credentials = f"{role}:{password}" if password is not None else role
-    host = placement.host(POSTGRES)
-    return f"postgresql://{credentials}@{host}:{topology.postgres_port}/{database}"
+    endpoints = placement.postgres_endpoints(topology)
+    url = f"postgresql://{credentials}@{','.join(endpoints)}/{database}"
+    # Several nodes (Patroni's): libpq's and asyncpg's multi-host URL, tried in order until one
+    # accepts writes, so every new connection finds whichever node is the primary now.
+    return f"{url}?target_session_attrs=read-write" if len(endpoints) > 1 else url
 
 
 async def ensure_databases(topology: Topology, placement: Placement, pw: dict[str, str]) -> None:

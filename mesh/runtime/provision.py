@@ -477,8 +477,15 @@ def _apt_component(
         raise ProvisionError(f"{binary} should report {version_marker!r}, reports {found!r}")
 
 
+# Patroni runs as the postgres user when `mesh` runs as root, with an interpreter that user can
+# run (the project's may be a pyenv under /root): Debian's, of the project's Python version.
+DEBIAN_PYTHON = Path("/usr/bin/python3.11")
+
+
 def _install_postgres(component: Component, home: Path) -> None:
     _apt_component("postgresql-15", POSTGRES_BIN / "postgres", f"PostgreSQL) {component.version}.")
+    if os.geteuid() == 0:
+        _apt_component("python3.11", DEBIAN_PYTHON, "Python 3.11.")
 
 
 POSTGRES = Component(
@@ -488,6 +495,7 @@ POSTGRES = Component(
     locate=lambda c, home: {
         "postgres": POSTGRES_BIN / "postgres",
         "initdb": POSTGRES_BIN / "initdb",
+        **({"python": DEBIAN_PYTHON} if os.geteuid() == 0 else {}),
     },
 )
 

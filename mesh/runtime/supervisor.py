@@ -44,6 +44,8 @@ KAFKA_CLUSTER = "kafka-cluster"
 CONSUL_CLUSTER = "consul-cluster"
 # `mesh kill/stop/start consul-servers`: every Consul server (the control plane).
 CONSUL_SERVERS = "consul-servers"
+# The same for the Postgres nodes under Patroni: who leads.
+POSTGRES_CLUSTER = "postgres-cluster"
 
 
 class MeshError(RuntimeError):
@@ -152,7 +154,7 @@ class Mesh:
         agent = consul.agent_spec(t, p, s, consul_bin)
         agent.after_ready = lambda: consul.apply_config_entries(consul_bin, p.consul_http_addr(t))
         specs = [*consul.server_specs(t, p, s, consul_bin), agent]
-        specs.append(postgres.server_spec(t, p, s, self.binaries["postgres"]))
+        specs += postgres.node_specs(t, p, s, self.binaries["postgres"])
         # Before every process that sends spans, so none of the first ones is lost.
         specs.append(jaeger.server_spec(t, p, s, self.binaries["jaeger"]))
         specs += kafka.node_specs(t, p, s, self.binaries["kafka"])
@@ -219,6 +221,8 @@ class Mesh:
             return [server.name for server in self.topology.consul_servers]
         if name == "edge":
             return [instance.id for instance in self.topology.edge.instances]
+        if name == "postgres":
+            return [node.name for node in self.topology.postgres_nodes]
         for workers in self.topology.workers:
             if workers.name == name:
                 return list(workers.instances)
@@ -297,7 +301,11 @@ class Mesh:
         if hold:
             for proc_name in names:
                 watchdog.hold(self.state, proc_name)
-        return [n for n in names if process.kill(self.state, n)]
+        killed = [n for n in names if process.kill(self.state, n)]
+        for node in self.topology.postgres_nodes:
+            if node.name in names:  # its Postgres runs apart from Patroni: the node dies whole
+                postgres.kill_postmaster(self.state, node)
+        return killed
 
     def stop(self, name: str) -> list[str]:
         """Stop gracefully (draining first what drains) and keep it down (the watchdog leaves it
@@ -310,7 +318,14 @@ class Mesh:
                 spec.before_stop()
             if process.stop(self.state, proc_name, timeout=spec.stop_timeout):
                 stopped.append(proc_name)
+            self._kill_orphaned_postmaster(proc_name)
         return stopped
+
+    def _kill_orphaned_postmaster(self, name: str) -> None:
+        """A Patroni stopped stops its Postgres; one that had to be killed leaves it running."""
+        for node in self.topology.postgres_nodes:
+            if node.name == name:
+                postgres.kill_postmaster(self.state, node)
 
     def restarts(self) -> dict[str, int]:
         """How many times the watchdog restarted each process since `up`."""
@@ -330,6 +345,7 @@ class Mesh:
                 say(f"  stopped {spec.name}")
             if spec.name in self._edge_names():
                 self._deregister_edge(spec.name)
+            self._kill_orphaned_postmaster(spec.name)
 
     def _edge_names(self) -> set[str]:
         return {instance.id for instance in self.topology.edge.instances}
@@ -348,6 +364,9 @@ class Mesh:
         for spec in self.specs():
             current = process.running(self.state, spec.name)
             ports = ",".join(str(p) for p in spec.ports)
+            if spec.name == self.topology.postgres_nodes[-1].name:
+                yield from self._postgres_node_and_cluster_status(spec, current, ports)
+                continue
             if not current:
                 yield spec.name, "-", ports, "stopped"
                 continue
@@ -357,6 +376,19 @@ class Mesh:
                 yield self._kafka_cluster_status()
             if spec.name == self.topology.consul_servers[-1].name:
                 yield CONSUL_CLUSTER, "-", "", consul.cluster_health(self.topology, self.placement)
+
+    def _postgres_node_and_cluster_status(
+        self, spec: ProcessSpec, current: process.Running | None, ports: str
+    ) -> Iterator[tuple[str, str, str, str]]:
+        """The last node's row (only whether its Postgres runs: its readiness is the cluster's),
+        then who leads."""
+        if current:
+            node = self.topology.postgres_nodes[-1]
+            reason = postgres.node_running(self.placement, node)
+            yield spec.name, str(current.pid), ports, reason or "healthy"
+        else:
+            yield spec.name, "-", ports, "stopped"
+        yield POSTGRES_CLUSTER, "-", "", postgres.cluster_health(self.topology, self.placement)
 
     def _kafka_names(self) -> set[str]:
         return {node.name for node in self.topology.kafka.nodes}

@@ -24,6 +24,8 @@ _TRANSIENT_CONNECT_ERRORS = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InvalidCatalogNameError,
     asyncpg.TooManyConnectionsError,
+    # Every node answered, none as a primary: a failover is under way.
+    asyncpg.TargetServerAttributeNotMatched,
 )
 
 # Postgres is down, restarting or out of connections: the same call may succeed when retried

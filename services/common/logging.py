@@ -74,15 +74,12 @@ def configure_logging(service: str, instance: str, level: str = "info") -> None:
 def redact_url(url: str) -> str:
     """`url` with its password replaced, safe to log (e.g. a database URL)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    # By hand, not parts.password: a multi-host URL (host1:port1,host2:port2) has no one port.
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:{REDACTED}@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{hosts}"))
 
 
 def error_fields(exc: BaseException) -> dict[str, str]:

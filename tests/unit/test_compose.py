@@ -165,6 +165,9 @@ def test_every_topology_port_is_in_the_compose_files(topology: Topology) -> None
     }
     # Compose restarts containers with its restart policies; the watchdog is native only.
     registered.add("watchdog metrics")
+    # Compose runs one Postgres, on the first node's port, without Patroni (docs/runtime.md).
+    registered |= {f"{pg.name} patroni" for pg in topology.postgres_nodes}
+    registered |= {pg.name for pg in topology.postgres_nodes[1:]}
     missing = {
         owner: port
         for owner, port in topology.all_ports().items()

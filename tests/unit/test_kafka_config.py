@@ -33,8 +33,8 @@ def test_three_nodes_with_ports_in_their_own_range() -> None:
 
 def test_a_kafka_port_colliding_with_another_is_rejected() -> None:
     raw = copy.deepcopy(RAW)
-    raw["kafka"]["nodes"][1]["controller_port"] = raw["postgres"]["port"]
-    with pytest.raises(TopologyError, match=r"postgres.*kafka-2 controller"):
+    raw["kafka"]["nodes"][1]["controller_port"] = raw["postgres"]["nodes"][0]["port"]
+    with pytest.raises(TopologyError, match=r"postgres-1.*kafka-2 controller"):
         parse(raw)
 
 

@@ -53,6 +53,15 @@ def test_urls_lose_their_password():
         "postgresql://orders:[redacted]@127.0.0.1:15432/orders"
     )
     assert redact_url("postgresql://127.0.0.1/orders") == "postgresql://127.0.0.1/orders"
+    assert (
+        redact_url("postgresql://orders@[::1]:5432/orders")
+        == "postgresql://orders@[::1]:5432/orders"
+    )
+
+
+def test_a_multi_host_url_loses_its_password_and_keeps_every_host():
+    url = "postgresql://orders:s3cret@127.0.0.1:15432,127.0.0.1:15433/orders?target_session_attrs=read-write"
+    assert redact_url(url) == url.replace("s3cret", "[redacted]")
 
 
 def test_configure_logging_writes_json_lines_to_stderr(capsys):

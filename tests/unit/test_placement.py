@@ -143,13 +143,13 @@ def test_a_component_without_a_fixed_address_in_compose_says_so(topology: Topolo
 
 class TwoHosts(Placement):
     """Two hosts, each with its own address (as network namespaces would have): the shared
-    components, the edge and the first Kafka node on `a`, the rest on `b`. Every process binds
-    its host's address and is reached there; no names resolve."""
+    components, the edge and the first Kafka and Postgres nodes on `a`, the rest on `b`. Every
+    process binds its host's address and is reached there; no names resolve."""
 
     ADDRESSES: ClassVar[dict[str, str]] = {"a": "10.0.0.1", "b": "10.0.0.2"}
     ON_A: ClassVar[set[str]] = {
         CONSUL, POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT, WATCHDOG, BALANCER, "edge-1",
-        "kafka-1",
+        "kafka-1", "postgres-1",
     }  # fmt: skip
 
     def host_of(self, component: str) -> str:
@@ -191,7 +191,10 @@ def test_an_instance_on_one_host_registers_there_and_finds_the_shared_ones_on_th
     env = instance_env(topology, wiring, instance)
     assert env["SHOPMESH_BIND_HOST"] == B
     assert env["SHOPMESH_CONSUL_HTTP_ADDR"] == f"http://{A}:{topology.consul_ports.http}"
-    assert env["SHOPMESH_DATABASE_URL"].endswith(f"@{A}:{topology.postgres_port}/payments")
+    first, second = topology.postgres_nodes
+    assert env["SHOPMESH_DATABASE_URL"].endswith(
+        f"@{A}:{first.port},{B}:{second.port}/payments?target_session_attrs=read-write"
+    )
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{A}:{topology.jaeger.ports.otlp_grpc}"
     registration = json.loads(env["SHOPMESH_REGISTRATION"])
     sidecar = registration["Connect"]["SidecarService"]

@@ -1,0 +1,128 @@
+"""Patroni's configuration for one Postgres node of the native mesh: Consul as its store, the
+two nodes in synchronous replication, pg_rewind for a failed primary that rejoins.
+
+Timings, for a busy 2-core machine: Patroni's Consul sessions cannot live less than Consul's
+`session_ttl_min` (10 s by default), and Patroni asks for half its `ttl` because Consul lets a
+session live up to twice its TTL; so `ttl` 20 is the shortest and a dead primary's lock goes
+20 s after its last renewal at most. The primary renews every `loop_wait` (3 s): it would have to
+stall for over 17 s to lose the lock while alive. Patroni wants `loop_wait + 2 * retry_timeout
+<= ttl`, so that a primary whose store stops answering demotes itself before its lock expires.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from mesh.components.postgres import SUPERUSER
+from mesh.placement import Placement
+from mesh.runtime.paths import StateDir, write_private
+from mesh.topology import PostgresNode, Topology
+
+# Patroni's cluster name: its keys in Consul KV are under service/<SCOPE>/.
+SCOPE = "shopmesh-postgres"
+REPLICATION = "replicator"
+REWIND = "rewind"
+# The REST API's user for its unsafe calls (switchover, restart, reinitialize); reads are open.
+RESTAPI = "patroni"
+
+TTL_S = 20
+LOOP_WAIT_S = 3
+RETRY_TIMEOUT_S = 8
+
+
+def passwords(state: StateDir) -> dict[str, str]:
+    """The replication and rewind roles' passwords and the REST API's: generated once,
+    owner-only in the state dir (the superuser's is postgres.json's)."""
+    path = state.secrets / "patroni.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [role for role in (REPLICATION, REWIND, RESTAPI) if role not in stored]
+    if missing:
+        stored |= {role: secrets.token_urlsafe(24) for role in missing}
+        write_private(path, json.dumps(stored, indent=2))
+    return stored
+
+
+def config(
+    topology: Topology,
+    placement: Placement,
+    node: PostgresNode,
+    *,
+    data_dir: Path,
+    pgpass: Path,
+    bin_dir: Path,
+    superuser_password: str,
+    roles: dict[str, str],
+) -> dict[str, Any]:
+    """The node's patroni.yml, as a dict. It carries passwords: written owner-only."""
+    host = placement.address(node.name)
+    consul = placement.consul_http_addr(topology)
+    trusted = f"{host}/32"
+    return {
+        "scope": SCOPE,
+        "name": node.name,
+        "log": {"level": "INFO"},
+        "restapi": {
+            "listen": f"{placement.listen(node.name)}:{node.patroni_port}",
+            "connect_address": f"{host}:{node.patroni_port}",
+            "authentication": {"username": RESTAPI, "password": roles[RESTAPI]},
+        },
+        # The node's agent; the services find the primary themselves (a multi-host URL).
+        "consul": {"url": consul, "register_service": False},
+        "bootstrap": {
+            "dcs": {
+                "ttl": TTL_S,
+                "loop_wait": LOOP_WAIT_S,
+                "retry_timeout": RETRY_TIMEOUT_S,
+                # A standby this far behind is never promoted (it cannot be, in synchronous mode).
+                "maximum_lag_on_failover": 1024 * 1024,
+                # Not strict: with the standby gone the primary writes alone rather than stop
+                # (docs/failure-modes.md, the Postgres rows).
+                "synchronous_mode": True,
+                "synchronous_mode_strict": False,
+                # Consul down: the primary stays the primary while it reaches every other node's
+                # REST API (none of them can take its place without Consul either), instead of
+                # demoting itself after retry_timeout and stopping every write.
+                "failsafe_mode": True,
+                "postgresql": {
+                    "use_pg_rewind": True,
+                    "use_slots": True,
+                    "parameters": {
+                        "max_connections": 200,
+                        "synchronous_commit": "on",
+                        "wal_level": "replica",
+                        "wal_log_hints": "on",
+                        "hot_standby": "on",
+                        "max_wal_senders": 5,
+                        "max_replication_slots": 5,
+                        "wal_keep_size": "128MB",
+                        "password_encryption": "scram-sha-256",
+                    },
+                },
+            },
+            "initdb": [{"encoding": "UTF8"}, {"auth": "scram-sha-256"}],
+        },
+        "postgresql": {
+            "listen": f"{placement.listen(node.name)}:{node.port}",
+            "connect_address": f"{host}:{node.port}",
+            "data_dir": str(data_dir),
+            "bin_dir": str(bin_dir),
+            "pgpass": str(pgpass),
+            "authentication": {
+                "superuser": {"username": SUPERUSER, "password": superuser_password},
+                "replication": {"username": REPLICATION, "password": roles[REPLICATION]},
+                "rewind": {"username": REWIND, "password": roles[REWIND]},
+            },
+            "parameters": {"unix_socket_directories": "", "fsync": "on"},
+            "pg_hba": [
+                f"host replication {REPLICATION} {trusted} scram-sha-256",
+                f"host all all {trusted} scram-sha-256",
+            ],
+            "basebackup": [{"checkpoint": "fast"}],
+            # A failed primary that cannot be rewound is cloned anew from the new primary.
+            "remove_data_directory_on_rewind_failure": True,
+            "remove_data_directory_on_diverged_timelines": True,
+        },
+    }
