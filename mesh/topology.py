@@ -5,7 +5,7 @@ placement (`mesh up`), where compose also publishes its ports."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,23 @@ class Topology:
 
     def instances(self) -> tuple[Instance, ...]:
         return tuple(i for s in self.services for i in s.instances)
+
+    def small(self) -> Topology:
+        """The same mesh with one of everything that the full one runs several of, for small
+        machines (`mesh up --small`): the first instance of each service, worker, edge,
+        Consul server and Postgres node, with their ports. Kafka keeps its three nodes: the
+        topics are replicated three times, and acknowledged writes need two in sync."""
+        return replace(
+            self,
+            services=tuple(replace(s, instances=s.instances[:1]) for s in self.services),
+            workers=tuple(
+                replace(w, instances=w.instances[:1], metrics_ports=w.metrics_ports[:1])
+                for w in self.workers
+            ),
+            edge=replace(self.edge, instances=self.edge.instances[:1]),
+            consul_servers=self.consul_servers[:1],
+            postgres_nodes=self.postgres_nodes[:1],
+        )
 
     def all_ports(self) -> dict[str, int]:
         """Every TCP port the runtime binds, keyed by a readable owner name."""

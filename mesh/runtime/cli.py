@@ -16,7 +16,18 @@ from mesh.bench import scenarios
 from mesh.bench.accounts import AccountsError
 from mesh.bench.tools import CEILING_WORKERS, ToolError
 from mesh.compose import files as compose_files
-from mesh.runtime import demo, faults, jaeger, kafka_tools, process, protos, tls, trace, users
+from mesh.runtime import (
+    demo,
+    faults,
+    jaeger,
+    kafka_tools,
+    process,
+    protos,
+    sizes,
+    tls,
+    trace,
+    users,
+)
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -25,7 +36,7 @@ from mesh.topology import TopologyError, load
 
 
 def _mesh() -> Mesh:
-    return Mesh.create(load())
+    return Mesh.create(sizes.topology_for(StateDir.default()))
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -67,11 +78,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     # that started us ignores SIGINT, as background jobs do).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    state = StateDir.default()
+    before = sizes.chosen(state)
+    sizes.choose(state, sizes.SMALL if args.small else sizes.FULL)
     mesh = _mesh()
-    print(f"starting the mesh (state in {mesh.state.root})")
+    print(f"starting the {sizes.chosen(state)} mesh (state in {mesh.state.root})")
     try:
         mesh.up()
     except AlreadyRunning:
+        sizes.choose(state, before)
         raise
     except (KeyboardInterrupt, ProcessFailed, MeshError) as exc:
         print(f"{str(exc) or 'interrupted'}\nstopping what was started", file=sys.stderr)
@@ -102,7 +117,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    mesh = Mesh(load(), StateDir.default(), install_all())
+    state = StateDir.default()
+    mesh = Mesh(sizes.topology_for(state), state, install_all())
     mesh.down()
     print("mesh is down")
     return 0
@@ -288,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up = sub.add_parser("up", help="install if needed, start everything, wait until healthy")
     up.add_argument("-d", "--detach", action="store_true", help="return once the mesh is up")
+    up.add_argument(
+        "--small",
+        action="store_true",
+        help="one of each instance, edge, Consul server and Postgres node, for small machines",
+    )
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
     sub.add_parser("status", help="component, pid, ports, health").set_defaults(func=cmd_status)

@@ -194,11 +194,11 @@ class WatchdogMetrics:
 
 
 def main() -> int:
+    from mesh.runtime.sizes import topology_for
     from mesh.runtime.supervisor import Mesh
-    from mesh.topology import load
 
     state = StateDir(Path(os.environ["SHOPMESH_STATE_DIR"]))
-    mesh = Mesh.create(load(), state)
+    mesh = Mesh.create(topology_for(state), state)
     specs = [spec for spec in mesh.specs() if spec.name != NAME]
     metrics = WatchdogMetrics(spec.name for spec in specs)
     watchdog = Watchdog(specs, state, on_restart=metrics.restarted)

@@ -5,6 +5,8 @@ import copy
 import pytest
 import yaml
 
+from mesh.runtime import sizes
+from mesh.runtime.paths import StateDir
 from mesh.topology import TOPOLOGY_FILE, TopologyError, load, parse
 
 RAW = yaml.safe_load(TOPOLOGY_FILE.read_text())
@@ -45,3 +47,27 @@ def test_workers_run_on_a_known_database_with_their_instances() -> None:
     raw["workers"]["payments-worker"]["database"] = "nowhere"
     with pytest.raises(TopologyError, match="unknown database 'nowhere'"):
         parse(raw)
+
+
+def test_the_small_topology_runs_one_of_each_on_the_full_ones_ports() -> None:
+    full = load()
+    small = full.small()
+    assert [len(s.instances) for s in small.services] == [1] * len(full.services)
+    assert [len(w.instances) for w in small.workers] == [1] * len(full.workers)
+    assert (len(small.edge.instances), len(small.consul_servers), len(small.postgres_nodes)) == (
+        1,
+        1,
+        1,
+    )
+    assert small.kafka == full.kafka, "three Kafka nodes: the topics are replicated three times"
+    assert small.all_ports().items() <= full.all_ports().items()
+    assert [i.id for i in small.instances()] == [s.instances[0].id for s in full.services]
+
+
+def test_mesh_up_remembers_the_size_for_every_later_command(tmp_path) -> None:
+    state = StateDir(tmp_path)
+    assert sizes.topology_for(state) == load(), "the full topology unless asked"
+    sizes.choose(state, sizes.SMALL)
+    assert sizes.topology_for(state) == load().small()
+    sizes.choose(state, sizes.FULL)
+    assert sizes.topology_for(state) == load()
