@@ -114,9 +114,9 @@ def intention_removed(
     """Without its service-intentions entry, the default deny refuses every caller of
     `destination` (its sidecar's RBAC filter, within a second or so); afterwards every config
     entry of mesh/consul/config-entries is written back, and the context ends once every
-    sidecar of `destination` has the intention again and `healed` (a call through the mesh)
-    holds HEALED_IN_A_ROW times in a row: a connection opened under the old filter chain is
-    refused once more before it closes, and with several instances one call shows one of them."""
+    sidecar of `destination` has the intention again, has closed the connections opened under
+    the old one (within its drain time), and `healed` (a call through the mesh) holds
+    HEALED_IN_A_ROW times in a row: with several instances one call shows one of them."""
     consul.delete_config_entry("service-intentions", destination)
     try:
         yield
@@ -130,10 +130,26 @@ def intention_removed(
             what=f"every {destination} sidecar to allow its callers again",
         )
         wait_for(
+            lambda: not filter_chains_draining(mesh.topology, destination),
+            timeout=60,
+            what=f"every {destination} sidecar to close the connections of its old filter chain",
+        )
+        wait_for(
             lambda: all(healed() for _ in range(HEALED_IN_A_ROW)),
             timeout=30,
             what=f"calls to {destination} to pass {HEALED_IN_A_ROW} times in a row",
         )
+
+
+def filter_chains_draining(topology: Topology, destination: str) -> int:
+    """Filter chains the sidecars of `destination` still drain: their connections keep the
+    RBAC they were opened under (docs/mesh-config.md)."""
+    draining = 0
+    for instance in topology.service(destination).instances:
+        with envoy_admin(topology, instance.sidecar.admin_port) as admin:
+            text = admin.get("/stats", params={"filter": "total_filter_chains_draining$"}).text
+        draining += sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
+    return draining
 
 
 def intentions_enforced(topology: Topology, consul: ConsulClient, destination: str) -> bool:

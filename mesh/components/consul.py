@@ -134,6 +134,7 @@ def agent_config(topology: Topology, placement: Placement, data_dir: Path) -> di
 # Worker threads per sidecar Envoy. Its service is one Python process (one core at most), and
 # eight sidecars with a worker per core each would be sixteen threads contending for 2 cores.
 SIDECAR_WORKERS = 1
+SIDECAR_DRAIN_S = 5
 
 
 def sidecar_argv(
@@ -171,4 +172,10 @@ def sidecar_argv(
         "warn",
         "--concurrency",
         str(SIDECAR_WORKERS),
+        # A changed intention replaces the public listener's filter chain in place; connections
+        # opened under the old one keep its RBAC until they close, which Envoy lets them take
+        # its drain time for (default 600 s: a restored intention went on refusing, now and
+        # then, for minutes). Within this, every old connection is closed.
+        "--drain-time-s",
+        str(SIDECAR_DRAIN_S),
     ]

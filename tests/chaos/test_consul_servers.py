@@ -163,7 +163,7 @@ def test_orders_flow_while_every_consul_server_is_down_and_the_agent_keeps_its_c
     """The control plane down: the agent's own checks keep running, so nothing turns critical
     when the servers return, unlike an agent's restart (test_process_failures.py)."""
     t = mesh.topology
-    ids = [i.id for i in t.instances()] + [t.edge.id]
+    ids = [i.id for i in t.instances()] + [e.id for e in t.edge.instances]
     with OrderLoad(clients) as load:
         load.wait_answered(BEFORE, what="orders before the fault")
         assert sorted(mesh.kill(CONSUL_SERVERS, hold=True)) == sorted(mesh.resolve(CONSUL_SERVERS))

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -103,7 +103,8 @@ def edge_takes_new_connections(mesh: Mesh, edge_id: str) -> None:
     wait_for(lambda: balancer_sees_up(topology, edge_id), timeout=60,
              what=f"the balancer to see {edge_id} up again")  # fmt: skip
     before = served_by_each(topology, "h1")[edge_id]
-    statuses = [get_on_a_new_connection(mesh, "h1") for _ in range(20)]
+    with ExitStack() as held:
+        statuses = [get_on_a_new_connection(mesh, "h1", held) for _ in range(20)]
     assert set(statuses) == {200}, statuses
     assert served_by_each(topology, "h1")[edge_id] > before, f"{edge_id} took no connection"
 

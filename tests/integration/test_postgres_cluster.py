@@ -21,7 +21,7 @@ from mesh.placement import NativePlacement
 from mesh.runtime import consul, postgres, process
 from mesh.runtime.paths import StateDir
 from mesh.runtime.provision import CONSUL, POSTGRES
-from mesh.topology import ConsulPorts, PostgresNode, Topology, load
+from mesh.topology import ConsulPorts, ConsulServer, PostgresNode, Topology, load
 from services.common.db import DATABASE_UNAVAILABLE
 from tests.ratelimit_processes import binaries, free_port
 from tests.support import wait_for
@@ -31,16 +31,20 @@ WRITES_PER_S = 20
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, StateDir]]:
+    # One Consul server (enough for a DCS) and the client agent Patroni talks to.
     topology = replace(
         load(),
-        consul_ports=ConsulPorts(*(free_port() for _ in range(4))),
+        consul_ports=ConsulPorts(*(free_port() for _ in range(3))),
+        consul_servers=(ConsulServer(1, free_port(), free_port(), free_port()),),
         postgres_nodes=tuple(PostgresNode(n, free_port(), free_port()) for n in (1, 2)),
     )
     state = StateDir(tmp_path_factory.mktemp("postgres-cluster") / "state")
     state.ensure()
     placement = NativePlacement.of(topology)
+    consul_bin = binaries(CONSUL)["consul"]
     specs = [
-        consul.server_spec(topology, placement, state, binaries(CONSUL)["consul"]),
+        *consul.server_specs(topology, placement, state, consul_bin),
+        consul.agent_spec(topology, placement, state, consul_bin),
         *postgres.node_specs(topology, placement, state, binaries(POSTGRES)),
     ]
     try:
@@ -231,7 +235,7 @@ def test_the_primary_keeps_taking_writes_while_consul_is_down(
         # Patroni's /cluster reads Consul; the node's own Postgres says whether it still leads.
         assert asyncio.run(is_primary(topology, leader, password))
     finally:
-        spec = consul.server_spec(topology, placement, state, binaries(CONSUL)["consul"])
+        spec = consul.agent_spec(topology, placement, state, binaries(CONSUL)["consul"])
         process.start(state, spec)
         process.wait_ready(state, spec)
     wait_for(lambda: leader_and_standby(topology)[0] == leader, timeout=60,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -20,8 +21,9 @@ from tests.h3client import h3_get_with_headers
 from tests.integration.test_rate_limits_through_edge import at_the_start_of_a_window
 
 PUBLIC_PATH = "/.well-known/openid-configuration"  # no token: counted per address only
-# Fresh connections per protocol: each lands on an edge of the balancer's (TCP) or the kernel's
-# (UDP, by the client's random port) choosing; both edges are missed by all 20 once in 2^19.
+# Fresh connections per protocol: over TCP the balancer alternates them between the edges (they
+# are held open: `balance leastconn`); over UDP the kernel picks by the client's random port,
+# and both edges are missed by all 20 once in 2^19.
 CONNECTIONS = 20
 
 
@@ -29,20 +31,25 @@ def cafile(mesh: Mesh) -> str:
     return str(edge_certs(mesh.state).ca_cert)
 
 
-def get_on_a_new_connection(mesh: Mesh, protocol: str, path: str = PUBLIC_PATH) -> int:
-    """GET `path` through the public ports on a connection of its own; the status."""
+def get_on_a_new_connection(mesh: Mesh, protocol: str, held: ExitStack) -> int:
+    """GET PUBLIC_PATH through the public ports on a connection of its own, kept open in `held`
+    (the balancer sends a new connection to the edge with the fewest: with the earlier ones
+    still open, they alternate, whatever other clients hold); the status."""
     t = mesh.topology
     if protocol == "h3":
-        status, _, _ = h3_get_with_headers(t.bind_host, t.edge.https_port, path, {}, cafile(mesh))
+        status, _, _ = h3_get_with_headers(
+            t.bind_host, t.edge.https_port, PUBLIC_PATH, {}, cafile(mesh)
+        )
         return status
     if protocol == "h2":
         verify = ssl.create_default_context(cafile=cafile(mesh))
-        with httpx.Client(http2=True, verify=verify, timeout=10.0) as client:
-            response = client.get(f"https://{t.bind_host}:{t.edge.https_port}{path}")
-            assert response.http_version == "HTTP/2"
-            assert response.headers["alt-svc"].startswith(f'h3=":{t.edge.https_port}"')
-            return response.status_code
-    return httpx.get(f"http://{t.bind_host}:{t.edge.http_port}{path}", timeout=10.0).status_code
+        client = held.enter_context(httpx.Client(http2=True, verify=verify, timeout=10.0))
+        response = client.get(f"https://{t.bind_host}:{t.edge.https_port}{PUBLIC_PATH}")
+        assert response.http_version == "HTTP/2"
+        assert response.headers["alt-svc"].startswith(f'h3=":{t.edge.https_port}"')
+        return response.status_code
+    client = held.enter_context(httpx.Client(timeout=10.0))
+    return client.get(f"http://{t.bind_host}:{t.edge.http_port}{PUBLIC_PATH}").status_code
 
 
 @pytest.mark.parametrize("protocol", ["h1", "h2", "h3"])
@@ -51,7 +58,8 @@ def test_the_public_ports_reach_both_edges(mesh: Mesh, protocol: str) -> None:
     for edge in topology.edge.instances:
         assert balancer_sees_up(topology, edge.id), edge.id
     before = served_by_each(topology, protocol)
-    statuses = [get_on_a_new_connection(mesh, protocol) for _ in range(CONNECTIONS)]
+    with ExitStack() as held:
+        statuses = [get_on_a_new_connection(mesh, protocol, held) for _ in range(CONNECTIONS)]
     after = served_by_each(topology, protocol)
 
     assert statuses == [200] * CONNECTIONS
