@@ -178,4 +178,8 @@ def sidecar_argv(
         # then, for minutes). Within this, every old connection is closed.
         "--drain-time-s",
         str(SIDECAR_DRAIN_S),
+        # `consul connect envoy` adds this itself unless it sees a hot-restart option, and it
+        # takes --drain-time-s for one: without it every sidecar wants hot restart's domain
+        # socket of base id 0, and the second one on the host exits (EADDRINUSE).
+        "--disable-hot-restart",
     ]
