@@ -6,7 +6,6 @@ process after a reboot or a crash is never signalled.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -53,10 +52,14 @@ def _pid_file(state: StateDir, name: str) -> Path:
     return state.pids / f"{name}.json"
 
 
-def _reap(pid: int) -> None:
-    """Collect a dead child of this process so it does not linger as a zombie."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+def _reap(pid: int) -> bool:
+    """Collect a dead child of this process so it does not linger as a zombie; True if it was
+    one (it is dead for sure)."""
+    try:
+        reaped, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return reaped == pid
 
 
 EXEC_WINDOW_S = 1.0
@@ -79,12 +82,11 @@ def running(state: StateDir, name: str) -> Running | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     pid, started = int(record["pid"]), float(record["started"])
-    _reap(pid)
-    alive = _alive(pid, started)
+    alive = False if _reap(pid) else _alive(pid, started)
     # /proc/<pid> is briefly gone while a multi-threaded process (Go's `consul connect envoy`
     # exec'ing Envoy) execs from a thread other than its first; on a busy machine for longer
-    # than one look: look again for up to EXEC_WINDOW_S. (A dead process is looked for that
-    # long once: its pid file goes with the first answer.)
+    # than one look: look again for up to EXEC_WINDOW_S. (A dead process that is not our child
+    # is looked for that long once: its pid file goes with the first answer.)
     deadline = time.monotonic() + EXEC_WINDOW_S
     while alive is None and time.monotonic() < deadline:
         time.sleep(EXEC_LOOK_INTERVAL_S)
