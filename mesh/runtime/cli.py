@@ -80,7 +80,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     state = StateDir.default()
     before = sizes.chosen(state)
-    sizes.choose(state, sizes.SMALL if args.small else sizes.FULL)
+    wanted = sizes.SMALL if args.small else sizes.FULL
+    if wanted != before and any(state.data.glob("consul-server-*")):
+        # Consul's Raft and Patroni's cluster remember their members: one size's data does not
+        # start the other.
+        raise MeshError(
+            f"{state.root} holds the data of the {before} mesh; start the {wanted} one in a state "
+            f"dir of its own: SHOPMESH_STATE_DIR={state.root}-{wanted} mesh up"
+            + (" --small" if args.small else "")
+        )
+    sizes.choose(state, wanted)
     mesh = _mesh()
     print(f"starting the {sizes.chosen(state)} mesh (state in {mesh.state.root})")
     try:
