@@ -134,7 +134,9 @@ def agent_config(topology: Topology, placement: Placement, data_dir: Path) -> di
 # Worker threads per sidecar Envoy. Its service is one Python process (one core at most), and
 # eight sidecars with a worker per core each would be sixteen threads contending for 2 cores.
 SIDECAR_WORKERS = 1
-SIDECAR_DRAIN_S = 5
+# Longer than any request the mesh lets run (the edge's route timeout, 10 s): a request that
+# starts on an old connection just before the drain ends is cut, and a POST is not retried.
+SIDECAR_DRAIN_S = 15
 
 
 def sidecar_argv(
@@ -172,12 +174,16 @@ def sidecar_argv(
         "warn",
         "--concurrency",
         str(SIDECAR_WORKERS),
-        # A changed intention replaces the public listener's filter chain in place; connections
-        # opened under the old one keep its RBAC until they close, which Envoy lets them take
-        # its drain time for (default 600 s: a restored intention went on refusing, now and
-        # then, for minutes). Within this, every old connection is closed.
+        # A changed intention (or leaf certificate) replaces the public listener's filter chain
+        # in place; connections opened under the old one keep its RBAC until they close, which
+        # Envoy lets them take its drain time for (default 600 s: a restored intention went on
+        # refusing, now and then, for minutes). `immediate`: every answer on an old connection
+        # closes it; at the end of the drain time the ones left are closed, with any request
+        # still on them (docs/mesh-config.md).
         "--drain-time-s",
         str(SIDECAR_DRAIN_S),
+        "--drain-strategy",
+        "immediate",
         # `consul connect envoy` adds this itself unless it sees a hot-restart option, and it
         # takes --drain-time-s for one: without it every sidecar wants hot restart's domain
         # socket of base id 0, and the second one on the host exits (EADDRINUSE).

@@ -81,7 +81,9 @@ def test_orders_are_accepted_with_every_broker_down_and_the_outbox_drains_after(
     try:
         with orders_client(mesh, tokens, "bob") as client:
             orders = [place(client, "bob", respond_async=False) for _ in range(10)]
-        assert {o["status"] for o in orders} == {"PAID"}
+        assert {o["status"] for o in orders} == {"PAID"}, [
+            (o["id"], o["status"], o["statusReason"]) for o in orders if o["status"] != "PAID"
+        ]
         ids = [o["id"] for o in orders]
         unpublished = query(
             mesh,
