@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from mesh.components.postgres import SUPERUSER
+from mesh.components.postgres import SUPERUSER, service_roles
 from mesh.placement import Placement
 from mesh.runtime.paths import StateDir, write_private
 from mesh.topology import PostgresNode, Topology
@@ -25,8 +25,13 @@ from mesh.topology import PostgresNode, Topology
 SCOPE = "shopmesh-postgres"
 REPLICATION = "replicator"
 REWIND = "rewind"
-# The REST API's user for its unsafe calls (switchover, restart, reinitialize); reads are open.
+# The REST API's user for its unsafe calls (switchover, restart, reinitialize). Reads (GET
+# /patroni, /cluster, /health ...) stay open: Patroni checks no credentials on a GET, only a
+# client certificate (`restapi.verify_client: required`, TLS) would close them, and they carry no
+# secret (docs/security.md, "Patroni's REST API").
 RESTAPI = "patroni"
+# The database pg_rewind (as REWIND) and Patroni's own checks connect to on the other node.
+MAINTENANCE_DATABASE = "postgres"
 
 TTL_S = 20
 LOOP_WAIT_S = 3
@@ -43,6 +48,21 @@ def passwords(state: StateDir) -> dict[str, str]:
         stored |= {role: secrets.token_urlsafe(24) for role in missing}
         write_private(path, json.dumps(stored, indent=2))
     return stored
+
+
+def hba_lines(topology: Topology, trusted: str) -> list[str]:
+    """pg_hba.conf, first match wins and nothing else gets in: the replication role for
+    streaming only, the rewind role to the maintenance database only, the superuser (Patroni,
+    `mesh up`'s provisioning, the tests) anywhere, and each service's role to its own database
+    only, all from `trusted` with SCRAM. Patroni writes it anew at every start of its Postgres
+    (and when it takes up one already running), so an existing data dir gets it too."""
+    lines = [
+        f"host replication {REPLICATION} {trusted} scram-sha-256",
+        f"host {MAINTENANCE_DATABASE} {REWIND} {trusted} scram-sha-256",
+        f"host all {SUPERUSER} {trusted} scram-sha-256",
+    ]
+    lines += [f"host {role} {role} {trusted} scram-sha-256" for role in service_roles(topology)]
+    return lines
 
 
 def config(
@@ -116,10 +136,7 @@ def config(
                 "rewind": {"username": REWIND, "password": roles[REWIND]},
             },
             "parameters": {"unix_socket_directories": "", "fsync": "on"},
-            "pg_hba": [
-                f"host replication {REPLICATION} {trusted} scram-sha-256",
-                f"host all all {trusted} scram-sha-256",
-            ],
+            "pg_hba": hba_lines(topology, trusted),
             "basebackup": [{"checkpoint": "fast"}],
             # A failed primary that cannot be rewound is cloned anew from the new primary.
             "remove_data_directory_on_rewind_failure": True,

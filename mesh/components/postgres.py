@@ -1,10 +1,17 @@
 """Postgres: one database and role per service, their generated passwords, the URLs they
 connect with as a placement puts the servers, and their creation (natively and by compose).
+
+Least privilege: a service's role owns its database and nothing else, may not create roles or
+databases, is no superuser, and has no CONNECT on any other database (PUBLIC's is revoked from
+every one of them). The native nodes' pg_hba.conf admits each role to its own database only
+(mesh/components/patroni.py `hba_lines`). Both are applied again at every start, so a state dir
+made by an earlier version is brought up to them. docs/security.md says what each one stops.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 
 import asyncpg
@@ -14,13 +21,35 @@ from mesh.runtime.paths import StateDir, write_private
 from mesh.topology import Topology
 
 SUPERUSER = "shopmesh"
+# Databases every Postgres has; no service's role may connect to them.
+SYSTEM_DATABASES = ("postgres", "template1")
+
+# A service's database name is also its role's name and a pg_hba.conf field: a plain lower-case
+# identifier, none of pg_hba's keywords and none of the names the cluster itself uses.
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_RESERVED = frozenset(
+    {"all", "sameuser", "samerole", "samegroup", "replication", SUPERUSER, *SYSTEM_DATABASES}
+)
+
+# What a service's role may never be (re-applied to a role an earlier version made).
+_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+
+
+def service_roles(topology: Topology) -> list[str]:
+    """The services' databases, each with a role of the same name, once each, sorted (workers
+    use their service's database: mesh/topology.py checks it is one of these)."""
+    roles = sorted({s.database for s in topology.services if s.database})
+    for role in roles:
+        if not _ROLE_NAME.match(role) or role in _RESERVED:
+            raise ValueError(f"database {role!r}: not usable as a role, database and pg_hba name")
+    return roles
 
 
 def passwords(state: StateDir, topology: Topology) -> dict[str, str]:
     """Generated on first use, kept in the state dir's secrets folder (mode 0600)."""
     path = state.secrets / "postgres.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
-    wanted = [SUPERUSER, *(s.database for s in topology.services if s.database)]
+    wanted = [SUPERUSER, *service_roles(topology)]
     changed = False
     for role in wanted:
         if role not in stored:
@@ -44,21 +73,60 @@ def database_url(
     return f"{url}?target_session_attrs=read-write" if len(endpoints) > 1 else url
 
 
-async def ensure_databases(topology: Topology, placement: Placement, pw: dict[str, str]) -> None:
-    """Each service's role and database, created if missing (natively and by compose)."""
+async def _execute(conn: asyncpg.Connection, template: str, *args: str) -> None:
+    """Run a utility statement (which takes no parameters) built by the server's own format():
+    %I quotes an identifier, %L a literal."""
+    statement: str = await conn.fetchval(f"SELECT format('{template}', {_params(args)})", *args)
+    await conn.execute(statement)
+
+
+def _params(args: tuple[str, ...]) -> str:
+    return ", ".join(f"${n}::text" for n in range(1, len(args) + 1))
+
+
+async def ensure_databases(
+    topology: Topology,
+    placement: Placement,
+    pw: dict[str, str],
+    *,
+    maintenance_roles: tuple[str, ...] = (),
+) -> None:
+    """Each service's role and database, created if missing and held to least privilege
+    (natively and by compose): idempotent, run at every start. `maintenance_roles` keep CONNECT
+    on the `postgres` database, which PUBLIC loses (natively: Patroni's rewind role)."""
+    roles = service_roles(topology)
     conn = await asyncpg.connect(
         database_url(topology, placement, SUPERUSER, pw[SUPERUSER], "postgres"), timeout=2
     )
     try:
-        for service in topology.services:
-            db = service.database
-            if not db:
-                continue
-            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", db):
-                await conn.execute(f'CREATE ROLE "{db}" LOGIN')
-            # Idempotent: also re-applies a password regenerated with a fresh state dir secret.
-            await conn.execute(f"ALTER ROLE \"{db}\" PASSWORD '{pw[db]}'")
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db):
-                await conn.execute(f'CREATE DATABASE "{db}" OWNER "{db}"')
+        for role in roles:
+            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                await _execute(conn, "CREATE ROLE %I LOGIN", role)
+            # Also re-applies a password regenerated with a fresh state dir secret.
+            await _execute(
+                conn, f"ALTER ROLE %I WITH {_ROLE_ATTRIBUTES} PASSWORD %L", role, pw[role]
+            )
+            # No membership in another role (pg_read_all_data, another service's role ...).
+            granted = await conn.fetch(
+                "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
+                " JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1",
+                role,
+            )
+            for row in granted:
+                await _execute(conn, "REVOKE %I FROM %I", row["rolname"], role)
+        for role in roles:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", role):
+                await _execute(conn, "CREATE DATABASE %I OWNER %I", role, role)
+            await _execute(conn, "ALTER DATABASE %I OWNER TO %I", role, role)
+            # The owner keeps its privileges; PUBLIC (every role) loses CONNECT and TEMPORARY,
+            # and any grant an earlier version or a person made to another service goes too.
+            await _execute(conn, "REVOKE ALL ON DATABASE %I FROM PUBLIC", role)
+            for other in roles:
+                if other != role:
+                    await _execute(conn, "REVOKE ALL ON DATABASE %I FROM %I", role, other)
+        for role in maintenance_roles:
+            await _execute(conn, "GRANT CONNECT ON DATABASE %I TO %I", "postgres", role)
+        for database in SYSTEM_DATABASES:
+            await _execute(conn, "REVOKE ALL ON DATABASE %I FROM PUBLIC", database)
     finally:
         await conn.close()

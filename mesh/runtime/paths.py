@@ -3,12 +3,48 @@
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OWNER_ONLY_DIR = 0o700
 OWNER_ONLY_FILE = 0o600
+# Whatever the native runtime, and every process it starts, creates is its owner's only: Kafka's
+# segments, Consul's and Prometheus's data, configs with passwords, logs (docs/security.md).
+PRIVATE_UMASK = 0o077
+
+
+@contextmanager
+def private_files() -> Iterator[None]:
+    """Files and folders this process creates meanwhile are owner-only (the umask, restored
+    after). Around the native runtime's work on a state dir only: not around provisioning
+    (apt-get, builds into the cache) nor compose's init, which writes files for the containers'
+    other users on purpose."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def make_private(root: Path) -> list[Path]:
+    """Take the group's and others' permissions off every file and folder under `root` (which a
+    state dir made by an earlier version holds); symbolic links are left alone. What changed."""
+    changed = []
+    for folder, dirs, files in os.walk(root):
+        for path in [Path(folder), *(Path(folder) / name for name in (*dirs, *files))]:
+            try:
+                mode = path.lstat().st_mode
+                if stat.S_ISLNK(mode) or not stat.S_IMODE(mode) & 0o077:
+                    continue
+                path.chmod(stat.S_IMODE(mode) & ~0o077)
+            except FileNotFoundError:  # gone meanwhile (a log segment deleted)
+                continue
+            changed.append(path)
+    return sorted(set(changed))
 
 
 def write_private(path: Path, content: str | bytes) -> None:

@@ -149,7 +149,14 @@ def _cluster_ready(topology: Topology, placement: Placement, state: StateDir) ->
     if behind:
         return f"{', '.join(behind)} not a streaming synchronous standby yet"
     try:
-        asyncio.run(ensure_databases(topology, placement, passwords(state, topology)))
+        asyncio.run(
+            ensure_databases(
+                topology,
+                placement,
+                passwords(state, topology),
+                maintenance_roles=(patroni.REWIND,),
+            )
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return f"the primary not accepting connections yet ({exc.__class__.__name__})"
     return None

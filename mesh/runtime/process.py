@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import psutil
 
-from mesh.runtime.paths import OWNER_ONLY_FILE, StateDir
+from mesh.runtime.paths import OWNER_ONLY_FILE, PRIVATE_UMASK, StateDir, private_files
 
 
 @dataclass
@@ -115,7 +115,9 @@ def start(
     watchdog and a `mesh start` may try at the same moment, and only one may win.
     `precondition` (e.g. that its ports are free) runs under the lock, only when a start is due:
     a process the other one just started holds its ports rightly."""
-    with (state.pids / f"{spec.name}.lock").open("w") as lock:
+    # Its lock, its config (written by before_start), its pid file and log, and all that it
+    # writes itself (PRIVATE_UMASK): owner-only.
+    with private_files(), (state.pids / f"{spec.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _start_unlocked(state, spec, precondition)
 
@@ -143,6 +145,7 @@ def _start_unlocked(
         cwd=spec.cwd,
         env=env,
         start_new_session=True,
+        umask=PRIVATE_UMASK,
         user=user,
         group=user,
         extra_groups=[] if user else None,

@@ -32,7 +32,7 @@ from mesh.runtime import (
     ratelimit,
     watchdog,
 )
-from mesh.runtime.paths import REPO_ROOT, StateDir
+from mesh.runtime.paths import REPO_ROOT, StateDir, make_private, private_files
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import install_all
 from mesh.topology import EdgeInstance, Instance, Topology, Workers
@@ -262,7 +262,7 @@ class Mesh:
         return found
 
     def up(self, say: Callable[[str], None] = print) -> None:
-        with self._lock():
+        with private_files(), self._lock():
             already = self.running()
             if already:
                 raise AlreadyRunning(
@@ -270,6 +270,8 @@ class Mesh:
                     f"({', '.join(already)}); see `mesh status`, or `mesh down` first"
                 )
             watchdog.release_all(self.state)
+            # A state dir an earlier version made (before every process got PRIVATE_UMASK).
+            make_private(self.state.root)
             started_at = time.monotonic()
             for spec in self.specs():
                 self._start_one(spec, say)
@@ -287,20 +289,22 @@ class Mesh:
 
     def start(self, name: str, say: Callable[[str], None] = print) -> None:
         """Start what is not running (and let the watchdog look after it again)."""
-        for proc_name in self.resolve(name):
-            if process.running(self.state, proc_name):
-                say(f"  {proc_name} is already running")
-            else:
-                self._start_one(self.spec(proc_name), say)
-            watchdog.release(self.state, proc_name)
+        with private_files():
+            for proc_name in self.resolve(name):
+                if process.running(self.state, proc_name):
+                    say(f"  {proc_name} is already running")
+                else:
+                    self._start_one(self.spec(proc_name), say)
+                watchdog.release(self.state, proc_name)
 
     def kill(self, name: str, *, hold: bool = False) -> list[str]:
         """SIGKILL, as a crash: the watchdog restarts it, unless `hold` keeps it down until
         `start`."""
         names = self.resolve(name)
         if hold:
-            for proc_name in names:
-                watchdog.hold(self.state, proc_name)
+            with private_files():
+                for proc_name in names:
+                    watchdog.hold(self.state, proc_name)
         killed = [n for n in names if process.kill(self.state, n)]
         for node in self.topology.postgres_nodes:
             if node.name in names:  # its Postgres runs apart from Patroni: the node dies whole
@@ -312,7 +316,8 @@ class Mesh:
         alone) until `start`."""
         stopped = []
         for proc_name in self.resolve(name):
-            watchdog.hold(self.state, proc_name)
+            with private_files():
+                watchdog.hold(self.state, proc_name)
             spec = self.spec(proc_name)
             if spec.before_stop and process.running(self.state, proc_name):
                 spec.before_stop()
