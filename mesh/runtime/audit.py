@@ -27,6 +27,7 @@ import importlib.metadata
 import os
 import ssl
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -172,6 +173,10 @@ def fetch(names: Iterable[str], *, base: str = PYPI_JSON) -> dict[str, dict[str,
                     resp = client.get(f"{base}/{name}/json")
                 except httpx.HTTPError as exc:
                     last = f"{base}/{name}/json: {exc.__class__.__name__}: {exc}"
+                    continue
+                if resp.status_code >= 500:  # PyPI or its CDN for a moment: ask again
+                    last = f"{base}/{name}/json answered {resp.status_code}"
+                    time.sleep(1.0)
                     continue
                 if resp.status_code != 200:
                     return name, f"{base}/{name}/json answered {resp.status_code}"
