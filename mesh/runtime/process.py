@@ -67,10 +67,14 @@ EXEC_LOOK_INTERVAL_S = 0.05
 
 
 def _alive(pid: int, started: float) -> bool | None:
-    """Whether `pid` is the process started at `started`; None if it is not found."""
+    """Whether `pid` is the process started at `started`; None if that cannot be told yet: it
+    is not found, or it is a zombie (a dead process not yet reaped, or, for a moment, the old
+    leader of a multi-threaded process that execs from another thread)."""
     try:
         proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 1.0
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return abs(proc.create_time() - started) < 1.0
     except psutil.NoSuchProcess:
         return None
 
@@ -83,14 +87,15 @@ def running(state: StateDir, name: str) -> Running | None:
         return None
     pid, started = int(record["pid"]), float(record["started"])
     alive = False if _reap(pid) else _alive(pid, started)
-    # /proc/<pid> is briefly gone while a multi-threaded process (Go's `consul connect envoy`
-    # exec'ing Envoy) execs from a thread other than its first; on a busy machine for longer
-    # than one look: look again for up to EXEC_WINDOW_S. (A dead process that is not our child
-    # is looked for that long once: its pid file goes with the first answer.)
+    # While a multi-threaded process (Go's `consul connect envoy` exec'ing Envoy) execs from a
+    # thread other than its first, /proc/<pid> is briefly gone or shows the old leader as a
+    # zombie; on a busy machine for longer than one look: look again for up to EXEC_WINDOW_S.
+    # Only reaping it says for sure that a child of ours died. (A dead process that is not our
+    # child is looked for that long once: its pid file goes with the first answer.)
     deadline = time.monotonic() + EXEC_WINDOW_S
     while alive is None and time.monotonic() < deadline:
         time.sleep(EXEC_LOOK_INTERVAL_S)
-        alive = _alive(pid, started)
+        alive = False if _reap(pid) else _alive(pid, started)
     if not alive:
         path.unlink(missing_ok=True)
         return None
@@ -202,10 +207,15 @@ def kill(state: StateDir, name: str) -> bool:
 def wait_ready(state: StateDir, spec: ProcessSpec) -> None:
     if spec.ready is None:
         return
+    started = running(state, spec.name)
     deadline = time.monotonic() + spec.ready_timeout
     reason = "no check ran"
     while time.monotonic() < deadline:
         if not running(state, spec.name):
+            if started is not None:
+                # Nothing it started may outlive it unseen (its pid file is gone): a child left
+                # behind would hold its ports against the next start.
+                signal_group(started.pid, signal.SIGKILL)
             raise ProcessFailed(spec.name, "exited during start-up", log_path(state, spec.name))
         try:
             reason = spec.ready() or ""

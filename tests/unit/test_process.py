@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mesh.runtime import process
@@ -115,3 +116,41 @@ def test_a_readiness_check_that_keeps_raising_names_its_error_at_the_deadline(
             process.wait_ready(state, spec)
     finally:
         process.stop(state, "stuck", timeout=5)
+
+
+def test_a_child_that_exited_is_reaped_and_told_dead(
+    tmp_path: Path,
+) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    started = process.start(state, replace(sleeper("brief"), argv=[sys.executable, "-c", "0"]))
+    wait_for(lambda: psutil.Process(started.pid).status() == "zombie", timeout=10,
+             what="the child to exit")  # fmt: skip
+
+    assert process.running(state, "brief") is None  # reaped: dead for sure
+    assert not (state.pids / "brief.json").exists()
+
+
+def test_a_process_that_exits_during_start_up_takes_what_it_left_behind_with_it(
+    tmp_path: Path,
+) -> None:
+    # As `consul connect envoy` might: the process leaves a child running in its group and exits.
+    state = StateDir(tmp_path)
+    state.ensure()
+    orphan_pid_file = tmp_path / "orphan.pid"
+    leave_a_child = (
+        "import subprocess, sys; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(orphan_pid_file)!r}, 'w').write(str(child.pid))"
+    )
+    spec = replace(
+        sleeper("leaver"), argv=[sys.executable, "-c", leave_a_child], ready=lambda: "not yet"
+    )
+    process.start(state, spec)
+
+    with pytest.raises(process.ProcessFailed, match="exited during start-up"):
+        process.wait_ready(state, spec)
+    orphan = int(orphan_pid_file.read_text())
+    wait_for(lambda: not psutil.pid_exists(orphan)
+             or psutil.Process(orphan).status() == "zombie",
+             timeout=5, what="the child it left behind to be killed")  # fmt: skip
