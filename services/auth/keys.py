@@ -142,7 +142,7 @@ class KeyStore:
             await uow.signing_keys.lock()
             keys = await uow.signing_keys.all()
             now = self.now()
-            if not any(key.active_from is not None and key.active_from <= now for key in keys):
+            if not any(key.active_from is not None for key in keys):
                 first = replace(await self._new_key(now), active_from=now)
                 await uow.signing_keys.add(first)
                 log.info("signing key created", extra={"kid": first.kid})
