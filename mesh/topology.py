@@ -101,6 +101,10 @@ class Edge:
     per_ip_limit: RateLimit
     token_cache: TokenCache
     workers: int
+    # How long the edge's jwt_authn keeps auth's JWKS before fetching it again (an unknown kid
+    # does not make it fetch sooner). auth publishes a new signing key longer than this before
+    # signing with it (services/auth/README.md#signing-keys-and-rotation).
+    jwks_cache_s: int = 60
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -120,6 +124,18 @@ class TokenCache:
 
     max_age_s: int
     max_entries: int
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """auth's brute-force limit on the password grant (services/auth/README.md): at most
+    `per_user` failed logins of one username and `per_address` from one client address within
+    `window_s` of the first; over either, 429 until the window ends. The defaults are auth's own
+    (services.auth.config.LoginLimitSettings)."""
+
+    window_s: int = 900
+    per_user: int = 10
+    per_address: int = 100
 
 
 @dataclass(frozen=True)
@@ -248,6 +264,7 @@ class Topology:
     consul_servers: tuple[ConsulServer, ...] = ()
     # The Patroni cluster natively; `postgres_port` is the first node's (compose's one Postgres).
     postgres_nodes: tuple[PostgresNode, ...] = ()
+    login_limits: LoginLimits = LoginLimits()
 
     def service(self, name: str) -> Service:
         for service in self.services:
@@ -401,6 +418,7 @@ def parse(raw: dict[str, Any]) -> Topology:
         per_ip_limit=RateLimit(**limits["per_ip"]),
         token_cache=TokenCache(**{k: int(v) for k, v in edge_raw["token_cache"].items()}),
         workers=int(edge_raw["workers"]),
+        jwks_cache_s=int(edge_raw.get("jwks_cache_s", 60)),
     )
     consul = raw["consul"]
     kafka_raw = raw["kafka"]
@@ -458,6 +476,9 @@ def parse(raw: dict[str, Any]) -> Topology:
             for name, spec in (raw.get("workers") or {}).items()
         ),
         postgres_nodes=postgres_nodes,
+        login_limits=LoginLimits(
+            **{k: int(v) for k, v in ((raw.get("auth") or {}).get("login_limits") or {}).items()}
+        ),
     )
     validate(topology)
     return topology
@@ -493,6 +514,11 @@ def validate(topology: Topology) -> None:
                 f"{sorted(RATE_LIMIT_UNITS)}, the windows the rate-limit service counts in"
             )
     _validate_edge(topology.edge)
+    limits = topology.login_limits
+    if min(limits.window_s, limits.per_user, limits.per_address) < 1:
+        raise TopologyError("auth login_limits: window_s, per_user and per_address must be >= 1")
+    if topology.edge.jwks_cache_s < 1:
+        raise TopologyError("edge jwks_cache_s must be >= 1")
     edge_upstreams = set(topology.edge.services)
     for route in topology.edge.routes:
         if route.service not in names:

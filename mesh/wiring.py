@@ -70,6 +70,13 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
     if service.name == "auth":
         env["SHOPMESH_AUTH_ISSUER"] = issuer(topology, placement)
         env["SHOPMESH_AUTH_SEED_FILE"] = wiring.auth_seed_file()
+        limits = topology.login_limits
+        env["SHOPMESH_AUTH_LOGIN_WINDOW_S"] = str(limits.window_s)
+        env["SHOPMESH_AUTH_LOGIN_MAX_FAILURES_PER_USER"] = str(limits.per_user)
+        env["SHOPMESH_AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS"] = str(limits.per_address)
+        # The longest a cache of auth's JWKS keeps it: the edge's (services refetch on an
+        # unknown kid). auth publishes a new key longer than this before signing with it.
+        env["SHOPMESH_AUTH_JWKS_CACHE_S"] = str(topology.edge.jwks_cache_s)
     if service.database:
         env["SHOPMESH_DATABASE_URL"] = wiring.database_url(topology, service.database)
     return env

@@ -79,6 +79,15 @@ RATELIMIT_CLUSTER = "ratelimit"
 # Headers only the edge (through auth) may set; whatever a client sends under these names is
 # dropped. Services trust nothing but the internal JWT they verify themselves.
 INTERNAL_HEADERS = ("x-shopmesh-principal", "x-shopmesh-roles", "x-jwt-payload")
+# The client's address (the peer's, or the balancer's PROXY header's), set on every routed
+# request in place of anything a client sent under that name: auth counts failed logins per
+# client address by it, and payments tells a public caller from a service by its presence
+# (services/common/client_address.py). X-Forwarded-For's first entries are the client's own.
+CLIENT_ADDRESS_HEADER = "x-shopmesh-client-address"
+CLIENT_ADDRESS = {
+    "header": {"key": CLIENT_ADDRESS_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+}
 
 ACCESS_LOG_FORMAT = {
     "ts": "%START_TIME%",
@@ -392,7 +401,7 @@ def http_filters(
         "audiences": [EXTERNAL_AUDIENCE],
         "remote_jwks": {
             "http_uri": {"uri": "http://auth/auth/jwks", "cluster": auth_cluster, "timeout": "2s"},
-            "cache_duration": "60s",
+            "cache_duration": f"{edge.jwks_cache_s}s",
             "async_fetch": {},
             "retry_policy": {"num_retries": 3},
         },
@@ -501,6 +510,7 @@ def _hcm(topology: Topology, placement: Placement, files: EdgeFiles, stat_prefix
         "name": "edge",
         "virtual_hosts": [host],
         "request_headers_to_remove": list(INTERNAL_HEADERS),
+        "request_headers_to_add": [CLIENT_ADDRESS],
     }
     if alt_svc:
         route_config["response_headers_to_add"] = [{"header": {

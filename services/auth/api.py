@@ -14,8 +14,10 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from services.auth import credentials, oauth
+from services.auth.login_limits import TooManyFailedLogins
 from services.auth.oauth import OAuthError
 from services.auth.service import (
+    UNKNOWN_ADDRESS,
     AuthService,
     InvalidClient,
     InvalidCredentials,
@@ -23,6 +25,7 @@ from services.auth.service import (
     UnknownUsers,
     UserBlocked,
 )
+from services.common import client_address
 from services.common.auth.jwt import bearer_token, verify_internal
 from services.common.auth.middleware import unauthenticated_problem
 from services.common.auth.principal import ADMIN_ROLE, Principal, Unauthenticated, require_role
@@ -32,6 +35,7 @@ from services.common.jsonbody import read_json_object
 from services.common.problem import (
     INVALID_CLIENT,
     MALFORMED,
+    TOO_MANY_FAILED_LOGINS,
     UNAVAILABLE,
     UNKNOWN_USER,
     USER_BLOCKED,
@@ -81,17 +85,32 @@ async def token(request: web.Request) -> web.Response:
     try:
         form = await _form(request)
         grant = oauth.parse_token_request(form, request.headers.get("Authorization"))
-        body = await _issue(service, grant)
+        body = await _issue(service, grant, _client_address(request))
     except OAuthError as exc:
         return web.json_response(exc.body(), status=exc.status, headers=NO_STORE | exc.headers)
+    except TooManyFailedLogins as exc:
+        raise Problem(
+            429,
+            "Too many failed logins",
+            "too many failed logins for this username or from this address; "
+            f"retry in {exc.retry_after_s} s",
+            type=TOO_MANY_FAILED_LOGINS,
+            headers=NO_STORE | {"Retry-After": str(exc.retry_after_s)},
+        ) from None
     return web.json_response(body, headers=NO_STORE)
 
 
-async def _issue(service: AuthService, grant: oauth.Grant) -> dict[str, Any]:
+def _client_address(request: web.Request) -> str:
+    """The client's address as the edge saw it; the peer's (a sidecar's or a local caller's)
+    for a request that did not come through the edge."""
+    return client_address.from_headers(request.headers) or request.remote or UNKNOWN_ADDRESS
+
+
+async def _issue(service: AuthService, grant: oauth.Grant, address: str) -> dict[str, Any]:
     try:
         if isinstance(grant, oauth.PasswordGrant):
             issued = await service.password_grant(
-                grant.username, grant.password, grant.scope, grant.client
+                grant.username, grant.password, grant.scope, grant.client, client_address=address
             )
         elif isinstance(grant, oauth.ClientCredentialsGrant):
             issued = await service.client_credentials_grant(grant.client, grant.scope)
@@ -172,11 +191,19 @@ async def introspect(request: web.Request) -> web.Response:
 
 @routes.post("/auth/keys/rotate")
 async def rotate_keys(request: web.Request) -> web.Response:
-    """A new active signing key; needs an internal token with the admin role."""
+    """The next signing key scheduled to sign, and a new next key published; needs an internal
+    token with the admin role."""
     principal = await _admin(request)
-    key, retired = await request.app[SERVICE].rotate_keys()
-    log.info("keys rotated on request", extra={"by": principal.sub, "kid": key.kid})
-    return web.json_response({"kid": key.kid, "retired_kid": retired})
+    rotation = await request.app[SERVICE].rotate_keys()
+    log.info("keys rotated on request", extra={"by": principal.sub, "kid": rotation.kid})
+    return web.json_response(
+        {
+            "kid": rotation.kid,
+            "active_from": rotation.active_from.isoformat(),
+            "retired_kid": rotation.retired_kid,
+            "next_kid": rotation.next_kid,
+        }
+    )
 
 
 @routes.post("/auth/credentials")

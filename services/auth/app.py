@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,11 +14,16 @@ from services.auth import api
 from services.auth.clients import UsersClient
 from services.auth.config import AuthSettings
 from services.auth.keys import KeyStore, ServiceToken
-from services.auth.repository import PostgresCredentials, PostgresKeysDatabase
+from services.auth.login_limits import LoginLimiter
+from services.auth.repository import (
+    PostgresCredentials,
+    PostgresKeysDatabase,
+    PostgresLoginAttempts,
+)
 from services.auth.seed import SeedError, apply_seed, load_seed
 from services.auth.service import AuthService
 from services.common.config import ServiceSettings
-from services.common.db import close_pool, create_pool
+from services.common.db import DATABASE_UNAVAILABLE, close_pool, create_pool
 from services.common.kafka import Consumer, messaging
 from services.common.messaging.migrations import PROCESSED_EVENTS
 from services.common.migrations import ServiceMigrations, apply_migrations
@@ -25,6 +31,10 @@ from services.common.rest import rest_app
 from services.common.runner import StartupError
 
 MAX_BODY_BYTES = 16 * 1024
+PRUNE_INTERVAL_S = 60
+_PRUNE_ERRORS: tuple[type[BaseException], ...] = (OSError, *DATABASE_UNAVAILABLE)
+log = logging.getLogger(__name__)
+
 MIGRATIONS = ServiceMigrations(Path(__file__).with_name("migrations"), shared=(PROCESSED_EVENTS,))
 
 
@@ -32,6 +42,18 @@ def cache_group(instance: str) -> str:
     """The consumer group in which `instance` reads user-events: one per instance, since each
     instance drops a blocked user's exchanges from its own cache."""
     return f"auth-cache-{instance}"
+
+
+async def prune_login_attempts(logins: LoginLimiter) -> None:
+    """Forget the failed-login windows that are over, every window (at most every minute),
+    until cancelled; a failure waits for the next round."""
+    interval_s = min(logins.settings.window_s, PRUNE_INTERVAL_S)
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await logins.prune()
+        except _PRUNE_ERRORS as exc:
+            log.warning("cannot prune login attempts", extra={"error": type(exc).__name__})
 
 
 def http_app() -> web.Application:
@@ -53,15 +75,18 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
         pool = await create_pool(settings.database_url)
         users: UsersClient | None = None
         reloads: asyncio.Task[None] | None = None
+        pruning: asyncio.Task[None] | None = None
         try:
             await apply_migrations(pool, MIGRATIONS)
-            keys = KeyStore(PostgresKeysDatabase(pool))
+            keys = KeyStore(PostgresKeysDatabase(pool), jwks_cache_s=auth_settings.jwks_cache_s)
             await keys.ensure_active_key()
             await apply_seed(pool, seed)
+            logins = LoginLimiter(PostgresLoginAttempts(pool), auth_settings.login_limits, keys.now)
             reloads = asyncio.create_task(keys.run_reloads(), name="signing key reloads")
+            pruning = asyncio.create_task(prune_login_attempts(logins), name="login pruning")
             users = UsersClient(users_port, ServiceToken(keys))
             service = AuthService(
-                PostgresCredentials(pool), keys, users, issuer=auth_settings.issuer
+                PostgresCredentials(pool), keys, users, issuer=auth_settings.issuer, logins=logins
             )
             app[api.SERVICE] = service
             blocked_users = Consumer(
@@ -70,9 +95,10 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
             async with messaging(pool, settings.instance, consumers=[blocked_users]):
                 yield
         finally:
-            if reloads is not None:
-                reloads.cancel()
-                await asyncio.gather(reloads, return_exceptions=True)
+            for task in (reloads, pruning):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if users is not None:
                 await users.close()
             await close_pool(pool)

@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import asyncpg
 
 from services.auth.tokens import (
-    RETIRED_KEY_PUBLISHED,
     KeyRing,
     SigningKey,
     generate_signing_key,
@@ -29,6 +29,9 @@ SERVICE_SUBJECT = "auth"
 SERVICE_ROLE = "service"
 # Retired keys are deleted this long after retirement (they verify nothing by then).
 RETIRED_KEY_KEPT = timedelta(days=1)
+# A new key is published this much longer than the JWKS caches and the instances' reloads
+# take to see it before it signs (a slow fetch, a fetch that failed once and was retried).
+PUBLISH_MARGIN_S = 30.0
 
 Clock = Callable[[], float]
 
@@ -39,19 +42,17 @@ class SigningKeyRepository(Protocol):
         rotates keys."""
         ...
 
-    async def active_kid(self) -> str | None: ...
+    async def all(self) -> list[SigningKey]:
+        """Every key kept (keys are deleted a day after they stop signing: a handful)."""
+        ...
 
     async def add(self, key: SigningKey) -> None: ...
 
-    async def retire_active(self, now: datetime) -> str | None:
-        """Retire the active key as of `now`; its kid, or None if there was none."""
+    async def schedule(self, kid: str, active_from: datetime) -> None:
+        """The next key `kid` signs from `active_from` on."""
         ...
 
-    async def delete_retired_before(self, cutoff: datetime) -> int: ...
-
-    async def published(self, now: datetime, keep: timedelta) -> list[SigningKey]:
-        """The active key and the keys retired within `keep` of `now`."""
-        ...
+    async def delete(self, kids: Sequence[str]) -> int: ...
 
 
 class KeysUnitOfWork(Protocol):
@@ -71,8 +72,27 @@ class KeysDatabase(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """What a rotation did: `kid` signs from `active_from` on, in place of `retired_kid`;
+    `next_kid` is the new next key, published from now on."""
+
+    kid: str
+    active_from: datetime
+    retired_kid: str
+    next_kid: str
+
+
 class KeyStore:
     """auth's signing keys: kept in Postgres, held in memory as a KeyRing.
+
+    A key is published before it signs. There is always a next key in the JWKS besides the
+    signing one; a rotation schedules the next key to sign once it has been published for
+    `publish_lead` (every cache of the JWKS has fetched it by then: the edge keeps it
+    `jwks_cache_s`, every auth instance reloads its keys every `reload_interval_s`, plus a
+    margin), at once if it has been published that long already, and makes a new next key.
+    Instances switch to a scheduled key by the clock, each on its own, with no message between
+    them.
 
     The ring is reloaded every `reload_interval_s` (another instance may have rotated) and when
     a token names an unknown kid, at most once per `unknown_kid_interval_s`.
@@ -82,6 +102,7 @@ class KeyStore:
         self,
         database: KeysDatabase,
         *,
+        jwks_cache_s: float = 60.0,
         reload_interval_s: float = 30.0,
         unknown_kid_interval_s: float = 5.0,
         clock: Clock = time.time,
@@ -89,9 +110,11 @@ class KeyStore:
         self._db = database
         self._reload_interval_s = reload_interval_s
         self._unknown_kid_interval_s = unknown_kid_interval_s
+        self.publish_lead = timedelta(seconds=jwks_cache_s + reload_interval_s + PUBLISH_MARGIN_S)
         self._clock = clock
         self._ring: KeyRing | None = None
         self._loaded_at = 0.0
+        self._signing_kid = ""
         self._lock = asyncio.Lock()
 
     @property
@@ -103,36 +126,75 @@ class KeyStore:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
+    def signing_key(self) -> SigningKey:
+        """The key that signs now (switches by the clock when a scheduled key starts)."""
+        key = self.ring.signing_key(self.now())
+        if key.kid != self._signing_kid:
+            if self._signing_kid:
+                log.info("signing key changed", extra={"kid": key.kid})
+            self._signing_kid = key.kid
+        return key
+
     async def ensure_active_key(self) -> None:
-        """Create the first key unless one is active; safe when instances start together."""
-        candidate = await asyncio.to_thread(generate_signing_key, self.now())
+        """Make a signing key (the first start) and a next key, unless there are; safe when
+        instances start together. The first key signs at once: no cache has the JWKS yet."""
         async with self._db.transaction() as uow:
             await uow.signing_keys.lock()
-            if await uow.signing_keys.active_kid() is None:
-                await uow.signing_keys.add(candidate)
-                log.info("signing key created", extra={"kid": candidate.kid})
+            keys = await uow.signing_keys.all()
+            now = self.now()
+            if not any(key.active_from is not None for key in keys):
+                first = replace(await self._new_key(now), active_from=now)
+                await uow.signing_keys.add(first)
+                log.info("signing key created", extra={"kid": first.kid})
+            if not any(key.active_from is None for key in keys):
+                following = await self._new_key(now)
+                await uow.signing_keys.add(following)
+                log.info("next signing key published", extra={"kid": following.kid})
         await self.reload()
 
-    async def rotate(self) -> tuple[SigningKey, str | None]:
-        """Make a new active key; the old one retires and stays published for an hour."""
-        now = self.now()
-        new_key = await asyncio.to_thread(generate_signing_key, now)
+    async def rotate(self) -> Rotation:
+        """Schedule the next key to sign (once it has been published for `publish_lead`, at
+        once if it has) and publish a new next key. The key signing now signs until then, and
+        stays published for an hour after."""
         async with self._db.transaction() as uow:
             await uow.signing_keys.lock()
-            retired = await uow.signing_keys.retire_active(now)
-            await uow.signing_keys.add(new_key)
-            await uow.signing_keys.delete_retired_before(now - RETIRED_KEY_KEPT)
-        log.info("signing keys rotated", extra={"kid": new_key.kid, "retired_kid": retired})
+            now = self.now()
+            ring = KeyRing(await uow.signing_keys.all())
+            upcoming = ring.next_key()
+            if upcoming is None:  # keys made before next keys were: none published yet
+                upcoming = await self._new_key(now)
+                await uow.signing_keys.add(upcoming)
+            active_from = max(now, upcoming.created_at + self.publish_lead)
+            await uow.signing_keys.schedule(upcoming.kid, active_from)
+            following = await self._new_key(now)
+            await uow.signing_keys.add(following)
+            expired = ring.retired_before(now - RETIRED_KEY_KEPT, now)
+            await uow.signing_keys.delete([key.kid for key in expired])
+        rotation = Rotation(
+            kid=upcoming.kid,
+            active_from=active_from,
+            retired_kid=ring.last_scheduled().kid,
+            next_kid=following.kid,
+        )
+        log.info(
+            "signing keys rotated",
+            extra={
+                "kid": rotation.kid,
+                "active_from": active_from.isoformat(),
+                "retired_kid": rotation.retired_kid,
+                "next_kid": rotation.next_kid,
+            },
+        )
         await self.reload()
-        return new_key, retired
+        return rotation
+
+    async def _new_key(self, now: datetime) -> SigningKey:
+        return await asyncio.to_thread(generate_signing_key, now)
 
     async def reload(self) -> None:
-        keys = await self._db.signing_keys.published(self.now(), RETIRED_KEY_PUBLISHED)
-        ring = KeyRing(keys)
-        if self._ring is not None and ring.active.kid != self._ring.active.kid:
-            log.info("active signing key changed", extra={"kid": ring.active.kid})
-        self._ring = ring
+        self._ring = KeyRing(await self._db.signing_keys.all())
         self._loaded_at = self._clock()
+        self.signing_key()
 
     async def run_reloads(self) -> None:
         """Reload every interval until cancelled; a failed reload keeps the current ring."""
@@ -166,7 +228,7 @@ class KeyStore:
         return self.ring.jwks(self.now())
 
     def sign(self, claims: dict[str, Any]) -> str:
-        return sign(claims, self.ring.active)
+        return sign(claims, self.signing_key())
 
 
 class ServiceToken:
@@ -184,7 +246,7 @@ class ServiceToken:
 
     def __call__(self) -> str:
         now = int(self._clock())
-        active = self._keys.ring.active.kid
+        active = self._keys.signing_key().kid
         if now >= self._exp - self._renew_before_s or active != self._kid:
             claims = internal_claims(sub=SERVICE_SUBJECT, roles=[SERVICE_ROLE], now=now)
             self._token = self._keys.sign(claims)

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from services.auth.domain import Client
+from services.auth.login_limits import AttemptKey, Count, Scope
 from services.auth.tokens import SigningKey
 from services.common.db import Connection
 from services.common.uow import PostgresTransactions
@@ -31,16 +32,20 @@ class PostgresSigningKeys:
         """Hold the key lock until the end of the current transaction."""
         await self._db.execute("SELECT pg_advisory_xact_lock($1)", KEYS_LOCK_KEY)
 
-    async def active_kid(self) -> str | None:
-        kid: str | None = await self._db.fetchval(
-            "SELECT kid FROM signing_keys WHERE retired_at IS NULL"
+    async def all(self) -> list[SigningKey]:
+        rows = await self._db.fetch(
+            """
+            SELECT kid, alg, private_key_pem, public_jwk, created_at, active_from
+            FROM signing_keys ORDER BY created_at
+            """
         )
-        return kid
+        return [SigningKey(**dict(row)) for row in rows]
 
     async def add(self, key: SigningKey) -> None:
         await self._db.execute(
             """
-            INSERT INTO signing_keys (kid, alg, private_key_pem, public_jwk, created_at, retired_at)
+            INSERT INTO signing_keys
+                (kid, alg, private_key_pem, public_jwk, created_at, active_from)
             VALUES ($1, $2, $3, $4, $5, $6)
             """,
             key.kid,
@@ -48,31 +53,21 @@ class PostgresSigningKeys:
             key.private_key_pem,
             key.public_jwk,
             key.created_at,
-            key.retired_at,
+            key.active_from,
         )
 
-    async def retire_active(self, now: datetime) -> str | None:
-        kid: str | None = await self._db.fetchval(
-            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid", now
+    async def schedule(self, kid: str, active_from: datetime) -> None:
+        await self._db.execute(
+            "UPDATE signing_keys SET active_from = $2 WHERE kid = $1", kid, active_from
         )
-        return kid
 
-    async def delete_retired_before(self, cutoff: datetime) -> int:
-        result = await self._db.execute("DELETE FROM signing_keys WHERE retired_at < $1", cutoff)
+    async def delete(self, kids: Sequence[str]) -> int:
+        if not kids:
+            return 0
+        result = await self._db.execute(
+            "DELETE FROM signing_keys WHERE kid = ANY($1::text[])", list(kids)
+        )
         return int(result.split()[-1])
-
-    async def published(self, now: datetime, keep: timedelta) -> list[SigningKey]:
-        """The active key and the keys retired within `keep` of `now`."""
-        rows = await self._db.fetch(
-            """
-            SELECT kid, alg, private_key_pem, public_jwk, created_at, retired_at
-            FROM signing_keys
-            WHERE retired_at IS NULL OR retired_at > $1
-            ORDER BY created_at
-            """,
-            now - keep,
-        )
-        return [SigningKey(**dict(row)) for row in rows]
 
 
 class PostgresKeysUnitOfWork:
@@ -137,3 +132,56 @@ class PostgresCredentials:
             secret_hash,
             list(roles),
         )
+
+
+class PostgresLoginAttempts:
+    """The password grant's attempt counts (services/auth/login_limits.py) on the pool: each
+    call is one statement, atomic on its own, so instances counting the same key at once never
+    lose a count."""
+
+    def __init__(self, db: Executor) -> None:
+        self._db = db
+
+    async def count(
+        self, keys: Sequence[AttemptKey], now: datetime, window: timedelta
+    ) -> list[Count]:
+        rows = await self._db.fetch(
+            """
+            INSERT INTO login_attempts AS a (scope, key, window_start, attempts)
+            SELECT scope, key, $3, 1 FROM unnest($1::text[], $2::text[]) AS t (scope, key)
+            ON CONFLICT (scope, key) DO UPDATE SET
+                window_start = CASE WHEN a.window_start <= $3 - $4::interval
+                                    THEN $3 ELSE a.window_start END,
+                attempts = CASE WHEN a.window_start <= $3 - $4::interval
+                                THEN 1 ELSE a.attempts + 1 END
+            RETURNING scope, key, window_start, attempts
+            """,
+            [key.scope.value for key in keys],
+            [key.key for key in keys],
+            now,
+            window,
+        )
+        counted = {
+            AttemptKey(Scope(row["scope"]), row["key"]): (row["window_start"], row["attempts"])
+            for row in rows
+        }
+        return [Count(key, *counted[key]) for key in keys]
+
+    async def uncount(self, counts: Sequence[Count]) -> None:
+        await self._db.execute(
+            """
+            UPDATE login_attempts AS a SET attempts = a.attempts - 1
+            FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS t (scope, key, window_start)
+            WHERE a.scope = t.scope AND a.key = t.key AND a.window_start = t.window_start
+              AND a.attempts > 0
+            """,
+            [count.key.scope.value for count in counts],
+            [count.key.key for count in counts],
+            [count.window_start for count in counts],
+        )
+
+    async def prune(self, before: datetime) -> int:
+        result = await self._db.execute(
+            "DELETE FROM login_attempts WHERE window_start < $1", before
+        )
+        return int(result.split()[-1])

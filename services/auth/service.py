@@ -16,14 +16,14 @@ from services.auth.cache import CachedExchange, ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
 from services.auth.credentials import Credential
 from services.auth.domain import Client
-from services.auth.keys import Clock, KeyStore
+from services.auth.keys import Clock, KeyStore, Rotation
+from services.auth.login_limits import LoginLimiter, TooManyFailedLogins
 from services.auth.oauth import PUBLIC_CLIENT_ID, ClientCredentials
 from services.auth.tokens import (
     EXTERNAL_AUDIENCE,
     EXTERNAL_TTL_S,
     GTY_CLIENT_CREDENTIALS,
     GTY_PASSWORD,
-    SigningKey,
     external_claims,
     internal_claims,
 )
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # The edge stops reusing an exchanged token this many seconds before it expires.
 REUSE_MARGIN_S = 5
+# The client address of a password grant that came to auth's own port, not through the edge.
+UNKNOWN_ADDRESS = "unknown"
 # The message of every "users cannot say now": Unavailable.
 USERS_UNAVAILABLE = "auth cannot check the users now; retry later"
 # UnknownUsers' message names this many of them; its fields name them all.
@@ -139,9 +141,12 @@ class AuthService:
         *,
         issuer: str,
         cache: ExchangeCache | None = None,
+        logins: LoginLimiter | None = None,
         clock: Clock = time.time,
     ) -> None:
         self._credentials = credentials
+        # The brute-force limit; None only where a test leaves it out.
+        self._logins = logins
         self.keys = keys
         self._users = users
         self.issuer = issuer
@@ -161,27 +166,60 @@ class AuthService:
         return client
 
     async def password_grant(
-        self, username: str, password: str, scope: tuple[str, ...], client: ClientCredentials | None
+        self,
+        username: str,
+        password: str,
+        scope: tuple[str, ...],
+        client: ClientCredentials | None,
+        *,
+        client_address: str = UNKNOWN_ADDRESS,
     ) -> IssuedToken:
-        """An external token for a user whose password matches and who is not blocked."""
+        """An external token for a user whose password matches and who is not blocked.
+
+        TooManyFailedLogins, before the password is looked at, while the username or the
+        client address is over its limit of failed logins (services/auth/login_limits.py).
+        """
         client_id = (
             (await self.authenticate_client(client)).client_id if client else PUBLIC_CLIENT_ID
         )
+        if self._logins is None:
+            user = await self._check_password(username, password)
+        else:
+            try:
+                attempt = await self._logins.attempt(username, client_address)
+            except TooManyFailedLogins as exc:
+                log.warning(
+                    "password grant refused: too many failed logins",
+                    extra={"username": username, "client_address": client_address,
+                           "over": exc.scope.value},
+                )  # fmt: skip
+                raise
+            try:
+                user = await self._check_password(username, password)
+            except InvalidCredentials:
+                attempt.failed()
+                raise
+            finally:
+                await attempt.close()
+        if user.blocked:
+            log.info("password grant refused: user blocked", extra={"user_id": user.id})
+            raise UserBlocked(user.id)
+        return self._external(user.id, client_id, scope, GTY_PASSWORD)
+
+    async def _check_password(self, username: str, password: str) -> UserInfo:
+        """The user, if the password is theirs; InvalidCredentials for a wrong password, a
+        username without one, or one users does not know."""
         stored = await self._credentials.password_hash(username)
         if not await asyncio.to_thread(passwords.verify, stored, password):
             log.info("password grant refused: bad credentials", extra={"username": username})
             raise InvalidCredentials(username)
         try:
-            user = await self._user(username)
+            return await self._user(username)
         except UnknownUser:
             log.warning(
                 "password grant refused: no such user in users", extra={"username": username}
             )
             raise InvalidCredentials(username) from None
-        if user.blocked:
-            log.info("password grant refused: user blocked", extra={"user_id": user.id})
-            raise UserBlocked(user.id)
-        return self._external(user.id, client_id, scope, GTY_PASSWORD)
 
     async def client_credentials_grant(
         self, client: ClientCredentials, scope: tuple[str, ...]
@@ -353,7 +391,7 @@ class AuthService:
 
     # --- keys ------------------------------------------------------------------
 
-    async def rotate_keys(self) -> tuple[SigningKey, str | None]:
+    async def rotate_keys(self) -> Rotation:
         return await self.keys.rotate()
 
 

@@ -49,12 +49,16 @@ GTY_CLIENT_CREDENTIALS = "client_credentials"
 
 @dataclass(frozen=True)
 class SigningKey:
+    """A key pair. It is published (in the JWKS, and verifies) from `created_at`; it signs from
+    `active_from` (None: the next key, not scheduled yet) until the next scheduled key starts,
+    and stays published RETIRED_KEY_PUBLISHED after that."""
+
     kid: str
     alg: str
     private_key_pem: str = field(repr=False)
     public_jwk: dict[str, Any]
     created_at: datetime
-    retired_at: datetime | None = None
+    active_from: datetime | None = None
 
     @functools.cached_property
     def signer(self) -> Key:
@@ -63,10 +67,6 @@ class SigningKey:
     @functools.cached_property
     def verification_key(self) -> VerificationKey:
         return VerificationKey.from_jwk(self.public_jwk)
-
-    def published_at(self, now: datetime) -> bool:
-        """Whether the key is in the JWKS (and verifies tokens) at `now`."""
-        return self.retired_at is None or now - self.retired_at < RETIRED_KEY_PUBLISHED
 
 
 def generate_signing_key(now: datetime) -> SigningKey:
@@ -94,35 +94,88 @@ def jwk_thumbprint(public: dict[str, Any]) -> str:
 
 
 class NoActiveKey(Exception):
-    """The key set has no active key (the database was changed by hand?)."""
+    """No key signs at the time asked (an empty table, or one changed by hand?)."""
 
 
 class KeyRing:
-    """The keys auth knows at one moment: one active (signs), some retired (verify a while)."""
+    """The keys auth knows at one moment, and which of them signs, is published and verifies
+    at any time: the scheduled keys (`active_from` set) sign one after another; the next key
+    (`active_from` None) is published, waiting for a rotation to schedule it."""
 
     def __init__(self, keys: Iterable[SigningKey]) -> None:
         self.keys: dict[str, SigningKey] = {key.kid: key for key in keys}
-        active = [key for key in self.keys.values() if key.retired_at is None]
-        if len(active) != 1:
-            raise NoActiveKey(f"expected one active signing key, found {len(active)}")
-        self.active = active[0]
+        self._schedule = sorted(
+            (key for key in self.keys.values() if key.active_from is not None),
+            key=lambda key: (key.active_from, key.created_at),
+        )
+        if not self._schedule:
+            raise NoActiveKey("no signing key is scheduled")
+
+    def signing_key(self, now: datetime) -> SigningKey:
+        """The key that signs at `now`: the latest scheduled to start at or before it (the
+        first scheduled one on a clock behind the clock of the instance that made it)."""
+        current = self._schedule[0]
+        for key in self._schedule:
+            if key.active_from is not None and key.active_from <= now:
+                current = key
+        return current
+
+    def last_scheduled(self) -> SigningKey:
+        """The key that signs once every scheduled key has started."""
+        return self._schedule[-1]
+
+    def next_key(self) -> SigningKey | None:
+        """The newest key waiting to be scheduled."""
+        waiting = [key for key in self.keys.values() if key.active_from is None]
+        return max(waiting, key=lambda key: key.created_at, default=None)
+
+    def retired_at(self, key: SigningKey, now: datetime) -> datetime | None:
+        """When `key` stopped signing (the next scheduled key started), if it has by `now`."""
+        if key.active_from is None:
+            return None
+        position = self._schedule.index(key)
+        if position + 1 == len(self._schedule):
+            return None
+        successor = self._schedule[position + 1].active_from
+        return successor if successor is not None and successor <= now else None
+
+    def is_published(self, key: SigningKey, now: datetime) -> bool:
+        """Whether `key` is in the JWKS (and verifies tokens) at `now`."""
+        retired = self.retired_at(key, now)
+        return key.created_at <= now and (retired is None or now - retired < RETIRED_KEY_PUBLISHED)
 
     def published(self, now: datetime) -> list[SigningKey]:
-        """The active key first, then the recently retired ones, newest first."""
+        """The signing key first, then the keys that will sign (soonest first, the unscheduled
+        next key last), then the retired ones still published (newest first)."""
+        active = self.signing_key(now)
+        coming = [
+            key for key in self._schedule if key.active_from is not None and key.active_from > now
+        ]
+        waiting = sorted(
+            (key for key in self.keys.values() if key.active_from is None),
+            key=lambda key: key.created_at,
+        )
         retired = [
             key
-            for key in self.keys.values()
-            if key.retired_at is not None and key.published_at(now)
+            for key in reversed(self._schedule)
+            if key.kid != active.kid
+            and key.active_from is not None
+            and key.active_from <= now
+            and self.is_published(key, now)
         ]
-        retired.sort(key=lambda key: key.created_at, reverse=True)
-        return [self.active, *retired]
+        return [key for key in [active, *coming, *waiting, *retired] if self.is_published(key, now)]
+
+    def retired_before(self, cutoff: datetime, now: datetime) -> list[SigningKey]:
+        """The keys that stopped signing before `cutoff`."""
+        retired = ((key, self.retired_at(key, now)) for key in self._schedule)
+        return [key for key, at in retired if at is not None and at < cutoff]
 
     def jwks(self, now: datetime) -> dict[str, Any]:
         return {"keys": [dict(key.public_jwk) for key in self.published(now)]}
 
     def verification_key(self, kid: str, now: datetime) -> VerificationKey | None:
         key = self.keys.get(kid)
-        if key is None or not key.published_at(now):
+        if key is None or not self.is_published(key, now):
             return None
         return key.verification_key
 

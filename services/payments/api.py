@@ -8,7 +8,12 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.auth.principal import current_principal, require_self_or_admin
+from services.common import client_address
+from services.common.auth.principal import (
+    ADMIN_ROLE,
+    current_principal,
+    require_self_or_admin,
+)
 from services.payments.domain import Payment, PaymentStatus
 from services.payments.service import PaymentService
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -34,13 +39,21 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         request: payments_pb2.ProcessPaymentRequest,
         context: grpc.aio.ServicerContext[payments_pb2.ProcessPaymentRequest, payments_pb2.Payment],
     ) -> payments_pb2.Payment:
-        require_self_or_admin(current_principal(), request.user_id, SERVICE_ROLE)
+        principal = current_principal()
+        require_self_or_admin(principal, request.user_id, SERVICE_ROLE)
+        # A user calling for themselves through the edge (POST /payments) charges nothing; see
+        # process_payment. orders calls with the user's own token too, but from inside the mesh:
+        # only the edge sets the client address, on every public request.
+        public = client_address.from_metadata(context.invocation_metadata()) is not None
+        privileged = principal.has_role(SERVICE_ROLE) or principal.has_role(ADMIN_ROLE)
+        acts_as_user = public and not privileged
         payment = await self._service.process_payment(
             request.order_id,
             request.user_id,
             request.amount,
             request.currency,
             time_remaining_s=context.time_remaining(),
+            own_payment_only=acts_as_user,
         )
         return to_proto(payment)
 

@@ -174,13 +174,27 @@ class PaymentService:
         currency: str,
         *,
         time_remaining_s: float | None = None,
+        own_payment_only: bool = False,
     ) -> Payment:
         """Charge the order once; see the module docstring for repeated and concurrent calls.
 
         A user blocked (user-events) gets FAILED_PRECONDITION for a new payment; a payment
         that already exists for the order is still reported.
+
+        `own_payment_only`: the caller is the user themselves (not orders, a worker or an
+        admin). Payments does not know which orders exist or whose they are, so such a caller
+        charges nothing: it is answered the order's payment only if that payment is its own,
+        and NOT_FOUND otherwise, the same answer whether the order has no payment or another
+        user's (`unknown_order`): nothing tells a user that somebody else's order exists.
         """
         request = payment_request(order_id, user_id, amount, currency)
+        if own_payment_only:
+            existing = await self._db.payments.get_for_order(request.order_id)
+            if existing is None or existing.user_id != request.user_id:
+                raise unknown_order(request.order_id)
+            return await self._outcome(
+                request.order_id, wait_budget(time_remaining_s), expected=request
+            )
         payment = domain.new_payment(request)
         async with self._db.transaction() as uow:
             if await uow.payments.is_blocked(request.user_id):
@@ -383,6 +397,12 @@ class PaymentService:
         if payment_id is not None:
             return await self._db.payments.get(payment_id)
         return await self._db.payments.get_for_order(order_id or "")
+
+
+def unknown_order(order_id: str) -> NotFound:
+    """What a user is told about an order that is not theirs to pay: the same whether it does
+    not exist or is somebody else's."""
+    return NotFound(f"order {order_id} not found")
 
 
 OUTCOME_EVENTS = {

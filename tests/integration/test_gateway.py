@@ -122,8 +122,12 @@ def active_key(mesh: Mesh) -> tuple[str, str, dict]:
 
         conn = await asyncpg.connect(url)
         try:
+            # The key signing now: the latest to have started (a next key has no active_from).
             return await conn.fetchrow(
-                "SELECT kid, private_key_pem, public_jwk FROM signing_keys WHERE retired_at IS NULL"
+                """
+                SELECT kid, private_key_pem, public_jwk FROM signing_keys
+                WHERE active_from <= now() ORDER BY active_from DESC, created_at DESC LIMIT 1
+                """
             )
         finally:
             await conn.close()

@@ -60,7 +60,7 @@ TOKEN_PARAMETERS = (
 class StoringAuthService(FakeAuthService):
     """FakeAuthService whose client and credential lookups query as Postgres would."""
 
-    async def password_grant(self, username, password, scope, client):
+    async def password_grant(self, username, password, scope, client, *, client_address=""):
         store_as_postgres_would(username)
         return await super().password_grant(username, password, scope, client)
 

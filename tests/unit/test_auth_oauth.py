@@ -14,6 +14,8 @@ from services.auth import api, oauth
 from services.auth.app import http_app
 from services.auth.cache import ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
+from services.auth.keys import Rotation
+from services.auth.login_limits import Scope, TooManyFailedLogins
 from services.auth.oauth import (
     GRANT_TOKEN_EXCHANGE,
     PUBLIC_CLIENT_ID,
@@ -212,7 +214,7 @@ class FakeAuthService(AuthService):
             None, MemoryKeys(), users or FakeUsers(), issuer=ISSUER, cache=ExchangeCache()
         )
 
-    async def password_grant(self, username, password, scope, client):
+    async def password_grant(self, username, password, scope, client, *, client_address=""):
         if password != "right":
             raise InvalidCredentials(username)
         return IssuedToken("external-token", 900, "shopmesh")
@@ -438,9 +440,12 @@ def test_the_jwks_publishes_public_keys_only():
     assert "d" not in body["keys"][0]
 
 
+ROTATED_AT = datetime(2026, 11, 29, 12, 2, tzinfo=UTC)
+
+
 class RotatingService(FakeAuthService):
     async def rotate_keys(self):
-        return KEY, "old-kid"
+        return Rotation(KEY.kid, ROTATED_AT, "old-kid", "next-kid")
 
 
 def internal(sub, roles):
@@ -455,7 +460,15 @@ def test_an_admin_rotates_keys_and_a_user_may_not():
         RotatingService(),
         headers={"Authorization": f"Bearer {internal('admin', ['admin'])}"},
     )
-    assert (status, body) == (200, {"kid": KEY.kid, "retired_kid": "old-kid"})
+    assert (status, body) == (
+        200,
+        {
+            "kid": KEY.kid,
+            "active_from": "2026-11-29T12:02:00+00:00",
+            "retired_kid": "old-kid",
+            "next_kid": "next-kid",
+        },
+    )
     status, _, body = call(
         "POST",
         "/auth/keys/rotate",
@@ -463,3 +476,38 @@ def test_an_admin_rotates_keys_and_a_user_may_not():
         headers={"Authorization": f"Bearer {internal('alice', ['user'])}"},
     )
     assert (status, body["type"]) == (403, "/problems/forbidden")
+
+
+class LockedOutService(FakeAuthService):
+    """Every password grant is over the brute-force limit; the addresses it was asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.addresses = []
+
+    async def password_grant(self, username, password, scope, client, *, client_address=""):
+        self.addresses.append(client_address)
+        raise TooManyFailedLogins(42, Scope.USER)
+
+
+def test_a_locked_out_login_is_a_429_problem_with_retry_after_and_the_edges_client_address():
+    service = LockedOutService()
+    status, headers, body = call(
+        "POST",
+        "/auth/token",
+        service,
+        data={"grant_type": "password", "username": "alice", "password": "right"},
+        headers={"x-shopmesh-client-address": "203.0.113.9", "x-forwarded-for": "10.0.0.1"},
+    )
+    assert (status, headers["Retry-After"], headers["Content-Type"]) == (
+        429,
+        "42",
+        "application/problem+json",
+    )
+    assert (body["type"], body["status"]) == ("/problems/too-many-failed-logins", 429)
+    assert "42 s" in body["detail"]
+    assert service.addresses == ["203.0.113.9"]
+    # Not through the edge: the peer's address (the test client's loopback).
+    call("POST", "/auth/token", service, data={"grant_type": "password", "username": "a",
+                                                "password": "b"})  # fmt: skip
+    assert service.addresses[1] == "127.0.0.1"

@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 from mesh.components import ratelimit
-from mesh.components.edge import EdgeFiles, envoy_config, issuer
+from mesh.components.edge import CLIENT_ADDRESS_HEADER, EdgeFiles, envoy_config, issuer
 from mesh.placement import NativePlacement
 from mesh.runtime import protos
 from mesh.topology import load
+from services.common import client_address
 
 NATIVE = NativePlacement.of(load())
 FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.DESCRIPTOR_SET)
@@ -219,3 +220,24 @@ def test_the_token_exchange_is_off_on_public_routes_and_carries_the_topologys_ca
         found = next(r for r in routes if r["match"].get("path_separated_prefix") == route.prefix)
         off = found["typed_per_filter_config"].get("shopmesh.token_exchange", {}).get("disabled")
         assert bool(off) == (route.auth == "none"), route.prefix
+
+
+def test_every_routed_request_carries_the_client_address_the_edge_saw_whatever_the_client_sent():
+    for listener in listeners().values():
+        route_config = hcm(listener)["route_config"]
+        assert route_config["request_headers_to_add"] == [{
+            "header": {"key": CLIENT_ADDRESS_HEADER,
+                       "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }]  # fmt: skip
+    # The name the services read it by.
+    assert CLIENT_ADDRESS_HEADER == client_address.CLIENT_ADDRESS_HEADER
+
+
+def test_the_jwks_cache_is_the_topologys_and_auth_is_told_it() -> None:
+    for listener in listeners().values():
+        jwt_authn = next(
+            f for f in hcm(listener)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn"
+        )
+        for provider in jwt_authn["typed_config"]["providers"].values():
+            assert provider["remote_jwks"]["cache_duration"] == f"{load().edge.jwks_cache_s}s"

@@ -198,6 +198,37 @@ async def test_another_payment_for_a_charged_order_is_refused_naming_what_differ
 
 
 @in_a_loop
+async def test_a_user_is_told_another_users_order_is_not_found_as_for_an_order_nobody_has():
+    payments = Payments()
+    await payments.pay("o-1")  # alice's order, paid by orders
+
+    async def as_bob(order_id: str) -> str:
+        with pytest.raises(NotFound) as refused:
+            await payments.service.process_payment(
+                order_id, "bob", 1500, "RUB", own_payment_only=True
+            )
+        return str(refused.value)
+
+    assert await as_bob("o-1") == "order o-1 not found"
+    assert await as_bob("o-2") == "order o-2 not found"
+    assert [p.order_id for p in payments.db.tables.payments.values()] == ["o-1"]
+    assert payments.provider.charges == {"o-1": 1}
+
+
+@in_a_loop
+async def test_a_user_is_answered_their_own_orders_payment_but_charges_nothing_new():
+    payments = Payments()
+    paid = await payments.pay("o-1")
+    mine = await payments.service.process_payment(
+        "o-1", "alice", 1500, "RUB", own_payment_only=True
+    )
+    assert mine == paid
+    with pytest.raises(FailedPrecondition, match="different amount"):
+        await payments.service.process_payment("o-1", "alice", 1, "RUB", own_payment_only=True)
+    assert payments.provider.charges == {"o-1": 1}
+
+
+@in_a_loop
 async def test_invalid_requests_store_nothing():
     payments = Payments()
     with pytest.raises(InvalidArgument):

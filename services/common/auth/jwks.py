@@ -29,6 +29,11 @@ class Jwks:
     set older than `max_age_s` is refreshed in the background while the cached keys keep
     answering. A failed fetch keeps the keys already known, so a short auth outage does not
     stop verification.
+
+    `max_age_s` matches auth's own `Cache-Control: max-age` on the JWKS (60 s), and stays below
+    how long auth publishes a new signing key before signing with it
+    (services/auth/README.md#signing-keys-and-rotation): a busy service has the next key before
+    its first token, with no refetch on an unknown kid.
     """
 
     def __init__(
@@ -37,7 +42,7 @@ class Jwks:
         *,
         fetch: JwksFetch | None = None,
         min_refetch_interval_s: float = 5.0,
-        max_age_s: float = 300.0,
+        max_age_s: float = 60.0,
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

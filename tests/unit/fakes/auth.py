@@ -12,6 +12,7 @@ import grpc
 from services.auth import passwords
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
 from services.auth.domain import Client
+from services.auth.login_limits import AttemptKey, Count
 from services.auth.tokens import SigningKey
 from tests.unit.fakes.database import Autocommit, Transactions, round_trip
 
@@ -53,7 +54,8 @@ class KeysTables:
 
 class InMemorySigningKeys:
     """Signing keys; each call is written to `statements`, so a test can see the lock taken
-    first. Like the table's partial unique index, a second active key is refused."""
+    first. Like the table's partial unique index, a second next key (not scheduled) is
+    refused."""
 
     def __init__(self, tables: KeysTables, statements: list[str]) -> None:
         self._tables = tables
@@ -62,43 +64,28 @@ class InMemorySigningKeys:
     async def lock(self) -> None:
         await self._sent("lock")
 
-    async def active_kid(self) -> str | None:
-        await self._sent("active_kid")
-        return self._active()
+    async def all(self) -> list[SigningKey]:
+        await self._sent("all")
+        return sorted(self._tables.keys.values(), key=lambda key: key.created_at)
 
     async def add(self, key: SigningKey) -> None:
         await self._sent("add")
         if key.kid in self._tables.keys:
             raise ValueError(f"duplicate kid {key.kid}")
-        if key.retired_at is None and self._active() is not None:
-            raise ValueError("a second active signing key")
+        if key.active_from is None and any(
+            k.active_from is None for k in self._tables.keys.values()
+        ):
+            raise ValueError("a second next signing key")
         self._tables.keys[key.kid] = key
 
-    async def retire_active(self, now: datetime) -> str | None:
-        await self._sent("retire_active")
-        kid = self._active()
-        if kid is not None:
-            self._tables.keys[kid] = replace(self._tables.keys[kid], retired_at=now)
-        return kid
+    async def schedule(self, kid: str, active_from: datetime) -> None:
+        await self._sent("schedule")
+        self._tables.keys[kid] = replace(self._tables.keys[kid], active_from=active_from)
 
-    async def delete_retired_before(self, cutoff: datetime) -> int:
-        await self._sent("delete_retired_before")
-        old = [k.kid for k in self._tables.keys.values() if k.retired_at and k.retired_at < cutoff]
-        for kid in old:
-            del self._tables.keys[kid]
-        return len(old)
-
-    async def published(self, now: datetime, keep: timedelta) -> list[SigningKey]:
-        await self._sent("published")
-        kept = [
-            k
-            for k in self._tables.keys.values()
-            if k.retired_at is None or k.retired_at > now - keep
-        ]
-        return sorted(kept, key=lambda key: key.created_at)
-
-    def _active(self) -> str | None:
-        return next((k.kid for k in self._tables.keys.values() if k.retired_at is None), None)
+    async def delete(self, kids: Sequence[str]) -> int:
+        await self._sent("delete")
+        deleted = [kid for kid in kids if self._tables.keys.pop(kid, None) is not None]
+        return len(deleted)
 
     async def _sent(self, statement: str) -> None:
         await round_trip()
@@ -145,3 +132,41 @@ class FakeUsersDirectory:
         if user_id not in self.users:
             raise UnknownUser(user_id)
         return self.users[user_id]
+
+
+class InMemoryLoginAttempts:
+    """The password grant's attempt counts; each call atomic, as each statement is in
+    Postgres (a round trip first, so concurrent grants interleave between calls)."""
+
+    def __init__(self) -> None:
+        self.windows: dict[AttemptKey, tuple[datetime, int]] = {}
+
+    async def count(
+        self, keys: Sequence[AttemptKey], now: datetime, window: timedelta
+    ) -> list[Count]:
+        await round_trip()
+        counts = []
+        for key in keys:
+            start, attempts = self.windows.get(key, (now, 0))
+            if start <= now - window:
+                start, attempts = now, 0
+            self.windows[key] = (start, attempts + 1)
+            counts.append(Count(key, start, attempts + 1))
+        return counts
+
+    async def uncount(self, counts: Sequence[Count]) -> None:
+        await round_trip()
+        for count in counts:
+            start, attempts = self.windows.get(count.key, (count.window_start, 0))
+            if start == count.window_start and attempts > 0:
+                self.windows[count.key] = (start, attempts - 1)
+
+    async def prune(self, before: datetime) -> int:
+        await round_trip()
+        old = [key for key, (start, _) in self.windows.items() if start < before]
+        for key in old:
+            del self.windows[key]
+        return len(old)
+
+    def attempts(self, key: AttemptKey) -> int:
+        return self.windows.get(key, (None, 0))[1]
