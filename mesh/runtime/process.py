@@ -82,7 +82,8 @@ def _alive(pid: int, started: float) -> bool | None:
 def running(state: StateDir, name: str) -> Running | None:
     path = _pid_file(state, name)
     try:
-        record = json.loads(path.read_text())
+        text = path.read_text()
+        record = json.loads(text)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     pid, started = int(record["pid"]), float(record["started"])
@@ -97,9 +98,20 @@ def running(state: StateDir, name: str) -> Running | None:
         time.sleep(EXEC_LOOK_INTERVAL_S)
         alive = False if _reap(pid) else _alive(pid, started)
     if not alive:
-        path.unlink(missing_ok=True)
+        _forget(path, text)
         return None
     return Running(pid, started)
+
+
+def _forget(path: Path, judged: str) -> None:
+    """Remove the pid file of a process found dead, unless it changed meanwhile: while one
+    look took its time (EXEC_WINDOW_S), the watchdog or a `mesh start` may have started the
+    process again, and its new pid file must stay (without it the new process is orphaned)."""
+    try:
+        if path.read_text() == judged:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def log_path(state: StateDir, name: str) -> Path:
@@ -163,7 +175,11 @@ def _start_unlocked(
         "argv": spec.argv,
         "stop_signal": spec.stop_signal,
     }
-    _pid_file(state, spec.name).write_text(json.dumps(record))
+    # Whole or not at all (a rename): a reader never takes a half-written file for no process.
+    path = _pid_file(state, spec.name)
+    written = path.with_name(f"{path.name}.new")
+    written.write_text(json.dumps(record))
+    written.replace(path)
     return Running(proc.pid, started)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mesh.runtime.paths import StateDir
+from mesh.runtime.paths import StateDir, private_files
 from mesh.topology import Topology, load
 
 SMALL = "small"
@@ -28,7 +28,8 @@ def chosen(state: StateDir) -> str:
 
 def choose(state: StateDir, size: str) -> None:
     state.ensure()
-    _choice_file(state).write_text(size)
+    with private_files():
+        _choice_file(state).write_text(size)
 
 
 def topology_for(state: StateDir) -> Topology:

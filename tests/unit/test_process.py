@@ -154,3 +154,20 @@ def test_a_process_that_exits_during_start_up_takes_what_it_left_behind_with_it(
     wait_for(lambda: not psutil.pid_exists(orphan)
              or psutil.Process(orphan).status() == "zombie",
              timeout=5, what="the child it left behind to be killed")  # fmt: skip
+
+
+def test_a_look_that_found_it_dead_leaves_the_pid_file_of_its_restart(tmp_path: Path) -> None:
+    # The watchdog judged the old process dead while a `mesh start` started it again: the
+    # watchdog must not delete the new pid file (the new process would be orphaned).
+    state = StateDir(tmp_path)
+    state.ensure()
+    restarted = process.start(state, sleeper("again"))
+    try:
+        path = state.pids / "again.json"
+        stale = json.dumps({"pid": os.getpid(), "started": 1.0})
+        process._forget(path, stale)
+
+        assert path.exists()
+        assert process.running(state, "again") == restarted
+    finally:
+        process.stop(state, "again", timeout=5)
