@@ -28,6 +28,7 @@ from mesh.placement import (
     ComposePlacement,
 )
 from mesh.runtime import demo
+from mesh.runtime import kafka as kafka_runtime
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import ConsulServer, EdgeInstance, Instance, Sidecar, Topology
 from mesh.wiring import Wiring, instance_env, worker_env
@@ -274,7 +275,8 @@ def kafka_environment(
     props = kafka.server_properties(topology, placement, node, Path(KAFKA_DATA))
     env = {"KAFKA_" + key.upper().replace(".", "_"): value for key, value in props.items()}
     heap = topology.kafka.heap
-    env["KAFKA_HEAP_OPTS"] = f"-Xmx{heap} -Xms{heap}"
+    env["KAFKA_HEAP_OPTS"] = f"-Xmx{heap} -Xms{kafka_runtime.START_HEAP}"
+    env["KAFKA_JVM_PERFORMANCE_OPTS"] = " ".join(kafka_runtime.JVM_OPTIONS)
     env["KAFKA_OPTS"] = kafka.jmx_agent(placement, node, JMX_AGENT, JMX_RULES)
     return env
 
