@@ -25,6 +25,7 @@ def edge_config(edge: EdgeInstance) -> Path:
 # Postgres's and Redis's images run as uid 999.
 APP_UID = 10001
 POSTGRES_UID = 999
+CONSUL_UID = 100  # the consul user of hashicorp/consul's image, which its entrypoint runs as
 REDIS_UID = 999
 
 # The official Redis image's working directory (nothing is saved there: no persistence).
