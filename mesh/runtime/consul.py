@@ -68,10 +68,15 @@ def operator_client(addr: str, state: StateDir, timeout: float = 2.0) -> ConsulC
 def server_specs(
     topology: Topology, placement: Placement, state: StateDir, consul_bin: Path
 ) -> list[ProcessSpec]:
-    return [
+    """The servers, in start order. Once the last is ready (`mesh up`, `mesh start`; not the
+    watchdog's restarts, which have nothing to wait for) the leader gets every ACL policy and
+    token, before anything that needs one starts: the client agent is the first."""
+    specs = [
         _server_spec(topology, placement, state, consul_bin, server)
         for server in topology.consul_servers
     ]
+    specs[-1].after_ready = lambda: consul_acl.ensure_acls(topology, placement, state)
+    return specs
 
 
 def _server_spec(
@@ -127,8 +132,7 @@ def agent_spec(
     topology: Topology, placement: Placement, state: StateDir, consul_bin: Path
 ) -> ProcessSpec:
     """This host's client agent; ready once it has joined a server, a leader is known and
-    Connect's CA serves its roots (sidecars need them for certificates). Before it starts the
-    servers' leader has every ACL policy and token (so its own token works from its start)."""
+    Connect's CA serves its roots (sidecars need them for certificates)."""
     config_file = state.config / "consul.json"
     data_dir = state.data / "consul-agent"
     client = operator_client(placement.consul_http_addr(topology), state)
@@ -137,7 +141,6 @@ def agent_spec(
         data_dir.mkdir(parents=True, exist_ok=True)
         ensure_transport(topology, placement, state)
         consul_acl.write_agent_config(topology, state, CONSUL)
-        consul_acl.ensure_acls(topology, placement, state)
         config = agent_config(topology, placement, data_dir, consul_certs(state, CONSUL))
         config_file.write_text(json.dumps(config, indent=2))
 
