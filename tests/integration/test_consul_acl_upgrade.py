@@ -114,7 +114,7 @@ def test_every_start_puts_back_a_policy_or_token_changed_by_hand(
     with management(topology, state) as admin:
         tokens_before = {t["AccessorID"] for t in admin.get("/v1/acl/tokens").json()}
         policy = admin.get("/v1/acl/policy/name/shopmesh-service-orders").json()
-        widened = {**policy, "Rules": 'key_prefix "" { policy = "write" }'}
+        widened = {"Name": policy["Name"], "Rules": 'key_prefix "" { policy = "write" }'}
         assert admin.put(f"/v1/acl/policy/{policy['ID']}", json=widened).status_code == 200
         orders_secret = consul_acl.secret(topology, state, service_token("orders"))
         token = admin.get("/v1/acl/token/self", headers={"X-Consul-Token": orders_secret}).json()
