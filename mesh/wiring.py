@@ -26,6 +26,8 @@ class Wiring:
     # (PGPASSFILE).
     database_password: Callable[[str], str | None]
     auth_seed_file: Callable[[], str]
+    # Service name -> the file of its Consul token (the process reads it; never in its env).
+    consul_token_file: Callable[[str], str]
 
     def database_url(self, topology: Topology, database: str) -> str:
         password = self.database_password(database)
@@ -57,6 +59,7 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
         "SHOPMESH_BIND_HOST": placement.address(instance.id),
         "SHOPMESH_PORT": str(instance.port),
         "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology, instance.id),
+        "SHOPMESH_CONSUL_TOKEN_FILE": wiring.consul_token_file(service.name),
         # The instance registers this document itself once it answers its health check.
         "SHOPMESH_REGISTRATION": json.dumps(instance_registration(topology, placement, instance)),
         "SHOPMESH_UPSTREAMS": json.dumps(

@@ -37,6 +37,7 @@ from tests.support import (
     edge_client,
     fresh,
     instance_port,
+    operator_consul,
 )
 
 TEST_STATE_DIR = Path(os.environ.get("SHOPMESH_TEST_STATE_DIR", REPO_ROOT / ".state" / "test"))
@@ -168,10 +169,10 @@ def edge(edge_as) -> httpx.Client:
 
 
 @pytest.fixture(scope="session")
-def consul(topology: Topology) -> Iterator[ConsulClient]:
-    client = ConsulClient(topology.consul_http_addr)
-    yield client
-    client.close()
+def consul(mesh: Mesh) -> Iterator[ConsulClient]:
+    """The client agent's HTTP API, with the operator token (anonymous is refused)."""
+    with operator_consul(mesh) as client:
+        yield client
 
 
 def authorized_channel(port: int, token: TokenSource) -> grpc.Channel:
@@ -219,14 +220,14 @@ def payments_db(mesh: Mesh):
 
 
 @pytest.fixture
-def fault(topology: Topology) -> Iterator:
+def fault(mesh: Mesh) -> Iterator:
     """Sets fault flags for a test and clears every one it set afterwards."""
     touched: set[str] = set()
 
     def set_fault(service: str, **kwargs: object) -> None:
         touched.add(service)
-        faults.set_fault(topology, service, **kwargs)
+        faults.set_fault(mesh.topology, mesh.state, service, **kwargs)
 
     yield set_fault
     for service in touched:
-        faults.clear_fault(topology, service)
+        faults.clear_fault(mesh.topology, mesh.state, service)

@@ -27,6 +27,13 @@ T = TypeVar("T")
 TokenSource = str | Callable[[], str]
 
 
+def operator_consul(mesh: Mesh, addr: str | None = None, timeout: float = 2.0) -> ConsulClient:
+    """Consul's HTTP API at `addr` (default: the client agent's) with the operator token:
+    Consul's ACLs refuse anonymous calls."""
+    addr = addr or mesh.topology.consul_http_addr
+    return consul_runtime.operator_client(addr, mesh.state, timeout)
+
+
 def current_token(source: TokenSource) -> str:
     return source if isinstance(source, str) else source()
 
@@ -122,7 +129,7 @@ def intention_removed(
         yield
     finally:
         consul_runtime.apply_config_entries(
-            mesh.binaries["consul"]["consul"], mesh.topology.consul_http_addr
+            mesh.binaries["consul"]["consul"], mesh.topology.consul_http_addr, mesh.state
         )
         wait_for(
             lambda: intentions_enforced(mesh.topology, consul, destination),

@@ -5,6 +5,7 @@ the topology and a placement.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,26 @@ CONFIG_ENTRIES_DIR = REPO_ROOT / "mesh" / "consul" / "config-entries"
 AGENT_NODE = "shopmesh"
 
 
-class ConsulClient:
-    """The few agent and catalog calls the runtime needs, over the local agent's HTTP API."""
+class TokenFile(httpx.Auth):
+    """X-Consul-Token from a token file, read at each request: a client may be made before the
+    state dir's tokens are (the runtime's specs are built before anything starts)."""
 
-    def __init__(self, addr: str, timeout: float = 2.0):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["X-Consul-Token"] = self.path.read_text().strip()
+        yield request
+
+
+class ConsulClient:
+    """The few agent and catalog calls the runtime needs, over the local agent's HTTP API, with
+    the token in `token_file` (none: anonymous)."""
+
+    def __init__(self, addr: str, timeout: float = 2.0, *, token_file: Path | None = None):
         self.addr = addr
-        self.http = httpx.Client(base_url=addr, timeout=timeout)
+        auth = TokenFile(token_file) if token_file else None
+        self.http = httpx.Client(base_url=addr, timeout=timeout, auth=auth)
 
     def leader(self) -> str:
         leader: str = self.http.get("/v1/status/leader").json()
@@ -60,6 +75,12 @@ class ConsulClient:
 
     def close(self) -> None:
         self.http.close()
+
+    def __enter__(self) -> ConsulClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def agent_names(topology: Topology, placement: Placement) -> dict[str, tuple[list[str], list[str]]]:
@@ -104,7 +125,7 @@ def _common(
     certs: AgentCerts,
 ) -> dict[str, Any]:
     """What every agent has: its cluster ports on its own address, which it advertises; its
-    HTTP API on the placement's listen address; Connect; its metrics for Prometheus; its
+    HTTP API on the placement's listen address; Connect; ACLs; its metrics for Prometheus; its
     transport security."""
     return {
         **_transport(certs),
@@ -115,6 +136,15 @@ def _common(
         "client_addr": placement.listen(name),
         "advertise_addr": placement.address(name),
         "connect": {"enabled": True},
+        # Default deny (docs/security.md, "Consul ACLs"); no token here: each agent's are in a
+        # secret config file of its own (mesh/runtime/consul_acl.py). Tokens set through the API
+        # survive a restart; an agent cut off from the servers keeps the tokens it has resolved.
+        "acl": {
+            "enabled": True,
+            "default_policy": "deny",
+            "down_policy": "extend-cache",
+            "enable_token_persistence": True,
+        },
         "enable_central_service_config": True,
         "log_level": "INFO",
         # /v1/agent/metrics?format=prometheus, scraped by Prometheus.
@@ -198,12 +228,14 @@ def sidecar_argv(
     consul_bin: Path,
     envoy_bin: Path,
     consul_ca: Path,
+    token_file: Path,
 ) -> list[str]:
     """`consul connect envoy -sidecar-for <id>`: Consul writes the bootstrap and execs Envoy.
 
     The sidecar runs where its instance runs (`service_id` is the instance's, or the edge's).
     It reaches its host's Consul agent by address: the gRPC one goes into Envoy's bootstrap as
-    a static address, which Envoy does not resolve. Its admin API is its supervisor's only."""
+    a static address, which Envoy does not resolve. Its admin API is its supervisor's only. Its
+    token (its service's) is read from a file: never on a command line."""
     consul = placement.address(placement.consul_agent(service_id))
     return [
         str(consul_bin),
@@ -214,6 +246,7 @@ def sidecar_argv(
         f"-http-addr=http://{consul}:{topology.consul_ports.http}",
         f"-grpc-addr=https://{consul}:{topology.consul_ports.grpc}",
         f"-grpc-ca-file={consul_ca}",
+        f"-token-file={token_file}",
         "-admin-bind",
         f"{placement.admin(service_id)}:{sidecar.admin_port}",
         "-envoy-binary",

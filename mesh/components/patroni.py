@@ -75,8 +75,10 @@ def config(
     bin_dir: Path,
     superuser_password: str,
     roles: dict[str, str],
+    consul_token: str,
 ) -> dict[str, Any]:
-    """The node's patroni.yml, as a dict. It carries passwords: written owner-only."""
+    """The node's patroni.yml, as a dict. It carries passwords and Patroni's Consul token:
+    written owner-only, Patroni's user's (which cannot read the state dir's secrets)."""
     host = placement.address(node.name)
     consul = placement.consul_http_addr(topology)
     trusted = f"{host}/32"
@@ -90,7 +92,7 @@ def config(
             "authentication": {"username": RESTAPI, "password": roles[RESTAPI]},
         },
         # The node's agent; the services find the primary themselves (a multi-host URL).
-        "consul": {"url": consul, "register_service": False},
+        "consul": {"url": consul, "register_service": False, "token": consul_token},
         "bootstrap": {
             "dcs": {
                 "ttl": TTL_S,

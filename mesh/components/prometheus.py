@@ -78,10 +78,18 @@ Discovery = FileDiscovery | ConsulDiscovery
 
 
 def config(
-    topology: Topology, placement: Placement, *, rule_files: list[str], discovery: Discovery
+    topology: Topology,
+    placement: Placement,
+    *,
+    rule_files: list[str],
+    discovery: Discovery,
+    consul_token_file: str,
 ) -> dict[str, Any]:
     """Every scrape job, each target where the placement has it; the workers stay static
-    targets of the services job (Consul's relabelling touches discovered ones only)."""
+    targets of the services job (Consul's relabelling touches discovered ones only). What asks
+    Consul (its discovery, the scrape of its agents) sends Prometheus's token from
+    `consul_token_file` (Consul takes `Authorization: Bearer`)."""
+    consul_auth = {"type": "Bearer", "credentials_file": consul_token_file}
 
     def at(component: str, port: int) -> str:
         return f"{placement.host(component)}:{port}"
@@ -105,7 +113,13 @@ def config(
         consul_server = at(CONSUL, topology.consul_ports.http)
         services |= {
             "static_configs": workers,
-            "consul_sd_configs": [{"server": consul_server, "refresh_interval": CONSUL_SD_REFRESH}],
+            "consul_sd_configs": [
+                {
+                    "server": consul_server,
+                    "refresh_interval": CONSUL_SD_REFRESH,
+                    "authorization": consul_auth,
+                }
+            ],
             "relabel_configs": CONSUL_SD_RELABELLING,
         }
         envoy["static_configs"] = _sidecars(topology, placement)
@@ -130,6 +144,7 @@ def config(
             "job_name": "consul",
             "metrics_path": "/v1/agent/metrics",
             "params": {"format": ["prometheus"]},
+            "authorization": consul_auth,
             "static_configs": [
                 {"targets": [at(CONSUL, topology.consul_ports.http)],
                  "labels": {"instance": "consul", "service": "consul"}},

@@ -1,11 +1,12 @@
-"""`python -m mesh.compose init | bootstrap | worker-ready GROUP`, in the containers."""
+"""`python -m mesh.compose init | consul-acl | bootstrap | worker-ready GROUP`, in the
+containers."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from mesh.compose.steps import bootstrap, init, worker_ready
+from mesh.compose.steps import bootstrap, consul_acls, init, worker_ready
 from mesh.topology import load
 
 
@@ -13,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mesh.compose")
     sub = parser.add_subparsers(dest="step", required=True)
     sub.add_parser("init", help="generate the secrets into the state volume")
+    sub.add_parser("consul-acl", help="Consul's ACL policies and tokens")
     sub.add_parser("bootstrap", help="databases, the edge's config and registration")
     ready = sub.add_parser("worker-ready", help="exit 0 once this worker is in its group")
     ready.add_argument("group")
@@ -20,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     topology = load()
     if args.step == "init":
         init(topology)
+    elif args.step == "consul-acl":
+        consul_acls(topology)
     elif args.step == "bootstrap":
         bootstrap(topology)
     else:

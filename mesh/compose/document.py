@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mesh.components import balancer, consul, edge, kafka, postgres, prometheus, ratelimit
+from mesh.components.consul_acl import EDGE_SERVICE, OPERATOR, service_token
+from mesh.components.consul_acl import PROMETHEUS as PROMETHEUS_TOKEN
 from mesh.compose.volume import (
     APP_UID,
     BALANCER_CONFIG,
@@ -30,6 +32,7 @@ from mesh.placement import (
 from mesh.runtime import consul as consul_runtime
 from mesh.runtime import demo, tls
 from mesh.runtime import kafka as kafka_runtime
+from mesh.runtime.consul_acl import agent_config_file, token_file
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import ConsulServer, EdgeInstance, Instance, Sidecar, Topology
 from mesh.wiring import Wiring, instance_env, worker_env
@@ -113,11 +116,12 @@ RATELIMIT_BUILD = {
 
 def wiring(placement: ComposePlacement) -> Wiring:
     """The containers' wiring: the database password comes from PGPASSFILE, so the URL has
-    none; the auth seed is in the state volume."""
+    none; the auth seed and the Consul tokens are in the state volume."""
     return Wiring(
         placement=placement,
         database_password=lambda database: None,
         auth_seed_file=lambda: str(demo.seed_file(STATE)),
+        consul_token_file=lambda service: str(token_file(STATE, service_token(service))),
     )
 
 
@@ -152,13 +156,19 @@ def _envoy_ready(admin_port: int) -> dict[str, Any]:
 
 
 def _consul_passing(
-    topology: Topology, placement: ComposePlacement, service_id: str
+    topology: Topology, placement: ComposePlacement, instance: Instance
 ) -> dict[str, Any]:
-    """Consul's aggregated health of the instance (200 only when passing), as natively."""
-    agent = placement.consul_http_addr(topology, service_id)
-    url = f"{agent}/v1/agent/health/service/id/{service_id}"
-    probe = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)"
-    return _healthcheck(["CMD", "python", "-c", probe, url])
+    """Consul's aggregated health of the instance (200 only when passing), as natively; asked
+    with its service's token (its identity reads every service)."""
+    agent = placement.consul_http_addr(topology, instance.id)
+    url = f"{agent}/v1/agent/health/service/id/{instance.id}"
+    token = token_file(STATE, service_token(instance.service))
+    probe = (
+        "import sys, urllib.request as u; "
+        "t = open(sys.argv[2]).read().strip(); "
+        "u.urlopen(u.Request(sys.argv[1], headers={'X-Consul-Token': t}), timeout=3)"
+    )
+    return _healthcheck(["CMD", "python", "-c", probe, url, str(token)])
 
 
 def _state_volume(read_only: bool = True) -> str:
@@ -202,11 +212,17 @@ def _consul_agent(
     placement: ComposePlacement, name: str, config: dict[str, Any], volume: str, http: int
 ) -> dict[str, Any]:
     """A Consul agent's container (a server or the client agent), healthy once the servers'
-    Raft has a leader, as the agent sees it."""
+    Raft has a leader, as the agent sees it (/v1/status/leader: the one read that needs no
+    token)."""
     return {
         "image": IMAGES["consul"],
-        # The gossip key and the agent's certificate: from the state volume, made by `init`.
-        "command": ["agent", f"-config-file={consul_runtime.gossip_key_file(STATE)}"],
+        # The gossip key, the agent's certificate and its ACL tokens: from the state volume,
+        # made by `init`.
+        "command": [
+            "agent",
+            f"-config-file={consul_runtime.gossip_key_file(STATE)}",
+            f"-config-file={agent_config_file(STATE, name)}",
+        ],
         # The image's entrypoint writes this to /consul/config/local.json.
         "environment": {"CONSUL_LOCAL_CONFIG": json.dumps(config, sort_keys=True)},
         "volumes": [f"{volume}:{CONSUL_DATA}", _state_volume()],
@@ -214,12 +230,8 @@ def _consul_agent(
         "networks": _fixed(placement.address(name)),
         "healthcheck": _healthcheck(
             [
-                "CMD",
-                "consul",
-                "operator",
-                "raft",
-                "list-peers",
-                f"-http-addr={placement.admin(name)}:{http}",
+                "CMD-SHELL",
+                f"wget -q -O - http://{placement.admin(name)}:{http}/v1/status/leader | grep -q :",
             ]
         ),
         **_long_running("256m"),
@@ -227,17 +239,35 @@ def _consul_agent(
 
 
 def _consul_config(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
-    """`consul config write` of every config entry, in file order, as the native runtime."""
+    """`consul config write` of every config entry, in file order, as the native runtime, with
+    the operator token, once the ACL tokens are made."""
     write = (
         "for entry in /config-entries/*.hcl; do "
         f"consul config write -http-addr={placement.consul_http_addr(topology)}"
+        f" -token-file={token_file(STATE, OPERATOR)}"
         ' "$$entry" || exit 1; done'
     )
     return _one_shot(
         image=IMAGES["consul"],
         entrypoint=["/bin/sh", "-c"],
         command=[write],
-        volumes=[f"./{consul.CONFIG_ENTRIES_DIR.relative_to(REPO_ROOT)}:/config-entries:ro"],
+        volumes=[
+            f"./{consul.CONFIG_ENTRIES_DIR.relative_to(REPO_ROOT)}:/config-entries:ro",
+            _state_volume(),
+        ],
+        depends_on=_after(**{"consul-acl": "service_completed_successfully"}),
+    )
+
+
+def _consul_acl() -> dict[str, Any]:
+    """Consul's ACL policies and tokens (mesh/runtime/consul_acl.py), made or updated in place
+    with the management token once the client agent sees a leader."""
+    return _one_shot(
+        image=SERVICE_IMAGE,
+        build=SERVICE_BUILD,
+        user="0",  # reads the management token
+        command=["python", "-m", "mesh.compose", "consul-acl"],
+        volumes=[_state_volume()],
         depends_on=_after(consul="service_healthy"),
     )
 
@@ -381,7 +411,7 @@ def _service(topology: Topology, placement: ComposePlacement, instance: Instance
         "volumes": [_state_volume()],
         "networks": _fixed(placement.address(instance.id)),
         "depends_on": _app_after(topology),
-        "healthcheck": _consul_passing(topology, placement, instance.id),
+        "healthcheck": _consul_passing(topology, placement, instance),
         **_long_running("256m"),
     }
 
@@ -410,7 +440,11 @@ def _worker(
 
 
 def sidecar_command(
-    topology: Topology, placement: ComposePlacement, service_id: str, sidecar: Sidecar
+    topology: Topology,
+    placement: ComposePlacement,
+    service: str,
+    service_id: str,
+    sidecar: Sidecar,
 ) -> list[str]:
     """`consul connect envoy` as natively, with the sidecar image's binaries."""
     return consul.sidecar_argv(
@@ -421,17 +455,18 @@ def sidecar_command(
         consul_bin=Path("consul"),
         envoy_bin=Path("/usr/local/bin/envoy"),
         consul_ca=tls.consul_certs(STATE, CONSUL).ca_cert,
+        token_file=token_file(STATE, service_token(service)),
     )
 
 
 def _sidecar(
-    topology: Topology, placement: ComposePlacement, app: str, service_id: str, sidecar: Sidecar
+    topology: Topology, placement: ComposePlacement, service: str, app: str, sidecar: Sidecar
 ) -> dict[str, Any]:
     return {
         "image": SIDECAR_IMAGE,
         "build": SIDECAR_BUILD,
         "network_mode": f"service:{app}",
-        "command": sidecar_command(topology, placement, service_id, sidecar),
+        "command": sidecar_command(topology, placement, service, app, sidecar),
         "volumes": [_state_volume()],
         # The image's entrypoint runs the command as the envoy user, given this uid.
         "environment": {"ENVOY_UID": str(APP_UID), "ENVOY_GID": str(APP_UID)},
@@ -536,10 +571,11 @@ def _prometheus(topology: Topology, placement: ComposePlacement) -> dict[str, An
             f"./{rel}:{PROMETHEUS_CONFIG}:ro",
             f"./{prometheus.RULES_DIR.relative_to(REPO_ROOT)}:{CONTAINER_RULES}:ro",
             f"prometheus-data:{PROMETHEUS_DATA}",
+            _state_volume(),  # its Consul token
         ],
         "ports": [f"{placement.public()}:{port}:{port}"],
         "networks": [NETWORK],
-        "depends_on": _after(consul="service_healthy"),
+        "depends_on": _after(**{"consul-acl": "service_completed_successfully"}),
         "healthcheck": _healthcheck(
             ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{port}/-/ready"]
         ),
@@ -591,6 +627,7 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
         "init": _init(topology),
         **{s.name: _consul_server(topology, placement, s) for s in topology.consul_servers},
         "consul": _consul(topology, placement),
+        "consul-acl": _consul_acl(),
         "consul-config": _consul_config(topology, placement),
         "postgres": _postgres(topology),
     }
@@ -601,7 +638,7 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     for instance in topology.instances():
         services[instance.id] = _service(topology, placement, instance)
         services[f"{instance.id}-sidecar"] = _sidecar(
-            topology, placement, instance.id, instance.id, instance.sidecar
+            topology, placement, instance.service, instance.id, instance.sidecar
         )
     for workers in topology.workers:
         for instance_id in workers.instances:
@@ -610,7 +647,7 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     services["ratelimit"] = _ratelimit(topology, placement)
     for e in topology.edge.instances:
         services[e.id] = _edge(topology, placement, e)
-        services[f"{e.id}-sidecar"] = _sidecar(topology, placement, e.id, e.id, e.sidecar)
+        services[f"{e.id}-sidecar"] = _sidecar(topology, placement, EDGE_SERVICE, e.id, e.sidecar)
     services["balancer"] = _balancer(topology, placement)
     services["jaeger"] = _jaeger(topology, placement)
     services["prometheus"] = _prometheus(topology, placement)
@@ -640,4 +677,10 @@ def prometheus_config(topology: Topology, placement: ComposePlacement) -> dict[s
     and the rules where the container mounts them."""
     rules = [f"{CONTAINER_RULES}/*.yml"]
     discovery = prometheus.ConsulDiscovery()
-    return prometheus.config(topology, placement, rule_files=rules, discovery=discovery)
+    return prometheus.config(
+        topology,
+        placement,
+        rule_files=rules,
+        discovery=discovery,
+        consul_token_file=str(token_file(STATE, PROMETHEUS_TOKEN)),
+    )

@@ -1,5 +1,6 @@
-"""What runs in the containers: the one-shot `init` (the secrets) and `bootstrap` (databases,
-the edge's config and registration), and a worker's health check (`worker-ready GROUP`)."""
+"""What runs in the containers: the one-shots `init` (the secrets), `consul-acl` (Consul's ACL
+policies and tokens) and `bootstrap` (databases, the edge's config and registration), and a
+worker's health check (`worker-ready GROUP`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 
 from mesh import registration
 from mesh.components import balancer, consul, edge, kafka, postgres, ratelimit
+from mesh.components.consul_acl import EDGE_SERVICE, PROMETHEUS, agent_nodes, service_token
 from mesh.compose.volume import (
     APP_UID,
     BALANCER_CONFIG,
@@ -18,6 +20,7 @@ from mesh.compose.volume import (
     PGPASS,
     POSTGRES_SUPERUSER_PASSWORD,
     POSTGRES_UID,
+    PROMETHEUS_UID,
     REDIS_DIR,
     REDIS_UID,
     STATE,
@@ -29,7 +32,7 @@ from mesh.placement import (
     ComposePlacement,
 )
 from mesh.runtime import consul as consul_runtime
-from mesh.runtime import demo, protos, tls
+from mesh.runtime import consul_acl, demo, protos, tls
 from mesh.topology import Topology
 
 
@@ -62,6 +65,7 @@ def init(topology: Topology) -> None:
     shutil.chown(ratelimit.password_file(STATE), APP_UID, APP_UID)
     ratelimit.write_service_config(topology, STATE)
     _consul_transport(topology, placement)
+    _consul_tokens(topology)
 
 
 def _consul_transport(topology: Topology, placement: ComposePlacement) -> None:
@@ -78,6 +82,26 @@ def _consul_transport(topology: Topology, placement: ComposePlacement) -> None:
     ca_cert.parent.chmod(0o711)
 
 
+def _consul_tokens(topology: Topology) -> None:
+    """Each ACL token for the one user that reads it: an agent's config file for the consul
+    user, a service's token for the app user (its instances, sidecars and health checks),
+    Prometheus's for nobody; the operator's and the management token stay root's (the
+    one-shots). Patroni does not run in compose."""
+    consul_acl.ensure_token_files(topology, STATE)
+    consul_acl.tokens_dir(STATE).chmod(0o711)
+    for agent in agent_nodes(topology):
+        shutil.chown(consul_acl.write_agent_config(topology, STATE, agent), CONSUL_UID, CONSUL_UID)
+    services = [*(s.name for s in topology.services), EDGE_SERVICE]
+    for service in services:
+        shutil.chown(consul_acl.token_file(STATE, service_token(service)), APP_UID, APP_UID)
+    prometheus_token = consul_acl.token_file(STATE, PROMETHEUS)
+    shutil.chown(prometheus_token, PROMETHEUS_UID, PROMETHEUS_UID)
+
+
+def consul_acls(topology: Topology) -> None:
+    consul_acl.ensure_acls(topology, ComposePlacement.of(topology), STATE)
+
+
 def bootstrap(topology: Topology) -> None:
     """Once Postgres and Consul are up: the databases and roles, each edge's config and its
     Consul registration (the edge is no Python service, so nothing else registers it), and the
@@ -88,14 +112,13 @@ def bootstrap(topology: Topology) -> None:
     shutil.copyfile(protos.DESCRIPTOR_SET, EDGE_DESCRIPTORS)
     certs = tls.edge_certs(STATE)
     files = edge.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)
-    client = consul.ConsulClient(placement.consul_http_addr(topology))
-    try:
+    edge_token = consul_acl.token_file(STATE, service_token(EDGE_SERVICE))
+    addr = placement.consul_http_addr(topology)
+    with consul.ConsulClient(addr, token_file=edge_token) as client:
         for instance in topology.edge.instances:
             config = edge.envoy_config(topology, placement, files, instance)
             edge_config(instance).write_text(json.dumps(config, indent=2))
             client.register(registration.edge_registration(topology, placement, instance))
-    finally:
-        client.close()
     BALANCER_CONFIG.write_text(balancer.config(topology, placement))
     BALANCER_CONFIG.chmod(0o644)  # read by the HAProxy image's own user
 

@@ -27,6 +27,7 @@ APP_UID = 10001
 POSTGRES_UID = 999
 CONSUL_UID = 100  # the consul user of hashicorp/consul's image, which its entrypoint runs as
 REDIS_UID = 999
+PROMETHEUS_UID = 65534  # prom/prometheus runs as nobody
 
 # The official Redis image's working directory (nothing is saved there: no persistence).
 REDIS_DIR = Path("/data")

@@ -15,6 +15,7 @@ import httpx
 from mesh.bench import scenarios
 from mesh.bench.accounts import AccountsError
 from mesh.bench.tools import CEILING_WORKERS, ToolError
+from mesh.components.consul_acl import OPERATOR
 from mesh.compose import files as compose_files
 from mesh.runtime import (
     demo,
@@ -28,6 +29,7 @@ from mesh.runtime import (
     trace,
     users,
 )
+from mesh.runtime.consul_acl import token_file
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -183,12 +185,13 @@ def cmd_fault(args: argparse.Namespace) -> int:
     topology = load()
     try:
         if args.clear:
-            faults.clear_fault(topology, args.service)
+            faults.clear_fault(topology, StateDir.default(), args.service)
             print(f"cleared the faults of {args.service}")
         else:
             print(
                 faults.set_fault(
                     topology,
+                    StateDir.default(),
                     args.service,
                     error_rate=args.error_rate,
                     latency_ms=args.latency_ms,
@@ -279,10 +282,11 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 
 def cmd_consul(args: argparse.Namespace) -> int:
-    """The pinned consul binary, pointed at the mesh's agent."""
+    """The pinned consul binary, pointed at the mesh's agent, with the operator token."""
     topology = load()
     consul_bin = install_all()["consul"]["consul"]
     os.environ["CONSUL_HTTP_ADDR"] = topology.consul_http_addr
+    os.environ["CONSUL_HTTP_TOKEN_FILE"] = str(token_file(StateDir.default(), OPERATOR))
     os.execv(consul_bin, [str(consul_bin), *args.args])
 
 

@@ -22,8 +22,9 @@ from mesh.components.consul import (
     server_config,
     sidecar_argv,
 )
+from mesh.components.consul_acl import OPERATOR, service_token
 from mesh.placement import CONSUL, Placement
-from mesh.runtime import process
+from mesh.runtime import consul_acl, process
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.tls import consul_certs, ensure_consul_certs
@@ -48,22 +49,34 @@ def ensure_transport(topology: Topology, placement: Placement, state: StateDir) 
     ensure_consul_certs(state, agent_names(topology, placement))
 
 
-def _agent_argv(consul_bin: Path, config_file: Path, state: StateDir) -> list[str]:
+def _agent_argv(consul_bin: Path, config_file: Path, state: StateDir, agent: str) -> list[str]:
+    """The generated config, then the secret ones: the gossip key, the agent's ACL tokens."""
     return [
         str(consul_bin),
         "agent",
         f"-config-file={config_file}",
         f"-config-file={gossip_key_file(state)}",
+        f"-config-file={consul_acl.agent_config_file(state, agent)}",
     ]
+
+
+def operator_client(addr: str, state: StateDir, timeout: float = 2.0) -> ConsulClient:
+    """A client with the operator token (mesh/components/consul_acl.py)."""
+    return ConsulClient(addr, timeout, token_file=consul_acl.token_file(state, OPERATOR))
 
 
 def server_specs(
     topology: Topology, placement: Placement, state: StateDir, consul_bin: Path
 ) -> list[ProcessSpec]:
-    return [
+    """The servers, in start order. Once the last is ready (`mesh up`, `mesh start`; not the
+    watchdog's restarts, which have nothing to wait for) the leader gets every ACL policy and
+    token, before anything that needs one starts: the client agent is the first."""
+    specs = [
         _server_spec(topology, placement, state, consul_bin, server)
         for server in topology.consul_servers
     ]
+    specs[-1].after_ready = lambda: consul_acl.ensure_acls(topology, placement, state)
+    return specs
 
 
 def _server_spec(
@@ -85,6 +98,7 @@ def _server_spec(
     def write_config() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         ensure_transport(topology, placement, state)
+        consul_acl.write_agent_config(topology, state, server.name)
         certs = consul_certs(state, server.name)
         config = server_config(topology, placement, server, data_dir, certs)
         config_file.write_text(json.dumps(config, indent=2))
@@ -104,7 +118,7 @@ def _server_spec(
 
     return ProcessSpec(
         name=server.name,
-        argv=_agent_argv(consul_bin, config_file, state),
+        argv=_agent_argv(consul_bin, config_file, state, server.name),
         ports=(server.server, server.serf_lan, server.http),
         # SIGINT: a server shuts down without leaving the Raft peer set (Consul's default for
         # servers), so it comes back as the same voter.
@@ -121,11 +135,12 @@ def agent_spec(
     Connect's CA serves its roots (sidecars need them for certificates)."""
     config_file = state.config / "consul.json"
     data_dir = state.data / "consul-agent"
-    client = ConsulClient(placement.consul_http_addr(topology))
+    client = operator_client(placement.consul_http_addr(topology), state)
 
     def write_config() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         ensure_transport(topology, placement, state)
+        consul_acl.write_agent_config(topology, state, CONSUL)
         config = agent_config(topology, placement, data_dir, consul_certs(state, CONSUL))
         config_file.write_text(json.dumps(config, indent=2))
 
@@ -148,7 +163,7 @@ def agent_spec(
 
     return ProcessSpec(
         name=CONSUL,
-        argv=_agent_argv(consul_bin, config_file, state),
+        argv=_agent_argv(consul_bin, config_file, state, CONSUL),
         ports=tuple(vars(topology.consul_ports).values()),
         stop_signal=2,  # SIGINT: a client agent leaves gracefully
         ready=ready,
@@ -156,14 +171,13 @@ def agent_spec(
     )
 
 
-def cluster_health(topology: Topology, placement: Placement) -> str:
+def cluster_health(topology: Topology, placement: Placement, state: StateDir) -> str:
     """The servers as a whole, from the first that answers: the leader, and how many are
     healthy voters (Consul's autopilot); `ok, ...` only when every server is one."""
     for server in topology.consul_servers:
         try:
-            resp = httpx.get(
-                f"{_server_http(placement, server)}/v1/operator/autopilot/health", timeout=1.0
-            )
+            with operator_client(_server_http(placement, server), state, 1.0) as client:
+                resp = client.http.get("/v1/operator/autopilot/health")
             # 429: answered, but not every server is healthy.
             if resp.status_code not in (200, 429):
                 continue
@@ -186,12 +200,14 @@ def _server_http(placement: Placement, server: ConsulServer) -> str:
     return f"http://{placement.host(server.name)}:{server.http}"
 
 
-def apply_config_entries(consul_bin: Path, http_addr: str) -> list[str]:
-    """`consul config write` every file in mesh/consul/config-entries (idempotent)."""
+def apply_config_entries(consul_bin: Path, http_addr: str, state: StateDir) -> list[str]:
+    """`consul config write` every file in mesh/consul/config-entries (idempotent), with the
+    operator token."""
+    token = f"-token-file={consul_acl.token_file(state, OPERATOR)}"
     written = []
     for entry in sorted(CONFIG_ENTRIES_DIR.glob("*.hcl")):
         proc = subprocess.run(
-            [str(consul_bin), "config", "write", f"-http-addr={http_addr}", str(entry)],
+            [str(consul_bin), "config", "write", f"-http-addr={http_addr}", token, str(entry)],
             capture_output=True,
             text=True,
         )
@@ -205,6 +221,7 @@ def sidecar_spec(
     topology: Topology,
     placement: Placement,
     *,
+    service: str,
     service_id: str,
     sidecar: Sidecar,
     consul_bin: Path,
@@ -212,9 +229,9 @@ def sidecar_spec(
     state: StateDir,
     ready_timeout: float = 60.0,
 ) -> ProcessSpec:
-    """The sidecar of `service_id` as a native process; ready once its Envoy is live and
-    Consul's checks of it pass."""
-    client = ConsulClient(placement.consul_http_addr(topology, service_id))
+    """The sidecar of `service_id` as a native process (with its service's token); ready once
+    its Envoy is live and Consul's checks of it pass."""
+    client = operator_client(placement.consul_http_addr(topology, service_id), state)
     admin_url = f"http://{placement.admin(service_id)}:{sidecar.admin_port}"
     admin = httpx.Client(base_url=admin_url, timeout=1.0)
 
@@ -238,6 +255,7 @@ def sidecar_spec(
             consul_bin=consul_bin,
             envoy_bin=envoy_bin,
             consul_ca=consul_certs(state, CONSUL).ca_cert,
+            token_file=consul_acl.token_file(state, service_token(service)),
         ),
         # Not the upstream listeners: instances of one service share them (Envoy's reuse_port).
         ports=(sidecar.port, sidecar.admin_port, sidecar.metrics_port),

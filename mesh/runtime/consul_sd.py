@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from mesh.components.consul import TokenFile
 from mesh.components.prometheus import ENVOY_FILE, SERVICES_FILE
 
 log = logging.getLogger("consul_sd")
@@ -143,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--consul", required=True, help="Consul HTTP address (http://host:port)")
     parser.add_argument("--out", required=True, type=Path, help="directory of the file_sd files")
+    parser.add_argument(
+        "--token-file", required=True, type=Path, help="file of the Consul token to read with"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    with httpx.Client(base_url=args.consul, timeout=5.0) as client:
+    auth = TokenFile(args.token_file)
+    with httpx.Client(base_url=args.consul, timeout=5.0, auth=auth) as client:
         CatalogWatcher(client, args.out).run()
     return 0
 

@@ -16,10 +16,12 @@ import httpx
 
 from mesh.components import balancer
 from mesh.components.consul import ConsulClient
+from mesh.components.consul_acl import EDGE_SERVICE, service_token
 from mesh.components.edge import DRAIN_TIME_S, EdgeFiles, edge_argv, envoy_config
 from mesh.placement import Placement
 from mesh.registration import edge_registration
 from mesh.runtime import protos
+from mesh.runtime.consul_acl import token_file
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.tls import ensure_edge_certs
@@ -48,12 +50,13 @@ def edge_spec(
         certs = ensure_edge_certs(state, placement.public())
         files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
         config.write_text(json.dumps(envoy_config(topology, placement, files, edge), indent=2))
-        client = ConsulClient(placement.consul_http_addr(topology, edge.id))
-        try:
-            # The edge is not a Python service, so the runtime registers it (and its sidecar).
+        # The edge is not a Python service, so the runtime registers it (and its sidecar), with
+        # the edge's token.
+        token = token_file(state, service_token(EDGE_SERVICE))
+        with ConsulClient(
+            placement.consul_http_addr(topology, edge.id), token_file=token
+        ) as client:
             client.register(edge_registration(topology, placement, edge))
-        finally:
-            client.close()
 
     def ready() -> str | None:
         try:

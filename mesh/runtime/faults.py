@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from mesh.components.consul import ConsulClient
+from mesh.components.consul_acl import FAULT_KEY
+from mesh.runtime.consul import operator_client
+from mesh.runtime.paths import StateDir
 from mesh.topology import Topology
-
-KEY = "shopmesh/faults/{service}"
 
 
 class FaultError(ValueError):
@@ -30,11 +30,12 @@ def _key(topology: Topology, service: str) -> str:
     except KeyError:
         names = ", ".join(s.name for s in topology.services)
         raise FaultError(f"unknown service {service!r}; services: {names}") from None
-    return KEY.format(service=service)
+    return FAULT_KEY.format(service=service)
 
 
 def set_fault(
     topology: Topology,
+    state: StateDir,
     service: str,
     *,
     error_rate: float = 0.0,
@@ -42,17 +43,11 @@ def set_fault(
     methods: list[str] | None = None,
 ) -> str:
     key, value = _key(topology, service), fault_value(error_rate, latency_ms, methods)
-    client = ConsulClient(topology.consul_http_addr)
-    try:
+    with operator_client(topology.consul_http_addr, state) as client:
         client.put_kv(key, value)
-    finally:
-        client.close()
     return f"{key} = {value}"
 
 
-def clear_fault(topology: Topology, service: str) -> None:
-    client = ConsulClient(topology.consul_http_addr)
-    try:
+def clear_fault(topology: Topology, state: StateDir, service: str) -> None:
+    with operator_client(topology.consul_http_addr, state) as client:
         client.delete_kv(_key(topology, service))
-    finally:
-        client.close()

@@ -27,8 +27,10 @@ import psutil
 import yaml
 
 from mesh.components import patroni
+from mesh.components.consul_acl import PATRONI
 from mesh.components.postgres import SUPERUSER, ensure_databases, passwords
 from mesh.placement import Placement
+from mesh.runtime import consul_acl
 from mesh.runtime.paths import OWNER_ONLY_FILE, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import PostgresNode, Topology
@@ -182,6 +184,7 @@ def node_specs(
             bin_dir=binaries["postgres"].parent,
             superuser_password=superuser,
             roles=roles,
+            consul_token=consul_acl.secret(topology, state, PATRONI),
         )
 
         def ready(node: PostgresNode = node) -> str | None:

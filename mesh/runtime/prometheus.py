@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from mesh.components.consul_acl import PROMETHEUS as PROMETHEUS_TOKEN
 from mesh.components.prometheus import (
     ENVOY_FILE,
     RULES_DIR,
@@ -19,6 +20,7 @@ from mesh.components.prometheus import (
     server_args,
 )
 from mesh.placement import PROMETHEUS, Placement
+from mesh.runtime.consul_acl import token_file
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import Topology
@@ -53,6 +55,7 @@ def discovery_spec(topology: Topology, placement: Placement, state: StateDir) ->
             "mesh.runtime.consul_sd",
             f"--consul={placement.consul_http_addr(topology)}",
             f"--out={out}",
+            f"--token-file={token_file(state, PROMETHEUS_TOKEN)}",
         ],
         cwd=REPO_ROOT,
         env={"PYTHONUNBUFFERED": "1"},
@@ -72,7 +75,13 @@ def server_spec(
 
     def write_config() -> None:
         data.mkdir(parents=True, exist_ok=True)
-        generated = config(topology, placement, rule_files=native_rule_files(), discovery=discovery)
+        generated = config(
+            topology,
+            placement,
+            rule_files=native_rule_files(),
+            discovery=discovery,
+            consul_token_file=str(token_file(state, PROMETHEUS_TOKEN)),
+        )
         config_file.write_text(yaml.safe_dump(generated, sort_keys=False))
 
     def ready() -> str | None:

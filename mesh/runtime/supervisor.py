@@ -15,12 +15,13 @@ from pathlib import Path
 import httpx
 import psutil
 
-from mesh.components.consul import ConsulClient
+from mesh.components.consul_acl import EDGE_SERVICE, service_token
 from mesh.components.postgres import passwords
 from mesh.placement import WATCHDOG, NativePlacement, Placement
 from mesh.runtime import (
     balancer,
     consul,
+    consul_acl,
     demo,
     edge,
     jaeger,
@@ -62,6 +63,7 @@ def native_wiring(topology: Topology, state: StateDir) -> Wiring:
         placement=NativePlacement.of(topology),
         database_password=lambda database: passwords(state, topology)[database],
         auth_seed_file=lambda: str(demo.ensure_seed(state)),
+        consul_token_file=lambda service: str(consul_acl.token_file(state, service_token(service))),
     )
 
 
@@ -69,9 +71,11 @@ def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict
     return instance_env(topology, native_wiring(topology, state), instance)
 
 
-def service_spec(topology: Topology, wiring: Wiring, instance: Instance) -> ProcessSpec:
+def service_spec(
+    topology: Topology, state: StateDir, wiring: Wiring, instance: Instance
+) -> ProcessSpec:
     service = topology.service(instance.service)
-    client = ConsulClient(wiring.placement.consul_http_addr(topology, instance.id))
+    client = consul.operator_client(wiring.placement.consul_http_addr(topology, instance.id), state)
 
     def ready() -> str | None:
         try:
@@ -152,7 +156,9 @@ class Mesh:
         envoy_bin = self.binaries["envoy"]["envoy"]
         p = self.placement
         agent = consul.agent_spec(t, p, s, consul_bin)
-        agent.after_ready = lambda: consul.apply_config_entries(consul_bin, p.consul_http_addr(t))
+        agent.after_ready = lambda: consul.apply_config_entries(
+            consul_bin, p.consul_http_addr(t), s
+        )
         specs = [*consul.server_specs(t, p, s, consul_bin), agent]
         specs += postgres.node_specs(t, p, s, self.binaries["postgres"])
         # Before every process that sends spans, so none of the first ones is lost.
@@ -160,11 +166,12 @@ class Mesh:
         specs += kafka.node_specs(t, p, s, self.binaries["kafka"])
         wiring = native_wiring(t, s)
         for instance in t.instances():
-            specs.append(service_spec(t, wiring, instance))
+            specs.append(service_spec(t, s, wiring, instance))
             specs.append(
                 consul.sidecar_spec(
                     t,
                     p,
+                    service=instance.service,
                     service_id=instance.id,
                     sidecar=instance.sidecar,
                     consul_bin=consul_bin,
@@ -194,6 +201,7 @@ class Mesh:
         spec = consul.sidecar_spec(
             self.topology,
             self.placement,
+            service=EDGE_SERVICE,
             service_id=edge.id,
             sidecar=edge.sidecar,
             consul_bin=consul_bin,
@@ -358,7 +366,8 @@ class Mesh:
         return {instance.id for instance in self.topology.edge.instances}
 
     def _deregister_edge(self, edge_id: str) -> None:
-        client = ConsulClient(self.placement.consul_http_addr(self.topology), timeout=1.0)
+        addr = self.placement.consul_http_addr(self.topology)
+        client = consul.operator_client(addr, self.state, timeout=1.0)
         try:
             client.deregister(edge_id)
         except httpx.HTTPError:
@@ -382,7 +391,12 @@ class Mesh:
             if spec.name == self.topology.kafka.nodes[-1].name:
                 yield self._kafka_cluster_status()
             if spec.name == self.topology.consul_servers[-1].name:
-                yield CONSUL_CLUSTER, "-", "", consul.cluster_health(self.topology, self.placement)
+                yield (
+                    CONSUL_CLUSTER,
+                    "-",
+                    "",
+                    consul.cluster_health(self.topology, self.placement, self.state),
+                )
 
     def _postgres_node_and_cluster_status(
         self, spec: ProcessSpec, current: process.Running | None, ports: str

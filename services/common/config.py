@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -66,6 +67,9 @@ class ServiceSettings(ProcessSettings):
 
     port: int
     consul_http_addr: str
+    # The service's Consul ACL token (registration, its fault flags), from a file: the
+    # environment names the file, never the secret.
+    consul_token: str = field(repr=False)
     # The instance's Consul registration, as the mesh made it (mesh/registration.py): the
     # service registers it once it answers its health check.
     registration: dict[str, Any]
@@ -90,6 +94,7 @@ class ServiceSettings(ProcessSettings):
             **process,
             port=_port(source, "SHOPMESH_PORT"),
             consul_http_addr=http_url(source, "SHOPMESH_CONSUL_HTTP_ADDR"),
+            consul_token=secret_file(source, "SHOPMESH_CONSUL_TOKEN_FILE"),
             registration=_registration(source, "SHOPMESH_REGISTRATION", process["instance"]),
             upstreams=_upstreams(source, "SHOPMESH_UPSTREAMS"),
         )
@@ -128,6 +133,18 @@ def _port_value(name: str, raw: object) -> int:
 
 def _port(env: Mapping[str, str], name: str) -> int:
     return _port_value(name, _required(env, name))
+
+
+def secret_file(env: Mapping[str, str], name: str) -> str:
+    """The content of the file `name` points at, stripped; it must not be empty."""
+    path = _required(env, name)
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path} ({exc.strerror})") from None
+    if not value:
+        raise ConfigError(f"{name}: {path} is empty")
+    return value
 
 
 def http_url(env: Mapping[str, str], name: str) -> str:

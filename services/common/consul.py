@@ -13,6 +13,8 @@ from services.common.retry import Backoff, Failure, retry
 
 log = logging.getLogger(__name__)
 
+TOKEN_HEADER = "X-Consul-Token"
+
 
 class ConsulError(Exception):
     """The agent answered with an error status."""
@@ -26,10 +28,16 @@ class ConsulAgent:
     """The few agent endpoints a service needs. Registering the same ID again replaces it."""
 
     def __init__(
-        self, http_addr: str, session: aiohttp.ClientSession, *, timeout_s: float = 2.0
+        self,
+        http_addr: str,
+        session: aiohttp.ClientSession,
+        *,
+        token: str,
+        timeout_s: float = 2.0,
     ) -> None:
         self._base = http_addr.rstrip("/")
         self._session = session
+        self._headers = {TOKEN_HEADER: token}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def register(self, body: dict[str, Any]) -> None:
@@ -39,7 +47,9 @@ class ConsulAgent:
         await self._put(f"/v1/agent/service/deregister/{service_id}")
 
     async def _put(self, path: str, json: dict[str, Any] | None = None) -> None:
-        async with self._session.put(self._base + path, json=json, timeout=self._timeout) as resp:
+        async with self._session.put(
+            self._base + path, json=json, headers=self._headers, timeout=self._timeout
+        ) as resp:
             if resp.status != 200:
                 raise ConsulError(resp.status, (await resp.text()).strip()[:500])
 

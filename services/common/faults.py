@@ -40,6 +40,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from services.common import rpc
+from services.common.consul import TOKEN_HEADER
 from services.common.problem import INJECTED_FAULT as INJECTED_FAULT_PROBLEM
 from services.common.problem import Problem
 from services.common.retry import Backoff, retry
@@ -224,12 +225,15 @@ def fault_middleware(
     return inject_faults
 
 
-def install_fault_flags(app: web.Application, consul_http_addr: str, service: str) -> None:
-    """Watch `shopmesh/faults/<service>` while `app` runs and apply the flags to its requests.
+def install_fault_flags(
+    app: web.Application, consul_http_addr: str, service: str, token: str
+) -> None:
+    """Watch `shopmesh/faults/<service>` (with the service's Consul `token`) while `app` runs
+    and apply the flags to its requests.
 
     Call before the application starts (it adds a middleware and a cleanup context).
     """
-    watcher = FaultWatcher(consul_http_addr, service)
+    watcher = FaultWatcher(consul_http_addr, service, token=token)
     app.middlewares.append(fault_middleware(lambda: watcher.current))
 
     async def watching(_app: web.Application) -> AsyncIterator[None]:
@@ -250,11 +254,13 @@ class FaultWatcher(AbstractAsyncContextManager["FaultWatcher"]):
         consul_http_addr: str,
         service: str,
         *,
+        token: str,
         wait: str = WAIT,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.key = KEY_PREFIX + service
         self._url = f"{consul_http_addr.rstrip('/')}/v1/kv/{self.key}"
+        self._headers = {TOKEN_HEADER: token}
         self._wait = wait
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._index = 0
@@ -303,7 +309,7 @@ class FaultWatcher(AbstractAsyncContextManager["FaultWatcher"]):
         params = {"wait": self._wait, "stale": ""}
         if self._index > 0:
             params["index"] = str(self._index)
-        async with session.get(self._url, params=params) as resp:
+        async with session.get(self._url, params=params, headers=self._headers) as resp:
             if resp.status not in (200, 404):
                 text = (await resp.text()).strip()[:200]
                 raise WatchError(f"HTTP {resp.status}: {text}")

@@ -15,7 +15,7 @@ from mesh.runtime.supervisor import CONSUL_SERVERS, Mesh
 from mesh.topology import ConsulServer, Topology
 from tests.chaos.order_load import USERS, OrderLoad, assert_every_order_paid_once
 from tests.integration.test_messaging_flow import workers as workers
-from tests.support import FreshClient, wait_for
+from tests.support import FreshClient, operator_consul, wait_for
 
 # Requests answered before the fault, and while it lasts (about 10 s at 10/s).
 BEFORE = 20
@@ -42,15 +42,18 @@ def leader_of(topology: Topology, servers: tuple[ConsulServer, ...]) -> str | No
     return by_rpc_port[int(leader.rsplit(":", 1)[1])]
 
 
-def quorum_whole(topology: Topology) -> bool:
-    """A leader, every server a healthy voter: autopilot tolerates one failure again."""
-    with _server_api(topology.consul_servers[0], topology) as api:
-        health = api.get("/v1/operator/autopilot/health").json()
+def quorum_whole(mesh: Mesh) -> bool:
+    """A leader, every server a healthy voter: autopilot tolerates one failure again (read
+    with the operator token)."""
+    first = mesh.topology.consul_servers[0]
+    addr = f"http://{mesh.topology.bind_host}:{first.http}"
+    with operator_consul(mesh, addr, timeout=1.0) as consul:
+        health = consul.http.get("/v1/operator/autopilot/health").json()
     return bool(health["Healthy"]) and health["FailureTolerance"] == 1
 
 
-def wait_quorum_whole(topology: Topology) -> None:
-    wait_for(lambda: quorum_whole(topology), timeout=60,
+def wait_quorum_whole(mesh: Mesh) -> None:
+    wait_for(lambda: quorum_whole(mesh), timeout=60,
              what="every consul server to be a healthy voter again")  # fmt: skip
 
 
@@ -66,10 +69,10 @@ def clients(edge_as_fresh: Callable[[], FreshClient]) -> list[FreshClient]:
 @pytest.fixture
 def servers_restored(mesh: Mesh) -> Iterator[None]:
     """Whatever a test killed is started again, and the quorum whole, before the next."""
-    wait_quorum_whole(mesh.topology)
+    wait_quorum_whole(mesh)
     yield
     mesh.start(CONSUL_SERVERS, say=lambda _: None)
-    wait_quorum_whole(mesh.topology)
+    wait_quorum_whole(mesh)
 
 
 def kv_write(consul: ConsulClient, key: str) -> int | str:
@@ -104,7 +107,7 @@ def test_orders_flow_while_a_consul_server_is_killed_and_it_rejoins_after(
         load.wait_answered(BEFORE + DURING, what=f"orders while {victim} is down")
         assert kv_write(consul, f"shopmesh/test/{role}-down") == 200, "two of three write"
         mesh.start(victim, say=lambda _: None)
-        wait_quorum_whole(t)
+        wait_quorum_whole(mesh)
         rejoined_after = time.monotonic() - killed_at
     answers = load.stop()
     print(
@@ -142,7 +145,7 @@ def test_with_two_of_three_servers_down_writes_fail_but_orders_flow_and_quorum_r
                  what="a leader once two servers run again")  # fmt: skip
         elected_after = time.monotonic() - restarted_at
         mesh.start(victims[1], say=lambda _: None)
-        wait_quorum_whole(t)
+        wait_quorum_whole(mesh)
     answers = load.stop()
     print(
         f"{victims} killed: the write got {refused!r}; a leader {elected_after:.1f}s after "
@@ -196,6 +199,6 @@ def test_the_watchdog_restarts_a_killed_consul_server_and_it_is_a_healthy_voter_
     assert mesh.kill(victim) == [victim]
     wait_for(lambda: victim in mesh.running() and mesh.running()[victim].pid != before,
              timeout=30, what=f"the watchdog to start {victim} again")  # fmt: skip
-    wait_quorum_whole(t)
+    wait_quorum_whole(mesh)
     print(f"{victim} killed: a healthy voter again {time.monotonic() - killed_at:.1f}s later")
     assert mesh.restarts()[victim] >= 1

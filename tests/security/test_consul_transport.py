@@ -23,7 +23,7 @@ from mesh.runtime import consul as consul_runtime
 from mesh.runtime.supervisor import Mesh
 from mesh.runtime.tls import consul_certs
 from tests.ratelimit_processes import free_port
-from tests.support import wait_for
+from tests.support import operator_consul, wait_for
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 TLS_ALERT = 0x15
@@ -95,8 +95,8 @@ def server_serf(mesh: Mesh) -> str:
 
 
 def members(mesh: Mesh) -> set[str]:
-    resp = httpx.get(f"{mesh.topology.consul_http_addr}/v1/agent/members", timeout=5)
-    return {m["Name"] for m in resp.json()}
+    with operator_consul(mesh, timeout=5) as consul:
+        return {m["Name"] for m in consul.http.get("/v1/agent/members").json()}
 
 
 def test_an_agent_without_the_gossip_key_cannot_join(mesh: Mesh, rogue) -> None:
@@ -125,7 +125,8 @@ def test_an_agent_with_a_stolen_gossip_key_but_no_certificate_reads_nothing(
     assert resp.status_code == 500, resp.text
     assert "No known Consul servers" not in resp.text, resp.text
     # What the real agent reads through the same servers, over TLS.
-    ok = httpx.get(f"{mesh.topology.consul_http_addr}/v1/catalog/services", timeout=5)
+    with operator_consul(mesh, timeout=5) as consul:
+        ok = consul.http.get("/v1/catalog/services")
     assert ok.status_code == 200 and "orders" in ok.json()
 
 

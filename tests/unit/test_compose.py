@@ -15,12 +15,14 @@ import pytest
 import yaml
 
 from mesh.components import kafka, prometheus, ratelimit
+from mesh.components.consul_acl import PROMETHEUS
 from mesh.components.edge import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
 from mesh.compose import document, files, volume
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import JAEGER, RATELIMIT, WATCHDOG, ComposePlacement, NativePlacement
 from mesh.registration import edge_registration, instance_registration
 from mesh.runtime import protos, provision
+from mesh.runtime.consul_acl import token_file
 from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
 from mesh.runtime.prometheus import native_rule_files, sd_dir
 from mesh.runtime.provision import COMPOSE_SCHEMA
@@ -30,6 +32,7 @@ from mesh.topology import Topology, load
 from mesh.wiring import worker_env
 
 # Values that differ between the native runtime and compose by design (the placements').
+STATE_FILES = {"SHOPMESH_CONSUL_TOKEN_FILE"}
 HOST_VARIABLES = {"SHOPMESH_BIND_HOST", "SHOPMESH_REGISTRATION", "SHOPMESH_CONSUL_HTTP_ADDR"}
 HOST_VARIABLES |= {"SHOPMESH_KAFKA_BOOTSTRAP", "SHOPMESH_DATABASE_URL", "SHOPMESH_AUTH_SEED_FILE"}
 HOST_VARIABLES |= {"OTEL_EXPORTER_OTLP_ENDPOINT"}
@@ -106,8 +109,11 @@ def test_the_environment_is_the_native_one_but_for_the_hosts(
         if "SHOPMESH_DATABASE_URL" in native:
             assert container.pop("PGPASSFILE") == str(volume.PGPASS)
         assert container.keys() == native.keys()
-        for key in native.keys() - HOST_VARIABLES:
+        for key in native.keys() - HOST_VARIABLES - STATE_FILES:
             assert container[key] == native[key], key
+        for key in STATE_FILES:  # the same file of the state dir, where each has it
+            in_volume = Path(container[key]).relative_to(volume.STATE.root)
+            assert in_volume == Path(native[key]).relative_to(state.root), key
     wiring = native_wiring(topology, state)
     for workers in topology.workers:
         for instance in workers.instances:
@@ -265,7 +271,15 @@ def test_prometheus_finds_the_services_through_consul(topology: Topology) -> Non
     config = yaml.safe_load(document.PROMETHEUS_FILE.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     sd = jobs["services"]["consul_sd_configs"]
-    assert sd == [{"server": f"consul:{topology.consul_ports.http}", "refresh_interval": "5s"}]
+    token = {"type": "Bearer", "credentials_file": str(token_file(volume.STATE, PROMETHEUS))}
+    assert sd == [
+        {
+            "server": f"consul:{topology.consul_ports.http}",
+            "refresh_interval": "5s",
+            "authorization": token,
+        }
+    ]
+    assert jobs["consul"]["authorization"] == token, "Consul's own metrics need agent:read"
     targets = [t for group in jobs["envoy"]["static_configs"] for t in group["targets"]]
     assert len(targets) == len(topology.instances()) + len(topology.edge.instances)
 
@@ -284,6 +298,7 @@ def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
         NativePlacement.of(topology),
         rule_files=native_rule_files(),
         discovery=prometheus.FileDiscovery(sd_dir(StateDir(tmp_path))),
+        consul_token_file="/token",
     )
     native_labels = labels(native)
     # Compose restarts containers by their restart policies: no watchdog.
@@ -297,11 +312,16 @@ def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
 
 
 def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:
-    """Debian's promtool has no consul_sd_configs: the rest of the config is checked by it."""
+    """Debian's promtool has no consul_sd_configs: the rest of the config is checked by it
+    (with the Consul token file, which it opens, here)."""
     promtool = provision.PROMETHEUS.binaries(cache_dir())["promtool"]
     config = yaml.safe_load(document.PROMETHEUS_FILE.read_text())
+    token = tmp_path / "prometheus.token"
+    token.write_text("a-token")
     for job in config["scrape_configs"]:
         job.pop("consul_sd_configs", None)
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(token)
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.run([str(promtool), "check", "config", str(path)], capture_output=True)

@@ -14,6 +14,14 @@ ENV = {
 }
 
 
+@pytest.fixture(autouse=True)
+def consul_token_file(tmp_path, monkeypatch):
+    path = tmp_path / "orders.token"
+    path.write_text("a-consul-secret\n")
+    monkeypatch.setitem(ENV, "SHOPMESH_CONSUL_TOKEN_FILE", str(path))
+    return path
+
+
 def settings(**overrides):
     env = {**ENV, **overrides}
     return ServiceSettings.from_env({k: v for k, v in env.items() if v is not None})
@@ -38,6 +46,7 @@ def test_minimal_environment_gets_loopback_defaults():
         "SHOPMESH_INSTANCE",
         "SHOPMESH_PORT",
         "SHOPMESH_CONSUL_HTTP_ADDR",
+        "SHOPMESH_CONSUL_TOKEN_FILE",
         "SHOPMESH_DATABASE_URL",
         "SHOPMESH_REGISTRATION",
     ],
@@ -45,6 +54,20 @@ def test_minimal_environment_gets_loopback_defaults():
 def test_missing_required_variable_is_named_in_the_error(name):
     with pytest.raises(ConfigError, match=name):
         settings(**{name: None})
+
+
+def test_the_consul_token_is_read_from_its_file_and_kept_out_of_the_repr():
+    s = settings()
+    assert s.consul_token == "a-consul-secret"
+    assert "a-consul-secret" not in repr(s)
+
+
+def test_an_unreadable_or_empty_consul_token_file_is_named_in_the_error(tmp_path):
+    with pytest.raises(ConfigError, match="SHOPMESH_CONSUL_TOKEN_FILE: cannot read"):
+        settings(SHOPMESH_CONSUL_TOKEN_FILE=str(tmp_path / "missing"))
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match=r"SHOPMESH_CONSUL_TOKEN_FILE: .* is empty"):
+        settings(SHOPMESH_CONSUL_TOKEN_FILE=str(tmp_path / "empty"))
 
 
 def test_blank_required_variable_counts_as_missing():

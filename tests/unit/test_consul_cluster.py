@@ -132,6 +132,7 @@ def test_a_component_talks_to_its_own_hosts_agent(topology: Topology) -> None:
         consul_bin=Path("consul"),
         envoy_bin=Path("envoy"),
         consul_ca=CERTS.ca_cert,
+        token_file=Path("/t/orders"),
     )
     assert f"-grpc-addr=https://{b}:{topology.consul_ports.grpc}" in argv
     assert f"-grpc-ca-file={CERTS.ca_cert}" in argv
@@ -140,7 +141,11 @@ def test_a_component_talks_to_its_own_hosts_agent(topology: Topology) -> None:
 def test_prometheus_scrapes_the_agent_and_every_server(topology: Topology, tmp_path: Path) -> None:
     native = NativePlacement.of(topology)
     config = prometheus.config(
-        topology, native, rule_files=[], discovery=prometheus.FileDiscovery(tmp_path)
+        topology,
+        native,
+        rule_files=[],
+        discovery=prometheus.FileDiscovery(tmp_path),
+        consul_token_file="/token",
     )
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "consul")
     targets = {g["labels"]["instance"]: g["targets"] for g in job["static_configs"]}

@@ -96,6 +96,7 @@ def test_prometheus_discovers_services_and_sidecars_from_the_files_and_keeps_the
         NativePlacement.of(topology),
         rule_files=native_rule_files(),
         discovery=prometheus.FileDiscovery(sd_dir(state)),
+        consul_token_file="/token",
     )
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["services"]["file_sd_configs"][0]["files"] == [

@@ -74,6 +74,7 @@ def wiring(placement: NativePlacement) -> Wiring:
         placement=placement,
         database_password=lambda database: None,
         auth_seed_file=lambda: "/seed.json",
+        consul_token_file=lambda service: f"/tokens/{service}",
     )
 
 

@@ -32,6 +32,7 @@ def node_config(topology: Topology, n: int) -> dict:
         bin_dir=Path("/usr/lib/postgresql/15/bin"),
         superuser_password="su",
         roles={patroni.REPLICATION: "rep", patroni.REWIND: "rew", patroni.RESTAPI: "api"},
+        consul_token="patroni-token",
     )
 
 
@@ -64,6 +65,7 @@ def test_each_node_listens_on_its_own_ports_and_uses_the_nodes_consul_agent(
         assert config["postgresql"]["listen"] == f"127.0.0.1:{node.port}"
         assert config["restapi"]["listen"] == f"127.0.0.1:{node.patroni_port}"
         assert config["consul"]["url"] == NativePlacement.of(topology).consul_http_addr(topology)
+        assert config["consul"]["token"] == "patroni-token"
         hba = config["postgresql"]["pg_hba"]
         assert all(line.endswith("127.0.0.1/32 scram-sha-256") for line in hba)
         auth = config["postgresql"]["authentication"]

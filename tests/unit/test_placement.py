@@ -187,7 +187,12 @@ def test_an_instance_on_one_host_registers_there_and_finds_the_shared_ones_on_th
     topology: Topology,
 ) -> None:
     instance = topology.service("payments").instances[1]
-    wiring = Wiring(TwoHosts(), database_password=lambda db: "pw", auth_seed_file=lambda: "/s")
+    wiring = Wiring(
+        TwoHosts(),
+        database_password=lambda db: "pw",
+        auth_seed_file=lambda: "/s",
+        consul_token_file=lambda service: f"/t/{service}",
+    )
     env = instance_env(topology, wiring, instance)
     assert env["SHOPMESH_BIND_HOST"] == B
     assert env["SHOPMESH_CONSUL_HTTP_ADDR"] == f"http://{A}:{topology.consul_ports.http}"
@@ -217,6 +222,7 @@ def test_a_sidecar_reaches_consul_on_the_other_host(topology: Topology) -> None:
         consul_bin=Path("consul"),
         envoy_bin=Path("envoy"),
         consul_ca=Path("/s/ca.pem"),
+        token_file=Path("/t/orders"),
     )
     assert f"-http-addr=http://{A}:{topology.consul_ports.http}" in argv
     assert f"-grpc-addr=https://{A}:{topology.consul_ports.grpc}" in argv
@@ -247,6 +253,7 @@ def test_prometheus_scrapes_each_target_on_its_host(topology: Topology, tmp_path
         TwoHosts(),
         rule_files=[],
         discovery=prometheus.FileDiscovery(tmp_path),
+        consul_token_file="/token",
     )
     targets = {
         group["labels"]["instance"]: group["targets"][0]

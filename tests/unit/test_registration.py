@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -173,13 +174,17 @@ def test_every_instance_of_the_topology_registers_its_own_ports_and_upstreams() 
         assert registered == [(u.service, u.local_bind_port) for u in upstreams]
 
 
-def test_each_instance_registers_the_document_its_environment_hands_it_with_its_version() -> None:
+def test_each_instance_registers_the_document_its_environment_hands_it_with_its_version(
+    tmp_path: Path,
+) -> None:
     topology = load()
     placement = NativePlacement.of(topology)
+    (tmp_path / "token").write_text("a-token")
     wiring = Wiring(
         placement=placement,
         database_password=lambda database: None,
         auth_seed_file=lambda: "/seed.json",
+        consul_token_file=lambda service: str(tmp_path / "token"),
     )
     for instance in topology.instances():
         env = instance_env(topology, wiring, instance)
