@@ -1,11 +1,12 @@
-"""`python -m mesh.compose init | bootstrap | worker-ready GROUP`, in the containers."""
+"""`python -m mesh.compose init | bootstrap | kafka-acls | worker-ready GROUP`, in the
+containers."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from mesh.compose.steps import bootstrap, init, worker_ready
+from mesh.compose.steps import bootstrap, init, kafka_acls, worker_ready
 from mesh.topology import load
 
 
@@ -14,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="step", required=True)
     sub.add_parser("init", help="generate the secrets into the state volume")
     sub.add_parser("bootstrap", help="databases, the edge's config and registration")
+    sub.add_parser("kafka-acls", help="the Kafka ACLs of mesh/kafka/topics.yaml's clients")
     ready = sub.add_parser("worker-ready", help="exit 0 once this worker is in its group")
     ready.add_argument("group")
     args = parser.parse_args(argv)
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         init(topology)
     elif args.step == "bootstrap":
         bootstrap(topology)
+    elif args.step == "kafka-acls":
+        kafka_acls(topology)
     else:
         return worker_ready(args.group)
     return 0

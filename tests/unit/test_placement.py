@@ -173,9 +173,9 @@ def test_kafka_nodes_listen_on_their_own_host_and_know_where_the_others_are(
     first, second = topology.kafka.nodes[:2]
     props = kafka.server_properties(topology, TwoHosts(), second, Path("/data"))
     assert props["listeners"] == (
-        f"PLAINTEXT://{B}:{second.port},CONTROLLER://{B}:{second.controller_port}"
+        f"CLIENT://{B}:{second.port},CONTROLLER://{B}:{second.controller_port}"
     )
-    assert props["advertised.listeners"] == f"PLAINTEXT://{B}:{second.port}"
+    assert props["advertised.listeners"] == f"CLIENT://{B}:{second.port}"
     assert props["controller.quorum.voters"].startswith(f"{first.id}@{A}:{first.controller_port},")
     assert TwoHosts().kafka_bootstrap(topology).split(",")[:2] == [
         f"{A}:{first.port}",
@@ -187,7 +187,12 @@ def test_an_instance_on_one_host_registers_there_and_finds_the_shared_ones_on_th
     topology: Topology,
 ) -> None:
     instance = topology.service("payments").instances[1]
-    wiring = Wiring(TwoHosts(), database_password=lambda db: "pw", auth_seed_file=lambda: "/s")
+    wiring = Wiring(
+        TwoHosts(),
+        database_password=lambda db: "pw",
+        auth_seed_file=lambda: "/s",
+        kafka_password_file=lambda principal: f"/k/{principal}",
+    )
     env = instance_env(topology, wiring, instance)
     assert env["SHOPMESH_BIND_HOST"] == B
     assert env["SHOPMESH_CONSUL_HTTP_ADDR"] == f"http://{A}:{topology.consul_ports.http}"
