@@ -165,12 +165,15 @@ def acl_bindings(clients: tuple[KafkaClient, ...]) -> frozenset[AclBinding]:
 
 
 def bindings_from_describe(response: dict[str, Any]) -> frozenset[AclBinding]:
-    """The ALLOW bindings in a DescribeAcls v1 response (as `to_object()` gives it)."""
+    """The ALLOW-from-any-host bindings (the only kind the mesh makes, and so the only kind it
+    deletes) in a DescribeAcls v1 response, as `to_object()` gives it."""
     if response["error_code"]:
         raise RuntimeError(f"describing Kafka ACLs failed: {response['error_message']}")
     found = []
     for resource in response["resources"]:
         for acl in resource["acls"]:
+            if acl["permission_type"] != Permission.ALLOW or acl["host"] != ANY_HOST:
+                continue
             principal = acl["principal"].removeprefix("User:")
             found.append(
                 AclBinding(

@@ -112,7 +112,14 @@ def test_a_describe_response_reads_back_as_the_bindings_it_lists() -> None:
                 "resource_name": "auth-cache-",
                 "resource_pattern_type": 4,
                 "acls": [
-                    {"principal": "User:auth", "host": "*", "operation": 3, "permission_type": 3}
+                    {"principal": "User:auth", "host": "*", "operation": 3, "permission_type": 3},
+                    {"principal": "User:x", "host": "*", "operation": 3, "permission_type": 2},
+                    {
+                        "principal": "User:y",
+                        "host": "10.0.0.1",
+                        "operation": 3,
+                        "permission_type": 3,
+                    },
                 ],
             }
         ],
