@@ -211,7 +211,9 @@ def _check(response: Any, key: str, what: str) -> None:
 async def apply_bindings(
     admin: AIOKafkaAdminClient, wanted: frozenset[AclBinding]
 ) -> tuple[list[AclBinding], list[AclBinding]]:
-    """Make the cluster's ACLs exactly `wanted`; returns (created, deleted)."""
+    """Make the cluster's ACLs exactly `wanted`; returns (created, deleted). The broker that
+    answers the describe may not have applied the controller's latest ACLs yet: at worst a
+    binding is created again, which Kafka takes as a no-op."""
     existing = await existing_bindings(admin)
     created = sorted(wanted - existing)
     deleted = sorted(existing - wanted)
