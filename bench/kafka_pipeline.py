@@ -1,6 +1,7 @@
 """Producer → 3 brokers → consumer: throughput, end-to-end latency and lost messages.
 
-Runs against the native mesh's Kafka (start it with `mesh up -d`), on a scratch topic with the
+Runs against the native mesh's Kafka (start it with `mesh up -d`) as the admin principal (of
+the mesh whose state dir SHOPMESH_STATE_DIR names), on a scratch topic with the
 project's settings (replication factor 3, min.insync.replicas 2; producer acks=all with
 idempotence), deleted afterwards. Prints the figures as JSON; `make bench` puts them in
 docs/benchmarks.md.
@@ -22,6 +23,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from mesh.components.kafka_auth import admin_options
+from mesh.runtime.paths import StateDir
 from mesh.topology import load
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -30,16 +33,18 @@ SECTION = "## Kafka pipeline"
 
 async def run(messages: int, size: int, partitions: int) -> dict[str, Any]:
     bootstrap = load().kafka_bootstrap()
+    sign_in = admin_options(StateDir.default())
     topic = f"bench-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **sign_in)
     await admin.start()
     await admin.create_topics(
         [NewTopic(topic, partitions, 3, topic_configs={"min.insync.replicas": "2"})]
     )
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"{topic}-group",
-                                auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                **sign_in)  # fmt: skip
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=True, linger_ms=5)  # fmt: skip
+                                enable_idempotence=True, linger_ms=5, **sign_in)  # fmt: skip
     await consumer.start()
     await producer.start()
     latencies: list[float] = []

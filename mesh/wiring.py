@@ -28,6 +28,8 @@ class Wiring:
     auth_seed_file: Callable[[], str]
     # Service name -> the file of its Consul token (the process reads it; never in its env).
     consul_token_file: Callable[[str], str]
+    # Kafka principal -> the path of its password file, as the process sees it.
+    kafka_password_file: Callable[[str], str]
 
     def database_url(self, topology: Topology, database: str) -> str:
         password = self.database_password(database)
@@ -48,6 +50,16 @@ def tracing_env(topology: Topology, placement: Placement) -> dict[str, str]:
     }
 
 
+def kafka_env(topology: Topology, wiring: Wiring, principal: str) -> dict[str, str]:
+    """Where Kafka is and who the process is there: its principal (named as its service, as in
+    mesh/kafka/topics.yaml's `clients`) and its password's file."""
+    return {
+        "SHOPMESH_KAFKA_BOOTSTRAP": wiring.placement.kafka_bootstrap(topology),
+        "SHOPMESH_KAFKA_USERNAME": principal,
+        "SHOPMESH_KAFKA_PASSWORD_FILE": wiring.kafka_password_file(principal),
+    }
+
+
 def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict[str, str]:
     """The environment of a service instance. It listens on the address it is registered at,
     where its sidecar forwards to."""
@@ -65,7 +77,7 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
         "SHOPMESH_UPSTREAMS": json.dumps(
             [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
         ),
-        "SHOPMESH_KAFKA_BOOTSTRAP": placement.kafka_bootstrap(topology),
+        **kafka_env(topology, wiring, service.name),
         "SHOPMESH_METRICS_PORT": str(instance.metrics_port),
         "PYTHONUNBUFFERED": "1",
         **tracing_env(topology, placement),
@@ -98,7 +110,7 @@ def worker_env(
         "SHOPMESH_METRICS_PORT": str(workers.metrics_port(instance)),
         "SHOPMESH_DATABASE_URL": wiring.database_url(topology, workers.database),
         "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology, instance),
-        "SHOPMESH_KAFKA_BOOTSTRAP": placement.kafka_bootstrap(topology),
+        **kafka_env(topology, wiring, workers.name),
         "PYTHONUNBUFFERED": "1",
         **tracing_env(topology, placement),
     }

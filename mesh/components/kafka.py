@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
+from mesh.components.kafka_auth import AUTH_SETTINGS, CLIENT_LISTENER, CONTROLLER_LISTENER
 from mesh.placement import Placement
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.topology import KafkaNode, Topology
@@ -28,9 +29,7 @@ DLQ_SUFFIX = ".dlq"
 # replicas, and an out-of-sync replica never becomes leader.
 CLUSTER_SETTINGS: dict[str, str] = {
     "process.roles": "broker,controller",
-    "controller.listener.names": "CONTROLLER",
-    "inter.broker.listener.name": "PLAINTEXT",
-    "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+    "controller.listener.names": CONTROLLER_LISTENER,
     "default.replication.factor": "3",
     "min.insync.replicas": "2",
     "offsets.topic.replication.factor": "3",
@@ -54,6 +53,7 @@ CLUSTER_SETTINGS: dict[str, str] = {
     # The compacted topics here (__consumer_offsets, the transaction log) are a few MB; the
     # cleaner's default 128 MiB dedupe buffer would be a third of a node's heap.
     "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+    **AUTH_SETTINGS,
 }
 
 
@@ -111,15 +111,17 @@ def quorum_voters(topology: Topology, placement: Placement) -> str:
 def server_properties(
     topology: Topology, placement: Placement, node: KafkaNode, logs: Path
 ) -> dict[str, str]:
-    """The node's settings: its listeners on the address the others reach it at (its host in
-    the placement), advertised as such; the quorum's voters likewise."""
+    """The node's settings but the secret ones (kafka_auth.jaas_settings): its listeners on the
+    address the others reach it at (its host in the placement), advertised as such; the quorum's
+    voters likewise."""
     host = placement.host(node.name)
+    client = f"{CLIENT_LISTENER}://{host}:{node.port}"
     return {
         **CLUSTER_SETTINGS,
         "node.id": str(node.id),
         "controller.quorum.voters": quorum_voters(topology, placement),
-        "listeners": f"PLAINTEXT://{host}:{node.port},CONTROLLER://{host}:{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{node.port}",
+        "listeners": f"{client},{CONTROLLER_LISTENER}://{host}:{node.controller_port}",
+        "advertised.listeners": client,
         "log.dirs": str(logs),
     }
 
@@ -152,10 +154,11 @@ def cluster_id(topology: Topology, state: StateDir) -> str:
     return path.read_text().strip()
 
 
-async def group_members(bootstrap: str, group: str) -> list[str]:
+async def group_members(bootstrap: str, options: dict[str, Any], group: str) -> list[str]:
     """The client id of each member of a consumer group (natively and in compose's health
-    check); a client id appears twice while a dead member's session has not timed out."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    check), asked with the client `options` (kafka_auth.client_options); a client id appears
+    twice while a dead member's session has not timed out."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **options)
     await admin.start()
     try:
         described = await admin.describe_consumer_groups([group])

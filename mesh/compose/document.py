@@ -9,17 +9,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mesh.components import balancer, consul, edge, kafka, postgres, prometheus, ratelimit
+from mesh.components import (
+    balancer,
+    consul,
+    edge,
+    kafka,
+    kafka_auth,
+    postgres,
+    prometheus,
+    ratelimit,
+)
 from mesh.components.consul_acl import EDGE_SERVICE, OPERATOR, service_token
 from mesh.components.consul_acl import PROMETHEUS as PROMETHEUS_TOKEN
 from mesh.compose.volume import (
     APP_UID,
     BALANCER_CONFIG,
+    KAFKA_ADMIN_PROPERTIES,
+    KAFKA_DATA,
     PGPASS,
     POSTGRES_SUPERUSER_PASSWORD,
     STATE,
     STATE_MOUNT,
     edge_config,
+    kafka_format_arguments,
+    kafka_node_properties,
 )
 from mesh.placement import (
     COMPOSE_DYNAMIC_RANGE,
@@ -77,7 +90,6 @@ NETWORK = "mesh"
 # Where the images keep what the native runtime keeps in its cache and state dir.
 JMX_AGENT = "/opt/jmx/jmx_prometheus_javaagent.jar"
 JMX_RULES = "/etc/kafka/jmx-exporter.yml"
-KAFKA_DATA = "/var/lib/kafka/data"
 CONSUL_DATA = "/consul/data"
 CONTAINER_RULES = "/etc/prometheus/rules"
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
@@ -122,6 +134,7 @@ def wiring(placement: ComposePlacement) -> Wiring:
         database_password=lambda database: None,
         auth_seed_file=lambda: str(demo.seed_file(STATE)),
         consul_token_file=lambda service: str(token_file(STATE, service_token(service))),
+        kafka_password_file=lambda principal: str(kafka_auth.password_file(STATE, principal)),
     )
 
 
@@ -307,25 +320,31 @@ def _postgres(topology: Topology) -> dict[str, Any]:
 def kafka_environment(
     topology: Topology, placement: ComposePlacement, node_id: int
 ) -> dict[str, str]:
-    """The node's server.properties as the apache/kafka image's KAFKA_* variables."""
+    """The node's JVM: its heap and JMX exporter agent. Its settings are the server.properties
+    `init` writes into the state volume (mesh/compose/kafka_files.py): they hold its password."""
     node = next(n for n in topology.kafka.nodes if n.id == node_id)
-    props = kafka.server_properties(topology, placement, node, Path(KAFKA_DATA))
-    env = {"KAFKA_" + key.upper().replace(".", "_"): value for key, value in props.items()}
     heap = topology.kafka.heap
-    env["KAFKA_HEAP_OPTS"] = f"-Xmx{heap} -Xms{kafka_runtime.START_HEAP}"
-    env["KAFKA_JVM_PERFORMANCE_OPTS"] = " ".join(kafka_runtime.JVM_OPTIONS)
-    env["KAFKA_OPTS"] = kafka.jmx_agent(placement, node, JMX_AGENT, JMX_RULES)
-    return env
+    return {
+        "KAFKA_HEAP_OPTS": f"-Xmx{heap} -Xms{kafka_runtime.START_HEAP}",
+        "KAFKA_JVM_PERFORMANCE_OPTS": " ".join(kafka_runtime.JVM_OPTIONS),
+        "KAFKA_OPTS": kafka.jmx_agent(placement, node, JMX_AGENT, JMX_RULES),
+    }
+
+
+# A Kafka tool in a node's container: without the node's KAFKA_OPTS (the tool's JVM would start
+# a second agent on the metrics port) and heap (the node's heap again would not fit the
+# container's limit).
+_TOOL_ENV = "KAFKA_OPTS= KAFKA_HEAP_OPTS=-Xmx128m"
 
 
 def _kafka_node(topology: Topology, placement: ComposePlacement, node_id: int) -> dict[str, Any]:
     node = next(n for n in topology.kafka.nodes if n.id == node_id)
-    cluster_id_file = kafka.cluster_id_file(STATE)
-    start = f'export CLUSTER_ID="$$(cat {cluster_id_file})" && exec /etc/kafka/docker/run'
-    # Without the node's KAFKA_OPTS (the tool's JVM would start a second agent on the metrics
-    # port) and heap (the node's heap again would not fit the container's limit).
-    probe = "KAFKA_OPTS= KAFKA_HEAP_OPTS=-Xmx64m /opt/kafka/bin/kafka-broker-api-versions.sh"
-    probe += " --bootstrap-server"
+    # Formatted (with every principal's SCRAM credentials) on the first start only; the java
+    # launcher reads the arguments from their owner-only file.
+    start = f"{_TOOL_ENV} /opt/kafka/bin/kafka-storage.sh @{kafka_format_arguments(node)}"
+    start += f" && exec /opt/kafka/bin/kafka-server-start.sh {kafka_node_properties(node)}"
+    probe = f"{_TOOL_ENV} /opt/kafka/bin/kafka-broker-api-versions.sh"
+    probe += f" --command-config {KAFKA_ADMIN_PROPERTIES} --bootstrap-server"
     probe += f" {placement.host(node.name)}:{node.port}"
     return {
         "image": KAFKA_IMAGE,
@@ -357,6 +376,7 @@ def _kafka_topics(topology: Topology, placement: ComposePlacement) -> dict[str, 
     """The topics of mesh/kafka/topics.yaml (and their DLQs), created if missing."""
     bootstrap = placement.kafka_bootstrap(topology)
     tool = f"/opt/kafka/bin/kafka-topics.sh --bootstrap-server {bootstrap}"
+    tool += f" --command-config {KAFKA_ADMIN_PROPERTIES}"
     creates = [
         f"{tool} --create --if-not-exists --topic {t.name} --partitions {t.partitions} "
         f"--replication-factor {t.replication_factor} "
@@ -368,7 +388,20 @@ def _kafka_topics(topology: Topology, placement: ComposePlacement) -> dict[str, 
         image=IMAGES["kafka"],
         entrypoint=["/bin/bash", "-c"],
         command=[" && ".join(creates)],
+        volumes=[_state_volume()],
         depends_on=_after(**nodes),
+    )
+
+
+def _kafka_acls() -> dict[str, Any]:
+    """The ACLs of mesh/kafka/topics.yaml's clients, as natively (mesh/components/kafka_acl.py)."""
+    return _one_shot(
+        image=SERVICE_IMAGE,
+        build=SERVICE_BUILD,
+        user="0",  # reads the admin's password
+        command=["python", "-m", "mesh.compose", "kafka-acls"],
+        volumes=[_state_volume()],
+        depends_on=_after(**{"kafka-topics": "service_completed_successfully"}),
     )
 
 
@@ -391,7 +424,7 @@ def _app_after(topology: Topology) -> dict[str, Any]:
     # Jaeger first, as natively: no process loses its first spans.
     return _after(
         bootstrap="service_completed_successfully",
-        **{"kafka-topics": "service_completed_successfully"},
+        **{"kafka-acls": "service_completed_successfully"},
         **nodes,
         jaeger="service_healthy",
     )
@@ -634,6 +667,7 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     for node in topology.kafka.nodes:
         services[node.name] = _kafka_node(topology, placement, node.id)
     services["kafka-topics"] = _kafka_topics(topology, placement)
+    services["kafka-acls"] = _kafka_acls()
     services["bootstrap"] = _bootstrap(topology)
     for instance in topology.instances():
         services[instance.id] = _service(topology, placement, instance)

@@ -1,6 +1,6 @@
 """What runs in the containers: the one-shots `init` (the secrets), `consul-acl` (Consul's ACL
-policies and tokens) and `bootstrap` (databases, the edge's config and registration), and a
-worker's health check (`worker-ready GROUP`)."""
+policies and tokens), `bootstrap` (databases, the edge's config and registration) and
+`kafka-acls`, and a worker's health check (`worker-ready GROUP`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ import asyncio
 import json
 import os
 import shutil
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
 
 from mesh import registration
-from mesh.components import balancer, consul, edge, kafka, postgres, ratelimit
+from mesh.components import balancer, consul, edge, kafka, kafka_auth, postgres, ratelimit
 from mesh.components.consul_acl import EDGE_SERVICE, PROMETHEUS, agent_nodes, service_token
+from mesh.components.kafka_acl import acl_bindings, apply_bindings, load_clients
+from mesh.compose import kafka_files
 from mesh.compose.volume import (
     APP_UID,
     BALANCER_CONFIG,
@@ -60,6 +65,7 @@ def init(topology: Topology) -> None:
     shutil.chown(certs.server_cert.parent, APP_UID, APP_UID)
     kafka.cluster_id(topology, STATE)
     kafka.cluster_id_file(STATE).chmod(0o644)  # an id, not a secret: read by the nodes
+    kafka_files.write(topology, placement)
     redis_config = ratelimit.write_redis_config(topology, placement, STATE, REDIS_DIR)
     shutil.chown(redis_config, REDIS_UID, REDIS_UID)
     shutil.chown(ratelimit.password_file(STATE), APP_UID, APP_UID)
@@ -123,7 +129,27 @@ def bootstrap(topology: Topology) -> None:
     BALANCER_CONFIG.chmod(0o644)  # read by the HAProxy image's own user
 
 
+def kafka_acls(topology: Topology) -> None:
+    """Once the topics exist: the ACLs of topics.yaml's clients, as natively."""
+    bootstrap_servers = ComposePlacement.of(topology).kafka_bootstrap(topology)
+    asyncio.run(_apply_acls(bootstrap_servers))
+
+
+async def _apply_acls(bootstrap_servers: str) -> None:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, **kafka_auth.admin_options(STATE)
+    )
+    await admin.start()
+    try:
+        await apply_bindings(admin, acl_bindings(load_clients()))
+    finally:
+        await admin.close()
+
+
 def worker_ready(group: str) -> int:
+    """Asked as the worker's own principal (Read on its group lets it describe the group)."""
     bootstrap_servers = os.environ["SHOPMESH_KAFKA_BOOTSTRAP"]
-    members = asyncio.run(kafka.group_members(bootstrap_servers, group))
+    password = Path(os.environ["SHOPMESH_KAFKA_PASSWORD_FILE"]).read_text().strip()
+    options = kafka_auth.client_options(os.environ["SHOPMESH_KAFKA_USERNAME"], password)
+    members = asyncio.run(kafka.group_members(bootstrap_servers, options, group))
     return 0 if os.environ["SHOPMESH_INSTANCE"] in members else 1

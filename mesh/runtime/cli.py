@@ -21,6 +21,7 @@ from mesh.runtime import (
     demo,
     faults,
     jaeger,
+    kafka,
     kafka_tools,
     process,
     protos,
@@ -305,7 +306,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_kafka(args: argparse.Namespace) -> int:
     """One of Kafka's own tools, from the cache, against the mesh's brokers."""
-    command = kafka_tools.argv(load(), install_all()["kafka"], args.tool, args.args)
+    config = kafka.admin_properties(StateDir.default())
+    command = kafka_tools.argv(load(), install_all()["kafka"], args.tool, args.args, config)
     os.execv(command[0], command)
 
 

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.components import kafka_auth
 from mesh.components.kafka import (
     JMX_EXPORTER_RULES,
     TopicSpec,
@@ -37,9 +38,10 @@ from mesh.components.kafka import (
     render_properties,
     server_properties,
 )
+from mesh.components.kafka_acl import acl_bindings, apply_bindings, load_clients
 from mesh.placement import NativePlacement, Placement
 from mesh.runtime import process
-from mesh.runtime.paths import StateDir
+from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import KafkaNode, Topology
 
@@ -96,6 +98,11 @@ def java_argv(
     ]
 
 
+def scram_marker(state: StateDir, node: KafkaNode) -> Path:
+    """The principals whose SCRAM credentials the node's log dir was formatted with."""
+    return state.data / f"{node.name}-scram-principals"
+
+
 def prepare_node(
     topology: Topology,
     placement: Placement,
@@ -103,22 +110,50 @@ def prepare_node(
     binaries: dict[str, Path],
     node: KafkaNode,
 ) -> None:
-    """Write the node's configs; format its log dir the first time (kept across restarts)."""
+    """Write the node's configs (owner-only: they hold the broker's password); format its log
+    dir the first time (kept across restarts) with every principal's SCRAM credentials."""
     props_path, log4j = config_paths(state, node)
     props_path.parent.mkdir(parents=True, exist_ok=True)
     log4j.write_text(LOG4J_PROPERTIES)
     logs = log_dir(state, node)
-    props_path.write_text(render_properties(server_properties(topology, placement, node, logs)))
+    names = kafka_auth.principals(tuple(c.principal for c in load_clients()))
+    passwords = kafka_auth.passwords(state, names)
+    props = server_properties(topology, placement, node, logs)
+    write_private(
+        props_path,
+        render_properties(props | kafka_auth.jaas_settings(passwords[kafka_auth.BROKER])),
+    )
+    marker = scram_marker(state, node)
     if (logs / "meta.properties").exists():
+        formatted = marker.read_text().split() if marker.exists() else []
+        if sorted(formatted) != sorted(names):
+            # KRaft takes SCRAM credentials at format time only (the admin API could add
+            # them, but a broker without its own cannot join the cluster to be asked).
+            raise RuntimeError(
+                f"{node.name}: its log dir {logs} holds SCRAM credentials for "
+                f"{formatted or 'no principals'}, not {list(names)}: remove the Kafka data "
+                f"({state.data}/kafka-*) to start the cluster afresh"
+            )
         return
     argv = java_argv(binaries, "128m", log4j, "kafka.tools.StorageTool")
-    argv += ["format", "-t", cluster_id(topology, state), "-c", str(props_path)]
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    args = state.config / "kafka" / f"{node.name}-format.args"
+    format_args = ["format", "-t", cluster_id(topology, state), "-c", str(props_path)]
+    write_private(
+        args, kafka_auth.argument_file([*format_args, *kafka_auth.scram_arguments(passwords)])
+    )
+    try:
+        # The java launcher reads the arguments from the file: no password on a command line.
+        proc = subprocess.run([*argv, f"@{args}"], capture_output=True, text=True)
+    finally:
+        args.unlink()
     if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr).strip()[-2000:]
+        for password in passwords.values():
+            output = output.replace(password, "***")
         raise RuntimeError(
-            f"{node.name}: kafka-storage format failed (exit {proc.returncode}): "
-            f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
+            f"{node.name}: kafka-storage format failed (exit {proc.returncode}): {output}"
         )
+    marker.write_text("\n".join(names) + "\n")
 
 
 @contextlib.contextmanager
@@ -139,9 +174,11 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-async def _metadata_from(host: str, port: int, topics: list[str] | None) -> dict[str, Any]:
+async def _metadata_from(
+    host: str, port: int, topics: list[str] | None, options: dict[str, Any]
+) -> dict[str, Any]:
     """A metadata response from exactly this node (topics None: every topic)."""
-    conn = await create_conn(host, port, request_timeout_ms=3000)
+    conn = await create_conn(host, port, request_timeout_ms=3000, **options)
     try:
         response = await conn.send(MetadataRequest(topics, allow_auto_topic_creation=False))
         metadata: dict[str, Any] = response.to_object()
@@ -151,15 +188,17 @@ async def _metadata_from(host: str, port: int, topics: list[str] | None) -> dict
 
 
 def metadata_from(
-    placement: Placement, node: KafkaNode, topics: list[str] | None = None
+    placement: Placement, state: StateDir, node: KafkaNode, topics: list[str] | None = None
 ) -> dict[str, Any]:
+    """As the admin principal (of the state dir's mesh) sees it."""
+    host, options = placement.host(node.name), kafka_auth.admin_options(state)
     with _quiet_aiokafka():
-        return asyncio.run(_metadata_from(placement.host(node.name), node.port, topics))
+        return asyncio.run(_metadata_from(host, node.port, topics, options))
 
 
-def brokers_seen_by(placement: Placement, node: KafkaNode) -> set[int]:
+def brokers_seen_by(placement: Placement, state: StateDir, node: KafkaNode) -> set[int]:
     """The live (unfenced) brokers in the metadata that this one node answers with."""
-    return {b["node_id"] for b in metadata_from(placement, node, [])["brokers"]}
+    return {b["node_id"] for b in metadata_from(placement, state, node, [])["brokers"]}
 
 
 def node_ready(
@@ -185,7 +224,7 @@ def node_ready(
         if not _port_open(placement.host(other.name), other.port):
             return f"{other.name}'s client port {other.port} not open yet"
     try:
-        seen = brokers_seen_by(placement, node)
+        seen = brokers_seen_by(placement, state, node)
     except Exception as exc:
         return f"no metadata from {node.name} yet ({exc.__class__.__name__})"
     wanted = {n.id for n in topology.kafka.nodes}
@@ -219,17 +258,20 @@ def reports_group_membership(metrics_text: str, group: str) -> bool:
     return False
 
 
-def group_client_ids(topology: Topology, group: str) -> list[str]:
+def group_client_ids(topology: Topology, state: StateDir, group: str) -> list[str]:
     """The client id of each of the consumer group's current members."""
+    options = kafka_auth.admin_options(state)
     with _quiet_aiokafka():
-        return asyncio.run(group_members(topology.kafka_bootstrap(), group))
+        return asyncio.run(group_members(topology.kafka_bootstrap(), options, group))
 
 
-def group_coordinator(topology: Topology, group: str) -> KafkaNode:
+def group_coordinator(topology: Topology, state: StateDir, group: str) -> KafkaNode:
     """The node that coordinates `group` now."""
 
     async def lookup() -> int:
-        client = AIOKafkaClient(bootstrap_servers=topology.kafka_bootstrap())
+        client = AIOKafkaClient(
+            bootstrap_servers=topology.kafka_bootstrap(), **kafka_auth.admin_options(state)
+        )
         await client.bootstrap()
         try:
             coordinator: int = await client.coordinator_lookup(CoordinationType.GROUP, group)
@@ -261,7 +303,10 @@ def partitions_from(metadata: dict[str, Any]) -> list[PartitionState]:
 
 
 def partitions(
-    topology: Topology, topics: list[str] | None = None, node: KafkaNode | None = None
+    topology: Topology,
+    state: StateDir,
+    topics: list[str] | None = None,
+    node: KafkaNode | None = None,
 ) -> list[PartitionState]:
     """Every partition of `topics` (None: all, internal ones included), as `node` sees them
     (default: the first node that answers)."""
@@ -271,7 +316,7 @@ def partitions(
         try:
             # From this host: the native mesh's nodes.
             native = NativePlacement.of(topology)
-            return partitions_from(metadata_from(native, candidate, topics))
+            return partitions_from(metadata_from(native, state, candidate, topics))
         except (TimeoutError, OSError, KafkaError) as exc:
             last = exc
     raise RuntimeError(f"no Kafka node answered a metadata request ({last!r})")
@@ -293,15 +338,17 @@ def replication_summary(states: list[PartitionState], down: frozenset[int] = fro
     return f"{len(behind)} of {len(states)} partitions under-replicated{extra} ({names}{more})"
 
 
-def cluster_health(topology: Topology, down: frozenset[int] = frozenset()) -> str:
+def cluster_health(topology: Topology, state: StateDir, down: frozenset[int] = frozenset()) -> str:
     try:
-        return replication_summary(partitions(topology), down)
+        return replication_summary(partitions(topology, state), down)
     except Exception as exc:
         return f"cluster metadata unavailable ({exc.__class__.__name__}: {exc})"
 
 
-async def _ensure_topics(bootstrap: str, topics: tuple[TopicSpec, ...]) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+async def _ensure_topics(
+    bootstrap: str, options: dict[str, Any], topics: tuple[TopicSpec, ...]
+) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -337,6 +384,7 @@ async def _ensure_topics(bootstrap: str, topics: tuple[TopicSpec, ...]) -> list[
 
 def ensure_topics(
     topology: Topology,
+    state: StateDir,
     topics: tuple[TopicSpec, ...] | None = None,
     nodes: list[KafkaNode] | None = None,
     timeout: float = 60.0,
@@ -346,22 +394,57 @@ def ensure_topics(
 
     Returns the names created (an existing topic is left alone, whatever its settings)."""
     topics = topics if topics is not None else load_topics()
+    options = kafka_auth.admin_options(state)
     deadline = time.monotonic() + timeout
     while True:
         try:
             with _quiet_aiokafka():
-                created = asyncio.run(_ensure_topics(topology.kafka_bootstrap(), topics))
+                created = asyncio.run(_ensure_topics(topology.kafka_bootstrap(), options, topics))
             break
         except KafkaError as exc:  # a broker the metadata names that does not serve yet
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"Kafka topics not created in {timeout:.0f}s: {exc}") from exc
             time.sleep(0.5)
-    wait_for_leaders(topology, nodes, max(deadline - time.monotonic(), 1.0))
+    wait_for_leaders(topology, state, nodes, max(deadline - time.monotonic(), 1.0))
     return created
 
 
+async def _ensure_acls(bootstrap: str, options: dict[str, Any]) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **options)
+    await admin.start()
+    try:
+        created, deleted = await apply_bindings(admin, acl_bindings(load_clients()))
+        return len(created) + len(deleted)
+    finally:
+        await admin.close()
+
+
+def ensure_acls(topology: Topology, state: StateDir) -> int:
+    """Make the cluster's ACLs those of topics.yaml's clients; how many bindings changed."""
+    with _quiet_aiokafka():
+        return asyncio.run(
+            _ensure_acls(topology.kafka_bootstrap(), kafka_auth.admin_options(state))
+        )
+
+
+def write_admin_properties(state: StateDir) -> Path:
+    """The admin principal's client settings for Kafka's CLI tools, owner-only."""
+    path = admin_properties(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = kafka_auth.passwords(state, (kafka_auth.ADMIN,))[kafka_auth.ADMIN]
+    write_private(path, kafka_auth.client_properties(kafka_auth.ADMIN, password))
+    return path
+
+
+def admin_properties(state: StateDir) -> Path:
+    return state.config / "kafka" / "admin-client.properties"
+
+
 def wait_for_leaders(
-    topology: Topology, nodes: list[KafkaNode] | None = None, timeout: float = 60.0
+    topology: Topology,
+    state: StateDir,
+    nodes: list[KafkaNode] | None = None,
+    timeout: float = 60.0,
 ) -> None:
     """Until every node's metadata has a leader for every partition of every topic.
 
@@ -371,7 +454,9 @@ def wait_for_leaders(
     last = "no metadata yet"
     while time.monotonic() < deadline:
         try:
-            views = [partitions(topology, None, node) for node in nodes or topology.kafka.nodes]
+            views = [
+                partitions(topology, state, None, node) for node in nodes or topology.kafka.nodes
+            ]
         except Exception as exc:
             last = f"{exc.__class__.__name__}: {exc}"
         else:
@@ -413,10 +498,17 @@ def node_specs(
     topology: Topology, placement: Placement, state: StateDir, binaries: dict[str, Path]
 ) -> list[ProcessSpec]:
     specs = [node_spec(topology, placement, state, binaries, n) for n in topology.kafka.nodes]
-    specs[-1].after_ready = lambda: ensure_topics(
-        topology, nodes=[n for n in topology.kafka.nodes if process.running(state, n.name)]
-    )
+    specs[-1].after_ready = lambda: after_cluster_ready(topology, state)
     return specs
+
+
+def after_cluster_ready(topology: Topology, state: StateDir) -> None:
+    """The topics, the ACLs and the tools' client settings, on every start."""
+    ensure_topics(
+        topology, state, nodes=[n for n in topology.kafka.nodes if process.running(state, n.name)]
+    )
+    ensure_acls(topology, state)
+    write_admin_properties(state)
 
 
 def stop_nodes(state: StateDir, specs: list[ProcessSpec]) -> list[str]:

@@ -5,7 +5,9 @@ brokers.
 TOOL is the script's name in Kafka's distribution without `kafka-` and `.sh`: `kafka-topics.sh`
 is `topics`. Each runs its main class as kafka-run-class.sh would, with a log4j config that
 keeps the tool's output clean, and gets `--bootstrap-server` with the topology's brokers unless
-the arguments name servers themselves.
+the arguments name servers themselves, and the admin principal's client settings (the state
+dir's owner-only `config/kafka/admin-client.properties`, written by `mesh up`) through the
+tool's own option for them unless the arguments give one.
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ class Bootstrap(Enum):
     NONE = None
 
 
+COMMAND_CONFIG = "--command-config"
+
+
 @dataclass(frozen=True)
 class Tool:
     main: str
     bootstrap: Bootstrap = Bootstrap.OPTION
     heap: str = "256m"  # kafka-run-class.sh's default for the tools
+    # The option that takes a client properties file (None: the tool connects to nothing).
+    client_config: str | None = COMMAND_CONFIG
 
 
 # The classes Kafka 3.9's bin/ scripts run; each is checked against the provisioned jars by
@@ -47,23 +54,32 @@ class Tool:
 TOOLS: dict[str, Tool] = {
     "topics": Tool("org.apache.kafka.tools.TopicCommand"),
     "consumer-groups": Tool("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"),
-    "console-consumer": Tool("org.apache.kafka.tools.consumer.ConsoleConsumer"),
-    "console-producer": Tool("kafka.tools.ConsoleProducer"),
-    "producer-perf-test": Tool(
-        "org.apache.kafka.tools.ProducerPerformance", Bootstrap.PRODUCER_PROPS, heap="512m"
+    "console-consumer": Tool(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer", client_config="--consumer.config"
     ),
-    "consumer-perf-test": Tool("org.apache.kafka.tools.ConsumerPerformance", heap="512m"),
+    "console-producer": Tool("kafka.tools.ConsoleProducer", client_config="--producer.config"),
+    "producer-perf-test": Tool(
+        "org.apache.kafka.tools.ProducerPerformance",
+        Bootstrap.PRODUCER_PROPS,
+        heap="512m",
+        client_config="--producer.config",
+    ),
+    "consumer-perf-test": Tool(
+        "org.apache.kafka.tools.ConsumerPerformance", heap="512m", client_config="--consumer.config"
+    ),
     "get-offsets": Tool("org.apache.kafka.tools.GetOffsetShell"),
     "log-dirs": Tool("org.apache.kafka.tools.LogDirsCommand"),
     "metadata-quorum": Tool("org.apache.kafka.tools.MetadataQuorumCommand"),
     "configs": Tool("kafka.admin.ConfigCommand"),
     "reassign-partitions": Tool("org.apache.kafka.tools.reassign.ReassignPartitionsCommand"),
-    "leader-election": Tool("org.apache.kafka.tools.LeaderElectionCommand"),
+    "leader-election": Tool(
+        "org.apache.kafka.tools.LeaderElectionCommand", client_config="--admin.config"
+    ),
     "delete-records": Tool("org.apache.kafka.tools.DeleteRecordsCommand"),
     "transactions": Tool("org.apache.kafka.tools.TransactionsCommand"),
     "features": Tool("org.apache.kafka.tools.FeatureCommand"),
     "broker-api-versions": Tool("kafka.admin.BrokerApiVersionsCommand"),
-    "dump-log": Tool("kafka.tools.DumpLogSegments", Bootstrap.NONE),
+    "dump-log": Tool("kafka.tools.DumpLogSegments", Bootstrap.NONE, client_config=None),
 }
 
 
@@ -72,6 +88,14 @@ def names_servers(args: Sequence[str]) -> bool:
         arg.split("=", 1)[0] in BOOTSTRAP_OPTIONS or arg.startswith(BOOTSTRAP_PROPERTY)
         for arg in args
     )
+
+
+def with_client_config(tool: Tool, args: Sequence[str], client_config: Path) -> list[str]:
+    """The arguments with the client settings' option first, unless they have it already."""
+    option = tool.client_config
+    if option is None or any(arg.split("=", 1)[0] == option for arg in args):
+        return list(args)
+    return [option, str(client_config), *args]
 
 
 def tool_args(tool: Tool, args: Sequence[str], bootstrap: str) -> list[str]:
@@ -91,9 +115,15 @@ def tool_args(tool: Tool, args: Sequence[str], bootstrap: str) -> list[str]:
 
 
 def argv(
-    topology: Topology, binaries: dict[str, Path], name: str, args: Sequence[str]
+    topology: Topology,
+    binaries: dict[str, Path],
+    name: str,
+    args: Sequence[str],
+    client_config: Path,
 ) -> list[str]:
-    """The java command line of tool `name` with `args` (binaries: the kafka component's)."""
+    """The java command line of tool `name` with `args` (binaries: the kafka component's),
+    signed in with the `client_config` properties file."""
     tool = TOOLS[name]
     command = java_argv(binaries, tool.heap, TOOLS_LOG4J, tool.main)
-    return [*command, *tool_args(tool, args, topology.kafka_bootstrap())]
+    signed_in = with_client_config(tool, args, client_config)
+    return [*command, *tool_args(tool, signed_in, topology.kafka_bootstrap())]

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from mesh.components import kafka_auth
 from mesh.components.consul_acl import EDGE_SERVICE, service_token
 from mesh.components.postgres import passwords
 from mesh.placement import WATCHDOG, NativePlacement, Placement
@@ -64,7 +65,14 @@ def native_wiring(topology: Topology, state: StateDir) -> Wiring:
         database_password=lambda database: passwords(state, topology)[database],
         auth_seed_file=lambda: str(demo.ensure_seed(state)),
         consul_token_file=lambda service: str(consul_acl.token_file(state, service_token(service))),
+        kafka_password_file=lambda principal: str(kafka_password_file(state, principal)),
     )
+
+
+def kafka_password_file(state: StateDir, principal: str) -> Path:
+    """The principal's password file, generated if this is its first use."""
+    kafka_auth.passwords(state, (principal,))
+    return kafka_auth.password_file(state, principal)
 
 
 def service_env(topology: Topology, state: StateDir, instance: Instance) -> dict[str, str]:
@@ -95,7 +103,9 @@ def service_spec(
     )
 
 
-def worker_spec(topology: Topology, wiring: Wiring, workers: Workers, instance: str) -> ProcessSpec:
+def worker_spec(
+    topology: Topology, state: StateDir, wiring: Wiring, workers: Workers, instance: str
+) -> ProcessSpec:
     """A consumer process: no port, no sidecar; ready once it has joined its consumer group.
 
     Both sides must say so: the process itself (its /metrics: a member with a current
@@ -113,7 +123,7 @@ def worker_spec(topology: Topology, wiring: Wiring, workers: Workers, instance: 
         if not joined:
             return f"not a member of {workers.group} (by its own account)"
         try:
-            members = kafka.group_client_ids(topology, workers.group)
+            members = kafka.group_client_ids(topology, state, workers.group)
         except Exception as exc:  # any Kafka client error means "not yet"
             return f"consumer group not readable yet ({exc.__class__.__name__})"
         return None if instance in members else f"not a member of {workers.group} yet"
@@ -180,7 +190,9 @@ class Mesh:
                 )
             )
         for workers in t.workers:
-            specs += [worker_spec(t, wiring, workers, instance) for instance in workers.instances]
+            specs += [
+                worker_spec(t, s, wiring, workers, instance) for instance in workers.instances
+            ]
         # The edge's rate-limit service, and the store of its counters, before the edge.
         specs.append(ratelimit.redis_spec(t, p, s, self.binaries["redis"]))
         specs.append(ratelimit.service_spec(t, p, s, self.binaries["ratelimit"]))
@@ -420,7 +432,7 @@ class Mesh:
         down = frozenset(n.id for n in nodes if not process.running(self.state, n.name))
         if len(down) == len(nodes):
             return KAFKA_CLUSTER, "-", "", "stopped"
-        return KAFKA_CLUSTER, "-", "", kafka.cluster_health(self.topology, down)
+        return KAFKA_CLUSTER, "-", "", kafka.cluster_health(self.topology, self.state, down)
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

@@ -5,7 +5,8 @@
     ]):
         ...  # serve
 
-Kafka is required: `SHOPMESH_KAFKA_BOOTSTRAP` must be set (ConfigError otherwise). Neither the
+Kafka is required: `SHOPMESH_KAFKA_BOOTSTRAP` and the service's principal
+(services.common.messaging.security) must be set (ConfigError otherwise). Neither the
 relay nor the consumers need Kafka to be up when the service starts: both retry in the
 background, and the outbox keeps every event until the relay has published it.
 """
@@ -24,6 +25,7 @@ from services.common.messaging.outbox import OutboxRelay
 from services.common.messaging.processed import Handler
 from services.common.messaging.processor import RetryPolicy
 from services.common.messaging.producer import bootstrap_servers, create_producer
+from services.common.messaging.security import sasl_options
 from services.common.metrics import MessagingMetrics
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,14 @@ async def messaging(
     `service`: by default the instance id without its `-<n>` (`orders-1`: `orders`).
     """
     servers = servers or bootstrap_servers()
+    security = sasl_options()
     metrics = MessagingMetrics(service or instance.rpartition("-")[0] or instance)
     outbox_relay = (
-        OutboxRelay(pool, lambda: create_producer(servers, client_id=instance), metrics=metrics)
+        OutboxRelay(
+            pool,
+            lambda: create_producer(servers, client_id=instance, security=security),
+            metrics=metrics,
+        )
         if relay
         else None
     )
@@ -75,6 +82,7 @@ async def messaging(
             consumer.handler,
             pool,
             bootstrap=servers,
+            security=security,
             client_id=instance,
             retries=RetryPolicy(max_attempts=consumer.max_attempts),
             metrics=metrics,

@@ -7,11 +7,13 @@ import asyncio
 import json
 import threading
 import uuid
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from contracts.cloudevents import cloud_event
+from mesh.components.kafka_auth import admin_options, options_of
 from mesh.runtime.supervisor import Mesh
 from tests.chaos.test_payments_faults import injected_fault_seen
 from tests.integration.test_messaging_flow import (
@@ -125,8 +127,10 @@ def test_orders_are_accepted_with_every_broker_down_and_the_outbox_drains_after(
     )
 
 
-async def _produce_tasks(bootstrap: str, key: bytes, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def _produce_tasks(
+    bootstrap: str, sign_in: dict[str, Any], key: bytes, values: list[bytes]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **sign_in)
     await producer.start()
     try:
         for value in values:
@@ -135,9 +139,12 @@ async def _produce_tasks(bootstrap: str, key: bytes, values: list[bytes]) -> Non
         await producer.stop()
 
 
-async def _dlq_messages(bootstrap: str, key: bytes) -> list:
+async def _dlq_messages(bootstrap: str, sign_in: dict[str, Any], key: bytes) -> list:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **sign_in,
     )
     await consumer.start()
     try:
@@ -177,7 +184,8 @@ def test_a_poison_task_goes_to_the_dlq_and_the_partition_keeps_flowing(mesh: Mes
     values = [json.dumps(e).encode() for e in (poison, *tasks)]
     dlq = 'sum(shopmesh_dlq_messages_total{service="payments-worker", topic="payment-tasks"})'
     dead_lettered_before = prometheus_query(mesh, dlq)
-    asyncio.run(_produce_tasks(bootstrap, key, values))
+    # As the service that puts tasks on the queue; read back as the project's tools.
+    asyncio.run(_produce_tasks(bootstrap, options_of(mesh.state, "orders"), key, values))
 
     wait_for(
         lambda: (
@@ -188,7 +196,7 @@ def test_a_poison_task_goes_to_the_dlq_and_the_partition_keeps_flowing(mesh: Mes
         what="the tasks after the poison one to be charged",
     )
     dead = wait_for(
-        lambda: asyncio.run(_dlq_messages(bootstrap, key)),
+        lambda: asyncio.run(_dlq_messages(bootstrap, admin_options(mesh.state), key)),
         timeout=30,
         what="the poison task in payment-tasks.dlq",
     )

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -15,8 +16,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from mesh.components import kafka
+from mesh.components.kafka_auth import admin_options
 from mesh.placement import NativePlacement
 from mesh.runtime.kafka import brokers_seen_by, cluster_health, ensure_topics, partitions
+from mesh.runtime.paths import StateDir
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
 from tests.support import wait_for
@@ -25,8 +28,10 @@ KILLED = "kafka-2"
 STREAM = 2000  # keyed messages sent while a broker is killed
 
 
-async def _topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _topic_configs(
+    bootstrap: str, sign_in: dict[str, Any], names: list[str]
+) -> dict[str, dict[str, str]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **sign_in)
     await admin.start()
     try:
         responses = await admin.describe_configs(
@@ -42,10 +47,10 @@ async def _topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str
     return found
 
 
-def test_three_brokers_and_every_configured_topic(topology: Topology) -> None:
+def test_three_brokers_and_every_configured_topic(topology: Topology, mesh: Mesh) -> None:
     wanted_ids = {node.id for node in topology.kafka.nodes}
     for node in topology.kafka.nodes:
-        seen = brokers_seen_by(NativePlacement.of(topology), node)
+        seen = brokers_seen_by(NativePlacement.of(topology), mesh.state, node)
         assert seen == wanted_ids, node.name
 
     topics = kafka.load_topics()
@@ -54,8 +59,10 @@ def test_three_brokers_and_every_configured_topic(topology: Topology) -> None:
         for name in ("user-events", "order-events", "payment-events", "payment-tasks")
         for suffix in ("", ".dlq")
     }
-    states = partitions(topology, [t.name for t in topics])
-    configs = asyncio.run(_topic_configs(topology.kafka_bootstrap(), [t.name for t in topics]))
+    states = partitions(topology, mesh.state, [t.name for t in topics])
+    names = [t.name for t in topics]
+    sign_in = admin_options(mesh.state)
+    configs = asyncio.run(_topic_configs(topology.kafka_bootstrap(), sign_in, names))
     for topic in topics:
         mine = [p for p in states if p.topic == topic.name]
         assert len(mine) == topic.partitions, topic.name
@@ -66,15 +73,17 @@ def test_three_brokers_and_every_configured_topic(topology: Topology) -> None:
 
 
 @pytest.fixture
-def scratch_topic(topology: Topology) -> Iterator[str]:
+def scratch_topic(topology: Topology, mesh: Mesh) -> Iterator[str]:
     """A topic of the test's own (RF 3, min ISR 2, 6 partitions), deleted afterwards."""
     name = f"test.kafka-cluster.{uuid.uuid4().hex[:8]}"
     spec = kafka.TopicSpec(name, partitions=6, replication_factor=3, min_insync_replicas=2)
-    ensure_topics(topology, (spec,))
+    ensure_topics(topology, mesh.state, (spec,))
     yield name
 
     async def delete() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=topology.kafka_bootstrap())
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=topology.kafka_bootstrap(), **admin_options(mesh.state)
+        )
         await admin.start()
         try:
             await admin.delete_topics([name])
@@ -84,9 +93,10 @@ def scratch_topic(topology: Topology) -> Iterator[str]:
     asyncio.run(delete())
 
 
-def _producer(bootstrap: str) -> AIOKafkaProducer:
+def _producer(bootstrap: str, state: StateDir) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
+        **admin_options(state),
         acks="all",
         enable_idempotence=True,
         request_timeout_ms=30000,
@@ -95,15 +105,18 @@ def _producer(bootstrap: str) -> AIOKafkaProducer:
     )
 
 
-def consume_all(topology: Topology, topic: str) -> list[tuple[bytes, bytes]]:
+def consume_all(topology: Topology, state: StateDir, topic: str) -> list[tuple[bytes, bytes]]:
     """Every (key, value) in the topic, from the beginning to the end offsets of now."""
-    numbers = sorted({p.partition for p in partitions(topology, [topic])})
-    return asyncio.run(_consume_all(topology.kafka_bootstrap(), topic, numbers))
+    numbers = sorted({p.partition for p in partitions(topology, state, [topic])})
+    return asyncio.run(_consume_all(topology.kafka_bootstrap(), state, topic, numbers))
 
 
-async def _consume_all(bootstrap: str, topic: str, numbers: list[int]) -> list[tuple[bytes, bytes]]:
+async def _consume_all(
+    bootstrap: str, state: StateDir, topic: str, numbers: list[int]
+) -> list[tuple[bytes, bytes]]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
+        **admin_options(state),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -132,10 +145,10 @@ async def _consume_all(bootstrap: str, topic: str, numbers: list[int]) -> list[t
 
 
 def test_a_message_produced_with_acks_all_is_consumed_back(
-    topology: Topology, scratch_topic: str
+    topology: Topology, mesh: Mesh, scratch_topic: str
 ) -> None:
     async def produce() -> int:
-        producer = _producer(topology.kafka_bootstrap())
+        producer = _producer(topology.kafka_bootstrap(), mesh.state)
         await producer.start()
         try:
             meta = await producer.send_and_wait(scratch_topic, b"hello", key=b"order-1")
@@ -144,7 +157,7 @@ def test_a_message_produced_with_acks_all_is_consumed_back(
         return meta.offset
 
     assert asyncio.run(produce()) == 0
-    assert consume_all(topology, scratch_topic) == [(b"order-1", b"hello")]
+    assert consume_all(topology, mesh.state, scratch_topic) == [(b"order-1", b"hello")]
 
 
 async def _stream_while_killing(
@@ -154,7 +167,7 @@ async def _stream_while_killing(
 
     Returns the values acknowledged, the send errors, how long the stream took and the longest
     a message waited for its acknowledgement."""
-    producer = _producer(mesh.topology.kafka_bootstrap())
+    producer = _producer(mesh.topology.kafka_bootstrap(), mesh.state)
     await producer.start()
     acked: set[bytes] = set()
     errors: list[str] = []
@@ -187,7 +200,7 @@ def test_a_killed_broker_loses_and_duplicates_nothing_acknowledged(
 ) -> None:
     try:
         acked, errors, took, longest = asyncio.run(_stream_while_killing(mesh, scratch_topic))
-        records = consume_all(topology, scratch_topic)
+        records = consume_all(topology, mesh.state, scratch_topic)
     finally:
         restart_started = time.monotonic()
         mesh.start(KILLED, say=lambda _: None)
@@ -208,7 +221,7 @@ def test_a_killed_broker_loses_and_duplicates_nothing_acknowledged(
 
     started = time.monotonic()
     summary = wait_for(
-        lambda: (s := cluster_health(topology)).startswith("ok,") and s,
+        lambda: (s := cluster_health(topology, mesh.state)).startswith("ok,") and s,
         timeout=90,
         interval=0.5,
         what=f"every partition to be fully replicated after {KILLED} rejoined",

@@ -21,7 +21,8 @@ import pytest
 
 from mesh.components import postgres
 from mesh.runtime.paths import REPO_ROOT
-from mesh.runtime.supervisor import Mesh, service_env
+from mesh.runtime.supervisor import Mesh, native_wiring, service_env
+from mesh.wiring import kafka_env
 from services.auth.app import cache_group
 from services.common.messaging.processed import PROCESSED_RETENTION_S, PgProcessedStore
 from shopmesh.payments.v1 import payments_pb2
@@ -62,8 +63,10 @@ class Workers:
     def env(self, name: str) -> dict[str, str]:
         payments = self.mesh.topology.service("payments").instances[0]
         base = service_env(self.mesh.topology, self.mesh.state, payments)
-        keep = ("SHOPMESH_DATABASE_URL", "SHOPMESH_CONSUL_HTTP_ADDR", "SHOPMESH_KAFKA_BOOTSTRAP")
+        keep = ("SHOPMESH_DATABASE_URL", "SHOPMESH_CONSUL_HTTP_ADDR")
         env = {k: base[k] for k in keep}
+        wiring = native_wiring(self.mesh.topology, self.mesh.state)
+        env |= kafka_env(self.mesh.topology, wiring, "payments-worker")
         env |= {
             "SHOPMESH_SERVICE": "payments-worker",
             "SHOPMESH_INSTANCE": name,

@@ -57,9 +57,10 @@ def test_nothing_the_mesh_keeps_is_open_to_the_group_or_others(mesh: Mesh) -> No
 
 
 def secret_values(mesh: Mesh) -> set[str]:
-    """Every password and key the state dir's secrets folder holds (JSON maps, or one value)."""
+    """Every password and key the state dir's secrets folder holds (JSON maps, or one value),
+    its subfolders' (Kafka's principals) included."""
     values: set[str] = set()
-    for path in mesh.state.secrets.iterdir():
+    for path in mesh.state.secrets.rglob("*"):
         if not path.is_file():
             continue
         text = path.read_text(errors="replace").strip()
@@ -87,6 +88,9 @@ def test_configs_holding_a_password_are_the_owners_alone(mesh: Mesh) -> None:
                     assert mode & 0o077 == 0, f"{path} holds a password and is {oct(mode)}"
     # Patroni's config of each node holds the superuser's password at least.
     node_configs = {f"{node.name}.yml" for node in mesh.topology.postgres_nodes}
+    # Each Kafka node's server.properties holds the broker's; the tools' settings the admin's.
+    node_configs |= {f"{node.name}.properties" for node in mesh.topology.kafka.nodes}
+    node_configs.add("admin-client.properties")
     assert node_configs <= {path.name for path in holding}, holding
     for path in holding:
         assert_unreadable_by_another_user(path)
@@ -104,6 +108,7 @@ def test_another_user_reads_no_secret_log_or_data_file(mesh: Mesh) -> None:
     state = mesh.state
     samples = [
         state.secrets / "postgres.json",
+        state.secrets / "kafka" / "orders",
         state.logs / "orders-1.log",
         next(state.data.glob("kafka-1/*/*.log")),
         next(state.data.glob("consul-server-1/raft/*")),

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from mesh.components import kafka, prometheus, ratelimit
+from mesh.components import kafka, kafka_auth, prometheus, ratelimit
 from mesh.components.consul_acl import PROMETHEUS
 from mesh.components.edge import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
 from mesh.compose import document, files, volume
@@ -98,6 +98,14 @@ def test_every_service_instance_has_its_container_and_a_sidecar_in_its_namespace
         assert "-ignore-envoy-compatibility" in command
 
 
+def _same_secret_file(native: dict[str, str], container: dict[str, str], state: StateDir) -> None:
+    """The Kafka password file: the same one, each in its own state dir."""
+    key = "SHOPMESH_KAFKA_PASSWORD_FILE"
+    principal = native["SHOPMESH_KAFKA_USERNAME"]
+    assert native.pop(key) == str(kafka_auth.password_file(state, principal))
+    assert container.pop(key) == str(kafka_auth.password_file(volume.STATE, principal))
+
+
 def test_the_environment_is_the_native_one_but_for_the_hosts(
     topology: Topology, doc: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -108,6 +116,7 @@ def test_the_environment_is_the_native_one_but_for_the_hosts(
         container = dict(doc["services"][instance.id]["environment"])
         if "SHOPMESH_DATABASE_URL" in native:
             assert container.pop("PGPASSFILE") == str(volume.PGPASS)
+        _same_secret_file(native, container, state)
         assert container.keys() == native.keys()
         for key in native.keys() - HOST_VARIABLES - STATE_FILES:
             assert container[key] == native[key], key
@@ -120,6 +129,7 @@ def test_the_environment_is_the_native_one_but_for_the_hosts(
             native = worker_env(topology, wiring, workers, instance)
             container = dict(doc["services"][instance]["environment"])
             assert container.pop("PGPASSFILE") == str(volume.PGPASS)
+            _same_secret_file(native, container, state)
             assert container.keys() == native.keys()
             for key in native.keys() - HOST_VARIABLES:
                 assert container[key] == native[key], key
@@ -140,16 +150,34 @@ def test_workers_run_as_in_the_topology_without_sidecar(
 
 
 def test_kafka_nodes_form_the_topology_quorum(topology: Topology, doc: dict[str, Any]) -> None:
+    placement = ComposePlacement.of(topology)
     voters = ",".join(f"{n.id}@{n.name}:{n.controller_port}" for n in topology.kafka.nodes)
     for node in topology.kafka.nodes:
-        env = doc["services"][node.name]["environment"]
-        assert env["KAFKA_NODE_ID"] == str(node.id)
-        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
-        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{node.name}:{node.port}"
-        assert f"-Xmx{topology.kafka.heap}" in env["KAFKA_HEAP_OPTS"]
+        service = doc["services"][node.name]
+        start = service["command"][0]
+        # Its settings are the native ones, written by init into the state volume.
+        assert f"kafka-server-start.sh {volume.kafka_node_properties(node)}" in start
+        assert f"kafka-storage.sh @{volume.kafka_format_arguments(node)}" in start
+        props = kafka.server_properties(topology, placement, node, volume.KAFKA_DATA)
+        assert props["controller.quorum.voters"] == voters
+        assert props["advertised.listeners"] == f"CLIENT://{node.name}:{node.port}"
+        assert props["allow.everyone.if.no.acl.found"] == "false"
+        assert f"-Xmx{topology.kafka.heap}" in service["environment"]["KAFKA_HEAP_OPTS"]
+        assert str(volume.KAFKA_ADMIN_PROPERTIES) in " ".join(service["healthcheck"]["test"])
     topics = " ".join(doc["services"]["kafka-topics"]["command"])
+    assert f"--command-config {volume.KAFKA_ADMIN_PROPERTIES}" in topics
     for topic in kafka.load_topics():
         assert f"--topic {topic.name} --partitions {topic.partitions} " in topics
+    acls = doc["services"]["kafka-acls"]
+    assert acls["command"] == ["python", "-m", "mesh.compose", "kafka-acls"]
+    for instance in topology.instances():
+        assert "kafka-acls" in doc["services"][instance.id]["depends_on"]
+
+
+def test_no_kafka_password_is_in_the_compose_file(topology: Topology) -> None:
+    text = "".join(files.generated(topology).values())
+    assert "jaas" not in text.lower()
+    assert "password=" not in text
 
 
 def test_every_topology_port_is_in_the_compose_files(topology: Topology) -> None:
@@ -171,6 +199,9 @@ def test_every_topology_port_is_in_the_compose_files(topology: Topology) -> None
     }
     # Compose restarts containers with its restart policies; the watchdog is native only.
     registered.add("watchdog metrics")
+    # The Kafka nodes' controller listeners are in their server.properties, which init writes
+    # into the state volume from the same topology (it holds the broker's password).
+    registered |= {f"{n.name} controller" for n in topology.kafka.nodes}
     # Compose runs one Postgres, on the first node's port, without Patroni (docs/runtime.md).
     registered |= {f"{pg.name} patroni" for pg in topology.postgres_nodes}
     registered |= {pg.name for pg in topology.postgres_nodes[1:]}

@@ -70,9 +70,9 @@ def test_server_properties_of_a_combined_node(tmp_path: Path) -> None:
         f"{n.id}@127.0.0.1:{n.controller_port}" for n in topology.kafka.nodes
     )
     assert props["listeners"] == (
-        f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
+        f"CLIENT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
     )
-    assert props["advertised.listeners"] == f"PLAINTEXT://127.0.0.1:{node.port}"
+    assert props["advertised.listeners"] == f"CLIENT://127.0.0.1:{node.port}"
     assert props["log.dirs"] == str(tmp_path / "kafka-2")
     for key, value in {
         "default.replication.factor": "3",

@@ -19,7 +19,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path) -> dict:
     monkeypatch.setattr(kafka, "_port_open", lambda _host, port: ports[port])
     monkeypatch.setattr(kafka.process, "running", lambda _state, _name: True)
     every = {n.id for n in topology.kafka.nodes}
-    monkeypatch.setattr(kafka, "brokers_seen_by", lambda _placement, _node: every)
+    monkeypatch.setattr(kafka, "brokers_seen_by", lambda _placement, _state, _node: every)
     return {"topology": topology, "state": StateDir(tmp_path), "ports": ports}
 
 

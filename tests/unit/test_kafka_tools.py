@@ -15,27 +15,29 @@ from mesh.topology import load
 
 BINARIES = {"java": Path("/usr/bin/java"), "libs": Path("/cache/kafka/libs")}
 BOOTSTRAP = load().kafka_bootstrap()
+CONFIG = Path("/state/config/kafka/admin-client.properties")
+SIGNED_IN = ["--command-config", str(CONFIG)]
 
 
 def tool_args(name: str, *args: str) -> list[str]:
     """What follows the main class on the command line."""
-    argv = kafka_tools.argv(load(), BINARIES, name, list(args))
+    argv = kafka_tools.argv(load(), BINARIES, name, list(args), CONFIG)
     return argv[argv.index(TOOLS[name].main) + 1 :]
 
 
 def test_the_tools_main_class_runs_from_the_cached_jars_with_the_quiet_log4j() -> None:
-    argv = kafka_tools.argv(load(), BINARIES, "topics", ["--list"])
+    argv = kafka_tools.argv(load(), BINARIES, "topics", ["--list"], CONFIG)
     assert argv[0] == "/usr/bin/java"
     assert argv[argv.index("-cp") + 1] == "/cache/kafka/libs/*"
     assert f"-Dlog4j.configuration=file:{TOOLS_LOG4J}" in argv
     assert "-Xmx256m" in argv
-    assert argv[-4:] == ["org.apache.kafka.tools.TopicCommand", "--bootstrap-server", BOOTSTRAP,
-                         "--list"]  # fmt: skip
+    assert argv[-6:] == ["org.apache.kafka.tools.TopicCommand", "--bootstrap-server", BOOTSTRAP,
+                         *SIGNED_IN, "--list"]  # fmt: skip
 
 
 def test_the_brokers_come_first_so_tools_with_subcommands_take_them() -> None:
     assert tool_args("metadata-quorum", "describe", "--status") == [
-        "--bootstrap-server", BOOTSTRAP, "describe", "--status"]  # fmt: skip
+        "--bootstrap-server", BOOTSTRAP, *SIGNED_IN, "describe", "--status"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -46,29 +48,55 @@ def test_the_brokers_come_first_so_tools_with_subcommands_take_them() -> None:
     ],
 )
 def test_a_bootstrap_server_the_user_gives_is_kept(given: list[str]) -> None:
-    assert tool_args("topics", *given) == given
+    assert tool_args("topics", *given) == [*SIGNED_IN, *given]
 
 
 def test_metadata_quorum_may_ask_the_controllers_instead() -> None:
     given = ["--bootstrap-controller", "127.0.0.1:1", "describe", "--status"]
-    assert tool_args("metadata-quorum", *given) == given
+    assert tool_args("metadata-quorum", *given) == [*SIGNED_IN, *given]
 
 
 def test_producer_perf_test_gets_the_brokers_in_its_producer_props() -> None:
     base = ["--topic", "t", "--num-records", "10", "--record-size", "100", "--throughput", "-1"]
     servers = f"bootstrap.servers={BOOTSTRAP}"
-    assert tool_args("producer-perf-test", *base) == [*base, "--producer-props", servers]
+    signed_in = ["--producer.config", str(CONFIG)]
+    assert tool_args("producer-perf-test", *base) == [
+        *signed_in, *base, "--producer-props", servers]  # fmt: skip
     with_props = [*base, "--producer-props", "acks=all", "linger.ms=5"]
     assert tool_args("producer-perf-test", *with_props) == [
-        *base, "--producer-props", servers, "acks=all", "linger.ms=5"]  # fmt: skip
+        *signed_in, *base, "--producer-props", servers, "acks=all", "linger.ms=5"]  # fmt: skip
     own = [*base, "--producer-props", "bootstrap.servers=127.0.0.1:1"]
-    assert tool_args("producer-perf-test", *own) == own
+    assert tool_args("producer-perf-test", *own) == [*signed_in, *own]
     assert TOOLS["producer-perf-test"].heap == "512m"
 
 
 def test_dump_log_reads_files_and_gets_no_brokers() -> None:
     assert tool_args("dump-log", "--files", "00000000000000000000.log") == [
         "--files", "00000000000000000000.log"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [
+        ("topics", "--command-config"),
+        ("consumer-groups", "--command-config"),
+        ("console-consumer", "--consumer.config"),
+        ("console-producer", "--producer.config"),
+        ("consumer-perf-test", "--consumer.config"),
+        ("leader-election", "--admin.config"),
+    ],
+)
+def test_each_tool_signs_in_with_the_admin_settings_through_its_own_option(
+    name: str, option: str
+) -> None:
+    assert tool_args(name)[-2:] == [option, str(CONFIG)]
+
+
+@pytest.mark.parametrize("given", [["--command-config", "mine.properties"],
+                                   ["--command-config=mine.properties"]])  # fmt: skip
+def test_client_settings_the_user_gives_are_kept(given: list[str]) -> None:
+    assert tool_args("topics", *given, "--list") == [
+        "--bootstrap-server", BOOTSTRAP, *given, "--list"]  # fmt: skip
 
 
 def test_the_familiar_script_names_are_there() -> None:

@@ -173,9 +173,9 @@ def test_kafka_nodes_listen_on_their_own_host_and_know_where_the_others_are(
     first, second = topology.kafka.nodes[:2]
     props = kafka.server_properties(topology, TwoHosts(), second, Path("/data"))
     assert props["listeners"] == (
-        f"PLAINTEXT://{B}:{second.port},CONTROLLER://{B}:{second.controller_port}"
+        f"CLIENT://{B}:{second.port},CONTROLLER://{B}:{second.controller_port}"
     )
-    assert props["advertised.listeners"] == f"PLAINTEXT://{B}:{second.port}"
+    assert props["advertised.listeners"] == f"CLIENT://{B}:{second.port}"
     assert props["controller.quorum.voters"].startswith(f"{first.id}@{A}:{first.controller_port},")
     assert TwoHosts().kafka_bootstrap(topology).split(",")[:2] == [
         f"{A}:{first.port}",
@@ -192,6 +192,7 @@ def test_an_instance_on_one_host_registers_there_and_finds_the_shared_ones_on_th
         database_password=lambda db: "pw",
         auth_seed_file=lambda: "/s",
         consul_token_file=lambda service: f"/t/{service}",
+        kafka_password_file=lambda principal: f"/k/{principal}",
     )
     env = instance_env(topology, wiring, instance)
     assert env["SHOPMESH_BIND_HOST"] == B

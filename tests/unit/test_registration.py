@@ -185,6 +185,7 @@ def test_each_instance_registers_the_document_its_environment_hands_it_with_its_
         database_password=lambda database: None,
         auth_seed_file=lambda: "/seed.json",
         consul_token_file=lambda service: str(tmp_path / "token"),
+        kafka_password_file=lambda principal: str(tmp_path / "kafka"),
     )
     for instance in topology.instances():
         env = instance_env(topology, wiring, instance)

@@ -2,6 +2,7 @@
 
 - `envelope`: CloudEvents 1.0 structured JSON values, keys, trace and DLQ headers.
 - `producer`: the acks=all idempotent producer and `SHOPMESH_KAFKA_BOOTSTRAP`.
+- `security`: the service's SASL/SCRAM principal (`SHOPMESH_KAFKA_USERNAME`, password file).
 - `outbox`: `add()` in the state change's transaction, `OutboxRelay` publishing the rows.
 - `consumer`: `ConsumerRunner`, one consumer group: fetch, hand each record on, commit.
 - `processor`: `MessageProcessor`, one record: trace, idempotent handling, retries, DLQ.

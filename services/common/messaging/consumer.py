@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -37,6 +37,7 @@ from services.common.messaging.processor import (
     RetryPolicy,
 )
 from services.common.messaging.producer import bootstrap_servers, create_producer
+from services.common.messaging.security import sasl_options
 from services.common.metrics import MessagingMetrics
 from services.common.retry import Backoff
 
@@ -82,6 +83,7 @@ class ConsumerRunner:
         consumer_factory: Callable[[], Any] | None = None,
         producer_factory: Callable[[], Any] | None = None,
         bootstrap: list[str] | None = None,
+        security: Mapping[str, Any] | None = None,
         client_id: str | None = None,
         retries: RetryPolicy = DEFAULT_RETRIES,
         max_batch: int = 100,
@@ -96,10 +98,11 @@ class ConsumerRunner:
                 raise ValueError("ConsumerRunner needs a pool or a store")
             store = PgProcessedStore(pool)
         self._bootstrap = bootstrap
+        self._security = security
         self._client_id = client_id
         self._consumer_factory = consumer_factory or self._default_consumer
         self._producer_factory = producer_factory or (
-            lambda: create_producer(self._servers(), client_id=client_id)
+            lambda: create_producer(self._servers(), client_id=client_id, security=self._sign_in())
         )
         self.max_batch = max_batch
         self.poll_timeout_ms = poll_timeout_ms
@@ -137,9 +140,13 @@ class ConsumerRunner:
     def _servers(self) -> list[str]:
         return self._bootstrap or bootstrap_servers()
 
+    def _sign_in(self) -> Mapping[str, Any]:
+        return sasl_options() if self._security is None else self._security
+
     def _default_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             bootstrap_servers=self._servers(),
+            **self._sign_in(),
             group_id=self.group_id,
             client_id=self._client_id,
             enable_auto_commit=False,

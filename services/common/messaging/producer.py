@@ -1,4 +1,5 @@
-"""The Kafka producer every service uses: acks from all in-sync replicas, idempotent."""
+"""The Kafka producer every service uses: acks from all in-sync replicas, idempotent, signed in
+as the service's principal (services.common.messaging.security)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from services.common.config import ConfigError
+from services.common.messaging.security import sasl_options
 
 BOOTSTRAP_ENV = "SHOPMESH_KAFKA_BOOTSTRAP"
 
@@ -46,14 +48,23 @@ def bootstrap_servers(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 def create_producer(
-    servers: list[str] | None = None, *, client_id: str | None = None, **overrides: Any
+    servers: list[str] | None = None,
+    *,
+    client_id: str | None = None,
+    security: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> AIOKafkaProducer:
     """A configured, not yet started producer (call `await producer.start()`).
 
-    `servers` defaults to `SHOPMESH_KAFKA_BOOTSTRAP`; `overrides` replace the defaults above.
-    Must be called with an event loop running.
+    `servers` defaults to `SHOPMESH_KAFKA_BOOTSTRAP`, `security` to the environment's
+    `sasl_options`; `overrides` replace the defaults above. Must be called with an event loop
+    running.
     """
-    settings = {**PRODUCER_DEFAULTS, **overrides}
+    settings = {
+        **PRODUCER_DEFAULTS,
+        **(sasl_options() if security is None else security),
+        **overrides,
+    }
     return AIOKafkaProducer(
         bootstrap_servers=servers or bootstrap_servers(), client_id=client_id, **settings
     )
