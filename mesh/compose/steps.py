@@ -13,6 +13,7 @@ from mesh.components import balancer, consul, edge, kafka, postgres, ratelimit
 from mesh.compose.volume import (
     APP_UID,
     BALANCER_CONFIG,
+    EDGE_ADMIN_SOCKET,
     EDGE_DESCRIPTORS,
     PGPASS,
     POSTGRES_SUPERUSER_PASSWORD,
@@ -69,7 +70,7 @@ def bootstrap(topology: Topology) -> None:
     asyncio.run(postgres.ensure_databases(topology, placement, passwords))
     shutil.copyfile(protos.DESCRIPTOR_SET, EDGE_DESCRIPTORS)
     certs = tls.edge_certs(STATE)
-    files = edge.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)
+    files = edge.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS, EDGE_ADMIN_SOCKET)
     client = consul.ConsulClient(placement.consul_http_addr(topology))
     try:
         for instance in topology.edge.instances:

@@ -14,6 +14,8 @@ PGPASS = STATE.secrets / "pgpass"
 POSTGRES_SUPERUSER_PASSWORD = STATE.secrets / "postgres-superuser"
 BALANCER_CONFIG = STATE.config / "haproxy.cfg"
 EDGE_DESCRIPTORS = STATE.config / "protos.pb"
+# Not on the volume: in each edge container's own /tmp, where only its Envoy's user runs.
+EDGE_ADMIN_SOCKET = Path("/tmp/envoy-admin.sock")
 
 
 def edge_config(edge: EdgeInstance) -> Path:

@@ -23,6 +23,7 @@ from mesh.runtime import (
     consul,
     demo,
     edge,
+    envoy_admin,
     jaeger,
     kafka,
     postgres,
@@ -165,6 +166,7 @@ class Mesh:
                 consul.sidecar_spec(
                     t,
                     p,
+                    s,
                     service_id=instance.id,
                     sidecar=instance.sidecar,
                     consul_bin=consul_bin,
@@ -193,6 +195,7 @@ class Mesh:
         spec = consul.sidecar_spec(
             self.topology,
             self.placement,
+            self.state,
             service_id=edge.id,
             sidecar=edge.sidecar,
             consul_bin=consul_bin,
@@ -235,9 +238,10 @@ class Mesh:
 
     def _edge_upstreams_healthy(self, edge: EdgeInstance) -> str | None:
         """The edge's sidecar sees a healthy endpoint for every service the edge routes to."""
-        admin = f"http://{self.placement.admin(edge.id)}:{edge.sidecar.admin_port}"
+        admin_socket = envoy_admin.socket_path(self.state, f"{edge.id}-sidecar")
         try:
-            text = httpx.get(f"{admin}/clusters", timeout=1.0).text
+            with envoy_admin.client(admin_socket, timeout=1.0) as admin:
+                text = admin.get("/clusters").text
         except httpx.HTTPError as exc:
             return f"edge sidecar admin not answering ({exc.__class__.__name__})"
         for up in edge.upstreams:
