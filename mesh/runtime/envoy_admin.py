@@ -52,7 +52,7 @@ def socket_path(state: StateDir, name: str) -> Path:
 
 def prepare(state: StateDir, name: str) -> Path:
     """Before Envoy `name` starts: its socket's folder exists and is owner-only and this
-    user's, and no socket of a killed Envoy is left there (the new one's bind would fail)."""
+    user's. (Envoy replaces a socket a killed Envoy left at the path itself.)"""
     folder = admin_dir(state)
     folder.mkdir(mode=OWNER_ONLY_DIR, parents=True, exist_ok=True)
     info = folder.lstat()
@@ -62,9 +62,7 @@ def prepare(state: StateDir, name: str) -> Path:
         or stat.S_IMODE(info.st_mode) & 0o077
     ):
         raise AdminDirError(f"{folder} is not an owner-only folder of this user: refusing it")
-    socket = socket_path(state, name)
-    socket.unlink(missing_ok=True)
-    return socket
+    return socket_path(state, name)
 
 
 def address(socket: Path) -> dict[str, Any]:

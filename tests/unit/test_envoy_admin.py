@@ -96,11 +96,3 @@ def test_a_symbolic_link_for_the_folder_is_refused(tmp_path: Path) -> None:
     (state.root / "admin").symlink_to(target)
     with pytest.raises(AdminDirError):
         envoy_admin.prepare(state, "edge-1")
-
-
-def test_a_socket_left_by_a_killed_envoy_is_removed_before_the_next_start(tmp_path: Path) -> None:
-    state = StateDir(tmp_path)
-    stale = envoy_admin.prepare(state, "edge-1")
-    stale.write_text("")
-    assert envoy_admin.prepare(state, "edge-1") == stale
-    assert not stale.exists()
