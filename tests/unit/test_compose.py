@@ -129,6 +129,11 @@ def test_the_environment_is_the_native_one_but_for_the_hosts(
                 assert container[key] == native[key], key
 
 
+def test_the_sidecars_admin_port_in_compose_is_no_port_of_the_topology(topology: Topology) -> None:
+    # It is bound on the loopback of each instance's (and edge's) network namespace.
+    assert SIDECAR_ADMIN_PORT not in topology.all_ports().values()
+
+
 def test_workers_run_as_in_the_topology_without_sidecar(
     topology: Topology, doc: dict[str, Any]
 ) -> None:
