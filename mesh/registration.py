@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mesh.components import edge_metrics
 from mesh.envoy_tracing import EnvoyTracer
 from mesh.placement import JAEGER, LOOPBACK, Placement
 from mesh.topology import EdgeInstance, Instance, Sidecar, Topology, Upstream
@@ -74,7 +75,7 @@ def edge_registration(
     topology: Topology, placement: Placement, edge: EdgeInstance
 ) -> dict[str, Any]:
     """An edge instance and its sidecar at the edge's address in the placement, the sidecar
-    tracing to the placement's Jaeger; checked on the edge Envoy's admin /ready."""
+    tracing to the placement's Jaeger; checked on the edge's /ready (its metrics listener)."""
     address = placement.address(edge.id)
     return {
         "ID": edge.id,
@@ -82,8 +83,8 @@ def edge_registration(
         "Address": address,
         "Port": edge.http_port,
         "Check": {
-            "Name": "edge admin ready",
-            "HTTP": f"http://{_host(address)}:{edge.admin_port}/ready",
+            "Name": "edge ready",
+            "HTTP": f"http://{_host(address)}:{edge.metrics_port}{edge_metrics.READY_PATH}",
             **_check_timing(),
         },
         "Connect": {

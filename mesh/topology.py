@@ -20,7 +20,6 @@ TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
 @dataclass(frozen=True)
 class Sidecar:
     port: int
-    admin_port: int
     # Envoy's Prometheus listener (Proxy.Config envoy_prometheus_bind_addr): /metrics.
     metrics_port: int
 
@@ -79,13 +78,14 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class EdgeInstance:
-    """One edge Envoy: its TCP listeners behind the balancer, its admin API, its sidecar and
-    that sidecar's upstream listeners (each edge has its own, since all share one host)."""
+    """One edge Envoy: its TCP listeners behind the balancer, its listener of /ready and
+    /metrics, its sidecar and that sidecar's upstream listeners (each edge has its own, since
+    all share one host)."""
 
     id: str
     http_port: int
     https_port: int
-    admin_port: int
+    metrics_port: int
     sidecar: Sidecar
     upstreams: tuple[Upstream, ...]
 
@@ -330,7 +330,6 @@ class Topology:
             ports[inst.id] = inst.port
             ports[f"{inst.id} metrics"] = inst.metrics_port
             ports[f"{inst.id}-sidecar"] = inst.sidecar.port
-            ports[f"{inst.id}-sidecar admin"] = inst.sidecar.admin_port
             ports[f"{inst.id}-sidecar metrics"] = inst.sidecar.metrics_port
         for svc in self.services:
             for up in svc.upstreams:
@@ -341,9 +340,8 @@ class Topology:
         for edge in self.edge.instances:
             ports[f"{edge.id} http"] = edge.http_port
             ports[f"{edge.id} https"] = edge.https_port
-            ports[f"{edge.id} admin"] = edge.admin_port
+            ports[f"{edge.id} metrics"] = edge.metrics_port
             ports[f"{edge.id}-sidecar"] = edge.sidecar.port
-            ports[f"{edge.id}-sidecar admin"] = edge.sidecar.admin_port
             ports[f"{edge.id}-sidecar metrics"] = edge.sidecar.metrics_port
             for up in edge.upstreams:
                 ports[f"{edge.id} -> {up.service} upstream"] = up.local_bind_port
@@ -357,7 +355,6 @@ class TopologyError(ValueError):
 def _sidecar(raw: dict[str, Any]) -> Sidecar:
     return Sidecar(
         port=int(raw["port"]),
-        admin_port=int(raw["admin_port"]),
         metrics_port=int(raw["metrics_port"]),
     )
 
@@ -397,7 +394,7 @@ def parse(raw: dict[str, Any]) -> Topology:
                 id=i["id"],
                 http_port=int(i["http_port"]),
                 https_port=int(i["https_port"]),
-                admin_port=int(i["admin_port"]),
+                metrics_port=int(i["metrics_port"]),
                 sidecar=_sidecar(i["sidecar"]),
                 upstreams=tuple(Upstream(name, int(port)) for name, port in i["upstreams"].items()),
             )

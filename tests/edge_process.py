@@ -25,7 +25,7 @@ from jose import jwt
 
 from mesh.components.edge import EXTERNAL_AUDIENCE, EdgeFiles, envoy_config, issuer
 from mesh.placement import NativePlacement
-from mesh.runtime import protos
+from mesh.runtime import envoy_admin, protos
 from mesh.runtime.paths import StateDir
 from mesh.runtime.provision import ENVOY
 from mesh.runtime.tls import edge_certs, ensure_edge_certs
@@ -120,7 +120,7 @@ def edge_topology(per_user: RateLimit, token_cache: TokenCache | None = None) ->
         base.edge.instances[0],
         http_port=free_port(),
         https_port=free_port(),
-        admin_port=free_port(),
+        metrics_port=free_port(),
         upstreams=tuple(Upstream(u.service, free_port()) for u in base.edge.instances[0].upstreams),
     )
     edge = replace(
@@ -171,12 +171,13 @@ class Edge:
         return response.status_code, response.headers.multi_items(), response.content
 
 
-def wait_live(admin: str, envoy: subprocess.Popen, log: Path) -> None:
+def wait_live(admin_socket: Path, envoy: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and envoy.poll() is None:
         try:
-            if httpx.get(f"{admin}/ready", timeout=1.0).text.strip() == "LIVE":
-                return
+            with envoy_admin.client(admin_socket, timeout=1.0) as admin:
+                if admin.get("/ready").text.strip() == "LIVE":
+                    return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
@@ -202,7 +203,8 @@ def running_edge(
         threading.Thread(target=stub.serve_forever, daemon=True).start()
     certs = ensure_edge_certs(state, topology.bind_host)
     protos.ensure_generated()
-    files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
+    admin_socket = envoy_admin.prepare(state, "edge")
+    files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET, admin_socket)
     config, log = state.config / "edge-envoy.json", state.logs / "edge.log"
     config.write_text(json.dumps(envoy_config(topology, NativePlacement.of(topology), files, edge)))
     argv = [str(binaries(ENVOY)["envoy"]), "-c", str(config), "--disable-hot-restart",
@@ -213,7 +215,7 @@ def running_edge(
         with rate_limit_service(topology, state), log.open("w") as out:
             envoy = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
             try:
-                wait_live(f"http://{topology.bind_host}:{edge.admin_port}", envoy, log)
+                wait_live(admin_socket, envoy, log)
                 yield Edge(topology, state, signer, upstreams)
             finally:
                 envoy.terminate()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 
 from mesh.components import balancer
+from mesh.runtime.supervisor import Mesh
 from mesh.topology import EdgeInstance, Topology
 from tests.support import envoy_admin
 
@@ -13,17 +14,17 @@ from tests.support import envoy_admin
 LISTENER_STATS = {"h1": "edge_http", "h2": "edge_https", "h3": "edge_http3"}
 
 
-def requests_served(topology: Topology, edge: EdgeInstance, protocol: str) -> int:
+def requests_served(mesh: Mesh, edge: EdgeInstance, protocol: str) -> int:
     """The requests `edge` has taken on the listener of `protocol` (h1, h2, h3) since it started."""
     stat = f"http.{LISTENER_STATS[protocol]}.downstream_rq_total"
-    with envoy_admin(topology, edge.admin_port) as admin:
+    with envoy_admin(mesh, edge.id) as admin:
         text = admin.get("/stats", params={"filter": f"^{stat}$"}).text
     (line,) = [line for line in text.splitlines() if line.startswith(f"{stat}:")]
     return int(line.rsplit(":", 1)[1])
 
 
-def served_by_each(topology: Topology, protocol: str) -> dict[str, int]:
-    return {e.id: requests_served(topology, e, protocol) for e in topology.edge.instances}
+def served_by_each(mesh: Mesh, protocol: str) -> dict[str, int]:
+    return {e.id: requests_served(mesh, e, protocol) for e in mesh.topology.edge.instances}
 
 
 def balancer_states(topology: Topology) -> dict[tuple[str, str], str]:

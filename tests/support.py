@@ -15,6 +15,8 @@ import httpx
 
 from mesh.components.consul import ConsulClient
 from mesh.runtime import consul as consul_runtime
+from mesh.runtime.envoy_admin import client as envoy_admin_client
+from mesh.runtime.envoy_admin import socket_path as envoy_admin_socket
 from mesh.topology import Topology
 
 if TYPE_CHECKING:
@@ -132,12 +134,12 @@ def intention_removed(
             mesh.binaries["consul"]["consul"], mesh.topology.consul_http_addr, mesh.state
         )
         wait_for(
-            lambda: intentions_enforced(mesh.topology, consul, destination),
+            lambda: intentions_enforced(mesh, consul, destination),
             timeout=30,
             what=f"every {destination} sidecar to allow its callers again",
         )
         wait_for(
-            lambda: not filter_chains_draining(mesh.topology, destination),
+            lambda: not filter_chains_draining(mesh, destination),
             timeout=60,
             what=f"every {destination} sidecar to close the connections of its old filter chain",
         )
@@ -148,24 +150,24 @@ def intention_removed(
         )
 
 
-def filter_chains_draining(topology: Topology, destination: str) -> int:
+def filter_chains_draining(mesh: Mesh, destination: str) -> int:
     """Filter chains the sidecars of `destination` still drain: their connections keep the
     RBAC they were opened under (docs/mesh-config.md)."""
     draining = 0
-    for instance in topology.service(destination).instances:
-        with envoy_admin(topology, instance.sidecar.admin_port) as admin:
+    for instance in mesh.topology.service(destination).instances:
+        with envoy_admin(mesh, f"{instance.id}-sidecar") as admin:
             text = admin.get("/stats", params={"filter": "total_filter_chains_draining$"}).text
         draining += sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
     return draining
 
 
-def intentions_enforced(topology: Topology, consul: ConsulClient, destination: str) -> bool:
+def intentions_enforced(mesh: Mesh, consul: ConsulClient, destination: str) -> bool:
     """Whether the RBAC filter of every sidecar of `destination` names each caller its
     service-intentions entry allows (Consul's principal pattern ends in `/svc/<name>$`)."""
     entry = consul.config_entry("service-intentions", destination) or {"Sources": []}
     callers = [s["Name"] for s in entry["Sources"] if s.get("Action") == "allow"]
-    for instance in topology.service(destination).instances:
-        with envoy_admin(topology, instance.sidecar.admin_port) as admin:
+    for instance in mesh.topology.service(destination).instances:
+        with envoy_admin(mesh, f"{instance.id}-sidecar") as admin:
             dump = admin.get("/config_dump", params={"resource": "dynamic_listeners"}).text
         if not all(f"/svc/{caller}$" in dump for caller in callers):
             return False
@@ -181,13 +183,16 @@ def edge_client(topology: Topology, token: TokenSource) -> httpx.Client:
     )
 
 
-def envoy_admin(topology: Topology, port: int) -> httpx.Client:
-    return httpx.Client(base_url=f"http://{topology.bind_host}:{port}", timeout=2.0)
+def envoy_admin(mesh: Mesh, process: str) -> httpx.Client:
+    """The admin API of the Envoy the mesh runs as `process` (`edge-1`, `orders-1-sidecar`),
+    on its Unix socket."""
+    return envoy_admin_client(envoy_admin_socket(mesh.state, process))
 
 
-def envoy_stat(topology: Topology, admin_port: int, cluster_prefix: str, stat: str) -> int:
-    """Sum of one Envoy stat over the clusters whose name starts with `cluster_prefix`."""
-    with envoy_admin(topology, admin_port) as admin:
+def envoy_stat(mesh: Mesh, process: str, cluster_prefix: str, stat: str) -> int:
+    """Sum of one stat of Envoy `process` over the clusters whose name starts with
+    `cluster_prefix`."""
+    with envoy_admin(mesh, process) as admin:
         text = admin.get("/stats", params={"filter": f"^cluster\\.{cluster_prefix}"}).text
     return sum(
         int(line.rsplit(":", 1)[1])

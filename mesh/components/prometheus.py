@@ -8,10 +8,10 @@ scraped on the `metrics_port` in its service meta, each sidecar's Envoy on its
 `envoy_prometheus_bind_addr` (/metrics): natively found in Consul's catalog too, with Consul's
 discovery at the address the placement registers it at (Consul SD has no Proxy.Config). What is
 not in Consul's catalog with a metrics endpoint stays a static target from the topology, where
-the placement has it: the payment workers (they register nowhere), the edge Envoy (its admin
-/stats/prometheus), Consul itself (the client agent and each server), the Kafka nodes' JMX
-exporter agents, the edge's rate-limit service and, where it runs, the watchdog (process
-restarts).
+the placement has it: the payment workers (they register nowhere), the edge Envoy (/metrics on
+its metrics listener: its admin API's /stats/prometheus), Consul itself (the client agent and
+each server), the Kafka nodes' JMX exporter agents, the edge's rate-limit service and, where it
+runs, the watchdog (process restarts).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mesh.components import edge_metrics
 from mesh.placement import BALANCER, CONSUL, PROMETHEUS, RATELIMIT, WATCHDOG, Placement
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import Topology
@@ -128,9 +129,9 @@ def config(
         envoy,
         {
             "job_name": "edge",
-            "metrics_path": "/stats/prometheus",
+            "metrics_path": edge_metrics.METRICS_PATH,
             "metric_relabel_configs": ENVOY_UNREAD_BUCKETS,
-            "static_configs": [{"targets": [at(edge.id, edge.admin_port)],
+            "static_configs": [{"targets": [at(edge.id, edge.metrics_port)],
                                 "labels": {"instance": edge.id, "service": "edge"}}
                                for edge in topology.edge.instances],
         },

@@ -47,7 +47,7 @@ from mesh.runtime import demo, tls
 from mesh.runtime import kafka as kafka_runtime
 from mesh.runtime.consul_acl import agent_config_file, token_file
 from mesh.runtime.paths import REPO_ROOT
-from mesh.topology import ConsulServer, EdgeInstance, Instance, Sidecar, Topology
+from mesh.topology import ConsulServer, EdgeInstance, Instance, Topology
 from mesh.wiring import Wiring, instance_env, worker_env
 
 # The committed files: compose.yaml, and the configs its Prometheus and Jaeger mount.
@@ -74,6 +74,9 @@ IMAGES = {
     # of the pinned module pseudo-version v1.4.1-0.20260122083618-3fb702589d36.
     "ratelimit": "envoyproxy/ratelimit:3fb70258",
 }
+# Each sidecar's Envoy admin API, on the loopback of the network namespace it shares with its
+# instance (or edge) alone, whose processes run as the same user (APP_UID): no topology port.
+SIDECAR_ADMIN_PORT = 19100
 # Built from docker/*.Dockerfile; the tags name what is inside.
 SERVICE_IMAGE = "shopmesh/service:0.1.0"
 SIDECAR_IMAGE = "shopmesh/sidecar:envoy1.36.2-consul1.16.1"
@@ -163,9 +166,9 @@ def _http_answers(port: int, path: str, expected: str) -> dict[str, Any]:
     return _healthcheck(["CMD", "bash", "-c", script])
 
 
-def _envoy_ready(admin_port: int) -> dict[str, Any]:
-    """GET /ready on an Envoy admin API."""
-    return _http_answers(admin_port, "/ready", "LIVE")
+def _envoy_ready(port: int) -> dict[str, Any]:
+    """GET /ready on an Envoy's admin API (a sidecar's) or its edge's metrics listener."""
+    return _http_answers(port, "/ready", "LIVE")
 
 
 def _consul_passing(
@@ -473,18 +476,16 @@ def _worker(
 
 
 def sidecar_command(
-    topology: Topology,
-    placement: ComposePlacement,
-    service: str,
-    service_id: str,
-    sidecar: Sidecar,
+    topology: Topology, placement: ComposePlacement, service: str, service_id: str
 ) -> list[str]:
-    """`consul connect envoy` as natively, with the sidecar image's binaries."""
+    """`consul connect envoy`, with the sidecar image's binaries and its service's token; it
+    execs Envoy itself, with the admin API on the loopback of the instance's network namespace
+    (natively: a Unix socket, docs/security.md#envoy-admin-apis)."""
     return consul.sidecar_argv(
         topology,
         placement,
         service_id=service_id,
-        sidecar=sidecar,
+        admin_port=SIDECAR_ADMIN_PORT,
         consul_bin=Path("consul"),
         envoy_bin=Path("/usr/local/bin/envoy"),
         consul_ca=tls.consul_certs(STATE, CONSUL).ca_cert,
@@ -493,13 +494,13 @@ def sidecar_command(
 
 
 def _sidecar(
-    topology: Topology, placement: ComposePlacement, service: str, app: str, sidecar: Sidecar
+    topology: Topology, placement: ComposePlacement, service: str, app: str
 ) -> dict[str, Any]:
     return {
         "image": SIDECAR_IMAGE,
         "build": SIDECAR_BUILD,
         "network_mode": f"service:{app}",
-        "command": sidecar_command(topology, placement, service, app, sidecar),
+        "command": sidecar_command(topology, placement, service, app),
         "volumes": [_state_volume()],
         # The image's entrypoint runs the command as the envoy user, given this uid.
         "environment": {"ENVOY_UID": str(APP_UID), "ENVOY_GID": str(APP_UID)},
@@ -507,7 +508,7 @@ def _sidecar(
         "depends_on": _after(
             **{app: "service_healthy", "consul-config": "service_completed_successfully"}
         ),
-        "healthcheck": _envoy_ready(sidecar.admin_port),
+        "healthcheck": _envoy_ready(SIDECAR_ADMIN_PORT),
         **_long_running("128m"),
     }
 
@@ -532,7 +533,7 @@ def _edge(topology: Topology, placement: ComposePlacement, e: EdgeInstance) -> d
             jaeger="service_healthy",
             ratelimit="service_healthy",
         ),
-        "healthcheck": _envoy_ready(e.admin_port),
+        "healthcheck": _envoy_ready(e.metrics_port),
         **_long_running("256m"),
     }
 
@@ -672,7 +673,7 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     for instance in topology.instances():
         services[instance.id] = _service(topology, placement, instance)
         services[f"{instance.id}-sidecar"] = _sidecar(
-            topology, placement, instance.service, instance.id, instance.sidecar
+            topology, placement, instance.service, instance.id
         )
     for workers in topology.workers:
         for instance_id in workers.instances:
@@ -681,7 +682,7 @@ def document(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     services["ratelimit"] = _ratelimit(topology, placement)
     for e in topology.edge.instances:
         services[e.id] = _edge(topology, placement, e)
-        services[f"{e.id}-sidecar"] = _sidecar(topology, placement, EDGE_SERVICE, e.id, e.sidecar)
+        services[f"{e.id}-sidecar"] = _sidecar(topology, placement, EDGE_SERVICE, e.id)
     services["balancer"] = _balancer(topology, placement)
     services["jaeger"] = _jaeger(topology, placement)
     services["prometheus"] = _prometheus(topology, placement)

@@ -21,6 +21,7 @@ from mesh.compose.volume import (
     APP_UID,
     BALANCER_CONFIG,
     CONSUL_UID,
+    EDGE_ADMIN_SOCKET,
     EDGE_DESCRIPTORS,
     PGPASS,
     POSTGRES_SUPERUSER_PASSWORD,
@@ -117,7 +118,7 @@ def bootstrap(topology: Topology) -> None:
     asyncio.run(postgres.ensure_databases(topology, placement, passwords))
     shutil.copyfile(protos.DESCRIPTOR_SET, EDGE_DESCRIPTORS)
     certs = tls.edge_certs(STATE)
-    files = edge.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS)
+    files = edge.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS, EDGE_ADMIN_SOCKET)
     edge_token = consul_acl.token_file(STATE, service_token(EDGE_SERVICE))
     addr = placement.consul_http_addr(topology)
     with consul.ConsulClient(addr, token_file=edge_token) as client:

@@ -17,6 +17,8 @@ EDGE_DESCRIPTORS = STATE.config / "protos.pb"
 # The Kafka tools' (and the topic creation's) admin client settings.
 KAFKA_ADMIN_PROPERTIES = STATE.config / "kafka-admin.properties"
 KAFKA_DATA = Path("/var/lib/kafka/data")
+# Not on the volume: in each edge container's own /tmp, where only its Envoy's user runs.
+EDGE_ADMIN_SOCKET = Path("/tmp/envoy-admin.sock")
 
 
 def edge_config(edge: EdgeInstance) -> Path:

@@ -18,13 +18,15 @@ from mesh.components.consul import (
     ConsulClient,
     agent_config,
     agent_names,
+    bootstrap_argv,
+    envoy_argv,
     gossip_key_config,
     server_config,
-    sidecar_argv,
+    with_admin_socket,
 )
 from mesh.components.consul_acl import OPERATOR, service_token
 from mesh.placement import CONSUL, Placement
-from mesh.runtime import consul_acl, process
+from mesh.runtime import consul_acl, envoy_admin, process
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.tls import consul_certs, ensure_consul_certs
@@ -220,20 +222,40 @@ def apply_config_entries(consul_bin: Path, http_addr: str, state: StateDir) -> l
 def sidecar_spec(
     topology: Topology,
     placement: Placement,
+    state: StateDir,
     *,
     service: str,
     service_id: str,
     sidecar: Sidecar,
     consul_bin: Path,
     envoy_bin: Path,
-    state: StateDir,
     ready_timeout: float = 60.0,
 ) -> ProcessSpec:
-    """The sidecar of `service_id` as a native process (with its service's token); ready once
-    its Envoy is live and Consul's checks of it pass."""
+    """The sidecar of `service_id` as a native process: Consul writes its bootstrap (from the
+    instance's registration and its service's token, so at each start), the runtime moves its
+    admin API onto an owner-only Unix socket and runs Envoy with it; ready once Envoy is live
+    and Consul's checks of it pass."""
+    name = f"{service_id}-sidecar"
     client = operator_client(placement.consul_http_addr(topology, service_id), state)
-    admin_url = f"http://{placement.admin(service_id)}:{sidecar.admin_port}"
-    admin = httpx.Client(base_url=admin_url, timeout=1.0)
+    bootstrap_file = state.config / f"{name}-bootstrap.json"
+    socket = envoy_admin.socket_path(state, name)
+    admin = envoy_admin.client(socket, timeout=1.0)
+
+    def write_bootstrap() -> None:
+        argv = bootstrap_argv(
+            topology,
+            placement,
+            service_id=service_id,
+            consul_bin=consul_bin,
+            consul_ca=consul_certs(state, CONSUL).ca_cert,
+            token_file=consul_acl.token_file(state, service_token(service)),
+        )
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"consul connect envoy -bootstrap failed: {proc.stderr.strip()}")
+        bootstrap = with_admin_socket(json.loads(proc.stdout), socket)
+        write_private(bootstrap_file, json.dumps(bootstrap, indent=2))
+        envoy_admin.prepare(state, name)
 
     def ready() -> str | None:
         try:
@@ -246,19 +268,11 @@ def sidecar_spec(
             return f"envoy admin not answering ({exc.__class__.__name__})"
 
     return ProcessSpec(
-        name=f"{service_id}-sidecar",
-        argv=sidecar_argv(
-            topology,
-            placement,
-            service_id=service_id,
-            sidecar=sidecar,
-            consul_bin=consul_bin,
-            envoy_bin=envoy_bin,
-            consul_ca=consul_certs(state, CONSUL).ca_cert,
-            token_file=consul_acl.token_file(state, service_token(service)),
-        ),
+        name=name,
+        argv=envoy_argv(envoy_bin, bootstrap_file),
         # Not the upstream listeners: instances of one service share them (Envoy's reuse_port).
-        ports=(sidecar.port, sidecar.admin_port, sidecar.metrics_port),
+        ports=(sidecar.port, sidecar.metrics_port),
         ready=ready,
         ready_timeout=ready_timeout,
+        before_start=write_bootstrap,
     )

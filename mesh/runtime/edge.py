@@ -3,7 +3,9 @@
 
 Each instance's Envoy config and command line come from mesh/components/edge.py; requests leave
 an edge through its own Connect sidecar (its upstream listeners on loopback), which carries them
-over mTLS. The balancer in front (mesh/runtime/balancer.py) follows each edge's admin /ready.
+over mTLS. The balancer in front (mesh/runtime/balancer.py) follows each edge's /ready (on its
+metrics listener). The runtime alone reaches the edge's admin API, on its Unix socket
+(mesh/runtime/envoy_admin.py), to drain it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from mesh.components.consul_acl import EDGE_SERVICE, service_token
 from mesh.components.edge import DRAIN_TIME_S, EdgeFiles, edge_argv, envoy_config
 from mesh.placement import Placement
 from mesh.registration import edge_registration
-from mesh.runtime import protos
+from mesh.runtime import envoy_admin, protos
 from mesh.runtime.consul_acl import token_file
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
@@ -43,12 +45,12 @@ def edge_spec(
     edge: EdgeInstance,
 ) -> ProcessSpec:
     config = config_file(state, edge)
-    admin_url = f"http://{placement.host(edge.id)}:{edge.admin_port}"
-    admin = httpx.Client(base_url=admin_url, timeout=1.0)
+    admin = envoy_admin.client(envoy_admin.socket_path(state, edge.id), timeout=1.0)
 
     def prepare() -> None:
         certs = ensure_edge_certs(state, placement.public())
-        files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
+        socket = envoy_admin.prepare(state, edge.id)
+        files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET, socket)
         config.write_text(json.dumps(envoy_config(topology, placement, files, edge), indent=2))
         # The edge is not a Python service, so the runtime registers it (and its sidecar), with
         # the edge's token.
@@ -71,7 +73,7 @@ def edge_spec(
     return ProcessSpec(
         name=edge.id,
         argv=edge_argv(topology, envoy_bin, config, edge),
-        ports=(edge.http_port, edge.https_port, edge.admin_port),
+        ports=(edge.http_port, edge.https_port, edge.metrics_port),
         before_start=prepare,
         ready=ready,
         before_stop=drain,

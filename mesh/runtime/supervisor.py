@@ -25,6 +25,7 @@ from mesh.runtime import (
     consul_acl,
     demo,
     edge,
+    envoy_admin,
     jaeger,
     kafka,
     postgres,
@@ -181,12 +182,12 @@ class Mesh:
                 consul.sidecar_spec(
                     t,
                     p,
+                    s,
                     service=instance.service,
                     service_id=instance.id,
                     sidecar=instance.sidecar,
                     consul_bin=consul_bin,
                     envoy_bin=envoy_bin,
-                    state=s,
                 )
             )
         for workers in t.workers:
@@ -213,12 +214,12 @@ class Mesh:
         spec = consul.sidecar_spec(
             self.topology,
             self.placement,
+            self.state,
             service=EDGE_SERVICE,
             service_id=edge.id,
             sidecar=edge.sidecar,
             consul_bin=consul_bin,
             envoy_bin=envoy_bin,
-            state=self.state,
         )
         spec.ready = _all_of(spec.ready, lambda: self._edge_upstreams_healthy(edge))
         return spec
@@ -257,9 +258,10 @@ class Mesh:
 
     def _edge_upstreams_healthy(self, edge: EdgeInstance) -> str | None:
         """The edge's sidecar sees a healthy endpoint for every service the edge routes to."""
-        admin = f"http://{self.placement.admin(edge.id)}:{edge.sidecar.admin_port}"
+        admin_socket = envoy_admin.socket_path(self.state, f"{edge.id}-sidecar")
         try:
-            text = httpx.get(f"{admin}/clusters", timeout=1.0).text
+            with envoy_admin.client(admin_socket, timeout=1.0) as admin:
+                text = admin.get("/clusters").text
         except httpx.HTTPError as exc:
             return f"edge sidecar admin not answering ({exc.__class__.__name__})"
         for up in edge.upstreams:

@@ -102,11 +102,11 @@ def edge_takes_new_connections(mesh: Mesh, edge_id: str) -> None:
     topology = mesh.topology
     wait_for(lambda: balancer_sees_up(topology, edge_id), timeout=60,
              what=f"the balancer to see {edge_id} up again")  # fmt: skip
-    before = served_by_each(topology, "h1")[edge_id]
+    before = served_by_each(mesh, "h1")[edge_id]
     with ExitStack() as held:
         statuses = [get_on_a_new_connection(mesh, "h1", held) for _ in range(20)]
     assert set(statuses) == {200}, statuses
-    assert served_by_each(topology, "h1")[edge_id] > before, f"{edge_id} took no connection"
+    assert served_by_each(mesh, "h1")[edge_id] > before, f"{edge_id} took no connection"
 
 
 def paid_once(mesh: Mesh, outcomes: Outcomes) -> None:
@@ -119,10 +119,10 @@ def test_orders_keep_flowing_while_an_edge_is_killed_and_it_takes_traffic_after_
 ) -> None:
     topology = mesh.topology
     killed_pid = mesh.running()[EDGE].pid
-    before = served_by_each(topology, "h1")[EDGE]
+    before = served_by_each(mesh, "h1")[EDGE]
     with orders_placed(order_clients) as outcomes:
         wait_until_placed(outcomes, BEFORE)
-        assert served_by_each(topology, "h1")[EDGE] > before, f"{EDGE} took no orders"
+        assert served_by_each(mesh, "h1")[EDGE] > before, f"{EDGE} took no orders"
         assert mesh.kill(EDGE) == [EDGE]
         # The watchdog starts it again; the balancer checks it in after two passed checks.
         wait_for(lambda: EDGE in mesh.running() and mesh.running()[EDGE].pid != killed_pid,
@@ -148,9 +148,9 @@ def test_an_edge_stopped_on_purpose_is_drained_without_one_failed_order(
              what=f"the balancer to see {EDGE} up")  # fmt: skip
     try:
         with orders_placed(order_clients) as outcomes:
-            before = served_by_each(topology, "h1")[EDGE]
+            before = served_by_each(mesh, "h1")[EDGE]
             wait_until_placed(outcomes, BEFORE)
-            assert served_by_each(topology, "h1")[EDGE] > before, f"{EDGE} took no orders"
+            assert served_by_each(mesh, "h1")[EDGE] > before, f"{EDGE} took no orders"
             assert mesh.stop(EDGE) == [EDGE]
             stopped_at = outcomes.total()
             wait_until_placed(outcomes, stopped_at + AFTER)

@@ -8,7 +8,7 @@ import uuid
 import grpc
 import httpx
 
-from mesh.topology import Topology
+from mesh.runtime.supervisor import Mesh
 from shopmesh.payments.v1 import payments_pb2
 from tests.support import envoy_stat, wait_for
 
@@ -21,11 +21,11 @@ def place(edge: httpx.Client) -> dict:
     return resp.json()
 
 
-def orders_sidecar_stat(topology: Topology, stat: str) -> int:
+def orders_sidecar_stat(mesh: Mesh, stat: str) -> int:
     """`stat` of the payments upstream, summed over the sidecars of every orders instance."""
     return sum(
-        envoy_stat(topology, instance.sidecar.admin_port, "payments.", stat)
-        for instance in topology.service("orders").instances
+        envoy_stat(mesh, f"{instance.id}-sidecar", "payments.", stat)
+        for instance in mesh.topology.service("orders").instances
     )
 
 
@@ -60,7 +60,7 @@ def charged_by_payments(payments_db, order_ids: list[str]) -> list[str]:
 
 
 def test_orders_are_paid_while_half_of_payment_calls_fail(
-    edge: httpx.Client, topology: Topology, fault, payments_grpc
+    edge: httpx.Client, mesh: Mesh, fault, payments_grpc
 ) -> None:
     fault("payments", error_rate=0.5, methods=["ProcessPayment"])
     wait_for(
@@ -68,18 +68,18 @@ def test_orders_are_paid_while_half_of_payment_calls_fail(
         timeout=15,
         what="the payments fault flag to take effect",
     )
-    retries_before = orders_sidecar_stat(topology, "upstream_rq_retry")
+    retries_before = orders_sidecar_stat(mesh, "upstream_rq_retry")
 
     orders = [place(edge) for _ in range(10)]
 
     assert [o["status"] for o in orders] == ["PAID"] * 10
-    retries = orders_sidecar_stat(topology, "upstream_rq_retry") - retries_before
+    retries = orders_sidecar_stat(mesh, "upstream_rq_retry") - retries_before
     assert retries > 0, "the orders sidecar should have retried the injected UNAVAILABLE"
     print(f"orders sidecar retried {retries} payments calls for 10 orders at 50 % failures")
 
 
 def test_failing_payments_are_ejected_and_orders_fall_back_to_the_queue(
-    edge: httpx.Client, topology: Topology, fault, payments_grpc, payments_db
+    edge: httpx.Client, mesh: Mesh, fault, payments_grpc, payments_db
 ) -> None:
     fault("payments", error_rate=1.0, methods=["ProcessPayment"])
     wait_for(
@@ -87,14 +87,14 @@ def test_failing_payments_are_ejected_and_orders_fall_back_to_the_queue(
         timeout=15,
         what="the payments fault flag to take effect",
     )
-    ejections_before = orders_sidecar_stat(topology, "outlier_detection.ejections_enforced_total")
+    ejections_before = orders_sidecar_stat(mesh, "outlier_detection.ejections_enforced_total")
     deferred: list[dict] = []
 
     def ejected() -> bool:
         # Each order answers within the client's deadline (the 10 s client timeout bounds it).
         deferred.append(place(edge))
         return (
-            orders_sidecar_stat(topology, "outlier_detection.ejections_enforced_total")
+            orders_sidecar_stat(mesh, "outlier_detection.ejections_enforced_total")
             > ejections_before
         )
 

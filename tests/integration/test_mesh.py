@@ -22,9 +22,9 @@ def place_order(edge: httpx.Client) -> dict:
     return resp.json()
 
 
-def test_orders_sidecar_presents_its_spiffe_identity(topology: Topology) -> None:
-    sidecar = topology.service("orders").instances[0].sidecar
-    with envoy_admin(topology, sidecar.admin_port) as admin:
+def test_orders_sidecar_presents_its_spiffe_identity(mesh: Mesh) -> None:
+    instance = mesh.topology.service("orders").instances[0]
+    with envoy_admin(mesh, f"{instance.id}-sidecar") as admin:
         certs = admin.get("/certs").json()["certificates"]
     uris = [
         san["uri"]
@@ -37,10 +37,11 @@ def test_orders_sidecar_presents_its_spiffe_identity(topology: Topology) -> None
 
 
 def test_edge_sidecar_has_a_healthy_mtls_endpoint_for_orders(
-    topology: Topology, edge: httpx.Client
+    mesh: Mesh, edge: httpx.Client
 ) -> None:
+    topology = mesh.topology
     place_order(edge)
-    with envoy_admin(topology, topology.edge.instances[0].sidecar.admin_port) as admin:
+    with envoy_admin(mesh, f"{topology.edge.instances[0].id}-sidecar") as admin:
         clusters = admin.get("/clusters", params={"format": "json"}).json()["cluster_statuses"]
         stats = admin.get("/stats", params={"filter": "ssl.handshake$"}).text
     orders = [c for c in clusters if c["name"].startswith("orders.default.")]

@@ -57,10 +57,10 @@ def test_the_public_ports_reach_both_edges(mesh: Mesh, protocol: str) -> None:
     topology = mesh.topology
     for edge in topology.edge.instances:
         assert balancer_sees_up(topology, edge.id), edge.id
-    before = served_by_each(topology, protocol)
+    before = served_by_each(mesh, protocol)
     with ExitStack() as held:
         statuses = [get_on_a_new_connection(mesh, protocol, held) for _ in range(CONNECTIONS)]
-    after = served_by_each(topology, protocol)
+    after = served_by_each(mesh, protocol)
 
     assert statuses == [200] * CONNECTIONS
     taken = {edge_id: after[edge_id] - before[edge_id] for edge_id in after}

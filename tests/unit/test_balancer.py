@@ -18,7 +18,12 @@ from mesh.runtime.paths import cache_dir
 from mesh.runtime.provision import HAPROXY
 from mesh.topology import TOPOLOGY_FILE, TopologyError, load, parse
 
-FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.DESCRIPTOR_SET)
+FILES = EdgeFiles(
+    Path("/certs/edge.pem"),
+    Path("/certs/edge-key.pem"),
+    protos.DESCRIPTOR_SET,
+    Path("/state/admin/edge-1.sock"),
+)
 
 # What HAProxy's `/stats;csv` answers (trimmed to the columns read, in HAProxy's order).
 STATS_CSV = """# pxname,svname,scur,status,
@@ -47,9 +52,9 @@ def test_the_balancer_owns_the_public_tcp_ports_and_hands_each_edge_its_own_with
         for own_port in (edge.http_port, edge.https_port):
             (server,) = [line for line in lines if f" {host}:{own_port} " in line]
             assert server.split()[:2] == ["server", edge.id]
-            # The PROXY header to the edge, the health check on its admin /ready without one.
+            # The PROXY header to the edge, the health check on its /ready without one.
             assert "send-proxy-v2" in server
-            assert f"check port {edge.admin_port}" in server
+            assert f"check port {edge.metrics_port}" in server
     check = "  http-check send meth GET uri /ready ver HTTP/1.1 hdr host balancer"
     assert lines.count(check) == 2
     assert lines.count("  mode tcp") == 1  # the defaults: TLS ends at the edges
@@ -104,6 +109,8 @@ def test_edges_with_upstreams_to_other_services_are_refused() -> None:
 
 def test_two_edges_sharing_a_port_are_refused() -> None:
     raw = yaml.safe_load(TOPOLOGY_FILE.read_text())
-    raw["edge"]["instances"][1]["admin_port"] = raw["edge"]["instances"][0]["admin_port"]
-    with pytest.raises(TopologyError, match="is given to both 'edge-1 admin' and 'edge-2 admin'"):
+    raw["edge"]["instances"][1]["metrics_port"] = raw["edge"]["instances"][0]["metrics_port"]
+    with pytest.raises(
+        TopologyError, match="is given to both 'edge-1 metrics' and 'edge-2 metrics'"
+    ):
         parse(raw)

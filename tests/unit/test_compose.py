@@ -17,9 +17,19 @@ import yaml
 from mesh.components import kafka, kafka_auth, prometheus, ratelimit
 from mesh.components.consul_acl import PROMETHEUS
 from mesh.components.edge import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
+from mesh.components.edge_metrics import ADMIN_CLUSTER
 from mesh.compose import document, files, volume
+from mesh.compose.document import SIDECAR_ADMIN_PORT
+from mesh.compose.volume import EDGE_ADMIN_SOCKET
 from mesh.envoy_tracing import OTLP_CLUSTER
-from mesh.placement import JAEGER, RATELIMIT, WATCHDOG, ComposePlacement, NativePlacement
+from mesh.placement import (
+    JAEGER,
+    LOOPBACK,
+    RATELIMIT,
+    WATCHDOG,
+    ComposePlacement,
+    NativePlacement,
+)
 from mesh.registration import edge_registration, instance_registration
 from mesh.runtime import protos, provision
 from mesh.runtime.consul_acl import token_file
@@ -94,7 +104,7 @@ def test_every_service_instance_has_its_container_and_a_sidecar_in_its_namespace
         assert sidecar["network_mode"] == f"service:{instance.id}"
         command = sidecar["command"]
         assert command[command.index("-sidecar-for") + 1] == instance.id
-        assert command[command.index("-admin-bind") + 1].endswith(f":{instance.sidecar.admin_port}")
+        assert command[command.index("-admin-bind") + 1] == f"{LOOPBACK}:{SIDECAR_ADMIN_PORT}"
         assert "-ignore-envoy-compatibility" in command
 
 
@@ -133,6 +143,11 @@ def test_the_environment_is_the_native_one_but_for_the_hosts(
             assert container.keys() == native.keys()
             for key in native.keys() - HOST_VARIABLES:
                 assert container[key] == native[key], key
+
+
+def test_the_sidecars_admin_port_in_compose_is_no_port_of_the_topology(topology: Topology) -> None:
+    # It is bound on the loopback of each instance's (and edge's) network namespace.
+    assert SIDECAR_ADMIN_PORT not in topology.all_ports().values()
 
 
 def test_workers_run_as_in_the_topology_without_sidecar(
@@ -365,7 +380,9 @@ def test_each_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
 ) -> None:
     protos.ensure_generated()
     edge = topology.edge.instances[index]
-    edge_files = EdgeFiles(tmp_path / "edge.pem", tmp_path / "edge-key.pem", protos.DESCRIPTOR_SET)
+    edge_files = EdgeFiles(
+        tmp_path / "edge.pem", tmp_path / "edge-key.pem", protos.DESCRIPTOR_SET, EDGE_ADMIN_SOCKET
+    )
     config = envoy_config(topology, ComposePlacement.of(topology), edge_files, edge)
     listeners = config["static_resources"]["listeners"]
     assert {lis["address"]["socket_address"]["address"] for lis in listeners} == {"0.0.0.0"}
@@ -380,7 +397,9 @@ def test_each_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
         ("TCP", edge.http_port),
         ("TCP", edge.https_port),
         ("UDP", topology.edge.https_port),
+        ("TCP", edge.metrics_port),
     }
+    assert config["admin"]["address"] == {"pipe": {"path": str(EDGE_ADMIN_SOCKET), "mode": 0o600}}
     endpoints = {
         c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         for c in config["static_resources"]["clusters"]
@@ -391,6 +410,7 @@ def test_each_edge_listens_on_the_container_and_calls_its_sidecar_on_loopback(
     service = endpoints.pop(RATELIMIT_CLUSTER)["socket_address"]
     assert service["address"] == ComposePlacement.of(topology).address(RATELIMIT)
     assert service["port_value"] == topology.ratelimit_ports.grpc
+    assert endpoints.pop(ADMIN_CLUSTER) == {"pipe": {"path": str(EDGE_ADMIN_SOCKET)}}
     assert {(a["socket_address"]["address"], a["socket_address"]["port_value"])
             for a in endpoints.values()} == {
         ("127.0.0.1", u.local_bind_port) for u in edge.upstreams
@@ -433,7 +453,7 @@ def test_each_edge_is_registered_at_its_container_address(topology: Topology) ->
         sidecar = registration["Connect"]["SidecarService"]
         assert registration["ID"] == edge.id
         assert registration["Address"] == sidecar["Address"] == address
-        assert registration["Check"]["HTTP"] == f"http://{address}:{edge.admin_port}/ready"
+        assert registration["Check"]["HTTP"] == f"http://{address}:{edge.metrics_port}/ready"
         assert sidecar["Port"] == edge.sidecar.port
         upstreams = sidecar["Proxy"]["Upstreams"]
         assert [(u["DestinationName"], u["LocalBindPort"]) for u in upstreams] == [

@@ -124,13 +124,11 @@ def test_a_component_talks_to_its_own_hosts_agent(topology: Topology) -> None:
     assert placement.consul_http_addr(topology, instance.id) == (
         f"http://{b}:{topology.consul_ports.http}"
     )
-    argv = consul.sidecar_argv(
+    argv = consul.bootstrap_argv(
         topology,
         placement,
         service_id=instance.id,
-        sidecar=instance.sidecar,
         consul_bin=Path("consul"),
-        envoy_bin=Path("envoy"),
         consul_ca=CERTS.ca_cert,
         token_file=Path("/t/orders"),
     )

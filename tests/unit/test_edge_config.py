@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mesh.components import ratelimit
+from mesh.components import edge_metrics, ratelimit
 from mesh.components.edge import CLIENT_ADDRESS_HEADER, EdgeFiles, envoy_config, issuer
 from mesh.placement import NativePlacement
 from mesh.runtime import protos
@@ -11,18 +11,54 @@ from mesh.topology import load
 from services.common import client_address
 
 NATIVE = NativePlacement.of(load())
-FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.DESCRIPTOR_SET)
+FILES = EdgeFiles(
+    Path("/certs/edge.pem"),
+    Path("/certs/edge-key.pem"),
+    protos.DESCRIPTOR_SET,
+    Path("/state/admin/edge-1.sock"),
+)
 # The second edge: what holds for it holds for the first (the same generator, other ports).
 EDGE = load().edge.instances[1]
 
 
 def listeners() -> dict[str, dict]:
+    """The listeners of clients' requests (not the one of /ready and /metrics)."""
     config = envoy_config(load(), NATIVE, FILES, EDGE)
-    return {listener["name"]: listener for listener in config["static_resources"]["listeners"]}
+    return {
+        listener["name"]: listener
+        for listener in config["static_resources"]["listeners"]
+        if listener["name"] != edge_metrics.STAT_PREFIX
+    }
 
 
 def hcm(listener: dict) -> dict:
     return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def test_the_admin_api_is_on_an_owner_only_socket_and_only_ready_and_metrics_reach_it() -> None:
+    config = envoy_config(load(), NATIVE, FILES, EDGE)
+    assert config["admin"]["address"] == {"pipe": {"path": str(FILES.admin_socket), "mode": 0o600}}
+    (metrics,) = [
+        listener
+        for listener in config["static_resources"]["listeners"]
+        if listener["name"] == edge_metrics.STAT_PREFIX
+    ]
+    assert metrics["address"]["socket_address"]["port_value"] == EDGE.metrics_port
+    routes = hcm(metrics)["route_config"]["virtual_hosts"][0]["routes"]
+    to_admin = {
+        (r["match"]["path"], r["route"].get("prefix_rewrite"))
+        for r in routes
+        if r.get("route", {}).get("cluster") == edge_metrics.ADMIN_CLUSTER
+    }
+    assert to_admin == {("/ready", None), ("/metrics", "/stats/prometheus")}
+    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    assert all(r["match"]["headers"] == get for r in routes if "route" in r)
+    assert routes[-1] == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+    (admin,) = [
+        c for c in config["static_resources"]["clusters"] if c["name"] == edge_metrics.ADMIN_CLUSTER
+    ]
+    endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"] == {"pipe": {"path": str(FILES.admin_socket)}}
 
 
 def test_plain_tls_and_quic_listeners_come_from_the_topology() -> None:

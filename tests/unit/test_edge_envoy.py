@@ -12,7 +12,7 @@ import pytest
 
 from mesh.components.edge import EdgeFiles, envoy_config
 from mesh.placement import NativePlacement
-from mesh.runtime import protos
+from mesh.runtime import envoy_admin, protos
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.provision import ENVOY
 from mesh.runtime.tls import ensure_edge_certs
@@ -28,8 +28,10 @@ def envoy_binary() -> Path:
 def edge_config_file(tmp_path: Path) -> Path:
     topology = load()
     placement = NativePlacement.of(topology)
-    certs = ensure_edge_certs(StateDir(tmp_path), placement.public())
-    files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET)
+    state = StateDir(tmp_path)
+    certs = ensure_edge_certs(state, placement.public())
+    socket = envoy_admin.socket_path(state, "edge-1")
+    files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET, socket)
     path = tmp_path / "edge-envoy.json"
     edge = topology.edge.instances[0]
     path.write_text(json.dumps(envoy_config(topology, placement, files, edge)))

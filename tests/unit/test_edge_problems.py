@@ -12,7 +12,12 @@ from mesh.placement import NativePlacement
 from mesh.runtime import protos
 from mesh.topology import load
 
-FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.DESCRIPTOR_SET)
+FILES = EdgeFiles(
+    Path("/certs/edge.pem"),
+    Path("/certs/edge-key.pem"),
+    protos.DESCRIPTOR_SET,
+    Path("/state/admin/edge-1.sock"),
+)
 
 
 def http_filters() -> list[dict]:

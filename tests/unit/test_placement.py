@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pytest
 
-from mesh.components import consul, edge, jaeger, kafka, prometheus, ratelimit
+from mesh.components import consul, edge, edge_metrics, jaeger, kafka, prometheus, ratelimit
 from mesh.components.edge import EdgeFiles
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import (
@@ -219,22 +219,33 @@ def test_a_sidecar_reaches_consul_on_the_other_host(topology: Topology) -> None:
         topology,
         TwoHosts(),
         service_id=instance.id,
-        sidecar=instance.sidecar,
+        admin_port=19100,
         consul_bin=Path("consul"),
         envoy_bin=Path("envoy"),
         consul_ca=Path("/s/ca.pem"),
         token_file=Path("/t/orders"),
     )
-    assert f"-http-addr=http://{A}:{topology.consul_ports.http}" in argv
-    assert f"-grpc-addr=https://{A}:{topology.consul_ports.grpc}" in argv
-    assert argv[argv.index("-admin-bind") + 1] == f"{B}:{instance.sidecar.admin_port}"
+    bootstrap = consul.bootstrap_argv(
+        topology,
+        TwoHosts(),
+        service_id=instance.id,
+        consul_bin=Path("consul"),
+        consul_ca=Path("/s/ca.pem"),
+        token_file=Path("/t/orders"),
+    )
+    for command in (argv, bootstrap):
+        assert f"-http-addr=http://{A}:{topology.consul_ports.http}" in command
+        assert f"-grpc-addr=https://{A}:{topology.consul_ports.grpc}" in command
+    assert argv[argv.index("-admin-bind") + 1] == f"{B}:19100"
 
 
 def test_the_edge_listens_on_its_host_and_calls_the_rate_limit_service_and_jaeger_there(
     topology: Topology,
 ) -> None:
     protos.ensure_generated()
-    files = EdgeFiles(Path("/edge.pem"), Path("/edge-key.pem"), protos.DESCRIPTOR_SET)
+    files = EdgeFiles(
+        Path("/edge.pem"), Path("/edge-key.pem"), protos.DESCRIPTOR_SET, Path("/edge-1.sock")
+    )
     config = edge.envoy_config(topology, TwoHosts(), files, topology.edge.instance("edge-1"))
     listeners = config["static_resources"]["listeners"]
     assert {lis["address"]["socket_address"]["address"] for lis in listeners} == {A}
@@ -242,6 +253,7 @@ def test_the_edge_listens_on_its_host_and_calls_the_rate_limit_service_and_jaege
         c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         for c in config["static_resources"]["clusters"]
     }
+    assert clusters.pop(edge_metrics.ADMIN_CLUSTER) == {"pipe": {"path": "/edge-1.sock"}}
     assert clusters.pop(edge.RATELIMIT_CLUSTER)["socket_address"]["address"] == A
     assert clusters.pop(OTLP_CLUSTER)["socket_address"]["address"] == A
     assert {c["socket_address"]["address"] for c in clusters.values()} == {LOOPBACK}

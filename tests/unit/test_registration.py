@@ -21,7 +21,7 @@ ORDERS_1 = Instance(
     id="orders-1",
     service="orders",
     port=7001,
-    sidecar=Sidecar(port=21001, admin_port=19101, metrics_port=9501),
+    sidecar=Sidecar(port=21001, metrics_port=9501),
     metrics_port=9401,
 )
 
@@ -199,7 +199,7 @@ def test_each_instance_registers_the_document_its_environment_hands_it_with_its_
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_each_edge_is_registered_with_its_admin_check_and_its_sidecar_upstreams(index: int) -> None:
+def test_each_edge_is_registered_with_its_ready_check_and_its_sidecar_upstreams(index: int) -> None:
     topology = load()
     edge = topology.edge.instances[index]
     host = topology.bind_host
@@ -211,8 +211,8 @@ def test_each_edge_is_registered_with_its_admin_check_and_its_sidecar_upstreams(
         "Address": host,
         "Port": edge.http_port,
         "Check": {
-            "Name": "edge admin ready",
-            "HTTP": f"http://{host}:{edge.admin_port}/ready",
+            "Name": "edge ready",
+            "HTTP": f"http://{host}:{edge.metrics_port}/ready",
             "Interval": "1s",
             "Timeout": "1s",
             "FailuresBeforeCritical": 3,

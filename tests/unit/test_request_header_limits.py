@@ -12,14 +12,19 @@ import grpc
 from aiohttp import web_protocol
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mesh.components import edge
+from mesh.components import edge, edge_metrics
 from mesh.components.edge import EdgeFiles, envoy_config
 from mesh.placement import NativePlacement
 from mesh.runtime import protos
 from mesh.topology import load
 from services.common import grpc_server
 
-FILES = EdgeFiles(Path("/certs/edge.pem"), Path("/certs/edge-key.pem"), protos.DESCRIPTOR_SET)
+FILES = EdgeFiles(
+    Path("/certs/edge.pem"),
+    Path("/certs/edge-key.pem"),
+    protos.DESCRIPTOR_SET,
+    Path("/state/admin/edge-1.sock"),
+)
 # Envoy's default header count, which Consul's sidecars keep.
 SIDECAR_MAX_HEADERS = 100
 # What the mesh adds to a request after the edge's check: the edge (x-envoy-expected-rq-timeout-ms,
@@ -35,7 +40,11 @@ def hcms() -> dict[str, dict]:
     listeners = envoy_config(load(), NativePlacement.of(load()), FILES, load().edge.instances[0])[
         "static_resources"
     ]["listeners"]
-    return {it["name"]: it["filter_chains"][0]["filters"][0]["typed_config"] for it in listeners}
+    return {
+        it["name"]: it["filter_chains"][0]["filters"][0]["typed_config"]
+        for it in listeners
+        if it["name"] != edge_metrics.STAT_PREFIX
+    }
 
 
 def aiohttp_default(parameter: str) -> int:
