@@ -74,6 +74,7 @@ def wiring(placement: NativePlacement) -> Wiring:
         placement=placement,
         database_password=lambda database: None,
         auth_seed_file=lambda: "/seed.json",
+        kafka_password_file=lambda principal: f"/secrets/kafka/{principal}",
     )
 
 

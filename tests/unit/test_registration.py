@@ -180,6 +180,7 @@ def test_each_instance_registers_the_document_its_environment_hands_it_with_its_
         placement=placement,
         database_password=lambda database: None,
         auth_seed_file=lambda: "/seed.json",
+        kafka_password_file=lambda principal: f"/secrets/kafka/{principal}",
     )
     for instance in topology.instances():
         env = instance_env(topology, wiring, instance)
