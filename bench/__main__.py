@@ -19,6 +19,7 @@ from typing import Any
 
 from bench import kafka_perf, kafka_pipeline, machine, plan, plots, report, ws_latency
 from mesh.bench import resources, scenarios
+from mesh.runtime import sizes
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.topology import Topology, load
 
@@ -100,6 +101,7 @@ def measure(only: list[str] | None) -> report.Results:
         "dirty": dirty,
         "machine": machine.describe(),
         "tools": TOOLS,
+        "topology": sizes.chosen(state),
         "runs": [],
         "skipped": {},
     }

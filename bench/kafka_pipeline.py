@@ -3,7 +3,8 @@
 Runs against the native mesh's Kafka (start it with `mesh up -d`) as the admin principal (of
 the mesh whose state dir SHOPMESH_STATE_DIR names), on a scratch topic with the
 project's settings (replication factor 3, min.insync.replicas 2; producer acks=all with
-idempotence), deleted afterwards. Writes the figures and this command to docs/benchmarks.md.
+idempotence), deleted afterwards. Prints the figures as JSON; `make bench` puts them in
+docs/benchmarks.md.
 
     .venv/bin/python bench/kafka_pipeline.py [--messages 20000] [--size 512]
 """
@@ -13,11 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import statistics
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,48 +92,6 @@ async def run(messages: int, size: int, partitions: int) -> dict[str, Any]:
     }
 
 
-def row(result: dict[str, Any]) -> str:
-    return (
-        f"| {datetime.now(UTC):%Y-%m-%d} | {result['messages']} x {result['size']} B, "
-        f"{result['partitions']} partitions | {result['produce_rate']:,.0f} msg/s | "
-        f"{result['end_to_end_rate']:,.0f} msg/s | {result['p50_ms']:.1f} ms | "
-        f"{result['p99_ms']:.1f} ms | {result['lost']} |"
-    )
-
-
-def add_row(text: str, section: str, new_row: str) -> str | None:
-    """The text with `new_row` after the last row of the first table under `section`; None if
-    the section has no table."""
-    lines = text.splitlines()
-    if section not in lines:
-        return None
-    start = lines.index(section)
-    rows = [n for n in range(start + 1, len(lines)) if lines[n].startswith("|")]
-    if not rows:
-        return None
-    last = rows[0]
-    while last + 1 < len(lines) and lines[last + 1].startswith("|"):
-        last += 1
-    return "\n".join([*lines[: last + 1], new_row, *lines[last + 1 :]]) + "\n"
-
-
-def record(result: dict[str, Any], command: str) -> None:
-    """Adds the run as a row of this section's table (`make bench` rewrites the whole file)."""
-    header = (
-        f"{SECTION}\n\nProducer (acks=all, idempotent) → 3 KRaft brokers (RF 3, min ISR 2) → "
-        "consumer, on one 2-core machine with the whole mesh running. Command: "
-        f"`{command}` ({platform.python_implementation()} {platform.python_version()}, "
-        "aiokafka 0.14, Kafka 3.9.2).\n\n"
-        "| date | load | produced (acked) | end to end | p50 latency | p99 latency | lost |\n"
-        "|---|---|---|---|---|---|---|\n"
-    )
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    updated = add_row(text, SECTION, row(result))
-    if updated is None:
-        updated = text.rstrip() + "\n\n" + header + row(result) + "\n"
-    RESULTS.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000)
@@ -143,10 +100,6 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args.messages, args.size, args.partitions))
     print(json.dumps(result, indent=2))
-    command = "python bench/kafka_pipeline.py"
-    if (args.messages, args.size, args.partitions) != (20000, 512, 6):
-        command += f" --messages {args.messages} --size {args.size} --partitions {args.partitions}"
-    record(result, command)
 
 
 if __name__ == "__main__":

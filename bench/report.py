@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import plan
+from mesh.runtime import sizes
 
 TITLES = {
     "direct": "direct",
@@ -514,6 +515,15 @@ def _plots(results: Results) -> list[str]:
     return [f"![{s}](benchmarks/{s}.png)" for s in results.get("plots", [])]
 
 
+def _topology(results: Results) -> str:
+    if results.get("topology") == sizes.SMALL:
+        return "`mesh up --small`: one of each instance, edge, Consul server and Postgres node"
+    return (
+        "`mesh up`: the full topology, two of every service instance and edge behind the "
+        "balancer, three Consul servers, two Postgres nodes"
+    )
+
+
 def document(results: Results) -> str:
     machine = results["machine"]
     lines = [
@@ -529,9 +539,9 @@ def document(results: Results) -> str:
         f"{machine['memory_gb']:.0f} GB; "
         f"load average {machine['load_before']} before, {machine['load_after']} after",
         f"- **tools**: {results['tools']}",
-        "- **what runs**: the whole native mesh (`mesh up`), every limit on (100 requests a "
-        "minute per user, 1000 a second per client address), JWT, token exchange, mTLS and "
-        "tracing as configured; the load tools on the same 2 cores.",
+        f"- **what runs**: the whole native mesh ({_topology(results)}), every limit on (100 "
+        "requests a minute per user, 1000 a second per client address), JWT, token exchange, "
+        "mTLS and tracing as configured; the load tools on the same 2 cores.",
         "",
         "## The brief's targets: met / not met",
         "",

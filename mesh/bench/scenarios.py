@@ -214,7 +214,7 @@ def _through_edge(
         )
     users = accounts.ensure_users(topology, state, request.users)
     tokens = accounts.tokens(topology, state, users, sources)
-    lead_s = _warm_up_s(len(users)) + 2 * slots.MARGIN_S
+    lead_s = _warm_up_s(len(users) * len(topology.edge.instances)) + 2 * slots.MARGIN_S
     start, half = slots.next_start(time.time() + lead_s, request.duration_s, window)
     members = slots.share(users, half)
     base = _base(topology, scenario)
@@ -268,16 +268,33 @@ def _warm_up(
     spec: HttpAttack,
 ) -> Figures:  # fmt: skip
     """One request of each member (its newest notification: GET /notifications?limit=1) on
-    the run's listener and protocol: the edge keeps its token exchanges per listener."""
-    base = _base(topology, scenario)
-    firsts = targets.gets((f"{base}/notifications?limit=1", tokens[user]) for user in members)
-    duration_s = _warm_up_s(len(members))
+    each edge instance's listener of the run's protocol: each edge keeps its own token
+    exchanges, per listener, and the balancer would send a user's first requests to one edge
+    only. HTTP/3 reaches the edges through the kernel's spreading of the one UDP port, so there
+    each member's request goes once per edge to the public port."""
+    firsts = [
+        request
+        for base in _warm_up_bases(topology, scenario)
+        for request in targets.gets(
+            (f"{base}/notifications?limit=1", tokens[user]) for user in members
+        )
+    ]
+    duration_s = _warm_up_s(len(firsts))
     rate = math.ceil(len(firsts) / duration_s)
     with _targets_file(firsts) as path:
         firsts_spec = replace(
             spec, targets=path, targets_by_source={}, rate=rate, duration_s=duration_s
         )
         return attack(firsts_spec)
+
+
+def _warm_up_bases(topology: Topology, scenario: Scenario) -> list[str]:
+    host, edges = topology.bind_host, topology.edge.instances
+    if scenario.protocol == "h1":
+        return [f"http://{host}:{edge.http_port}" for edge in edges]
+    if scenario.protocol == "h3":
+        return [_base(topology, scenario)] * len(edges)
+    return [f"https://{host}:{edge.https_port}" for edge in edges]
 
 
 def posts_per_source(request: Run, sources: tuple[str, ...]) -> dict[str, int]:

@@ -12,6 +12,7 @@ import httpx
 
 from mesh.placement import CONSUL, Placement
 from mesh.runtime.paths import REPO_ROOT
+from mesh.runtime.tls import AgentCerts
 from mesh.topology import ConsulServer, Sidecar, Topology
 
 CONFIG_ENTRIES_DIR = REPO_ROOT / "mesh" / "consul" / "config-entries"
@@ -61,12 +62,52 @@ class ConsulClient:
         self.http.close()
 
 
+def agent_names(topology: Topology, placement: Placement) -> dict[str, tuple[list[str], list[str]]]:
+    """Each agent's certificate names and addresses: `server.<dc>.consul` on the servers, which
+    every agent checks (verify_server_hostname), `client.<dc>.consul` on the client agent."""
+    role = {server.name: "server" for server in topology.consul_servers} | {CONSUL: "client"}
+    return {
+        name: ([f"{kind}.{topology.datacenter}.consul", "localhost"], [placement.address(name)])
+        for name, kind in role.items()
+    }
+
+
+def _transport(certs: AgentCerts) -> dict[str, Any]:
+    """Gossip encrypted with the cluster's key (in a config file of its own, gossip_key_config)
+    and nothing accepted without it; RPC between agents over TLS, both ends presenting a
+    certificate of the cluster's CA. The HTTP API stays plain, on loopback only."""
+    return {
+        "encrypt_verify_incoming": True,
+        "encrypt_verify_outgoing": True,
+        "tls": {
+            "defaults": {
+                "ca_file": str(certs.ca_cert),
+                "cert_file": str(certs.cert),
+                "key_file": str(certs.key),
+                "verify_outgoing": True,
+            },
+            "internal_rpc": {"verify_incoming": True, "verify_server_hostname": True},
+        },
+    }
+
+
+def gossip_key_config(key: str) -> dict[str, Any]:
+    return {"encrypt": key}
+
+
 def _common(
-    topology: Topology, placement: Placement, name: str, node: str, data_dir: Path
+    topology: Topology,
+    placement: Placement,
+    name: str,
+    node: str,
+    data_dir: Path,
+    certs: AgentCerts,
 ) -> dict[str, Any]:
     """What every agent has: its cluster ports on its own address, which it advertises; its
-    HTTP API on the placement's listen address; Connect; its metrics for Prometheus."""
+    HTTP API on the placement's listen address; Connect; its metrics for Prometheus; its
+    transport security."""
     return {
+        **_transport(certs),
         "datacenter": topology.datacenter,
         "node_name": node,
         "data_dir": str(data_dir),
@@ -88,12 +129,16 @@ def _join(topology: Topology, placement: Placement, but: str = "") -> list[str]:
 
 
 def server_config(
-    topology: Topology, placement: Placement, server: ConsulServer, data_dir: Path
+    topology: Topology,
+    placement: Placement,
+    server: ConsulServer,
+    data_dir: Path,
+    certs: AgentCerts,
 ) -> dict[str, Any]:
     """One of the servers: Raft with the others (bootstrapped once all of them have joined),
     no xDS or DNS of its own: the client agents serve those."""
     return {
-        **_common(topology, placement, server.name, server.name, data_dir),
+        **_common(topology, placement, server.name, server.name, data_dir, certs),
         "server": True,
         "bootstrap_expect": len(topology.consul_servers),
         "retry_join": _join(topology, placement, but=server.name),
@@ -111,19 +156,24 @@ def server_config(
     }
 
 
-def agent_config(topology: Topology, placement: Placement, data_dir: Path) -> dict[str, Any]:
+def agent_config(
+    topology: Topology, placement: Placement, data_dir: Path, certs: AgentCerts
+) -> dict[str, Any]:
     """This host's client agent (`consul`): what everything on the host registers with and
-    what its sidecars get xDS from; it joins the servers and forwards to them."""
+    what its sidecars get xDS from, over TLS only (Envoy checks the agent's certificate; it
+    presents none); it joins the servers and forwards to them."""
     ports = topology.consul_ports
+    common = _common(topology, placement, CONSUL, AGENT_NODE, data_dir, certs)
+    common["tls"]["grpc"] = {"verify_incoming": False}
     return {
-        **_common(topology, placement, CONSUL, AGENT_NODE, data_dir),
+        **common,
         "server": False,
         "retry_join": _join(topology, placement),
         "ui_config": {"enabled": True},
         "ports": {
             "http": ports.http,
-            "grpc": ports.grpc,
-            "grpc_tls": -1,
+            "grpc": -1,
+            "grpc_tls": ports.grpc,
             "https": -1,
             "dns": -1,
             "serf_lan": ports.serf_lan,
@@ -147,6 +197,7 @@ def sidecar_argv(
     sidecar: Sidecar,
     consul_bin: Path,
     envoy_bin: Path,
+    consul_ca: Path,
 ) -> list[str]:
     """`consul connect envoy -sidecar-for <id>`: Consul writes the bootstrap and execs Envoy.
 
@@ -161,7 +212,8 @@ def sidecar_argv(
         "-sidecar-for",
         service_id,
         f"-http-addr=http://{consul}:{topology.consul_ports.http}",
-        f"-grpc-addr={consul}:{topology.consul_ports.grpc}",
+        f"-grpc-addr=https://{consul}:{topology.consul_ports.grpc}",
+        f"-grpc-ca-file={consul_ca}",
         "-admin-bind",
         f"{placement.admin(service_id)}:{sidecar.admin_port}",
         "-envoy-binary",

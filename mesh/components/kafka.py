@@ -50,6 +50,9 @@ CLUSTER_SETTINGS: dict[str, str] = {
     "num.network.threads": "2",
     "num.io.threads": "4",
     "num.recovery.threads.per.data.dir": "2",
+    # The compacted topics here (__consumer_offsets, the transaction log) are a few MB; the
+    # cleaner's default 128 MiB dedupe buffer would be a third of a node's heap.
+    "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
     **AUTH_SETTINGS,
 }
 

@@ -48,6 +48,16 @@ CONSUL_SD_RELABELLING: list[dict[str, Any]] = [
     {"source_labels": ["__meta_consul_service"], "regex": "(.+)", "target_label": "service"},
 ]  # fmt: skip
 
+# Each Envoy exports ~2,500 series, most of them the buckets of connection histograms nothing
+# here reads (a quarter of all series, and of Prometheus's memory); their _sum and _count stay.
+ENVOY_UNREAD_BUCKETS: list[dict[str, Any]] = [
+    {"source_labels": ["__name__"], "action": "drop",
+     "regex": "envoy_(cluster_upstream_rq_per_cx|cluster_upstream_cx_length_ms"
+              "|cluster_upstream_cx_connect_ms|http_downstream_cx_length_ms"
+              "|listener_downstream_cx_length_ms|listener_connections_accepted_per_socket_event"
+              "|cluster_update_duration)_bucket"},
+]  # fmt: skip
+
 
 @dataclass(frozen=True)
 class FileDiscovery:
@@ -83,7 +93,11 @@ def config(
         for name in workers.instances
     ]  # fmt: skip
     services: dict[str, Any] = {"job_name": "services"}
-    envoy: dict[str, Any] = {"job_name": "envoy", "metrics_path": "/metrics"}
+    envoy: dict[str, Any] = {
+        "job_name": "envoy",
+        "metrics_path": "/metrics",
+        "metric_relabel_configs": ENVOY_UNREAD_BUCKETS,
+    }
     if isinstance(discovery, FileDiscovery):
         services |= {"file_sd_configs": discovery.configs(SERVICES_FILE), "static_configs": workers}
         envoy["file_sd_configs"] = discovery.configs(ENVOY_FILE)
@@ -101,6 +115,7 @@ def config(
         {
             "job_name": "edge",
             "metrics_path": "/stats/prometheus",
+            "metric_relabel_configs": ENVOY_UNREAD_BUCKETS,
             "static_configs": [{"targets": [at(edge.id, edge.admin_port)],
                                 "labels": {"instance": edge.id, "service": "edge"}}
                                for edge in topology.edge.instances],

@@ -40,7 +40,9 @@ from mesh.placement import (
     RATELIMIT,
     ComposePlacement,
 )
-from mesh.runtime import demo
+from mesh.runtime import consul as consul_runtime
+from mesh.runtime import demo, tls
+from mesh.runtime import kafka as kafka_runtime
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import ConsulServer, EdgeInstance, Instance, Sidecar, Topology
 from mesh.wiring import Wiring, instance_env, worker_env
@@ -190,7 +192,9 @@ def _one_shot(**spec: Any) -> dict[str, Any]:
 
 def _consul(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     """The client agent: what every container registers with and the sidecars get xDS from."""
-    config = consul.agent_config(topology, placement, Path(CONSUL_DATA))
+    config = consul.agent_config(
+        topology, placement, Path(CONSUL_DATA), tls.consul_certs(STATE, CONSUL)
+    )
     http = topology.consul_ports.http
     return {
         **_consul_agent(placement, CONSUL, config, "consul-agent-data", http),
@@ -201,7 +205,9 @@ def _consul(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
 def _consul_server(
     topology: Topology, placement: ComposePlacement, server: ConsulServer
 ) -> dict[str, Any]:
-    config = consul.server_config(topology, placement, server, Path(CONSUL_DATA))
+    config = consul.server_config(
+        topology, placement, server, Path(CONSUL_DATA), tls.consul_certs(STATE, server.name)
+    )
     return _consul_agent(placement, server.name, config, f"{server.name}-data", server.http)
 
 
@@ -212,10 +218,12 @@ def _consul_agent(
     Raft has a leader, as the agent sees it."""
     return {
         "image": IMAGES["consul"],
-        "command": ["agent"],
+        # The gossip key and the agent's certificate: from the state volume, made by `init`.
+        "command": ["agent", f"-config-file={consul_runtime.gossip_key_file(STATE)}"],
         # The image's entrypoint writes this to /consul/config/local.json.
         "environment": {"CONSUL_LOCAL_CONFIG": json.dumps(config, sort_keys=True)},
-        "volumes": [f"{volume}:{CONSUL_DATA}"],
+        "volumes": [f"{volume}:{CONSUL_DATA}", _state_volume()],
+        "depends_on": _after(init="service_completed_successfully"),
         "networks": _fixed(placement.address(name)),
         "healthcheck": _healthcheck(
             [
@@ -282,12 +290,13 @@ def _postgres(topology: Topology) -> dict[str, Any]:
 def kafka_environment(
     topology: Topology, placement: ComposePlacement, node_id: int
 ) -> dict[str, str]:
-    """The node's JVM: its heap and JMX exporter agent. Its settings are the server.properties
+    """The node's JVM: its heap, GC and JMX exporter agent. Its settings are the server.properties
     `init` writes into the state volume (mesh/compose/kafka_files.py): they hold its password."""
     node = next(n for n in topology.kafka.nodes if n.id == node_id)
     heap = topology.kafka.heap
     return {
-        "KAFKA_HEAP_OPTS": f"-Xmx{heap} -Xms{heap}",
+        "KAFKA_HEAP_OPTS": f"-Xmx{heap} -Xms{kafka_runtime.START_HEAP}",
+        "KAFKA_JVM_PERFORMANCE_OPTS": " ".join(kafka_runtime.JVM_OPTIONS),
         "KAFKA_OPTS": kafka.jmx_agent(placement, node, JMX_AGENT, JMX_RULES),
     }
 
@@ -444,6 +453,7 @@ def sidecar_command(
         sidecar=sidecar,
         consul_bin=Path("consul"),
         envoy_bin=Path("/usr/local/bin/envoy"),
+        consul_ca=tls.consul_certs(STATE, CONSUL).ca_cert,
     )
 
 
@@ -455,6 +465,7 @@ def _sidecar(
         "build": SIDECAR_BUILD,
         "network_mode": f"service:{app}",
         "command": sidecar_command(topology, placement, service_id, sidecar),
+        "volumes": [_state_volume()],
         # The image's entrypoint runs the command as the envoy user, given this uid.
         "environment": {"ENVOY_UID": str(APP_UID), "ENVOY_GID": str(APP_UID)},
         # As natively, after its app is healthy: `-sidecar-for` needs the app's registration.

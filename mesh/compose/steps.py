@@ -19,6 +19,7 @@ from mesh.compose import kafka_files
 from mesh.compose.volume import (
     APP_UID,
     BALANCER_CONFIG,
+    CONSUL_UID,
     EDGE_DESCRIPTORS,
     PGPASS,
     POSTGRES_SUPERUSER_PASSWORD,
@@ -29,9 +30,11 @@ from mesh.compose.volume import (
     edge_config,
 )
 from mesh.placement import (
+    CONSUL,
     POSTGRES,
     ComposePlacement,
 )
+from mesh.runtime import consul as consul_runtime
 from mesh.runtime import demo, protos, tls
 from mesh.topology import Topology
 
@@ -65,6 +68,21 @@ def init(topology: Topology) -> None:
     shutil.chown(redis_config, REDIS_UID, REDIS_UID)
     shutil.chown(ratelimit.password_file(STATE), APP_UID, APP_UID)
     ratelimit.write_service_config(topology, STATE)
+    _consul_transport(topology, placement)
+
+
+def _consul_transport(topology: Topology, placement: ComposePlacement) -> None:
+    """The gossip key and each agent's certificate and key for the consul user; the CA's
+    certificate for everyone (the sidecars check the agent's with it); its key for nobody."""
+    consul_runtime.ensure_transport(topology, placement, STATE)
+    shutil.chown(consul_runtime.gossip_key_file(STATE), CONSUL_UID, CONSUL_UID)
+    for agent in consul.agent_names(topology, placement):
+        certs = tls.consul_certs(STATE, agent)
+        for path in (certs.cert, certs.key):
+            shutil.chown(path, CONSUL_UID, CONSUL_UID)
+    ca_cert = tls.consul_certs(STATE, CONSUL).ca_cert
+    ca_cert.chmod(0o644)
+    ca_cert.parent.chmod(0o711)
 
 
 def bootstrap(topology: Topology) -> None:

@@ -38,6 +38,7 @@ def kafka_format_arguments(node: KafkaNode) -> Path:
 # Postgres's and Redis's images run as uid 999; apache/kafka's as its appuser, uid 1000.
 APP_UID = 10001
 POSTGRES_UID = 999
+CONSUL_UID = 100  # the consul user of hashicorp/consul's image, which its entrypoint runs as
 REDIS_UID = 999
 KAFKA_UID = 1000
 

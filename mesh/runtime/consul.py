@@ -5,7 +5,9 @@ mesh/components/consul.py).
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -15,17 +17,44 @@ from mesh.components.consul import (
     CONFIG_ENTRIES_DIR,
     ConsulClient,
     agent_config,
+    agent_names,
+    gossip_key_config,
     server_config,
     sidecar_argv,
 )
 from mesh.placement import CONSUL, Placement
 from mesh.runtime import process
-from mesh.runtime.paths import StateDir
+from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.process import ProcessSpec
+from mesh.runtime.tls import consul_certs, ensure_consul_certs
 from mesh.topology import ConsulServer, Sidecar, Topology
 
 # A Serf member's status in /v1/agent/members: 1 alive (2 leaving, 3 left, 4 failed).
 SERF_ALIVE = 1
+GOSSIP_KEY_BYTES = 32
+
+
+def gossip_key_file(state: StateDir) -> Path:
+    return state.secrets / "consul-gossip.json"
+
+
+def ensure_transport(topology: Topology, placement: Placement, state: StateDir) -> None:
+    """The cluster's gossip key (a config file of its own, owner-only) and every agent's
+    certificate, made on first start and kept."""
+    key_file = gossip_key_file(state)
+    if not key_file.exists():
+        key = base64.b64encode(secrets.token_bytes(GOSSIP_KEY_BYTES)).decode()
+        write_private(key_file, json.dumps(gossip_key_config(key)))
+    ensure_consul_certs(state, agent_names(topology, placement))
+
+
+def _agent_argv(consul_bin: Path, config_file: Path, state: StateDir) -> list[str]:
+    return [
+        str(consul_bin),
+        "agent",
+        f"-config-file={config_file}",
+        f"-config-file={gossip_key_file(state)}",
+    ]
 
 
 def server_specs(
@@ -55,7 +84,9 @@ def _server_spec(
 
     def write_config() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        config = server_config(topology, placement, server, data_dir)
+        ensure_transport(topology, placement, state)
+        certs = consul_certs(state, server.name)
+        config = server_config(topology, placement, server, data_dir, certs)
         config_file.write_text(json.dumps(config, indent=2))
 
     def ready() -> str | None:
@@ -73,7 +104,7 @@ def _server_spec(
 
     return ProcessSpec(
         name=server.name,
-        argv=[str(consul_bin), "agent", f"-config-file={config_file}"],
+        argv=_agent_argv(consul_bin, config_file, state),
         ports=(server.server, server.serf_lan, server.http),
         # SIGINT: a server shuts down without leaving the Raft peer set (Consul's default for
         # servers), so it comes back as the same voter.
@@ -94,7 +125,9 @@ def agent_spec(
 
     def write_config() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(json.dumps(agent_config(topology, placement, data_dir), indent=2))
+        ensure_transport(topology, placement, state)
+        config = agent_config(topology, placement, data_dir, consul_certs(state, CONSUL))
+        config_file.write_text(json.dumps(config, indent=2))
 
     def ready() -> str | None:
         try:
@@ -115,7 +148,7 @@ def agent_spec(
 
     return ProcessSpec(
         name=CONSUL,
-        argv=[str(consul_bin), "agent", f"-config-file={config_file}"],
+        argv=_agent_argv(consul_bin, config_file, state),
         ports=tuple(vars(topology.consul_ports).values()),
         stop_signal=2,  # SIGINT: a client agent leaves gracefully
         ready=ready,
@@ -176,6 +209,7 @@ def sidecar_spec(
     sidecar: Sidecar,
     consul_bin: Path,
     envoy_bin: Path,
+    state: StateDir,
     ready_timeout: float = 60.0,
 ) -> ProcessSpec:
     """The sidecar of `service_id` as a native process; ready once its Envoy is live and
@@ -203,6 +237,7 @@ def sidecar_spec(
             sidecar=sidecar,
             consul_bin=consul_bin,
             envoy_bin=envoy_bin,
+            consul_ca=consul_certs(state, CONSUL).ca_cert,
         ),
         # Not the upstream listeners: instances of one service share them (Envoy's reuse_port).
         ports=(sidecar.port, sidecar.admin_port, sidecar.metrics_port),

@@ -179,6 +179,7 @@ class Mesh:
                     sidecar=instance.sidecar,
                     consul_bin=consul_bin,
                     envoy_bin=envoy_bin,
+                    state=s,
                 )
             )
         for workers in t.workers:
@@ -209,6 +210,7 @@ class Mesh:
             sidecar=edge.sidecar,
             consul_bin=consul_bin,
             envoy_bin=envoy_bin,
+            state=self.state,
         )
         spec.ready = _all_of(spec.ready, lambda: self._edge_upstreams_healthy(edge))
         return spec

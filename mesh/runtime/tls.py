@@ -1,6 +1,7 @@
-"""The edge's local certificate authority, generated at first start into the state dir.
+"""The mesh's local certificate authorities, generated at first start into the state dir: the
+edge's (its public listeners) and Consul's (the agents' RPC and the sidecars' xDS).
 
-`mesh ca` prints the CA certificate's path, for `curl --cacert` and other clients.
+`mesh ca` prints the edge CA certificate's path, for `curl --cacert` and other clients.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ class EdgeCerts:
     server_key: Path
 
 
+@dataclass(frozen=True)
+class AgentCerts:
+    """A Consul agent's: the CA that signs every agent, its own certificate and its key."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
 def edge_certs(state: StateDir) -> EdgeCerts:
     folder = state.root / "certs"
     return EdgeCerts(folder / "ca.pem", folder / "edge.pem", folder / "edge-key.pem")
@@ -47,23 +57,29 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def ensure_edge_certs(state: StateDir, host: str) -> EdgeCerts:
-    """A CA and an edge server certificate for `host` and localhost; kept across restarts."""
-    certs = edge_certs(state)
-    if certs.ca_cert.exists() and certs.server_cert.exists() and certs.server_key.exists():
-        return certs
-    certs.ca_cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+Issued = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("shopmesh local CA")
-    ca_cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + VALIDITY)
+    )
+
+
+def new_ca(common_name: str) -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(common_name)
+    cert = (
+        _builder(name, name, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -79,28 +95,80 @@ def ensure_edge_certs(state: StateDir, host: str) -> EdgeCerts:
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("shopmesh edge"))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(host))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    return key, cert
+
+
+def issue(
+    ca: Issued,
+    common_name: str,
+    names: list[str],
+    addresses: list[str],
+    usages: list[x509.ObjectIdentifier],
+) -> Issued:
+    """A leaf certificate signed by `ca` for DNS `names` and IP `addresses`."""
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
+    sans += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
+    cert = (
+        _builder(_name(common_name), ca_cert.subject, key.public_key())
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    write_private(certs.server_key, _pem_key(server_key))
-    certs.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    certs.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def ensure_edge_certs(state: StateDir, host: str) -> EdgeCerts:
+    """A CA and an edge server certificate for `host` and localhost; kept across restarts."""
+    certs = edge_certs(state)
+    if certs.ca_cert.exists() and certs.server_cert.exists() and certs.server_key.exists():
+        return certs
+    certs.ca_cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca = new_ca("shopmesh local CA")
+    key, cert = issue(ca, "shopmesh edge", ["localhost"], [host], [ExtendedKeyUsageOID.SERVER_AUTH])
+    write_private(certs.server_key, _pem_key(key))
+    certs.server_cert.write_bytes(_pem(cert))
+    certs.ca_cert.write_bytes(_pem(ca[1]))
     return certs
+
+
+def consul_certs(state: StateDir, agent: str) -> AgentCerts:
+    folder = state.secrets / "consul-tls"
+    return AgentCerts(folder / "ca.pem", folder / f"{agent}.pem", folder / f"{agent}-key.pem")
+
+
+def ensure_consul_certs(
+    state: StateDir, agents: dict[str, tuple[list[str], list[str]]]
+) -> dict[str, AgentCerts]:
+    """Consul's CA (its key kept owner-only beside it, to sign agents added later) and a
+    certificate for each of `agents` (name: its DNS names and IP addresses), for both ends of
+    a connection; what exists is kept across restarts."""
+    folder = state.secrets / "consul-tls"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_cert_path, ca_key_path = folder / "ca.pem", folder / "ca-key.pem"
+    if ca_cert_path.exists() and ca_key_path.exists():
+        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        ca: Issued = (loaded, x509.load_pem_x509_certificate(ca_cert_path.read_bytes()))
+    else:
+        ca = new_ca("shopmesh consul CA")
+        write_private(ca_key_path, _pem_key(ca[0]))
+        ca_cert_path.write_bytes(_pem(ca[1]))
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    issued = {}
+    for agent, (names, addresses) in agents.items():
+        certs = consul_certs(state, agent)
+        if not (certs.cert.exists() and certs.key.exists()):
+            key, cert = issue(ca, agent, names, addresses, usages)
+            write_private(certs.key, _pem_key(key))
+            certs.cert.write_bytes(_pem(cert))
+        issued[agent] = certs
+    return issued

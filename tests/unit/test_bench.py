@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import kafka_perf, kafka_pipeline, plan, report
+from bench import kafka_perf, plan, report
 from mesh.bench import figures, scenarios, slots, targets
 from mesh.bench.tools import HttpAttack
 
@@ -190,18 +190,6 @@ def test_kafkas_perf_tools_output_reads() -> None:
         "376, 215, 45.4, 93023.2558\n"
     )
     assert consumed == {"records": 20000, "rate": 33840.9475, "fetch_rate": 93023.2558}
-
-
-def test_the_pipelines_row_goes_into_its_own_table() -> None:
-    text = (
-        "# Benchmarks\n\n## Kafka pipeline\n\nintro\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
-        "## Edge protocols and the mesh hop\n\n| c |\n|---|\n| 3 |\n"
-    )
-    updated = kafka_pipeline.add_row(text, "## Kafka pipeline", "| 5 | 6 |")
-    assert updated is not None
-    assert "| 1 | 2 |\n| 5 | 6 |\n\n## Edge protocols" in updated
-    assert updated.endswith("| 3 |\n")
-    assert kafka_pipeline.add_row("# Benchmarks\n", "## Kafka pipeline", "| x |") is None
 
 
 def run(scenario: str, rate: int, **overrides) -> dict:

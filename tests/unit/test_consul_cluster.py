@@ -12,9 +12,13 @@ import yaml
 
 from mesh.components import consul, prometheus
 from mesh.placement import CONSUL, ComposePlacement, NativePlacement, Placement
+from mesh.runtime.tls import AgentCerts
 from mesh.topology import TOPOLOGY_FILE, Topology, TopologyError, load, parse
 
 RAW = yaml.safe_load(TOPOLOGY_FILE.read_text())
+
+
+CERTS = AgentCerts(Path("/s/ca.pem"), Path("/s/agent.pem"), Path("/s/agent-key.pem"))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,9 @@ def test_each_server_bootstraps_with_the_others_on_ports_and_a_data_dir_of_its_o
 ) -> None:
     native = NativePlacement.of(topology)
     servers = topology.consul_servers
-    configs = [consul.server_config(topology, native, s, Path(f"/d/{s.name}")) for s in servers]
+    configs = [
+        consul.server_config(topology, native, s, Path(f"/d/{s.name}"), CERTS) for s in servers
+    ]
     assert [c["node_name"] for c in configs] == [s.name for s in servers]
     assert len({c["data_dir"] for c in configs}) == len(servers)
     assert all(c["server"] and c["bootstrap_expect"] == len(servers) == 3 for c in configs)
@@ -45,13 +51,14 @@ def test_each_server_bootstraps_with_the_others_on_ports_and_a_data_dir_of_its_o
 
 
 def test_the_client_agent_is_no_server_and_joins_every_server(topology: Topology) -> None:
-    config = consul.agent_config(topology, NativePlacement.of(topology), Path("/d/agent"))
+    config = consul.agent_config(topology, NativePlacement.of(topology), Path("/d/agent"), CERTS)
     assert config["server"] is False
     assert "bootstrap_expect" not in config
     assert config["retry_join"] == [
         f"{topology.bind_host}:{s.serf_lan}" for s in topology.consul_servers
     ]
-    assert config["ports"]["grpc"] == topology.consul_ports.grpc
+    assert config["ports"]["grpc_tls"] == topology.consul_ports.grpc
+    assert config["ports"]["grpc"] == -1
     assert config["node_name"] not in {s.name for s in topology.consul_servers}
 
 
@@ -84,7 +91,7 @@ def test_in_compose_each_server_has_a_name_and_a_fixed_address_and_joins_by_name
     addresses = {compose.address(s.name) for s in servers}
     assert len(addresses) == len(servers)
     assert compose.address(CONSUL) not in addresses
-    first = consul.server_config(topology, compose, servers[0], Path("/consul/data"))
+    first = consul.server_config(topology, compose, servers[0], Path("/consul/data"), CERTS)
     assert first["advertise_addr"] == compose.address(servers[0].name)
     assert first["retry_join"] == [f"{s.name}:{s.serf_lan}" for s in servers[1:]]
 
@@ -124,8 +131,10 @@ def test_a_component_talks_to_its_own_hosts_agent(topology: Topology) -> None:
         sidecar=instance.sidecar,
         consul_bin=Path("consul"),
         envoy_bin=Path("envoy"),
+        consul_ca=CERTS.ca_cert,
     )
-    assert f"-grpc-addr={b}:{topology.consul_ports.grpc}" in argv
+    assert f"-grpc-addr=https://{b}:{topology.consul_ports.grpc}" in argv
+    assert f"-grpc-ca-file={CERTS.ca_cert}" in argv
 
 
 def test_prometheus_scrapes_the_agent_and_every_server(topology: Topology, tmp_path: Path) -> None:
@@ -140,3 +149,35 @@ def test_prometheus_scrapes_the_agent_and_every_server(topology: Topology, tmp_p
         CONSUL: [f"{host}:{topology.consul_ports.http}"],
         **{s.name: [f"{host}:{s.http}"] for s in topology.consul_servers},
     }
+
+
+def test_every_agent_encrypts_gossip_and_speaks_tls_to_the_others_with_both_ends_checked(
+    topology: Topology,
+) -> None:
+    native = NativePlacement.of(topology)
+    configs = [
+        consul.server_config(topology, native, s, Path("/d"), CERTS)
+        for s in topology.consul_servers
+    ]
+    configs.append(consul.agent_config(topology, native, Path("/d"), CERTS))
+    for config in configs:
+        assert "encrypt" not in config  # the key is in a config file of its own, owner-only
+        assert config["encrypt_verify_incoming"] is config["encrypt_verify_outgoing"] is True
+        tls = config["tls"]
+        assert tls["defaults"]["verify_outgoing"] is True
+        assert tls["defaults"]["ca_file"] == str(CERTS.ca_cert)
+        assert tls["internal_rpc"] == {"verify_incoming": True, "verify_server_hostname": True}
+        assert config["ports"]["https"] == -1  # the HTTP API stays plain, on loopback
+
+
+def test_servers_certificates_carry_the_name_agents_check_and_the_client_agents_its_own(
+    topology: Topology,
+) -> None:
+    native = NativePlacement.of(topology)
+    names = consul.agent_names(topology, native)
+    for server in topology.consul_servers:
+        assert names[server.name] == (
+            [f"server.{topology.datacenter}.consul", "localhost"],
+            [native.address(server.name)],
+        )
+    assert names["consul"][0][0] == f"client.{topology.datacenter}.consul"

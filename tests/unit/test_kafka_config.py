@@ -10,7 +10,7 @@ import yaml
 
 from mesh.components import kafka
 from mesh.placement import NativePlacement
-from mesh.runtime.kafka import PartitionState, node_spec, replication_summary
+from mesh.runtime.kafka import START_HEAP, PartitionState, node_spec, replication_summary
 from mesh.runtime.paths import StateDir
 from mesh.runtime.provision import COMPONENTS, KAFKA_POM
 from mesh.topology import TOPOLOGY_FILE, TopologyError, load, parse
@@ -112,7 +112,8 @@ def test_node_command_line_sets_the_heap_log4j_and_the_jmx_exporter(tmp_path: Pa
     node = topology.kafka.nodes[0]
     spec = node_spec(topology, NativePlacement.of(topology), StateDir(tmp_path), binaries, node)
     heap = topology.kafka.heap
-    assert spec.argv[:3] == ["/usr/bin/java", f"-Xmx{heap}", f"-Xms{heap}"]
+    assert spec.argv[:3] == ["/usr/bin/java", f"-Xmx{heap}", f"-Xms{START_HEAP}"]
+    assert "-XX:+UseSerialGC" in spec.argv
     assert f"-Dlog4j.configuration=file:{tmp_path}/config/kafka/log4j.properties" in spec.argv
     assert (
         f"-javaagent:{agent}=127.0.0.1:{node.metrics_port}:{kafka.JMX_EXPORTER_RULES}" in spec.argv

@@ -221,9 +221,10 @@ def test_a_sidecar_reaches_consul_on_the_other_host(topology: Topology) -> None:
         sidecar=instance.sidecar,
         consul_bin=Path("consul"),
         envoy_bin=Path("envoy"),
+        consul_ca=Path("/s/ca.pem"),
     )
     assert f"-http-addr=http://{A}:{topology.consul_ports.http}" in argv
-    assert f"-grpc-addr={A}:{topology.consul_ports.grpc}" in argv
+    assert f"-grpc-addr=https://{A}:{topology.consul_ports.grpc}" in argv
     assert argv[argv.index("-admin-bind") + 1] == f"{B}:{instance.sidecar.admin_port}"
 
 

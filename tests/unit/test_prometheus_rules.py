@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+from pathlib import Path
 
+from mesh.components import prometheus
 from mesh.runtime.paths import REPO_ROOT
 from mesh.runtime.provision import PROMETHEUS, install_all
 
@@ -29,3 +32,19 @@ def test_the_alerts_fire_as_their_rule_tests_expect() -> None:
     assert tests
     proc = promtool("test", "rules", *tests)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_envoy_buckets_dropped_at_scrape_are_read_by_no_rule_or_dashboard() -> None:
+    dropped = re.compile(prometheus.ENVOY_UNREAD_BUCKETS[0]["regex"])
+    read = {
+        name
+        for folder in ("observability", "mesh", "services", "tests", "bench")
+        for path in (REPO_ROOT / folder).rglob("*")
+        if path.suffix in {".yml", ".yaml", ".json", ".py"}
+        and path.is_file()
+        and path != Path(__file__)
+        for name in re.findall(r"envoy_[a-z_]+_bucket", path.read_text())
+    }
+    assert "envoy_http_downstream_rq_time_bucket" in read
+    assert not {name for name in read if dropped.fullmatch(name)}
+    assert dropped.fullmatch("envoy_cluster_upstream_cx_length_ms_bucket")
