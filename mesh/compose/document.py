@@ -323,7 +323,7 @@ def _postgres(topology: Topology) -> dict[str, Any]:
 def kafka_environment(
     topology: Topology, placement: ComposePlacement, node_id: int
 ) -> dict[str, str]:
-    """The node's JVM: its heap and JMX exporter agent. Its settings are the server.properties
+    """The node's JVM: its heap, GC and JMX exporter agent. Its settings are the server.properties
     `init` writes into the state volume (mesh/compose/kafka_files.py): they hold its password."""
     node = next(n for n in topology.kafka.nodes if n.id == node_id)
     heap = topology.kafka.heap
