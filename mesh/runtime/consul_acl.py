@@ -79,12 +79,15 @@ def ensure_acls(
 ) -> None:
     """Every policy and token in Consul as the topology has them (made or updated in place),
     through a server with the management token, once the leader has set up ACLs."""
-    with _management_client(topology, placement, state, timeout_s) as client:
+    client = _management_client(topology, placement, state, timeout_s)
+    try:
         policies = {p["Name"]: p["ID"] for p in _ok(client.get("/v1/acl/policies")).json()}
         for spec in tokens(topology):
             if spec.policy is not None:
                 _put_policy(client, spec, policies.get(spec.policy))
             _put_token(client, topology, spec, secret(topology, state, spec.name))
+    finally:
+        client.close()
 
 
 def _management_client(
