@@ -79,7 +79,6 @@ def ensure_acls(
 ) -> None:
     """Every policy and token in Consul as the topology has them (made or updated in place),
     through a server with the management token, once the leader has set up ACLs."""
-    # Already open (it was asked whether it takes the token): closed here, not by `with`.
     client = _management_client(topology, placement, state, timeout_s)
     try:
         policies = {p["Name"]: p["ID"] for p in _ok(client.get("/v1/acl/policies")).json()}
