@@ -237,7 +237,8 @@ def sidecar_spec(
     and Consul's checks of it pass."""
     name = f"{service_id}-sidecar"
     client = operator_client(placement.consul_http_addr(topology, service_id), state)
-    bootstrap_file = state.config / f"{name}-bootstrap.json"
+    # It holds the service's Consul token (the ADS stream's metadata): a secret.
+    bootstrap_file = state.secrets / f"{name}-bootstrap.json"
     socket = envoy_admin.socket_path(state, name)
     admin = envoy_admin.client(socket, timeout=1.0)
 
