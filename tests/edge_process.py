@@ -220,6 +220,7 @@ def running_edge(
             finally:
                 envoy.terminate()
                 envoy.wait(timeout=10)
+                envoy_admin.remove(state)
     finally:
         for stub in stubs:
             stub.shutdown()

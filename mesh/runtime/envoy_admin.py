@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -63,6 +64,19 @@ def prepare(state: StateDir, name: str) -> Path:
     ):
         raise AdminDirError(f"{folder} is not an owner-only folder of this user: refusing it")
     return socket_path(state, name)
+
+
+def remove(state: StateDir) -> None:
+    """Once every Envoy of `state` has stopped: its sockets' folder goes, so a deep state dir
+    leaves nothing behind in the temporary directory. A folder that is not this user's own is
+    left alone."""
+    folder = admin_dir(state)
+    try:
+        info = folder.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+        shutil.rmtree(folder)
 
 
 def address(socket: Path) -> dict[str, Any]:

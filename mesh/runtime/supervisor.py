@@ -375,6 +375,7 @@ class Mesh:
             if spec.name in self._edge_names():
                 self._deregister_edge(spec.name)
             self._kill_orphaned_postmaster(spec.name)
+        envoy_admin.remove(self.state)
 
     def _edge_names(self) -> set[str]:
         return {instance.id for instance in self.topology.edge.instances}

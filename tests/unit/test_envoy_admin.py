@@ -77,7 +77,12 @@ def test_a_deep_state_dir_gets_a_short_owner_only_folder_of_its_own(tmp_path: Pa
     assert (info.st_uid, info.st_mode & 0o777) == (os.getuid(), 0o700)
     other = StateDir(tmp_path / ("e" * 120))
     assert envoy_admin.admin_dir(other) != socket.parent
-    socket.parent.rmdir()
+    envoy_admin.remove(deep)
+    assert not socket.parent.exists()
+
+
+def test_removing_a_folder_that_is_gone_is_nothing_to_do(tmp_path: Path) -> None:
+    envoy_admin.remove(StateDir(tmp_path / ("d" * 120)))
 
 
 def test_a_folder_others_may_enter_is_refused(tmp_path: Path) -> None:
