@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from contracts import EventType
 from services.auth import passwords
-from services.auth.cache import CachedExchange, ExchangeCache
+from services.auth.cache import CachedExchange, ExchangeCache, token_key
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
 from services.auth.credentials import Credential
 from services.auth.domain import Client
@@ -32,6 +32,7 @@ from services.common.auth.principal import Unauthenticated
 from services.common.db import Connection
 from services.common.errors import NotFound, Unavailable
 from services.common.messaging.envelope import Event
+from services.common.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class AuthService:
         self.issuer = issuer
         self.cache = cache or ExchangeCache(clock=clock)
         self._clock = clock
+        self._exchanging: SingleFlight[bytes, CachedExchange] = SingleFlight()
 
     # --- clients and grants ---------------------------------------------------------------
 
@@ -310,20 +312,14 @@ class AuthService:
         """The edge's check: the internal token for this external token, and until when.
 
         Served from the cache while it is fresh; a cached user's blocked status is re-checked
-        every 30 s. Raises what `exchange` raises.
+        every 30 s. Requests for a token not in the cache yet share one exchange. Raises what
+        `exchange` raises.
         """
         entry = self.cache.get(external_token)
         if entry is None:
-            exchanged = await self.exchange(external_token)
-            entry = CachedExchange(
-                internal_token=exchanged.token,
-                sub=exchanged.claims["sub"],
-                is_user=exchanged.is_user,
-                expires_at=exchanged.claims["exp"],
-                checked_at=self._clock(),
+            return await self._exchanging.run(
+                token_key(external_token), lambda: self._exchange_into_cache(external_token)
             )
-            self.cache.put(external_token, entry)
-            return entry
         if self.cache.needs_recheck(entry):
             await self._recheck(entry)
         return entry
@@ -334,6 +330,18 @@ class AuthService:
             return await self._users.get_user(user_id)
         except UsersUnavailable as exc:
             raise Unavailable(USERS_UNAVAILABLE) from exc
+
+    async def _exchange_into_cache(self, external_token: str) -> CachedExchange:
+        exchanged = await self.exchange(external_token)
+        entry = CachedExchange(
+            internal_token=exchanged.token,
+            sub=exchanged.claims["sub"],
+            is_user=exchanged.is_user,
+            expires_at=exchanged.claims["exp"],
+            checked_at=self._clock(),
+        )
+        self.cache.put(external_token, entry)
+        return entry
 
     def reusable_for_s(self, entry: CachedExchange) -> int:
         """How long the edge may reuse an exchanged token: until a little before it expires

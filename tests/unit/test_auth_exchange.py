@@ -170,6 +170,38 @@ def test_the_second_check_of_a_token_is_a_cache_hit():
     assert calls == ["alice"]
 
 
+def test_a_burst_of_checks_of_a_new_token_shares_one_exchange():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        token = external_token(clock)
+        entries = await asyncio.gather(*(service.authorize(token) for _ in range(8)))
+        return entries, users.calls
+
+    entries, calls = asyncio.run(go())
+    assert {entry.internal_token for entry in entries} == {entries[0].internal_token}
+    assert calls == ["alice"]
+
+
+def test_a_failed_shared_exchange_fails_every_check_of_the_burst_and_is_asked_again():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        users.down = True
+        service = make_service(clock, users)
+        token = external_token(clock)
+        burst = await asyncio.gather(
+            *(service.authorize(token) for _ in range(4)), return_exceptions=True
+        )
+        users.down = False
+        again = await service.authorize(token)
+        return burst, again, users.calls
+
+    burst, again, calls = asyncio.run(go())
+    assert all(isinstance(outcome, Unavailable) for outcome in burst)
+    assert again.sub == "alice"
+    assert calls == ["alice", "alice"]
+
+
 def test_the_internal_token_carries_the_users_roles_and_verifies():
     async def go():
         clock, users = Clock(), FakeUsers()
