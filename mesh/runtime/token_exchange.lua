@@ -24,7 +24,16 @@ local INTERNAL, FRESH_UNTIL, USABLE_UNTIL, REFRESHING_UNTIL = 1, 2, 3, 4
 local cache = {}
 local entries = 0
 
-local function remember(key, internal, fresh_s, usable_s, now)
+-- Wall-clock seconds with milliseconds (os.time() counts whole seconds, too coarse for a fresh
+-- time of one or two seconds).
+local function seconds(handle)
+  return handle:timestamp() / 1000
+end
+
+-- Fresh counts from the answer, usable from the question: a slow refresh does not leave the
+-- exchange already past fresh (the token's next request would ask again at once), and the
+-- internal token's life, which auth measured when it answered, is never overrun.
+local function remember(key, internal, fresh_s, usable_s, asked, answered)
   if entries >= MAX_ENTRIES then
     cache = {}
     entries = 0
@@ -32,7 +41,7 @@ local function remember(key, internal, fresh_s, usable_s, now)
   if cache[key] == nil then
     entries = entries + 1
   end
-  cache[key] = {internal, now + fresh_s, now + usable_s, 0}
+  cache[key] = {internal, answered + fresh_s, asked + usable_s, 0}
 end
 
 local function forget(key)
@@ -51,8 +60,7 @@ local function lifetimes(cache_control)
     return 0, 0
   end
   local usable = tonumber(seconds)
-  local fresh = math.floor(math.min(usable, MAX_AGE_S) * (1 - JITTER * math.random()))
-  return fresh, usable
+  return math.min(usable, MAX_AGE_S) * (1 - JITTER * math.random()), usable
 end
 
 local UNAVAILABLE = '{"type":"/problems/unavailable","title":"Service Unavailable","status":503,'
@@ -81,7 +89,7 @@ end
 function envoy_on_request(handle)
   local headers = handle:headers()
   local external = headers:get("authorization")
-  local now = os.time()
+  local now = seconds(handle)
   local known = external and cache[external]
   if known ~= nil then
     local usable = now < known[USABLE_UNTIL]
@@ -102,7 +110,7 @@ function envoy_on_request(handle)
   if reply[":status"] ~= "200" or internal == nil then
     if refused(reply) then
       forget(external)
-    elseif known ~= nil and os.time() < known[USABLE_UNTIL] then
+    elseif known ~= nil and seconds(handle) < known[USABLE_UNTIL] then
       -- Auth is away: the token it gave before is still good.
       handle:headers():replace("authorization", known[INTERNAL])
       return
@@ -112,7 +120,7 @@ function envoy_on_request(handle)
   end
   local fresh_s, usable_s = lifetimes(reply["cache-control"])
   if external ~= nil and fresh_s > 0 then
-    remember(external, internal, fresh_s, usable_s, now)
+    remember(external, internal, fresh_s, usable_s, now, seconds(handle))
   end
   -- The header map fetched before httpCall is no longer valid after it: fetch it again.
   handle:headers():replace("authorization", internal)

@@ -80,6 +80,20 @@ def test_a_token_past_fresh_is_refreshed_by_one_request_while_the_others_keep_it
     assert exchanged(edge, token) == 2, "one refresh for the whole burst"
 
 
+def test_a_slow_refresh_leaves_the_exchange_fresh_for_the_tokens_next_request(
+    edge: Edge,
+) -> None:
+    token = edge.token("slowly-refreshed-user")
+    assert edge.get("plain", None, token=token)[0] == 200
+    edge.upstreams.delay_s = 1.5  # longer than the whole fresh time counted from the question
+
+    assert until_asked_again(edge, token, lambda: edge.get("plain", None, token=token)[0]) == 200
+    refreshed = exchanged(edge, token)
+
+    assert edge.get("plain", None, token=token)[0] == 200
+    assert exchanged(edge, token) == refreshed, "fresh time counts from auth's answer"
+
+
 def test_a_refused_refresh_drops_the_token_at_once(edge: Edge) -> None:
     token = edge.token("soon-blocked-user")
     assert edge.get("plain", None, token=token)[0] == 200
