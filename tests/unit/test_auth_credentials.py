@@ -17,7 +17,13 @@ from services.auth.repository import PostgresCredentials
 from services.auth.service import AuthService, in_batches
 from tests.unit.test_auth_oauth import ISSUER, FakeUsers, MemoryKeys, call, external, internal
 
-ADMIN = {"Authorization": f"Bearer {internal('admin', ['user', 'admin'])}"}
+
+def admin() -> dict[str, str]:
+    """An admin's headers, minted when used: a token minted at import would expire before a
+    test that runs late in a long suite."""
+    return {"Authorization": f"Bearer {internal('admin', ['user', 'admin'])}"}
+
+
 PROBLEM = "application/problem+json"
 
 
@@ -37,7 +43,8 @@ def auth_service(pool=None, users=None):
     return AuthService(credentials, keys, users, issuer=ISSUER, cache=ExchangeCache())
 
 
-def post(body, *, pool=None, users=None, headers=ADMIN):
+def post(body, *, pool=None, users=None, headers=None):
+    headers = admin() if headers is None else headers
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return call(
         "POST",
@@ -63,20 +70,18 @@ def test_an_admin_sets_passwords_that_then_verify():
 
 
 @pytest.mark.parametrize(
-    ("headers", "status", "problem"),
+    ("token", "status", "problem"),
     [
-        ({}, 401, "/problems/unauthenticated"),
-        ({"Authorization": f"Bearer {external('admin')}"}, 401, "/problems/unauthenticated"),
-        ({"Authorization": f"Bearer {internal('alice', ['user'])}"}, 403, "/problems/forbidden"),
-        (
-            {"Authorization": f"Bearer {internal('orders', ['service'])}"},
-            403,
-            "/problems/forbidden",
-        ),
+        (lambda: None, 401, "/problems/unauthenticated"),
+        (lambda: external("admin"), 401, "/problems/unauthenticated"),
+        (lambda: internal("alice", ["user"]), 403, "/problems/forbidden"),
+        (lambda: internal("orders", ["service"]), 403, "/problems/forbidden"),
     ],
 )
-def test_setting_passwords_needs_an_internal_token_with_the_admin_role(headers, status, problem):
+def test_setting_passwords_needs_an_internal_token_with_the_admin_role(token, status, problem):
     pool = StoringPool()
+    minted = token()
+    headers = {} if minted is None else {"Authorization": f"Bearer {minted}"}
     got, response_headers, body = post(credentials(("alice", "pw")), pool=pool, headers=headers)
     assert (got, body["type"]) == (status, problem)
     assert response_headers["Content-Type"].startswith(PROBLEM)
@@ -197,7 +202,7 @@ def test_a_body_that_is_no_json_object_of_text_is_a_400_problem(raw, content_typ
         "/auth/credentials",
         auth_service(),
         data=raw,
-        headers={"Content-Type": content_type, **ADMIN},
+        headers={"Content-Type": content_type, **admin()},
     )
     assert (status, problem["type"]) == (400, "/problems/malformed-request")
 

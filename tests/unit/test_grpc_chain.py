@@ -17,10 +17,15 @@ from services.users.service import UserPage
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 
 KEY = generate_signing_key(datetime.now(UTC))
-ADMIN = (("authorization", "Bearer " + sign(
-    internal_claims(sub="admin", roles=("user", "admin"), now=int(datetime.now(UTC).timestamp())),
-    KEY,
-)),)  # fmt: skip
+
+
+def admin():
+    """An admin's metadata, minted when used (one minted at import could expire before a test
+    that runs late in a long suite)."""
+    claims = internal_claims(
+        sub="admin", roles=("user", "admin"), now=int(datetime.now(UTC).timestamp())
+    )
+    return (("authorization", "Bearer " + sign(claims, KEY)),)
 
 
 class StaticKeys:
@@ -59,10 +64,11 @@ async def with_server(users, faults, scenario):
         await server.stop(0)
 
 
-async def get_user(channel, user_id="alice", metadata=ADMIN):
+async def get_user(channel, user_id="alice", metadata=None):
     stub = users_pb2_grpc.UserServiceStub(channel)
     try:
         request = users_pb2.GetUserRequest(user_id=user_id)
+        metadata = admin() if metadata is None else metadata
         user = await stub.GetUser(request, timeout=5, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details()
@@ -109,7 +115,7 @@ def test_an_injected_fault_fails_only_the_named_method_with_unavailable():
 
     async def scenario(channel):
         stub = users_pb2_grpc.UserServiceStub(channel)
-        listed = await stub.ListUsers(users_pb2.ListUsersRequest(), timeout=5, metadata=ADMIN)
+        listed = await stub.ListUsers(users_pb2.ListUsersRequest(), timeout=5, metadata=admin())
         return await get_user(channel), [u.id for u in listed.users]
 
     assert run(FakeUsers(), scenario, faults) == (
