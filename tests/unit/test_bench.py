@@ -264,6 +264,15 @@ def test_the_targets_table_says_met_or_not_met_from_the_runs() -> None:
     assert found["issue must: order → WebSocket PAID: p99 ≤ 300 ms"] == "—"
 
 
+def test_a_target_above_the_rate_its_scenario_saturated_at_is_not_met() -> None:
+    measured = results()
+    measured["skipped"]["edge-h2"] = "saturated at 1,000/s (640/s answered, 30.0 % errors)"
+    document = report.document(measured)
+    aim = "issue aim: GET /orders/{id} through the edge, TLS h2: ≥ 2000 req/s, p99 ≤ 50 ms"
+    assert verdicts(document)[aim] == "**not met**"
+    assert "not reached: edge TLS h2 saturated at 1,000/s (640/s answered" in document
+
+
 def test_the_report_puts_the_paths_side_by_side_and_names_every_command() -> None:
     document = report.document(results())
     assert "| req/s offered | direct | sidecar pair | edge h1 | edge TLS h2 | edge h3 |" in document
