@@ -31,7 +31,7 @@ from mesh.components.consul_acl import PATRONI
 from mesh.components.postgres import SUPERUSER, ensure_databases, passwords
 from mesh.placement import Placement
 from mesh.runtime import consul_acl
-from mesh.runtime.paths import OWNER_ONLY_FILE, StateDir
+from mesh.runtime.paths import OWNER_ONLY_FILE, StateDir, write_private
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.tls import consul_ca
 from mesh.topology import PostgresNode, Topology
@@ -92,7 +92,7 @@ def _prepare(
     fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY_FILE)
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(document, fh, sort_keys=False)
-    shutil.copyfile(consul_ca(state), consul_ca_copy(state))
+    write_private(consul_ca_copy(state), consul_ca(state).read_bytes())
     if RUN_AS:
         shutil.chown(folder.parent, RUN_AS, RUN_AS)
         shutil.chown(folder, RUN_AS, RUN_AS)
