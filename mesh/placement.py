@@ -28,7 +28,7 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mesh.topology import Topology
+    from mesh.topology import ConsulServer, Topology
 
 # Where an app reaches its own sidecar's upstream listeners, in every placement: the sidecar
 # shares the app's network namespace (services call `127.0.0.1:<local_bind_port>`).
@@ -92,8 +92,14 @@ class Placement(ABC):
         return CONSUL
 
     def consul_http_addr(self, topology: Topology, component: str = CONSUL) -> str:
-        """The HTTP API of `component`'s Consul agent, as that component reaches it."""
-        return f"http://{self.host(self.consul_agent(component))}:{topology.consul_ports.http}"
+        """The HTTP API of `component`'s Consul agent (HTTPS only), as that component reaches
+        it: what CONSUL_HTTP_ADDR holds."""
+        return f"https://{self.host(self.consul_agent(component))}:{topology.consul_ports.https}"
+
+    def consul_server_addr(self, server: ConsulServer) -> str:
+        """A Consul server's own HTTP API (HTTPS only): its status, metrics, and the ACL
+        bootstrap."""
+        return f"https://{self.host(server.name)}:{server.https}"
 
     def kafka_bootstrap(self, topology: Topology) -> str:
         return ",".join(f"{self.host(n.name)}:{n.port}" for n in topology.kafka.nodes)

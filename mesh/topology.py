@@ -142,7 +142,8 @@ class LoginLimits:
 class ConsulPorts:
     """The ports of this host's Consul agent (a client agent)."""
 
-    http: int
+    # Its HTTP API, served over TLS only.
+    https: int
     grpc: int
     serf_lan: int
 
@@ -153,8 +154,8 @@ class ConsulServer:
     # Raft and the agents' RPC.
     server: int
     serf_lan: int
-    # Its own HTTP API: status, and its metrics for Prometheus.
-    http: int
+    # Its own HTTP API, over TLS only: status, and its metrics for Prometheus.
+    https: int
 
     @property
     def name(self) -> str:

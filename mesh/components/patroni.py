@@ -76,9 +76,12 @@ def config(
     superuser_password: str,
     roles: dict[str, str],
     consul_token: str,
+    consul_ca: Path,
 ) -> dict[str, Any]:
     """The node's patroni.yml, as a dict. It carries passwords and Patroni's Consul token:
-    written owner-only, Patroni's user's (which cannot read the state dir's secrets)."""
+    written owner-only, Patroni's user's (which cannot read the state dir's secrets: the
+    Consul CA's certificate it checks the agent's HTTPS API with, `consul_ca`, is a copy in
+    its own folder)."""
     host = placement.address(node.name)
     consul = placement.consul_http_addr(topology)
     trusted = f"{host}/32"
@@ -92,7 +95,13 @@ def config(
             "authentication": {"username": RESTAPI, "password": roles[RESTAPI]},
         },
         # The node's agent; the services find the primary themselves (a multi-host URL).
-        "consul": {"url": consul, "register_service": False, "token": consul_token},
+        "consul": {
+            "url": consul,
+            "cacert": str(consul_ca),
+            "verify": True,
+            "register_service": False,
+            "token": consul_token,
+        },
         "bootstrap": {
             "dcs": {
                 "ttl": TTL_S,

@@ -85,12 +85,15 @@ def config(
     rule_files: list[str],
     discovery: Discovery,
     consul_token_file: str,
+    consul_ca_file: str,
 ) -> dict[str, Any]:
     """Every scrape job, each target where the placement has it; the workers stay static
     targets of the services job (Consul's relabelling touches discovered ones only). What asks
-    Consul (its discovery, the scrape of its agents) sends Prometheus's token from
+    Consul (its discovery, the scrape of its agents) does it over HTTPS, checking the agent with
+    the Consul CA's certificate `consul_ca_file`, and sends Prometheus's token from
     `consul_token_file` (Consul takes `Authorization: Bearer`)."""
     consul_auth = {"type": "Bearer", "credentials_file": consul_token_file}
+    consul_tls = {"scheme": "https", "tls_config": {"ca_file": consul_ca_file}}
 
     def at(component: str, port: int) -> str:
         return f"{placement.host(component)}:{port}"
@@ -111,12 +114,13 @@ def config(
         services |= {"file_sd_configs": discovery.configs(SERVICES_FILE), "static_configs": workers}
         envoy["file_sd_configs"] = discovery.configs(ENVOY_FILE)
     else:
-        consul_server = at(CONSUL, topology.consul_ports.http)
+        consul_server = at(CONSUL, topology.consul_ports.https)
         services |= {
             "static_configs": workers,
             "consul_sd_configs": [
                 {
                     "server": consul_server,
+                    **consul_tls,
                     "refresh_interval": CONSUL_SD_REFRESH,
                     "authorization": consul_auth,
                 }
@@ -145,11 +149,12 @@ def config(
             "job_name": "consul",
             "metrics_path": "/v1/agent/metrics",
             "params": {"format": ["prometheus"]},
+            **consul_tls,
             "authorization": consul_auth,
             "static_configs": [
-                {"targets": [at(CONSUL, topology.consul_ports.http)],
+                {"targets": [at(CONSUL, topology.consul_ports.https)],
                  "labels": {"instance": "consul", "service": "consul"}},
-                *({"targets": [at(server.name, server.http)],
+                *({"targets": [at(server.name, server.https)],
                    "labels": {"instance": server.name, "service": "consul"}}
                   for server in topology.consul_servers),
             ],

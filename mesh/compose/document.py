@@ -137,6 +137,7 @@ def wiring(placement: ComposePlacement) -> Wiring:
         database_password=lambda database: None,
         auth_seed_file=lambda: str(demo.seed_file(STATE)),
         consul_token_file=lambda service: str(token_file(STATE, service_token(service))),
+        consul_ca_file=str(tls.consul_ca(STATE)),
         kafka_password_file=lambda principal: str(kafka_auth.password_file(STATE, principal)),
     )
 
@@ -175,16 +176,19 @@ def _consul_passing(
     topology: Topology, placement: ComposePlacement, instance: Instance
 ) -> dict[str, Any]:
     """Consul's aggregated health of the instance (200 only when passing), as natively; asked
-    with its service's token (its identity reads every service)."""
+    with its service's token (its identity reads every service), the agent checked with the
+    Consul CA."""
     agent = placement.consul_http_addr(topology, instance.id)
     url = f"{agent}/v1/agent/health/service/id/{instance.id}"
     token = token_file(STATE, service_token(instance.service))
     probe = (
-        "import sys, urllib.request as u; "
+        "import ssl, sys, urllib.request as u; "
         "t = open(sys.argv[2]).read().strip(); "
-        "u.urlopen(u.Request(sys.argv[1], headers={'X-Consul-Token': t}), timeout=3)"
+        "c = ssl.create_default_context(cafile=sys.argv[3]); "
+        "u.urlopen(u.Request(sys.argv[1], headers={'X-Consul-Token': t}), timeout=3, context=c)"
     )
-    return _healthcheck(["CMD", "python", "-c", probe, url, str(token)])
+    check = ["CMD", "python", "-c", probe, url, str(token), str(tls.consul_ca(STATE))]
+    return _healthcheck(check)
 
 
 def _state_volume(read_only: bool = True) -> str:
@@ -208,10 +212,10 @@ def _consul(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     config = consul.agent_config(
         topology, placement, Path(CONSUL_DATA), tls.consul_certs(STATE, CONSUL)
     )
-    http = topology.consul_ports.http
+    https = topology.consul_ports.https
     return {
-        **_consul_agent(placement, CONSUL, config, "consul-agent-data", http),
-        "ports": [f"{placement.public()}:{http}:{http}"],
+        **_consul_agent(placement, CONSUL, config, "consul-agent-data", https),
+        "ports": [f"{placement.public()}:{https}:{https}"],
     }
 
 
@@ -221,15 +225,17 @@ def _consul_server(
     config = consul.server_config(
         topology, placement, server, Path(CONSUL_DATA), tls.consul_certs(STATE, server.name)
     )
-    return _consul_agent(placement, server.name, config, f"{server.name}-data", server.http)
+    return _consul_agent(placement, server.name, config, f"{server.name}-data", server.https)
 
 
 def _consul_agent(
-    placement: ComposePlacement, name: str, config: dict[str, Any], volume: str, http: int
+    placement: ComposePlacement, name: str, config: dict[str, Any], volume: str, https: int
 ) -> dict[str, Any]:
     """A Consul agent's container (a server or the client agent), healthy once the servers'
     Raft has a leader, as the agent sees it (/v1/status/leader: the one read that needs no
-    token)."""
+    token), asked over HTTPS at `localhost` (a name its certificate has), checked with the
+    Consul CA (the image has curl)."""
+    leader = f"https://localhost:{https}/v1/status/leader"
     return {
         "image": IMAGES["consul"],
         # The gossip key, the agent's certificate and its ACL tokens: from the state volume,
@@ -247,7 +253,7 @@ def _consul_agent(
         "healthcheck": _healthcheck(
             [
                 "CMD-SHELL",
-                f"wget -q -O - http://{placement.admin(name)}:{http}/v1/status/leader | grep -q :",
+                f"curl -sf --cacert {tls.consul_ca(STATE)} {leader} | grep -q :",
             ]
         ),
         **_long_running("256m"),
@@ -260,7 +266,7 @@ def _consul_config(topology: Topology, placement: ComposePlacement) -> dict[str,
     write = (
         "for entry in /config-entries/*.hcl; do "
         f"consul config write -http-addr={placement.consul_http_addr(topology)}"
-        f" -token-file={token_file(STATE, OPERATOR)}"
+        f" -ca-file={tls.consul_ca(STATE)} -token-file={token_file(STATE, OPERATOR)}"
         ' "$$entry" || exit 1; done'
     )
     return _one_shot(
@@ -481,15 +487,18 @@ def sidecar_command(
     """`consul connect envoy`, with the sidecar image's binaries and its service's token; it
     execs Envoy itself, with the admin API on the loopback of the instance's network namespace
     (natively: a Unix socket, docs/security.md#envoy-admin-apis)."""
+    connect = consul.ConnectEnvoy(
+        service_id=service_id,
+        consul_bin=Path("consul"),
+        consul_ca=tls.consul_ca(STATE),
+        token_file=token_file(STATE, service_token(service)),
+    )
     return consul.sidecar_argv(
         topology,
         placement,
-        service_id=service_id,
+        connect,
         admin_port=SIDECAR_ADMIN_PORT,
-        consul_bin=Path("consul"),
         envoy_bin=Path("/usr/local/bin/envoy"),
-        consul_ca=tls.consul_certs(STATE, CONSUL).ca_cert,
-        token_file=token_file(STATE, service_token(service)),
     )
 
 
@@ -718,4 +727,5 @@ def prometheus_config(topology: Topology, placement: ComposePlacement) -> dict[s
         rule_files=rules,
         discovery=discovery,
         consul_token_file=str(token_file(STATE, PROMETHEUS_TOKEN)),
+        consul_ca_file=str(tls.consul_ca(STATE)),
     )

@@ -33,7 +33,6 @@ from mesh.compose.volume import (
     edge_config,
 )
 from mesh.placement import (
-    CONSUL,
     POSTGRES,
     ComposePlacement,
 )
@@ -77,14 +76,15 @@ def init(topology: Topology) -> None:
 
 def _consul_transport(topology: Topology, placement: ComposePlacement) -> None:
     """The gossip key and each agent's certificate and key for the consul user; the CA's
-    certificate for everyone (the sidecars check the agent's with it); its key for nobody."""
+    certificate for everyone (every client of an agent checks the agent's with it); its key
+    for nobody."""
     consul_runtime.ensure_transport(topology, placement, STATE)
     shutil.chown(consul_runtime.gossip_key_file(STATE), CONSUL_UID, CONSUL_UID)
     for agent in consul.agent_names(topology, placement):
         certs = tls.consul_certs(STATE, agent)
         for path in (certs.cert, certs.key):
             shutil.chown(path, CONSUL_UID, CONSUL_UID)
-    ca_cert = tls.consul_certs(STATE, CONSUL).ca_cert
+    ca_cert = tls.consul_ca(STATE)
     ca_cert.chmod(0o644)
     ca_cert.parent.chmod(0o711)
 
@@ -121,7 +121,7 @@ def bootstrap(topology: Topology) -> None:
     files = edge.EdgeFiles(certs.server_cert, certs.server_key, EDGE_DESCRIPTORS, EDGE_ADMIN_SOCKET)
     edge_token = consul_acl.token_file(STATE, service_token(EDGE_SERVICE))
     addr = placement.consul_http_addr(topology)
-    with consul.ConsulClient(addr, token_file=edge_token) as client:
+    with consul.ConsulClient(addr, ca_file=tls.consul_ca(STATE), token_file=edge_token) as client:
         for instance in topology.edge.instances:
             config = edge.envoy_config(topology, placement, files, instance)
             edge_config(instance).write_text(json.dumps(config, indent=2))

@@ -57,7 +57,7 @@ def _next_steps(mesh: Mesh) -> str:
     base = f"http://{t.bind_host}:{t.edge.http_port}"
     return f"""
 edge gateway:  {base}
-consul UI:     {t.consul_http_addr}/ui
+consul UI:     {t.consul_http_addr}/ui   (its CA: mesh ca --consul)
 jaeger UI:     {jaeger.query_url(t)}
 state dir:     {mesh.state.root}
 
@@ -207,8 +207,10 @@ def cmd_fault(args: argparse.Namespace) -> int:
 
 
 def cmd_ca(args: argparse.Namespace) -> int:
-    """The local CA that signed the edge's certificate: `curl --cacert "$(mesh ca)" ...`."""
-    path = tls.edge_certs(StateDir.default()).ca_cert
+    """The local CA that signed the edge's certificate: `curl --cacert "$(mesh ca)" ...`; with
+    --consul, Consul's, which signed its agents': `curl --cacert "$(mesh ca --consul)" ...`."""
+    state = StateDir.default()
+    path = tls.consul_ca(state) if args.consul else tls.edge_certs(state).ca_cert
     if not path.exists():
         raise MeshError(f"no CA yet at {path}: it is created by the first `mesh up`")
     print(path)
@@ -283,11 +285,14 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 
 def cmd_consul(args: argparse.Namespace) -> int:
-    """The pinned consul binary, pointed at the mesh's agent, with the operator token."""
+    """The pinned consul binary, pointed at the mesh's agent (HTTPS, checked with the Consul
+    CA), with the operator token."""
     topology = load()
+    state = StateDir.default()
     consul_bin = install_all()["consul"]["consul"]
     os.environ["CONSUL_HTTP_ADDR"] = topology.consul_http_addr
-    os.environ["CONSUL_HTTP_TOKEN_FILE"] = str(token_file(StateDir.default(), OPERATOR))
+    os.environ["CONSUL_CACERT"] = str(tls.consul_ca(state))
+    os.environ["CONSUL_HTTP_TOKEN_FILE"] = str(token_file(state, OPERATOR))
     os.execv(consul_bin, [str(consul_bin), *args.args])
 
 
@@ -350,9 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--method", action="append", help="only this RPC or path prefix (repeat)")
     fault.add_argument("--clear", action="store_true", help="remove the service's faults")
     fault.set_defaults(func=cmd_fault)
-    sub.add_parser("ca", help="print the path of the edge's local CA certificate").set_defaults(
-        func=cmd_ca
+    ca = sub.add_parser("ca", help="print the path of the edge's local CA certificate")
+    ca.add_argument(
+        "--consul", action="store_true", help="Consul's CA instead (its agents' HTTPS API)"
     )
+    ca.set_defaults(func=cmd_ca)
     token = sub.add_parser("token", help="print an access token for a demo or created user")
     token.add_argument("user", help="alice, bob, admin, or an id `mesh users create` printed")
     token.set_defaults(func=cmd_token)

@@ -15,6 +15,7 @@ import httpx
 
 from mesh.components.consul import (
     CONFIG_ENTRIES_DIR,
+    ConnectEnvoy,
     ConsulClient,
     agent_config,
     agent_names,
@@ -29,7 +30,7 @@ from mesh.placement import CONSUL, Placement
 from mesh.runtime import consul_acl, envoy_admin, process
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.process import ProcessSpec
-from mesh.runtime.tls import consul_certs, ensure_consul_certs
+from mesh.runtime.tls import consul_ca, consul_certs, ensure_consul_certs
 from mesh.topology import ConsulServer, Sidecar, Topology
 
 # A Serf member's status in /v1/agent/members: 1 alive (2 leaving, 3 left, 4 failed).
@@ -63,8 +64,14 @@ def _agent_argv(consul_bin: Path, config_file: Path, state: StateDir, agent: str
 
 
 def operator_client(addr: str, state: StateDir, timeout: float = 2.0) -> ConsulClient:
-    """A client with the operator token (mesh/components/consul_acl.py)."""
-    return ConsulClient(addr, timeout, token_file=consul_acl.token_file(state, OPERATOR))
+    """A client with the operator token (mesh/components/consul_acl.py), checking the agent at
+    `addr` with the state dir's Consul CA."""
+    return ConsulClient(
+        addr,
+        timeout,
+        ca_file=consul_ca(state),
+        token_file=consul_acl.token_file(state, OPERATOR),
+    )
 
 
 def server_specs(
@@ -94,7 +101,7 @@ def _server_spec(
     the leader."""
     config_file = state.config / f"{server.name}.json"
     data_dir = state.data / server.name
-    client = ConsulClient(_server_http(placement, server))
+    client = ConsulClient(placement.consul_server_addr(server), ca_file=consul_ca(state))
     quorum = len(topology.consul_servers) // 2 + 1
 
     def write_config() -> None:
@@ -112,7 +119,7 @@ def _server_spec(
             if not client.http.get("/v1/status/peers").json():
                 return None
         except httpx.HTTPError as exc:
-            return f"HTTP API not answering ({exc.__class__.__name__})"
+            return f"HTTPS API not answering ({exc.__class__.__name__})"
         running = [s.name for s in topology.consul_servers if process.running(state, s.name)]
         if len(running) < quorum:
             return None
@@ -121,7 +128,7 @@ def _server_spec(
     return ProcessSpec(
         name=server.name,
         argv=_agent_argv(consul_bin, config_file, state, server.name),
-        ports=(server.server, server.serf_lan, server.http),
+        ports=(server.server, server.serf_lan, server.https),
         # SIGINT: a server shuts down without leaving the Raft peer set (Consul's default for
         # servers), so it comes back as the same voter.
         stop_signal=2,
@@ -161,7 +168,7 @@ def agent_spec(
                 return f"Connect CA not ready ({resp.status_code} {resp.text.strip()[:80]})"
             return None if resp.json().get("Roots") else "Connect CA has no root yet"
         except httpx.HTTPError as exc:
-            return f"HTTP API not answering ({exc.__class__.__name__})"
+            return f"HTTPS API not answering ({exc.__class__.__name__})"
 
     return ProcessSpec(
         name=CONSUL,
@@ -178,7 +185,7 @@ def cluster_health(topology: Topology, placement: Placement, state: StateDir) ->
     healthy voters (Consul's autopilot); `ok, ...` only when every server is one."""
     for server in topology.consul_servers:
         try:
-            with operator_client(_server_http(placement, server), state, 1.0) as client:
+            with operator_client(placement.consul_server_addr(server), state, 1.0) as client:
                 resp = client.http.get("/v1/operator/autopilot/health")
             # 429: answered, but not every server is healthy.
             if resp.status_code not in (200, 429):
@@ -198,18 +205,18 @@ def cluster_health(topology: Topology, placement: Placement, state: StateDir) ->
     return "no leader: no quorum of servers answers"
 
 
-def _server_http(placement: Placement, server: ConsulServer) -> str:
-    return f"http://{placement.host(server.name)}:{server.http}"
-
-
 def apply_config_entries(consul_bin: Path, http_addr: str, state: StateDir) -> list[str]:
     """`consul config write` every file in mesh/consul/config-entries (idempotent), with the
-    operator token."""
-    token = f"-token-file={consul_acl.token_file(state, OPERATOR)}"
+    operator token, checking the agent with the Consul CA."""
+    connection = [
+        f"-http-addr={http_addr}",
+        f"-ca-file={consul_ca(state)}",
+        f"-token-file={consul_acl.token_file(state, OPERATOR)}",
+    ]
     written = []
     for entry in sorted(CONFIG_ENTRIES_DIR.glob("*.hcl")):
         proc = subprocess.run(
-            [str(consul_bin), "config", "write", f"-http-addr={http_addr}", token, str(entry)],
+            [str(consul_bin), "config", "write", *connection, str(entry)],
             capture_output=True,
             text=True,
         )
@@ -243,14 +250,13 @@ def sidecar_spec(
     admin = envoy_admin.client(socket, timeout=1.0)
 
     def write_bootstrap() -> None:
-        argv = bootstrap_argv(
-            topology,
-            placement,
+        connect = ConnectEnvoy(
             service_id=service_id,
             consul_bin=consul_bin,
-            consul_ca=consul_certs(state, CONSUL).ca_cert,
+            consul_ca=consul_ca(state),
             token_file=consul_acl.token_file(state, service_token(service)),
         )
+        argv = bootstrap_argv(topology, placement, connect)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         if proc.returncode != 0:
             raise RuntimeError(f"consul connect envoy -bootstrap failed: {proc.stderr.strip()}")

@@ -11,6 +11,7 @@ Each agent gets its tokens from a config file of its own there. Once the servers
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +28,7 @@ from mesh.components.consul_acl import (
 )
 from mesh.placement import Placement
 from mesh.runtime.paths import OWNER_ONLY_DIR, StateDir, write_private
+from mesh.runtime.tls import consul_ca
 from mesh.topology import Topology
 
 TOKEN_HEADER = "X-Consul-Token"
@@ -100,8 +102,12 @@ def _management_client(
     last = "no server asked yet"
     while True:
         for server in topology.consul_servers:
-            base = f"http://{placement.host(server.name)}:{server.http}"
-            client = httpx.Client(base_url=base, headers=headers, timeout=5.0)
+            client = httpx.Client(
+                base_url=placement.consul_server_addr(server),
+                headers=headers,
+                timeout=5.0,
+                verify=ssl.create_default_context(cafile=str(consul_ca(state))),
+            )
             try:
                 resp = client.get("/v1/acl/token/self")
                 if resp.status_code == 200:

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import sys
 import tempfile
 import time
@@ -142,16 +143,25 @@ def _host(host: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--consul", required=True, help="Consul HTTP address (http://host:port)")
+    parser.add_argument(
+        "--consul", required=True, help="Consul's HTTPS API address (https://host:port)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="directory of the file_sd files")
     parser.add_argument(
         "--token-file", required=True, type=Path, help="file of the Consul token to read with"
+    )
+    parser.add_argument(
+        "--ca-file",
+        required=True,
+        type=Path,
+        help="the Consul CA's certificate, to check the agent",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     auth = TokenFile(args.token_file)
-    with httpx.Client(base_url=args.consul, timeout=5.0, auth=auth) as client:
+    verify = ssl.create_default_context(cafile=str(args.ca_file))
+    with httpx.Client(base_url=args.consul, timeout=5.0, auth=auth, verify=verify) as client:
         CatalogWatcher(client, args.out).run()
     return 0
 

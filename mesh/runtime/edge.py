@@ -26,7 +26,7 @@ from mesh.runtime import envoy_admin, protos
 from mesh.runtime.consul_acl import token_file
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
-from mesh.runtime.tls import ensure_edge_certs
+from mesh.runtime.tls import consul_ca, ensure_edge_certs
 from mesh.topology import EdgeInstance, Topology
 
 # After the drain time: for the balancer's last connections to the edge to end.
@@ -56,7 +56,9 @@ def edge_spec(
         # the edge's token.
         token = token_file(state, service_token(EDGE_SERVICE))
         with ConsulClient(
-            placement.consul_http_addr(topology, edge.id), token_file=token
+            placement.consul_http_addr(topology, edge.id),
+            ca_file=consul_ca(state),
+            token_file=token,
         ) as client:
             client.register(edge_registration(topology, placement, edge))
 

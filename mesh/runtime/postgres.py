@@ -31,8 +31,9 @@ from mesh.components.consul_acl import PATRONI
 from mesh.components.postgres import SUPERUSER, ensure_databases, passwords
 from mesh.placement import Placement
 from mesh.runtime import consul_acl
-from mesh.runtime.paths import OWNER_ONLY_FILE, StateDir
+from mesh.runtime.paths import OWNER_ONLY_FILE, StateDir, write_private
 from mesh.runtime.process import ProcessSpec
+from mesh.runtime.tls import consul_ca
 from mesh.topology import PostgresNode, Topology
 
 # Postgres refuses to run as root; as root we run Patroni, and so Postgres, as the Debian
@@ -54,6 +55,12 @@ def data_dir(state: StateDir, node: PostgresNode) -> Path:
     return home(state) / node.name
 
 
+def consul_ca_copy(state: StateDir) -> Path:
+    """Where Patroni finds the Consul CA's certificate: its own folder (it cannot read the
+    state dir's secrets)."""
+    return home(state) / "consul-ca.pem"
+
+
 def _patroni_command(binaries: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
     """How to run the Patroni pinned in pyproject.toml: this interpreter, or, for the postgres
     user, which may not reach it (a pyenv under /root), Debian's python of the same version
@@ -71,8 +78,9 @@ def _prepare(
     document: dict[str, Any],
     config_file: Path,
 ) -> None:
-    """The node's folder and config file (owner-only). A data dir left by an earlier state dir
-    at the same path, whose secrets are gone, is removed."""
+    """The node's folder, config file (owner-only) and the Consul CA's certificate (copied at
+    each start: a state dir from before Consul's HTTPS API gets it too). A data dir left by an
+    earlier state dir at the same path, whose secrets are gone, is removed."""
     pgdata = data_dir(state, node)
     marker = state.data / f"{node.name}-initialized"
     if pgdata.exists() and not marker.exists():
@@ -84,10 +92,12 @@ def _prepare(
     fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY_FILE)
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(document, fh, sort_keys=False)
+    write_private(consul_ca_copy(state), consul_ca(state).read_bytes())
     if RUN_AS:
         shutil.chown(folder.parent, RUN_AS, RUN_AS)
         shutil.chown(folder, RUN_AS, RUN_AS)
         shutil.chown(config_file, RUN_AS, RUN_AS)
+        shutil.chown(consul_ca_copy(state), RUN_AS, RUN_AS)
     marker.write_text(str(pgdata))
 
 
@@ -185,6 +195,7 @@ def node_specs(
             superuser_password=superuser,
             roles=roles,
             consul_token=consul_acl.secret(topology, state, PATRONI),
+            consul_ca=consul_ca_copy(state),
         )
 
         def ready(node: PostgresNode = node) -> str | None:

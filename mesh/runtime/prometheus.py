@@ -23,6 +23,7 @@ from mesh.placement import PROMETHEUS, Placement
 from mesh.runtime.consul_acl import token_file
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.process import ProcessSpec
+from mesh.runtime.tls import consul_ca
 from mesh.topology import Topology
 
 
@@ -56,6 +57,7 @@ def discovery_spec(topology: Topology, placement: Placement, state: StateDir) ->
             f"--consul={placement.consul_http_addr(topology)}",
             f"--out={out}",
             f"--token-file={token_file(state, PROMETHEUS_TOKEN)}",
+            f"--ca-file={consul_ca(state)}",
         ],
         cwd=REPO_ROOT,
         env={"PYTHONUNBUFFERED": "1"},
@@ -81,6 +83,7 @@ def server_spec(
             rule_files=native_rule_files(),
             discovery=discovery,
             consul_token_file=str(token_file(state, PROMETHEUS_TOKEN)),
+            consul_ca_file=str(consul_ca(state)),
         )
         config_file.write_text(yaml.safe_dump(generated, sort_keys=False))
 

@@ -38,6 +38,7 @@ from mesh.runtime import (
 from mesh.runtime.paths import REPO_ROOT, StateDir, make_private, private_files
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import install_all
+from mesh.runtime.tls import consul_ca
 from mesh.topology import EdgeInstance, Instance, Topology, Workers
 from mesh.wiring import Wiring, instance_env, worker_env
 
@@ -66,6 +67,7 @@ def native_wiring(topology: Topology, state: StateDir) -> Wiring:
         database_password=lambda database: passwords(state, topology)[database],
         auth_seed_file=lambda: str(demo.ensure_seed(state)),
         consul_token_file=lambda service: str(consul_acl.token_file(state, service_token(service))),
+        consul_ca_file=str(consul_ca(state)),
         kafka_password_file=lambda principal: str(kafka_password_file(state, principal)),
     )
 

@@ -1,7 +1,9 @@
 """The mesh's local certificate authorities, generated at first start into the state dir: the
-edge's (its public listeners) and Consul's (the agents' RPC and the sidecars' xDS).
+edge's (its public listeners) and Consul's (the agents' RPC, their HTTPS API and the sidecars'
+xDS).
 
-`mesh ca` prints the edge CA certificate's path, for `curl --cacert` and other clients.
+`mesh ca` prints the edge CA certificate's path, `mesh ca --consul` Consul's, for `curl --cacert`
+and other clients.
 """
 
 from __future__ import annotations
@@ -142,7 +144,21 @@ def ensure_edge_certs(state: StateDir, host: str) -> EdgeCerts:
 
 def consul_certs(state: StateDir, agent: str) -> AgentCerts:
     folder = state.secrets / "consul-tls"
-    return AgentCerts(folder / "ca.pem", folder / f"{agent}.pem", folder / f"{agent}-key.pem")
+    return AgentCerts(consul_ca(state), folder / f"{agent}.pem", folder / f"{agent}-key.pem")
+
+
+def consul_ca(state: StateDir) -> Path:
+    """The certificate of Consul's CA: what every client of a Consul agent verifies it with."""
+    return state.secrets / "consul-tls" / "ca.pem"
+
+
+def _names_of(cert_file: Path) -> tuple[set[str], set[str]]:
+    """The DNS names and IP addresses a certificate is for."""
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = set(sans.get_values_for_type(x509.DNSName))
+    addresses = {str(address) for address in sans.get_values_for_type(x509.IPAddress)}
+    return names, addresses
 
 
 def ensure_consul_certs(
@@ -150,7 +166,9 @@ def ensure_consul_certs(
 ) -> dict[str, AgentCerts]:
     """Consul's CA (its key kept owner-only beside it, to sign agents added later) and a
     certificate for each of `agents` (name: its DNS names and IP addresses), for both ends of
-    a connection; what exists is kept across restarts."""
+    a connection and for its HTTPS API; what exists is kept across restarts, unless it is for
+    other names than wanted now (a state dir made before the API's clients needed them): then
+    it is issued anew by the same CA."""
     folder = state.secrets / "consul-tls"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_cert_path, ca_key_path = folder / "ca.pem", folder / "ca-key.pem"
@@ -166,7 +184,11 @@ def ensure_consul_certs(
     issued = {}
     for agent, (names, addresses) in agents.items():
         certs = consul_certs(state, agent)
-        if not (certs.cert.exists() and certs.key.exists()):
+        if not (
+            certs.cert.exists()
+            and certs.key.exists()
+            and _names_of(certs.cert) == (set(names), set(addresses))
+        ):
             key, cert = issue(ca, agent, names, addresses, usages)
             write_private(certs.key, _pem_key(key))
             certs.cert.write_bytes(_pem(cert))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -66,7 +67,10 @@ class ServiceSettings(ProcessSettings):
     """A service instance's settings: a process that serves a port and registers in Consul."""
 
     port: int
+    # The local agent's HTTP API: HTTPS only, checked with the Consul CA's certificate in
+    # `consul_ca_file`.
     consul_http_addr: str
+    consul_ca_file: str
     # The service's Consul ACL token (registration, its fault flags), from a file: the
     # environment names the file, never the secret.
     consul_token: str = field(repr=False)
@@ -74,6 +78,10 @@ class ServiceSettings(ProcessSettings):
     # service registers it once it answers its health check.
     registration: dict[str, Any]
     upstreams: tuple[Upstream, ...] = ()
+
+    def consul_tls(self) -> ssl.SSLContext:
+        """What a client of the agent's HTTPS API checks the agent with: the Consul CA."""
+        return ssl.create_default_context(cafile=self.consul_ca_file)
 
     def upstream_port(self, name: str) -> int:
         """The local port of the sidecar listener for upstream `name`."""
@@ -93,7 +101,8 @@ class ServiceSettings(ProcessSettings):
         return cls(
             **process,
             port=_port(source, "SHOPMESH_PORT"),
-            consul_http_addr=http_url(source, "SHOPMESH_CONSUL_HTTP_ADDR"),
+            consul_http_addr=https_url(source, "SHOPMESH_CONSUL_HTTP_ADDR"),
+            consul_ca_file=ca_file(source, "SHOPMESH_CONSUL_CA_FILE"),
             consul_token=secret_file(source, "SHOPMESH_CONSUL_TOKEN_FILE"),
             registration=_registration(source, "SHOPMESH_REGISTRATION", process["instance"]),
             upstreams=_upstreams(source, "SHOPMESH_UPSTREAMS"),
@@ -147,11 +156,31 @@ def secret_file(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def ca_file(env: Mapping[str, str], name: str) -> str:
+    """The path in `name`, of a file of PEM certificates a TLS client can trust."""
+    path = _required(env, name)
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:  # an OSError too: first
+        raise ConfigError(f"{name}: {path} holds no PEM certificate") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path} ({exc.strerror})") from None
+    return path
+
+
 def http_url(env: Mapping[str, str], name: str) -> str:
     """The http(s) URL in `name`, without a trailing slash."""
     value = _required(env, name).rstrip("/")
     if not value.startswith(("http://", "https://")):
         raise ConfigError(f"{name} must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def https_url(env: Mapping[str, str], name: str) -> str:
+    """The https URL in `name`, without a trailing slash."""
+    value = http_url(env, name)
+    if not value.startswith("https://"):
+        raise ConfigError(f"{name} must be an https:// URL, got {value!r}")
     return value
 
 

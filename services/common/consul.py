@@ -5,6 +5,7 @@ deregisters on a graceful stop."""
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 import aiohttp
@@ -25,7 +26,8 @@ class ConsulError(Exception):
 
 
 class ConsulAgent:
-    """The few agent endpoints a service needs. Registering the same ID again replaces it."""
+    """The few agent endpoints a service needs, over the agent's HTTPS API (the agent checked
+    with `tls`). Registering the same ID again replaces it."""
 
     def __init__(
         self,
@@ -33,11 +35,13 @@ class ConsulAgent:
         session: aiohttp.ClientSession,
         *,
         token: str,
+        tls: ssl.SSLContext,
         timeout_s: float = 2.0,
     ) -> None:
         self._base = http_addr.rstrip("/")
         self._session = session
         self._headers = {TOKEN_HEADER: token}
+        self._tls = tls
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def register(self, body: dict[str, Any]) -> None:
@@ -48,7 +52,11 @@ class ConsulAgent:
 
     async def _put(self, path: str, json: dict[str, Any] | None = None) -> None:
         async with self._session.put(
-            self._base + path, json=json, headers=self._headers, timeout=self._timeout
+            self._base + path,
+            json=json,
+            headers=self._headers,
+            ssl=self._tls,
+            timeout=self._timeout,
         ) as resp:
             if resp.status != 200:
                 raise ConsulError(resp.status, (await resp.text()).strip()[:500])

@@ -27,6 +27,7 @@ import base64
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -226,14 +227,18 @@ def fault_middleware(
 
 
 def install_fault_flags(
-    app: web.Application, consul_http_addr: str, service: str, token: str
+    app: web.Application,
+    consul_http_addr: str,
+    service: str,
+    token: str,
+    tls: ssl.SSLContext,
 ) -> None:
-    """Watch `shopmesh/faults/<service>` (with the service's Consul `token`) while `app` runs
-    and apply the flags to its requests.
+    """Watch `shopmesh/faults/<service>` (with the service's Consul `token`, the agent checked
+    with `tls`) while `app` runs and apply the flags to its requests.
 
     Call before the application starts (it adds a middleware and a cleanup context).
     """
-    watcher = FaultWatcher(consul_http_addr, service, token=token)
+    watcher = FaultWatcher(consul_http_addr, service, token=token, tls=tls)
     app.middlewares.append(fault_middleware(lambda: watcher.current))
 
     async def watching(_app: web.Application) -> AsyncIterator[None]:
@@ -255,12 +260,14 @@ class FaultWatcher(AbstractAsyncContextManager["FaultWatcher"]):
         service: str,
         *,
         token: str,
+        tls: ssl.SSLContext,
         wait: str = WAIT,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.key = KEY_PREFIX + service
         self._url = f"{consul_http_addr.rstrip('/')}/v1/kv/{self.key}"
         self._headers = {TOKEN_HEADER: token}
+        self._tls = tls
         self._wait = wait
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._index = 0
@@ -309,7 +316,9 @@ class FaultWatcher(AbstractAsyncContextManager["FaultWatcher"]):
         params = {"wait": self._wait, "stale": ""}
         if self._index > 0:
             params["index"] = str(self._index)
-        async with session.get(self._url, params=params, headers=self._headers) as resp:
+        async with session.get(
+            self._url, params=params, headers=self._headers, ssl=self._tls
+        ) as resp:
             if resp.status not in (200, 404):
                 text = (await resp.text()).strip()[:200]
                 raise WatchError(f"HTTP {resp.status}: {text}")

@@ -147,7 +147,12 @@ async def serve(
     await health_servicer.set("", NOT_SERVING)
     async with AsyncExitStack() as resources:
         watcher = await resources.enter_async_context(
-            FaultWatcher(settings.consul_http_addr, settings.service, token=settings.consul_token)
+            FaultWatcher(
+                settings.consul_http_addr,
+                settings.service,
+                token=settings.consul_token,
+                tls=settings.consul_tls(),
+            )
         )
         jwks = Jwks.for_settings(settings)
         resources.push_async_callback(jwks.close)

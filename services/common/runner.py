@@ -133,7 +133,12 @@ async def registered_until_stopped(
     exit_code = 0
     registration = with_version(settings.registration, service_version())
     async with aiohttp.ClientSession() as session:
-        agent = ConsulAgent(settings.consul_http_addr, session, token=settings.consul_token)
+        agent = ConsulAgent(
+            settings.consul_http_addr,
+            session,
+            token=settings.consul_token,
+            tls=settings.consul_tls(),
+        )
         registering = asyncio.create_task(
             register_until(agent, registration, deadline_s=register_deadline_s)
         )

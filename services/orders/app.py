@@ -39,7 +39,13 @@ def create_app(settings: ServiceSettings) -> web.Application:
     relay (order-events, payment-tasks) and the `orders` consumer (user-events,
     payment-events) start; they stop on shutdown, before the pool closes."""
     app = http_app()
-    install_fault_flags(app, settings.consul_http_addr, settings.service, settings.consul_token)
+    install_fault_flags(
+        app,
+        settings.consul_http_addr,
+        settings.service,
+        settings.consul_token,
+        settings.consul_tls(),
+    )
     install_internal_auth(app, settings)
 
     async def database(app: web.Application) -> AsyncIterator[None]:

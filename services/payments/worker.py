@@ -10,11 +10,11 @@ group `payment-cancellations`, and cancel the payment of an order that ended unp
 is wired in services.payments.app (`worker_wiring`).
 
 A worker serves nothing and registers nowhere: no port, no sidecar, no upstreams. It reads
-SHOPMESH_SERVICE, SHOPMESH_INSTANCE, SHOPMESH_DATABASE_URL, SHOPMESH_KAFKA_BOOTSTRAP and
-optionally SHOPMESH_CONSUL_HTTP_ADDR, SHOPMESH_LOG_LEVEL, SHOPMESH_BIND_HOST and
-SHOPMESH_METRICS_PORT (services.payments.config). SIGTERM/SIGINT stop it gracefully: the task
-in flight finishes and its offset is committed, the relay publishes its batch, charges in
-flight are recorded. Exit code 2 for a configuration error.
+SHOPMESH_SERVICE, SHOPMESH_INSTANCE, SHOPMESH_DATABASE_URL, SHOPMESH_KAFKA_BOOTSTRAP (and its
+Kafka principal's SHOPMESH_KAFKA_USERNAME, SHOPMESH_KAFKA_PASSWORD_FILE) and optionally
+SHOPMESH_LOG_LEVEL, SHOPMESH_BIND_HOST and SHOPMESH_METRICS_PORT (services.payments.config).
+SIGTERM/SIGINT stop it gracefully: the task in flight finishes and its offset is committed, the
+relay publishes its batch, charges in flight are recorded. Exit code 2 for a configuration error.
 """
 
 from __future__ import annotations

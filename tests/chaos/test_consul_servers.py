@@ -4,6 +4,7 @@ their xDS, so orders flow; what needs the servers (a write) waits for a quorum."
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
 
@@ -12,6 +13,7 @@ import pytest
 
 from mesh.components.consul import ConsulClient
 from mesh.runtime.supervisor import CONSUL_SERVERS, Mesh
+from mesh.runtime.tls import consul_ca
 from mesh.topology import ConsulServer, Topology
 from tests.chaos.order_load import USERS, OrderLoad, assert_every_order_paid_once
 from tests.integration.test_messaging_flow import workers as workers
@@ -23,17 +25,21 @@ DURING = 100
 MAX_ERROR_RATIO = 0.01
 
 
-def _server_api(server: ConsulServer, topology: Topology) -> httpx.Client:
-    return httpx.Client(base_url=f"http://{topology.bind_host}:{server.http}", timeout=1.0)
+def _server_api(mesh: Mesh, server: ConsulServer) -> httpx.Client:
+    return httpx.Client(
+        base_url=mesh.placement.consul_server_addr(server),
+        timeout=1.0,
+        verify=ssl.create_default_context(cafile=str(consul_ca(mesh.state))),
+    )
 
 
-def leader_of(topology: Topology, servers: tuple[ConsulServer, ...]) -> str | None:
+def leader_of(mesh: Mesh, servers: tuple[ConsulServer, ...]) -> str | None:
     """The server the given ones agree leads, by name; None while they do not agree on one."""
-    by_rpc_port = {s.server: s.name for s in topology.consul_servers}
+    by_rpc_port = {s.server: s.name for s in mesh.topology.consul_servers}
     seen = set()
     for server in servers:
         try:
-            with _server_api(server, topology) as api:
+            with _server_api(mesh, server) as api:
                 seen.add(api.get("/v1/status/leader").json())
         except httpx.HTTPError:
             return None
@@ -45,8 +51,7 @@ def leader_of(topology: Topology, servers: tuple[ConsulServer, ...]) -> str | No
 def quorum_whole(mesh: Mesh) -> bool:
     """A leader, every server a healthy voter: autopilot tolerates one failure again (read
     with the operator token)."""
-    first = mesh.topology.consul_servers[0]
-    addr = f"http://{mesh.topology.bind_host}:{first.http}"
+    addr = mesh.placement.consul_server_addr(mesh.topology.consul_servers[0])
     with operator_consul(mesh, addr, timeout=1.0) as consul:
         health = consul.http.get("/v1/operator/autopilot/health").json()
     return bool(health["Healthy"]) and health["FailureTolerance"] == 1
@@ -89,7 +94,7 @@ def test_orders_flow_while_a_consul_server_is_killed_and_it_rejoins_after(
     mesh: Mesh, clients: list[FreshClient], consul: ConsulClient, role: str
 ) -> None:
     t = mesh.topology
-    leader = leader_of(t, t.consul_servers)
+    leader = leader_of(mesh, t.consul_servers)
     assert leader, "a leader before the fault"
     followers = [s.name for s in t.consul_servers if s.name != leader]
     victim = leader if role == "leader" else followers[0]
@@ -99,7 +104,7 @@ def test_orders_flow_while_a_consul_server_is_killed_and_it_rejoins_after(
         killed_at = time.monotonic()
         assert mesh.kill(victim, hold=True) == [victim]
         new_leader = wait_for(
-            lambda: (found := leader_of(t, survivors)) != victim and found,
+            lambda: (found := leader_of(mesh, survivors)) != victim and found,
             timeout=30,
             what=f"the other servers to agree on a leader other than {victim}",
         )
@@ -135,13 +140,13 @@ def test_with_two_of_three_servers_down_writes_fail_but_orders_flow_and_quorum_r
         for victim in victims:
             mesh.kill(victim, hold=True)
         lone = t.consul_servers[2:]
-        wait_for(lambda: leader_of(t, lone) is None, timeout=30,
+        wait_for(lambda: leader_of(mesh, lone) is None, timeout=30,
                  what=f"{lone[0].name} to lose its leader")  # fmt: skip
         refused = kv_write(consul, key)
         load.wait_answered(BEFORE + DURING, what="orders while two servers are down")
         restarted_at = time.monotonic()
         mesh.start(victims[0], say=lambda _: None)
-        wait_for(lambda: leader_of(t, (*lone, server(t, victims[0]))), timeout=60,
+        wait_for(lambda: leader_of(mesh, (*lone, server(t, victims[0]))), timeout=60,
                  what="a leader once two servers run again")  # fmt: skip
         elected_after = time.monotonic() - restarted_at
         mesh.start(victims[1], say=lambda _: None)
@@ -174,7 +179,7 @@ def test_orders_flow_while_every_consul_server_is_down_and_the_agent_keeps_its_c
         assert {consul.agent_health(i) for i in ids} == {"passing"}, "the agent checks alone"
         restarted_at = time.monotonic()
         mesh.start(CONSUL_SERVERS, say=lambda _: None)
-        wait_for(lambda: leader_of(t, t.consul_servers), timeout=60,
+        wait_for(lambda: leader_of(mesh, t.consul_servers), timeout=60,
                  what="a leader once the servers are back")  # fmt: skip
         elected_after = time.monotonic() - restarted_at
         # Orders go on while the agent syncs its registrations to the servers again.

@@ -1,11 +1,12 @@
-"""A state dir from before Consul's ACLs comes up with them, and every start puts the policies and
-tokens back as the code has them. One Consul server and the client agent, started by the
-runtime's own process specs on free ports in a temporary state dir (never the topology's: a mesh
-may be running): first as an earlier version ran them (no `acl` in their configs, no tokens
-made), then as this one does."""
+"""A state dir from before Consul's ACLs, or from before its HTTPS API, comes up with them, and
+every start puts the policies and tokens back as the code has them. One Consul server and the
+client agent, started by the runtime's own process specs on free ports in a temporary state dir
+(never the topology's: a mesh may be running): first as an earlier version ran them (no `acl` in
+their configs, no tokens made; or their API on plain HTTP), then as this one does."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -19,8 +20,10 @@ from mesh.runtime import consul, consul_acl, process
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import CONSUL
+from mesh.runtime.tls import consul_ca
 from mesh.topology import ConsulPorts, ConsulServer, Topology, load
 from tests.ratelimit_processes import binaries, free_port
+from tests.support import api_answers_plain_http
 
 KEY = "shopmesh/faults/orders"
 
@@ -32,6 +35,27 @@ def without_acl(make: Any) -> Any:
         return generated
 
     return config
+
+
+def on_plain_http(make: Any) -> Any:
+    """The config as before Consul's HTTPS API: the same port, plain HTTP."""
+
+    def config(*args: Any) -> dict[str, Any]:
+        generated: dict[str, Any] = make(*args)
+        ports = generated["ports"]
+        ports["http"], ports["https"] = ports["https"], -1
+        del generated["tls"]["https"]
+        return generated
+
+    return config
+
+
+def plain_addr(https_addr: str) -> str:
+    return https_addr.replace("https://", "http://", 1)
+
+
+def verified(state: StateDir) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(consul_ca(state)))
 
 
 @pytest.fixture
@@ -72,9 +96,10 @@ def management(topology: Topology, state: StateDir) -> httpx.Client:
     server = topology.consul_servers[0]
     token = consul_acl.secret(topology, state, MANAGEMENT)
     return httpx.Client(
-        base_url=f"http://{topology.bind_host}:{server.http}",
+        base_url=NativePlacement.of(topology).consul_server_addr(server),
         headers={"X-Consul-Token": token},
         timeout=5,
+        verify=verified(state),
     )
 
 
@@ -89,20 +114,60 @@ def test_a_cluster_from_before_acls_comes_up_with_them_and_keeps_its_data(
         earlier.setattr(consul_acl, "ensure_acls", lambda *args, **kwargs: None)
         specs = consul_specs(topology, state)
         run(specs, state)
-        assert httpx.put(f"{agent}/v1/kv/{KEY}", content="{}", timeout=5).status_code == 200
+        with httpx.Client(base_url=agent, verify=verified(state), timeout=5) as earlier_api:
+            assert earlier_api.put(f"/v1/kv/{KEY}", content="{}").status_code == 200
         stop(specs, state)
 
     specs = consul_specs(topology, state)
     run(specs, state)
-    assert httpx.get(f"{agent}/v1/kv/{KEY}", timeout=5).status_code == 403
-    assert httpx.put(f"{agent}/v1/kv/{KEY}", content="{}", timeout=5).status_code == 403
+    with httpx.Client(base_url=agent, verify=verified(state), timeout=5) as api:
+        assert api.get(f"/v1/kv/{KEY}").status_code == 403
+        assert api.put(f"/v1/kv/{KEY}", content="{}").status_code == 403
+        operator = {"X-Consul-Token": consul_acl.secret(topology, state, OPERATOR)}
+        kept = api.get(f"/v1/kv/{KEY}", headers=operator)
+        assert kept.status_code == 200, "the earlier data is all there"
+        orders = {"X-Consul-Token": consul_acl.secret(topology, state, service_token("orders"))}
+        own = {"ID": "orders-upgrade", "Name": "orders", "Port": 1}
+        resp = api.put("/v1/agent/service/register", json=own, headers=orders)
+        assert resp.status_code == 200, resp.text
+
+
+def test_a_cluster_from_before_the_https_api_comes_up_serving_https_only_and_keeps_its_data(
+    small_cluster: tuple[Topology, StateDir], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology, state = small_cluster
+    placement = NativePlacement.of(topology)
+    agent = placement.consul_http_addr(topology)
     operator = {"X-Consul-Token": consul_acl.secret(topology, state, OPERATOR)}
-    kept = httpx.get(f"{agent}/v1/kv/{KEY}", headers=operator, timeout=5)
-    assert kept.status_code == 200, "the earlier data is all there"
-    orders = {"X-Consul-Token": consul_acl.secret(topology, state, service_token("orders"))}
-    own = {"ID": "orders-upgrade", "Name": "orders", "Port": 1}
-    resp = httpx.put(f"{agent}/v1/agent/service/register", json=own, headers=orders, timeout=5)
-    assert resp.status_code == 200, resp.text
+    with monkeypatch.context() as earlier:
+        earlier.setattr(consul, "server_config", on_plain_http(consul.server_config))
+        earlier.setattr(consul, "agent_config", on_plain_http(consul.agent_config))
+        for method in ("consul_http_addr", "consul_server_addr"):
+            https = getattr(NativePlacement, method)
+            earlier.setattr(NativePlacement, method, lambda *a, https=https: plain_addr(https(*a)))
+        specs = consul_specs(topology, state)
+        run(specs, state)
+        written = httpx.put(
+            f"{plain_addr(agent)}/v1/kv/{KEY}", content="{}", headers=operator, timeout=5
+        )
+        assert written.status_code == 200, written.text
+        stop(specs, state)
+    certificates = {
+        path.name: path.read_bytes() for path in (state.secrets / "consul-tls").glob("*.pem")
+    }
+
+    specs = consul_specs(topology, state)
+    run(specs, state)
+    with httpx.Client(verify=verified(state), timeout=5) as api:
+        kept = api.get(f"{agent}/v1/kv/{KEY}", headers=operator)
+        assert kept.status_code == 200, "the earlier data is all there"
+        for addr in (agent, placement.consul_server_addr(topology.consul_servers[0])):
+            assert not api_answers_plain_http(addr), f"{addr} still answers plain HTTP"
+            assert api.get(f"{addr}/v1/status/leader").json(), f"{addr} answers over HTTPS"
+    kept_certificates = {
+        path.name: path.read_bytes() for path in (state.secrets / "consul-tls").glob("*.pem")
+    }
+    assert kept_certificates == certificates, "the agents' certificates already had the names"
 
 
 def test_every_start_puts_back_a_policy_or_token_changed_by_hand(

@@ -63,8 +63,7 @@ class Workers:
     def env(self, name: str) -> dict[str, str]:
         payments = self.mesh.topology.service("payments").instances[0]
         base = service_env(self.mesh.topology, self.mesh.state, payments)
-        keep = ("SHOPMESH_DATABASE_URL", "SHOPMESH_CONSUL_HTTP_ADDR")
-        env = {k: base[k] for k in keep}
+        env = {"SHOPMESH_DATABASE_URL": base["SHOPMESH_DATABASE_URL"]}
         wiring = native_wiring(self.mesh.topology, self.mesh.state)
         env |= kafka_env(self.mesh.topology, wiring, "payments-worker")
         env |= {

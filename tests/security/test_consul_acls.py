@@ -4,6 +4,7 @@ stolen from one holder, tries what the holder may not. Each test fails if the at
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from mesh.components.consul_acl import (
 from mesh.placement import CONSUL
 from mesh.runtime import consul_acl
 from mesh.runtime.supervisor import Mesh
+from mesh.runtime.tls import consul_ca
 from tests.support import operator_consul
 
 DENIED = 403
@@ -31,11 +33,14 @@ DENIED = 403
 
 @contextmanager
 def consul_as(mesh: Mesh, token: str | None) -> Iterator[httpx.Client]:
-    """The client agent's HTTP API with the named token's secret, or anonymous (None)."""
+    """The client agent's HTTPS API with the named token's secret, or anonymous (None)."""
     headers = (
         {"X-Consul-Token": consul_acl.secret(mesh.topology, mesh.state, token)} if token else {}
     )
-    with httpx.Client(base_url=mesh.topology.consul_http_addr, headers=headers, timeout=5) as c:
+    verify = ssl.create_default_context(cafile=str(consul_ca(mesh.state)))
+    with httpx.Client(
+        base_url=mesh.topology.consul_http_addr, headers=headers, timeout=5, verify=verify
+    ) as c:
         yield c
 
 

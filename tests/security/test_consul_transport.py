@@ -1,8 +1,9 @@
 """Consul's own traffic on the mesh's real cluster: gossip is encrypted with the cluster's key, RPC
-between agents is TLS with a certificate of the cluster's CA at both ends, and the client agent
-serves xDS over TLS only. A rogue agent (the real consul binary, started here) is the attacker:
-without the key it cannot join; with a stolen key but no certificate it joins the gossip and
-still cannot read the catalog."""
+between agents is TLS with a certificate of the cluster's CA at both ends, the client agent
+serves xDS over TLS only, and every agent (the client agent and each server) its HTTP API over
+HTTPS only. A rogue agent (the real consul binary, started here) is the attacker: without the key
+it cannot join; with a stolen key but no certificate it joins the gossip and still cannot read the
+catalog. Against the HTTPS API the attacker is a client: in plain HTTP, or trusting another CA."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mesh.components.consul_acl import OPERATOR
 from mesh.placement import CONSUL
 from mesh.runtime import consul as consul_runtime
+from mesh.runtime import consul_acl
 from mesh.runtime.supervisor import Mesh
-from mesh.runtime.tls import consul_certs
+from mesh.runtime.tls import consul_ca, consul_certs, edge_certs
 from tests.ratelimit_processes import free_port
-from tests.support import operator_consul, wait_for
+from tests.support import api_answers_plain_http, operator_consul, wait_for
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 TLS_ALERT = 0x15
@@ -146,3 +149,56 @@ def test_the_agent_serves_xds_over_tls_only(mesh: Mesh) -> None:
     ):
         names = [value for kind, value in tls.getpeercert()["subjectAltName"] if kind == "DNS"]
         assert f"client.{mesh.topology.datacenter}.consul" in names
+
+
+def agent_apis(mesh: Mesh) -> dict[str, str]:
+    """Every agent's HTTPS API: the client agent's and each server's."""
+    servers = {s.name: mesh.placement.consul_server_addr(s) for s in mesh.topology.consul_servers}
+    return {CONSUL: mesh.topology.consul_http_addr, **servers}
+
+
+def trusting(ca_file: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+def test_no_agent_answers_its_api_in_plain_http(mesh: Mesh) -> None:
+    for agent, addr in agent_apis(mesh).items():
+        assert not api_answers_plain_http(addr), f"{agent} answered plain HTTP at {addr}"
+        # The same read (it needs no token) over HTTPS is answered: only the transport refused.
+        with httpx.Client(verify=trusting(consul_ca(mesh.state)), timeout=5) as client:
+            assert client.get(f"{addr}/v1/status/leader").json(), agent
+
+
+@pytest.mark.parametrize("trusted", ["the system's CAs", "the edge's CA"])
+def test_a_client_that_does_not_trust_the_consul_ca_refuses_every_agent(
+    mesh: Mesh, trusted: str
+) -> None:
+    context = (
+        ssl.create_default_context()
+        if trusted == "the system's CAs"
+        else trusting(edge_certs(mesh.state).ca_cert)
+    )
+    with httpx.Client(verify=context, timeout=5) as client:
+        for agent, addr in agent_apis(mesh).items():
+            assert "CERTIFICATE_VERIFY_FAILED" in tls_refusal(client, addr), agent
+
+
+def tls_refusal(client: httpx.Client, addr: str) -> str:
+    """Why the connection to `addr` failed, or that it was answered."""
+    try:
+        resp = client.get(f"{addr}/v1/status/leader")
+    except httpx.ConnectError as exc:
+        return str(exc)
+    return f"answered {resp.status_code}"
+
+
+def test_with_the_consul_ca_every_agent_answers_yet_wants_a_token_for_what_acls_protect(
+    mesh: Mesh,
+) -> None:
+    operator = {"X-Consul-Token": consul_acl.secret(mesh.topology, mesh.state, OPERATOR)}
+    with httpx.Client(verify=trusting(consul_ca(mesh.state)), timeout=5) as client:
+        for agent, addr in agent_apis(mesh).items():
+            anonymous = client.get(f"{addr}/v1/health/connect/orders")
+            assert anonymous.status_code == 403, (agent, anonymous.text)
+            signed_in = client.get(f"{addr}/v1/health/connect/orders", headers=operator)
+            assert signed_in.status_code == 200 and signed_in.json(), (agent, signed_in.text)

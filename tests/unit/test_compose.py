@@ -38,11 +38,12 @@ from mesh.runtime.prometheus import native_rule_files, sd_dir
 from mesh.runtime.provision import COMPOSE_SCHEMA
 from mesh.runtime.ratelimit import service_spec
 from mesh.runtime.supervisor import native_wiring, service_env
+from mesh.runtime.tls import consul_ca
 from mesh.topology import Topology, load
 from mesh.wiring import worker_env
 
 # Values that differ between the native runtime and compose by design (the placements').
-STATE_FILES = {"SHOPMESH_CONSUL_TOKEN_FILE"}
+STATE_FILES = {"SHOPMESH_CONSUL_TOKEN_FILE", "SHOPMESH_CONSUL_CA_FILE"}
 HOST_VARIABLES = {"SHOPMESH_BIND_HOST", "SHOPMESH_REGISTRATION", "SHOPMESH_CONSUL_HTTP_ADDR"}
 HOST_VARIABLES |= {"SHOPMESH_KAFKA_BOOTSTRAP", "SHOPMESH_DATABASE_URL", "SHOPMESH_AUTH_SEED_FILE"}
 HOST_VARIABLES |= {"OTEL_EXPORTER_OTLP_ENDPOINT"}
@@ -318,14 +319,17 @@ def test_prometheus_finds_the_services_through_consul(topology: Topology) -> Non
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     sd = jobs["services"]["consul_sd_configs"]
     token = {"type": "Bearer", "credentials_file": str(token_file(volume.STATE, PROMETHEUS))}
+    https = {"scheme": "https", "tls_config": {"ca_file": str(consul_ca(volume.STATE))}}
     assert sd == [
         {
-            "server": f"consul:{topology.consul_ports.http}",
+            "server": f"consul:{topology.consul_ports.https}",
+            **https,
             "refresh_interval": "5s",
             "authorization": token,
         }
     ]
     assert jobs["consul"]["authorization"] == token, "Consul's own metrics need agent:read"
+    assert {key: jobs["consul"][key] for key in https} == https
     targets = [t for group in jobs["envoy"]["static_configs"] for t in group["targets"]]
     assert len(targets) == len(topology.instances()) + len(topology.edge.instances)
 
@@ -345,6 +349,7 @@ def test_prometheus_scrapes_the_jobs_and_labels_it_scrapes_natively(
         rule_files=native_rule_files(),
         discovery=prometheus.FileDiscovery(sd_dir(StateDir(tmp_path))),
         consul_token_file="/token",
+        consul_ca_file="/ca.pem",
     )
     native_labels = labels(native)
     # Compose restarts containers by their restart policies: no watchdog.

@@ -1,14 +1,17 @@
 import json
+import ssl
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from mesh.runtime.tls import new_ca
 from services.common.config import ConfigError, ServiceSettings, Upstream
 
 ENV = {
     "SHOPMESH_SERVICE": "orders",
     "SHOPMESH_INSTANCE": "orders-1",
     "SHOPMESH_PORT": "7001",
-    "SHOPMESH_CONSUL_HTTP_ADDR": "http://127.0.0.1:8500",
+    "SHOPMESH_CONSUL_HTTP_ADDR": "https://127.0.0.1:8500",
     "SHOPMESH_DATABASE_URL": "postgresql://orders:pw@127.0.0.1:15432/orders",
     "SHOPMESH_REGISTRATION": json.dumps({"ID": "orders-1", "Name": "orders", "Port": 7001}),
 }
@@ -19,6 +22,15 @@ def consul_token_file(tmp_path, monkeypatch):
     path = tmp_path / "orders.token"
     path.write_text("a-consul-secret\n")
     monkeypatch.setitem(ENV, "SHOPMESH_CONSUL_TOKEN_FILE", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def consul_ca_file(tmp_path, monkeypatch):
+    path = tmp_path / "consul-ca.pem"
+    _, cert = new_ca("a test consul CA")
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    monkeypatch.setitem(ENV, "SHOPMESH_CONSUL_CA_FILE", str(path))
     return path
 
 
@@ -36,7 +48,7 @@ def test_minimal_environment_gets_loopback_defaults():
     assert s.bind_host == "127.0.0.1"
     assert s.upstreams == ()
     assert s.log_level == "info"
-    assert s.consul_http_addr == "http://127.0.0.1:8500"
+    assert s.consul_http_addr == "https://127.0.0.1:8500"
 
 
 @pytest.mark.parametrize(
@@ -47,6 +59,7 @@ def test_minimal_environment_gets_loopback_defaults():
         "SHOPMESH_PORT",
         "SHOPMESH_CONSUL_HTTP_ADDR",
         "SHOPMESH_CONSUL_TOKEN_FILE",
+        "SHOPMESH_CONSUL_CA_FILE",
         "SHOPMESH_DATABASE_URL",
         "SHOPMESH_REGISTRATION",
     ],
@@ -117,12 +130,32 @@ def test_log_level_is_case_insensitive_and_checked():
         settings(SHOPMESH_LOG_LEVEL="verbose")
 
 
-def test_consul_address_must_be_an_http_url_and_loses_its_trailing_slash():
-    assert settings(SHOPMESH_CONSUL_HTTP_ADDR="http://127.0.0.1:8500/").consul_http_addr == (
-        "http://127.0.0.1:8500"
+def test_consul_address_must_be_an_https_url_and_loses_its_trailing_slash():
+    assert settings(SHOPMESH_CONSUL_HTTP_ADDR="https://127.0.0.1:8500/").consul_http_addr == (
+        "https://127.0.0.1:8500"
     )
-    with pytest.raises(ConfigError, match="SHOPMESH_CONSUL_HTTP_ADDR"):
-        settings(SHOPMESH_CONSUL_HTTP_ADDR="127.0.0.1:8500")
+    for plain in ("127.0.0.1:8500", "http://127.0.0.1:8500"):
+        with pytest.raises(ConfigError, match="SHOPMESH_CONSUL_HTTP_ADDR"):
+            settings(SHOPMESH_CONSUL_HTTP_ADDR=plain)
+
+
+def test_consul_is_checked_with_the_ca_file_it_is_given_and_no_other(consul_ca_file):
+    tls = settings().consul_tls()
+    assert tls.verify_mode == ssl.CERT_REQUIRED and tls.check_hostname
+    assert [ca["subject"] for ca in tls.get_ca_certs()] == [
+        ((("organizationName", "shopmesh local"),), (("commonName", "a test consul CA"),))
+    ]
+
+
+@pytest.mark.parametrize(
+    "content, error", [(None, "cannot read"), ("not a certificate", "holds no PEM certificate")]
+)
+def test_a_consul_ca_file_that_is_missing_or_no_certificate_is_refused(tmp_path, content, error):
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=f"SHOPMESH_CONSUL_CA_FILE: .*{error}"):
+        settings(SHOPMESH_CONSUL_CA_FILE=str(path))
 
 
 def test_bind_host_can_be_overridden():

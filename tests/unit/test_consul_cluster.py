@@ -41,10 +41,10 @@ def test_each_server_bootstraps_with_the_others_on_ports_and_a_data_dir_of_its_o
         others = {f"{topology.bind_host}:{s.serf_lan}" for s in servers if s != server}
         assert set(config["retry_join"]) == others
         ports = config["ports"]
-        assert (ports["server"], ports["serf_lan"], ports["http"]) == (
+        assert (ports["server"], ports["serf_lan"], ports["https"]) == (
             server.server,
             server.serf_lan,
-            server.http,
+            server.https,
         )
         # xDS and DNS are the client agent's: a server opens neither.
         assert ports["grpc"] == ports["dns"] == -1
@@ -65,7 +65,7 @@ def test_the_client_agent_is_no_server_and_joins_every_server(topology: Topology
 def test_every_servers_port_is_in_the_topologys_ports(topology: Topology) -> None:
     ports = topology.all_ports()
     for server in topology.consul_servers:
-        for kind in ("server", "serf_lan", "http"):
+        for kind in ("server", "serf_lan", "https"):
             assert ports[f"{server.name} {kind}"] == getattr(server, kind)
 
 
@@ -78,8 +78,8 @@ def test_two_servers_are_refused_as_no_quorum_that_outlives_one() -> None:
 
 def test_a_servers_port_given_to_another_is_refused_naming_both() -> None:
     raw = copy.deepcopy(RAW)
-    raw["consul"]["servers"][1]["http"] = raw["consul"]["ports"]["http"]
-    with pytest.raises(TopologyError, match=r"consul http.*consul-server-2 http"):
+    raw["consul"]["servers"][1]["https"] = raw["consul"]["ports"]["https"]
+    with pytest.raises(TopologyError, match=r"consul https.*consul-server-2 https"):
         parse(raw)
 
 
@@ -122,17 +122,13 @@ def test_a_component_talks_to_its_own_hosts_agent(topology: Topology) -> None:
     instance = topology.service("orders").instances[0]
     b = AgentPerHost.ADDRESSES["b"]
     assert placement.consul_http_addr(topology, instance.id) == (
-        f"http://{b}:{topology.consul_ports.http}"
+        f"https://{b}:{topology.consul_ports.https}"
     )
-    argv = consul.bootstrap_argv(
-        topology,
-        placement,
-        service_id=instance.id,
-        consul_bin=Path("consul"),
-        consul_ca=CERTS.ca_cert,
-        token_file=Path("/t/orders"),
-    )
+    connect = consul.ConnectEnvoy(instance.id, Path("consul"), CERTS.ca_cert, Path("/t/orders"))
+    argv = consul.bootstrap_argv(topology, placement, connect)
+    assert f"-http-addr=https://{b}:{topology.consul_ports.https}" in argv
     assert f"-grpc-addr=https://{b}:{topology.consul_ports.grpc}" in argv
+    assert f"-ca-file={CERTS.ca_cert}" in argv
     assert f"-grpc-ca-file={CERTS.ca_cert}" in argv
 
 
@@ -144,14 +140,16 @@ def test_prometheus_scrapes_the_agent_and_every_server(topology: Topology, tmp_p
         rule_files=[],
         discovery=prometheus.FileDiscovery(tmp_path),
         consul_token_file="/token",
+        consul_ca_file="/ca.pem",
     )
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "consul")
     targets = {g["labels"]["instance"]: g["targets"] for g in job["static_configs"]}
     host = topology.bind_host
     assert targets == {
-        CONSUL: [f"{host}:{topology.consul_ports.http}"],
-        **{s.name: [f"{host}:{s.http}"] for s in topology.consul_servers},
+        CONSUL: [f"{host}:{topology.consul_ports.https}"],
+        **{s.name: [f"{host}:{s.https}"] for s in topology.consul_servers},
     }
+    assert (job["scheme"], job["tls_config"]) == ("https", {"ca_file": "/ca.pem"})
 
 
 def test_every_agent_encrypts_gossip_and_speaks_tls_to_the_others_with_both_ends_checked(
@@ -170,7 +168,24 @@ def test_every_agent_encrypts_gossip_and_speaks_tls_to_the_others_with_both_ends
         assert tls["defaults"]["verify_outgoing"] is True
         assert tls["defaults"]["ca_file"] == str(CERTS.ca_cert)
         assert tls["internal_rpc"] == {"verify_incoming": True, "verify_server_hostname": True}
-        assert config["ports"]["https"] == -1  # the HTTP API stays plain, on loopback
+
+
+def test_every_agent_serves_its_api_over_https_only_and_takes_the_token_as_the_credential(
+    topology: Topology,
+) -> None:
+    native = NativePlacement.of(topology)
+    agent = consul.agent_config(topology, native, Path("/d"), CERTS)
+    servers = [
+        consul.server_config(topology, native, s, Path("/d"), CERTS)
+        for s in topology.consul_servers
+    ]
+    assert agent["ports"]["https"] == topology.consul_ports.https
+    assert [c["ports"]["https"] for c in servers] == [s.https for s in topology.consul_servers]
+    for config in [agent, *servers]:
+        assert config["ports"]["http"] == -1
+        assert config["tls"]["defaults"]["cert_file"] == str(CERTS.cert)
+        assert config["tls"]["https"] == {"verify_incoming": False}
+        assert config["acl"]["default_policy"] == "deny"
 
 
 def test_servers_certificates_carry_the_name_agents_check_and_the_client_agents_its_own(
@@ -184,3 +199,14 @@ def test_servers_certificates_carry_the_name_agents_check_and_the_client_agents_
             [native.address(server.name)],
         )
     assert names["consul"][0][0] == f"client.{topology.datacenter}.consul"
+
+
+def test_in_compose_each_agents_certificate_has_the_name_its_https_clients_reach_it_by(
+    topology: Topology,
+) -> None:
+    compose = ComposePlacement.of(topology)
+    names = consul.agent_names(topology, compose)
+    for agent in [CONSUL, *(s.name for s in topology.consul_servers)]:
+        dns, addresses = names[agent]
+        assert {agent, "localhost"} <= set(dns)
+        assert addresses == [compose.address(agent), "127.0.0.1"]

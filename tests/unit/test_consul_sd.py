@@ -97,6 +97,7 @@ def test_prometheus_discovers_services_and_sidecars_from_the_files_and_keeps_the
         rule_files=native_rule_files(),
         discovery=prometheus.FileDiscovery(sd_dir(state)),
         consul_token_file="/token",
+        consul_ca_file="/ca.pem",
     )
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["services"]["file_sd_configs"][0]["files"] == [

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import json
 import logging
+import ssl
 
 import grpc
 import pytest
@@ -238,7 +239,7 @@ def test_the_middleware_passes_requests_through_when_the_draw_spares_them():
 
 def test_install_fault_flags_adds_the_middleware_and_the_watch_to_an_app():
     app = web.Application()
-    faults.install_fault_flags(app, "http://127.0.0.1:8500", "orders", "orders-token")
+    faults.install_fault_flags(app, "https://127.0.0.1:8500", "orders", "orders-token", TLS)
     assert len(app.middlewares) == 1
     assert len(app.cleanup_ctx) == 1
 
@@ -274,14 +275,16 @@ class FakeConsul:
         self.params = []
         self.tokens = []
 
-    def get(self, url, params, headers):
-        assert url == "http://consul:8500/v1/kv/shopmesh/faults/payments"
+    def get(self, url, params, headers, ssl):
+        assert url == "https://consul:8500/v1/kv/shopmesh/faults/payments"
+        assert ssl is TLS, "the agent is checked with the context the watcher was given"
         self.params.append(dict(params))
         self.tokens.append(headers["X-Consul-Token"])
         return self.responses.pop(0)
 
 
 TOKEN = "payments-token"
+TLS = ssl.create_default_context()
 
 
 def kv(value):
@@ -290,7 +293,7 @@ def kv(value):
 
 
 def watch(*responses):
-    watcher = faults.FaultWatcher("http://consul:8500/", "payments", token=TOKEN)
+    watcher = faults.FaultWatcher("https://consul:8500/", "payments", token=TOKEN, tls=TLS)
     consul = FakeConsul(*responses)
 
     async def go():
@@ -342,7 +345,7 @@ def test_an_error_answer_from_consul_raises_and_keeps_the_last_flags():
 
 
 def test_an_invalid_value_is_logged_and_means_no_faults(caplog):
-    watcher = faults.FaultWatcher("http://consul:8500", "payments", token=TOKEN)
+    watcher = faults.FaultWatcher("https://consul:8500", "payments", token=TOKEN, tls=TLS)
     watcher.apply('{"error_rate": 1}')
     watcher.apply('{"error_rate": 2}')
     assert watcher.current == NO_FAULTS
@@ -354,7 +357,7 @@ def test_an_invalid_value_is_logged_and_means_no_faults(caplog):
 def test_consul_failures_are_logged_at_most_once_per_interval(caplog, monkeypatch):
     clock = iter([100.0, 101.0, 104.9, 105.1])
     monkeypatch.setattr(faults.time, "monotonic", lambda: next(clock))
-    watcher = faults.FaultWatcher("http://consul:8500", "payments", token=TOKEN)
+    watcher = faults.FaultWatcher("https://consul:8500", "payments", token=TOKEN, tls=TLS)
     for _ in range(4):
         watcher._failed(ConnectionRefusedError("refused"), 0.5)
     warnings = [r for r in caplog.records if r.getMessage().startswith("cannot watch fault flags")]

@@ -75,6 +75,7 @@ def wiring(placement: NativePlacement) -> Wiring:
         database_password=lambda database: None,
         auth_seed_file=lambda: "/seed.json",
         consul_token_file=lambda service: f"/tokens/{service}",
+        consul_ca_file="/ca.pem",
         kafka_password_file=lambda principal: f"/kafka/{principal}",
     )
 

@@ -33,6 +33,7 @@ def node_config(topology: Topology, n: int) -> dict:
         superuser_password="su",
         roles={patroni.REPLICATION: "rep", patroni.REWIND: "rew", patroni.RESTAPI: "api"},
         consul_token="patroni-token",
+        consul_ca=Path("/patroni/consul-ca.pem"),
     )
 
 
@@ -66,6 +67,10 @@ def test_each_node_listens_on_its_own_ports_and_uses_the_nodes_consul_agent(
         assert config["restapi"]["listen"] == f"127.0.0.1:{node.patroni_port}"
         assert config["consul"]["url"] == NativePlacement.of(topology).consul_http_addr(topology)
         assert config["consul"]["token"] == "patroni-token"
+        # Consul's API is HTTPS only: Patroni checks the agent with the Consul CA's copy.
+        assert config["consul"]["url"].startswith("https://")
+        assert config["consul"]["cacert"] == "/patroni/consul-ca.pem"
+        assert config["consul"]["verify"] is True
         hba = config["postgresql"]["pg_hba"]
         assert all(line.endswith("127.0.0.1/32 scram-sha-256") for line in hba)
         auth = config["postgresql"]["authentication"]

@@ -63,7 +63,6 @@ ENV = {
     "SHOPMESH_INSTANCE": "payments-worker-1",
     "SHOPMESH_DATABASE_URL": "postgresql://p:x@127.0.0.1:1/payments",
     "SHOPMESH_KAFKA_BOOTSTRAP": "127.0.0.1:29092,127.0.0.1:29093",
-    "SHOPMESH_CONSUL_HTTP_ADDR": "http://127.0.0.1:8500",
 }
 
 

@@ -70,7 +70,9 @@ def test_the_native_placement_reaches_consul_kafka_and_jaeger_on_the_bind_host(
 ) -> None:
     native = NativePlacement.of(topology)
     host = topology.bind_host
-    assert native.consul_http_addr(topology) == f"http://{host}:{topology.consul_ports.http}"
+    assert native.consul_http_addr(topology) == f"https://{host}:{topology.consul_ports.https}"
+    server = topology.consul_servers[0]
+    assert native.consul_server_addr(server) == f"https://{host}:{server.https}"
     assert native.kafka_bootstrap(topology) == ",".join(
         f"{host}:{n.port}" for n in topology.kafka.nodes
     )
@@ -85,7 +87,9 @@ def test_compose_reaches_components_by_their_container_names(topology: Topology)
     named += [name for workers in topology.workers for name in workers.instances]
     for component in named:
         assert compose.host(component) == component
-    assert compose.consul_http_addr(topology) == f"http://consul:{topology.consul_ports.http}"
+    assert compose.consul_http_addr(topology) == f"https://consul:{topology.consul_ports.https}"
+    server = topology.consul_servers[0]
+    assert compose.consul_server_addr(server) == f"https://{server.name}:{server.https}"
     assert compose.kafka_bootstrap(topology) == ",".join(
         f"{n.name}:{n.port}" for n in topology.kafka.nodes
     )
@@ -192,11 +196,13 @@ def test_an_instance_on_one_host_registers_there_and_finds_the_shared_ones_on_th
         database_password=lambda db: "pw",
         auth_seed_file=lambda: "/s",
         consul_token_file=lambda service: f"/t/{service}",
+        consul_ca_file="/s/ca.pem",
         kafka_password_file=lambda principal: f"/k/{principal}",
     )
     env = instance_env(topology, wiring, instance)
     assert env["SHOPMESH_BIND_HOST"] == B
-    assert env["SHOPMESH_CONSUL_HTTP_ADDR"] == f"http://{A}:{topology.consul_ports.http}"
+    assert env["SHOPMESH_CONSUL_HTTP_ADDR"] == f"https://{A}:{topology.consul_ports.https}"
+    assert env["SHOPMESH_CONSUL_CA_FILE"] == "/s/ca.pem"
     first, second = topology.postgres_nodes
     assert env["SHOPMESH_DATABASE_URL"].endswith(
         f"@{A}:{first.port},{B}:{second.port}/payments?target_session_attrs=read-write"
@@ -215,26 +221,14 @@ def test_an_instance_on_one_host_registers_there_and_finds_the_shared_ones_on_th
 
 def test_a_sidecar_reaches_consul_on_the_other_host(topology: Topology) -> None:
     instance = topology.service("orders").instances[0]
+    connect = consul.ConnectEnvoy(instance.id, Path("consul"), Path("/s/ca.pem"), Path("/t/o"))
     argv = consul.sidecar_argv(
-        topology,
-        TwoHosts(),
-        service_id=instance.id,
-        admin_port=19100,
-        consul_bin=Path("consul"),
-        envoy_bin=Path("envoy"),
-        consul_ca=Path("/s/ca.pem"),
-        token_file=Path("/t/orders"),
+        topology, TwoHosts(), connect, admin_port=19100, envoy_bin=Path("envoy")
     )
-    bootstrap = consul.bootstrap_argv(
-        topology,
-        TwoHosts(),
-        service_id=instance.id,
-        consul_bin=Path("consul"),
-        consul_ca=Path("/s/ca.pem"),
-        token_file=Path("/t/orders"),
-    )
+    bootstrap = consul.bootstrap_argv(topology, TwoHosts(), connect)
     for command in (argv, bootstrap):
-        assert f"-http-addr=http://{A}:{topology.consul_ports.http}" in command
+        assert f"-http-addr=https://{A}:{topology.consul_ports.https}" in command
+        assert "-ca-file=/s/ca.pem" in command
         assert f"-grpc-addr=https://{A}:{topology.consul_ports.grpc}" in command
     assert argv[argv.index("-admin-bind") + 1] == f"{B}:19100"
 
@@ -267,6 +261,7 @@ def test_prometheus_scrapes_each_target_on_its_host(topology: Topology, tmp_path
         rule_files=[],
         discovery=prometheus.FileDiscovery(tmp_path),
         consul_token_file="/token",
+        consul_ca_file="/ca.pem",
     )
     targets = {
         group["labels"]["instance"]: group["targets"][0]
@@ -276,7 +271,7 @@ def test_prometheus_scrapes_each_target_on_its_host(topology: Topology, tmp_path
     first, second = topology.kafka.nodes[:2]
     assert targets[first.name] == f"{A}:{first.metrics_port}"
     assert targets[second.name] == f"{B}:{second.metrics_port}"
-    assert targets["consul"] == f"{A}:{topology.consul_ports.http}"
+    assert targets["consul"] == f"{A}:{topology.consul_ports.https}"
     worker = topology.workers[0].instances[0]
     assert targets[worker] == f"{B}:{topology.workers[0].metrics_port(worker)}"
 

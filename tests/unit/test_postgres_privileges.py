@@ -84,6 +84,7 @@ def test_every_node_is_given_those_lines(topology: Topology) -> None:
             superuser_password="su",
             roles={patroni.REPLICATION: "r", patroni.REWIND: "w", patroni.RESTAPI: "a"},
             consul_token="t",
+            consul_ca=Path("/ca.pem"),
         )
         assert config["postgresql"]["pg_hba"] == patroni.hba_lines(topology, TRUSTED)
         # Patroni writes pg_hba.conf from this list: never from a file of its own.

@@ -8,10 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.placement import JAEGER, ComposePlacement, NativePlacement, Placement
 from mesh.registration import edge_registration, instance_registration
+from mesh.runtime.tls import new_ca
 from mesh.topology import Instance, Service, Sidecar, Topology, Upstream, load
 from mesh.wiring import Wiring, instance_env
 from services.common.config import ServiceSettings
@@ -180,11 +182,13 @@ def test_each_instance_registers_the_document_its_environment_hands_it_with_its_
     topology = load()
     placement = NativePlacement.of(topology)
     (tmp_path / "token").write_text("a-token")
+    (tmp_path / "ca.pem").write_bytes(new_ca("a test consul CA")[1].public_bytes(Encoding.PEM))
     wiring = Wiring(
         placement=placement,
         database_password=lambda database: None,
         auth_seed_file=lambda: "/seed.json",
         consul_token_file=lambda service: str(tmp_path / "token"),
+        consul_ca_file=str(tmp_path / "ca.pem"),
         kafka_password_file=lambda principal: str(tmp_path / "kafka"),
     )
     for instance in topology.instances():

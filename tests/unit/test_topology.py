@@ -21,8 +21,8 @@ def test_the_committed_topology_loads_and_has_unique_ports() -> None:
 
 def test_a_port_given_twice_is_rejected_naming_both_owners() -> None:
     raw = copy.deepcopy(RAW)
-    raw["edge"]["http_port"] = raw["consul"]["ports"]["http"]
-    with pytest.raises(TopologyError, match=r"consul http.*edge http"):
+    raw["edge"]["http_port"] = raw["consul"]["ports"]["https"]
+    with pytest.raises(TopologyError, match=r"consul https.*edge http"):
         parse(raw)
 
 
