@@ -221,6 +221,7 @@ def id_token_claims(
         "nonce": nonce,
         "auth_time": auth_time,
         "iat": now,
+        "nbf": now,
         "exp": now + ttl_s,
     }
 

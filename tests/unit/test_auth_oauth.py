@@ -100,19 +100,28 @@ EXCHANGE = {"grant_type": GRANT_TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE
         ({"grant_type": "implicit"}, None, "unsupported_grant_type", 400),
         ({"grant_type": "authorization_code"}, None, "invalid_request", 400),
         (
-            {"grant_type": "authorization_code", "client_id": "w", "code": "c", "redirect_uri": "r"},
+            {
+                "grant_type": "authorization_code",
+                "client_id": "w",
+                "code": "c",
+                "redirect_uri": "r",
+            },
             None,
             "invalid_request",
             400,
         ),
         ({"grant_type": "refresh_token", "client_id": "w"}, None, "invalid_request", 400),
         (
-            {"grant_type": "refresh_token", "client_id": "w", "refresh_token": "t",
-             "client_secret": "s"},
+            {
+                "grant_type": "refresh_token",
+                "client_id": "w",
+                "refresh_token": "t",
+                "client_secret": "s",
+            },
             None,
             "invalid_client",
             401,
-        ),  # fmt: skip
+        ),
         (
             {"grant_type": "refresh_token", "refresh_token": "t"},
             basic("w", "s"),
