@@ -22,7 +22,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NoReturn, Protocol, TypeVar
 
 from services.auth.authorization import (
     PROMPT_LOGIN,
@@ -128,6 +128,7 @@ class SignInRepository(Protocol):
     async def revoke_family(self, family_id: str) -> None: ...
     async def revoke_session_families(self, session_hash: str) -> int: ...
     async def add_code(self, code: Code) -> None: ...
+    async def code(self, code_hash: str) -> Code | None: ...
     async def use_code(self, code_hash: str) -> Used[Code] | None: ...
     async def add_refresh_token(self, token: RefreshToken) -> None: ...
     async def use_refresh_token(self, token_hash: str) -> Used[RefreshToken] | None: ...
@@ -300,20 +301,13 @@ class SignIn:
         """Tokens for a code, once: InvalidGrant for anything wrong; a code presented again
         revokes what it issued."""
         client = self._client(client_id)
+        family, user = await self._grantable(await self._repository.code(digest(code)))
         used = await self._repository.use_code(digest(code))
         if used is None:
             raise InvalidGrant("unknown code")
-        record = used.record
-        family = await self._repository.family(record.family_id)
-        if family is None:
-            raise InvalidGrant("unknown code")
         if used.already_used:
-            await self._repository.revoke_family(family.family_id)
-            log.warning(
-                "authorization code used twice: its tokens are revoked",
-                extra={"client_id": family.client_id, "user_id": family.user_id},
-            )
-            raise InvalidGrant("the code was already used")
+            await self._reused(family, "authorization code")
+        record = used.record
         if (
             family.revoked
             or family.client_id != client.client_id
@@ -322,35 +316,55 @@ class SignIn:
             or not pkce_matches(code_verifier, record.code_challenge)
         ):
             raise InvalidGrant("the code is invalid, expired, or not for this request")
-        return await self._tokens(client, family, nonce=record.nonce)
+        return await self._tokens(client, family, user, nonce=record.nonce)
 
     async def refresh(self, client_id: str, refresh_token: str) -> TokenSet:
         """A new token set for a refresh token, which is used up (rotation). One presented
         again revokes its family; a blocked user's family is revoked too."""
         client = self._client(client_id)
-        used = await self._repository.use_refresh_token(digest(refresh_token))
+        token_hash = digest(refresh_token)
+        family, user = await self._grantable(await self._repository.refresh_token(token_hash))
+        used = await self._repository.use_refresh_token(token_hash)
         if used is None:
             raise InvalidGrant("unknown refresh token")
-        family = await self._repository.family(used.record.family_id)
-        if family is None:
-            raise InvalidGrant("unknown refresh token")
         if used.already_used:
-            await self._repository.revoke_family(family.family_id)
-            log.warning(
-                "refresh token used twice: its family is revoked",
-                extra={"client_id": family.client_id, "user_id": family.user_id},
-            )
-            raise InvalidGrant("the refresh token was already used")
+            await self._reused(family, "refresh token")
         if (
             family.revoked
             or family.client_id != client.client_id
             or used.record.expires_at <= self._clock()
         ):
             raise InvalidGrant("the refresh token is invalid, expired or revoked")
-        return await self._tokens(client, family, nonce=None)
+        return await self._tokens(client, family, user, nonce=None)
 
-    async def _tokens(self, client: PublicClient, family: Family, *, nonce: str | None) -> TokenSet:
-        user = await self._signable_user(family)
+    async def _grantable(self, record: Code | RefreshToken | None) -> tuple[Family, UserInfo]:
+        """The family of a code or refresh token and its user, looked at before the record is
+        used up: when users cannot answer (Unavailable) nothing is spent, so the client's
+        retry is not taken for a replay. A blocked or removed user's family is revoked."""
+        family = None if record is None else await self._repository.family(record.family_id)
+        if family is None:
+            raise InvalidGrant("unknown code or refresh token")
+        try:
+            user = await self._auth.current_user(family.user_id)
+        except UnknownUser:
+            user = None
+        if user is None or user.blocked:
+            await self._repository.revoke_family(family.family_id)
+            log.info("no tokens for a blocked user", extra={"user_id": family.user_id})
+            raise InvalidGrant("the user is blocked") from UserBlocked(family.user_id)
+        return family, user
+
+    async def _reused(self, family: Family, what: str) -> NoReturn:
+        await self._repository.revoke_family(family.family_id)
+        log.warning(
+            f"{what} used twice: its family is revoked",
+            extra={"client_id": family.client_id, "user_id": family.user_id},
+        )
+        raise InvalidGrant(f"the {what} was already used")
+
+    async def _tokens(
+        self, client: PublicClient, family: Family, user: UserInfo, *, nonce: str | None
+    ) -> TokenSet:
         now = int(self._clock())
         access = external_claims(
             issuer=self._auth.issuer,
@@ -387,19 +401,6 @@ class SignIn:
             id_token=self._auth.keys.sign(id_claims),
             scope=access["scope"],
         )
-
-    async def _signable_user(self, family: Family) -> UserInfo:
-        """The family's user, if they may still get tokens; a blocked or removed user's family
-        is revoked (InvalidGrant)."""
-        try:
-            user = await self._auth.current_user(family.user_id)
-        except UnknownUser:
-            user = None
-        if user is None or user.blocked:
-            await self._repository.revoke_family(family.family_id)
-            log.info("no tokens for a blocked user", extra={"user_id": family.user_id})
-            raise InvalidGrant("the user is blocked") from UserBlocked(family.user_id)
-        return user
 
     def _client(self, client_id: str) -> PublicClient:
         client = self.clients.get(client_id)

@@ -35,6 +35,7 @@ from services.auth.sign_in import (
     digest,
 )
 from services.common.auth.jwt import verify_jwt
+from services.common.errors import Unavailable
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.auth import InMemorySignIn
 from tests.unit.test_auth_use_cases import ISSUER, Auth, quick_keys  # noqa: F401 (fixture)
@@ -303,6 +304,21 @@ async def test_a_blocked_user_gets_no_new_tokens():
     w.auth.users.users["alice"] = replace(w.auth.users.users["alice"], blocked=False)
     with pytest.raises(InvalidGrant):  # the family stays revoked once unblocked
         await w.sign_in.refresh(WEB_CLIENT_ID, tokens.refresh_token)
+
+
+@in_a_loop
+async def test_with_users_down_a_refresh_or_code_is_not_spent_so_a_retry_works():
+    w = await world()
+    tokens = await w.tokens()
+    code = await w.code(Browser())
+    w.auth.users.down = True
+    with pytest.raises(Unavailable):
+        await w.sign_in.refresh(WEB_CLIENT_ID, tokens.refresh_token)
+    with pytest.raises(Unavailable):
+        await w.sign_in.redeem_code(WEB_CLIENT_ID, code, CALLBACK, VERIFIER)
+    w.auth.users.down = False
+    assert (await w.sign_in.refresh(WEB_CLIENT_ID, tokens.refresh_token)).refresh_token
+    assert (await w.sign_in.redeem_code(WEB_CLIENT_ID, code, CALLBACK, VERIFIER)).refresh_token
 
 
 @in_a_loop

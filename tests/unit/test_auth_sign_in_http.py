@@ -8,7 +8,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from aiohttp import ClientResponse, DummyCookieJar
 from aiohttp.test_utils import TestClient, TestServer
@@ -161,6 +161,16 @@ async def test_a_sign_in_sets_the_session_cookie_and_redirects_with_code_and_sta
 
 
 @served
+async def test_a_state_with_reserved_characters_comes_back_unchanged(client, _auth):
+    resp = await client.login(await client.login_page_request_id())
+    assert "state=st-1" in resp.headers["Location"]
+    odd = "a&b=c d/é"
+    again = await client.authorize(state=odd)
+    assert again.status == 302
+    assert parse_qs(urlsplit(again.headers["Location"]).query)["state"] == [odd]
+
+
+@served
 async def test_wrong_credentials_show_the_page_again_with_a_plain_message(client, _auth):
     request_id = await client.login_page_request_id()
     resp = await client.login(request_id, password="not-it")
@@ -251,6 +261,8 @@ async def test_logout_goes_back_only_to_a_registered_uri_and_ends_the_session(cl
     )
     assert resp.status == 302
     assert resp.headers["Location"] == "https://127.0.0.1:8443/?state=bye"
+    cleared = set_cookie(resp, sign_in_api.SESSION_COOKIE)
+    assert "Max-Age=0" in cleared and "Secure" in cleared and "Path=/auth" in cleared
     assert sign_in_api.SESSION_COOKIE not in client.cookies
     assert (await client.authorize()).status == 200
 

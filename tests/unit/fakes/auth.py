@@ -234,6 +234,11 @@ class InMemorySignIn:
         await round_trip()
         self.codes[code.code_hash] = (code, False)
 
+    async def code(self, code_hash: str) -> Code | None:
+        await round_trip()
+        stored = self.codes.get(code_hash)
+        return None if stored is None else stored[0]
+
     async def use_code(self, code_hash: str) -> Used[Code] | None:
         await round_trip()
         if code_hash not in self.codes:
