@@ -20,6 +20,7 @@ from tests.unit.fakes.auth import InMemorySignIn
 from tests.unit.test_auth_sign_in import CALLBACK, CHALLENGE, CLIENTS, VERIFIER
 from tests.unit.test_auth_use_cases import LIMITS, Auth, quick_keys  # noqa: F401 (fixture)
 
+FORM = "application/x-www-form-urlencoded"
 AUTHORIZE = {
     "response_type": "code",
     "client_id": "shopmesh-web",
@@ -37,9 +38,11 @@ class Client:
         self.http = http
         self.cookies: dict[str, str] = {}
 
-    async def request(self, method: str, path: str, **kwargs: object) -> ClientResponse:
+    async def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: object
+    ) -> ClientResponse:
         cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
-        headers = {"Cookie": cookie} if cookie else {}
+        headers = (headers or {}) | ({"Cookie": cookie} if cookie else {})
         resp = await self.http.request(
             method, path, headers=headers, allow_redirects=False, **kwargs
         )
@@ -279,3 +282,27 @@ async def test_revoke_answers_200_and_refuses_an_unknown_client(client, _auth):
     assert (unknown.status, (await unknown.json())["error"]) == (401, "invalid_client")
     missing = await client.request("POST", "/auth/revoke", data={"client_id": "shopmesh-web"})
     assert (missing.status, (await missing.json())["error"]) == (400, "invalid_request")
+
+
+@served
+async def test_hostile_sign_in_input_is_a_4xx_never_a_500(client, _auth):
+    request_id = await client.login_page_request_id()
+    authorize = await client.request("GET", "/auth/authorize?client_id=%ff%fe&state=%00")
+    assert authorize.status == 400
+    for body, content_type in (
+        (b"request=" + request_id.encode() + b"&username=a%00&password=p", FORM),
+        (b"request=x&username=%ed%a0%80&password=p", FORM),
+        (b"request=x&username=\xff&password=p", FORM),
+        (b'{"request": "x"}', "application/json"),
+        (b"&".join(b"f%d=1" % n for n in range(100)), FORM),
+    ):
+        resp = await client.request(
+            "POST", "/auth/login", data=body, headers={"Content-Type": content_type}
+        )
+        assert resp.status == 400, body
+        assert resp.content_type == "text/html"
+    revoke = await client.request(
+        "POST", "/auth/revoke", data=b"token=%ff&client_id=shopmesh-web",
+        headers={"Content-Type": FORM},
+    )  # fmt: skip
+    assert revoke.status == 400
