@@ -72,8 +72,12 @@ class Browser:
         return self.http.post(f"{self.issuer}/login", data=form)
 
     def sign_in(self, callback: str, user: str = "alice") -> dict[str, str]:
-        """Through the login page; the parameters the browser is sent back to the client with."""
-        signed_in = self.login(self.authorize(callback), user, demo.password(self.mesh.state, user))
+        """Through the login page unless the browser is signed in already; the parameters the
+        browser is sent back to the client with."""
+        page = self.authorize(callback)
+        if page.status_code == 302:
+            return returned(page, callback)
+        signed_in = self.login(page, user, demo.password(self.mesh.state, user))
         return returned(signed_in, callback)
 
     def token(self, **form: str) -> httpx.Response:
