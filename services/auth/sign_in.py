@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, NoReturn, Protocol, TypeVar
 
+from contracts import EventType
 from services.auth.authorization import (
     PROMPT_LOGIN,
     PROMPT_NONE,
@@ -36,6 +37,8 @@ from services.auth.authorization import (
 from services.auth.clients import UnknownUser, UserInfo
 from services.auth.service import UNKNOWN_ADDRESS, AuthService, UserBlocked
 from services.auth.tokens import GTY_AUTHORIZATION_CODE, external_claims, id_token_claims
+from services.common.db import Connection
+from services.common.messaging.envelope import Event
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,10 @@ class SignInRepository(Protocol):
     async def add_refresh_token(self, token: RefreshToken) -> None: ...
     async def use_refresh_token(self, token_hash: str) -> Used[RefreshToken] | None: ...
     async def refresh_token(self, token_hash: str) -> RefreshToken | None: ...
+    async def revoke_user(self, user_id: str) -> int:
+        """End the user's sessions and revoke their families; how many of each there were."""
+        ...
+
     async def prune(self, now: float) -> int: ...
 
 
@@ -433,6 +440,14 @@ class SignIn:
         await self._repository.delete_session(session_hash)
         revoked = await self._repository.revoke_session_families(session_hash)
         log.info("session ended", extra={"families_revoked": revoked})
+
+    async def on_user_event(self, _conn: Connection, event: Event) -> None:
+        """user-events: a blocked user's sessions end and their refresh-token families are
+        revoked at once (each grant also asks users, so this only makes it sooner)."""
+        if event.type == EventType.USER_BLOCKED:
+            user_id = event.data["userId"]
+            revoked = await self._repository.revoke_user(user_id)
+            log.info("blocked user signed out", extra={"user_id": user_id, "revoked": revoked})
 
     async def prune(self) -> int:
         """Forget expired sessions, pending requests, codes and families."""

@@ -196,6 +196,15 @@ class PostgresSignIn:
         )
         return None if row is None else _refresh_token(row)
 
+    async def revoke_user(self, user_id: str) -> int:
+        families = await self._db.execute(
+            "UPDATE refresh_families SET revoked_at = now()"
+            " WHERE user_id = $1 AND revoked_at IS NULL",
+            user_id,
+        )
+        sessions = await self._db.execute("DELETE FROM auth_sessions WHERE user_id = $1", user_id)
+        return int(families.split()[-1]) + int(sessions.split()[-1])
+
     async def prune(self, now: float) -> int:
         """Expired sessions, requests and families (their codes and tokens go with them)."""
         deleted = 0
