@@ -153,8 +153,11 @@ class Delayer:
                 if pid is None:
                     continue
                 wait = self.delay_s + random.uniform(-self.jitter_s, self.jitter_s)
-                self.count += 1
-                heapq.heappush(self.held, (time.monotonic() + wait, self.count, pid, sock))
+                self.hold(time.monotonic() + wait, pid, sock)
+
+    def hold(self, due: float, pid: int, sock: socket.socket) -> None:
+        self.count += 1
+        heapq.heappush(self.held, (due, self.count, pid, sock))
 
     def release(self, until: float) -> None:
         while self.held and self.held[0][0] <= until:

@@ -143,11 +143,9 @@ def _from(network: Network, host: str) -> tuple[str, ...]:
     return ("-s", f"{network.address(host)}/32")
 
 
-def chain_commands(
-    network: Network, host: str, existing: set[str], jumps: set[str]
-) -> list[list[str]]:
-    """The iptables commands that make our chains in a host and jump to them from INPUT, given
-    which exist and are jumped to already."""
+def chain_commands(existing: set[str], jumps: set[str]) -> list[list[str]]:
+    """The iptables commands that make our chains in a host and jump to them from INPUT, in
+    CHAINS' order, given which exist and are jumped to already."""
     commands = [["iptables", "-w", "-N", chain] for chain in CHAINS if chain not in existing]
     commands += [
         ["iptables", "-w", "-A", "INPUT", "-j", chain] for chain in CHAINS if chain not in jumps
@@ -174,7 +172,7 @@ def _ensure_chains(network: Network) -> None:
         rules = _iptables(network, host, ["iptables", "-w", "-S"]).splitlines()
         existing = {line.split()[1] for line in rules if line.startswith("-N ")}
         jumps = {line.split()[-1] for line in rules if line.startswith("-A INPUT -j ")}
-        for command in chain_commands(network, host, existing, jumps):
+        for command in chain_commands(existing, jumps):
             _iptables(network, host, command)
 
 
