@@ -28,10 +28,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    network = _network()
-    hosts.require_root()
-    netfaults.stop_delayer(network)
-    for host, pids in hosts.remove(network).items():
+    for host, pids in netfaults.down(_network()).items():
         print(f"SIGKILLed what still ran in {host}: {', '.join(map(str, pids))}")
     print("hosts removed: no namespace, link or rule of theirs is left")
     return 0
@@ -51,12 +48,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{state.name:<8} {state.namespace:<18} {state.address:<13} {link:<5} "
             f"{state.processes:<6} {placed}"
         )
-    print("faults: " + ("none" if not on else ""))
-    for host, rules in on.items():
-        print(f"  in {host}: {'; '.join(rules)}")
+    print("faults:" + ("" if on else " none"))
+    for rule in sorted((rule for rules in on.values() for rule in rules), key=_by_kind):
+        print(f"  {rule.comment:<34} {rule.packets} packets so far")
     if delayers := netfaults.delayer_pids(network):
         print(f"delayer: pid {', '.join(map(str, delayers))}")
     return 3 if missing else 0
+
+
+def _by_kind(rule: netfaults.Seen) -> tuple[int, str]:
+    kinds = ("cut", "loss", "delay")
+    return kinds.index(rule.comment.split()[0]), rule.comment
 
 
 def cmd_partition(args: argparse.Namespace) -> int:

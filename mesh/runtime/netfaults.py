@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,6 +39,7 @@ from mesh.runtime.hosts import (
     in_namespace,
     kill_processes,
     namespace_exists,
+    remove,
     require_root,
     run,
 )
@@ -50,7 +51,6 @@ CHAINS = (PARTITION, LOSS, DELAY)
 # The NFQUEUE queue the delay rules send to, in each host (queues are per network namespace).
 DELAY_QUEUE = 86
 DELAYER_MODULE = "mesh.runtime.delayer"
-COMMENT = re.compile(r'--comment "?([^"]+?)"?(?: -j|$)')
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,14 @@ def heal(network: Network) -> None:
     stop_delayer(network)
 
 
+def down(network: Network) -> dict[str, list[int]]:
+    """The delayer stopped and the hosts removed, their rules with their namespaces: nothing
+    of theirs is left. What was SIGKILLed in which host."""
+    require_root()
+    stop_delayer(network)
+    return remove(network)
+
+
 def kill_host(network: Network, host: str) -> list[int]:
     """SIGKILL every process in the host: the host is lost, as if its power went."""
     require_root()
@@ -225,16 +233,33 @@ def kill_host(network: Network, host: str) -> list[int]:
     return kill_processes(network.namespace(host))
 
 
-def active(network: Network) -> dict[str, list[str]]:
-    """What is on, by host (the comments of its rules), from the kernel's own tables."""
-    on: dict[str, list[str]] = {}
+@dataclass(frozen=True)
+class Seen:
+    """A fault's rule as the kernel has it: what it is, and how many packets it has taken."""
+
+    comment: str
+    packets: int
+
+
+def read_rules(listing: str) -> list[Seen]:
+    """Our rules in `iptables -S -v` output (the ones with a comment)."""
+    seen = []
+    for line in listing.splitlines():
+        words = shlex.split(line)
+        if "--comment" in words:
+            packets = int(words[words.index("-c") + 1]) if "-c" in words else 0
+            seen.append(Seen(words[words.index("--comment") + 1], packets))
+    return seen
+
+
+def active(network: Network) -> dict[str, list[Seen]]:
+    """What is on, by receiving host, from the kernel's own tables."""
+    on: dict[str, list[Seen]] = {}
     for host in network.names:
         if not namespace_exists(network.namespace(host)):
             continue
-        rules = _iptables(network, host, ["iptables", "-w", "-S"]).splitlines()
-        found = [m.group(1) for line in rules if (m := COMMENT.search(line))]
-        if found:
-            on[host] = found
+        if rules := read_rules(_iptables(network, host, ["iptables", "-w", "-S", "-v"])):
+            on[host] = rules
     return on
 
 

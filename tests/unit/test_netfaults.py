@@ -127,13 +127,18 @@ def test_the_chains_are_made_once_and_jumped_to_in_order_cut_then_loss_then_dela
     assert netfaults.chain_commands(every, every) == []
 
 
-def test_status_reads_the_rules_comments_back() -> None:
-    line = f'-A {LOSS} -s {A}/32 -m statistic --mode random --probability 0.29999999981 -m comment --comment "loss 30% a->b" -j DROP'  # noqa: E501
-    match = netfaults.COMMENT.search(line)
-    assert match is not None and match.group(1) == "loss 30% a->b"
-    bare = f"-A {PARTITION} -s {A}/32 -m comment --comment cut-a -j DROP"
-    match = netfaults.COMMENT.search(bare)
-    assert match is not None and match.group(1) == "cut-a"
+def test_status_reads_each_faults_comment_and_packet_count_back() -> None:
+    listing = "\n".join([
+        "-N SHOPMESH-LOSS",
+        f'-A {LOSS} -s {A}/32 -m statistic --mode random --probability 0.29999999981 '
+        '-m comment --comment "loss 30% a->b" -c 12 840 -j DROP',
+        f"-A {PARTITION} -s {A}/32 -m comment --comment cut-a -c 0 0 -j DROP",
+        "-A INPUT -j SHOPMESH-LOSS -c 100 5000",
+    ])  # fmt: skip
+    assert netfaults.read_rules(listing) == [
+        netfaults.Seen("loss 30% a->b", 12),
+        netfaults.Seen("cut-a", 0),
+    ]
 
 
 def test_the_delayer_is_started_with_every_hosts_namespace_and_found_by_its_prefix() -> None:
