@@ -54,6 +54,10 @@ QUEUE_MAXLEN = 8192
 RECEIVE_BUFFER = 8 << 20
 # <asm-generic/socket.h>; Python's socket module does not name it. Past rmem_max, as root.
 SO_RCVBUFFORCE = 33
+# <linux/netlink.h>: a full socket buffer is not reported as ENOBUFS on the next receive (the
+# kernel lets the packets it could not hand over pass, the queue failing open).
+SOL_NETLINK = 270
+NETLINK_NO_ENOBUFS = 5
 
 
 def attribute(kind: int, data: bytes) -> bytes:
@@ -120,6 +124,7 @@ def packet_id(payload: bytes) -> int | None:
 def open_queue(namespace: str, queue: int) -> socket.socket:
     sock = socket_in(namespace, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
     sock.bind((0, 0))
     for request in bind_messages(queue):
         sock.send(request)

@@ -38,14 +38,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     network = _network()
     placement = HostsPlacement.of(load())
     on = netfaults.active(network)
-    print(f"{'HOST':<8} {'NAMESPACE':<18} {'ADDRESS':<13} {'LINK':<5} {'PROCS':<6} PLACED")
+    print(f"{'HOST':<10} {'NAMESPACE':<20} {'ADDRESS':<13} {'LINK':<5} {'PROCS':<6} PLACED")
     missing = False
     for state in hosts.states(network):
         link = "up" if state.up and state.address in state.addresses else "down"
         missing |= link == "down"
         placed = ", ".join(placement.components_on(state.name))
         print(
-            f"{state.name:<8} {state.namespace:<18} {state.address:<13} {link:<5} "
+            f"{state.name:<10} {state.namespace:<20} {state.address:<13} {link:<5} "
             f"{state.processes:<6} {placed}"
         )
     print("faults:" + ("" if on else " none"))

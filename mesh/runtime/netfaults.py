@@ -24,6 +24,7 @@ import contextlib
 import os
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,7 +224,9 @@ def down(network: Network) -> dict[str, list[int]]:
     of theirs is left. What was SIGKILLed in which host."""
     require_root()
     stop_delayer(network)
-    return remove(network)
+    killed = remove(network)
+    shutil.rmtree(_runtime_dir(network))
+    return killed
 
 
 def kill_host(network: Network, host: str) -> list[int]:
@@ -267,7 +270,7 @@ def active(network: Network) -> dict[str, list[Seen]]:
 
 
 def _runtime_dir(network: Network) -> Path:
-    path = Path("/run") / network.prefix
+    path = Path("/run") / f"{network.prefix}-net"
     path.mkdir(mode=0o700, exist_ok=True)
     return path
 

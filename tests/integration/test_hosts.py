@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -304,6 +305,7 @@ def test_down_leaves_no_namespace_link_rule_or_delayer_and_touches_nothing_else(
     links = [link["ifname"] for link in json.loads(hosts.run(["ip", "-j", "link", "show"]))]
     assert not [name for name in links if name.startswith("smg")], links
     assert not netfaults.delayer_pids(gone)
+    assert not Path("/run/shopmesh-gone-net").exists()  # the delayer's log
     # The rules were in the hosts' namespaces, gone with them; the test hosts are untouched.
     assert all(state.up for state in hosts.states(network))
     assert netfaults.down(gone) == {}
