@@ -9,6 +9,7 @@ from ipaddress import IPv4Network
 import pytest
 
 from mesh.runtime import delayer, hosts, netfaults
+from mesh.runtime.cli import build_parser
 from mesh.runtime.hosts import NetError, Network
 from mesh.runtime.netfaults import DELAY, DELAY_QUEUE, LOSS, PARTITION, Rule
 from mesh.topology import Hosts, load
@@ -208,3 +209,14 @@ def test_held_packets_go_in_the_order_their_time_comes() -> None:
     held.release(2.5)
     assert [struct.unpack_from("!I", m, 28)[0] for m in sent] == [10, 20]
     assert held.next_due() == 3.0
+
+
+def test_the_net_commands_parse_as_documented() -> None:
+    parser = build_parser()
+    delay = parser.parse_args(["net", "delay", "50", "host-1", "--jitter", "10"])
+    assert (delay.ms, delay.host, delay.jitter) == (50, "host-1", 10)
+    assert parser.parse_args(["net", "delay", "50"]).host is None
+    cut = parser.parse_args(["net", "partition", "host-1", "--from", "host-2", "--one-way"])
+    assert (cut.host, cut.peer, cut.one_way) == ("host-1", "host-2", True)
+    loss = parser.parse_args(["net", "loss", "2.5", "front"])
+    assert (loss.percent, loss.host) == (2.5, "front")
