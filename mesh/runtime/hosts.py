@@ -146,8 +146,8 @@ def create(network: Network) -> None:
         if not namespace_exists(namespace):
             run(["ip", "netns", "add", namespace])
         if not _expect_kind(veth, "veth"):
-            # A host end left in the namespace without its root end cannot be: a veth pair goes
-            # as a whole. One of our name that is no veth end would be someone else's.
+            # No root end means no pair of ours (a veth pair goes as a whole): an eth0 already
+            # in the namespace is someone else's.
             if _link_kind(HOST_LINK, namespace) is not None:
                 raise NetError(f"{namespace} has a {HOST_LINK} that is not ours: left alone")
             run(["ip", "link", "add", veth, "type", "veth", "peer", HOST_LINK, "netns", namespace])

@@ -233,7 +233,10 @@ def kill_host(network: Network, host: str) -> list[int]:
     """SIGKILL every process in the host: the host is lost, as if its power went."""
     require_root()
     _check_host(network, host)
-    return kill_processes(network.namespace(host))
+    namespace = network.namespace(host)
+    if not namespace_exists(namespace):
+        raise NetError(f"host {host} is not up ({namespace} does not exist)")
+    return kill_processes(namespace)
 
 
 @dataclass(frozen=True)
