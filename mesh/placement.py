@@ -8,6 +8,8 @@ takes (topology, placement), so one topology runs in several ways without rewrit
 - `ComposePlacement` (compose.yaml): a container per component on one bridge network; processes
   bind all of their container's interfaces, and are reached by their compose name, or by their
   fixed address where a name will not do.
+- `HostsPlacement` (`mesh net`, docs/hosts.md): several hosts, each a network namespace with an
+  address of its own; the topology spread over them so that no host's loss takes all of anything.
 
 Components are named as the topology names them: `consul` (this host's Consul agent, a client
 agent), each Consul server (`consul-server-1`), `postgres`, `jaeger`, `prometheus`, `redis`,
@@ -28,7 +30,7 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mesh.topology import ConsulServer, Topology
+    from mesh.topology import ConsulServer, Host, Hosts, Topology
 
 # Where an app reaches its own sidecar's upstream listeners, in every placement: the sidecar
 # shares the app's network namespace (services call `127.0.0.1:<local_bind_port>`).
@@ -208,3 +210,92 @@ class ComposePlacement(Placement):
     def postgres_endpoints(self, topology: Topology) -> list[str]:
         """Compose runs one Postgres, without Patroni (docs/runtime.md)."""
         return [f"{self.host(POSTGRES)}:{topology.postgres_port}"]
+
+
+def consul_agent_on(host: str) -> str:
+    """The name of a host's Consul client agent in the hosts placement."""
+    return f"{CONSUL}-agent-{host}"
+
+
+@dataclass(frozen=True)
+class HostsPlacement(Placement):
+    """Several hosts, each a network namespace with its own address on one bridge (the
+    topology's `hosts`, made by `mesh net up`). Every process binds its host's address and is
+    reached there; admin APIs are on its host's loopback, so only that host reaches them; clients
+    come in through the balancer, alone on its host.
+
+    Each host runs a Consul client agent of its own (`consul-agent-<host>`), which everything on
+    it registers with and its sidecars get xDS from; there is no one `consul` agent. The rest is
+    spread over the app hosts in groups whose members must not share a host (the Consul servers,
+    the Kafka nodes, the Postgres nodes, the instances of each service, of each worker, the
+    edges), and one-member groups for the rest; members go to consecutive hosts, starting where
+    the group before ended, so the load evens out too. A group larger than the hosts is refused.
+    """
+
+    hosts: Hosts
+    on: Mapping[str, str]
+
+    @classmethod
+    def of(cls, topology: Topology) -> HostsPlacement:
+        hosts = topology.hosts
+        apps = [host.name for host in hosts.apps]
+        on = {consul_agent_on(host.name): host.name for host in hosts.all}
+        on[BALANCER] = hosts.balancer.name
+        cursor = 0
+        for group in _kept_apart(topology):
+            if len(group) > len(apps):
+                raise PlacementError(
+                    f"{', '.join(group)} must each have a host of their own, and there are "
+                    f"{len(apps)} app hosts in the topology's hosts"
+                )
+            for offset, component in enumerate(group):
+                on[component] = apps[(cursor + offset) % len(apps)]
+            cursor += len(group)
+        return cls(hosts, on)
+
+    def host_of(self, component: str) -> Host:
+        try:
+            return self.hosts.host(self.on[component])
+        except KeyError:
+            if component == CONSUL:
+                raise PlacementError(
+                    f"the hosts placement has no one {CONSUL} agent: each host has its own, "
+                    f"{consul_agent_on('<host>')}"
+                ) from None
+            raise PlacementError(f"{component} is placed on no host") from None
+
+    def components_on(self, host: str) -> list[str]:
+        return [component for component, name in self.on.items() if name == host]
+
+    def listen(self, component: str) -> str:
+        return self.host_of(component).address
+
+    def address(self, component: str) -> str:
+        return self.host_of(component).address
+
+    def host(self, component: str) -> str:
+        return self.host_of(component).address
+
+    def admin(self, component: str) -> str:
+        self.host_of(component)
+        return LOOPBACK
+
+    def public(self) -> str:
+        return self.hosts.balancer.address
+
+    def consul_agent(self, component: str) -> str:
+        return consul_agent_on(self.host_of(component).name)
+
+
+def _kept_apart(topology: Topology) -> list[list[str]]:
+    """Groups of components that must not share a host, in the order they are placed."""
+    groups = [
+        [server.name for server in topology.consul_servers],
+        [node.name for node in topology.kafka.nodes],
+        [node.name for node in topology.postgres_nodes],
+    ]
+    groups += [[i.id for i in service.instances] for service in topology.services]
+    groups += [list(workers.instances) for workers in topology.workers]
+    groups.append([edge.id for edge in topology.edge.instances])
+    groups += [[single] for single in (JAEGER, PROMETHEUS, REDIS, RATELIMIT, WATCHDOG)]
+    return groups

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from functools import cache
+from ipaddress import IPv4Network
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,10 @@ import yaml
 from mesh.placement import NativePlacement
 
 TOPOLOGY_FILE = Path(__file__).with_name("topology.yaml")
+
+
+class TopologyError(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,59 @@ class Workers:
         return self.metrics_ports[self.instances.index(instance)]
 
 
+# A host's name: a DNS label short enough that the link names made of it (a short prefix, a dash
+# and the name) keep within Linux's 15 characters.
+HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,9}")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """The hosts of the hosts placement (`mesh net`, docs/hosts.md): network namespaces on one
+    bridge. The bridge (`gateway`, the root namespace's address on it) takes the subnet's first
+    address and the hosts the next ones, `apps` in order, then `balancer`: each address follows
+    from the subnet and the order, and is written nowhere."""
+
+    subnet: IPv4Network
+    gateway: str
+    apps: tuple[Host, ...]
+    balancer: Host
+
+    @classmethod
+    def on(cls, subnet: IPv4Network, apps: tuple[str, ...], balancer: str) -> Hosts:
+        names = (*apps, balancer)
+        bad = [name for name in names if not HOST_NAME.fullmatch(name)]
+        if bad:
+            raise TopologyError(
+                f"hosts: names must be lower-case letters, digits and dashes, at most 10, "
+                f"starting with a letter; not {bad}"
+            )
+        if len(set(names)) != len(names):
+            raise TopologyError(f"hosts: every host needs a name of its own, got {list(names)}")
+        if not apps:
+            raise TopologyError("hosts: at least one host in apps")
+        gateway, *addresses = islice(subnet.hosts(), len(names) + 1)
+        if len(addresses) < len(names):
+            raise TopologyError(f"hosts: {subnet} has too few addresses for {len(names)} hosts")
+        hosts = [Host(name, str(address)) for name, address in zip(names, addresses, strict=True)]
+        return cls(subnet, str(gateway), tuple(hosts[:-1]), hosts[-1])
+
+    @property
+    def all(self) -> tuple[Host, ...]:
+        return (*self.apps, self.balancer)
+
+    def host(self, name: str) -> Host:
+        for host in self.all:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+
 @dataclass(frozen=True)
 class Topology:
     bind_host: str
@@ -259,6 +318,7 @@ class Topology:
     watchdog_port: int
     # The balancer's (HAProxy's) stats page and Prometheus metrics.
     balancer_stats_port: int
+    hosts: Hosts
     # The share of requests without a trace context the edge starts a trace for.
     trace_sample_percent: float = 100.0
     workers: tuple[Workers, ...] = ()
@@ -347,10 +407,6 @@ class Topology:
             for up in edge.upstreams:
                 ports[f"{edge.id} -> {up.service} upstream"] = up.local_bind_port
         return ports
-
-
-class TopologyError(ValueError):
-    pass
 
 
 def _sidecar(raw: dict[str, Any]) -> Sidecar:
@@ -455,6 +511,11 @@ def parse(raw: dict[str, Any]) -> Topology:
         redis_port=int(raw["redis"]["port"]),
         watchdog_port=int(raw["watchdog"]["metrics_port"]),
         balancer_stats_port=int(raw["balancer"]["stats_port"]),
+        hosts=Hosts.on(
+            IPv4Network(raw["hosts"]["subnet"]),
+            tuple(raw["hosts"]["apps"]),
+            raw["hosts"]["balancer"],
+        ),
         trace_sample_percent=float(raw["tracing"]["sample_percent"]),
         ratelimit_ports=RateLimitServicePorts(
             **{k: int(v) for k, v in raw["ratelimit"]["ports"].items()}

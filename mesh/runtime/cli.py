@@ -23,6 +23,7 @@ from mesh.runtime import (
     jaeger,
     kafka,
     kafka_tools,
+    netcli,
     process,
     protos,
     sizes,
@@ -31,6 +32,7 @@ from mesh.runtime import (
     users,
 )
 from mesh.runtime.consul_acl import token_file
+from mesh.runtime.hosts import NetError
 from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
@@ -441,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="wrk: closed loop, direct and sidecars only",
     )
     bench.set_defaults(func=cmd_bench)
+    netcli.add_parser(sub)
     return parser
 
 
@@ -449,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.func
     try:
         return command(args)
-    except (MeshError, ProvisionError, ProcessFailed, TopologyError) as exc:
+    except (MeshError, ProvisionError, ProcessFailed, TopologyError, NetError) as exc:
         print(f"mesh {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -645,6 +645,25 @@ HAPROXY = Component(
     locate=lambda c, home: {"haproxy": HAPROXY_BIN},
 )
 
+# --- iptables: the Debian package; the faults between the hosts (mesh/runtime/netfaults.py) --
+# iptables rather than nft: the delay's NFQUEUE target is an xtables one here (this kernel has
+# no nft queue expression), and one tool does every fault. Debian's `iptables` is the nf_tables
+# backend, its xtables matches and targets through nft_compat.
+
+IPTABLES_BIN = Path("/usr/sbin/iptables")
+
+
+def _install_iptables(component: Component, home: Path) -> None:
+    _apt_component("iptables", IPTABLES_BIN, f"iptables v{component.version} ")
+
+
+IPTABLES = Component(
+    name="iptables",
+    version="1.8.9",
+    install_into=_install_iptables,
+    locate=lambda c, home: {"iptables": IPTABLES_BIN},
+)
+
 # --- Load tools for the benchmarks (bench/, `mesh bench`): vegeta, ghz, h3load, wrk --------
 # vegeta and ghz from the Go module proxy through wrapper modules; h3load is the project's own
 # program (mesh/provision/h3load/main.go): vegeta as a library over quic-go's HTTP/3 transport,
@@ -700,6 +719,7 @@ COMPONENTS: tuple[Component, ...] = (
     RATELIMIT,
     REDIS,
     HAPROXY,
+    IPTABLES,
     COMPOSE_SCHEMA,
     VEGETA,
     GHZ,

@@ -4,6 +4,7 @@ reach it; natively all on the bind host, in compose by container names and fixed
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,13 +27,15 @@ from mesh.placement import (
     REDIS,
     WATCHDOG,
     ComposePlacement,
+    HostsPlacement,
     NativePlacement,
     Placement,
     PlacementError,
+    consul_agent_on,
 )
 from mesh.runtime import protos
 from mesh.runtime.paths import StateDir
-from mesh.topology import Topology, load
+from mesh.topology import Hosts, Topology, load
 from mesh.wiring import Wiring, instance_env
 
 
@@ -282,3 +285,108 @@ def test_jaeger_and_the_rate_limit_service_bind_their_host(topology: Topology) -
     env = ratelimit.service_env(topology, TwoHosts(), StateDir(Path("/state")))
     assert env["GRPC_HOST"] == A
     assert env["REDIS_URL"] == f"{A}:{topology.redis_port}"
+
+
+# --- the hosts placement: the topology spread over network-namespace hosts ----------------------
+
+
+@pytest.fixture(params=["full", "small"], scope="module")
+def sized(request: pytest.FixtureRequest, topology: Topology) -> Topology:
+    return topology if request.param == "full" else topology.small()
+
+
+def apart_groups(topology: Topology) -> dict[str, list[str]]:
+    """What issue #16 wants each on a host of its own."""
+    groups = {
+        "consul servers": [s.name for s in topology.consul_servers],
+        "kafka nodes": [n.name for n in topology.kafka.nodes],
+        "postgres nodes": [n.name for n in topology.postgres_nodes],
+        "edges": [e.id for e in topology.edge.instances],
+    }
+    groups |= {s.name: [i.id for i in s.instances] for s in topology.services}
+    groups |= {w.name: list(w.instances) for w in topology.workers}
+    return groups
+
+
+def test_the_hosts_placement_keeps_apart_what_must_not_fall_together(sized: Topology) -> None:
+    placement = HostsPlacement.of(sized)
+    for group, members in apart_groups(sized).items():
+        hosts = [placement.host_of(member).name for member in members]
+        assert len(set(hosts)) == len(hosts), (group, hosts)
+
+
+def test_the_three_consul_servers_and_the_kafka_nodes_each_have_a_host_of_their_own(
+    topology: Topology,
+) -> None:
+    placement = HostsPlacement.of(topology)
+    apps = {host.name for host in topology.hosts.apps}
+    assert len(topology.consul_servers) == 3
+    assert {placement.host_of(s.name).name for s in topology.consul_servers} == apps
+    # One broker per host: as many as hosts, on all of them.
+    assert {placement.host_of(n.name).name for n in topology.kafka.nodes} == apps
+    assert len(topology.kafka.nodes) == len(apps)
+
+
+def test_the_balancer_is_alone_on_its_host_with_that_hosts_consul_agent(sized: Topology) -> None:
+    placement = HostsPlacement.of(sized)
+    balancer_host = sized.hosts.balancer
+    assert placement.host_of(BALANCER) == balancer_host
+    assert placement.components_on(balancer_host.name) == [
+        consul_agent_on(balancer_host.name),
+        BALANCER,
+    ]
+    assert placement.public() == balancer_host.address
+
+
+def test_every_host_has_a_consul_client_agent_that_what_runs_there_uses(sized: Topology) -> None:
+    placement = HostsPlacement.of(sized)
+    for host in sized.hosts.all:
+        agent = consul_agent_on(host.name)
+        assert placement.host_of(agent) == host
+        for component in placement.components_on(host.name):
+            assert placement.consul_agent(component) == agent
+    instance = sized.instances()[0]
+    assert placement.consul_http_addr(sized, instance.id) == (
+        f"http://{placement.address(instance.id)}:{sized.consul_ports.http}"
+    )
+    with pytest.raises(PlacementError, match="each host has its own"):
+        placement.address(CONSUL)
+
+
+def test_every_component_is_placed_and_answers_its_hosts_address(sized: Topology) -> None:
+    placement = HostsPlacement.of(sized)
+    placed = [c for c in components(sized) if c not in (CONSUL, POSTGRES)]
+    placed += [s.name for s in sized.consul_servers] + [n.name for n in sized.postgres_nodes]
+    addresses = {host.address for host in sized.hosts.all}
+    for component in placed:
+        address = placement.address(component)
+        assert address in addresses, component
+        assert placement.listen(component) == placement.host(component) == address
+        # Admin APIs: only the host itself reaches them.
+        assert placement.admin(component) == LOOPBACK
+    assert sorted(placement.on) == sorted(
+        set(placed) | {consul_agent_on(h.name) for h in sized.hosts.all}
+    )
+
+
+def test_the_full_mesh_is_spread_evenly_over_the_app_hosts(topology: Topology) -> None:
+    placement = HostsPlacement.of(topology)
+    loads = [len(placement.components_on(host.name)) for host in topology.hosts.apps]
+    assert max(loads) - min(loads) <= 1, loads
+
+
+def test_a_group_larger_than_the_hosts_is_refused(topology: Topology) -> None:
+    one_host = replace(topology, hosts=Hosts.on(topology.hosts.subnet, ("solo",), "front"))
+    with pytest.raises(PlacementError, match="must each have a host of their own"):
+        HostsPlacement.of(one_host)
+
+
+def test_kafka_nodes_listen_on_their_hosts_addresses_in_the_hosts_placement(
+    topology: Topology,
+) -> None:
+    placement = HostsPlacement.of(topology)
+    node = topology.kafka.nodes[1]
+    props = kafka.server_properties(topology, placement, node, Path("/data"))
+    address = placement.host_of(node.name).address
+    assert address != topology.bind_host
+    assert props["advertised.listeners"] == f"CLIENT://{address}:{node.port}"

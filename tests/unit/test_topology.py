@@ -71,3 +71,31 @@ def test_mesh_up_remembers_the_size_for_every_later_command(tmp_path) -> None:
     assert sizes.topology_for(state) == load().small()
     sizes.choose(state, sizes.FULL)
     assert sizes.topology_for(state) == load()
+
+
+def test_the_hosts_take_the_subnets_addresses_in_order_after_the_bridge() -> None:
+    hosts = load().hosts
+    assert str(hosts.subnet) == RAW["hosts"]["subnet"]
+    assert hosts.gateway == str(next(hosts.subnet.hosts()))
+    assert [h.name for h in hosts.apps] == RAW["hosts"]["apps"]
+    assert hosts.balancer.name == RAW["hosts"]["balancer"]
+    addresses = [hosts.gateway, *(h.address for h in hosts.all)]
+    assert addresses == [str(a) for a in list(hosts.subnet.hosts())[: len(addresses)]]
+    assert load().small().hosts == hosts
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"apps": ["host-1", "host-1"]}, "a name of its own"),
+        ({"apps": ["Host_1"]}, "lower-case letters"),
+        ({"apps": ["a-very-long-name"]}, "at most 10"),
+        ({"apps": []}, "at least one host"),
+        ({"subnet": "10.86.0.0/30"}, "too few addresses for 4 hosts"),
+    ],
+)
+def test_hosts_that_cannot_be_made_are_rejected(change: dict[str, object], message: str) -> None:
+    raw = copy.deepcopy(RAW)
+    raw["hosts"] |= change
+    with pytest.raises(TopologyError, match=message):
+        parse(raw)
