@@ -347,7 +347,7 @@ def test_every_host_has_a_consul_client_agent_that_what_runs_there_uses(sized: T
             assert placement.consul_agent(component) == agent
     instance = sized.instances()[0]
     assert placement.consul_http_addr(sized, instance.id) == (
-        f"http://{placement.address(instance.id)}:{sized.consul_ports.http}"
+        f"https://{placement.address(instance.id)}:{sized.consul_ports.https}"
     )
     with pytest.raises(PlacementError, match="each host has its own"):
         placement.address(CONSUL)
