@@ -12,7 +12,7 @@ import hashlib
 import re
 import secrets
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -22,6 +22,8 @@ from mesh.components.edge import issuer, public_origins
 from mesh.runtime import demo
 from mesh.runtime.supervisor import Mesh
 from mesh.runtime.tls import edge_certs
+from shopmesh.users.v1 import users_pb2, users_pb2_grpc
+from tests.support import FreshUser
 
 CLIENT_ID = "shopmesh-web"
 
@@ -237,6 +239,20 @@ def test_revoking_the_refresh_token_ends_the_sign_in(browser: Browser, callback:
         data={"token": tokens["refresh_token"], "client_id": CLIENT_ID},
     )
     assert resp.status_code == 200
+    assert invalid_grant(browser.refresh(tokens["refresh_token"]))
+    page = browser.authorize(callback)
+    assert page.status_code == 200 and 'name="request"' in page.text
+
+
+def test_a_blocked_user_gets_no_new_tokens_and_is_signed_out(
+    browser: Browser,
+    callback: str,
+    fresh_user: Callable[[], FreshUser],
+    users_grpc: users_pb2_grpc.UserServiceStub,
+) -> None:
+    user = fresh_user()
+    tokens = browser.redeem(browser.sign_in(callback, user.id)["code"], callback).json()
+    users_grpc.BlockUser(users_pb2.BlockUserRequest(user_id=user.id, reason="sign-in test"))
     assert invalid_grant(browser.refresh(tokens["refresh_token"]))
     page = browser.authorize(callback)
     assert page.status_code == 200 and 'name="request"' in page.text
