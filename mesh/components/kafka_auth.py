@@ -141,3 +141,14 @@ def client_properties(principal: str, password: str) -> str:
         )
         + "\n"
     )
+
+
+def controller_options(broker_password: str) -> dict[str, Any]:
+    """An aiokafka connection's keyword arguments to sign in on the controller listener, as the
+    brokers do there (PLAIN, the `broker` user)."""
+    return {
+        "security_protocol": SECURITY_PROTOCOL,
+        "sasl_mechanism": CONTROLLER_MECHANISM,
+        "sasl_plain_username": BROKER,
+        "sasl_plain_password": broker_password,
+    }
