@@ -223,7 +223,12 @@ def node_ready(
         return None
     # Data formatted without some principal's credentials: nobody, the brokers included, signs
     # in on the client listener until the quorum has them.
-    missing = ensure_credentials(topology, placement, state)
+    try:
+        missing = ensure_credentials(topology, placement, state)
+    except kafka_credentials.CredentialsRefused as exc:
+        raise process.ProcessFailed(
+            node.name, str(exc), process.log_path(state, node.name)
+        ) from exc
     if missing:
         return missing
     # A restarted broker's registration waits until its previous incarnation's session has run

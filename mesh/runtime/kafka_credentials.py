@@ -29,6 +29,10 @@ from mesh.runtime.paths import StateDir
 from mesh.topology import KafkaNode, Topology
 
 
+class CredentialsRefused(RuntimeError):
+    pass
+
+
 def scram_marker(state: StateDir, node: KafkaNode) -> Path:
     """The principals whose SCRAM credentials the node's log dir holds."""
     return state.data / f"{node.name}-scram-principals"
@@ -70,7 +74,7 @@ def ensure_credentials(
 ) -> str | None:
     """None once the data behind `markers` (each formatted node's) holds credentials for
     exactly `names`, asking the active controller for what is missing; else why not yet (no
-    controller leads the quorum yet). RuntimeError if the controller refuses them."""
+    controller leads the quorum yet). CredentialsRefused if the controller refuses them."""
     needed = changes([held(marker) for marker in markers], names)
     if not needed:
         return None
@@ -91,10 +95,12 @@ def ensure_credentials(
             last = f"{node.name} is not the active controller"
             continue
         if refused:
-            raise RuntimeError(
+            raise CredentialsRefused(
                 f"Kafka's controllers refused the SCRAM credentials of {refused} for the data in "
-                f"{state.data}/kafka-*: remove that data to start the cluster afresh "
-                f"(its topics and messages are lost): mesh down && rm -r {state.data}/kafka-*"
+                f"{state.data}/kafka-*, formatted without them. Starting the cluster afresh "
+                "fixes it and loses its topics and messages: "
+                f"SHOPMESH_STATE_DIR={state.root} mesh down && rm -r {state.data}/kafka-* "
+                f"&& SHOPMESH_STATE_DIR={state.root} mesh up"
             )
         for marker in markers:
             record(marker, names)

@@ -21,7 +21,7 @@ from mesh.components.kafka_scram import (
     upsertion,
 )
 from mesh.placement import NativePlacement
-from mesh.runtime import kafka, kafka_credentials
+from mesh.runtime import kafka, kafka_credentials, process
 from mesh.runtime.paths import StateDir
 from mesh.topology import load
 
@@ -139,7 +139,7 @@ def test_a_refusal_names_the_data_and_how_to_start_afresh(
 
     monkeypatch.setattr(kafka_credentials, "_alter", refuse)
 
-    with pytest.raises(RuntimeError) as refused:
+    with pytest.raises(kafka_credentials.CredentialsRefused) as refused:
         ensure(cluster)
     assert str(cluster["state"].data) in str(refused.value)
     assert "rm -r" in str(refused.value)
@@ -187,3 +187,22 @@ def test_node_ready_waits_for_the_credentials_before_it_asks_the_brokers(
         kafka.node_ready(topology, NativePlacement.of(topology), state, topology.kafka.nodes[-1])
         is None
     )
+
+
+def test_node_ready_ends_the_start_when_the_controllers_refuse_the_credentials(
+    cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology, state = cluster["topology"], cluster["state"]
+    monkeypatch.setattr(kafka, "_port_open", lambda _host, _port: True)
+    monkeypatch.setattr(kafka.process, "running", lambda _state, _name: True)
+    monkeypatch.setattr(kafka, "formatted", lambda _state, _node: True)
+    monkeypatch.setattr(kafka, "principal_names", lambda: NAMES)
+
+    async def refuse(*_args: Any) -> Any:
+        return {"results": [{"user": "orders", "error_code": 35, "error_message": "unsupported"}]}
+
+    monkeypatch.setattr(kafka_credentials, "_alter", refuse)
+    last = topology.kafka.nodes[-1]
+
+    with pytest.raises(process.ProcessFailed, match=str(state.data)):
+        kafka.node_ready(topology, NativePlacement.of(topology), state, last)
