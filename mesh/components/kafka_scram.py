@@ -31,10 +31,11 @@ SCRAM_SHA_512 = 2
 # Kafka's own default (kafka-storage format --add-scram, kafka-configs) and its minimum.
 ITERATIONS = 4096
 SALT_BYTES = 32
-# Error codes the caller tells apart: another controller leads the quorum (ask it), and a
-# deletion of a credential that is not there (already gone: nothing to do).
-NOT_CONTROLLER = 41
+# A deletion of a credential that is not there: already gone, nothing to do.
 RESOURCE_NOT_FOUND = 91
+# A user no principal is (topics.yaml names services): deleting its credential changes nothing,
+# and tells whether the controller asked is the active one.
+PROBE = "shopmesh.not-a-principal"
 
 
 class AlterUserScramCredentialsResponse_v0(Response):

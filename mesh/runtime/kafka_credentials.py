@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 
 from mesh.components import kafka_auth
 from mesh.components.kafka_scram import (
-    NOT_CONTROLLER,
+    PROBE,
     AlterUserScramCredentialsRequest,
     CredentialChanges,
     changes,
@@ -48,9 +48,17 @@ def record(marker: Path, names: tuple[str, ...]) -> None:
 
 async def _alter(
     host: str, port: int, sign_in: dict[str, Any], request: AlterUserScramCredentialsRequest
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """The controller's answer to `request`, or None if it is not the active one. A controller
+    that is not logs the request it refuses, salted credentials and all: so it is first asked
+    to delete a credential nobody has, which changes nothing wherever it is answered, and is
+    given the credentials only once that answer says it leads (in the same breath; a leader
+    lost between the two would log them into its own owner-only log)."""
     conn = await create_conn(host, port, request_timeout_ms=5000, **sign_in)
     try:
+        probe = await conn.send(AlterUserScramCredentialsRequest([], [PROBE]))
+        if refusals(probe.to_object()):
+            return None
         response = await conn.send(request)
         answer: dict[str, Any] = response.to_object()
         return answer
@@ -90,10 +98,10 @@ def ensure_credentials(
         except (OSError, TimeoutError, KafkaError) as exc:
             last = f"{node.name}'s controller: {exc.__class__.__name__}: {exc}"
             continue
-        refused = refusals(response)
-        if any(code == NOT_CONTROLLER for code, _ in refused.values()):
+        if response is None:
             last = f"{node.name} is not the active controller"
             continue
+        refused = refusals(response)
         if refused:
             raise CredentialsRefused(
                 f"Kafka's controllers refused the SCRAM credentials of {refused} for the data in "

@@ -65,7 +65,7 @@ def small_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[To
 
 
 def node_specs(topology: Topology, state: StateDir) -> list[ProcessSpec]:
-    return kafka.node_specs(topology, NativePlacement.of(topology), state, binaries(KAFKA)["kafka"])
+    return kafka.node_specs(topology, NativePlacement.of(topology), state, binaries(KAFKA))
 
 
 def run(specs: list[ProcessSpec], state: StateDir) -> None:
@@ -97,7 +97,7 @@ async def _read_all(bootstrap: str, sign_in: dict[str, Any]) -> list[bytes]:
         ends = await consumer.end_offsets(partitions)
         values: list[bytes] = []
         async with asyncio.timeout(60):
-            while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 batches = await consumer.getmany(timeout_ms=1000)
                 values += [r.value for records in batches.values() for r in records if r.value]
         return values
@@ -137,6 +137,10 @@ def test_data_formatted_before_sasl_gets_every_principals_credentials_and_keeps_
         timeout=60,
         what="every partition fully replicated, the brokers signed in to each other",
     )
+
+    # A controller logs a request it refuses in full: none was given the credentials.
+    logs = [process.log_path(state, node.name) for node in topology.kafka.nodes]
+    assert [log.name for log in logs if "saltedPassword" in log.read_text()] == []
 
     asked: list[object] = []
 

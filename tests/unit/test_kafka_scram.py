@@ -3,6 +3,7 @@ controllers' answers are faked at the connection)."""
 
 from __future__ import annotations
 
+import asyncio
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from mesh.components import kafka_auth
 from mesh.components.kafka_scram import (
-    NOT_CONTROLLER,
+    PROBE,
     RESOURCE_NOT_FOUND,
     SCRAM_SHA_512,
     AlterUserScramCredentialsRequest,
@@ -84,8 +85,9 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         assert sign_in["sasl_plain_username"] == kafka_auth.BROKER
         users = [u["name"] for u in struct["upsertions"]]
         users += [d["name"] for d in struct["deletions"]]
-        code = 0 if port == leader.controller_port else NOT_CONTROLLER
-        return {"results": [{"user": u, "error_code": code, "error_message": None} for u in users]}
+        if port != leader.controller_port:
+            return None
+        return {"results": [{"user": u, "error_code": 0, "error_message": None} for u in users]}
 
     monkeypatch.setattr(kafka_credentials, "_alter", alter)
     markers = [kafka_credentials.scram_marker(state, n) for n in topology.kafka.nodes]
@@ -206,3 +208,55 @@ def test_node_ready_ends_the_start_when_the_controllers_refuse_the_credentials(
 
     with pytest.raises(process.ProcessFailed, match=str(state.data)):
         kafka.node_ready(topology, NativePlacement.of(topology), state, last)
+
+
+class FakeController:
+    """A controller connection: active or not, it records what it is sent."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, request: AlterUserScramCredentialsRequest) -> Any:
+        """The request as the wire carries it, and the answer as it would come back."""
+        struct = request.prepare({51: (0, 0)})
+        sent = type(struct).decode(BytesIO(struct.encode())).to_object()
+        self.sent.append(sent)
+        names = [d["name"] for d in sent["deletions"]] + [u["name"] for u in sent["upsertions"]]
+        code = (RESOURCE_NOT_FOUND if names == [PROBE] else 0) if self.active else 41
+        response = struct.RESPONSE_TYPE(0, [(n, code, None, {}) for n in names], {})
+        return struct.RESPONSE_TYPE.decode(BytesIO(response.encode()))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_credentials_go_only_to_a_controller_that_answered_the_probe_as_the_active_one(
+    monkeypatch: pytest.MonkeyPatch, active: bool
+) -> None:
+    """A controller that is not active logs the request it refuses: the salted credentials
+    must never be sent to one."""
+    controller = FakeController(active)
+
+    async def connect(*_args: Any, **_kwargs: Any) -> FakeController:
+        return controller
+
+    monkeypatch.setattr(kafka_credentials, "create_conn", connect)
+    request = AlterUserScramCredentialsRequest([upsertion("orders", "pw")], [])
+
+    answer = asyncio.run(kafka_credentials._alter("127.0.0.1", 1, {}, request))
+
+    probe = {"deletions": [{"name": PROBE, "mechanism": SCRAM_SHA_512, "tags": {}}]}
+    assert controller.sent[0] == probe | {"upsertions": [], "tags": {}}
+    if active:
+        assert answer is not None and answer["results"][0]["user"] == "orders"
+        assert [u["name"] for u in controller.sent[1]["upsertions"]] == ["orders"]
+    else:
+        assert answer is None
+        assert len(controller.sent) == 1
+
+
+def test_no_principal_may_be_named_as_the_probe() -> None:
+    with pytest.raises(ValueError):
+        kafka_auth.principals(("orders", PROBE))
