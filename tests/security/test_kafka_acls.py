@@ -218,10 +218,13 @@ def test_notifications_cannot_join_or_read_the_payments_consumer_group(mesh: Mes
 
 
 async def _as_queue_consumer(
-    mesh: Mesh, group: str, attempt: Callable[[AIOKafkaConsumer], Awaitable[object]]
+    mesh: Mesh,
+    group: str,
+    partitions: list[TopicPartition],
+    attempt: Callable[[AIOKafkaConsumer], Awaitable[object]],
 ) -> None:
-    """`attempt` with orders' real credentials, in consumer group `group`, on every partition of
-    the work queue from its start. Assigned, not subscribed: joining orders' own group would
+    """`attempt` with orders' real credentials, in consumer group `group`, on the work queue's
+    `partitions` from their start. Assigned, not subscribed: joining orders' own group would
     rebalance the orders instances that run in it."""
     consumer = AIOKafkaConsumer(
         **kafka_client(
@@ -230,7 +233,7 @@ async def _as_queue_consumer(
     )
     try:
         await consumer.start()
-        consumer.assign(topic_partitions(mesh, WORK_QUEUE))
+        consumer.assign(partitions)
         await attempt(consumer)
     finally:
         await consumer.stop()
@@ -243,6 +246,8 @@ async def _as_queue_consumer(
         (WORKERS_GROUP, GroupAuthorizationFailedError),
         # Its own group, which it may use: the topic's Read is what it lacks.
         ("orders", TopicAuthorizationFailedError),
+        # A new group of its choosing: no ACL names it.
+        ("orders-payment-tasks", GroupAuthorizationFailedError),
     ],
 )
 def test_orders_cannot_consume_the_payment_tasks_it_produces(
@@ -251,6 +256,7 @@ def test_orders_cannot_consume_the_payment_tasks_it_produces(
     """orders writes payment tasks (Write and Describe on the queue); with its real password it
     can neither take them from the workers' group nor read them in a group of its own, nor mark
     them done by committing the queue's end."""
+    partitions = topic_partitions(mesh, WORK_QUEUE)
     ends = end_offsets(mesh, WORK_QUEUE)
     committed = committed_offsets(mesh, group, WORK_QUEUE)
     consumed: list[Any] = []
@@ -263,9 +269,9 @@ def test_orders_cannot_consume_the_payment_tasks_it_produces(
         await consumer.commit(ends)
 
     with pytest.raises(refusal):
-        run(lambda: _as_queue_consumer(mesh, group, read))
+        run(lambda: _as_queue_consumer(mesh, group, partitions, read))
     with pytest.raises(refusal):
-        run(lambda: _as_queue_consumer(mesh, group, commit_the_end))
+        run(lambda: _as_queue_consumer(mesh, group, partitions, commit_the_end))
     assert consumed == []
     assert committed_offsets(mesh, group, WORK_QUEUE) == committed
     assert end_offsets(mesh, WORK_QUEUE) == ends
