@@ -155,9 +155,10 @@ def ensure_credentials(topology: Topology, placement: Placement, state: StateDir
     """Every principal's SCRAM credentials in the cluster's data (kafka_credentials); None once
     they are, else why not yet."""
     markers = [scram_marker(state, n) for n in topology.kafka.nodes if formatted(state, n)]
-    return kafka_credentials.ensure_credentials(
-        topology, placement, state, principal_names(), markers
-    )
+    with _quiet_aiokafka():
+        return kafka_credentials.ensure_credentials(
+            topology, placement, state, principal_names(), markers
+        )
 
 
 @contextlib.contextmanager
