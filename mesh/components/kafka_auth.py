@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from mesh.components.kafka_scram import PROBE
 from mesh.runtime.paths import OWNER_ONLY_DIR, StateDir, write_private
 
 BROKER = "broker"
@@ -50,6 +51,8 @@ def principals(clients: tuple[str, ...]) -> tuple[str, ...]:
     names = (BROKER, ADMIN, *clients)
     if len(set(names)) != len(names):
         raise ValueError(f"Kafka principals must be distinct: {names}")
+    if PROBE in names:
+        raise ValueError(f"{PROBE} is the runtime's probe of the controllers, not a principal")
     return names
 
 
@@ -141,3 +144,14 @@ def client_properties(principal: str, password: str) -> str:
         )
         + "\n"
     )
+
+
+def controller_options(broker_password: str) -> dict[str, Any]:
+    """An aiokafka connection's keyword arguments to sign in on the controller listener, as the
+    brokers do there (PLAIN, the `broker` user)."""
+    return {
+        "security_protocol": SECURITY_PROTOCOL,
+        "sasl_mechanism": CONTROLLER_MECHANISM,
+        "sasl_plain_username": BROKER,
+        "sasl_plain_password": broker_password,
+    }

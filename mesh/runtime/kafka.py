@@ -40,7 +40,8 @@ from mesh.components.kafka import (
 )
 from mesh.components.kafka_acl import acl_bindings, apply_bindings, load_clients
 from mesh.placement import NativePlacement, Placement
-from mesh.runtime import process
+from mesh.runtime import kafka_credentials, process
+from mesh.runtime.kafka_credentials import scram_marker
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.process import ProcessSpec
 from mesh.topology import KafkaNode, Topology
@@ -98,11 +99,6 @@ def java_argv(
     ]
 
 
-def scram_marker(state: StateDir, node: KafkaNode) -> Path:
-    """The principals whose SCRAM credentials the node's log dir was formatted with."""
-    return state.data / f"{node.name}-scram-principals"
-
-
 def prepare_node(
     topology: Topology,
     placement: Placement,
@@ -111,29 +107,20 @@ def prepare_node(
     node: KafkaNode,
 ) -> None:
     """Write the node's configs (owner-only: they hold the broker's password); format its log
-    dir the first time (kept across restarts) with every principal's SCRAM credentials."""
+    dir the first time (kept across restarts) with every principal's SCRAM credentials. Data
+    formatted without some of them gets them once the quorum runs (`node_ready`)."""
     props_path, log4j = config_paths(state, node)
     props_path.parent.mkdir(parents=True, exist_ok=True)
     log4j.write_text(LOG4J_PROPERTIES)
     logs = log_dir(state, node)
-    names = kafka_auth.principals(tuple(c.principal for c in load_clients()))
+    names = principal_names()
     passwords = kafka_auth.passwords(state, names)
     props = server_properties(topology, placement, node, logs)
     write_private(
         props_path,
         render_properties(props | kafka_auth.jaas_settings(passwords[kafka_auth.BROKER])),
     )
-    marker = scram_marker(state, node)
-    if (logs / "meta.properties").exists():
-        formatted = marker.read_text().split() if marker.exists() else []
-        if sorted(formatted) != sorted(names):
-            # KRaft takes SCRAM credentials at format time only (the admin API could add
-            # them, but a broker without its own cannot join the cluster to be asked).
-            raise RuntimeError(
-                f"{node.name}: its log dir {logs} holds SCRAM credentials for "
-                f"{formatted or 'no principals'}, not {list(names)}: remove the Kafka data "
-                f"({state.data}/kafka-*) to start the cluster afresh"
-            )
+    if formatted(state, node):
         return
     argv = java_argv(binaries, "128m", log4j, "kafka.tools.StorageTool")
     args = state.config / "kafka" / f"{node.name}-format.args"
@@ -153,7 +140,25 @@ def prepare_node(
         raise RuntimeError(
             f"{node.name}: kafka-storage format failed (exit {proc.returncode}): {output}"
         )
-    marker.write_text("\n".join(names) + "\n")
+    kafka_credentials.record(scram_marker(state, node), names)
+
+
+def principal_names() -> tuple[str, ...]:
+    return kafka_auth.principals(tuple(c.principal for c in load_clients()))
+
+
+def formatted(state: StateDir, node: KafkaNode) -> bool:
+    return (log_dir(state, node) / "meta.properties").exists()
+
+
+def ensure_credentials(topology: Topology, placement: Placement, state: StateDir) -> str | None:
+    """Every principal's SCRAM credentials in the cluster's data (kafka_credentials); None once
+    they are, else why not yet."""
+    markers = [scram_marker(state, n) for n in topology.kafka.nodes if formatted(state, n)]
+    with _quiet_aiokafka():
+        return kafka_credentials.ensure_credentials(
+            topology, placement, state, principal_names(), markers
+        )
 
 
 @contextlib.contextmanager
@@ -217,6 +222,16 @@ def node_ready(
     others = [n for n in topology.kafka.nodes if n != node]
     if not all(process.running(state, n.name) for n in others):
         return None
+    # Data formatted without some principal's credentials: nobody, the brokers included, signs
+    # in on the client listener until the quorum has them.
+    try:
+        missing = ensure_credentials(topology, placement, state)
+    except kafka_credentials.CredentialsRefused as exc:
+        raise process.ProcessFailed(
+            node.name, str(exc), process.log_path(state, node.name)
+        ) from exc
+    if missing:
+        return missing
     # A restarted broker's registration waits until its previous incarnation's session has run
     # out (DuplicateBrokerRegistrationException meanwhile), and the controller lists the old one
     # as live until then: only an open client port says the broker serves.

@@ -235,6 +235,8 @@ def wait_ready(state: StateDir, spec: ProcessSpec) -> None:
             raise ProcessFailed(spec.name, "exited during start-up", log_path(state, spec.name))
         try:
             reason = spec.ready() or ""
+        except ProcessFailed:  # the check found that waiting cannot help
+            raise
         except Exception as exc:  # a half-started process may answer anything: not ready yet
             reason = f"readiness check failed: {exc!r}"
         if not reason:

@@ -100,6 +100,27 @@ def test_a_readiness_check_that_raises_means_not_ready_yet(tmp_path: Path) -> No
         process.stop(state, "starting", timeout=5)
 
 
+def test_a_readiness_check_that_finds_the_start_cannot_succeed_ends_the_wait_at_once(
+    tmp_path: Path,
+) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    checks: list[str] = []
+
+    def ready() -> str | None:
+        checks.append("asked")
+        raise process.ProcessFailed("doomed", "refused for good", process.log_path(state, "doomed"))
+
+    spec = replace(sleeper("doomed"), ready=ready, ready_timeout=60)
+    process.start(state, spec)
+    try:
+        with pytest.raises(process.ProcessFailed, match="refused for good"):
+            process.wait_ready(state, spec)
+        assert checks == ["asked"]
+    finally:
+        process.stop(state, "doomed", timeout=5)
+
+
 def test_a_readiness_check_that_keeps_raising_names_its_error_at_the_deadline(
     tmp_path: Path,
 ) -> None:
