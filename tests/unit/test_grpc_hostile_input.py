@@ -30,7 +30,7 @@ from services.users.service import UserService
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh.users.v1 import users_pb2
 from tests.unit.hostile_text import PostgresLikePool, hostile_text, store_as_postgres_would
-from tests.unit.test_grpc_chain import ADMIN, FakeUsers, with_server
+from tests.unit.test_grpc_chain import FakeUsers, admin, with_server
 
 PROPERTY = settings(max_examples=200, deadline=None)
 optional_text = st.none() | hostile_text
@@ -181,7 +181,7 @@ def test_a_request_with_a_string_that_is_not_utf8_is_invalid_argument_through_th
             response_deserializer=users_pb2.User.FromString,
         )
         outcomes = []
-        for metadata in (ADMIN, ()):
+        for metadata in (admin(), ()):
             try:
                 await get_user(NOT_UTF8, timeout=5, metadata=metadata)
             except grpc.aio.AioRpcError as exc:

@@ -17,7 +17,7 @@ from services.users.domain import MAX_BATCH_USERS, User
 from services.users.repository import PostgresUsersDatabase
 from services.users.service import UserService
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
-from tests.unit.test_grpc_chain import ADMIN, KEY, run
+from tests.unit.test_grpc_chain import KEY, admin, run
 
 
 class UsersDatabase:
@@ -161,7 +161,7 @@ def batch_create(metadata):
 
 
 def test_an_admin_batch_creates_users_answered_in_request_order():
-    assert batch_create(ADMIN) == [("id-0", "ann@example.com"), ("id-1", "bob@example.com")]
+    assert batch_create(admin()) == [("id-0", "ann@example.com"), ("id-1", "bob@example.com")]
 
 
 @pytest.mark.parametrize(("sub", "roles"), [("alice", ["user"]), ("auth", ["service"])])
