@@ -358,7 +358,11 @@ def network_policies(topology: Topology, intentions: tuple[Intention, ...]) -> l
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
             "metadata": meta("default-deny", "network-policy"),
-            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+            # The chart's pods only: the operators' (Consul's, Strimzi's) keep their own rules.
+            "spec": {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/part-of": PART_OF}},
+                "policyTypes": ["Ingress"],
+            },
         }
     ]
     for intention in intentions:

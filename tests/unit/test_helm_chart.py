@@ -189,7 +189,13 @@ def test_network_policies_deny_by_default_and_let_in_what_the_intentions_allow(
     objects: Objects,
 ) -> None:
     policies = _of(objects, "NetworkPolicy")
-    assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    assert policies["default-deny"]["spec"] == {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "shopmesh"}},
+        "policyTypes": ["Ingress"],
+    }
+    for workload in [*_of(objects, "Deployment").values(), *_of(objects, "StatefulSet").values()]:
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels["app.kubernetes.io/part-of"] == "shopmesh"
     for destination, sources in _native_intentions():
         allowed = {s["name"] for s in sources if s["action"] == "allow"}
         if destination == "*":
