@@ -148,6 +148,36 @@ def _pdb(name: str, component: str) -> Object:
     }
 
 
+# The share of its CPU request a stateless workload's pods average before the HPA adds one.
+HPA_CPU_UTILIZATION = 70
+
+
+def _hpa(name: str, component: str) -> Object:
+    """Scales on CPU between the values' `replicas` and `maxReplicas`."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta(name, component),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": value("workloads", name, "replicas"),
+            "maxReplicas": value("workloads", name, "maxReplicas"),
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": HPA_CPU_UTILIZATION,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
 def _env(values: dict[str, str]) -> list[Object]:
     return [
         *({"name": k, "value": v} for k, v in values.items()),
@@ -202,6 +232,7 @@ def service_objects(service: Service) -> list[Object]:
             container,
         ),
         _pdb(service.name, "service"),
+        _hpa(service.name, "service"),
         {
             "apiVersion": CONSUL_API,
             "kind": "ServiceDefaults",
@@ -312,6 +343,7 @@ def edge_objects(topology: Topology) -> list[Object]:
             },
         },
         deployment,
+        _hpa(EDGE, "edge"),
         {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",

@@ -32,6 +32,9 @@ MEASURED_MB = {
 # its CPU"); the others, not on that path, get the smallest request below.
 MEASURED_CPU_MS = {"edge": 0.64, "orders": 0.60, "auth": 0.08, "users": 0.07}
 MIN_CPU_M = 50
+# The HPA's ceiling, as a multiple of a size's replicas: a guess, not a measured figure. The
+# workers scale by hand until a consumer-lag metric is wired (docs/kubernetes.md).
+MAX_REPLICAS = 4
 SIZES = {"small": {"rate": 100, "replicas": 1}, "large": {"rate": 1000, "replicas": 3}}
 
 
@@ -71,15 +74,21 @@ def _kafka(topology: Topology, size: str) -> dict[str, Any]:
 
 def values(topology: Topology, size: str) -> dict[str, Any]:
     rate, replicas = SIZES[size]["rate"], SIZES[size]["replicas"]
-    names = [s.name for s in topology.services] + [w.name for w in topology.workers]
-    workloads = {
-        name: {"replicas": replicas, "resources": _resources(name, rate, replicas)}
-        for name in names
+    workloads: dict[str, dict[str, Any]] = {
+        s.name: {
+            "replicas": replicas,
+            "maxReplicas": MAX_REPLICAS * replicas,
+            "resources": _resources(s.name, rate, replicas),
+        }
+        for s in topology.services
     }
+    for w in topology.workers:
+        workloads[w.name] = {"replicas": replicas, "resources": _resources(w.name, rate, replicas)}
     # Never one edge: the LoadBalancer needs another while one is replaced.
     edge_replicas = max(replicas, 2)
     workloads["edge"] = {
         "replicas": edge_replicas,
+        "maxReplicas": MAX_REPLICAS * edge_replicas,
         "resources": _resources("edge", rate, edge_replicas),
     }
     return {

@@ -6,6 +6,7 @@ native runtime. The pinned helm, kubeconform and schemas come from `mesh install
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_every_rendered_object_is_valid_against_its_schema_strictly(rendered: st
 
 
 def test_strict_validation_rejects_a_misspelt_field(objects: Objects) -> None:
-    deployment = _of(objects, "Deployment")["orders"]
+    deployment = copy.deepcopy(_of(objects, "Deployment")["orders"])
     deployment["spec"]["replica"] = deployment["spec"].pop("replicas")
     done = _kubeconform(yaml.safe_dump(deployment))
     assert done.returncode == 1, done.stdout
@@ -252,6 +253,19 @@ def test_every_deployment_has_a_disruption_budget(objects: Objects) -> None:
     for name, deployment in _of(objects, "Deployment").items():
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert budgets[name]["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_every_service_and_the_edge_scale_on_cpu_from_their_replicas(
+    topology: Topology, objects: Objects
+) -> None:
+    hpas = _of(objects, "HorizontalPodAutoscaler")
+    deployments = _of(objects, "Deployment")
+    assert set(hpas) == {s.name for s in topology.services} | {"edge"}
+    for name, hpa in hpas.items():
+        assert hpa["spec"]["scaleTargetRef"]["name"] == name
+        assert hpa["spec"]["minReplicas"] == deployments[name]["spec"]["replicas"]
+        assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
 
 
 def test_the_large_values_run_more_of_everything_than_the_small() -> None:
