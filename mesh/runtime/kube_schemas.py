@@ -14,6 +14,7 @@ from typing import Any
 
 Schema = dict[str, Any]
 
+DRAFT = "http://json-schema.org/draft-07/schema#"
 SCHEMA_LOCATION = "{{ .Group }}/{{ .ResourceAPIVersion }}/{{ .ResourceKind }}.json"
 _INT_OR_STRING = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
 # resource.Quantity is a string in the OpenAPI; manifests also write plain numbers (cpu: 1).
@@ -68,7 +69,7 @@ def from_openapi_v2(spec: dict[str, Any]) -> dict[str, Schema]:
         for gvk in definition.get("x-kubernetes-group-version-kind", []):
             path = schema_path(gvk["group"], gvk["version"], gvk["kind"])
             inlined = _inline(definition, definitions, (name,))
-            schemas[path] = _strict(inlined) | {"$schema": "http://json-schema.org/schema#"}
+            schemas[path] = _strict(inlined) | {"$schema": DRAFT}
     return schemas
 
 
@@ -84,7 +85,7 @@ def from_crds(crds: Iterable[dict[str, Any]]) -> dict[str, Schema]:
             if not version.get("served") or openapi is None:
                 continue
             path = schema_path(spec["group"], version["name"], spec["names"]["kind"])
-            schemas[path] = _strict(openapi) | {"$schema": "http://json-schema.org/schema#"}
+            schemas[path] = _strict(openapi) | {"$schema": DRAFT}
     return schemas
 
 
