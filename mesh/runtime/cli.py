@@ -17,7 +17,6 @@ from mesh.bench.accounts import AccountsError
 from mesh.bench.tools import CEILING_WORKERS, ToolError
 from mesh.components.consul_acl import OPERATOR
 from mesh.compose import files as compose_files
-from mesh.helm import chart as helm_chart
 from mesh.runtime import (
     demo,
     faults,
@@ -285,6 +284,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 def cmd_helm(args: argparse.Namespace) -> int:
     """deploy/helm/shopmesh from the topology."""
+    # Imported here: the chart's generator reads the intentions with python-hcl2, a dev
+    # dependency, and no other command needs it (the service image installs no dev extras).
+    from mesh.helm import chart as helm_chart
+
     topology = load()
     if args.check:
         stale = helm_chart.stale(topology)
