@@ -81,8 +81,8 @@ def _tmp_volume() -> tuple[list[Object], list[Object]]:
     return [{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}]
 
 
-def _probes(http: Object | None = None, grpc: Object | None = None) -> Object:
-    handler = {"grpc": grpc} if grpc is not None else {"httpGet": http}
+def _probes(handler: Object) -> Object:
+    """Startup, readiness and liveness probes, all asking `handler` (httpGet, grpc or exec)."""
     return {
         "startupProbe": {**handler, "periodSeconds": 2, "failureThreshold": 30},
         "readinessProbe": {**handler, "periodSeconds": 5, "failureThreshold": 2},
@@ -195,9 +195,9 @@ def service_objects(service: Service) -> list[Object]:
         {"name": "metrics", "containerPort": first.metrics_port},
     ]
     probes = (
-        _probes(grpc={"port": first.port})
+        _probes({"grpc": {"port": first.port}})
         if service.protocol == "grpc"
-        else _probes(http={"path": "/health", "port": "metrics"})
+        else _probes({"httpGet": {"path": "/health", "port": "metrics"}})
     )
     container = {
         "name": service.name,
@@ -257,7 +257,7 @@ def worker_objects(workers: Workers) -> list[Object]:
                 "SHOPMESH_METRICS_PORT": str(metrics_port),
             }
         ),
-        **_probes(http={"path": "/health", "port": "metrics"}),
+        **_probes({"httpGet": {"path": "/health", "port": "metrics"}}),
         # Ready once a member of its consumer group, as compose's health check.
         "readinessProbe": {
             "exec": {"command": ["python", "-m", "mesh.compose", "worker-ready", workers.group]},
@@ -309,7 +309,7 @@ def edge_objects(topology: Topology) -> list[Object]:
             {"name": "http3", "containerPort": first.https_port, "protocol": "UDP"},
             {"name": "metrics", "containerPort": first.metrics_port},
         ],
-        **_probes(http={"path": "/ready", "port": "metrics"}),
+        **_probes({"httpGet": {"path": "/ready", "port": "metrics"}}),
     }
     deployment = _deployment(
         EDGE,
@@ -454,11 +454,7 @@ def postgres_objects(topology: Topology) -> list[Object]:
     """One Postgres as a StatefulSet on the topology's port (the native runtime's Patroni pair
     is not here yet: docs/kubernetes.md)."""
     port = topology.postgres_port
-    ready = {"exec": {"command": ["pg_isready", "-h", "127.0.0.1", "-p", str(port)]}}
-    probes = _probes()
-    for probe in probes.values():
-        probe.pop("httpGet")
-        probe.update(ready)
+    probes = _probes({"exec": {"command": ["pg_isready", "-h", "127.0.0.1", "-p", str(port)]}})
     return [
         {
             "apiVersion": "v1",
