@@ -286,6 +286,23 @@ def cmd_compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_helm(args: argparse.Namespace) -> int:
+    """deploy/helm/shopmesh from the topology."""
+    # Imported here: the chart's generator reads the intentions with python-hcl2, a dev
+    # dependency, and no other command needs it (the service image installs no dev extras).
+    from mesh.helm import chart as helm_chart
+
+    topology = load()
+    if args.check:
+        stale = helm_chart.stale(topology)
+        for path in stale:
+            print(f"{path} is out of date: run `mesh helm`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in helm_chart.write(topology):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_consul(args: argparse.Namespace) -> int:
     """The pinned consul binary, pointed at the mesh's agent (HTTPS, checked with the Consul
     CA), with the operator token."""
@@ -391,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="exit 1 if the committed files are out of date"
     )
     compose_cmd.set_defaults(func=cmd_compose)
+    helm_cmd = sub.add_parser("helm", help="write the Helm chart deploy/helm/shopmesh")
+    helm_cmd.add_argument(
+        "--check", action="store_true", help="exit 1 if the committed chart is out of date"
+    )
+    helm_cmd.set_defaults(func=cmd_helm)
     consul = sub.add_parser("consul", help="run the pinned consul CLI against the mesh's agent")
     consul.add_argument("args", nargs=argparse.REMAINDER)
     consul.set_defaults(func=cmd_consul)

@@ -24,6 +24,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from mesh.runtime import kube_schemas
 from mesh.runtime.paths import REPO_ROOT, cache_dir
 
 STAMP = ".installed.json"
@@ -690,6 +693,116 @@ H3LOAD = _go_tool(
            "1.26"),
 )  # fmt: skip
 
+# --- The Helm chart's static checks (deploy/helm, docs/kubernetes.md): helm, kubeconform and
+# the JSON schemas kubeconform validates against, all from the Go module proxy and Maven Central.
+
+HELM_MODULE = "helm.sh/helm/v4"
+HELM = _go_tool(
+    "helm",
+    "4.3.2",
+    GoTool(GO_WRAPPERS_DIR / "helm", f"{HELM_MODULE}/cmd/helm", {HELM_MODULE: "4.3.2"},
+           "Apache License", "1.26", build_time="first time: about 10 minutes on 2 cores",
+           check_args=("version",)),
+)  # fmt: skip
+KUBECONFORM_MODULE = "github.com/yannh/kubeconform"
+KUBECONFORM = _go_tool(
+    "kubeconform",
+    "0.8.0",
+    GoTool(GO_WRAPPERS_DIR / "kubeconform", f"{KUBECONFORM_MODULE}/cmd/kubeconform",
+           {KUBECONFORM_MODULE: "0.8.0"}, "Apache License", "1.26", check_args=("-v",)),
+)  # fmt: skip
+
+# Kubernetes' own OpenAPI (api/openapi-spec/swagger.json) is in the k8s.io/kubernetes module,
+# which no wrapper module can require (its go.mod asks for its staging modules at v0.0.0): it
+# is downloaded on its own, checked by the Go checksum database and against this hash.
+KUBERNETES_MODULE = "k8s.io/kubernetes"
+KUBERNETES_VERSION = "1.37.2"
+KUBERNETES_SUM = "h1:A2VDEiObzkYqFTKhSsn0ZEb0RlLEXpHWj93gi2HqEwE="
+STRIMZI_POM = REPO_ROOT / "mesh" / "provision" / "strimzi" / "pom.xml"
+STRIMZI_KINDS = {
+    "io.strimzi.api.kafka.model.kafka.Kafka": "kafka",
+    "io.strimzi.api.kafka.model.nodepool.KafkaNodePool": "kafkanodepool",
+    "io.strimzi.api.kafka.model.topic.KafkaTopic": "kafkatopic",
+    "io.strimzi.api.kafka.model.user.KafkaUser": "kafkauser",
+}
+
+
+def _kubernetes_openapi(component: Component) -> dict[str, object]:
+    env = _go_toolchain(component.name)
+    with tempfile.TemporaryDirectory() as outside_any_module:
+        out = run(
+            ["go", "mod", "download", "-json", f"{KUBERNETES_MODULE}@v{KUBERNETES_VERSION}"],
+            what=f"download {KUBERNETES_MODULE} v{KUBERNETES_VERSION} (its OpenAPI)",
+            cwd=Path(outside_any_module),
+            env={**env, "GOFLAGS": "-mod=mod"},
+            fix="Check that the Go module proxy is reachable (go env GOPROXY).",
+        ).stdout
+    module = json.loads(out)
+    if module.get("Sum") != KUBERNETES_SUM:
+        raise ProvisionError(
+            f"{component.name}: {KUBERNETES_MODULE} v{KUBERNETES_VERSION} has hash "
+            f"{module.get('Sum')}, not the pinned {KUBERNETES_SUM}"
+        )
+    _check_license(component.name, KUBERNETES_MODULE, KUBERNETES_VERSION, "Apache License", env)
+    spec = Path(module["Dir"]) / "api" / "openapi-spec" / "swagger.json"
+    loaded: dict[str, object] = json.loads(spec.read_text())
+    return loaded
+
+
+def _strimzi_crds(component: Component, home: Path) -> list[dict[str, object]]:
+    java = _java()
+    if java is None or shutil.which("mvn") is None:
+        raise ProvisionError(
+            f"{component.name}: Strimzi's CRDs are generated with Java 17 and Maven: "
+            "apt-get install -y openjdk-17-jre-headless maven"
+        )
+    libs, crds = home / "strimzi-libs", home / "strimzi-crds"
+    crds.mkdir()
+    run(
+        ["mvn", "-q", "-B", f"-Dmaven.repo.local={home.parents[1] / 'maven'}",
+         "-f", str(STRIMZI_POM), "dependency:copy-dependencies", f"-DoutputDirectory={libs}"],
+        what="mvn dependency:copy-dependencies (Strimzi's api and crd-generator)",
+        fix=f"Check that Maven Central is reachable and the version in {STRIMZI_POM} exists.",
+    )  # fmt: skip
+    run(
+        [str(java), "-cp", f"{libs}/*", "io.strimzi.crdgenerator.CrdGenerator", "--yaml",
+         "--crd-api-version", "v1",
+         *(f"{cls}={crds / name}.yaml" for cls, name in STRIMZI_KINDS.items())],
+        what="generate Strimzi's CRDs (io.strimzi.crdgenerator.CrdGenerator)",
+        fix="See the generator's output above.",
+    )  # fmt: skip
+    shutil.rmtree(libs)
+    return [yaml.safe_load((crds / f"{name}.yaml").read_text()) for name in STRIMZI_KINDS.values()]
+
+
+def _install_kube_schemas(component: Component, home: Path) -> None:
+    schemas = kube_schemas.from_openapi_v2(_kubernetes_openapi(component))
+    schemas |= kube_schemas.from_crds(_strimzi_crds(component, home))
+    kube_schemas.write(schemas, home / "schemas")
+    missing = [p for p in KUBE_SCHEMAS_EXPECTED if not (home / "schemas" / p).exists()]
+    if missing:
+        raise ProvisionError(f"{component.name}: no schema made for {missing}")
+
+
+# A few of the schemas the chart needs, checked after the install (the tests find the rest).
+KUBE_SCHEMAS_EXPECTED = (
+    "apps/v1/deployment.json",
+    "networking.k8s.io/v1/networkpolicy.json",
+    "kafka.strimzi.io/v1beta2/kafka.json",
+    "kafka.strimzi.io/v1beta2/kafkauser.json",
+)
+KUBE_SCHEMAS = Component(
+    name="kube-schemas",
+    version=KUBERNETES_VERSION,
+    pin={
+        "kubernetes_sum": KUBERNETES_SUM,
+        "strimzi_pom_sha256": sha256_of(STRIMZI_POM),
+        "converter_sha256": sha256_of(Path(kube_schemas.__file__)),
+    },
+    install_into=_install_kube_schemas,
+    locate=lambda c, home: {"schemas": home / "schemas"},
+)
+
 WRK_BIN = Path("/usr/bin/wrk")
 
 
@@ -725,6 +838,9 @@ COMPONENTS: tuple[Component, ...] = (
     GHZ,
     H3LOAD,
     WRK,
+    HELM,
+    KUBECONFORM,
+    KUBE_SCHEMAS,
 )
 
 

@@ -1,0 +1,106 @@
+"""The chart's values: the images, and the sizes a cluster chooses (replicas, requests and
+limits, storage). values.yaml is the small cluster's; values-large.yaml overrides it.
+
+Figures from docs/benchmarks.md ("Resources", "Where a request spends its CPU"), measured on
+the native mesh: memory requests are a process's PSS after the load run rounded up, limits
+twice that; CPU requests are the measured CPU per request times the rate each size is meant
+for (small: ~100 req/s, large: 1000 req/s through the edge, the brief's figure), spread over
+the replicas. The sidecars consul-k8s injects are sized by consul-k8s's own settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mesh.compose.document import IMAGES, SERVICE_IMAGE
+from mesh.topology import Topology
+
+# PSS after the load, MB (docs/benchmarks.md "Resources"; payments-worker and payments from
+# their instances, the edge from `edge`).
+MEASURED_MB = {
+    "orders": 187,
+    "auth": 128,
+    "users": 59,
+    "payments": 57,
+    "notifications": 59,
+    "payments-worker": 54,
+    "edge": 273,
+    "kafka": 567,
+    "postgres": 271,
+}
+# CPU ms per GET through the edge at 500 req/s (docs/benchmarks.md, "Where a request spends
+# its CPU"); the others, not on that path, get the smallest request below.
+MEASURED_CPU_MS = {"edge": 0.64, "orders": 0.60, "auth": 0.08, "users": 0.07}
+MIN_CPU_M = 50
+# The HPA's ceiling, as a multiple of a size's replicas: a guess, not a measured figure. The
+# workers scale by hand until a consumer-lag metric is wired (docs/kubernetes.md).
+MAX_REPLICAS = 4
+SIZES = {"small": {"rate": 100, "replicas": 1}, "large": {"rate": 1000, "replicas": 3}}
+
+
+def _mebibytes(mb: int) -> int:
+    # Up to the next 32 Mi.
+    mib = mb * 1_000_000 / 2**20
+    return int(-(-mib // 32) * 32)
+
+
+def _resources(name: str, rate: int, replicas: int) -> dict[str, Any]:
+    memory = _mebibytes(MEASURED_MB[name])
+    cpu = max(MIN_CPU_M, int(MEASURED_CPU_MS.get(name, 0) * rate / replicas))
+    return {
+        "requests": {"cpu": f"{cpu}m", "memory": f"{memory}Mi"},
+        "limits": {"memory": f"{2 * memory}Mi"},
+    }
+
+
+def _kafka(topology: Topology, size: str) -> dict[str, Any]:
+    """The brokers: the topology's three with its heap on a small cluster; five with 1 GiB
+    heaps on a large one. Memory: the measured PSS, at least twice the heap."""
+    nodes, heap = (len(topology.kafka.nodes), topology.kafka.heap) if size == "small" else (5, "1g")
+    heap_mib = int(heap[:-1]) * (1024 if heap[-1] in "gG" else 1)
+    memory = max(_mebibytes(MEASURED_MB["kafka"]), 2 * heap_mib)
+    return {
+        # Strimzi 0.45's newest Kafka (the native runtime runs 3.9.2).
+        "version": "3.9.0",
+        "replicas": nodes,
+        "heap": heap,
+        "storage": "10Gi" if size == "small" else "100Gi",
+        "resources": {
+            "requests": {"cpu": "100m" if size == "small" else "500m", "memory": f"{memory}Mi"},
+            "limits": {"memory": f"{2 * memory}Mi"},
+        },
+    }
+
+
+def values(topology: Topology, size: str) -> dict[str, Any]:
+    rate, replicas = SIZES[size]["rate"], SIZES[size]["replicas"]
+    workloads: dict[str, dict[str, Any]] = {
+        s.name: {
+            "replicas": replicas,
+            "maxReplicas": MAX_REPLICAS * replicas,
+            "resources": _resources(s.name, rate, replicas),
+        }
+        for s in topology.services
+    }
+    for w in topology.workers:
+        workloads[w.name] = {"replicas": replicas, "resources": _resources(w.name, rate, replicas)}
+    # Never one edge: the LoadBalancer needs another while one is replaced.
+    edge_replicas = max(replicas, 2)
+    workloads["edge"] = {
+        "replicas": edge_replicas,
+        "maxReplicas": MAX_REPLICAS * edge_replicas,
+        "resources": _resources("edge", rate, edge_replicas),
+    }
+    return {
+        "image": {
+            "service": SERVICE_IMAGE,
+            "edge": IMAGES["envoy"],
+            "postgres": IMAGES["postgres"],
+        },
+        "workloads": workloads,
+        "kafka": _kafka(topology, size),
+        "postgres": {
+            "storage": "10Gi" if size == "small" else "200Gi",
+            "resources": _resources("postgres", rate, 1),
+        },
+    }
