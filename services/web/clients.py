@@ -36,25 +36,25 @@ def http_session() -> aiohttp.ClientSession:
 
 async def _get_json(
     session: aiohttp.ClientSession,
-    service: str,
+    upstream: str,
     url: str,
     principal: Principal | None,
-    **params: str,
+    params: Mapping[str, str] | None = None,
 ) -> Any:
-    """GET `url`: its JSON on 200; the service's refusal as the domain error it means."""
+    """GET `url`: its JSON on 200; the upstream's refusal as the domain error it means."""
     headers = bearer_headers(principal) if principal is not None else {}
     try:
-        async with session.get(url, params=params, headers=headers) as response:
+        async with session.get(url, params=params or {}, headers=headers) as response:
             if response.status == 200:
                 return await response.json(content_type=None)
             detail = await _detail(response)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise Unavailable(f"{service} did not answer ({type(exc).__name__})") from exc
+        raise Unavailable(f"{upstream} did not answer ({type(exc).__name__})") from exc
     if response.status == 404:
-        raise NotFound(detail or f"{service}: not found")
+        raise NotFound(detail or f"{upstream}: not found")
     if response.status == 403:
-        raise PermissionDenied(detail or f"{service}: forbidden")
-    raise Unavailable(f"{service} answered {response.status}")
+        raise PermissionDenied(detail or f"{upstream}: forbidden")
+    raise Unavailable(f"{upstream} answered {response.status}")
 
 
 async def _detail(response: aiohttp.ClientResponse) -> str | None:
@@ -93,8 +93,7 @@ class NotificationsClient:
             "notifications",
             f"{self._base}/notifications",
             principal,
-            userId=user_id,
-            limit=str(NOTIFICATIONS_LIMIT),
+            {"userId": user_id, "limit": str(NOTIFICATIONS_LIMIT)},
         )
         return items
 
@@ -145,9 +144,11 @@ class JaegerClient:
             "jaeger",
             f"{self._base}/api/traces",
             None,
-            service=ORDER_SERVICE,
-            tags=json.dumps({ORDER_ID_TAG: order_id}),
-            limit=str(TRACES_LIMIT),
+            {
+                "service": ORDER_SERVICE,
+                "tags": json.dumps({ORDER_ID_TAG: order_id}),
+                "limit": str(TRACES_LIMIT),
+            },
         )
         traces: list[Mapping[str, Any]] = found.get("data") or []
         return traces

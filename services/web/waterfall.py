@@ -44,7 +44,7 @@ def _parent(raw: Mapping[str, Any]) -> str | None:
 
 def _span(raw: Mapping[str, Any], processes: Mapping[str, Any]) -> _Span:
     tags = _tags(raw)
-    process = processes.get(raw.get("processID"), {})
+    process = processes.get(str(raw.get("processID")), {})
     return _Span(
         span_id=str(raw.get("spanID")),
         parent_id=_parent(raw),
