@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mesh.components import postgres
-from mesh.components.edge import issuer
+from mesh.components.edge import issuer, public_origins
 from mesh.placement import JAEGER, Placement
 from mesh.registration import instance_registration
 from mesh.topology import Instance, Topology, Workers
@@ -87,6 +87,7 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
     }
     if service.name == "auth":
         env["SHOPMESH_AUTH_ISSUER"] = issuer(topology, placement)
+        env["SHOPMESH_AUTH_WEB_ORIGINS"] = ",".join(public_origins(topology, placement))
         env["SHOPMESH_AUTH_SEED_FILE"] = wiring.auth_seed_file()
         limits = topology.login_limits
         env["SHOPMESH_AUTH_LOGIN_WINDOW_S"] = str(limits.window_s)

@@ -227,6 +227,16 @@ def issuer(topology: Topology, placement: Placement) -> str:
     return f"https://{placement.public()}:{topology.edge.https_port}/auth"
 
 
+def public_origins(topology: Topology, placement: Placement) -> list[str]:
+    """The origins a browser reaches the edge at over TLS: the public address, and `localhost`
+    too when that is the loopback address (a browser on the same machine may use either)."""
+    port = topology.edge.https_port
+    hosts = [placement.public()]
+    if placement.public() == LOOPBACK:
+        hosts.append("localhost")
+    return [f"https://{host}:{port}" for host in hosts]
+
+
 def cluster_name(service: str) -> str:
     return f"mesh-{service}"
 

@@ -25,6 +25,8 @@ from services.auth.service import (
     UnknownUsers,
     UserBlocked,
 )
+from services.auth.sign_in import InvalidGrant, SignIn, UnknownClient
+from services.auth.sign_in_api import SIGN_IN
 from services.common import client_address
 from services.common.auth.jwt import bearer_token, verify_internal
 from services.common.auth.middleware import unauthenticated_problem
@@ -85,7 +87,10 @@ async def token(request: web.Request) -> web.Response:
     try:
         form = await _form(request)
         grant = oauth.parse_token_request(form, request.headers.get("Authorization"))
-        body = await _issue(service, grant, _client_address(request))
+        if isinstance(grant, oauth.AuthorizationCodeGrant | oauth.RefreshTokenGrant):
+            body = await _sign_in_tokens(request.app[SIGN_IN], grant)
+        else:
+            body = await _issue(service, grant, _client_address(request))
     except OAuthError as exc:
         return web.json_response(exc.body(), status=exc.status, headers=NO_STORE | exc.headers)
     except TooManyFailedLogins as exc:
@@ -106,7 +111,11 @@ def _client_address(request: web.Request) -> str:
     return client_address.from_headers(request.headers) or request.remote or UNKNOWN_ADDRESS
 
 
-async def _issue(service: AuthService, grant: oauth.Grant, address: str) -> dict[str, Any]:
+async def _issue(
+    service: AuthService,
+    grant: oauth.PasswordGrant | oauth.ClientCredentialsGrant | oauth.TokenExchangeGrant,
+    address: str,
+) -> dict[str, Any]:
     try:
         if isinstance(grant, oauth.PasswordGrant):
             issued = await service.password_grant(
@@ -131,6 +140,34 @@ async def _issue(service: AuthService, grant: oauth.Grant, address: str) -> dict
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
         "scope": issued.scope,
+    }
+
+
+async def _sign_in_tokens(
+    sign_in: SignIn, grant: oauth.AuthorizationCodeGrant | oauth.RefreshTokenGrant
+) -> dict[str, Any]:
+    try:
+        if isinstance(grant, oauth.AuthorizationCodeGrant):
+            tokens = await sign_in.redeem_code(
+                grant.client_id, grant.code, grant.redirect_uri, grant.code_verifier
+            )
+        else:
+            tokens = await sign_in.refresh(grant.client_id, grant.refresh_token)
+    except UnknownClient:
+        raise oauth.invalid_client("unknown client") from None
+    except InvalidGrant as exc:
+        raise oauth.invalid_grant(str(exc)) from None
+    except Unavailable:
+        raise oauth.temporarily_unavailable("the users service does not answer") from None
+    except DATABASE_UNAVAILABLE:
+        raise oauth.temporarily_unavailable("the database does not answer") from None
+    return {
+        "access_token": tokens.access_token,
+        "token_type": "Bearer",
+        "expires_in": tokens.expires_in,
+        "refresh_token": tokens.refresh_token,
+        "id_token": tokens.id_token,
+        "scope": tokens.scope,
     }
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
 from contracts import Topic
-from services.auth import api
+from services.auth import api, sign_in_api
+from services.auth.authorization import web_client
 from services.auth.clients import UsersClient
 from services.auth.config import AuthSettings
 from services.auth.keys import KeyStore, ServiceToken
@@ -22,6 +24,8 @@ from services.auth.repository import (
 )
 from services.auth.seed import SeedError, apply_seed, load_seed
 from services.auth.service import AuthService
+from services.auth.sign_in import SignIn
+from services.auth.sign_in_repository import PostgresSignIn
 from services.common.config import ServiceSettings
 from services.common.db import DATABASE_UNAVAILABLE, close_pool, create_pool
 from services.common.kafka import Consumer, messaging
@@ -44,21 +48,24 @@ def cache_group(instance: str) -> str:
     return f"auth-cache-{instance}"
 
 
-async def prune_login_attempts(logins: LoginLimiter) -> None:
-    """Forget the failed-login windows that are over, every window (at most every minute),
-    until cancelled; a failure waits for the next round."""
+async def prune_expired(logins: LoginLimiter, sign_in: SignIn) -> None:
+    """Forget the failed-login windows that are over and expired sign-in records, every window
+    (at most every minute), until cancelled; a failure waits for the next round."""
     interval_s = min(logins.settings.window_s, PRUNE_INTERVAL_S)
     while True:
         await asyncio.sleep(interval_s)
         try:
             await logins.prune()
+            await sign_in.prune()
         except _PRUNE_ERRORS as exc:
-            log.warning("cannot prune login attempts", extra={"error": type(exc).__name__})
+            log.warning("cannot prune expired records", extra={"error": type(exc).__name__})
 
 
 def http_app() -> web.Application:
     """Routes and error handling without a database; `api.SERVICE` is set by the caller."""
-    return rest_app(api.routes, api.PROBLEMS, MAX_BODY_BYTES)
+    app = rest_app(api.routes, api.PROBLEMS, MAX_BODY_BYTES)
+    app.add_routes(sign_in_api.routes)
+    return app
 
 
 def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Application:
@@ -83,12 +90,16 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
             await apply_seed(pool, seed)
             logins = LoginLimiter(PostgresLoginAttempts(pool), auth_settings.login_limits, keys.now)
             reloads = asyncio.create_task(keys.run_reloads(), name="signing key reloads")
-            pruning = asyncio.create_task(prune_login_attempts(logins), name="login pruning")
             users = UsersClient(users_port, ServiceToken(keys))
             service = AuthService(
                 PostgresCredentials(pool), keys, users, issuer=auth_settings.issuer, logins=logins
             )
+            browser_client = web_client(auth_settings.web_origins)
+            clients = {browser_client.client_id: browser_client}
+            sign_in = SignIn(service, PostgresSignIn(pool), clients, clock=time.time)
+            pruning = asyncio.create_task(prune_expired(logins, sign_in), name="pruning")
             app[api.SERVICE] = service
+            app[sign_in_api.SIGN_IN] = sign_in
             blocked_users = Consumer(
                 (Topic.USER_EVENTS,), cache_group(settings.instance), service.on_user_event
             )

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.auth.login_limits import LoginLimitSettings
 from services.common.config import ConfigError
@@ -27,6 +28,9 @@ class AuthSettings:
     # How long the longest-lived cache of the JWKS keeps it: a new signing key is published
     # longer than this before it signs (services/auth/keys.py).
     jwks_cache_s: int = DEFAULT_JWKS_CACHE_S
+    # The edge's public origins (https://127.0.0.1:8443, ...): the browser client shopmesh-web
+    # is registered at each (services/auth/authorization.py). The issuer's origin by default.
+    web_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AuthSettings:
@@ -49,12 +53,28 @@ class AuthSettings:
                 source, "SHOPMESH_AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS", defaults.per_address
             ),
         )
+        web_origins = tuple(
+            origin.strip().rstrip("/")
+            for origin in source.get("SHOPMESH_AUTH_WEB_ORIGINS", "").split(",")
+            if origin.strip()
+        ) or (_origin(issuer),)
+        for origin in web_origins:
+            if _origin(origin) != origin:
+                raise ConfigError(
+                    f"SHOPMESH_AUTH_WEB_ORIGINS holds scheme://host[:port] origins, got {origin!r}"
+                )
         return cls(
             issuer=issuer,
+            web_origins=web_origins,
             seed_file=Path(seed_file),
             login_limits=limits,
             jwks_cache_s=_positive(source, "SHOPMESH_AUTH_JWKS_CACHE_S", DEFAULT_JWKS_CACHE_S),
         )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _positive(source: Mapping[str, str], name: str, default: int) -> int:

@@ -17,7 +17,15 @@ from services.common.fields import character_error
 GRANT_PASSWORD = "password"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-GRANT_TYPES = (GRANT_PASSWORD, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE)
+GRANT_AUTHORIZATION_CODE = "authorization_code"
+GRANT_REFRESH_TOKEN = "refresh_token"
+GRANT_TYPES = (
+    GRANT_AUTHORIZATION_CODE,
+    GRANT_REFRESH_TOKEN,
+    GRANT_PASSWORD,
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_TOKEN_EXCHANGE,
+)
 
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -31,6 +39,20 @@ PUBLIC_CLIENT_ID = "shopmesh-public"
 
 SCOPES = ("shopmesh", "openid")
 DEFAULT_SCOPE = ("shopmesh",)
+
+CLAIMS = (
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "scope",
+    "client_id",
+    "nonce",
+    "auth_time",
+)
 
 MAX_PARAMETER_LENGTH = 8192
 BASIC_REALM = 'Basic realm="shopmesh"'
@@ -102,7 +124,29 @@ class TokenExchangeGrant:
     client: ClientCredentials | None
 
 
-Grant = PasswordGrant | ClientCredentialsGrant | TokenExchangeGrant
+@dataclass(frozen=True)
+class AuthorizationCodeGrant:
+    """A public client's code (with its PKCE verifier): services/auth/sign_in.py."""
+
+    client_id: str
+    code: str = field(repr=False)
+    redirect_uri: str
+    code_verifier: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RefreshTokenGrant:
+    client_id: str
+    refresh_token: str = field(repr=False)
+
+
+Grant = (
+    PasswordGrant
+    | ClientCredentialsGrant
+    | TokenExchangeGrant
+    | AuthorizationCodeGrant
+    | RefreshTokenGrant
+)
 
 Form = Mapping[str, Sequence[str]]
 
@@ -115,6 +159,8 @@ def parse_token_request(form: Form, authorization: str | None) -> Grant:
     grant_type = _single(form, "grant_type")
     if grant_type is None:
         raise invalid_request("grant_type is required")
+    if grant_type in (GRANT_AUTHORIZATION_CODE, GRANT_REFRESH_TOKEN):
+        return _public_client_grant(grant_type, form, authorization)
     client = parse_client(form, authorization)
     if grant_type == GRANT_PASSWORD:
         username = _single(form, "username")
@@ -131,6 +177,28 @@ def parse_token_request(form: Form, authorization: str | None) -> Grant:
     raise OAuthError(
         "unsupported_grant_type", f"grant_type must be one of {', '.join(GRANT_TYPES)}"
     )
+
+
+def _public_client_grant(
+    grant_type: str, form: Form, authorization: str | None
+) -> AuthorizationCodeGrant | RefreshTokenGrant:
+    """The grants of public clients (no secret: RFC 6749 §2.3 does not apply to them)."""
+    if authorization is not None or "client_secret" in form:
+        raise invalid_client(f"{grant_type} is for public clients, which have no secret")
+    client_id = _single(form, "client_id")
+    if not client_id:
+        raise invalid_request("client_id is required")
+    if grant_type == GRANT_REFRESH_TOKEN:
+        refresh_token = _single(form, "refresh_token")
+        if not refresh_token:
+            raise invalid_request("refresh_token is required")
+        return RefreshTokenGrant(client_id, refresh_token)
+    code = _single(form, "code")
+    redirect_uri = _single(form, "redirect_uri")
+    code_verifier = _single(form, "code_verifier")
+    if not code or not redirect_uri or not code_verifier:
+        raise invalid_request("code, redirect_uri and code_verifier are required")
+    return AuthorizationCodeGrant(client_id, code, redirect_uri, code_verifier)
 
 
 def _token_exchange(form: Form, client: ClientCredentials | None) -> TokenExchangeGrant:
@@ -225,14 +293,21 @@ def discovery_document(issuer: str) -> dict[str, object]:
     return {
         "issuer": issuer,
         "jwks_uri": f"{issuer}/jwks",
+        "authorization_endpoint": f"{issuer}/authorize",
         "token_endpoint": f"{issuer}/token",
+        "end_session_endpoint": f"{issuer}/logout",
+        "revocation_endpoint": f"{issuer}/revoke",
         "introspection_endpoint": f"{issuer}/introspect",
         "grant_types_supported": list(GRANT_TYPES),
-        "response_types_supported": ["token"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "prompt_values_supported": ["none", "login"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
-        "token_endpoint_auth_methods_supported": [AUTH_METHOD_BASIC, AUTH_METHOD_POST],
+        "token_endpoint_auth_methods_supported": [AUTH_METHOD_BASIC, AUTH_METHOD_POST, "none"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": [AUTH_METHOD_BASIC],
         "scopes_supported": list(SCOPES),
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope", "client_id"],
+        "claims_supported": list(CLAIMS),
     }

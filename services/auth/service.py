@@ -182,6 +182,16 @@ class AuthService:
         client_id = (
             (await self.authenticate_client(client)).client_id if client else PUBLIC_CLIENT_ID
         )
+        user = await self.authenticate_user(username, password, client_address=client_address)
+        return self._external(user.id, client_id, scope, GTY_PASSWORD)
+
+    async def authenticate_user(
+        self, username: str, password: str, *, client_address: str = UNKNOWN_ADDRESS
+    ) -> UserInfo:
+        """The user whose password this is, under the brute-force limit (password grant and
+        the sign-in page alike): TooManyFailedLogins before the password is looked at while the
+        username or the client address is over its limit (services/auth/login_limits.py),
+        InvalidCredentials, UserBlocked."""
         if self._logins is None:
             user = await self._check_password(username, password)
         else:
@@ -189,7 +199,7 @@ class AuthService:
                 attempt = await self._logins.attempt(username, client_address)
             except TooManyFailedLogins as exc:
                 log.warning(
-                    "password grant refused: too many failed logins",
+                    "login refused: too many failed logins",
                     extra={"username": username, "client_address": client_address,
                            "over": exc.scope.value},
                 )  # fmt: skip
@@ -202,9 +212,13 @@ class AuthService:
             finally:
                 await attempt.close()
         if user.blocked:
-            log.info("password grant refused: user blocked", extra={"user_id": user.id})
+            log.info("login refused: user blocked", extra={"user_id": user.id})
             raise UserBlocked(user.id)
-        return self._external(user.id, client_id, scope, GTY_PASSWORD)
+        return user
+
+    async def current_user(self, user_id: str) -> UserInfo:
+        """users' answer about `user_id` now: UnknownUser, or Unavailable while it cannot say."""
+        return await self._user(user_id)
 
     async def _check_password(self, username: str, password: str) -> UserInfo:
         """The user, if the password is theirs; InvalidCredentials for a wrong password, a

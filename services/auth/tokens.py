@@ -45,6 +45,8 @@ RETIRED_KEY_PUBLISHED = timedelta(hours=1)
 # `gty`: how an external token was obtained; tells the exchange where the roles come from.
 GTY_PASSWORD = "password"
 GTY_CLIENT_CREDENTIALS = "client_credentials"
+# A user signed in through the authorization code flow (services/auth/sign_in.py).
+GTY_AUTHORIZATION_CODE = "authorization_code"
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,14 @@ def sign(claims: dict[str, Any], key: SigningKey) -> str:
 
 
 def external_claims(
-    *, issuer: str, sub: str, client_id: str, scope: Sequence[str], gty: str, now: int
+    *,
+    issuer: str,
+    sub: str,
+    client_id: str,
+    scope: Sequence[str],
+    gty: str,
+    now: int,
+    ttl_s: int = EXTERNAL_TTL_S,
 ) -> dict[str, Any]:
     return {
         "iss": issuer,
@@ -196,8 +205,24 @@ def external_claims(
         "gty": gty,
         "iat": now,
         "nbf": now,
-        "exp": now + EXTERNAL_TTL_S,
+        "exp": now + ttl_s,
         "jti": str(uuid.uuid4()),
+    }
+
+
+def id_token_claims(
+    *, issuer: str, sub: str, client_id: str, nonce: str, auth_time: int, now: int, ttl_s: int
+) -> dict[str, Any]:
+    """An OIDC ID token's claims (OIDC Core §2): for the client (`aud`), not for APIs."""
+    return {
+        "iss": issuer,
+        "sub": sub,
+        "aud": client_id,
+        "nonce": nonce,
+        "auth_time": auth_time,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_s,
     }
 
 

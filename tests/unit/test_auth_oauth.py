@@ -97,7 +97,37 @@ EXCHANGE = {"grant_type": GRANT_TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE
     ("params", "authorization", "error", "status"),
     [
         ({}, None, "invalid_request", 400),
-        ({"grant_type": "authorization_code"}, None, "unsupported_grant_type", 400),
+        ({"grant_type": "implicit"}, None, "unsupported_grant_type", 400),
+        ({"grant_type": "authorization_code"}, None, "invalid_request", 400),
+        (
+            {
+                "grant_type": "authorization_code",
+                "client_id": "w",
+                "code": "c",
+                "redirect_uri": "r",
+            },
+            None,
+            "invalid_request",
+            400,
+        ),
+        ({"grant_type": "refresh_token", "client_id": "w"}, None, "invalid_request", 400),
+        (
+            {
+                "grant_type": "refresh_token",
+                "client_id": "w",
+                "refresh_token": "t",
+                "client_secret": "s",
+            },
+            None,
+            "invalid_client",
+            401,
+        ),
+        (
+            {"grant_type": "refresh_token", "refresh_token": "t"},
+            basic("w", "s"),
+            "invalid_client",
+            401,
+        ),
         ({"grant_type": ["password", "password"]}, None, "invalid_request", 400),
         ({"grant_type": "password", "username": "alice"}, None, "invalid_request", 400),
         ({"grant_type": "password", "password": "pw"}, None, "invalid_request", 400),
@@ -171,8 +201,19 @@ def test_the_discovery_document_is_built_from_the_issuer():
     assert document["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
         "client_secret_post",
+        "none",
     ]
     assert GRANT_TOKEN_EXCHANGE in document["grant_types_supported"]
+
+
+def test_the_discovery_document_describes_the_code_flow_with_pkce():
+    document = oauth.discovery_document(ISSUER)
+    assert document["authorization_endpoint"] == f"{ISSUER}/authorize"
+    assert document["end_session_endpoint"] == f"{ISSUER}/logout"
+    assert document["revocation_endpoint"] == f"{ISSUER}/revoke"
+    assert document["response_types_supported"] == ["code"]
+    assert document["code_challenge_methods_supported"] == ["S256"]
+    assert {"authorization_code", "refresh_token"} <= set(document["grant_types_supported"])
 
 
 # --- the HTTP layer ------------------------------------------------------------------------

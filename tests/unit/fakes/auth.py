@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 
@@ -13,6 +14,7 @@ from services.auth import passwords
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
 from services.auth.domain import Client
 from services.auth.login_limits import AttemptKey, Count
+from services.auth.sign_in import Code, Family, PendingRequest, RefreshToken, Session, Used
 from services.auth.tokens import SigningKey
 from tests.unit.fakes.database import Autocommit, Transactions, round_trip
 
@@ -170,3 +172,108 @@ class InMemoryLoginAttempts:
 
     def attempts(self, key: AttemptKey) -> int:
         return self.windows.get(key, (None, 0))[1]
+
+
+class InMemorySignIn:
+    """Sessions, pending requests, codes and refresh-token families (services/auth/sign_in.py);
+    each call atomic, as each statement is in Postgres."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+        self.pending_requests: dict[str, PendingRequest] = {}
+        self.families: dict[str, Family] = {}
+        self.codes: dict[str, tuple[Code, bool]] = {}
+        self.refresh_tokens: dict[str, tuple[RefreshToken, bool]] = {}
+
+    async def add_session(self, session: Session) -> None:
+        await round_trip()
+        self.sessions[session.id_hash] = session
+
+    async def session(self, id_hash: str) -> Session | None:
+        await round_trip()
+        return self.sessions.get(id_hash)
+
+    async def delete_session(self, id_hash: str) -> None:
+        await round_trip()
+        self.sessions.pop(id_hash, None)
+
+    async def add_pending(self, pending: PendingRequest) -> None:
+        await round_trip()
+        self.pending_requests[pending.id_hash] = pending
+
+    async def pending(self, id_hash: str) -> PendingRequest | None:
+        await round_trip()
+        return self.pending_requests.get(id_hash)
+
+    async def delete_pending(self, id_hash: str) -> None:
+        await round_trip()
+        self.pending_requests.pop(id_hash, None)
+
+    async def add_family(self, family: Family) -> None:
+        await round_trip()
+        self.families[family.family_id] = family
+
+    async def family(self, family_id: str) -> Family | None:
+        await round_trip()
+        return self.families.get(family_id)
+
+    async def revoke_family(self, family_id: str) -> None:
+        await round_trip()
+        self.families[family_id] = replace(self.families[family_id], revoked=True)
+
+    async def revoke_session_families(self, session_hash: str) -> int:
+        await round_trip()
+        live = [
+            f for f in self.families.values() if f.session_hash == session_hash and not f.revoked
+        ]
+        for family in live:
+            self.families[family.family_id] = replace(family, revoked=True)
+        return len(live)
+
+    async def add_code(self, code: Code) -> None:
+        await round_trip()
+        self.codes[code.code_hash] = (code, False)
+
+    async def use_code(self, code_hash: str) -> Used[Code] | None:
+        await round_trip()
+        if code_hash not in self.codes:
+            return None
+        code, used = self.codes[code_hash]
+        self.codes[code_hash] = (code, True)
+        return Used(code, already_used=used)
+
+    async def add_refresh_token(self, token: RefreshToken) -> None:
+        await round_trip()
+        self.refresh_tokens[token.token_hash] = (token, False)
+
+    async def use_refresh_token(self, token_hash: str) -> Used[RefreshToken] | None:
+        await round_trip()
+        if token_hash not in self.refresh_tokens:
+            return None
+        token, used = self.refresh_tokens[token_hash]
+        self.refresh_tokens[token_hash] = (token, True)
+        return Used(token, already_used=used)
+
+    async def refresh_token(self, token_hash: str) -> RefreshToken | None:
+        await round_trip()
+        stored = self.refresh_tokens.get(token_hash)
+        return None if stored is None else stored[0]
+
+    async def prune(self, now: float) -> int:
+        await round_trip()
+        expired = [
+            *(("s", k) for k, s in self.sessions.items() if s.expires_at < now),
+            *(("p", k) for k, p in self.pending_requests.items() if p.expires_at < now),
+            *(("f", k) for k, f in self.families.items() if f.expires_at < now),
+        ]
+        tables: dict[str, dict[str, Any]] = {
+            "s": self.sessions, "p": self.pending_requests, "f": self.families,
+        }  # fmt: skip
+        for table, key in expired:
+            del tables[table][key]
+        gone = {key for table, key in expired if table == "f"}
+        self.codes = {k: v for k, v in self.codes.items() if v[0].family_id not in gone}
+        self.refresh_tokens = {
+            k: v for k, v in self.refresh_tokens.items() if v[0].family_id not in gone
+        }
+        return len(expired)
