@@ -2,8 +2,11 @@
 import { api, ApiError } from "../api.js";
 import { announce, h, money, show, statusText } from "../dom.js";
 
-const TRACE_POLL_MS = 2000;
-const TRACE_WAIT_MS = 30000;
+// Each process sends its spans on its own 5 s timer: the trace grows for a while. Polled until
+// it has not grown for STEADY_POLLS polls in a row, or TRACE_WAIT_MS.
+const TRACE_POLL_MS = 3000;
+const STEADY_POLLS = 4;
+const TRACE_WAIT_MS = 60000;
 
 export async function orderView(main, { id, live }) {
   const summary = h("section", { class: "card", "aria-labelledby": "order-title" });
@@ -50,7 +53,7 @@ async function showTrace(section, id) {
   while (Date.now() - started < TRACE_WAIT_MS && section.isConnected) {
     try {
       const { data } = await api(`/web/api/orders/${id}/trace`);
-      if (data.spans.length === shown && ++steady >= 2) break;
+      if (data.spans.length === shown && ++steady >= STEADY_POLLS) break;
       if (data.spans.length !== shown) steady = 0;
       shown = data.spans.length;
       show(section, title, waterfall(data));
