@@ -123,7 +123,9 @@ def take_screenshots(state: StateDir, edge_url: str, folder: Path) -> list[Path]
         page.get_by_role("button", name="Add Pen to cart").click()
         shot(page, "web-shop")
         place_order(page, pay_later=True)
-        page.locator("#order-title ~ section [data-testid=status]").first.wait_for()
+        page.get_by_test_id("order-status").filter(has_text="PAID").wait_for(
+            timeout=TRACE_TIMEOUT_MS
+        )
         page.locator(".waterfall li[data-service=notifications]").first.wait_for(
             timeout=TRACE_TIMEOUT_MS
         )

@@ -29,7 +29,7 @@ def signed_in(page: Page, mesh: Mesh, edge_url: str, user: str) -> Page:
 
 
 def order_status(page: Page):
-    return page.locator("#order-title + section [data-testid=status]")
+    return page.get_by_test_id("order-status")
 
 
 def test_a_wrong_password_shows_an_error_not_a_stack_trace(mesh, edge_url, new_page):

@@ -29,6 +29,6 @@ export function money(minor, currency) {
   return `${(minor / 100).toFixed(2)} ${currency}`;
 }
 
-export function statusText(status) {
-  return h("span", { class: `status status-${status}`, "data-testid": "status" }, status);
+export function statusText(status, testId = "status") {
+  return h("span", { class: `status status-${status}`, "data-testid": testId }, status);
 }

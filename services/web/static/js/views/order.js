@@ -23,13 +23,13 @@ export async function orderView(main, { id, live }) {
     if (lastStatus && lastStatus !== order.status) announce(`Order ${id.slice(0, 8)} is now ${order.status}`);
     lastStatus = order.status;
     show(summary,
-      h("p", {}, "Status: ", statusText(order.status)),
+      h("p", {}, "Status: ", statusText(order.status, "order-status")),
       h("p", {}, `Total: ${money(order.totalPrice, order.currency)} · placed ${new Date(order.createdAt).toLocaleString()}`),
       h("p", {}, `Items: ${order.items.map((i) => `${i.quantity} × ${i.productId}`).join(", ")}`),
       order.statusReason ? h("p", { class: "muted" }, `Reason: ${order.statusReason}`) : null,
       h("h2", {}, "Payment"),
       payment
-        ? h("p", { "data-testid": "payment" }, statusText(payment.status.replace("PAYMENT_STATUS_", "")),
+        ? h("p", { "data-testid": "payment" }, statusText(payment.status.replace("PAYMENT_STATUS_", ""), "payment-status"),
             ` ${money(Number(payment.amount), payment.currency)} · payment ${payment.id.slice(0, 8)}`)
         : h("p", { class: "muted", "data-testid": "payment" }, paymentError ? `Payments cannot answer now (${paymentError}).` : "No payment yet."));
     show(events, notifications.length
