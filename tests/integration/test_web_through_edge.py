@@ -50,8 +50,13 @@ def test_the_order_view_joins_order_payment_and_notifications(edge_as) -> None:
     assert me == {"sub": USER, "roles": me["roles"], "admin": False}
 
 
-def test_the_order_view_is_refused_to_another_user(edge_as) -> None:
+def test_another_users_order_and_its_trace_are_not_found(edge_as) -> None:
+    """orders answers 404 for an order that is not the caller's (its existence is not told),
+    and the BFF, which reads it with the caller's token, says the same, for its trace too."""
     order = place(edge_as(USER))
-    refused = edge_as("bob").get(f"/web/api/orders/{order['id']}")
-    assert refused.status_code == 403
-    assert refused.headers["content-type"].startswith(PROBLEM)
+    bob = edge_as("bob")
+    for path in (f"/web/api/orders/{order['id']}", f"/web/api/orders/{order['id']}/trace"):
+        refused = bob.get(path)
+        assert refused.status_code == 404, path
+        assert refused.headers["content-type"].startswith(PROBLEM)
+        assert order["id"] not in refused.text.replace(path, "")
