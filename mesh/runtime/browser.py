@@ -107,7 +107,7 @@ def take_screenshots(state: StateDir, edge_url: str, folder: Path) -> list[Path]
 
     def shot(page: Page, name: str) -> None:
         path = folder / f"{name}.png"
-        page.screenshot(path=str(path))
+        page.screenshot(path=str(path), full_page=True)
         shots.append(path)
 
     with browser_context(state) as context:

@@ -15,7 +15,7 @@ export function h(tag, attributes = {}, ...children) {
 }
 
 export function show(container, ...children) {
-  container.replaceChildren(...children.flat());
+  container.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 const announcer = () => document.getElementById("announcer");
