@@ -2,7 +2,8 @@
 
 Errors are problem+json everywhere (the service layer's by services.common.problem's
 middleware, as PROBLEMS describes them) except POST /auth/token, which answers in OAuth's own
-format (services.auth.oauth), and the ext_authz check, which answers for the edge's request.
+format (services.auth.oauth), the ext_authz check, which answers for the edge's request, and
+the browser sign-in endpoints (services.auth.sign_in_api), which answer a person in HTML.
 """
 
 from __future__ import annotations

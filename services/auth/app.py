@@ -27,8 +27,9 @@ from services.auth.service import AuthService
 from services.auth.sign_in import SignIn
 from services.auth.sign_in_repository import PostgresSignIn
 from services.common.config import ServiceSettings
-from services.common.db import DATABASE_UNAVAILABLE, close_pool, create_pool
+from services.common.db import DATABASE_UNAVAILABLE, Connection, close_pool, create_pool
 from services.common.kafka import Consumer, messaging
+from services.common.messaging.envelope import Event
 from services.common.messaging.migrations import PROCESSED_EVENTS
 from services.common.migrations import ServiceMigrations, apply_migrations
 from services.common.rest import rest_app
@@ -100,8 +101,13 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
             pruning = asyncio.create_task(prune_expired(logins, sign_in), name="pruning")
             app[api.SERVICE] = service
             app[sign_in_api.SIGN_IN] = sign_in
+
+            async def on_user_event(conn: Connection, event: Event) -> None:
+                await service.on_user_event(conn, event)
+                await sign_in.on_user_event(conn, event)
+
             blocked_users = Consumer(
-                (Topic.USER_EVENTS,), cache_group(settings.instance), service.on_user_event
+                (Topic.USER_EVENTS,), cache_group(settings.instance), on_user_event
             )
             async with messaging(pool, settings.instance, consumers=[blocked_users]):
                 yield

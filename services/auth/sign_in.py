@@ -22,8 +22,9 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NoReturn, Protocol, TypeVar
 
+from contracts import EventType
 from services.auth.authorization import (
     PROMPT_LOGIN,
     PROMPT_NONE,
@@ -36,6 +37,8 @@ from services.auth.authorization import (
 from services.auth.clients import UnknownUser, UserInfo
 from services.auth.service import UNKNOWN_ADDRESS, AuthService, UserBlocked
 from services.auth.tokens import GTY_AUTHORIZATION_CODE, external_claims, id_token_claims
+from services.common.db import Connection
+from services.common.messaging.envelope import Event
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +131,15 @@ class SignInRepository(Protocol):
     async def revoke_family(self, family_id: str) -> None: ...
     async def revoke_session_families(self, session_hash: str) -> int: ...
     async def add_code(self, code: Code) -> None: ...
+    async def code(self, code_hash: str) -> Code | None: ...
     async def use_code(self, code_hash: str) -> Used[Code] | None: ...
     async def add_refresh_token(self, token: RefreshToken) -> None: ...
     async def use_refresh_token(self, token_hash: str) -> Used[RefreshToken] | None: ...
     async def refresh_token(self, token_hash: str) -> RefreshToken | None: ...
+    async def revoke_user(self, user_id: str) -> int:
+        """End the user's sessions and revoke their families; how many of each there were."""
+        ...
+
     async def prune(self, now: float) -> int: ...
 
 
@@ -300,20 +308,13 @@ class SignIn:
         """Tokens for a code, once: InvalidGrant for anything wrong; a code presented again
         revokes what it issued."""
         client = self._client(client_id)
+        family, user = await self._grantable(await self._repository.code(digest(code)))
         used = await self._repository.use_code(digest(code))
         if used is None:
             raise InvalidGrant("unknown code")
-        record = used.record
-        family = await self._repository.family(record.family_id)
-        if family is None:
-            raise InvalidGrant("unknown code")
         if used.already_used:
-            await self._repository.revoke_family(family.family_id)
-            log.warning(
-                "authorization code used twice: its tokens are revoked",
-                extra={"client_id": family.client_id, "user_id": family.user_id},
-            )
-            raise InvalidGrant("the code was already used")
+            await self._reused(family, "authorization code")
+        record = used.record
         if (
             family.revoked
             or family.client_id != client.client_id
@@ -322,35 +323,55 @@ class SignIn:
             or not pkce_matches(code_verifier, record.code_challenge)
         ):
             raise InvalidGrant("the code is invalid, expired, or not for this request")
-        return await self._tokens(client, family, nonce=record.nonce)
+        return await self._tokens(client, family, user, nonce=record.nonce)
 
     async def refresh(self, client_id: str, refresh_token: str) -> TokenSet:
         """A new token set for a refresh token, which is used up (rotation). One presented
         again revokes its family; a blocked user's family is revoked too."""
         client = self._client(client_id)
-        used = await self._repository.use_refresh_token(digest(refresh_token))
+        token_hash = digest(refresh_token)
+        family, user = await self._grantable(await self._repository.refresh_token(token_hash))
+        used = await self._repository.use_refresh_token(token_hash)
         if used is None:
             raise InvalidGrant("unknown refresh token")
-        family = await self._repository.family(used.record.family_id)
-        if family is None:
-            raise InvalidGrant("unknown refresh token")
         if used.already_used:
-            await self._repository.revoke_family(family.family_id)
-            log.warning(
-                "refresh token used twice: its family is revoked",
-                extra={"client_id": family.client_id, "user_id": family.user_id},
-            )
-            raise InvalidGrant("the refresh token was already used")
+            await self._reused(family, "refresh token")
         if (
             family.revoked
             or family.client_id != client.client_id
             or used.record.expires_at <= self._clock()
         ):
             raise InvalidGrant("the refresh token is invalid, expired or revoked")
-        return await self._tokens(client, family, nonce=None)
+        return await self._tokens(client, family, user, nonce=None)
 
-    async def _tokens(self, client: PublicClient, family: Family, *, nonce: str | None) -> TokenSet:
-        user = await self._signable_user(family)
+    async def _grantable(self, record: Code | RefreshToken | None) -> tuple[Family, UserInfo]:
+        """The family of a code or refresh token and its user, looked at before the record is
+        used up: when users cannot answer (Unavailable) nothing is spent, so the client's
+        retry is not taken for a replay. A blocked or removed user's family is revoked."""
+        family = None if record is None else await self._repository.family(record.family_id)
+        if family is None:
+            raise InvalidGrant("unknown code or refresh token")
+        try:
+            user = await self._auth.current_user(family.user_id)
+        except UnknownUser:
+            user = None
+        if user is None or user.blocked:
+            await self._repository.revoke_family(family.family_id)
+            log.info("no tokens for a blocked user", extra={"user_id": family.user_id})
+            raise InvalidGrant("the user is blocked") from UserBlocked(family.user_id)
+        return family, user
+
+    async def _reused(self, family: Family, what: str) -> NoReturn:
+        await self._repository.revoke_family(family.family_id)
+        log.warning(
+            f"{what} used twice: its family is revoked",
+            extra={"client_id": family.client_id, "user_id": family.user_id},
+        )
+        raise InvalidGrant(f"the {what} was already used")
+
+    async def _tokens(
+        self, client: PublicClient, family: Family, user: UserInfo, *, nonce: str | None
+    ) -> TokenSet:
         now = int(self._clock())
         access = external_claims(
             issuer=self._auth.issuer,
@@ -388,19 +409,6 @@ class SignIn:
             scope=access["scope"],
         )
 
-    async def _signable_user(self, family: Family) -> UserInfo:
-        """The family's user, if they may still get tokens; a blocked or removed user's family
-        is revoked (InvalidGrant)."""
-        try:
-            user = await self._auth.current_user(family.user_id)
-        except UnknownUser:
-            user = None
-        if user is None or user.blocked:
-            await self._repository.revoke_family(family.family_id)
-            log.info("no tokens for a blocked user", extra={"user_id": family.user_id})
-            raise InvalidGrant("the user is blocked") from UserBlocked(family.user_id)
-        return user
-
     def _client(self, client_id: str) -> PublicClient:
         client = self.clients.get(client_id)
         if client is None:
@@ -432,6 +440,14 @@ class SignIn:
         await self._repository.delete_session(session_hash)
         revoked = await self._repository.revoke_session_families(session_hash)
         log.info("session ended", extra={"families_revoked": revoked})
+
+    async def on_user_event(self, _conn: Connection, event: Event) -> None:
+        """user-events: a blocked user's sessions end and their refresh-token families are
+        revoked at once (each grant also asks users, so this only makes it sooner)."""
+        if event.type == EventType.USER_BLOCKED:
+            user_id = event.data["userId"]
+            revoked = await self._repository.revoke_user(user_id)
+            log.info("blocked user signed out", extra={"user_id": user_id, "revoked": revoked})
 
     async def prune(self) -> int:
         """Forget expired sessions, pending requests, codes and families."""

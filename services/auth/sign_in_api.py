@@ -50,6 +50,7 @@ BROWSER_COOKIE = "__Secure-shopmesh-browser"
 COOKIE_PATH = "/auth"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 8
+MAX_QUERY_FIELDS = 16
 MAX_FIELD_LENGTH = 1024
 
 WRONG_CREDENTIALS = "Wrong username or password."
@@ -71,6 +72,11 @@ def _set_cookie(response: web.StreamResponse, name: str, value: str, max_age_s: 
     )
 
 
+def _clear_cookie(response: web.StreamResponse, name: str) -> None:
+    # With the attributes it was set with: a browser ignores a __Secure- cookie without Secure.
+    response.del_cookie(name, path=COOKIE_PATH, secure=True, httponly=True, samesite="Lax")
+
+
 def _found(location: str) -> web.Response:
     return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
 
@@ -87,7 +93,12 @@ def _unavailable() -> web.Response:
 async def authorize(request: web.Request) -> web.Response:
     sign_in = request.app[SIGN_IN]
     try:
-        query = parse_qs(request.query_string, keep_blank_values=True, errors="strict")
+        query = parse_qs(
+            request.rel_url.raw_query_string,
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
         parsed = parse_authorize(query, sign_in.clients)
         outcome = await sign_in.authorize(
             parsed, request.cookies.get(SESSION_COOKIE), request.cookies.get(BROWSER_COOKIE)
@@ -149,7 +160,6 @@ async def login(request: web.Request) -> web.Response:
     response = _found(signed_in.location)
     if signed_in.session_id is not None:
         _set_cookie(response, SESSION_COOKIE, signed_in.session_id, SESSION_TTL_S)
-    response.del_cookie(BROWSER_COOKIE, path=COOKIE_PATH)
     return response
 
 
@@ -174,7 +184,7 @@ async def logout(request: web.Request) -> web.Response:
         response = _found(redirect_location(target[0], {"state": state[0]} if state else {}))
     else:
         response = pages.signed_out_page()
-    response.del_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+    _clear_cookie(response, SESSION_COOKIE)
     return response
 
 
@@ -196,7 +206,7 @@ async def revoke(request: web.Request) -> web.Response:
         return _oauth_error(503, "temporarily_unavailable", "the database does not answer")
     response = web.Response(status=200, headers={"Cache-Control": "no-store"})
     if SESSION_COOKIE in request.cookies:
-        response.del_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+        _clear_cookie(response, SESSION_COOKIE)
     return response
 
 

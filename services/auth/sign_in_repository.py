@@ -155,19 +155,15 @@ class PostgresSignIn:
             _at(code.expires_at),
         )
 
+    async def code(self, code_hash: str) -> Code | None:
+        row = await self._db.fetchrow(
+            "SELECT * FROM authorization_codes WHERE code_hash = $1", code_hash
+        )
+        return None if row is None else _code(row)
+
     async def use_code(self, code_hash: str) -> Used[Code] | None:
         row, already_used = await self._use("authorization_codes", "code_hash", code_hash)
-        if row is None:
-            return None
-        code = Code(
-            row["code_hash"],
-            str(row["family_id"]),
-            row["redirect_uri"],
-            row["code_challenge"],
-            row["nonce"],
-            _epoch(row["expires_at"]),
-        )
-        return Used(code, already_used)
+        return None if row is None else Used(_code(row), already_used)
 
     async def add_refresh_token(self, token: RefreshToken) -> None:
         await self._db.execute(
@@ -200,6 +196,15 @@ class PostgresSignIn:
         )
         return None if row is None else _refresh_token(row)
 
+    async def revoke_user(self, user_id: str) -> int:
+        families = await self._db.execute(
+            "UPDATE refresh_families SET revoked_at = now()"
+            " WHERE user_id = $1 AND revoked_at IS NULL",
+            user_id,
+        )
+        sessions = await self._db.execute("DELETE FROM auth_sessions WHERE user_id = $1", user_id)
+        return int(families.split()[-1]) + int(sessions.split()[-1])
+
     async def prune(self, now: float) -> int:
         """Expired sessions, requests and families (their codes and tokens go with them)."""
         deleted = 0
@@ -207,6 +212,17 @@ class PostgresSignIn:
             result = await self._db.execute(f"DELETE FROM {table} WHERE expires_at < $1", _at(now))
             deleted += int(result.split()[-1])
         return deleted
+
+
+def _code(row: asyncpg.Record) -> Code:
+    return Code(
+        row["code_hash"],
+        str(row["family_id"]),
+        row["redirect_uri"],
+        row["code_challenge"],
+        row["nonce"],
+        _epoch(row["expires_at"]),
+    )
 
 
 def _refresh_token(row: asyncpg.Record) -> RefreshToken:

@@ -11,6 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from contracts import EventType
+from contracts.cloudevents import cloud_event
 from services.auth.authorization import (
     WEB_CLIENT_ID,
     AuthorizationError,
@@ -35,6 +37,8 @@ from services.auth.sign_in import (
     digest,
 )
 from services.common.auth.jwt import verify_jwt
+from services.common.errors import Unavailable
+from services.common.messaging.envelope import validate
 from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.auth import InMemorySignIn
 from tests.unit.test_auth_use_cases import ISSUER, Auth, quick_keys  # noqa: F401 (fixture)
@@ -302,6 +306,36 @@ async def test_a_blocked_user_gets_no_new_tokens():
         await w.sign_in.refresh(WEB_CLIENT_ID, tokens.refresh_token)
     w.auth.users.users["alice"] = replace(w.auth.users.users["alice"], blocked=False)
     with pytest.raises(InvalidGrant):  # the family stays revoked once unblocked
+        await w.sign_in.refresh(WEB_CLIENT_ID, tokens.refresh_token)
+
+
+@in_a_loop
+async def test_with_users_down_a_refresh_or_code_is_not_spent_so_a_retry_works():
+    w = await world()
+    tokens = await w.tokens()
+    code = await w.code(Browser())
+    w.auth.users.down = True
+    with pytest.raises(Unavailable):
+        await w.sign_in.refresh(WEB_CLIENT_ID, tokens.refresh_token)
+    with pytest.raises(Unavailable):
+        await w.sign_in.redeem_code(WEB_CLIENT_ID, code, CALLBACK, VERIFIER)
+    w.auth.users.down = False
+    assert (await w.sign_in.refresh(WEB_CLIENT_ID, tokens.refresh_token)).refresh_token
+    assert (await w.sign_in.redeem_code(WEB_CLIENT_ID, code, CALLBACK, VERIFIER)).refresh_token
+
+
+@in_a_loop
+async def test_a_user_blocked_event_ends_the_users_sessions_and_revokes_their_families():
+    w = await world()
+    browser = Browser()
+    tokens = await w.tokens(browser)
+    blocked = cloud_event(
+        source="users", type=EventType.USER_BLOCKED, subject="user/alice", data={"userId": "alice"}
+    )
+    await w.sign_in.on_user_event(None, validate(blocked))
+    assert not w.repository.sessions
+    assert all(family.revoked for family in w.repository.families.values())
+    with pytest.raises(InvalidGrant):
         await w.sign_in.refresh(WEB_CLIENT_ID, tokens.refresh_token)
 
 

@@ -8,7 +8,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from aiohttp import ClientResponse, DummyCookieJar
 from aiohttp.test_utils import TestClient, TestServer
@@ -20,6 +20,7 @@ from tests.unit.fakes.auth import InMemorySignIn
 from tests.unit.test_auth_sign_in import CALLBACK, CHALLENGE, CLIENTS, VERIFIER
 from tests.unit.test_auth_use_cases import LIMITS, Auth, quick_keys  # noqa: F401 (fixture)
 
+FORM = "application/x-www-form-urlencoded"
 AUTHORIZE = {
     "response_type": "code",
     "client_id": "shopmesh-web",
@@ -37,9 +38,11 @@ class Client:
         self.http = http
         self.cookies: dict[str, str] = {}
 
-    async def request(self, method: str, path: str, **kwargs: object) -> ClientResponse:
+    async def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: object
+    ) -> ClientResponse:
         cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
-        headers = {"Cookie": cookie} if cookie else {}
+        headers = (headers or {}) | ({"Cookie": cookie} if cookie else {})
         resp = await self.http.request(
             method, path, headers=headers, allow_redirects=False, **kwargs
         )
@@ -161,6 +164,16 @@ async def test_a_sign_in_sets_the_session_cookie_and_redirects_with_code_and_sta
 
 
 @served
+async def test_a_state_with_reserved_characters_comes_back_unchanged(client, _auth):
+    resp = await client.login(await client.login_page_request_id())
+    assert "state=st-1" in resp.headers["Location"]
+    odd = "a&b=c d/é"
+    again = await client.authorize(state=odd)
+    assert again.status == 302
+    assert parse_qs(urlsplit(again.headers["Location"]).query)["state"] == [odd]
+
+
+@served
 async def test_wrong_credentials_show_the_page_again_with_a_plain_message(client, _auth):
     request_id = await client.login_page_request_id()
     resp = await client.login(request_id, password="not-it")
@@ -251,6 +264,8 @@ async def test_logout_goes_back_only_to_a_registered_uri_and_ends_the_session(cl
     )
     assert resp.status == 302
     assert resp.headers["Location"] == "https://127.0.0.1:8443/?state=bye"
+    cleared = set_cookie(resp, sign_in_api.SESSION_COOKIE)
+    assert "Max-Age=0" in cleared and "Secure" in cleared and "Path=/auth" in cleared
     assert sign_in_api.SESSION_COOKIE not in client.cookies
     assert (await client.authorize()).status == 200
 
@@ -267,3 +282,27 @@ async def test_revoke_answers_200_and_refuses_an_unknown_client(client, _auth):
     assert (unknown.status, (await unknown.json())["error"]) == (401, "invalid_client")
     missing = await client.request("POST", "/auth/revoke", data={"client_id": "shopmesh-web"})
     assert (missing.status, (await missing.json())["error"]) == (400, "invalid_request")
+
+
+@served
+async def test_hostile_sign_in_input_is_a_4xx_never_a_500(client, _auth):
+    request_id = await client.login_page_request_id()
+    authorize = await client.request("GET", "/auth/authorize?client_id=%ff%fe&state=%00")
+    assert authorize.status == 400
+    for body, content_type in (
+        (b"request=" + request_id.encode() + b"&username=a%00&password=p", FORM),
+        (b"request=x&username=%ed%a0%80&password=p", FORM),
+        (b"request=x&username=\xff&password=p", FORM),
+        (b'{"request": "x"}', "application/json"),
+        (b"&".join(b"f%d=1" % n for n in range(100)), FORM),
+    ):
+        resp = await client.request(
+            "POST", "/auth/login", data=body, headers={"Content-Type": content_type}
+        )
+        assert resp.status == 400, body
+        assert resp.content_type == "text/html"
+    revoke = await client.request(
+        "POST", "/auth/revoke", data=b"token=%ff&client_id=shopmesh-web",
+        headers={"Content-Type": FORM},
+    )  # fmt: skip
+    assert revoke.status == 400

@@ -234,6 +234,11 @@ class InMemorySignIn:
         await round_trip()
         self.codes[code.code_hash] = (code, False)
 
+    async def code(self, code_hash: str) -> Code | None:
+        await round_trip()
+        stored = self.codes.get(code_hash)
+        return None if stored is None else stored[0]
+
     async def use_code(self, code_hash: str) -> Used[Code] | None:
         await round_trip()
         if code_hash not in self.codes:
@@ -258,6 +263,16 @@ class InMemorySignIn:
         await round_trip()
         stored = self.refresh_tokens.get(token_hash)
         return None if stored is None else stored[0]
+
+    async def revoke_user(self, user_id: str) -> int:
+        await round_trip()
+        live = [f for f in self.families.values() if f.user_id == user_id and not f.revoked]
+        for family in live:
+            self.families[family.family_id] = replace(family, revoked=True)
+        sessions = [k for k, s in self.sessions.items() if s.user_id == user_id]
+        for key in sessions:
+            del self.sessions[key]
+        return len(live) + len(sessions)
 
     async def prune(self, now: float) -> int:
         await round_trip()
