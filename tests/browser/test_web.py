@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from playwright.sync_api import Page, expect
@@ -18,6 +19,14 @@ from mesh.runtime.tls import edge_certs
 # Status changes travel orders' outbox → Kafka → notifications → the WebSocket.
 LIVE_TIMEOUT_MS = 30_000
 PAYMENT_SERVICES = ("payments", "payments-worker")
+
+
+def outside_playwright(call, *args, **kwargs):
+    """Run `call` in a thread of its own: Playwright's sync API keeps an event loop running in
+    the test's thread, where the runtime's asyncio.run (Kafka's admin client, in the workers'
+    readiness check) cannot run."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(call, *args, **kwargs).result()
 
 
 def signed_in(page: Page, mesh: Mesh, edge_url: str, user: str) -> Page:
@@ -71,13 +80,13 @@ def test_with_payments_down_the_order_waits_pending_and_is_paid_after_start(
     page.evaluate("() => { window.sameDocument = true; }")
     try:
         for name in PAYMENT_SERVICES:
-            mesh.stop(name)
+            outside_playwright(mesh.stop, name)
         place_order(page, pay_later=False)
         expect(order_status(page)).to_have_text("PAYMENT_PENDING", timeout=ORDER_TIMEOUT_MS)
         expect(page.get_by_test_id("payment")).to_be_visible()
     finally:
         for name in PAYMENT_SERVICES:
-            mesh.start(name, say=lambda _: None)
+            outside_playwright(mesh.start, name, say=lambda _: None)
     expect(order_status(page)).to_have_text("PAID", timeout=LIVE_TIMEOUT_MS)
     assert page.evaluate("() => window.sameDocument") is True, "the page was not reloaded"
 
