@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up down status install test lint bench
+.PHONY: up down status install test lint bench screenshots
 
 $(BIN)/mesh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,13 +33,19 @@ lint: $(BIN)/mesh
 	$(BIN)/mypy
 	$(BIN)/python -m mesh.runtime.audit
 
-# Provisions everything, lints, then runs unit tests and the tests against the real native mesh.
+# Provisions everything, lints, then runs unit tests and the tests against the real native mesh
+# (tests/browser drives Debian's Chromium through the web front end).
 test: $(BIN)/mesh
 	$(BIN)/mesh install
 	$(MAKE) lint
-	$(BIN)/pytest tests/unit tests/integration tests/security tests/chaos
+	$(BIN)/pytest tests/unit tests/integration tests/security tests/chaos tests/browser
 
 # Load benchmarks of the running mesh (`mesh up -d` first): writes docs/benchmarks.md and its
 # plots anew. Not a test: nothing in it passes or fails. One scenario: `mesh bench --help`.
 bench: $(BIN)/mesh
 	$(BIN)/python -m bench
+
+# The web front end's main pages of the running mesh (`mesh up -d` first) as PNGs in
+# docs/screenshots, shown in the README's tour.
+screenshots: $(BIN)/mesh
+	$(BIN)/mesh screenshots

@@ -15,6 +15,8 @@ from mesh.placement import JAEGER, Placement
 from mesh.registration import instance_registration
 from mesh.topology import Instance, Topology, Workers
 
+WEB = "web"
+
 
 @dataclass(frozen=True)
 class Wiring:
@@ -80,7 +82,8 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
         "SHOPMESH_UPSTREAMS": json.dumps(
             [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
         ),
-        **kafka_env(topology, wiring, service.name),
+        # A service without a database uses no Kafka: outboxes and processed events need one.
+        **(kafka_env(topology, wiring, service.name) if service.database else {}),
         "SHOPMESH_METRICS_PORT": str(instance.metrics_port),
         "PYTHONUNBUFFERED": "1",
         **tracing_env(topology, placement),
@@ -96,6 +99,11 @@ def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict
         # The longest a cache of auth's JWKS keeps it: the edge's (services refetch on an
         # unknown kid). auth publishes a new key longer than this before signing with it.
         env["SHOPMESH_AUTH_JWKS_CACHE_S"] = str(topology.edge.jwks_cache_s)
+    if service.name == WEB and placement.runs(JAEGER):
+        # The trace view reads Jaeger's query API (outside the mesh).
+        env["SHOPMESH_WEB_JAEGER_URL"] = (
+            f"http://{placement.address(JAEGER)}:{topology.jaeger.ports.ui}"
+        )
     if service.database:
         env["SHOPMESH_DATABASE_URL"] = wiring.database_url(topology, service.database)
     return env

@@ -23,6 +23,7 @@ PATRONI = "patroni"
 # Prometheus's scrape of the agents' metrics and its discovery of targets in the catalog.
 PROMETHEUS = "prometheus"
 EDGE_SERVICE = "edge"
+WEB_SERVICE = "web"
 FAULT_KEY = "shopmesh/faults/{service}"
 POLICY_PREFIX = "shopmesh-"
 
@@ -76,6 +77,14 @@ def fault_key_rules(service: str) -> str:
     return f'key "{FAULT_KEY.format(service=service)}" {{ policy = "read" }}\n'
 
 
+def service_rules(service: str) -> str:
+    """A service's own rules: its fault flags; web's admin view also sets and clears every
+    service's (it checks the caller's admin role first, services/web/api.py)."""
+    if service == WEB_SERVICE:
+        return f'key_prefix "{FAULT_KEY.format(service="")}" {{ policy = "write" }}\n'
+    return fault_key_rules(service)
+
+
 def patroni_rules() -> str:
     """Patroni's DCS: its keys (Patroni's default namespace `service/`), its sessions, which it
     creates on the client agent's node, and that agent's settings (the shortest session TTL,
@@ -106,7 +115,7 @@ def tokens(topology: Topology) -> list[TokenSpec]:
         TokenSpec(
             service_token(service.name),
             f"{service.name}: registers its instances and their sidecars, reads its fault flags",
-            rules=fault_key_rules(service.name),
+            rules=service_rules(service.name),
             service_identities=(service.name,),
         )
         for service in topology.services

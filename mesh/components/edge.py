@@ -312,8 +312,10 @@ def _route(route: Route) -> dict[str, Any]:
             timeout=f"{route.timeout_ms / 1000:g}s",
             retry_policy={"retry_on": "connect-failure,reset", "num_retries": 2},
         )
+    # path_separated_prefix takes no trailing slash: `/` (every other path) is a plain prefix.
+    match = {"prefix": "/"} if route.prefix == "/" else {"path_separated_prefix": route.prefix}
     return {
-        "match": {"path_separated_prefix": route.prefix},
+        "match": match,
         "route": action,
         # The edge's span is named after the route (not Envoy's generic "ingress"); the
         # sidecars keep their own ingress/egress names.
@@ -324,7 +326,7 @@ def _route(route: Route) -> dict[str, Any]:
 
 def routes(topology: Topology) -> list[dict[str, Any]]:
     edge = topology.edge
-    table = [_route(route) for route in edge.routes]
+    table = [_route(route) for route in edge.routes if route.prefix != "/"]
     for route in edge.routes:
         if route.transcode:
             # A collection's custom methods (`/users:batchCreate`, AIP-136) are no path segment
@@ -344,7 +346,8 @@ def routes(topology: Topology) -> list[dict[str, Any]]:
                 "route": {"cluster": cluster_name(name), "prefix_rewrite": "/openapi.yaml"},
                 "typed_per_filter_config": _per_route(public),
             })  # fmt: skip
-    return table
+    # The catch-all (the web front end) after every other route, the ones added here included.
+    return table + [_route(route) for route in edge.routes if route.prefix == "/"]
 
 
 def rate_limits() -> list[dict[str, Any]]:

@@ -33,11 +33,13 @@ from mesh.runtime import (
 )
 from mesh.runtime.consul_acl import token_file
 from mesh.runtime.hosts import NetError
-from mesh.runtime.paths import StateDir, cache_dir
+from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
 from mesh.runtime.supervisor import AlreadyRunning, Mesh, MeshError
 from mesh.topology import TopologyError, load
+
+SCREENSHOTS_DIR = REPO_ROOT / "docs" / "screenshots"
 
 
 def _mesh() -> Mesh:
@@ -273,6 +275,18 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_screenshots(args: argparse.Namespace) -> int:
+    """The web front end's main pages of the running mesh, as PNGs for the README's tour:
+    Debian's Chromium driven by Playwright (`mesh install`; Playwright is a dev dependency)."""
+    from mesh.runtime import browser
+
+    topology = sizes.topology_for(StateDir.default())
+    edge_url = f"https://{topology.bind_host}:{topology.edge.https_port}"
+    for path in browser.take_screenshots(StateDir.default(), edge_url, SCREENSHOTS_DIR):
+        print(path.relative_to(REPO_ROOT))
+    return 0
+
+
 def cmd_compose(args: argparse.Namespace) -> int:
     """compose.yaml (and Prometheus's compose config) from the topology."""
     topology = load()
@@ -403,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to wait for the trace to reach Jaeger (default {trace.WAIT_S:g})",
     )
     trace_cmd.set_defaults(func=cmd_trace)
+    sub.add_parser(
+        "screenshots", help="save the web pages of the running mesh into docs/screenshots"
+    ).set_defaults(func=cmd_screenshots)
     compose_cmd = sub.add_parser("compose", help="write compose.yaml from the topology")
     compose_cmd.add_argument(
         "--check", action="store_true", help="exit 1 if the committed files are out of date"

@@ -822,6 +822,24 @@ WRK = Component(
     locate=lambda c, home: {"wrk": WRK_BIN},
 )
 
+# --- Chromium: the Debian package; the browser the browser tests drive (tests/browser) -------
+# Playwright (PyPI) launches it by its path: Playwright's own browser download cannot work here.
+
+CHROMIUM_BIN = Path("/usr/bin/chromium")
+
+
+def _install_chromium(component: Component, home: Path) -> None:
+    _apt_component("chromium", CHROMIUM_BIN, f"Chromium {component.version}.")
+
+
+CHROMIUM = Component(
+    name="chromium",
+    # Debian's security updates follow Chromium's stable releases: the major version is pinned.
+    version="156",
+    install_into=_install_chromium,
+    locate=lambda c, home: {"chromium": CHROMIUM_BIN},
+)
+
 COMPONENTS: tuple[Component, ...] = (
     ENVOY,
     CONSUL,
@@ -841,6 +859,7 @@ COMPONENTS: tuple[Component, ...] = (
     HELM,
     KUBECONFORM,
     KUBE_SCHEMAS,
+    CHROMIUM,
 )
 
 

@@ -90,15 +90,19 @@ class AdminServer:
 @asynccontextmanager
 async def admin_port(host: str, port: int | None, database_url: str) -> AsyncIterator[None]:
     """The admin server for the running event loop's service while the block runs: /metrics,
-    and /health from this loop's heartbeat and a probe of `database_url`. Nothing without a
-    port."""
+    and /health from this loop's heartbeat and a probe of `database_url` (none if it is empty).
+    Nothing without a port."""
     if port is None:
         yield
         return
     heartbeat = Heartbeat()
     beating = asyncio.create_task(heartbeat.run())
     try:
-        server = AdminServer(host, port, HealthCheck(heartbeat, DatabaseProbe(database_url)))
+        server = AdminServer(
+            host,
+            port,
+            HealthCheck(heartbeat, DatabaseProbe(database_url) if database_url else None),
+        )
     except OSError as exc:
         beating.cancel()
         raise AdminPortError(f"cannot serve /metrics and /health on {host}:{port}: {exc}") from exc

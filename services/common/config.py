@@ -36,6 +36,7 @@ class ProcessSettings:
 
     service: str
     instance: str
+    # Empty for a service without a database (web): its /health then probes no database.
     database_url: str = field(repr=False)
     bind_host: str = "127.0.0.1"
     log_level: str = "info"
@@ -43,8 +44,9 @@ class ProcessSettings:
     metrics_port: int | None = None
 
 
-def process_fields(env: Mapping[str, str]) -> dict[str, Any]:
-    """The ProcessSettings fields in `env`; ConfigError for the first missing or malformed."""
+def process_fields(env: Mapping[str, str], *, database: bool = True) -> dict[str, Any]:
+    """The ProcessSettings fields in `env`; ConfigError for the first missing or malformed.
+    Without `database` the process has none: SHOPMESH_DATABASE_URL is not read."""
     log_level = _optional(env, "SHOPMESH_LOG_LEVEL", "info").lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError(
@@ -54,7 +56,7 @@ def process_fields(env: Mapping[str, str]) -> dict[str, Any]:
         "service": _required(env, "SHOPMESH_SERVICE"),
         "instance": _required(env, "SHOPMESH_INSTANCE"),
         "bind_host": _optional(env, "SHOPMESH_BIND_HOST", "127.0.0.1"),
-        "database_url": _required(env, "SHOPMESH_DATABASE_URL"),
+        "database_url": _required(env, "SHOPMESH_DATABASE_URL") if database else "",
         "metrics_port": (
             _port(env, "SHOPMESH_METRICS_PORT") if env.get("SHOPMESH_METRICS_PORT") else None
         ),
@@ -91,13 +93,16 @@ class ServiceSettings(ProcessSettings):
         raise ConfigError(f"SHOPMESH_UPSTREAMS has no upstream named {name!r}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
-        """Read settings from `env` (default: the process environment).
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, database: bool = True
+    ) -> ServiceSettings:
+        """Read settings from `env` (default: the process environment); `database=False` for a
+        service without one.
 
         Raises ConfigError naming the first variable that is missing or malformed.
         """
         source = os.environ if env is None else env
-        process = process_fields(source)
+        process = process_fields(source, database=database)
         return cls(
             **process,
             port=_port(source, "SHOPMESH_PORT"),

@@ -31,6 +31,19 @@ def listeners() -> dict[str, dict]:
     }
 
 
+def route_prefix(route: dict) -> str | None:
+    """The prefix a route of the table matches (`/`, the catch-all, is a plain prefix)."""
+    match = route["match"]
+    return match.get("path_separated_prefix", match.get("prefix"))
+
+
+def test_the_catch_all_route_to_the_front_end_comes_last() -> None:
+    routes = hcm(listeners()["http"])["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[-1]["match"] == {"prefix": "/"}
+    assert routes[-1]["route"]["cluster"] == "mesh-web"
+    assert sum(route_prefix(r) == "/" for r in routes) == 1
+
+
 def hcm(listener: dict) -> dict:
     return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
@@ -88,7 +101,7 @@ def test_every_route_goes_to_its_sidecar_upstream_with_the_right_auth() -> None:
     routes = hcm(listeners()["http"])["route_config"]["virtual_hosts"][0]["routes"]
     ports = {u.service: u.local_bind_port for u in EDGE.upstreams}
     for route in topology.edge.routes:
-        match = next(r for r in routes if r["match"].get("path_separated_prefix") == route.prefix)
+        match = next(r for r in routes if route_prefix(r) == route.prefix)
         cluster = clusters[match["route"]["cluster"]]
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         assert endpoint["address"]["socket_address"]["port_value"] == ports[route.service]
@@ -253,7 +266,7 @@ def test_the_token_exchange_is_off_on_public_routes_and_carries_the_topologys_ca
     assert 'local AUTH_CLUSTER = "mesh-auth"\n' in source
     routes = hcm(listeners()["https"])["route_config"]["virtual_hosts"][0]["routes"]
     for route in topology.edge.routes:
-        found = next(r for r in routes if r["match"].get("path_separated_prefix") == route.prefix)
+        found = next(r for r in routes if route_prefix(r) == route.prefix)
         off = found["typed_per_filter_config"].get("shopmesh.token_exchange", {}).get("disabled")
         assert bool(off) == (route.auth == "none"), route.prefix
 

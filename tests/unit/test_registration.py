@@ -194,7 +194,8 @@ def test_each_instance_registers_the_document_its_environment_hands_it_with_its_
     for instance in topology.instances():
         env = instance_env(topology, wiring, instance)
         expected = instance_registration(topology, placement, instance)
-        settings = ServiceSettings.from_env(env)
+        database = topology.service(instance.service).database is not None
+        settings = ServiceSettings.from_env(env, database=database)
         assert settings.registration == expected
         body = with_version(settings.registration, "1.2.3")
         assert body == {**expected, "Meta": {"version": "1.2.3", **expected["Meta"]}}

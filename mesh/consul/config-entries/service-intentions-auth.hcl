@@ -8,4 +8,5 @@ Sources = [
   { Name = "users", Action = "allow" },
   { Name = "payments", Action = "allow" },
   { Name = "notifications", Action = "allow" },
+  { Name = "web", Action = "allow" },
 ]

@@ -4,5 +4,10 @@ Sources = [
   {
     Name   = "edge"
     Action = "allow"
-  }
+  },
+  # the web BFF's order view, with the caller's token
+  {
+    Name   = "web"
+    Action = "allow"
+  },
 ]

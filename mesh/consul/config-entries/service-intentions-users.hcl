@@ -6,4 +6,6 @@ Sources = [
   { Name = "auth", Action = "allow" },
   # REST at the edge through the gRPC-JSON transcoder.
   { Name = "edge", Action = "allow" },
+  # the web BFF's admin view: block a user, with the admin's token
+  { Name = "web", Action = "allow" },
 ]
