@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from services.common.fields import character_error
+from services.common.fields import single_parameter
 
 RESPONSE_TYPE_CODE = "code"
 PKCE_S256 = "S256"
@@ -158,15 +158,4 @@ def pkce_matches(code_verifier: str, code_challenge: str) -> bool:
 
 
 def _single(query: Query, name: str) -> str | None:
-    values = query.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise ValueError(f"{name} must not be sent more than once")
-    value = values[0]
-    if len(value) > MAX_PARAMETER_LENGTH:
-        raise ValueError(f"{name} is too long")
-    problem = character_error(value)
-    if problem is not None:
-        raise ValueError(f"{name} {problem}")
-    return value
+    return single_parameter(query, name, max_length=MAX_PARAMETER_LENGTH)

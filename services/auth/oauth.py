@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
-from services.common.fields import character_error
+from services.common.fields import character_error, single_parameter
 
 GRANT_PASSWORD = "password"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
@@ -273,19 +273,11 @@ def parse_scope(raw: str | None) -> tuple[str, ...]:
 
 
 def _single(form: Form, name: str) -> str | None:
-    values = form.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise invalid_request(f"{name} must not be sent more than once")
-    value = values[0]
-    if len(value) > MAX_PARAMETER_LENGTH:
-        raise invalid_request(f"{name} is too long")
-    # RFC 6749 Appendix A: parameter values hold no control characters but TAB.
-    problem = character_error(value, allowed="\t")
-    if problem is not None:
-        raise invalid_request(f"{name} {problem}")
-    return value
+    try:
+        # RFC 6749 Appendix A: parameter values hold no control characters but TAB.
+        return single_parameter(form, name, max_length=MAX_PARAMETER_LENGTH, allowed="\t")
+    except ValueError as exc:
+        raise invalid_request(str(exc)) from None
 
 
 def discovery_document(issuer: str) -> dict[str, object]:

@@ -10,6 +10,7 @@ text is refused up front with a message naming the field, instead of failing in 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping, Sequence
 
 from services.common.errors import InvalidArgument
 
@@ -34,6 +35,26 @@ def character_error(value: str, *, allowed: str = "") -> str | None:
     if any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in value):
         return CONTROL_CHARACTERS
     return None
+
+
+def single_parameter(
+    parameters: Mapping[str, Sequence[str]], name: str, *, max_length: int, allowed: str = ""
+) -> str | None:
+    """The one value of a query or form parameter, or None when it is absent. ValueError, with
+    a message naming it, when it is sent more than once, is longer than `max_length` or holds
+    a control character (but those in `allowed`)."""
+    values = parameters.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ValueError(f"{name} must not be sent more than once")
+    value = values[0]
+    if len(value) > max_length:
+        raise ValueError(f"{name} is too long")
+    problem = character_error(value, allowed=allowed)
+    if problem is not None:
+        raise ValueError(f"{name} {problem}")
+    return value
 
 
 def text(
