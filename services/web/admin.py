@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,9 +106,11 @@ class ConsulAdmin:
     """This host's Consul agent, with web's token (service identity: catalog and health reads;
     and its fault-flag keys, mesh/components/consul_acl.py)."""
 
-    def __init__(self, http_addr: str, token: str) -> None:
+    def __init__(self, http_addr: str, token: str, tls: ssl.SSLContext) -> None:
+        """`tls` checks the agent's HTTPS API with the Consul CA."""
         self._base = http_addr
         self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls),
             timeout=aiohttp.ClientTimeout(total=CONSUL_TIMEOUT_S),
             headers={"X-Consul-Token": token},
         )

@@ -48,6 +48,7 @@ def traffic(edge: httpx.Client, topology: Topology) -> None:
     assert queued.status_code == 202, queued.text
     assert edge.get("/orders", params={"userId": "alice"}).status_code == 200
     assert edge.get("/notifications").status_code == 200
+    assert edge.get("/web/api/me").status_code == 200
 
 
 def refused_exchange(topology: Topology) -> None:
