@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,8 +106,9 @@ class ConsulAdmin:
     """This host's Consul agent, with web's token (service identity: catalog and health reads;
     and its fault-flag keys, mesh/components/consul_acl.py)."""
 
-    def __init__(self, http_addr: str, token: str) -> None:
+    def __init__(self, http_addr: str, token: str, tls: ssl.SSLContext) -> None:
         self._base = http_addr
+        self._tls = tls  # the agent's HTTPS API, checked with the Consul CA
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=CONSUL_TIMEOUT_S),
             headers={"X-Consul-Token": token},
@@ -114,7 +116,9 @@ class ConsulAdmin:
 
     async def _call(self, method: str, path: str, data: str | None = None) -> Any:
         try:
-            async with self._session.request(method, f"{self._base}{path}", data=data) as resp:
+            async with self._session.request(
+                method, f"{self._base}{path}", data=data, ssl=self._tls
+            ) as resp:
                 if resp.status != 200:
                     raise Unavailable(f"consul answered {resp.status}")
                 return await resp.json(content_type=None)

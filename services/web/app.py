@@ -62,7 +62,9 @@ def create_app(settings: ServiceSettings) -> web.Application:
         bff[api.NOTIFICATIONS] = NotificationsClient(settings.upstream_port("notifications"))
         bff[api.USERS] = UsersAdmin(settings.upstream_port("users"))
         bff[api.JAEGER] = JaegerClient(jaeger_url)
-        bff[api.CONSUL] = ConsulAdmin(settings.consul_http_addr, settings.consul_token)
+        bff[api.CONSUL] = ConsulAdmin(
+            settings.consul_http_addr, settings.consul_token, settings.consul_tls()
+        )
         yield
         await bff[api.ORDERS].close()
         await bff[api.PAYMENTS].close()
