@@ -108,17 +108,16 @@ class ConsulAdmin:
 
     def __init__(self, http_addr: str, token: str, tls: ssl.SSLContext) -> None:
         self._base = http_addr
-        self._tls = tls  # the agent's HTTPS API, checked with the Consul CA
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=CONSUL_TIMEOUT_S),
             headers={"X-Consul-Token": token},
+            # Every call: the agent's HTTPS API, checked with the Consul CA.
+            connector=aiohttp.TCPConnector(ssl=tls),
         )
 
     async def _call(self, method: str, path: str, data: str | None = None) -> Any:
         try:
-            async with self._session.request(
-                method, f"{self._base}{path}", data=data, ssl=self._tls
-            ) as resp:
+            async with self._session.request(method, f"{self._base}{path}", data=data) as resp:
                 if resp.status != 200:
                     raise Unavailable(f"consul answered {resp.status}")
                 return await resp.json(content_type=None)
