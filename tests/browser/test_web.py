@@ -173,7 +173,8 @@ def test_an_admin_blocks_a_user_whose_pending_order_is_cancelled_and_session_ref
         admin.get_by_label("User id").fill(user.id)
         admin.get_by_label("Reason").fill("blocked by the browser test")
         admin.get_by_role("button", name="Block").click()
-        expect(admin.get_by_text(f"{user.id} is blocked.")).to_be_visible()
+        block_section = admin.get_by_role("region", name="Block a user")
+        expect(block_section.get_by_role("status")).to_have_text(f"{user.id} is blocked.")
 
         with edge_http(mesh, edge_url, tokens.external("admin")) as as_admin:
             wait_for(
