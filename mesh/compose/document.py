@@ -48,12 +48,14 @@ from mesh.runtime import kafka as kafka_runtime
 from mesh.runtime.consul_acl import agent_config_file, token_file
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import ConsulServer, EdgeInstance, Instance, Topology
-from mesh.wiring import Wiring, instance_env, worker_env
+from mesh.wiring import WEB, Wiring, instance_env, worker_env
 
 # The committed files: compose.yaml, and the configs its Prometheus and Jaeger mount.
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 PROMETHEUS_FILE = REPO_ROOT / "observability" / "prometheus" / "compose.yml"
 JAEGER_FILE = REPO_ROOT / "observability" / "jaeger" / "compose.yml"
+# What web's trace view links to (services/web/app.py reads it).
+JAEGER_UI_URL = "SHOPMESH_WEB_JAEGER_UI_URL"
 
 # Official images, pinned to the versions the native runtime provisions (docs/runtime.md).
 IMAGES = {
@@ -439,11 +441,19 @@ def _app_after(topology: Topology) -> dict[str, Any]:
     )
 
 
+def jaeger_ui_url(topology: Topology, placement: ComposePlacement) -> str:
+    """Jaeger's UI where a browser reaches it (its published port): compose's image has the UI,
+    the native build only a placeholder, so only compose hands it to web's trace view."""
+    return f"http://{placement.public()}:{topology.jaeger.ports.ui}"
+
+
 def _service(topology: Topology, placement: ComposePlacement, instance: Instance) -> dict[str, Any]:
     service = topology.service(instance.service)
     env = instance_env(topology, wiring(placement), instance)
     if service.database:
         env["PGPASSFILE"] = str(PGPASS)
+    if service.name == WEB:
+        env[JAEGER_UI_URL] = jaeger_ui_url(topology, placement)
     return {
         "image": SERVICE_IMAGE,
         "build": SERVICE_BUILD,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,25 +60,34 @@ def chromium_args(state: StateDir) -> list[str]:
 
 
 @contextmanager
-def browser_context(state: StateDir) -> Iterator[BrowserContext]:
-    """A Chromium context with a fresh user data dir, trusting the edge of `state`'s mesh."""
+def chromium(state: StateDir) -> Iterator[Callable[[], BrowserContext]]:
+    """A launcher of Chromium contexts trusting the edge of `state`'s mesh, each with a fresh
+    user data dir (its own cookies: another person's browser); all closed at the end."""
     from playwright.sync_api import sync_playwright
 
-    with (
-        tempfile.TemporaryDirectory(prefix="shopmesh-chromium-") as profile,
-        sync_playwright() as playwright,
-    ):
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=str(CHROMIUM_BIN),
-            headless=True,
-            args=chromium_args(state),
-            viewport=VIEWPORT,  # type: ignore[arg-type]
-        )
-        try:
-            yield context
-        finally:
-            context.close()
+    with ExitStack() as stack:
+        playwright = stack.enter_context(sync_playwright())
+
+        def launch() -> BrowserContext:
+            profile = stack.enter_context(tempfile.TemporaryDirectory(prefix="shopmesh-chromium-"))
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM_BIN),
+                headless=True,
+                args=chromium_args(state),
+                viewport=VIEWPORT,  # type: ignore[arg-type]
+            )
+            stack.callback(context.close)
+            return context
+
+        yield launch
+
+
+@contextmanager
+def browser_context(state: StateDir) -> Iterator[BrowserContext]:
+    """A Chromium context with a fresh user data dir, trusting the edge of `state`'s mesh."""
+    with chromium(state) as launch:
+        yield launch()
 
 
 def sign_in(page: Page, edge_url: str, user: str, password: str) -> None:

@@ -107,12 +107,12 @@ class ConsulAdmin:
     and its fault-flag keys, mesh/components/consul_acl.py)."""
 
     def __init__(self, http_addr: str, token: str, tls: ssl.SSLContext) -> None:
-        """`tls` checks the agent's HTTPS API with the Consul CA."""
         self._base = http_addr
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=tls),
             timeout=aiohttp.ClientTimeout(total=CONSUL_TIMEOUT_S),
             headers={"X-Consul-Token": token},
+            # Every call: the agent's HTTPS API, checked with the Consul CA.
+            connector=aiohttp.TCPConnector(ssl=tls),
         )
 
     async def _call(self, method: str, path: str, data: str | None = None) -> Any:

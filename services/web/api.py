@@ -18,12 +18,14 @@ from services.common.problem import ProblemKinds
 from services.web.admin import ConsulAdmin, UsersAdmin, fault_value, service_name
 from services.web.clients import JaegerClient, NotificationsClient, OrdersClient, PaymentsClient
 from services.web.views import order_view
-from services.web.waterfall import first_trace, waterfall
+from services.web.waterfall import first_trace, trace_page, waterfall
 
 ORDERS = web.AppKey("orders", OrdersClient)
 PAYMENTS = web.AppKey("payments", PaymentsClient)
 NOTIFICATIONS = web.AppKey("notifications", NotificationsClient)
 JAEGER = web.AppKey("jaeger", JaegerClient)
+# Jaeger's UI as the browser reaches it, or None where there is none (the native Jaeger's).
+JAEGER_UI = web.AppKey[str | None]("jaeger_ui")
 USERS = web.AppKey("users", UsersAdmin)
 CONSUL = web.AppKey("consul", ConsulAdmin)
 
@@ -77,15 +79,18 @@ async def order(request: web.Request) -> web.Response:
 
 @routes.get("/orders/{id}/trace")
 async def order_trace(request: web.Request) -> web.Response:
-    """The trace that created the order, shaped for a waterfall. The order is read first with
-    the caller's token: nobody sees the trace of an order they may not see."""
+    """The trace that created the order, shaped for a waterfall, with its page in Jaeger's UI
+    where there is one. The order is read first with the caller's token: nobody sees the trace
+    of an order they may not see."""
     principal = request_principal(request)
     order_id = _order_id(request)
     await request.app[ORDERS].order(order_id, principal)
     trace = first_trace(await request.app[JAEGER].traces_of_order(order_id))
     if trace is None:
         raise NotFound(f"Jaeger has no trace of order {order_id} (yet: spans arrive in seconds)")
-    return web.json_response(waterfall(trace))
+    view = waterfall(trace)
+    view["jaegerUi"] = trace_page(request.app[JAEGER_UI], str(view["traceId"]))
+    return web.json_response(view)
 
 
 @routes.get("/admin/health")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -20,6 +21,20 @@ MAX_BODY_BYTES = 16 * 1024
 API_PREFIX = "/web/api"
 # Jaeger's query API (mesh/wiring.py sets it where the placement runs Jaeger).
 JAEGER_URL_VARIABLE = "SHOPMESH_WEB_JAEGER_URL"
+# Jaeger's UI where the browser reaches it, set where Jaeger has one (mesh/compose/document.py):
+# the trace view links to it.
+JAEGER_UI_URL_VARIABLE = "SHOPMESH_WEB_JAEGER_UI_URL"
+
+
+def web_url(variable: str, value: str | None) -> str | None:
+    """An http(s) address from the environment, or None when unset; anything else stops the
+    start (the page puts it in a link)."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{variable} must be an http(s) URL, got {value!r}")
+    return value
 
 
 def http_app() -> tuple[web.Application, web.Application]:
@@ -39,6 +54,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app, bff = http_app()
     install_internal_auth(bff, settings, exempt=())
     jaeger_url = os.environ.get(JAEGER_URL_VARIABLE) or None
+    bff[api.JAEGER_UI] = web_url(JAEGER_UI_URL_VARIABLE, os.environ.get(JAEGER_UI_URL_VARIABLE))
 
     async def clients(bff: web.Application) -> AsyncIterator[None]:
         bff[api.ORDERS] = OrdersClient(settings.upstream_port("orders"))

@@ -103,3 +103,8 @@ def waterfall(trace: Mapping[str, Any]) -> dict[str, Any]:
         "services": sorted({s.service for s in spans}),
         "spans": rows,
     }
+
+
+def trace_page(ui_url: str | None, trace_id: str) -> str | None:
+    """The trace's page in Jaeger's UI where the deployment has one (compose), else None."""
+    return None if ui_url is None else f"{ui_url.rstrip('/')}/trace/{trace_id}"

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from playwright.sync_api import BrowserContext, Page
 
-from mesh.runtime.browser import browser_context
+from mesh.runtime.browser import chromium
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
 
@@ -20,18 +20,24 @@ def edge_url(topology: Topology) -> str:
 
 
 @pytest.fixture
-def browser(mesh: Mesh) -> Iterator[BrowserContext]:
-    with browser_context(mesh.state) as context:
-        yield context
+def launch_browser(mesh: Mesh) -> Iterator[Callable[[], BrowserContext]]:
+    """launch_browser(): one more browser of the test (a profile of its own: another person)."""
+    with chromium(mesh.state) as launch:
+        yield launch
 
 
 @pytest.fixture
-def new_page(browser: BrowserContext) -> Callable[[], Page]:
-    """A page of the test's browser whose script errors fail the test."""
+def browser(launch_browser: Callable[[], BrowserContext]) -> BrowserContext:
+    return launch_browser()
+
+
+@pytest.fixture
+def new_page(browser: BrowserContext) -> Iterator[Callable[..., Page]]:
+    """new_page(context=the test's browser): a page whose script errors fail the test."""
     errors: list[str] = []
 
-    def make() -> Page:
-        page = browser.new_page()
+    def make(context: BrowserContext = browser) -> Page:
+        page = context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
         return page
 

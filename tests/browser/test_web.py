@@ -15,10 +15,16 @@ from mesh.runtime import demo
 from mesh.runtime.browser import ORDER_TIMEOUT_MS, TRACE_TIMEOUT_MS, place_order, sign_in
 from mesh.runtime.supervisor import Mesh
 from mesh.runtime.tls import edge_certs
+from tests.support import wait_for
 
 # Status changes travel orders' outbox → Kafka → notifications → the WebSocket.
 LIVE_TIMEOUT_MS = 30_000
 PAYMENT_SERVICES = ("payments", "payments-worker")
+# UserBlocked travels users' outbox → Kafka → orders, which cancels the user's unpaid orders.
+CANCEL_TIMEOUT_S = 60
+# The edge keeps a token's exchange for up to its token_cache.max_age_s (60 s, mesh/topology.yaml)
+# per worker and listener; its next refresh is refused and dropped.
+REFUSAL_TIMEOUT_S = 120
 
 
 def outside_playwright(call, *args, **kwargs):
@@ -39,6 +45,26 @@ def signed_in(page: Page, mesh: Mesh, edge_url: str, user: str) -> Page:
 
 def order_status(page: Page):
     return page.get_by_test_id("order-status")
+
+
+def edge_http(mesh: Mesh, edge_url: str, token: str) -> httpx.Client:
+    """The edge's TLS listener, as the holder of `token`."""
+    trust = ssl.create_default_context(cafile=str(edge_certs(mesh.state).ca_cert))
+    return httpx.Client(
+        base_url=edge_url,
+        headers={"Authorization": f"Bearer {token}"},
+        verify=trust,
+        timeout=10.0,
+    )
+
+
+def orders_page_refused(page: Page) -> bool:
+    """Open "My orders" afresh (one GET /orders through the edge): whether the page shows an
+    error in its place."""
+    page.get_by_role("link", name="Shop").click()
+    page.get_by_role("link", name="My orders").click()
+    page.locator("#main tbody tr, #main .error").first.wait_for(timeout=ORDER_TIMEOUT_MS)
+    return page.locator("#main .error").count() > 0
 
 
 def test_a_wrong_password_shows_an_error_not_a_stack_trace(mesh, edge_url, new_page):
@@ -130,3 +156,56 @@ def test_an_admin_sees_the_mesh_health_and_the_fault_controls(mesh, edge_url, ne
     expect(health.get_by_role("row").filter(has_text="orders-1")).to_contain_text("passing")
     expect(page.get_by_role("button", name="Set")).to_be_visible()
     expect(page.get_by_label("Service")).to_be_visible()
+
+
+def test_an_admin_blocks_a_user_whose_pending_order_is_cancelled_and_session_refused(
+    mesh, edge_url, new_page, launch_browser, fresh_user, tokens
+):
+    user = fresh_user()
+    shopper = signed_in(new_page(), mesh, edge_url, user.id)
+    try:
+        outside_playwright(mesh.stop, "payments-worker")
+        order_id = place_order(shopper, pay_later=True)  # 202: the task waits for a worker
+        expect(order_status(shopper)).to_have_text("PAYMENT_PENDING", timeout=ORDER_TIMEOUT_MS)
+
+        admin = signed_in(new_page(launch_browser()), mesh, edge_url, "admin")
+        admin.get_by_role("link", name="Admin").click()
+        admin.get_by_label("User id").fill(user.id)
+        admin.get_by_label("Reason").fill("blocked by the browser test")
+        admin.get_by_role("button", name="Block").click()
+        block_section = admin.get_by_role("region", name="Block a user")
+        expect(block_section.get_by_role("status")).to_have_text(f"{user.id} is blocked.")
+
+        with edge_http(mesh, edge_url, tokens.external("admin")) as as_admin:
+            wait_for(
+                lambda: as_admin.get(f"/orders/{order_id}").json()["status"] == "CANCELLED",
+                timeout=CANCEL_TIMEOUT_S,
+                what="the blocked user's pending order to be cancelled",
+                interval=0.5,
+            )
+    finally:
+        outside_playwright(mesh.start, "payments-worker", say=lambda _: None)
+
+    with edge_http(mesh, edge_url, user.token) as as_user:
+
+        def refusal() -> httpx.Response | None:
+            answer = as_user.get("/orders", params={"userId": user.id})
+            return answer if answer.status_code == 403 else None
+
+        refused = wait_for(
+            refusal,
+            timeout=REFUSAL_TIMEOUT_S,
+            what="the edge to refuse the blocked user's token",
+            interval=1.0,
+        )
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["type"] == "/problems/user-blocked"
+
+    wait_for(
+        lambda: orders_page_refused(shopper),
+        timeout=REFUSAL_TIMEOUT_S,
+        what="the blocked user's page to show the refusal",
+        interval=1.0,
+    )
+    expect(shopper.locator("#main .error")).to_contain_text("blocked")
+    assert "Traceback" not in shopper.content()

@@ -40,7 +40,7 @@ from mesh.runtime.ratelimit import service_spec
 from mesh.runtime.supervisor import native_wiring, service_env
 from mesh.runtime.tls import consul_ca
 from mesh.topology import Topology, load
-from mesh.wiring import worker_env
+from mesh.wiring import WEB, worker_env
 
 # Values that differ between the native runtime and compose by design (the placements').
 STATE_FILES = {"SHOPMESH_CONSUL_TOKEN_FILE", "SHOPMESH_CONSUL_CA_FILE"}
@@ -125,11 +125,16 @@ def test_the_environment_is_the_native_one_but_for_the_hosts(
 ) -> None:
     state = StateDir(tmp_path)
     state.ensure()
+    placement = ComposePlacement.of(topology)
     for instance in topology.instances():
         native = service_env(topology, state, instance)
         container = dict(doc["services"][instance.id]["environment"])
         if "SHOPMESH_DATABASE_URL" in native:
             assert container.pop("PGPASSFILE") == str(volume.PGPASS)
+        if instance.service == WEB:  # compose's Jaeger has a UI, the native one none
+            ui = container.pop(document.JAEGER_UI_URL)
+            assert ui == f"http://{placement.public()}:{topology.jaeger.ports.ui}"
+            assert document.JAEGER_UI_URL not in native
         _same_secret_file(native, container, state)
         assert container.keys() == native.keys()
         for key in native.keys() - HOST_VARIABLES - STATE_FILES:

@@ -5,6 +5,7 @@ headers, and the BFF with fake upstreams. A test middleware stands in for the au
 import asyncio
 import uuid
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -12,7 +13,7 @@ from services.common.auth.middleware import PRINCIPAL
 from services.common.auth.principal import Principal
 from services.common.errors import NotFound, PermissionDenied, Unavailable
 from services.web import api
-from services.web.app import http_app
+from services.web.app import http_app, web_url
 from services.web.pages import CSP, static_files
 from tests.unit.test_web_views import TRACE
 
@@ -119,13 +120,16 @@ def order(user="alice", payment_id="p1"):
     return {"id": ORDER_ID, "userId": user, "status": "PAID", "paymentId": payment_id}
 
 
-async def with_client(test, *, orders=None, payments=None, traces=(), consul=None, users=None):
+async def with_client(
+    test, *, orders=None, payments=None, traces=(), consul=None, users=None, jaeger_ui=None
+):
     app, bff = http_app()
     bff.middlewares.append(principal_from_headers)
     bff[api.ORDERS] = orders or FakeOrders({ORDER_ID: order()})
     bff[api.PAYMENTS] = payments or FakePayments({"id": "p1", "status": "SUCCEEDED"})
     bff[api.NOTIFICATIONS] = FakeNotifications()
     bff[api.JAEGER] = FakeJaeger(list(traces))
+    bff[api.JAEGER_UI] = jaeger_ui
     bff[api.CONSUL] = consul or FakeConsul()
     bff[api.USERS] = users or FakeUsers()
     app.add_subapp("/web/api", bff)
@@ -228,10 +232,30 @@ def test_the_trace_view_is_the_orders_first_trace_as_a_waterfall():
         body = await response.json()
         assert body["traceId"] == TRACE["traceID"]
         assert len(body["spans"]) == len(TRACE["spans"])
+        assert body["jaegerUi"] is None, "no link where Jaeger has no UI"
         bob = await client.get(f"/web/api/orders/{ORDER_ID}/trace", headers={"X-Test-User": "bob"})
         assert bob.status == 404, "no trace of an order the caller may not see"
 
     run(test, traces=[TRACE])
+
+
+def test_the_trace_view_links_to_the_trace_in_jaegers_ui_where_there_is_one():
+    async def test(client):
+        response = await client.get(f"/web/api/orders/{ORDER_ID}/trace", headers=ALICE)
+        assert response.status == 200
+        body = await response.json()
+        assert body["jaegerUi"] == f"http://127.0.0.1:16686/trace/{TRACE['traceID']}"
+
+    run(test, traces=[TRACE], jaeger_ui="http://127.0.0.1:16686/")
+
+
+def test_the_jaeger_ui_address_is_an_http_url_or_unset():
+    assert web_url("X", None) is None
+    assert web_url("X", "") is None
+    assert web_url("X", "https://jaeger.example:16686") == "https://jaeger.example:16686"
+    for bad in ("javascript:alert(1)", "127.0.0.1:16686", "http://"):
+        with pytest.raises(ValueError, match="X must be an http"):
+            web_url("X", bad)
 
 
 def test_no_trace_yet_is_a_404_problem():

@@ -47,10 +47,15 @@ async function route() {
     else if (hash === "#/admin") await adminView(main, context);
     else await shopView(main, context);
   } catch (error) {
-    show(main, h("h1", { tabindex: -1 }, "Something went wrong"),
-      h("p", { class: "error", role: "alert" }, error instanceof ApiError ? error.message : String(error)));
+    showError(error);
   }
   main.querySelector("h1")?.focus();
+}
+
+// A refusal (a blocked user's 403, say) in place of the view: its problem's words, no trace.
+function showError(error) {
+  show(main, h("h1", { tabindex: -1 }, "Something went wrong"),
+    h("p", { class: "error", role: "alert" }, error instanceof ApiError ? error.message : String(error)));
 }
 
 async function start() {
@@ -64,7 +69,7 @@ async function start() {
   const state = document.getElementById("live-state");
   state.hidden = false;
   connectLive({
-    onMessage: (message) => subscriber?.message(message),
+    onMessage: (message) => Promise.resolve(subscriber?.message(message)).catch(showError),
     onOpen: () => subscriber?.refill().catch(() => {}),
     onState: (now) => {
       state.textContent = now === "live" ? "● live" : "○ reconnecting…";

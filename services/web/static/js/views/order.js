@@ -38,7 +38,7 @@ export async function orderView(main, { id, live }) {
       : [h("li", { class: "muted" }, "None yet.")]);
   }
 
-  live.subscribe({ refill: load, message: (message) => { if (message.data?.orderId === id) load(); } });
+  live.subscribe({ refill: load, message: (message) => (message.data?.orderId === id ? load() : undefined) });
   await load();
   showTrace(trace, id);
 }
@@ -84,6 +84,8 @@ function waterfall(trace) {
   });
   return [
     h("p", { class: "muted" }, `${trace.spans.length} spans across ${trace.services.join(", ")} · ${(trace.durationUs / 1000).toFixed(1)} ms · trace ${trace.traceId}`),
+    // Only where the deployment's Jaeger has a UI (compose): the native one has none.
+    trace.jaegerUi ? h("p", {}, h("a", { href: trace.jaegerUi, target: "_blank", rel: "noopener" }, "Open this trace in Jaeger")) : null,
     h("ol", { class: "waterfall", "aria-label": "Spans, in order" }, rows),
   ];
 }

@@ -20,6 +20,6 @@ export async function ordersView(main, { me, live }) {
       h("td", {}, statusText(order.status)))) : [h("tr", {}, h("td", { colspan: 4 }, "No orders yet."))]);
   }
 
-  live.subscribe({ refill: load, message: (message) => { if (message.data?.orderId) load(); } });
+  live.subscribe({ refill: load, message: (message) => (message.data?.orderId ? load() : undefined) });
   await load();
 }
