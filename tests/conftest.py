@@ -35,9 +35,11 @@ from tests.support import (
     FreshUser,
     TokenSource,
     edge_client,
+    faults_in_effect,
     fresh,
     instance_port,
     operator_consul,
+    wait_for,
 )
 
 TEST_STATE_DIR = Path(os.environ.get("SHOPMESH_TEST_STATE_DIR", REPO_ROOT / ".state" / "test"))
@@ -231,3 +233,8 @@ def fault(mesh: Mesh) -> Iterator:
     yield set_fault
     for service in touched:
         faults.clear_fault(mesh.topology, mesh.state, service)
+    for service in touched:
+        # Each instance learns of it through its own Consul watch: the next test must not meet
+        # a fault this one set.
+        wait_for(lambda service=service: not faults_in_effect(mesh, service), timeout=30,
+                 what=f"every {service} instance to stop injecting faults")  # fmt: skip

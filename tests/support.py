@@ -236,3 +236,20 @@ class BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
 
     def intercept_unary_stream(self, continuation, details, request):
         return continuation(self._details(details), request)
+
+
+def faults_in_effect(mesh: Mesh, service: str) -> list[str]:
+    """The running instances of `service` whose fault flags are in effect now (their admin
+    port's `shopmesh_fault_injection_active`); an instance that does not answer is not running,
+    and reads the flags afresh when it starts."""
+    gauge = f'shopmesh_fault_injection_active{{service="{service}"}} 1.0'
+    in_effect = []
+    for instance in mesh.topology.service(service).instances:
+        url = f"http://{mesh.topology.bind_host}:{instance.metrics_port}/metrics"
+        try:
+            metrics = httpx.get(url, timeout=2.0).text
+        except httpx.TransportError:
+            continue
+        if gauge in metrics.splitlines():
+            in_effect.append(instance.id)
+    return in_effect

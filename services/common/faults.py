@@ -42,6 +42,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from services.common import rpc
 from services.common.consul import TOKEN_HEADER
+from services.common.metrics import FAULT_INJECTION_ACTIVE
 from services.common.problem import INJECTED_FAULT as INJECTED_FAULT_PROBLEM
 from services.common.problem import Problem
 from services.common.retry import Backoff, retry
@@ -273,6 +274,8 @@ class FaultWatcher(AbstractAsyncContextManager["FaultWatcher"]):
         self._index = 0
         self._raw: str | None = None
         self.current = NO_FAULTS
+        self._in_effect = FAULT_INJECTION_ACTIVE.labels(service)
+        self._in_effect.set(0)
         self._task: asyncio.Task[None] | None = None
         self._unreachable_since: float | None = None
         self._last_failure_log = -FAILURE_LOG_INTERVAL_S
@@ -340,6 +343,7 @@ class FaultWatcher(AbstractAsyncContextManager["FaultWatcher"]):
             faults = NO_FAULTS
         if faults != self.current:
             self.current = faults
+            self._in_effect.set(1 if faults.active else 0)
             log.info(
                 "fault flags changed",
                 extra={

@@ -38,6 +38,15 @@ DURATION = Histogram(
     buckets=BUCKETS,
 )
 
+# What a fault flag (shopmesh/faults/<service>, services/common/faults.py) does to this instance
+# now: the flags reach each instance through its own Consul watch, so a flag just set or cleared
+# is in effect on one instance before another.
+FAULT_INJECTION_ACTIVE = Gauge(
+    "shopmesh_fault_injection_active",
+    "1 while this instance injects the faults its flags ask for, else 0",
+    ["service"],
+)
+
 # End-to-end delay of an event, from its outbox write to its handling: resolves 0.5 s (the
 # MessageAgeHigh alert) and reaches minutes (a backlog after an outage).
 MESSAGE_AGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

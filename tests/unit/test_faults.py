@@ -11,6 +11,7 @@ import grpc
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from prometheus_client import REGISTRY
 
 from services.common import faults
 from services.common.faults import NO_FAULTS, Decision, Faults, InvalidFaults, parse_faults
@@ -352,6 +353,20 @@ def test_an_invalid_value_is_logged_and_means_no_faults(caplog):
     [record] = [r for r in caplog.records if r.getMessage() == "invalid fault flags ignored"]
     assert record.levelno == logging.WARNING
     assert "error_rate must be between 0 and 1" in record.error
+
+
+def test_the_instance_says_on_its_metrics_whether_its_flags_are_in_effect():
+    def in_effect():
+        return REGISTRY.get_sample_value(
+            "shopmesh_fault_injection_active", {"service": "flagged-service"}
+        )
+
+    watcher = faults.FaultWatcher("https://consul:8500", "flagged-service", token=TOKEN, tls=TLS)
+    assert in_effect() == 0
+    watcher.apply('{"error_rate": 0.5}')
+    assert in_effect() == 1
+    watcher.apply(None)
+    assert in_effect() == 0
 
 
 def test_consul_failures_are_logged_at_most_once_per_interval(caplog, monkeypatch):
