@@ -172,7 +172,7 @@ class Edge:
 
 
 def wait_live(admin_socket: Path, envoy: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and envoy.poll() is None:
         try:
             with envoy_admin.client(admin_socket, timeout=1.0) as admin:

@@ -5,7 +5,6 @@ keeps what it is given (loopback test server, no database)."""
 import asyncio
 import json
 import threading
-import time
 
 import pytest
 
@@ -213,14 +212,18 @@ class EveryoneIsAUser(FakeUsers):
 
 
 def test_hashing_runs_a_few_at_a_time_and_keeps_the_request_order(monkeypatch):
-    lock, running, most = threading.Lock(), 0, 0
+    lock, running, most, calls = threading.Lock(), 0, 0, 0
+    first_batch = threading.Barrier(service.HASHES_AT_ONCE, timeout=30)
 
     def slow_hash(secret):
-        nonlocal running, most
+        nonlocal running, most, calls
         with lock:
             running += 1
             most = max(most, running)
-        time.sleep(0.01)
+            calls += 1
+            in_first_batch = calls <= service.HASHES_AT_ONCE
+        if in_first_batch:
+            first_batch.wait()
         with lock:
             running -= 1
         return f"hash-of-{secret}"

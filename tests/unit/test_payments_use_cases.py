@@ -19,7 +19,7 @@ from services.payments.domain import Payment, PaymentStatus
 from services.payments.notifier import PaymentNotifier
 from services.payments.service import LEASE_S, USER_BLOCKED_MESSAGE, PaymentService, on_user_event
 from services.payments.tasks import PaymentTasks, UnpaidOrders
-from tests.unit.fakes import in_a_loop
+from tests.unit.fakes import in_a_loop, let_the_others_run
 from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase
 
 OVER_THE_LIMIT = domain.SINGLE_PAYMENT_LIMIT + 1
@@ -147,7 +147,8 @@ async def test_concurrent_calls_for_one_order_charge_it_once_and_both_get_the_ou
     payments = Payments()
     payments.provider.hold()
     calls = [asyncio.create_task(payments.pay()) for _ in range(3)]
-    await asyncio.sleep(0.01)
+    await payments.provider.charging.wait()
+    await let_the_others_run()
     payments.provider.release()
     answered = await asyncio.gather(*calls)
     assert {p.status for p in answered} == {PaymentStatus.SUCCEEDED}
@@ -162,9 +163,9 @@ async def test_a_queued_task_and_a_synchronous_call_for_one_order_charge_it_once
     worker = Payments(api.db, instance="payments-worker-1")
     api.provider.hold()
     synchronous = asyncio.create_task(api.pay("o-7"))
-    await asyncio.sleep(0.01)
+    await api.provider.charging.wait()
     task = asyncio.create_task(PaymentTasks(worker.service)(None, payment_task("o-7")))
-    await asyncio.sleep(0.01)
+    await let_the_others_run()
     api.provider.release()
     await asyncio.gather(synchronous, task)
     assert api.provider.charges + worker.provider.charges == {"o-7": 1}
@@ -262,7 +263,7 @@ async def test_a_stalled_charge_that_ends_after_a_takeover_records_nothing_twice
     second = Payments(first.db, instance="payments-2")
     first.provider.hold()
     slow = asyncio.create_task(first.pay())
-    await asyncio.sleep(0.01)
+    await first.provider.charging.wait()
     first.db.clock.advance(LEASE_S + 0.1)
     taken_over = await second.pay()
     first.provider.release()
@@ -329,9 +330,9 @@ async def test_a_cancellation_during_a_charge_waits_for_it_then_refunds_it():
     worker = Payments(api.db, instance="payments-worker-1")
     api.provider.hold()
     charge = asyncio.create_task(api.pay("o-1"))
-    await asyncio.sleep(0.01)
+    await api.provider.charging.wait()
     cancel = asyncio.create_task(worker.cancel("o-1"))
-    await asyncio.sleep(0.01)
+    await let_the_others_run()
     assert not cancel.done()
     api.provider.release()
     charged, cancelled = await asyncio.gather(charge, cancel)
@@ -503,7 +504,7 @@ async def test_watching_an_order_sees_its_payment_appear_then_settle():
         return [p.status async for p in payments.service.watch_payment(order_id="o-5")]
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.01)
+    await let_the_others_run()
     await payments.pay("o-5")
     assert await watcher == [PaymentStatus.PENDING, PaymentStatus.SUCCEEDED]
 

@@ -17,3 +17,10 @@ def in_a_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., N
         asyncio.run(test(*args, **kwargs))
 
     return run
+
+
+async def let_the_others_run(iterations: int = 1_000) -> None:
+    """Give the loop's other tasks this many turns: the fakes yield with `sleep(0)` only, so what
+    they reach in that many turns does not depend on how busy the machine is."""
+    for _ in range(iterations):
+        await asyncio.sleep(0)

@@ -179,17 +179,19 @@ class InMemoryPaymentsDatabase:
 
 class FakeProvider:
     """The simulated provider's decisions, with every charge and refund counted by order id;
-    while held, charges wait until released."""
+    while held, charges wait until released (`charging` is set once one waits)."""
 
     def __init__(self) -> None:
         self.charges: Counter[str] = Counter()
         self.refunds: Counter[str] = Counter()
         self._open = asyncio.Event()
         self._open.set()
+        self.charging = asyncio.Event()
 
     async def charge(self, payment: Payment) -> Outcome:
         self.charges[payment.order_id] += 1
         await round_trip()
+        self.charging.set()
         await self._open.wait()
         return provider_decision(payment.amount)
 
