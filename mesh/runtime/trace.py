@@ -12,16 +12,14 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from services.common.jaeger_trace import ORDER_ID_TAG, ORDER_SERVICE, Span, build_tree, spans_of
+
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
-# The attribute the orders service sets on the spans that handle an order
-# (services/common/telemetry.py ORDER_ID).
-ORDER_ID_TAG = "order.id"
-ORDER_SERVICE = "orders"
 # Every process sends its spans on its own timer (the services' batch span processors and
 # Envoy's tracer, every 5 s): a trace reaches Jaeger in pieces, seconds after the request.
 WAIT_S = 10.0
@@ -30,70 +28,6 @@ POLL_INTERVAL_S = 0.5
 
 class TraceNotFound(LookupError):
     pass
-
-
-@dataclass
-class Span:
-    span_id: str
-    parent_id: str | None
-    service: str
-    operation: str
-    start_us: int
-    duration_us: int
-    error: bool
-    children: list[Span] = field(default_factory=list)
-
-    @property
-    def duration_ms(self) -> float:
-        return self.duration_us / 1000
-
-
-def _tag_values(raw_span: dict[str, Any]) -> dict[str, object]:
-    return {tag["key"]: tag.get("value") for tag in raw_span.get("tags") or []}
-
-
-def _is_error(raw_span: dict[str, Any]) -> bool:
-    tags = _tag_values(raw_span)
-    return tags.get("error") in (True, "true") or tags.get("otel.status_code") == "ERROR"
-
-
-def _parent(raw_span: dict[str, Any]) -> str | None:
-    """The CHILD_OF reference if there is one, else the first FOLLOWS_FROM."""
-    refs = raw_span.get("references") or []
-    for kind in ("CHILD_OF", "FOLLOWS_FROM"):
-        for ref in refs:
-            if ref.get("refType") == kind:
-                span_id: str = ref["spanID"]
-                return span_id
-    return None
-
-
-def spans_of(trace: dict[str, Any]) -> list[Span]:
-    """The spans of one trace in Jaeger's JSON, each with its service name."""
-    processes = trace.get("processes") or {}
-    return [
-        Span(
-            span_id=raw["spanID"],
-            parent_id=_parent(raw),
-            service=processes.get(raw.get("processID"), {}).get("serviceName", "?"),
-            operation=raw.get("operationName", ""),
-            start_us=int(raw.get("startTime", 0)),
-            duration_us=int(raw.get("duration", 0)),
-            error=_is_error(raw),
-        )
-        for raw in trace.get("spans") or []
-    ]
-
-
-def build_tree(spans: list[Span]) -> list[Span]:
-    """Link every span to its parent; return the roots (spans whose parent is not in the
-    trace). Roots and every span's children are sorted by start time."""
-    by_id = {span.span_id: span for span in spans}
-    roots: list[Span] = []
-    for span in sorted(spans, key=lambda s: (s.start_us, s.span_id)):
-        parent = by_id.get(span.parent_id) if span.parent_id else None
-        (parent.children if parent else roots).append(span)
-    return roots
 
 
 def render(roots: list[Span], indent: str = "  ") -> Iterator[str]:

@@ -16,8 +16,8 @@ from services.common.auth.outgoing import bearer_headers, bearer_metadata
 from services.common.auth.principal import Principal
 from services.common.errors import NotFound, PermissionDenied, Unavailable
 from services.common.grpc_client import call_with_retries, upstream_channel
+from services.common.jaeger_trace import ORDER_ID_TAG, ORDER_SERVICE
 from services.common.telemetry import client_trace_config
-from services.web.waterfall import ORDER_ID_TAG, ORDER_SERVICE
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 
 UPSTREAM_TIMEOUT_S = 5.0

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from mesh.runtime import cli, trace
+from services.common import jaeger_trace
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "jaeger_trace.json").read_text())
 TRACE = FIXTURE["data"][0]
@@ -14,7 +15,7 @@ ORDER_ID = "8f14e45f-ceea-467f-a0e6-0a1b2c3d4e5f"
 
 
 def test_the_tree_links_parents_and_sorts_children_by_start_time() -> None:
-    (root,) = trace.build_tree(trace.spans_of(TRACE))
+    (root,) = jaeger_trace.build_tree(jaeger_trace.spans_of(TRACE))
     assert (root.service, root.operation) == ("edge", "POST /orders")
     (sidecar,) = root.children
     (orders,) = sidecar.children
@@ -24,7 +25,7 @@ def test_the_tree_links_parents_and_sorts_children_by_start_time() -> None:
 
 
 def test_the_printout_is_indented_with_durations_and_error_markers() -> None:
-    lines = list(trace.render(trace.build_tree(trace.spans_of(TRACE))))
+    lines = list(trace.render(jaeger_trace.build_tree(jaeger_trace.spans_of(TRACE))))
     assert lines == [
         "edge: POST /orders  25.0 ms",
         "  edge-sidecar: egress orders  20.0 ms",
@@ -38,7 +39,7 @@ def test_the_printout_is_indented_with_durations_and_error_markers() -> None:
 
 def test_a_span_whose_parent_is_missing_is_printed_as_a_root() -> None:
     partial = {**TRACE, "spans": [s for s in TRACE["spans"] if s["spanID"] != "a2"]}
-    roots = trace.build_tree(trace.spans_of(partial))
+    roots = jaeger_trace.build_tree(jaeger_trace.spans_of(partial))
     assert [(r.service, r.operation) for r in roots] == [
         ("edge", "POST /orders"),
         ("orders", "POST /orders"),
@@ -47,7 +48,7 @@ def test_a_span_whose_parent_is_missing_is_printed_as_a_root() -> None:
 
 def test_a_follows_from_reference_counts_as_the_parent() -> None:
     raw = {**TRACE["spans"][0], "references": [{"refType": "FOLLOWS_FROM", "spanID": "a4"}]}
-    (span,) = trace.spans_of({**TRACE, "spans": [raw]})
+    (span,) = jaeger_trace.spans_of({**TRACE, "spans": [raw]})
     assert span.parent_id == "a4"
 
 
