@@ -34,17 +34,35 @@ def test_the_alerts_fire_as_their_rule_tests_expect() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_the_envoy_buckets_dropped_at_scrape_are_read_by_no_rule_or_dashboard() -> None:
-    dropped = re.compile(prometheus.ENVOY_UNREAD_BUCKETS[0]["regex"])
-    read = {
+def _read(pattern: str) -> set[str]:
+    """The names matching `pattern` in every rule, dashboard and piece of code but this test."""
+    return {
         name
         for folder in ("observability", "mesh", "services", "tests", "bench")
         for path in (REPO_ROOT / folder).rglob("*")
         if path.suffix in {".yml", ".yaml", ".json", ".py"}
         and path.is_file()
         and path != Path(__file__)
-        for name in re.findall(r"envoy_[a-z_]+_bucket", path.read_text())
+        for name in re.findall(pattern, path.read_text())
     }
+
+
+def test_the_envoy_buckets_dropped_at_scrape_are_read_by_no_rule_or_dashboard() -> None:
+    dropped = re.compile(prometheus.ENVOY_UNREAD_BUCKETS[0]["regex"])
+    read = _read(r"envoy_[a-z_]+_bucket")
     assert "envoy_http_downstream_rq_time_bucket" in read
     assert not {name for name in read if dropped.fullmatch(name)}
     assert dropped.fullmatch("envoy_cluster_upstream_cx_length_ms_bucket")
+
+
+def test_every_envoy_metric_a_rule_dashboard_or_test_reads_is_kept_from_the_sidecars() -> None:
+    (keep,) = prometheus.SIDECAR_METRICS_READ
+    kept = re.compile(keep["regex"])
+    read = _read(r"envoy_(?:cluster|http|listener)_[a-z0-9_]+") - {
+        "envoy_http_conn_manager_prefix",  # a label
+        "envoy_listener_tracing_json",  # a setting
+    }
+    assert {"envoy_http_downstream_rq_xx", "envoy_cluster_upstream_rq_retry"} <= read
+    assert {name for name in read if not kept.fullmatch(name)} == set()
+    assert not kept.fullmatch("envoy_cluster_upstream_cx_connect_ms_bucket")
+    assert not kept.fullmatch("envoy_server_initialization_time_ms_bucket")
