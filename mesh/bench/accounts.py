@@ -35,6 +35,7 @@ TOKEN_REFRESH_S = 10 * 60
 TOKEN_FETCHERS = 4
 ORDER_PLACERS = 8
 TOO_MANY_REQUESTS = 429
+POST_ATTEMPTS = 30
 
 T = TypeVar("T")
 
@@ -88,13 +89,18 @@ def _post_paced(
     json: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    """A POST, waiting out the edge's 429 (the token endpoint is limited per client address)."""
-    for _ in range(30):
-        response = client.post(url, data=data, json=json, headers=headers)
-        if response.status_code != TOO_MANY_REQUESTS:
-            return response
+    """A POST, waiting out the edge's 429 (the token endpoint is limited per client address) and
+    a connection the balancer drops while the edges are still draining a load step's backlog."""
+    for _ in range(POST_ATTEMPTS - 1):
+        try:
+            response = client.post(url, data=data, json=json, headers=headers)
+        except httpx.TransportError:
+            pass
+        else:
+            if response.status_code != TOO_MANY_REQUESTS:
+                return response
         time.sleep(1.0)
-    return response
+    return client.post(url, data=data, json=json, headers=headers)
 
 
 def _password_grant(client: httpx.Client, topology: Topology, user: str, password: str) -> str:

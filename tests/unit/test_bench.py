@@ -7,10 +7,11 @@ import base64
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench import kafka_perf, plan, report
-from mesh.bench import figures, scenarios, slots, targets
+from mesh.bench import accounts, figures, scenarios, slots, targets
 from mesh.bench.tools import HttpAttack
 
 VEGETA_REPORT = {
@@ -309,3 +310,29 @@ def test_the_first_requests_of_each_listener_are_reported_apart() -> None:
     measured["runs"].append(run("edge-h3", 200, warm_up=warm))
     document = report.document(measured)
     assert "| edge h3 | 600 | 9.0 | 80.0 | 0 |" in document
+
+
+def test_a_bench_post_waits_out_dropped_connections_and_429s(monkeypatch):
+    answers = iter([httpx.ConnectError("EOF during the handshake"), 429, 429, 200])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        next_answer = next(answers)
+        if isinstance(next_answer, Exception):
+            raise next_answer
+        return httpx.Response(next_answer)
+
+    monkeypatch.setattr(accounts.time, "sleep", lambda _s: None)
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        assert accounts._post_paced(client, "https://edge/token").status_code == 200
+
+
+def test_a_bench_post_gives_up_after_its_attempts(monkeypatch):
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    monkeypatch.setattr(accounts.time, "sleep", lambda _s: None)
+    with (
+        httpx.Client(transport=httpx.MockTransport(refuse)) as client,
+        pytest.raises(httpx.ConnectError),
+    ):
+        accounts._post_paced(client, "https://edge/token")
