@@ -59,9 +59,9 @@ ENVOY_UNREAD_BUCKETS: list[dict[str, Any]] = [
               "|cluster_update_duration)_bucket"},
 ]  # fmt: skip
 
-# A sidecar exports ~1,800 series, ~3/4 of all the mesh's series and of Prometheus's memory; the
-# rules, dashboards, tests and benchmarks read these (checked by tests/unit/test_prometheus_rules.py).
-# Every sidecar still keeps the full set on its admin API (/stats), for a closer look.
+# A sidecar exports ~1,800 series: ~3/4 of all the mesh's series and of Prometheus's memory. The
+# rules, dashboards, tests and benchmarks read only these (tests/unit/test_prometheus_rules.py
+# checks). Every sidecar still keeps the full set on its admin API (/stats), for a closer look.
 SIDECAR_METRICS_READ: list[dict[str, Any]] = [
     {"source_labels": ["__name__"], "action": "keep",
      "regex": "envoy_(cluster_upstream_rq_(total|xx|retry|pending_overflow)"
