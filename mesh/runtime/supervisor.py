@@ -183,9 +183,9 @@ class Mesh:
 
     def namespace_of(self, process_name: str) -> str | None:
         """The network namespace of the host a process runs on; None on this host."""
-        if self.network is None:
+        placement = self.placement
+        if self.network is None or not isinstance(placement, HostsPlacement):
             return None
-        placement = HostsPlacement.of(self.topology)
         component = COMPANIONS.get(process_name, process_name.removesuffix(SIDECAR_SUFFIX))
         return self.network.namespace(placement.host_of(component).name)
 
