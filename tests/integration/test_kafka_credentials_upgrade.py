@@ -115,7 +115,7 @@ def test_data_formatted_before_sasl_gets_every_principals_credentials_and_keeps_
         earlier.setattr(kafka_auth, "jaas_settings", lambda _password: {})
         earlier.setattr(kafka_auth, "scram_arguments", lambda _passwords: [])
         earlier.setattr(kafka_auth, "admin_options", lambda _state: {})
-        earlier.setattr(kafka, "ensure_acls", lambda _topology, _state: 0)
+        earlier.setattr(kafka, "ensure_acls", lambda _topology, _placement, _state: 0)
         specs = node_specs(topology, state)
         run(specs, state)
         asyncio.run(_produce(bootstrap, {}))
