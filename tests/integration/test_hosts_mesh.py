@@ -17,12 +17,12 @@ import pytest
 
 from mesh.placement import HostsPlacement, consul_agent_on
 from mesh.runtime import consul as consul_runtime
-from mesh.runtime import demo, hosts
+from mesh.runtime import demo, hosts, process
 from mesh.runtime.envoy_admin import client as envoy_admin_client
 from mesh.runtime.envoy_admin import socket_path
 from mesh.runtime.supervisor import Mesh
 from tests.integration.test_messaging_flow import assert_charged_once, wait_all
-from tests.support import edge_client
+from tests.support import edge_client, wait_for
 
 # /proc/net/tcp's `st` of a listening socket.
 TCP_LISTEN = "0A"
@@ -192,3 +192,24 @@ def test_a_consul_agent_listens_beyond_its_hosts_loopback_only_for_gossip(
             (address, server.server),
             ("127.0.0.1", server.https),
         }, server.name
+
+
+def test_the_watchdog_restarts_a_killed_instance_in_its_own_host(hosts_mesh: Mesh) -> None:
+    victim = "orders-2"
+    host = placement_of(hosts_mesh).host_of(victim).name
+    watchdog_host = placement_of(hosts_mesh).host_of("watchdog").name
+    assert host != watchdog_host  # the restart crosses from one host's namespace into another
+    before = hosts_mesh.running()[victim].pid
+    assert hosts_mesh.kill(victim) == [victim]
+
+    def restarted() -> process.Running | None:
+        now = hosts_mesh.running().get(victim)
+        return now if now and now.pid != before else None
+
+    again = wait_for(restarted, timeout=60, what=f"the watchdog to restart {victim}")
+    assert net_namespace(again.pid) == host_namespace(hosts_mesh, host)
+    spec = hosts_mesh.spec(victim)
+    assert spec.ready is not None
+    ready = spec.ready
+    wait_for(lambda: process.there(spec, ready) is None, timeout=90,
+             what=f"{victim} registered and passing again")  # fmt: skip
