@@ -93,15 +93,38 @@ class Placement(ABC):
         apart from it and reached only through it."""
         return CONSUL
 
+    def consul_agents(self) -> list[str]:
+        """Every client agent: one per host."""
+        return [CONSUL]
+
+    def consul_agent_address(self, component: str) -> str:
+        """The address of `component`'s agent as a static address in its sidecar's bootstrap
+        (Envoy resolves no names there)."""
+        return self.address(self.consul_agent(component))
+
+    def reaches(self, client: str, component: str) -> bool:
+        """Whether `client` reaches `component`'s listeners (at `host(component)`)."""
+        return True
+
+    def clients_of(self, component: str) -> str:
+        """The network `component`'s clients come from, as its address rules (pg_hba) trust
+        it: one host's own address, or the hosts' subnet."""
+        return f"{self.address(component)}/32"
+
     def consul_http_addr(self, topology: Topology, component: str = CONSUL) -> str:
         """The HTTP API of `component`'s Consul agent (HTTPS only), as that component reaches
         it: what CONSUL_HTTP_ADDR holds."""
-        return f"https://{self.host(self.consul_agent(component))}:{topology.consul_ports.https}"
+        agent = self.consul_agent(component)
+        return f"https://{self.consul_api_host(agent)}:{topology.consul_ports.https}"
 
     def consul_server_addr(self, server: ConsulServer) -> str:
         """A Consul server's own HTTP API (HTTPS only): its status, metrics, and the ACL
         bootstrap."""
-        return f"https://{self.host(server.name)}:{server.https}"
+        return f"https://{self.consul_api_host(server.name)}:{server.https}"
+
+    def consul_api_host(self, agent: str) -> str:
+        """Where a Consul agent's HTTPS API is reached (by what may reach it)."""
+        return self.host(agent)
 
     def kafka_bootstrap(self, topology: Topology) -> str:
         return ",".join(f"{self.host(n.name)}:{n.port}" for n in topology.kafka.nodes)
@@ -225,7 +248,10 @@ class HostsPlacement(Placement):
     come in through the balancer, alone on its host.
 
     Each host runs a Consul client agent of its own (`consul-agent-<host>`), which everything on
-    it registers with and its sidecars get xDS from; there is no one `consul` agent. The rest is
+    it registers with and its sidecars get xDS from; there is no one `consul` agent. Every Consul
+    agent, servers too, listens with its HTTPS API (and the client agents with their gRPC, xDS)
+    on its host's loopback only: only its own host reaches it, its sidecars and services at
+    `127.0.0.1`; gossip and RPC between agents go over the hosts' addresses. The rest is
     spread over the app hosts in groups whose members must not share a host (the Consul servers,
     the Kafka nodes, the Postgres nodes, the instances of each service, of each worker, the
     edges), and one-member groups for the rest; members go to consecutive hosts, starting where
@@ -234,12 +260,15 @@ class HostsPlacement(Placement):
 
     hosts: Hosts
     on: Mapping[str, str]
+    # The Consul agents, whose HTTPS APIs are on their hosts' loopback.
+    loopback_only: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, topology: Topology) -> HostsPlacement:
         hosts = topology.hosts
         apps = [host.name for host in hosts.apps]
         on = {consul_agent_on(host.name): host.name for host in hosts.all}
+        agents = {*on, *(server.name for server in topology.consul_servers)}
         on[BALANCER] = hosts.balancer.name
         cursor = 0
         for group in _kept_apart(topology):
@@ -251,7 +280,7 @@ class HostsPlacement(Placement):
             for offset, component in enumerate(group):
                 on[component] = apps[(cursor + offset) % len(apps)]
             cursor += len(group)
-        return cls(hosts, on)
+        return cls(hosts, on, frozenset(agents))
 
     def host_of(self, component: str) -> Host:
         try:
@@ -268,13 +297,17 @@ class HostsPlacement(Placement):
         return [component for component, name in self.on.items() if name == host]
 
     def listen(self, component: str) -> str:
-        return self.host_of(component).address
+        address = self.host_of(component).address
+        return LOOPBACK if component in self.loopback_only else address
 
     def address(self, component: str) -> str:
         return self.host_of(component).address
 
     def host(self, component: str) -> str:
         return self.host_of(component).address
+
+    def consul_api_host(self, agent: str) -> str:
+        return self.listen(agent)
 
     def admin(self, component: str) -> str:
         self.host_of(component)
@@ -285,6 +318,21 @@ class HostsPlacement(Placement):
 
     def consul_agent(self, component: str) -> str:
         return consul_agent_on(self.host_of(component).name)
+
+    def consul_agents(self) -> list[str]:
+        return [consul_agent_on(host.name) for host in self.hosts.all]
+
+    def consul_agent_address(self, component: str) -> str:
+        self.host_of(component)
+        return LOOPBACK
+
+    def clients_of(self, component: str) -> str:
+        self.host_of(component)
+        return str(self.hosts.subnet)
+
+    def reaches(self, client: str, component: str) -> bool:
+        local = self.host_of(client) == self.host_of(component)
+        return local or component not in self.loopback_only
 
 
 def _kept_apart(topology: Topology) -> list[list[str]]:

@@ -11,6 +11,7 @@ import shutil
 import ssl
 from collections.abc import Callable, Iterator
 from functools import partial
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import asyncpg
@@ -21,7 +22,9 @@ import pytest
 from mesh.components import postgres
 from mesh.components.consul import ConsulClient
 from mesh.components.edge import issuer
-from mesh.runtime import demo, faults, users
+from mesh.runtime import demo, faults, hosting, netfaults, users
+from mesh.runtime.hosting import on_subnet
+from mesh.runtime.hosts import Network
 from mesh.runtime.paths import REPO_ROOT, StateDir
 from mesh.runtime.provision import install_all
 from mesh.runtime.supervisor import Mesh
@@ -53,6 +56,35 @@ def mesh() -> Iterator[Mesh]:
         # files, then start from a clean state dir.
         Mesh(load(), state, install_all()).down(say=lambda _: None)
         shutil.rmtree(state.root)
+    running = Mesh.create(load(), state)
+    try:
+        running.up()
+    except BaseException:
+        running.down()
+        raise
+    yield running
+    running.down()
+
+
+# The hosts placement's mesh (docs/hosts.md) in a state dir, hosts and subnet of its own, so it
+# never meets the native test mesh, tests/integration/test_hosts.py's hosts or a user's.
+HOSTS_STATE_DIR = TEST_STATE_DIR.parent / f"{TEST_STATE_DIR.name}-hosts"
+HOSTS_SUBNET = IPv4Network("10.86.2.0/24")
+HOSTS_PREFIX, HOSTS_LINKS = "shopmesh-mt", "smm"
+
+
+@pytest.fixture(scope="session")
+def hosts_mesh() -> Iterator[Mesh]:
+    """The whole mesh across network-namespace hosts, started as `mesh up --placement hosts`
+    starts it; at the end `down` removes the hosts too."""
+    state = StateDir(HOSTS_STATE_DIR.resolve())
+    network = Network(on_subnet(load(), HOSTS_SUBNET).hosts, HOSTS_PREFIX, HOSTS_LINKS)
+    if state.root.exists():
+        Mesh.create(load(), state).down(say=lambda _: None)
+        shutil.rmtree(state.root)
+    netfaults.down(network)  # hosts an interrupted run left without a state dir
+    state.ensure()
+    hosting.place_on(state, network)
     running = Mesh.create(load(), state)
     try:
         running.up()

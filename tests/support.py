@@ -14,6 +14,7 @@ import grpc
 import httpx
 
 from mesh.components.consul import ConsulClient
+from mesh.placement import NativePlacement, Placement
 from mesh.runtime import consul as consul_runtime
 from mesh.runtime.envoy_admin import client as envoy_admin_client
 from mesh.runtime.envoy_admin import socket_path as envoy_admin_socket
@@ -189,10 +190,14 @@ def intentions_enforced(mesh: Mesh, consul: ConsulClient, destination: str) -> b
     return True
 
 
-def edge_client(topology: Topology, token: TokenSource) -> httpx.Client:
-    """An HTTP client of the edge's plain listener carrying an external token."""
+def edge_client(
+    topology: Topology, token: TokenSource, placement: Placement | None = None
+) -> httpx.Client:
+    """An HTTP client of the edge's plain listener (of `placement`, by default the native one)
+    carrying an external token."""
+    public = (placement or NativePlacement.of(topology)).public()
     return httpx.Client(
-        base_url=f"http://{topology.bind_host}:{topology.edge.http_port}",
+        base_url=f"http://{public}:{topology.edge.http_port}",
         auth=BearerAuth(token),
         timeout=5.0,
     )

@@ -22,8 +22,14 @@ from mesh.runtime.tls import AgentCerts
 from mesh.topology import ConsulServer, Topology
 
 CONFIG_ENTRIES_DIR = REPO_ROOT / "mesh" / "consul" / "config-entries"
-# The node the client agent is in the catalog: the host, where every instance is registered.
+# The node the native client agent is in the catalog: the host, where every instance is
+# registered. In the hosts placement each host's agent is a node named as the agent.
 AGENT_NODE = "shopmesh"
+
+
+def agent_node(agent: str) -> str:
+    """A client agent's node name in the catalog."""
+    return AGENT_NODE if agent == CONSUL else agent
 
 
 class TokenFile(httpx.Auth):
@@ -111,13 +117,14 @@ def agent_names(topology: Topology, placement: Placement) -> dict[str, tuple[lis
     every agent checks (verify_server_hostname), `client.<dc>.consul` on the client agent; and
     what its HTTPS API's clients reach it at: its address, its name where the placement reaches
     it by name (compose), localhost and 127.0.0.1 (its own health check, the host's tools)."""
-    role = {server.name: "server" for server in topology.consul_servers} | {CONSUL: "client"}
+    role = {server.name: "server" for server in topology.consul_servers}
+    role |= {agent: "client" for agent in placement.consul_agents()}
     names = {}
     for name, kind in role.items():
         address, host = placement.address(name), placement.host(name)
         dns = [f"{kind}.{topology.datacenter}.consul", "localhost"]
         names[name] = (
-            [*dns, host] if host != address else dns,
+            [*dns, host] if host not in (address, LOOPBACK) else dns,
             list(dict.fromkeys([address, LOOPBACK])),
         )
     return names
@@ -221,13 +228,17 @@ def server_config(
 
 
 def agent_config(
-    topology: Topology, placement: Placement, data_dir: Path, certs: AgentCerts
+    topology: Topology,
+    placement: Placement,
+    data_dir: Path,
+    certs: AgentCerts,
+    agent: str = CONSUL,
 ) -> dict[str, Any]:
-    """This host's client agent (`consul`): what everything on the host registers with and
-    what its sidecars get xDS from, over TLS only (Envoy checks the agent's certificate; it
-    presents none); it joins the servers and forwards to them."""
+    """A host's client agent (natively the one `consul`): what everything on the host
+    registers with and what its sidecars get xDS from, over TLS only (Envoy checks the agent's
+    certificate; it presents none); it joins the servers and forwards to them."""
     ports = topology.consul_ports
-    common = _common(topology, placement, CONSUL, AGENT_NODE, data_dir, certs)
+    common = _common(topology, placement, agent, agent_node(agent), data_dir, certs)
     common["tls"]["grpc"] = {"verify_incoming": False}
     return {
         **common,
@@ -295,7 +306,7 @@ def _connect_envoy(topology: Topology, placement: Placement, connect: ConnectEnv
     over TLS both (the agent's certificate checked with the Consul CA's): its HTTPS API, and
     the gRPC one, which goes into Envoy's bootstrap as a static address, which Envoy does not
     resolve. Its token (its service's) is read from a file: never on a command line."""
-    consul = placement.address(placement.consul_agent(connect.service_id))
+    consul = placement.consul_agent_address(connect.service_id)
     return [
         str(connect.consul_bin),
         "connect",

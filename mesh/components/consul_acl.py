@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.components import patroni
-from mesh.components.consul import AGENT_NODE
-from mesh.placement import CONSUL
+from mesh.components.consul import agent_node
+from mesh.placement import Placement
 from mesh.topology import Topology
 
 # Consul's own bootstrap token: only the runtime's setting up of policies and tokens uses it.
@@ -85,23 +85,23 @@ def service_rules(service: str) -> str:
     return fault_key_rules(service)
 
 
-def patroni_rules() -> str:
+def patroni_rules(agent_nodes: list[str]) -> str:
     """Patroni's DCS: its keys (Patroni's default namespace `service/`), its sessions, which it
-    creates on the client agent's node, and that agent's settings (the shortest session TTL,
+    creates on its client agent's node, and that agent's settings (the shortest session TTL,
     read when Consul refuses Patroni's)."""
-    return (
-        f'key_prefix "service/{patroni.SCOPE}/" {{ policy = "write" }}\n'
-        f'session "{AGENT_NODE}" {{ policy = "write" }}\n'
-        f'agent "{AGENT_NODE}" {{ policy = "read" }}\n'
+    return f'key_prefix "service/{patroni.SCOPE}/" {{ policy = "write" }}\n' + "".join(
+        f'session "{node}" {{ policy = "write" }}\nagent "{node}" {{ policy = "read" }}\n'
+        for node in agent_nodes
     )
 
 
-def agent_nodes(topology: Topology) -> dict[str, str]:
+def agent_nodes(topology: Topology, placement: Placement) -> dict[str, str]:
     """Each agent's name (its process, its token) and its node name in the catalog."""
-    return {server.name: server.name for server in topology.consul_servers} | {CONSUL: AGENT_NODE}
+    servers = {server.name: server.name for server in topology.consul_servers}
+    return servers | {agent: agent_node(agent) for agent in placement.consul_agents()}
 
 
-def tokens(topology: Topology) -> list[TokenSpec]:
+def tokens(topology: Topology, placement: Placement) -> list[TokenSpec]:
     """Every token but the management one, which Consul makes itself (initial_management)."""
     specs = [
         TokenSpec(
@@ -109,7 +109,7 @@ def tokens(topology: Topology) -> list[TokenSpec]:
             f"the agent {agent}: its node {node} (node identity)",
             node_identities=(node,),
         )
-        for agent, node in agent_nodes(topology).items()
+        for agent, node in agent_nodes(topology, placement).items()
     ]
     specs += [
         TokenSpec(
@@ -126,7 +126,11 @@ def tokens(topology: Topology) -> list[TokenSpec]:
             "the edge: its registrations (made by the runtime) and its sidecars' xDS",
             service_identities=(EDGE_SERVICE,),
         ),
-        TokenSpec(PATRONI, "Patroni: its DCS keys and sessions", rules=patroni_rules()),
+        TokenSpec(
+            PATRONI,
+            "Patroni: its DCS keys and sessions",
+            rules=patroni_rules([agent_node(agent) for agent in placement.consul_agents()]),
+        ),
         TokenSpec(PROMETHEUS, "Prometheus: agents' metrics, catalog reads", rules=PROMETHEUS_RULES),
         TokenSpec(OPERATOR, "operators and the runtime: all but ACL admin", rules=OPERATOR_RULES),
     ]

@@ -83,8 +83,8 @@ def config(
     Consul CA's certificate it checks the agent's HTTPS API with, `consul_ca`, is a copy in
     its own folder)."""
     host = placement.address(node.name)
-    consul = placement.consul_http_addr(topology)
-    trusted = f"{host}/32"
+    consul = placement.consul_http_addr(topology, node.name)
+    trusted = placement.clients_of(node.name)
     return {
         "scope": SCOPE,
         "name": node.name,

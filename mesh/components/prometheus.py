@@ -164,13 +164,7 @@ def config(
             "params": {"format": ["prometheus"]},
             **consul_tls,
             "authorization": consul_auth,
-            "static_configs": [
-                {"targets": [at(CONSUL, topology.consul_ports.https)],
-                 "labels": {"instance": "consul", "service": "consul"}},
-                *({"targets": [at(server.name, server.https)],
-                   "labels": {"instance": server.name, "service": "consul"}}
-                  for server in topology.consul_servers),
-            ],
+            "static_configs": _consul_agents(topology, placement),
         },
         {
             "job_name": "kafka",
@@ -197,6 +191,19 @@ def config(
         "rule_files": rule_files,
         "scrape_configs": jobs,
     }
+
+
+def _consul_agents(topology: Topology, placement: Placement) -> list[dict[str, Any]]:
+    """Each Consul agent Prometheus reaches: all of them on one host; in the hosts placement,
+    where each keeps its HTTPS API on its host's loopback, the ones on Prometheus's host."""
+    ports = {agent: topology.consul_ports.https for agent in placement.consul_agents()}
+    ports |= {server.name: server.https for server in topology.consul_servers}
+    return [
+        {"targets": [f"{placement.consul_api_host(agent)}:{port}"],
+         "labels": {"instance": agent, "service": "consul"}}
+        for agent, port in ports.items()
+        if placement.reaches(PROMETHEUS, agent)
+    ]  # fmt: skip
 
 
 def _sidecars(topology: Topology, placement: Placement) -> list[dict[str, Any]]:

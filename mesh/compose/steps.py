@@ -71,7 +71,7 @@ def init(topology: Topology) -> None:
     shutil.chown(ratelimit.password_file(STATE), APP_UID, APP_UID)
     ratelimit.write_service_config(topology, STATE)
     _consul_transport(topology, placement)
-    _consul_tokens(topology)
+    _consul_tokens(topology, placement)
 
 
 def _consul_transport(topology: Topology, placement: ComposePlacement) -> None:
@@ -89,14 +89,14 @@ def _consul_transport(topology: Topology, placement: ComposePlacement) -> None:
     ca_cert.parent.chmod(0o711)
 
 
-def _consul_tokens(topology: Topology) -> None:
+def _consul_tokens(topology: Topology, placement: ComposePlacement) -> None:
     """Each ACL token for the one user that reads it: an agent's config file for the consul
     user, a service's token for the app user (its instances, sidecars and health checks),
     Prometheus's for nobody; the operator's and the management token stay root's (the
     one-shots). Patroni does not run in compose."""
-    consul_acl.ensure_token_files(topology, STATE)
+    consul_acl.ensure_token_files(topology, placement, STATE)
     consul_acl.tokens_dir(STATE).chmod(0o711)
-    for agent in agent_nodes(topology):
+    for agent in agent_nodes(topology, placement):
         shutil.chown(consul_acl.write_agent_config(topology, STATE, agent), CONSUL_UID, CONSUL_UID)
     services = [*(s.name for s in topology.services), EDGE_SERVICE]
     for service in services:

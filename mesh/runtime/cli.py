@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import httpx
 
@@ -17,9 +18,12 @@ from mesh.bench.accounts import AccountsError
 from mesh.bench.tools import CEILING_WORKERS, ToolError
 from mesh.components.consul_acl import OPERATOR
 from mesh.compose import files as compose_files
+from mesh.placement import CONSUL, Placement, consul_agent_on
 from mesh.runtime import (
     demo,
     faults,
+    hosting,
+    hosts,
     jaeger,
     kafka,
     kafka_tools,
@@ -32,18 +36,37 @@ from mesh.runtime import (
     users,
 )
 from mesh.runtime.consul_acl import token_file
-from mesh.runtime.hosts import NetError
+from mesh.runtime.hosts import NetError, Network
 from mesh.runtime.paths import REPO_ROOT, StateDir, cache_dir
 from mesh.runtime.process import ProcessFailed
 from mesh.runtime.provision import ProvisionError, install_all
 from mesh.runtime.supervisor import AlreadyRunning, Mesh, MeshError
-from mesh.topology import TopologyError, load
+from mesh.topology import Topology, TopologyError, load
 
 SCREENSHOTS_DIR = REPO_ROOT / "docs" / "screenshots"
 
 
 def _mesh() -> Mesh:
     return Mesh.create(sizes.topology_for(StateDir.default()))
+
+
+def _placed() -> tuple[Topology, Placement, Network | None]:
+    """The topology and placement of the default state dir's mesh, and its hosts if any."""
+    state = StateDir.default()
+    topology = sizes.topology_for(state)
+    network = hosting.network(state, topology)
+    if network is not None:
+        topology = replace(topology, hosts=network.hosts)
+    return topology, hosting.placement(topology, network), network
+
+
+def _consul_agent(network: Network | None, placement: Placement) -> tuple[str, str | None]:
+    """The Consul agent the CLI asks, and the namespace of its host (None: this one): the
+    first host's in the hosts placement, where each agent answers its own host only."""
+    if network is None:
+        return CONSUL, None
+    host = network.hosts.apps[0].name
+    return consul_agent_on(host), network.namespace(host)
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -57,12 +80,15 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def _next_steps(mesh: Mesh) -> str:
-    t = mesh.topology
-    base = f"http://{t.bind_host}:{t.edge.http_port}"
+    t, p = mesh.topology, mesh.placement
+    base = f"http://{p.public()}:{t.edge.http_port}"
+    consul_ui = f"{t.consul_http_addr}/ui   (its CA: mesh ca --consul)"
+    if mesh.network:
+        consul_ui = "on each host's own loopback only (docs/hosts.md)"
     return f"""
 edge gateway:  {base}
-consul UI:     {t.consul_http_addr}/ui   (its CA: mesh ca --consul)
-jaeger UI:     {jaeger.query_url(t)}
+consul UI:     {consul_ui}
+jaeger UI:     {jaeger.query_url(t, p)}
 state dir:     {mesh.state.root}
 
 try:
@@ -96,9 +122,23 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"dir of its own: SHOPMESH_STATE_DIR={state.root}-{wanted} mesh up"
             + (" --small" if args.small else "")
         )
+    placement = args.placement or hosting.chosen(state)
+    if placement != hosting.chosen(state) and any(state.data.glob("consul-server-*")):
+        # The data names the members' addresses: one placement's does not start the other.
+        raise MeshError(
+            f"{state.root} holds the data of a mesh of the {hosting.chosen(state)} placement; "
+            f"start the {placement} one in a state dir of its own: "
+            f"SHOPMESH_STATE_DIR={state.root}-{placement} mesh up --placement {placement}"
+        )
     sizes.choose(state, wanted)
+    if placement == hosting.HOSTS:
+        topology = sizes.topology_for(state)
+        hosting.place_on(state, hosting.network(state, topology) or Network.of(topology))
+    else:
+        hosting.forget(state)
     mesh = _mesh()
-    print(f"starting the {sizes.chosen(state)} mesh (state in {mesh.state.root})")
+    where = f" across {', '.join(mesh.network.names)}" if mesh.network else ""
+    print(f"starting the {sizes.chosen(state)} mesh{where} (state in {mesh.state.root})")
     try:
         mesh.up()
     except AlreadyRunning:
@@ -133,8 +173,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    state = StateDir.default()
-    mesh = Mesh(sizes.topology_for(state), state, install_all())
+    mesh = _mesh()
     mesh.down()
     print("mesh is down")
     return 0
@@ -144,9 +183,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     mesh = _mesh()
     rows = list(mesh.status())
     restarts = mesh.restarts()
+
+    def show(shown: list[tuple[str, str, str, str]]) -> None:
+        for name, pid, ports, health in shown:
+            print(f"{name:<24} {pid:<8} {ports:<22} {restarts.get(name, '-')!s:<9} {health}")
+
     print(f"{'COMPONENT':<24} {'PID':<8} {'PORTS':<22} {'RESTARTS':<9} HEALTH")
-    for name, pid, ports, health in rows:
-        print(f"{name:<24} {pid:<8} {ports:<22} {restarts.get(name, '-')!s:<9} {health}")
+    if mesh.network is None:
+        show(rows)
+    else:
+        names = set(mesh.names())
+        where = {row[0]: mesh.namespace_of(row[0]) for row in rows if row[0] in names}
+        for host in mesh.network.hosts.all:
+            namespace = mesh.network.namespace(host.name)
+            print(f"-- {host.name} ({host.address}, network namespace {namespace})")
+            show([row for row in rows if where.get(row[0]) == namespace])
+        print("-- clusters")
+        show([row for row in rows if row[0] not in names])
     healthy = all(health == "healthy" or health.startswith("ok,") for *_, health in rows)
     return 0 if healthy else 3
 
@@ -187,26 +240,31 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_fault(args: argparse.Namespace) -> int:
     """Set or clear a service's fault flags in Consul KV; services apply them within a second."""
-    topology = load()
-    try:
+    topology, placement, network = _placed()
+    agent, namespace = _consul_agent(network, placement)
+    addr = placement.consul_http_addr(topology, agent)
+    state = StateDir.default()
+
+    def change() -> str:
         if args.clear:
-            faults.clear_fault(topology, StateDir.default(), args.service)
-            print(f"cleared the faults of {args.service}")
-        else:
-            print(
-                faults.set_fault(
-                    topology,
-                    StateDir.default(),
-                    args.service,
-                    error_rate=args.error_rate,
-                    latency_ms=args.latency_ms,
-                    methods=args.method,
-                )
-            )
+            faults.clear_fault(topology, state, args.service, addr)
+            return f"cleared the faults of {args.service}"
+        return faults.set_fault(
+            topology,
+            state,
+            args.service,
+            error_rate=args.error_rate,
+            latency_ms=args.latency_ms,
+            methods=args.method,
+            consul_addr=addr,
+        )
+
+    try:
+        print(hosts.call_in(namespace, change) if namespace else change())
     except faults.FaultError as exc:
         raise MeshError(str(exc)) from None
     except httpx.HTTPError as exc:
-        raise MeshError(f"consul at {topology.consul_http_addr} did not take it: {exc}") from None
+        raise MeshError(f"consul at {addr} did not take it: {exc}") from None
     return 0
 
 
@@ -224,7 +282,8 @@ def cmd_ca(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     """An access token for a demo user (password grant through the edge)."""
     try:
-        print(demo.token(load(), StateDir.default(), args.user))
+        topology, placement, _ = _placed()
+        print(demo.token(topology, StateDir.default(), args.user, placement))
     except (KeyError, FileNotFoundError) as exc:
         raise MeshError(f"{exc}; is the mesh up (`mesh up`)?") from None
     except httpx.HTTPError as exc:
@@ -245,7 +304,10 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     """Users with generated passwords, made by the admin through the edge: their ids on stdout."""
     state = StateDir.default()
     try:
-        created = users.create_users(load(), state, args.count, prefix=args.prefix)
+        topology, placement, _ = _placed()
+        created = users.create_users(
+            topology, state, args.count, prefix=args.prefix, placement=placement
+        )
     except users.UsersError as exc:
         raise MeshError(str(exc)) from None
     print("\n".join(created))
@@ -257,7 +319,8 @@ def cmd_users_create(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     """One trace as a tree of spans: by trace id, or the trace that created an order. Spans
     reach Jaeger seconds after the request, so it waits for them (up to --wait seconds)."""
-    url = jaeger.query_url(load())
+    topology, placement, _ = _placed()
+    url = jaeger.query_url(topology, placement)
     query = trace.JaegerQuery(url)
     try:
         found = trace.wait_for(
@@ -320,13 +383,17 @@ def cmd_helm(args: argparse.Namespace) -> int:
 def cmd_consul(args: argparse.Namespace) -> int:
     """The pinned consul binary, pointed at the mesh's agent (HTTPS, checked with the Consul
     CA), with the operator token."""
-    topology = load()
+    topology, placement, network = _placed()
+    agent, namespace = _consul_agent(network, placement)
     state = StateDir.default()
     consul_bin = install_all()["consul"]["consul"]
-    os.environ["CONSUL_HTTP_ADDR"] = topology.consul_http_addr
+    os.environ["CONSUL_HTTP_ADDR"] = placement.consul_http_addr(topology, agent)
     os.environ["CONSUL_CACERT"] = str(tls.consul_ca(state))
     os.environ["CONSUL_HTTP_TOKEN_FILE"] = str(token_file(state, OPERATOR))
-    os.execv(consul_bin, [str(consul_bin), *args.args])
+    command = [str(consul_bin), *args.args]
+    if namespace:  # the agent answers on its host's loopback only
+        command = hosts.in_namespace(namespace, command)
+    os.execvp(command[0], command)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -345,7 +412,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_kafka(args: argparse.Namespace) -> int:
     """One of Kafka's own tools, from the cache, against the mesh's brokers."""
     config = kafka.admin_properties(StateDir.default())
-    command = kafka_tools.argv(load(), install_all()["kafka"], args.tool, args.args, config)
+    topology, placement, _ = _placed()
+    bootstrap = placement.kafka_bootstrap(topology)
+    command = kafka_tools.argv(bootstrap, install_all()["kafka"], args.tool, args.args, config)
     os.execv(command[0], command)
 
 
@@ -361,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--small",
         action="store_true",
         help="one of each instance, edge, Consul server and Postgres node, for small machines",
+    )
+    up.add_argument(
+        "--placement",
+        choices=hosting.PLACEMENTS,
+        help="native: every process on this host (the default); hosts: across network-namespace "
+        "hosts (root; docs/hosts.md). Remembered in the state dir",
     )
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)

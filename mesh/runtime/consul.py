@@ -9,6 +9,8 @@ import base64
 import json
 import secrets
 import subprocess
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -43,8 +45,9 @@ def gossip_key_file(state: StateDir) -> Path:
 
 
 def ensure_transport(topology: Topology, placement: Placement, state: StateDir) -> None:
-    """The cluster's gossip key (a config file of its own, owner-only) and every agent's
-    certificate, made on first start and kept."""
+    """The cluster's gossip key (a config file of its own, owner-only), every agent's
+    certificate and every ACL token's secret, made on first start and kept."""
+    consul_acl.ensure_token_files(topology, placement, state)
     key_file = gossip_key_file(state)
     if not key_file.exists():
         key = base64.b64encode(secrets.token_bytes(GOSSIP_KEY_BYTES)).decode()
@@ -138,19 +141,25 @@ def _server_spec(
 
 
 def agent_spec(
-    topology: Topology, placement: Placement, state: StateDir, consul_bin: Path
+    topology: Topology,
+    placement: Placement,
+    state: StateDir,
+    consul_bin: Path,
+    agent: str = CONSUL,
 ) -> ProcessSpec:
-    """This host's client agent; ready once it has joined a server, a leader is known and
-    Connect's CA serves its roots (sidecars need them for certificates)."""
-    config_file = state.config / "consul.json"
-    data_dir = state.data / "consul-agent"
-    client = operator_client(placement.consul_http_addr(topology), state)
+    """A host's client agent (natively the one `consul`); ready once it has joined a server, a
+    leader is known and Connect's CA serves its roots (sidecars need them for certificates)."""
+    native = agent == CONSUL
+    config_file = state.config / ("consul.json" if native else f"{agent}.json")
+    data_dir = state.data / ("consul-agent" if native else agent)
+    client = operator_client(placement.consul_http_addr(topology, agent), state)
 
     def write_config() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         ensure_transport(topology, placement, state)
-        consul_acl.write_agent_config(topology, state, CONSUL)
-        config = agent_config(topology, placement, data_dir, consul_certs(state, CONSUL))
+        consul_acl.write_agent_config(topology, state, agent)
+        certs = consul_certs(state, agent)
+        config = agent_config(topology, placement, data_dir, certs, agent)
         config_file.write_text(json.dumps(config, indent=2))
 
     def ready() -> str | None:
@@ -171,8 +180,8 @@ def agent_spec(
             return f"HTTPS API not answering ({exc.__class__.__name__})"
 
     return ProcessSpec(
-        name=CONSUL,
-        argv=_agent_argv(consul_bin, config_file, state, CONSUL),
+        name=agent,
+        argv=_agent_argv(consul_bin, config_file, state, agent),
         ports=tuple(vars(topology.consul_ports).values()),
         stop_signal=2,  # SIGINT: a client agent leaves gracefully
         ready=ready,
@@ -180,13 +189,20 @@ def agent_spec(
     )
 
 
-def cluster_health(topology: Topology, placement: Placement, state: StateDir) -> str:
+def cluster_health(
+    topology: Topology,
+    placement: Placement,
+    state: StateDir,
+    on_host: Callable[[str, Callable[[], httpx.Response]], httpx.Response] = lambda _, ask: ask(),
+) -> str:
     """The servers as a whole, from the first that answers: the leader, and how many are
-    healthy voters (Consul's autopilot); `ok, ...` only when every server is one."""
+    healthy voters (Consul's autopilot); `ok, ...` only when every server is one. Each server
+    is asked on its host (`on_host`: where its HTTPS API is reachable)."""
     for server in topology.consul_servers:
         try:
             with operator_client(placement.consul_server_addr(server), state, 1.0) as client:
-                resp = client.http.get("/v1/operator/autopilot/health")
+                ask = partial(client.http.get, "/v1/operator/autopilot/health")
+                resp = on_host(server.name, ask)
             # 429: answered, but not every server is healthy.
             if resp.status_code not in (200, 429):
                 continue

@@ -52,18 +52,21 @@ def agent_config_file(state: StateDir, agent: str) -> Path:
 
 
 def secret(topology: Topology, state: StateDir, name: str) -> str:
-    ensure_token_files(topology, state)
+    _ensure_token_file(state, name)
     return token_file(state, name).read_text().strip()
 
 
-def ensure_token_files(topology: Topology, state: StateDir) -> None:
+def ensure_token_files(topology: Topology, placement: Placement, state: StateDir) -> None:
     """Every token's SecretID, made once and kept."""
-    folder = tokens_dir(state)
-    folder.mkdir(mode=OWNER_ONLY_DIR, exist_ok=True)
-    for name in [MANAGEMENT, *(spec.name for spec in tokens(topology))]:
-        path = token_file(state, name)
-        if not path.exists():
-            write_private(path, str(uuid.uuid4()))
+    for name in [MANAGEMENT, *(spec.name for spec in tokens(topology, placement))]:
+        _ensure_token_file(state, name)
+
+
+def _ensure_token_file(state: StateDir, name: str) -> None:
+    tokens_dir(state).mkdir(mode=OWNER_ONLY_DIR, exist_ok=True)
+    path = token_file(state, name)
+    if not path.exists():
+        write_private(path, str(uuid.uuid4()))
 
 
 def write_agent_config(topology: Topology, state: StateDir, agent: str) -> Path:
@@ -84,7 +87,7 @@ def ensure_acls(
     client = _management_client(topology, placement, state, timeout_s)
     try:
         policies = {p["Name"]: p["ID"] for p in _ok(client.get("/v1/acl/policies")).json()}
-        for spec in tokens(topology):
+        for spec in tokens(topology, placement):
             if spec.policy is not None:
                 _put_policy(client, spec, policies.get(spec.policy))
             _put_token(client, topology, spec, secret(topology, state, spec.name))

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from mesh.components.edge import issuer
-from mesh.placement import NativePlacement
+from mesh.placement import NativePlacement, Placement
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.tls import edge_certs
 from mesh.topology import Topology
@@ -62,11 +62,13 @@ def password(state: StateDir, user: str) -> str:
     return created[user]
 
 
-def token(topology: Topology, state: StateDir, user: str) -> str:
+def token(
+    topology: Topology, state: StateDir, user: str, placement: Placement | None = None
+) -> str:
     """An external access token for a demo or created user, from auth's token endpoint via the
-    edge."""
+    edge (of `placement`, by default the native one)."""
     response = httpx.post(
-        f"{issuer(topology, NativePlacement.of(topology))}/token",
+        f"{issuer(topology, placement or NativePlacement.of(topology))}/token",
         data={"grant_type": "password", "username": user, "password": password(state, user)},
         verify=ssl.create_default_context(cafile=str(edge_certs(state).ca_cert)),
         timeout=10.0,

@@ -41,13 +41,17 @@ def set_fault(
     error_rate: float = 0.0,
     latency_ms: int = 0,
     methods: list[str] | None = None,
+    consul_addr: str | None = None,
 ) -> str:
+    """Through the Consul agent at `consul_addr` (by default the native mesh's)."""
     key, value = _key(topology, service), fault_value(error_rate, latency_ms, methods)
-    with operator_client(topology.consul_http_addr, state) as client:
+    with operator_client(consul_addr or topology.consul_http_addr, state) as client:
         client.put_kv(key, value)
     return f"{key} = {value}"
 
 
-def clear_fault(topology: Topology, state: StateDir, service: str) -> None:
-    with operator_client(topology.consul_http_addr, state) as client:
+def clear_fault(
+    topology: Topology, state: StateDir, service: str, consul_addr: str | None = None
+) -> None:
+    with operator_client(consul_addr or topology.consul_http_addr, state) as client:
         client.delete_kv(_key(topology, service))

@@ -19,9 +19,11 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
+from typing import TypeVar
 
 from mesh.topology import Hosts, Topology
 
@@ -29,6 +31,8 @@ NETNS_DIR = Path("/run/netns")
 # The host's end of its veth pair, inside its namespace.
 HOST_LINK = "eth0"
 CLONE_NEWNET = 0x40000000
+
+T = TypeVar("T")
 
 
 class NetError(RuntimeError):
@@ -266,25 +270,30 @@ def _enter(namespace: str) -> None:
         os.close(fd)
 
 
-def socket_in(
-    namespace: str, family: socket.AddressFamily, kind: socket.SocketKind, proto: int = 0
-) -> socket.socket:
-    """A socket of the host's network namespace, usable from this one: made by a short-lived
-    thread that entered it (a socket keeps the namespace it was made in; the thread ends, so no
-    thread of ours is left behind in the host)."""
-    made: list[socket.socket] = []
+def call_in(namespace: str, call: Callable[[], T]) -> T:
+    """`call()` run in the host's network namespace: by a short-lived thread that entered it,
+    so no thread of ours stays there. What it makes there stays there: a socket (reachable
+    from here), a child process (it inherits the thread's namespace)."""
+    made: list[T] = []
     failed: list[BaseException] = []
 
-    def make() -> None:
+    def run_there() -> None:
         try:
             _enter(namespace)
-            made.append(socket.socket(family, kind, proto))
+            made.append(call())
         except BaseException as exc:  # handed over to the caller's thread
             failed.append(exc)
 
-    thread = threading.Thread(target=make, name=f"enter-{namespace}")
+    thread = threading.Thread(target=run_there, name=f"enter-{namespace}")
     thread.start()
     thread.join()
     if failed:
         raise failed[0]
     return made[0]
+
+
+def socket_in(
+    namespace: str, family: socket.AddressFamily, kind: socket.SocketKind, proto: int = 0
+) -> socket.socket:
+    """A socket of the host's network namespace, usable from this one."""
+    return call_in(namespace, lambda: socket.socket(family, kind, proto))

@@ -39,7 +39,7 @@ from mesh.components.kafka import (
     server_properties,
 )
 from mesh.components.kafka_acl import acl_bindings, apply_bindings, load_clients
-from mesh.placement import NativePlacement, Placement
+from mesh.placement import Placement
 from mesh.runtime import kafka_credentials, process
 from mesh.runtime.kafka_credentials import scram_marker
 from mesh.runtime.paths import StateDir, write_private
@@ -273,19 +273,24 @@ def reports_group_membership(metrics_text: str, group: str) -> bool:
     return False
 
 
-def group_client_ids(topology: Topology, state: StateDir, group: str) -> list[str]:
+def group_client_ids(
+    topology: Topology, placement: Placement, state: StateDir, group: str
+) -> list[str]:
     """The client id of each of the consumer group's current members."""
     options = kafka_auth.admin_options(state)
     with _quiet_aiokafka():
-        return asyncio.run(group_members(topology.kafka_bootstrap(), options, group))
+        return asyncio.run(group_members(placement.kafka_bootstrap(topology), options, group))
 
 
-def group_coordinator(topology: Topology, state: StateDir, group: str) -> KafkaNode:
+def group_coordinator(
+    topology: Topology, placement: Placement, state: StateDir, group: str
+) -> KafkaNode:
     """The node that coordinates `group` now."""
 
     async def lookup() -> int:
         client = AIOKafkaClient(
-            bootstrap_servers=topology.kafka_bootstrap(), **kafka_auth.admin_options(state)
+            bootstrap_servers=placement.kafka_bootstrap(topology),
+            **kafka_auth.admin_options(state),
         )
         await client.bootstrap()
         try:
@@ -319,6 +324,7 @@ def partitions_from(metadata: dict[str, Any]) -> list[PartitionState]:
 
 def partitions(
     topology: Topology,
+    placement: Placement,
     state: StateDir,
     topics: list[str] | None = None,
     node: KafkaNode | None = None,
@@ -329,9 +335,7 @@ def partitions(
     last: Exception | None = None
     for candidate in nodes:
         try:
-            # From this host: the native mesh's nodes.
-            native = NativePlacement.of(topology)
-            return partitions_from(metadata_from(native, state, candidate, topics))
+            return partitions_from(metadata_from(placement, state, candidate, topics))
         except (TimeoutError, OSError, KafkaError) as exc:
             last = exc
     raise RuntimeError(f"no Kafka node answered a metadata request ({last!r})")
@@ -353,9 +357,11 @@ def replication_summary(states: list[PartitionState], down: frozenset[int] = fro
     return f"{len(behind)} of {len(states)} partitions under-replicated{extra} ({names}{more})"
 
 
-def cluster_health(topology: Topology, state: StateDir, down: frozenset[int] = frozenset()) -> str:
+def cluster_health(
+    topology: Topology, placement: Placement, state: StateDir, down: frozenset[int] = frozenset()
+) -> str:
     try:
-        return replication_summary(partitions(topology, state), down)
+        return replication_summary(partitions(topology, placement, state), down)
     except Exception as exc:
         return f"cluster metadata unavailable ({exc.__class__.__name__}: {exc})"
 
@@ -399,6 +405,7 @@ async def _ensure_topics(
 
 def ensure_topics(
     topology: Topology,
+    placement: Placement,
     state: StateDir,
     topics: tuple[TopicSpec, ...] | None = None,
     nodes: list[KafkaNode] | None = None,
@@ -410,17 +417,18 @@ def ensure_topics(
     Returns the names created (an existing topic is left alone, whatever its settings)."""
     topics = topics if topics is not None else load_topics()
     options = kafka_auth.admin_options(state)
+    bootstrap = placement.kafka_bootstrap(topology)
     deadline = time.monotonic() + timeout
     while True:
         try:
             with _quiet_aiokafka():
-                created = asyncio.run(_ensure_topics(topology.kafka_bootstrap(), options, topics))
+                created = asyncio.run(_ensure_topics(bootstrap, options, topics))
             break
         except KafkaError as exc:  # a broker the metadata names that does not serve yet
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"Kafka topics not created in {timeout:.0f}s: {exc}") from exc
             time.sleep(0.5)
-    wait_for_leaders(topology, state, nodes, max(deadline - time.monotonic(), 1.0))
+    wait_for_leaders(topology, placement, state, nodes, max(deadline - time.monotonic(), 1.0))
     return created
 
 
@@ -434,12 +442,11 @@ async def _ensure_acls(bootstrap: str, options: dict[str, Any]) -> int:
         await admin.close()
 
 
-def ensure_acls(topology: Topology, state: StateDir) -> int:
+def ensure_acls(topology: Topology, placement: Placement, state: StateDir) -> int:
     """Make the cluster's ACLs those of topics.yaml's clients; how many bindings changed."""
+    bootstrap = placement.kafka_bootstrap(topology)
     with _quiet_aiokafka():
-        return asyncio.run(
-            _ensure_acls(topology.kafka_bootstrap(), kafka_auth.admin_options(state))
-        )
+        return asyncio.run(_ensure_acls(bootstrap, kafka_auth.admin_options(state)))
 
 
 def write_admin_properties(state: StateDir) -> Path:
@@ -457,6 +464,7 @@ def admin_properties(state: StateDir) -> Path:
 
 def wait_for_leaders(
     topology: Topology,
+    placement: Placement,
     state: StateDir,
     nodes: list[KafkaNode] | None = None,
     timeout: float = 60.0,
@@ -470,7 +478,8 @@ def wait_for_leaders(
     while time.monotonic() < deadline:
         try:
             views = [
-                partitions(topology, state, None, node) for node in nodes or topology.kafka.nodes
+                partitions(topology, placement, state, None, node)
+                for node in nodes or topology.kafka.nodes
             ]
         except Exception as exc:
             last = f"{exc.__class__.__name__}: {exc}"
@@ -513,16 +522,15 @@ def node_specs(
     topology: Topology, placement: Placement, state: StateDir, binaries: dict[str, Path]
 ) -> list[ProcessSpec]:
     specs = [node_spec(topology, placement, state, binaries, n) for n in topology.kafka.nodes]
-    specs[-1].after_ready = lambda: after_cluster_ready(topology, state)
+    specs[-1].after_ready = lambda: after_cluster_ready(topology, placement, state)
     return specs
 
 
-def after_cluster_ready(topology: Topology, state: StateDir) -> None:
+def after_cluster_ready(topology: Topology, placement: Placement, state: StateDir) -> None:
     """The topics, the ACLs and the tools' client settings, on every start."""
-    ensure_topics(
-        topology, state, nodes=[n for n in topology.kafka.nodes if process.running(state, n.name)]
-    )
-    ensure_acls(topology, state)
+    running = [n for n in topology.kafka.nodes if process.running(state, n.name)]
+    ensure_topics(topology, placement, state, nodes=running)
+    ensure_acls(topology, placement, state)
     write_admin_properties(state)
 
 

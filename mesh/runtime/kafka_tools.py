@@ -19,7 +19,6 @@ from pathlib import Path
 
 from mesh.runtime.kafka import java_argv
 from mesh.runtime.paths import REPO_ROOT
-from mesh.topology import Topology
 
 TOOLS_LOG4J = REPO_ROOT / "mesh" / "kafka" / "tools-log4j.properties"
 # Arguments that name the servers already.
@@ -115,15 +114,15 @@ def tool_args(tool: Tool, args: Sequence[str], bootstrap: str) -> list[str]:
 
 
 def argv(
-    topology: Topology,
+    bootstrap: str,
     binaries: dict[str, Path],
     name: str,
     args: Sequence[str],
     client_config: Path,
 ) -> list[str]:
     """The java command line of tool `name` with `args` (binaries: the kafka component's),
-    signed in with the `client_config` properties file."""
+    signed in with the `client_config` properties file, against the brokers `bootstrap`."""
     tool = TOOLS[name]
     command = java_argv(binaries, tool.heap, TOOLS_LOG4J, tool.main)
     signed_in = with_client_config(tool, args, client_config)
-    return [*command, *tool_args(tool, signed_in, topology.kafka_bootstrap())]
+    return [*command, *tool_args(tool, signed_in, bootstrap)]

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from mesh.placement import HostsPlacement
-from mesh.runtime import hosts, netfaults
+from mesh.runtime import hosting, hosts, netfaults, sizes
 from mesh.runtime.hosts import Network
-from mesh.runtime.paths import cache_dir
+from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.provision import IPTABLES
-from mesh.topology import load
+from mesh.topology import Topology, load
+
+
+def _topology() -> Topology:
+    """The default state dir's topology, on the hosts its mesh was placed on if it was."""
+    state = StateDir.default()
+    topology = sizes.topology_for(state)
+    network = hosting.network(state, topology)
+    return topology if network is None else replace(topology, hosts=network.hosts)
 
 
 def _network() -> Network:
-    return Network.of(load())
+    """The hosts of the default state dir's mesh (`mesh up --placement hosts`), else the
+    topology's."""
+    state = StateDir.default()
+    return hosting.network(state, sizes.topology_for(state)) or Network.of(load())
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -36,7 +48,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     network = _network()
-    placement = HostsPlacement.of(load())
+    placement = HostsPlacement.of(_topology())
     on = netfaults.active(network)
     print(f"{'HOST':<10} {'NAMESPACE':<20} {'ADDRESS':<13} {'LINK':<5} {'PROCS':<6} PLACED")
     missing = False

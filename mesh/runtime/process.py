@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import psutil
 
+from mesh.runtime import hosts
 from mesh.runtime.paths import OWNER_ONLY_FILE, PRIVATE_UMASK, StateDir, private_files
 
 
@@ -40,12 +41,24 @@ class ProcessSpec:
     after_ready: Callable[[], object] | None = None
     # Before a stop on purpose (`mesh stop`), not before a crash or `mesh down`: e.g. draining.
     before_stop: Callable[[], None] | None = None
+    # The network namespace of its host (the hosts placement), where it runs and where its
+    # steps and checks above run too; None: this process's own.
+    namespace: str | None = None
 
 
 @dataclass(frozen=True)
 class Running:
     pid: int
     started: float
+
+
+T = TypeVar("T")
+
+
+def there(spec: ProcessSpec, call: Callable[[], T]) -> T:
+    """`call()` where the process runs: in its host's network namespace, if it has one (its
+    checks reach what its host keeps on its loopback; a child started there runs there)."""
+    return hosts.call_in(spec.namespace, call) if spec.namespace else call()
 
 
 def _pid_file(state: StateDir, name: str) -> Path:
@@ -136,7 +149,7 @@ def start(
     # writes itself (PRIVATE_UMASK): owner-only.
     with private_files(), (state.pids / f"{spec.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _start_unlocked(state, spec, precondition)
+        return there(spec, lambda: _start_unlocked(state, spec, precondition))
 
 
 def _start_unlocked(
@@ -234,14 +247,14 @@ def wait_ready(state: StateDir, spec: ProcessSpec) -> None:
                 signal_group(started.pid, signal.SIGKILL)
             raise ProcessFailed(spec.name, "exited during start-up", log_path(state, spec.name))
         try:
-            reason = spec.ready() or ""
+            reason = there(spec, spec.ready) or ""
         except ProcessFailed:  # the check found that waiting cannot help
             raise
         except Exception as exc:  # a half-started process may answer anything: not ready yet
             reason = f"readiness check failed: {exc!r}"
         if not reason:
             if spec.after_ready:
-                spec.after_ready()
+                there(spec, spec.after_ready)
             return
         time.sleep(0.1)
     raise ProcessFailed(

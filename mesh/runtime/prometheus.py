@@ -26,6 +26,9 @@ from mesh.runtime.process import ProcessSpec
 from mesh.runtime.tls import consul_ca
 from mesh.topology import Topology
 
+# The process that writes Prometheus's targets from Consul's catalog; it runs beside Prometheus.
+DISCOVERY = "consul-sd"
+
 
 def sd_dir(state: StateDir) -> Path:
     return state.data / "prometheus-sd"
@@ -49,12 +52,12 @@ def discovery_spec(topology: Topology, placement: Placement, state: StateDir) ->
         return f"{', '.join(missing)} not written yet" if missing else None
 
     return ProcessSpec(
-        name="consul-sd",
+        name=DISCOVERY,
         argv=[
             sys.executable,
             "-m",
             "mesh.runtime.consul_sd",
-            f"--consul={placement.consul_http_addr(topology)}",
+            f"--consul={placement.consul_http_addr(topology, PROMETHEUS)}",
             f"--out={out}",
             f"--token-file={token_file(state, PROMETHEUS_TOKEN)}",
             f"--ca-file={consul_ca(state)}",

@@ -9,8 +9,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import psutil
@@ -18,7 +20,7 @@ import psutil
 from mesh.components import kafka_auth
 from mesh.components.consul_acl import EDGE_SERVICE, service_token
 from mesh.components.postgres import passwords
-from mesh.placement import WATCHDOG, NativePlacement, Placement
+from mesh.placement import ANY, PROMETHEUS, WATCHDOG, HostsPlacement, NativePlacement, Placement
 from mesh.runtime import (
     balancer,
     consul,
@@ -26,8 +28,11 @@ from mesh.runtime import (
     demo,
     edge,
     envoy_admin,
+    hosting,
+    hosts,
     jaeger,
     kafka,
+    netfaults,
     postgres,
     process,
     prometheus,
@@ -35,6 +40,7 @@ from mesh.runtime import (
     ratelimit,
     watchdog,
 )
+from mesh.runtime.hosts import Network
 from mesh.runtime.paths import REPO_ROOT, StateDir, make_private, private_files
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import install_all
@@ -50,6 +56,12 @@ CONSUL_CLUSTER = "consul-cluster"
 CONSUL_SERVERS = "consul-servers"
 # The same for the Postgres nodes under Patroni: who leads.
 POSTGRES_CLUSTER = "postgres-cluster"
+# A Connect sidecar's process is its instance's name with this suffix; it runs beside it.
+SIDECAR_SUFFIX = "-sidecar"
+# Processes that are no component of the topology, and the component each runs beside.
+COMPANIONS = {prometheus.DISCOVERY: PROMETHEUS}
+
+T = TypeVar("T")
 
 
 class MeshError(RuntimeError):
@@ -60,10 +72,13 @@ class AlreadyRunning(MeshError):
     pass
 
 
-def native_wiring(topology: Topology, state: StateDir) -> Wiring:
-    """Every process on this host, with the passwords of the state dir in its database URL."""
+def native_wiring(
+    topology: Topology, state: StateDir, placement: Placement | None = None
+) -> Wiring:
+    """Every process where the placement puts it (default: on this host), with the passwords
+    of the state dir in its database URL."""
     return Wiring(
-        placement=NativePlacement.of(topology),
+        placement=placement or NativePlacement.of(topology),
         database_password=lambda database: passwords(state, topology)[database],
         auth_seed_file=lambda: str(demo.ensure_seed(state)),
         consul_token_file=lambda service: str(consul_acl.token_file(state, service_token(service))),
@@ -126,7 +141,7 @@ def worker_spec(
         if not joined:
             return f"not a member of {workers.group} (by its own account)"
         try:
-            members = kafka.group_client_ids(topology, state, workers.group)
+            members = kafka.group_client_ids(topology, wiring.placement, state, workers.group)
         except Exception as exc:  # any Kafka client error means "not yet"
             return f"consumer group not readable yet ({exc.__class__.__name__})"
         return None if instance in members else f"not a member of {workers.group} yet"
@@ -147,18 +162,37 @@ class Mesh:
     topology: Topology
     state: StateDir
     binaries: dict[str, dict[str, Path]]
+    # The hosts it runs across (the hosts placement, docs/hosts.md); None: on this host.
+    network: Network | None = None
 
     @classmethod
     def create(cls, topology: Topology, state: StateDir | None = None) -> Mesh:
+        """The mesh of `state`, in the placement its `mesh up` chose (mesh/runtime/hosting.py)."""
         state = state or StateDir.default()
         state.ensure()
         protos.ensure_generated()
-        return cls(topology, state, install_all())
+        network = hosting.network(state, topology)
+        if network is not None:
+            topology = replace(topology, hosts=network.hosts)
+        return cls(topology, state, install_all(), network)
 
-    @property
-    def placement(self) -> NativePlacement:
-        """The native backend runs every process on this host, on the topology's bind host."""
-        return NativePlacement.of(self.topology)
+    @cached_property
+    def placement(self) -> Placement:
+        """On this host, on the topology's bind host; or spread over the network's hosts."""
+        return hosting.placement(self.topology, self.network)
+
+    def namespace_of(self, process_name: str) -> str | None:
+        """The network namespace of the host a process runs on; None on this host."""
+        placement = self.placement
+        if self.network is None or not isinstance(placement, HostsPlacement):
+            return None
+        component = COMPANIONS.get(process_name, process_name.removesuffix(SIDECAR_SUFFIX))
+        return self.network.namespace(placement.host_of(component).name)
+
+    def on_host(self, component: str, call: Callable[[], T]) -> T:
+        """`call()` on the host `component` runs on (where its loopback is reachable)."""
+        namespace = self.namespace_of(component)
+        return hosts.call_in(namespace, call) if namespace else call()
 
     # -- the plan -------------------------------------------------------------------------------
 
@@ -168,16 +202,17 @@ class Mesh:
         consul_bin = self.binaries["consul"]["consul"]
         envoy_bin = self.binaries["envoy"]["envoy"]
         p = self.placement
-        agent = consul.agent_spec(t, p, s, consul_bin)
-        agent.after_ready = lambda: consul.apply_config_entries(
-            consul_bin, p.consul_http_addr(t), s
+        agents = [consul.agent_spec(t, p, s, consul_bin, agent) for agent in p.consul_agents()]
+        first_agent = agents[0].name
+        agents[0].after_ready = lambda: consul.apply_config_entries(
+            consul_bin, p.consul_http_addr(t, first_agent), s
         )
-        specs = [*consul.server_specs(t, p, s, consul_bin), agent]
+        specs = [*consul.server_specs(t, p, s, consul_bin), *agents]
         specs += postgres.node_specs(t, p, s, self.binaries["postgres"])
         # Before every process that sends spans, so none of the first ones is lost.
         specs.append(jaeger.server_spec(t, p, s, self.binaries["jaeger"]))
         specs += kafka.node_specs(t, p, s, self.binaries["kafka"])
-        wiring = native_wiring(t, s)
+        wiring = native_wiring(t, s, p)
         for instance in t.instances():
             specs.append(service_spec(t, s, wiring, instance))
             specs.append(
@@ -208,6 +243,8 @@ class Mesh:
         specs.append(prometheus.server_spec(t, p, s, self.binaries["prometheus"]))
         # Last: it restarts what died, so it starts once everything is up and stops first.
         specs.append(watchdog_spec(t, p, s))
+        for spec in specs:
+            spec.namespace = self.namespace_of(spec.name)
         return specs
 
     def _edge_sidecar_spec(
@@ -237,9 +274,13 @@ class Mesh:
 
     def resolve(self, name: str) -> list[str]:
         """A process name, or a service or worker name meaning all of its instances (`kafka`:
-        every node, `consul-servers`: every Consul server; `consul` is the client agent)."""
+        every node, `consul-servers`: every Consul server; `consul` is the client agent); in
+        the hosts placement a host's name means every process on it."""
         if name in self.names():
             return [name]
+        if self.network and name in self.network.names:
+            namespace = self.network.namespace(name)
+            return [spec.name for spec in self.specs() if spec.namespace == namespace]
         if name == "kafka":
             return [node.name for node in self.topology.kafka.nodes]
         if name == CONSUL_SERVERS:
@@ -304,9 +345,13 @@ class Mesh:
             say(f"mesh is up in {time.monotonic() - started_at:.1f}s")
 
     def _start_one(self, spec: ProcessSpec, say: Callable[[str], None]) -> None:
+        # Checked in the process's host (process.start runs this there): any of its
+        # addresses, in the hosts placement, where agents listen on loopback and address both.
+        host = self.topology.bind_host if self.network is None else ANY
+
         def ports_free() -> None:
             for port in spec.ports:
-                ensure_port_free(self.topology.bind_host, port, spec.name)
+                ensure_port_free(host, port, spec.name)
 
         t0 = time.monotonic()
         proc = process.start(self.state, spec, precondition=ports_free)
@@ -346,7 +391,7 @@ class Mesh:
                 watchdog.hold(self.state, proc_name)
             spec = self.spec(proc_name)
             if spec.before_stop and process.running(self.state, proc_name):
-                spec.before_stop()
+                process.there(spec, spec.before_stop)
             if process.stop(self.state, proc_name, timeout=spec.stop_timeout):
                 stopped.append(proc_name)
             self._kill_orphaned_postmaster(proc_name)
@@ -378,17 +423,22 @@ class Mesh:
                 self._deregister_edge(spec.name)
             self._kill_orphaned_postmaster(spec.name)
         envoy_admin.remove(self.state)
+        if self.network is not None:
+            for host, pids in netfaults.down(self.network).items():
+                say(f"  SIGKILLed what still ran in {host}: {', '.join(map(str, pids))}")
+            say(f"  removed the hosts ({', '.join(self.network.names)})")
 
     def _edge_names(self) -> set[str]:
         return {instance.id for instance in self.topology.edge.instances}
 
     def _deregister_edge(self, edge_id: str) -> None:
-        addr = self.placement.consul_http_addr(self.topology)
+        addr = self.placement.consul_http_addr(self.topology, edge_id)
         client = consul.operator_client(addr, self.state, timeout=1.0)
         try:
-            client.deregister(edge_id)
-        except httpx.HTTPError:
-            pass  # Consul is down or the edge was never registered: nothing to undo.
+            self.on_host(edge_id, lambda: client.deregister(edge_id))
+        except (httpx.HTTPError, FileNotFoundError):
+            # Consul is down, or the edge was never registered (no token yet): nothing to undo.
+            pass
         finally:
             client.close()
 
@@ -403,7 +453,7 @@ class Mesh:
             if not current:
                 yield spec.name, "-", ports, "stopped"
                 continue
-            reason = spec.ready() if spec.ready else None
+            reason = process.there(spec, spec.ready) if spec.ready else None
             yield spec.name, str(current.pid), ports, reason if reason else "healthy"
             if spec.name == self.topology.kafka.nodes[-1].name:
                 yield self._kafka_cluster_status()
@@ -412,7 +462,7 @@ class Mesh:
                     CONSUL_CLUSTER,
                     "-",
                     "",
-                    consul.cluster_health(self.topology, self.placement, self.state),
+                    consul.cluster_health(self.topology, self.placement, self.state, self.on_host),
                 )
 
     def _postgres_node_and_cluster_status(
@@ -437,7 +487,8 @@ class Mesh:
         down = frozenset(n.id for n in nodes if not process.running(self.state, n.name))
         if len(down) == len(nodes):
             return KAFKA_CLUSTER, "-", "", "stopped"
-        return KAFKA_CLUSTER, "-", "", kafka.cluster_health(self.topology, self.state, down)
+        health = kafka.cluster_health(self.topology, self.placement, self.state, down)
+        return KAFKA_CLUSTER, "-", "", health
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

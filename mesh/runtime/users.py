@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from mesh.placement import NativePlacement, Placement
 from mesh.runtime import demo
 from mesh.runtime.paths import StateDir, write_private
 from mesh.runtime.tls import edge_certs
@@ -39,14 +40,20 @@ class UsersError(Exception):
 
 
 def create_users(
-    topology: Topology, state: StateDir, count: int, *, prefix: str = "user"
+    topology: Topology,
+    state: StateDir,
+    count: int,
+    *,
+    prefix: str = "user",
+    placement: Placement | None = None,
 ) -> list[str]:
-    """`count` new users (role user) with generated passwords, as the admin through the edge;
-    their ids in creation order. Passwords are saved after each 1000 are set."""
+    """`count` new users (role user) with generated passwords, as the admin through the edge
+    (of `placement`, by default the native one); their ids in creation order. Passwords are
+    saved after each 1000 are set."""
     check_request(count, prefix)
     run = secrets.token_hex(4)  # new emails on every run: emails are unique in users
     created: list[str] = []
-    with admin_client(topology, state) as edge:
+    with admin_client(topology, state, placement or NativePlacement.of(topology)) as edge:
         for start in range(0, count, MAX_PER_CALL):
             numbers = range(start, min(start + MAX_PER_CALL, count))
             user_ids = batch_create(edge, [new_user(prefix, run, n) for n in numbers])
@@ -71,16 +78,16 @@ def new_user(prefix: str, run: str, number: int) -> dict[str, str]:
     return {"name": f"{prefix} {number}", "email": f"{prefix}-{run}-{number}@{EMAIL_DOMAIN}"}
 
 
-def admin_client(topology: Topology, state: StateDir) -> httpx.Client:
+def admin_client(topology: Topology, state: StateDir, placement: Placement) -> httpx.Client:
     """The edge's TLS listener, as the admin (a password grant with the seeded password)."""
     try:
-        token = demo.token(topology, state, "admin")
+        token = demo.token(topology, state, "admin", placement)
     except (KeyError, FileNotFoundError) as exc:
         raise UsersError(f"no admin password ({exc}); is the mesh up (`mesh up`)?") from None
     except httpx.HTTPError as exc:
         raise UsersError(f"the admin's token: the token endpoint did not answer: {exc}") from None
     return httpx.Client(
-        base_url=f"https://{topology.bind_host}:{topology.edge.https_port}",
+        base_url=f"https://{placement.public()}:{topology.edge.https_port}",
         headers={"Authorization": f"Bearer {token}"},
         verify=ssl.create_default_context(cafile=str(edge_certs(state).ca_cert)),
         timeout=10.0,

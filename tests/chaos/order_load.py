@@ -29,6 +29,8 @@ class Answers:
     statuses: Counter[int] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     order_ids: list[str] = field(default_factory=list)
+    # When each error came (time.monotonic()): how long one lasted after a fault ended.
+    error_times: list[float] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -104,9 +106,12 @@ class OrderLoad:
         except httpx.HTTPError as exc:
             with self._lock:
                 self._answers.failures[exc.__class__.__name__] += 1
+                self._answers.error_times.append(time.monotonic())
             return
         with self._lock:
             self._answers.statuses[resp.status_code] += 1
+            if resp.status_code >= 500:
+                self._answers.error_times.append(time.monotonic())
             if resp.status_code == 201:
                 self._answers.order_ids.append(resp.json()["id"])
 

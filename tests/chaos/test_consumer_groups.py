@@ -9,6 +9,7 @@ import time
 
 from mesh.runtime import kafka
 from mesh.runtime.supervisor import Mesh
+from mesh.topology import KafkaNode
 from tests.integration.test_messaging_flow import (
     WORKERS,
     assert_charged_once,
@@ -26,7 +27,7 @@ def not_members(mesh: Mesh) -> list[str]:
     """Why each worker is not (yet) a member, by its own account and the coordinator's; one
     member per worker, no stale one left."""
     reasons = [f"{name}: {why}" for name in WORKERS if (why := mesh.spec(name).ready())]
-    members = kafka.group_client_ids(mesh.topology, mesh.state, GROUP)
+    members = kafka.group_client_ids(mesh.topology, mesh.placement, mesh.state, GROUP)
     if members != sorted(WORKERS):
         reasons.append(f"the coordinator lists {members}")
     return reasons
@@ -72,11 +73,14 @@ def test_a_killed_worker_is_restarted_and_both_are_members_again_within_30s(
 def test_after_the_groups_coordinator_is_killed_and_restarted_both_workers_are_members(
     mesh: Mesh, tokens
 ) -> None:
-    coordinator = kafka.group_coordinator(mesh.topology, mesh.state, GROUP)
+    def coordinator_now() -> KafkaNode:
+        return kafka.group_coordinator(mesh.topology, mesh.placement, mesh.state, GROUP)
+
+    coordinator = coordinator_now()
     workers_before = {name: mesh.running()[name].pid for name in WORKERS}
     assert mesh.kill(coordinator.name, hold=True) == [coordinator.name]
     try:
-        wait_for(lambda: kafka.group_coordinator(mesh.topology, mesh.state, GROUP) != coordinator,
+        wait_for(lambda: coordinator_now() != coordinator,
                  timeout=30, what="another node to coordinate the group", interval=0.5)  # fmt: skip
     finally:
         restarted_at = time.monotonic()

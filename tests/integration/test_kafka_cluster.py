@@ -17,7 +17,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from mesh.components import kafka
 from mesh.components.kafka_auth import admin_options
-from mesh.placement import NativePlacement
+from mesh.placement import NativePlacement, Placement
 from mesh.runtime.kafka import brokers_seen_by, cluster_health, ensure_topics, partitions
 from mesh.runtime.paths import StateDir
 from mesh.runtime.supervisor import Mesh
@@ -59,7 +59,7 @@ def test_three_brokers_and_every_configured_topic(topology: Topology, mesh: Mesh
         for name in ("user-events", "order-events", "payment-events", "payment-tasks")
         for suffix in ("", ".dlq")
     }
-    states = partitions(topology, mesh.state, [t.name for t in topics])
+    states = partitions(topology, mesh.placement, mesh.state, [t.name for t in topics])
     names = [t.name for t in topics]
     sign_in = admin_options(mesh.state)
     configs = asyncio.run(_topic_configs(topology.kafka_bootstrap(), sign_in, names))
@@ -77,7 +77,7 @@ def scratch_topic(topology: Topology, mesh: Mesh) -> Iterator[str]:
     """A topic of the test's own (RF 3, min ISR 2, 6 partitions), deleted afterwards."""
     name = f"test.kafka-cluster.{uuid.uuid4().hex[:8]}"
     spec = kafka.TopicSpec(name, partitions=6, replication_factor=3, min_insync_replicas=2)
-    ensure_topics(topology, mesh.state, (spec,))
+    ensure_topics(topology, mesh.placement, mesh.state, (spec,))
     yield name
 
     async def delete() -> None:
@@ -105,10 +105,14 @@ def _producer(bootstrap: str, state: StateDir) -> AIOKafkaProducer:
     )
 
 
-def consume_all(topology: Topology, state: StateDir, topic: str) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) in the topic, from the beginning to the end offsets of now."""
-    numbers = sorted({p.partition for p in partitions(topology, state, [topic])})
-    return asyncio.run(_consume_all(topology.kafka_bootstrap(), state, topic, numbers))
+def consume_all(
+    topology: Topology, state: StateDir, topic: str, placement: Placement | None = None
+) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) in the topic, from the beginning to the end offsets of now (from the
+    brokers of `placement`, by default the native mesh's)."""
+    placement = placement or NativePlacement.of(topology)
+    numbers = sorted({p.partition for p in partitions(topology, placement, state, [topic])})
+    return asyncio.run(_consume_all(placement.kafka_bootstrap(topology), state, topic, numbers))
 
 
 async def _consume_all(
@@ -221,7 +225,7 @@ def test_a_killed_broker_loses_and_duplicates_nothing_acknowledged(
 
     started = time.monotonic()
     summary = wait_for(
-        lambda: (s := cluster_health(topology, mesh.state)).startswith("ok,") and s,
+        lambda: (s := cluster_health(topology, mesh.placement, mesh.state)).startswith("ok,") and s,
         timeout=90,
         interval=0.5,
         what=f"every partition to be fully replicated after {KILLED} rejoined",

@@ -115,7 +115,7 @@ def test_data_formatted_before_sasl_gets_every_principals_credentials_and_keeps_
         earlier.setattr(kafka_auth, "jaas_settings", lambda _password: {})
         earlier.setattr(kafka_auth, "scram_arguments", lambda _passwords: [])
         earlier.setattr(kafka_auth, "admin_options", lambda _state: {})
-        earlier.setattr(kafka, "ensure_acls", lambda _topology, _state: 0)
+        earlier.setattr(kafka, "ensure_acls", lambda _topology, _placement, _state: 0)
         specs = node_specs(topology, state)
         run(specs, state)
         asyncio.run(_produce(bootstrap, {}))
@@ -133,7 +133,9 @@ def test_data_formatted_before_sasl_gets_every_principals_credentials_and_keeps_
     seen = asyncio.run(_read_all(bootstrap, notifications))
     assert sorted(seen) == sorted(WRITTEN_BEFORE)
     wait_for(
-        lambda: kafka.replication_summary(kafka.partitions(topology, state)).startswith("ok"),
+        lambda: kafka.replication_summary(
+            kafka.partitions(topology, NativePlacement.of(topology), state)
+        ).startswith("ok"),
         timeout=60,
         what="every partition fully replicated, the brokers signed in to each other",
     )

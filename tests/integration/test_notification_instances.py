@@ -55,7 +55,10 @@ def test_every_event_reaches_the_users_sockets_on_every_notifications_instance(
     instances = sorted(i.id for i in mesh.topology.service("notifications").instances)
     assert len(instances) >= 2, "the topology runs one notifications instance"
     wait_for(
-        lambda: kafka.group_client_ids(mesh.topology, mesh.state, "notifications") == instances,
+        lambda: (
+            kafka.group_client_ids(mesh.topology, mesh.placement, mesh.state, "notifications")
+            == instances
+        ),
         timeout=30,
         what="every notifications instance to be a member of the notifications group",
     )

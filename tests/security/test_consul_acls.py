@@ -188,7 +188,7 @@ def test_the_operator_token_cannot_make_tokens_or_policies(mesh: Mesh) -> None:
 def test_every_token_is_in_an_owner_only_file_and_in_no_config_or_log(mesh: Mesh) -> None:
     folder = consul_acl.tokens_dir(mesh.state)
     assert folder.stat().st_mode & 0o777 == 0o700
-    names = [MANAGEMENT, *(spec.name for spec in tokens(mesh.topology))]
+    names = [MANAGEMENT, *(spec.name for spec in tokens(mesh.topology, mesh.placement))]
     secrets = {}
     for name in names:
         path = consul_acl.token_file(mesh.state, name)
@@ -212,7 +212,10 @@ def test_every_token_is_in_an_owner_only_file_and_in_no_config_or_log(mesh: Mesh
 def test_each_running_holder_is_handed_a_file_not_the_secret(mesh: Mesh) -> None:
     """No secret on a command line or in an environment variable (others read /proc/PID/cmdline;
     the environment is the process owner's, but travels to every child)."""
-    secrets = {consul_acl.secret(mesh.topology, mesh.state, s.name) for s in tokens(mesh.topology)}
+    secrets = {
+        consul_acl.secret(mesh.topology, mesh.state, s.name)
+        for s in tokens(mesh.topology, mesh.placement)
+    }
     for name, running in mesh.running().items():
         proc = psutil.Process(running.pid)
         for member in [proc, *proc.children(recursive=True)]:

@@ -50,7 +50,9 @@ def run(work: Callable[[], Awaitable[T]]) -> T:
 
 
 def topic_partitions(mesh: Mesh, topic: str) -> list[TopicPartition]:
-    numbers = {p.partition for p in kafka.partitions(mesh.topology, mesh.state, [topic])}
+    numbers = {
+        p.partition for p in kafka.partitions(mesh.topology, mesh.placement, mesh.state, [topic])
+    }
     return [TopicPartition(topic, p) for p in sorted(numbers)]
 
 

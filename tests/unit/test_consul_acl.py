@@ -38,7 +38,7 @@ def topology() -> Topology:
 
 
 def by_name(topology: Topology) -> dict[str, TokenSpec]:
-    return {spec.name: spec for spec in consul_acl.tokens(topology)}
+    return {spec.name: spec for spec in consul_acl.tokens(topology, NativePlacement.of(topology))}
 
 
 def rules(spec: TokenSpec) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def test_patroni_writes_its_dcs_keys_and_its_sessions_and_nothing_else(
 
 def test_no_token_but_the_management_one_has_acl_rights(topology: Topology) -> None:
     assert MANAGEMENT not in by_name(topology)
-    for spec in consul_acl.tokens(topology):
+    for spec in consul_acl.tokens(topology, NativePlacement.of(topology)):
         if spec.rules is not None:
             assert "acl" not in rules(spec), spec.name
 
@@ -145,11 +145,14 @@ def test_token_secrets_are_made_once_owner_only_and_each_agent_gets_its_own(
 ) -> None:
     state = StateDir(tmp_path)
     state.ensure()
-    runtime_acl.ensure_token_files(topology, state)
-    names = [MANAGEMENT, *(spec.name for spec in consul_acl.tokens(topology))]
+    runtime_acl.ensure_token_files(topology, NativePlacement.of(topology), state)
+    names = [
+        MANAGEMENT,
+        *(spec.name for spec in consul_acl.tokens(topology, NativePlacement.of(topology))),
+    ]
     first = {name: runtime_acl.secret(topology, state, name) for name in names}
     assert len(set(first.values())) == len(names), "every token has a secret of its own"
-    runtime_acl.ensure_token_files(topology, state)
+    runtime_acl.ensure_token_files(topology, NativePlacement.of(topology), state)
     assert {name: runtime_acl.secret(topology, state, name) for name in names} == first
     for name in names:
         assert runtime_acl.token_file(state, name).stat().st_mode & 0o777 == 0o600, name

@@ -21,12 +21,12 @@ SIGNED_IN = ["--command-config", str(CONFIG)]
 
 def tool_args(name: str, *args: str) -> list[str]:
     """What follows the main class on the command line."""
-    argv = kafka_tools.argv(load(), BINARIES, name, list(args), CONFIG)
+    argv = kafka_tools.argv(BOOTSTRAP, BINARIES, name, list(args), CONFIG)
     return argv[argv.index(TOOLS[name].main) + 1 :]
 
 
 def test_the_tools_main_class_runs_from_the_cached_jars_with_the_quiet_log4j() -> None:
-    argv = kafka_tools.argv(load(), BINARIES, "topics", ["--list"], CONFIG)
+    argv = kafka_tools.argv(BOOTSTRAP, BINARIES, "topics", ["--list"], CONFIG)
     assert argv[0] == "/usr/bin/java"
     assert argv[argv.index("-cp") + 1] == "/cache/kafka/libs/*"
     assert f"-Dlog4j.configuration=file:{TOOLS_LOG4J}" in argv

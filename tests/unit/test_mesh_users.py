@@ -49,7 +49,7 @@ def state(tmp_path: Path) -> StateDir:
 
 def through(edge: FakeEdge, monkeypatch: pytest.MonkeyPatch) -> None:
     client = httpx.Client(base_url="https://edge", transport=httpx.MockTransport(edge.handle))
-    monkeypatch.setattr(users, "admin_client", lambda topology, state: client)
+    monkeypatch.setattr(users, "admin_client", lambda topology, state, placement: client)
 
 
 def test_users_are_created_and_given_passwords_1000_per_call(state, monkeypatch) -> None:

@@ -346,17 +346,37 @@ def test_every_host_has_a_consul_client_agent_that_what_runs_there_uses(sized: T
         for component in placement.components_on(host.name):
             assert placement.consul_agent(component) == agent
     instance = sized.instances()[0]
+    # Its host's agent, on that host's loopback.
     assert placement.consul_http_addr(sized, instance.id) == (
-        f"https://{placement.address(instance.id)}:{sized.consul_ports.https}"
+        f"https://{LOOPBACK}:{sized.consul_ports.https}"
     )
+    assert placement.consul_agent_address(instance.id) == LOOPBACK
     with pytest.raises(PlacementError, match="each host has its own"):
         placement.address(CONSUL)
+
+
+def test_every_consul_agent_keeps_its_api_on_its_hosts_loopback_and_gossips_on_its_address(
+    sized: Topology,
+) -> None:
+    placement = HostsPlacement.of(sized)
+    agents = [*placement.consul_agents(), *(s.name for s in sized.consul_servers)]
+    assert placement.consul_agents() == [consul_agent_on(h.name) for h in sized.hosts.all]
+    for agent in agents:
+        assert placement.listen(agent) == placement.consul_api_host(agent) == LOOPBACK
+        address = placement.host_of(agent).address
+        assert placement.address(agent) == placement.host(agent) == address
+        assert placement.reaches(agent, agent)
+        elsewhere = [c for c in placement.on if placement.host_of(c) != placement.host_of(agent)]
+        assert elsewhere
+        assert not any(placement.reaches(client, agent) for client in elsewhere)
+    instance = sized.instances()[0]
+    assert all(placement.reaches(c, instance.id) for c in placement.on)
 
 
 def test_every_component_is_placed_and_answers_its_hosts_address(sized: Topology) -> None:
     placement = HostsPlacement.of(sized)
     placed = [c for c in components(sized) if c not in (CONSUL, POSTGRES)]
-    placed += [s.name for s in sized.consul_servers] + [n.name for n in sized.postgres_nodes]
+    placed += [n.name for n in sized.postgres_nodes]
     addresses = {host.address for host in sized.hosts.all}
     for component in placed:
         address = placement.address(component)
@@ -364,8 +384,9 @@ def test_every_component_is_placed_and_answers_its_hosts_address(sized: Topology
         assert placement.listen(component) == placement.host(component) == address
         # Admin APIs: only the host itself reaches them.
         assert placement.admin(component) == LOOPBACK
+    servers = {s.name for s in sized.consul_servers}
     assert sorted(placement.on) == sorted(
-        set(placed) | {consul_agent_on(h.name) for h in sized.hosts.all}
+        set(placed) | servers | {consul_agent_on(h.name) for h in sized.hosts.all}
     )
 
 
