@@ -230,6 +230,7 @@ def service_objects(service: Service) -> list[Object]:
             "service",
             _connect_annotations(service.name, "app", upstreams),
             container,
+            topologySpreadConstraints=_spread(service.name),
         ),
         _pdb(service.name, "service"),
         _hpa(service.name, "service"),
@@ -272,6 +273,7 @@ def worker_objects(workers: Workers) -> list[Object]:
             "worker",
             {"consul.hashicorp.com/connect-inject": "false"},
             container,
+            topologySpreadConstraints=_spread(workers.name),
         ),
         _pdb(workers.name, "worker"),
     ]

@@ -72,7 +72,7 @@ def _consul_agent(network: Network | None, placement: Placement) -> tuple[str, s
 def cmd_install(args: argparse.Namespace) -> int:
     if protos.ensure_generated():
         print(f"generated gRPC stubs in {protos.STUBS_DIR} from {protos.PROTO_ROOT}")
-    for name, binaries in install_all().items():
+    for name, binaries in install_all(kube=args.kube).items():
         for binary, path in binaries.items():
             print(f"{name:<10} {binary:<10} {path}")
     print(f"cache: {cache_dir()}")
@@ -421,9 +421,14 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install", help="provision the pinned components into the cache").set_defaults(
-        func=cmd_install
+    install = sub.add_parser("install", help="provision the pinned components into the cache")
+    install.add_argument(
+        "--kube",
+        action="store_true",
+        help="also the Kubernetes control plane of the chart's API-server tests (make test-kube;"
+        " first time: about 50 minutes on 2 cores)",
     )
+    install.set_defaults(func=cmd_install)
     up = sub.add_parser("up", help="install if needed, start everything, wait until healthy")
     up.add_argument("-d", "--detach", action="store_true", help="return once the mesh is up")
     up.add_argument(

@@ -800,8 +800,137 @@ KUBE_SCHEMAS = Component(
         "converter_sha256": sha256_of(Path(kube_schemas.__file__)),
     },
     install_into=_install_kube_schemas,
-    locate=lambda c, home: {"schemas": home / "schemas"},
+    # Strimzi's CRDs, kept: the API-server tier (tests/kube) installs them.
+    locate=lambda c, home: {"schemas": home / "schemas", "strimzi-crds": home / "strimzi-crds"},
 )
+
+# --- A Kubernetes control plane for the chart's API-server tier (tests/kube, `make test-kube`):
+# kube-apiserver, kube-controller-manager and kube-scheduler built from k8s.io/kubernetes, etcd
+# from Debian, kwok's fake nodes. Not part of `mesh install`: the control plane's first build
+# takes about 50 minutes on 2 cores. `mesh install --kube` (which `make test-kube` runs)
+# provisions it, cached like every component.
+
+KUBERNETES_MODULE_DIR = GO_WRAPPERS_DIR / "kubernetes"
+KUBE_CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# What Kubernetes' own build stamps into its binaries: the API server reports this version
+# (helm checks a chart's kubeVersion against it), not the library default v0.0.0-master.
+_KUBE_VERSION_VARS = {
+    "gitVersion": f"v{KUBERNETES_VERSION}",
+    "gitMajor": KUBERNETES_VERSION.split(".")[0],
+    "gitMinor": KUBERNETES_VERSION.split(".")[1],
+    "gitTreeState": "clean",
+}
+KUBERNETES_BUILD_FLAGS = (
+    "-ldflags=-s -w "
+    + " ".join(f"-X k8s.io/component-base/version.{k}={v}" for k, v in _KUBE_VERSION_VARS.items()),
+)
+
+
+def _install_kubernetes(component: Component, home: Path) -> None:
+    env = _go_toolchain(component.name, minimum="1.26")
+    say(
+        f"building {', '.join(KUBE_CONTROL_PLANE)} {component.version} from the Go module proxy "
+        "in one go build (first time: about 50 minutes on 2 cores)"
+    )
+    run(
+        ["go", "mod", "download", KUBERNETES_MODULE],
+        what=f"download {KUBERNETES_MODULE} modules",
+        cwd=KUBERNETES_MODULE_DIR,
+        env=env,
+        fix="Check that the Go module proxy is reachable (go env GOPROXY).",
+    )
+    _check_license(component.name, KUBERNETES_MODULE, component.version, "Apache License", env)
+    # One build of the three: the packages they share are compiled once.
+    run(
+        ["go", "build", *KUBERNETES_BUILD_FLAGS, "-o", f"{home}/",
+         *(f"{KUBERNETES_MODULE}/cmd/{name}" for name in KUBE_CONTROL_PLANE)],
+        what=f"go build {' '.join(KUBE_CONTROL_PLANE)}",
+        cwd=KUBERNETES_MODULE_DIR,
+        env=env,
+        fix=f"See the compiler output above; the wrapper module is {KUBERNETES_MODULE_DIR}.",
+    )  # fmt: skip
+    for name in KUBE_CONTROL_PLANE:
+        _check_embeds(name, home / name, {KUBERNETES_MODULE: component.version}, env)
+        out = run(
+            [str(home / name), "--version"],
+            what=f"check {name} runs",
+            fix="The build produced a binary that does not run.",
+        ).stdout
+        if f"Kubernetes v{component.version}" not in out:
+            raise ProvisionError(f"{name} --version says {out.strip()!r}, not v{component.version}")
+
+
+KUBERNETES = Component(
+    name="kubernetes",
+    version=KUBERNETES_VERSION,
+    pin={
+        **{f: sha256_of(KUBERNETES_MODULE_DIR / f) for f in ("go.mod", "go.sum", "tools.go")},
+        "build_flags": KUBERNETES_BUILD_FLAGS,
+    },
+    install_into=_install_kubernetes,
+    locate=lambda c, home: {name: home / name for name in KUBE_CONTROL_PLANE},
+)
+
+# kwok marks the pods bound to its fake nodes Running and keeps the nodes Ready. The stages that
+# say how (the nodes' and pods' "fast" ones, its default) and the ClusterRole it needs are the
+# YAML files of its module, copied beside the binary.
+KWOK_MODULE = "sigs.k8s.io/kwok"
+KWOK_VERSION = "0.8.0"
+KWOK_STAGES = (
+    "stage/node/fast/node-initialize.yaml",
+    "stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "stage/pod/fast/pod-ready.yaml",
+    "stage/pod/fast/pod-complete.yaml",
+    "stage/pod/fast/pod-delete.yaml",
+)
+KWOK_TOOL = GoTool(
+    GO_WRAPPERS_DIR / "kwok", f"{KWOK_MODULE}/cmd/kwok", {KWOK_MODULE: KWOK_VERSION},
+    "Apache License", "1.26", check_args=("--version",),
+)  # fmt: skip
+
+
+def _install_kwok(component: Component, home: Path) -> None:
+    _install_go_tool(KWOK_TOOL)(component, home)
+    out = run(
+        ["go", "mod", "download", "-json", f"{KWOK_MODULE}@v{KWOK_VERSION}"],
+        what=f"locate {KWOK_MODULE} v{KWOK_VERSION} in the module cache",
+        cwd=KWOK_TOOL.module_dir,
+        env=_go_env(),
+        fix="Check that the Go module proxy is reachable (go env GOPROXY).",
+    ).stdout
+    kustomize = Path(json.loads(out)["Dir"]) / "kustomize"
+    stages = [(kustomize / stage).read_text() for stage in KWOK_STAGES]
+    (home / "stages.yaml").write_text("\n---\n".join(stages))
+    shutil.copyfile(kustomize / "rbac" / "role.yaml", home / "role.yaml")
+
+
+KWOK = Component(
+    name="kwok",
+    version=KWOK_VERSION,
+    pin=_go_tool("kwok", KWOK_VERSION, KWOK_TOOL).pin | {"stages": KWOK_STAGES},
+    install_into=_install_kwok,
+    locate=lambda c, home: {
+        "kwok": home / "kwok",
+        "stages": home / "stages.yaml",
+        "role": home / "role.yaml",
+    },
+)
+
+ETCD_BIN = Path("/usr/bin/etcd")
+
+
+def _install_etcd(component: Component, home: Path) -> None:
+    _apt_component("etcd-server", ETCD_BIN, f"etcd Version: {component.version}\n")
+
+
+ETCD = Component(
+    name="etcd",
+    version="3.4.23",
+    install_into=_install_etcd,
+    locate=lambda c, home: {"etcd": ETCD_BIN},
+)
+
+KUBE_COMPONENTS: tuple[Component, ...] = (KUBERNETES, KWOK, ETCD)
 
 WRK_BIN = Path("/usr/bin/wrk")
 
@@ -863,8 +992,9 @@ COMPONENTS: tuple[Component, ...] = (
 )
 
 
-def install_all(cache: Path | None = None) -> dict[str, dict[str, Path]]:
-    """Install every component that is missing; return the binaries of each by component name.
+def install_all(cache: Path | None = None, *, kube: bool = False) -> dict[str, dict[str, Path]]:
+    """Install every component that is missing (with `kube`, the Kubernetes control plane's
+    too: KUBE_COMPONENTS); return the binaries of each by component name.
 
     Missing components install side by side (Maven and pip downloads go on while Consul and Jaeger
     compile), each under its own lock; the apt ones wait for each other on APT_LOCK. A cold run
@@ -872,10 +1002,11 @@ def install_all(cache: Path | None = None) -> dict[str, dict[str, Path]]:
     """
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    missing = [c for c in COMPONENTS if not c.is_installed(cache)]
+    components = COMPONENTS + KUBE_COMPONENTS if kube else COMPONENTS
+    missing = [c for c in components if not c.is_installed(cache)]
     if missing:
         _install_side_by_side(missing, cache)
-    return {component.name: component.binaries(cache) for component in COMPONENTS}
+    return {component.name: component.binaries(cache) for component in components}
 
 
 def _install_side_by_side(components: list[Component], cache: Path) -> None:

@@ -44,14 +44,17 @@ def edge_certs(state: StateDir) -> EdgeCerts:
     return EdgeCerts(folder / "ca.pem", folder / "edge.pem", folder / "edge-key.pem")
 
 
-def _name(common_name: str) -> x509.Name:
+LOCAL_ORGANIZATION = "shopmesh local"
+
+
+def _name(common_name: str, organization: str = LOCAL_ORGANIZATION) -> x509.Name:
     return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shopmesh local"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
         x509.NameAttribute(NameOID.COMMON_NAME, common_name),
     ])  # fmt: skip
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -108,23 +111,27 @@ def issue(
     names: list[str],
     addresses: list[str],
     usages: list[x509.ObjectIdentifier],
+    organization: str = LOCAL_ORGANIZATION,
 ) -> Issued:
-    """A leaf certificate signed by `ca` for DNS `names` and IP `addresses`."""
+    """A leaf certificate signed by `ca` for DNS `names` and IP `addresses` (a client's may
+    have neither); `organization` is its subject's O (Kubernetes reads it as the client's
+    group)."""
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
     sans += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
+    builder = _builder(_name(common_name, organization), ca_cert.subject, key.public_key())
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = (
-        _builder(_name(common_name), ca_cert.subject, key.public_key())
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     return key, cert
 
 
-def _pem(cert: x509.Certificate) -> bytes:
+def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -136,9 +143,9 @@ def ensure_edge_certs(state: StateDir, host: str) -> EdgeCerts:
     certs.ca_cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = new_ca("shopmesh local CA")
     key, cert = issue(ca, "shopmesh edge", ["localhost"], [host], [ExtendedKeyUsageOID.SERVER_AUTH])
-    write_private(certs.server_key, _pem_key(key))
-    certs.server_cert.write_bytes(_pem(cert))
-    certs.ca_cert.write_bytes(_pem(ca[1]))
+    write_private(certs.server_key, pem_key(key))
+    certs.server_cert.write_bytes(pem(cert))
+    certs.ca_cert.write_bytes(pem(ca[1]))
     return certs
 
 
@@ -178,8 +185,8 @@ def ensure_consul_certs(
         ca: Issued = (loaded, x509.load_pem_x509_certificate(ca_cert_path.read_bytes()))
     else:
         ca = new_ca("shopmesh consul CA")
-        write_private(ca_key_path, _pem_key(ca[0]))
-        ca_cert_path.write_bytes(_pem(ca[1]))
+        write_private(ca_key_path, pem_key(ca[0]))
+        ca_cert_path.write_bytes(pem(ca[1]))
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     issued = {}
     for agent, (names, addresses) in agents.items():
@@ -190,7 +197,7 @@ def ensure_consul_certs(
             and _names_of(certs.cert) == (set(names), set(addresses))
         ):
             key, cert = issue(ca, agent, names, addresses, usages)
-            write_private(certs.key, _pem_key(key))
-            certs.cert.write_bytes(_pem(cert))
+            write_private(certs.key, pem_key(key))
+            certs.cert.write_bytes(pem(cert))
         issued[agent] = certs
     return issued

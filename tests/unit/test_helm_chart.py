@@ -1,22 +1,20 @@
-"""The Helm chart cannot be installed here (no cluster, no images), so it is checked
-statically: generated from the topology, `helm lint` clean, rendered by `helm template` for each
-values file into objects that kubeconform validates strictly against the Kubernetes and Strimzi
-schemas, and holding every service, port, upstream, intention, topic and Kafka ACL of the
-native runtime. The pinned helm, kubeconform and schemas come from `mesh install`."""
+"""The Helm chart's static checks (tests/kube installs it into a real API server, in a tier of
+its own: `make test-kube`): generated from the topology, `helm lint` clean, rendered by `helm
+template` for each values file into objects that kubeconform validates strictly against the
+Kubernetes and Strimzi schemas, and holding every service, port, upstream, intention, topic
+and Kafka ACL of the native runtime. The pinned helm, kubeconform and schemas come from `mesh
+install`."""
 
 from __future__ import annotations
 
 import copy
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import pytest
 import yaml
 
-from mesh.components.consul import CONFIG_ENTRIES_DIR
 from mesh.components.kafka import load_topics
 from mesh.components.kafka_acl import load_clients
 from mesh.helm.chart import CHART_DIR, VALUES_FILES, stale
@@ -24,6 +22,7 @@ from mesh.runtime.kube_schemas import SCHEMA_LOCATION
 from mesh.runtime.paths import cache_dir
 from mesh.runtime.provision import HELM, KUBE_SCHEMAS, KUBECONFORM
 from mesh.topology import Topology, load
+from tests.native_intentions import native_intentions
 
 # consul-k8s's CRDs: no registry reachable from here serves them (deploy/helm/SCHEMAS.md), so
 # kubeconform skips these kinds, and only these (test_only_consul_kinds_go_unvalidated).
@@ -168,21 +167,22 @@ def test_the_edge_is_behind_a_load_balancer_on_the_public_ports(
     assert "kubernetes.io/hostname" in keys
 
 
-def _native_intentions() -> Iterator[tuple[str, list[dict[str, str]]]]:
-    for path in sorted(CONFIG_ENTRIES_DIR.glob("service-intentions-*.hcl")):
-        with path.open() as fh:
-            entry = hcl2.load(fh)
-        sources = [
-            {"name": s["Name"].strip('"'), "action": s["Action"].strip('"')}
-            for s in entry["Sources"]
-        ]
-        yield entry["Name"].strip('"'), sources
+def test_every_deployment_spreads_its_pods_one_per_node(objects: Objects) -> None:
+    for name, deployment in _of(objects, "Deployment").items():
+        pod = deployment["spec"]["template"]
+        constraints = {c["topologyKey"]: c for c in pod["spec"]["topologySpreadConstraints"]}
+        by_host = constraints["kubernetes.io/hostname"]
+        assert (by_host["maxSkew"], by_host["whenUnsatisfiable"]) == (1, "DoNotSchedule"), name
+        assert (
+            by_host["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+        )
+        assert constraints["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
 
 
 def test_the_service_intentions_are_the_native_runtimes(objects: Objects) -> None:
     crs = {o["spec"]["destination"]["name"]: o["spec"]["sources"] for o in objects
            if o["kind"] == "ServiceIntentions"}  # fmt: skip
-    assert crs == dict(_native_intentions())
+    assert crs == dict(native_intentions())
     assert crs["*"] == [{"name": "*", "action": "deny"}]
 
 
@@ -197,7 +197,7 @@ def test_network_policies_deny_by_default_and_let_in_what_the_intentions_allow(
     for workload in [*_of(objects, "Deployment").values(), *_of(objects, "StatefulSet").values()]:
         pod_labels = workload["spec"]["template"]["metadata"]["labels"]
         assert pod_labels["app.kubernetes.io/part-of"] == "shopmesh"
-    for destination, sources in _native_intentions():
+    for destination, sources in native_intentions():
         allowed = {s["name"] for s in sources if s["action"] == "allow"}
         if destination == "*":
             continue
