@@ -178,6 +178,37 @@ def _hpa(name: str, component: str) -> Object:
     }
 
 
+# The consumer lag (messages behind, each consumer's shopmesh_kafka_consumer_lag) a worker's
+# replicas may average before the HPA adds one: a guess until `make bench` measures a worker's rate.
+LAG_PER_REPLICA = 100
+
+
+def _lag_hpa(workers: Workers) -> Object:
+    """Scales a worker on its consumer group's lag, as an external metric: the cluster needs an
+    adapter that serves Prometheus's series on the external metrics API (docs/kubernetes.md)."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta(workers.name, "worker"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": workers.name},
+            "minReplicas": value("workloads", workers.name, "replicas"),
+            "maxReplicas": value("workloads", workers.name, "maxReplicas"),
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {"name": "shopmesh_kafka_consumer_lag",
+                                   "selector": {"matchLabels": {"group": workers.group}}},
+                        "target": {"type": "AverageValue", "averageValue": str(LAG_PER_REPLICA)},
+                    },
+                }
+            ],
+        },
+    }  # fmt: skip
+
+
 def _env(values: dict[str, str]) -> list[Object]:
     return [
         *({"name": k, "value": v} for k, v in values.items()),
@@ -276,6 +307,7 @@ def worker_objects(workers: Workers) -> list[Object]:
             topologySpreadConstraints=_spread(workers.name),
         ),
         _pdb(workers.name, "worker"),
+        _lag_hpa(workers),
     ]
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh.components.kafka import load_topics
+from mesh.components.kafka_acl import load_clients
 from mesh.compose.document import IMAGES, SERVICE_IMAGE
 from mesh.topology import Topology
 
@@ -35,10 +37,17 @@ UNMEASURED_MB = 128
 # its CPU"); the others, not on that path, get the smallest request below.
 MEASURED_CPU_MS = {"edge": 0.64, "orders": 0.60, "auth": 0.08, "users": 0.07}
 MIN_CPU_M = 50
-# The HPA's ceiling, as a multiple of a size's replicas: a guess, not a measured figure. The
-# workers scale by hand until a consumer-lag metric is wired (docs/kubernetes.md).
+# The HPA's ceiling, as a multiple of a size's replicas: a guess, not a measured figure (a
+# worker's is also at most the partitions it reads).
 MAX_REPLICAS = 4
 SIZES = {"small": {"rate": 100, "replicas": 1}, "large": {"rate": 1000, "replicas": 3}}
+
+
+def _fewest_partitions_read(principal: str) -> int:
+    """The fewest partitions among the topics a worker reads: more replicas than that idle."""
+    partitions = {topic.name: topic.partitions for topic in load_topics()}
+    (client,) = (c for c in load_clients() if c.principal == principal)
+    return min(partitions[topic] for topic in client.consumes)
 
 
 def _mebibytes(mb: int) -> int:
@@ -86,7 +95,11 @@ def values(topology: Topology, size: str) -> dict[str, Any]:
         for s in topology.services
     }
     for w in topology.workers:
-        workloads[w.name] = {"replicas": replicas, "resources": _resources(w.name, rate, replicas)}
+        workloads[w.name] = {
+            "replicas": replicas,
+            "maxReplicas": min(MAX_REPLICAS * replicas, _fewest_partitions_read(w.name)),
+            "resources": _resources(w.name, rate, replicas),
+        }
     # Never one edge: the LoadBalancer needs another while one is replaced.
     edge_replicas = max(replicas, 2)
     workloads["edge"] = {

@@ -319,7 +319,9 @@ def test_every_stateless_service_has_an_autoscaler_its_controller_reaches(
     def hpas() -> dict[str, Object]:
         return api.of_kind("autoscaling/v2", "HorizontalPodAutoscaler", ns)
 
-    assert set(hpas()) == {s.name for s in topology.services} | {"edge"}
+    assert set(hpas()) == {s.name for s in topology.services} | {"edge"} | {
+        w.name for w in topology.workers
+    }
 
     def every_one_able() -> dict[str, Object] | None:
         found = hpas()

@@ -255,17 +255,34 @@ def test_every_deployment_has_a_disruption_budget(objects: Objects) -> None:
         assert budgets[name]["spec"]["selector"]["matchLabels"] == selector
 
 
-def test_every_service_and_the_edge_scale_on_cpu_from_their_replicas(
+def test_every_service_and_the_edge_scale_on_cpu_and_the_workers_on_their_lag(
     topology: Topology, objects: Objects
 ) -> None:
     hpas = _of(objects, "HorizontalPodAutoscaler")
     deployments = _of(objects, "Deployment")
-    assert set(hpas) == {s.name for s in topology.services} | {"edge"}
+    workers = {w.name: w for w in topology.workers}
+    assert set(hpas) == {s.name for s in topology.services} | {"edge"} | set(workers)
     for name, hpa in hpas.items():
         assert hpa["spec"]["scaleTargetRef"]["name"] == name
         assert hpa["spec"]["minReplicas"] == deployments[name]["spec"]["replicas"]
         assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
-        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+        (metric,) = hpa["spec"]["metrics"]
+        if name in workers:
+            assert metric["external"]["metric"] == {
+                "name": "shopmesh_kafka_consumer_lag",
+                "selector": {"matchLabels": {"group": workers[name].group}},
+            }
+        else:
+            assert metric["resource"]["name"] == "cpu"
+
+
+def test_a_worker_scales_no_further_than_the_partitions_it_reads() -> None:
+    large = yaml.safe_load((CHART_DIR / "values-large.yaml").read_text())
+    partitions = {t.name: t.partitions for t in load_topics()}
+    (worker,) = (c for c in load_clients() if c.principal == "payments-worker")
+    assert large["workloads"]["payments-worker"]["maxReplicas"] == min(
+        partitions[t] for t in worker.consumes
+    )
 
 
 def test_the_large_values_run_more_of_everything_than_the_small() -> None:
