@@ -51,7 +51,7 @@ def agent_config_file(state: StateDir, agent: str) -> Path:
     return tokens_dir(state) / f"{agent}.json"
 
 
-def secret(topology: Topology, state: StateDir, name: str) -> str:
+def secret(state: StateDir, name: str) -> str:
     _ensure_token_file(state, name)
     return token_file(state, name).read_text().strip()
 

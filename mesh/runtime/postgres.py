@@ -194,7 +194,7 @@ def node_specs(
             bin_dir=binaries["postgres"].parent,
             superuser_password=superuser,
             roles=roles,
-            consul_token=consul_acl.secret(topology, state, PATRONI),
+            consul_token=consul_acl.secret(state, PATRONI),
             consul_ca=consul_ca_copy(state),
         )
 

@@ -94,7 +94,7 @@ def stop(specs: list[ProcessSpec], state: StateDir) -> None:
 
 def management(topology: Topology, state: StateDir) -> httpx.Client:
     server = topology.consul_servers[0]
-    token = consul_acl.secret(topology, state, MANAGEMENT)
+    token = consul_acl.secret(state, MANAGEMENT)
     return httpx.Client(
         base_url=NativePlacement.of(topology).consul_server_addr(server),
         headers={"X-Consul-Token": token},
@@ -123,10 +123,10 @@ def test_a_cluster_from_before_acls_comes_up_with_them_and_keeps_its_data(
     with httpx.Client(base_url=agent, verify=verified(state), timeout=5) as api:
         assert api.get(f"/v1/kv/{KEY}").status_code == 403
         assert api.put(f"/v1/kv/{KEY}", content="{}").status_code == 403
-        operator = {"X-Consul-Token": consul_acl.secret(topology, state, OPERATOR)}
+        operator = {"X-Consul-Token": consul_acl.secret(state, OPERATOR)}
         kept = api.get(f"/v1/kv/{KEY}", headers=operator)
         assert kept.status_code == 200, "the earlier data is all there"
-        orders = {"X-Consul-Token": consul_acl.secret(topology, state, service_token("orders"))}
+        orders = {"X-Consul-Token": consul_acl.secret(state, service_token("orders"))}
         own = {"ID": "orders-upgrade", "Name": "orders", "Port": 1}
         resp = api.put("/v1/agent/service/register", json=own, headers=orders)
         assert resp.status_code == 200, resp.text
@@ -138,7 +138,7 @@ def test_a_cluster_from_before_the_https_api_comes_up_serving_https_only_and_kee
     topology, state = small_cluster
     placement = NativePlacement.of(topology)
     agent = placement.consul_http_addr(topology)
-    operator = {"X-Consul-Token": consul_acl.secret(topology, state, OPERATOR)}
+    operator = {"X-Consul-Token": consul_acl.secret(state, OPERATOR)}
     with monkeypatch.context() as earlier:
         earlier.setattr(consul, "server_config", on_plain_http(consul.server_config))
         earlier.setattr(consul, "agent_config", on_plain_http(consul.agent_config))
@@ -181,7 +181,7 @@ def test_every_start_puts_back_a_policy_or_token_changed_by_hand(
         policy = admin.get("/v1/acl/policy/name/shopmesh-service-orders").json()
         widened = {"Name": policy["Name"], "Rules": 'key_prefix "" { policy = "write" }'}
         assert admin.put(f"/v1/acl/policy/{policy['ID']}", json=widened).status_code == 200
-        orders_secret = consul_acl.secret(topology, state, service_token("orders"))
+        orders_secret = consul_acl.secret(state, service_token("orders"))
         token = admin.get("/v1/acl/token/self", headers={"X-Consul-Token": orders_secret}).json()
         stripped = {"AccessorID": token["AccessorID"], "Description": "changed", "Policies": []}
         assert admin.put(f"/v1/acl/token/{token['AccessorID']}", json=stripped).status_code == 200

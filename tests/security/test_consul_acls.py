@@ -34,9 +34,7 @@ DENIED = 403
 @contextmanager
 def consul_as(mesh: Mesh, token: str | None) -> Iterator[httpx.Client]:
     """The client agent's HTTPS API with the named token's secret, or anonymous (None)."""
-    headers = (
-        {"X-Consul-Token": consul_acl.secret(mesh.topology, mesh.state, token)} if token else {}
-    )
+    headers = {"X-Consul-Token": consul_acl.secret(mesh.state, token)} if token else {}
     verify = ssl.create_default_context(cafile=str(consul_ca(mesh.state)))
     with httpx.Client(
         base_url=mesh.topology.consul_http_addr, headers=headers, timeout=5, verify=verify
@@ -193,7 +191,7 @@ def test_every_token_is_in_an_owner_only_file_and_in_no_config_or_log(mesh: Mesh
     for name in names:
         path = consul_acl.token_file(mesh.state, name)
         assert path.stat().st_mode & 0o777 == 0o600, path
-        secrets[name] = consul_acl.secret(mesh.topology, mesh.state, name)
+        secrets[name] = consul_acl.secret(mesh.state, name)
     for agent in [*(s.name for s in mesh.topology.consul_servers), CONSUL]:
         path = consul_acl.agent_config_file(mesh.state, agent)
         assert path.stat().st_mode & 0o777 == 0o600, path
@@ -212,10 +210,7 @@ def test_every_token_is_in_an_owner_only_file_and_in_no_config_or_log(mesh: Mesh
 def test_each_running_holder_is_handed_a_file_not_the_secret(mesh: Mesh) -> None:
     """No secret on a command line or in an environment variable (others read /proc/PID/cmdline;
     the environment is the process owner's, but travels to every child)."""
-    secrets = {
-        consul_acl.secret(mesh.topology, mesh.state, s.name)
-        for s in tokens(mesh.topology, mesh.placement)
-    }
+    secrets = {consul_acl.secret(mesh.state, s.name) for s in tokens(mesh.topology, mesh.placement)}
     for name, running in mesh.running().items():
         proc = psutil.Process(running.pid)
         for member in [proc, *proc.children(recursive=True)]:

@@ -195,7 +195,7 @@ def tls_refusal(client: httpx.Client, addr: str) -> str:
 def test_with_the_consul_ca_every_agent_answers_yet_wants_a_token_for_what_acls_protect(
     mesh: Mesh,
 ) -> None:
-    operator = {"X-Consul-Token": consul_acl.secret(mesh.topology, mesh.state, OPERATOR)}
+    operator = {"X-Consul-Token": consul_acl.secret(mesh.state, OPERATOR)}
     with httpx.Client(verify=trusting(consul_ca(mesh.state)), timeout=5) as client:
         for agent, addr in agent_apis(mesh).items():
             anonymous = client.get(f"{addr}/v1/health/connect/orders")

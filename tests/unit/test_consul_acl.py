@@ -150,10 +150,10 @@ def test_token_secrets_are_made_once_owner_only_and_each_agent_gets_its_own(
         MANAGEMENT,
         *(spec.name for spec in consul_acl.tokens(topology, NativePlacement.of(topology))),
     ]
-    first = {name: runtime_acl.secret(topology, state, name) for name in names}
+    first = {name: runtime_acl.secret(state, name) for name in names}
     assert len(set(first.values())) == len(names), "every token has a secret of its own"
     runtime_acl.ensure_token_files(topology, NativePlacement.of(topology), state)
-    assert {name: runtime_acl.secret(topology, state, name) for name in names} == first
+    assert {name: runtime_acl.secret(state, name) for name in names} == first
     for name in names:
         assert runtime_acl.token_file(state, name).stat().st_mode & 0o777 == 0o600, name
     server = topology.consul_servers[0].name
