@@ -34,11 +34,14 @@ lint: $(BIN)/mesh
 	$(BIN)/python -m mesh.runtime.audit
 
 # Provisions everything, lints, then runs unit tests and the tests against the real native mesh
-# (tests/browser drives Debian's Chromium through the web front end).
+# (tests/browser drives Debian's Chromium through the web front end); then, in a session of
+# their own, the tests of the whole mesh across network-namespace hosts (root): the native
+# mesh is down by then, so the two full meshes never share the 2 cores.
 test: $(BIN)/mesh
 	$(BIN)/mesh install
 	$(MAKE) lint
 	$(BIN)/pytest tests/unit tests/integration tests/security tests/chaos tests/browser
+	$(BIN)/pytest tests/hosts
 
 # The Helm chart installed into a real Kubernetes API server (tests/kube, docs/kubernetes.md):
 # provisions the control plane first (`mesh install --kube`: kube-apiserver, -controller-manager

@@ -76,7 +76,9 @@ HOSTS_PREFIX, HOSTS_LINKS = "shopmesh-mt", "smm"
 @pytest.fixture(scope="session")
 def hosts_mesh() -> Iterator[Mesh]:
     """The whole mesh across network-namespace hosts, started as `mesh up --placement hosts`
-    starts it; at the end `down` removes the hosts too."""
+    starts it; at the end `down` removes the hosts too. Its tests (tests/hosts) run in a
+    session of their own (`make test`), never beside the native mesh: two full meshes at once
+    are more than 2 cores carry through a lost host's restart."""
     state = StateDir(HOSTS_STATE_DIR.resolve())
     network = Network(on_subnet(load(), HOSTS_SUBNET).hosts, HOSTS_PREFIX, HOSTS_LINKS)
     if state.root.exists():

@@ -49,6 +49,11 @@ BEFORE_S, FAULT_S, AFTER_S = 5.0, 20.0, 10.0
 # 10 orders a second for 35 s over 10 users: 35 each, within the edge's 100 a minute.
 USERS_PER_FAULT = 10
 PROBE_INTERVAL_S = 0.05
+# Each fault's own waits are bounded (the views before, the heal's starts, the views after,
+# the orders PAID): the whole test above pytest's default 300 s, which a lost host's restart
+# on a busy machine alone can take.
+pytestmark = pytest.mark.timeout(1500)
+
 PAID_WITHIN_S = 180.0
 VIEWS_WHOLE_WITHIN_S = 180.0
 RESULTS = "network-faults.md"
@@ -280,7 +285,10 @@ def test_every_accepted_order_is_paid_once_and_the_views_are_whole_after_the_fau
             time.sleep(max(0.0, healed_at + AFTER_S - whole_at))  # AFTER_S of traffic at least
             answers = load.stop()
     finally:
+        # Whatever happened above, the next fault starts from a whole mesh: the links healed,
+        # and whatever of the host is down started again (`start` skips what runs).
         heal(hosts_mesh, network)
+        bring_back_host(hosts_mesh, network)
         for client in clients:
             client.http.close()
     last_error = max((t for t in answers.error_times if t > healed_at), default=healed_at)
