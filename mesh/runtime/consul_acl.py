@@ -72,8 +72,8 @@ def _ensure_token_file(state: StateDir, name: str) -> None:
 def write_agent_config(topology: Topology, state: StateDir, agent: str) -> Path:
     """The agent's secret config file: its token; a server's also the management token."""
     servers = {server.name for server in topology.consul_servers}
-    management = secret(topology, state, MANAGEMENT) if agent in servers else None
-    config = agent_tokens_config(secret(topology, state, agent_token(agent)), management)
+    management = secret(state, MANAGEMENT) if agent in servers else None
+    config = agent_tokens_config(secret(state, agent_token(agent)), management)
     path = agent_config_file(state, agent)
     write_private(path, json.dumps(config))
     return path
@@ -90,7 +90,7 @@ def ensure_acls(
         for spec in tokens(topology, placement):
             if spec.policy is not None:
                 _put_policy(client, spec, policies.get(spec.policy))
-            _put_token(client, topology, spec, secret(topology, state, spec.name))
+            _put_token(client, topology, spec, secret(state, spec.name))
     finally:
         client.close()
 
@@ -100,7 +100,7 @@ def _management_client(
 ) -> httpx.Client:
     """A client of the first server that takes the management token: until the leader has
     bootstrapped ACLs (it creates the token from initial_management) every server refuses it."""
-    headers = {TOKEN_HEADER: secret(topology, state, MANAGEMENT)}
+    headers = {TOKEN_HEADER: secret(state, MANAGEMENT)}
     deadline = time.monotonic() + timeout_s
     last = "no server asked yet"
     while True:
