@@ -1,7 +1,7 @@
 """Service settings, read from `SHOPMESH_*` environment variables.
 
-The native runtime and docker compose both set these variables; nothing else configures a
-service process.
+The native runtime, docker compose and the Helm chart set these variables (mesh/wiring.py);
+nothing else configures a service process.
 """
 
 from __future__ import annotations

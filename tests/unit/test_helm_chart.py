@@ -470,6 +470,7 @@ def test_the_edge_config_map_holds_the_edge_config_through_the_kubernetes_placem
     clusters = {c["name"]: c for c in expected["static_resources"]["clusters"]}
     # No rate-limit service runs in the chart (yet): no filter, no cluster.
     assert "ratelimit" not in clusters
+    assert "envoy.filters.http.ratelimit" not in config_map["data"]["envoy.json"]
     assert clusters[OTLP_CLUSTER]["type"] == "STRICT_DNS"
 
 
