@@ -55,8 +55,6 @@ EDGE_CONFIG_DIR = "/etc/envoy"
 EDGE_CONFIG_FILE = "envoy.json"
 EDGE_TLS_SECRET = "edge-tls"
 EDGE_TLS_DIR = "/etc/edge-tls"
-JAEGER_CONFIG_DIR = "/etc/jaeger"
-JAEGER_CONFIG_FILE = "config.yaml"
 EDGE_FILES = edge_config.EdgeFiles(
     server_cert=Path(EDGE_TLS_DIR) / "tls.crt",
     server_key=Path(EDGE_TLS_DIR) / "tls.key",
@@ -64,6 +62,9 @@ EDGE_FILES = edge_config.EdgeFiles(
     # The pod's own /tmp (an emptyDir), as in compose.
     admin_socket=EDGE_ADMIN_SOCKET,
 )
+# Where Jaeger's pod mounts its ConfigMap `jaeger`.
+JAEGER_CONFIG_DIR = "/etc/jaeger"
+JAEGER_CONFIG_FILE = "config.yaml"
 
 
 def value(*path: str) -> str:
