@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +16,16 @@ HCM_TRACING = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
     "HttpConnectionManager.Tracing"
 )
+
+
+def discovery_type(host: str) -> str:
+    """How a cluster of one endpoint at `host` finds it: as it is (an address), or by DNS (a
+    name, where the placement has no fixed addresses: Kubernetes' Service names)."""
+    try:
+        ip_address(host)
+    except ValueError:
+        return "STRICT_DNS"
+    return "STATIC"
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class EnvoyTracer:
         address = {"socket_address": {"address": url.hostname, "port_value": url.port}}
         return {
             "name": OTLP_CLUSTER,
-            "type": "STATIC",
+            "type": discovery_type(url.hostname),
             "connect_timeout": "1s",
             "load_assignment": {
                 "cluster_name": OTLP_CLUSTER,

@@ -10,6 +10,8 @@ takes (topology, placement), so one topology runs in several ways without rewrit
   fixed address where a name will not do.
 - `HostsPlacement` (`mesh net`, docs/hosts.md): several hosts, each a network namespace with an
   address of its own; the topology spread over them so that no host's loss takes all of anything.
+- `KubernetesPlacement` (the Helm chart, docs/kubernetes.md): pods without fixed addresses,
+  every shared component reached by the name of its Kubernetes Service.
 
 Components are named as the topology names them: `consul` (this host's Consul agent, a client
 agent), each Consul server (`consul-server-1`), `postgres`, `jaeger`, `prometheus`, `redis`,
@@ -232,7 +234,72 @@ class ComposePlacement(Placement):
 
     def postgres_endpoints(self, topology: Topology) -> list[str]:
         """Compose runs one Postgres, without Patroni (docs/runtime.md)."""
-        return [f"{self.host(POSTGRES)}:{topology.postgres_port}"]
+        return one_postgres(self, topology)
+
+
+def one_postgres(placement: Placement, topology: Topology) -> list[str]:
+    """The endpoint of the one Postgres of a placement that runs no Patroni pair."""
+    return [f"{placement.host(POSTGRES)}:{topology.postgres_port}"]
+
+
+# The components shared by the mesh that a placement may leave out (Consul and the Kafka nodes
+# it may not: Kafka in another form, as Strimzi's brokers).
+SHARED = frozenset({POSTGRES, JAEGER, PROMETHEUS, REDIS, RATELIMIT, WATCHDOG, BALANCER})
+
+# consul-k8s installed as the release `consul` in the chart's namespace (docs/kubernetes.md):
+# its servers' Service, their HTTPS API on consul-k8s's port. Pods run no client agent
+# (consul-dataplane): what the services ask Consul, they ask the servers.
+CONSUL_K8S_SERVER = "consul-server"
+CONSUL_K8S_HTTPS_PORT = 8501
+
+
+@dataclass(frozen=True)
+class KubernetesPlacement(Placement):
+    """The Helm chart's pods (deploy/helm/shopmesh). Pods have no fixed address: a component
+    others reach is reached by the name of its Service, which is its address too (the Envoys
+    resolve it: a cluster of a name is STRICT_DNS). Processes bind every interface of their pod
+    (the NetworkPolicies let in only the Connect listener); admin APIs are on the pod's
+    loopback. Consul is consul-k8s's servers' Service, Kafka Strimzi's bootstrap Service of
+    `kafka_cluster`, the edge's public name `public_host` (a value of the chart). Only the
+    components that have a Service in the chart run (`services`); Kubernetes restarts pods and
+    the edge's LoadBalancer Service is the balancer.
+    """
+
+    public_host: str
+    kafka_cluster: str
+    # The shared components the chart runs, each behind a Service of its name.
+    services: frozenset[str]
+
+    def listen(self, component: str) -> str:
+        return ANY
+
+    def address(self, component: str) -> str:
+        return self.host(component)
+
+    def host(self, component: str) -> str:
+        if component == CONSUL:
+            return CONSUL_K8S_SERVER
+        if component not in self.services:
+            raise PlacementError(f"{component} has no Service in the chart")
+        return component
+
+    def admin(self, component: str) -> str:
+        return LOOPBACK
+
+    def public(self) -> str:
+        return self.public_host
+
+    def runs(self, component: str) -> bool:
+        return component not in SHARED or component in self.services
+
+    def consul_http_addr(self, topology: Topology, component: str = CONSUL) -> str:
+        return f"https://{CONSUL_K8S_SERVER}:{CONSUL_K8S_HTTPS_PORT}"
+
+    def kafka_bootstrap(self, topology: Topology) -> str:
+        return f"{self.kafka_cluster}-kafka-bootstrap:{topology.kafka.nodes[0].port}"
+
+    def postgres_endpoints(self, topology: Topology) -> list[str]:
+        return one_postgres(self, topology)
 
 
 def consul_agent_on(host: str) -> str:

@@ -1,7 +1,8 @@
-"""What each Python process of the mesh is handed: its environment, the same natively and in
-compose. Where it binds and finds the shared components comes from the placement; where its
-secrets come from is the backend's (the Wiring): natively the state dir's generated passwords,
-in compose a pgpass file in the state volume."""
+"""What each Python process of the mesh is handed: its environment, the same natively, in
+compose and in the Helm chart. Where it binds and finds the shared components comes from the
+placement; where its secrets come from is the backend's (the Wiring): natively the state dir's
+generated passwords, in compose a pgpass file in the state volume, on Kubernetes files of
+mounted Secrets (mesh/helm/wiring.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ class Wiring:
     consul_ca_file: str
     # Kafka principal -> the path of its password file, as the process sees it.
     kafka_password_file: Callable[[str], str]
+    # The CA certificate of the brokers' TLS listener, or None: their listener is plain.
+    kafka_ca_file: str | None = None
+    # Whether an instance registers itself in Consul (mesh/registration.py), or the platform
+    # registers it (consul-k8s, from its pod): it then binds its listen address, where its
+    # sidecar and its probes reach it.
+    self_registration: bool = True
 
     def database_url(self, topology: Topology, database: str) -> str:
         password = self.database_password(database)
@@ -57,28 +64,41 @@ def tracing_env(topology: Topology, placement: Placement) -> dict[str, str]:
 def kafka_env(topology: Topology, wiring: Wiring, principal: str) -> dict[str, str]:
     """Where Kafka is and who the process is there: its principal (named as its service, as in
     mesh/kafka/topics.yaml's `clients`) and its password's file."""
-    return {
+    env = {
         "SHOPMESH_KAFKA_BOOTSTRAP": wiring.placement.kafka_bootstrap(topology),
         "SHOPMESH_KAFKA_USERNAME": principal,
         "SHOPMESH_KAFKA_PASSWORD_FILE": wiring.kafka_password_file(principal),
     }
+    if wiring.kafka_ca_file is not None:
+        env["SHOPMESH_KAFKA_CA_FILE"] = wiring.kafka_ca_file
+    return env
 
 
 def instance_env(topology: Topology, wiring: Wiring, instance: Instance) -> dict[str, str]:
     """The environment of a service instance. It listens on the address it is registered at,
-    where its sidecar forwards to."""
+    where its sidecar forwards to; where the platform registers it, on its listen address."""
     service = topology.service(instance.service)
     placement = wiring.placement
+    if wiring.self_registration:
+        bind_host = placement.address(instance.id)
+        # The instance registers this document itself once it answers its health check.
+        registration = {
+            "SHOPMESH_REGISTRATION": json.dumps(
+                instance_registration(topology, placement, instance)
+            )
+        }
+    else:
+        bind_host = placement.listen(instance.id)
+        registration = {"SHOPMESH_CONSUL_REGISTER": "false"}
     env = {
         "SHOPMESH_SERVICE": service.name,
         "SHOPMESH_INSTANCE": instance.id,
-        "SHOPMESH_BIND_HOST": placement.address(instance.id),
+        "SHOPMESH_BIND_HOST": bind_host,
         "SHOPMESH_PORT": str(instance.port),
         "SHOPMESH_CONSUL_HTTP_ADDR": placement.consul_http_addr(topology, instance.id),
         "SHOPMESH_CONSUL_TOKEN_FILE": wiring.consul_token_file(service.name),
         "SHOPMESH_CONSUL_CA_FILE": wiring.consul_ca_file,
-        # The instance registers this document itself once it answers its health check.
-        "SHOPMESH_REGISTRATION": json.dumps(instance_registration(topology, placement, instance)),
+        **registration,
         "SHOPMESH_UPSTREAMS": json.dumps(
             [{"name": u.service, "local_bind_port": u.local_bind_port} for u in service.upstreams]
         ),

@@ -17,7 +17,8 @@ Every upstream is a loopback listener of the edge's own Connect sidecar, which c
 request over mTLS to the service's sidecar. The listeners are on the placement's listen address
 for the edge, among them the one of /ready and /metrics (mesh/components/edge_metrics.py: the
 balancer, Consul and Prometheus call it); the admin API is on a Unix socket, its user's only. The
-rate-limit service and Jaeger are at their addresses (static clusters resolve no names).
+rate-limit service (where the placement runs one) and Jaeger are at their addresses (or, where
+a placement has none, their names, resolved by DNS).
 
 Tracing: the edge starts a trace for `tracing.sample_percent` of the requests (or continues the
 client's W3C traceparent, sampled or not, or traces any request with `x-client-trace-id`), sends
@@ -34,9 +35,9 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 
 from mesh.components import edge_metrics, ratelimit
-from mesh.envoy_tracing import EnvoyTracer
+from mesh.envoy_tracing import EnvoyTracer, discovery_type
 from mesh.placement import LOOPBACK, RATELIMIT, Placement
-from mesh.runtime import envoy_admin
+from mesh.runtime import envoy_admin, protos
 from mesh.runtime.paths import REPO_ROOT
 from mesh.topology import EdgeInstance, Route, Topology
 
@@ -259,7 +260,7 @@ def _socket(host: str, port: int, protocol: str = "TCP") -> dict[str, Any]:
 def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> dict[str, Any]:
     cluster = {
         "name": name,
-        "type": "STATIC",
+        "type": discovery_type(host),
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
@@ -449,8 +450,9 @@ def http_filters(
         "typed_config": {
             "@type": TRANSCODER,
             "proto_descriptor": str(files.descriptor_set),
+            # Read from the descriptor set every copy Envoy reads is made from.
             "services": grpc_services(
-                files.descriptor_set, [r.service for r in edge.routes if r.transcode]
+                protos.DESCRIPTOR_SET, [r.service for r in edge.routes if r.transcode]
             ),
             "convert_grpc_status": True,
             "print_options": {"always_print_primitive_fields": True},
@@ -466,9 +468,11 @@ def http_filters(
     denials = _lua_filter(MESH_DENIAL_LUA)
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
     # The rate limit after jwt_authn, whose verified sub it counts by, and before the token
-    # exchange: a request over its limit costs auth nothing.
+    # exchange: a request over its limit costs auth nothing. None where no rate-limit service
+    # runs (Kubernetes, so far).
+    limit = [_ratelimit_filter()] if placement.runs(RATELIMIT) else []
     return [
-        header_limits, jwt_authn, _ratelimit_filter(), token_exchange, denials, transcoder,
+        header_limits, jwt_authn, *limit, token_exchange, denials, transcoder,
         upstream_problems, router,
     ]  # fmt: skip
 
@@ -521,8 +525,9 @@ def _local_reply() -> dict[str, Any]:
 
 def _hcm(topology: Topology, placement: Placement, files: EdgeFiles, stat_prefix: str, *,
          http3: bool = False, alt_svc: bool = False) -> dict[str, Any]:  # fmt: skip
-    host = {"name": "shopmesh", "domains": ["*"], "routes": routes(topology),
-            "rate_limits": rate_limits()}  # fmt: skip
+    host: dict[str, Any] = {"name": "shopmesh", "domains": ["*"], "routes": routes(topology)}
+    if placement.runs(RATELIMIT):
+        host["rate_limits"] = rate_limits()
     route_config: dict[str, Any] = {
         "name": "edge",
         "virtual_hosts": [host],
@@ -619,8 +624,8 @@ def envoy_config(
         "static_resources": {
             "listeners": [plain, tls, quic, metrics],
             "clusters": [_cluster(topology, u.service, u.local_bind_port) for u in edge.upstreams]
+            + ([_ratelimit_cluster(topology, placement)] if placement.runs(RATELIMIT) else [])
             + [
-                _ratelimit_cluster(topology, placement),
                 tracer(topology, placement).cluster(),
                 edge_metrics.admin_cluster(files.admin_socket),
             ],

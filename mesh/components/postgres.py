@@ -32,7 +32,7 @@ _RESERVED = frozenset(
 )
 
 # What a service's role may never be (re-applied to a role an earlier version made).
-_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 
 
 def service_roles(topology: Topology) -> list[str]:
@@ -104,7 +104,7 @@ async def ensure_databases(
                 await _execute(conn, "CREATE ROLE %I LOGIN", role)
             # Also re-applies a password regenerated with a fresh state dir secret.
             await _execute(
-                conn, f"ALTER ROLE %I WITH {_ROLE_ATTRIBUTES} PASSWORD %L", role, pw[role]
+                conn, f"ALTER ROLE %I WITH {ROLE_ATTRIBUTES} PASSWORD %L", role, pw[role]
             )
             # No membership in another role (pg_read_all_data, another service's role ...).
             granted = await conn.fetch(

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import shutil
-from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -39,6 +38,7 @@ from mesh.placement import (
 from mesh.runtime import consul as consul_runtime
 from mesh.runtime import consul_acl, demo, protos, tls
 from mesh.topology import Topology
+from services.common.messaging.security import sasl_options
 
 
 def init(topology: Topology) -> None:
@@ -148,9 +148,9 @@ async def _apply_acls(bootstrap_servers: str) -> None:
 
 
 def worker_ready(group: str) -> int:
-    """Asked as the worker's own principal (Read on its group lets it describe the group)."""
+    """Asked as the worker's own principal (Read on its group lets it describe the group),
+    signed in as the worker itself is, from the same environment (over TLS where it is: the
+    Helm chart's readiness probe runs this too)."""
     bootstrap_servers = os.environ["SHOPMESH_KAFKA_BOOTSTRAP"]
-    password = Path(os.environ["SHOPMESH_KAFKA_PASSWORD_FILE"]).read_text().strip()
-    options = kafka_auth.client_options(os.environ["SHOPMESH_KAFKA_USERNAME"], password)
-    members = asyncio.run(kafka.group_members(bootstrap_servers, options, group))
+    members = asyncio.run(kafka.group_members(bootstrap_servers, sasl_options(), group))
     return 0 if os.environ["SHOPMESH_INSTANCE"] in members else 1

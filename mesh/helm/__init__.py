@@ -6,6 +6,7 @@ KafkaNodePool, KafkaTopic, KafkaUser CRs). `mesh helm` writes the chart, `mesh h
 `mesh compose` does for compose.yaml.
 
 The package: `intentions` reads the mesh's intentions from mesh/consul/config-entries;
-`manifests` builds each template's objects; `values` the values files with their sizes;
-`chart` renders and writes the chart. docs/kubernetes.md says what is left.
+`manifests` builds each template's objects; `wiring` is the pods' placement and where their
+secrets come from; `values` the values files with their sizes; `chart` renders and writes the
+chart. docs/kubernetes.md says what is left.
 """

@@ -6,8 +6,15 @@ the topology and cannot be changed at install time, so it cannot drift from it."
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from mesh.components import edge as edge_config
+from mesh.components import jaeger, postgres
 from mesh.components.kafka import TopicSpec
 from mesh.components.kafka_acl import (
     AclBinding,
@@ -17,8 +24,14 @@ from mesh.components.kafka_acl import (
     Resource,
     client_bindings,
 )
+from mesh.compose.volume import EDGE_ADMIN_SOCKET
+from mesh.helm import wiring as kube_wiring
 from mesh.helm.intentions import Intention
+from mesh.helm.wiring import SecretFile
+from mesh.placement import JAEGER, KubernetesPlacement
+from mesh.runtime import protos
 from mesh.topology import Service, Topology, Workers
+from mesh.wiring import WEB, instance_env, worker_env
 
 Object = dict[str, Any]
 
@@ -35,6 +48,23 @@ POSTGRES_UID = 999
 POSTGRES = "postgres"
 POSTGRES_SECRET = "postgres-superuser"
 EDGE = "edge"
+# The edge's ConfigMap (its Envoy config and the protos' descriptor set) and its certificate's
+# Secret (kubernetes.io/tls, generated once by the chart), each mounted where EDGE_FILES say.
+EDGE_CONFIG = "edge-envoy"
+EDGE_CONFIG_DIR = "/etc/envoy"
+EDGE_CONFIG_FILE = "envoy.json"
+EDGE_TLS_SECRET = "edge-tls"
+EDGE_TLS_DIR = "/etc/edge-tls"
+EDGE_FILES = edge_config.EdgeFiles(
+    server_cert=Path(EDGE_TLS_DIR) / "tls.crt",
+    server_key=Path(EDGE_TLS_DIR) / "tls.key",
+    descriptor_set=Path(EDGE_CONFIG_DIR) / "protos.pb",
+    # The pod's own /tmp (an emptyDir), as in compose.
+    admin_socket=EDGE_ADMIN_SOCKET,
+)
+# Where Jaeger's pod mounts its ConfigMap `jaeger`.
+JAEGER_CONFIG_DIR = "/etc/jaeger"
+JAEGER_CONFIG_FILE = "config.yaml"
 
 
 def value(*path: str) -> str:
@@ -104,9 +134,17 @@ def _connect_annotations(service: str, port_name: str, upstreams: str) -> dict[s
 
 
 def _deployment(
-    name: str, component: str, annotations: dict[str, str], container: Object, **pod: Any
+    name: str,
+    component: str,
+    annotations: dict[str, str],
+    container: Object,
+    files: tuple[SecretFile, ...] = (),
+    **pod: Any,
 ) -> Object:
+    """A Deployment of one container, with /tmp and each of the Secret `files` it reads."""
     volumes, mounts = _tmp_volume()
+    volumes += [f.volume_object() for f in files]
+    mounts += [f.mount() for f in files]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -209,17 +247,33 @@ def _lag_hpa(workers: Workers) -> Object:
     }  # fmt: skip
 
 
-def _env(values: dict[str, str]) -> list[Object]:
-    return [
-        *({"name": k, "value": v} for k, v in values.items()),
-        {"name": "SHOPMESH_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-    ]
+def _wired(
+    kube: KubernetesPlacement,
+    env: dict[str, str],
+    name: str,
+    database: str | None,
+    principal: str | None,
+) -> tuple[list[Object], tuple[SecretFile, ...]]:
+    """A process's environment as its container's, and the Secret files it names."""
+    files = kube_wiring.secret_files(kube, name, principal)
+    named = tuple(f for f in files if f.path in env.values())
+    return kube_wiring.container_env(env, database), named
 
 
-def service_objects(service: Service) -> list[Object]:
+def service_objects(
+    topology: Topology, kube: KubernetesPlacement, service: Service
+) -> list[Object]:
     """ServiceAccount, Service, Deployment, PodDisruptionBudget and ServiceDefaults of one
-    service: consul-k8s needs a ServiceAccount and a Service named as the Consul service."""
+    service: consul-k8s needs a ServiceAccount and a Service named as the Consul service. Its
+    environment is its first instance's (mesh/wiring.py), through the Kubernetes placement."""
     first = service.instances[0]
+    env, files = _wired(
+        kube,
+        instance_env(topology, kube_wiring.wiring(kube), first),
+        service.name,
+        service.database,
+        service.name if service.database else None,
+    )
     upstreams = ",".join(f"{u.service}:{u.local_bind_port}" for u in service.upstreams)
     ports = [
         {"name": "app", "containerPort": first.port},
@@ -235,14 +289,7 @@ def service_objects(service: Service) -> list[Object]:
         "image": value("image", "service"),
         "command": ["python", "-m", service.module],
         "ports": ports,
-        "env": _env(
-            {
-                "SHOPMESH_SERVICE": service.name,
-                "SHOPMESH_BIND_HOST": "0.0.0.0",
-                "SHOPMESH_PORT": str(first.port),
-                "SHOPMESH_METRICS_PORT": str(first.metrics_port),
-            }
-        ),
+        "env": env,
         **probes,
     }
     return [
@@ -261,6 +308,7 @@ def service_objects(service: Service) -> list[Object]:
             "service",
             _connect_annotations(service.name, "app", upstreams),
             container,
+            files,
             topologySpreadConstraints=_spread(service.name),
         ),
         _pdb(service.name, "service"),
@@ -274,21 +322,22 @@ def service_objects(service: Service) -> list[Object]:
     ]
 
 
-def worker_objects(workers: Workers) -> list[Object]:
+def worker_objects(topology: Topology, kube: KubernetesPlacement, workers: Workers) -> list[Object]:
     """The workers consume Kafka and call no service: no Service, no sidecar."""
     metrics_port = workers.metrics_ports[0]
+    env, files = _wired(
+        kube,
+        worker_env(topology, kube_wiring.wiring(kube), workers, workers.instances[0]),
+        workers.name,
+        workers.database,
+        workers.name,
+    )
     container = {
         "name": workers.name,
         "image": value("image", "service"),
         "command": ["python", "-m", workers.module],
         "ports": [{"name": "metrics", "containerPort": metrics_port}],
-        "env": _env(
-            {
-                "SHOPMESH_SERVICE": workers.name,
-                "SHOPMESH_BIND_HOST": "0.0.0.0",
-                "SHOPMESH_METRICS_PORT": str(metrics_port),
-            }
-        ),
+        "env": env,
         **_probes({"httpGet": {"path": "/health", "port": "metrics"}}),
         # Ready once a member of its consumer group, as compose's health check.
         "readinessProbe": {
@@ -304,6 +353,7 @@ def worker_objects(workers: Workers) -> list[Object]:
             "worker",
             {"consul.hashicorp.com/connect-inject": "false"},
             container,
+            files,
             topologySpreadConstraints=_spread(workers.name),
         ),
         _pdb(workers.name, "worker"),
@@ -327,20 +377,41 @@ def _spread(name: str) -> list[Object]:
     ]
 
 
-def edge_objects(topology: Topology) -> list[Object]:
+def edge_config_map(topology: Topology, kube: KubernetesPlacement) -> Object:
+    """The edge's Envoy config (mesh/components/edge.py, as natively and in compose, through
+    the Kubernetes placement: the first edge's, every replica's), beside the protos' descriptor
+    set its transcoder reads."""
+    config = edge_config.envoy_config(topology, kube, EDGE_FILES, topology.edge.instances[0])
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(EDGE_CONFIG, "edge"),
+        "data": {EDGE_CONFIG_FILE: json.dumps(config, indent=2) + "\n"},
+        "binaryData": {
+            EDGE_FILES.descriptor_set.name: base64.b64encode(
+                protos.DESCRIPTOR_SET.read_bytes()
+            ).decode()
+        },
+    }
+
+
+def edge_objects(topology: Topology, kube: KubernetesPlacement) -> list[Object]:
     """The edge Envoy as a Deployment (its sidecar's upstreams: the edge's) behind a
-    LoadBalancer Service with the topology's public ports."""
+    LoadBalancer Service with the topology's public ports, its config from `edge-envoy`, its
+    certificate from `edge-tls` (mesh/helm/chart.py generates both)."""
     edge = topology.edge
     first = edge.instances[0]
     upstreams = ",".join(f"{u.service}:{u.local_bind_port}" for u in first.upstreams)
+    config = Path(EDGE_CONFIG_DIR) / EDGE_CONFIG_FILE
     container = {
         "name": EDGE,
         "image": value("image", "edge"),
-        "args": ["--config-path", "/etc/envoy/envoy.yaml", "--concurrency", str(edge.workers)],
+        "args": edge_config.edge_argv(topology, Path("envoy"), config, first),
         "ports": [
             {"name": "http", "containerPort": first.http_port},
             {"name": "https", "containerPort": first.https_port},
-            {"name": "http3", "containerPort": first.https_port, "protocol": "UDP"},
+            # HTTP/3 on the public port itself, as every edge binds it natively.
+            {"name": "http3", "containerPort": edge.https_port, "protocol": "UDP"},
             {"name": "metrics", "containerPort": first.metrics_port},
         ],
         **_probes({"httpGet": {"path": "/ready", "port": "metrics"}}),
@@ -353,10 +424,18 @@ def edge_objects(topology: Topology) -> list[Object]:
         topologySpreadConstraints=_spread(EDGE),
     )
     pod = deployment["spec"]["template"]["spec"]
-    pod["volumes"].append({"name": "envoy", "configMap": {"name": "edge-envoy"}})
-    pod["containers"][0]["volumeMounts"].append({"name": "envoy", "mountPath": "/etc/envoy"})
+    pod["volumes"] += [
+        {"name": "envoy", "configMap": {"name": EDGE_CONFIG}},
+        {"name": "tls", "secret": {"secretName": EDGE_TLS_SECRET,
+                                   "defaultMode": kube_wiring.SECRET_MODE}},
+    ]  # fmt: skip
+    pod["containers"][0]["volumeMounts"] += [
+        {"name": "envoy", "mountPath": EDGE_CONFIG_DIR, "readOnly": True},
+        {"name": "tls", "mountPath": EDGE_TLS_DIR, "readOnly": True},
+    ]
     return [
         _service_account(EDGE, "edge"),
+        edge_config_map(topology, kube),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -390,6 +469,59 @@ def edge_objects(topology: Topology) -> list[Object]:
             "metadata": meta(EDGE, "edge"),
             "spec": {"protocol": "http"},
         },
+    ]
+
+
+def jaeger_objects(topology: Topology, kube: KubernetesPlacement) -> list[Object]:
+    """Jaeger v2 all-in-one (in-memory traces, as natively), its config mesh/components/jaeger.py's
+    through the Kubernetes placement, behind the Service `jaeger` every process and Envoy sends
+    its spans to (mesh/wiring.py's OTLP endpoint, the edge's tracer)."""
+    ports = topology.jaeger.ports
+    exposed = {"otlp-grpc": ports.otlp_grpc, "otlp-http": ports.otlp_http, "ui": ports.ui,
+               "query-grpc": ports.query_grpc}  # fmt: skip
+    config = yaml.safe_dump(jaeger.config(topology, kube), sort_keys=False)
+    container = {
+        "name": JAEGER,
+        "image": value("image", "jaeger"),
+        "args": ["--config", f"{JAEGER_CONFIG_DIR}/{JAEGER_CONFIG_FILE}"],
+        "ports": [
+            *({"name": name, "containerPort": port} for name, port in exposed.items()),
+            {"name": "health", "containerPort": ports.health},
+            {"name": "metrics", "containerPort": ports.metrics},
+        ],
+        **_probes({"httpGet": {"path": "/status", "port": "health"}}),
+    }
+    deployment = _deployment(
+        JAEGER, "tracing", {"consul.hashicorp.com/connect-inject": "false"}, container,
+        automountServiceAccountToken=False, topologySpreadConstraints=_spread(JAEGER),
+    )  # fmt: skip
+    pod = deployment["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "config", "configMap": {"name": JAEGER}})
+    pod["containers"][0]["volumeMounts"].append(
+        {"name": "config", "mountPath": JAEGER_CONFIG_DIR, "readOnly": True}
+    )
+    return [
+        _service_account(JAEGER, "tracing"),
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta(JAEGER, "tracing"),
+            "data": {JAEGER_CONFIG_FILE: config},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(JAEGER, "tracing"),
+            "spec": {
+                "selector": selector(JAEGER),
+                "ports": [
+                    {"name": name, "port": port, "targetPort": name}
+                    for name, port in exposed.items()
+                ],
+            },
+        },
+        deployment,
+        _pdb(JAEGER, "tracing"),
     ]
 
 
@@ -451,8 +583,26 @@ def network_policies(topology: Topology, intentions: tuple[Intention, ...]) -> l
             [
                 {"port": edge.http_port, "protocol": "TCP"},
                 {"port": edge.https_port, "protocol": "TCP"},
-                {"port": edge.https_port, "protocol": "UDP"},
+                {"port": topology.edge.https_port, "protocol": "UDP"},
             ],
+        )
+    )
+    ports = topology.jaeger.ports
+    policies.append(
+        _allow(
+            "jaeger-from-chart",
+            JAEGER,
+            [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": PART_OF}}}],
+            [{"port": port, "protocol": "TCP"} for port in (ports.otlp_grpc, ports.otlp_http)],
+        )
+    )
+    # web's trace view reads Jaeger's query API (mesh/wiring.py).
+    policies.append(
+        _allow(
+            "jaeger-from-web",
+            JAEGER,
+            [{"podSelector": {"matchLabels": selector(WEB)}}],
+            [{"port": ports.ui, "protocol": "TCP"}],
         )
     )
     database_users = [s.name for s in topology.services if s.database]
@@ -484,12 +634,52 @@ def _allow(name: str, target: str, peers: list[Object], ports: list[Object]) -> 
     }
 
 
+POSTGRES_INIT = "postgres-init"
+POSTGRES_INIT_DIR = "/docker-entrypoint-initdb.d"
+POSTGRES_PASSWORDS_DIR = f"{kube_wiring.SECRETS_DIR}/passwords"
+
+
+def postgres_init_script(topology: Topology) -> str:
+    """Each service's role (its password the chart's Secret's) and database, held to least
+    privilege as natively (mesh/components/postgres.py's ensure_databases): run by the postgres
+    image once, when it makes the data directory."""
+    roles = " ".join(postgres.service_roles(topology))
+    psql = 'psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname postgres'
+    return f"""#!/bin/sh
+set -eu
+for role in {roles}; do
+  # An assignment of its own: a password that cannot be read stops the script (set -e).
+  password=$(cat "{POSTGRES_PASSWORDS_DIR}/$role-password")
+  {psql} --set role="$role" --set password="$password" <<'SQL'
+CREATE ROLE :"role" WITH {postgres.ROLE_ATTRIBUTES} PASSWORD :'password';
+CREATE DATABASE :"role" OWNER :"role";
+REVOKE ALL ON DATABASE :"role" FROM PUBLIC;
+SQL
+done
+for database in {" ".join(postgres.SYSTEM_DATABASES)}; do
+  {psql} --set database="$database" <<'SQL'
+REVOKE ALL ON DATABASE :"database" FROM PUBLIC;
+SQL
+done
+"""
+
+
 def postgres_objects(topology: Topology) -> list[Object]:
     """One Postgres as a StatefulSet on the topology's port (the native runtime's Patroni pair
-    is not here yet: docs/kubernetes.md)."""
+    is not here yet: docs/kubernetes.md), with the services' roles and databases."""
     port = topology.postgres_port
     probes = _probes({"exec": {"command": ["pg_isready", "-h", "127.0.0.1", "-p", str(port)]}})
+    passwords = [
+        {"key": key, "path": key}
+        for key in map(kube_wiring.password_key, postgres.service_roles(topology))
+    ]
     return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta(POSTGRES_INIT, "database"),
+            "data": {"10-service-roles.sh": postgres_init_script(topology)},
+        },
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -547,9 +737,34 @@ def postgres_objects(topology: Topology) -> list[Object]:
                                     "readOnlyRootFilesystem": False,
                                 },
                                 "volumeMounts": [
-                                    {"name": "data", "mountPath": "/var/lib/postgresql/data"}
+                                    {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+                                    {
+                                        "name": "init",
+                                        "mountPath": POSTGRES_INIT_DIR,
+                                        "readOnly": True,
+                                    },
+                                    {
+                                        "name": "passwords",
+                                        "mountPath": POSTGRES_PASSWORDS_DIR,
+                                        "readOnly": True,
+                                    },
                                 ],
                             }
+                        ],
+                        "volumes": [
+                            # Executable: the image runs it (rather than sourcing it).
+                            {
+                                "name": "init",
+                                "configMap": {"name": POSTGRES_INIT, "defaultMode": 0o555},
+                            },
+                            {
+                                "name": "passwords",
+                                "secret": {
+                                    "secretName": kube_wiring.CREDENTIALS_SECRET,
+                                    "items": passwords,
+                                    "defaultMode": kube_wiring.SECRET_MODE,
+                                },
+                            },
                         ],
                     },
                 },

@@ -15,6 +15,7 @@ from typing import Any
 from mesh.components.kafka import load_topics
 from mesh.components.kafka_acl import load_clients
 from mesh.compose.document import IMAGES, SERVICE_IMAGE
+from mesh.placement import JAEGER
 from mesh.topology import Topology
 
 # PSS after the load, MB (docs/benchmarks.md "Resources"; payments-worker and payments from
@@ -30,8 +31,8 @@ MEASURED_MB = {
     "kafka": 567,
     "postgres": 271,
 }
-# A service no bench run has measured yet (web) gets the largest Python service's figure but
-# orders': a guess until `make bench` reports it.
+# What no bench run has measured yet (web, Jaeger in the chart) gets the largest Python
+# service's figure but orders': a guess until `make bench` reports it.
 UNMEASURED_MB = 128
 # CPU ms per GET through the edge at 500 req/s (docs/benchmarks.md, "Where a request spends
 # its CPU"); the others, not on that path, get the smallest request below.
@@ -40,6 +41,8 @@ MIN_CPU_M = 50
 # The HPA's ceiling, as a multiple of a size's replicas: a guess, not a measured figure (a
 # worker's is also at most the partitions it reads).
 MAX_REPLICAS = 4
+# A placeholder: an install names its own (`--set publicHost=shop.example.org`).
+PUBLIC_HOST = "shopmesh.example.com"
 SIZES = {"small": {"rate": 100, "replicas": 1}, "large": {"rate": 1000, "replicas": 3}}
 
 
@@ -107,11 +110,16 @@ def values(topology: Topology, size: str) -> dict[str, Any]:
         "maxReplicas": MAX_REPLICAS * edge_replicas,
         "resources": _resources("edge", rate, edge_replicas),
     }
+    # One Jaeger: it keeps its traces in its memory, so a second would hold only some of them.
+    workloads[JAEGER] = {"replicas": 1, "resources": _resources(JAEGER, rate, 1)}
     return {
+        # Where clients reach the edge: the tokens' issuer and the edge's certificate name it.
+        "publicHost": PUBLIC_HOST,
         "image": {
             "service": SERVICE_IMAGE,
             "edge": IMAGES["envoy"],
             "postgres": IMAGES["postgres"],
+            "jaeger": IMAGES["jaeger"],
         },
         "workloads": workloads,
         "kafka": _kafka(topology, size),

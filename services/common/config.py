@@ -1,7 +1,7 @@
 """Service settings, read from `SHOPMESH_*` environment variables.
 
-The native runtime and docker compose both set these variables; nothing else configures a
-service process.
+The native runtime, docker compose and the Helm chart set these variables (mesh/wiring.py);
+nothing else configures a service process.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ class ServiceSettings(ProcessSettings):
     # environment names the file, never the secret.
     consul_token: str = field(repr=False)
     # The instance's Consul registration, as the mesh made it (mesh/registration.py): the
-    # service registers it once it answers its health check.
-    registration: dict[str, Any]
+    # service registers it once it answers its health check. None where the platform registers
+    # the instance itself (consul-k8s, from its pod): SHOPMESH_CONSUL_REGISTER=false.
+    registration: dict[str, Any] | None
     upstreams: tuple[Upstream, ...] = ()
 
     def consul_tls(self) -> ssl.SSLContext:
@@ -109,7 +110,11 @@ class ServiceSettings(ProcessSettings):
             consul_http_addr=https_url(source, "SHOPMESH_CONSUL_HTTP_ADDR"),
             consul_ca_file=ca_file(source, "SHOPMESH_CONSUL_CA_FILE"),
             consul_token=secret_file(source, "SHOPMESH_CONSUL_TOKEN_FILE"),
-            registration=_registration(source, "SHOPMESH_REGISTRATION", process["instance"]),
+            registration=(
+                _registration(source, "SHOPMESH_REGISTRATION", process["instance"])
+                if _flag(source, "SHOPMESH_CONSUL_REGISTER", default=True)
+                else None
+            ),
             upstreams=_upstreams(source, "SHOPMESH_UPSTREAMS"),
         )
 
@@ -131,6 +136,15 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 def _optional(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(name, "").strip() or default
+
+
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in ("true", "false"):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value == "true"
 
 
 def _port_value(name: str, raw: object) -> int:

@@ -129,7 +129,13 @@ async def registered_until_stopped(
     The listener already answers, so the first health check Consul makes can pass. A
     registration that fails until its deadline stops the service with exit code 1.
     `before_deregister` runs first on the way out (a gRPC server turns its health NOT_SERVING).
+    Without a registration (the platform registers the instance: consul-k8s) it only waits.
     """
+    if settings.registration is None:
+        await stop.wait()
+        if before_deregister is not None:
+            await before_deregister()
+        return 0
     exit_code = 0
     registration = with_version(settings.registration, service_version())
     async with aiohttp.ClientSession() as session:

@@ -178,3 +178,21 @@ def test_a_registration_must_be_a_json_object_for_this_instance(raw, error):
 
 def test_database_password_stays_out_of_the_repr():
     assert "pw@" not in repr(settings())
+
+
+def test_an_instance_the_platform_registers_reads_no_registration():
+    # consul-k8s registers a pod's service itself (docs/kubernetes.md): the chart turns the
+    # instance's own registration off, and hands it no document.
+    s = settings(SHOPMESH_CONSUL_REGISTER="false", SHOPMESH_REGISTRATION=None)
+    assert s.registration is None
+    assert settings(SHOPMESH_CONSUL_REGISTER="true").registration == json.loads(
+        ENV["SHOPMESH_REGISTRATION"]
+    )
+
+
+def test_registration_is_on_unless_turned_off_and_the_flag_is_checked():
+    assert settings().registration is not None
+    with pytest.raises(ConfigError, match="SHOPMESH_REGISTRATION is required"):
+        settings(SHOPMESH_REGISTRATION=None)
+    with pytest.raises(ConfigError, match="SHOPMESH_CONSUL_REGISTER must be true or false"):
+        settings(SHOPMESH_CONSUL_REGISTER="no")

@@ -7,22 +7,40 @@ install`."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from mesh.components.edge import envoy_config
 from mesh.components.kafka import load_topics
 from mesh.components.kafka_acl import load_clients
+from mesh.components.postgres import service_roles
+from mesh.envoy_tracing import OTLP_CLUSTER
+from mesh.helm import wiring as kube_wiring
 from mesh.helm.chart import CHART_DIR, VALUES_FILES, stale
+from mesh.helm.manifests import EDGE_FILES
+from mesh.runtime import protos
+from mesh.runtime.demo import CLI_CLIENT, DEMO_USERS
 from mesh.runtime.kube_schemas import SCHEMA_LOCATION
-from mesh.runtime.paths import cache_dir
+from mesh.runtime.paths import StateDir, cache_dir
 from mesh.runtime.provision import HELM, KUBE_SCHEMAS, KUBECONFORM
+from mesh.runtime.tls import ensure_edge_certs, new_ca
 from mesh.topology import Topology, load
+from services.auth.config import AuthSettings
+from services.common.config import ServiceSettings
+from services.common.messaging.security import sasl_options
+from tests.chart_references import keys_of, operators_secrets, owned, pod_specs, references
 from tests.native_intentions import native_intentions
+from tests.unit.test_edge_envoy import envoy_binary
 
 # consul-k8s's CRDs: no registry reachable from here serves them (deploy/helm/SCHEMAS.md), so
 # kubeconform skips these kinds, and only these (test_only_consul_kinds_go_unvalidated).
@@ -293,11 +311,199 @@ def test_the_large_values_run_more_of_everything_than_the_small() -> None:
     assert large["kafka"]["replicas"] > small["kafka"]["replicas"]
 
 
-def test_the_postgres_password_is_generated_at_install_never_in_the_chart(
+def test_the_charts_secrets_are_generated_at_install_never_in_the_chart(
     objects: Objects,
 ) -> None:
-    secret = _of(objects, "Secret")["postgres-superuser"]
+    secrets = _of(objects, "Secret")
+    assert set(secrets) == {"postgres-superuser", "shopmesh-credentials", "edge-tls"}
     again = _of([o for o in yaml.safe_load_all(_template("values.yaml")) if o], "Secret")
-    assert secret["data"]["password"] != again["postgres-superuser"]["data"]["password"]
     chart_text = "".join(p.read_text() for p in Path(CHART_DIR).rglob("*.yaml"))
-    assert secret["data"]["password"] not in chart_text
+    for name, secret in secrets.items():
+        assert "stringData" not in secret, name
+        for key, value in secret["data"].items():
+            assert value != again[name]["data"][key], (name, key)
+            assert value not in chart_text, (name, key)
+    seed = json.loads(base64.b64decode(secrets["shopmesh-credentials"]["data"]["auth-seed.json"]))
+    assert set(seed["users"]) == set(DEMO_USERS)
+    assert set(seed["clients"]) == {CLI_CLIENT}
+
+
+# The Secrets' keys as their makers document them: Strimzi's KafkaUser and cluster CA Secrets,
+# consul-k8s's CA Secret, and the Consul tokens the installer makes (docs/kubernetes.md).
+OPERATOR_KEYS = {"password", "ca.crt", "tls.crt", "token"}
+
+
+def test_every_secret_and_config_map_a_pod_names_is_the_charts_or_an_operators(
+    objects: Objects,
+) -> None:
+    chart, outside = owned(objects), operators_secrets(objects)
+    named = references(objects)
+    for ref in named:
+        if (ref.kind, ref.name) in chart:
+            assert ref.key is None or ref.key in keys_of(chart[ref.kind, ref.name]), ref
+        else:
+            assert ref.kind == "Secret" and ref.name in outside, ref
+            assert ref.key in OPERATOR_KEYS, ref
+    # Each is named by some pod, and every ConfigMap and Secret of the chart is mounted.
+    assert {r.name for r in named} == outside | {name for _, name in chart}
+
+
+def _container(objects: Objects, name: str) -> dict[str, Any]:
+    container: dict[str, Any] = _of(objects, "Deployment")[name]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    return container
+
+
+def _mounted_file(objects: Objects, workload: str, path: str) -> tuple[str, str] | None:
+    """The (kind, name) of the Secret or ConfigMap whose key `path` is in `workload`'s pod."""
+    pod = {**dict(pod_specs(objects))}[workload]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in pod["containers"][0]["volumeMounts"]:
+        folder, _, key = path.rpartition("/")
+        if folder != mount["mountPath"]:
+            continue
+        volume = volumes[mount["name"]]
+        if "secret" in volume:
+            source, kind, name = volume["secret"], "Secret", volume["secret"]["secretName"]
+        else:
+            source, kind, name = volume["configMap"], "ConfigMap", volume["configMap"]["name"]
+        items = [item["path"] for item in source.get("items", [])]
+        if not items or key in items:
+            return kind, name
+    return None
+
+
+def test_every_process_reads_each_file_it_is_given_from_a_secret_mounted_into_it(
+    topology: Topology, objects: Objects
+) -> None:
+    processes = [s.name for s in topology.services] + [w.name for w in topology.workers]
+    for name in processes:
+        env = _container(objects, name)["env"]
+        files = [e for e in env if e["name"].endswith("_FILE")]
+        assert files, name
+        for variable in files:
+            assert _mounted_file(objects, name, variable["value"]) is not None, (name, variable)
+
+
+def _runnable_env(env: list[dict[str, Any]], tmp_path: Path) -> dict[str, str]:
+    """A container's environment as its process would see it: each `$(NAME)` expanded as
+    the kubelet does (from variables defined before it), each Secret file written to
+    `tmp_path` (a CA certificate where one is asked for), the pod's name as its instance."""
+    values: dict[str, str] = {}
+    ca = new_ca("a test CA")[1].public_bytes(Encoding.PEM)
+    for variable in env:
+        name, source = variable["name"], variable.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            values[name] = f"a-secret-{source['secretKeyRef']['key']}"
+        elif "fieldRef" in source:
+            values[name] = "orders-7d9f8c6b5-x2x7q"
+        else:
+            value = variable["value"]
+            for reference in re.findall(r"\$\((\w+)\)", value):
+                assert reference in values, f"{name} refers to {reference}, not defined before it"
+                value = value.replace(f"$({reference})", values[reference])
+            values[name] = value
+        if name.endswith("_FILE"):
+            file = tmp_path / name
+            file.write_bytes(ca if name.endswith("CA_FILE") else b'{"users": {}, "clients": {}}')
+            values[name] = str(file)
+    return values
+
+
+def test_every_service_starts_from_its_containers_environment_wired_for_kubernetes(
+    topology: Topology, objects: Objects, tmp_path: Path
+) -> None:
+    kafka = _of(objects, "Kafka")["kafka"]
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    postgres = _of(objects, "Service")["postgres"]["spec"]["ports"][0]["port"]
+    jaeger = {p["port"] for p in _of(objects, "Service")["jaeger"]["spec"]["ports"]}
+    for service in topology.services:
+        env = _runnable_env(_container(objects, service.name)["env"], tmp_path)
+        settings = ServiceSettings.from_env(env, database=service.database is not None)
+        # consul-k8s registers the pod's service: the instance does not.
+        assert settings.registration is None
+        assert settings.instance == "orders-7d9f8c6b5-x2x7q"
+        assert settings.bind_host == "0.0.0.0"
+        assert settings.consul_http_addr == "https://consul-server:8501"
+        assert {u.name for u in settings.upstreams} == {u.service for u in service.upstreams}
+        otlp = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert (otlp.hostname, otlp.port in jaeger) == ("jaeger", True)
+        if service.database:
+            url = urlsplit(settings.database_url)
+            assert (url.hostname, url.port) == ("postgres", postgres)
+            assert url.password == f"a-secret-{service.database}-password"
+            assert env["SHOPMESH_KAFKA_BOOTSTRAP"] == f"kafka-kafka-bootstrap:{listener['port']}"
+            assert listener["tls"] is True
+            assert sasl_options(env)["security_protocol"] == "SASL_SSL"
+        if service.name == "auth":
+            auth = AuthSettings.from_env(env)
+            assert auth.issuer == f"https://shopmesh.example.com:{topology.edge.https_port}/auth"
+
+
+def test_no_secret_is_a_literal_value_of_any_container(objects: Objects) -> None:
+    for workload, pod in pod_specs(objects):
+        for container in pod["containers"]:
+            for variable in container.get("env", []):
+                name = variable["name"]
+                if re.search("PASSWORD|TOKEN|SECRET|SEED|KEY", name) and "value" in variable:
+                    assert name.endswith("_FILE"), (workload, name)
+
+
+def test_the_edge_config_map_holds_the_edge_config_through_the_kubernetes_placement(
+    topology: Topology, objects: Objects
+) -> None:
+    config_map = _of(objects, "ConfigMap")["edge-envoy"]
+    kube = kube_wiring.placement("shopmesh.example.com", "kafka")
+    edge = topology.edge.instances[0]
+    expected = envoy_config(topology, kube, EDGE_FILES, edge)
+    assert json.loads(config_map["data"]["envoy.json"]) == expected
+    assert base64.b64decode(config_map["binaryData"]["protos.pb"]) == (
+        protos.DESCRIPTOR_SET.read_bytes()
+    )
+    args = _container(objects, "edge")["args"]
+    assert args[args.index("-c") + 1] == "/etc/envoy/envoy.json"
+    for path in ("/etc/envoy/envoy.json", str(EDGE_FILES.descriptor_set)):
+        assert _mounted_file(objects, "edge", path) == ("ConfigMap", "edge-envoy")
+    for path in (EDGE_FILES.server_cert, EDGE_FILES.server_key):
+        assert _mounted_file(objects, "edge", str(path)) == ("Secret", "edge-tls")
+    clusters = {c["name"]: c for c in expected["static_resources"]["clusters"]}
+    # No rate-limit service runs in the chart (yet): no filter, no cluster.
+    assert "ratelimit" not in clusters
+    assert "envoy.filters.http.ratelimit" not in config_map["data"]["envoy.json"]
+    assert clusters[OTLP_CLUSTER]["type"] == "STRICT_DNS"
+
+
+def test_envoy_accepts_the_charts_edge_config(objects: Objects, tmp_path: Path) -> None:
+    config_map = _of(objects, "ConfigMap")["edge-envoy"]
+    # Any certificate: Envoy validates the config, not who the certificate names.
+    certs = ensure_edge_certs(StateDir(tmp_path), "127.0.0.1")
+    (tmp_path / "protos.pb").write_bytes(base64.b64decode(config_map["binaryData"]["protos.pb"]))
+    text = config_map["data"]["envoy.json"]
+    for pod_path, here in (
+        (EDGE_FILES.server_cert, certs.server_cert),
+        (EDGE_FILES.server_key, certs.server_key),
+        (EDGE_FILES.descriptor_set, tmp_path / "protos.pb"),
+        (EDGE_FILES.admin_socket, tmp_path / "admin.sock"),
+    ):
+        text = text.replace(f'"{pod_path}"', f'"{here}"')
+    config = tmp_path / "envoy.json"
+    config.write_text(text)
+    proc = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_postgres_makes_each_services_role_with_its_password_from_the_charts_secret(
+    topology: Topology, objects: Objects
+) -> None:
+    script = _of(objects, "ConfigMap")["postgres-init"]["data"]["10-service-roles.sh"]
+    assert f"for role in {' '.join(service_roles(topology))}; do" in script
+    pod = _of(objects, "StatefulSet")["postgres"]["spec"]["template"]["spec"]
+    (passwords,) = (v["secret"] for v in pod["volumes"] if "secret" in v)
+    assert passwords["secretName"] == "shopmesh-credentials"
+    assert {i["key"] for i in passwords["items"]} == {
+        f"{role}-password" for role in service_roles(topology)
+    }

@@ -28,6 +28,7 @@ from mesh.placement import (
     WATCHDOG,
     ComposePlacement,
     HostsPlacement,
+    KubernetesPlacement,
     NativePlacement,
     Placement,
     PlacementError,
@@ -411,3 +412,43 @@ def test_kafka_nodes_listen_on_their_hosts_addresses_in_the_hosts_placement(
     address = placement.host_of(node.name).address
     assert address != topology.bind_host
     assert props["advertised.listeners"] == f"CLIENT://{address}:{node.port}"
+
+
+def test_on_kubernetes_everything_is_reached_by_its_service_name_and_binds_the_pod() -> None:
+    topology = load()
+    kube = KubernetesPlacement("shop.example.org", "kafka", frozenset({POSTGRES, JAEGER}))
+    assert kube.listen("orders-1") == ANY
+    assert kube.admin("edge-1") == LOOPBACK
+    assert (kube.host(POSTGRES), kube.address(JAEGER)) == ("postgres", "jaeger")
+    # consul-k8s's servers (no client agents), Strimzi's bootstrap Service.
+    assert kube.consul_http_addr(topology, "orders-1") == "https://consul-server:8501"
+    port = topology.kafka.nodes[0].port
+    assert kube.kafka_bootstrap(topology) == f"kafka-kafka-bootstrap:{port}"
+    assert kube.postgres_endpoints(topology) == [f"postgres:{topology.postgres_port}"]
+    assert kube.otlp_endpoint(topology) == f"http://jaeger:{topology.jaeger.ports.otlp_grpc}"
+    assert kube.public() == "shop.example.org"
+    # What the chart does not run is not there: no name to reach it by.
+    assert not kube.runs(RATELIMIT) and not kube.runs(WATCHDOG) and kube.runs("orders-1")
+    with pytest.raises(PlacementError, match="ratelimit has no Service in the chart"):
+        kube.host(RATELIMIT)
+
+
+def test_on_kubernetes_an_instance_binds_its_pod_and_leaves_registration_to_consul_k8s() -> None:
+    topology = load()
+    kube = KubernetesPlacement("shop.example.org", "kafka", frozenset({POSTGRES, JAEGER}))
+    wiring = Wiring(
+        placement=kube,
+        database_password=lambda database: "pw",
+        auth_seed_file=lambda: "/seed.json",
+        consul_token_file=lambda service: "/token",
+        consul_ca_file="/ca.pem",
+        kafka_password_file=lambda principal: "/kafka",
+        kafka_ca_file="/kafka-ca.pem",
+        self_registration=False,
+    )
+    env = instance_env(topology, wiring, topology.service("orders").instances[0])
+    assert env["SHOPMESH_BIND_HOST"] == ANY
+    assert env["SHOPMESH_CONSUL_REGISTER"] == "false"
+    assert "SHOPMESH_REGISTRATION" not in env
+    assert env["SHOPMESH_KAFKA_CA_FILE"] == "/kafka-ca.pem"
+    assert env["SHOPMESH_DATABASE_URL"].startswith("postgresql://orders:pw@postgres:")

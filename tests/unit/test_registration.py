@@ -3,6 +3,7 @@ the edge's, with its check, Meta and Connect sidecar, and how an instance gets i
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from mesh.runtime.tls import new_ca
 from mesh.topology import Instance, Service, Sidecar, Topology, Upstream, load
 from mesh.wiring import Wiring, instance_env
 from services.common.config import ServiceSettings
-from services.common.runner import with_version
+from services.common.runner import registered_until_stopped, with_version
 
 ORDERS_1 = Instance(
     id="orders-1",
@@ -240,3 +241,38 @@ def test_the_edge_sidecar_traces_as_edge_sidecar() -> None:
     config = reg["Connect"]["SidecarService"]["Proxy"]["Config"]
     tracing = json.loads(config["envoy_listener_tracing_json"])
     assert tracing["provider"]["typed_config"]["service_name"] == "edge-sidecar"
+
+
+def test_an_instance_the_platform_registers_waits_for_its_stop_without_asking_consul(
+    tmp_path: Path,
+) -> None:
+    # Nothing listens on the agent's address: a registration or deregistration would fail.
+    (tmp_path / "token").write_text("a-token")
+    (tmp_path / "ca.pem").write_bytes(new_ca("a test consul CA")[1].public_bytes(Encoding.PEM))
+    settings = ServiceSettings.from_env(
+        {
+            "SHOPMESH_SERVICE": "orders",
+            "SHOPMESH_INSTANCE": "orders-5d9c7b-x2x7q",
+            "SHOPMESH_PORT": "7001",
+            "SHOPMESH_DATABASE_URL": "postgresql://orders@postgres:5432/orders",
+            "SHOPMESH_CONSUL_HTTP_ADDR": "https://127.0.0.1:1",
+            "SHOPMESH_CONSUL_TOKEN_FILE": str(tmp_path / "token"),
+            "SHOPMESH_CONSUL_CA_FILE": str(tmp_path / "ca.pem"),
+            "SHOPMESH_CONSUL_REGISTER": "false",
+        }
+    )
+    steps: list[str] = []
+
+    async def stopped() -> int:
+        stop = asyncio.Event()
+
+        async def before_deregister() -> None:
+            steps.append("before deregister")
+
+        asyncio.get_running_loop().call_later(0.05, stop.set)
+        return await registered_until_stopped(
+            settings, stop, register_deadline_s=0.1, before_deregister=before_deregister
+        )
+
+    assert asyncio.run(asyncio.wait_for(stopped(), timeout=5)) == 0
+    assert steps == ["before deregister"]
