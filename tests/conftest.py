@@ -56,7 +56,11 @@ def mesh() -> Iterator[Mesh]:
         # files, then start from a clean state dir.
         Mesh(load(), state, install_all()).down(say=lambda _: None)
         shutil.rmtree(state.root)
-    running = Mesh.create(load(), state)
+    yield from up_for_the_session(Mesh.create(load(), state))
+
+
+def up_for_the_session(running: Mesh) -> Iterator[Mesh]:
+    """The mesh up until the session ends, then down; down at once if it fails to come up."""
     try:
         running.up()
     except BaseException:
@@ -87,14 +91,7 @@ def hosts_mesh() -> Iterator[Mesh]:
     netfaults.down(network)  # hosts an interrupted run left without a state dir
     state.ensure()
     hosting.place_on(state, network)
-    running = Mesh.create(load(), state)
-    try:
-        running.up()
-    except BaseException:
-        running.down()
-        raise
-    yield running
-    running.down()
+    yield from up_for_the_session(Mesh.create(load(), state))
 
 
 @pytest.fixture(scope="session")
