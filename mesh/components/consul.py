@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from mesh import envoy_memory
 from mesh.placement import CONSUL, LOOPBACK, Placement
 from mesh.runtime import envoy_admin
 from mesh.runtime.paths import REPO_ROOT
@@ -366,6 +367,14 @@ def with_admin_socket(bootstrap: dict[str, Any], socket: Path) -> dict[str, Any]
     (lb_endpoint,) = endpoints["lbEndpoints"]
     lb_endpoint["endpoint"]["address"] = envoy_admin.upstream(socket)
     return patched
+
+
+def native_bootstrap(bootstrap: dict[str, Any], socket: Path) -> dict[str, Any]:
+    """What a native sidecar's Envoy runs: Consul's bootstrap with the admin API on `socket`
+    (`with_admin_socket`), giving free memory back as the edge does (mesh/envoy_memory.py)."""
+    return with_admin_socket(bootstrap, socket) | {
+        "memory_allocator_manager": envoy_memory.allocator_manager()
+    }
 
 
 def envoy_argv(envoy_bin: Path, bootstrap_file: Path) -> list[str]:

@@ -34,6 +34,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
+from mesh import envoy_memory
 from mesh.components import edge_metrics, ratelimit
 from mesh.envoy_tracing import EnvoyTracer, discovery_type
 from mesh.placement import LOOPBACK, RATELIMIT, Placement
@@ -58,7 +59,6 @@ TOKEN_EXCHANGE = "shopmesh.token_exchange"
 # The Lua source stays beside the native runtime (services/auth/README.md points there).
 TOKEN_EXCHANGE_LUA = REPO_ROOT / "mesh" / "runtime" / "token_exchange.lua"
 EXCHANGE_TIMEOUT_MS = 2000
-RELEASE_BYTES_PER_INTERVAL = 16 << 20
 # Up to this share of an exchange's lifetime is taken off at random (token_exchange.lua).
 TOKEN_CACHE_JITTER = 0.5
 # Dynamic metadata namespace of the edge's own Lua filters.
@@ -615,12 +615,7 @@ def envoy_config(
     return {
         "node": {"id": edge.id, "cluster": "edge"},
         "admin": {"address": envoy_admin.address(files.admin_socket)},
-        # The allocator keeps the memory a load peak took (measured: 360 MB of heap, 57 MB in use,
-        # 160 MB of it free pages, after `make bench`); give free pages back, 16 MiB a second.
-        "memory_allocator_manager": {
-            "bytes_to_release": str(RELEASE_BYTES_PER_INTERVAL),
-            "memory_release_interval": "1s",
-        },
+        "memory_allocator_manager": envoy_memory.allocator_manager(),
         "static_resources": {
             "listeners": [plain, tls, quic, metrics],
             "clusters": [_cluster(topology, u.service, u.local_bind_port) for u in edge.upstreams]

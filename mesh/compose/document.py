@@ -339,6 +339,7 @@ def kafka_environment(
         "KAFKA_HEAP_OPTS": f"-Xmx{heap} -Xms{kafka_runtime.START_HEAP}",
         "KAFKA_JVM_PERFORMANCE_OPTS": " ".join(kafka_runtime.JVM_OPTIONS),
         "KAFKA_OPTS": kafka.jmx_agent(placement, node, JMX_AGENT, JMX_RULES),
+        **kafka_runtime.JVM_ENV,
     }
 
 

@@ -24,8 +24,8 @@ from mesh.components.consul import (
     bootstrap_argv,
     envoy_argv,
     gossip_key_config,
+    native_bootstrap,
     server_config,
-    with_admin_socket,
 )
 from mesh.components.consul_acl import OPERATOR, service_token
 from mesh.placement import CONSUL, Placement
@@ -276,7 +276,7 @@ def sidecar_spec(
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         if proc.returncode != 0:
             raise RuntimeError(f"consul connect envoy -bootstrap failed: {proc.stderr.strip()}")
-        bootstrap = with_admin_socket(json.loads(proc.stdout), socket)
+        bootstrap = native_bootstrap(json.loads(proc.stdout), socket)
         write_private(bootstrap_file, json.dumps(bootstrap, indent=2))
         envoy_admin.prepare(state, name)
 

@@ -50,6 +50,17 @@ def test_a_sidecars_admin_api_and_its_metrics_cluster_move_to_the_socket() -> No
     assert "socket_address" in CONSUL_BOOTSTRAP["admin"]["address"], "the input is left as it was"
 
 
+def test_a_native_sidecar_gives_free_memory_back_as_the_edge_does() -> None:
+    socket = Path("/state/admin/orders-1-sidecar.sock")
+    patched = consul.native_bootstrap(CONSUL_BOOTSTRAP, socket)
+    assert patched["memory_allocator_manager"] == {
+        "bytes_to_release": str(16 << 20),
+        "memory_release_interval": "1s",
+    }
+    assert patched["admin"] == consul.with_admin_socket(CONSUL_BOOTSTRAP, socket)["admin"]
+    assert "memory_allocator_manager" not in CONSUL_BOOTSTRAP, "the input is left as it was"
+
+
 def test_a_native_sidecar_runs_envoy_with_the_patched_bootstrap_and_the_sidecar_flags() -> None:
     argv = consul.envoy_argv(Path("/bin/envoy"), Path("/state/config/orders-1-sidecar.json"))
     assert argv[:3] == ["/bin/envoy", "--config-path", "/state/config/orders-1-sidecar.json"]
