@@ -1,11 +1,13 @@
 """The chart's values: the images, and the sizes a cluster chooses (replicas, requests and
 limits, storage). values.yaml is the small cluster's; values-large.yaml overrides it.
 
-Figures from docs/benchmarks.md ("Resources", "Where a request spends its CPU"), measured on
-the native mesh: memory requests are a process's PSS after the load run rounded up, limits
-twice that; CPU requests are the measured CPU per request times the rate each size is meant
-for (small: ~100 req/s, large: 1000 req/s through the edge, the brief's figure), spread over
-the replicas. The sidecars consul-k8s injects are sized by consul-k8s's own settings.
+Figures from `make bench` of commit df6d3c9 (`git show df6d3c9:docs/benchmarks.md`,
+"Resources", "Where a request spends its CPU"): one of each instance on the native mesh. Later
+runs have two of each on the same two cores, which says less about one process alone. Memory
+requests are a process's PSS after the load run rounded up, limits twice that; CPU requests are
+the measured CPU per request times the rate each size is meant for (small: ~100 req/s, large:
+1000 req/s through the edge, the brief's figure), spread over the replicas. The sidecars
+consul-k8s injects are sized by consul-k8s's own settings.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from mesh.compose.document import IMAGES, SERVICE_IMAGE
 from mesh.placement import JAEGER
 from mesh.topology import Topology
 
-# PSS after the load, MB (docs/benchmarks.md "Resources"; payments-worker and payments from
+# PSS after the load, MB (df6d3c9's "Resources"; payments-worker and payments from
 # their instances, the edge from `edge`).
 MEASURED_MB = {
     "orders": 187,
@@ -34,8 +36,8 @@ MEASURED_MB = {
 # What no bench run has measured yet (web, Jaeger in the chart) gets the largest Python
 # service's figure but orders': a guess until `make bench` reports it.
 UNMEASURED_MB = 128
-# CPU ms per GET through the edge at 500 req/s (docs/benchmarks.md, "Where a request spends
-# its CPU"); the others, not on that path, get the smallest request below.
+# CPU ms per GET through the edge at 500 req/s (df6d3c9's "Where a request spends its
+# CPU"); the others, not on that path, get the smallest request below.
 MEASURED_CPU_MS = {"edge": 0.64, "orders": 0.60, "auth": 0.08, "users": 0.07}
 MIN_CPU_M = 50
 # The HPA's ceiling, as a multiple of a size's replicas: a guess, not a measured figure (a
