@@ -18,10 +18,10 @@ from mesh.topology import Instance, Topology, Workers
 
 WEB = "web"
 
-# What every service and worker instance (Python) runs with. glibc's malloc keeps what a peak took: an
-# arena per thread (up to 8 per core), and a 16 MiB scrypt buffer, once freed, raises its mmap
-# threshold so that the next ones stay in an arena for good. Two arenas and a fixed threshold
-# give large blocks back to the system when freed.
+# What every service and worker instance (Python) runs with. glibc's malloc keeps what a peak
+# took: an arena per thread (up to 8 per core), and a 16 MiB scrypt buffer, once freed, raises
+# its mmap threshold so that the next ones stay in an arena for good. Two arenas and a fixed
+# threshold give large blocks back to the system when freed.
 PYTHON_ENV = {
     "PYTHONUNBUFFERED": "1",
     "MALLOC_ARENA_MAX": "2",
