@@ -107,6 +107,7 @@ class Edge:
     per_ip_limit: RateLimit
     token_cache: TokenCache
     workers: int
+    admission: Admission
     # How long the edge's jwt_authn keeps auth's JWKS before fetching it again (an unknown kid
     # does not make it fetch sooner). auth publishes a new signing key longer than this before
     # signing with it (services/auth/README.md#signing-keys-and-rotation).
@@ -130,6 +131,16 @@ class TokenCache:
 
     max_age_s: int
     max_entries: int
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How many requests an edge lets in at once (Envoy's adaptive concurrency filter, first in
+    its chain): the limit follows the p90 latency of what it let in, and shrinks while that is
+    over `latency_ms`, down to `min_concurrency`; past the limit a request gets a 503 at once."""
+
+    latency_ms: int
+    min_concurrency: int
 
 
 @dataclass(frozen=True)
@@ -472,6 +483,7 @@ def parse(raw: dict[str, Any]) -> Topology:
         per_ip_limit=RateLimit(**limits["per_ip"]),
         token_cache=TokenCache(**{k: int(v) for k, v in edge_raw["token_cache"].items()}),
         workers=int(edge_raw["workers"]),
+        admission=Admission(**{k: int(v) for k, v in edge_raw["admission"].items()}),
         jwks_cache_s=int(edge_raw.get("jwks_cache_s", 60)),
     )
     consul = raw["consul"]
@@ -578,6 +590,8 @@ def validate(topology: Topology) -> None:
         raise TopologyError("auth login_limits: window_s, per_user and per_address must be >= 1")
     if topology.edge.jwks_cache_s < 1:
         raise TopologyError("edge jwks_cache_s must be >= 1")
+    if topology.edge.admission.latency_ms < 1 or topology.edge.admission.min_concurrency < 1:
+        raise TopologyError("edge admission: latency_ms and min_concurrency must be >= 1")
     edge_upstreams = set(topology.edge.services)
     for route in topology.edge.routes:
         if route.service not in names:

@@ -1,7 +1,8 @@
 """The generated edge config in a real Envoy without the mesh: everything on free ports, the
 real rate-limit service and Redis, the edge's upstreams stubbed (auth's JWKS and token exchange,
 services that answer 200), tokens signed by a key of the test's own. Used by
-tests/integration/test_edge_rate_limit_filter.py and test_edge_token_exchange.py."""
+tests/integration/test_edge_rate_limit_filter.py, test_edge_token_exchange.py,
+test_edge_token_refresh.py and test_edge_admission.py."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from mesh.runtime import envoy_admin, protos
 from mesh.runtime.paths import StateDir
 from mesh.runtime.provision import ENVOY
 from mesh.runtime.tls import edge_certs, ensure_edge_certs
-from mesh.topology import RateLimit, TokenCache, Topology, Upstream, load
+from mesh.topology import Admission, RateLimit, TokenCache, Topology, Upstream, load
 from tests.h3client import h3_get_with_headers
 from tests.ratelimit_processes import binaries, free_port, on_free_ports, rate_limit_service
 
@@ -59,7 +60,8 @@ class Upstreams:
     """What the edge's sidecar upstreams answer, stubbed: auth's JWKS, auth's token exchange
     (every call counted; `refuse` makes it answer that status with a problem; `max_age` is its
     Cache-Control; `delay_s` holds each answer that long), and services that answer 200 with the
-    Authorization they were given."""
+    Authorization they were given (each call counted; `service_delay_s` holds each answer that
+    long)."""
 
     def __init__(self, jwks: dict) -> None:
         self.jwks = jwks
@@ -67,6 +69,13 @@ class Upstreams:
         self.refuse: int | None = None
         self.max_age = 30
         self.delay_s = 0.0
+        self.service_calls = 0
+        self.service_delay_s = 0.0
+        self._lock = threading.Lock()
+
+    def count_service_call(self) -> None:
+        with self._lock:
+            self.service_calls += 1
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         upstreams = self
@@ -78,6 +87,8 @@ class Upstreams:
                 elif self.path.startswith("/auth/ext-authz/"):
                     self.exchange()
                 else:
+                    upstreams.count_service_call()
+                    time.sleep(upstreams.service_delay_s)
                     self.answer(200, {"authorization": self.headers.get("authorization")})
 
             do_POST = do_GET
@@ -112,7 +123,9 @@ class Upstreams:
         return Stub
 
 
-def edge_topology(per_user: RateLimit, token_cache: TokenCache | None = None) -> Topology:
+def edge_topology(
+    per_user: RateLimit, token_cache: TokenCache | None = None, admission: Admission | None = None
+) -> Topology:
     """The committed topology with one edge instance, and every port its config names moved to
     a free one."""
     base = load()
@@ -126,6 +139,7 @@ def edge_topology(per_user: RateLimit, token_cache: TokenCache | None = None) ->
     edge = replace(
         base.edge,
         token_cache=token_cache or base.edge.token_cache,
+        admission=admission or base.edge.admission,
         https_port=free_port(udp_too=True),
         instances=(instance,),
         per_user_limit=per_user,
@@ -186,11 +200,14 @@ def wait_live(admin_socket: Path, envoy: subprocess.Popen, log: Path) -> None:
 
 @contextmanager
 def running_edge(
-    root: Path, per_user: RateLimit, token_cache: TokenCache | None = None
+    root: Path,
+    per_user: RateLimit,
+    token_cache: TokenCache | None = None,
+    admission: Admission | None = None,
 ) -> Iterator[Edge]:
     """The generated edge config in a real Envoy on free ports, with the real rate-limit
     service and Redis, in front of stubbed upstreams."""
-    topology = edge_topology(per_user, token_cache)
+    topology = edge_topology(per_user, token_cache, admission)
     state = StateDir(root)
     state.ensure()
     signer = Signer()

@@ -7,6 +7,7 @@ a connection without one, straight to the instance's port, is taken as it is); Q
 public UDP port (HTTP/3, same certificate, advertised by Alt-Svc), which every edge binds with
 SO_REUSEPORT. All share one filter chain:
 
+  admission (adaptive concurrency: a 503 problem at once over the limit) →
   header limits (Lua: a 431 problem over them) → jwt_authn (external token, remote JWKS from
   auth) → ratelimit (the global rate-limit service: per client IP and per user, the token's
   sub) → token exchange (Lua: auth's internal JWT for the external token, cached per worker)
@@ -55,6 +56,12 @@ TRANSCODER = T + "filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 ROUTER = T + "filters.http.router.v3.Router"
 LUA = T + "filters.http.lua.v3.Lua"
 LUA_PER_ROUTE = T + "filters.http.lua.v3.LuaPerRoute"
+ADAPTIVE_CONCURRENCY = T + "filters.http.adaptive_concurrency.v3.AdaptiveConcurrency"
+ADMISSION = "envoy.filters.http.adaptive_concurrency"
+FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+# The latency percentile the admission limit follows, and how often it is recomputed.
+ADMISSION_PERCENTILE = 90
+ADMISSION_UPDATE_S = 0.1
 TOKEN_EXCHANGE = "shopmesh.token_exchange"
 # The Lua source stays beside the native runtime (services/auth/README.md points there).
 TOKEN_EXCHANGE_LUA = REPO_ROOT / "mesh" / "runtime" / "token_exchange.lua"
@@ -305,7 +312,11 @@ def _per_route(route: Route) -> dict[str, Any]:
 
 def _route(route: Route) -> dict[str, Any]:
     action: dict[str, Any] = {"cluster": cluster_name(route.service)}
+    per_route = _per_route(route)
     if route.websocket:
+        # A WebSocket holds its request for as long as it is open: counted by the admission
+        # limit, a few hundred open ones would leave no room for anything else.
+        per_route[ADMISSION] = {"@type": FILTER_CONFIG, "disabled": True}
         # A WebSocket lives as long as the client wants: no route timeout.
         action.update(timeout="0s", upgrade_configs=[{"upgrade_type": "websocket"}])
     else:
@@ -321,7 +332,7 @@ def _route(route: Route) -> dict[str, Any]:
         # The edge's span is named after the route (not Envoy's generic "ingress"); the
         # sidecars keep their own ingress/egress names.
         "decorator": {"operation": f"{route.service} {route.prefix}", "propagate": False},
-        "typed_per_filter_config": _per_route(route),
+        "typed_per_filter_config": per_route,
     }
 
 
@@ -363,6 +374,31 @@ def rate_limits() -> list[dict[str, Any]]:
         "skip_if_absent": True,
     }}  # fmt: skip
     return [{"actions": [{"remote_address": {}}]}, {"actions": [user]}]
+
+
+def _admission_filter(topology: Topology) -> dict[str, Any]:
+    """Envoy's adaptive concurrency filter with a fixed minRTT: the concurrency limit grows
+    while the p90 latency of what the edge admitted is under the topology's latency_ms and
+    shrinks while it is over, so an overload is answered 503 at once rather than queued."""
+    admission = topology.edge.admission
+    return {
+        "name": ADMISSION,
+        "typed_config": {
+            "@type": ADAPTIVE_CONCURRENCY,
+            "gradient_controller_config": {
+                "sample_aggregate_percentile": {"value": ADMISSION_PERCENTILE},
+                "concurrency_limit_params": {
+                    "concurrency_update_interval": f"{ADMISSION_UPDATE_S}s",
+                },
+                "min_rtt_calc_params": {
+                    "fixed_value": f"{admission.latency_ms / 1000:g}s",
+                    "buffer": {"value": 0},
+                    "min_concurrency": admission.min_concurrency,
+                },
+            },
+            "concurrency_limit_exceeded_status": {"code": "ServiceUnavailable"},
+        },
+    }
 
 
 def _ratelimit_filter() -> dict[str, Any]:
@@ -460,7 +496,7 @@ def http_filters(
     }
     # Last before the router: it sees the upstream's own responses (a transcoded gRPC error is
     # turned into JSON by the transcoder after it).
-    # First: an oversized request costs nothing downstream.
+    # Right after admission: an oversized request costs nothing downstream.
     header_limits = _lua_filter(REQUEST_HEADERS_LUA)
     upstream_problems = _lua_filter(UPSTREAM_PROBLEM_LUA)
     # Before the transcoder, so after it on the way back: it sees what the client would get,
@@ -471,10 +507,18 @@ def http_filters(
     # exchange: a request over its limit costs auth nothing. None where no rate-limit service
     # runs (Kubernetes, so far).
     limit = [_ratelimit_filter()] if placement.runs(RATELIMIT) else []
+    # Before everything: a request over the limit costs neither a JWT check nor a call.
+    admission = _admission_filter(topology)
     return [
-        header_limits, jwt_authn, *limit, token_exchange, denials, transcoder,
+        admission, header_limits, jwt_authn, *limit, token_exchange, denials, transcoder,
         upstream_problems, router,
     ]  # fmt: skip
+
+
+RETRY_AFTER = {
+    "header": {"key": "retry-after", "value": "1"},
+    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+}
 
 
 def _local_reply() -> dict[str, Any]:
@@ -511,6 +555,16 @@ def _local_reply() -> dict[str, Any]:
                     "content_type": "application/problem+json",
                     "formatters": FORMATTERS,
                 },
+            },
+            # The edge's own 503s (over the admission limit, no healthy upstream) say when
+            # to try again.
+            {
+                "filter": {"status_code_filter": {"comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": 503, "runtime_key": "edge_unavailable_status"},
+                }}},
+                "headers_to_add": [RETRY_AFTER],
+                "body_format_override": problem,
             },
             {
                 "filter": {"status_code_filter": {"comparison": {

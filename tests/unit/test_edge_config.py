@@ -4,7 +4,13 @@ import json
 from pathlib import Path
 
 from mesh.components import edge_metrics, ratelimit
-from mesh.components.edge import CLIENT_ADDRESS_HEADER, EdgeFiles, envoy_config, issuer
+from mesh.components.edge import (
+    ADMISSION,
+    CLIENT_ADDRESS_HEADER,
+    EdgeFiles,
+    envoy_config,
+    issuer,
+)
 from mesh.placement import NativePlacement
 from mesh.runtime import protos
 from mesh.topology import load
@@ -111,12 +117,30 @@ def test_every_route_goes_to_its_sidecar_upstream_with_the_right_auth() -> None:
             assert match["route"]["timeout"] == "0s"
 
 
-def test_filters_run_sizes_jwt_rate_limit_exchange_denials_transcoder_problems_router() -> None:
+def test_a_websocket_alone_is_not_counted_by_the_admission_limit() -> None:
+    routes = hcm(listeners()["http"])["route_config"]["virtual_hosts"][0]["routes"]
+    for route in load().edge.routes:
+        match = next(r for r in routes if route_prefix(r) == route.prefix)
+        admission = match["typed_per_filter_config"].get(ADMISSION, {})
+        assert admission.get("disabled", False) == route.websocket, route.prefix
+
+
+def test_the_admission_limit_follows_the_topologys_latency_target() -> None:
+    admission = load().edge.admission
+    for name, listener in listeners().items():
+        gradient = http_filter(listener, "adaptive_concurrency")["gradient_controller_config"]
+        min_rtt = gradient["min_rtt_calc_params"]
+        assert min_rtt["fixed_value"] == f"{admission.latency_ms / 1000:g}s", name
+        assert min_rtt["min_concurrency"] == admission.min_concurrency, name
+
+
+def test_filters_run_admission_sizes_jwt_rate_limit_exchange_denials_transcoder_problems_router(
+) -> None:  # fmt: skip
     for name, listener in listeners().items():
         names = [f["name"].rsplit(".", 1)[1] for f in hcm(listener)["http_filters"]]
         assert names == [
-            "lua", "jwt_authn", "ratelimit", "token_exchange", "lua", "grpc_json_transcoder",
-            "lua", "router",
+            "adaptive_concurrency", "lua", "jwt_authn", "ratelimit", "token_exchange", "lua",
+            "grpc_json_transcoder", "lua", "router",
         ], name  # fmt: skip
 
 

@@ -52,10 +52,13 @@ def aiohttp_default(parameter: str) -> int:
     return inspect.signature(web_protocol.RequestHandler.__init__).parameters[parameter].default
 
 
-def test_the_header_limits_are_the_first_filter_of_every_listener() -> None:
+def test_the_header_limits_come_right_after_admission_on_every_listener() -> None:
     for name, hcm in hcms().items():
-        first = hcm["http_filters"][0]["typed_config"]
-        assert first["default_source_code"]["inline_string"] == edge.REQUEST_HEADERS_LUA, name
+        admission, limits = hcm["http_filters"][:2]
+        assert admission["name"] == edge.ADMISSION, name
+        assert limits["typed_config"]["default_source_code"]["inline_string"] == (
+            edge.REQUEST_HEADERS_LUA
+        ), name
 
 
 def test_the_lua_filter_checks_the_limits_the_module_states() -> None:
