@@ -136,7 +136,7 @@ class TokenCache:
 @dataclass(frozen=True)
 class Admission:
     """How many requests an edge lets in at once (Envoy's adaptive concurrency filter, first in
-    its chain): the limit follows the p90 latency of what it let in, and shrinks while that is
+    its chain): the limit follows the median latency of what it let in, and shrinks while that is
     over `latency_ms`, down to `min_concurrency`; past the limit a request gets a 503 at once."""
 
     latency_ms: int

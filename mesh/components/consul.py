@@ -6,6 +6,7 @@ the topology and a placement.
 from __future__ import annotations
 
 import copy
+import json
 import ssl
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -332,7 +333,8 @@ def sidecar_argv(
 ) -> list[str]:
     """Compose's sidecar: `consul connect envoy` writes the bootstrap and execs Envoy, its
     admin API on the placement's admin address (the loopback of the network namespace the
-    sidecar shares with its instance, as the image's one user)."""
+    sidecar shares with its instance, as the image's one user). Envoy merges `--config-yaml`
+    into that bootstrap: it gives free memory back as the native sidecars do."""
     return [
         *_connect_envoy(topology, placement, connect),
         "-admin-bind",
@@ -344,6 +346,8 @@ def sidecar_argv(
         "-ignore-envoy-compatibility",
         "--",
         *SIDECAR_ENVOY_FLAGS,
+        "--config-yaml",
+        json.dumps({"memory_allocator_manager": envoy_memory.allocator_manager()}),
     ]
 
 

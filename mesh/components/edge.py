@@ -60,7 +60,7 @@ ADAPTIVE_CONCURRENCY = T + "filters.http.adaptive_concurrency.v3.AdaptiveConcurr
 ADMISSION = "envoy.filters.http.adaptive_concurrency"
 FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 # The latency percentile the admission limit follows, and how often it is recomputed.
-ADMISSION_PERCENTILE = 90
+ADMISSION_PERCENTILE = 50
 ADMISSION_UPDATE_S = 0.1
 TOKEN_EXCHANGE = "shopmesh.token_exchange"
 # The Lua source stays beside the native runtime (services/auth/README.md points there).
@@ -378,7 +378,7 @@ def rate_limits() -> list[dict[str, Any]]:
 
 def _admission_filter(topology: Topology) -> dict[str, Any]:
     """Envoy's adaptive concurrency filter with a fixed minRTT: the concurrency limit grows
-    while the p90 latency of what the edge admitted is under the topology's latency_ms and
+    while the median latency of what the edge admitted is under the topology's latency_ms and
     shrinks while it is over, so an overload is answered 503 at once rather than queued."""
     admission = topology.edge.admission
     return {

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from mesh.components import consul
+from mesh.placement import NativePlacement
 from mesh.runtime import envoy_admin
 from mesh.runtime.envoy_admin import MAX_SOCKET_PATH, AdminDirError
 from mesh.runtime.paths import StateDir
@@ -59,6 +61,19 @@ def test_a_native_sidecar_gives_free_memory_back_as_the_edge_does() -> None:
     }
     assert patched["admin"] == consul.with_admin_socket(CONSUL_BOOTSTRAP, socket)["admin"]
     assert "memory_allocator_manager" not in CONSUL_BOOTSTRAP, "the input is left as it was"
+
+
+def test_a_compose_sidecar_gives_free_memory_back_as_a_native_one_does() -> None:
+    topology = load()
+    instance = topology.service("orders").instances[0]
+    connect = consul.ConnectEnvoy(instance.id, Path("consul"), Path("/ca.pem"), Path("/token"))
+    argv = consul.sidecar_argv(
+        topology, NativePlacement.of(topology), connect, admin_port=19100, envoy_bin=Path("envoy")
+    )
+    envoy_flags = argv[argv.index("--") + 1 :]
+    merged = json.loads(envoy_flags[envoy_flags.index("--config-yaml") + 1])
+    native = consul.native_bootstrap(CONSUL_BOOTSTRAP, Path("/state/admin/orders-1-sidecar.sock"))
+    assert merged == {"memory_allocator_manager": native["memory_allocator_manager"]}
 
 
 def test_a_native_sidecar_runs_envoy_with_the_patched_bootstrap_and_the_sidecar_flags() -> None:
