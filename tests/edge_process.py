@@ -69,13 +69,8 @@ class Upstreams:
         self.refuse: int | None = None
         self.max_age = 30
         self.delay_s = 0.0
-        self.service_calls = 0
+        self.service_calls: list[str] = []
         self.service_delay_s = 0.0
-        self._lock = threading.Lock()
-
-    def count_service_call(self) -> None:
-        with self._lock:
-            self.service_calls += 1
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         upstreams = self
@@ -87,7 +82,7 @@ class Upstreams:
                 elif self.path.startswith("/auth/ext-authz/"):
                     self.exchange()
                 else:
-                    upstreams.count_service_call()
+                    upstreams.service_calls.append(self.path)
                     time.sleep(upstreams.service_delay_s)
                     self.answer(200, {"authorization": self.headers.get("authorization")})
 

@@ -48,7 +48,7 @@ class Burst:
 
     def __init__(self, edge: Edge) -> None:
         number = next(_bursts)
-        calls, exchanges = edge.upstreams.service_calls, len(edge.upstreams.exchanges)
+        calls, exchanges = len(edge.upstreams.service_calls), len(edge.upstreams.exchanges)
 
         def one(i: int) -> Answer:
             status, headers, body = edge.get("plain", f"burst-{number}-{i}")
@@ -56,7 +56,7 @@ class Burst:
 
         with ThreadPoolExecutor(BURST) as pool:
             self.answers = list(pool.map(one, range(BURST)))
-        self.service_calls = edge.upstreams.service_calls - calls
+        self.service_calls = len(edge.upstreams.service_calls) - calls
         self.exchanges = len(edge.upstreams.exchanges) - exchanges
 
     def admitted(self) -> list[Answer]:

@@ -8,6 +8,7 @@ import urllib.request
 
 from services.common.admin import AdminServer
 from services.common.health import DatabaseProbe, HealthCheck, Heartbeat
+from tests.support import wait_until
 
 
 class FakeConnection:
@@ -162,7 +163,7 @@ def test_the_heartbeat_is_refreshed_by_its_event_loop():
 
     async def beat_once() -> None:
         beating = asyncio.create_task(heartbeat.run(every_s=0.01))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: heartbeat.age_s() == 0.0, timeout=5, what="a heartbeat")
         beating.cancel()
 
     run(beat_once())
