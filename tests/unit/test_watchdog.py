@@ -1,12 +1,16 @@
 """The watchdog's decisions, on fake processes and a fake clock: restart what died, with a
-backoff that doubles and resets, and leave alone what was stopped on purpose."""
+backoff that doubles and resets, and leave alone what was stopped on purpose. Its wait between
+looks, on real processes: a death or a signal ends it."""
 
+import math
+import os
+import subprocess
 import time
 
 from mesh.runtime import watchdog
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec, Running
-from mesh.runtime.watchdog import BACKOFF_INITIAL_S, BACKOFF_MAX_S, Watchdog, backoff_s
+from mesh.runtime.watchdog import BACKOFF_INITIAL_S, BACKOFF_MAX_S, Exits, Watchdog, backoff_s
 
 
 class Processes:
@@ -125,3 +129,59 @@ def test_up_forgets_every_hold(tmp_path):
     watchdog.hold(state, "kafka-3")
     watchdog.release_all(state)
     assert not watchdog.is_held(state, "orders-1") and not watchdog.is_held(state, "kafka-3")
+
+
+def test_the_wait_lasts_until_the_next_restart_falls_due(tmp_path):
+    processes, clock = Processes("orders-1"), Clock()
+    dog = watching(tmp_path, processes, clock, "orders-1", "payments-1")
+    assert dog.due_in_s() == math.inf
+    dog.tick()
+    assert dog.pids == {"orders-1": 1}
+    assert dog.due_in_s() == BACKOFF_INITIAL_S
+    clock.now += 2 * BACKOFF_INITIAL_S
+    assert dog.due_in_s() == 0.0
+
+
+def test_a_watched_process_that_dies_ends_the_wait():
+    proc = subprocess.Popen(["sleep", "60"])
+    exits = Exits()
+    exits.watch([proc.pid])
+    proc.kill()
+    started = time.monotonic()
+    exits.wait(30)
+    assert time.monotonic() - started < 30
+    proc.wait()
+
+
+def test_a_pid_that_ended_a_wait_ends_no_other_while_it_is_still_wanted():
+    proc = subprocess.Popen(["sleep", "60"])
+    exits = Exits()
+    exits.watch([proc.pid])
+    proc.kill()
+    exits.wait(30)
+    exits.watch([proc.pid])  # as if a look still found the pid running
+    started = time.monotonic()
+    exits.wait(0.3)
+    assert time.monotonic() - started >= 0.3
+    proc.wait()
+
+
+def test_what_is_written_to_the_wake_fd_ends_the_wait_and_is_read():
+    reader, writer = os.pipe()
+    os.set_blocking(reader, False)
+    try:
+        os.write(writer, b"\x0f" * 100)
+        started = time.monotonic()
+        Exits(wake_fd=reader).wait(30)
+        assert time.monotonic() - started < 30
+        assert _read_or_none(reader) is None  # nothing left: the next wait is a wait
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+def _read_or_none(fd: int) -> bytes | None:
+    try:
+        return os.read(fd, 64)
+    except BlockingIOError:
+        return None
