@@ -66,3 +66,21 @@ def test_every_envoy_metric_a_rule_dashboard_or_test_reads_is_kept_from_the_side
     assert {name for name in read if not kept.fullmatch(name)} == set()
     assert not kept.fullmatch("envoy_cluster_upstream_cx_connect_ms_bucket")
     assert not kept.fullmatch("envoy_server_initialization_time_ms_bucket")
+
+
+def test_every_consul_metric_a_rule_or_dashboard_reads_is_kept_from_the_agents() -> None:
+    (keep,) = prometheus.CONSUL_METRICS_READ
+    kept = re.compile(keep["regex"])
+    read = _read_in_queries(r"consul_[A-Za-z_]+")
+    read -= {"consul_destination_service"}  # a label of the sidecars' Envoy metrics
+    assert {"consul_autopilot_healthy", "consul_server_isLeader"} <= read
+    assert {name for name in read if not kept.fullmatch(name)} == set()
+    assert not kept.fullmatch("consul_raft_boltdb_storeLogs")
+
+
+def _read_in_queries(pattern: str) -> set[str]:
+    """The names matching `pattern` in the queries of the dashboards and the rules."""
+    folder = REPO_ROOT / "observability"
+    texts = [path.read_text() for path in folder.rglob("*.json")]
+    texts += [path.read_text() for path in (RULES / "rules").glob("*.yml")]
+    return {name for text in texts for name in re.findall(pattern, text)}
