@@ -109,7 +109,9 @@ def create_app(settings: ServiceSettings, auth_settings: AuthSettings) -> web.Ap
             blocked_users = Consumer(
                 (Topic.USER_EVENTS,), cache_group(settings.instance), on_user_event
             )
-            async with messaging(pool, settings.instance, consumers=[blocked_users]):
+            async with messaging(pool, settings.instance, consumers=[blocked_users]) as kafka:
+                (blocks,) = kafka.runners
+                service.follow_blocks(lambda: blocks.caught_up_at)
                 yield
         finally:
             for task in (reloads, pruning):

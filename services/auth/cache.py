@@ -4,7 +4,8 @@ Keys are the SHA-256 of the external token (the token itself is never kept as a 
 entry is served until `margin_s` before the internal token's expiry (never later than the
 external token's: the internal exp is capped by it). The cache is bounded: the least recently
 used entry goes first. `invalidate_user` drops every entry of a subject (a blocked user), and
-entries of users are due for a re-check of the user's status every `recheck_s`.
+an entry of a user is due for a re-check of the user's status once `recheck_s` have passed
+since both its last check and the last time the block events were known to be all handled.
 """
 
 from __future__ import annotations
@@ -81,8 +82,11 @@ class ExchangeCache:
         while len(self._entries) > self._max_entries:
             self._remove(next(iter(self._entries)))
 
-    def needs_recheck(self, entry: CachedExchange) -> bool:
-        return entry.is_user and self._clock() - entry.checked_at >= self._recheck_s
+    def needs_recheck(self, entry: CachedExchange, blocks_current_at: float | None = None) -> bool:
+        """`blocks_current_at`: when every block event published so far had been handled (each
+        one invalidates its user's entries), None when never."""
+        last_known = max(entry.checked_at, blocks_current_at or entry.checked_at)
+        return entry.is_user and self._clock() - last_known >= self._recheck_s
 
     def checked(self, entry: CachedExchange) -> None:
         entry.checked_at = self._clock()

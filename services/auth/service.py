@@ -154,6 +154,12 @@ class AuthService:
         self.cache = cache or ExchangeCache(clock=clock)
         self._clock = clock
         self._exchanging: SingleFlight[bytes, CachedExchange] = SingleFlight()
+        self._blocks_current_at: Callable[[], float | None] = lambda: None
+
+    def follow_blocks(self, current_at: Callable[[], float | None]) -> None:
+        """Take `current_at()` as the time up to which every UserBlocked event is handled
+        (`on_user_event`): while it is recent, a cached user needs no re-check with users."""
+        self._blocks_current_at = current_at
 
     # --- clients and grants ---------------------------------------------------------------
 
@@ -325,16 +331,18 @@ class AuthService:
     async def authorize(self, external_token: str) -> CachedExchange:
         """The edge's check: the internal token for this external token, and until when.
 
-        Served from the cache while it is fresh; a cached user's blocked status is re-checked
-        every 30 s. Requests for a token not in the cache yet share one exchange. Raises what
-        `exchange` raises.
+        Served from the cache while it is fresh. A UserBlocked event drops the user's entries;
+        a cached user's blocked status is asked of users only when neither that nor the block
+        events were known current in the last 30 s (the events' consumer stalled or behind).
+        Requests for a token not in the cache yet share one exchange. Raises what `exchange`
+        raises.
         """
         entry = self.cache.get(external_token)
         if entry is None:
             return await self._exchanging.run(
                 token_key(external_token), lambda: self._exchange_into_cache(external_token)
             )
-        if self.cache.needs_recheck(entry):
+        if self.cache.needs_recheck(entry, self._blocks_current_at()):
             await self._recheck(entry)
         return entry
 

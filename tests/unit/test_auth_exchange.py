@@ -147,6 +147,17 @@ def test_users_are_due_for_a_recheck_every_30_seconds_machines_never():
     assert not cache.needs_recheck(user)
 
 
+def test_block_events_known_handled_since_a_users_last_check_put_off_its_recheck():
+    clock = Clock(1000.0)
+    cache = ExchangeCache(clock=clock, recheck_s=30)
+    user = entry(checked_at=1000.0)
+    clock.now = 1040.0
+    assert not cache.needs_recheck(user, blocks_current_at=1015.0)
+    assert cache.needs_recheck(user, blocks_current_at=1010.0)
+    assert cache.needs_recheck(user, blocks_current_at=990.0)  # older than its own check
+    assert cache.needs_recheck(user, blocks_current_at=None)
+
+
 def test_the_cache_never_keeps_the_token_itself():
     cache = ExchangeCache(clock=Clock(1000.0))
     cache.put("secret-token-value", entry())
@@ -255,6 +266,37 @@ def test_a_user_blocked_after_caching_is_refused_at_the_next_recheck():
     still_cached, remaining = asyncio.run(go())
     assert still_cached
     assert remaining == 0
+
+
+def test_while_the_block_events_are_current_a_cached_user_is_not_asked_of_users_again():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        service.follow_blocks(lambda: clock.now - 5)
+        token = external_token(clock)
+        await service.authorize(token)
+        calls = len(users.calls)
+        clock.now += 100
+        await service.authorize(token)
+        return len(users.calls) - calls
+
+    assert asyncio.run(go()) == 0
+
+
+def test_once_the_block_events_are_not_current_a_cached_user_is_rechecked_and_a_block_seen():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        stalled_at = clock.now
+        service.follow_blocks(lambda: stalled_at)
+        token = external_token(clock)
+        await service.authorize(token)
+        users.blocked.add("alice")
+        clock.now += 31
+        with pytest.raises(UserBlocked):
+            await service.authorize(token)
+
+    asyncio.run(go())
 
 
 def test_invalidate_user_forces_a_new_exchange_that_sees_the_block():

@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 COMMIT_INTERVAL_S = 1.0
 # How long the lag gauge waits for a partition's position (none yet right after assignment).
 LAG_POSITION_WAIT_S = 0.1
+# How long a broker holds a fetch that finds nothing new. A fetch returns as soon as a record
+# arrives, and each broker is fetched from on its own, so this costs no latency; it sets what an
+# idle consumer costs: at Kafka's 500 ms the mesh's idle consumers kept every broker's request
+# threads busiest of all its idle work.
+FETCH_MAX_WAIT_MS = 5_000
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -125,6 +130,9 @@ class ConsumerRunner:
         )
         self.metrics.expect(self.topics, group_id)
         self._lag_reported: set[TopicPartition] = set()
+        # When this consumer last knew it had handled every event of its partitions: the time
+        # (epoch seconds) of the oldest of the fetches that showed nothing past its position.
+        self.caught_up_at: float | None = None
         self._consumer: Any = None
         self._producer: Any = None
         self._lock = asyncio.Lock()
@@ -152,6 +160,7 @@ class ConsumerRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.max_batch,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -264,10 +273,12 @@ class ConsumerRunner:
 
     async def record_lag(self) -> None:
         """Set each owned partition's lag: its high watermark (from the last fetch) minus this
-        consumer's position, which after a handled batch is the offset it committed."""
+        consumer's position, which after a handled batch is the offset it committed. With no
+        lag anywhere, `caught_up_at` moves to the oldest of those fetches."""
         consumer = self._consumer
         if consumer is None:
             return
+        caught_up, oldest_fetch_ms = True, None
         for tp in consumer.assignment():
             # A rebalance may revoke it while an earlier partition's position is awaited, and
             # aiokafka's highwater() asserts that the partition is assigned.
@@ -275,13 +286,22 @@ class ConsumerRunner:
                 continue
             highwater = consumer.highwater(tp)
             if highwater is None:
+                caught_up = False
                 continue  # nothing fetched from it yet
             try:
                 position = await asyncio.wait_for(consumer.position(tp), LAG_POSITION_WAIT_S)
             except (KafkaError, TimeoutError):
+                caught_up = False
                 continue  # no position yet (just assigned) or no longer owned
             self.metrics.lag(self.group_id, tp.topic, tp.partition, highwater - position)
             self._lag_reported.add(tp)
+            fetched_ms = consumer.last_poll_timestamp(tp)
+            if highwater > position or fetched_ms is None:
+                caught_up = False
+            else:
+                oldest_fetch_ms = min(fetched_ms, oldest_fetch_ms or fetched_ms)
+        if caught_up and oldest_fetch_ms is not None:
+            self.caught_up_at = oldest_fetch_ms / 1000
 
     def _forget_lag(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in set(partitions) & self._lag_reported:
