@@ -87,6 +87,17 @@ def idle(state: StateDir) -> dict[str, Any]:
     }
 
 
+def settle(state: StateDir, quiet_percent: float) -> float | None:
+    """Wait until the mesh is back near rest: the seconds it took, None if it never was."""
+    waited = resources.wait_until_quiet(
+        lambda: resources.machine_percent(state, plan.SETTLE_WINDOW_S),
+        quiet_percent,
+        plan.SETTLE_TIMEOUT_S,
+    )
+    say(f"settled in {waited:.0f} s" if waited is not None else "did not settle; going on")
+    return waited
+
+
 def selected(only: list[str] | None) -> list[str]:
     every = [*plan.GET_SCENARIOS, *plan.GRPC_SCENARIOS, *plan.POST_SCENARIOS]
     return [s for s in every if not only or s in only]
@@ -108,13 +119,18 @@ def measure(only: list[str] | None) -> report.Results:
     started = time.monotonic()
     say("resources at idle")
     results["resources"] = {"idle": idle(state), "pss_before": resources.pss_bytes(state)}
+    results["settled_s"] = {}
+    quiet = results["resources"]["idle"]["percent"] + plan.SETTLE_MARGIN_PERCENT
     for name in selected(only):
+        results["settled_s"][name] = settle(state, quiet)
         run_scenario(topology, state, name, results)
         if name == plan.LONG_RUN[0]:
             run_long(topology, state, results)
     if not only:
+        results["settled_s"]["ws"] = settle(state, quiet)
         say("order → WebSocket PAID probe")
         results["ws"] = ws_latency.probe(topology, state, plan.WS_ORDERS)
+        results["settled_s"]["kafka"] = settle(state, quiet)
         run_kafka(results)
     results["resources"]["pss_after"] = resources.pss_bytes(state)
     results["machine"]["load_after"] = machine.load_average()

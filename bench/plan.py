@@ -25,6 +25,12 @@ KAFKA_SIZE = 512
 KAFKA_PARTITIONS = 6
 WS_ORDERS = 30
 IDLE_S = 15.0
+# Before each scenario the mesh must be back near rest: what an overload left queued (requests,
+# exchanges, consumer lag, the JIT) would otherwise be measured as the next scenario's. Quiet:
+# a window with at most this much more of the machine's CPU than at rest.
+SETTLE_WINDOW_S = 2.0
+SETTLE_MARGIN_PERCENT = 10.0
+SETTLE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,24 @@ def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     return lines
 
 
+def _settling(results: Results) -> list[str]:
+    """How long the run waited for the mesh to come back near rest before each part."""
+    waits = results.get("settled_s")
+    if not waits:
+        return []
+    spent = ", ".join(
+        f"{name} {seconds:.0f} s" if seconds is not None else f"{name} never (went on)"
+        for name, seconds in waits.items()
+    )
+    return [
+        f"- Before each scenario, the WebSocket probe and the Kafka runs, the run waits until "
+        f"the mesh's CPU over {plan.SETTLE_WINDOW_S:g} s is at most "
+        f"{plan.SETTLE_MARGIN_PERCENT:g} points of the machine over its idle share (at most "
+        f"{plan.SETTLE_TIMEOUT_S:g} s), so that what one scenario left queued is not measured "
+        f"as the next one's. It waited: {spent}."
+    ]
+
+
 def side_by_side(results: Results, scenarios: tuple[str, ...], rates: tuple[int, ...]) -> list[str]:
     runs = results["runs"]
     rows = [[f"{rate:,}"] + [cell(find(runs, s, rate)) for s in scenarios] for rate in rates]
@@ -575,6 +593,7 @@ def document(results: Results) -> str:
         "metadata, to users' port or through the edge sidecar's users upstream.",
         "- Every run is one `mesh bench` command, listed with its figures in "
         "[Every run](#every-run).",
+        *_settling(results),
         "",
         "## Edge protocols and the mesh hop",
         "",

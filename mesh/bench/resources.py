@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -94,3 +95,24 @@ def idle_cpu(state: StateDir, seconds: float) -> CpuMeter:
     with CpuMeter(state) as meter:
         time.sleep(seconds)
     return meter
+
+
+def machine_percent(state: StateDir, seconds: float) -> float:
+    """The mesh's CPU over `seconds`, in percent of the whole machine."""
+    meter = idle_cpu(state, seconds)
+    return 100 * sum(meter.spent.values()) / (meter.wall_s * (psutil.cpu_count() or 1))
+
+
+def wait_until_quiet(
+    measure: Callable[[], float],
+    ceiling_percent: float,
+    timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> float | None:
+    """Measure windows (`measure()`: the mesh's CPU over one, in percent of the machine) until
+    one is at most `ceiling_percent`: the seconds that took, or None when `timeout_s` ran out."""
+    started = clock()
+    while clock() - started < timeout_s:
+        if measure() <= ceiling_percent:
+            return clock() - started
+    return None

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from bench import kafka_perf, plan, report
-from mesh.bench import accounts, figures, scenarios, slots, targets
+from mesh.bench import accounts, figures, resources, scenarios, slots, targets
 from mesh.bench.tools import HttpAttack
 
 VEGETA_REPORT = {
@@ -336,3 +336,36 @@ def test_a_bench_post_gives_up_after_its_attempts(monkeypatch):
         pytest.raises(httpx.ConnectError),
     ):
         accounts._post_paced(client, "https://edge/token")
+
+
+class Windows:
+    """The mesh's CPU in successive windows, each a second on a fake clock."""
+
+    def __init__(self, *percents: float) -> None:
+        self.percents = list(percents)
+        self.now = 0.0
+
+    def measure(self) -> float:
+        self.now += 1.0
+        return self.percents.pop(0)
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_the_run_waits_for_the_first_quiet_window_after_a_load() -> None:
+    windows = Windows(80.0, 45.0, 31.0, 90.0)
+    waited = resources.wait_until_quiet(windows.measure, 35.0, 60.0, windows.clock)
+    assert waited == 3.0
+    assert windows.percents == [90.0]
+
+
+def test_a_mesh_that_never_quiets_down_is_waited_for_only_until_the_timeout() -> None:
+    windows = Windows(*[80.0] * 100)
+    assert resources.wait_until_quiet(windows.measure, 35.0, 5.0, windows.clock) is None
+    assert windows.now == 5.0
+
+
+def test_the_report_says_how_long_each_part_waited_for_the_mesh_to_settle() -> None:
+    document = report.document(results() | {"settled_s": {"direct": 2.0, "edge-h3": None}})
+    assert "It waited: direct 2 s, edge-h3 never (went on)." in document
