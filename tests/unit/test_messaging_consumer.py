@@ -447,45 +447,6 @@ def test_lag_is_recorded_for_what_is_still_owned_when_a_rebalance_revokes_partit
     assert runner._lag_reported == set(consumer.asked)
 
 
-class FetchedPartitions:
-    """An aiokafka consumer's view after its fetches: per partition, the high watermark, this
-    consumer's position and when the partition was last fetched (ms)."""
-
-    def __init__(self, **partitions):
-        self.partitions = {
-            TopicPartition("user-events", int(n[1:])): v for n, v in partitions.items()
-        }
-
-    def assignment(self):
-        return set(self.partitions)
-
-    def highwater(self, tp):
-        return self.partitions[tp][0]
-
-    async def position(self, tp):
-        return self.partitions[tp][1]
-
-    def last_poll_timestamp(self, tp):
-        return self.partitions[tp][2]
-
-
-def test_a_consumer_with_nothing_left_to_handle_is_caught_up_as_of_its_oldest_fetch():
-    runner, _ = runner_with(Handler())
-    runner._consumer = FetchedPartitions(p0=(7, 7, 5_000), p1=(3, 3, 9_000))
-    asyncio.run(runner.record_lag())
-    assert runner.caught_up_at == 5.0
-
-
-def test_a_partition_behind_or_never_fetched_leaves_caught_up_where_it_was():
-    runner, _ = runner_with(Handler())
-    runner._consumer = FetchedPartitions(p0=(7, 7, 5_000))
-    asyncio.run(runner.record_lag())
-    for behind in [FetchedPartitions(p0=(8, 7, 6_000)), FetchedPartitions(p0=(None, 7, None))]:
-        runner._consumer = behind
-        asyncio.run(runner.record_lag())
-        assert runner.caught_up_at == 5.0
-
-
 class ScriptedConsumer:
     """An aiokafka consumer that joins, then fails its first fetch with `error` (a bug, not a
     Kafka error); `stop()` is what leaves the group."""

@@ -152,11 +152,13 @@ def test_a_consumers_counters_and_age_histogram_exist_at_zero_before_its_first_m
 
 
 class LaggingConsumer:
-    """The assignment, high watermarks and positions of an aiokafka consumer."""
+    """The assignment, high watermarks, positions and last fetches (ms) of an aiokafka
+    consumer."""
 
-    def __init__(self, highwater: dict, position: dict) -> None:
+    def __init__(self, highwater: dict, position: dict, fetched_ms: dict | None = None) -> None:
         self._highwater = highwater
         self._position = position
+        self._fetched_ms = fetched_ms or {}
 
     def assignment(self) -> set:
         return set(self._highwater)
@@ -166,6 +168,9 @@ class LaggingConsumer:
 
     async def position(self, tp):
         return self._position[tp]
+
+    def last_poll_timestamp(self, tp):
+        return self._fetched_ms.get(tp)
 
 
 def test_lag_is_high_watermark_minus_position_and_forgotten_when_revoked() -> None:
@@ -186,6 +191,25 @@ def test_lag_is_high_watermark_minus_position_and_forgotten_when_revoked() -> No
     assert (lag("0"), lag("1"), lag("2")) == (1200, 0, None)
     asyncio.run(runner._on_revoked({p0}))
     assert (lag("0"), lag("1")) == (None, 0)
+
+
+def test_a_consumer_with_nothing_left_to_handle_is_caught_up_as_of_its_oldest_fetch() -> None:
+    p0, p1 = (TopicPartition("user-events", n) for n in range(2))
+    runner = ConsumerRunner("user-events", "auth-cache-auth-1", handler, None, store=Store())
+    runner._consumer = LaggingConsumer({p0: 7, p1: 3}, {p0: 7, p1: 3}, {p0: 5_000, p1: 9_000})
+    asyncio.run(runner.record_lag())
+    assert runner.caught_up_at == 5.0
+
+
+def test_a_partition_behind_or_never_fetched_leaves_caught_up_where_it_was() -> None:
+    p0 = TopicPartition("user-events", 0)
+    runner = ConsumerRunner("user-events", "auth-cache-auth-1", handler, None, store=Store())
+    runner._consumer = LaggingConsumer({p0: 7}, {p0: 7}, {p0: 5_000})
+    asyncio.run(runner.record_lag())
+    for behind in [LaggingConsumer({p0: 8}, {p0: 7}, {p0: 6_000}), LaggingConsumer({p0: None}, {})]:
+        runner._consumer = behind
+        asyncio.run(runner.record_lag())
+        assert runner.caught_up_at == 5.0
 
 
 def rows(topics: list[str]) -> list[OutboxRow]:
