@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -192,3 +193,54 @@ def test_a_look_that_found_it_dead_leaves_the_pid_file_of_its_restart(tmp_path: 
         assert process.running(state, "again") == restarted
     finally:
         process.stop(state, "again", timeout=5)
+
+
+def started_elsewhere(state: StateDir, name: str) -> int:
+    """A process another `mesh` started (as `mesh down` finds what `mesh up -d` started): not
+    this process's child, so nothing here can reap it; its pid file as `start` writes one."""
+    launcher = (
+        "import subprocess, sys; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+        "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        "print(child.pid)"
+    )
+    pid = int(subprocess.run([sys.executable, "-c", launcher], capture_output=True,
+                             text=True, check=True).stdout)  # fmt: skip
+    started = psutil.Process(pid).create_time()
+    (state.pids / f"{name}.json").write_text(json.dumps({"pid": pid, "started": started}))
+    return pid
+
+
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+# A look at a process gone from /proc waits out an exec window before calling it dead (see
+# `running`); a stop or kill that signalled it knows better. With the window an hour long,
+# either would hang until pytest's timeout.
+@pytest.mark.timeout(60)
+def test_a_stop_of_a_process_it_did_not_start_ends_when_the_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    pid = started_elsewhere(state, "elsewhere")
+    monkeypatch.setattr(process, "EXEC_WINDOW_S", 3600.0)
+
+    assert process.stop(state, "elsewhere", timeout=30)
+    assert gone(pid)
+    assert not (state.pids / "elsewhere.json").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_kill_of_a_process_it_did_not_start_ends_when_the_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    pid = started_elsewhere(state, "elsewhere")
+    monkeypatch.setattr(process, "EXEC_WINDOW_S", 3600.0)
+
+    assert process.kill(state, "elsewhere")
+    assert gone(pid)
+    assert not (state.pids / "elsewhere.json").exists()
