@@ -87,6 +87,19 @@ def idle(state: StateDir) -> dict[str, Any]:
     }
 
 
+def rest(state: StateDir) -> float | None:
+    """Wait until the mesh's CPU no longer falls (it does for minutes after a start): the
+    seconds it took, None if it still fell at the timeout."""
+    waited = resources.wait_until_steady(
+        lambda: resources.machine_percent(state, plan.REST_WINDOW_S),
+        plan.REST_WINDOWS,
+        plan.REST_TOLERANCE_PERCENT,
+        plan.REST_TIMEOUT_S,
+    )
+    say(f"at rest after {waited:.0f} s" if waited is not None else "still settling; going on")
+    return waited
+
+
 def settle(state: StateDir, quiet_percent: float) -> float | None:
     """Wait until the mesh is back near rest: the seconds it took, None if it never was."""
     waited = resources.wait_until_quiet(
@@ -117,6 +130,8 @@ def measure(only: list[str] | None) -> report.Results:
         "skipped": {},
     }
     started = time.monotonic()
+    say("waiting for the mesh to be at rest")
+    results["rested_s"] = rest(state)
     say("resources at idle")
     results["resources"] = {"idle": idle(state), "pss_before": resources.pss_bytes(state)}
     results["settled_s"] = {}

@@ -25,6 +25,14 @@ KAFKA_SIZE = 512
 KAFKA_PARTITIONS = 6
 WS_ORDERS = 30
 IDLE_S = 15.0
+# The idle share is measured once the mesh is at rest: for minutes after `mesh up` the brokers,
+# Consul and Prometheus still work off their start (d95e421's run right after `up`: 40.4 % of
+# the machine at idle, 25.9 % half an hour later). At rest: the mean of the last REST_WINDOWS
+# windows at most REST_TOLERANCE_PERCENT below the mean of the REST_WINDOWS before them.
+REST_WINDOW_S = 5.0
+REST_WINDOWS = 3
+REST_TOLERANCE_PERCENT = 2.0
+REST_TIMEOUT_S = 300.0
 # Before each scenario the mesh must be back near rest: what an overload left queued (requests,
 # exchanges, consumer lag, the JIT) would otherwise be measured as the next scenario's. Quiet:
 # a window with at most this much more of the machine's CPU than at rest.

@@ -77,6 +77,21 @@ def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     return lines
 
 
+def _resting(results: Results) -> list[str]:
+    """How long the run waited for the mesh to be at rest before its idle share was measured."""
+    if "rested_s" not in results:
+        return []
+    waited = results["rested_s"]
+    took = f"it took {waited:.0f} s" if waited is not None else "it still fell after the timeout"
+    return [
+        f"- First the run waits until the mesh is at rest, as it is not for minutes after "
+        f"`mesh up`: until the mean of its CPU over the last {plan.REST_WINDOWS} windows of "
+        f"{plan.REST_WINDOW_S:g} s is at most {plan.REST_TOLERANCE_PERCENT:g} points of the "
+        f"machine below the {plan.REST_WINDOWS} before them (at most {plan.REST_TIMEOUT_S:g} "
+        f"s; {took}); then it measures the idle share."
+    ]
+
+
 def _settling(results: Results) -> list[str]:
     """How long the run waited for the mesh to come back near rest before each part."""
     waits = results.get("settled_s")
@@ -593,6 +608,7 @@ def document(results: Results) -> str:
         "metadata, to users' port or through the edge sidecar's users upstream.",
         "- Every run is one `mesh bench` command, listed with its figures in "
         "[Every run](#every-run).",
+        *_resting(results),
         *_settling(results),
         "",
         "## Edge protocols and the mesh hop",

@@ -103,6 +103,27 @@ def machine_percent(state: StateDir, seconds: float) -> float:
     return 100 * sum(meter.spent.values()) / (meter.wall_s * (psutil.cpu_count() or 1))
 
 
+def wait_until_steady(
+    measure: Callable[[], float],
+    windows: int,
+    tolerance_percent: float,
+    timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> float | None:
+    """Measure windows until the mean of the last `windows` is at most `tolerance_percent`
+    below the mean of the `windows` before them, i.e. the mesh's CPU no longer falling as it
+    does for minutes after a start: the seconds that took, or None when `timeout_s` ran out."""
+    started = clock()
+    seen: list[float] = []
+    while clock() - started < timeout_s:
+        seen.append(measure())
+        if len(seen) >= 2 * windows:
+            before, last = seen[-2 * windows : -windows], seen[-windows:]
+            if (sum(before) - sum(last)) / windows <= tolerance_percent:
+                return clock() - started
+    return None
+
+
 def wait_until_quiet(
     measure: Callable[[], float],
     ceiling_percent: float,

@@ -369,3 +369,24 @@ def test_a_mesh_that_never_quiets_down_is_waited_for_only_until_the_timeout() ->
 def test_the_report_says_how_long_each_part_waited_for_the_mesh_to_settle() -> None:
     document = report.document(results() | {"settled_s": {"direct": 2.0, "edge-h3": None}})
     assert "It waited: direct 2 s, edge-h3 never (went on)." in document
+
+
+def test_the_idle_share_waits_until_the_mesh_no_longer_calms_down_after_its_start() -> None:
+    # Falling for a while after `mesh up`, then flat within noise.
+    windows = Windows(60.0, 50.0, 42.0, 36.0, 31.0, 28.0, 26.0, 27.0, 25.0, 26.0, 26.0, 25.0)
+    waited = resources.wait_until_steady(windows.measure, 3, 2.0, 60.0, windows.clock)
+    # The first three windows whose mean is within 2 points of the three before them.
+    assert waited == 11.0
+    assert windows.percents == [25.0]
+
+
+def test_a_mesh_whose_cpu_keeps_falling_is_waited_for_only_until_the_timeout() -> None:
+    windows = Windows(*[100.0 - 3 * n for n in range(30)])
+    assert resources.wait_until_steady(windows.measure, 3, 2.0, 12.0, windows.clock) is None
+    assert windows.now == 12.0
+
+
+def test_the_report_says_how_long_the_run_waited_for_the_mesh_to_be_at_rest() -> None:
+    assert "it took 45 s); then it measures the idle share." in report.document(
+        results() | {"rested_s": 45.0}
+    )
