@@ -568,14 +568,15 @@ def _owner(port: int) -> str:
 def _together(wave: start_waves.Wave, start: Callable[[ProcessSpec], None]) -> None:
     """Each chain of the wave in a thread of its own, its processes one after another; the
     first failure raised once every chain has ended (a chain stops at its failure)."""
+    if len(wave) == 1:
+        for spec in wave[0]:
+            start(spec)
+        return
 
     def run(chain: start_waves.Chain) -> None:
         for spec in chain:
             start(spec)
 
-    if len(wave) == 1:
-        run(wave[0])
-        return
     with ThreadPoolExecutor(max_workers=len(wave)) as pool:
         ends = [pool.submit(run, chain) for chain in wave]
     for end in ends:
