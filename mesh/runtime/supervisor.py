@@ -8,7 +8,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -39,7 +38,6 @@ from mesh.runtime import (
     prometheus,
     protos,
     ratelimit,
-    start_waves,
     watchdog,
 )
 from mesh.runtime.hosts import Network
@@ -342,8 +340,8 @@ class Mesh:
             # A state dir an earlier version made (before every process got PRIVATE_UMASK).
             make_private(self.state.root)
             started_at = time.monotonic()
-            for wave in start_waves.waves(self.topology, self.specs()):
-                _together(wave, lambda spec: self._start_one(spec, say))
+            for spec in self.specs():
+                self._start_one(spec, say)
             say(f"mesh is up in {time.monotonic() - started_at:.1f}s")
 
     def _start_one(self, spec: ProcessSpec, say: Callable[[str], None]) -> None:
@@ -362,18 +360,13 @@ class Mesh:
 
     def start(self, name: str, say: Callable[[str], None] = print) -> None:
         """Start what is not running (and let the watchdog look after it again)."""
-
-        def start_if_down(spec: ProcessSpec) -> None:
-            if process.running(self.state, spec.name):
-                say(f"  {spec.name} is already running")
-            else:
-                self._start_one(spec, say)
-            watchdog.release(self.state, spec.name)
-
         with private_files():
-            specs = [self.spec(proc_name) for proc_name in self.resolve(name)]
-            for wave in start_waves.waves(self.topology, specs):
-                _together(wave, start_if_down)
+            for proc_name in self.resolve(name):
+                if process.running(self.state, proc_name):
+                    say(f"  {proc_name} is already running")
+                else:
+                    self._start_one(self.spec(proc_name), say)
+                watchdog.release(self.state, proc_name)
 
     def kill(self, name: str, *, hold: bool = False) -> list[str]:
         """SIGKILL, as a crash: the watchdog restarts it, unless `hold` keeps it down until
@@ -563,21 +556,3 @@ def _owner(port: int) -> str:
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         pass
     return ""
-
-
-def _together(wave: start_waves.Wave, start: Callable[[ProcessSpec], None]) -> None:
-    """Each chain of the wave in a thread of its own, its processes one after another; the
-    first failure raised once every chain has ended (a chain stops at its failure)."""
-    if len(wave) == 1:
-        for spec in wave[0]:
-            start(spec)
-        return
-
-    def run(chain: start_waves.Chain) -> None:
-        for spec in chain:
-            start(spec)
-
-    with ThreadPoolExecutor(max_workers=len(wave)) as pool:
-        ends = [pool.submit(run, chain) for chain in wave]
-    for end in ends:
-        end.result()
