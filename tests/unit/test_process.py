@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -219,28 +220,19 @@ def gone(pid: int) -> bool:
 # `running`); a stop or kill that signalled it knows better. With the window an hour long,
 # either would hang until pytest's timeout.
 @pytest.mark.timeout(60)
-def test_a_stop_of_a_process_it_did_not_start_ends_when_the_process_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "end",
+    [lambda state, name: process.stop(state, name, timeout=30), process.kill],
+    ids=["stop", "kill"],
+)
+def test_a_stop_or_kill_of_a_process_it_did_not_start_ends_when_the_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: Callable[[StateDir, str], bool]
 ) -> None:
     state = StateDir(tmp_path)
     state.ensure()
     pid = started_elsewhere(state, "elsewhere")
     monkeypatch.setattr(process, "EXEC_WINDOW_S", 3600.0)
 
-    assert process.stop(state, "elsewhere", timeout=30)
-    assert gone(pid)
-    assert not (state.pids / "elsewhere.json").exists()
-
-
-@pytest.mark.timeout(60)
-def test_a_kill_of_a_process_it_did_not_start_ends_when_the_process_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    state = StateDir(tmp_path)
-    state.ensure()
-    pid = started_elsewhere(state, "elsewhere")
-    monkeypatch.setattr(process, "EXEC_WINDOW_S", 3600.0)
-
-    assert process.kill(state, "elsewhere")
+    assert end(state, "elsewhere")
     assert gone(pid)
     assert not (state.pids / "elsewhere.json").exists()
