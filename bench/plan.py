@@ -26,7 +26,7 @@ KAFKA_PARTITIONS = 6
 WS_ORDERS = 30
 IDLE_S = 15.0
 # The idle share is measured once the mesh is at rest: for minutes after `mesh up` the brokers,
-# Consul and Prometheus still work off their start (d95e421's run right after `up`: 40.4 % of
+# Consul and Prometheus still work off their start (a57ab47's run a minute after `up`: 40.4 % of
 # the machine at idle, 25.9 % half an hour later). At rest: the mean of the last REST_WINDOWS
 # windows at most REST_TOLERANCE_PERCENT below the mean of the REST_WINDOWS before them.
 REST_WINDOW_S = 5.0

@@ -213,7 +213,10 @@ def started_elsewhere(state: StateDir, name: str) -> int:
 
 
 def gone(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 # A look at a process gone from /proc waits out an exec window before calling it dead (see
