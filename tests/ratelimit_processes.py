@@ -4,7 +4,6 @@ a temporary state dir."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -13,25 +12,10 @@ from pathlib import Path
 from mesh.placement import NativePlacement
 from mesh.runtime import process, ratelimit
 from mesh.runtime.paths import StateDir, cache_dir
+from mesh.runtime.ports import free_port
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.provision import RATELIMIT, REDIS, Component
 from mesh.topology import RateLimitServicePorts, Topology
-
-
-def free_port(*, udp_too: bool = False) -> int:
-    """A loopback port nothing listens on (on UDP as well, if asked: a QUIC listener's)."""
-    while True:
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            if not udp_too:
-                return port
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 def service_ports() -> RateLimitServicePorts:

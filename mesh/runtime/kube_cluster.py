@@ -14,7 +14,6 @@ its own ClusterRole) gives it. `stop` stops every process of the cluster, by its
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mesh.runtime import process, tls
 from mesh.runtime.paths import StateDir, write_private
+from mesh.runtime.ports import free_port
 from mesh.runtime.process import ProcessSpec
 
 SERVICE_CIDR = "10.96.0.0/16"
@@ -69,13 +69,6 @@ def fake_nodes(count: int, zones: int) -> tuple[FakeNode, ...]:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass(frozen=True)
 class Identity:
     """A client or server certificate and its key."""
@@ -105,8 +98,8 @@ class KubeCluster:
         self.binaries = binaries
         self.nodes = nodes
         self.secrets = state.secrets / "kube"
-        self.etcd_port, self.etcd_peer_port = _free_port(), _free_port()
-        self.api_port, self.kwok_port = _free_port(), _free_port()
+        self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+        self.api_port, self.kwok_port = free_port(), free_port()
 
     # --- files ---------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ channel, and trace ids in the JSON logs. No network beyond loopback servers in t
 import asyncio
 import json
 import logging
-import socket
 
 import aiohttp
 import grpc
@@ -18,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
+from mesh.runtime.ports import free_port
 from services.common import telemetry
 from services.common.grpc_client import upstream_channel
 from services.common.logging import JsonAccessLogger, JsonFormatter
@@ -38,12 +38,6 @@ def recording() -> tuple[TracerProvider, InMemorySpanExporter]:
 def traceparent_of(span) -> str:
     context = span.context
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- setup -------------------------------------------------------------------------------------
