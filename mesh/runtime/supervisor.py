@@ -38,6 +38,7 @@ from mesh.runtime import (
     prometheus,
     protos,
     ratelimit,
+    start_waves,
     watchdog,
 )
 from mesh.runtime.hosts import Network
@@ -340,8 +341,8 @@ class Mesh:
             # A state dir an earlier version made (before every process got PRIVATE_UMASK).
             make_private(self.state.root)
             started_at = time.monotonic()
-            for spec in self.specs():
-                self._start_one(spec, say)
+            for wave in start_waves.waves(self.topology, self.specs()):
+                start_waves.start_together(wave, lambda spec: self._start_one(spec, say))
             say(f"mesh is up in {time.monotonic() - started_at:.1f}s")
 
     def _start_one(self, spec: ProcessSpec, say: Callable[[str], None]) -> None:
@@ -360,13 +361,18 @@ class Mesh:
 
     def start(self, name: str, say: Callable[[str], None] = print) -> None:
         """Start what is not running (and let the watchdog look after it again)."""
+
+        def start_if_down(spec: ProcessSpec) -> None:
+            if process.running(self.state, spec.name):
+                say(f"  {spec.name} is already running")
+            else:
+                self._start_one(spec, say)
+            watchdog.release(self.state, spec.name)
+
         with private_files():
-            for proc_name in self.resolve(name):
-                if process.running(self.state, proc_name):
-                    say(f"  {proc_name} is already running")
-                else:
-                    self._start_one(self.spec(proc_name), say)
-                watchdog.release(self.state, proc_name)
+            specs = [self.spec(proc_name) for proc_name in self.resolve(name)]
+            for wave in start_waves.waves(self.topology, specs):
+                start_waves.start_together(wave, start_if_down)
 
     def kill(self, name: str, *, hold: bool = False) -> list[str]:
         """SIGKILL, as a crash: the watchdog restarts it, unless `hold` keeps it down until
