@@ -70,9 +70,16 @@ def run_kafka(results: report.Results) -> None:
     pipeline = asyncio.run(
         kafka_pipeline.run(plan.KAFKA_MESSAGES, plan.KAFKA_SIZE, plan.KAFKA_PARTITIONS)
     )
+    paced_messages = plan.KAFKA_PACED_RATE * plan.KAFKA_PACED_S
+    say(f"kafka: bench/kafka_pipeline.py at {plan.KAFKA_PACED_RATE}/s")
+    paced = asyncio.run(
+        kafka_pipeline.run(
+            paced_messages, plan.KAFKA_SIZE, plan.KAFKA_PARTITIONS, plan.KAFKA_PACED_RATE
+        )
+    )
     say("kafka: producer-perf-test and consumer-perf-test")
     tools = kafka_perf.run(plan.KAFKA_MESSAGES, plan.KAFKA_SIZE, plan.KAFKA_PARTITIONS)
-    results["kafka"] = {"pipeline": pipeline, "tools": tools}
+    results["kafka"] = {"pipeline": pipeline, "paced": paced, "tools": tools}
 
 
 def idle(state: StateDir) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Kafka's own producer and consumer performance tools (`mesh kafka producer-perf-test`,
 `consumer-perf-test`) on the same cluster and topic settings as bench/kafka_pipeline.py: a
 scratch topic with its partitions, replication factor 3 and min.insync.replicas 2, a producer
-with acks=all, idempotence and the same linger, records of the same size."""
+with the services' settings (acks=all, idempotence, linger, batch size), records of the same
+size."""
 
 from __future__ import annotations
 
@@ -10,11 +11,31 @@ import subprocess
 import uuid
 from typing import Any
 
+from services.common.messaging.producer import PRODUCER_DEFAULTS
+
 MESH = ".venv/bin/mesh"
 PRODUCER_LINE = re.compile(
     r"(\d+) records sent, ([\d.]+) records/sec .*?, ([\d.]+) ms avg latency, ([\d.]+) ms max "
     r"latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th"
 )
+
+
+# The services' producer settings that shape a run, by their names in Kafka's Java client.
+JAVA_PRODUCER_NAMES = {
+    "acks": "acks",
+    "enable_idempotence": "enable.idempotence",
+    "linger_ms": "linger.ms",
+    "max_batch_size": "batch.size",
+}
+
+
+def producer_props() -> list[str]:
+    """The services' producer settings as producer-perf-test's `--producer-props`."""
+    props = []
+    for name, java_name in JAVA_PRODUCER_NAMES.items():
+        value = PRODUCER_DEFAULTS[name]
+        props.append(f"{java_name}={str(value).lower() if isinstance(value, bool) else value}")
+    return props
 
 
 def kafka(tool: str, *args: str, timeout_s: float = 300) -> str:
@@ -64,7 +85,7 @@ def commands(topic: str, messages: int, size: int, partitions: int) -> dict[str,
                    "--replication-factor", "3", "--config", "min.insync.replicas=2"],
         "produce": ["producer-perf-test", "--topic", topic, "--num-records", str(messages),
                     "--record-size", str(size), "--throughput", "-1", "--producer-props",
-                    "acks=all", "enable.idempotence=true", "linger.ms=5"],
+                    *producer_props()],
         "consume": ["consumer-perf-test", "--topic", topic, "--messages", str(messages),
                     "--group", f"{topic}-group", "--timeout", "60000"],
         "delete": ["topics", "--delete", "--topic", topic],

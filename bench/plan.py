@@ -21,6 +21,10 @@ POST_RATES = (20, 50, 100, 200)
 WRK_SCENARIOS = ("direct", "sidecars")
 
 KAFKA_MESSAGES = 20000
+# Then the brief's rate held for KAFKA_PACED_S (open model): its latencies are the pipeline's at
+# that rate, where the flat-out run's are mostly its own backlog.
+KAFKA_PACED_RATE = 5000
+KAFKA_PACED_S = 10
 KAFKA_SIZE = 512
 KAFKA_PARTITIONS = 6
 WS_ORDERS = 30

@@ -13,6 +13,7 @@ import pytest
 from bench import kafka_perf, plan, report
 from mesh.bench import accounts, figures, resources, scenarios, slots, targets
 from mesh.bench.tools import HttpAttack
+from services.common.messaging.producer import PRODUCER_DEFAULTS
 
 VEGETA_REPORT = {
     "latencies": {"50th": 4_857_829, "90th": 6_640_606, "99th": 10_473_170, "max": 10_746_525},
@@ -390,3 +391,48 @@ def test_the_report_says_how_long_the_run_waited_for_the_mesh_to_be_at_rest() ->
     assert "it took 45 s); then it measures the idle share." in report.document(
         results() | {"rested_s": 45.0}
     )
+
+
+def test_kafkas_producer_tool_runs_with_the_services_producer_settings() -> None:
+    produce = kafka_perf.commands("bench-perf", 20000, 512, 6)["produce"]
+    props = produce[produce.index("--producer-props") + 1 :]
+    batch = PRODUCER_DEFAULTS["max_batch_size"]
+    assert props == ["acks=all", "enable.idempotence=true", "linger.ms=5", f"batch.size={batch}"]
+
+
+def kafka_run(rate: float | None, send_rate: float, p99_ms: float, lost: int = 0) -> dict:
+    messages = 50000 if rate else 20000
+    return {"messages": messages, "size": 512, "partitions": 6, "offered_rate": rate,
+            "send_rate": send_rate, "produce_rate": send_rate, "end_to_end_rate": send_rate,
+            "p50_ms": 20.0, "p99_ms": p99_ms, "lost": lost,
+            "producer_settings": kafka_perf.producer_props()}  # fmt: skip
+
+
+KAFKA_MUST = (
+    "issue must: Kafka pipeline, acks=all, RF 3, min ISR 2: ≥ 5000 msg/s, e2e p99 ≤ 500 ms, 0 lost"
+)
+KAFKA_AIM = "issue aim: Kafka pipeline: ≥ 20 000 msg/s, p99 ≤ 100 ms"
+
+
+@pytest.mark.parametrize(
+    ("send_rate", "p99_ms", "lost", "verdict"),
+    [(4990, 180.0, 0, "**met**"), (4700, 180.0, 0, "**not met**"),
+     (5000, 650.0, 0, "**not met**"), (5000, 180.0, 1, "**not met**")],
+)  # fmt: skip
+def test_the_kafka_must_is_judged_by_the_run_at_its_rate(send_rate, p99_ms, lost, verdict) -> None:
+    measured = results()
+    measured["kafka"] = {"pipeline": kafka_run(None, 9000, 900.0),
+                         "paced": kafka_run(5000, send_rate, p99_ms, lost)}  # fmt: skip
+    document = report.document(measured)
+    assert verdicts(document)[KAFKA_MUST] == verdict
+    assert "| the same at 5,000 msg/s offered (50,000 messages) |" in document
+
+
+def test_a_kafka_target_without_a_run_at_its_rate_is_judged_by_the_flat_out_run() -> None:
+    measured = results()
+    measured["kafka"] = {"pipeline": kafka_run(None, 9000, 90.0),
+                         "paced": kafka_run(5000, 5000, 50.0)}  # fmt: skip
+    found = verdicts(report.document(measured))
+    assert found[KAFKA_AIM] == "**not met**"
+    measured["kafka"]["pipeline"] = kafka_run(None, 21000, 90.0)
+    assert verdicts(report.document(measured))[KAFKA_AIM] == "**met**"
