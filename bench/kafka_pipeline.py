@@ -18,7 +18,6 @@ import json
 import statistics
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -29,10 +28,6 @@ from mesh.components.kafka_auth import admin_options
 from mesh.runtime.paths import StateDir
 from mesh.topology import load
 from services.common.messaging.producer import create_producer
-
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-SECTION = "## Kafka pipeline"
-
 
 # How long the warm-up may take: the consumer's group join, the leaders of the new topic.
 CONSUMER_READY_S = 60.0

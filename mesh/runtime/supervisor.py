@@ -414,20 +414,27 @@ class Mesh:
         return watchdog.load_restarts(self.state)
 
     def down(self, say: Callable[[str], None] = print) -> None:
+        """Everything stopped, in the reverse of the start's waves: the instances of a service
+        together, the brokers together."""
         specs = self.specs()
-        kafka_nodes = [spec for spec in specs if spec.name in self._kafka_names()]
-        for spec in reversed(specs):
-            if spec in kafka_nodes:
-                # Together: one at a time, the last node would wait for a lost quorum.
-                for name in kafka.stop_nodes(self.state, kafka_nodes):
-                    say(f"  stopped {name}")
-                kafka_nodes = []
-                continue
+        kafka_names = self._kafka_names()
+        kafka_nodes = [spec for spec in specs if spec.name in kafka_names]
+
+        def stop_one(spec: ProcessSpec) -> None:
             if process.stop(self.state, spec.name, timeout=spec.stop_timeout):
                 say(f"  stopped {spec.name}")
             if spec.name in self._edge_names():
                 self._deregister_edge(spec.name)
             self._kill_orphaned_postmaster(spec.name)
+
+        for wave in start_waves.stop_order(self.topology, specs):
+            if any(spec.name in kafka_names for chain in wave for spec in chain):
+                # Together: one at a time, the last node would wait for a lost quorum.
+                for name in kafka.stop_nodes(self.state, kafka_nodes):
+                    say(f"  stopped {name}")
+                kafka_nodes = []
+                continue
+            start_waves.together(wave, stop_one)
         envoy_admin.remove(self.state)
         if self.network is not None:
             for host, pids in netfaults.down(self.network).items():

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from mesh.runtime.process import ProcessSpec
-from mesh.runtime.start_waves import start_together, waves
+from mesh.runtime.start_waves import start_together, stop_order, waves
 from mesh.topology import load
 
 
@@ -87,3 +87,13 @@ def test_a_failed_chain_is_raised_once_the_others_have_ended() -> None:
     with pytest.raises(RuntimeError, match="users-1 exited"):
         start_together(wave, start)
     assert ended == ["users-2", "users-2-sidecar"]
+
+
+def test_the_stop_is_the_starts_reverse_a_sidecar_before_its_instance() -> None:
+    order = ["consul", "users-1", "users-1-sidecar", "users-2", "users-2-sidecar", "watchdog"]
+
+    assert names(stop_order(load(), [spec(n) for n in order])) == [
+        [["watchdog"]],
+        [["users-1-sidecar", "users-1"], ["users-2-sidecar", "users-2"]],
+        [["consul"]],
+    ]
