@@ -65,11 +65,14 @@ def run_long(topology: Topology, state: StateDir, results: report.Results) -> No
     results["runs"].append(run | {"command": step.command()})
 
 
-def run_kafka(results: report.Results) -> None:
+def run_kafka(results: report.Results, state: StateDir, quiet_percent: float) -> None:
+    """The flat-out pipeline, the paced one and Kafka's tools, each once the mesh has settled
+    from the one before (the brokers spend seconds after a flat-out burst on it)."""
     say("kafka: bench/kafka_pipeline.py")
     pipeline = asyncio.run(
         kafka_pipeline.run(plan.KAFKA_MESSAGES, plan.KAFKA_SIZE, plan.KAFKA_PARTITIONS)
     )
+    results["settled_s"]["kafka-paced"] = settle(state, quiet_percent)
     paced_messages = plan.KAFKA_PACED_RATE * plan.KAFKA_PACED_S
     say(f"kafka: bench/kafka_pipeline.py at {plan.KAFKA_PACED_RATE}/s")
     paced = asyncio.run(
@@ -77,6 +80,7 @@ def run_kafka(results: report.Results) -> None:
             paced_messages, plan.KAFKA_SIZE, plan.KAFKA_PARTITIONS, plan.KAFKA_PACED_RATE
         )
     )
+    results["settled_s"]["kafka-tools"] = settle(state, quiet_percent)
     say("kafka: producer-perf-test and consumer-perf-test")
     tools = kafka_perf.run(plan.KAFKA_MESSAGES, plan.KAFKA_SIZE, plan.KAFKA_PARTITIONS)
     results["kafka"] = {"pipeline": pipeline, "paced": paced, "tools": tools}
@@ -153,7 +157,7 @@ def measure(only: list[str] | None) -> report.Results:
         say("order → WebSocket PAID probe")
         results["ws"] = ws_latency.probe(topology, state, plan.WS_ORDERS)
         results["settled_s"]["kafka"] = settle(state, quiet)
-        run_kafka(results)
+        run_kafka(results, state, quiet)
     results["resources"]["pss_after"] = resources.pss_bytes(state)
     results["machine"]["load_after"] = machine.load_average()
     results["wall_s"] = time.monotonic() - started
