@@ -99,8 +99,12 @@ def idle(state: StateDir) -> dict[str, Any]:
 
 
 def rest(state: StateDir) -> float | None:
-    """Wait until the mesh's CPU no longer falls (it does for minutes after a start): the
-    seconds it took, None if it still fell at the timeout."""
+    """Wait until the mesh has run REST_MIN_UPTIME_S and its CPU no longer falls (it does for
+    minutes after a start): the seconds it took, None if it still fell at the timeout."""
+    young_s = plan.REST_MIN_UPTIME_S - resources.uptime_s(state)
+    if young_s > 0:
+        say(f"the mesh started {plan.REST_MIN_UPTIME_S - young_s:.0f} s ago: {young_s:.0f} s more")
+        time.sleep(young_s)
     waited = resources.wait_until_steady(
         lambda: resources.machine_percent(state, plan.REST_WINDOW_S),
         plan.REST_WINDOWS,
@@ -108,7 +112,7 @@ def rest(state: StateDir) -> float | None:
         plan.REST_TIMEOUT_S,
     )
     say(f"at rest after {waited:.0f} s" if waited is not None else "still settling; going on")
-    return waited
+    return None if waited is None else waited + max(young_s, 0)
 
 
 def settle(state: StateDir, quiet_percent: float) -> float | None:

@@ -85,7 +85,8 @@ def _resting(results: Results) -> list[str]:
     took = f"it took {waited:.0f} s" if waited is not None else "it still fell after the timeout"
     return [
         f"- First the run waits until the mesh is at rest, as it is not for minutes after "
-        f"`mesh up`: until the mean of its CPU over the last {plan.REST_WINDOWS} windows of "
+        f"`mesh up`: until its youngest process has run {plan.REST_MIN_UPTIME_S:g} s and the "
+        f"mean of its CPU over the last {plan.REST_WINDOWS} windows of "
         f"{plan.REST_WINDOW_S:g} s is at most {plan.REST_TOLERANCE_PERCENT:g} points of the "
         f"machine below the {plan.REST_WINDOWS} before them (at most {plan.REST_TIMEOUT_S:g} "
         f"s; {took}); then it measures the idle share."

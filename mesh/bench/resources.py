@@ -30,6 +30,16 @@ def components(state: StateDir) -> dict[str, list[psutil.Process]]:
     return found
 
 
+def uptime_s(state: StateDir) -> float:
+    """Seconds since the mesh's most recent process start (0 if nothing runs)."""
+    now = time.time()
+    ages = []
+    for roots in components(state).values():
+        with contextlib.suppress(psutil.Error):
+            ages.append(now - roots[0].create_time())
+    return min(ages, default=0.0)
+
+
 def _tree(roots: list[psutil.Process]) -> list[psutil.Process]:
     found = []
     for root in roots:

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
+import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from bench import kafka_perf, plan, report
 from mesh.bench import accounts, figures, resources, scenarios, slots, targets
 from mesh.bench.tools import HttpAttack
+from mesh.runtime import process
+from mesh.runtime.paths import StateDir
+from mesh.runtime.process import ProcessSpec
 from services.common.messaging.producer import PRODUCER_DEFAULTS
+from tests.support import wait_for
 
 VEGETA_REPORT = {
     "latencies": {"50th": 4_857_829, "90th": 6_640_606, "99th": 10_473_170, "max": 10_746_525},
@@ -436,3 +443,19 @@ def test_a_kafka_target_without_a_run_at_its_rate_is_judged_by_the_flat_out_run(
     assert found[KAFKA_AIM] == "**not met**"
     measured["kafka"]["pipeline"] = kafka_run(None, 21000, 90.0)
     assert verdicts(report.document(measured))[KAFKA_AIM] == "**met**"
+
+
+def test_the_meshs_uptime_is_that_of_its_youngest_process(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.ensure()
+    assert resources.uptime_s(state) == 0.0
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    try:
+        process.start(state, ProcessSpec(name="older", argv=sleep))
+        older = psutil.Process(process.running(state, "older").pid).create_time()
+        wait_for(lambda: time.time() - older > 1.0, timeout=10, what="a second to pass")
+        process.start(state, ProcessSpec(name="younger", argv=sleep))
+        assert resources.uptime_s(state) < time.time() - older
+    finally:
+        process.stop(state, "older", timeout=5)
+        process.stop(state, "younger", timeout=5)
