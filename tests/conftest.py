@@ -26,7 +26,6 @@ from mesh.runtime import demo, faults, hosting, netfaults, users
 from mesh.runtime.hosting import on_subnet
 from mesh.runtime.hosts import Network
 from mesh.runtime.paths import REPO_ROOT, StateDir
-from mesh.runtime.provision import install_all
 from mesh.runtime.supervisor import Mesh
 from mesh.runtime.tls import edge_certs
 from mesh.topology import Topology, load
@@ -54,7 +53,7 @@ def mesh() -> Iterator[Mesh]:
     if state.root.exists():
         # An interrupted earlier run may have left processes behind: stop them from their pid
         # files, then start from a clean state dir.
-        Mesh(load(), state, install_all()).down(say=lambda _: None)
+        Mesh.create(load(), state).down(say=lambda _: None)
         shutil.rmtree(state.root)
     yield from up_for_the_session(Mesh.create(load(), state))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from mesh.runtime.supervisor import Mesh
@@ -146,16 +147,51 @@ def ws_url(topology: Topology, token: str) -> str:
     )
 
 
+def own_websocket_gauges(mesh: Mesh) -> dict[str, float]:
+    """Each notifications instance's open sockets as the instance counts them (its /metrics)."""
+    gauges = {}
+    for instance in mesh.topology.service("notifications").instances:
+        url = f"http://{mesh.topology.bind_host}:{instance.metrics_port}/metrics"
+        families = text_string_to_metric_families(httpx.get(url, timeout=5.0).text)
+        gauges[instance.id] = next(
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "shopmesh_websocket_connections"
+        )
+    return gauges
+
+
+def scraped_websocket_gauges(mesh: Mesh) -> dict[str, float]:
+    """Each notifications instance's open sockets as Prometheus last scraped them."""
+    with prometheus(mesh) as client:
+        promql = 'shopmesh_websocket_connections{service="notifications"}'
+        result = client.get("/api/v1/query", params={"query": promql}).json()["data"]["result"]
+    return {sample["metric"]["instance"]: float(sample["value"][1]) for sample in result}
+
+
 def test_the_websocket_gauge_counts_a_connected_client(mesh: Mesh, tokens) -> None:
-    connections = 'sum(shopmesh_websocket_connections{service="notifications"})'
-    wait_for(lambda: query(mesh, f"count({connections})") == 1, timeout=30,
-             what="the notifications WebSocket gauge in Prometheus")  # fmt: skip
-    before = query(mesh, connections)
+    def settled() -> tuple[float, ...]:
+        """The open sockets as Prometheus counts them, once it agrees with every instance's own
+        count (no scrape lagging behind an earlier socket's close)."""
+        scraped = scraped_websocket_gauges(mesh)
+        return (sum(scraped.values()),) if scraped == own_websocket_gauges(mesh) else ()
+
+    (before,) = wait_for(settled, timeout=30, what="Prometheus to scrape every notifications "
+                         "instance's WebSocket gauge as the instance counts it")  # fmt: skip
     with connect(ws_url(mesh.topology, tokens.external("alice")), open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
-        wait_for(lambda: query(mesh, connections) == before + 1, timeout=30,
-                 what="the WebSocket connection gauge to count the open socket")  # fmt: skip
-    wait_for(lambda: query(mesh, connections) == before, timeout=30,
+        try:
+            wait_for(lambda: settled() == (before + 1,), timeout=30, interval=0.5,
+                     what="the WebSocket connection gauge to count the open socket")  # fmt: skip
+        except AssertionError as failure:
+            raise AssertionError(
+                f"{failure}; before: {before}, the instances count "
+                f"{own_websocket_gauges(mesh)}, Prometheus {scraped_websocket_gauges(mesh)}, "
+                f"the socket is {ws.state.name}"
+            ) from None
+        assert ws.ping().wait(timeout=10), "the socket closed while it was being counted"
+    wait_for(lambda: settled() == (before,), timeout=30, interval=0.5,
              what="the WebSocket connection gauge to drop once the socket closed")  # fmt: skip
     instances = len(mesh.topology.service("notifications").instances)
     depths = 'count(shopmesh_websocket_queue_depth{service="notifications"})'
