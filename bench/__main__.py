@@ -163,6 +163,10 @@ def measure(only: list[str] | None) -> report.Results:
         results["settled_s"]["kafka"] = settle(state, quiet)
         run_kafka(results, state, quiet)
     results["resources"]["pss_after"] = resources.pss_bytes(state)
+    load_ended = time.monotonic()
+    results["settled_s"]["memory"] = settle(state, quiet)
+    time.sleep(max(plan.MEMORY_AT_REST_AFTER_S - (time.monotonic() - load_ended), 0))
+    results["resources"]["pss_rested"] = resources.pss_bytes(state)
     results["machine"]["load_after"] = machine.load_average()
     results["wall_s"] = time.monotonic() - started
     return results

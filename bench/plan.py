@@ -46,6 +46,10 @@ REST_TIMEOUT_S = 300.0
 SETTLE_WINDOW_S = 2.0
 SETTLE_MARGIN_PERCENT = 10.0
 SETTLE_TIMEOUT_S = 60.0
+# Memory is taken right after the last load (the figure the targets judge) and once more when
+# the mesh has been quiet this long after it: what the load left for good, once the pools' idle
+# connections (15 s at the edge, 30 s to Postgres) are closed.
+MEMORY_AT_REST_AFTER_S = 60.0
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,10 @@ def _memory(limit_gb: float) -> Measure:
         if not pss:
             return None
         total = sum(pss.values())
-        return f"{total / GB:.2f} GB PSS", total <= limit_gb * GB
+        text = f"{total / GB:.2f} GB PSS right after the load"
+        if rested := results["resources"].get("pss_rested"):
+            text += f" ({sum(rested.values()) / GB:.2f} GB a minute later)"
+        return text, total <= limit_gb * GB
 
     return measure
 
@@ -352,16 +355,18 @@ def _resources(results: Results) -> list[str]:
     res = results.get("resources", {})
     lines = []
     if pss := res.get("pss_after"):
-        before = res.get("pss_before", {})
+        columns = [res.get("pss_before", {}), pss, res.get("pss_rested", {})]
+        columns = [column for column in columns if column]
         rows = [
-            [name, f"{before.get(name, 0) / MB:,.0f} MB", f"{size / MB:,.0f} MB"]
-            for name, size in sorted(pss.items(), key=lambda item: -item[1])
+            [name, *(f"{column.get(name, 0) / MB:,.0f} MB" for column in columns)]
+            for name in sorted(pss, key=lambda name: -pss[name])
         ]
-        total_before = sum(before.values())
-        rows.append(["**all**", f"**{total_before / GB:.2f} GB**",
-                     f"**{sum(pss.values()) / GB:.2f} GB**"])  # fmt: skip
+        rows.append(["**all**", *(f"**{sum(column.values()) / GB:.2f} GB**" for column in columns)])
+        headers = ["before the load", "after the load", "a minute later"]
+        if "pss_before" not in res:
+            headers = headers[1:]
         lines += [f"Memory (PSS) of each mesh process and its children, {len(pss)} components:"]
-        lines += ["", *table(["component", "before the load", "after the load"], rows), ""]
+        lines += ["", *table(["component", *headers[: len(columns)]], rows), ""]
     if idle := res.get("idle"):
         top = sorted(idle["by_component_percent"].items(), key=lambda item: -item[1])[:8]
         listed = ", ".join(f"{name} {share:.1f} %" for name, share in top)

@@ -34,6 +34,7 @@ from mesh.compose.volume import (
     kafka_format_arguments,
     kafka_node_properties,
 )
+from mesh.go_memory import GO_ENV
 from mesh.placement import (
     COMPOSE_DYNAMIC_RANGE,
     COMPOSE_SUBNET,
@@ -248,7 +249,7 @@ def _consul_agent(
             f"-config-file={agent_config_file(STATE, name)}",
         ],
         # The image's entrypoint writes this to /consul/config/local.json.
-        "environment": {"CONSUL_LOCAL_CONFIG": json.dumps(config, sort_keys=True)},
+        "environment": {**GO_ENV, "CONSUL_LOCAL_CONFIG": json.dumps(config, sort_keys=True)},
         "volumes": [f"{volume}:{CONSUL_DATA}", _state_volume()],
         "depends_on": _after(init="service_completed_successfully"),
         "networks": _fixed(placement.address(name)),
@@ -621,6 +622,7 @@ def _prometheus(topology: Topology, placement: ComposePlacement) -> dict[str, An
     return {
         "image": IMAGES["prometheus"],
         "command": prometheus.server_args(topology, placement, PROMETHEUS_CONFIG, PROMETHEUS_DATA),
+        "environment": GO_ENV,
         "volumes": [
             f"./{rel}:{PROMETHEUS_CONFIG}:ro",
             f"./{prometheus.RULES_DIR.relative_to(REPO_ROOT)}:{CONTAINER_RULES}:ro",
@@ -643,6 +645,7 @@ def _jaeger(topology: Topology, placement: ComposePlacement) -> dict[str, Any]:
     return {
         "image": IMAGES["jaeger"],
         "command": ["--config", "/etc/jaeger/config.yml"],
+        "environment": GO_ENV,
         "volumes": [f"./{rel}:/etc/jaeger/config.yml:ro"],
         "ports": [f"{placement.public()}:{ports.ui}:{ports.ui}"],
         "networks": _fixed(placement.address(JAEGER)),

@@ -25,6 +25,7 @@ from mesh.components.kafka_acl import (
     client_bindings,
 )
 from mesh.compose.volume import EDGE_ADMIN_SOCKET
+from mesh.go_memory import GO_ENV
 from mesh.helm import wiring as kube_wiring
 from mesh.helm.intentions import Intention
 from mesh.helm.wiring import SecretFile
@@ -484,6 +485,7 @@ def jaeger_objects(topology: Topology, kube: KubernetesPlacement) -> list[Object
         "name": JAEGER,
         "image": value("image", "jaeger"),
         "args": ["--config", f"{JAEGER_CONFIG_DIR}/{JAEGER_CONFIG_FILE}"],
+        "env": [{"name": name, "value": setting} for name, setting in GO_ENV.items()],
         "ports": [
             *({"name": name, "containerPort": port} for name, port in exposed.items()),
             {"name": "health", "containerPort": ports.health},

@@ -28,6 +28,7 @@ from mesh.components.consul import (
     server_config,
 )
 from mesh.components.consul_acl import OPERATOR, service_token
+from mesh.go_memory import GO_ENV
 from mesh.placement import CONSUL, Placement
 from mesh.runtime import consul_acl, envoy_admin, process
 from mesh.runtime.paths import StateDir, write_private
@@ -131,6 +132,7 @@ def _server_spec(
     return ProcessSpec(
         name=server.name,
         argv=_agent_argv(consul_bin, config_file, state, server.name),
+        env=GO_ENV,
         ports=(server.server, server.serf_lan, server.https),
         # SIGINT: a server shuts down without leaving the Raft peer set (Consul's default for
         # servers), so it comes back as the same voter.
@@ -182,6 +184,7 @@ def agent_spec(
     return ProcessSpec(
         name=agent,
         argv=_agent_argv(consul_bin, config_file, state, agent),
+        env=GO_ENV,
         ports=tuple(vars(topology.consul_ports).values()),
         stop_signal=2,  # SIGINT: a client agent leaves gracefully
         ready=ready,

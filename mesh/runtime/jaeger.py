@@ -10,6 +10,7 @@ import httpx
 import yaml
 
 from mesh.components.jaeger import config
+from mesh.go_memory import GO_ENV
 from mesh.placement import JAEGER, NativePlacement, Placement
 from mesh.runtime.paths import StateDir
 from mesh.runtime.process import ProcessSpec
@@ -47,6 +48,7 @@ def server_spec(
     return ProcessSpec(
         name="jaeger",
         argv=[str(binaries["jaeger"]), f"--config={config_file}"],
+        env=GO_ENV,
         ports=tuple(vars(ports).values()),
         before_start=write_config,
         ready=ready,

@@ -19,6 +19,7 @@ from mesh.components.prometheus import (
     config,
     server_args,
 )
+from mesh.go_memory import GO_ENV
 from mesh.placement import PROMETHEUS, Placement
 from mesh.runtime.consul_acl import token_file
 from mesh.runtime.paths import REPO_ROOT, StateDir
@@ -100,6 +101,7 @@ def server_spec(
     return ProcessSpec(
         name="prometheus",
         argv=[str(binaries["prometheus"]), *server_args(topology, placement, config_file, data)],
+        env=GO_ENV,
         ports=(topology.prometheus_port,),
         before_start=write_config,
         ready=ready,

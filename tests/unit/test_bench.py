@@ -259,6 +259,18 @@ def verdicts(document: str) -> dict[str, str]:
     return found
 
 
+def test_memory_is_judged_right_after_the_load_and_shown_a_minute_later_too() -> None:
+    rested = results()
+    rested["resources"]["pss_after"] = {"edge": 4 << 30}
+    rested["resources"]["pss_rested"] = {"edge": 2 << 30}
+    document = report.document(rested)
+    memory = "issue must: whole mesh memory: ≤ 3 GB PSS"
+    assert verdicts(document)[memory] == "**not met**"
+    assert "4.00 GB PSS right after the load (2.00 GB a minute later)" in document
+    assert "| component | before the load | after the load | a minute later |" in document
+    assert "| **all** | **1.00 GB** | **4.00 GB** | **2.00 GB** |" in document
+
+
 def test_the_targets_table_says_met_or_not_met_from_the_runs() -> None:
     found = verdicts(report.document(results()))
     gateway = "brief: gateway throughput: ≥ 1000 req/s, p99 ≤ 200 ms, ≤ 1 % errors"

@@ -7,7 +7,10 @@ from mesh.components import edge_metrics, ratelimit
 from mesh.components.edge import (
     ADMISSION,
     CLIENT_ADDRESS_HEADER,
+    RATELIMIT_CLUSTER,
+    UPSTREAM_IDLE_TIMEOUT,
     EdgeFiles,
+    cluster_name,
     envoy_config,
     issuer,
 )
@@ -25,6 +28,7 @@ FILES = EdgeFiles(
 )
 # The second edge: what holds for it holds for the first (the same generator, other ports).
 EDGE = load().edge.instances[1]
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def listeners() -> dict[str, dict]:
@@ -115,6 +119,18 @@ def test_every_route_goes_to_its_sidecar_upstream_with_the_right_auth() -> None:
         assert jwt.get("disabled", False) == (route.auth == "none"), route.prefix
         if route.websocket:
             assert match["route"]["timeout"] == "0s"
+
+
+def test_every_pool_of_the_edge_closes_its_idle_connections_and_keeps_its_protocol() -> None:
+    topology = load()
+    config = envoy_config(topology, NATIVE, FILES, EDGE)
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    http2 = {cluster_name(u.service): topology.service(u.service).protocol == "grpc"
+             for u in EDGE.upstreams} | {RATELIMIT_CLUSTER: True}  # fmt: skip
+    for name, speaks_http2 in http2.items():
+        options = clusters[name]["typed_extension_protocol_options"][HTTP_OPTIONS_KEY]
+        assert options["common_http_protocol_options"]["idle_timeout"] == UPSTREAM_IDLE_TIMEOUT
+        assert ("http2_protocol_options" in options["explicit_http_config"]) == speaks_http2, name
 
 
 def test_a_websocket_alone_is_not_counted_by_the_admission_limit() -> None:
