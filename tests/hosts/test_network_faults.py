@@ -228,6 +228,28 @@ def views_whole(mesh: Mesh) -> str | None:
     return consul_view(mesh) or kafka_view(mesh)
 
 
+class ViewsSince:
+    """The views polled from `healed_at` on, remembering how long after it each kind of view
+    (Consul's servers, Consul's catalog, Kafka) was last seen not whole."""
+
+    def __init__(self, mesh: Mesh, healed_at: float) -> None:
+        self.mesh = mesh
+        self.healed_at = healed_at
+        self.last_not_whole: dict[str, float] = {}
+
+    def whole(self) -> bool:
+        reason = views_whole(self.mesh)
+        if reason is not None:
+            self.last_not_whole[reason.split(":")[0]] = time.monotonic() - self.healed_at
+        return reason is None
+
+    def account(self, heal_s: float) -> str:
+        """E.g. "the heal 41.0 s; not whole until 80.2 s: kafka, 60.3 s: consul catalog"."""
+        latest_first = sorted(self.last_not_whole.items(), key=lambda item: -item[1])
+        views = ", ".join(f"{at:.1f} s: {view}" for view, at in latest_first)
+        return f"the heal {heal_s:.1f} s" + (f"; not whole until {views}" if views else "")
+
+
 def orders_outcome(mesh: Mesh, answers: Answers) -> tuple[int, int]:
     """(lost, double) of the accepted orders, once every one is PAID or PAID_WITHIN_S passed:
     lost, an accepted order not PAID (missing, or stuck); double, one with more than one
@@ -274,9 +296,11 @@ def test_every_accepted_order_is_paid_once_and_the_views_are_whole_after_the_fau
             time.sleep(FAULT_S)  # the fault lasting: traffic flows through it meanwhile
             healed_at = time.monotonic()
             fault.heal(hosts_mesh, network)
+            heal_s = time.monotonic() - healed_at
             # The views polled from the heal on, with the load still flowing.
+            views = ViewsSince(hosts_mesh, healed_at)
             try:
-                wait_for(lambda: views_whole(hosts_mesh) is None, timeout=VIEWS_WHOLE_WITHIN_S,
+                wait_for(views.whole, timeout=VIEWS_WHOLE_WITHIN_S,
                          what="Consul's and Kafka's views whole", interval=0.5)  # fmt: skip
                 not_whole = None
             except AssertionError as exc:
@@ -292,7 +316,7 @@ def test_every_accepted_order_is_paid_once_and_the_views_are_whole_after_the_fau
         for client in clients:
             client.http.close()
     last_error = max((t for t in answers.error_times if t > healed_at), default=healed_at)
-    recovery = f"{max(last_error, whole_at) - healed_at:.1f} s"
+    recovery = f"{max(last_error, whole_at) - healed_at:.1f} s ({views.account(heal_s)})"
     if not_whole:
         recovery = f"not whole within {VIEWS_WHOLE_WITHIN_S:.0f} s: {views_whole(hosts_mesh)}"
     lost, double = orders_outcome(hosts_mesh, answers)
