@@ -1,5 +1,7 @@
 """Which processes start together, and stop together: the instances of one service (each
-one's process, then its sidecar), of one worker group, of the edge. Nothing else: the order
+one's process, then its sidecar), of one worker group, of the edge; and, when they start into
+a mesh that runs on, the instances of every kind that has an instance running elsewhere
+(`beside_running`). Nothing else: the order
 between the rest is what their starts rely on (Consul before what registers, the brokers one by
 one, the services before the edge, the watchdog last), and the stop is its reverse.
 
@@ -54,6 +56,37 @@ def waves(topology: Topology, specs: Sequence[ProcessSpec]) -> list[Wave]:
             chains[instance] = []
             result[-1].append(chains[instance])
         chains[instance].append(spec)
+    return result
+
+
+def beside_running(
+    topology: Topology, specs: Sequence[ProcessSpec], running: Callable[[str], object]
+) -> list[Wave]:
+    """The waves of `specs` (in start order) for starting them while the rest of the mesh runs
+    on: consecutive waves of replicated kinds become one when each of their kinds has an
+    instance running outside `specs`, since what those rely on runs already. A host brought
+    back starts its users, auth, notifications and orders instances and its payment worker
+    at once, instead of one service after another (~8 s each on the busy machine)."""
+    kinds = replicas(topology)
+    starting = {kinds.get(spec.name, (None, spec.name))[1] for spec in specs}
+
+    def runs_elsewhere(kind: str) -> bool:
+        others = {instance for k, instance in kinds.values() if k == kind} - starting
+        return any(running(instance) for instance in others)
+
+    def served(wave: Wave) -> bool:
+        kind = kinds.get(wave[0][0].name, (None, ""))[0]
+        return kind is not None and runs_elsewhere(kind)
+
+    result: list[Wave] = []
+    merging = False
+    for wave in waves(topology, specs):
+        joins = served(wave)
+        if joins and merging:
+            result[-1].extend(wave)
+        else:
+            result.append(list(wave))
+        merging = joins
     return result
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -371,7 +371,8 @@ class Mesh:
 
         with private_files():
             specs = [self.spec(proc_name) for proc_name in self.resolve(name)]
-            for wave in start_waves.waves(self.topology, specs):
+            running = partial(process.running, self.state)
+            for wave in start_waves.beside_running(self.topology, specs, running):
                 start_waves.start_together(wave, start_if_down)
 
     def kill(self, name: str, *, hold: bool = False) -> list[str]:

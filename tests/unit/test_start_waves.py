@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from mesh.runtime import start_waves
 from mesh.runtime.process import ProcessSpec
 from mesh.runtime.start_waves import start_together, stop_order, waves
 from mesh.topology import load
@@ -97,3 +98,39 @@ def test_the_stop_is_the_starts_reverse_a_sidecar_before_its_instance() -> None:
         [["users-1-sidecar", "users-1"], ["users-2-sidecar", "users-2"]],
         [["consul"]],
     ]
+
+
+HOST_3 = ["consul-server-3", "consul-agent-host-3", "kafka-3", "users-1", "users-1-sidecar",
+          "auth-2", "auth-2-sidecar", "notifications-1", "notifications-1-sidecar", "orders-2",
+          "orders-2-sidecar", "payments-worker-1", "redis", "edge-2", "edge-2-sidecar"]  # fmt: skip
+
+
+def test_a_host_brought_back_starts_its_instances_of_every_kind_at_once() -> None:
+    others = {"users-2", "auth-1", "notifications-2", "orders-1", "payments-worker-2", "edge-1"}
+    found = start_waves.beside_running(load(), [spec(n) for n in HOST_3], others.__contains__)
+    assert names(found) == [
+        [["consul-server-3"]],
+        [["consul-agent-host-3"]],
+        [["kafka-3"]],
+        [["users-1", "users-1-sidecar"], ["auth-2", "auth-2-sidecar"],
+         ["notifications-1", "notifications-1-sidecar"], ["orders-2", "orders-2-sidecar"],
+         ["payments-worker-1"]],
+        [["redis"]],
+        [["edge-2", "edge-2-sidecar"]],
+    ]  # fmt: skip
+
+
+def test_a_kind_with_no_instance_running_elsewhere_waits_for_what_it_relies_on() -> None:
+    order = ["users-1", "users-1-sidecar", "auth-1", "auth-1-sidecar", "orders-1",
+             "orders-1-sidecar"]  # fmt: skip
+    found = start_waves.beside_running(load(), [spec(n) for n in order], {"users-2"}.__contains__)
+    assert names(found) == [
+        [["users-1", "users-1-sidecar"]],
+        [["auth-1", "auth-1-sidecar"]],
+        [["orders-1", "orders-1-sidecar"]],
+    ]
+    every_instance = start_waves.beside_running(
+        load(), [spec(n) for n in order], {"users-2", "auth-2", "orders-2"}.__contains__
+    )
+    assert names(every_instance) == [[["users-1", "users-1-sidecar"], ["auth-1", "auth-1-sidecar"],
+                                      ["orders-1", "orders-1-sidecar"]]]  # fmt: skip
