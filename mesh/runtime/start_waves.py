@@ -1,9 +1,9 @@
 """Which processes start together, and stop together: the instances of one service (each
 one's process, then its sidecar), of one worker group, of the edge; and, when they start into
 a mesh that runs on, the instances of every kind that has an instance running elsewhere
-(`beside_running`). Nothing else: the order
-between the rest is what their starts rely on (Consul before what registers, the brokers one by
-one, the services before the edge, the watchdog last), and the stop is its reverse.
+(`beside_running`). Nothing else: the order between the rest is what their starts rely on
+(Consul before what registers, the brokers one by one, the services before the edge, the
+watchdog last), and the stop is its reverse.
 
 `mesh up` of the full mesh spent ~45 s starting the twelve service instances, the two workers
 and the two edges one after another, 1-2 s each, most of it a Python process importing its

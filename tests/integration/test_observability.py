@@ -22,10 +22,14 @@ def prometheus(mesh: Mesh) -> httpx.Client:
     return httpx.Client(base_url=base, timeout=5.0)
 
 
-def query(mesh: Mesh, promql: str) -> float:
+def samples(mesh: Mesh, promql: str) -> list[dict]:
+    """The instant vector Prometheus answers `promql` with."""
     with prometheus(mesh) as client:
-        result = client.get("/api/v1/query", params={"query": promql}).json()["data"]["result"]
-    return sum(float(sample["value"][1]) for sample in result)
+        return client.get("/api/v1/query", params={"query": promql}).json()["data"]["result"]
+
+
+def query(mesh: Mesh, promql: str) -> float:
+    return sum(float(sample["value"][1]) for sample in samples(mesh, promql))
 
 
 def up_targets(mesh: Mesh) -> set[tuple[str, str]]:
@@ -164,9 +168,7 @@ def own_websocket_gauges(mesh: Mesh) -> dict[str, float]:
 
 def scraped_websocket_gauges(mesh: Mesh) -> dict[str, float]:
     """Each notifications instance's open sockets as Prometheus last scraped them."""
-    with prometheus(mesh) as client:
-        promql = 'shopmesh_websocket_connections{service="notifications"}'
-        result = client.get("/api/v1/query", params={"query": promql}).json()["data"]["result"]
+    result = samples(mesh, 'shopmesh_websocket_connections{service="notifications"}')
     return {sample["metric"]["instance"]: float(sample["value"][1]) for sample in result}
 
 
