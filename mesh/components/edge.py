@@ -291,9 +291,14 @@ def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> dict[str
 
 
 def _cluster(topology: Topology, service: str, port: int) -> dict[str, Any]:
-    """The edge sidecar's upstream listener for `service`: in the edge's network namespace."""
-    grpc = topology.service(service).protocol == "grpc"
-    return _static_cluster(cluster_name(service), LOOPBACK, port, http2=grpc)
+    """The edge sidecar's upstream listener for `service`: in the edge's network namespace.
+
+    HTTP/2 (the listener's codec takes either) unless a WebSocket route goes to `service`:
+    Envoy would turn its upgrade into an extended CONNECT, which the sidecar's listener does
+    not allow. Over HTTP/1.1 every request in flight holds a connection of its own, in the edge
+    and in its sidecar: an overload left each edge with ~300 of them (docs/performance.md)."""
+    websocket = any(route.websocket for route in topology.edge.routes if route.service == service)
+    return _static_cluster(cluster_name(service), LOOPBACK, port, http2=not websocket)
 
 
 def _ratelimit_cluster(topology: Topology, placement: Placement) -> dict[str, Any]:

@@ -125,8 +125,10 @@ def test_every_pool_of_the_edge_closes_its_idle_connections_and_keeps_its_protoc
     topology = load()
     config = envoy_config(topology, NATIVE, FILES, EDGE)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    http2 = {cluster_name(u.service): topology.service(u.service).protocol == "grpc"
+    websocket = {route.service for route in topology.edge.routes if route.websocket}
+    http2 = {cluster_name(u.service): u.service not in websocket
              for u in EDGE.upstreams} | {RATELIMIT_CLUSTER: True}  # fmt: skip
+    assert websocket == {"notifications"}
     for name, speaks_http2 in http2.items():
         options = clusters[name]["typed_extension_protocol_options"][HTTP_OPTIONS_KEY]
         assert options["common_http_protocol_options"]["idle_timeout"] == UPSTREAM_IDLE_TIMEOUT
