@@ -8,9 +8,9 @@ UpstreamConfig {
     # At most 32 requests in flight to a service's instances from each edge sidecar; the rest
     # wait here, in order, for up to the route's timeout. A Python service answers no faster
     # with more of them interleaved: an overload let ~290 in at once, each on a TLS connection
-    # of its own, and the edge answered fewer (docs/performance.md). The wait counts in the
-    # latency the edge's admission limit follows, so the edge refuses an overload at its front
-    # before this queue fills.
+    # of its own, and the edge answered fewer (docs/performance.md, "Queueing in the edge
+    # sidecar"). The wait counts in the latency the edge's admission limit follows, so the edge
+    # refuses an overload at its front before this queue fills.
     Limits {
       MaxConnections        = 32
       MaxPendingRequests    = 1024
