@@ -24,9 +24,20 @@ U = TypeVar("U")
 
 
 class Outbox(Protocol):
-    async def add(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
+    async def add(
+        self, topic: str, key: str, event: Mapping[str, Any], *, hold_s: float | None = None
+    ) -> None:
         """Queue the CloudEvent `event` for `topic`, keyed by its aggregate id `key`; it is
-        published only if the unit of work commits."""
+        published only if the unit of work commits, with `hold_s` no sooner than that many
+        seconds later unless released first (services.common.messaging.outbox, "Held back")."""
+        ...
+
+    async def withdraw(self, topic: str, key: str) -> None:
+        """The held-back events of `key` on `topic` not published yet never will be."""
+        ...
+
+    async def release(self, topic: str, key: str) -> None:
+        """The held-back events of `key` on `topic` not published yet are published now."""
         ...
 
 
@@ -36,8 +47,16 @@ class PostgresOutbox:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def add(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
-        await outbox.add(self._conn, topic, key, event)
+    async def add(
+        self, topic: str, key: str, event: Mapping[str, Any], *, hold_s: float | None = None
+    ) -> None:
+        await outbox.add(self._conn, topic, key, event, hold_s=hold_s)
+
+    async def withdraw(self, topic: str, key: str) -> None:
+        await outbox.withdraw(self._conn, topic, key)
+
+    async def release(self, topic: str, key: str) -> None:
+        await outbox.release(self._conn, topic, key)
 
 
 class PostgresTransactions(Generic[U]):

@@ -37,6 +37,7 @@ from services.orders.clients import (
     UserInfo,
 )
 from services.orders.domain import (
+    TRANSITIONS,
     IdempotencyRecord,
     InvalidTransition,
     Order,
@@ -45,6 +46,12 @@ from services.orders.domain import (
     new_order,
     sources_of,
 )
+
+# How long the payment task of an order charged synchronously is held back: longer than the
+# synchronous attempt (payments' whole budget, then the status's transaction) takes on a busy
+# machine, so that the attempt settles the order and withdraws the task first. Should this
+# process die before that, a worker charges the order once the time is up.
+PAYMENT_TASK_HOLD_S = 10.0
 
 # The statuses a blocked user's orders are cancelled from.
 CANCELLED_WHEN_BLOCKED = (OrderStatus.PENDING, OrderStatus.PAYMENT_PENDING)
@@ -172,12 +179,23 @@ def payment_requested_event(order: Order) -> dict[str, Any]:
     )
 
 
-async def request_payment(outbox: Outbox, order: Order) -> None:
+async def request_payment(outbox: Outbox, order: Order, *, hold_s: float | None = None) -> None:
     """The order's PaymentRequested task for the payment workers (payment-tasks, keyed by the
-    order id), in the unit of work that stores the order."""
+    order id), in the unit of work that stores the order; with `hold_s`, held back that long
+    (see `follow_payment_task`)."""
     event = payment_requested_event(order)
-    await outbox.add(Topic.PAYMENT_TASKS, str(order.id), event)
+    await outbox.add(Topic.PAYMENT_TASKS, str(order.id), event, hold_s=hold_s)
     log.info("payment queued", extra={"order_id": str(order.id), "event_id": event["id"]})
+
+
+async def follow_payment_task(outbox: Outbox, order: Order) -> None:
+    """In the unit of work of the order's new status: a task still held back is withdrawn once
+    the order is final (a worker would only find it settled) and published at once when the
+    order waits for a worker (PAYMENT_PENDING). A task already published is left as it is."""
+    if order.status == OrderStatus.PAYMENT_PENDING:
+        await outbox.release(Topic.PAYMENT_TASKS, str(order.id))
+    elif not TRANSITIONS[order.status]:
+        await outbox.withdraw(Topic.PAYMENT_TASKS, str(order.id))
 
 
 async def status_changed(outbox: Outbox, order: Order) -> None:
@@ -225,8 +243,10 @@ class OrderService:
         replays the winner's order. The queued task is what guarantees the payment: if this
         process stops or fails before the synchronous attempt settles the order, a payment
         worker charges it, and payments' idempotency by order id makes the two paths charge
-        once. With `respond_async` the synchronous attempt is skipped and the order is stored
-        as PAYMENT_PENDING.
+        once. The task is held back for PAYMENT_TASK_HOLD_S and withdrawn when the attempt
+        settles the order (`follow_payment_task`), so an order paid at once costs no worker
+        and no Kafka message for it. With `respond_async` the synchronous attempt is skipped,
+        the order is stored as PAYMENT_PENDING and its task is published at once.
         """
         order = new_order(user_id, items)
         if respond_async:
@@ -248,7 +268,8 @@ class OrderService:
             await uow.orders.add(order)
             if respond_async:
                 await status_changed(uow.outbox, order)
-            await request_payment(uow.outbox, order)
+            hold_s = None if respond_async else PAYMENT_TASK_HOLD_S
+            await request_payment(uow.outbox, order, hold_s=hold_s)
         log.info(
             "order created",
             extra={
@@ -367,6 +388,7 @@ class OrderService:
             stored = await uow.orders.update_status(wanted, sources_of(status))
             if stored is not None:
                 await status_changed(uow.outbox, stored)
+                await follow_payment_task(uow.outbox, stored)
         if stored is not None:
             return stored
         current = await self._db.orders.get(order.id)
@@ -399,6 +421,7 @@ async def cancel_orders_of_blocked_user(uow: OrdersUnitOfWork, user_id: str) -> 
         stored = await uow.orders.update_status(wanted, list(CANCELLED_WHEN_BLOCKED))
         if stored is not None:
             await status_changed(uow.outbox, stored)
+            await follow_payment_task(uow.outbox, stored)
             cancelled.append(stored)
     log.info(
         "blocked user's orders cancelled", extra={"user_id": user_id, "cancelled": len(cancelled)}
@@ -467,4 +490,5 @@ async def complete_payment(uow: OrdersUnitOfWork, event: Event) -> Order | None:
     stored = await uow.orders.update_status(wanted, sources_of(status))
     if stored is not None:
         await status_changed(uow.outbox, stored)
+        await follow_payment_task(uow.outbox, stored)
     return stored

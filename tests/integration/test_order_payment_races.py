@@ -191,8 +191,9 @@ def test_an_order_whose_orders_process_dies_during_its_payment_is_paid_by_a_work
         if died_mid_payment:
             break
     assert died_mid_payment, f"orders answered before {victim} was killed, {KILL_ATTEMPTS} times"
-    # Stored PENDING with its task; the synchronous attempt never answered (and could not
-    # charge: the fault fails it). Before the fix nothing paid or queued it: PENDING for good.
+    # Stored PENDING with its task held back; the synchronous attempt never answered (and could
+    # not charge: the fault fails it), so nothing withdrew the task: it goes out when its hold
+    # runs out. Before the fix nothing paid or queued it: PENDING for good.
     order_id = str(stored["order_id"])
     wait_for(
         lambda: order_status(mesh, order_id) == "PAID",

@@ -211,12 +211,13 @@ def test_add_stores_the_event_with_its_trace_context_and_notifies_the_relay():
     asyncio.run(go())
     ((sql, args),) = conn.executed
     assert "INSERT INTO outbox" in sql and "pg_notify" in sql
-    event_id, topic, key, payload, headers, channel = args
-    assert (event_id, topic, key, channel) == (
+    event_id, topic, key, payload, headers, channel, hold_s = args
+    assert (event_id, topic, key, channel, hold_s) == (
         uuid.UUID(event["id"]),
         "order-events",
         "order-1",
         "outbox",
+        None,
     )
     assert json.loads(payload) == event
     assert json.loads(headers)["traceparent"].startswith(f"00-{TRACE_ID:032x}-")
@@ -234,11 +235,11 @@ def test_add_refuses_an_invalid_event():
 
 
 def test_outbox_migration_creates_the_table_and_the_unpublished_index():
-    [migration] = load_migrations(OUTBOX.directory)
-    sql = migration.sql
-    assert "CREATE TABLE outbox" in sql
-    assert "event_id uuid NOT NULL UNIQUE" in sql
-    assert "WHERE published_at IS NULL" in sql
+    table, held_back = load_migrations(OUTBOX.directory)
+    assert "CREATE TABLE outbox" in table.sql
+    assert "event_id uuid NOT NULL UNIQUE" in table.sql
+    assert "WHERE published_at IS NULL" in table.sql
+    assert "ADD COLUMN not_before timestamptz" in held_back.sql
 
 
 class DetachableConnection:

@@ -65,9 +65,14 @@ class Orders:
         async with self.db.transaction() as uow:
             await on_event(uow, event)
 
-    def tasks(self, order_id: uuid.UUID) -> list[str]:
-        """The types of the payment tasks queued for the order, in commit order."""
-        return [m.type for m in self.db.outbox(Topic.PAYMENT_TASKS) if m.key == str(order_id)]
+    def tasks(self, order_id: uuid.UUID) -> list[tuple[str, str]]:
+        """The payment tasks queued for the order, in commit order: (type, "held back" or
+        "due")."""
+        return [
+            (m.type, "held back" if m.held else "due")
+            for m in self.db.outbox(Topic.PAYMENT_TASKS)
+            if m.key == str(order_id)
+        ]
 
     def statuses(self, order_id: uuid.UUID) -> list[str]:
         """The statuses order-events was told about for the order, in commit order."""
@@ -117,8 +122,8 @@ async def test_an_order_paid_at_once_is_paid_with_its_payment_id_and_one_status_
         "currency": "RUB",
         "paymentId": "pay-7",
     }
-    # queued with the order; the worker finds the payment made and charges nothing
-    assert orders.tasks(order.id) == [EventType.PAYMENT_REQUESTED]
+    # held back with the order, withdrawn with its PAID: no worker hears of the order
+    assert orders.tasks(order.id) == []
 
 
 @in_a_loop
@@ -127,7 +132,7 @@ async def test_a_declined_payment_fails_the_order_with_the_decline_reason():
     order = await orders.place()
     assert (order.status, order.status_reason) == (OrderStatus.FAILED, "insufficient funds")
     assert orders.statuses(order.id) == ["FAILED"]
-    assert orders.tasks(order.id) == [EventType.PAYMENT_REQUESTED]
+    assert orders.tasks(order.id) == []
 
 
 @pytest.mark.parametrize(
@@ -143,7 +148,8 @@ async def test_payments_unavailable_leaves_the_order_payment_pending_with_a_queu
     assert order.status_reason == f"payments unavailable ({code.name})"
     assert orders.statuses(order.id) == ["PAYMENT_PENDING"]
     (task,) = orders.db.outbox(Topic.PAYMENT_TASKS)
-    assert (task.key, task.type) == (str(order.id), EventType.PAYMENT_REQUESTED)
+    # released with the PAYMENT_PENDING: a worker charges the order now
+    assert (task.key, task.type, task.held) == (str(order.id), EventType.PAYMENT_REQUESTED, False)
     assert task.data == {
         "orderId": str(order.id),
         "userId": "alice",
@@ -170,6 +176,7 @@ async def test_a_payment_payments_refuses_fails_the_order_with_the_refusal_as_it
     assert orders.db.stored(order.id) == order
     assert orders.statuses(order.id) == ["FAILED"]
     assert len(orders.payments.calls) == 1
+    assert orders.tasks(order.id) == []
 
 
 @in_a_loop
@@ -180,9 +187,7 @@ async def test_an_unexpected_payments_error_is_no_refusal_and_leaves_the_order_t
         OrderStatus.PAYMENT_PENDING,
         "payment attempt failed (INTERNAL)",
     )
-    assert [task.data["orderId"] for task in orders.db.outbox(Topic.PAYMENT_TASKS)] == [
-        str(order.id)
-    ]
+    assert orders.tasks(order.id) == [(EventType.PAYMENT_REQUESTED, "due")]
 
 
 @in_a_loop
@@ -193,7 +198,7 @@ async def test_a_payment_still_charging_elsewhere_is_deferred_to_the_queue():
         OrderStatus.PAYMENT_PENDING,
         "payment still processing",
     )
-    assert len(orders.db.outbox(Topic.PAYMENT_TASKS)) == 1
+    assert orders.tasks(order.id) == [(EventType.PAYMENT_REQUESTED, "due")]
 
 
 @in_a_loop
@@ -204,9 +209,7 @@ async def test_respond_async_queues_the_payment_without_calling_payments():
     assert orders.db.stored(order.id) == order
     assert orders.payments.calls == []
     assert orders.statuses(order.id) == ["PAYMENT_PENDING"]
-    assert [task.data["orderId"] for task in orders.db.outbox(Topic.PAYMENT_TASKS)] == [
-        str(order.id)
-    ]
+    assert orders.tasks(order.id) == [(EventType.PAYMENT_REQUESTED, "due")]
     assert orders.db.transactions.committed == 1
 
 
@@ -239,25 +242,26 @@ async def test_users_being_unavailable_stores_nothing():
 
 
 @in_a_loop
-async def test_an_order_is_stored_with_its_payment_task_before_payments_is_called():
+async def test_an_orders_task_is_held_back_while_payments_is_called_and_withdrawn_once_paid():
     async def look_at_what_is_committed(call: PaymentCall) -> PaymentOutcome:
         committed = orders.db.stored(call.order_id)
         assert (committed.status, orders.tasks(call.order_id)) == (
             OrderStatus.PENDING,
-            [EventType.PAYMENT_REQUESTED],
+            [(EventType.PAYMENT_REQUESTED, "held back")],
         )
+        (task,) = orders.db.outbox(Topic.PAYMENT_TASKS)
+        assert task.data == {
+            "orderId": str(call.order_id),
+            "userId": "alice",
+            "amount": 300,
+            "currency": "RUB",
+        }
         return succeeded()
 
     orders = Orders(FakePaymentsClient(look_at_what_is_committed))
     order = await orders.place()
     assert order.status == OrderStatus.PAID
-    (task,) = orders.db.outbox(Topic.PAYMENT_TASKS)
-    assert task.data == {
-        "orderId": str(order.id),
-        "userId": "alice",
-        "amount": 300,
-        "currency": "RUB",
-    }
+    assert orders.tasks(order.id) == []
 
 
 class ProcessDied(BaseException):
@@ -274,8 +278,9 @@ async def test_an_order_left_pending_when_its_process_dies_mid_payment_is_paid_b
         await orders.service.place_order("alice", ITEMS, idempotency_key="k-1")
     (order,) = orders.db.tables.orders.values()
     assert order.status == OrderStatus.PENDING
-    assert orders.tasks(order.id) == [EventType.PAYMENT_REQUESTED]
-    # a payment worker charges the queued task; its PaymentSucceeded settles the order
+    assert orders.tasks(order.id) == [(EventType.PAYMENT_REQUESTED, "held back")]
+    # once the hold is up a payment worker charges the task; its PaymentSucceeded settles the
+    # order
     await orders.consume(payment_event(order.id, EventType.PAYMENT_SUCCEEDED, paymentId="pay-1"))
     again = await orders.service.place_order("alice", ITEMS, idempotency_key="k-1")
     assert (again.replayed, again.order.status) == (True, OrderStatus.PAID)
@@ -300,10 +305,18 @@ class TasksUnwritableUnitOfWork:
         self._outbox = uow.outbox
         self.outbox = self
 
-    async def add(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
+    async def add(
+        self, topic: str, key: str, event: Mapping[str, Any], *, hold_s: float | None = None
+    ) -> None:
         if topic == Topic.PAYMENT_TASKS:
             raise ConnectionError("database gone")
-        await self._outbox.add(topic, key, event)
+        await self._outbox.add(topic, key, event, hold_s=hold_s)
+
+    async def withdraw(self, topic: str, key: str) -> None:
+        await self._outbox.withdraw(topic, key)
+
+    async def release(self, topic: str, key: str) -> None:
+        await self._outbox.release(topic, key)
 
 
 @pytest.mark.parametrize("respond_async", [False, True])

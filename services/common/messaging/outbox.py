@@ -20,6 +20,13 @@ updates the aggregate row (taking its row lock) before calling `add`, the natura
 use case. One narrow exception, in aiokafka: a batch that expires in the producer while its
 partition has no leader fails alone, and a later batch of that partition can still go out once
 a leader is elected; the re-sent earlier event then arrives after it.
+
+Held back: `add(..., hold_s=S)` writes an event the relay leaves alone for S seconds. Until then
+the use case that wrote it may `withdraw` it (it is never published) or `release` it (it is
+published at once). It exists so that a safety net costs nothing when it is not needed: orders'
+payment task is published only if its synchronous payment did not settle the order first.
+A held-back event goes out after events written later, so only an event whose key has no other
+event on its topic may be held back.
 """
 
 from __future__ import annotations
@@ -62,12 +69,15 @@ async def add(
     key: str | uuid.UUID,
     event: Mapping[str, Any],
     headers: Mapping[str, str] | None = None,
+    *,
+    hold_s: float | None = None,
 ) -> None:
     """Queue `event` for `topic`, keyed by the aggregate id `key`, in `conn`'s transaction.
 
     The current trace context is stored with it (explicit `headers` win), so the consumer's
     span continues the trace of the request that produced the event. The relay is woken when
-    the transaction commits.
+    the transaction commits; with `hold_s` the event waits that long first (see the module's
+    docstring).
     """
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.add must run inside the transaction of the state change")
@@ -77,10 +87,11 @@ async def add(
     await conn.execute(
         """
         WITH queued AS (
-            INSERT INTO outbox (event_id, topic, key, payload, headers)
-            VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb)
+            INSERT INTO outbox (event_id, topic, key, payload, headers, not_before)
+            VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb,
+                    now() + make_interval(secs => $7::float8))
         )
-        SELECT pg_notify($6, '')
+        SELECT pg_notify($6, '') WHERE $7::float8 IS NULL
         """,
         parsed.id,
         topic,
@@ -88,7 +99,42 @@ async def add(
         json.dumps(event, separators=(",", ":"), ensure_ascii=False),
         json.dumps(stored_headers),
         NOTIFY_CHANNEL,
+        hold_s,
     )
+
+
+async def withdraw(conn: Connection, topic: str, key: str | uuid.UUID) -> int:
+    """Drop the held-back events of `key` on `topic` that are not published yet, in `conn`'s
+    transaction; how many."""
+    status = await conn.execute(
+        """
+        DELETE FROM outbox
+        WHERE topic = $1 AND key = $2 AND published_at IS NULL AND not_before IS NOT NULL
+        """,
+        topic,
+        str(key),
+    )
+    return int(status.split()[-1])
+
+
+async def release(conn: Connection, topic: str, key: str | uuid.UUID) -> int:
+    """Make the held-back events of `key` on `topic` due now, in `conn`'s transaction (the relay
+    is woken when it commits); how many."""
+    released = await conn.fetchval(
+        """
+        WITH due AS (
+            UPDATE outbox SET not_before = NULL
+            WHERE topic = $1 AND key = $2 AND published_at IS NULL AND not_before IS NOT NULL
+            RETURNING 1
+        )
+        SELECT count(*) FROM due
+        """,
+        topic,
+        str(key),
+    )
+    if released:
+        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return int(released)
 
 
 @dataclass(frozen=True)
@@ -139,7 +185,8 @@ class PgOutboxStore:
             records = await conn.fetch(
                 """
                 SELECT id, event_id, topic, key, payload::text AS payload, headers::text AS headers
-                FROM outbox WHERE published_at IS NULL
+                FROM outbox
+                WHERE published_at IS NULL AND (not_before IS NULL OR not_before <= now())
                 ORDER BY id LIMIT $1
                 FOR UPDATE
                 """,
@@ -162,8 +209,10 @@ class PgOutboxStore:
         row = await self._pool.fetchrow(
             """
             SELECT count(*) AS count,
-                   EXTRACT(EPOCH FROM now() - min(created_at))::float8 AS oldest_age_s
-            FROM outbox WHERE published_at IS NULL
+                   EXTRACT(EPOCH FROM now() - min(coalesce(not_before, created_at)))::float8
+                       AS oldest_age_s
+            FROM outbox
+            WHERE published_at IS NULL AND (not_before IS NULL OR not_before <= now())
             """
         )
         assert row is not None  # an aggregate without GROUP BY answers one row

@@ -16,7 +16,7 @@ import asyncio
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from services.common.messaging.envelope import message_key, validate
@@ -30,6 +30,9 @@ class OutboxMessage:
     topic: str
     key: str
     event: Mapping[str, Any]
+    # Written with hold_s and neither released nor published yet.
+    held: bool = False
+    published: bool = False
 
     @property
     def type(self) -> str:
@@ -39,19 +42,34 @@ class OutboxMessage:
     def data(self) -> Mapping[str, Any]:
         return self.event["data"]
 
+    def held_for(self, topic: str, key: str) -> bool:
+        return self.held and not self.published and (self.topic, self.key) == (topic, key)
+
 
 class FakeOutbox:
     """The outbox of one unit of work; like the real one it refuses a malformed CloudEvent or
-    key."""
+    key, and withdraws or releases only held-back messages not published yet."""
 
     def __init__(self, messages: list[OutboxMessage]) -> None:
         self._messages = messages
 
-    async def add(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
+    async def add(
+        self, topic: str, key: str, event: Mapping[str, Any], *, hold_s: float | None = None
+    ) -> None:
         await round_trip()
         validate(event)
         message_key(key)
-        self._messages.append(OutboxMessage(topic, key, event))
+        self._messages.append(OutboxMessage(topic, key, event, held=hold_s is not None))
+
+    async def withdraw(self, topic: str, key: str) -> None:
+        await round_trip()
+        self._messages[:] = [m for m in self._messages if not m.held_for(topic, key)]
+
+    async def release(self, topic: str, key: str) -> None:
+        await round_trip()
+        self._messages[:] = [
+            replace(m, held=False) if m.held_for(topic, key) else m for m in self._messages
+        ]
 
 
 async def round_trip() -> None:
