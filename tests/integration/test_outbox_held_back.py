@@ -105,7 +105,11 @@ def test_a_held_back_event_waits_for_its_time_or_its_release_and_a_withdrawn_one
 
             listener = await pool.acquire()
             woken = asyncio.Event()
-            await listener.add_listener(outbox.NOTIFY_CHANNEL, lambda *_: woken.set())
+
+            def wake(*_: object) -> None:
+                woken.set()
+
+            await listener.add_listener(outbox.NOTIFY_CHANNEL, wake)
             async with pool.acquire() as conn, conn.transaction():
                 assert await outbox.release(conn, TOPIC, held) == 1
                 assert await outbox.withdraw(conn, TOPIC, dropped) == 1
@@ -113,6 +117,7 @@ def test_a_held_back_event_waits_for_its_time_or_its_release_and_a_withdrawn_one
                 assert await outbox.withdraw(conn, TOPIC, due) == 0
                 assert await outbox.release(conn, TOPIC, due) == 0
             await asyncio.wait_for(woken.wait(), 10.0)
+            await listener.remove_listener(outbox.NOTIFY_CHANNEL, wake)
             await pool.release(listener)
             assert await publish(store) == [held]
             remaining = await pool.fetch("SELECT key FROM outbox ORDER BY id")

@@ -105,8 +105,9 @@ def test_a_copy_of_a_set_the_service_does_not_declare_stays_in_its_folders_set()
 
 
 @pytest.mark.parametrize("migration_set", [OUTBOX, PROCESSED_EVENTS])
-def test_each_messaging_set_is_the_sql_the_services_copied(migration_set):
-    [migration] = load_migrations(migration_set.directory)
+def test_each_messaging_sets_first_migration_is_the_sql_the_services_copied(migration_set):
+    migration, *added_since = load_migrations(migration_set.directory)
+    assert all(later.version > 1 for later in added_since)
     assert (migration.version, migration.name) == (1, migration_set.name)
     assert f"CREATE TABLE {migration_set.name} (" in migration.sql
     assert migration.checksum == COPIED_CHECKSUMS[migration_set.name]

@@ -35,7 +35,7 @@ class OutboxTable:
         return True
 
     async def execute(self, _sql: str, *args: object) -> None:
-        event_id, topic, key, payload, headers, _channel = args
+        event_id, topic, key, payload, headers, _channel, _hold_s = args
         self.rows.append(
             OutboxRow(
                 id=len(self.rows) + 1,

@@ -62,7 +62,7 @@ class UsersDatabase:
         pending_users.append(row)
         return row
 
-    async def execute(self, _sql, event_id, topic, key, payload, _headers, _channel):
+    async def execute(self, _sql, event_id, topic, key, payload, _headers, _channel, _hold_s):
         """The outbox insert."""
         self._pending[1].append({"topic": topic, "key": key, "event": json.loads(payload)})
         return "SELECT 1"
