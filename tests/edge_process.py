@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,7 +25,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
-from mesh.components.edge import EXTERNAL_AUDIENCE, EdgeFiles, envoy_config, issuer
+from mesh.components.edge import (
+    EXTERNAL_AUDIENCE,
+    EdgeFiles,
+    cluster_name,
+    envoy_config,
+    issuer,
+)
 from mesh.placement import NativePlacement
 from mesh.runtime import envoy_admin, protos
 from mesh.runtime.paths import StateDir
@@ -36,6 +43,7 @@ from tests.ratelimit_processes import binaries, free_port, on_free_ports, rate_l
 
 PATH = "/notifications"
 KID = "test-key"
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def _b64(number: int) -> str:
@@ -193,6 +201,19 @@ def wait_live(admin_socket: Path, envoy: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"the edge Envoy did not come up:\n{log.read_text()[-3000:]}")
 
 
+def to_http1_stubs(config: dict[str, Any], upstreams: tuple[Upstream, ...]) -> dict[str, Any]:
+    """`config` with its clusters of the sidecar's upstreams speaking HTTP/1.1, which the stubs
+    (http.server) speak; the edge speaks HTTP/2 to a real sidecar for most of them, checked in
+    tests/unit/test_edge_config.py and, on the mesh, tests/integration/test_edge_sidecar_pools.py.
+    Nothing else of the config changes."""
+    stubbed = {cluster_name(u.service) for u in upstreams}
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] in stubbed:
+            options = cluster["typed_extension_protocol_options"][HTTP_OPTIONS_KEY]
+            options["explicit_http_config"] = {"http_protocol_options": {}}
+    return config
+
+
 @contextmanager
 def running_edge(
     root: Path,
@@ -218,7 +239,8 @@ def running_edge(
     admin_socket = envoy_admin.prepare(state, "edge")
     files = EdgeFiles(certs.server_cert, certs.server_key, protos.DESCRIPTOR_SET, admin_socket)
     config, log = state.config / "edge-envoy.json", state.logs / "edge.log"
-    config.write_text(json.dumps(envoy_config(topology, NativePlacement.of(topology), files, edge)))
+    generated = envoy_config(topology, NativePlacement.of(topology), files, edge)
+    config.write_text(json.dumps(to_http1_stubs(generated, edge.upstreams)))
     argv = [str(binaries(ENVOY)["envoy"]), "-c", str(config), "--disable-hot-restart",
             "--base-id", str(free_port()), "--log-level", "warn",
             # One worker: the token cache is per worker, and tests count auth's calls.
