@@ -27,6 +27,7 @@ from jose import jwt
 
 from mesh.components.edge import (
     EXTERNAL_AUDIENCE,
+    HTTP_OPTIONS_EXTENSION,
     EdgeFiles,
     cluster_name,
     envoy_config,
@@ -43,7 +44,6 @@ from tests.ratelimit_processes import binaries, free_port, on_free_ports, rate_l
 
 PATH = "/notifications"
 KID = "test-key"
-HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def _b64(number: int) -> str:
@@ -209,7 +209,7 @@ def to_http1_stubs(config: dict[str, Any], upstreams: tuple[Upstream, ...]) -> d
     stubbed = {cluster_name(u.service) for u in upstreams}
     for cluster in config["static_resources"]["clusters"]:
         if cluster["name"] in stubbed:
-            options = cluster["typed_extension_protocol_options"][HTTP_OPTIONS_KEY]
+            options = cluster["typed_extension_protocol_options"][HTTP_OPTIONS_EXTENSION]
             options["explicit_http_config"] = {"http_protocol_options": {}}
     return config
 

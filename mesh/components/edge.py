@@ -50,6 +50,8 @@ TLS_CONTEXT = T + "transport_sockets.tls.v3.DownstreamTlsContext"
 QUIC_TRANSPORT = T + "transport_sockets.quic.v3.QuicDownstreamTransport"
 PROXY_PROTOCOL = T + "filters.listener.proxy_protocol.v3.ProxyProtocol"
 HTTP_OPTIONS = T + "upstreams.http.v3.HttpProtocolOptions"
+# The key of a cluster's typed_extension_protocol_options that holds its HTTP_OPTIONS.
+HTTP_OPTIONS_EXTENSION = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # An upstream connection idle this long is closed, so the pool an overload grew (hundreds of
 # HTTP/1.1 connections, tens of KiB of Envoy memory each) shrinks back instead of lasting for
 # Envoy's default hour.
@@ -281,7 +283,7 @@ def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> dict[str
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, port)}}]}],
         },
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            HTTP_OPTIONS_EXTENSION: {
                 "@type": HTTP_OPTIONS,
                 "common_http_protocol_options": {"idle_timeout": UPSTREAM_IDLE_TIMEOUT},
                 "explicit_http_config": protocol,

@@ -46,15 +46,15 @@ def test_the_edges_reach_orders_over_http2_and_notifications_over_http1(
 ) -> None:
     edges = [e.id for e in mesh.topology.edge.instances]
 
-    def connections(service: str, stat: str) -> int:
+    def edge_stat(service: str, stat: str) -> int:
         return sum(envoy_stat(mesh, e, cluster_name(service), stat) for e in edges)
 
-    before = {s: connections(s, "upstream_rq_total") for s in ("orders", "notifications")}
+    before = {s: edge_stat(s, "upstream_rq_total") for s in ("orders", "notifications")}
     for path in ("/orders", "/notifications"):
         answer = edge.get(path, params={"userId": "alice"})
         assert answer.status_code == 200, (path, answer.text)
-    assert connections("orders", "upstream_rq_total") >= before["orders"] + 1
-    assert connections("notifications", "upstream_rq_total") >= before["notifications"] + 1
-    assert connections("orders", "upstream_cx_http1_total") == 0, edges
-    assert connections("orders", "upstream_cx_http2_total") >= 1, edges
-    assert connections("notifications", "upstream_cx_http2_total") == 0, edges
+    assert edge_stat("orders", "upstream_rq_total") >= before["orders"] + 1
+    assert edge_stat("notifications", "upstream_rq_total") >= before["notifications"] + 1
+    assert edge_stat("orders", "upstream_cx_http1_total") == 0, edges
+    assert edge_stat("orders", "upstream_cx_http2_total") >= 1, edges
+    assert edge_stat("notifications", "upstream_cx_http2_total") == 0, edges

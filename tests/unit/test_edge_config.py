@@ -7,6 +7,7 @@ from mesh.components import edge_metrics, ratelimit
 from mesh.components.edge import (
     ADMISSION,
     CLIENT_ADDRESS_HEADER,
+    HTTP_OPTIONS_EXTENSION,
     RATELIMIT_CLUSTER,
     UPSTREAM_IDLE_TIMEOUT,
     EdgeFiles,
@@ -28,7 +29,6 @@ FILES = EdgeFiles(
 )
 # The second edge: what holds for it holds for the first (the same generator, other ports).
 EDGE = load().edge.instances[1]
-HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def listeners() -> dict[str, dict]:
@@ -130,7 +130,7 @@ def test_every_pool_of_the_edge_closes_its_idle_connections_and_keeps_its_protoc
              for u in EDGE.upstreams} | {RATELIMIT_CLUSTER: True}  # fmt: skip
     assert websocket == {"notifications"}
     for name, speaks_http2 in http2.items():
-        options = clusters[name]["typed_extension_protocol_options"][HTTP_OPTIONS_KEY]
+        options = clusters[name]["typed_extension_protocol_options"][HTTP_OPTIONS_EXTENSION]
         assert options["common_http_protocol_options"]["idle_timeout"] == UPSTREAM_IDLE_TIMEOUT
         assert ("http2_protocol_options" in options["explicit_http_config"]) == speaks_http2, name
 
