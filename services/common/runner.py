@@ -21,6 +21,7 @@ from aiohttp import web
 from services.common import admin, event_loop, metrics, telemetry
 from services.common.config import ServiceSettings, service_version
 from services.common.consul import ConsulAgent, ConsulError, register_until
+from services.common.in_flight import in_flight_middleware
 from services.common.logging import JsonAccessLogger
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ async def serve(
 ) -> int:
     stop = stop_on_signals()
     app.cleanup_ctx.append(_admin_port(settings))
+    app.middlewares.insert(0, in_flight_middleware())
     app.middlewares.insert(0, metrics.http_middleware(settings.service))
     # Outermost: the request's span is current in every other middleware and the handler.
     app.middlewares.insert(0, telemetry.http_middleware())
