@@ -28,6 +28,7 @@ from mesh.compose.volume import EDGE_ADMIN_SOCKET
 from mesh.go_memory import GO_ENV
 from mesh.helm import wiring as kube_wiring
 from mesh.helm.intentions import Intention
+from mesh.helm.service_defaults import service_defaults_spec
 from mesh.helm.wiring import SecretFile
 from mesh.placement import JAEGER, KubernetesPlacement
 from mesh.runtime import protos
@@ -318,7 +319,7 @@ def service_objects(
             "apiVersion": CONSUL_API,
             "kind": "ServiceDefaults",
             "metadata": meta(service.name, "service"),
-            "spec": {"protocol": service.protocol},
+            "spec": service_defaults_spec(service.name),
         },
     ]
 
@@ -468,7 +469,7 @@ def edge_objects(topology: Topology, kube: KubernetesPlacement) -> list[Object]:
             "apiVersion": CONSUL_API,
             "kind": "ServiceDefaults",
             "metadata": meta(EDGE, "edge"),
-            "spec": {"protocol": "http"},
+            "spec": service_defaults_spec(EDGE),
         },
     ]
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mesh.components.consul import CONFIG_ENTRIES_DIR
 from mesh.components.edge import envoy_config
 from mesh.components.kafka import load_topics
 from mesh.components.kafka_acl import load_clients
@@ -202,6 +203,27 @@ def test_the_service_intentions_are_the_native_runtimes(objects: Objects) -> Non
            if o["kind"] == "ServiceIntentions"}  # fmt: skip
     assert crs == dict(native_intentions())
     assert crs["*"] == [{"name": "*", "action": "deny"}]
+
+
+def test_the_service_defaults_carry_the_native_runtimes_upstream_limits_and_timeouts(
+    objects: Objects,
+) -> None:
+    specs = {name: cr["spec"] for name, cr in _of(objects, "ServiceDefaults").items()}
+    native = {p.stem.removeprefix("service-defaults-") for p in
+              CONFIG_ENTRIES_DIR.glob("service-defaults-*.hcl")}  # fmt: skip
+    assert specs.keys() == native
+    edge = specs["edge"]["upstreamConfig"]
+    assert edge["defaults"]["limits"] == {
+        "maxConnections": 32, "maxPendingRequests": 1024, "maxConcurrentRequests": 32}  # fmt: skip
+    assert edge["defaults"]["passiveHealthCheck"]["maxEjectionPercent"] == 50
+    websockets = {"maxConnections": 1024, "maxPendingRequests": 1024, "maxConcurrentRequests": 1024}
+    assert edge["overrides"] == [{"name": "notifications", "limits": websockets}]
+    assert specs["orders"]["upstreamConfig"]["defaults"]["connectTimeoutMs"] == 1000
+    assert specs["orders"]["upstreamConfig"]["defaults"]["passiveHealthCheck"] == {
+        "interval": "1s", "maxFailures": 5, "enforcingConsecutive5xx": 100,
+        "maxEjectionPercent": 50, "baseEjectionTime": "10s"}  # fmt: skip
+    assert specs["auth"] == {"protocol": "http", "localRequestTimeoutMs": 180000}
+    assert specs["users"] == {"protocol": "grpc"}
 
 
 def test_network_policies_deny_by_default_and_let_in_what_the_intentions_allow(
