@@ -29,15 +29,16 @@ def load_intentions(directory: Path = CONFIG_ENTRIES_DIR) -> tuple[Intention, ..
             entry = hcl2.load(fh)
         intentions.append(
             Intention(
-                destination=_text(entry["Name"]),
+                destination=unquoted(entry["Name"]),
                 sources=tuple(
-                    (_text(source["Name"]), _text(source["Action"])) for source in entry["Sources"]
+                    (unquoted(source["Name"]), unquoted(source["Action"]))
+                    for source in entry["Sources"]
                 ),
             )
         )
     return tuple(intentions)
 
 
-def _text(value: object) -> str:
-    # python-hcl2 keeps the quotes of string literals.
+def unquoted(value: object) -> str:
+    """A string literal of a config entry: python-hcl2 keeps its quotes."""
     return str(value).strip('"')

@@ -11,6 +11,7 @@ from typing import Any
 import hcl2
 
 from mesh.components.consul import CONFIG_ENTRIES_DIR
+from mesh.helm.intentions import unquoted
 
 # What names the config entry; the CR's kind and metadata say it instead.
 _IDENTITY = frozenset({"Kind", "Name"})
@@ -27,8 +28,7 @@ def service_defaults_spec(service: str, directory: Path = CONFIG_ENTRIES_DIR) ->
 
 
 def _spec_value(value: Any) -> Any:
-    # python-hcl2 gives a block as a list of one dict marked `__is_block__`, and keeps the
-    # quotes of string literals.
+    # python-hcl2 gives a block as a list of one dict marked `__is_block__`.
     if isinstance(value, list) and len(value) == 1 and _is_block(value[0]):
         return _spec_value(value[0])
     if isinstance(value, list):
@@ -40,7 +40,7 @@ def _spec_value(value: Any) -> Any:
             if not key.startswith("__")
         }
     if isinstance(value, str):
-        return value.strip('"')
+        return unquoted(value)
     return value
 
 
