@@ -88,7 +88,6 @@ JWT_PROVIDER = "shopmesh"
 # headers on a WebSocket, so only the WebSocket route accepts a token in its URL.
 JWT_QUERY_PROVIDER = "shopmesh-query"
 TOKEN_QUERY_PARAMETER = "access_token"
-JWT_CACHE_SIZE = 10_000
 EXTERNAL_AUDIENCE = "shopmesh-api"
 JWT_METADATA = "jwt_payload"
 RATELIMIT_CLUSTER = "ratelimit"
@@ -476,9 +475,9 @@ def http_filters(
         "forward": True,
         "payload_in_metadata": JWT_METADATA,
         "clock_skew_seconds": 30,
-        # A client sends the same token until it expires: its signature is checked once per
-        # worker, then it is only checked for expiry.
-        "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
+        # No jwt_cache_config: a cached token cost each listener ~5 KB until it was evicted (only
+        # by the cache being full), and checking an RS256 signature again took no CPU that the
+        # bench could tell apart (docs/performance.md, "Memory").
     }
     jwt_authn = {
         "name": "envoy.filters.http.jwt_authn",

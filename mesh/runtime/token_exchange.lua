@@ -4,7 +4,8 @@
 --
 -- Envoy keeps one Lua state per worker thread and per listener, and its globals live as long as
 -- the worker: the cache below is shared by every request and connection that worker serves on
--- one listener. It holds at most MAX_ENTRIES tokens (then it starts again empty).
+-- one listener. Once every MAX_AGE_S the tokens past their usable time are dropped, and when
+-- MAX_ENTRIES usable tokens fill it, it starts again empty.
 --
 -- An exchange is fresh for at most MAX_AGE_S (less a random part of it) and usable for as long as
 -- auth allows (its Cache-Control max-age: the internal token's remaining life). Past fresh, the
@@ -23,6 +24,7 @@ local INTERNAL, FRESH_UNTIL, USABLE_UNTIL, REFRESHING_UNTIL = 1, 2, 3, 4
 
 local cache = {}
 local entries = 0
+local next_sweep = 0
 
 -- Wall-clock seconds with milliseconds (os.time() counts whole seconds, too coarse for a fresh
 -- time of one or two seconds).
@@ -33,7 +35,22 @@ end
 -- Fresh counts from the answer, usable from the question: a slow refresh does not leave the
 -- exchange already past fresh (the token's next request would ask again at once), and the
 -- internal token's life, which auth measured when it answered, is never overrun.
+-- Drops the exchanges past their usable time: without it a long-lived edge would keep every
+-- token it ever saw until the cache was full, then ask auth again for every client at once.
+local function sweep(now)
+  for key, entry in pairs(cache) do
+    if entry[USABLE_UNTIL] <= now then
+      cache[key] = nil
+      entries = entries - 1
+    end
+  end
+  next_sweep = now + MAX_AGE_S
+end
+
 local function remember(key, internal, fresh_s, usable_s, asked, answered)
+  if entries >= MAX_ENTRIES then
+    sweep(answered)
+  end
   if entries >= MAX_ENTRIES then
     cache = {}
     entries = 0
@@ -90,6 +107,9 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   local external = headers:get("authorization")
   local now = seconds(handle)
+  if now >= next_sweep then
+    sweep(now)
+  end
   local known = external and cache[external]
   if known ~= nil then
     local usable = now < known[USABLE_UNTIL]
