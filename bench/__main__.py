@@ -188,7 +188,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=selected(None), metavar="SCENARIO",
                         help="just these scenarios (no Kafka or WebSocket)")  # fmt: skip
+    parser.add_argument("--rewrite", action="store_true",
+                        help="measure nothing: write docs/benchmarks.md and the plots anew from "
+                             "the last run's docs/benchmarks/results.json")  # fmt: skip
     args = parser.parse_args()
+    if args.rewrite:
+        write(json.loads((FIGURES / "results.json").read_text()))
+        say(f"wrote {DOCS / 'benchmarks.md'} from {FIGURES / 'results.json'}")
+        return
     results = measure(args.only)
     write(results)
     say(f"wrote {DOCS / 'benchmarks.md'} in {results['wall_s'] / 60:.1f} minutes")

@@ -17,6 +17,8 @@ POST_SCENARIOS = ("orders-post",)
 GET_RATES = (100, 200, 500, 1000, 1500, 2000)
 GRPC_RATES = (100, 200, 500, 1000)
 POST_RATES = (20, 50, 100, 200)
+# The orders a second the issue asks of POST /orders.
+POST_TARGET = 200
 # wrk's closed loop next to vegeta's where it fits (one token, no source address).
 WRK_SCENARIOS = ("direct", "sidecars")
 

@@ -321,7 +321,34 @@ def test_the_report_estimates_the_machines_ceiling_from_the_steadiest_edge_run()
     document = report.document(measured)
     # edge-h2 at 1000/s (the 60 s run aside): 1.2 ms, 0.2 of it idle work; no tool CPU.
     assert "at 1,000 req/s, its highest rate answered in full: **1.20 ms**" in document
-    assert "could answer at most **1,800 req/s** through the edge, 1.80x" in document
+    assert "could answer at most **1,800 req/s**, 1.80x the 1,000 req/s" in document
+
+
+def test_the_report_estimates_the_orders_a_second_the_machine_could_take() -> None:
+    measured = results()
+    measured["resources"]["idle"] = {"seconds": 15, "nproc": 2, "percent": 10.0,
+                                     "by_component_percent": {"kafka-1": 5.0}}  # fmt: skip
+    # 20 orders/s at 60 ms each, 10 ms of it the idle mesh's 200 ms/s; 50/s was refused in part.
+    measured["runs"] += [run("orders-post", 20, cpu_ms_per_request_total=60.0),
+                         run("orders-post", 50, throughput=36.0, error_ratio=0.24)]  # fmt: skip
+    document = report.document(measured)
+    assert "POST /orders through the edge (TLS h2) at 20 orders/s" in document
+    assert "could answer at most **36 orders/s**, 0.18x the 200 orders/s" in document
+    assert "A busier run" not in document
+
+
+def test_a_busier_run_that_answered_more_than_the_estimate_gives_its_own() -> None:
+    measured = results()
+    measured["resources"]["idle"] = {"seconds": 15, "nproc": 2, "percent": 10.0,
+                                     "by_component_percent": {"kafka-1": 5.0}}  # fmt: skip
+    # At 50/s offered, 40/s answered: (36 - 200/50 ms of idle work) / 0.8 = 40 ms an order.
+    measured["runs"] += [run("orders-post", 20, cpu_ms_per_request_total=60.0),
+                         run("orders-post", 50, throughput=40.0, error_ratio=0.2,
+                             cpu_ms_per_request_total=36.0)]  # fmt: skip
+    document = report.document(measured)
+    assert "at most **36 orders/s**, 0.18x" in document
+    assert "at 50 orders/s offered, 40 orders/s answered for 40.00 ms" in document
+    assert "At that cost: at most **45 orders/s**, 0.23x the issue's 200." in document
 
 
 def test_the_first_requests_of_each_listener_are_reported_apart() -> None:
