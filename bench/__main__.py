@@ -65,6 +65,17 @@ def run_long(topology: Topology, state: StateDir, results: report.Results) -> No
     results["runs"].append(run | {"command": step.command()})
 
 
+def run_pairs(topology: Topology, state: StateDir, results: report.Results, quiet: float) -> None:
+    """plan.PAIRS more runs of each of plan.PAIRED at plan.PAIRED_RATE, back to back."""
+    for pair in range(1, plan.PAIRS + 1):
+        for name in plan.PAIRED:
+            results["settled_s"][f"{name}-pair-{pair}"] = settle(state, quiet)
+            step = plan.Step(name, plan.PAIRED_RATE, plan.FIXED_S)
+            say(f"{step.command()} (pair {pair} of {plan.PAIRS})")
+            run = scenarios.run(topology, state, scenarios.Run(name, step.rate, step.duration_s))
+            results["runs"].append(run | {"command": step.command(), "pair": pair})
+
+
 def run_kafka(results: report.Results, state: StateDir, quiet_percent: float) -> None:
     """The flat-out pipeline, the paced one and Kafka's tools, each once the mesh has settled
     from the one before (the brokers spend seconds after a flat-out burst on it)."""
@@ -156,6 +167,8 @@ def measure(only: list[str] | None) -> report.Results:
         run_scenario(topology, state, name, results)
         if name == plan.LONG_RUN[0]:
             run_long(topology, state, results)
+    if all(name in selected(only) for name in plan.PAIRED):
+        run_pairs(topology, state, results, quiet)
     if not only:
         results["settled_s"]["ws"] = settle(state, quiet)
         say("order → WebSocket PAID probe")
@@ -176,7 +189,7 @@ def write(results: report.Results) -> None:
     FIGURES.mkdir(exist_ok=True)
     results["plots"] = []
     for name in selected(None):
-        runs = [r for r in results["runs"] if r["scenario"] == name]
+        runs = [r for r in results["runs"] if r["scenario"] == name and not r.get("pair")]
         title = scenarios.SCENARIOS[name].title
         if plots.plot(name, title, runs, FIGURES) is not None:
             results["plots"].append(name)

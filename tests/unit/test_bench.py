@@ -498,3 +498,19 @@ def test_the_meshs_uptime_is_that_of_its_youngest_process(tmp_path: Path) -> Non
     finally:
         process.stop(state, "older", timeout=5)
         process.stop(state, "younger", timeout=5)
+
+
+def test_the_mesh_adds_is_the_median_of_the_pairs_with_their_range_shown() -> None:
+    measured = results()  # the sweeps' pair: +3 ms p50, +26 ms p99
+    for pair, (edge_p50, edge_p99) in enumerate([(3.0, 12.0), (4.0, 400.0), (3.5, 15.0)], 1):
+        measured["runs"] += [
+            run("direct", 200, p50_ms=1.0, p99_ms=4.0, pair=pair),
+            run("edge-h2", 200, p50_ms=edge_p50, p99_ms=edge_p99, pair=pair),
+        ]
+    document = report.document(measured)
+    adds = "issue must: latency the mesh adds at 200 req/s (edge h2 vs direct): "
+    assert verdicts(document)[adds + "≤ +5 ms p50, ≤ +20 ms p99"] == "**met**"
+    assert ("+2.8 ms p50, +18.5 ms p99 (median of 4 pairs of runs; p50 +2.0 to +3.0, "
+            "p99 +8.0 to +396.0)") in document  # fmt: skip
+    assert "`mesh bench edge-h2 --rate 200 --duration 20` (pair 2)" in document
+    assert "| 200 | 1.0 / 4.0 ms | — | — | 4.0 / 30.0 ms | — |" in document, "the sweep's own"
