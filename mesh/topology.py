@@ -112,6 +112,9 @@ class Edge:
     # does not make it fetch sooner). auth publishes a new signing key longer than this before
     # signing with it (services/auth/README.md#signing-keys-and-rotation).
     jwks_cache_s: int = 60
+    # The heap each edge process may hold before its overload manager steps in
+    # (mesh/envoy_memory.py).
+    max_heap_mb: int = 256
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -485,6 +488,7 @@ def parse(raw: dict[str, Any]) -> Topology:
         workers=int(edge_raw["workers"]),
         admission=Admission(**{k: int(v) for k, v in edge_raw["admission"].items()}),
         jwks_cache_s=int(edge_raw.get("jwks_cache_s", 60)),
+        max_heap_mb=int(edge_raw["max_heap_mb"]),
     )
     consul = raw["consul"]
     kafka_raw = raw["kafka"]
@@ -590,6 +594,8 @@ def validate(topology: Topology) -> None:
         raise TopologyError("auth login_limits: window_s, per_user and per_address must be >= 1")
     if topology.edge.jwks_cache_s < 1:
         raise TopologyError("edge jwks_cache_s must be >= 1")
+    if topology.edge.max_heap_mb < 1:
+        raise TopologyError("edge max_heap_mb must be >= 1")
     if topology.edge.admission.latency_ms < 1 or topology.edge.admission.min_concurrency < 1:
         raise TopologyError("edge admission: latency_ms and min_concurrency must be >= 1")
     edge_upstreams = set(topology.edge.services)

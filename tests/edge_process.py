@@ -127,7 +127,10 @@ class Upstreams:
 
 
 def edge_topology(
-    per_user: RateLimit, token_cache: TokenCache | None = None, admission: Admission | None = None
+    per_user: RateLimit,
+    token_cache: TokenCache | None = None,
+    admission: Admission | None = None,
+    max_heap_mb: int | None = None,
 ) -> Topology:
     """The committed topology with one edge instance, and every port its config names moved to
     a free one."""
@@ -143,6 +146,7 @@ def edge_topology(
         base.edge,
         token_cache=token_cache or base.edge.token_cache,
         admission=admission or base.edge.admission,
+        max_heap_mb=max_heap_mb or base.edge.max_heap_mb,
         https_port=free_port(udp_too=True),
         instances=(instance,),
         per_user_limit=per_user,
@@ -220,10 +224,11 @@ def running_edge(
     per_user: RateLimit,
     token_cache: TokenCache | None = None,
     admission: Admission | None = None,
+    max_heap_mb: int | None = None,
 ) -> Iterator[Edge]:
     """The generated edge config in a real Envoy on free ports, with the real rate-limit
     service and Redis, in front of stubbed upstreams."""
-    topology = edge_topology(per_user, token_cache, admission)
+    topology = edge_topology(per_user, token_cache, admission, max_heap_mb)
     state = StateDir(root)
     state.ensure()
     signer = Signer()

@@ -682,6 +682,7 @@ def envoy_config(
         "node": {"id": edge.id, "cluster": "edge"},
         "admin": {"address": envoy_admin.address(files.admin_socket)},
         "memory_allocator_manager": envoy_memory.allocator_manager(),
+        "overload_manager": envoy_memory.overload_manager(topology.edge.max_heap_mb),
         "static_resources": {
             "listeners": [plain, tls, quic, metrics],
             "clusters": [_cluster(topology, u.service, u.local_bind_port) for u in edge.upstreams]

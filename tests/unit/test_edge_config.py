@@ -332,3 +332,24 @@ def test_the_jwks_cache_is_the_topologys_and_auth_is_told_it() -> None:
         )
         for provider in jwt_authn["typed_config"]["providers"].values():
             assert provider["remote_jwks"]["cache_duration"] == f"{load().edge.jwks_cache_s}s"
+
+
+def test_the_edges_overload_manager_watches_its_heap_against_the_topologys_limit() -> None:
+    topology = load()
+    overload = envoy_config(topology, NATIVE, FILES, EDGE)["overload_manager"]
+    (monitor,) = overload["resource_monitors"]
+    assert monitor["name"] == "envoy.resource_monitors.fixed_heap"
+    assert monitor["typed_config"]["max_heap_size_bytes"] == str(topology.edge.max_heap_mb << 20)
+    thresholds = {
+        action["name"].removeprefix("envoy.overload_actions."): trigger["threshold"]["value"]
+        for action in overload["actions"]
+        for trigger in action["triggers"]
+        if trigger["name"] == monitor["name"]
+    }
+    assert list(thresholds) == [
+        "shrink_heap",
+        "stop_accepting_connections",
+        "stop_accepting_requests",
+    ]
+    assert sorted(thresholds.values()) == list(thresholds.values()), "least drastic first"
+    assert thresholds["stop_accepting_requests"] < 1
