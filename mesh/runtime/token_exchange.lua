@@ -32,9 +32,6 @@ local function seconds(handle)
   return handle:timestamp() / 1000
 end
 
--- Fresh counts from the answer, usable from the question: a slow refresh does not leave the
--- exchange already past fresh (the token's next request would ask again at once), and the
--- internal token's life, which auth measured when it answered, is never overrun.
 -- Drops the exchanges past their usable time: without it a long-lived edge would keep every
 -- token it ever saw until the cache was full, then ask auth again for every client at once.
 local function sweep(now)
@@ -47,6 +44,9 @@ local function sweep(now)
   next_sweep = now + MAX_AGE_S
 end
 
+-- Fresh counts from the answer, usable from the question: a slow refresh does not leave the
+-- exchange already past fresh (the token's next request would ask again at once), and the
+-- internal token's life, which auth measured when it answered, is never overrun.
 local function remember(key, internal, fresh_s, usable_s, asked, answered)
   if entries >= MAX_ENTRIES then
     sweep(answered)
