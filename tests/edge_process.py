@@ -166,6 +166,10 @@ class Edge:
     def cafile(self) -> str:
         return str(edge_certs(self.state).ca_cert)
 
+    def exchanged(self, token: str) -> int:
+        """How many times auth's token exchange was asked for `token`."""
+        return self.upstreams.exchanges.count(f"Bearer {token}")
+
     def token(self, sub: str) -> str:
         now = int(time.time())
         iss = issuer(self.topology, NativePlacement.of(self.topology))

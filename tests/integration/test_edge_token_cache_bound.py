@@ -32,10 +32,6 @@ def auth_answers(edge: Edge) -> Iterator[None]:
     edge.upstreams.max_age = 30
 
 
-def exchanged(edge: Edge, token: str) -> int:
-    return edge.upstreams.exchanges.count(f"Bearer {token}")
-
-
 def served(edge: Edge, token: str) -> None:
     assert edge.get("plain", None, token=token)[0] == 200
 
@@ -59,7 +55,7 @@ def test_a_full_cache_drops_the_exchanges_past_auths_max_age_and_keeps_the_usabl
     served(edge, edge.token("newcomer"))  # the cache is full: the sweep makes room
     served(edge, kept)
 
-    assert exchanged(edge, kept) == 1, "the usable exchange survived the newcomer"
+    assert edge.exchanged(kept) == 1, "the usable exchange survived the newcomer"
 
 
 def test_a_cache_full_of_usable_exchanges_starts_again_empty(edge: Edge) -> None:
@@ -70,4 +66,4 @@ def test_a_cache_full_of_usable_exchanges_starts_again_empty(edge: Edge) -> None
     served(edge, edge.token("third-user"))
     served(edge, first)
 
-    assert exchanged(edge, first) == 2, "the cache was emptied to take the third user"
+    assert edge.exchanged(first) == 2, "the cache was emptied to take the third user"

@@ -39,10 +39,6 @@ def auth_answers(edge: Edge) -> Iterator[None]:
     edge.upstreams.delay_s = 0.0
 
 
-def exchanged(edge: Edge, token: str) -> int:
-    return edge.upstreams.exchanges.count(f"Bearer {token}")
-
-
 def burst(edge: Edge, token: str) -> list[tuple[int, str]]:
     """BURST requests of one token at once: (status, the Authorization the service got)."""
 
@@ -56,12 +52,12 @@ def burst(edge: Edge, token: str) -> list[tuple[int, str]]:
 
 def until_asked_again(edge: Edge, token: str, action) -> list:
     """Repeat `action` until auth has been asked for `token` once more; its last result."""
-    before = exchanged(edge, token)
+    before = edge.exchanged(token)
     results: list = []
 
     def asked_again() -> bool:
         results.append(action())
-        return exchanged(edge, token) > before
+        return edge.exchanged(token) > before
 
     wait_for(asked_again, timeout=10, what="the cached exchange to pass its fresh time")
     return results[-1]
@@ -77,7 +73,7 @@ def test_a_token_past_fresh_is_refreshed_by_one_request_while_the_others_keep_it
     answers = until_asked_again(edge, token, lambda: burst(edge, token))
 
     assert [status for status, _ in answers] == [200] * BURST
-    assert exchanged(edge, token) == 2, "one refresh for the whole burst"
+    assert edge.exchanged(token) == 2, "one refresh for the whole burst"
 
 
 def test_a_slow_refresh_leaves_the_exchange_fresh_for_the_tokens_next_request(
@@ -88,10 +84,10 @@ def test_a_slow_refresh_leaves_the_exchange_fresh_for_the_tokens_next_request(
     edge.upstreams.delay_s = 1.5  # longer than the whole fresh time counted from the question
 
     assert until_asked_again(edge, token, lambda: edge.get("plain", None, token=token)[0]) == 200
-    refreshed = exchanged(edge, token)
+    refreshed = edge.exchanged(token)
 
     assert edge.get("plain", None, token=token)[0] == 200
-    assert exchanged(edge, token) == refreshed, "fresh time counts from auth's answer"
+    assert edge.exchanged(token) == refreshed, "fresh time counts from auth's answer"
 
 
 def test_a_refused_refresh_drops_the_token_at_once(edge: Edge) -> None:
