@@ -68,8 +68,10 @@ class StateDir:
 
     @classmethod
     def default(cls) -> StateDir:
-        default = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-        return cls(Path(os.environ.get("SHOPMESH_STATE_DIR", default / "shopmesh")).resolve())
+        # An empty variable counts as unset: Path("") is the working directory, which ensure()
+        # would make owner-only.
+        default = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        return cls(Path(os.environ.get("SHOPMESH_STATE_DIR") or default / "shopmesh").resolve())
 
     @property
     def logs(self) -> Path:

@@ -168,3 +168,15 @@ def test_a_started_process_and_its_files_are_owner_only_whatever_the_callers_uma
     assert mode(written) == 0o600  # written by before_start, in the runtime's own process
     assert mode(process.log_path(state, "writer")) == 0o600
     assert mode(state.pids / "writer.lock") == 0o600
+
+
+def test_an_empty_state_dir_variable_counts_as_unset_not_as_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SHOPMESH_STATE_DIR", "")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert StateDir.default().root == tmp_path / "xdg" / "shopmesh"
+
+    monkeypatch.setenv("XDG_STATE_HOME", "")
+    assert StateDir.default().root == (Path.home() / ".local" / "state" / "shopmesh").resolve()
