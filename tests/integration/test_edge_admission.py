@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mesh.topology import Admission, RateLimit
-from tests.edge_process import Edge, running_edge
+from mesh.topology import Admission
+from tests.edge_process import GENEROUS, Edge, running_edge
 from tests.support import wait_for
 
-GENEROUS = RateLimit(requests=10_000, per_seconds=60)
 ADMISSION = Admission(latency_ms=500, min_concurrency=2)
 # How long the service takes while the edge is to be overloaded: well over the target.
 SLOW_S = 3.0

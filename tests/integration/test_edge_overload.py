@@ -16,11 +16,9 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from mesh.envoy_memory import OVERLOAD_ACTIONS
 from mesh.runtime import envoy_admin
-from mesh.topology import RateLimit
-from tests.edge_process import Edge, running_edge
+from tests.edge_process import GENEROUS, Edge, running_edge
 from tests.support import wait_for
 
-GENEROUS = RateLimit(requests=10_000, per_seconds=60)
 # An idle edge holds several MB of heap: 1 MB puts it far past every threshold from the start.
 TINY_HEAP_MB = 1
 # How long a client waits for an answer the paused edge must not give.

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from mesh.topology import RateLimit, TokenCache
-from tests.edge_process import Edge, running_edge
+from mesh.topology import TokenCache
+from tests.edge_process import GENEROUS, Edge, running_edge
 from tests.support import wait_for
 
-GENEROUS = RateLimit(requests=10_000, per_seconds=60)
 MAX_ENTRIES = 2
 SHORT_MAX_AGE_S = 1
 

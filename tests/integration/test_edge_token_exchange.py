@@ -10,10 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mesh.topology import RateLimit
-from tests.edge_process import Edge, running_edge
-
-GENEROUS = RateLimit(requests=10_000, per_seconds=60)
+from tests.edge_process import GENEROUS, Edge, running_edge
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mesh.topology import RateLimit, TokenCache
-from tests.edge_process import Edge, running_edge
+from mesh.topology import TokenCache
+from tests.edge_process import GENEROUS, Edge, running_edge
 from tests.support import wait_for
 
-GENEROUS = RateLimit(requests=10_000, per_seconds=60)
 FRESH_FOR_S = 2
 BURST = 8
 
