@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from mesh.components.postgres import SUPERUSER, service_roles
+from mesh.components.postgres import MAX_CONNECTIONS, SHARED_BUFFERS, SUPERUSER, service_roles
 from mesh.placement import Placement
 from mesh.runtime.paths import StateDir, write_private
 from mesh.topology import PostgresNode, Topology
@@ -121,7 +121,7 @@ def config(
                     "use_pg_rewind": True,
                     "use_slots": True,
                     "parameters": {
-                        "max_connections": 200,
+                        "max_connections": MAX_CONNECTIONS,
                         "synchronous_commit": "on",
                         "wal_level": "replica",
                         "wal_log_hints": "on",
@@ -146,7 +146,13 @@ def config(
                 "replication": {"username": REPLICATION, "password": roles[REPLICATION]},
                 "rewind": {"username": REWIND, "password": roles[REWIND]},
             },
-            "parameters": {"unix_socket_directories": "", "fsync": "on"},
+            "parameters": {
+                "unix_socket_directories": "",
+                "fsync": "on",
+                # Local, not in the cluster's stored config: a cluster bootstrapped before takes
+                # it at its next start too.
+                "shared_buffers": SHARED_BUFFERS,
+            },
             "pg_hba": hba_lines(topology, trusted),
             "basebackup": [{"checkpoint": "fast"}],
             # A failed primary that cannot be rewound is cloned anew from the new primary.

@@ -31,6 +31,22 @@ _RESERVED = frozenset(
     {"all", "sameuser", "samerole", "samegroup", "replication", SUPERUSER, *SYSTEM_DATABASES}
 )
 
+# Connections: every service instance's pool, the workers' and Patroni's, with room for a
+# restart's old and new pools at once.
+MAX_CONNECTIONS = 200
+# Postgres's own cache. The default, 128 MB, filled on each node under `make bench`'s load and
+# stayed there (the services' databases grow past it); the pages it gives up are read from the
+# kernel's page cache, which a process's memory does not count. 64 MB holds the hot orders and
+# their indexes (docs/performance.md, "Memory").
+SHARED_BUFFERS = "64MB"
+
+
+def server_flags() -> list[str]:
+    """Postgres's settings as its command line's -c flags (compose, helm)."""
+    settings = {"max_connections": MAX_CONNECTIONS, "shared_buffers": SHARED_BUFFERS}
+    return [flag for name, value in settings.items() for flag in ("-c", f"{name}={value}")]
+
+
 # What a service's role may never be (re-applied to a role an earlier version made).
 ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 

@@ -311,7 +311,7 @@ def _postgres(topology: Topology) -> dict[str, Any]:
     port = topology.postgres_port
     return {
         "image": IMAGES["postgres"],
-        "command": ["postgres", "-c", f"port={port}", "-c", "max_connections=200"],
+        "command": ["postgres", "-c", f"port={port}", *postgres.server_flags()],
         "environment": {
             "POSTGRES_USER": postgres.SUPERUSER,
             "POSTGRES_PASSWORD_FILE": str(POSTGRES_SUPERUSER_PASSWORD),

@@ -718,7 +718,7 @@ def postgres_objects(topology: Topology) -> list[Object]:
                             {
                                 "name": POSTGRES,
                                 "image": value("image", "postgres"),
-                                "args": ["-p", str(port)],
+                                "args": ["-p", str(port), *postgres.server_flags()],
                                 "ports": [{"name": "postgres", "containerPort": port}],
                                 "env": [
                                     {

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from mesh.components import kafka, kafka_auth, prometheus, ratelimit
+from mesh.components import kafka, kafka_auth, postgres, prometheus, ratelimit
 from mesh.components.consul_acl import PROMETHEUS
 from mesh.components.edge import RATELIMIT_CLUSTER, EdgeFiles, envoy_config
 from mesh.components.edge_metrics import ADMIN_CLUSTER
@@ -196,6 +196,12 @@ def test_kafka_nodes_form_the_topology_quorum(topology: Topology, doc: dict[str,
     assert acls["command"] == ["python", "-m", "mesh.compose", "kafka-acls"]
     for instance in topology.instances():
         assert "kafka-acls" in doc["services"][instance.id]["depends_on"]
+
+
+def test_postgres_runs_with_the_native_nodes_cache_and_connections(doc: dict[str, Any]) -> None:
+    command = doc["services"]["postgres"]["command"]
+    assert command[-4:] == postgres.server_flags()
+    assert f"shared_buffers={postgres.SHARED_BUFFERS}" in command
 
 
 def test_no_kafka_password_is_in_the_compose_file(topology: Topology) -> None:

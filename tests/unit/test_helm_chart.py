@@ -24,7 +24,7 @@ from mesh.components.consul import CONFIG_ENTRIES_DIR
 from mesh.components.edge import envoy_config
 from mesh.components.kafka import load_topics
 from mesh.components.kafka_acl import load_clients
-from mesh.components.postgres import service_roles
+from mesh.components.postgres import server_flags, service_roles
 from mesh.envoy_tracing import OTLP_CLUSTER
 from mesh.helm import wiring as kube_wiring
 from mesh.helm.chart import CHART_DIR, VALUES_FILES, stale
@@ -516,6 +516,12 @@ def test_envoy_accepts_the_charts_edge_config(objects: Objects, tmp_path: Path) 
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_postgres_runs_with_the_native_nodes_cache_and_connections(objects: Objects) -> None:
+    pod = _of(objects, "StatefulSet")["postgres"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][-4:] == server_flags()
 
 
 def test_postgres_makes_each_services_role_with_its_password_from_the_charts_secret(

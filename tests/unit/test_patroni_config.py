@@ -57,6 +57,15 @@ def test_replication_is_synchronous_but_a_lone_primary_still_takes_writes(
     assert dcs["postgresql"]["parameters"]["wal_log_hints"] == "on"  # what pg_rewind needs
 
 
+def test_each_node_has_the_shared_cache_and_connections_every_way_to_run_uses(
+    topology: Topology,
+) -> None:
+    config = node_config(topology, 1)
+    assert config["postgresql"]["parameters"]["shared_buffers"] == postgres.SHARED_BUFFERS
+    dcs = config["bootstrap"]["dcs"]["postgresql"]["parameters"]
+    assert dcs["max_connections"] == postgres.MAX_CONNECTIONS
+
+
 def test_each_node_listens_on_its_own_ports_and_uses_the_nodes_consul_agent(
     topology: Topology,
 ) -> None:
