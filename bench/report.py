@@ -576,10 +576,20 @@ def _every_run(results: Results) -> list[str]:
             f"{run['throughput']:,.0f}", f"{run['p50_ms']:.1f}", f"{run['p90_ms']:.1f}",
             f"{run['p99_ms']:.1f}", f"{run['max_ms']:.0f}", pct(run["error_ratio"]), statuses,
             " ".join(a.removeprefix("127.0.0.") for a in run.get("client_addresses_counted", [])),
+            *_machine_shares(run),
         ])  # fmt: skip
     header = ["command", "tool", "requests", "sent/s", "ok/s", "p50", "p90", "p99", "max",
-              "errors", "statuses", "127.0.0.x counted"]  # fmt: skip
+              "errors", "statuses", "127.0.0.x counted", "machine busy", "outside the mesh",
+              "steal"]  # fmt: skip
     return table(header, rows)
+
+
+def _machine_shares(run: RunResult) -> list[str]:
+    machine = run.get("machine")
+    if machine is None:
+        return ["—"] * 3
+    shares = ("busy_percent", "outside_percent", "steal_percent")
+    return [f"{machine[share]:.0f} %" for share in shares]
 
 
 def _post_checks(results: Results) -> list[str]:
@@ -767,6 +777,11 @@ def document(results: Results) -> str:
         *_plots(results),
         "",
         "## Every run",
+        "",
+        "The last three columns are shares of the whole machine (all its cores count 100 %) over "
+        "the run: all it ran, what of that was neither the mesh nor the load tool, and the time "
+        "the hypervisor gave to other guests (steal). A run with more of the last two had less "
+        "of the machine than its neighbours.",
         "",
         *_every_run(results),
         "",

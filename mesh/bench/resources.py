@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -73,26 +75,58 @@ def pss_bytes(state: StateDir) -> dict[str, int]:
     return sizes
 
 
+@dataclass(frozen=True)
+class MachineCpu:
+    """The whole machine's CPU seconds over a span, all cores together: what ran (user, system,
+    interrupts) and what the hypervisor gave to others (steal)."""
+
+    busy_s: float
+    steal_s: float
+
+    @staticmethod
+    def between(before: Any, after: Any) -> MachineCpu:
+        def spent(field: str) -> float:
+            return max(getattr(after, field, 0.0) - getattr(before, field, 0.0), 0.0)
+
+        busy = sum(spent(f) for f in ("user", "nice", "system", "irq", "softirq"))
+        return MachineCpu(busy_s=busy, steal_s=spent("steal"))
+
+
 class CpuMeter:
-    """CPU seconds each component spent between entering and leaving."""
+    """CPU seconds each component spent between entering and leaving, and the machine's."""
 
     def __init__(self, state: StateDir) -> None:
         self._state = state
         self.spent: dict[str, float] = {}
+        self.machine = MachineCpu(0.0, 0.0)
         self.wall_s = 0.0
 
     def __enter__(self) -> CpuMeter:
         self._before = cpu_seconds(self._state)
+        self._machine_before = psutil.cpu_times()
         self._started = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall_s = time.monotonic() - self._started
+        self.machine = MachineCpu.between(self._machine_before, psutil.cpu_times())
         after = cpu_seconds(self._state)
         self.spent = {
             name: max(after[name] - self._before[name], 0.0)
             for name in after
             if name in self._before
+        }
+
+    def machine_shares(self, tool_s: float) -> dict[str, float]:
+        """In percent of the machine over the span: all it ran, what ran outside the mesh and
+        the load tool (another tenant of the machine, a build, the kernel's own threads), and
+        what the hypervisor took (steal): a run next to another's figures may have had less."""
+        capacity = max(self.wall_s * (psutil.cpu_count() or 1), 1e-9)
+        outside = max(self.machine.busy_s - sum(self.spent.values()) - tool_s, 0.0)
+        return {
+            "busy_percent": 100 * self.machine.busy_s / capacity,
+            "outside_percent": 100 * outside / capacity,
+            "steal_percent": 100 * self.machine.steal_s / capacity,
         }
 
     def per_request_ms(self, requests: int) -> dict[str, float]:

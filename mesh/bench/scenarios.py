@@ -174,17 +174,19 @@ def _behind_edge(
 def _measured(
     state: StateDir, load: Callable[[], Figures], extra: dict[str, Any]
 ) -> tuple[Figures, dict[str, Any]]:
-    """The run's figures, with the CPU time each mesh component spent on it per request, and the
-    load tool's own (its processes are this one's children, waited for before `load` returns)."""
+    """The run's figures, with the CPU time each mesh component spent on it per request, the
+    load tool's own (its processes are this one's children, waited for before `load` returns)
+    and the machine's shares over the run."""
     tool_before = _children_cpu_s()
     with CpuMeter(state) as meter:
         figures = load()
     per_request = meter.per_request_ms(figures.requests)
-    tool_ms = 1000 * (_children_cpu_s() - tool_before) / max(figures.requests, 1)
+    tool_s = _children_cpu_s() - tool_before
     return figures, extra | {
         "cpu_ms_per_request": per_request,
         "cpu_ms_per_request_total": sum(per_request.values()),
-        "load_tool_cpu_ms_per_request": tool_ms,
+        "load_tool_cpu_ms_per_request": 1000 * tool_s / max(figures.requests, 1),
+        "machine": meter.machine_shares(tool_s),
     }
 
 

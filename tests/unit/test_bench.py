@@ -4,6 +4,7 @@ fitting runs into the per-user windows, and writing the report. No load is sent 
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import sys
 import time
@@ -514,3 +515,29 @@ def test_the_mesh_adds_is_the_median_of_the_pairs_with_their_range_shown() -> No
             "p99 +8.0 to +396.0)") in document  # fmt: skip
     assert "`mesh bench edge-h2 --rate 200 --duration 20` (pair 2)" in document
     assert "| 200 | 1.0 / 4.0 ms | — | — | 4.0 / 30.0 ms | — |" in document, "the sweep's own"
+
+
+def test_the_machines_share_counts_what_ran_outside_the_mesh_and_what_was_stolen(
+    tmp_path: Path,
+) -> None:
+    times = collections.namedtuple("times", "user nice system idle irq softirq steal")
+    before = times(user=10, nice=0, system=5, idle=100, irq=0, softirq=1, steal=2)
+    after = before._replace(user=16, system=7, idle=110, softirq=2, steal=4)
+    meter = resources.CpuMeter(StateDir(tmp_path))
+    meter.machine = resources.MachineCpu.between(before, after)
+    assert (meter.machine.busy_s, meter.machine.steal_s) == (9.0, 2.0)
+    meter.spent, meter.wall_s = {"orders-1": 5.0, "edge-1": 1.0}, 10.0
+    shares = meter.machine_shares(tool_s=2.0)
+    cores = psutil.cpu_count()
+    assert shares == {"busy_percent": pytest.approx(90 / cores),
+                      "outside_percent": pytest.approx(10 / cores),
+                      "steal_percent": pytest.approx(20 / cores)}  # fmt: skip
+
+
+def test_every_run_shows_the_machines_shares_and_a_dash_for_runs_measured_before_them() -> None:
+    measured = results()
+    shares = {"busy_percent": 71.4, "outside_percent": 12.0, "steal_percent": 3.2}
+    measured["runs"].append(run("direct", 100, machine=shares))
+    rows = [line for line in report.document(measured).splitlines() if "mesh bench direct" in line]
+    assert rows[0].endswith("| — | — | — |"), "the run without them"
+    assert rows[1].endswith("| 71 % | 12 % | 3 % |")
