@@ -5,11 +5,14 @@ traffic."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
+from mesh.components import prometheus as prometheus_config
+from mesh.placement import NativePlacement
 from mesh.runtime.supervisor import Mesh
 from mesh.topology import Topology
 from tests.support import wait_for
@@ -101,6 +104,32 @@ def test_request_metrics_move_with_traffic(mesh: Mesh, edge: httpx.Client) -> No
              what="payments' OK counter to rise in Prometheus")  # fmt: skip
     wait_for(lambda: query(mesh, gateway) > before["gateway"], timeout=30,
              what="the edge's request counter to rise in Prometheus")  # fmt: skip
+
+
+def _kept_series(exposition: str) -> set[str]:
+    """Each sample line's series (its name and labels, without the value) that Prometheus keeps
+    from a sidecar, by the names as Prometheus reads them."""
+    (keep,) = prometheus_config.SIDECAR_METRICS_READ
+    kept = re.compile(keep["regex"])
+    lines = [line for line in exposition.splitlines() if line and not line.startswith("#")]
+    return {line.rsplit(" ", 1)[0] for line in lines if kept.fullmatch(re.split(r"[{ ]", line)[0])}
+
+
+def test_the_sidecars_stats_filter_drops_nothing_prometheus_keeps(mesh: Mesh) -> None:
+    placement = NativePlacement.of(mesh.topology)
+    sidecars = [(i.id, i.sidecar.metrics_port) for i in mesh.topology.instances()]
+    sidecars += [(edge.id, edge.sidecar.metrics_port) for edge in mesh.topology.edge.instances]
+    for owner, port in sidecars:
+        url = f"http://{placement.address(owner)}:{port}/metrics"
+        everything = httpx.get(url, timeout=10.0)
+        filtered = httpx.get(
+            url, params={"filter": prometheus_config.SIDECAR_STATS_FILTER}, timeout=10.0
+        )
+        assert everything.status_code == filtered.status_code == 200, owner
+        assert len(filtered.content) < len(everything.content) / 5, owner
+        kept = _kept_series(everything.text)
+        assert kept, f"{owner}-sidecar exported nothing Prometheus keeps"
+        assert kept <= _kept_series(filtered.text), owner
 
 
 def test_the_alert_and_recording_rules_are_loaded(mesh: Mesh) -> None:
