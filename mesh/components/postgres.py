@@ -31,13 +31,13 @@ _RESERVED = frozenset(
     {"all", "sameuser", "samerole", "samegroup", "replication", SUPERUSER, *SYSTEM_DATABASES}
 )
 
-# Connections: every service instance's pool, the workers' and Patroni's, with room for a
-# restart's old and new pools at once.
+# Connections: every service instance's pool (at most 10 each), the workers', the health
+# checks' and Patroni's.
 MAX_CONNECTIONS = 200
-# Postgres's own cache. The default, 128 MB, filled on each node under `make bench`'s load and
-# stayed there (the services' databases grow past it); the pages it gives up are read from the
-# kernel's page cache, which a process's memory does not count. 64 MB holds the hot orders and
-# their indexes (docs/performance.md, "Memory").
+# Postgres's own cache, charged to the node's memory and kept full once a load has filled it;
+# what it gives up is read from the kernel's page cache, which no process is charged for. At
+# 64 MB (the default is 128) each node held 72-73 MB of shared memory after `make bench`
+# (docs/performance.md, "Memory").
 SHARED_BUFFERS = "64MB"
 
 

@@ -69,9 +69,9 @@ log4j.logger.org.apache.kafka.clients.NetworkClient=WARN
 # starts at START_HEAP and grows only as far as the load takes it, up to the topology's heap.
 # How far it grows: by default the young generation is a third of the heap and every collection
 # of the old one leaves 40 % of it free, so after `make bench` each broker held ~150 MB of heap
-# for ~75 MB in use. A young generation of at most 24 MB (a minor collection every few tenths of
-# a second at the bench's 10,000 msg/s, ~15 ms each) and 10-20 % left free keep it near what is
-# in use; a full collection of it took ~50 ms (docs/performance.md, "Memory").
+# for ~75 MB in use. A young generation of at most 24 MB and 10-20 % left free keep it near what
+# is in use: 72-92 MB after `make bench`, for ~370 minor collections (~12 ms each) and 11-15
+# full ones (80-180 ms each) per broker over its 42 minutes (docs/performance.md, "Memory").
 JVM_OPTIONS = (
     "-XX:+UseSerialGC",
     "-XX:MaxNewSize=24m",
