@@ -117,16 +117,19 @@ class CpuMeter:
             if name in self._before
         }
 
+    def percent_of_machine(self, cpu_s: float) -> float:
+        """`cpu_s` CPU seconds over the span, in percent of all the machine's cores."""
+        return 100 * cpu_s / max(self.wall_s * (psutil.cpu_count() or 1), 1e-9)
+
     def machine_shares(self, tool_s: float) -> dict[str, float]:
         """In percent of the machine over the span: all it ran, what ran outside the mesh and
         the load tool (another tenant of the machine, a build, the kernel's own threads), and
         what the hypervisor took (steal): a run next to another's figures may have had less."""
-        capacity = max(self.wall_s * (psutil.cpu_count() or 1), 1e-9)
         outside = max(self.machine.busy_s - sum(self.spent.values()) - tool_s, 0.0)
         return {
-            "busy_percent": 100 * self.machine.busy_s / capacity,
-            "outside_percent": 100 * outside / capacity,
-            "steal_percent": 100 * self.machine.steal_s / capacity,
+            "busy_percent": self.percent_of_machine(self.machine.busy_s),
+            "outside_percent": self.percent_of_machine(outside),
+            "steal_percent": self.percent_of_machine(self.machine.steal_s),
         }
 
     def per_request_ms(self, requests: int) -> dict[str, float]:
@@ -144,7 +147,7 @@ def idle_cpu(state: StateDir, seconds: float) -> CpuMeter:
 def machine_percent(state: StateDir, seconds: float) -> float:
     """The mesh's CPU over `seconds`, in percent of the whole machine."""
     meter = idle_cpu(state, seconds)
-    return 100 * sum(meter.spent.values()) / (meter.wall_s * (psutil.cpu_count() or 1))
+    return meter.percent_of_machine(sum(meter.spent.values()))
 
 
 def wait_until_steady(
