@@ -134,6 +134,8 @@ class TokenCache:
 
     max_age_s: int
     max_entries: int
+    # How often each edge worker asks auth which users were blocked lately.
+    blocks_every_s: int
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,11 @@ class Signer:
 class Upstreams:
     """What the edge's sidecar upstreams answer, stubbed: auth's JWKS, auth's token exchange
     (every call counted; `refuse` makes it answer that status with a problem; `max_age` is its
-    Cache-Control; `delay_s` holds each answer that long), and services that answer 200 with the
-    Authorization they were given (each call counted; `service_delay_s` holds each answer that
-    long)."""
+    Cache-Control; `delay_s` holds each answer that long; the token's subject in X-Subject),
+    auth's list of users blocked lately (`blocked`; every call counted; its list is whole since
+    the stub started and, with `blocks_current`, current up to now), and services that answer
+    200 with the Authorization they were given (each call counted; `service_delay_s` holds each
+    answer that long)."""
 
     def __init__(self, jwks: dict) -> None:
         self.jwks = jwks
@@ -81,6 +83,10 @@ class Upstreams:
         self.delay_s = 0.0
         self.service_calls: list[str] = []
         self.service_delay_s = 0.0
+        self.started_at = time.time()
+        self.blocked: list[str] = []
+        self.blocks_current = False
+        self.blocks_asked = 0
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         upstreams = self
@@ -91,6 +97,8 @@ class Upstreams:
                     self.answer(200, upstreams.jwks)
                 elif self.path.startswith("/auth/ext-authz/"):
                     self.exchange()
+                elif self.path == "/auth/blocks":
+                    self.blocks()
                 else:
                     upstreams.service_calls.append(self.path)
                     time.sleep(upstreams.service_delay_s)
@@ -108,8 +116,23 @@ class Upstreams:
                     self.answer(upstreams.refuse, problem, "application/problem+json")
                     return
                 internal = f"Bearer internal-{len(external)}-{external[-12:]}"
+                claims = jwt.get_unverified_claims(external.removeprefix("Bearer "))
                 self.answer(200, None, headers={"authorization": internal,
-                            "cache-control": f"private, max-age={upstreams.max_age}"})  # fmt: skip
+                            "cache-control": f"private, max-age={upstreams.max_age}",
+                            "x-subject": claims["sub"]})  # fmt: skip
+
+            def blocks(self) -> None:
+                upstreams.blocks_asked += 1
+                headers = {"x-blocks-complete-from": f"{upstreams.started_at:.3f}"}
+                if upstreams.blocks_current:
+                    headers["x-blocks-current-at"] = f"{time.time():.3f}"
+                body = "".join(f"{user}\n" for user in upstreams.blocked).encode()
+                self.send_response(200)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def answer(self, status: int, document: object, content_type: str = "application/json",
                        headers: dict[str, str] | None = None) -> None:  # fmt: skip

@@ -72,6 +72,13 @@ TOKEN_EXCHANGE = "shopmesh.token_exchange"
 # The Lua source stays beside the native runtime (services/auth/README.md points there).
 TOKEN_EXCHANGE_LUA = REPO_ROOT / "mesh" / "runtime" / "token_exchange.lua"
 EXCHANGE_TIMEOUT_MS = 2000
+# Auth's list of the users blocked lately (services/auth/blocks.py), asked for by each edge
+# worker every token_cache.blocks_every_s; its exchanges are kept longer only while what the
+# answers cover is at most this many of those intervals old (auth's own "current" point trails
+# by up to its consumer's 5 s empty fetch).
+BLOCKS_PATH = "/auth/blocks"
+BLOCKS_TIMEOUT_MS = 1000
+BLOCKS_STALE_INTERVALS = 6
 # Up to this share of an exchange's lifetime is taken off at random (token_exchange.lua).
 TOKEN_CACHE_JITTER = 0.5
 # Dynamic metadata namespace of the edge's own Lua filters.
@@ -444,6 +451,10 @@ def _token_exchange_filter(topology: Topology) -> dict[str, Any]:
         f"local MAX_ENTRIES = {cache.max_entries}\n"
         f"local AUTH_CLUSTER = {json.dumps(cluster_name('auth'))}\n"
         f"local TIMEOUT_MS = {EXCHANGE_TIMEOUT_MS}\n"
+        f"local BLOCKS_PATH = {json.dumps(BLOCKS_PATH)}\n"
+        f"local BLOCKS_EVERY_S = {cache.blocks_every_s:g}\n"
+        f"local BLOCKS_STALE_S = {BLOCKS_STALE_INTERVALS * cache.blocks_every_s:g}\n"
+        f"local BLOCKS_TIMEOUT_MS = {BLOCKS_TIMEOUT_MS}\n"
         f"local METADATA = {json.dumps(EDGE_METADATA)}\n"
     )
     source = settings + TOKEN_EXCHANGE_LUA.read_text()

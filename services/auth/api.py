@@ -36,6 +36,7 @@ from services.common.db import DATABASE_UNAVAILABLE
 from services.common.errors import Unavailable
 from services.common.jsonbody import read_json_object
 from services.common.problem import (
+    FORBIDDEN,
     INVALID_CLIENT,
     MALFORMED,
     TOO_MANY_FAILED_LOGINS,
@@ -55,6 +56,10 @@ SERVICE = web.AppKey("auth_service", AuthService)
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 32
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# The headers the edge's token cache reads (mesh/runtime/token_exchange.lua).
+SUBJECT_HEADER = "X-Subject"
+BLOCKS_COMPLETE_FROM = "X-Blocks-Complete-From"
+BLOCKS_CURRENT_AT = "X-Blocks-Current-At"
 # Users or auth's own database cannot answer now: ext_authz answers 503.
 _CANNOT_ANSWER: tuple[type[BaseException], ...] = (Unavailable, *DATABASE_UNAVAILABLE)
 
@@ -309,8 +314,34 @@ async def ext_authz(request: web.Request) -> web.Response:
         headers={
             "Authorization": f"Bearer {exchanged.internal_token}",
             "Cache-Control": f"private, max-age={service.reusable_for_s(exchanged)}",
+            # Whose token it is: the edge drops it when GET /auth/blocks names the user.
+            SUBJECT_HEADER: exchanged.sub,
         },
     )
+
+
+@routes.get("/auth/blocks")
+async def recent_blocks(request: web.Request) -> web.Response:
+    """For the edges' token caches (mesh/runtime/token_exchange.lua): the users this instance
+    learnt were blocked lately, one id a line. `X-Blocks-Complete-From`: since when (epoch
+    seconds) the list is whole; `X-Blocks-Current-At`, when known: up to when every block
+    published had been handled.
+
+    Not for clients: a request the edge routed from the public (it carries the edge's client
+    address header) is refused.
+    """
+    if client_address.from_headers(request.headers) is not None:
+        raise Problem(403, "Forbidden", "only the edges ask for blocks", type=FORBIDDEN)
+    service = request.app[SERVICE]
+    headers = {
+        "Cache-Control": "no-store",
+        BLOCKS_COMPLETE_FROM: f"{service.recent_blocks.complete_from():.3f}",
+    }
+    current_at = service.blocks_current_at()
+    if current_at is not None:
+        headers[BLOCKS_CURRENT_AT] = f"{current_at:.3f}"
+    users = service.recent_blocks.users()
+    return web.Response(text="".join(f"{user}\n" for user in users), headers=headers)
 
 
 def _external_token(request: web.Request) -> str:

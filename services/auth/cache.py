@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 DEFAULT_MAX_ENTRIES = 10_000
 # An entry is served only while its internal token has this long left: the edge keeps what auth
-# gives it for up to a minute (and past that while it refreshes), so an entry near its end
+# gives it for up to a minute, or until shortly before it expires while it hears of blocks
+# (and past that while it refreshes), so an entry near its end
 # would make the edge ask again within seconds, and entries made together would all be asked
 # for again together.
 DEFAULT_MARGIN_S = 120.0

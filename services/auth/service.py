@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from contracts import EventType
 from services.auth import passwords
+from services.auth.blocks import RecentBlocks
 from services.auth.cache import CachedExchange, ExchangeCache, token_key
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
 from services.auth.credentials import Credential
@@ -155,11 +156,17 @@ class AuthService:
         self._clock = clock
         self._exchanging: SingleFlight[bytes, CachedExchange] = SingleFlight()
         self._blocks_current_at: Callable[[], float | None] = lambda: None
+        self.recent_blocks = RecentBlocks(clock)
 
     def follow_blocks(self, current_at: Callable[[], float | None]) -> None:
         """Take `current_at()` as the time up to which every UserBlocked event is handled
         (`on_user_event`): while it is recent, a cached user needs no re-check with users."""
         self._blocks_current_at = current_at
+
+    def blocks_current_at(self) -> float | None:
+        """When (epoch seconds) every UserBlocked event published so far had been handled; None
+        while that is not known."""
+        return self._blocks_current_at()
 
     # --- clients and grants ---------------------------------------------------------------
 
@@ -393,7 +400,9 @@ class AuthService:
             self.invalidate_user(event.data["userId"])
 
     def invalidate_user(self, user_id: str) -> None:
-        """Forget every cached exchange of `user_id` (called when the user is blocked)."""
+        """Forget every cached exchange of `user_id` (called when the user is blocked), and tell
+        the edges (`recent_blocks`)."""
+        self.recent_blocks.add(user_id)
         dropped = self.cache.invalidate_user(user_id)
         log.info("cached exchanges dropped", extra={"user_id": user_id, "dropped": dropped})
 

@@ -22,8 +22,9 @@ LIVE_TIMEOUT_MS = 30_000
 PAYMENT_SERVICES = ("payments", "payments-worker")
 # UserBlocked travels users' outbox → Kafka → orders, which cancels the user's unpaid orders.
 CANCEL_TIMEOUT_S = 60
-# The edge keeps a token's exchange for up to its token_cache.max_age_s (60 s, mesh/topology.yaml)
-# per worker and listener; its next refresh is refused and dropped.
+# The edge drops a blocked user's exchanges when auth's list of blocks names the user (every 5 s),
+# or, when it does not hear of blocks, refreshes them after token_cache.max_age_s (60 s,
+# mesh/topology.yaml) per worker and listener, and the refresh is refused.
 REFUSAL_TIMEOUT_S = 120
 
 

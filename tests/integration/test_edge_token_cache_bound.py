@@ -19,7 +19,7 @@ SHORT_MAX_AGE_S = 1
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    cache = TokenCache(max_age_s=60, max_entries=MAX_ENTRIES)
+    cache = TokenCache(max_age_s=60, max_entries=MAX_ENTRIES, blocks_every_s=1)
     with running_edge(tmp_path_factory.mktemp("edge-state"), GENEROUS, cache) as running:
         yield running
 

@@ -23,7 +23,7 @@ BURST = 8
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    cache = TokenCache(max_age_s=FRESH_FOR_S, max_entries=10_000)
+    cache = TokenCache(max_age_s=FRESH_FOR_S, max_entries=10_000, blocks_every_s=1)
     with running_edge(tmp_path_factory.mktemp("edge-state"), GENEROUS, cache) as running:
         yield running
 

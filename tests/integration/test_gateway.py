@@ -24,7 +24,9 @@ from mesh.placement import NativePlacement
 from mesh.runtime.supervisor import Mesh
 from mesh.runtime.tls import edge_certs
 from mesh.topology import Topology
+from shopmesh.users.v1 import users_pb2
 from tests.h3client import h3_get
+from tests.support import wait_for
 
 ORDER = {"items": [{"productId": "book", "quantity": 1}]}
 
@@ -226,6 +228,32 @@ def test_a_non_admin_cannot_block_users_but_an_admin_can(edge_as) -> None:
     refused = edge_as("alice").post("/users/bob:block", json={"reason": "try"})
     assert refused.status_code == 403, refused.text
     assert edge_as("bob").get("/users/bob").json()["blocked"] is False
+
+
+def test_a_blocked_users_cached_token_is_refused_at_the_edge_within_seconds(
+    edge_as_fresh, users_grpc
+) -> None:
+    user_id, client = edge_as_fresh()
+    own_orders = {"userId": user_id}
+    assert client.get("/orders", params=own_orders).status_code == 200  # fresh for 30-60 s
+
+    users_grpc.BlockUser(users_pb2.BlockUserRequest(user_id=user_id, reason="test"))
+
+    # Sooner than the edge would ask auth again for the token on its own: the edge heard of the
+    # block from auth's list of users blocked lately (mesh/runtime/token_exchange.lua).
+    refused = wait_for(
+        lambda: (resp := client.get("/orders", params=own_orders)).status_code == 403 and resp,
+        timeout=25,
+        what="the blocked user's read to be refused at the edge",
+    )
+    assert refused.json()["type"] == "/problems/user-blocked"
+
+
+def test_auths_list_of_blocked_users_is_not_public(edge: httpx.Client) -> None:
+    resp = edge.get("/auth/blocks")
+
+    assert resp.status_code == 403
+    assert resp.headers["content-type"] == "application/problem+json"
 
 
 def test_users_and_payments_are_served_as_rest_json_through_the_transcoder(

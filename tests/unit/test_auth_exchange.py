@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
+from contracts import EventType
+from contracts.cloudevents import cloud_event
 from services.auth.cache import CachedExchange, ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
 from services.auth.service import REUSE_MARGIN_S, AuthService, UnknownSubject, UserBlocked
@@ -19,6 +21,7 @@ from services.auth.tokens import (
 from services.common.auth.jwt import verify_internal
 from services.common.auth.principal import Unauthenticated
 from services.common.errors import Unavailable
+from services.common.messaging.envelope import validate
 
 ISSUER = "https://127.0.0.1:8443/auth"
 KEY = generate_signing_key(datetime.now(UTC))
@@ -87,6 +90,17 @@ def make_service(clock, users):
 
 
 # --- the cache on its own ------------------------------------------------------------------
+
+
+def block_event(user_id):
+    return validate(
+        cloud_event(
+            source="users",
+            type=EventType.USER_BLOCKED,
+            subject=f"user/{user_id}",
+            data={"userId": user_id},
+        )
+    )
 
 
 def entry(sub="alice", expires_at=1300.0, checked_at=1000.0, is_user=True):
@@ -311,6 +325,22 @@ def test_invalidate_user_forces_a_new_exchange_that_sees_the_block():
             await service.authorize(token)
 
     asyncio.run(go())
+
+
+def test_a_user_blocked_event_or_a_block_seen_by_a_recheck_is_listed_for_the_edges():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        token = external_token(clock)
+        await service.authorize(token)
+        users.blocked.add("alice")
+        clock.now += 31
+        with pytest.raises(UserBlocked):
+            await service.authorize(token)
+        await service.on_user_event(None, block_event("bob"))
+        return service.recent_blocks.users()
+
+    assert asyncio.run(go()) == ["alice", "bob"]
 
 
 def test_a_recheck_while_users_is_down_keeps_serving_the_cached_exchange():

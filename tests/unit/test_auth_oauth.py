@@ -363,6 +363,58 @@ def test_ext_authz_answers_the_internal_token_in_the_authorization_header():
     assert body is None
 
 
+def test_ext_authz_names_the_tokens_subject_for_the_edges_blocks():
+    _, headers, _ = call(
+        "GET", "/auth/ext-authz/orders", headers={"Authorization": f"Bearer {external('alice')}"}
+    )
+    assert headers["X-Subject"] == "alice"
+
+
+def blocks(service, headers=None):
+    async def go():
+        app = http_app()
+        app[api.SERVICE] = service
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/auth/blocks", headers=headers or {})
+            return resp.status, dict(resp.headers), await resp.text()
+
+    return asyncio.run(go())
+
+
+def test_blocks_lists_the_users_blocked_lately_one_a_line_and_since_when_it_is_whole():
+    service = FakeAuthService()
+    service.follow_blocks(lambda: 1_800_000_123.5)
+    service.invalidate_user("bob")
+    service.invalidate_user("dave")
+
+    status, headers, body = blocks(service)
+
+    assert status == 200
+    assert body == "bob\ndave\n"
+    assert headers["Cache-Control"] == "no-store"
+    assert float(headers["X-Blocks-Complete-From"]) <= datetime.now(UTC).timestamp()
+    assert headers["X-Blocks-Current-At"] == "1800000123.500"
+
+
+def test_blocks_says_no_current_time_while_the_block_events_are_not_known_handled():
+    status, headers, body = blocks(FakeAuthService())
+
+    assert (status, body) == (200, "")
+    assert "X-Blocks-Complete-From" in headers
+    assert "X-Blocks-Current-At" not in headers
+
+
+def test_blocks_are_not_for_a_request_the_edge_routed_from_the_public():
+    service = FakeAuthService()
+    service.invalidate_user("bob")
+
+    status, headers, body = blocks(service, {"x-shopmesh-client-address": "203.0.113.7"})
+
+    assert status == 403
+    assert headers["Content-Type"] == "application/problem+json"
+    assert "bob" not in body
+
+
 def test_ext_authz_takes_the_token_from_the_access_token_parameter():
     status, headers, _ = call("GET", f"/auth/ext-authz/notifications/ws?access_token={external()}")
     assert status == 200
