@@ -6,8 +6,6 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from contracts import EventType
-from contracts.cloudevents import cloud_event
 from services.auth.cache import CachedExchange, ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
 from services.auth.service import REUSE_MARGIN_S, AuthService, UnknownSubject, UserBlocked
@@ -21,7 +19,7 @@ from services.auth.tokens import (
 from services.common.auth.jwt import verify_internal
 from services.common.auth.principal import Unauthenticated
 from services.common.errors import Unavailable
-from services.common.messaging.envelope import validate
+from tests.unit.fakes.users import user_blocked
 
 ISSUER = "https://127.0.0.1:8443/auth"
 KEY = generate_signing_key(datetime.now(UTC))
@@ -90,17 +88,6 @@ def make_service(clock, users):
 
 
 # --- the cache on its own ------------------------------------------------------------------
-
-
-def block_event(user_id):
-    return validate(
-        cloud_event(
-            source="users",
-            type=EventType.USER_BLOCKED,
-            subject=f"user/{user_id}",
-            data={"userId": user_id},
-        )
-    )
 
 
 def entry(sub="alice", expires_at=1300.0, checked_at=1000.0, is_user=True):
@@ -337,7 +324,7 @@ def test_a_user_blocked_event_or_a_block_seen_by_a_recheck_is_listed_for_the_edg
         clock.now += 31
         with pytest.raises(UserBlocked):
             await service.authorize(token)
-        await service.on_user_event(None, block_event("bob"))
+        await service.on_user_event(None, user_blocked("bob"))
         return service.recent_blocks.users()
 
     assert asyncio.run(go()) == ["alice", "bob"]

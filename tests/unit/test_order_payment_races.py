@@ -14,10 +14,9 @@ from dataclasses import replace
 
 import pytest
 
-from contracts import EventType, Topic
-from contracts.cloudevents import cloud_event
+from contracts import Topic
 from services.common.errors import DomainError
-from services.common.messaging.envelope import Event, validate
+from services.common.messaging.envelope import validate
 from services.common.rpc import status_for
 from services.orders.clients import PaymentOutcome, payment_error, payment_outcome
 from services.orders.domain import Order, OrderItem, OrderStatus
@@ -31,21 +30,11 @@ from tests.unit.fakes import in_a_loop
 from tests.unit.fakes.database import OutboxMessage
 from tests.unit.fakes.orders import FakeUsersClient, InMemoryOrdersDatabase, rpc_error
 from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase
+from tests.unit.fakes.users import user_blocked
 
 ITEMS = [OrderItem("book", 3)]
 
 Step = Callable[[], Awaitable[None]]
-
-
-def user_blocked(user_id: str) -> Event:
-    return validate(
-        cloud_event(
-            source="users",
-            type=EventType.USER_BLOCKED,
-            subject=f"user/{user_id}",
-            data={"userId": user_id},
-        )
-    )
 
 
 class ProcessDied(BaseException):

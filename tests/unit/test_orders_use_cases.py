@@ -44,6 +44,7 @@ from tests.unit.fakes.orders import (
     succeeded,
     unavailable,
 )
+from tests.unit.fakes.users import user_blocked
 
 ITEMS = [OrderItem("book", 2), OrderItem("pen", 1)]
 
@@ -88,17 +89,6 @@ def payment_event(order_id: uuid.UUID | str, kind: str, **data: object) -> Event
     payment = {"orderId": str(order_id), "userId": "alice", "amount": 300, "currency": "RUB"}
     return validate(
         cloud_event(source="payments", type=kind, subject=f"order/{order_id}", data=payment | data)
-    )
-
-
-def user_blocked(user_id: str) -> Event:
-    return validate(
-        cloud_event(
-            source="users",
-            type=EventType.USER_BLOCKED,
-            subject=f"user/{user_id}",
-            data={"userId": user_id, "reason": "fraud"},
-        )
     )
 
 
@@ -648,7 +638,7 @@ async def test_a_blocked_users_unsettled_orders_are_cancelled_and_settled_ones_k
     paid, failed = await orders.place(), await orders.place()
     queued = await orders.place(respond_async=True)
     other = await orders.place("bob", respond_async=True)
-    await orders.consume(user_blocked("alice"))
+    await orders.consume(user_blocked("alice", reason="fraud"))
     assert orders.db.stored(paid.id) == paid
     assert orders.db.stored(failed.id) == failed
     cancelled = orders.db.stored(queued.id)
@@ -734,5 +724,5 @@ class ConsumerConnection:
 async def test_the_wired_consumer_handler_runs_the_use_case_in_the_consumers_transaction():
     handler = in_consumer_transaction(PostgresOrdersUnitOfWork, on_event)
     conn = ConsumerConnection()
-    await handler(conn, user_blocked("mallory"))
+    await handler(conn, user_blocked("mallory", reason="fraud"))
     assert conn.queries == [("mallory",)]

@@ -21,6 +21,7 @@ from services.payments.service import LEASE_S, USER_BLOCKED_MESSAGE, PaymentServ
 from services.payments.tasks import PaymentTasks, UnpaidOrders
 from tests.unit.fakes import in_a_loop, let_the_others_run
 from tests.unit.fakes.payments import FakeProvider, InMemoryPaymentsDatabase
+from tests.unit.fakes.users import user_blocked
 
 OVER_THE_LIMIT = domain.SINGLE_PAYMENT_LIMIT + 1
 
@@ -54,16 +55,6 @@ class Payments:
 
     def event_types(self) -> list[str]:
         return [message.type for message in self.db.outbox(Topic.PAYMENT_EVENTS)]
-
-
-def user_blocked(user_id: str) -> Event:
-    event = cloud_event(
-        source="users",
-        type=EventType.USER_BLOCKED,
-        subject=f"user/{user_id}",
-        data={"userId": user_id},
-    )
-    return validate(event)
 
 
 def payment_task(order_id: str, amount: int = 1500) -> Event:

@@ -6,6 +6,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from contracts import EventType
+from contracts.cloudevents import cloud_event
+from services.common.messaging.envelope import Event, validate
 from services.users.domain import User
 from tests.unit.fakes.database import (
     Autocommit,
@@ -69,3 +72,12 @@ class InMemoryUsersDatabase:
 
     def transaction(self) -> AbstractAsyncContextManager[InMemoryUsersUnitOfWork]:
         return self.transactions.transaction()
+
+
+def user_blocked(user_id: str, reason: str | None = None) -> Event:
+    """The UserBlocked event users publishes, as a consumer receives it."""
+    data = {"userId": user_id} if reason is None else {"userId": user_id, "reason": reason}
+    event = cloud_event(
+        source="users", type=EventType.USER_BLOCKED, subject=f"user/{user_id}", data=data
+    )
+    return validate(event)
