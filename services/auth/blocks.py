@@ -1,4 +1,5 @@
-"""The users blocked lately, as one auth instance learnt of them from user-events.
+"""The users blocked lately, as one auth instance learnt of them (a UserBlocked event, or users'
+answer to a re-check).
 
 The edge's token cache asks for them every few seconds (GET /auth/blocks,
 mesh/runtime/token_exchange.lua) and drops those users' exchanges at once. While its answers
