@@ -34,6 +34,10 @@ class RecentBlocks:
         self._learnt_at.pop(user_id, None)
         self._learnt_at[user_id] = self._clock()
 
+    def __contains__(self, user_id: object) -> bool:
+        """Whether this instance learnt of `user_id`'s block (blocks are never lifted)."""
+        return user_id in self._learnt_at
+
     def users(self) -> list[str]:
         """Every user whose block this instance learnt of since `complete_from()`."""
         since = self._clock() - self._window_s

@@ -37,6 +37,15 @@ class CachedExchange:
     checked_at: float
 
 
+def due_for_recheck(
+    checked_at: float, blocks_current_at: float | None, now: float, recheck_s: float
+) -> bool:
+    """Whether what users said of a user at `checked_at` needs asking again: `recheck_s` have
+    passed since then and since `blocks_current_at`, when every block event published so far
+    had been handled (None when never)."""
+    return now - max(checked_at, blocks_current_at or checked_at) >= recheck_s
+
+
 def token_key(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -86,8 +95,9 @@ class ExchangeCache:
     def needs_recheck(self, entry: CachedExchange, blocks_current_at: float | None = None) -> bool:
         """`blocks_current_at`: when every block event published so far had been handled (each
         one invalidates its user's entries), None when never."""
-        last_known = max(entry.checked_at, blocks_current_at or entry.checked_at)
-        return entry.is_user and self._clock() - last_known >= self._recheck_s
+        return entry.is_user and due_for_recheck(
+            entry.checked_at, blocks_current_at, self._clock(), self._recheck_s
+        )
 
     def checked(self, entry: CachedExchange) -> None:
         entry.checked_at = self._clock()

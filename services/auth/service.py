@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from contracts import EventType
@@ -18,6 +18,7 @@ from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
 from services.auth.credentials import Credential
 from services.auth.domain import Client
 from services.auth.keys import Clock, KeyStore, Rotation
+from services.auth.known_users import KnownUsers
 from services.auth.login_limits import LoginLimiter, TooManyFailedLogins
 from services.auth.oauth import PUBLIC_CLIENT_ID, ClientCredentials
 from services.auth.tokens import (
@@ -143,6 +144,7 @@ class AuthService:
         *,
         issuer: str,
         cache: ExchangeCache | None = None,
+        known_users: KnownUsers | None = None,
         logins: LoginLimiter | None = None,
         clock: Clock = time.time,
     ) -> None:
@@ -153,6 +155,7 @@ class AuthService:
         self._users = users
         self.issuer = issuer
         self.cache = cache or ExchangeCache(clock=clock)
+        self.known_users = known_users or KnownUsers(clock=clock)
         self._clock = clock
         self._exchanging: SingleFlight[bytes, CachedExchange] = SingleFlight()
         self._blocks_current_at: Callable[[], float | None] = lambda: None
@@ -322,10 +325,7 @@ class AuthService:
                 raise UnknownSubject(sub)
             roles, is_user = client.roles, False
         else:
-            try:
-                user = await self._user(sub)
-            except UnknownUser:
-                raise UnknownSubject(sub) from None
+            user = await self._known_user(sub)
             if user.blocked:
                 raise UserBlocked(sub)
             roles, is_user = user.roles, True
@@ -352,6 +352,21 @@ class AuthService:
         if self.cache.needs_recheck(entry, self._blocks_current_at()):
             await self._recheck(entry)
         return entry
+
+    async def _known_user(self, user_id: str) -> UserInfo:
+        """users' last answer about `user_id` while the block events vouch for it, else a new
+        one. A block learnt while users answered (`recent_blocks`) stands over the answer."""
+        user = self.known_users.get(user_id, self._blocks_current_at())
+        if user is not None:
+            return user
+        try:
+            user = await self._user(user_id)
+        except UnknownUser:
+            raise UnknownSubject(user_id) from None
+        if user_id in self.recent_blocks:
+            return replace(user, blocked=True)
+        self.known_users.put(user)
+        return user
 
     async def _user(self, user_id: str) -> UserInfo:
         """users' answer about `user_id`: UnknownUser, or Unavailable while it cannot say."""
@@ -403,6 +418,7 @@ class AuthService:
         """Forget every cached exchange of `user_id` (called when the user is blocked), and tell
         the edges (`recent_blocks`)."""
         self.recent_blocks.add(user_id)
+        self.known_users.forget(user_id)
         dropped = self.cache.invalidate_user(user_id)
         log.info("cached exchanges dropped", extra={"user_id": user_id, "dropped": dropped})
 

@@ -8,6 +8,7 @@ import pytest
 
 from services.auth.cache import CachedExchange, ExchangeCache
 from services.auth.clients import UnknownUser, UserInfo, UsersUnavailable
+from services.auth.known_users import KnownUsers
 from services.auth.service import REUSE_MARGIN_S, AuthService, UnknownSubject, UserBlocked
 from services.auth.tokens import (
     GTY_PASSWORD,
@@ -380,3 +381,89 @@ def test_the_edge_may_reuse_an_exchange_until_shortly_before_the_internal_token_
         return fresh, service.reusable_for_s(exchanged)
 
     assert asyncio.run(go()) == (120 - REUSE_MARGIN_S, 0)
+
+
+# --- users' answers reused for a user's next exchanges -------------------------------------
+
+
+def test_users_answer_stands_while_the_block_events_vouch_for_it_and_at_most_its_max_age():
+    clock = Clock(1000.0)
+    known = KnownUsers(clock=clock, recheck_s=30, max_age_s=600)
+    known.put(UserInfo("alice", frozenset({"user"}), False))
+    clock.now = 1029.0
+    assert known.get("alice", blocks_current_at=None) is not None
+    clock.now = 1030.0
+    assert known.get("alice", blocks_current_at=None) is None
+    assert known.get("alice", blocks_current_at=1001.0) is not None
+    clock.now = 1600.0
+    assert known.get("alice", blocks_current_at=1599.0) is None
+    assert len(known) == 0
+
+
+def test_a_blocked_or_forgotten_user_is_not_known_and_the_map_is_bounded():
+    known = KnownUsers(clock=Clock(1000.0), max_entries=2)
+    known.put(UserInfo("mallory", frozenset({"user"}), True))
+    assert known.get("mallory", blocks_current_at=1000.0) is None
+    for user_id in ("u1", "u2"):
+        known.put(UserInfo(user_id, frozenset({"user"}), False))
+    known.get("u1", blocks_current_at=1000.0)
+    known.put(UserInfo("u3", frozenset({"user"}), False))
+    assert known.get("u2", blocks_current_at=1000.0) is None
+    known.forget("u3")
+    assert [known.get(u, blocks_current_at=1000.0) is not None for u in ("u1", "u3")] == [
+        True,
+        False,
+    ]
+
+
+def test_a_users_new_token_needs_no_call_to_users_while_the_block_events_are_current():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        service.follow_blocks(lambda: clock.now - 5)
+        await service.authorize(external_token(clock))
+        clock.now += 200
+        internal = await service.authorize(external_token(clock))
+        return users.calls, await verify_internal(
+            internal.internal_token, MemoryKeys(), now=clock()
+        )
+
+    calls, principal = asyncio.run(go())
+    assert calls == ["alice"]
+    assert principal.sub == "alice" and principal.roles == {"user"}
+
+
+def test_a_block_event_makes_the_next_exchange_ask_users_and_refuse():
+    async def go():
+        clock, users = Clock(), FakeUsers()
+        service = make_service(clock, users)
+        service.follow_blocks(lambda: clock.now - 5)
+        await service.authorize(external_token(clock))
+        users.blocked.add("alice")
+        await service.on_user_event(None, user_blocked("alice"))
+        clock.now += 1
+        with pytest.raises(UserBlocked):
+            await service.authorize(external_token(clock))
+        return users.calls
+
+    assert asyncio.run(go()) == ["alice", "alice"]
+
+
+def test_a_block_learnt_while_users_answered_stands_over_the_answer():
+    class BlockedWhileAnswering(FakeUsers):
+        service: AuthService
+
+        async def get_user(self, user_id):
+            answer = await super().get_user(user_id)
+            await self.service.on_user_event(None, user_blocked(user_id))
+            return answer
+
+    async def go():
+        clock, users = Clock(), BlockedWhileAnswering()
+        service = users.service = make_service(clock, users)
+        service.follow_blocks(lambda: clock.now - 5)
+        with pytest.raises(UserBlocked):
+            await service.authorize(external_token(clock))
+        return len(service.cache), len(service.known_users)
+
+    assert asyncio.run(go()) == (0, 0)
