@@ -273,7 +273,8 @@ def _warm_up(
     each edge instance's listener of the run's protocol: each edge keeps its own token
     exchanges, per listener, and the balancer would send a user's first requests to one edge
     only. HTTP/3 reaches the edges through the kernel's spreading of the one UDP port, so there
-    each member's request goes once per edge to the public port."""
+    each member's request goes once per edge to the public port. Each source's process sends
+    its own share of them (`targets.shares`)."""
     firsts = [
         request
         for base in _warm_up_bases(topology, scenario)
@@ -283,11 +284,12 @@ def _warm_up(
     ]
     duration_s = _warm_up_s(len(firsts))
     rate = math.ceil(len(firsts) / duration_s)
-    with _targets_file(firsts) as path:
-        firsts_spec = replace(
-            spec, targets=path, targets_by_source={}, rate=rate, duration_s=duration_s
-        )
-        return attack(firsts_spec)
+    firsts_spec = replace(spec, rate=rate, duration_s=duration_s)
+    processes = firsts_spec.processes()
+    parts = targets.shares(firsts, [share * duration_s for _, share, _ in processes])
+    by_source = {source: part for (source, _, _), part in zip(processes, parts, strict=True)}
+    with _targets_file(firsts) as path, _targets_files(by_source) as paths:
+        return attack(replace(firsts_spec, targets=path, targets_by_source=paths))
 
 
 def _warm_up_bases(topology: Topology, scenario: Scenario) -> list[str]:

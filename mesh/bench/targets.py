@@ -62,6 +62,22 @@ def order_posts(
     return posts
 
 
+def shares(requests: Sequence[Request], capacities: Sequence[int]) -> list[list[Request]]:
+    """`requests` in consecutive parts, one for each process, each at most its `capacity` (what
+    its rate sends in the run) and in proportion to it, so that every request is sent once: the
+    tools cycle through their own list, and processes sharing one list would all send its start.
+    A process left with nothing repeats the first request (a tool needs one target at least)."""
+    total, room = len(requests), sum(capacities)
+    if total > room:
+        raise ValueError(f"{total} requests do not fit in {room} sends")
+    parts, start = [], 0
+    for capacity in capacities:
+        size = min(capacity, math.ceil(total * capacity / room), total - start)
+        parts.append(list(requests[start : start + size]) or list(requests[:1]))
+        start += size
+    return parts
+
+
 def idempotency_keys(requests: Iterable[Request]) -> list[str]:
     return [r.headers["Idempotency-Key"] for r in requests if "Idempotency-Key" in r.headers]
 

@@ -127,6 +127,25 @@ def test_rates_and_workers_split_evenly_over_the_source_addresses() -> None:
     assert targets.posts_needed(200, 20) >= 4000
 
 
+def test_each_process_of_a_warm_up_sends_its_own_share_of_the_requests_once() -> None:
+    requests = targets.gets((f"https://h:{port}/n", f"t{n}") for port in (1, 2) for n in range(9))
+    parts = targets.shares(requests, [5, 5, 4, 4])
+    assert [len(part) for part in parts] == [5, 5, 4, 4]
+    assert [r for part in parts for r in part] == requests
+
+
+def test_a_warm_up_share_never_overruns_a_process_and_none_is_left_empty() -> None:
+    requests = targets.gets(("https://h/n", f"t{n}") for n in range(2475))
+    capacities = [25 * 25, 25 * 25, 25 * 25, 24 * 25]
+    parts = targets.shares(requests, capacities)
+    assert all(len(part) <= cap for part, cap in zip(parts, capacities, strict=True))
+    assert [r for part in parts for r in part] == requests
+    few = targets.shares(requests[:2], [3, 3, 3])
+    assert few == [requests[:1], requests[1:2], requests[:1]]
+    with pytest.raises(ValueError, match="do not fit"):
+        targets.shares(requests[:10], [3, 3])
+
+
 def test_an_attack_leaves_out_processes_with_nothing_to_send() -> None:
     sources = tuple(targets.sources(4))
     attack = HttpAttack(Path("t.json"), 3, 5, sources)
