@@ -144,7 +144,6 @@ class AuthService:
         *,
         issuer: str,
         cache: ExchangeCache | None = None,
-        known_users: KnownUsers | None = None,
         logins: LoginLimiter | None = None,
         clock: Clock = time.time,
     ) -> None:
@@ -155,7 +154,7 @@ class AuthService:
         self._users = users
         self.issuer = issuer
         self.cache = cache or ExchangeCache(clock=clock)
-        self.known_users = known_users or KnownUsers(clock=clock)
+        self.known_users = KnownUsers(clock=clock)
         self._clock = clock
         self._exchanging: SingleFlight[bytes, CachedExchange] = SingleFlight()
         self._blocks_current_at: Callable[[], float | None] = lambda: None
